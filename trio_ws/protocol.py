@@ -1,0 +1,98 @@
+"""Wire vocabulary shared by every module: message shapes, names, timestamps.
+
+Pure and dependency-free, so the trackers, the hub and the server all speak
+the same words (``../shared/spec/PROTOCOL.md``). Messages are plain dicts
+because they go straight to JSON; ``encode`` is the one place that turns a
+message into wire text, compact, so each event is encoded exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from trio_ws import __version__
+
+PROTOCOL_VERSION: Final = 1
+SERVER_NAME: Final = f"trio-ws/{__version__}"
+
+Message = dict[str, Any]
+"""One JSON object on the wire."""
+
+Clock = Callable[[], float]
+"""Returns the current time as UNIX seconds; injected so pure code is testable."""
+
+wall_clock: Clock = time.time
+
+PROJECT_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,50}")
+"""A project name, matched with ``fullmatch`` (so a trailing newline fails)."""
+
+AGENT_STATUSES: Final = frozenset(
+    {"stopped", "running", "paused", "crashed", "pausing", "paused_graceful"}
+)
+DEV_STATUSES: Final = frozenset({"stopped", "running", "crashed"})
+AGENT_STATES: Final = frozenset(
+    {"thinking", "working", "testing", "success", "error", "struggling"}
+)
+CONTROL_ACTIONS: Final = frozenset(
+    {"stop", "pause", "resume", "graceful_pause", "graceful_resume"}
+)
+
+
+def is_valid_project_name(name: str) -> bool:
+    """True when ``name`` is a whole-string match of ``^[A-Za-z0-9_-]{1,50}$``."""
+    return PROJECT_NAME_RE.fullmatch(name) is not None
+
+
+def iso_timestamp(unix_seconds: float) -> str:
+    """``2026-11-25T17:04:05.123Z``: ISO 8601, UTC, milliseconds."""
+    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def encode(message: Message) -> str:
+    """Compact JSON text for one message; the only encoder on the wire."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- event constructors (PROTOCOL.md 3.2); the hub adds ``seq`` -------------
+
+
+def agent_status(status: str) -> Message:
+    if status not in AGENT_STATUSES:
+        raise ValueError(f"unknown agent status {status!r}")
+    return {"type": "agent_status", "status": status}
+
+
+def dev_server_status(status: str, url: str | None) -> Message:
+    if status not in DEV_STATUSES:
+        raise ValueError(f"unknown dev server status {status!r}")
+    return {"type": "dev_server_status", "status": status, "url": url}
+
+
+def log(line: str, timestamp: str, feature_id: int | None, agent_index: int | None) -> Message:
+    message: Message = {"type": "log", "line": line, "timestamp": timestamp}
+    if feature_id is not None:
+        message["featureId"] = feature_id
+    if agent_index is not None:
+        message["agentIndex"] = agent_index
+    return message
+
+
+def dev_log(line: str, timestamp: str) -> Message:
+    return {"type": "dev_log", "line": line, "timestamp": timestamp}
+
+
+# -- connection messages (PROTOCOL.md 3.3); never carry ``seq`` -------------
+
+
+def warning(source: str, content: str) -> Message:
+    return {"type": "warning", "source": source, "content": content}
+
+
+def error(content: str) -> Message:
+    return {"type": "error", "content": content}
