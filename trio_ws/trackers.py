@@ -1,0 +1,397 @@
+"""The two pure line trackers of ``LINES.md`` sections 2 and 3.
+
+``AgentTracker`` turns orchestrator and ``[Feature #N]`` lines into
+``agent_update`` messages (one card per agent in the UI);
+``OrchestratorTracker`` turns orchestrator lines into ``orchestrator_update``
+messages. Both are sans-IO: a line in, at most one message out, time only
+from the injected clock, so they are tested with plain calls.
+
+Numbers are ASCII digits (the orchestrator prints nothing else); a number of
+more than 15 digits is not an id or count the orchestrator prints (and
+``int`` refuses very long ones), so a rule hit carrying one is ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from trio_ws.protocol import Clock, Message, iso_timestamp, wall_clock
+
+MASCOTS: Final[tuple[str, ...]] = (
+    "Spark",
+    "Fizz",
+    "Octo",
+    "Hoot",
+    "Buzz",
+    "Pixel",
+    "Byte",
+    "Nova",
+    "Chip",
+    "Bolt",
+    "Dash",
+    "Zap",
+    "Gizmo",
+    "Turbo",
+    "Blip",
+    "Neon",
+    "Widget",
+    "Zippy",
+    "Quirk",
+    "Flux",
+)
+"""Agent names the UI can draw, in order; agent ``i`` is ``MASCOTS[i % 20]``."""
+
+UNKNOWN_AGENT: Final = "Unknown"
+"""Name of a synthetic completion (an agent nobody tracked)."""
+
+AgentType = Literal["coding", "testing"]
+
+_MAX_DIGITS: Final = 15
+_THOUGHT_CAP: Final = 200
+_A: Final = re.ASCII
+
+# -- AgentTracker rules (LINES.md 2), applied with re.match, first match wins --
+_SPAWN_CODING_BATCH: Final = re.compile(
+    r"Started coding agent for features (#\d+(?:,\s*#\d+)*)", _A
+)
+_SPAWN_CODING: Final = re.compile(r"Started coding agent for feature #(\d+)", _A)
+_SPAWN_TESTING_BATCH: Final = re.compile(
+    r"Started testing agent for features \[(\d+(?:,\d+)*)\] \(PID \d+\)", _A
+)
+_SPAWN_TESTING: Final = re.compile(r"Started testing agent for feature #(\d+)", _A)
+_TESTING_DONE: Final = re.compile(r"Feature #(\d+) testing (completed|failed)", _A)
+_BATCH_DONE: Final = re.compile(r"Features (#\d+(?:,\s*#\d+)*)\s+(completed|failed)", _A)
+_GIVING_UP: Final = re.compile(r"Feature #(\d+) has failed \d+ times, will not retry", _A)
+_CODING_DONE: Final = re.compile(r"Feature #(\d+) (completed|failed)$", _A)
+_ACTIVITY: Final = re.compile(r"\[Feature #(\d+)\]\s*(.*)", _A)
+_DIGITS: Final = re.compile(r"\d+", _A)
+
+# -- activity table: (pattern, state, thought source); source "content" means
+# content[:100], an int means that group of the match -------------------------
+_ACTIVITY_TABLE: Final[tuple[tuple[re.Pattern[str], str, str | int], ...]] = tuple(
+    (re.compile(pattern, re.IGNORECASE), state, source)
+    for pattern, state, source in (
+        (r"\[Tool:\s*Read\]", "thinking", "content"),
+        (r"\[Tool:\s*(?:Write|Edit|NotebookEdit)\]", "working", "content"),
+        (r"\[Tool:\s*Bash\]", "testing", "content"),
+        (r"\[Tool:\s*(?:Glob|Grep)\]", "thinking", "content"),
+        (r"\[Tool:\s*(\w+)\]", "working", 1),
+        (r"(?:Reading|Analyzing|Checking|Looking at|Examining)\s+(.+)", "thinking", 1),
+        (r"(?:Creating|Writing|Adding|Implementing|Building)\s+(.+)", "working", 1),
+        (r"(?:Testing|Verifying|Running tests|Validating)\s+(.+)", "testing", 1),
+        (r"(?:Error|Failed|Cannot|Unable to|Exception)\s+(.+)", "struggling", 1),
+        (r"(?:PASS|passed|success)", "testing", "content"),
+        (r"(?:FAIL|failed|error)", "struggling", "content"),
+    )
+)
+
+# -- OrchestratorTracker (LINES.md 3): case-sensitive re.search ----------------
+_MAX_CONCURRENCY: Final = (
+    re.compile(r"Max concurrency: (\d+) coding agents", _A),
+    re.compile(r"max_concurrency=(\d+)", _A),
+)
+_CHAIN: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
+    (event_type, re.compile(pattern, _A))
+    for event_type, pattern in (
+        ("init_start", r"Running initializer agent"),
+        ("init_complete", r"INITIALIZATION COMPLETE"),
+        ("capacity_check", r"\[DEBUG\] Spawning loop: (\d+) ready, (\d+) slots"),
+        ("at_capacity", r"At max capacity|at max testing agents|At max total agents"),
+        ("feature_start", r"Starting feature \d+/\d+: #(\d+) - (.+)"),
+        ("coding_spawn", r"Started coding agent for features? #(\d+)"),
+        ("testing_spawn", r"Started testing agent for features? \[?#?(\d+)"),
+        ("testing_complete", r"^Feature #(\d+) testing (completed|failed)"),
+        ("coding_complete", r"^Features? #(\d+)(?:,\s*#\d+)* (completed|failed)$"),
+        ("blocked_features", r"(\d+) blocked by dependencies"),
+        ("all_complete", r"All features complete"),
+        ("drain_start", r"Graceful pause requested"),
+        ("drain_complete", r"All agents drained"),
+        ("drain_resume", r"Resuming from graceful pause"),
+    )
+)
+_FIXED: Final[dict[str, tuple[str, str]]] = {
+    "init_start": ("initializing", "Initializing project features..."),
+    "init_complete": ("scheduling", "Initialization complete, preparing to schedule features"),
+    "at_capacity": ("monitoring", "At maximum capacity, monitoring active agents"),
+    "all_complete": ("complete", "All features complete!"),
+    "drain_start": ("draining", "Draining active agents..."),
+    "drain_complete": ("paused", "All agents drained. Paused."),
+    "drain_resume": ("scheduling", "Resuming feature scheduling"),
+}
+"""Chain events that carry no number: their new state and message."""
+
+_COMPLETION: Final[dict[tuple[str, bool], tuple[str, str]]] = {
+    ("completed", False): ("success", "Completed successfully!"),
+    ("completed", True): ("success", "Batch completed successfully!"),
+    ("failed", False): ("error", "Failed to complete"),
+    ("failed", True): ("error", "Batch failed to complete"),
+}
+"""Final state and thought by (outcome word, agent has several features)."""
+
+
+def _number(digits: str) -> int | None:
+    """The value of an ASCII digit string, or None when it is implausibly long."""
+    return int(digits) if len(digits) <= _MAX_DIGITS else None
+
+
+def _ids(text: str) -> list[int] | None:
+    """Every feature id in ``text`` (``#1, #2`` or ``1,2``), None if one is out of range."""
+    ids = [_number(digits) for digits in _DIGITS.findall(text)]
+    return None if not ids or None in ids else [i for i in ids if i is not None]
+
+
+def _feature_name(feature_ids: list[int]) -> str:
+    if len(feature_ids) == 1:
+        return f"Feature #{feature_ids[0]}"
+    return "Features " + ", ".join(f"#{i}" for i in feature_ids)
+
+
+def _classify(content: str) -> tuple[str, str | None]:
+    """State and thought for one line of agent narrative (the activity table)."""
+    for pattern, state, source in _ACTIVITY_TABLE:
+        match = pattern.search(content)
+        if match is not None:
+            thought = content[:100] if source == "content" else match.group(source)
+            return state, thought[:_THOUGHT_CAP]
+    return "working", None
+
+
+@dataclass
+class _Agent:
+    index: int
+    name: str
+    agent_type: AgentType
+    feature_ids: list[int]
+    state: str
+    thought: str | None
+
+    def message(self, timestamp: str, *, synthetic: bool = False) -> Message:
+        message: Message = {
+            "type": "agent_update",
+            "agentIndex": self.index,
+            "agentName": self.name,
+            "agentType": self.agent_type,
+            "featureId": self.feature_ids[0],
+            "featureIds": list(self.feature_ids),
+            "featureName": _feature_name(self.feature_ids),
+            "state": self.state,
+            "thought": self.thought,
+            "timestamp": timestamp,
+        }
+        if synthetic:
+            message["synthetic"] = True
+        return message
+
+
+class AgentTracker:
+    """The active agents of one project, driven by its output lines (LINES.md 2)."""
+
+    def __init__(self, clock: Clock = wall_clock) -> None:
+        self._clock = clock
+        self._agents: dict[int, _Agent] = {}
+        self._next_index = 0
+
+    @property
+    def active_count(self) -> int:
+        return len(self._agents)
+
+    def feed(self, line: str) -> Message | None:
+        """Apply the first matching rule to a sanitised line; the update it causes, if any."""
+        if match := _SPAWN_CODING_BATCH.match(line):
+            return self._spawn("coding", _ids(match[1]))
+        if match := _SPAWN_CODING.match(line):
+            return self._spawn("coding", _ids(match[1]))
+        if match := _SPAWN_TESTING_BATCH.match(line) or _SPAWN_TESTING.match(line):
+            return self._spawn("testing", _ids(match[1]))
+        if match := _TESTING_DONE.match(line):
+            return self._complete("testing", _ids(match[1]), match[2], batch=False)
+        if match := _BATCH_DONE.match(line):
+            return self._complete("coding", _ids(match[1]), match[2], batch=True)
+        if _GIVING_UP.match(line):
+            return None
+        if match := _CODING_DONE.match(line):
+            return self._complete("coding", _ids(match[1]), match[2], batch=False)
+        if match := _ACTIVITY.match(line):
+            return self._activity(_number(match[1]), match[2])
+        return None
+
+    def owner_of(self, feature_id: int) -> int | None:
+        """Index of the agent owning ``feature_id``: coding before testing, newest first."""
+        agent = self._owner("coding", feature_id) or self._owner("testing", feature_id)
+        return None if agent is None else agent.index
+
+    def reset(self) -> None:
+        """Forget every agent (run stopped or crashed); indices keep counting up."""
+        self._agents.clear()
+
+    def snapshot(self) -> list[Message]:
+        """One update per active agent, current state and thought, by index."""
+        timestamp = iso_timestamp(self._clock())
+        return [self._agents[index].message(timestamp) for index in sorted(self._agents)]
+
+    # -- rules ---------------------------------------------------------------
+
+    def _spawn(self, agent_type: AgentType, feature_ids: list[int] | None) -> Message | None:
+        if feature_ids is None:
+            return None
+        batch = len(feature_ids) > 1
+        agent = self._new_agent(
+            agent_type,
+            feature_ids,
+            "thinking",
+            "Starting batch work..." if batch else "Starting work...",
+        )
+        return agent.message(self._now())
+
+    def _complete(
+        self, agent_type: AgentType, feature_ids: list[int] | None, outcome: str, *, batch: bool
+    ) -> Message | None:
+        if feature_ids is None:
+            return None
+        first = feature_ids[0]
+        agent = None
+        if batch:
+            agent = next(
+                (a for a in self._newest_first(agent_type) if a.feature_ids[0] == first), None
+            )
+        agent = agent or self._owner(agent_type, first)
+        if agent is None:  # nobody tracked it: still tell the UI how it ended
+            state, thought = _COMPLETION[outcome, len(feature_ids) > 1]
+            unknown = _Agent(-1, UNKNOWN_AGENT, agent_type, feature_ids, state, thought)
+            return unknown.message(self._now(), synthetic=True)
+        del self._agents[agent.index]
+        agent.state, agent.thought = _COMPLETION[outcome, len(agent.feature_ids) > 1]
+        return agent.message(self._now())
+
+    def _activity(self, feature_id: int | None, content: str) -> Message | None:
+        if feature_id is None:
+            return None
+        state, thought = _classify(content)
+        agent = self._owner("coding", feature_id) or self._owner("testing", feature_id)
+        if agent is None:
+            agent = self._new_agent("coding", [feature_id], state, thought)
+            return agent.message(self._now())
+        thought_is_new = thought is not None and thought != agent.thought
+        if state == agent.state and not thought_is_new:
+            return None
+        agent.state = state
+        if thought is not None:
+            agent.thought = thought
+        return agent.message(self._now())
+
+    # -- helpers -------------------------------------------------------------
+
+    def _new_agent(
+        self, agent_type: AgentType, feature_ids: list[int], state: str, thought: str | None
+    ) -> _Agent:
+        index = self._next_index
+        self._next_index += 1
+        agent = _Agent(
+            index, MASCOTS[index % len(MASCOTS)], agent_type, feature_ids, state, thought
+        )
+        self._agents[index] = agent
+        return agent
+
+    def _newest_first(self, agent_type: AgentType) -> list[_Agent]:
+        return [a for a in reversed(self._agents.values()) if a.agent_type == agent_type]
+
+    def _owner(self, agent_type: AgentType, feature_id: int) -> _Agent | None:
+        return next(
+            (a for a in self._newest_first(agent_type) if feature_id in a.feature_ids), None
+        )
+
+    def _now(self) -> str:
+        return iso_timestamp(self._clock())
+
+
+class OrchestratorTracker:
+    """What the orchestrator is doing and how many agents it runs (LINES.md 3)."""
+
+    def __init__(self, clock: Clock = wall_clock) -> None:
+        self._clock = clock
+        self._state = "idle"
+        self._coding = 0
+        self._testing = 0
+        self._max_concurrency = 3
+        self._ready = 0
+        self._blocked = 0
+
+    def feed(self, line: str) -> Message | None:
+        """Apply one line; the ``orchestrator_update`` it causes, if any."""
+        if line.startswith("[Feature #"):
+            return None
+        for pattern in _MAX_CONCURRENCY:
+            if (match := pattern.search(line)) and (value := _number(match[1])) is not None:
+                self._max_concurrency = value
+                break
+        for event_type, pattern in _CHAIN:
+            if match := pattern.search(line):
+                return self._apply(event_type, match)
+        return None
+
+    def reset(self) -> None:
+        """Back to idle with zero counters (run stopped or crashed); maxConcurrency stays."""
+        self._state = "idle"
+        self._coding = self._testing = self._ready = self._blocked = 0
+
+    def state(self) -> Message:
+        """The current state and the five counters."""
+        return {
+            "state": self._state,
+            "codingAgents": self._coding,
+            "testingAgents": self._testing,
+            "maxConcurrency": self._max_concurrency,
+            "readyCount": self._ready,
+            "blockedCount": self._blocked,
+        }
+
+    def _apply(self, event_type: str, match: re.Match[str]) -> Message | None:
+        """Change the state for one chain hit; None for blocked_features or a bad number."""
+        if event_type in _FIXED:
+            self._state, message = _FIXED[event_type]
+            if event_type in {"all_complete", "drain_complete"}:
+                self._coding = self._testing = 0
+            return self._event(event_type, message)
+        number = _number(match[1])
+        if number is None:
+            return None
+        if event_type == "blocked_features":
+            self._blocked = number
+            return None
+        if event_type == "capacity_check":
+            self._ready = number
+            self._state = "scheduling" if number > 0 else "monitoring"
+            return self._event(event_type, f"{number} features ready, {match[2]} slots available")
+        if event_type == "feature_start":
+            self._state = "spawning"
+            message = f"Preparing Feature #{number}: {match[2]}"
+            return self._event(event_type, message, featureId=number, featureName=match[2])
+        kind, _, phase = event_type.partition("_")  # coding/testing, spawn/complete
+        if phase == "spawn":
+            delta, self._state = 1, "spawning"
+            message = f"Spawned {kind} agent for Feature #{number}"
+        else:
+            delta, self._state = -1, "monitoring"
+            message = f"{kind.capitalize()} agent finished Feature #{number}"
+        if kind == "coding":
+            self._coding = max(0, self._coding + delta)
+        else:
+            self._testing = max(0, self._testing + delta)
+        return self._event(event_type, message, featureId=number)
+
+    def _event(self, event_type: str, message: str, **extra: int | str) -> Message:
+        return {
+            "type": "orchestrator_update",
+            "eventType": event_type,
+            "state": self._state,
+            "message": message,
+            "timestamp": iso_timestamp(self._clock()),
+            "codingAgents": self._coding,
+            "testingAgents": self._testing,
+            "maxConcurrency": self._max_concurrency,
+            "readyCount": self._ready,
+            "blockedCount": self._blocked,
+            **extra,
+        }
