@@ -416,6 +416,14 @@ def test_owner_of_prefers_coding_over_testing(agents: AgentTracker) -> None:
     assert (agents.owner_of(2), agents.owner_of(3), agents.owner_of(4)) == (0, 1, None)
 
 
+def test_owner_of_prefers_the_newest_of_two_coding_owners(agents: AgentTracker) -> None:
+    """A completion line that never came leaves a stale agent; the live one is the newer."""
+    feed(agents, "Started coding agent for feature #3")
+    feed(agents, "Started coding agent for features #3, #4")
+    assert agents.owner_of(3) == 1
+    assert feed(agents, "[Feature #3] Reading the router")["agentIndex"] == 1
+
+
 def test_indices_are_not_reused_after_completion(agents: AgentTracker) -> None:
     feed(agents, "Started coding agent for feature #1")
     feed(agents, "Feature #1 completed")
