@@ -1,0 +1,249 @@
+"""The ``trio-ws projects`` commands, through click's runner and the real script."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+import trio_ws.registry
+from cli import main
+from trio_ws import __version__
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def alpha(tmp_path: Path) -> Path:
+    directory = tmp_path / "alpha"
+    directory.mkdir()
+    return directory
+
+
+def run(*args: str | Path, env: dict[str, str | None] | None = None) -> Result:
+    return CliRunner().invoke(main, [str(arg) for arg in args], env=env)
+
+
+def projects(command: str, *args: str | Path, home: Path) -> Result:
+    return run("projects", command, *args, "--home", home)
+
+
+def assert_refused(result: Result, exit_code: int, fragment: str) -> None:
+    """One prefixed line on stderr, nothing on stdout, no traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trio-ws: error: ")
+    assert fragment in lines[0]
+
+
+# -- commands that succeed --------------------------------------------------
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"trio-ws, version {__version__}\n"
+
+
+def test_add_prints_one_confirmation_line(home: Path, alpha: Path) -> None:
+    result = projects("add", "alpha", alpha, home=home)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"added alpha -> {alpha.resolve().as_posix()}\n"
+    assert result.stderr == ""
+    assert (home / "registry.db").is_file()
+
+
+def test_list_json_lists_registered_projects(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    result = projects("list", "--json", home=home)
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)
+    assert entry["name"] == "alpha"
+    assert entry["path"] == alpha.resolve().as_posix()
+    assert entry["exists"] is True
+    assert entry["default_concurrency"] == 3
+    assert entry["created_at"].endswith("Z")
+
+
+def test_list_json_of_empty_registry_is_an_empty_list(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    projects("remove", "alpha", home=home)
+    result = projects("list", "--json", home=home)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == []
+
+
+def test_list_table_shows_name_path_and_existence(home: Path, alpha: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    projects("add", "alpha", alpha, home=home)
+    projects("add", "gone", gone, home=home)
+    gone.rmdir()
+    result = projects("list", home=home)
+    assert result.exit_code == 0, result.output
+    header, first, second = result.stdout.splitlines()
+    assert header.split() == ["name", "path", "exists", "created"]
+    assert first.split()[:3] == ["alpha", alpha.resolve().as_posix(), "yes"]
+    assert second.split()[:3] == ["gone", gone.resolve().as_posix(), "no"]
+    assert first.rstrip().endswith("UTC")
+
+
+def test_list_table_keeps_long_paths_on_one_line(home: Path, tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*(["a-rather-long-directory-name"] * 6))
+    deep.mkdir(parents=True)
+    projects("add", "deep", deep, home=home)
+    lines = projects("list", home=home).stdout.splitlines()
+    assert len(lines) == 2
+    assert deep.resolve().as_posix() in lines[1]
+
+
+def test_list_table_of_empty_registry_says_so(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    projects("remove", "alpha", home=home)
+    result = projects("list", home=home)
+    assert result.exit_code == 0
+    assert result.stdout == "no projects registered\n"
+
+
+def test_remove_confirms_and_unregisters(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    result = projects("remove", "alpha", home=home)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"removed alpha (was {alpha.resolve().as_posix()})\n"
+    assert json.loads(projects("list", "--json", home=home).stdout) == []
+    assert alpha.is_dir()
+
+
+def test_home_comes_from_the_environment(home: Path, alpha: Path) -> None:
+    env: dict[str, str | None] = {"TRIO_WS_HOME": str(home)}
+    assert run("projects", "add", "alpha", alpha, env=env).exit_code == 0
+    assert (home / "registry.db").is_file()
+    listed = run("projects", "list", "--json", env=env)
+    assert [entry["name"] for entry in json.loads(listed.stdout)] == ["alpha"]
+
+
+def test_registry_option_uses_another_file(home: Path, alpha: Path, tmp_path: Path) -> None:
+    other = tmp_path / "autoforge" / "registry.db"
+    result = run("projects", "add", "alpha", alpha, "--home", home, "--registry", other)
+    assert result.exit_code == 0, result.output
+    assert other.is_file()
+    assert not (home / "registry.db").exists()
+
+
+# -- refusals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bad name", "x" * 51, "a\nb", "é"])
+def test_bad_project_name_is_a_usage_error(home: Path, alpha: Path, name: str) -> None:
+    assert_refused(projects("add", name, alpha, home=home), 2, "invalid project name")
+
+
+def test_missing_argument_is_a_one_line_usage_error(home: Path) -> None:
+    result = run("projects", "add", "--home", home)
+    assert_refused(result, 2, "Missing argument 'NAME'")
+
+
+def test_unknown_option_is_a_one_line_usage_error(home: Path) -> None:
+    assert_refused(projects("list", "--bogus", home=home), 2, "No such option '--bogus'")
+
+
+def test_unknown_command_is_a_one_line_usage_error() -> None:
+    assert_refused(run("projects", "frobnicate"), 2, "No such command 'frobnicate'")
+
+
+def test_duplicate_name_is_refused(home: Path, alpha: Path, tmp_path: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert_refused(projects("add", "alpha", other, home=home), 1, "already registered")
+
+
+def test_duplicate_path_is_refused(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    result = projects("add", "beta", alpha / ".." / "alpha", home=home)
+    assert_refused(result, 1, "already registered as project 'alpha'")
+
+
+def test_missing_directory_is_refused(home: Path, tmp_path: Path) -> None:
+    result = projects("add", "alpha", tmp_path / "nowhere", home=home)
+    assert_refused(result, 1, "does not exist")
+
+
+def test_file_instead_of_directory_is_refused(home: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert_refused(projects("add", "alpha", a_file, home=home), 1, "is not a directory")
+
+
+@pytest.mark.parametrize("command", [("list",), ("list", "--json"), ("remove", "alpha")])
+def test_missing_registry_is_an_error(home: Path, command: tuple[str, ...]) -> None:
+    result = projects(*command, home=home)
+    assert_refused(result, 1, f"no registry at {home / 'registry.db'}")
+
+
+def test_remove_unknown_project_is_refused(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    assert_refused(projects("remove", "beta", home=home), 1, "no project 'beta'")
+
+
+def test_corrupt_registry_is_refused(home: Path) -> None:
+    home.mkdir()
+    (home / "registry.db").write_bytes(b"\x00garbage" * 512)
+    assert_refused(projects("list", home=home), 1, "is corrupt")
+
+
+def test_sqlite_file_without_projects_table_is_refused(home: Path) -> None:
+    home.mkdir()
+    with closing(sqlite3.connect(home / "registry.db")) as conn:
+        conn.execute("CREATE TABLE other (id INTEGER)")
+    assert_refused(projects("list", home=home), 1, "is not a registry")
+
+
+@pytest.fixture
+def locked_registry(home: Path, alpha: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    projects("add", "alpha", alpha, home=home)
+    monkeypatch.setattr(trio_ws.registry, "BUSY_TIMEOUT_S", 0.05)
+    with closing(sqlite3.connect(home / "registry.db", isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+        holder.execute("ROLLBACK")
+
+
+def test_locked_registry_is_refused(home: Path, locked_registry: None) -> None:
+    assert_refused(projects("list", home=home), 1, "is locked")
+
+
+# -- the installed script ---------------------------------------------------
+
+
+def test_installed_script_adds_lists_and_removes(tmp_path: Path, alpha: Path) -> None:
+    script = Path(sys.executable).parent / "trio-ws"
+    assert script.is_file(), f"{script} missing: install the package (pip install -e .)"
+
+    def call(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        argv = [str(script), "projects", *map(str, args), "--home", str(tmp_path)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    added = call("add", "alpha", alpha)
+    assert (added.returncode, added.stderr) == (0, "")
+    listed = call("list", "--json")
+    assert [entry["name"] for entry in json.loads(listed.stdout)] == ["alpha"]
+    removed = call("remove", "alpha")
+    assert removed.returncode == 0
+    again = call("remove", "alpha")
+    assert again.returncode == 1
+    assert again.stderr.startswith("trio-ws: error: no project 'alpha'")
+    assert again.stderr.count("\n") == 1
