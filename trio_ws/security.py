@@ -1,0 +1,121 @@
+"""Keeping secrets out of everything the server publishes.
+
+``redact`` replaces every secret in a line with ``[REDACTED]`` before the line
+reaches an event, a tracker or a log (LINES.md 1, step 5). Where a pattern has
+a key name (``password: …``, ``Bearer …``, ``ANTHROPIC_API_KEY=…``) the name
+stays visible and only the value goes, so the line stays readable.
+
+How: every pattern is searched in the whole line and the union of all their
+secret spans is replaced, so a secret can never hide inside another pattern's
+match (``Bearer secret:xyz`` loses both values). That is repeated until
+nothing changes, which makes ``redact`` idempotent. Every pattern runs in
+time linear in the line, since lines are redacted before they are capped and
+can be long.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Final
+
+REDACTED: Final = "[REDACTED]"
+
+_I: Final = re.IGNORECASE
+
+# A match's secret is its ``secret`` group when it has one, else all of it.
+# Each pattern either finds its secrets by consuming them (so a failing start
+# costs O(1)) or scans a run that a later start cannot scan again.
+_PATTERNS: Final[tuple[re.Pattern[str], ...]] = tuple(
+    re.compile(pattern, _I)
+    for pattern in (
+        r"sk-[A-Za-z0-9_-]{20,}",
+        r"ANTHROPIC_API_KEY=(?P<secret>\S+)",
+        r"api[_-]?key\s*[=:]\s*(?P<secret>\S+)",
+        r"token\s*[=:]\s*(?P<secret>\S+)",
+        r"password\s*[=:]\s*(?P<secret>\S+)",
+        r"secret\s*[=:]\s*(?P<secret>\S+)",
+        r"gh[pousr]_[A-Za-z0-9]{36,}",
+        r"github_pat_[A-Za-z0-9_]{20,}",
+        r"Bearer\s+(?P<secret>[A-Za-z0-9._~+/=-]+)",
+        r"AKIA[0-9A-Z]{16}",
+        r"AWS_(?:ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN)\s*=\s*(?P<secret>\S+)",
+        r"xox[abprs]-[A-Za-z0-9-]{10,}",
+        # scheme://user:secret@host; the scheme and host stay. The password
+        # may hold ':' and '@' (up to the last '@' before the path) but not '/',
+        # so ``http://localhost:5173/@vite/client`` is left alone.
+        r"://[^\s:/@]*:(?P<secret>[^\s/]+)@",
+    )
+)
+
+# ``aws[_-]?(access[_-]?key|secret)\S*\s*[=:]\s*\S+`` (LINES.md) as a plain
+# finditer is quadratic on a long run of failing prefixes
+# (``aws_secretaws_secret…``), so it has its own scanner (``_aws_spans``).
+_AWS_PREFIX: Final = re.compile(r"aws[_-]?(?:access[_-]?key|secret)", _I)
+_AWS_FULL: Final = re.compile(r"aws[_-]?(?:access[_-]?key|secret)\S*\s*[=:]\s*\S+", _I)
+_AWS_NAME: Final = re.compile(r"aws[_-]?(?:access[_-]?key|secret)[A-Za-z0-9_-]*\s*[=:]\s*", _I)
+_NON_SPACE_RUN: Final = re.compile(r"\S*")
+
+_MAX_PASSES: Final = 8
+"""Two passes reach the fixed point in practice; past this, fail closed."""
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret replaced by ``[REDACTED]``; ``redact(redact(x)) == redact(x)``."""
+    for _ in range(_MAX_PASSES):
+        redacted = _redact_once(text)
+        if redacted == text:
+            return text
+        text = redacted
+    # Each changing pass replaces text outside ``[REDACTED]`` (spans never start
+    # inside one), so this should be unreachable; if it is not, leak nothing.
+    return REDACTED
+
+
+def _redact_once(text: str) -> str:
+    spans = sorted(_secret_spans(text))
+    if not spans:
+        return text
+    pieces: list[str] = []
+    done = 0  # text[:done] is already in pieces
+    start, end = spans[0]
+    for next_start, next_end in spans[1:]:
+        if next_start <= end:  # overlapping or touching: one secret
+            end = max(end, next_end)
+            continue
+        pieces += (text[done:start], REDACTED)
+        done = end
+        start, end = next_start, next_end
+    pieces += (text[done:start], REDACTED, text[end:])
+    return "".join(pieces)
+
+
+def _secret_spans(text: str) -> Iterator[tuple[int, int]]:
+    for pattern in _PATTERNS:
+        group = "secret" if "secret" in pattern.groupindex else 0
+        for match in pattern.finditer(text):
+            yield match.span(group)
+    yield from _aws_spans(text)
+
+
+def _aws_spans(text: str) -> Iterator[tuple[int, int]]:
+    """Secrets of the ``aws…=`` pattern, exactly as ``finditer`` finds them, in linear time.
+
+    When the pattern fails at a prefix, it fails at every later prefix in the
+    same non-space run too (their continuations are a subset), so the scan
+    skips that run. The visible name is the identifier and its separator.
+    """
+    position = 0
+    while (prefix := _AWS_PREFIX.search(text, position)) is not None:
+        match = _AWS_FULL.match(text, prefix.start())
+        if match is None:
+            run = _NON_SPACE_RUN.match(text, prefix.end())
+            assert run is not None  # \S* always matches
+            position = run.end()
+            continue
+        name = _AWS_NAME.match(text, match.start(), match.end())
+        secret_start = prefix.end()
+        if name is not None and name.end() < match.end():
+            secret_start = name.end()
+        yield secret_start, match.end()
+        position = match.end()
