@@ -1,0 +1,336 @@
+"""ProjectHub: numbering, snapshots, resume, slow subscribers (no sockets here)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trio_ws.hub import ProjectHub, Subscriber
+from trio_ws.progress import Progress
+
+Received = list[dict[str, Any]]
+CONNECTION = {"hello", "resumed"}
+
+
+class Reader:
+    """A subscriber's send task writing into a list, with a gate to simulate a stalled socket."""
+
+    def __init__(self, hub: ProjectHub, subscriber: Subscriber) -> None:
+        self.hub = hub
+        self.subscriber = subscriber
+        self.received: Received = []
+        self.open = trio.Event()
+        self.open.set()
+
+    async def send(self, text: str) -> None:
+        await self.open.wait()
+        self.received.append(json.loads(text))
+        await trio.lowlevel.checkpoint()
+
+    def stall(self) -> None:
+        self.open = trio.Event()
+
+    def resume(self) -> None:
+        self.open.set()
+
+    def seqs(self) -> list[int]:
+        """Seqs of events (hello and resumed carry the head seq, not their own)."""
+        return [m["seq"] for m in self.received if "seq" in m and m["type"] not in CONNECTION]
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.received]
+
+
+async def start_reader(nursery: trio.Nursery, hub: ProjectHub, **subscribe: Any) -> Reader:
+    reader = Reader(hub, hub.subscribe(**subscribe))
+    nursery.start_soon(hub.deliver, reader.subscriber, reader.send)
+    await trio.testing.wait_all_tasks_blocked()
+    return reader
+
+
+def log_lines(count: int, start: int = 0) -> list[str]:
+    return [f"plain output line {i}" for i in range(start, start + count)]
+
+
+async def test_seq_is_per_project_and_consecutive() -> None:
+    one, two = ProjectHub("one"), ProjectHub("two")
+    one.feed_lines(log_lines(3))
+    two.feed_lines(log_lines(1))
+    assert (one.seq, two.seq) == (3, 1)
+    assert one.epoch != two.epoch
+
+
+async def test_fresh_sync_order(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.publish_progress(Progress(passing=1, in_progress=1, total=4, needs_human_input=0))
+    hub.feed_lines(
+        [
+            "Max concurrency: 2 coding agents",
+            "Running initializer agent...",
+            "INITIALIZATION COMPLETE - Starting feature loop",
+            "Started coding agent for features #1, #2",
+            "[Feature #1] [Tool: Read]",
+            "Started coding agent for feature #3",
+        ]
+    )
+    hub.feed_lines(["vite dev ready at http://localhost:5173/"], stream="dev")
+    reader = await start_reader(nursery, hub, backlog=2)
+    types = reader.types()
+    assert types[:4] == ["hello", "agent_status", "dev_server_status", "progress"]
+    orchestrator = [m for m in reader.received if m["type"] == "orchestrator_update"]
+    assert [m["eventType"] for m in orchestrator] == [
+        "init_start",
+        "init_complete",
+        "coding_spawn",
+        "coding_spawn",
+    ]
+    agents = [m for m in reader.received if m["type"] == "agent_update"]
+    assert [(a["agentIndex"], a["featureIds"]) for a in agents] == [(0, [1, 2]), (1, [3])]
+    assert agents[0]["state"] == "thinking"
+    logs = [m for m in reader.received if m["type"] == "log"]
+    assert [m["line"] for m in logs] == [
+        "[Feature #1] [Tool: Read]",
+        "Started coding agent for feature #3",
+    ]
+    assert types[-1] == "dev_log"
+    assert reader.received[0]["seq"] == hub.seq
+
+
+async def test_snapshot_messages_keep_their_seq(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.feed_lines(log_lines(2))
+    reader = await start_reader(nursery, hub)
+    status = next(m for m in reader.received if m["type"] == "agent_status")
+    assert status["seq"] == 1
+    assert [m["seq"] for m in reader.received if m["type"] == "log"] == [2, 3]
+
+
+async def test_late_joiner_sees_active_agents_not_finished_ones(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.feed_lines(
+        [
+            "Started coding agent for feature #1",
+            "Started coding agent for feature #2",
+            "[Feature #2] Implementing the login form",
+            "Feature #1 completed",
+        ]
+    )
+    reader = await start_reader(nursery, hub, backlog=0)
+    agents = [m for m in reader.received if m["type"] == "agent_update"]
+    assert [(a["agentIndex"], a["state"], a["thought"]) for a in agents] == [
+        (1, "working", "the login form")
+    ]
+    assert hub.agent.agents.active_count == 1
+
+
+async def test_stopped_clears_active_agents_in_snapshot(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.feed_lines(["Started coding agent for feature #1"])
+    hub.set_status("stopped")
+    reader = await start_reader(nursery, hub, backlog=0)
+    assert "agent_update" not in reader.types()
+
+
+async def test_live_events_follow_snapshot_without_gap(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(5))
+    reader = await start_reader(nursery, hub, backlog=0)
+    hello_seq = reader.received[0]["seq"]
+    hub.feed_lines(log_lines(20, 5))
+    await trio.testing.wait_all_tasks_blocked()
+    live = [s for s in reader.seqs() if s > hello_seq]
+    assert live == list(range(hello_seq + 1, hub.seq + 1))
+
+
+async def test_slow_subscriber_is_caught_up_from_history(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=4, history=1000)
+    fast = await start_reader(nursery, hub, backlog=0)
+    slow = await start_reader(nursery, hub, backlog=0)
+    slow.stall()
+    for batch in range(25):  # the publisher never waits for anyone
+        hub.feed_lines(log_lines(2, 2 * batch))
+        await trio.testing.wait_all_tasks_blocked()
+    assert fast.seqs() == list(range(1, 51))
+    assert slow.subscriber.behind
+    assert hub.stats.fell_behind == 1
+    slow.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert slow.seqs() == list(range(1, 51))
+    assert not slow.subscriber.behind
+    hub.feed_lines(log_lines(3, 50))
+    await trio.testing.wait_all_tasks_blocked()
+    assert slow.seqs() == fast.seqs() == list(range(1, 54))
+    assert "resync" not in slow.types()
+
+
+async def test_slow_subscriber_past_history_gets_resync_and_snapshot(
+    nursery: trio.Nursery,
+) -> None:
+    hub = ProjectHub("demo", queue_size=2, history=10)
+    slow = await start_reader(nursery, hub, backlog=3)
+    slow.stall()
+    hub.feed_lines(log_lines(40))
+    await trio.testing.wait_all_tasks_blocked()
+    slow.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    types = slow.types()
+    assert "resync" in types
+    resync_at = types.index("resync")
+    assert slow.received[resync_at]["reason"] == "gap_evicted"
+    assert types[resync_at + 1 : resync_at + 3] == ["agent_status", "dev_server_status"]
+    after = slow.received[resync_at + 1 :]
+    assert [m["line"] for m in after if m["type"] == "log"] == log_lines(3, 37)
+    hub.feed_lines(["one more"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert slow.received[-1]["seq"] == 41
+    assert hub.stats.resyncs == 1
+
+
+async def test_resume_replays_exactly_what_was_missed(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(10))
+    reader = await start_reader(nursery, hub, since=4, epoch=hub.epoch)
+    assert reader.received[1] == {"type": "resumed", "since": 4, "seq": 10}
+    assert reader.seqs() == list(range(5, 11))
+    hub.feed_lines(log_lines(2, 10))
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(5, 13))
+
+
+@pytest.mark.parametrize(
+    ("since", "epoch", "reason"),
+    [
+        (3, "another-epoch", "epoch_changed"),
+        (3, None, "epoch_changed"),
+        (99, "EPOCH", "invalid_since"),
+        (-1, "EPOCH", "invalid_since"),
+        (1, "EPOCH", "gap_evicted"),
+    ],
+)
+async def test_resync_reasons(
+    nursery: trio.Nursery, since: int, epoch: str | None, reason: str
+) -> None:
+    hub = ProjectHub("demo", history=5)
+    hub.feed_lines(log_lines(10))
+    resolved_epoch = hub.epoch if epoch == "EPOCH" else epoch
+    reader = await start_reader(nursery, hub, since=since, epoch=resolved_epoch)
+    assert reader.received[1] == {"type": "resync", "reason": reason}
+    assert reader.received[2]["type"] == "agent_status"
+
+
+async def test_resume_at_head_gets_only_live_events(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(3))
+    reader = await start_reader(nursery, hub, since=3, epoch=hub.epoch)
+    assert reader.types() == ["hello", "resumed"]
+    hub.feed_lines(["next"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [4]
+
+
+class BudgetReader(Reader):
+    """Reads ``budget`` messages, then hangs mid-send like a connection that dropped."""
+
+    def __init__(self, hub: ProjectHub, subscriber: Subscriber, budget: int) -> None:
+        super().__init__(hub, subscriber)
+        self.budget = budget
+
+    async def send(self, text: str) -> None:
+        if self.budget <= 0:
+            await trio.sleep_forever()
+        self.budget -= 1
+        await super().send(text)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=st.integers(min_value=1, max_value=120),
+    rounds=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=40), st.integers(min_value=0, max_value=30)),
+        max_size=8,
+    ),
+    queue=st.integers(min_value=1, max_value=8),
+)
+def test_resume_across_random_disconnects_is_exactly_once(
+    total: int, rounds: list[tuple[int, int]], queue: int
+) -> None:
+    """Drop the connection at random points mid-delivery and resume with the last seq seen:
+    every event arrives exactly once, in order."""
+
+    async def scenario() -> list[int]:
+        hub = ProjectHub("demo", queue_size=queue, history=1000)
+        seen: list[int] = []
+        published = 0
+        final_round = (total, 1_000_000)  # publish the rest, read everything
+        async with trio.open_nursery() as nursery:
+            for to_publish, budget in [*rounds, final_round]:
+                since = seen[-1] if seen else 0
+                subscriber = hub.subscribe(since=since, epoch=hub.epoch)
+                reader = BudgetReader(hub, subscriber, budget)
+                scope = trio.CancelScope()
+                nursery.start_soon(_deliver_in, scope, hub, reader)
+                count = min(to_publish, total - published)
+                hub.feed_lines(log_lines(count, published))
+                published += count
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+                hub.unsubscribe(subscriber)
+                head = reader.types()[:2]
+                assert head == ["hello", "resumed"][: len(head)]
+                seen.extend(reader.seqs())
+        assert hub.subscriber_count == 0
+        return seen
+
+    assert trio.run(scenario) == list(range(1, total + 1))
+
+
+async def _deliver_in(scope: trio.CancelScope, hub: ProjectHub, reader: Reader) -> None:
+    with scope:
+        await hub.deliver(reader.subscriber, reader.send)
+
+
+async def test_warning_reaches_subscribers_and_late_joiners(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    early = await start_reader(nursery, hub)
+    hub.warn("progress", "features database /x/features.db is locked")
+    await trio.testing.wait_all_tasks_blocked()
+    assert early.received[-1] == {
+        "type": "warning",
+        "source": "progress",
+        "content": "features database /x/features.db is locked",
+    }
+    late = await start_reader(nursery, hub)
+    assert late.received[-1]["type"] == "warning"
+    hub.publish_progress(Progress(1, 0, 2, 0))
+    later = await start_reader(nursery, hub)
+    assert "warning" not in later.types()
+
+
+async def test_progress_published_only_on_change() -> None:
+    hub = ProjectHub("demo")
+    assert hub.publish_progress(Progress(1, 0, 2, 0))
+    assert not hub.publish_progress(Progress(1, 0, 2, 0))
+    assert hub.publish_progress(Progress(2, 0, 2, 0))
+    assert hub.stats.events["progress"] == 2
+
+
+async def test_unsubscribe_ends_fan_out_and_send_task(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub)
+    assert hub.stats.send_tasks == 1
+    hub.unsubscribe(reader.subscriber)
+    hub.feed_lines(["after"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert hub.subscriber_count == 0
+    assert hub.stats.send_tasks == 0
+    assert "after" not in [m.get("line") for m in reader.received]

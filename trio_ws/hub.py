@@ -1,0 +1,358 @@
+"""One project's fan-out: numbering, history, snapshot state, per-subscriber queues.
+
+A `ProjectHub` is the only place where a project's events get their `seq`.
+Producers call its synchronous methods (`feed_lines`, `set_status`,
+`publish_progress`); they never block and never await, so a publisher can
+not be slowed by any subscriber. Each event is encoded to JSON exactly once
+and the same text object goes to every subscriber.
+
+Delivery guarantee (PROTOCOL.md 3.1): every subscriber has one bounded
+memory channel. Events are put there with ``send_nowait``; when it is full
+the subscriber is marked *behind* and the publisher skips it from then on.
+Its send task keeps draining the channel; once empty it catches up from
+the held history (still in order, nothing twice), or, when the history no
+longer reaches back to what it last sent, sends ``resync`` and a fresh
+snapshot and continues from the snapshot point. Clearing *behind* happens
+with no checkpoint after the "caught up to the head" check, so no event can
+slip between catch-up and live delivery. Resume is the same mechanism: a
+resuming subscriber starts *behind* at its ``since``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Final, Literal
+
+import trio
+
+from trio_ws import protocol
+from trio_ws.pipeline import AgentPipeline, DevPipeline
+from trio_ws.progress import Progress
+from trio_ws.protocol import Clock, Message, wall_clock
+
+Stream = Literal["agent", "dev"]
+Send = Callable[[str], Awaitable[None]]
+
+DEFAULT_HISTORY: Final = 10_000
+DEFAULT_QUEUE: Final = 1024
+"""Per-subscriber channel capacity, in messages."""
+MAX_BACKLOG: Final = 1000
+ORCHESTRATOR_RECENT: Final = 5
+CATCH_UP_CHUNK: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message ready for the wire: ``seq`` is None for connection messages."""
+
+    seq: int | None
+    type: str
+    text: str
+
+
+@dataclass(eq=False)
+class Subscriber:
+    """Where one watcher stands: its queue, the last seq it was given, whether it fell behind."""
+
+    id: int
+    backlog: int
+    sent_seq: int
+    behind: bool
+    initial: list[str]
+    send_channel: trio.MemorySendChannel[Outgoing]
+    receive_channel: trio.MemoryReceiveChannel[Outgoing]
+    delivered: int = 0
+
+    def offer(self, item: Outgoing) -> bool:
+        """Queue a connection message for this subscriber only; False if its queue is full."""
+        try:
+            self.send_channel.send_nowait(item)
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return False
+        return True
+
+
+@dataclass
+class HubStats:
+    """Counters the server exposes (healthz, metrics) and tests assert on."""
+
+    events: Counter[str] = field(default_factory=Counter)
+    deliveries: int = 0
+    fell_behind: int = 0
+    catch_ups: int = 0
+    resyncs: int = 0
+    aborted: int = 0
+    send_tasks: int = 0
+
+
+class ProjectHub:
+    """The live state and history of one project, and its subscribers."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        history: int = DEFAULT_HISTORY,
+        queue_size: int = DEFAULT_QUEUE,
+        clock: Clock = wall_clock,
+    ) -> None:
+        if history < 1:
+            raise ValueError("history must hold at least one event")
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
+        self.name = name
+        self.epoch = secrets.token_hex(8)
+        self.seq = 0
+        self.queue_size = queue_size
+        self.agent = AgentPipeline(clock)
+        self.dev = DevPipeline(clock)
+        self.progress: Progress | None = None
+        self.stats = HubStats()
+        self._history: deque[Outgoing] = deque(maxlen=history)
+        self._subscribers: set[Subscriber] = set()
+        self._ids = itertools.count(1)
+        # Snapshot state, kept as already-encoded events so a snapshot costs no encoding.
+        self._agent_status: Outgoing | None = None
+        self._dev_status: Outgoing | None = None
+        self._progress_event: Outgoing | None = None
+        self._orchestrator: deque[Outgoing] = deque(maxlen=ORCHESTRATOR_RECENT)
+        self._agents: dict[int, Outgoing] = {}
+        self._logs: deque[Outgoing] = deque(maxlen=MAX_BACKLOG)
+        self._dev_logs: deque[Outgoing] = deque(maxlen=MAX_BACKLOG)
+        self._warnings: dict[str, Outgoing] = {}
+
+    # -- producer side: synchronous, never blocks ------------------------------
+
+    def feed_lines(self, lines: Iterable[str], stream: Stream = "agent") -> None:
+        """Run raw output lines through the stream's pipeline and publish the events."""
+        pipeline = self.agent if stream == "agent" else self.dev
+        for line in lines:
+            self._publish(pipeline.feed_line(line))
+
+    def set_status(self, status: str, stream: Stream = "agent") -> None:
+        """Apply a producer status; only a real change becomes an event."""
+        pipeline = self.agent if stream == "agent" else self.dev
+        self._publish(pipeline.set_status(status))
+
+    def publish_progress(self, progress: Progress) -> bool:
+        """Publish ``progress`` if any of its counts changed; True when it did."""
+        self.clear_warning("progress")
+        if progress == self.progress:
+            return False
+        self.progress = progress
+        self._publish([progress.to_message()])
+        return True
+
+    def warn(self, source: str, content: str) -> None:
+        """Tell every subscriber (and later joiners) about a problem, without a seq."""
+        item = self._connection_message(protocol.warning(source, content))
+        self._warnings[source] = item
+        for subscriber in self._subscribers:
+            if not subscriber.behind:
+                subscriber.offer(item)
+
+    def clear_warning(self, source: str) -> None:
+        self._warnings.pop(source, None)
+
+    def has_warning(self, source: str) -> bool:
+        return source in self._warnings
+
+    # -- subscriber side -------------------------------------------------------
+
+    @property
+    def subscriber_count(self) -> int:
+        return len(self._subscribers)
+
+    @property
+    def oldest_seq(self) -> int | None:
+        return self._history[0].seq if self._history else None
+
+    def subscribe(
+        self, since: int | None = None, epoch: str | None = None, backlog: int = 100
+    ) -> Subscriber:
+        """Register a subscriber and fix what it is sent first; contains no checkpoint.
+
+        Taking the snapshot (or the resume point) and joining the fan-out set
+        happen in one synchronous step, so no event can fall between them.
+        """
+        backlog = max(0, min(backlog, MAX_BACKLOG))
+        hello = protocol.encode(
+            {
+                "type": "hello",
+                "protocol": protocol.PROTOCOL_VERSION,
+                "project": self.name,
+                "epoch": self.epoch,
+                "seq": self.seq,
+                "server": protocol.SERVER_NAME,
+            }
+        )
+        initial = [hello]
+        resync_reason = self._resync_reason(since, epoch)
+        if since is not None and resync_reason is None:
+            initial.append(protocol.encode({"type": "resumed", "since": since, "seq": self.seq}))
+            sent_seq, behind = since, True
+        else:
+            if resync_reason is not None:
+                initial.append(protocol.encode({"type": "resync", "reason": resync_reason}))
+            initial.extend(self._snapshot(backlog))
+            sent_seq, behind = self.seq, False
+        initial.extend(item.text for item in self._warnings.values())
+        send_channel, receive_channel = trio.open_memory_channel[Outgoing](self.queue_size)
+        subscriber = Subscriber(
+            id=next(self._ids),
+            backlog=backlog,
+            sent_seq=sent_seq,
+            behind=behind,
+            initial=initial,
+            send_channel=send_channel,
+            receive_channel=receive_channel,
+        )
+        self._subscribers.add(subscriber)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Forget a subscriber; idempotent."""
+        self._subscribers.discard(subscriber)
+        subscriber.send_channel.close()
+
+    async def deliver(self, subscriber: Subscriber, send: Send) -> None:
+        """The subscriber's send task: initial messages, then live events, catching up as needed.
+
+        Returns when the subscriber is unsubscribed; ``send``'s errors propagate.
+        """
+        self.stats.send_tasks += 1
+        try:
+            initial, subscriber.initial = subscriber.initial, []
+            for text in initial:
+                await send(text)
+            receive = subscriber.receive_channel
+            while True:
+                if subscriber.behind and receive.statistics().current_buffer_used == 0:
+                    await self._catch_up(subscriber, send)
+                try:
+                    item = await receive.receive()
+                except trio.EndOfChannel:
+                    return  # unsubscribed
+                await send(item.text)
+                if item.seq is not None:
+                    subscriber.sent_seq = item.seq
+                    subscriber.delivered += 1
+                    self.stats.deliveries += 1
+        finally:
+            self.stats.send_tasks -= 1
+
+    # -- internals -------------------------------------------------------------
+
+    def _resync_reason(self, since: int | None, epoch: str | None) -> str | None:
+        if since is None:
+            return None
+        if epoch != self.epoch:
+            return "epoch_changed"
+        if since < 0 or since > self.seq:
+            return "invalid_since"
+        oldest = self.oldest_seq
+        if since < self.seq and (oldest is None or since + 1 < oldest):
+            return "gap_evicted"
+        return None
+
+    async def _catch_up(self, subscriber: Subscriber, send: Send) -> None:
+        """Bring a behind subscriber to the head from history, or resync it."""
+        self.stats.catch_ups += 1
+        while subscriber.sent_seq < self.seq:
+            oldest = self.oldest_seq
+            if oldest is None or subscriber.sent_seq + 1 < oldest:
+                self.stats.resyncs += 1
+                point = self.seq
+                texts = [protocol.encode({"type": "resync", "reason": "gap_evicted"})]
+                texts.extend(self._snapshot(subscriber.backlog))
+                for text in texts:
+                    await send(text)
+                subscriber.sent_seq = point
+                continue
+            start = subscriber.sent_seq + 1 - oldest
+            stop = min(start + CATCH_UP_CHUNK, len(self._history))
+            chunk = list(itertools.islice(self._history, start, stop))
+            for item in chunk:
+                await send(item.text)
+                subscriber.sent_seq = item.seq  # type: ignore[assignment]
+                subscriber.delivered += 1
+                self.stats.deliveries += 1
+        # Caught up: from here on the publisher queues for it again. No checkpoint
+        # between the loop's last check and this line.
+        subscriber.behind = False
+
+    def _snapshot(self, backlog: int) -> list[str]:
+        """The fresh-sync messages of PROTOCOL.md 3.1, in order, already encoded."""
+        texts = [
+            self._agent_status.text
+            if self._agent_status
+            else protocol.encode(protocol.agent_status(self.agent.status)),
+            self._dev_status.text
+            if self._dev_status
+            else protocol.encode(protocol.dev_server_status(self.dev.status, self.dev.url)),
+        ]
+        if self._progress_event is not None:
+            texts.append(self._progress_event.text)
+        texts.extend(item.text for item in self._orchestrator)
+        texts.extend(self._agents[index].text for index in sorted(self._agents))
+        if backlog:
+            texts.extend(item.text for item in _tail(self._logs, backlog))
+            texts.extend(item.text for item in _tail(self._dev_logs, backlog))
+        return texts
+
+    def _connection_message(self, message: Message) -> Outgoing:
+        return Outgoing(None, message["type"], protocol.encode(message))
+
+    def _publish(self, messages: list[Message]) -> None:
+        for message in messages:
+            self.seq += 1
+            message["seq"] = self.seq
+            item = Outgoing(self.seq, message["type"], protocol.encode(message))
+            self._history.append(item)
+            self._remember(message, item)
+            self.stats.events[item.type] += 1
+            for subscriber in self._subscribers:
+                if subscriber.behind:
+                    continue
+                try:
+                    subscriber.send_channel.send_nowait(item)
+                except trio.WouldBlock:
+                    subscriber.behind = True
+                    self.stats.fell_behind += 1
+
+    def _remember(self, message: Message, item: Outgoing) -> None:
+        """Keep what a snapshot needs; O(1) per event."""
+        kind = item.type
+        if kind == "log":
+            self._logs.append(item)
+        elif kind == "dev_log":
+            self._dev_logs.append(item)
+        elif kind == "agent_update":
+            index = message["agentIndex"]
+            if index < 0:
+                return
+            if message["state"] in ("success", "error"):
+                self._agents.pop(index, None)
+            else:
+                self._agents[index] = item
+        elif kind == "orchestrator_update":
+            self._orchestrator.append(item)
+        elif kind == "agent_status":
+            self._agent_status = item
+            if message["status"] in ("stopped", "crashed"):
+                self._agents.clear()
+        elif kind == "dev_server_status":
+            self._dev_status = item
+        elif kind == "progress":
+            self._progress_event = item
+
+
+def _tail(items: deque[Outgoing], count: int) -> Iterable[Outgoing]:
+    start = max(0, len(items) - count)
+    return itertools.islice(items, start, None)
