@@ -1,4 +1,4 @@
-"""Keeping secrets out of everything the server publishes.
+"""Keeping secrets out, and strangers off: redaction, Origin checks, tokens.
 
 ``redact`` replaces every secret in a line with ``[REDACTED]`` before the line
 reaches an event, a tracker or a log (LINES.md 1, step 5). Where a pattern has
@@ -15,9 +15,15 @@ can be long.
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
+import os
 import re
+import secrets
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Final
+from urllib.parse import urlsplit
 
 REDACTED: Final = "[REDACTED]"
 
@@ -119,3 +125,110 @@ def _aws_spans(text: str) -> Iterator[tuple[int, int]]:
             secret_start = name.end()
         yield secret_start, match.end()
         position = match.end()
+
+
+# -- access: Origin and tokens (PROTOCOL.md 2, 6) ------------------------------
+
+LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
+TOKEN_ENV: Final = "TRIO_WS_TOKEN"
+TOKEN_FILE: Final = "token"
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for ``localhost`` and any loopback address (127.0.0.0/8, ::1)."""
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
+    """Split ``host[:port]`` (IPv6 in brackets); None when the port is not a number."""
+    try:
+        parts = urlsplit(f"//{netloc}")
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.hostname is None:
+        return None
+    return parts.hostname.lower(), port if port is not None else default_port
+
+
+def origin_allowed(
+    origin: str | None,
+    host_header: str | None,
+    on_loopback: bool,
+    allowed: frozenset[str] = frozenset(),
+) -> bool:
+    """The handshake's Origin rule: absent, same host, loopback on loopback, or listed."""
+    if origin is None:
+        return True
+    normalized = origin.strip().rstrip("/").lower()
+    if normalized in {entry.rstrip("/").lower() for entry in allowed}:
+        return True
+    parts = urlsplit(normalized)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return False
+    default_port = 443 if parts.scheme == "https" else 80
+    origin_host = _host_port(parts.netloc, default_port)
+    if origin_host is None:
+        return False
+    if on_loopback and is_loopback_host(origin_host[0]):
+        return True
+    if host_header is None:
+        return False
+    return _host_port(host_header.strip(), default_port) == origin_host
+
+
+def token_matches(offered: str | None, expected: str) -> bool:
+    """Constant-time token comparison; an empty or missing token never matches."""
+    if not offered or not expected:
+        return False
+    return hmac.compare_digest(offered.encode(), expected.encode())
+
+
+def load_token(home: Path, explicit: str | None = None, *, create: bool = False) -> str:
+    """The server token: ``explicit``, else $TRIO_WS_TOKEN, else ``<home>/token``.
+
+    With ``create`` a missing token file is made (mode 0600, a fresh random
+    token); without it a missing file is an error, so a client never guesses.
+    """
+    if explicit:
+        return explicit
+    from_env = os.environ.get(TOKEN_ENV)
+    if from_env:
+        return from_env
+    path = home / TOKEN_FILE
+    try:
+        return _read_token(path)
+    except FileNotFoundError:
+        if not create:
+            raise TokenError(
+                f"no token at {path}; start `trio-ws serve` once or pass --token"
+            ) from None
+    home.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _read_token(path)  # another process created it first
+    with os.fdopen(fd, "w") as handle:
+        handle.write(token + "\n")
+    return token
+
+
+def _read_token(path: Path) -> str:
+    try:
+        token = path.read_text().strip()
+    except PermissionError:
+        raise TokenError(f"cannot read token file {path}: permission denied") from None
+    if not token:
+        raise TokenError(f"token file {path} is empty")
+    return token
+
+
+class TokenError(Exception):
+    """The token could not be found or read; the message says where."""
