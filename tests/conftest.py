@@ -1,0 +1,42 @@
+"""Fixtures for tests that run the real server on 127.0.0.1, port 0."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+from serving import NETWORK_TIMEOUT, make_config
+
+from trio_ws.registry import Registry
+from trio_ws.server import Server, serve
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def registry(home: Path) -> Registry:
+    return Registry(home / "registry.db")
+
+
+@pytest.fixture
+def project_dir(tmp_path: Path, registry: Registry) -> Path:
+    """A registered project named ``demo`` with an empty directory."""
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    registry.add("demo", directory)
+    return directory
+
+
+@pytest.fixture
+async def server(nursery: trio.Nursery, registry: Registry) -> AsyncIterator[Server]:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        running: Server = await nursery.start(serve, make_config(registry))
+    yield running
+    running._cancel.cancel()

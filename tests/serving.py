@@ -1,0 +1,83 @@
+"""Helpers for tests that talk to the real server over 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import trio
+from trio_websocket import WebSocketConnection, connect_websocket_url
+
+from trio_ws.registry import Registry
+from trio_ws.server import Server, ServerConfig
+
+TOKEN = "test-token-not-secret"
+NETWORK_TIMEOUT = 15
+
+
+def make_config(registry: Registry, **overrides: Any) -> ServerConfig:
+    settings: dict[str, Any] = {
+        "registry_path": registry.path,
+        "token": TOKEN,
+        "host": "127.0.0.1",
+        "port": 0,
+        "poll_interval": 0.05,
+    }
+    settings.update(overrides)
+    return ServerConfig(**settings)
+
+
+def ws_url(server: Server, path: str) -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+async def connect(
+    nursery: trio.Nursery, server: Server, project: str = "demo", **query: Any
+) -> WebSocketConnection:
+    """A subscriber connection to ``project`` with the given query parameters."""
+    params = "&".join(f"{key}={value}" for key, value in query.items())
+    path = f"/ws/projects/{project}" + (f"?{params}" if params else "")
+    return await connect_websocket_url(nursery, ws_url(server, path))
+
+
+async def receive(ws: WebSocketConnection) -> dict[str, Any]:
+    message = await ws.get_message()
+    assert isinstance(message, str)
+    decoded = json.loads(message)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+async def receive_until(
+    ws: WebSocketConnection, predicate: Any, limit: int = 10_000
+) -> list[dict[str, Any]]:
+    """Messages up to and including the first one matching ``predicate``."""
+    seen: list[dict[str, Any]] = []
+    for _ in range(limit):
+        message = await receive(ws)
+        seen.append(message)
+        if predicate(message):
+            return seen
+    raise AssertionError(f"no matching message in {limit}")
+
+
+async def http_get(
+    server: Server, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 GET over a real socket; returns status, headers and body."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+        lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        data = b""
+        while chunk := await stream.receive_some(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    status = int(status_line.split()[1])
+    parsed = {}
+    for line in header_lines:
+        key, _, value = line.partition(":")
+        parsed[key.strip().lower()] = value.strip()
+    return status, parsed, body

@@ -1,0 +1,196 @@
+"""`ConnectionManager`: the hubs of all projects, their poll loops, live sessions.
+
+One hub per project name, so two projects never share a history or a
+subscriber set. Each project's progress is read by one `poll_progress` loop,
+started with its first subscriber and cancelled with its last; every loop
+reads through `trio.to_thread` under one shared capacity limiter, so a
+locked database stalls a worker thread, never the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+import trio
+
+from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Subscriber
+from trio_ws.progress import ProgressError, ProgressReader
+
+log = logging.getLogger("trio_ws.manager")
+
+DEFAULT_POLL_INTERVAL: Final = 1.0
+READER_THREADS: Final = 4
+
+
+@dataclass
+class PollStats:
+    """What the poll loops did, for metrics, benchmarks and tests."""
+
+    running: int = 0
+    reads: int = 0
+    errors: int = 0
+
+
+class Closable(Protocol):
+    """A live session the manager can close on shutdown (implemented by the endpoints)."""
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+@dataclass
+class _Project:
+    hub: ProjectHub
+    directory: Path
+    reader: ProgressReader
+    poll_scope: trio.CancelScope | None = None
+
+
+class ConnectionManager:
+    """Owns every project hub, their poll loops and the sessions to close at shutdown."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        *,
+        history: int = DEFAULT_HISTORY,
+        queue_size: int = DEFAULT_QUEUE,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        lock_timeout: float = 1.0,
+        on_poll: Callable[[str, float, bool], None] | None = None,
+    ) -> None:
+        self._nursery = nursery
+        self._history = history
+        self._queue_size = queue_size
+        self.poll_interval = poll_interval
+        self._lock_timeout = lock_timeout
+        self._projects: dict[str, _Project] = {}
+        self._sessions: set[Closable] = set()
+        self.limiter = trio.CapacityLimiter(READER_THREADS)
+        self.poll = PollStats()
+        self._on_poll = on_poll
+        self.started_at = time.monotonic()
+
+    # -- hubs ------------------------------------------------------------------
+
+    @property
+    def hubs(self) -> dict[str, ProjectHub]:
+        return {name: project.hub for name, project in self._projects.items()}
+
+    def get_hub(self, name: str) -> ProjectHub | None:
+        project = self._projects.get(name)
+        return project.hub if project else None
+
+    def hub_for(self, name: str, directory: Path) -> ProjectHub:
+        """The project's hub, created on first use; follows a re-registered directory."""
+        project = self._projects.get(name)
+        if project is None:
+            hub = ProjectHub(name, history=self._history, queue_size=self._queue_size)
+            project = _Project(hub, directory, self._new_reader(directory))
+            self._projects[name] = project
+        elif project.directory != directory:
+            project.directory = directory
+            project.reader = self._new_reader(directory)
+        return project.hub
+
+    def _new_reader(self, directory: Path) -> ProgressReader:
+        return ProgressReader(directory, lock_timeout=self._lock_timeout)
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(project.hub.subscriber_count for project in self._projects.values())
+
+    # -- subscribers -----------------------------------------------------------
+
+    def subscribe(
+        self, name: str, since: int | None, epoch: str | None, backlog: int
+    ) -> tuple[ProjectHub, Subscriber]:
+        """Join a project's fan-out; starts its poll loop with the first subscriber."""
+        project = self._projects[name]
+        subscriber = project.hub.subscribe(since, epoch, backlog)
+        if project.poll_scope is None:
+            project.poll_scope = trio.CancelScope()
+            self._nursery.start_soon(self._poll, project, project.poll_scope)
+        return project.hub, subscriber
+
+    def unsubscribe(self, name: str, subscriber: Subscriber) -> None:
+        """Leave the fan-out; cancels the poll loop with the last subscriber."""
+        project = self._projects[name]
+        project.hub.unsubscribe(subscriber)
+        if project.hub.subscriber_count == 0 and project.poll_scope is not None:
+            project.poll_scope.cancel()
+            project.poll_scope = None
+
+    # -- sessions (for shutdown) -----------------------------------------------
+
+    def add_session(self, session: Closable) -> None:
+        self._sessions.add(session)
+
+    def remove_session(self, session: Closable) -> None:
+        self._sessions.discard(session)
+
+    async def close_all(self, code: int, reason: str, within: float = 2.0) -> None:
+        """Close every live session with ``code``, all at once, within ``within`` seconds."""
+        with trio.move_on_after(within):
+            async with trio.open_nursery() as nursery:
+                for session in list(self._sessions):
+                    nursery.start_soon(session.close, code, reason)
+
+    # -- progress ----------------------------------------------------------------
+
+    async def _poll(self, project: _Project, scope: trio.CancelScope) -> None:
+        self.poll.running += 1
+        try:
+            with scope:
+                await poll_progress(
+                    project.hub,
+                    lambda: project.reader,
+                    self.poll_interval,
+                    self.limiter,
+                    self._record_poll,
+                )
+        finally:
+            self.poll.running -= 1
+
+    def _record_poll(self, name: str, seconds: float, ok: bool) -> None:
+        self.poll.reads += 1
+        if not ok:
+            self.poll.errors += 1
+        if self._on_poll is not None:
+            self._on_poll(name, seconds, ok)
+
+
+async def poll_progress(
+    hub: ProjectHub,
+    reader: Callable[[], ProgressReader],
+    interval: float,
+    limiter: trio.CapacityLimiter,
+    record: Callable[[str, float, bool], None] | None = None,
+) -> None:
+    """Read a project's progress every ``interval`` seconds until cancelled.
+
+    A change becomes a `progress` event; a failing read becomes one `warning`
+    per failure streak (and one log line), while the last good figures stand.
+    """
+    while True:
+        current = reader()
+        started = time.perf_counter()
+        try:
+            progress = await trio.to_thread.run_sync(current.read, limiter=limiter)
+        except ProgressError as exc:
+            if record:
+                record(hub.name, time.perf_counter() - started, False)
+            if not hub.has_warning("progress"):
+                log.warning("project %s: progress read failed: %s", hub.name, exc)
+                hub.warn("progress", str(exc))
+        else:
+            if record:
+                record(hub.name, time.perf_counter() - started, True)
+            if hub.has_warning("progress"):
+                log.info("project %s: progress reads recovered", hub.name)
+            hub.publish_progress(progress)
+        await trio.sleep(interval)

@@ -1,0 +1,373 @@
+"""The server: one port for HTTP and websockets, one task per connection.
+
+`serve` opens the listeners, reports the bound port through ``task_status``
+(as ``trio.serve_listeners`` does) and runs until cancelled. Each connection
+is handled by `_handle_connection`, which reads the request head with h11
+under a deadline and a byte cap, answers plain HTTP itself, and hands
+websocket upgrades to trio-websocket on the already-read bytes. A handler
+failure is logged with its peer and never reaches the server's nursery.
+
+Resources: one nursery for connection handlers, one for the manager's poll
+loops. Errors: `OSError` from binding (port in use) propagates to the caller
+before ``task_status.started`` is called.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import unquote
+
+import trio
+from trio_websocket import WebSocketConnection, wrap_server_stream
+
+from trio_ws import __version__, protocol
+from trio_ws.httpio import (
+    BadRequest,
+    ReplayStream,
+    RequestHead,
+    read_request_head,
+    send_json,
+    send_response,
+)
+from trio_ws.manager import ConnectionManager
+from trio_ws.registry import Project, Registry, RegistryError
+from trio_ws.security import is_loopback_host, origin_allowed, token_matches
+from trio_ws.subscribe import (
+    CLOSE_TIMEOUT,
+    MAX_INBOUND_BYTES,
+    STALL_TIMEOUT,
+    SubscribeRequest,
+    parse_backlog,
+    parse_since,
+    project_websocket,
+)
+
+log = logging.getLogger("trio_ws.server")
+
+HANDSHAKE_TIMEOUT: Final = 10.0
+TOKEN_COOKIE: Final = "trio_ws_token"
+_SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `serve` needs; the CLI builds one from its options."""
+
+    registry_path: Path
+    token: str
+    host: str = "127.0.0.1"
+    port: int = 8888
+    poll_interval: float = 1.0
+    history: int = 10_000
+    queue_size: int = 1024
+    allow_origins: frozenset[str] = frozenset()
+    require_token: bool = False
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    stall_timeout: float = STALL_TIMEOUT
+    lock_timeout: float = 1.0
+
+    @property
+    def on_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    @property
+    def subscribers_need_token(self) -> bool:
+        return self.require_token or not self.on_loopback
+
+
+@dataclass
+class Server:
+    """A running server: what tests, the CLI and the signal handler talk to."""
+
+    config: ServerConfig
+    manager: ConnectionManager
+    port: int
+    started_at: float = field(default_factory=time.monotonic)
+    _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}/"
+
+    async def shutdown(self, code: int = 1001, within: float = 2.0) -> None:
+        """Close every subscriber with ``code`` within ``within`` seconds, then stop serving."""
+        await self.manager.close_all(code, "server shutting down", within)
+        self._cancel.cancel()
+
+
+async def serve(
+    config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled (or `Server.shutdown`); reports the `Server` once listening."""
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    port = listeners[0].socket.getsockname()[1]
+    async with trio.open_nursery() as nursery:
+        manager = ConnectionManager(
+            nursery,
+            history=config.history,
+            queue_size=config.queue_size,
+            poll_interval=config.poll_interval,
+            lock_timeout=config.lock_timeout,
+        )
+        server = Server(config, manager, port)
+        with server._cancel:
+            task_status.started(server)
+
+            async def handler(stream: trio.SocketStream) -> None:
+                await _handle_connection(server, stream)
+
+            await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+        nursery.cancel_scope.cancel()
+
+
+async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
+    peer = _peer_name(stream)
+    try:
+        async with stream:
+            await _dispatch(server, stream, peer)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+        log.debug("connection from %s dropped", peer)
+    except* Exception as group:
+        log.error("connection from %s failed", peer, exc_info=group)
+
+
+async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> None:
+    config = server.config
+    head: RequestHead | None = None
+    with trio.move_on_after(config.handshake_timeout):
+        try:
+            head = await read_request_head(stream)
+        except BadRequest as exc:
+            log.info("bad request from %s: %s", peer, exc)
+            await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
+            return
+    if head is None:
+        return
+    if head.path.startswith("/ws/"):
+        await _websocket(server, stream, head, peer)
+    else:
+        await _http(server, stream, head)
+
+
+# -- plain HTTP ---------------------------------------------------------------
+
+
+async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    connection = head.connection
+    if head.method != "GET":
+        await send_response(stream, connection, 405, b"only GET is served\n")
+        return
+    if head.path == "/healthz":
+        await send_json(stream, connection, 200, _health(server))
+    elif head.path == "/api/projects":
+        await _api_projects(server, stream, head)
+    elif head.path == "/" or head.path.startswith("/projects/"):
+        await _dashboard(server, stream, head)
+    else:
+        await send_response(stream, connection, 404, b"not found\n")
+
+
+def _health(server: Server) -> dict[str, Any]:
+    manager = server.manager
+    return {
+        "status": "ok",
+        "projects": len(manager.hubs),
+        "subscribers": manager.subscriber_count,
+        "producers": 0,
+        "uptime_s": round(time.monotonic() - server.started_at, 3),
+    }
+
+
+async def _api_projects(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    registry = Registry(server.config.registry_path)
+    try:
+        projects = await trio.to_thread.run_sync(_list_with_existence, registry)
+    except RegistryError as exc:
+        log.error("registry unreadable: %s", exc)
+        await send_json(stream, head.connection, 503, {"error": str(exc)})
+        return
+    listing = []
+    for project, exists in projects:
+        hub = server.manager.get_hub(project.name)
+        listing.append(
+            {
+                "name": project.name,
+                "path": project.path.as_posix(),
+                "exists": exists,
+                "subscribers": hub.subscriber_count if hub else 0,
+                "agent_status": hub.agent.status if hub else "stopped",
+                "dev_server_status": hub.dev.status if hub else "stopped",
+            }
+        )
+    await send_json(stream, head.connection, 200, listing)
+
+
+def _list_with_existence(registry: Registry) -> list[tuple[Project, bool]]:
+    return [(project, project.path.is_dir()) for project in registry.list()]
+
+
+async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    """Where the dashboard page will be served; until then a plain pointer to the API."""
+    body = (
+        f"trio-ws {__version__}\n"
+        "The dashboard page is not built yet. Endpoints: /healthz, /api/projects,\n"
+        "websocket /ws/projects/{name}.\n"
+    ).encode()
+    await send_response(stream, head.connection, 200, body)
+
+
+# -- websockets ---------------------------------------------------------------
+
+
+async def _websocket(
+    server: Server, stream: trio.SocketStream, head: RequestHead, peer: str
+) -> None:
+    config = server.config
+    connection = head.connection
+    if not head.is_websocket:
+        await send_response(
+            stream,
+            connection,
+            426,
+            b"websocket upgrade required\n",
+            extra_headers=[("upgrade", "websocket")],
+        )
+        return
+    match = _SUBSCRIBE_PATH.fullmatch(head.path)
+    if match is None:
+        await send_response(stream, connection, 404, b"not found\n")
+        return
+    if not origin_allowed(
+        head.header("origin"), head.header("host"), config.on_loopback, config.allow_origins
+    ):
+        log.info("refused origin from %s", peer)
+        await send_response(stream, connection, 403, b"origin not allowed\n")
+        return
+    replay = ReplayStream(stream, head.raw)
+    async with trio.open_nursery() as nursery:
+        ws_request = None
+        with trio.move_on_after(config.handshake_timeout):
+            ws_request = await wrap_server_stream(
+                nursery, replay, max_message_size=MAX_INBOUND_BYTES
+            )
+        if ws_request is None:
+            nursery.cancel_scope.cancel()
+            return
+        ws = await ws_request.accept()
+        try:
+            await _subscriber(server, ws, stream, head, match.group("name"), peer)
+        finally:
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                scope.shield = True
+                await ws.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def _subscriber(
+    server: Server,
+    ws: WebSocketConnection,
+    stream: trio.SocketStream,
+    head: RequestHead,
+    raw_name: str,
+    peer: str,
+) -> None:
+    config = server.config
+    token = head.query.get("token") or head.cookie(TOKEN_COOKIE)
+    authorized = token_matches(token, config.token)
+    if config.subscribers_need_token and not authorized:
+        await _refuse(ws, 4001, "Unauthorized")
+        return
+    name = _unquote(raw_name)
+    if name is None or not protocol.is_valid_project_name(name):
+        await _refuse(ws, 4000, "Invalid project name")
+        return
+    try:
+        found = await trio.to_thread.run_sync(_lookup, config.registry_path, name)
+    except RegistryError as exc:
+        log.error("registry unreadable while %s subscribed: %s", peer, exc)
+        await ws.aclose(1011, "registry unavailable")
+        return
+    if found is None:
+        await _refuse(ws, 4004, "Project not found in registry")
+        return
+    project, exists = found
+    if not exists:
+        await _refuse(ws, 4004, "Project directory not found")
+        return
+    server.manager.hub_for(name, project.path)
+    request = SubscribeRequest(
+        project=name,
+        since=parse_since(head.query.get("since")),
+        epoch=head.query.get("epoch"),
+        backlog=parse_backlog(head.query.get("backlog")),
+        authorized=authorized,
+        peer=peer,
+    )
+    await project_websocket(ws, stream, server.manager, request, stall_timeout=config.stall_timeout)
+
+
+def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
+    project = Registry(registry_path).get(name)
+    if project is None:
+        return None
+    return project, project.path.is_dir()
+
+
+async def _refuse(ws: WebSocketConnection, code: int, content: str) -> None:
+    """Send the protocol's ``error`` and close with a do-not-retry code."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        await ws.send_message(protocol.encode(protocol.error(content)))
+        await ws.aclose(code, content)
+
+
+def _unquote(raw: str) -> str | None:
+    """The percent-decoded project name; None when it is not valid UTF-8."""
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        return None
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown peer"
+    return f"{host}:{port}"
+
+
+async def serve_until_signalled(
+    config: ServerConfig, announce: Callable[[Server], None] | None = None
+) -> None:
+    """`serve` for the CLI: the first SIGINT/SIGTERM closes subscribers with 1001 and
+    returns (within the 2 s close bound); a second one exits the process at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            server: Server = await nursery.start(serve, config)
+            if announce is not None:
+                announce(server)
+
+            async def shut_down() -> None:
+                await server.shutdown(1001)
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                async for signum in signals:
+                    log.info("signal %d: closing subscribers", signum)
+                    nursery.start_soon(shut_down)
+                    break
+                async for signum in signals:
+                    log.warning("second signal %d: exiting now", signum)
+                    os._exit(128 + signum)
+
+            nursery.start_soon(watch)

@@ -1,0 +1,213 @@
+"""`project_websocket`: one dashboard watching one project (PROTOCOL.md 2, 3).
+
+A session is two tasks in one nursery: the hub's send task for this
+subscriber, and a receive loop that always drains what the client sends
+(pings, control, garbage) so the client can never wedge its own socket.
+Only the send task writes events; closes go through trio-websocket's
+stream lock, so a close frame never lands in the middle of another frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from trio_ws import protocol
+from trio_ws.hub import Outgoing, ProjectHub, Subscriber
+from trio_ws.manager import ConnectionManager
+
+log = logging.getLogger("trio_ws.subscribe")
+
+MAX_INBOUND_BYTES: Final = 64 * 1024
+FLOOD_MESSAGES: Final = 100
+FLOOD_WINDOW: Final = 10.0
+STALL_TIMEOUT: Final = 30.0
+CLOSE_TIMEOUT: Final = 2.0
+
+ControlHandler = Callable[[str, str], Awaitable[str | None]]
+"""(project, action) -> None when forwarded, else the refusal text."""
+
+
+class SubscriberStalled(Exception):
+    """The peer accepted no bytes for the stall timeout."""
+
+
+@dataclass
+class SubscribeRequest:
+    """What the handshake established about a subscriber."""
+
+    project: str
+    since: int | None
+    epoch: str | None
+    backlog: int
+    authorized: bool
+    peer: str
+
+
+def parse_since(raw: str | None) -> int | None:
+    """The ``since`` query value; a non-integer is -1, which the hub calls invalid."""
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        return -1
+
+
+def parse_backlog(raw: str | None) -> int:
+    try:
+        value = int(raw) if raw is not None else 100
+    except ValueError:
+        return 100
+    return max(0, min(value, 1000))
+
+
+class SubscriberSession:
+    """A live subscriber connection; closable by the manager on shutdown."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        raw_stream: trio.abc.Stream,
+        hub: ProjectHub,
+        subscriber: Subscriber,
+        request: SubscribeRequest,
+        control: ControlHandler | None,
+        stall_timeout: float = STALL_TIMEOUT,
+    ) -> None:
+        self.ws = ws
+        self._raw_stream = raw_stream
+        self.hub = hub
+        self.subscriber = subscriber
+        self.request = request
+        self._control = control
+        self._stall_timeout = stall_timeout
+        self._cancel = trio.CancelScope()
+        self.close_code: int | None = None
+
+    async def run(self) -> None:
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._send_task)
+                await self._receive_loop()
+                nursery.cancel_scope.cancel()
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (e.g. 1001 at shutdown); abort if the peer won't take it."""
+        self.close_code = code
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            scope.shield = True
+            await self.ws.aclose(code, reason)
+        if scope.cancelled_caught:
+            await trio.aclose_forcefully(self._raw_stream)
+        self._cancel.cancel()
+
+    async def _send(self, text: str) -> None:
+        with trio.move_on_after(self._stall_timeout) as scope:
+            await self.ws.send_message(text)
+        if scope.cancelled_caught:
+            raise SubscriberStalled
+
+    async def _send_task(self) -> None:
+        try:
+            await self.hub.deliver(self.subscriber, self._send)
+        except ConnectionClosed as exc:
+            log.debug(
+                "project %s: subscriber %s closed: %s",
+                self.request.project,
+                self.request.peer,
+                exc.reason,
+            )
+        except SubscriberStalled:
+            log.warning(
+                "project %s: subscriber %s accepted nothing for %.0f s; aborted",
+                self.request.project,
+                self.request.peer,
+                self._stall_timeout,
+            )
+            self.hub.stats.aborted += 1
+            await trio.aclose_forcefully(self._raw_stream)
+        self._cancel.cancel()
+
+    async def _receive_loop(self) -> None:
+        arrivals: deque[float] = deque(maxlen=FLOOD_MESSAGES)
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            now = trio.current_time()
+            if len(arrivals) == FLOOD_MESSAGES and now - arrivals[0] < FLOOD_WINDOW:
+                log.warning(
+                    "project %s: subscriber %s sent over %d messages in %.0f s; closed 1008",
+                    self.request.project,
+                    self.request.peer,
+                    FLOOD_MESSAGES,
+                    FLOOD_WINDOW,
+                )
+                await self.close(1008, "too many messages")
+                return
+            arrivals.append(now)
+            await self._handle(message)
+
+    async def _handle(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self._reply(protocol.warning("protocol", "binary frames are not accepted"))
+            return
+        try:
+            payload = json.loads(message)
+        except ValueError:
+            self._reply(protocol.warning("protocol", "message is not valid JSON"))
+            return
+        if not isinstance(payload, dict):
+            self._reply(protocol.warning("protocol", "message is not a JSON object"))
+            return
+        kind = payload.get("type")
+        if kind == "ping":
+            self._reply({"type": "pong"})
+        elif kind == "control":
+            await self._handle_control(payload.get("action"))
+
+    async def _handle_control(self, action: object) -> None:
+        if not isinstance(action, str) or action not in protocol.CONTROL_ACTIONS:
+            refusal: str | None = f"unknown control action {action!r}"
+        elif not self.request.authorized:
+            refusal = "control needs the server token"
+        elif self._control is None:
+            refusal = "no producer can act on this project"
+        else:
+            refusal = await self._control(self.request.project, action)
+        if refusal is not None:
+            self._reply(protocol.warning("control", refusal))
+
+    def _reply(self, message: protocol.Message) -> None:
+        """Queue a connection message for this subscriber; dropped if its queue is full."""
+        self.subscriber.offer(Outgoing(None, message["type"], protocol.encode(message)))
+
+
+async def project_websocket(
+    ws: WebSocketConnection,
+    raw_stream: trio.abc.Stream,
+    manager: ConnectionManager,
+    request: SubscribeRequest,
+    control: ControlHandler | None = None,
+    stall_timeout: float = STALL_TIMEOUT,
+) -> None:
+    """Serve one accepted subscriber of a registered, existing project until it leaves."""
+    hub, subscriber = manager.subscribe(
+        request.project, request.since, request.epoch, request.backlog
+    )
+    session = SubscriberSession(ws, raw_stream, hub, subscriber, request, control, stall_timeout)
+    manager.add_session(session)
+    try:
+        await session.run()
+    finally:
+        manager.remove_session(session)
+        manager.unsubscribe(request.project, subscriber)
