@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
+import trio
 from rich.console import Console
 from rich.table import Table
 
@@ -30,6 +32,8 @@ from trio_ws.registry import (
     registry_path,
     resolve_home,
 )
+from trio_ws.security import TOKEN_ENV, TokenError, load_token
+from trio_ws.server import Server, ServerConfig, serve_until_signalled
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -91,7 +95,8 @@ class _Cli(click.Group):
 
 
 def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add ``--home``/``--registry`` and pass the chosen file on as ``registry_file``."""
+    """Add ``--home``/``--registry``; the command gets ``home_dir``, ``registry_file``
+    and ``registry_given`` (whether ``--registry`` named another file)."""
 
     @click.option(
         "--home",
@@ -107,7 +112,13 @@ def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )
     @functools.wraps(command)
     def wrapper(home: Path | None, registry: Path | None, **kwargs: Any) -> Any:
-        return command(registry_file=registry_path(resolve_home(home), registry), **kwargs)
+        home_dir = resolve_home(home)
+        return command(
+            home_dir=home_dir,
+            registry_file=registry_path(home_dir, registry),
+            registry_given=registry is not None,
+            **kwargs,
+        )
 
     return wrapper
 
@@ -127,7 +138,7 @@ def projects() -> None:
 @click.argument("name")
 @click.argument("path", type=click.Path(path_type=Path))
 @registry_options
-def projects_add(name: str, path: Path, registry_file: Path) -> None:
+def projects_add(name: str, path: Path, registry_file: Path, **_: Any) -> None:
     """Register directory PATH as project NAME."""
     project = Registry(registry_file).add(name, path)
     click.echo(f"added {project.name} -> {project.path.as_posix()}")
@@ -136,7 +147,7 @@ def projects_add(name: str, path: Path, registry_file: Path) -> None:
 @projects.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 @registry_options
-def projects_list(as_json: bool, registry_file: Path) -> None:
+def projects_list(as_json: bool, registry_file: Path, **_: Any) -> None:
     """Show every registered project."""
     found = Registry(registry_file).list()
     if as_json:
@@ -150,7 +161,7 @@ def projects_list(as_json: bool, registry_file: Path) -> None:
 @projects.command("remove")
 @click.argument("name")
 @registry_options
-def projects_remove(name: str, registry_file: Path) -> None:
+def projects_remove(name: str, registry_file: Path, **_: Any) -> None:
     """Unregister project NAME (its directory is left untouched)."""
     project = Registry(registry_file).remove(name)
     click.echo(f"removed {project.name} (was {project.path.as_posix()})")
@@ -172,3 +183,113 @@ def _print_table(found: list[Project]) -> None:
             project.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
         )
     console.print(table)
+
+
+@main.command()
+@registry_options
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", default=8888, show_default=True, type=click.IntRange(0, 65535), help="0: any."
+)
+@click.option(
+    "--poll-interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.05, max=3600),
+    help="Seconds between reads of each watched project's features database.",
+)
+@click.option(
+    "--history",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1, max=1_000_000),
+    help="Events held per project for resume and catch-up.",
+)
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Also accept websockets from this Origin (repeatable), e.g. http://dash.local:3000.",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    help="Server token [default: <home>/token, created at first start].",
+)
+@click.option(
+    "--require-token",
+    is_flag=True,
+    help="Subscribers need the token even on loopback (always so on other addresses).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    home_dir: Path,
+    registry_file: Path,
+    registry_given: bool,
+    host: str,
+    port: int,
+    poll_interval: float,
+    history: int,
+    allow_origins: tuple[str, ...],
+    token: str | None,
+    require_token: bool,
+    log_level: str,
+) -> None:
+    """Serve live updates of every registered project until Ctrl-C or SIGTERM.
+
+    The first signal closes every subscriber with 1001 and exits 0 within 2 s;
+    a second one exits at once.
+    """
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    registry = Registry(registry_file)
+    if registry_given:
+        registry.list()  # an unreadable registry named by --registry stops us here
+    else:
+        registry.ensure()
+    try:
+        secret = load_token(home_dir, token, create=True)
+    except (TokenError, OSError) as exc:
+        raise Refusal(str(exc)) from exc
+    config = ServerConfig(
+        registry_path=registry_file,
+        token=secret,
+        host=host,
+        port=port,
+        poll_interval=poll_interval,
+        history=history,
+        allow_origins=frozenset(allow_origins),
+        require_token=require_token,
+    )
+
+    def announce(server: Server) -> None:
+        url = server.url
+        if config.subscribers_need_token:
+            url += f"?token={secret}"
+        click.echo(f"trio-ws {__version__} serving {url}")
+        click.echo(f"projects from {registry_file}", err=True)
+
+    try:
+        trio.run(serve_until_signalled, config, announce)
+    except* OSError as group:
+        reason = "; ".join(sorted({_os_reason(exc) for exc in _leaves(group)}))
+        raise Refusal(f"cannot listen on {host}:{port}: {reason}") from None
+
+
+def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
+    found: list[OSError] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
+
+
+def _os_reason(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()

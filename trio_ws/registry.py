@@ -159,6 +159,13 @@ class Registry:
             _execute(conn, self, "COMMIT")
         return Project(name, resolved, created_at, DEFAULT_CONCURRENCY)
 
+    def ensure(self) -> None:
+        """Create an empty registry if there is none yet; check the shape of one that is."""
+        with self._connect(create=True) as conn:
+            _execute(conn, self, "BEGIN IMMEDIATE")
+            self._check_table(conn, create=True)
+            _execute(conn, self, "COMMIT")
+
     def get(self, name: str) -> Project | None:
         """The project called ``name`` (case-sensitive), or None."""
         _check_name(name)

@@ -267,8 +267,9 @@ async def _websocket(
         try:
             await _subscriber(server, ws, stream, head, match.group("name"), peer)
         finally:
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                scope.shield = True
+            # Not shielded: when the server is cancelled this drops the TCP
+            # connection at once instead of waiting for the peer.
+            with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose()
             nursery.cancel_scope.cancel()
 
@@ -350,24 +351,37 @@ async def serve_until_signalled(
     config: ServerConfig, announce: Callable[[Server], None] | None = None
 ) -> None:
     """`serve` for the CLI: the first SIGINT/SIGTERM closes subscribers with 1001 and
-    returns (within the 2 s close bound); a second one exits the process at once."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, config)
-            if announce is not None:
-                announce(server)
+    returns (within the 2 s close bound); a second one exits the process at once.
 
-            async def shut_down() -> None:
-                await server.shutdown(1001)
-                nursery.cancel_scope.cancel()
+    The signal watcher lives outside the server's nursery, so it still listens
+    while the server tears down.
+    """
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            server_scope = trio.CancelScope()
+            ready = trio.Event()
+            servers: list[Server] = []
 
             async def watch() -> None:
                 async for signum in signals:
                     log.info("signal %d: closing subscribers", signum)
-                    nursery.start_soon(shut_down)
                     break
+                await ready.wait()
+                outer.start_soon(shut_down)
                 async for signum in signals:
                     log.warning("second signal %d: exiting now", signum)
                     os._exit(128 + signum)
 
-            nursery.start_soon(watch)
+            async def shut_down() -> None:
+                await servers[0].shutdown(1001)
+                server_scope.cancel()
+
+            outer.start_soon(watch)
+            with server_scope:
+                async with trio.open_nursery() as nursery:
+                    server: Server = await nursery.start(serve, config)
+                    servers.append(server)
+                    ready.set()
+                    if announce is not None:
+                        announce(server)
+            outer.cancel_scope.cancel()
