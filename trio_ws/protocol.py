@@ -38,9 +38,7 @@ DEV_STATUSES: Final = frozenset({"stopped", "running", "crashed"})
 AGENT_STATES: Final = frozenset(
     {"thinking", "working", "testing", "success", "error", "struggling"}
 )
-CONTROL_ACTIONS: Final = frozenset(
-    {"stop", "pause", "resume", "graceful_pause", "graceful_resume"}
-)
+CONTROL_ACTIONS: Final = frozenset({"stop", "pause", "resume", "graceful_pause", "graceful_resume"})
 
 
 def is_valid_project_name(name: str) -> bool:
