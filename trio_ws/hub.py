@@ -149,19 +149,20 @@ class ProjectHub:
         self._publish([progress.to_message()])
         return True
 
-    def warn(self, source: str, content: str) -> None:
-        """Tell every subscriber (and later joiners) about a problem, without a seq."""
+    def warn(self, source: str, content: str, key: str | None = None) -> None:
+        """Tell every subscriber (and later joiners, until cleared by ``key``, default
+        ``source``) about a problem; warnings carry no seq."""
         item = self._connection_message(protocol.warning(source, content))
-        self._warnings[source] = item
+        self._warnings[key or source] = item
         for subscriber in self._subscribers:
             if not subscriber.behind:
                 subscriber.offer(item)
 
-    def clear_warning(self, source: str) -> None:
-        self._warnings.pop(source, None)
+    def clear_warning(self, key: str) -> None:
+        self._warnings.pop(key, None)
 
-    def has_warning(self, source: str) -> bool:
-        return source in self._warnings
+    def has_warning(self, key: str) -> bool:
+        return key in self._warnings
 
     # -- subscriber side -------------------------------------------------------
 

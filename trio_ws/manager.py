@@ -18,8 +18,9 @@ from typing import Final, Protocol
 
 import trio
 
-from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Subscriber
+from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Stream, Subscriber
 from trio_ws.progress import ProgressError, ProgressReader
+from trio_ws.publish import ProducerSlot, control_refusal
 
 log = logging.getLogger("trio_ws.manager")
 
@@ -47,6 +48,7 @@ class _Project:
     hub: ProjectHub
     directory: Path
     reader: ProgressReader
+    slots: dict[Stream, ProducerSlot]
     poll_scope: trio.CancelScope | None = None
 
 
@@ -75,6 +77,11 @@ class ConnectionManager:
         self._on_poll = on_poll
         self.started_at = time.monotonic()
 
+    @property
+    def nursery(self) -> trio.Nursery:
+        """The server-lifetime nursery (poll loops, producer grace timers)."""
+        return self._nursery
+
     # -- hubs ------------------------------------------------------------------
 
     @property
@@ -90,12 +97,21 @@ class ConnectionManager:
         project = self._projects.get(name)
         if project is None:
             hub = ProjectHub(name, history=self._history, queue_size=self._queue_size)
-            project = _Project(hub, directory, self._new_reader(directory))
+            slots: dict[Stream, ProducerSlot] = {
+                "agent": ProducerSlot(name, "agent"),
+                "dev": ProducerSlot(name, "dev"),
+            }
+            project = _Project(hub, directory, self._new_reader(directory), slots)
             self._projects[name] = project
         elif project.directory != directory:
             project.directory = directory
             project.reader = self._new_reader(directory)
         return project.hub
+
+    def reader_for(self, name: str) -> ProgressReader | None:
+        """The project's one progress reader (its ``reads``/``queries`` are what polling cost)."""
+        project = self._projects.get(name)
+        return project.reader if project else None
 
     def _new_reader(self, directory: Path) -> ProgressReader:
         return ProgressReader(directory, lock_timeout=self._lock_timeout)
@@ -103,6 +119,33 @@ class ConnectionManager:
     @property
     def subscriber_count(self) -> int:
         return sum(project.hub.subscriber_count for project in self._projects.values())
+
+    # -- producers -----------------------------------------------------------------
+
+    def producer_slots(self, name: str) -> dict[Stream, ProducerSlot]:
+        return self._projects[name].slots
+
+    @property
+    def producer_count(self) -> int:
+        return sum(
+            slot.session is not None
+            for project in self._projects.values()
+            for slot in project.slots.values()
+        )
+
+    def producers_of(self, name: str) -> int:
+        project = self._projects.get(name)
+        if project is None:
+            return 0
+        return sum(slot.session is not None for slot in project.slots.values())
+
+    async def control(self, name: str, action: str) -> str | None:
+        """Forward a subscriber's control action to the agent producer, or say why not."""
+        project = self._projects.get(name)
+        if project is None:
+            return "no producer can act on this project"
+        await trio.lowlevel.checkpoint()
+        return control_refusal(project.hub, project.slots["agent"], action)
 
     # -- subscribers -----------------------------------------------------------
 

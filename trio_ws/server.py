@@ -38,6 +38,7 @@ from trio_ws.httpio import (
     send_response,
 )
 from trio_ws.manager import ConnectionManager
+from trio_ws.publish import DEFAULT_GRACE, MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.registry import Project, Registry, RegistryError
 from trio_ws.security import is_loopback_host, origin_allowed, token_matches
 from trio_ws.subscribe import (
@@ -55,6 +56,7 @@ log = logging.getLogger("trio_ws.server")
 HANDSHAKE_TIMEOUT: Final = 10.0
 TOKEN_COOKIE: Final = "trio_ws_token"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
+_PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class ServerConfig:
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
     lock_timeout: float = 1.0
+    producer_grace: float = DEFAULT_GRACE
 
     @property
     def on_loopback(self) -> bool:
@@ -183,7 +186,7 @@ def _health(server: Server) -> dict[str, Any]:
         "status": "ok",
         "projects": len(manager.hubs),
         "subscribers": manager.subscriber_count,
-        "producers": 0,
+        "producers": manager.producer_count,
         "uptime_s": round(time.monotonic() - server.started_at, 3),
     }
 
@@ -243,35 +246,80 @@ async def _websocket(
             extra_headers=[("upgrade", "websocket")],
         )
         return
-    match = _SUBSCRIBE_PATH.fullmatch(head.path)
+    subscribe = _SUBSCRIBE_PATH.fullmatch(head.path)
+    publish = _PUBLISH_PATH.fullmatch(head.path)
+    match = subscribe or publish
     if match is None:
         await send_response(stream, connection, 404, b"not found\n")
         return
-    if not origin_allowed(
+    if publish is not None:
+        refusal = _producer_refusal(config, head)
+    elif not origin_allowed(
         head.header("origin"), head.header("host"), config.on_loopback, config.allow_origins
     ):
-        log.info("refused origin from %s", peer)
-        await send_response(stream, connection, 403, b"origin not allowed\n")
+        refusal = (403, "origin not allowed")
+    else:
+        refusal = None
+    if refusal is not None:
+        log.info("refused %s from %s: %s", head.path, peer, refusal[1])
+        await send_response(stream, connection, refusal[0], f"{refusal[1]}\n".encode())
         return
     replay = ReplayStream(stream, head.raw)
+    max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
     async with trio.open_nursery() as nursery:
         ws_request = None
         with trio.move_on_after(config.handshake_timeout):
-            ws_request = await wrap_server_stream(
-                nursery, replay, max_message_size=MAX_INBOUND_BYTES
-            )
+            ws_request = await wrap_server_stream(nursery, replay, max_message_size=max_size)
         if ws_request is None:
             nursery.cancel_scope.cancel()
             return
         ws = await ws_request.accept()
         try:
-            await _subscriber(server, ws, stream, head, match.group("name"), peer)
+            if publish is not None:
+                await _producer(server, ws, match.group("name"), peer)
+            else:
+                await _subscriber(server, ws, stream, head, match.group("name"), peer)
         finally:
             # Not shielded: when the server is cancelled this drops the TCP
             # connection at once instead of waiting for the peer.
             with trio.move_on_after(CLOSE_TIMEOUT):
                 await ws.aclose()
             nursery.cancel_scope.cancel()
+
+
+def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str] | None:
+    """Producers: never from a browser (any Origin), always with the Bearer token."""
+    if head.header("origin") is not None:
+        return 403, "producers must not send an Origin header"
+    scheme, _, offered = (head.header("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(offered.strip(), config.token):
+        return 401, "producer needs Authorization: Bearer <token>"
+    return None
+
+
+async def _project(
+    server: Server, ws: WebSocketConnection, raw_name: str, peer: str
+) -> tuple[str, Project] | None:
+    """The registered, existing project named in the path; otherwise refuse and say why."""
+    name = _unquote(raw_name)
+    if name is None or not protocol.is_valid_project_name(name):
+        await _refuse(ws, 4000, "Invalid project name")
+        return None
+    try:
+        found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+    except RegistryError as exc:
+        log.error("registry unreadable while %s connected: %s", peer, exc)
+        await ws.aclose(1011, "registry unavailable")
+        return None
+    if found is None:
+        await _refuse(ws, 4004, "Project not found in registry")
+        return None
+    project, exists = found
+    if not exists:
+        await _refuse(ws, 4004, "Project directory not found")
+        return None
+    server.manager.hub_for(name, project.path)
+    return name, project
 
 
 async def _subscriber(
@@ -288,33 +336,38 @@ async def _subscriber(
     if config.subscribers_need_token and not authorized:
         await _refuse(ws, 4001, "Unauthorized")
         return
-    name = _unquote(raw_name)
-    if name is None or not protocol.is_valid_project_name(name):
-        await _refuse(ws, 4000, "Invalid project name")
-        return
-    try:
-        found = await trio.to_thread.run_sync(_lookup, config.registry_path, name)
-    except RegistryError as exc:
-        log.error("registry unreadable while %s subscribed: %s", peer, exc)
-        await ws.aclose(1011, "registry unavailable")
-        return
+    found = await _project(server, ws, raw_name, peer)
     if found is None:
-        await _refuse(ws, 4004, "Project not found in registry")
         return
-    project, exists = found
-    if not exists:
-        await _refuse(ws, 4004, "Project directory not found")
-        return
-    server.manager.hub_for(name, project.path)
     request = SubscribeRequest(
-        project=name,
+        project=found[0],
         since=parse_since(head.query.get("since")),
         epoch=head.query.get("epoch"),
         backlog=parse_backlog(head.query.get("backlog")),
         authorized=authorized,
         peer=peer,
     )
-    await project_websocket(ws, stream, server.manager, request, stall_timeout=config.stall_timeout)
+    await project_websocket(
+        ws,
+        stream,
+        server.manager,
+        request,
+        control=server.manager.control,
+        stall_timeout=config.stall_timeout,
+    )
+
+
+async def _producer(server: Server, ws: WebSocketConnection, raw_name: str, peer: str) -> None:
+    found = await _project(server, ws, raw_name, peer)
+    if found is None:
+        return
+    name = found[0]
+    manager = server.manager
+    hub = manager.get_hub(name)
+    assert hub is not None  # _project made it
+    await serve_producer(
+        ws, hub, manager.producer_slots(name), manager.nursery, peer, server.config.producer_grace
+    )
 
 
 def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:

@@ -1,0 +1,358 @@
+"""The producer endpoint over real sockets: auth, exactly-once, 4009, grace, control."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from serving import TOKEN, connect, http_get, make_config, receive, receive_until, ws_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+
+from trio_ws.registry import Registry
+from trio_ws.server import Server, serve
+
+TIMEOUT = 10
+
+
+async def producer(
+    nursery: trio.Nursery,
+    server: Server,
+    producer_id: str = "p1",
+    stream: str = "agent",
+    project: str = "demo",
+    token: str = TOKEN,
+) -> tuple[WebSocketConnection, int]:
+    """Connect a producer and say hello; returns the connection and welcome.acked."""
+    ws = await connect_websocket_url(
+        nursery,
+        ws_url(server, f"/ws/projects/{project}/publish"),
+        extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+    )
+    await ws.send_message(json.dumps({"type": "hello", "producer": producer_id, "stream": stream}))
+    welcome = await receive(ws)
+    assert welcome["type"] == "welcome"
+    return ws, welcome["acked"]
+
+
+async def send(ws: WebSocketConnection, message: dict[str, Any]) -> None:
+    await ws.send_message(json.dumps(message))
+
+
+async def wait_acked(ws: WebSocketConnection, pseq: int) -> None:
+    await receive_until(ws, lambda m: m["type"] == "ack" and m["pseq"] >= pseq)
+
+
+def logs(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["line"] for m in messages if m["type"] == "log"]
+
+
+async def snapshot_logs(nursery: trio.Nursery, server: Server) -> list[str]:
+    """The log lines a fresh subscriber is given (the held backlog, up to 1000).
+
+    The snapshot is sent before anything queued for the subscriber, so a
+    pong marks its end.
+    """
+    ws = await connect(nursery, server, backlog=1000)
+    await send(ws, {"type": "ping"})
+    seen = await receive_until(ws, lambda m: m["type"] == "pong")
+    await ws.aclose()
+    return logs(seen)
+
+
+UPGRADE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version": "13",
+}
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": f"Basic {TOKEN}"}, 401),
+        ({"Authorization": f"Bearer {TOKEN}", "Origin": "http://127.0.0.1"}, 403),
+    ],
+)
+async def test_producer_handshake_refusals(
+    server: Server, project_dir: Path, headers: dict[str, str], status: int
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        got, _, _ = await http_get(server, "/ws/projects/demo/publish", {**UPGRADE, **headers})
+    assert got == status
+
+
+async def test_lines_and_status_reach_subscribers_in_order(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "dev_server_status")
+        ws, acked = await producer(nursery, server)
+        assert acked == 0
+        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+        await send(ws, {"type": "lines", "first": 2, "lines": ["one", "two", ""]})
+        await send(ws, {"type": "status", "pseq": 5, "status": "stopped", "exit_code": 0})
+        await wait_acked(ws, 5)
+        seen = await receive_until(
+            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "stopped"
+        )
+    statuses = [m["status"] for m in seen if m["type"] == "agent_status"]
+    assert statuses == ["running", "stopped"]
+    assert logs(seen) == ["one", "two", "", "[trio-ws] process exited with code 0"]
+    seqs = [m["seq"] for m in seen if "seq" in m]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_resent_batches_are_not_applied_twice(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 1, "lines": ["a", "b"]})
+        await wait_acked(ws, 2)
+        await ws.aclose()
+        again, acked = await producer(nursery, server)
+        assert acked == 2
+        # A producer that lost the ack resends from its oldest unacked item.
+        await send(again, {"type": "lines", "first": 1, "lines": ["a", "b", "c"]})
+        await send(again, {"type": "lines", "first": 3, "lines": ["c", "d"]})
+        await wait_acked(again, 4)
+        assert await snapshot_logs(nursery, server) == ["a", "b", "c", "d"]
+
+
+async def test_pseq_gap_is_refused_with_a_warning(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 5, "lines": ["too far"]})
+        warning = await receive_until(ws, lambda m: m["type"] == "warning")
+        assert "pseq gap: expected 1, got 5" in warning[-1]["content"]
+        await send(ws, {"type": "lines", "first": 1, "lines": ["first"]})
+        await wait_acked(ws, 1)
+        assert await snapshot_logs(nursery, server) == ["first"]
+
+
+async def test_malformed_producer_messages_get_warnings_and_lose_nothing(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await ws.send_message("not json")
+        assert (await receive(ws))["content"] == "message is not valid JSON"
+        await send(ws, {"type": "lines", "first": 1, "lines": ["ok", 7]})
+        assert (await receive(ws))["content"] == "every line must be a string"
+        await send(ws, {"type": "status", "pseq": 1, "status": "exploded"})
+        assert "unknown agent status 'exploded'" in (await receive(ws))["content"]
+        await send(ws, {"type": "lines", "first": 2, "lines": ["still here"]})
+        await wait_acked(ws, 2)
+        assert await snapshot_logs(nursery, server) == ["still here"]
+
+
+async def test_second_producer_on_a_live_stream_gets_4009(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        await producer(nursery, server, producer_id="first")
+        intruder = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo/publish"),
+            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+        )
+        await send(intruder, {"type": "hello", "producer": "second", "stream": "agent"})
+        assert await receive(intruder) == {
+            "type": "error",
+            "content": "stream already has a producer",
+        }
+        with pytest.raises(ConnectionClosed) as closed:
+            await intruder.get_message()
+        assert closed.value.reason is not None and closed.value.reason.code == 4009
+        # The dev stream is a different slot.
+        await producer(nursery, server, producer_id="second", stream="dev")
+        assert server.manager.producer_count == 2
+
+
+async def test_same_producer_reconnecting_replaces_its_stale_connection(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        old, _ = await producer(nursery, server, producer_id="same")
+        await send(old, {"type": "lines", "first": 1, "lines": ["x"]})
+        await wait_acked(old, 1)
+        _, acked = await producer(nursery, server, producer_id="same")
+        assert acked == 1
+        with pytest.raises(ConnectionClosed):
+            while True:
+                await old.get_message()
+        assert server.manager.producer_count == 1
+
+
+async def test_vanished_producer_is_crashed_after_grace(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.3))
+        watcher = await connect(nursery, server)
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+        await send(
+            ws, {"type": "lines", "first": 2, "lines": ["Started coding agent for feature #1"]}
+        )
+        await wait_acked(ws, 2)
+        await ws.aclose()
+        seen = await receive_until(
+            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "crashed"
+        )
+    warnings = [m for m in seen if m["type"] == "warning"]
+    assert [w["source"] for w in warnings] == ["producer"]
+    assert logs(seen)[-1] == "[trio-ws] producer lost"
+    late = await snapshot_logs(nursery, server)
+    assert late[-1] == "[trio-ws] producer lost"
+
+
+async def test_producer_returning_within_grace_is_not_crashed(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.5))
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+        await wait_acked(ws, 1)
+        await ws.aclose()
+        _, acked = await producer(nursery, server)
+        assert acked == 1
+        await trio.sleep(0.8)  # past the grace period: the timer must have been cancelled
+        hub = server.manager.get_hub("demo")
+        assert hub is not None and hub.agent.status == "running"
+        assert not hub.has_warning("producer:agent")
+
+
+async def test_clean_exit_leaves_no_producer_warning(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.1))
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+        await send(ws, {"type": "status", "pseq": 2, "status": "stopped", "exit_code": 0})
+        await wait_acked(ws, 2)
+        await ws.aclose()
+        await trio.sleep(0.3)
+        hub = server.manager.get_hub("demo")
+        assert hub is not None and hub.agent.status == "stopped"
+        assert "[trio-ws] producer lost" not in await snapshot_logs(nursery, server)
+
+
+async def test_secrets_published_raw_never_leave_unredacted(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    secrets = [
+        "export ANTHROPIC_API_KEY=sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789",
+        "DATABASE_URL=postgres://app:hunter2@db.local:5432/app",
+    ]
+    with trio.fail_after(TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "dev_server_status")
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 1, "lines": secrets})
+        await send(ws, {"type": "lines", "first": 3, "lines": ["done"]})
+        raw: list[str] = []
+        while not raw or '"done"' not in raw[-1]:
+            message = await watcher.get_message()
+            assert isinstance(message, str)
+            raw.append(message)
+    wire = "".join(raw)
+    assert "hunter2" not in wire and "AbCdEfGhIjKlMnOp" not in wire
+    assert "[REDACTED]" in wire
+
+
+async def subscriber_with_token(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
+    ws = await connect(nursery, server, token=TOKEN)
+    await receive_until(ws, lambda m: m["type"] == "dev_server_status")
+    return ws
+
+
+async def control(ws: WebSocketConnection, action: str) -> None:
+    await send(ws, {"type": "control", "action": action})
+
+
+async def test_control_reaches_the_agent_producer(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+        await wait_acked(ws, 1)
+        dashboard = await subscriber_with_token(nursery, server)
+        await control(dashboard, "pause")
+        received = await receive_until(ws, lambda m: m["type"] == "control")
+        assert received[-1] == {"type": "control", "action": "pause"}
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "refusal"),
+    [
+        ("running", "resume", "cannot resume while the agent is running"),
+        ("paused", "pause", "cannot pause while the agent is paused"),
+        ("stopped", "stop", "cannot stop while the agent is stopped"),
+        ("running", "graceful_resume", "cannot graceful_resume while the agent is running"),
+    ],
+)
+async def test_control_not_valid_in_current_status_is_a_private_warning(
+    nursery: trio.Nursery,
+    server: Server,
+    project_dir: Path,
+    status: str,
+    action: str,
+    refusal: str,
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        if status != "stopped":
+            await send(ws, {"type": "status", "pseq": 1, "status": status})
+            await wait_acked(ws, 1)
+        bystander = await subscriber_with_token(nursery, server)
+        dashboard = await subscriber_with_token(nursery, server)
+        await control(dashboard, action)
+        await send(dashboard, {"type": "ping"})
+        replies = await receive_until(dashboard, lambda m: m["type"] == "pong")
+        assert {"type": "warning", "source": "control", "content": refusal} in replies
+        await send(bystander, {"type": "ping"})
+        assert all(m["type"] != "warning" for m in await receive_until(bystander, _is_pong))
+
+
+def _is_pong(message: dict[str, Any]) -> bool:
+    return bool(message["type"] == "pong")
+
+
+async def test_control_without_producer_is_refused(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        dashboard = await subscriber_with_token(nursery, server)
+        await control(dashboard, "stop")
+        reply = await receive_until(dashboard, lambda m: m["type"] == "warning")
+        assert reply[-1]["content"] == "no producer can act on this project"
+
+
+async def test_control_without_token_never_reaches_the_producer(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+        await wait_acked(ws, 1)
+        anonymous = await connect(nursery, server)
+        await control(anonymous, "stop")
+        reply = await receive_until(anonymous, lambda m: m["type"] == "warning")
+        assert reply[-1]["content"] == "control needs the server token"
+        await send(ws, {"type": "lines", "first": 2, "lines": ["x"]})
+        after = await receive_until(ws, lambda m: m["type"] == "ack" and m["pseq"] >= 2)
+        assert all(m["type"] != "control" for m in after)

@@ -1,0 +1,333 @@
+"""The producer endpoint, ``/ws/projects/{name}/publish`` (PROTOCOL.md 4).
+
+Producers deliver at least once; this module makes it exactly once into the
+project: every item carries a per-producer ``pseq``, and a `ProducerSlot`
+(one per project and stream) remembers the highest ``pseq`` applied for
+each producer id across reconnects, so a resent batch is skipped, never
+applied twice. One producer per stream at a time: a different id on a live
+stream is closed 4009; the same id reconnecting replaces its stale
+connection. An agent producer that vanishes without a final status gets a
+grace period, after which the project is marked ``crashed``.
+
+All writes to a producer go through one writer task fed by a small channel,
+so ``welcome``, ``ack`` and ``control`` never interleave mid-frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeGuard
+
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from trio_ws import protocol
+from trio_ws.hub import ProjectHub, Stream
+
+log = logging.getLogger("trio_ws.publish")
+
+MAX_PRODUCER_MESSAGE: Final = 16 * 1024 * 1024
+MAX_LINES_PER_MESSAGE: Final = 10_000
+ACK_INTERVAL: Final = 0.1
+OUTBOX_SIZE: Final = 64
+DEFAULT_GRACE: Final = 30.0
+LOST_LINE: Final = "[trio-ws] producer lost"
+EXIT_LINE: Final = "[trio-ws] process exited with code"
+
+FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
+
+ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
+    "stop": frozenset({"running", "paused", "pausing", "paused_graceful"}),
+    "pause": frozenset({"running"}),
+    "resume": frozenset({"paused"}),
+    "graceful_pause": frozenset({"running"}),
+    "graceful_resume": frozenset({"pausing", "paused_graceful"}),
+}
+"""Agent statuses in which each control action makes sense."""
+
+
+@dataclass
+class ProducerSlot:
+    """One project stream's producer state, kept across producer reconnects."""
+
+    project: str
+    stream: Stream
+    applied: dict[str, int] = field(default_factory=dict)
+    session: PublishSession | None = None
+    grace: trio.CancelScope | None = None
+
+
+class PublishSession:
+    """One connected producer."""
+
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        hub: ProjectHub,
+        slot: ProducerSlot,
+        producer_id: str,
+        peer: str,
+    ) -> None:
+        self.ws = ws
+        self.hub = hub
+        self.slot = slot
+        self.producer_id = producer_id
+        self.peer = peer
+        self._outbox_send, self._outbox = trio.open_memory_channel[str](OUTBOX_SIZE)
+        self._acked_sent = -1
+        self._cancel = trio.CancelScope()
+
+    @property
+    def applied(self) -> int:
+        return self.slot.applied.get(self.producer_id, 0)
+
+    @property
+    def current(self) -> bool:
+        """False once a newer connection of the same producer took the slot over."""
+        return self.slot.session is self
+
+    async def run(self) -> None:
+        self._queue({"type": "welcome", "acked": self.applied})
+        self._acked_sent = self.applied
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._ack_ticker)
+                await self._receive_loop()
+                nursery.cancel_scope.cancel()
+
+    def send_control(self, action: str) -> bool:
+        """Queue a control message; False when the producer is not taking messages."""
+        return self._queue({"type": "control", "action": action})
+
+    async def close(self, code: int, reason: str) -> None:
+        with trio.move_on_after(2.0):
+            await self.ws.aclose(code, reason)
+        self._cancel.cancel()
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        async for text in self._outbox:
+            try:
+                await self.ws.send_message(text)
+            except ConnectionClosed:
+                self._cancel.cancel()
+                return
+
+    async def _ack_ticker(self) -> None:
+        while True:
+            await trio.sleep(ACK_INTERVAL)
+            applied = self.applied
+            if applied > self._acked_sent and self._queue({"type": "ack", "pseq": applied}):
+                self._acked_sent = applied
+
+    async def _receive_loop(self) -> None:
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            if not self.current:
+                return
+            problem = self._apply(message)
+            if problem is not None:
+                log.warning(
+                    "project %s: producer %s sent a bad message: %s",
+                    self.slot.project,
+                    self.peer,
+                    problem,
+                )
+                self._queue(protocol.warning("protocol", problem))
+
+    # -- applying items ------------------------------------------------------------
+
+    def _apply(self, message: str | bytes) -> str | None:
+        """Apply one producer message to the hub; returns what was wrong with it, if anything."""
+        if isinstance(message, bytes):
+            return "binary frames are not accepted"
+        try:
+            payload = json.loads(message)
+        except ValueError:
+            return "message is not valid JSON"
+        if not isinstance(payload, dict):
+            return "message is not a JSON object"
+        kind = payload.get("type")
+        if kind == "lines":
+            return self._apply_lines(payload)
+        if kind == "status":
+            return self._apply_status(payload)
+        return None  # unknown types are ignored, as on the subscribe side
+
+    def _apply_lines(self, payload: dict[str, Any]) -> str | None:
+        first, lines = payload.get("first"), payload.get("lines")
+        if not _is_pseq(first) or not isinstance(lines, list):
+            return "lines needs an integer 'first' >= 1 and a 'lines' list"
+        if len(lines) > MAX_LINES_PER_MESSAGE:
+            return f"at most {MAX_LINES_PER_MESSAGE} lines per message"
+        if not all(isinstance(line, str) for line in lines):
+            return "every line must be a string"
+        applied = self.applied
+        skip = max(0, applied + 1 - first)
+        if skip >= len(lines):
+            return None  # all already applied: a resend
+        if first + skip != applied + 1:
+            return f"pseq gap: expected {applied + 1}, got {first + skip}; resend from there"
+        fresh = lines[skip:]
+        self.hub.feed_lines(fresh, self.slot.stream)
+        self.slot.applied[self.producer_id] = first + len(lines) - 1
+        return None
+
+    def _apply_status(self, payload: dict[str, Any]) -> str | None:
+        pseq, status = payload.get("pseq"), payload.get("status")
+        if not _is_pseq(pseq):
+            return "status needs an integer 'pseq' >= 1"
+        applied = self.applied
+        if pseq <= applied:
+            return None
+        if pseq != applied + 1:
+            return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
+        allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
+        self.slot.applied[self.producer_id] = pseq
+        if status not in allowed:
+            return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
+        exit_code = payload.get("exit_code")
+        if status in FINAL_STATUSES and _is_int(exit_code):
+            self.hub.feed_lines([f"{EXIT_LINE} {exit_code}"], self.slot.stream)
+        self.hub.set_status(status, self.slot.stream)
+        return None
+
+    def _queue(self, message: protocol.Message) -> bool:
+        try:
+            self._outbox_send.send_nowait(protocol.encode(message))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        return True
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pseq(value: object) -> TypeGuard[int]:
+    return _is_int(value) and value >= 1
+
+
+async def serve_producer(
+    ws: WebSocketConnection,
+    hub: ProjectHub,
+    slots: dict[Stream, ProducerSlot],
+    nursery: trio.Nursery,
+    peer: str,
+    grace: float,
+) -> None:
+    """Run one accepted producer connection from its ``hello``; owns its slot while live.
+
+    ``nursery`` must outlive the connection: grace timers run there.
+    """
+    hello = await _read_hello(ws)
+    if hello is None:
+        return
+    producer_id, stream = hello
+    slot = slots[stream]
+    previous = slot.session
+    if previous is not None and previous.producer_id != producer_id:
+        await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
+        await ws.aclose(4009, "stream already has a producer")
+        return
+    session = PublishSession(ws, hub, slot, producer_id, peer)
+    slot.session = session
+    if previous is not None:
+        log.info(
+            "project %s: producer %s reconnected; replacing its old connection",
+            slot.project,
+            producer_id,
+        )
+        nursery.start_soon(previous.close, 1000, "replaced by a newer connection")
+    _producer_back(hub, slot)
+    try:
+        await session.run()
+    finally:
+        if slot.session is session:
+            slot.session = None
+            if _stream_status(hub, slot.stream) not in FINAL_STATUSES:
+                _producer_gone(hub, slot, nursery, grace)
+
+
+async def _read_hello(ws: WebSocketConnection) -> tuple[str, Stream] | None:
+    try:
+        with trio.fail_after(10):
+            message = await ws.get_message()
+    except (ConnectionClosed, trio.TooSlowError):
+        return None
+    try:
+        payload = json.loads(message)
+    except (ValueError, TypeError):
+        payload = None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("type") != "hello"
+        or not isinstance(payload.get("producer"), str)
+        or not 1 <= len(payload["producer"]) <= 200
+        or payload.get("stream") not in ("agent", "dev")
+    ):
+        await ws.send_message(
+            protocol.encode(
+                protocol.error('first message must be {"type":"hello","producer":..,"stream":..}')
+            )
+        )
+        await ws.aclose(1008, "expected hello")
+        return None
+    stream: Stream = "agent" if payload["stream"] == "agent" else "dev"
+    return payload["producer"], stream
+
+
+def _stream_status(hub: ProjectHub, stream: Stream) -> str:
+    return hub.agent.status if stream == "agent" else hub.dev.status
+
+
+def _producer_back(hub: ProjectHub, slot: ProducerSlot) -> None:
+    if slot.grace is not None:
+        slot.grace.cancel()
+        slot.grace = None
+    hub.clear_warning(f"producer:{slot.stream}")
+
+
+def _producer_gone(
+    hub: ProjectHub, slot: ProducerSlot, nursery: trio.Nursery, grace: float
+) -> None:
+    hub.warn(
+        "producer",
+        f"the {slot.stream} producer disconnected; marking it crashed unless it returns "
+        f"within {grace:g} s",
+        key=f"producer:{slot.stream}",
+    )
+    scope = trio.CancelScope()
+    slot.grace = scope
+    nursery.start_soon(_grace_period, hub, slot, scope, grace)
+
+
+async def _grace_period(
+    hub: ProjectHub, slot: ProducerSlot, scope: trio.CancelScope, grace: float
+) -> None:
+    with scope:
+        await trio.sleep(grace)
+        log.warning("project %s: %s producer lost", slot.project, slot.stream)
+        hub.clear_warning(f"producer:{slot.stream}")
+        hub.feed_lines([LOST_LINE], slot.stream)
+        hub.set_status("crashed", slot.stream)
+        slot.grace = None
+
+
+def control_refusal(hub: ProjectHub, slot: ProducerSlot | None, action: str) -> str | None:
+    """Forward ``action`` to the agent producer; the refusal text when it cannot be."""
+    if slot is None or slot.session is None:
+        return "no producer can act on this project"
+    status = hub.agent.status
+    if status not in ALLOWED_FROM[action]:
+        return f"cannot {action} while the agent is {status}"
+    if not slot.session.send_control(action):
+        return "the producer is not taking control messages right now"
+    return None
