@@ -38,6 +38,8 @@ from trio_ws.httpio import (
     send_response,
 )
 from trio_ws.manager import ConnectionManager
+from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
+from trio_ws.metrics import Metrics
 from trio_ws.publish import DEFAULT_GRACE, MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.registry import Project, Registry, RegistryError
 from trio_ws.security import is_loopback_host, origin_allowed, token_matches
@@ -93,6 +95,7 @@ class Server:
     config: ServerConfig
     manager: ConnectionManager
     port: int
+    metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
 
@@ -114,6 +117,7 @@ async def serve(
     """Serve until cancelled (or `Server.shutdown`); reports the `Server` once listening."""
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     port = listeners[0].socket.getsockname()[1]
+    metrics = Metrics()
     async with trio.open_nursery() as nursery:
         manager = ConnectionManager(
             nursery,
@@ -121,8 +125,10 @@ async def serve(
             queue_size=config.queue_size,
             poll_interval=config.poll_interval,
             lock_timeout=config.lock_timeout,
+            on_poll=metrics.observe_poll,
         )
-        server = Server(config, manager, port)
+        metrics.bind(manager)
+        server = Server(config, manager, port, metrics)
         with server._cancel:
             task_status.started(server)
 
@@ -172,6 +178,8 @@ async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) ->
         return
     if head.path == "/healthz":
         await send_json(stream, connection, 200, _health(server))
+    elif head.path == "/metrics":
+        await send_response(stream, connection, 200, server.metrics.render(), METRICS_TYPE)
     elif head.path == "/api/projects":
         await _api_projects(server, stream, head)
     elif head.path == "/" or head.path.startswith("/projects/"):
