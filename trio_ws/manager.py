@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -50,6 +50,7 @@ class _Project:
     reader: ProgressReader
     slots: dict[Stream, ProducerSlot]
     poll_scope: trio.CancelScope | None = None
+    poll_lock: trio.Lock = field(default_factory=trio.Lock)
 
 
 class ConnectionManager:
@@ -186,18 +187,23 @@ class ConnectionManager:
     # -- progress ----------------------------------------------------------------
 
     async def _poll(self, project: _Project, scope: trio.CancelScope) -> None:
-        self.poll.running += 1
-        try:
-            with scope:
-                await poll_progress(
-                    project.hub,
-                    lambda: project.reader,
-                    self.poll_interval,
-                    self.limiter,
-                    self._record_poll,
-                )
-        finally:
-            self.poll.running -= 1
+        with scope:
+            # A loop cancelled when its last subscriber left may still be inside
+            # its read (threads are not cancellable). Its successor waits for it,
+            # so a project never has two loops, and reconnect churn on a locked
+            # database cannot pile up worker threads and starve other projects.
+            async with project.poll_lock:
+                self.poll.running += 1
+                try:
+                    await poll_progress(
+                        project.hub,
+                        lambda: project.reader,
+                        self.poll_interval,
+                        self.limiter,
+                        self._record_poll,
+                    )
+                finally:
+                    self.poll.running -= 1
 
     def _record_poll(self, name: str, seconds: float, ok: bool) -> None:
         self.poll.reads += 1
