@@ -1,0 +1,858 @@
+"""The producer side (PROTOCOL.md 4): feed a project's lines and statuses to the server.
+
+Three layers, each usable alone:
+
+- `LineSplitter` and `Outbox` are pure: bytes in, lines out; items in,
+  wire messages out. The outbox numbers every item (``pseq``), keeps it until
+  the server acks it, and replays what comes after ``welcome.acked`` on
+  reconnect, which is all the client side of "at least once" needs.
+- `Producer` is the connection: connect, ``hello``, ``welcome``, resend,
+  send batches, take acks and controls, and reconnect with jittered
+  exponential backoff while the server is away. A 4xxx close or an HTTP
+  401/403 is a refusal: it stops for good and says why.
+- `run_command` and `publish_stream` are what ``trio-ws run`` and
+  ``trio-ws publish`` do: supervise a child (or read stdin), publish, apply
+  controls, report statuses, and flush before exit.
+
+Bounded memory: the outbox holds at most ``capacity`` items; when the server
+is away for long, new lines are dropped, counted, and reported in one line
+as soon as there is room. Statuses are never dropped.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import random
+import secrets
+import signal
+import subprocess
+import sys
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import trio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    HandshakeError,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+from trio_ws import protocol
+from trio_ws.protocol import Message
+
+Stream = Literal["agent", "dev"]
+Report = Callable[[str], None]
+"""Where a producer tells its user what happened (stderr in the CLI)."""
+
+DEFAULT_SERVER: Final = "http://127.0.0.1:8888"
+DEFAULT_CAPACITY: Final = 100_000
+"""Unacked items an outbox holds before it drops new lines."""
+BATCH_LINES: Final = 256
+BATCH_INTERVAL: Final = 0.05
+BACKOFF_FIRST: Final = 0.1
+BACKOFF_MAX: Final = 5.0
+CONNECT_TIMEOUT: Final = 5.0
+CLOSE_TIMEOUT: Final = 2.0
+CONNECT_WAIT: Final = 3.0
+"""How long `run`/`publish` wait for the first welcome before starting anyway."""
+FLUSH_WITHIN: Final = 5.0
+KILL_AFTER: Final = 10.0
+DRAIN_AFTER_EXIT: Final = 2.0
+"""How long output is still read after the child exited (grandchildren may hold the pipe)."""
+PAUSE_FILE: Final = Path(".autoforge") / ".pause_drain"
+READ_SIZE: Final = 65536
+FAILURE: Final = 1
+"""Exit status when the server refused us or items were not delivered (publish)."""
+
+
+def dropped_line(count: int) -> str:
+    """The line that reports ``count`` lines lost to a full outbox."""
+    return f"[trio-ws] {count} lines dropped: producer buffer full"
+
+
+def stderr_report(text: str) -> None:
+    print(f"trio-ws: {text}", file=sys.stderr, flush=True)
+
+
+# -- pure parts ----------------------------------------------------------------
+
+
+class LineSplitter:
+    """Turns byte chunks into lines: split on ``\\n`` only, keep everything else.
+
+    ``\\r`` and trailing spaces stay (the server sanitises); invalid UTF-8 is
+    replaced, never fatal, even when a character is split across chunks.
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._partial = ""
+
+    def feed(self, data: bytes) -> list[str]:
+        """The lines that ``data`` completes, in order."""
+        text = self._partial + self._decoder.decode(data)
+        *lines, self._partial = text.split("\n")
+        return lines
+
+    def close(self) -> list[str]:
+        """At EOF: the final line that had no newline, if any."""
+        text = self._partial + self._decoder.decode(b"", final=True)
+        self._partial = ""
+        return [text] if text else []
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One numbered thing to deliver: a line, or a status (with an optional exit code)."""
+
+    pseq: int
+    line: str | None = None
+    status: str | None = None
+    exit_code: int | None = None
+
+
+class Outbox:
+    """Unacked items in ``pseq`` order, split into sent and not yet sent.
+
+    ``take`` turns the unsent items into wire messages (consecutive lines in
+    batches of at most ``batch_lines``); ``ack`` forgets what the server has
+    applied; ``restart`` (after a reconnect's ``welcome``) forgets what it
+    had applied and makes everything else unsent again.
+    """
+
+    def __init__(self, capacity: int = DEFAULT_CAPACITY, batch_lines: int = BATCH_LINES) -> None:
+        if capacity < 1 or batch_lines < 1:
+            raise ValueError("capacity and batch_lines must be at least 1")
+        self.capacity = capacity
+        self.batch_lines = batch_lines
+        self.acked = 0
+        self.dropped = 0
+        """Lines dropped and not yet reported by a `dropped_line`."""
+        self.dropped_total = 0
+        self._next_pseq = 1
+        self._sent: deque[Item] = deque()
+        self._unsent: deque[Item] = deque()
+
+    @property
+    def pending(self) -> int:
+        """Items not acked yet (sent or not)."""
+        return len(self._sent) + len(self._unsent)
+
+    @property
+    def unsent(self) -> int:
+        return len(self._unsent)
+
+    @property
+    def last_pseq(self) -> int:
+        return self._next_pseq - 1
+
+    def add_line(self, line: str) -> bool:
+        """Queue a line; False (and counted) when the outbox is full."""
+        self._report_drops(force=False)
+        if self.pending >= self.capacity:
+            self.dropped += 1
+            self.dropped_total += 1
+            return False
+        self._append(Item(self._next_pseq, line=line))
+        return True
+
+    def add_status(self, status: str, exit_code: int | None = None) -> int:
+        """Queue a status, whatever the fill; returns its pseq.
+
+        Pending drops are reported first, so the report precedes the status.
+        """
+        self._report_drops(force=True)
+        item = Item(self._next_pseq, status=status, exit_code=exit_code)
+        self._append(item)
+        return item.pseq
+
+    def ack(self, pseq: int) -> None:
+        """The server has applied every item up to ``pseq``."""
+        if pseq <= self.acked:
+            return
+        self.acked = min(pseq, self.last_pseq)
+        for queue in (self._sent, self._unsent):
+            while queue and queue[0].pseq <= pseq:
+                queue.popleft()
+        self._report_drops(force=False)
+
+    def restart(self, acked: int) -> None:
+        """A new connection's ``welcome``: resend everything after ``acked``."""
+        self._unsent.extendleft(reversed(self._sent))
+        self._sent.clear()
+        self.ack(acked)
+
+    def take(self) -> list[Message]:
+        """Every unsent item as wire messages, in order; they count as sent from now on."""
+        messages: list[Message] = []
+        batch: list[str] = []
+        first = 0
+        while self._unsent:
+            item = self._unsent.popleft()
+            self._sent.append(item)
+            if item.line is None:
+                if batch:
+                    messages.append(_lines_message(first, batch))
+                    batch = []
+                messages.append(_status_message(item))
+                continue
+            if not batch:
+                first = item.pseq
+            batch.append(item.line)
+            if len(batch) == self.batch_lines:
+                messages.append(_lines_message(first, batch))
+                batch = []
+        if batch:
+            messages.append(_lines_message(first, batch))
+        return messages
+
+    def _append(self, item: Item) -> None:
+        self._unsent.append(item)
+        self._next_pseq += 1
+
+    def _report_drops(self, *, force: bool) -> None:
+        if self.dropped and (force or self.pending < self.capacity):
+            self._append(Item(self._next_pseq, line=dropped_line(self.dropped)))
+            self.dropped = 0
+
+
+def _lines_message(first: int, lines: list[str]) -> Message:
+    return {"type": "lines", "first": first, "lines": lines}
+
+
+def _status_message(item: Item) -> Message:
+    message: Message = {"type": "status", "pseq": item.pseq, "status": item.status}
+    if item.exit_code is not None:
+        message["exit_code"] = item.exit_code
+    return message
+
+
+def publish_url(server: str, project: str) -> str:
+    """The publish endpoint of ``project`` on ``server`` (http(s) or ws(s), any path prefix)."""
+    parts = urlsplit(server.strip())
+    schemes = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
+    scheme = schemes.get(parts.scheme.lower())
+    if scheme is None or not parts.netloc:
+        raise ValueError(f"server URL {server!r} must look like http://HOST:PORT or ws://HOST:PORT")
+    path = parts.path.rstrip("/") + f"/ws/projects/{quote(project, safe='')}/publish"
+    return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def new_producer_id(kind: str) -> str:
+    """A random id for one invocation, kept across its reconnects."""
+    return f"{kind}-{os.getpid()}-{secrets.token_hex(6)}"
+
+
+def exit_status(returncode: int) -> int:
+    """A shell-style exit status: a death by signal N is 128 + N."""
+    return 128 - returncode if returncode < 0 else returncode
+
+
+# -- the connection --------------------------------------------------------------
+
+
+class ProducerRefused(Exception):
+    """The server said do not retry (4xxx close, HTTP 401/403 or another 4xx)."""
+
+
+class _Retry(Exception):
+    """This connection failed in a way worth retrying; the message says how."""
+
+
+_RETRYABLE: Final = (
+    OSError,
+    HandshakeError,
+    ConnectionClosed,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    _Retry,
+)
+
+
+class Producer:
+    """One producer identity on one stream of one project, across reconnects.
+
+    Call `send_line`/`send_status` at any time (they never block), run `run`
+    in a nursery, and finish with `flush` then `close`. ``ready`` is set once
+    the first attempt is decided: welcomed (``connected``), refused
+    (``refused`` says why) or failed (it keeps retrying).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        stream: Stream,
+        *,
+        producer_id: str | None = None,
+        outbox: Outbox | None = None,
+        on_control: Callable[[str], None] | None = None,
+        report: Report = stderr_report,
+        batch_interval: float = BATCH_INTERVAL,
+        backoff_first: float = BACKOFF_FIRST,
+        backoff_max: float = BACKOFF_MAX,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.url = url
+        self.stream = stream
+        self.producer_id = producer_id or new_producer_id(stream)
+        self.outbox = outbox if outbox is not None else Outbox()
+        self.on_control = on_control
+        self.report = report
+        self.batch_interval = batch_interval
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.connections = 0
+        """Welcomes received so far; more than one means it reconnected."""
+        self.connected = False
+        self.refused: ProducerRefused | None = None
+        self.ready = trio.Event()
+        self.finished = trio.Event()
+        self._headers = [(b"Authorization", f"Bearer {token}".encode())]
+        self._down = False
+        self._welcomed = trio.Event()
+        self._closing = trio.Event()
+        self._wake = trio.Event()
+        self._acked = trio.Event()
+
+    # -- feeding (synchronous, never blocks) -------------------------------------
+
+    def send_line(self, line: str) -> bool:
+        """Queue one raw line; False when it was dropped because the outbox is full."""
+        kept = self.outbox.add_line(line)
+        self._wake.set()
+        return kept
+
+    def send_status(self, status: str, exit_code: int | None = None) -> None:
+        self.outbox.add_status(status, exit_code)
+        self._wake.set()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def flush(self, within: float) -> int:
+        """Wait until every item is acked or ``within`` seconds pass; the items left."""
+        with trio.move_on_after(within):
+            while self.outbox.pending and not self.finished.is_set():
+                self._acked = trio.Event()
+                await self._acked.wait()
+        return self.outbox.pending
+
+    async def wait_connections(self, count: int) -> None:
+        """Return once ``count`` welcomes have been received in total."""
+        while self.connections < count:
+            await self._welcomed.wait()
+
+    async def close(self) -> None:
+        """Stop reconnecting and close the connection normally (1000); returns when `run` did."""
+        self._closing.set()
+        await self.finished.wait()
+
+    async def run(self) -> None:
+        """Connect and deliver until `close` or a refusal; never raises for network trouble."""
+        delay = self.backoff_first
+        try:
+            while not self._closing.is_set():
+                welcomed_before = self.connections
+                try:
+                    await self._connection()
+                except Exception as exc:
+                    reason = self._failure(exc)
+                    if reason is None:
+                        raise
+                    if self.refused is not None:
+                        return
+                    if not self._closing.is_set() and not self._down:
+                        self._down = True
+                        self.report(f"no connection to {self.url} ({reason}); retrying")
+                    self.ready.set()
+                if self.connections > welcomed_before:
+                    delay = self.backoff_first
+                with trio.move_on_after(random.uniform(delay / 2, delay)):
+                    await self._closing.wait()
+                delay = min(delay * 2, self.backoff_max)
+        finally:
+            self.connected = False
+            self.ready.set()
+            self._acked.set()
+            self.finished.set()
+
+    def _failure(self, exc: BaseException) -> str | None:
+        """Why ``exc`` ended a connection; sets ``refused`` for a do-not-retry answer.
+
+        None when ``exc`` holds something that is not a network failure (a bug).
+        """
+        leaves = list(_leaves(exc))
+        for leaf in leaves:
+            refusal = _refusal(leaf)
+            if refusal is not None:
+                self.refused = ProducerRefused(f"server refused the producer: {refusal}")
+                return refusal
+        if all(isinstance(leaf, _RETRYABLE) for leaf in leaves):
+            return "; ".join(sorted({_describe(leaf) for leaf in leaves}))
+        return None
+
+    async def _connection(self) -> None:
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(self.connect_timeout):
+                ws = await connect_websocket_url(nursery, self.url, extra_headers=self._headers)
+            try:
+                await self._converse(ws)
+            finally:
+                self.connected = False
+                with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
+                    cleanup.shield = True
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+
+    async def _converse(self, ws: WebSocketConnection) -> None:
+        hello = {"type": "hello", "producer": self.producer_id, "stream": self.stream}
+        await ws.send_message(protocol.encode(hello))
+        with trio.fail_after(self.connect_timeout):
+            welcome = await self._first_message(ws)
+        acked = welcome.get("acked")
+        if not isinstance(acked, int) or isinstance(acked, bool) or acked < 0:
+            raise _Retry(f"welcome without a valid 'acked': {welcome!r}")
+        if acked > self.outbox.last_pseq:
+            self.report(
+                f"server had applied up to item {acked}, beyond the {self.outbox.last_pseq} sent"
+            )
+        self.outbox.restart(acked)
+        self._acked.set()
+        self.connections += 1
+        self.connected = True
+        self._welcomed.set()
+        self._welcomed = trio.Event()
+        if self._down:
+            self._down = False
+            self.report(f"connected to {self.url} again; resending {self.outbox.pending} items")
+        self.ready.set()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive, ws)
+            nursery.start_soon(self._send, ws)
+            await self._closing.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _first_message(self, ws: WebSocketConnection) -> Message:
+        """The ``welcome``; an ``error`` first is kept so the close that follows can cite it."""
+        message = _decode(await ws.get_message())
+        if message.get("type") == "error":
+            content = message.get("content")
+            try:
+                await ws.get_message()
+            except ConnectionClosed as exc:
+                raise ConnectionClosed(exc.reason) from _ServerError(str(content))
+            raise _Retry(f"server error: {content}")
+        if message.get("type") != "welcome":
+            raise _Retry(f"expected welcome, got {message.get('type')!r}")
+        return message
+
+    async def _receive(self, ws: WebSocketConnection) -> None:
+        while True:
+            message = _decode(await ws.get_message())
+            kind = message.get("type")
+            if kind == "ack" and isinstance(message.get("pseq"), int):
+                self.outbox.ack(message["pseq"])
+                self._acked.set()
+            elif kind == "control":
+                action = message.get("action")
+                if action not in protocol.CONTROL_ACTIONS:
+                    self.report(f"ignored unknown control action {action!r}")
+                elif self.on_control is None:
+                    self.report(f"ignored control {action!r}: this producer takes none")
+                else:
+                    self.on_control(str(action))
+            elif kind in ("warning", "error"):
+                self.report(f"server says: {message.get('content')}")
+
+    async def _send(self, ws: WebSocketConnection) -> None:
+        while True:
+            while not self.outbox.unsent:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            for message in self.outbox.take():
+                await ws.send_message(protocol.encode(message))
+            await trio.sleep(self.batch_interval)
+
+
+class _ServerError(Exception):
+    """The ``error`` message a server sent just before a do-not-retry close."""
+
+
+def _decode(raw: str | bytes) -> Message:
+    if isinstance(raw, bytes):
+        raise _Retry("server sent a binary frame")
+    try:
+        message = json.loads(raw)
+    except ValueError:
+        raise _Retry(f"server sent text that is not JSON: {raw[:80]!r}") from None
+    if not isinstance(message, dict):
+        raise _Retry(f"server sent JSON that is not an object: {raw[:80]!r}")
+    return message
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def _refusal(exc: BaseException) -> str | None:
+    if isinstance(exc, ConnectionRejected):
+        status = exc.status_code
+        if 400 <= status < 500 and status not in (408, 429):
+            body = (exc.body or b"").decode("utf-8", "replace").strip()
+            return f"HTTP {status}" + (f" ({body})" if body else "")
+        return None
+    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
+        code = exc.reason.code
+        if code is not None and 4000 <= code < 5000:
+            said = exc.__cause__ if isinstance(exc.__cause__, _ServerError) else None
+            text = str(said) if said is not None else exc.reason.reason
+            return f"close {code}" + (f" ({text})" if text else "")
+    return None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
+        return f"closed {exc.reason.code}" + (f" {exc.reason.reason}" if exc.reason.reason else "")
+    if isinstance(exc, ConnectionRejected):
+        return f"HTTP {exc.status_code}"
+    if isinstance(exc, HandshakeError) and exc.__cause__ is not None:
+        return _describe(exc.__cause__)
+    if isinstance(exc, trio.TooSlowError):
+        return "timed out"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+# -- trio-ws run: supervise a child and publish its output -------------------------
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``trio-ws run`` was asked to do."""
+
+    command: Sequence[str]
+    url: str
+    token: str
+    cwd: Path
+    project_dir: Path
+    """Where ``.autoforge/.pause_drain`` goes (the registered directory, else ``cwd``)."""
+    stream: Stream = "agent"
+    quiet: bool = False
+    capacity: int = DEFAULT_CAPACITY
+    kill_after: float = KILL_AFTER
+    flush_within: float = FLUSH_WITHIN
+    connect_wait: float = CONNECT_WAIT
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run or publish ended: the exit status to use and what is left to say."""
+
+    exit_code: int
+    undelivered: int = 0
+    refused: str | None = None
+
+
+def echo_stdout(chunk: bytes) -> None:
+    """Show the child's output locally, byte for byte."""
+    sys.stdout.buffer.write(chunk)
+    sys.stdout.buffer.flush()
+
+
+async def run_command(
+    options: RunOptions,
+    *,
+    report: Report = stderr_report,
+    echo: Callable[[bytes], None] | None = None,
+) -> Outcome:
+    """Run ``options.command`` under supervision until it exits; see `Supervisor`."""
+    if echo is None and not options.quiet:
+        echo = echo_stdout
+    return await Supervisor(options, report, echo).run()
+
+
+class Supervisor:
+    """One child process in its own process group, its output and its controls.
+
+    The child runs without a shell, in a new session (so signals reach its
+    whole group and a terminal's Ctrl-C reaches only us), with stdout and
+    stderr merged into one pipe and stdin from /dev/null. SIGINT/SIGTERM, or a
+    ``stop`` control, sends SIGTERM (and SIGCONT, in case it is paused) to the
+    group, then SIGKILL after ``kill_after`` seconds; a second signal kills at once.
+    """
+
+    def __init__(
+        self, options: RunOptions, report: Report, echo: Callable[[bytes], None] | None
+    ) -> None:
+        self.options = options
+        self.report = report
+        self.echo = echo
+        self.producer = Producer(
+            options.url,
+            options.token,
+            options.stream,
+            producer_id=new_producer_id("run"),
+            outbox=Outbox(options.capacity),
+            on_control=self.apply if options.stream == "agent" else None,
+            report=report,
+        )
+        self.process: trio.Process | None = None
+        self.state = "running"
+        self.stop_requested = False
+        self.pause_file = options.project_dir / PAUSE_FILE
+        self.wrote_pause_file = False
+        self._splitter = LineSplitter()
+        self._output_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> Outcome:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self.producer.run)
+                try:
+                    return await self._supervise(signals)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await self.producer.close()
+
+    async def _supervise(self, signals: AsyncIterator[int]) -> Outcome:
+        options = self.options
+        with trio.move_on_after(options.connect_wait):
+            await self.producer.ready.wait()
+        if self.producer.refused is not None:
+            return Outcome(FAILURE, refused=str(self.producer.refused))
+        try:
+            process = await trio.lowlevel.open_process(
+                list(options.command),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                cwd=options.cwd,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,
+            )
+        except OSError as exc:
+            code = 127 if isinstance(exc, FileNotFoundError) else 126
+            self.report(f"cannot start {options.command[0]!r}: {exc.strerror or exc}")
+            self.producer.send_line(
+                f"[trio-ws] cannot start {options.command[0]}: {exc.strerror or exc}"
+            )
+            self.producer.send_status("crashed", code)
+            return Outcome(code, await self.producer.flush(options.flush_within))
+        self.process = process
+        self.producer.send_status("running")
+        assert process.stdout is not None
+        try:
+            async with trio.open_nursery() as helpers:
+                self._nursery = helpers
+                helpers.start_soon(self._pump, process.stdout)
+                helpers.start_soon(self._watch_signals, signals)
+                helpers.start_soon(self._watch_refusal)
+                returncode = await process.wait()
+                with trio.move_on_after(DRAIN_AFTER_EXIT):
+                    await self._output_done.wait()
+                helpers.cancel_scope.cancel()
+        finally:
+            if process.returncode is None:  # leaving abnormally: never orphan the group
+                self._signal_group(signal.SIGKILL)
+        for line in self._splitter.close():
+            self.producer.send_line(line)
+        code = exit_status(returncode)
+        status = "stopped" if code == 0 or self.stop_requested else "crashed"
+        self.producer.send_status(status, code)
+        self._remove_pause_file()
+        undelivered = await self.producer.flush(options.flush_within)
+        refused = self.producer.refused
+        return Outcome(code, undelivered, str(refused) if refused is not None else None)
+
+    # -- tasks ------------------------------------------------------------------------
+
+    async def _pump(self, stdout: trio.abc.ReceiveStream) -> None:
+        while chunk := bytes(await stdout.receive_some(READ_SIZE)):
+            if self.echo is not None:
+                self.echo(chunk)
+            for line in self._splitter.feed(chunk):
+                self.producer.send_line(line)
+        self._output_done.set()
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if self.stop_requested:
+                self.report(f"signal {signum} again: killing the process group now")
+                self._signal_group(signal.SIGKILL)
+            else:
+                self.report(f"signal {signum}: stopping the command")
+                self.request_stop()
+
+    async def _watch_refusal(self) -> None:
+        await self.producer.finished.wait()
+        if self.producer.refused is not None:
+            self.report(f"{self.producer.refused}; stopping the command")
+            self.request_stop()
+
+    async def _escalate(self) -> None:
+        await trio.sleep(self.options.kill_after)
+        if self.process is not None and self.process.returncode is None:
+            self.report(f"still running {self.options.kill_after:g} s after SIGTERM: SIGKILL")
+            self._signal_group(signal.SIGKILL)
+
+    # -- actions ----------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """SIGTERM the child's group now and SIGKILL it after ``kill_after`` seconds."""
+        if self.stop_requested:
+            return
+        self.stop_requested = True
+        self._signal_group(signal.SIGTERM)
+        self._signal_group(signal.SIGCONT)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._escalate)
+
+    def apply(self, action: str) -> None:
+        """Carry out a control from the server; one that does not fit the state is logged."""
+        process = self.process
+        if process is None or process.returncode is not None or self.stop_requested:
+            self.report(f"ignored control {action!r}: the command is not running")
+            return
+        if action == "stop":
+            self.report("stop requested through the server")
+            self.request_stop()
+            return
+        wanted = {
+            "pause": "running",
+            "resume": "paused",
+            "graceful_pause": "running",
+            "graceful_resume": "pausing",
+        }.get(action)
+        if wanted is None or self.state != wanted:
+            self.report(f"ignored control {action!r} while {self.state}")
+            return
+        if action == "pause":
+            self._signal_group(signal.SIGSTOP)
+            self._set_state("paused")
+        elif action == "resume":
+            self._signal_group(signal.SIGCONT)
+            self._set_state("running")
+        elif action == "graceful_pause":
+            try:
+                self.pause_file.parent.mkdir(parents=True, exist_ok=True)
+                self.pause_file.write_text(f"{process.pid}\n")
+            except OSError as exc:
+                self.report(f"cannot write {self.pause_file}: {exc.strerror or exc}")
+                return
+            self.wrote_pause_file = True
+            self._set_state("pausing")
+        else:
+            if not self._remove_pause_file():
+                return
+            self._set_state("running")
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        self.producer.send_status(state)
+
+    def _remove_pause_file(self) -> bool:
+        """Delete the pause file we wrote; False (reported) when that failed."""
+        if not self.wrote_pause_file:
+            return True
+        try:
+            self.pause_file.unlink(missing_ok=True)
+        except OSError as exc:
+            self.report(f"cannot remove {self.pause_file}: {exc.strerror or exc}")
+            return False
+        self.wrote_pause_file = False
+        return True
+
+    def _signal_group(self, signum: int) -> None:
+        if self.process is None:
+            return
+        with suppress(ProcessLookupError):  # the whole group is gone already
+            os.killpg(self.process.pid, signum)
+
+
+# -- trio-ws publish: stdin lines to the server --------------------------------------
+
+
+async def read_stdin() -> bytes:
+    """One chunk of stdin (b"" at EOF), read in a thread so the terminal stays blocking."""
+    return await trio.to_thread.run_sync(os.read, 0, READ_SIZE, abandon_on_cancel=True)
+
+
+async def publish_stream(
+    url: str,
+    token: str,
+    stream: Stream,
+    read: Callable[[], Awaitable[bytes]] = read_stdin,
+    *,
+    report: Report = stderr_report,
+    capacity: int = DEFAULT_CAPACITY,
+    flush_within: float = FLUSH_WITHIN,
+    connect_wait: float = CONNECT_WAIT,
+) -> Outcome:
+    """Publish every line ``read`` yields until EOF (or SIGINT/SIGTERM): ``running``
+    first, ``stopped`` last; exit 0 only when everything was delivered."""
+    producer = Producer(
+        url,
+        token,
+        stream,
+        producer_id=new_producer_id("publish"),
+        outbox=Outbox(capacity),
+        report=report,
+    )
+    splitter = LineSplitter()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+            outer.start_soon(producer.run)
+            try:
+                with trio.move_on_after(connect_wait):
+                    await producer.ready.wait()
+                if producer.refused is not None:
+                    return Outcome(FAILURE, refused=str(producer.refused))
+                producer.send_status("running")
+                async with trio.open_nursery() as reading:
+
+                    async def read_all() -> None:
+                        while chunk := await read():
+                            for line in splitter.feed(chunk):
+                                producer.send_line(line)
+                        reading.cancel_scope.cancel()
+
+                    async def stop_on_signal() -> None:
+                        async for signum in signals:
+                            report(f"signal {signum}: ending the input here")
+                            reading.cancel_scope.cancel()
+
+                    async def stop_on_refusal() -> None:
+                        await producer.finished.wait()
+                        reading.cancel_scope.cancel()
+
+                    reading.start_soon(read_all)
+                    reading.start_soon(stop_on_signal)
+                    reading.start_soon(stop_on_refusal)
+                for line in splitter.close():
+                    producer.send_line(line)
+                producer.send_status("stopped")
+                undelivered = await producer.flush(flush_within)
+                refused = producer.refused
+                if refused is not None:
+                    return Outcome(FAILURE, undelivered, str(refused))
+                return Outcome(0 if undelivered == 0 else FAILURE, undelivered)
+            finally:
+                with trio.CancelScope(shield=True):
+                    await producer.close()
