@@ -95,6 +95,13 @@ async def read_request_head(
             connection.receive_data(data)
             continue
         if isinstance(event, h11.Request):
+            # h11 caps only an incomplete head; one completed by the last
+            # receive can be up to RECEIVE_SIZE - 1 bytes over, so check here.
+            size = len(raw) - len(connection.trailing_data[0])
+            if size > max_bytes:
+                raise BadRequest(
+                    431, f"request head is {size} bytes, over the {max_bytes} limit", connection
+                )
             return _head_from(event, bytes(raw), connection)
         if isinstance(event, h11.ConnectionClosed):
             return None
