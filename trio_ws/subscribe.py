@@ -52,13 +52,15 @@ class SubscribeRequest:
 
 
 def parse_since(raw: str | None) -> int | None:
-    """The ``since`` query value; a non-integer is -1, which the hub calls invalid."""
+    """The ``since`` query value; anything but ASCII digits is -1, which the hub calls invalid.
+
+    Not ``int()`` alone: it also reads ``0_2``, `` 2`` and non-ASCII digits.
+    """
     if raw is None:
         return None
-    try:
-        return int(raw)
-    except ValueError:
+    if not (raw.isascii() and raw.isdigit()):
         return -1
+    return int(raw)
 
 
 def parse_backlog(raw: str | None) -> int:
