@@ -23,6 +23,18 @@ from rich.console import Console
 from rich.table import Table
 
 from trio_ws import __version__
+from trio_ws.producers import (
+    DEFAULT_CAPACITY,
+    DEFAULT_SERVER,
+    FLUSH_WITHIN,
+    KILL_AFTER,
+    Outcome,
+    RunOptions,
+    publish_stream,
+    publish_url,
+    run_command,
+)
+from trio_ws.protocol import is_valid_project_name
 from trio_ws.registry import (
     HOME_ENV,
     InvalidProjectName,
@@ -293,3 +305,283 @@ def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
 
 def _os_reason(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
+
+
+# -- producers: trio-ws run, trio-ws publish ---------------------------------------
+
+
+def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dev``, ``--server`` and ``--token``, shared by `run` and `publish`."""
+    command = click.option(
+        "--token",
+        help=f"Server token [default: ${TOKEN_ENV}, else <home>/token].",
+    )(command)
+    command = click.option(
+        "--server",
+        default=DEFAULT_SERVER,
+        show_default=True,
+        metavar="URL",
+        help="The trio-ws server (http, https, ws or wss).",
+    )(command)
+    command = click.option(
+        "--flush-within",
+        default=FLUSH_WITHIN,
+        show_default=True,
+        type=click.FloatRange(min=0, max=3600),
+        help="Seconds to keep delivering what is left once the input ended.",
+    )(command)
+    return click.option(
+        "--dev", is_flag=True, help="Publish on the dev-server stream instead of the agent stream."
+    )(command)
+
+
+def _producer_target(name: str, server: str, home_dir: Path, token: str | None) -> tuple[str, str]:
+    """The publish URL and the token, or a refusal saying what is wrong."""
+    if not is_valid_project_name(name):
+        raise UsageRefusal(f"invalid project name {name!r}: use 1 to 50 of A-Z a-z 0-9 _ -")
+    try:
+        url = publish_url(server, name)
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+    try:
+        secret = load_token(home_dir, token)
+    except (TokenError, OSError) as exc:
+        raise Refusal(str(exc)) from exc
+    return url, secret
+
+
+def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Path, Path]:
+    """(where to run, where ``.autoforge`` lives): the registered directory unless
+    ``--cwd`` says otherwise; without a registered project, ``--cwd`` is needed."""
+    try:
+        project = Registry(registry_file).get(name)
+    except RegistryError as exc:
+        if cwd is None:
+            raise Refusal(f"{exc}; or pass --cwd to run without a registered project") from exc
+        project = None
+    if project is None:
+        if cwd is None:
+            raise Refusal(
+                f"no project {name!r} in registry {registry_file}; "
+                "register it with `trio-ws projects add` or pass --cwd"
+            )
+        return cwd, cwd
+    return cwd or project.path, project.path
+
+
+@main.command(
+    epilog=f"Unacked output waits in a buffer of at most {DEFAULT_CAPACITY:,} items "
+    "(lines and statuses) while the server is away; when it is full, new lines are "
+    "dropped and one line says how many."
+)
+@click.argument("name")
+@click.argument(
+    "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]..."
+)
+@_producer_options
+@click.option(
+    "--cwd",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Run CMD here [default: the project's registered directory].",
+)
+@click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
+@click.option(
+    "--kill-after",
+    default=KILL_AFTER,
+    show_default=True,
+    type=click.FloatRange(min=0, max=3600),
+    help="Seconds between SIGTERM and SIGKILL when stopping CMD.",
+)
+@registry_options
+def run(
+    name: str,
+    command: tuple[str, ...],
+    dev: bool,
+    flush_within: float,
+    server: str,
+    token: str | None,
+    cwd: Path | None,
+    quiet: bool,
+    kill_after: float,
+    home_dir: Path,
+    registry_file: Path,
+    **_: Any,
+) -> None:
+    """Run CMD for project NAME and publish its output live.
+
+    CMD runs without a shell in its own process group, with stdout and stderr
+    merged and PYTHONUNBUFFERED=1. Its statuses are reported: running, then
+    stopped (exit 0 or a requested stop) or crashed. Ctrl-C or SIGTERM stops
+    CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds). The
+    server's stop/pause/resume/graceful controls act on CMD (agent stream
+    only). Exits with CMD's exit status (128+N after signal N).
+    """
+    url, secret = _producer_target(name, server, home_dir, token)
+    run_dir, project_dir = _project_dirs(name, registry_file, cwd)
+    options = RunOptions(
+        command=command,
+        url=url,
+        token=secret,
+        cwd=run_dir,
+        project_dir=project_dir,
+        stream="dev" if dev else "agent",
+        quiet=quiet,
+        kill_after=kill_after,
+        flush_within=flush_within,
+    )
+    outcome = trio.run(run_command, options)
+    _finish(outcome, url)
+
+
+@main.command(
+    epilog=f"Unacked lines wait in a buffer of at most {DEFAULT_CAPACITY:,} items "
+    "while the server is away; when it is full, new lines are dropped and one line "
+    "says how many."
+)
+@click.argument("name")
+@_producer_options
+@registry_options
+def publish(
+    name: str,
+    dev: bool,
+    flush_within: float,
+    server: str,
+    token: str | None,
+    home_dir: Path,
+    **_: Any,
+) -> None:
+    """Publish stdin's lines to project NAME: running at start, stopped at EOF.
+
+    Exits 0 once everything is delivered, 1 if anything could not be.
+    """
+    url, secret = _producer_target(name, server, home_dir, token)
+    outcome = trio.run(
+        functools.partial(
+            publish_stream, url, secret, "dev" if dev else "agent", flush_within=flush_within
+        )
+    )
+    _finish(outcome, url)
+
+
+def _finish(outcome: Outcome, url: str) -> None:
+    """Say what was not delivered or why the server refused, then exit as decided."""
+    if outcome.refused is not None:
+        raise Refusal(outcome.refused)
+    if outcome.undelivered:
+        click.echo(f"trio-ws: {outcome.undelivered} items were not delivered to {url}", err=True)
+    raise click.exceptions.Exit(outcome.exit_code)
+
+
+# -- trio-ws watch ---------------------------------------------------------------
+
+
+@main.command("watch")
+@click.argument("name")
+@click.option(
+    "--server",
+    default="http://127.0.0.1:8888",
+    show_default=True,
+    metavar="URL",
+    help="The trio-ws server (http, https, ws or wss).",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    help="Server token [default: <home>/token if present; loopback servers need none].",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=HOME_ENV,
+    show_envvar=True,
+    help="trio-ws home holding the token file [default: ~/.trio-ws]",
+)
+@click.option("--once", is_flag=True, help="Print the current state once and exit.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print every received message as one JSON line."
+)
+@click.option(
+    "--backlog",
+    default=100,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="Log lines the server replays on a fresh sync.",
+)
+@click.option(
+    "--lines",
+    type=click.IntRange(min=1),
+    help="Log lines to show [default: what fits the terminal; 20 with --once].",
+)
+def watch_command(
+    name: str,
+    server: str,
+    token: str | None,
+    home: Path | None,
+    once: bool,
+    as_json: bool,
+    backlog: int,
+    lines: int | None,
+) -> None:
+    """Watch project NAME live: agents, progress, orchestrator and log tail.
+
+    Reconnects with backoff and resumes where it left off; exits 0 on Ctrl-C,
+    1 when the server refuses the project (or, with --once, cannot be reached).
+    """
+    import time
+
+    from trio_ws import protocol, watch
+
+    try:
+        target = watch.WatchTarget.from_server(
+            server, name, _watch_token(resolve_home(home), token), backlog
+        )
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+
+    def write_line(text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    dropped: list[str] = []
+
+    def note_drop(reason: str) -> None:
+        if not dropped or dropped[-1] != reason:
+            click.echo(f"trio-ws: reconnecting: {reason}", err=True)
+        dropped[:] = [reason]
+
+    async def once_mode() -> None:
+        view = await watch.fetch_snapshot(
+            target, (lambda message: write_line(protocol.encode(message))) if as_json else None
+        )
+        if not as_json:
+            Console(highlight=False).print(
+                watch.render(view, time.time(), lines or watch.ONCE_LOG_LINES)
+            )
+
+    async def live_mode() -> None:
+        if as_json:
+            await watch.watch_json(target, write_line, on_drop=note_drop)
+        else:
+            await watch.watch_live(target, Console(highlight=False), log_lines=lines)
+
+    try:
+        trio.run(watch.until_signalled, once_mode if once else live_mode)
+    except watch.WatchError as exc:
+        raise Refusal(str(exc)) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the signal handler was installed: still a clean exit
+
+
+def _watch_token(home_dir: Path, token: str | None) -> str | None:
+    """The explicit token, else the home's token file when there is one, else none."""
+    from trio_ws.security import TOKEN_FILE
+
+    if token:
+        return token
+    if not (home_dir / TOKEN_FILE).exists():
+        return None
+    try:
+        return load_token(home_dir)
+    except (TokenError, OSError) as exc:
+        raise Refusal(str(exc)) from exc

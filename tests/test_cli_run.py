@@ -1,0 +1,493 @@
+"""`trio-ws run` and `trio-ws publish` as real subprocesses against a real server.
+
+Each test subscribes to ``demo`` first, then runs the command and checks what
+the subscriber sees: every line once, in order, between ``running`` and the
+final status (the snapshot's own ``stopped`` comes first and is skipped).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from serving import NETWORK_TIMEOUT, TOKEN, connect, receive, receive_until
+from trio_websocket import WebSocketConnection
+
+from trio_ws.pipeline import AgentPipeline, sanitize
+from trio_ws.producers import PAUSE_FILE
+from trio_ws.server import Server
+
+TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
+TESTS = Path(__file__).parent
+SCRIPT = str(TESTS / "scripts" / "print_transcript.py")
+TRANSCRIPT = TESTS / "data" / "autoforge-run.txt"
+EXIT_LINE = "[trio-ws] process exited with code"
+
+Message = dict[str, Any]
+
+
+def transcript_lines(path: Path) -> list[str]:
+    lines = path.read_bytes().decode().split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def child(*args: str) -> list[str]:
+    return [sys.executable, SCRIPT, *args]
+
+
+@dataclass
+class Run:
+    """A started `trio-ws` subprocess and what it printed."""
+
+    process: trio.Process
+    stdout: bytearray = field(default_factory=bytearray)
+    stderr: bytearray = field(default_factory=bytearray)
+    closed: list[trio.Event] = field(default_factory=lambda: [trio.Event(), trio.Event()])
+
+    async def wait(self) -> int:
+        """Its exit status, once it exited and all its output is collected."""
+        code = await self.process.wait()
+        for event in self.closed:
+            await event.wait()
+        return code
+
+
+async def start(
+    nursery: trio.Nursery,
+    server: Server,
+    home: Path,
+    command: str,
+    *args: str,
+    stdin: bytes | None = None,
+) -> Run:
+    """Start ``trio-ws COMMAND demo`` against ``server``; collect its output in the background."""
+    env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
+    process = await trio.lowlevel.open_process(
+        [
+            TRIO_WS,
+            command,
+            "demo",
+            "--server",
+            f"http://127.0.0.1:{server.port}",
+            "--token",
+            TOKEN,
+            "--home",
+            str(home),
+            *args,
+        ],
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    run = Run(process)
+    assert process.stdout is not None and process.stderr is not None
+    nursery.start_soon(collect, process.stdout, run.stdout, run.closed[0])
+    nursery.start_soon(collect, process.stderr, run.stderr, run.closed[1])
+    if stdin is not None:
+        assert process.stdin is not None
+        async with process.stdin:
+            await process.stdin.send_all(stdin)
+    return run
+
+
+async def collect(stream: trio.abc.ReceiveStream, into: bytearray, closed: trio.Event) -> None:
+    async with stream:
+        while chunk := await stream.receive_some(65536):
+            into += chunk
+    closed.set()
+
+
+async def subscribe(nursery: trio.Nursery, server: Server, **query: Any) -> WebSocketConnection:
+    ws = await connect(nursery, server, **query)
+    assert (await receive(ws))["type"] == "hello"
+    return ws
+
+
+def status_is(*statuses: str) -> Callable[[Message], bool]:
+    return lambda message: message["type"] == "agent_status" and message["status"] in statuses
+
+
+async def receive_run(ws: WebSocketConnection, final: str = "stopped") -> list[Message]:
+    """Events from the run's ``running`` up to its final status, both included."""
+    await receive_until(ws, status_is("running"))
+    return [
+        {"type": "agent_status", "status": "running"},
+        *await receive_until(ws, status_is(final)),
+    ]
+
+
+def logs(messages: list[Message]) -> list[str]:
+    return [message["line"] for message in messages if message["type"] == "log"]
+
+
+def statuses(messages: list[Message]) -> list[str]:
+    return [message["status"] for message in messages if message["type"] == "agent_status"]
+
+
+async def receive_log(ws: WebSocketConnection, prefix: str) -> str:
+    """The first ``log`` line starting with ``prefix``."""
+    found = await receive_until(
+        ws, lambda message: message["type"] == "log" and message["line"].startswith(prefix)
+    )
+    line = found[-1]["line"]
+    assert isinstance(line, str)
+    return line
+
+
+# -- trio-ws run ------------------------------------------------------------------------
+
+
+async def test_run_publishes_every_line_once_in_order_and_exits_with_the_child_code(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--",
+            *child(str(TRANSCRIPT), "--pause", "0.001", "--exit", "3"),
+        )
+        seen = await receive_run(ws, final="crashed")
+        assert await run.wait() == 3
+    lines = [*transcript_lines(TRANSCRIPT), f"{EXIT_LINE} 3"]
+    assert logs(seen) == [sanitize(line) for line in lines]
+    # The transcript's drain literals move the status too; the pure pipeline says how.
+    pipeline = AgentPipeline()
+    expected = pipeline.set_status("running") + pipeline.feed_lines(lines)
+    expected += pipeline.set_status("crashed")
+    assert statuses(seen) == statuses(expected)
+    assert run.stdout == b""
+
+
+async def test_run_exit_0_reports_stopped(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("one\ntwo\n")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "run", "--quiet", "--", *child(str(lines)))
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert logs(seen) == ["one", "two", f"{EXIT_LINE} 0"]
+    assert statuses(seen) == ["running", "stopped"]
+
+
+async def test_run_prints_the_child_output_locally_without_quiet(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("shown here\nand there\n")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        run = await start(nursery, server, home, "run", "--", *child(str(lines)))
+        assert await run.wait() == 0
+    assert run.stdout == b"shown here\nand there\n"
+
+
+async def test_run_merges_stderr_keeps_final_partial_line_and_replaces_bad_utf8(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("out 0\nerr 1\nout 2\n")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        args = ("--stderr", "--invalid-utf8", "--no-final-newline")
+        run = await start(nursery, server, home, "run", "--quiet", "--", *child(str(lines), *args))
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert logs(seen) == ["out 0", "err 1", "out 2", "bad \ufffd\ufffd bytes", f"{EXIT_LINE} 0"]
+
+
+async def test_run_defaults_cwd_to_the_project_directory_and_sets_unbuffered(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    code = "import os; print(os.getcwd()); print(os.environ['PYTHONUNBUFFERED'])"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "run", "--quiet", "--", sys.executable, "-c", code)
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert logs(seen)[:2] == [str(project_dir), "1"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_signal_stops_the_child_group_and_reports_stopped(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, signum: int
+) -> None:
+    """The child starts a grandchild in its group; both are gone after the signal."""
+    code = (
+        "import subprocess, sys, time; "
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(20)']); "
+        "print('grandchild', g.pid, flush=True); time.sleep(20)"
+    )
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "run", "--quiet", "--", sys.executable, "-c", code)
+        grandchild = int((await receive_log(ws, "grandchild ")).split()[1])
+        run.process.send_signal(signum)
+        seen = await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGTERM
+        assert await eventually(lambda: not alive(grandchild))
+    assert statuses(seen) == ["stopped"]
+    assert logs(seen) == [f"{EXIT_LINE} {128 + signal.SIGTERM}"]
+
+
+async def eventually(condition: Callable[[], bool]) -> bool:
+    """``condition`` becomes true within a second (a signal takes effect asynchronously)."""
+    for _ in range(100):
+        if condition():
+            return True
+        await trio.sleep(0.01)
+    return condition()
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_child_ignoring_sigterm_is_killed_after_the_bound(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--kill-after",
+            "0.2",
+            "--",
+            *child("--pid", "--ignore-sigterm", "--hold", "20"),
+        )
+        await receive_log(ws, "pid ")
+        run.process.send_signal(signal.SIGTERM)
+        seen = await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGKILL
+    assert statuses(seen) == ["stopped"]
+    assert b"SIGKILL" in run.stderr
+
+
+# -- refusals and failures ----------------------------------------------------------------
+
+
+async def test_run_with_a_wrong_token_is_refused_before_the_child_starts(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "started"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--token",
+            "wrong",
+            "--",
+            sys.executable,
+            "-c",
+            f"open({str(marker)!r}, 'w')",
+        )
+        assert await run.wait() == 1
+    assert not marker.exists()
+    assert run.stderr.decode().startswith("trio-ws: error: server refused the producer: HTTP 401")
+
+
+async def test_run_without_a_token_says_where_it_looked(
+    nursery: trio.Nursery, server: Server, tmp_path: Path, project_dir: Path
+) -> None:
+    empty_home = tmp_path / "empty-home"
+    env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [TRIO_WS, "run", "demo", "--home", str(empty_home), "--", "true"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"trio-ws: error: no token at {empty_home / 'token'}; "
+        "start `trio-ws serve` once or pass --token\n"
+    )
+
+
+async def test_run_of_an_unregistered_project_needs_cwd(home: Path, project_dir: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [TRIO_WS, "run", "ghost", "--home", str(home), "--token", TOKEN, "--", "true"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"trio-ws: error: no project 'ghost' in registry {home / 'registry.db'}; "
+        "register it with `trio-ws projects add` or pass --cwd\n"
+    )
+
+
+async def test_run_without_a_registry_needs_cwd(tmp_path: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [TRIO_WS, "run", "demo", "--home", str(tmp_path), "--token", TOKEN, "--", "true"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    stderr = result.stderr.decode()
+    assert stderr.startswith(f"trio-ws: error: no registry at {tmp_path / 'registry.db'}")
+    assert stderr.endswith("; or pass --cwd to run without a registered project\n")
+
+
+async def test_run_reports_undelivered_items_when_the_server_is_away(
+    tmp_path: Path, home: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [
+                TRIO_WS,
+                "run",
+                "demo",
+                "--cwd",
+                str(tmp_path),
+                "--server",
+                "http://127.0.0.1:9",  # discard: nothing listens
+                "--token",
+                TOKEN,
+                "--flush-within",
+                "0.2",
+                "--quiet",
+                "--",
+                *child("--exit", "4"),
+            ],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 4
+    assert result.stderr.decode().endswith(
+        "trio-ws: 2 items were not delivered to ws://127.0.0.1:9/ws/projects/demo/publish\n"
+    )
+
+
+# -- trio-ws publish ----------------------------------------------------------------------
+
+
+async def test_publish_sends_stdin_lines_between_running_and_stopped(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "publish", stdin=b"a\nb\n")
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert logs(seen) == ["a", "b"]
+    assert statuses(seen) == ["running", "stopped"]
+
+
+async def test_publish_dev_feeds_the_dev_stream(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "publish", "--dev", stdin=b"vite ready\n")
+        seen = await receive_until(ws, lambda m: m["type"] == "dev_log")
+        assert await run.wait() == 0
+    assert seen[-1]["line"] == "vite ready"
+    assert "log" not in [message["type"] for message in seen]
+
+
+async def test_publish_fails_when_items_cannot_be_delivered(home: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [
+                TRIO_WS,
+                "publish",
+                "demo",
+                "--server",
+                "http://127.0.0.1:9",
+                "--token",
+                TOKEN,
+                "--flush-within",
+                "0.2",
+            ],
+            stdin=b"lost\n",
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert "3 items were not delivered" in result.stderr.decode()
+
+
+# -- controls from a subscriber ----------------------------------------------------------------
+
+
+async def send_control(ws: WebSocketConnection, action: str) -> None:
+    await ws.send_message(f'{{"type":"control","action":"{action}"}}')
+
+
+async def test_control_pause_stops_the_child_output_and_resume_continues_it(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server, token=TOKEN)
+        run = await start(
+            nursery, server, home, "run", "--quiet", "--", *child("--pid", "--ticks", "20")
+        )
+        pid = int((await receive_log(ws, "pid ")).split()[1])
+        await receive_log(ws, "tick ")
+        await send_control(ws, "pause")
+        await receive_until(ws, status_is("paused"))
+        assert await eventually(lambda: process_state(pid) == "T")  # stopped by SIGSTOP
+        await send_control(ws, "resume")
+        await receive_until(ws, status_is("running"))
+        assert await eventually(lambda: process_state(pid) != "T")
+        await receive_log(ws, "tick ")  # and it prints again
+        await send_control(ws, "stop")
+        seen = await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert statuses(seen) == ["stopped"]
+
+
+def process_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+async def test_control_graceful_pause_writes_the_pause_file_and_resume_removes_it(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    pause_file = project_dir / PAUSE_FILE
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server, token=TOKEN)
+        run = await start(
+            nursery, server, home, "run", "--quiet", "--", *child("--pid", "--hold", "20")
+        )
+        pid = (await receive_log(ws, "pid ")).split()[1]
+        await send_control(ws, "graceful_pause")
+        await receive_until(ws, status_is("pausing"))
+        assert pause_file.read_text().strip() == pid
+        await send_control(ws, "graceful_resume")
+        await receive_until(ws, status_is("running"))
+        assert not pause_file.exists()
+        await send_control(ws, "stop")
+        await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGTERM
