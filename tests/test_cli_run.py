@@ -67,6 +67,7 @@ async def start(
     command: str,
     *args: str,
     stdin: bytes | None = None,
+    keep_stdin_open: bool = False,
 ) -> Run:
     """Start ``trio-ws COMMAND demo`` against ``server``; collect its output in the background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
@@ -94,8 +95,9 @@ async def start(
     nursery.start_soon(collect, process.stderr, run.stderr, run.closed[1])
     if stdin is not None:
         assert process.stdin is not None
-        async with process.stdin:
-            await process.stdin.send_all(stdin)
+        await process.stdin.send_all(stdin)
+        if not keep_stdin_open:
+            await process.stdin.aclose()
     return run
 
 
@@ -491,3 +493,20 @@ async def test_control_graceful_pause_writes_the_pause_file_and_resume_removes_i
         await send_control(ws, "stop")
         await receive_until(ws, status_is("stopped", "crashed"))
         assert await run.wait() == 128 + signal.SIGTERM
+
+
+async def test_publish_ends_the_input_on_sigint_and_reports_stopped(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "publish", stdin=b"", keep_stdin_open=True)
+        await receive_until(ws, status_is("running"))
+        assert run.process.stdin is not None
+        await run.process.stdin.send_all(b"typed\n")
+        await receive_log(ws, "typed")
+        run.process.send_signal(signal.SIGINT)
+        seen = await receive_until(ws, status_is("stopped"))
+        assert await run.wait() == 0
+        await run.process.stdin.aclose()
+    assert statuses(seen) == ["stopped"]

@@ -435,3 +435,25 @@ async def test_flush_reports_what_is_left_when_nothing_listens(
             nursery.start_soon(producer.run)
             assert await producer.flush(0.2) == 2
             await producer.close()
+
+
+async def test_close_gives_up_a_handshake_that_gets_no_answer(nursery: trio.Nursery) -> None:
+    """A peer that accepts TCP and never answers the upgrade must not hold `close`
+    for the connect timeout (set far beyond the test's bound here)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        accepted.set()
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, silent, listeners)
+    url = f"ws://127.0.0.1:{port}/ws/projects/demo/publish"
+    producer = Producer(url, TOKEN, "agent", report=quiet, connect_timeout=3600)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        nursery.start_soon(producer.run)
+        await accepted.wait()
+        await producer.close()
+    assert producer.connections == 0
+    assert producer.refused is None

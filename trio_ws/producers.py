@@ -323,6 +323,7 @@ class Producer:
         self._down = False
         self._welcomed = trio.Event()
         self._closing = trio.Event()
+        self._attempt = trio.CancelScope()
         self._wake = trio.Event()
         self._acked = trio.Event()
 
@@ -356,6 +357,8 @@ class Producer:
     async def close(self) -> None:
         """Stop reconnecting and close the connection normally (1000); returns when `run` did."""
         self._closing.set()
+        if not self.connected:  # connecting or waiting for a welcome: give up on it now
+            self._attempt.cancel()
         await self.finished.wait()
 
     async def run(self) -> None:
@@ -365,7 +368,8 @@ class Producer:
             while not self._closing.is_set():
                 welcomed_before = self.connections
                 try:
-                    await self._connection()
+                    with self._attempt:
+                        await self._connection()
                 except Exception as exc:
                     reason = self._failure(exc)
                     if reason is None:
@@ -381,6 +385,7 @@ class Producer:
                 with trio.move_on_after(random.uniform(delay / 2, delay)):
                     await self._closing.wait()
                 delay = min(delay * 2, self.backoff_max)
+                self._attempt = trio.CancelScope()
         finally:
             self.connected = False
             self.ready.set()
@@ -686,7 +691,11 @@ class Supervisor:
     async def _pump(self, stdout: trio.abc.ReceiveStream) -> None:
         while chunk := bytes(await stdout.receive_some(READ_SIZE)):
             if self.echo is not None:
-                self.echo(chunk)
+                try:
+                    self.echo(chunk)
+                except OSError as exc:  # e.g. `trio-ws run … | head`: keep publishing
+                    self.echo = None
+                    self.report(f"stopped printing the output here: {exc.strerror or exc}")
             for line in self._splitter.feed(chunk):
                 self.producer.send_line(line)
         self._output_done.set()
