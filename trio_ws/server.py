@@ -28,7 +28,7 @@ from urllib.parse import unquote
 import trio
 from trio_websocket import WebSocketConnection, wrap_server_stream
 
-from trio_ws import __version__, protocol
+from trio_ws import dashboard, protocol
 from trio_ws.httpio import (
     BadRequest,
     ReplayStream,
@@ -182,7 +182,7 @@ async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) ->
         await send_response(stream, connection, 200, server.metrics.render(), METRICS_TYPE)
     elif head.path == "/api/projects":
         await _api_projects(server, stream, head)
-    elif head.path == "/" or head.path.startswith("/projects/"):
+    elif head.path == "/" or head.path.startswith(("/projects/", "/static/")):
         await _dashboard(server, stream, head)
     else:
         await send_response(stream, connection, 404, b"not found\n")
@@ -228,13 +228,18 @@ def _list_with_existence(registry: Registry) -> list[tuple[Project, bool]]:
 
 
 async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
-    """Where the dashboard page will be served; until then a plain pointer to the API."""
-    body = (
-        f"trio-ws {__version__}\n"
-        "The dashboard page is not built yet. Endpoints: /healthz, /api/projects,\n"
-        "websocket /ws/projects/{name}.\n"
-    ).encode()
-    await send_response(stream, head.connection, 200, body)
+    """The dashboard page and its static files; `dashboard.respond` decides what to send."""
+    answer = dashboard.respond(
+        head.path, head.query, head.cookie(TOKEN_COOKIE), server.config.token
+    )
+    await send_response(
+        stream,
+        head.connection,
+        answer.status,
+        answer.body,
+        answer.content_type,
+        extra_headers=list(answer.headers),
+    )
 
 
 # -- websockets ---------------------------------------------------------------
