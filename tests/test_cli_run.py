@@ -68,6 +68,7 @@ async def start(
     *args: str,
     stdin: bytes | None = None,
     keep_stdin_open: bool = False,
+    close_stdout: bool = False,
 ) -> Run:
     """Start ``trio-ws COMMAND demo`` against ``server``; collect its output in the background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
@@ -91,7 +92,11 @@ async def start(
     )
     run = Run(process)
     assert process.stdout is not None and process.stderr is not None
-    nursery.start_soon(collect, process.stdout, run.stdout, run.closed[0])
+    if close_stdout:  # like `trio-ws run … | head` once head has exited
+        await process.stdout.aclose()
+        run.closed[0].set()
+    else:
+        nursery.start_soon(collect, process.stdout, run.stdout, run.closed[0])
     nursery.start_soon(collect, process.stderr, run.stderr, run.closed[1])
     if stdin is not None:
         assert process.stdin is not None
@@ -197,6 +202,20 @@ async def test_run_prints_the_child_output_locally_without_quiet(
         run = await start(nursery, server, home, "run", "--", *child(str(lines)))
         assert await run.wait() == 0
     assert run.stdout == b"shown here\nand there\n"
+
+
+async def test_run_keeps_publishing_when_its_own_stdout_is_closed(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    lines = tmp_path / "lines.txt"
+    lines.write_text("first\nsecond\n")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(nursery, server, home, "run", "--", *child(str(lines)), close_stdout=True)
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert logs(seen) == ["first", "second", f"{EXIT_LINE} 0"]
+    assert b"stopped printing the output here: Broken pipe" in run.stderr
 
 
 async def test_run_merges_stderr_keeps_final_partial_line_and_replaces_bad_utf8(
