@@ -52,9 +52,8 @@ def no_server_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     """No connection handler may fail with an unexpected exception in any of these tests."""
     with caplog.at_level(logging.INFO, logger="trio_ws"):
         yield
-    errors = [
-        r for r in caplog.records if r.name.startswith("trio_ws") and r.levelno >= logging.ERROR
-    ]
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    errors = [r for r in records if r.name.startswith("trio_ws") and r.levelno >= logging.ERROR]
     assert errors == []
 
 
@@ -209,6 +208,9 @@ class StalledClient:
             if not await self._pump(65536):
                 return None
         return self.messages.popleft()
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
 
     async def read_until(self, predicate: Callable[[Msg], bool]) -> list[Msg]:
         seen: list[Msg] = []
@@ -584,6 +586,7 @@ async def test_stalled_subscriber_holds_back_no_one_and_is_caught_up_from_histor
         hub.feed_lines(log_lines(3))  # caught up: live delivery again
         live = await stalled.read_until(seq_at_least(head + 3))
         assert event_seqs(live) == [head + 1, head + 2, head + 3]
+        await stalled.aclose()
 
 
 async def test_stalled_subscriber_past_history_gets_resync_then_continuous_events(
@@ -635,10 +638,11 @@ async def test_stalled_subscriber_past_history_gets_resync_then_continuous_event
         ]
         assert event_seqs(resynced[3:]) == [head - 2, head - 1, head, head + 1, head + 2, head + 3]
         assert hub.stats.resyncs == 1
+        await stalled.aclose()
 
 
 async def test_stalled_subscriber_is_aborted_after_stall_timeout(
-    nursery: trio.Nursery, registry: Registry, project_dir: Path
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await start_server(nursery, registry, queue_size=STALL_QUEUE, stall_timeout=0.5)
@@ -657,6 +661,7 @@ async def test_stalled_subscriber_is_aborted_after_stall_timeout(
         received: list[Msg] = []
         while (message := await stalled.next()) is not None:
             received.append(message)
+        await stalled.aclose()
 
         await reader.ws.aclose()
         await wait_until(lambda: server.manager.subscriber_count == 0)
@@ -666,6 +671,7 @@ async def test_stalled_subscriber_is_aborted_after_stall_timeout(
     got = event_seqs(after(received, received[0]["seq"]))
     assert got == list(range(2, 2 + len(got)))
     assert len(got) < hub.seq - 1
+    assert [r.name for r in caplog.records if "aborted" in r.getMessage()] == ["trio_ws.subscribe"]
 
 
 # -- inbound frames -------------------------------------------------------------
