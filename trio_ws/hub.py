@@ -272,6 +272,7 @@ class ProjectHub:
                 point = self.seq
                 texts = [protocol.encode({"type": "resync", "reason": "gap_evicted"})]
                 texts.extend(self._snapshot(subscriber.backlog))
+                texts.extend(item.text for item in self._warnings.values())
                 for text in texts:
                     await send(text)
                 subscriber.sent_seq = point
