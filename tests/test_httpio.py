@@ -325,3 +325,11 @@ async def test_replay_close_closes_the_real_stream() -> None:
     assert await client.receive_some(100) == b""
     with pytest.raises(trio.ClosedResourceError):
         await server.send_all(b"x")
+
+
+async def test_replay_close_is_announced() -> None:
+    _client, server = trio.testing.memory_stream_pair()
+    replay = ReplayStream(server, b"head")
+    assert not replay.closed.is_set()
+    await replay.aclose()
+    assert replay.closed.is_set()

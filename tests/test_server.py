@@ -1,0 +1,795 @@
+"""The server's HTTP side and the websocket handshake, over real sockets (PROTOCOL.md 1, 2, 6).
+
+Every test runs a real server on 127.0.0.1, port 0, under a hard
+``fail_after``. Plain HTTP is spoken as raw bytes so malformed and oversized
+requests can be sent; handshake outcomes are read either from trio-websocket
+(close codes, ``ConnectionRejected``) or from a raw upgrade request (the
+HTTP status before the upgrade). One test module drives the server with the
+independent ``websockets`` library to show the wire format is not just
+trio-websocket talking to itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+import websockets.exceptions
+import websockets.sync.client
+from serving import (
+    NETWORK_TIMEOUT,
+    TOKEN,
+    connect,
+    http_get,
+    make_config,
+    receive,
+    ws_url,
+)
+from trio_websocket import (
+    ConnectionClosed,
+    WebSocketConnection,
+    connect_websocket_url,
+)
+
+import trio_ws.server
+from trio_ws import __version__
+from trio_ws.httpio import MAX_HEAD_BYTES
+from trio_ws.registry import Registry
+from trio_ws.server import Server, serve
+
+Msg = dict[str, Any]
+
+WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+"""The sample nonce of RFC 6455; any 16 bytes in base64 do."""
+
+
+# -- helpers ------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def server_logs(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    with caplog.at_level(logging.INFO, logger="trio_ws"):
+        yield
+
+
+async def start(nursery: trio.Nursery, registry: Registry, **overrides: Any) -> Server:
+    """A server with non-default settings; cancelled with the test's nursery."""
+    server: Server = await nursery.start(serve, make_config(registry, **overrides))
+    return server
+
+
+async def exchange(server: Server, data: bytes) -> bytes:
+    """Send raw bytes and read until the server closes the connection.
+
+    A server that closes with request bytes still unread makes the kernel send
+    a reset after the response; what arrived before it is the answer.
+    """
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    received = b""
+    async with stream:
+        await stream.send_all(data)
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    return received
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:100]
+    return int(response.split(b" ", 2)[1])
+
+
+def http_request(path: str, *headers: str, method: str = "GET", host: str = "127.0.0.1") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def upgrade_request(server: Server, path: str, *headers: str, host: str | None = None) -> bytes:
+    """A complete websocket opening handshake, as a browser would send it."""
+    return http_request(
+        path,
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        f"Sec-WebSocket-Key: {WS_KEY}",
+        "Sec-WebSocket-Version: 13",
+        *headers,
+        host=host or f"127.0.0.1:{server.port}",
+    )
+
+
+async def upgrade_status(server: Server, path: str, *headers: str, host: str | None = None) -> int:
+    """The HTTP status the server answers a raw upgrade request with."""
+    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    async with stream:
+        await stream.send_all(upgrade_request(server, path, *headers, host=host))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = await stream.receive_some(4096)
+            assert chunk, f"connection closed after {head!r}"
+            head += chunk
+    return status_of(head)
+
+
+async def refusal(ws: WebSocketConnection) -> tuple[Msg, int | None, str | None]:
+    """The message sent before the close, and the close code and reason."""
+    message = await receive(ws)
+    with pytest.raises(ConnectionClosed) as caught:
+        await ws.get_message()
+    reason = caught.value.reason
+    assert reason is not None
+    return message, reason.code, reason.reason
+
+
+async def settle(*conditions: Callable[[], bool]) -> None:
+    """Wait until every condition holds (bounded by the test's fail_after)."""
+    # Plain counters have no event to wait on, so poll them.
+    while not all(condition() for condition in conditions):  # noqa: ASYNC110
+        await trio.sleep(0.01)
+
+
+def count_tasks() -> int:
+    """Every task alive in this run."""
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count = 0
+    pending = [root]
+    while pending:
+        task = pending.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            pending.extend(nursery.child_tasks)
+    return count
+
+
+def json_body(body: bytes) -> Any:
+    return json.loads(body)
+
+
+# -- GET /healthz -----------------------------------------------------------------
+
+
+async def test_healthz_reports_status_and_counts(server: Server) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, headers, body = await http_get(server, "/healthz")
+    health = json_body(body)
+    assert (status, headers["content-type"]) == (200, "application/json")
+    assert set(health) == {"status", "projects", "subscribers", "producers", "uptime_s"}
+    assert health["status"] == "ok"
+    assert (health["projects"], health["subscribers"], health["producers"]) == (0, 0, 0)
+    assert isinstance(health["uptime_s"], float) and health["uptime_s"] >= 0
+
+
+async def test_healthz_counts_a_connected_subscriber(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        assert (await receive(ws))["type"] == "hello"
+        _, _, body = await http_get(server, "/healthz")
+        assert (json_body(body)["subscribers"], json_body(body)["projects"]) == (1, 1)
+        await ws.aclose()
+        await settle(lambda: server.manager.subscriber_count == 0)
+        _, _, body = await http_get(server, "/healthz")
+    assert json_body(body)["subscribers"] == 0
+
+
+# -- GET /api/projects ------------------------------------------------------------
+
+
+async def test_api_projects_lists_every_registered_project(
+    server: Server, registry: Registry, project_dir: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "alpha"
+    other.mkdir()
+    registry.add("alpha", other)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, headers, body = await http_get(server, "/api/projects")
+    assert (status, headers["content-type"]) == (200, "application/json")
+    assert json_body(body) == [
+        {
+            "name": name,
+            "path": path.as_posix(),
+            "exists": True,
+            "subscribers": 0,
+            "agent_status": "stopped",
+            "dev_server_status": "stopped",
+        }
+        for name, path in [("alpha", other), ("demo", project_dir)]
+    ]
+
+
+async def test_api_projects_marks_a_deleted_directory(server: Server, project_dir: Path) -> None:
+    shutil.rmtree(project_dir)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, _, body = await http_get(server, "/api/projects")
+    assert status == 200
+    [demo] = json_body(body)
+    assert (demo["name"], demo["exists"]) == ("demo", False)
+
+
+async def test_api_projects_shows_live_subscribers_and_statuses(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        await receive(ws)
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        hub.set_status("running")
+        hub.set_status("running", stream="dev")
+        _, _, body = await http_get(server, "/api/projects")
+    [demo] = json_body(body)
+    assert (demo["subscribers"], demo["agent_status"], demo["dev_server_status"]) == (
+        1,
+        "running",
+        "running",
+    )
+
+
+async def test_a_corrupt_registry_makes_api_projects_503_and_the_server_stays_up(
+    server: Server, registry: Registry, project_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry.path.write_bytes(b"this is not an sqlite database " * 64)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, headers, body = await http_get(server, "/api/projects")
+        health_status, _, _ = await http_get(server, "/healthz")
+    error = json_body(body)
+    assert (status, headers["content-type"]) == (503, "application/json")
+    assert list(error) == ["error"]
+    assert str(registry.path) in error["error"]
+    assert health_status == 200
+    assert any(
+        str(registry.path) in r.getMessage() for r in caplog.records if r.levelname == "ERROR"
+    )
+
+
+# -- other HTTP answers -------------------------------------------------------------
+
+
+async def test_unknown_path_is_404(server: Server) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, _, _ = await http_get(server, "/no/such/thing")
+    assert status == 404
+
+
+async def test_plain_get_to_a_websocket_path_is_426(server: Server, project_dir: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, headers, _ = await http_get(server, "/ws/projects/demo")
+    assert (status, headers["upgrade"]) == (426, "websocket")
+
+
+async def test_post_is_405(server: Server) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(
+            server, http_request("/healthz", "Content-Length: 0", method="POST")
+        )
+    assert status_of(response) == 405
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"GARBAGE\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nno colon\r\n\r\n",
+        b"\x16\x03\x01\x00\xff\r\n\r\n",
+    ],
+    ids=["garbage", "header-without-colon", "tls-hello"],
+)
+async def test_malformed_request_is_400(server: Server, data: bytes) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, data)
+    assert status_of(response) == 400
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ("X-Pad: " + "a" * (MAX_HEAD_BYTES + 2000),),
+        tuple(f"X-Header-{i}: {'v' * 100}" for i in range(200)),
+    ],
+    ids=["one-long-header", "many-headers"],
+)
+async def test_oversized_head_is_431(server: Server, headers: tuple[str, ...]) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, http_request("/healthz", *headers))
+    assert status_of(response) == 431
+
+
+async def test_a_head_just_under_the_limit_is_served(server: Server) -> None:
+    bare = len(http_request("/healthz", "X-Pad: "))
+    data = http_request("/healthz", "X-Pad: " + "a" * (MAX_HEAD_BYTES - bare))
+    assert len(data) == MAX_HEAD_BYTES
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, data)
+    assert status_of(response) == 200
+
+
+async def test_a_silent_client_is_dropped_after_the_handshake_timeout(
+    nursery: trio.Nursery, registry: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, handshake_timeout=0.5)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            assert await stream.receive_some(4096) == b""
+
+
+async def test_a_client_that_stops_mid_head_is_dropped_after_the_handshake_timeout(
+    nursery: trio.Nursery, registry: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, handshake_timeout=0.5)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            assert await stream.receive_some(4096) == b""
+
+
+async def test_a_failing_handler_is_logged_with_its_peer_and_the_server_keeps_serving(
+    server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    real_health = trio_ws.server._health
+    calls: list[None] = []
+
+    def failing_once(running: Server) -> dict[str, Any]:
+        calls.append(None)
+        if len(calls) == 1:
+            raise RuntimeError("health check exploded")
+        return real_health(running)
+
+    monkeypatch.setattr(trio_ws.server, "_health", failing_once)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        local_port = stream.socket.getsockname()[1]
+        async with stream:
+            await stream.send_all(http_request("/healthz"))
+            assert await stream.receive_some(4096) == b""
+        status, _, body = await http_get(server, "/healthz")
+    assert (status, json_body(body)["status"]) == (200, "ok")
+    [failure] = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert f"127.0.0.1:{local_port}" in failure.getMessage()
+    assert failure.exc_info is not None
+    assert "health check exploded" in caplog.text
+
+
+# -- handshake: Origin (403 before the upgrade) --------------------------------------
+
+
+@pytest.mark.parametrize(
+    "origin",
+    ["http://evil.example", "https://dash.example.com", "null", "http://localhost.evil.example"],
+)
+async def test_a_foreign_origin_is_403_before_the_upgrade(
+    nursery: trio.Nursery, server: Server, project_dir: Path, origin: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status = await upgrade_status(server, "/ws/projects/demo", f"Origin: {origin}")
+    assert status == 403
+    assert server.manager.get_hub("demo") is None
+
+
+async def test_origin_is_checked_before_the_token(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        status = await upgrade_status(
+            server, f"/ws/projects/demo?token={TOKEN}", "Origin: http://evil.example"
+        )
+    assert status == 403
+
+
+async def test_no_origin_is_allowed(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        assert (await receive(ws))["type"] == "hello"
+
+
+async def test_an_origin_with_the_same_host_as_the_host_header_is_allowed(
+    server: Server, project_dir: Path
+) -> None:
+    host = "dash.example.test:8888"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status = await upgrade_status(
+            server, "/ws/projects/demo", f"Origin: http://{host}", host=host
+        )
+    assert status == 101
+
+
+async def test_an_origin_naming_another_host_than_the_host_header_is_403(
+    server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status = await upgrade_status(
+            server,
+            "/ws/projects/demo",
+            "Origin: http://other.example.test:8888",
+            host="dash.example.test:8888",
+        )
+    assert status == 403
+
+
+@pytest.mark.parametrize(
+    "origin", ["http://localhost:5173", "http://127.0.0.1:3000", "http://[::1]:8080"]
+)
+async def test_a_loopback_origin_is_allowed_on_loopback(
+    nursery: trio.Nursery, server: Server, project_dir: Path, origin: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo"),
+            extra_headers=[(b"Origin", origin.encode())],
+        )
+        assert (await receive(ws))["type"] == "hello"
+
+
+async def test_an_allow_origin_entry_is_allowed(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(
+            nursery, registry, allow_origins=frozenset({"https://dash.example.com"})
+        )
+        ws = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo"),
+            extra_headers=[(b"Origin", b"https://dash.example.com")],
+        )
+        assert (await receive(ws))["type"] == "hello"
+
+
+# -- handshake: token (4001) ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("query", [{}, {"token": "wrong"}, {"token": TOKEN[:-1]}])
+async def test_a_missing_or_wrong_token_is_4001_when_required(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, query: dict[str, str]
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        ws = await connect(nursery, server, **query)
+        message, code, reason = await refusal(ws)
+    assert message == {"type": "error", "content": "Unauthorized"}
+    assert (code, reason) == (4001, "Unauthorized")
+    assert server.manager.get_hub("demo") is None
+
+
+async def test_a_wrong_cookie_is_4001_when_required(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        ws = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo"),
+            extra_headers=[(b"Cookie", b"trio_ws_token=wrong")],
+        )
+        _, code, _ = await refusal(ws)
+    assert code == 4001
+
+
+async def test_the_token_is_checked_before_the_project_name(
+    nursery: trio.Nursery, registry: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        ws = await connect(nursery, server, "bad%0A")
+        _, code, _ = await refusal(ws)
+    assert code == 4001
+
+
+async def test_the_token_in_the_query_is_accepted(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        ws = await connect(nursery, server, token=TOKEN)
+        assert (await receive(ws))["type"] == "hello"
+
+
+async def test_the_token_in_the_cookie_is_accepted(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        ws = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo"),
+            extra_headers=[(b"Cookie", f"theme=dark; trio_ws_token={TOKEN}".encode())],
+        )
+        assert (await receive(ws))["type"] == "hello"
+
+
+async def test_no_token_is_needed_on_loopback_by_default(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    assert not server.config.subscribers_need_token
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server, token="wrong")
+        assert (await receive(ws))["type"] == "hello"
+
+
+# -- handshake: project name and registry (4000, 4004) ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw_name",
+    ["demo%0A", "%0Ademo", "%FF%FE", "%ZZ", "de%2Fmo", "de.mo", "demo%20", "a" * 51, ""],
+    ids=[
+        "trailing-newline",
+        "leading-newline",
+        "not-utf8",
+        "bad-escape",
+        "encoded-slash",
+        "dot",
+        "trailing-space",
+        "51-chars",
+        "empty",
+    ],
+)
+async def test_an_invalid_project_name_is_4000(
+    nursery: trio.Nursery, server: Server, project_dir: Path, raw_name: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server, raw_name)
+        message, code, reason = await refusal(ws)
+    assert message == {"type": "error", "content": "Invalid project name"}
+    assert (code, reason) == (4000, "Invalid project name")
+    assert server.manager.hubs == {}
+
+
+async def test_a_50_char_name_is_valid_and_looked_up(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server, "a" * 50)
+        message, code, _ = await refusal(ws)
+    assert (message["content"], code) == ("Project not found in registry", 4004)
+
+
+async def test_an_unregistered_project_is_4004(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server, "ghost")
+        message, code, reason = await refusal(ws)
+    assert message == {"type": "error", "content": "Project not found in registry"}
+    assert (code, reason) == (4004, "Project not found in registry")
+    assert server.manager.hubs == {}
+
+
+async def test_a_project_whose_directory_is_gone_is_4004(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    shutil.rmtree(project_dir)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        message, code, reason = await refusal(ws)
+    assert message == {"type": "error", "content": "Project directory not found"}
+    assert (code, reason) == (4004, "Project directory not found")
+    assert server.manager.hubs == {}
+
+
+async def test_a_corrupt_registry_closes_a_subscriber_1011(
+    nursery: trio.Nursery, server: Server, registry: Registry, project_dir: Path
+) -> None:
+    registry.path.write_bytes(b"this is not an sqlite database " * 64)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        with pytest.raises(ConnectionClosed) as caught:
+            await ws.get_message()
+    assert caught.value.reason is not None
+    assert caught.value.reason.code == 1011
+
+
+async def test_an_internal_failure_closes_a_subscriber_1011_and_the_server_keeps_serving(
+    nursery: trio.Nursery,
+    server: Server,
+    project_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An unexpected error is not a normal closure: 1011 lets the client retry later."""
+    real_lookup = trio_ws.server._lookup
+    calls: list[None] = []
+
+    def failing_once(registry_path: Path, name: str) -> Any:
+        calls.append(None)
+        if len(calls) == 1:
+            raise RuntimeError("lookup exploded")
+        return real_lookup(registry_path, name)
+
+    monkeypatch.setattr(trio_ws.server, "_lookup", failing_once)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        with pytest.raises(ConnectionClosed) as caught:
+            await ws.get_message()
+        again = await connect(nursery, server)
+        assert (await receive(again))["type"] == "hello"
+    assert caught.value.reason is not None
+    assert caught.value.reason.code == 1011
+    assert "lookup exploded" in caplog.text
+
+
+# -- handshake: other refusals -------------------------------------------------------
+
+
+async def test_an_upgrade_to_an_unknown_websocket_path_is_404(server: Server) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status = await upgrade_status(server, "/ws/elsewhere")
+    assert status == 404
+
+
+async def test_an_upgrade_without_a_key_is_400(server: Server, project_dir: Path) -> None:
+    data = http_request(
+        "/ws/projects/demo",
+        "Upgrade: websocket",
+        "Connection: Upgrade",
+        "Sec-WebSocket-Version: 13",
+        host=f"127.0.0.1:{server.port}",
+    )
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, data)
+    assert status_of(response) == 400
+
+
+async def test_a_rejected_upgrade_leaves_no_task_behind(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """The handler must end with the refused connection, not at the handshake timeout."""
+    data = http_request("/ws/projects/demo", "Upgrade: websocket", "Connection: Upgrade")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, handshake_timeout=10 * NETWORK_TIMEOUT)
+        await trio.testing.wait_all_tasks_blocked()
+        before = count_tasks()
+        response = await exchange(server, data)
+        assert status_of(response) == 400
+        with trio.move_on_after(NETWORK_TIMEOUT / 3):
+            await settle(lambda: count_tasks() == before)
+    assert count_tasks() == before, "the refused connection's handler is still running"
+
+
+# -- a successful subscribe -------------------------------------------------------------
+
+
+async def test_hello_comes_first_and_names_protocol_project_epoch_seq_and_server(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    hub = server.manager.hub_for("demo", project_dir)
+    hub.set_status("running")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        hello = await receive(ws)
+    assert hello == {
+        "type": "hello",
+        "protocol": 1,
+        "project": "demo",
+        "epoch": hub.epoch,
+        "seq": 1,
+        "server": f"trio-ws/{__version__}",
+    }
+    assert isinstance(hello["epoch"], str) and hello["epoch"]
+
+
+# -- interop: the independent `websockets` client ------------------------------------------
+
+
+def recv_json(ws: websockets.sync.client.ClientConnection) -> Msg:
+    text = ws.recv(timeout=NETWORK_TIMEOUT)
+    assert isinstance(text, str)
+    decoded = json.loads(text)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+def recv_until(
+    ws: websockets.sync.client.ClientConnection, predicate: Callable[[Msg], bool]
+) -> list[Msg]:
+    seen: list[Msg] = []
+    while not seen or not predicate(seen[-1]):
+        seen.append(recv_json(ws))
+        assert len(seen) < 100, seen
+    return seen
+
+
+async def test_websockets_client_subscribes_sees_live_events_and_gets_pong(
+    server: Server, project_dir: Path
+) -> None:
+    url = ws_url(server, "/ws/projects/demo")
+
+    def client() -> list[Msg]:
+        with websockets.sync.client.connect(
+            url, open_timeout=NETWORK_TIMEOUT, close_timeout=NETWORK_TIMEOUT
+        ) as ws:
+            seen = recv_until(ws, lambda m: m["type"] == "dev_server_status")
+            hub = server.manager.get_hub("demo")
+            assert hub is not None
+            trio.from_thread.run_sync(hub.set_status, "running")
+            seen += recv_until(ws, lambda m: m["type"] == "agent_status")
+            ws.send(json.dumps({"type": "ping"}))
+            seen += recv_until(ws, lambda m: m["type"] == "pong")
+        return seen
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        seen = await trio.to_thread.run_sync(client, abandon_on_cancel=True)
+    # progress (from the poll loop) and warnings may interleave; the rest is fixed.
+    kinds = [m["type"] for m in seen if m["type"] not in ("progress", "warning")]
+    assert kinds == ["hello", "agent_status", "dev_server_status", "agent_status", "pong"]
+    assert seen[0]["project"] == "demo"
+    live = [m for m in seen if m["type"] == "agent_status"][-1]
+    assert live["status"] == "running"
+    seqs = [m["seq"] for m in seen[1:] if "seq" in m]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert live["seq"] > seen[0]["seq"]
+
+
+async def test_websockets_client_reads_a_4004_refusal(server: Server, project_dir: Path) -> None:
+    url = ws_url(server, "/ws/projects/ghost")
+
+    def client() -> tuple[Msg, int, str]:
+        with websockets.sync.client.connect(
+            url, open_timeout=NETWORK_TIMEOUT, close_timeout=NETWORK_TIMEOUT
+        ) as ws:
+            message = recv_json(ws)
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as caught:
+                ws.recv(timeout=NETWORK_TIMEOUT)
+        close = caught.value.rcvd
+        assert close is not None
+        return message, close.code, close.reason
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        message, code, reason = await trio.to_thread.run_sync(client, abandon_on_cancel=True)
+    assert message == {"type": "error", "content": "Project not found in registry"}
+    assert (code, reason) == (4004, "Project not found in registry")
+
+
+# -- no leaks ---------------------------------------------------------------------------
+
+
+async def test_many_connect_disconnect_cycles_leave_nothing_behind(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    cycles = 500
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        await receive(ws)
+        await ws.aclose()
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+
+        def idle() -> bool:
+            return (
+                hub.subscriber_count == 0
+                and hub.stats.send_tasks == 0
+                and server.manager.poll.running == 0
+                and not server.manager._sessions
+            )
+
+        await settle(idle)
+        await trio.testing.wait_all_tasks_blocked()
+        tasks_before = count_tasks()
+        for _ in range(cycles):
+            ws = await connect(nursery, server)
+            assert (await receive(ws))["type"] == "hello"
+            await ws.aclose()
+        await settle(idle, lambda: count_tasks() == tasks_before)
+    assert server.manager.hubs.keys() == {"demo"}
+    assert hub.subscriber_count == 0
+    assert hub.stats.send_tasks == 0
+    assert server.manager.poll.running == 0
