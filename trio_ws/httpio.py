@@ -161,11 +161,17 @@ async def send_json(
 
 
 class ReplayStream(trio.abc.Stream):
-    """A stream that first returns bytes already read, then reads from the real one."""
+    """A stream that first returns bytes already read, then reads from the real one.
+
+    ``closed`` is set once it is closed, so whoever handed it over can tell
+    that its user gave up on the connection (trio-websocket closes the
+    stream after refusing a malformed handshake but reports nothing).
+    """
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         self.stream = stream
         self._prefix = prefix
+        self.closed = trio.Event()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
@@ -184,4 +190,5 @@ class ReplayStream(trio.abc.Stream):
         await self.stream.wait_send_all_might_not_block()
 
     async def aclose(self) -> None:
+        self.closed.set()
         await self.stream.aclose()

@@ -26,7 +26,7 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 import trio
-from trio_websocket import WebSocketConnection, wrap_server_stream
+from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from trio_ws import dashboard, protocol
 from trio_ws.httpio import (
@@ -282,22 +282,50 @@ async def _websocket(
     async with trio.open_nursery() as nursery:
         ws_request = None
         with trio.move_on_after(config.handshake_timeout):
-            ws_request = await wrap_server_stream(nursery, replay, max_message_size=max_size)
+            ws_request = await _handshake(nursery, replay, max_size)
         if ws_request is None:
             nursery.cancel_scope.cancel()
             return
         ws = await ws_request.accept()
+        code = 1000
         try:
             if publish is not None:
                 await _producer(server, ws, match.group("name"), peer)
             else:
                 await _subscriber(server, ws, stream, head, match.group("name"), peer)
+        except Exception:
+            code = 1011  # a failure is no normal closure; the client may retry later
+            raise
         finally:
             # Not shielded: when the server is cancelled this drops the TCP
             # connection at once instead of waiting for the peer.
             with trio.move_on_after(CLOSE_TIMEOUT):
-                await ws.aclose()
+                await ws.aclose(code)
             nursery.cancel_scope.cancel()
+
+
+async def _handshake(
+    nursery: trio.Nursery, replay: ReplayStream, max_size: int
+) -> WebSocketRequest | None:
+    """trio-websocket's view of the replayed handshake; None when it refused it.
+
+    trio-websocket answers a malformed handshake itself (400) and closes the
+    stream, but `wrap_server_stream` then waits forever; the close ends the wait.
+    """
+    requests: list[WebSocketRequest] = []
+    async with trio.open_nursery() as race:
+
+        async def parse() -> None:
+            requests.append(await wrap_server_stream(nursery, replay, max_message_size=max_size))
+            race.cancel_scope.cancel()
+
+        async def refused() -> None:
+            await replay.closed.wait()
+            race.cancel_scope.cancel()
+
+        race.start_soon(parse)
+        race.start_soon(refused)
+    return requests[0] if requests else None
 
 
 def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str] | None:
