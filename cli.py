@@ -528,6 +528,7 @@ def watch_command(
     Reconnects with backoff and resumes where it left off; exits 0 on Ctrl-C,
     1 when the server refuses the project (or, with --once, cannot be reached).
     """
+    import os
     import time
 
     from trio_ws import protocol, watch
@@ -540,8 +541,11 @@ def watch_command(
         raise UsageRefusal(str(exc)) from exc
 
     def write_line(text: str) -> None:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise watch.OutputClosed("stdout closed") from None
 
     dropped: list[str] = []
 
@@ -567,6 +571,9 @@ def watch_command(
 
     try:
         trio.run(watch.until_signalled, once_mode if once else live_mode)
+    except watch.OutputClosed:
+        # The reader (e.g. `| head`) is done: a clean end, and no flush error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except watch.WatchError as exc:
         raise Refusal(str(exc)) from None
     except KeyboardInterrupt:
