@@ -903,16 +903,6 @@ class RawClient:
                 return message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server.py _websocket (finally, line ~300) cancels the nursery running the "
-        "websocket reader as soon as the session ends; the session ends as soon as "
-        "SubscriberSession.close starts (its aclose closes the receive channel, so the "
-        "receive loop returns), so the peer's close reply is never read and every "
-        "shutdown close waits the full CLOSE_TIMEOUT (2 s) before aborting"
-    ),
-)
 async def test_shutdown_finishes_once_the_subscriber_answers_the_close(
     nursery: trio.Nursery, registry: Registry, project_dir: Path
 ) -> None:

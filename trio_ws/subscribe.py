@@ -92,6 +92,7 @@ class SubscriberSession:
         self._control = control
         self._stall_timeout = stall_timeout
         self._cancel = trio.CancelScope()
+        self._closed = trio.Event()
         self.close_code: int | None = None
 
     async def run(self) -> None:
@@ -100,16 +101,27 @@ class SubscriberSession:
                 nursery.start_soon(self._send_task)
                 await self._receive_loop()
                 nursery.cancel_scope.cancel()
+        if self.close_code is not None:
+            # Our close is in flight: keep the connection's reader alive until the
+            # peer's close reply arrives (or close gives up), or it waits in vain.
+            await self._closed.wait()
 
     async def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` (e.g. 1001 at shutdown); abort if the peer won't take it."""
+        """Close with ``code`` (e.g. 1001 at shutdown); abort if the peer won't take it.
+
+        Bounded by ``CLOSE_TIMEOUT``; shielded so the session's own teardown
+        cannot cut the close frame off before it is written.
+        """
         self.close_code = code
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            scope.shield = True
-            await self.ws.aclose(code, reason)
-        if scope.cancelled_caught:
-            await trio.aclose_forcefully(self._raw_stream)
-        self._cancel.cancel()
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                scope.shield = True
+                await self.ws.aclose(code, reason)
+            if scope.cancelled_caught:
+                await trio.aclose_forcefully(self._raw_stream)
+        finally:
+            self._closed.set()
+            self._cancel.cancel()
 
     async def _send(self, text: str) -> None:
         with trio.move_on_after(self._stall_timeout) as scope:
