@@ -793,3 +793,26 @@ async def test_many_connect_disconnect_cycles_leave_nothing_behind(
     assert hub.subscriber_count == 0
     assert hub.stats.send_tasks == 0
     assert server.manager.poll.running == 0
+
+
+# -- tokens stay out of the logs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        f"GET /ws/projects/demo?token={TOKEN} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode(),
+        f"GET /ws/projects/demo?t={TOKEN} HTTP/1.1 junk\r\nHost: x\r\n\r\n".encode(),
+        f"GET / HTTP/1.1\r\nHost: x\r\nCookie trio_ws_token={TOKEN}\r\n\r\n".encode(),
+        f"GET / HTTP/1.1\r\nHost: x\r\nAuthorization Bearer {TOKEN}\r\n\r\n".encode(),
+    ],
+    ids=["query-token", "other-query-key", "cookie-line", "authorization-line"],
+)
+async def test_a_bad_request_carrying_the_token_does_not_log_it(
+    server: Server, data: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, data)
+    assert status_of(response) == 400
+    assert "bad request" in caplog.text
+    assert TOKEN not in caplog.text
