@@ -42,7 +42,7 @@ from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
 from trio_ws.publish import DEFAULT_GRACE, MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.registry import Project, Registry, RegistryError
-from trio_ws.security import is_loopback_host, origin_allowed, token_matches
+from trio_ws.security import REDACTED, is_loopback_host, origin_allowed, redact, token_matches
 from trio_ws.subscribe import (
     CLOSE_TIMEOUT,
     MAX_INBOUND_BYTES,
@@ -157,7 +157,7 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
         try:
             head = await read_request_head(stream)
         except BadRequest as exc:
-            log.info("bad request from %s: %s", peer, exc)
+            log.info("bad request from %s: %s", peer, _loggable(str(exc), config.token))
             await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
             return
     if head is None:
@@ -431,6 +431,11 @@ def _unquote(raw: str) -> str | None:
         return unquote(raw, errors="strict")
     except UnicodeDecodeError:
         return None
+
+
+def _loggable(text: str, token: str) -> str:
+    """``text`` (which may quote the request) without the server token or other secrets."""
+    return redact(text.replace(token, REDACTED) if token else text)
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
