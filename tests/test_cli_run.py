@@ -12,18 +12,20 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from serving import NETWORK_TIMEOUT, TOKEN, connect, receive, receive_until
-from trio_websocket import WebSocketConnection
+from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
+from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws.pipeline import AgentPipeline, sanitize
 from trio_ws.producers import PAUSE_FILE
-from trio_ws.server import Server
+from trio_ws.registry import Registry
+from trio_ws.server import Server, serve
 
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 TESTS = Path(__file__).parent
@@ -529,3 +531,47 @@ async def test_publish_ends_the_input_on_sigint_and_reports_stopped(
         assert await run.wait() == 0
         await run.process.stdin.aclose()
     assert statuses(seen) == ["stopped"]
+
+
+async def test_run_delivers_across_a_server_restart_without_gaps(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """The server goes away mid-run and a new one (fresh history) takes its port.
+    The child prints 20 lines, waits at a gate until the new server is up, then
+    prints the rest: the first server showed those 20 lines, the second shows the
+    rest from at most the first unacked one on, with nothing missing in between."""
+    expected = [sanitize(line) for line in transcript_lines(TRANSCRIPT)]
+    gate = tmp_path / "gate"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            first: Server = await first_life.start(serve, make_config(registry))
+            ws = await subscribe(first_life, first)
+            run = await start(
+                nursery,
+                first,
+                home,
+                "run",
+                "--quiet",
+                "--",
+                *child(str(TRANSCRIPT), "--gate", str(gate), "--gate-after", "20", "--exit", "3"),
+            )
+            before = [await receive_until(ws, lambda m: m["type"] == "log") for _ in range(20)]
+            first_life.start_soon(drain, ws)  # keep reading so the 1001 close completes at once
+            await first.shutdown(1001)
+        second: Server = await nursery.start(serve, make_config(registry, port=first.port))
+        ws = await subscribe(nursery, second, backlog=1000)
+        gate.touch()
+        after = await receive_until(ws, status_is("crashed"))
+        assert await run.wait() == 3
+    assert [logs(messages)[-1] for messages in before] == expected[:20]
+    shown = logs(after)
+    assert shown[-1] == f"{EXIT_LINE} 3"
+    resumed_at = len(expected) - (len(shown) - 1)
+    assert 0 <= resumed_at <= 20
+    assert shown[:-1] == expected[resumed_at:]
+
+
+async def drain(ws: WebSocketConnection) -> None:
+    with suppress(ConnectionClosed):
+        while True:
+            await ws.get_message()

@@ -140,7 +140,7 @@ def test_outbox_restart_resends_only_after_welcome_acked() -> None:
         outbox.add_line(line)
     outbox.take()
     outbox.ack(1)
-    outbox.restart(3)  # the server had applied two more before the connection broke
+    assert outbox.restart(3) is False  # it had applied two more before the connection broke
     assert list(lines_of(outbox.take())) == [(4, "d"), (5, "e")]
 
 
@@ -151,6 +151,22 @@ def test_outbox_restart_puts_resent_items_before_new_ones() -> None:
     outbox.add_line("new")
     outbox.restart(0)
     assert list(lines_of(outbox.take())) == [(1, "old"), (2, "new")]
+
+
+def test_outbox_restart_after_the_server_forgot_renumbers_from_its_count() -> None:
+    """A restarted server welcomes with 0 although 2 items were acked: the pending
+    ones follow on from 0, and new items continue from there."""
+    outbox = Outbox()
+    for line in "abcd":
+        outbox.add_line(line)
+    outbox.take()
+    outbox.ack(2)
+    assert outbox.restart(0) is True
+    outbox.add_status("stopped", 0)
+    messages = outbox.take()
+    assert list(lines_of(messages)) == [(1, "c"), (2, "d")]
+    assert messages[-1] == {"type": "status", "pseq": 3, "status": "stopped", "exit_code": 0}
+    assert outbox.acked == 0
 
 
 def test_outbox_overflow_drops_new_lines_and_counts_them() -> None:
@@ -457,3 +473,34 @@ async def test_close_gives_up_a_handshake_that_gets_no_answer(nursery: trio.Nurs
         await producer.close()
     assert producer.connections == 0
     assert producer.refused is None
+
+
+async def test_producer_continues_on_a_restarted_server_that_forgot_it(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """Everything was acked by the first server; its successor on the same port
+    welcomes with 0 and still gets the new items, each once."""
+    reports: list[str] = []
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            first: Server = await first_life.start(serve, make_config(registry))
+            url = ws_url(first, "/ws/projects/demo/publish")
+            producer = Producer(url, TOKEN, "agent", report=reports.append, backoff_first=0.01)
+            nursery.start_soon(producer.run)
+            producer.send_status("running")
+            for index in range(20):
+                producer.send_line(f"before {index}")
+            assert await producer.flush(NETWORK_TIMEOUT) == 0
+            await first.shutdown(1001)
+        second: Server = await nursery.start(serve, make_config(registry, port=first.port))
+        ws = await connect(nursery, second)
+        assert (await receive(ws))["type"] == "hello"
+        after = [f"after {index}" for index in range(5)]
+        for line in after:
+            producer.send_line(line)
+        producer.send_status("crashed", 1)
+        seen = await receive_until(ws, is_status("crashed"))
+        assert await producer.flush(NETWORK_TIMEOUT) == 0
+        await producer.close()
+    assert agent_logs(seen) == [*after, "[trio-ws] process exited with code 1"]
+    assert any("(restarted?); continuing from item 1" in report for report in reports)

@@ -32,7 +32,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -185,11 +185,25 @@ class Outbox:
                 queue.popleft()
         self._report_drops(force=False)
 
-    def restart(self, acked: int) -> None:
-        """A new connection's ``welcome``: resend everything after ``acked``."""
+    def restart(self, acked: int) -> bool:
+        """A new connection's ``welcome``: resend everything after ``acked``.
+
+        A server that acks less than it acked before has lost its record of
+        us (a restart without persistence): what it acked is gone from here,
+        so the pending items are renumbered to follow on from its count, which
+        keeps them contiguous with what it knows. Returns True when that happened.
+        """
         self._unsent.extendleft(reversed(self._sent))
         self._sent.clear()
-        self.ack(acked)
+        if acked >= self.acked:
+            self.ack(acked)
+            return False
+        self._unsent = deque(
+            replace(item, pseq=acked + 1 + index) for index, item in enumerate(self._unsent)
+        )
+        self.acked = acked
+        self._next_pseq = acked + 1 + len(self._unsent)
+        return True
 
     def take(self) -> list[Message]:
         """Every unsent item as wire messages, in order; they count as sent from now on."""
@@ -432,7 +446,12 @@ class Producer:
             self.report(
                 f"server had applied up to item {acked}, beyond the {self.outbox.last_pseq} sent"
             )
-        self.outbox.restart(acked)
+        known = self.outbox.acked
+        if self.outbox.restart(acked):
+            self.report(
+                f"server has no record of items {acked + 1}-{known} it acked before "
+                f"(restarted?); continuing from item {acked + 1}"
+            )
         self._acked.set()
         self.connections += 1
         self.connected = True

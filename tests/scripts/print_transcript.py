@@ -28,6 +28,8 @@ def main() -> int:
     parser.add_argument("--stderr", action="store_true", help="print odd lines to stderr")
     parser.add_argument("--pid", action="store_true", help="print 'pid N' first")
     parser.add_argument("--ignore-sigterm", action="store_true")
+    parser.add_argument("--gate", help="after --gate-after lines, wait until this file exists")
+    parser.add_argument("--gate-after", type=int, default=0)
     parser.add_argument("--ticks", type=float, default=0.0, help="then print 'tick N' for S s")
     parser.add_argument("--hold", type=float, default=0.0, help="then wait up to S s")
     args = parser.parse_args()
@@ -45,6 +47,8 @@ def main() -> int:
     if args.no_final_newline and lines:
         lines[-1] = lines[-1].rstrip(b"\n")
     for index, line in enumerate(lines):
+        if args.gate and index == args.gate_after:
+            wait_for(args.gate)
         write(sys.stderr.buffer if args.stderr and index % 2 else out, line)
         if args.pause:
             time.sleep(args.pause)
@@ -57,6 +61,12 @@ def main() -> int:
     if args.hold:
         time.sleep(min(args.hold, HOLD_CAP))
     return int(args.code)
+
+
+def wait_for(path: str) -> None:
+    deadline = time.monotonic() + HOLD_CAP
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def write(stream: BinaryIO, data: bytes) -> None:
