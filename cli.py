@@ -410,7 +410,7 @@ def run(
     """Run CMD for project NAME and publish its output live.
 
     CMD runs without a shell in its own process group, with stdout and stderr
-    merged and PYTHONUNBUFFERED=1. Its statuses are reported: running, then
+    merged, stdin from /dev/null and PYTHONUNBUFFERED=1. Its statuses are reported: running, then
     stopped (exit 0 or a requested stop) or crashed. Ctrl-C or SIGTERM stops
     CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds). The
     server's stop/pause/resume/graceful controls act on CMD (agent stream

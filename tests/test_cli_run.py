@@ -575,3 +575,21 @@ async def drain(ws: WebSocketConnection) -> None:
     with suppress(ConnectionClosed):
         while True:
             await ws.get_message()
+
+
+async def test_control_stop_ends_a_paused_child(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    """SIGTERM alone would wait for a SIGSTOPped child forever; stop continues it too."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server, token=TOKEN)
+        run = await start(
+            nursery, server, home, "run", "--quiet", "--", *child("--pid", "--hold", "20")
+        )
+        await receive_log(ws, "pid ")
+        await send_control(ws, "pause")
+        await receive_until(ws, status_is("paused"))
+        await send_control(ws, "stop")
+        seen = await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert statuses(seen) == ["stopped"]
