@@ -119,6 +119,10 @@ def test_origins_that_are_allowed(
         ("http://example.com:notaport", "example.com:8888", False),
         ("http://example.com:8888", None, False),
         ("", "127.0.0.1:8888", True),
+        ("http://[::1", "127.0.0.1:8888", True),
+        ("http://[zz]:8888", "127.0.0.1:8888", True),
+        ("http://a]b", "127.0.0.1:8888", True),
+        ("http://example.com:8888", "[::1", False),
     ],
     ids=[
         "foreign-on-loopback",
@@ -138,6 +142,10 @@ def test_origins_that_are_allowed(
         "bad-port",
         "no-host-header",
         "empty-origin",
+        "unclosed-ipv6-bracket",
+        "bracketed-non-address",
+        "stray-bracket",
+        "malformed-host-header",
     ],
 )
 def test_origins_that_are_refused(

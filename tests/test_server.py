@@ -370,7 +370,13 @@ async def test_a_failing_handler_is_logged_with_its_peer_and_the_server_keeps_se
 
 @pytest.mark.parametrize(
     "origin",
-    ["http://evil.example", "https://dash.example.com", "null", "http://localhost.evil.example"],
+    [
+        "http://evil.example",
+        "https://dash.example.com",
+        "null",
+        "http://localhost.evil.example",
+        "http://[::1",
+    ],
 )
 async def test_a_foreign_origin_is_403_before_the_upgrade(
     nursery: trio.Nursery, server: Server, project_dir: Path, origin: str
