@@ -169,7 +169,10 @@ def origin_allowed(
     normalized = origin.strip().rstrip("/").lower()
     if normalized in {entry.rstrip("/").lower() for entry in allowed}:
         return True
-    parts = urlsplit(normalized)
+    try:
+        parts = urlsplit(normalized)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return False
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False
     default_port = 443 if parts.scheme == "https" else 80
