@@ -1,4 +1,5 @@
-"""Nox sessions: `tests` (pytest in trio mode), `lint` (ruff + mypy strict)."""
+"""Nox sessions: `tests` (pytest in trio mode), `lint` (ruff + mypy strict), and
+`browser` (the dashboard in headless Chromium; not run by default)."""
 
 import nox
 
@@ -20,3 +21,10 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The dashboard in real headless Chromium; needs /usr/bin/chromium and chromedriver."""
+    session.install(".[test,browser]")
+    session.run("pytest", "tests/browser", *session.posargs)

@@ -728,7 +728,9 @@
   function closed(code, reason) {
     if (code >= 4000 && code <= 4999) {
       // The server said why and asked us not to come back.
-      setConnection("closed", connection.lastError || reason || `code ${code}`);
+      const why = connection.lastError || reason || `closed with code ${code}`;
+      setConnection("closed", why);
+      showBanner("connection", `${why}. This page will not reconnect; reload it to try again.`);
       return;
     }
     const why = code === 1001 ? "server going away" : reason || `connection lost (${code})`;

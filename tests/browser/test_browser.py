@@ -1,0 +1,468 @@
+"""The dashboard in real headless Chromium, against a real ``trio-ws serve`` process.
+
+A test producer feeds a scripted run (``tests/data/autoforge-run.txt``)
+through the real publish endpoint, the features database moves the progress,
+and selenium reads what the page shows. Run with ``nox -s browser`` (needs
+``/usr/bin/chromium`` and ``/usr/bin/chromedriver``); the default test run
+does not collect this folder. ``TRIO_WS_SCREENSHOT=docs/dashboard.png``
+refreshes the committed screenshot; otherwise it goes to the test's tmp dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from features_db import Row, create_db, db_path
+from selenium import webdriver  # type: ignore[import-not-found,unused-ignore]
+from selenium.common.exceptions import (  # type: ignore[import-not-found,unused-ignore]
+    StaleElementReferenceException,
+)
+from selenium.webdriver.common.by import By  # type: ignore[import-not-found,unused-ignore]
+from selenium.webdriver.support.wait import (  # type: ignore[import-not-found,unused-ignore]
+    WebDriverWait,
+)
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as ws_connect
+
+from trio_ws.registry import Registry
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+TOKEN = "browser-test-token"
+WAIT = 20.0
+"""Upper bound, in seconds, for any one thing to show up."""
+RUN = (Path(__file__).parents[1] / "data" / "autoforge-run.txt").read_text().splitlines()
+FEATURES = 24
+
+T = TypeVar("T")
+
+
+# -- the server, as a real process ------------------------------------------------
+
+
+class ServerProcess:
+    """``trio-ws serve`` on 127.0.0.1; ``port`` 0 picks a free one."""
+
+    def __init__(self, home: Path, port: int = 0) -> None:
+        script = Path(sys.executable).with_name("trio-ws")
+        self.log = (home / "server.log").open("a")
+        self.process = subprocess.Popen(
+            [
+                str(script),
+                "serve",
+                f"--home={home}",
+                f"--port={port}",
+                "--poll-interval=0.1",
+                f"--token={TOKEN}",
+                "--log-level=warning",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        self.port = self._announced_port()
+
+    def _announced_port(self) -> int:
+        lines: queue.Queue[str] = queue.Queue()
+        assert self.process.stdout is not None
+        stdout = self.process.stdout
+        threading.Thread(target=lambda: lines.put(stdout.readline()), daemon=True).start()
+        try:
+            line = lines.get(timeout=WAIT)
+        except queue.Empty:
+            raise AssertionError("trio-ws serve printed no URL") from None
+        assert " serving http://127.0.0.1:" in line, line
+        return int(line.rsplit(":", 1)[1].strip().rstrip("/"))
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def kill(self) -> None:
+        """Die at once, as a crash would: no close frames, no goodbye."""
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=WAIT)
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=WAIT)
+        self.log.close()
+
+
+# -- a producer, as a plain websocket client ----------------------------------------
+
+
+class Producer:
+    """One producer connection: numbers its items, collects what the server sends."""
+
+    def __init__(self, ws: ClientConnection, producer_id: str, stream: str) -> None:
+        self.ws = ws
+        self.ws.send(json.dumps({"type": "hello", "producer": producer_id, "stream": stream}))
+        welcome = json.loads(self.ws.recv(timeout=WAIT))
+        assert welcome["type"] == "welcome", welcome
+        self.pseq: int = welcome["acked"]
+        self.received: queue.Queue[dict[str, Any]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for message in self.ws:
+                self.received.put(json.loads(message))
+        except ConnectionClosed:
+            return
+
+    def lines(self, lines: list[str]) -> None:
+        self.ws.send(json.dumps({"type": "lines", "first": self.pseq + 1, "lines": lines}))
+        self.pseq += len(lines)
+
+    def status(self, status: str) -> None:
+        self.pseq += 1
+        self.ws.send(json.dumps({"type": "status", "pseq": self.pseq, "status": status}))
+
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first message matching ``predicate`` (within ``WAIT``)."""
+        while True:
+            try:
+                message = self.received.get(timeout=WAIT)
+            except queue.Empty:
+                raise AssertionError("the producer got no matching message") from None
+            if predicate(message):
+                return message
+
+    def acked(self) -> None:
+        """Wait until everything sent so far is applied by the server."""
+        target = self.pseq
+        self.wait_for(lambda m: m["type"] in ("ack", "welcome") and m.get("pseq", 0) >= target)
+
+
+# -- the features database ----------------------------------------------------------
+
+
+def set_progress(path: Path, passing: int, in_progress: int, needs_input: int = 0) -> None:
+    """Flag the first features passing, the next in progress, then needing input."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "UPDATE features SET passes = id <= ?, in_progress = id > ? AND id <= ?,"
+            " needs_human_input = id > ? AND id <= ?",
+            (
+                passing,
+                passing,
+                passing + in_progress,
+                passing + in_progress,
+                passing + in_progress + needs_input,
+            ),
+        )
+        conn.execute("COMMIT")
+
+
+# -- fixtures ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def project(tmp_path: Path, home: Path) -> Path:
+    """Project ``demo`` with a real features database of 24 pending features."""
+    directory = tmp_path / "todo-app"
+    directory.mkdir()
+    Registry(home / "registry.db").add("demo", directory)
+    return create_db(db_path(directory), [Row()] * FEATURES)
+
+
+@pytest.fixture
+def served(home: Path, project: Path) -> Iterator[ServerProcess]:
+    running = ServerProcess(home)
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1360,1180",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(WAIT)
+    yield driver
+    driver.quit()
+
+
+ProducerFactory = Callable[..., Producer]
+
+
+@pytest.fixture
+def producer() -> Iterator[ProducerFactory]:
+    """``producer(port, producer_id, stream="agent")``: a connected producer, closed at the end."""
+    with ExitStack() as stack:
+
+        def connect(port: int, producer_id: str, stream: str = "agent") -> Producer:
+            ws = stack.enter_context(
+                ws_connect(
+                    f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
+                    additional_headers={"Authorization": f"Bearer {TOKEN}"},
+                    open_timeout=WAIT,
+                )
+            )
+            return Producer(ws, producer_id, stream)
+
+        yield connect
+
+
+# -- reading the page -----------------------------------------------------------------
+
+
+def wait(driver: Any, condition: Callable[[Any], T], what: str) -> T:
+    """Poll ``condition`` until it is truthy; fail after ``WAIT`` saying ``what``."""
+    waiter = WebDriverWait(
+        driver, WAIT, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    result: T = waiter.until(condition, what)
+    return result
+
+
+def text(driver: Any, css: str) -> str:
+    found = driver.find_elements(By.CSS_SELECTOR, css)
+    return str(found[0].text) if found else ""
+
+
+def wait_text(driver: Any, css: str, expected: str) -> None:
+    wait(driver, lambda d: text(d, css) == expected, f"{css} to read {expected!r}")
+
+
+def card_names(driver: Any) -> list[str]:
+    return [
+        card.get_attribute("data-name")
+        for card in driver.find_elements(By.CSS_SELECTOR, "#agents .agent")
+    ]
+
+
+def log_tags(driver: Any) -> set[str]:
+    return {tag.text for tag in driver.find_elements(By.CSS_SELECTOR, "#log .line .tag")}
+
+
+def connection_state(driver: Any) -> str:
+    return str(driver.find_element(By.ID, "connection").get_attribute("data-state"))
+
+
+def open_live(driver: Any, served: ServerProcess, query: str = "") -> None:
+    driver.get(f"{served.base}/projects/demo{query}")
+    wait(driver, lambda d: connection_state(d) == "live", "the page to go live")
+
+
+def progress_figures(driver: Any) -> tuple[str, ...]:
+    return tuple(
+        text(driver, f"#{name}")
+        for name in ("passing", "in-progress", "needs-input", "total", "percentage")
+    )
+
+
+# -- the scripted run ----------------------------------------------------------------
+
+BATCHES_STARTED = RUN.index("Started coding agent for features #1, #2, #3")
+FIRST_COMPLETION = RUN.index("Features #1, #2, #3 completed")
+EXTRA_LINES = [
+    "[DEBUG] Spawning loop: 4 ready, 1 slots",
+    "3 blocked by dependencies",
+    "Started testing agent for features [7,8] (PID 4242)",
+    "[Feature #7] Verifying the todo list keeps its order after a reload",
+]
+"""Real-format lines that put a third (testing) agent on screen and move the counters."""
+
+
+def start_run(served: ServerProcess, producer: ProducerFactory) -> Producer:
+    """A run in full swing: two coding agents mid-work, a testing agent, a dev server."""
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.lines(RUN[:FIRST_COMPLETION] + EXTRA_LINES)
+    dev = producer(served.port, "dev-1", "dev")
+    dev.status("running")
+    dev.lines(
+        [
+            "> todo-app@0.1.0 dev",
+            "  VITE v5.4.0  ready in 312 ms",
+            "  ➜  Local:   http://localhost:5173/",
+        ]
+    )
+    agent.acked()
+    dev.acked()
+    return agent
+
+
+# -- tests ------------------------------------------------------------------------------
+
+
+def test_live_view_shows_the_run(
+    served: ServerProcess,
+    project: Path,
+    browser: Any,
+    producer: ProducerFactory,
+    tmp_path: Path,
+) -> None:
+    open_live(browser, served, f"?token={TOKEN}")  # the screenshot shows the controls
+    start_run(served, producer)
+    set_progress(project, passing=3, in_progress=5, needs_input=1)
+    wait(browser, lambda d: card_names(d) == ["Spark", "Fizz", "Octo"], "three agent cards")
+    wait(browser, lambda d: progress_figures(d) == ("3", "5", "1", "24", "12.5%"), "progress")
+    wait_text(browser, "#agent-status", "running")
+    wait_text(browser, "#orch-coding", "2")
+    wait_text(browser, "#orch-testing", "1")
+    wait_text(browser, "#orch-blocked", "3")
+    wait_text(browser, "#dev-link", "http://localhost:5173/")
+    assert text(browser, '#agents .agent[data-name="Octo"] .agent-type') == "TESTING"
+    last = EXTRA_LINES[-1]
+    wait(browser, lambda d: last in text(d, "#log .line:last-child"), "the last log line")
+    target = Path(os.environ.get("TRIO_WS_SCREENSHOT") or tmp_path / "dashboard.png")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    assert browser.save_screenshot(str(target))
+
+
+def test_page_resyncs_after_a_server_restart(
+    home: Path, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    first = ServerProcess(home)
+    try:
+        open_live(browser, first)
+        start_run(first, producer)
+        set_progress(project, passing=3, in_progress=5)
+        wait(browser, lambda d: "Fizz" in card_names(d), "Fizz's card")
+        old_epoch = browser.find_element(By.TAG_NAME, "body").get_attribute("data-epoch")
+    finally:
+        first.kill()
+    wait(browser, lambda d: connection_state(d) == "reconnecting", "the page to notice")
+    second = ServerProcess(home, first.port)
+    try:
+        wait(browser, lambda d: connection_state(d) == "live", "the page to reconnect")
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert body.get_attribute("data-epoch") != old_epoch
+        assert body.get_attribute("data-resync-reason") == "epoch_changed"
+        agent = producer(second.port, "agent-2")
+        agent.status("running")
+        agent.lines(["Started coding agent for feature #9", "[Feature #9] Creating the filter bar"])
+        set_progress(project, passing=10, in_progress=1)
+        wait(browser, lambda d: card_names(d) == ["Spark"], "only the new run's agent")
+        wait_text(browser, '#agents .agent[data-name="Spark"] .agent-features', "Feature #9")
+        wait(browser, lambda d: progress_figures(d)[:4] == ("10", "1", "0", "24"), "new progress")
+        lines = [line.text for line in browser.find_elements(By.CSS_SELECTOR, "#log .line .text")]
+        assert lines == [
+            "Started coding agent for feature #9",
+            "[Feature #9] Creating the filter bar",
+        ]
+    finally:
+        second.stop()
+
+
+def test_pause_button_reaches_the_producer(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served, f"?token={TOKEN}")
+    assert "token" not in browser.current_url
+    cookie = browser.get_cookie("trio_ws_token")
+    assert cookie is not None and cookie["httpOnly"] and cookie["value"] == TOKEN
+    assert "trio_ws_token" not in browser.execute_script("return document.cookie")
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    pause = browser.find_element(By.CSS_SELECTOR, 'button[data-action="pause"]')
+    wait(browser, lambda d: pause.is_enabled(), "Pause to be enabled")
+    assert not browser.find_element(By.CSS_SELECTOR, 'button[data-action="resume"]').is_enabled()
+    pause.click()
+    assert agent.wait_for(lambda m: m["type"] == "control") == {
+        "type": "control",
+        "action": "pause",
+    }
+
+
+def test_without_token_no_controls_are_shown(served: ServerProcess, browser: Any) -> None:
+    open_live(browser, served)
+    assert not browser.find_element(By.ID, "controls").is_displayed()
+
+
+def test_unknown_project_closes_without_retrying(served: ServerProcess, browser: Any) -> None:
+    browser.get(f"{served.base}/projects/nobody")
+    wait(browser, lambda d: connection_state(d) != "connecting", "the connection to end")
+    assert connection_state(browser) == "closed"
+    assert text(browser, "#connection-text") == "closed · Project not found in registry"
+    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-connects") == "1"
+
+
+def test_log_tail_keeps_up_with_a_fast_run_and_stays_capped(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    for batch in range(10):
+        agent.lines([f"line {batch * 500 + n}" for n in range(500)])
+    wait_text(browser, "#log .line:last-child .text", "line 4999")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#log .line")) == 500
+    assert text(browser, "#log .line:first-child .text") == "line 4500"
+
+
+def test_log_filter_shows_one_agent(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    start_run(served, producer)
+    wait(browser, lambda d: "Fizz" in card_names(d), "Fizz's card")
+    wait(
+        browser,
+        lambda d: len(d.find_elements(By.CSS_SELECTOR, "#log-filter option")) == 4,
+        "options",
+    )
+    browser.find_element(By.CSS_SELECTOR, '#log-filter option[value="1"]').click()
+    wait(browser, lambda d: log_tags(d) == {"Fizz"}, "only Fizz's lines")
+    lines = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#log .line .text")]
+    expected = [
+        line for line in RUN[BATCHES_STARTED:FIRST_COMPLETION] if line.startswith("[Feature #4]")
+    ]
+    assert len(expected) == 3
+    assert lines == expected
+
+
+def test_project_list_links_to_the_live_view(served: ServerProcess, browser: Any) -> None:
+    browser.get(f"{served.base}/")
+    link = wait(browser, lambda d: d.find_element(By.LINK_TEXT, "demo"), "the project link")
+    link.click()
+    wait(browser, lambda d: connection_state(d) == "live", "the live view")
+    assert browser.current_url == f"{served.base}/projects/demo"
+    assert text(browser, "#project-name") == "demo"
+
+
+def test_phone_width_stacks_the_panels(served: ServerProcess, browser: Any) -> None:
+    browser.set_window_size(390, 900)
+    open_live(browser, served)
+    main = browser.find_element(By.CSS_SELECTOR, ".col-main").rect
+    side = browser.find_element(By.CSS_SELECTOR, ".col-side").rect
+    assert side["y"] >= main["y"] + main["height"]
+    assert side["x"] == main["x"]
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    assert width <= browser.execute_script("return window.innerWidth")
