@@ -277,6 +277,20 @@ async def test_send_json_sends_compact_json() -> None:
     assert json.loads(body) == {"error": "registry gone", "n": [1, 2]}
 
 
+async def test_a_response_to_head_has_headers_but_no_body() -> None:
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(request("/healthz", method="HEAD"))
+    head = await read_request_head(server)
+    assert head is not None
+    await send_response(server, head.connection, 405, b"only GET is served\n")
+    await server.aclose()
+    answer = b""
+    while chunk := await client.receive_some(4096):
+        answer += chunk
+    assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
+    assert answer.endswith(b"\r\n\r\n")
+
+
 # -- ReplayStream -----------------------------------------------------------------
 
 

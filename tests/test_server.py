@@ -271,12 +271,35 @@ async def test_plain_get_to_a_websocket_path_is_426(server: Server, project_dir:
     assert (status, headers["upgrade"]) == (426, "websocket")
 
 
-async def test_post_is_405(server: Server) -> None:
+async def test_post_is_405_with_allow_get(server: Server) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         response = await exchange(
             server, http_request("/healthz", "Content-Length: 0", method="POST")
         )
     assert status_of(response) == 405
+    assert b"\r\nallow: GET\r\n" in response
+
+
+async def test_head_is_405_with_allow_get_and_no_body(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, http_request("/healthz", method="HEAD"))
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert status_of(response) == 405
+    assert b"\r\nallow: GET" in head
+    assert body == b""
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_head_to_a_websocket_path_is_426_with_no_body(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, http_request("/ws/projects/demo", method="HEAD"))
+    assert status_of(response) == 426
+    assert response.endswith(b"\r\n\r\n")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(
