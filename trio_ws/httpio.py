@@ -35,6 +35,15 @@ REASONS: Final = {
 }
 
 
+class HttpConnection(h11.Connection):
+    """h11's server side, remembering whether the request was HEAD (h11 keeps that private),
+    since a response to HEAD must carry no body."""
+
+    def __init__(self, max_incomplete_event_size: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self.head_request = False
+
+
 class BadRequest(Exception):
     """The peer sent something that is not an acceptable HTTP request head."""
 
@@ -80,7 +89,7 @@ async def read_request_head(
     Raises `BadRequest` for malformed or oversized heads. The caller bounds the
     time this may take.
     """
-    connection = h11.Connection(h11.SERVER, max_incomplete_event_size=max_bytes)
+    connection = HttpConnection(max_bytes)
     raw = bytearray()
     while True:
         try:
@@ -95,6 +104,7 @@ async def read_request_head(
             connection.receive_data(data)
             continue
         if isinstance(event, h11.Request):
+            connection.head_request = event.method == b"HEAD"
             # h11 caps only an incomplete head; one completed by the last
             # receive can be up to RECEIVE_SIZE - 1 bytes over, so check here.
             size = len(raw) - len(connection.trailing_data[0])
@@ -137,7 +147,10 @@ async def send_response(
     content_type: str = "text/plain; charset=utf-8",
     extra_headers: list[tuple[str, str]] | None = None,
 ) -> None:
-    """Send one complete response and mark the connection for closing."""
+    """Send one complete response and mark the connection for closing.
+
+    The body is left out after a HEAD request; its length is still announced.
+    """
     headers = [
         ("content-type", content_type),
         ("content-length", str(len(body))),
@@ -148,7 +161,9 @@ async def send_response(
     ]
     reason = REASONS.get(status, b"")
     data = connection.send(h11.Response(status_code=status, headers=headers, reason=reason))
-    data = (data or b"") + (connection.send(h11.Data(data=body)) or b"")
+    data = data or b""
+    if not (isinstance(connection, HttpConnection) and connection.head_request):
+        data += connection.send(h11.Data(data=body)) or b""
     data += connection.send(h11.EndOfMessage()) or b""
     await stream.send_all(data)
 

@@ -174,7 +174,9 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
 async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
     connection = head.connection
     if head.method != "GET":
-        await send_response(stream, connection, 405, b"only GET is served\n")
+        await send_response(
+            stream, connection, 405, b"only GET is served\n", extra_headers=[("allow", "GET")]
+        )
         return
     if head.path == "/healthz":
         await send_json(stream, connection, 200, _health(server))
