@@ -11,6 +11,8 @@ import stat
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from trio_ws.security import (
     TOKEN_ENV,
@@ -174,6 +176,24 @@ def test_a_listed_entry_with_trailing_slash_matches() -> None:
     assert origin_allowed(
         "https://dash.example.com", None, False, frozenset({"https://dash.example.com/"})
     )
+
+
+_ORIGIN_PIECES = st.sampled_from(
+    [
+        *("http://", "https://", "[", "]", "::1", "localhost", "127.0.0.1", ":", "8888"),
+        *("@", "/", "a.example", "%", " ", "\x00", "é", "?", "#"),
+    ]
+)
+_ORIGIN_TEXT = st.lists(_ORIGIN_PIECES, max_size=10).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_ORIGIN_TEXT, st.none() | _ORIGIN_TEXT, st.booleans())
+def test_origin_allowed_never_raises(
+    origin: str, host_header: str | None, on_loopback: bool
+) -> None:
+    """Whatever a client puts in Origin and Host, the answer is allowed or 403, never a crash."""
+    assert origin_allowed(origin, host_header, on_loopback, ALLOWED) in (True, False)
 
 
 # -- token_matches ------------------------------------------------------------
