@@ -5,11 +5,14 @@ Three layers, each usable alone:
 - `LineSplitter` and `Outbox` are pure: bytes in, lines out; items in,
   wire messages out. The outbox numbers every item (``pseq``), keeps it until
   the server acks it, and replays what comes after ``welcome.acked`` on
-  reconnect, which is all the client side of "at least once" needs.
+  reconnect, which is all the client side of "at least once" needs (a
+  server that forgot what it acked, after a restart, gets the pending
+  items renumbered to follow its count).
 - `Producer` is the connection: connect, ``hello``, ``welcome``, resend,
   send batches, take acks and controls, and reconnect with jittered
   exponential backoff while the server is away. A 4xxx close or an HTTP
-  401/403 is a refusal: it stops for good and says why.
+  4xx answer (401, 403, ...; not 408/429) is a refusal: it stops for good
+  and says why.
 - `run_command` and `publish_stream` are what ``trio-ws run`` and
   ``trio-ws publish`` do: supervise a child (or read stdin), publish, apply
   controls, report statuses, and flush before exit.
@@ -275,7 +278,7 @@ def exit_status(returncode: int) -> int:
 
 
 class ProducerRefused(Exception):
-    """The server said do not retry (4xxx close, HTTP 401/403 or another 4xx)."""
+    """The server said do not retry (a 4xxx close, or HTTP 4xx other than 408/429)."""
 
 
 class _Retry(Exception):
