@@ -2,10 +2,11 @@
 
 Every test runs a real server on 127.0.0.1, port 0, under a hard
 ``fail_after``. Plain HTTP is spoken as raw bytes so malformed and oversized
-requests can be sent; handshake outcomes are read either from trio-websocket
-(close codes, ``ConnectionRejected``) or from a raw upgrade request (the
-HTTP status before the upgrade). One test module drives the server with the
-independent ``websockets`` library to show the wire format is not just
+requests can be sent. Handshake outcomes after the upgrade (4xxx close codes)
+are read with trio-websocket; refusals before it (403, 404, 400) with a raw
+upgrade request, since trio-websocket raises ``ConnectionRejected`` from its
+reader task into the caller's nursery. Two tests drive the server with the
+independent ``websockets`` library, so the wire format is not just
 trio-websocket talking to itself.
 """
 
