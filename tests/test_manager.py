@@ -285,7 +285,12 @@ async def test_project_without_database_gets_zero_progress_not_a_warning(
         seen = await receive_until(ws, of_type("progress"))
         assert "warning" not in types(seen)
         assert figures(seen[-1]) == expected(0, 0, 0, 0, 0)
-        create_db(db_path(project_dir), rows(passing=1, pending=1))
+        # Appear whole (built aside, then renamed): a read between the file's
+        # creation and its table's would rightly warn about a missing table.
+        staged = project_dir / "staged.db"
+        create_db(staged, rows(passing=1, pending=1))
+        db_path(project_dir).parent.mkdir(parents=True, exist_ok=True)
+        staged.replace(db_path(project_dir))
         seen = await receive_until(ws, of_type("progress"))
     assert types(seen) == ["progress"]
     assert figures(seen[0]) == expected(1, 0, 2, 50.0, 0)

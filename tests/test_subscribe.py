@@ -398,7 +398,8 @@ async def test_mid_run_joiner_gets_active_agents_and_orchestrator_state(
     hub.feed_lines(RUN[:150])  # two coding agents at work, nobody was watching
     with trio.fail_after(NETWORK_TIMEOUT):
         ws = await connect(nursery, server, backlog=0)
-        received = await receive_until(ws, lambda m: m["type"] == "progress")
+        await ws.send_message('{"type":"ping"}')  # the pong follows the whole snapshot
+        received = await receive_until(ws, lambda m: m["type"] == "pong")
 
     agents = [m for m in received if m["type"] == "agent_update"]
     assert [

@@ -161,6 +161,18 @@ class ConnectionManager:
             self._nursery.start_soon(self._poll, project, project.poll_scope)
         return project.hub, subscriber
 
+    async def prime(self, name: str) -> None:
+        """Read a project's progress once if nothing is known yet, so that the first
+        subscriber's snapshot already holds it (instead of it following as an event)."""
+        project = self._projects[name]
+        if project.hub.progress is not None or project.hub.has_warning("progress"):
+            return
+        async with project.poll_lock:
+            if project.hub.progress is None and not project.hub.has_warning("progress"):
+                await read_progress_once(
+                    project.hub, project.reader, self.limiter, self._record_poll
+                )
+
     def unsubscribe(self, name: str, subscriber: Subscriber) -> None:
         """Leave the fan-out; cancels the poll loop with the last subscriber."""
         project = self._projects[name]
@@ -226,20 +238,29 @@ async def poll_progress(
     per failure streak (and one log line), while the last good figures stand.
     """
     while True:
-        current = reader()
-        started = time.perf_counter()
-        try:
-            progress = await trio.to_thread.run_sync(current.read, limiter=limiter)
-        except ProgressError as exc:
-            if record:
-                record(hub.name, time.perf_counter() - started, False)
-            if not hub.has_warning("progress"):
-                log.warning("project %s: progress read failed: %s", hub.name, exc)
-                hub.warn("progress", str(exc))
-        else:
-            if record:
-                record(hub.name, time.perf_counter() - started, True)
-            if hub.has_warning("progress"):
-                log.info("project %s: progress reads recovered", hub.name)
-            hub.publish_progress(progress)
+        await read_progress_once(hub, reader(), limiter, record)
         await trio.sleep(interval)
+
+
+async def read_progress_once(
+    hub: ProjectHub,
+    reader: ProgressReader,
+    limiter: trio.CapacityLimiter,
+    record: Callable[[str, float, bool], None] | None = None,
+) -> None:
+    """One read in a worker thread: publish a change, or warn once per failure streak."""
+    started = time.perf_counter()
+    try:
+        progress = await trio.to_thread.run_sync(reader.read, limiter=limiter)
+    except ProgressError as exc:
+        if record:
+            record(hub.name, time.perf_counter() - started, False)
+        if not hub.has_warning("progress"):
+            log.warning("project %s: progress read failed: %s", hub.name, exc)
+            hub.warn("progress", str(exc))
+    else:
+        if record:
+            record(hub.name, time.perf_counter() - started, True)
+        if hub.has_warning("progress"):
+            log.info("project %s: progress reads recovered", hub.name)
+        hub.publish_progress(progress)

@@ -382,6 +382,7 @@ async def _subscriber(
     found = await _project(server, ws, raw_name, peer)
     if found is None:
         return
+    await server.manager.prime(found[0])
     request = SubscribeRequest(
         project=found[0],
         since=parse_since(head.query.get("since")),
