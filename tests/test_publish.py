@@ -132,12 +132,25 @@ async def test_pseq_gap_is_refused_with_a_warning(
 ) -> None:
     with trio.fail_after(TIMEOUT):
         ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 1, "lines": ["first"]})
         await send(ws, {"type": "lines", "first": 5, "lines": ["too far"]})
         warning = await receive_until(ws, lambda m: m["type"] == "warning")
-        assert "pseq gap: expected 1, got 5" in warning[-1]["content"]
-        await send(ws, {"type": "lines", "first": 1, "lines": ["first"]})
-        await wait_acked(ws, 1)
-        assert await snapshot_logs(nursery, server) == ["first"]
+        assert "pseq gap: expected 2, got 5" in warning[-1]["content"]
+        await send(ws, {"type": "lines", "first": 2, "lines": ["second"]})
+        await wait_acked(ws, 2)
+        assert await snapshot_logs(nursery, server) == ["first", "second"]
+
+
+async def test_unknown_producer_starts_at_its_oldest_unacked_item(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """After a server restart the producer resends from where the old server acked."""
+    with trio.fail_after(TIMEOUT):
+        ws, acked = await producer(nursery, server, producer_id="survivor")
+        assert acked == 0
+        await send(ws, {"type": "lines", "first": 166, "lines": ["line 166", "line 167"]})
+        await wait_acked(ws, 167)
+        assert await snapshot_logs(nursery, server) == ["line 166", "line 167"]
 
 
 async def test_malformed_producer_messages_get_warnings_and_lose_nothing(

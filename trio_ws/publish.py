@@ -83,6 +83,11 @@ class PublishSession:
     def applied(self) -> int:
         return self.slot.applied.get(self.producer_id, 0)
 
+    def _baseline(self, pseq: int) -> None:
+        """A producer this server has no record of (say, after a restart) starts where
+        its oldest unacknowledged item is: everything before was acked elsewhere."""
+        self.slot.applied.setdefault(self.producer_id, pseq - 1)
+
     @property
     def current(self) -> bool:
         """False once a newer connection of the same producer took the slot over."""
@@ -169,6 +174,7 @@ class PublishSession:
             return f"at most {MAX_LINES_PER_MESSAGE} lines per message"
         if not all(isinstance(line, str) for line in lines):
             return "every line must be a string"
+        self._baseline(first)
         applied = self.applied
         skip = max(0, applied + 1 - first)
         if skip >= len(lines):
@@ -184,6 +190,7 @@ class PublishSession:
         pseq, status = payload.get("pseq"), payload.get("status")
         if not _is_pseq(pseq):
             return "status needs an integer 'pseq' >= 1"
+        self._baseline(pseq)
         applied = self.applied
         if pseq <= applied:
             return None
