@@ -592,3 +592,47 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
         return load_token(home_dir)
     except (TokenError, OSError) as exc:
         raise Refusal(str(exc)) from exc
+
+
+@main.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's registry, token and project here [default: a temporary folder].",
+)
+@click.option("--port", default=8888, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=1000),
+    help="Pace of the simulated run; at 1 a whole run takes about two minutes.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    help="Stop after this many seconds [default: run until Ctrl-C].",
+)
+@click.option("--seed", type=int, help="Make the simulated run repeatable.")
+def demo(
+    home: Path | None, port: int, speed: float, duration: float | None, seed: int | None
+) -> None:
+    """Watch a lively, realistic agent run: server, project and producer, no setup."""
+    from trio_ws.demo import DemoLinks, DemoOptions, run_demo
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+
+    def announce(links: DemoLinks) -> None:
+        click.echo(f"trio-ws {__version__} demo is live.")
+        click.echo(f"  dashboard: {links.dashboard}")
+        click.echo(f"  terminal:  {links.watch}")
+        click.echo(f"  home:      {links.home}")
+        click.echo("Ctrl-C stops it.")
+
+    options = DemoOptions(home=home, port=port, speed=speed, duration=duration, seed=seed)
+    try:
+        code = trio.run(run_demo, options, announce)
+    except* OSError as group:
+        reason = "; ".join(sorted({_os_reason(exc) for exc in _leaves(group)}))
+        raise Refusal(f"cannot start the demo on port {port}: {reason}") from None
+    sys.exit(code)
