@@ -14,12 +14,13 @@ import json
 import os
 import queue
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, closing
+from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,6 +109,65 @@ class ServerProcess:
         self.log.close()
 
 
+# -- a relay, so a test can cut the page's connections ----------------------------------
+
+
+class Relay:
+    """A TCP relay in front of the server: the page talks through it, the test cuts it."""
+
+    def __init__(self, target_port: int) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.target_port = target_port
+        self.accepting = True
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # the listener was closed
+            if not self.accepting:
+                client.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=WAIT)
+            upstream.settimeout(None)
+            with self._lock:
+                self._sockets += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+            sink.shutdown(socket.SHUT_WR)
+        except OSError:
+            return  # cut by the test, or one side went away
+
+    def cut(self, *, accept_new: bool) -> None:
+        """Drop every relayed connection at once; refuse new ones unless ``accept_new``."""
+        self.accepting = accept_new
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+        self.cut(accept_new=False)
+
+
 # -- a producer, as a plain websocket client ----------------------------------------
 
 
@@ -173,6 +233,11 @@ def set_progress(path: Path, passing: int, in_progress: int, needs_input: int = 
             ),
         )
         conn.execute("COMMIT")
+
+
+def rename_table(path: Path, old: str, new: str) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -372,13 +437,44 @@ def test_page_resyncs_after_a_server_restart(
         wait(browser, lambda d: card_names(d) == ["Spark"], "only the new run's agent")
         wait_text(browser, '#agents .agent[data-name="Spark"] .agent-features', "Feature #9")
         wait(browser, lambda d: progress_figures(d)[:4] == ("10", "1", "0", "24"), "new progress")
-        lines = [line.text for line in browser.find_elements(By.CSS_SELECTOR, "#log .line .text")]
-        assert lines == [
+        assert log_lines(browser) == [
             "Started coding agent for feature #9",
             "[Feature #9] Creating the filter bar",
         ]
     finally:
         second.stop()
+
+
+def log_lines(driver: Any) -> list[str]:
+    return [line.text for line in driver.find_elements(By.CSS_SELECTOR, "#log .line .text")]
+
+
+def test_page_resumes_after_a_dropped_connection(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    """Events published while the page is away arrive once each, without a resync."""
+    relay = Relay(served.port)
+    try:
+        browser.get(f"{relay.base}/projects/demo")
+        wait(browser, lambda d: connection_state(d) == "live", "the page to go live")
+        agent = producer(served.port, "agent-1")
+        agent.lines(["before 1", "before 2"])
+        wait(browser, lambda d: log_lines(d) == ["before 1", "before 2"], "the first lines")
+        epoch = browser.find_element(By.TAG_NAME, "body").get_attribute("data-epoch")
+        relay.cut(accept_new=False)
+        wait(browser, lambda d: connection_state(d) == "reconnecting", "the page to notice")
+        agent.lines(["while away 1", "while away 2"])
+        agent.acked()
+        relay.accepting = True
+        wait(browser, lambda d: connection_state(d) == "live", "the page to come back")
+        agent.lines(["after"])
+        expected = ["before 1", "before 2", "while away 1", "while away 2", "after"]
+        wait(browser, lambda d: log_lines(d) == expected, "every line once, in order")
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert body.get_attribute("data-sync") == "resumed"
+        assert body.get_attribute("data-epoch") == epoch
+    finally:
+        relay.close()
 
 
 def test_pause_button_reaches_the_producer(
@@ -446,6 +542,24 @@ def test_log_filter_shows_one_agent(
     ]
     assert len(expected) == 3
     assert lines == expected
+
+
+def banner(driver: Any, source: str) -> str:
+    return text(driver, f'#banners .banner[data-source="{source}"] .content')
+
+
+def test_progress_warning_shows_until_the_next_progress(
+    served: ServerProcess, project: Path, browser: Any
+) -> None:
+    open_live(browser, served)
+    wait(browser, lambda d: progress_figures(d)[3] == "24", "the first progress")
+    rename_table(project, "features", "features_away")
+    wait(browser, lambda d: "features.db" in banner(d, "progress"), "the warning")
+    assert progress_figures(browser)[3] == "24"  # the last good figures stand
+    rename_table(project, "features_away", "features")
+    set_progress(project, passing=2, in_progress=0)
+    wait(browser, lambda d: progress_figures(d)[0] == "2", "the next progress")
+    wait(browser, lambda d: banner(d, "progress") == "", "the warning to clear")
 
 
 def test_project_list_links_to_the_live_view(served: ServerProcess, browser: Any) -> None:

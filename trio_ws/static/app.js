@@ -240,7 +240,7 @@
 
   const handlers = new Map([
     ["hello", onHello],
-    ["resumed", () => {}],
+    ["resumed", () => { document.body.dataset.sync = "resumed"; }],
     ["resync", onResync],
     ["error", (message) => { connection.lastError = String(message.content); }],
     ["warning", onWarning],
@@ -268,6 +268,7 @@
       connection.lastSeq = Math.max(connection.lastSeq ?? 0, message.seq);
     }
     handler(message);
+    connection.previousType = message.type;
   }
 
   function onHello(message) {
@@ -277,6 +278,7 @@
       // A fresh sync follows (new history, or first connect): rebuild from it.
       reset();
       connection.lastSeq = connection.helloSeq;
+      document.body.dataset.sync = "fresh";
     }
     connection.epoch = String(message.epoch);
     connection.attempt = 0;
@@ -287,9 +289,13 @@
   }
 
   function onResync(message) {
-    // The snapshot that follows replaces everything we show.
+    // The snapshot that follows replaces everything we show. Right after hello
+    // the snapshot point is hello's seq; a resync later in the stream (we fell
+    // too far behind) does not say its point, so the highest seq seen stands.
     reset();
+    if (connection.previousType === "hello") connection.lastSeq = connection.helloSeq;
     connection.resyncs += 1;
+    document.body.dataset.sync = "resync";
     document.body.dataset.resyncs = String(connection.resyncs);
     document.body.dataset.resyncReason = String(message.reason);
   }
@@ -673,6 +679,7 @@
     epoch: null,
     lastSeq: null,
     helloSeq: null,
+    previousType: null,
     askedSince: false,
     attempt: 0,
     connects: 0,
