@@ -59,7 +59,8 @@ class ServerProcess:
 
     def __init__(self, home: Path, port: int = 0) -> None:
         script = Path(sys.executable).with_name("trio-ws")
-        self.log = (home / "server.log").open("a")
+        self.log_path = home / "server.log"
+        self.log = self.log_path.open("a")
         self.process = subprocess.Popen(
             [
                 str(script),
@@ -84,8 +85,11 @@ class ServerProcess:
         try:
             line = lines.get(timeout=WAIT)
         except queue.Empty:
-            raise AssertionError("trio-ws serve printed no URL") from None
-        assert " serving http://127.0.0.1:" in line, line
+            line = ""
+        if " serving http://127.0.0.1:" not in line:
+            self.stop()
+            log = self.log_path.read_text()
+            raise AssertionError(f"trio-ws serve did not start: {line!r}; its log:\n{log}")
         return int(line.rsplit(":", 1)[1].strip().rstrip("/"))
 
     @property
@@ -96,9 +100,10 @@ class ServerProcess:
         """Die at once, as a crash would: no close frames, no goodbye."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=WAIT)
-        self.log.close()
+        self._close_files()
 
     def stop(self) -> None:
+        """SIGTERM (the graceful way), SIGKILL if that takes more than 5 s."""
         if self.process.poll() is None:
             self.process.terminate()
             try:
@@ -106,6 +111,11 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=WAIT)
+        self._close_files()
+
+    def _close_files(self) -> None:
+        assert self.process.stdout is not None
+        self.process.stdout.close()
         self.log.close()
 
 
