@@ -38,7 +38,6 @@
     paused_graceful: "paused (graceful)",
   };
   const CONNECTION_TYPES = new Set(["hello", "resumed", "resync", "pong", "warning", "error"]);
-  const SERVER_WARNINGS = new Set(["progress", "producer", "protocol", "control"]);
 
   const $ = (id) => document.getElementById(id);
 
@@ -87,7 +86,7 @@
 
   const banners = new Map();
 
-  function showBanner(source, content) {
+  function showBanner(source, content, fromServer = false) {
     let banner = banners.get(source);
     if (!banner) {
       banner = el("div", "banner");
@@ -101,6 +100,7 @@
       $("banners").append(banner);
     }
     banner.querySelector(".content").textContent = String(content);
+    banner.dataset.origin = fromServer ? "server" : "page";
   }
 
   function clearBanner(source) {
@@ -230,7 +230,10 @@
     pendingDev = [];
     logRebuild = true;
     devRebuild = true;
-    for (const source of SERVER_WARNINGS) clearBanner(source);
+    // The server repeats its standing warnings after every snapshot.
+    for (const [source, banner] of [...banners]) {
+      if (banner.dataset.origin === "server") clearBanner(source);
+    }
     for (const part of ["status", "progress", "orchestrator", "dev", "agents", "log", "filter"]) {
       touch(part);
     }
@@ -302,7 +305,7 @@
 
   function onWarning(message) {
     const source = String(message.source ?? "server");
-    showBanner(source, message.content ?? "");
+    showBanner(source, message.content ?? "", true);
   }
 
   function onProgress(message) {
