@@ -56,8 +56,14 @@ async def whole_history(nursery: trio.Nursery, port: int, token: str) -> list[di
     assert (await receive(ws))["type"] == "hello"
     assert (await receive(ws))["type"] == "resumed"
     events: list[dict[str, Any]] = []
-    while not (events and events[-1].get("status") == "stopped"):
-        events.append(await receive(ws))
+    stopped = complete = False
+    # The run reports `stopped` as it exits; the poll loop may see its last
+    # database write a moment later, so read until both have arrived.
+    while not (stopped and complete):
+        event = await receive(ws)
+        events.append(event)
+        stopped = stopped or event.get("status") == "stopped"
+        complete = complete or event.get("percentage") == 100.0
     return events
 
 

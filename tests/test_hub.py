@@ -11,7 +11,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_ws.hub import ProjectHub, Subscriber
+from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.progress import Progress
 
 Received = list[dict[str, Any]]
@@ -28,10 +28,14 @@ class Reader:
         self.open = trio.Event()
         self.open.set()
 
-    async def send(self, text: str) -> None:
-        await self.open.wait()
-        self.received.append(json.loads(text))
-        await trio.lowlevel.checkpoint()
+    async def send(self, batch: list[Outgoing]) -> None:
+        for item in batch:
+            await self.open.wait()
+            self.receive(item)
+            await trio.lowlevel.checkpoint()
+
+    def receive(self, item: Outgoing) -> None:
+        self.received.append(json.loads(item.text))
 
     def stall(self) -> None:
         self.open = trio.Event()
@@ -245,11 +249,12 @@ class BudgetReader(Reader):
         super().__init__(hub, subscriber)
         self.budget = budget
 
-    async def send(self, text: str) -> None:
-        if self.budget <= 0:
-            await trio.sleep_forever()
-        self.budget -= 1
-        await super().send(text)
+    async def send(self, batch: list[Outgoing]) -> None:
+        for item in batch:
+            if self.budget <= 0:
+                await trio.sleep_forever()
+            self.budget -= 1
+            await super().send([item])
 
 
 @settings(max_examples=80, deadline=None)

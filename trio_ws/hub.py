@@ -29,13 +29,14 @@ from typing import Final, Literal
 
 import trio
 
-from trio_ws import protocol
+from trio_ws import frames, protocol
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.progress import Progress
 from trio_ws.protocol import Clock, Message, wall_clock
 
 Stream = Literal["agent", "dev"]
-Send = Callable[[str], Awaitable[None]]
+Send = Callable[[list["Outgoing"]], Awaitable[None]]
+"""Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
 
 DEFAULT_HISTORY: Final = 10_000
 DEFAULT_QUEUE: Final = 1024
@@ -43,15 +44,24 @@ DEFAULT_QUEUE: Final = 1024
 MAX_BACKLOG: Final = 1000
 ORCHESTRATOR_RECENT: Final = 5
 CATCH_UP_CHUNK: Final = 256
+BATCH_MAX: Final = 512
+"""Most messages a send task hands to one write."""
 
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """One message ready for the wire: ``seq`` is None for connection messages."""
+    """One message ready for the wire, encoded once for every subscriber: its JSON
+    ``text`` and its websocket ``frame``. ``seq`` is None for connection messages."""
 
     seq: int | None
     type: str
     text: str
+    frame: bytes
+
+    @classmethod
+    def of(cls, message: Message, seq: int | None = None) -> Outgoing:
+        text = protocol.encode(message)
+        return cls(seq, message["type"], text, frames.text_frame(text.encode()))
 
 
 @dataclass(eq=False)
@@ -62,7 +72,7 @@ class Subscriber:
     backlog: int
     sent_seq: int
     behind: bool
-    initial: list[str]
+    initial: list[Outgoing]
     send_channel: trio.MemorySendChannel[Outgoing]
     receive_channel: trio.MemoryReceiveChannel[Outgoing]
     delivered: int = 0
@@ -183,7 +193,7 @@ class ProjectHub:
         happen in one synchronous step, so no event can fall between them.
         """
         backlog = max(0, min(backlog, MAX_BACKLOG))
-        hello = protocol.encode(
+        hello = Outgoing.of(
             {
                 "type": "hello",
                 "protocol": protocol.PROTOCOL_VERSION,
@@ -196,14 +206,14 @@ class ProjectHub:
         initial = [hello]
         resync_reason = self._resync_reason(since, epoch)
         if since is not None and resync_reason is None:
-            initial.append(protocol.encode({"type": "resumed", "since": since, "seq": self.seq}))
+            initial.append(Outgoing.of({"type": "resumed", "since": since, "seq": self.seq}))
             sent_seq, behind = since, True
         else:
             if resync_reason is not None:
-                initial.append(protocol.encode({"type": "resync", "reason": resync_reason}))
+                initial.append(Outgoing.of({"type": "resync", "reason": resync_reason}))
             initial.extend(self._snapshot(backlog))
             sent_seq, behind = self.seq, False
-        initial.extend(item.text for item in self._warnings.values())
+        initial.extend(self._warnings.values())
         send_channel, receive_channel = trio.open_memory_channel[Outgoing](self.queue_size)
         subscriber = Subscriber(
             id=next(self._ids),
@@ -230,23 +240,35 @@ class ProjectHub:
         self.stats.send_tasks += 1
         try:
             initial, subscriber.initial = subscriber.initial, []
-            for text in initial:
-                await send(text)
+            for start in range(0, len(initial), BATCH_MAX):
+                await send(initial[start : start + BATCH_MAX])
             receive = subscriber.receive_channel
             while True:
                 if subscriber.behind and receive.statistics().current_buffer_used == 0:
                     await self._catch_up(subscriber, send)
                 try:
-                    item = await receive.receive()
+                    batch = [await receive.receive()]
                 except trio.EndOfChannel:
                     return  # unsubscribed
-                await send(item.text)
-                if item.seq is not None:
-                    subscriber.sent_seq = item.seq
-                    subscriber.delivered += 1
-                    self.stats.deliveries += 1
+                # Everything already waiting goes out in the same write.
+                while len(batch) < BATCH_MAX:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                await send(batch)
+                self._sent(subscriber, batch)
         finally:
             self.stats.send_tasks -= 1
+
+    def _sent(self, subscriber: Subscriber, batch: list[Outgoing]) -> None:
+        events = 0
+        for item in batch:
+            if item.seq is not None:
+                subscriber.sent_seq = item.seq
+                events += 1
+        subscriber.delivered += events
+        self.stats.deliveries += events
 
     # -- internals -------------------------------------------------------------
 
@@ -270,52 +292,46 @@ class ProjectHub:
             if oldest is None or subscriber.sent_seq + 1 < oldest:
                 self.stats.resyncs += 1
                 point = self.seq
-                texts = [protocol.encode({"type": "resync", "reason": "gap_evicted"})]
-                texts.extend(self._snapshot(subscriber.backlog))
-                texts.extend(item.text for item in self._warnings.values())
-                for text in texts:
-                    await send(text)
+                resync = [Outgoing.of({"type": "resync", "reason": "gap_evicted"})]
+                resync += self._snapshot(subscriber.backlog)
+                resync += self._warnings.values()
+                for start in range(0, len(resync), BATCH_MAX):
+                    await send(resync[start : start + BATCH_MAX])
                 subscriber.sent_seq = point
                 continue
             start = subscriber.sent_seq + 1 - oldest
             stop = min(start + CATCH_UP_CHUNK, len(self._history))
             chunk = list(itertools.islice(self._history, start, stop))
-            for item in chunk:
-                await send(item.text)
-                subscriber.sent_seq = item.seq  # type: ignore[assignment]
-                subscriber.delivered += 1
-                self.stats.deliveries += 1
+            await send(chunk)
+            self._sent(subscriber, chunk)
         # Caught up: from here on the publisher queues for it again. No checkpoint
         # between the loop's last check and this line.
         subscriber.behind = False
 
-    def _snapshot(self, backlog: int) -> list[str]:
+    def _snapshot(self, backlog: int) -> list[Outgoing]:
         """The fresh-sync messages of PROTOCOL.md 3.1, in order, already encoded."""
-        texts = [
-            self._agent_status.text
-            if self._agent_status
-            else protocol.encode(protocol.agent_status(self.agent.status)),
-            self._dev_status.text
-            if self._dev_status
-            else protocol.encode(protocol.dev_server_status(self.dev.status, self.dev.url)),
+        items = [
+            self._agent_status or Outgoing.of(protocol.agent_status(self.agent.status)),
+            self._dev_status
+            or Outgoing.of(protocol.dev_server_status(self.dev.status, self.dev.url)),
         ]
         if self._progress_event is not None:
-            texts.append(self._progress_event.text)
-        texts.extend(item.text for item in self._orchestrator)
-        texts.extend(self._agents[index].text for index in sorted(self._agents))
+            items.append(self._progress_event)
+        items.extend(self._orchestrator)
+        items.extend(self._agents[index] for index in sorted(self._agents))
         if backlog:
-            texts.extend(item.text for item in _tail(self._logs, backlog))
-            texts.extend(item.text for item in _tail(self._dev_logs, backlog))
-        return texts
+            items.extend(_tail(self._logs, backlog))
+            items.extend(_tail(self._dev_logs, backlog))
+        return items
 
     def _connection_message(self, message: Message) -> Outgoing:
-        return Outgoing(None, message["type"], protocol.encode(message))
+        return Outgoing.of(message)
 
     def _publish(self, messages: list[Message]) -> None:
         for message in messages:
             self.seq += 1
             message["seq"] = self.seq
-            item = Outgoing(self.seq, message["type"], protocol.encode(message))
+            item = Outgoing.of(message, self.seq)
             self._history.append(item)
             self._remember(message, item)
             self.stats.events[item.type] += 1

@@ -20,6 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws import protocol
+from trio_ws.frames import FrameWriter
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.manager import ConnectionManager
 
@@ -91,6 +92,7 @@ class SubscriberSession:
         self.request = request
         self._control = control
         self._stall_timeout = stall_timeout
+        self._writer = FrameWriter(ws)
         self._cancel = trio.CancelScope()
         self._closed = trio.Event()
         self.close_code: int | None = None
@@ -123,9 +125,12 @@ class SubscriberSession:
             self._closed.set()
             self._cancel.cancel()
 
-    async def _send(self, text: str) -> None:
+    async def _send(self, batch: list[Outgoing]) -> None:
+        """Write a batch of pre-encoded frames with one ``send_all``; a peer that
+        accepts none of it for the stall timeout is given up on."""
+        data = b"".join(item.frame for item in batch)
         with trio.move_on_after(self._stall_timeout) as scope:
-            await self.ws.send_message(text)
+            await self._writer.write(data)
         if scope.cancelled_caught:
             raise SubscriberStalled
 
@@ -203,7 +208,7 @@ class SubscriberSession:
 
     def _reply(self, message: protocol.Message) -> None:
         """Queue a connection message for this subscriber; dropped if its queue is full."""
-        self.subscriber.offer(Outgoing(None, message["type"], protocol.encode(message)))
+        self.subscriber.offer(Outgoing.of(message))
 
 
 async def project_websocket(

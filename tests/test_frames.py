@@ -1,0 +1,124 @@
+"""The fan-out fast path: frame encoding, batched writes, and a guard against bypassing it."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from serving import NETWORK_TIMEOUT, connect, receive, receive_until
+from trio_websocket import WebSocketConnection
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import FrameProtocol
+
+from trio_ws import frames, protocol
+from trio_ws.frames import FrameWriter, text_frame
+from trio_ws.server import Server
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
+def test_text_frame_matches_wsproto(size: int) -> None:
+    payload = ("x" * size).encode()
+    reference = FrameProtocol(client=False, extensions=[]).send_data(payload.decode(), fin=True)
+    assert text_frame(payload) == reference
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
+    """Wrap ``module.name`` so each call is counted; returns the (one-element) counter."""
+    calls = [0]
+    original: Callable[..., Any] = getattr(module, name)
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+async def synced(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
+    ws = await connect(nursery, server)
+    await ws.send_message('{"type":"ping"}')
+    await receive_until(ws, lambda m: m["type"] == "pong")
+    return ws
+
+
+async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
+    nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The regression guard: one JSON encoding and one frame per event, not per delivery."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = server.manager.hub_for("demo", project_dir)
+        watchers = [await synced(nursery, server) for _ in range(5)]
+        json_calls = counting(monkeypatch, protocol, "encode")
+        frame_calls = counting(monkeypatch, frames, "text_frame")
+        hub.feed_lines([f"plain line {i}" for i in range(20)])
+        for ws in watchers:
+            await receive_until(ws, lambda m: m.get("line") == "plain line 19")
+    assert json_calls[0] == 20
+    assert frame_calls[0] == 20
+
+
+async def test_queued_events_leave_in_one_write(
+    nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = server.manager.hub_for("demo", project_dir)
+        ws = await synced(nursery, server)
+        writes = counting(monkeypatch, FrameWriter, "write")
+        hub.feed_lines([f"plain line {i}" for i in range(100)])  # no checkpoint in between
+        seen = await receive_until(ws, lambda m: m.get("line") == "plain line 99")
+    assert [m["line"] for m in seen if m["type"] == "log"] == [
+        f"plain line {i}" for i in range(100)
+    ]
+    assert writes[0] == 1
+
+
+async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """trio-websocket's own pongs and close frame share the stream with our batches."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = server.manager.hub_for("demo", project_dir)
+        ws = await synced(nursery, server)
+        received: list[dict[str, Any]] = []
+
+        async def read_all() -> None:
+            while len(received) < 3000:
+                received.append(await receive(ws))
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(read_all)
+            for round_ in range(30):
+                hub.feed_lines([f"r{round_} line {i} " + "y" * 300 for i in range(100)])
+                await ws.ping(f"p{round_}".encode())  # answered by the server's reader task
+        seqs = [m["seq"] for m in received if m["type"] == "log"]
+        assert seqs == sorted(seqs) and len(seqs) == 3000
+        await server.shutdown(1001)
+    assert ws.closed is not None and ws.closed.code == 1001
+
+
+async def test_writer_checks_the_real_connections_extensions(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """The guard reads wsproto's real negotiated extensions: none here, refused if any."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await synced(nursery, server)
+    [session] = server.manager._sessions
+    ws = session.ws  # type: ignore[attr-defined]
+    assert ws._wsproto.connection._proto.extensions == []
+    ws._wsproto.connection._proto.extensions = [PerMessageDeflate()]
+    try:
+        with pytest.raises(ValueError, match="extensions"):
+            FrameWriter(ws)
+    finally:
+        ws._wsproto.connection._proto.extensions = []
+
+
+def test_frame_payload_is_the_encoded_json() -> None:
+    message = {"type": "log", "line": "héllo ✓", "timestamp": "t", "seq": 1}
+    frame = text_frame(protocol.encode(message).encode())
+    assert json.loads(frame[2:].decode()) == message
