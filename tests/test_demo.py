@@ -85,6 +85,13 @@ async def test_demo_runs_a_whole_realistic_run_to_100_percent(nursery: trio.Nurs
     assert types == {"coding", "testing"}
     lines = [e["line"] for e in events if e["type"] == "log"]
     assert lines[-1] == "[trio-ws] process exited with code 0"
+    dev = [e for e in events if e["type"] == "dev_server_status"]
+    assert dev[-1] == {
+        "type": "dev_server_status",
+        "status": "running",
+        "url": "http://localhost:5173/",
+        "seq": dev[-1]["seq"],
+    }
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1))
 

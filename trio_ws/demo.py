@@ -107,12 +107,17 @@ async def _run(options: DemoOptions, home: Path, announce: Callable[[DemoLinks],
                     home=home,
                 )
             )
-            child = await nursery.start(_orchestrate, options, base, home, project_dir)
+            children = [
+                await nursery.start(_orchestrate, options, base, home, project_dir, dev)
+                for dev in (True, False)
+            ]
             with trio.move_on_after(options.duration if options.duration else float("inf")):
                 async for signum in signals:
                     log.info("signal %d: stopping the demo", signum)
                     break
-            await _stop_child(child)
+            async with trio.open_nursery() as stopping:
+                for child in children:
+                    stopping.start_soon(_stop_child, child)
             await server.shutdown(1001)
             nursery.cancel_scope.cancel()
     return 0
@@ -123,25 +128,31 @@ async def _orchestrate(
     base: str,
     home: Path,
     project_dir: Path,
+    dev: bool,
     *,
     task_status: trio.TaskStatus[trio.Process],
 ) -> None:
-    """Run the simulated orchestrator under a real `trio-ws run` producer."""
+    """Run the simulated orchestrator (or its dev server, on the dev stream) under a
+    real `trio-ws run` producer."""
     orchestrator = [
         sys.executable, "-m", "trio_ws.demo_orchestrator",
         "--project-dir", str(project_dir), "--speed", str(options.speed),
     ]  # fmt: skip
     if options.seed is not None:
         orchestrator += ["--seed", str(options.seed)]
+    if dev:
+        orchestrator.append("--dev-server")
     command = [
         *trio_ws_command(), "run", PROJECT, "--quiet", "--home", str(home),
-        "--server", base, "--cwd", str(project_dir), "--", *orchestrator,
+        "--server", base, "--cwd", str(project_dir), *(["--dev"] if dev else []),
+        "--", *orchestrator,
     ]  # fmt: skip
     # Its own session: our signal handling decides when and how it stops.
     process = await trio.lowlevel.open_process(command, start_new_session=True)
     task_status.started(process)
     code = await process.wait()
-    log.info("demo run finished (exit %d); still serving until stopped", code)
+    if not dev:
+        log.info("demo run finished (exit %d); still serving until stopped", code)
 
 
 async def _stop_child(process: trio.Process) -> None:

@@ -398,17 +398,34 @@ class Orchestrator:
         yield "Testing agent complete. Terminating session."
 
 
+def dev_server(speed: float, rng: random.Random) -> int:
+    """The project's dev server, as Vite prints it, with hot updates until stopped."""
+    print("> todo-app@0.1.0 dev", "> vite", "", "  VITE v5.4.0  ready in 312 ms", "",
+          "  ➜  Local:   http://localhost:5173/", "  ➜  Network: use --host to expose",
+          sep="\n", flush=True)  # fmt: skip
+    while True:
+        time.sleep(rng.uniform(2.0, 6.0) / speed)
+        component = rng.choice(COMPONENTS)
+        stamp = time.strftime("%H:%M:%S")
+        print(f"{stamp} [vite] hmr update /src/components/{component}.tsx", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--project-dir", type=Path, required=True)
     parser.add_argument("--speed", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--dev-server", action="store_true", help="Be the project's dev server instead."
+    )
     args = parser.parse_args(argv)
     if args.speed <= 0:
         parser.error("--speed must be positive")
-    orchestrator = Orchestrator(args.project_dir.resolve(), args.speed, random.Random(args.seed))
+    rng = random.Random(args.seed)
     try:
-        return orchestrator.run()
+        if args.dev_server:
+            return dev_server(args.speed, rng)
+        return Orchestrator(args.project_dir.resolve(), args.speed, rng).run()
     except KeyboardInterrupt:
         return 130
 
