@@ -23,9 +23,9 @@ from rich.console import Console
 from rich.table import Table
 
 from trio_ws import __version__
+from trio_ws.client import DEFAULT_SERVER
 from trio_ws.producers import (
     DEFAULT_CAPACITY,
-    DEFAULT_SERVER,
     FLUSH_WITHIN,
     KILL_AFTER,
     Outcome,

@@ -26,12 +26,12 @@ from rich.console import Console
 from serving import NETWORK_TIMEOUT, make_config
 
 from trio_ws import protocol
+from trio_ws.client import Backoff
 from trio_ws.hub import ProjectHub
 from trio_ws.progress import count_passing_tests
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 from trio_ws.watch import (
-    Backoff,
     RunView,
     SequenceGap,
     WatchError,
@@ -354,21 +354,6 @@ def test_log_limit_must_be_positive() -> None:
 
 
 # -- small pure helpers ---------------------------------------------------------------
-
-
-def test_backoff_doubles_up_to_the_maximum_within_jitter() -> None:
-    top = Backoff(initial=0.2, maximum=1.0, jitter=lambda: 0.999999)
-    bottom = Backoff(initial=0.2, maximum=1.0, jitter=lambda: 0.0)
-    assert [round(top.next(), 3) for _ in range(5)] == [0.2, 0.4, 0.8, 1.0, 1.0]
-    assert [round(bottom.next(), 3) for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
-
-
-def test_backoff_reset_starts_over() -> None:
-    delays = Backoff(initial=0.2, maximum=5.0, jitter=lambda: 0.0)
-    for _ in range(4):
-        delays.next()
-    delays.reset()
-    assert delays.next() == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize(

@@ -27,7 +27,6 @@ from __future__ import annotations
 import codecs
 import json
 import os
-import random
 import secrets
 import signal
 import subprocess
@@ -38,7 +37,7 @@ from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final, Literal
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import trio
 from trio_websocket import (
@@ -50,13 +49,13 @@ from trio_websocket import (
 )
 
 from trio_ws import protocol
+from trio_ws.client import Backoff, websocket_base
 from trio_ws.protocol import Message
 
 Stream = Literal["agent", "dev"]
 Report = Callable[[str], None]
 """Where a producer tells its user what happened (stderr in the CLI)."""
 
-DEFAULT_SERVER: Final = "http://127.0.0.1:8888"
 DEFAULT_CAPACITY: Final = 100_000
 """Unacked items an outbox holds before it drops new lines."""
 BATCH_LINES: Final = 256
@@ -255,13 +254,7 @@ def _status_message(item: Item) -> Message:
 
 def publish_url(server: str, project: str) -> str:
     """The publish endpoint of ``project`` on ``server`` (http(s) or ws(s), any path prefix)."""
-    parts = urlsplit(server.strip())
-    schemes = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
-    scheme = schemes.get(parts.scheme.lower())
-    if scheme is None or not parts.netloc:
-        raise ValueError(f"server URL {server!r} must look like http://HOST:PORT or ws://HOST:PORT")
-    path = parts.path.rstrip("/") + f"/ws/projects/{quote(project, safe='')}/publish"
-    return urlunsplit((scheme, parts.netloc, path, "", ""))
+    return websocket_base(server) + f"/ws/projects/{quote(project, safe='')}/publish"
 
 
 def new_producer_id(kind: str) -> str:
@@ -380,7 +373,7 @@ class Producer:
 
     async def run(self) -> None:
         """Connect and deliver until `close` or a refusal; never raises for network trouble."""
-        delay = self.backoff_first
+        backoff = Backoff(self.backoff_first, self.backoff_max)
         try:
             while not self._closing.is_set():
                 welcomed_before = self.connections
@@ -398,10 +391,9 @@ class Producer:
                         self.report(f"no connection to {self.url} ({reason}); retrying")
                     self.ready.set()
                 if self.connections > welcomed_before:
-                    delay = self.backoff_first
-                with trio.move_on_after(random.uniform(delay / 2, delay)):
+                    backoff.reset()
+                with trio.move_on_after(backoff.next()):
                     await self._closing.wait()
-                delay = min(delay * 2, self.backoff_max)
                 self._attempt = trio.CancelScope()
         finally:
             self.connected = False

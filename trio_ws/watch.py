@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import heapq
 import json
-import random
 import re
 import signal
 import time
@@ -28,7 +27,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, NoReturn
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import trio
 from rich.console import Console, Group, RenderableType
@@ -46,9 +45,9 @@ from trio_websocket import (
 )
 
 from trio_ws import protocol
+from trio_ws.client import Backoff, websocket_base
 from trio_ws.protocol import Message
 
-DEFAULT_SERVER: Final = "http://127.0.0.1:8888"
 LOG_LIMIT: Final = 1000
 """Log lines (per stream) a view keeps; the server's backlog is at most 1000 too."""
 WARNING_LIMIT: Final = 5
@@ -569,13 +568,9 @@ class WatchTarget:
         cls, server: str, project: str, token: str | None = None, backlog: int = 100
     ) -> WatchTarget:
         """Map an ``http(s)://`` (or ``ws(s)://``) server URL to its subscribe endpoint."""
-        parts = urlsplit(server)
-        scheme = {"http": "ws", "https": "wss", "ws": "ws", "wss": "wss"}.get(parts.scheme)
-        if scheme is None or not parts.hostname:
-            raise ValueError(f"server URL must be http(s)://HOST[:PORT], got {server!r}")
+        base = websocket_base(server)
         if not protocol.is_valid_project_name(project):
             raise ValueError(f"invalid project name {project!r}")
-        base = urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
         return cls(base, project, token, backlog)
 
     @property
@@ -590,27 +585,6 @@ class WatchTarget:
         if self.token:
             query.append(f"token={quote(self.token, safe='')}")
         return f"{self.display_url}?{'&'.join(query)}"
-
-
-@dataclass
-class Backoff:
-    """Jittered exponential delays: ``initial`` doubling up to ``maximum``, each
-    drawn from the upper half of its step so reconnecting clients spread out."""
-
-    initial: float = 0.2
-    maximum: float = 5.0
-    jitter: Callable[[], float] = random.random
-    """Returns a number in [0, 1); injected so tests can pin the delays."""
-    _step: int = 0
-
-    def next(self) -> float:
-        ceiling = min(self.maximum, self.initial * 2.0**self._step)
-        if ceiling < self.maximum:
-            self._step += 1
-        return ceiling / 2 + ceiling / 2 * self.jitter()
-
-    def reset(self) -> None:
-        self._step = 0
 
 
 def decode(text: str | bytes) -> Message:
