@@ -242,6 +242,7 @@ class ProjectHub:
             initial, subscriber.initial = subscriber.initial, []
             for start in range(0, len(initial), BATCH_MAX):
                 await send(initial[start : start + BATCH_MAX])
+            del initial  # this task lives as long as the subscriber: keep nothing
             receive = subscriber.receive_channel
             while True:
                 if subscriber.behind and receive.statistics().current_buffer_used == 0:

@@ -156,12 +156,14 @@ class SubscriberSession:
         self._cancel.cancel()
 
     async def _receive_loop(self) -> None:
-        arrivals: deque[float] = deque(maxlen=FLOOD_MESSAGES)
+        arrivals: deque[float] | None = None  # most dashboards never send: allocate late
         while True:
             try:
                 message = await self.ws.get_message()
             except ConnectionClosed:
                 return
+            if arrivals is None:
+                arrivals = deque(maxlen=FLOOD_MESSAGES)
             now = trio.current_time()
             if len(arrivals) == FLOOD_MESSAGES and now - arrivals[0] < FLOOD_WINDOW:
                 log.warning(
