@@ -1,5 +1,6 @@
-"""Nox sessions: `tests` (pytest in trio mode), `lint` (ruff + mypy strict), and
-`browser` (the dashboard in headless Chromium; not run by default)."""
+"""Nox sessions: `tests` (pytest in trio mode), `lint` (ruff + mypy strict),
+`browser` (the dashboard in headless Chromium) and `bench` (benchmarks); the last
+two are not run by default."""
 
 import nox
 
@@ -28,3 +29,15 @@ def browser(session: nox.Session) -> None:
     """The dashboard in real headless Chromium; needs /usr/bin/chromium and chromedriver."""
     session.install(".[test,browser]")
     session.run("pytest", "tests/browser", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against real server processes; writes docs/benchmarks.md and .json.
+
+    `nox -s bench -- --quick` is CI-sized and `-- --only fanout` runs one scenario;
+    both write to build/bench/ instead.
+    """
+    session.install(".[bench]")
+    typed = " ".join(["nox -s bench", *(["--", *session.posargs] if session.posargs else [])])
+    session.run("python", "-m", "bench.run", *session.posargs, env={"BENCH_COMMAND": typed})

@@ -1,0 +1,1 @@
+"""Reference servers the benchmark compares trio-ws with."""

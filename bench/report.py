@@ -1,0 +1,631 @@
+"""docs/benchmarks.md from the figures of one run (and docs/benchmarks.json beside it).
+
+Everything in the page is computed from the JSON, so
+``python -m bench.report docs/benchmarks.json`` rewrites the page from the
+committed figures. Targets (issue 6) are judged here, each against the
+figure it names, and a scenario that failed or did not run says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+CPU_TARGET_US: Final = 10.0
+THROUGHPUT_TARGET: Final = 1.0
+RATE_P99_TARGET_MS: Final = 25.0
+IDLE_TARGET_KIB: Final = 16.0
+STALL_TARGET_MS: Final = 1.0
+POLL_SLACK_MS: Final = 50.0
+READS_GROWTH: Final = 1.1
+"""Reads/s with many subscribers may exceed reads/s with one by this factor (timer jitter)."""
+
+Results = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Target:
+    target: str
+    trio_ws: str
+    peer: str
+    met: bool | None  # None: not measured in this run
+    inconclusive: bool = False  # measured, but identical runs differ by more than the target
+
+
+def write(results: Results, out: Path) -> list[Path]:
+    """Write benchmarks.json and benchmarks.md into ``out``; returns both paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    data, page = out / "benchmarks.json", out / "benchmarks.md"
+    data.write_text(json.dumps(results, indent=2) + "\n")
+    page.write_text(render(results))
+    return [page, data]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        return f"{value:,.3f}".rstrip("0").rstrip(".") if abs(value) < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def _num(value: float | None, unit: str = "", digits: int = 2) -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def _scenario(results: Results, name: str) -> Results | None:
+    found = results.get("scenarios", {}).get(name)
+    if not isinstance(found, dict) or "error" in found:
+        return None
+    return found
+
+
+def _missing(results: Results, name: str) -> str:
+    found = results.get("scenarios", {}).get(name)
+    if isinstance(found, dict) and "error" in found:
+        return "failed: see below"
+    return "not run"
+
+
+# -- targets -----------------------------------------------------------------------------
+
+
+def targets(results: Results) -> list[Target]:
+    return [
+        *_fanout_targets(results),
+        *_rate_targets(results),
+        _idle_target(results),
+        *_slow_targets(results),
+        *_polling_targets(results),
+    ]
+
+
+def _largest(runs: Sequence[Results], server: str) -> Results | None:
+    mine = [run for run in runs if run["server"] == server]
+    return max(mine, key=lambda run: run["subscribers"]) if mine else None
+
+
+def _fanout_targets(results: Results) -> list[Target]:
+    fanout = _scenario(results, "fanout")
+    if fanout is None:
+        why = _missing(results, "fanout")
+        return [
+            Target(
+                f"server CPU per delivery <= {CPU_TARGET_US:g} µs at 1000 subscribers",
+                why,
+                "",
+                None,
+            ),
+            Target("throughput >= 1.0x the peer's at 1000 subscribers", why, "", None),
+        ]
+    ours, peer = _largest(fanout["runs"], "trio-ws"), _largest(fanout["runs"], "peer")
+    assert ours is not None
+    size = ours["subscribers"]
+    cpu = ours["server_cpu_us_per_delivery"]
+    peer_cpu = peer["server_cpu_us_per_delivery"] if peer else None
+    ratio = next((r["throughput"] for r in fanout["ratios"] if r["subscribers"] == size), None)
+    return [
+        Target(
+            f"server CPU per delivery <= {CPU_TARGET_US:g} µs at {size:,} subscribers",
+            _num(cpu, " µs"),
+            _num(peer_cpu, " µs"),
+            None if cpu is None else cpu <= CPU_TARGET_US,
+        ),
+        Target(
+            f"throughput >= {THROUGHPUT_TARGET:g}x the peer's at {size:,} subscribers",
+            f"{_num(ratio, 'x')} ({_num(ours['deliveries_per_s'], '/s', 0)})",
+            _num(peer["deliveries_per_s"], "/s", 0) if peer else "—",
+            None if ratio is None else ratio >= THROUGHPUT_TARGET,
+        ),
+    ]
+
+
+RATE_RUNS: Final = (
+    ("batched", "producer batching every 50 ms, as `trio-ws run`"),
+    ("per_event", "one event per producer message"),
+)
+
+
+def _rate_targets(results: Results) -> list[Target]:
+    found = _scenario(results, "rate")
+    if found is None:
+        name = f"p99 <= {RATE_P99_TARGET_MS:g} ms at 1000 subscribers x 100 events/s"
+        return [Target(name, _missing(results, "rate"), "", None)]
+    judged = []
+    for key, how in RATE_RUNS:
+        run = found[key]
+        p99 = run["latency"].get("p99_ms")
+        complete = run["deliveries"] == run["expected_deliveries"]
+        judged.append(
+            Target(
+                f"p99 <= {RATE_P99_TARGET_MS:g} ms at {run['subscribers']:,} subscribers x "
+                f"{run['rate']:g} events/s, {how}",
+                _num(p99, " ms") + ("" if complete else " (deliveries incomplete)"),
+                "",
+                p99 is not None and p99 <= RATE_P99_TARGET_MS and complete,
+            )
+        )
+    return judged
+
+
+def _idle_target(results: Results) -> Target:
+    found = _scenario(results, "idle")
+    if found is None:
+        name = f"idle RSS <= {IDLE_TARGET_KIB:g} KiB per subscriber at 10,000"
+        return Target(name, _missing(results, "idle"), "", None)
+    ours = found["trio-ws"]
+    peer = found.get("peer")
+    return Target(
+        f"idle RSS <= {IDLE_TARGET_KIB:g} KiB per subscriber at {ours['subscribers']:,}",
+        _num(ours["rss_per_subscriber_kib"], " KiB", 1),
+        _num(peer["rss_per_subscriber_kib"], " KiB", 1) if peer else "",
+        ours["rss_per_subscriber_kib"] <= IDLE_TARGET_KIB,
+    )
+
+
+def _slow_targets(results: Results) -> list[Target]:
+    found = _scenario(results, "slow")
+    if found is None:
+        why = _missing(results, "slow")
+        name = f"a stalled subscriber moves the others' p99 by <= {STALL_TARGET_MS:g} ms"
+        return [Target(name, why, "", None), Target("it holds a bounded buffer", why, "", None)]
+    without, with_stall = _p99s(found, False), _p99s(found, True)
+    moved = stall_shift_ms(found)
+    noise = max(_spread(without), _spread(with_stall))
+    stalled = [run["held"] for run in found["runs"] if run["stalled"]]
+    growth = max(entry["grew_in_second_half_bytes"] for entry in stalled)
+    held = max(entry["kernel_bytes_max"] for entry in stalled)
+    return [
+        Target(
+            f"a stalled subscriber moves the others' p99 by <= {STALL_TARGET_MS:g} ms",
+            f"{_num(moved, ' ms')} (p99 without: {_ms_list(without)}; with: "
+            f"{_ms_list(with_stall)}; identical runs differ by up to {noise:,.1f} ms)",
+            "",
+            None if moved is None else moved <= STALL_TARGET_MS,
+            inconclusive=noise > STALL_TARGET_MS,
+        ),
+        Target(
+            "a stalled subscriber holds a bounded buffer",
+            f"{held / 1024:,.0f} KiB in kernel queues at most; grew "
+            f"{growth / 1024:,.0f} KiB in the second half of the run",
+            "",
+            growth == 0,
+        ),
+    ]
+
+
+def _p99s(found: Results, stalled: bool) -> list[float]:
+    return [
+        float(run["latency"]["p99_ms"])
+        for run in found["runs"]
+        if run["stalled"] is stalled and "p99_ms" in run["latency"]
+    ]
+
+
+def _spread(values: Sequence[float]) -> float:
+    return max(values) - min(values) if values else 0.0
+
+
+def _ms_list(values: Sequence[float]) -> str:
+    return ", ".join(f"{value:,.1f}" for value in values) + " ms" if values else "—"
+
+
+def stall_shift_ms(found: Results) -> float | None:
+    """Mean readers' p99 with the stalled subscriber minus the mean without it."""
+    without, with_stall = _p99s(found, False), _p99s(found, True)
+    if not without or not with_stall:
+        return None
+    return round(sum(with_stall) / len(with_stall) - sum(without) / len(without), 3)
+
+
+def _polling_targets(results: Results) -> list[Target]:
+    found = _scenario(results, "polling")
+    if found is None:
+        why = _missing(results, "polling")
+        return [
+            Target("database reads do not grow with subscribers", why, "", None),
+            Target("change-to-event <= poll interval + 50 ms", why, "", None),
+        ]
+    reads = sorted(found["reads_per_s"].items(), key=lambda item: int(item[0]))
+    (few, few_rate), (many, many_rate) = reads[0], reads[-1]
+    limit_ms = found["poll_interval_s"] * 1000 + POLL_SLACK_MS
+    changes = sorted(found["change_to_event"].items(), key=lambda item: int(item[0]))
+    worst = max(float(change["max_ms"]) for _, change in changes)
+    shown = "; ".join(
+        f"with {int(size):,}: max {_num(change['max_ms'], ' ms', 1)}, "
+        f"p50 {_num(change['p50_ms'], ' ms', 1)}"
+        for size, change in changes
+    )
+    return [
+        Target(
+            "database reads do not grow with subscribers",
+            f"{few_rate:g}/s with {int(few):,}, {many_rate:g}/s with {int(many):,}",
+            "",
+            many_rate <= few_rate * READS_GROWTH,
+        ),
+        Target(
+            f"change-to-event <= poll interval + {POLL_SLACK_MS:g} ms ({limit_ms:,.0f} ms)",
+            shown,
+            "",
+            worst <= limit_ms,
+        ),
+    ]
+
+
+# -- the page ------------------------------------------------------------------------------
+
+
+def limit_of(run: Results) -> str:
+    """What set the pace of a window, as far as CPU use shows."""
+    found = []
+    if run["server_cores"] >= 0.9:
+        found.append("server CPU")
+    if run["client_cpus_busy"] >= 0.9 * run.get("client_cpus", 1):
+        found.append("client CPU")
+    return ", ".join(found) or "—"
+
+
+def _latency(summary: Results, key: str) -> float | None:
+    value = summary.get(key)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+def render(results: Results) -> str:
+    client_cpus = results.get("machine", {}).get("client_cpus") or 1
+    parts = [_header(results), _machine(results), _targets_section(results)]
+    parts.append(_fanout(results, client_cpus))
+    parts.append(_rate(results))
+    parts.append(_idle(results))
+    parts.append(_slow(results))
+    parts.append(_polling(results))
+    parts.append(_errors(results))
+    parts.append(METHOD)
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+def _header(results: Results) -> str:
+    mode = results.get("mode", "?")
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured {results.get('started', '?')} in a **{mode}** run that took "
+        f"{results.get('duration_s', 0):,.0f} s, with",
+        "",
+        f"    {results.get('command', '?')}",
+        "",
+        "Rerun with `nox -s bench` (all scenarios at full size, writes this page and "
+        "[benchmarks.json](benchmarks.json)), `nox -s bench -- --quick` (CI-sized, writes "
+        "build/bench/) or `nox -s bench -- --only fanout` (one scenario).",
+    ]
+    if mode != "full":
+        lines += ["", "**Not a full run**: sizes are smaller than the targets name."]
+    return "\n".join(lines)
+
+
+def _machine(results: Results) -> str:
+    found = results.get("machine", {})
+    rows = [
+        ("CPU", f"{found.get('cpu_model')} ({found.get('cpus')} cores)"),
+        ("memory", f"{found.get('memory_gib')} GiB"),
+        ("OS", f"{found.get('os')} (kernel {found.get('kernel')})"),
+        ("Python", found.get("python")),
+        (
+            "trio / trio-websocket / websockets",
+            f"{found.get('trio')} / {found.get('trio_websocket')} / {found.get('websockets')}",
+        ),
+        ("trio-ws checkout", found.get("trio_ws_commit")),
+        ("CPU placement", found.get("placement")),
+        ("open-file limit (raised to the hard limit)", found.get("nofile_limit")),
+    ]
+    return "## Machine\n\n" + table(("", ""), rows)
+
+
+def _targets_section(results: Results) -> str:
+    rows = [
+        (t.target, t.trio_ws, t.peer or "", "inconclusive: noise" if t.inconclusive else t.met)
+        for t in targets(results)
+    ]
+    return "## Targets\n\n" + table(("target", "trio-ws", "peer", "met"), rows)
+
+
+def _fanout(results: Results, client_cpus: int) -> str:
+    found = _scenario(results, "fanout")
+    if found is None:
+        return f"## Fan-out at full speed\n\n{_missing(results, 'fanout')}."
+    throughput_headers = (
+        "subscribers", "server", "events/s", "deliveries/s", "delivered",
+        "server CPU µs/delivery", "server cores", "client CPUs busy",
+        "loadgen cores (busiest)", "limit",
+    )  # fmt: skip
+    latency_headers = (
+        "subscribers", "server", "send→receive p50 ms", "p99 ms", "event→receive p50 ms",
+        "p99 ms", "missed", "resyncs", "longest ack wait s",
+    )  # fmt: skip
+    throughput, latency = [], []
+    for run in found["runs"]:
+        run = {**run, "client_cpus": client_cpus}
+        throughput.append(
+            (
+                run["subscribers"],
+                run["server"],
+                run.get("events_per_s"),
+                run["deliveries_per_s"],
+                run.get("delivered_fraction"),
+                run["server_cpu_us_per_delivery"],
+                run["server_cores"],
+                f"{_cell(run['client_cpus_busy'])} of {client_cpus}",
+                f"{_cell(run['loadgen_cores_total'])} ({_cell(run['loadgen_cores_max_process'])})",
+                limit_of(run),
+            )
+        )
+        from_event = run["latency_from_event_timestamp"]
+        latency.append(
+            (
+                run["subscribers"],
+                run["server"],
+                _latency(run["latency"], "p50_ms"),
+                _latency(run["latency"], "p99_ms"),
+                _latency(from_event, "p50_ms"),
+                _latency(from_event, "p99_ms"),
+                run["missed"],
+                run["resyncs"],
+                run["producer"]["longest_ack_wait_s"],
+            )
+        )
+    ratio_rows = [
+        (r["subscribers"], r["throughput"], r["cpu_per_delivery"], r["p99_latency"])
+        for r in found["ratios"]
+    ]
+    plan = results["plan"]
+    sizes = {run["mean_event_bytes"] for run in found["runs"] if run["mean_event_bytes"]}
+    size_text = " to ".join(f"{size:g}" for size in (min(sizes), max(sizes))) if sizes else "?"
+    return "\n\n".join(
+        [
+            "## Fan-out at full speed",
+            "One project. The producer sends 64-line batches through the publish endpoint as "
+            "fast as the server acknowledges them: it keeps about 0.3 s of the server's own "
+            f"acknowledged rate in flight (at most {plan['window']:,} items). Every subscriber "
+            f"counts each `log` event it receives. Window {plan['fanout_seconds']:g} s after "
+            f"{plan['fanout_warmup']:g} s of warm-up; events are {size_text} bytes of JSON. "
+            "*delivered* is deliveries / (events x subscribers) in the window (above 1: "
+            "subscribers drained a backlog from before it; below 1: they fell behind).",
+            table(throughput_headers, throughput),
+            "Latency at full speed is mostly queueing: *send→receive* starts when the "
+            "producer stamped the batch, so it includes the producer's in-flight window; "
+            "*event→receive* starts at the server's own `timestamp` in the event (1 ms "
+            "resolution), so it is the fan-out alone. *longest ack wait* is the longest the "
+            "producer waited for an acknowledgement with items in flight: a stalled event "
+            "loop shows there.",
+            table(latency_headers, latency),
+            "### trio-ws / peer, same run",
+            table(
+                ("subscribers", "throughput", "CPU per delivery", "p99 send→receive"), ratio_rows
+            ),
+        ]
+    )
+
+
+def _rate(results: Results) -> str:
+    found = _scenario(results, "rate")
+    if found is None:
+        return f"## Steady rate\n\n{_missing(results, 'rate')}."
+    headers = (
+        "producer", "subscribers", "events/s", "deliveries", "send→receive p50 ms", "p99 ms",
+        "max ms", "event→receive p50 ms", "p99 ms", "server cores", "CPU µs/delivery",
+        "longest ack wait s",
+    )  # fmt: skip
+    rows = []
+    for key, how in RATE_RUNS:
+        run = found[key]
+        latency, from_event = run["latency"], run["latency_from_event_timestamp"]
+        rows.append(
+            (
+                how,
+                run["subscribers"],
+                run["rate"],
+                f"{run['deliveries']:,} of {run['expected_deliveries']:,}",
+                latency.get("p50_ms"),
+                latency.get("p99_ms"),
+                latency.get("max_ms"),
+                from_event.get("p50_ms"),
+                from_event.get("p99_ms"),
+                run["server_cores"],
+                run["server_cpu_us_per_delivery"],
+                run["longest_ack_wait_s"],
+            )
+        )
+    text = (
+        "Every delivery is sampled. *send→receive* runs from the producer's send to the "
+        "subscriber's receive; *event→receive* from the server's `timestamp` in the event, "
+        "so the difference is time the producer's messages waited before the server read "
+        "them."
+    )
+    return "## Steady rate\n\n" + table(headers, rows) + "\n\n" + text
+
+
+def _idle(results: Results) -> str:
+    found = _scenario(results, "idle")
+    if found is None:
+        return f"## Idle subscribers\n\n{_missing(results, 'idle')}."
+    rows = []
+    for kind in ("trio-ws", "peer"):
+        run = found.get(kind)
+        if run is None:
+            continue
+        rows.append(
+            (
+                kind,
+                run["subscribers"],
+                run["rss_before_mib"],
+                run["rss_after_mib"],
+                run["rss_per_subscriber_kib"],
+                run["connect_all_s"],
+                run["connects_per_s"],
+                run["idle_server_cores"],
+            )
+        )
+    headers = (
+        "server",
+        "subscribers",
+        "RSS before MiB",
+        "RSS after MiB",
+        "KiB per subscriber",
+        "connect all s",
+        "connects/s",
+        "idle server cores",
+    )
+    limits = found["limits"]
+    note = (
+        f"Open-file limit {limits['nofile_soft']:,} (hard {limits['nofile_hard']:,}); each "
+        "process raises its soft limit to the hard one."
+    )
+    return "## Idle subscribers\n\n" + table(headers, rows) + "\n\n" + note
+
+
+def _slow(results: Results) -> str:
+    found = _scenario(results, "slow")
+    if found is None:
+        return f"## One stalled subscriber\n\n{_missing(results, 'slow')}."
+    rows = []
+    for run in found["runs"]:
+        stalled = run.get("held") or {}
+        rows.append(
+            (
+                "with" if run["stalled"] else "without",
+                run["latency"].get("p50_ms"),
+                run["latency"].get("p99_ms"),
+                run["latency"].get("max_ms"),
+                f"{run['deliveries']:,} of {run['expected_deliveries']:,}",
+                run["server_counters"].get("fell_behind"),
+                run["server_counters"].get("aborted"),
+                f"{stalled['kernel_bytes_max'] / 1024:,.0f}" if stalled else None,
+                stalled.get("server_rss_growth_mib"),
+            )
+        )
+    headers = (
+        "stalled subscriber", "readers' p50 ms", "readers' p99 ms", "max ms", "deliveries",
+        "fell behind", "aborted", "stalled: kernel-held KiB (max)", "server RSS growth MiB",
+    )  # fmt: skip
+    last = [run["held"] for run in found["runs"] if run["stalled"]][-1]
+    series = ", ".join(
+        f"{s['t']:g} s: {(s['server_send_queue'] + s['client_receive_queue']) / 1024:,.0f}"
+        for s in last["samples"]
+    )
+    text = (
+        f"{found['readers']} readers at {found['rate']:g} events/s (the producer batching "
+        "every 50 ms), runs without and with one more subscriber that completes the upgrade "
+        "and then never reads, alternated so the run-to-run noise of p99 shows. What the "
+        "stalled connection holds in the kernel (server send queue plus its own receive "
+        f"queue), in KiB, over the last run: {series}. *fell behind* is the server's count "
+        "of subscribers whose queue overflowed; past that point the server holds nothing "
+        "more for it than its place in the shared history."
+    )
+    return "## One stalled subscriber\n\n" + table(headers, rows) + "\n\n" + text
+
+
+def _polling(results: Results) -> str:
+    found = _scenario(results, "polling")
+    if found is None:
+        return f"## Polling\n\n{_missing(results, 'polling')}."
+    rows = []
+    for size, rate in sorted(found["reads_per_s"].items(), key=lambda item: int(item[0])):
+        change = found["change_to_event"][size]
+        rows.append(
+            (
+                int(size),
+                rate,
+                change.get("p50_ms"),
+                change.get("max_ms"),
+                ", ".join(f"{value:g}" for value in change.get("samples_ms", [])),
+            )
+        )
+    headers = (
+        "subscribers", "database reads/s", "change→event p50 ms", "max ms", "each commit, ms",
+    )  # fmt: skip
+    text = (
+        f"Poll interval {found['poll_interval_s']:g} s. Reads are counted by the server's "
+        "`trio_ws_poll_duration_seconds_count`; failed reads: "
+        f"{found['read_errors']:g}. Each commit lands at a random moment of the poll cycle."
+    )
+    return "## Polling\n\n" + table(headers, rows) + "\n\n" + text
+
+
+def _errors(results: Results) -> str:
+    failed = [
+        (name, found["error"])
+        for name, found in results.get("scenarios", {}).items()
+        if isinstance(found, dict) and "error" in found
+    ]
+    if not failed:
+        return ""
+    return "## Failures\n\n" + "\n".join(f"- **{name}**: {error}" for name, error in failed)
+
+
+METHOD: Final = """## How it is measured
+
+- Every figure comes from separate processes on this machine talking over 127.0.0.1: the
+  server under test (`trio-ws serve --poll-interval 1`, or the peer), one producer
+  process, and subscriber processes holding up to 250 connections each (1,000 for idle
+  runs). The orchestrator (`bench/run.py`) reads every process's CPU time
+  (`/proc/PID/stat`), RSS (`/proc/PID/status`) and each CPU's busy time (`/proc/stat`)
+  itself, at the same two marks that bound each window.
+- **CPU placement**: both servers run their event loop in one thread, so the server under
+  test gets one CPU to itself and everything else (orchestrator, producer, subscribers) shares the
+  others. A busy client then cannot take CPU from the server it measures, and a client
+  that cannot keep up shows as *client CPUs busy* near its CPU count (the *limit* column
+  names what was saturated: server CPU near 1 core, client CPUs near all busy).
+- **Peer**: `bench/peers/broadcast_server.py`, python-websockets' asyncio server with its
+  defaults and `broadcast()` per event, speaking just enough of the protocol (hello;
+  welcome and an ack every 100 ms to the producer) for the same clients. It does no
+  parsing, redaction, history or snapshots and never waits for a slow subscriber.
+- **Subscribers** are a minimal RFC 6455 client (`bench/wire.py`): upgrade, then read
+  server frames in place and find the bench line's counter and send time without
+  decoding the JSON (under 1 µs per frame), answer pings. Neither side negotiates
+  compression. The same client code reads both servers.
+- **Latency**: the subscriber's `time.time()` when the frame's bytes arrived minus the
+  producer's `time.time()` just before it sent the batch (one clock on one machine), and
+  minus the event's own server `timestamp`. p50/p99 are nearest-rank over sampled
+  deliveries: every delivery in paced runs, 1 in 16 at full speed (spread over the
+  subscribers), thinned evenly if a process would hold over 200,000 samples.
+- **Missed** counts events a subscriber never got (gaps in the event counter);
+  **resyncs** counts `resync` messages (trio-ws sends one when a subscriber fell further
+  behind than the held history).
+- **Stalled subscriber**: a raw socket with a 4 KiB receive buffer that completes the
+  upgrade and then never reads; what it holds is read from `/proc/net/tcp` (the server
+  socket's send queue and the client socket's receive queue) every 0.5 s.
+- **Polling**: reads are `trio_ws_poll_duration_seconds_count{project="bench"}` from
+  `GET /metrics`; change-to-event commits an `UPDATE` to the project's `features.db`
+  at a random moment and times the `progress` event that reports it.
+- Each scenario starts a fresh server; every run is bounded in time and every process it
+  starts is stopped when it ends."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report path/to/benchmarks.json", file=sys.stderr)
+        return 2
+    source = Path(args[0])
+    results = json.loads(source.read_text())
+    (source.parent / "benchmarks.md").write_text(render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,586 @@
+"""The benchmark scenarios of issue 6; each returns plain JSON-ready figures.
+
+A measured window is bounded by two marks. At each mark the orchestrator
+tells every subscriber process to read its counters, reads the CPU time of
+the server, the producer and every load generator from /proc, and the
+machine's busy time from /proc/stat. Figures are differences between the
+marks, so start-up, connecting and warm-up never count.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from websockets.sync.client import ClientConnection
+from websockets.sync.client import connect as sync_connect
+
+from bench import harness
+from bench.harness import BenchError, Child, Kind, StalledSocket, Subscribers, Target
+from bench.stats import (
+    busy_cores,
+    cpu_seconds,
+    cpu_ticks,
+    merge_samples,
+    rss_bytes,
+    summarize_ms,
+    tcp_queues,
+)
+
+TAIL: Final = 1.0
+"""The full-speed producer keeps going this long after the window closes."""
+PRODUCER_SLACK: Final = 90.0
+PRODUCER_TICK: Final = 0.05
+"""At a steady rate the producer sends what is due every 50 ms, as `trio-ws run` does."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes and durations of one benchmark run."""
+
+    mode: str
+    fanout_sizes: tuple[int, ...]
+    fanout_warmup: float
+    fanout_seconds: float
+    rate_subscribers: int
+    rate: float
+    rate_seconds: float
+    idle_subscribers: int
+    idle_peer: bool
+    slow_readers: int
+    slow_rate: float
+    slow_seconds: float
+    slow_repeats: int
+    polling_many: int
+    polling_seconds: float
+    change_samples: int
+    poll_interval: float = 1.0
+    per_process: int = 250
+    fanout_stride: int = 16
+    idle_per_process: int = 1000
+    batch: int = 64
+    window: int = 50_000
+    line_size: int = 125
+
+
+FULL: Final = Plan(
+    mode="full",
+    fanout_sizes=(1, 10, 100, 1000),
+    fanout_warmup=2.0,
+    fanout_seconds=8.0,
+    rate_subscribers=1000,
+    rate=100.0,
+    rate_seconds=20.0,
+    idle_subscribers=10_000,
+    idle_peer=True,
+    slow_readers=100,
+    slow_rate=200.0,
+    slow_seconds=10.0,
+    slow_repeats=3,
+    polling_many=1000,
+    polling_seconds=10.0,
+    change_samples=10,
+)
+
+QUICK: Final = Plan(
+    mode="quick",
+    fanout_sizes=(1, 10, 100),
+    fanout_warmup=1.0,
+    fanout_seconds=3.0,
+    rate_subscribers=200,
+    rate=100.0,
+    rate_seconds=5.0,
+    idle_subscribers=1000,
+    idle_peer=False,
+    slow_readers=100,
+    slow_rate=200.0,
+    slow_seconds=4.0,
+    slow_repeats=1,
+    polling_many=100,
+    polling_seconds=4.0,
+    change_samples=5,
+)
+
+
+# -- marks and windows ---------------------------------------------------------------
+
+
+@dataclass
+class Mark:
+    t: float
+    server_cpu: float
+    loadgen_cpu: list[float]
+    producer_cpu: float | None
+    machine: dict[int, tuple[int, int]]
+    subscribers: list[dict[str, Any]]
+    produced: dict[str, Any] | None
+
+
+def mark(found: Target, subs: Subscribers, word: str, prod: Child | None = None) -> Mark:
+    """Tell every subscriber process ``word`` (start/stop) and read every process's CPU."""
+    for child in subs.children:
+        child.send(word)
+    if prod is not None:
+        prod.send("mark")
+    now = time.time()
+    server_cpu = cpu_seconds(found.pid)
+    loadgen_cpu = [cpu_seconds(pid) for pid in subs.pids]
+    producer_cpu = cpu_seconds(prod.pid) if prod is not None else None
+    machine = cpu_ticks()
+    answers = [child.read(30.0) for child in subs.children]
+    produced = prod.read(30.0) if prod is not None else None
+    return Mark(now, server_cpu, loadgen_cpu, producer_cpu, machine, answers, produced)
+
+
+def window_figures(
+    found: Target, subscribers: int, m0: Mark, m1: Mark, reports: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Everything measured between two marks, plus the latency samples kept in between."""
+    seconds = m1.t - m0.t
+
+    def delta(key: str) -> int:
+        return sum(b[key] - a[key] for a, b in zip(m0.subscribers, m1.subscribers, strict=True))
+
+    deliveries = delta("deliveries")
+    rate = sum(
+        (b["deliveries"] - a["deliveries"]) / (b["t"] - a["t"])
+        for a, b in zip(m0.subscribers, m1.subscribers, strict=True)
+    )
+    server_cpu = m1.server_cpu - m0.server_cpu
+    loadgen = [b - a for a, b in zip(m0.loadgen_cpu, m1.loadgen_cpu, strict=True)]
+    placement = harness.PLACEMENT
+    samples, from_server = (
+        merge_samples(
+            (r["sampler"]["stride"], r["sampler"]["keys"], r["sampler"][column]) for r in reports
+        )
+        for column in ("values", "server_values")
+    )
+    figures: dict[str, Any] = {
+        "server": found.kind,
+        "subscribers": subscribers,
+        "window_s": round(seconds, 3),
+        "deliveries": deliveries,
+        "deliveries_per_s": round(rate, 1),
+        "server_cpu_s": round(server_cpu, 3),
+        "server_cores": round(server_cpu / seconds, 3),
+        "server_cpu_us_per_delivery": (
+            round(server_cpu / deliveries * 1e6, 2) if deliveries else None
+        ),
+        "mean_event_bytes": round(delta("bytes") / deliveries, 1) if deliveries else None,
+        "missed": delta("missed"),
+        "disorder": delta("disorder"),
+        "resyncs": delta("resyncs"),
+        "latency": summarize_ms(samples),
+        "latency_from_event_timestamp": summarize_ms(from_server),
+        "latency_stride": max((r["sampler"]["stride"] for r in reports), default=1),
+        "loadgen_processes": len(loadgen),
+        "loadgen_cores_total": round(sum(loadgen) / seconds, 3),
+        "loadgen_cores_max_process": round(max(loadgen, default=0.0) / seconds, 3),
+        "server_cpus_busy": round(busy_cores(m0.machine, m1.machine, placement.server), 2),
+        "client_cpus_busy": round(busy_cores(m0.machine, m1.machine, placement.clients), 2),
+        "pinned": placement.enabled,
+        "closes": _merged(r["closes"] for r in reports),
+        "errors": [error for r in reports for error in r["errors"]][:5],
+    }
+    if m0.producer_cpu is not None and m1.producer_cpu is not None:
+        figures["producer_cores"] = round((m1.producer_cpu - m0.producer_cpu) / seconds, 3)
+    if m0.produced is not None and m1.produced is not None:
+        events = m1.produced["acked"] - m0.produced["acked"]
+        figures["events_per_s"] = round(events / (m1.produced["t"] - m0.produced["t"]), 1)
+        expected = events * subscribers
+        figures["delivered_fraction"] = round(deliveries / expected, 3) if expected else None
+    return figures
+
+
+def _merged(counters: Iterable[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for counter in counters:
+        for key, value in counter.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def trio_ws_counters(found: Target) -> dict[str, float]:
+    """The hub's own counters from /metrics, to set beside what the clients counted."""
+    if found.kind != "trio-ws":
+        return {}
+    names = {
+        "deliveries": "trio_ws_deliveries_total",
+        "fell_behind": "trio_ws_subscribers_fell_behind_total",
+        "catch_ups": "trio_ws_catch_ups_total",
+        "resyncs": "trio_ws_resyncs_total",
+        "aborted": "trio_ws_subscribers_aborted_total",
+    }
+    return {key: found.metric(name) for key, name in names.items()}
+
+
+# -- fan-out at full speed -----------------------------------------------------------------
+
+
+def fanout(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """Full-speed fan-out against trio-ws and the peer, size by size, and their ratios."""
+    runs = []
+    for size in plan.fanout_sizes:
+        for kind in ("trio-ws", "peer"):
+            runs.append(fanout_one(kind, size, plan, run_dir / f"fanout-{kind}-{size}"))
+    return {"runs": runs, "ratios": ratios(runs)}
+
+
+def fanout_one(kind: Kind, size: int, plan: Plan, logs: Path) -> dict[str, Any]:
+    logs.mkdir(parents=True)
+    duration = plan.fanout_warmup + plan.fanout_seconds + TAIL
+    with ExitStack() as stack:
+        found = stack.enter_context(harness.target(kind, logs / "server", logs))
+        subs = stack.enter_context(
+            harness.subscribers(found, size, plan.per_process, logs, stride=plan.fanout_stride)
+        )
+        subs.connect()
+        with harness.producer(
+            found,
+            logs,
+            duration=duration,
+            batch=plan.batch,
+            window=plan.window,
+            line_size=plan.line_size,
+        ) as prod:
+            prod.read(harness.START_TIMEOUT)
+            time.sleep(plan.fanout_warmup)
+            m0 = mark(found, subs, "start", prod)
+            time.sleep(plan.fanout_seconds)
+            m1 = mark(found, subs, "stop", prod)
+            done = prod.read(duration + PRODUCER_SLACK)
+            prod.wait(harness.STOP_TIMEOUT)
+        server_rss = rss_bytes(found.pid)
+        counters = trio_ws_counters(found)
+        reports = subs.report()
+    figures = window_figures(found, size, m0, m1, reports)
+    figures["server_rss_mib_end"] = round(server_rss / 2**20, 1)
+    figures["producer"] = {
+        key: done[key] for key in ("sent", "acked", "warnings", "longest_ack_wait_s")
+    }
+    figures["server_counters"] = counters
+    return figures
+
+
+def ratios(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """trio-ws / peer for each size run against both, from this run's figures."""
+    by = {(run["server"], run["subscribers"]): run for run in runs}
+    found = []
+    for (server, size), ours in sorted(by.items()):
+        peer = by.get(("peer", size))
+        if server != "trio-ws" or peer is None:
+            continue
+        found.append(
+            {
+                "subscribers": size,
+                "throughput": _ratio(ours["deliveries_per_s"], peer["deliveries_per_s"]),
+                "cpu_per_delivery": _ratio(
+                    ours["server_cpu_us_per_delivery"], peer["server_cpu_us_per_delivery"]
+                ),
+                "p99_latency": _ratio(ours["latency"].get("p99_ms"), peer["latency"].get("p99_ms")),
+            }
+        )
+    return found
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or not theirs:
+        return None
+    return round(ours / theirs, 3)
+
+
+# -- paced runs: a fixed number of events at a fixed rate --------------------------------
+
+
+def paced(
+    found: Target,
+    subs: Subscribers,
+    logs: Path,
+    *,
+    count: int,
+    rate: float,
+    tick: float = PRODUCER_TICK,
+    while_producing: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Send ``count`` events at ``rate``/s, what is due every ``tick`` s in one message
+    (rate 0: full speed); every subscriber must get every event."""
+    m0 = mark(found, subs, "start")
+    budget = (count / rate if rate else 10.0) + PRODUCER_SLACK
+    batch = 256 if rate else 64
+    with harness.producer(found, logs, count=count, rate=rate, tick=tick, batch=batch) as prod:
+        prod.read(harness.START_TIMEOUT)
+        deadline = time.monotonic() + budget
+        while (line := prod.poll_line(0.5)) is None:
+            if while_producing is not None:
+                while_producing()
+            if time.monotonic() > deadline:
+                raise BenchError(f"the producer did not finish {count} events in {budget:g} s")
+        done = json.loads(line)
+        prod.wait(harness.STOP_TIMEOUT)
+    drained = subs.broadcast(f"drain {done['acked']} 30", timeout=60.0)
+    m1 = mark(found, subs, "stop")
+    counters = trio_ws_counters(found)
+    reports = subs.report()
+    figures = window_figures(found, sum(subs.counts), m0, m1, reports)
+    figures["events"] = done["sent"]
+    figures["expected_deliveries"] = done["sent"] * sum(subs.counts)
+    figures["drained"] = all(answer["ok"] for answer in drained)
+    figures["producer_seconds"] = round(done["finished"] - done["started"], 3)
+    figures["producer_tick_s"] = tick if rate else None
+    figures["longest_ack_wait_s"] = done["longest_ack_wait_s"]
+    figures["server_counters"] = counters
+    return figures
+
+
+def rate(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """Many subscribers at a steady rate: the latency a dashboard sees, with the producer
+    batching every 50 ms as `trio-ws run` does, and sending each event on its own."""
+    return {
+        "batched": rate_one(plan, run_dir / "rate-batched", PRODUCER_TICK),
+        "per_event": rate_one(plan, run_dir / "rate-per-event", 1 / plan.rate),
+    }
+
+
+def rate_one(plan: Plan, logs: Path, tick: float) -> dict[str, Any]:
+    logs.mkdir(parents=True)
+    count = int(plan.rate * plan.rate_seconds)
+    with ExitStack() as stack:
+        found = stack.enter_context(harness.target("trio-ws", logs / "server", logs))
+        subs = stack.enter_context(
+            harness.subscribers(found, plan.rate_subscribers, plan.per_process, logs)
+        )
+        connected = subs.connect()
+        figures = paced(found, subs, logs, count=count, rate=plan.rate, tick=tick)
+    figures["rate"] = plan.rate
+    figures["connect_s"] = round(connected["seconds"], 3)
+    return figures
+
+
+# -- idle scale ------------------------------------------------------------------------------
+
+
+def open_watcher(found: Target) -> ClientConnection:
+    """One ordinary websockets subscriber, read synchronously by the orchestrator."""
+    ws = sync_connect(found.subscribe_url, compression=None, open_timeout=10.0)
+    hello = json.loads(ws.recv(timeout=10.0))
+    if hello.get("type") != "hello":
+        raise BenchError(f"{found.kind}: expected hello, got {hello}")
+    return ws
+
+
+def idle(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """RSS per idle subscriber and time to connect them all, for trio-ws (and the peer)."""
+    found: dict[str, Any] = {"limits": file_limits()}
+    kinds: tuple[Kind, ...] = ("trio-ws", "peer") if plan.idle_peer else ("trio-ws",)
+    for kind in kinds:
+        found[kind] = idle_one(kind, plan, run_dir / f"idle-{kind}")
+    return found
+
+
+def file_limits() -> dict[str, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return {"nofile_soft": soft, "nofile_hard": hard}
+
+
+def idle_one(kind: Kind, plan: Plan, logs: Path) -> dict[str, Any]:
+    logs.mkdir(parents=True)
+    size = plan.idle_subscribers
+    with ExitStack() as stack:
+        found = stack.enter_context(harness.target(kind, logs / "server", logs))
+        watcher = open_watcher(found)
+        stack.callback(watcher.close)
+        time.sleep(1.0)
+        before = rss_bytes(found.pid)
+        subs = stack.enter_context(
+            harness.subscribers(found, size, plan.idle_per_process, logs, tag="idle")
+        )
+        connected = subs.connect()
+        time.sleep(2.0)
+        after = rss_bytes(found.pid)
+        server_count = None
+        if kind == "trio-ws":
+            server_count = json.loads(found.get("/healthz"))["subscribers"]
+        idle_cpu_before = cpu_seconds(found.pid)
+        time.sleep(2.0)
+        idle_cpu = (cpu_seconds(found.pid) - idle_cpu_before) / 2.0
+        subs.report()
+    return {
+        "server": kind,
+        "subscribers": connected["connected"],
+        "server_reports_subscribers": server_count,
+        "connect_all_s": round(connected["seconds"], 3),
+        "connects_per_s": round(connected["connected"] / connected["seconds"], 1),
+        "rss_before_mib": round(before / 2**20, 1),
+        "rss_after_mib": round(after / 2**20, 1),
+        "rss_per_subscriber_kib": round((after - before) / connected["connected"] / 1024, 2),
+        "idle_server_cores": round(idle_cpu, 3),
+        "loadgen_processes": len(subs.children),
+    }
+
+
+# -- one subscriber that never reads --------------------------------------------------------
+
+
+def slow(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """Readers' latency without and with one stalled subscriber, alternated to see the
+    noise between runs, and what the stalled one holds."""
+    runs = []
+    for repeat in range(plan.slow_repeats):
+        for stalled in (False, True):
+            logs = run_dir / f"slow-{repeat}-{'with' if stalled else 'without'}"
+            runs.append({"stalled": stalled, **slow_one(plan, logs, stalled)})
+    return {"readers": plan.slow_readers, "rate": plan.slow_rate, "runs": runs}
+
+
+def slow_one(plan: Plan, logs: Path, stalled: bool) -> dict[str, Any]:
+    logs.mkdir(parents=True)
+    count = int(plan.slow_rate * plan.slow_seconds)
+    queue_samples: list[dict[str, float]] = []
+    with ExitStack() as stack:
+        found = stack.enter_context(harness.target("trio-ws", logs / "server", logs))
+        subs = stack.enter_context(
+            harness.subscribers(found, plan.slow_readers, plan.per_process, logs)
+        )
+        subs.connect()
+        sampler = None
+        if stalled:
+            sock = StalledSocket(found.port)
+            stack.callback(sock.close)
+            started = time.monotonic()
+
+            def sample() -> None:
+                server = tcp_queues(found.port, sock.local_port)
+                client = tcp_queues(sock.local_port, found.port)
+                queue_samples.append(
+                    {
+                        "t": round(time.monotonic() - started, 2),
+                        "server_send_queue": server.tx,
+                        "client_receive_queue": client.rx,
+                        "server_rss": rss_bytes(found.pid),
+                    }
+                )
+
+            sampler = sample
+        figures = paced(
+            found, subs, logs, count=count, rate=plan.slow_rate, while_producing=sampler
+        )
+        if sampler is not None:
+            sampler()
+    if stalled:
+        figures["held"] = stalled_figures(queue_samples)
+    return figures
+
+
+def stalled_figures(samples: Sequence[dict[str, float]]) -> dict[str, Any]:
+    """How much the stalled subscriber holds, and whether that stopped growing."""
+    if not samples:
+        raise BenchError("no queue samples of the stalled subscriber were taken")
+    held = [s["server_send_queue"] + s["client_receive_queue"] for s in samples]
+    half = len(held) // 2
+    first, second = max(held[: max(1, half)]), max(held[max(1, half) :] or held)
+    return {
+        "samples": list(samples),
+        "kernel_bytes_max": max(held),
+        "kernel_bytes_end": held[-1],
+        "server_send_queue_end": samples[-1]["server_send_queue"],
+        "client_receive_queue_end": samples[-1]["client_receive_queue"],
+        "grew_in_second_half_bytes": max(0.0, second - first),
+        "server_rss_growth_mib": round(
+            (samples[-1]["server_rss"] - samples[0]["server_rss"]) / 2**20, 2
+        ),
+    }
+
+
+# -- polling ------------------------------------------------------------------------------------
+
+
+def polling(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """Database reads per second and commit-to-event time with one subscriber, then with
+    many."""
+    logs = run_dir / "polling"
+    logs.mkdir(parents=True)
+    with ExitStack() as stack:
+        found = stack.enter_context(
+            harness.target("trio-ws", logs / "server", logs, poll_interval=plan.poll_interval)
+        )
+        watcher = open_watcher(found)
+        stack.callback(watcher.close)
+        reads = {"1": reads_per_second(found, plan.polling_seconds)}
+        changes = {"1": change_to_event(found, watcher, plan, first_feature=1)}
+        many = stack.enter_context(
+            harness.subscribers(found, plan.polling_many - 1, plan.idle_per_process, logs)
+        )
+        many.connect()
+        reads[str(plan.polling_many)] = reads_per_second(found, plan.polling_seconds)
+        changes[str(plan.polling_many)] = change_to_event(
+            found, watcher, plan, first_feature=plan.change_samples + 1
+        )
+        errors = found.metric("trio_ws_progress_read_errors_total")
+        many.report()
+    return {
+        "poll_interval_s": plan.poll_interval,
+        "reads_per_s": reads,
+        "read_errors": errors,
+        "change_to_event": changes,
+    }
+
+
+def reads_per_second(found: Target, seconds: float) -> float:
+    name = "trio_ws_poll_duration_seconds_count"
+    time.sleep(1.0)  # a poll loop that just started (or a new subscriber's prime) settles
+    start, t0 = found.metric(name), time.monotonic()
+    time.sleep(seconds)
+    end, t1 = found.metric(name), time.monotonic()
+    return round((end - start) / (t1 - t0), 3)
+
+
+def change_to_event(
+    found: Target, ws: ClientConnection, plan: Plan, first_feature: int
+) -> dict[str, Any]:
+    """Commit a change, then time the ``progress`` event that reports it; repeated.
+
+    Feature N is the Nth to pass, so the event that reports it has
+    ``passing == N``; ``ws`` has read every earlier one.
+    """
+    assert found.project_dir is not None
+    chooser = random.Random(first_feature)
+    latencies = []
+    for feature in range(first_feature, first_feature + plan.change_samples):
+        time.sleep(chooser.uniform(0.05, plan.poll_interval))  # any phase of the poll loop
+        committed = harness.pass_feature(found.project_dir, feature)
+        _await_progress(ws, lambda message: bool(message["passing"] == feature))  # noqa: B023
+        latencies.append(time.time() - committed)
+    summary: dict[str, Any] = dict(summarize_ms(latencies))
+    summary["samples_ms"] = [round(value * 1000, 1) for value in latencies]
+    return summary
+
+
+def _await_progress(
+    ws: ClientConnection, wanted: Callable[[dict[str, Any]], bool], timeout: float = 10.0
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        message = json.loads(ws.recv(timeout=left))
+        if message.get("type") == "progress" and wanted(message):
+            return dict(message)
+    raise BenchError(f"no matching progress event within {timeout:g} s")
+
+
+SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
+    "fanout": fanout,
+    "rate": rate,
+    "idle": idle,
+    "slow": slow,
+    "polling": polling,
+}
+
+
+def plan_json(plan: Plan) -> dict[str, Any]:
+    return asdict(plan)

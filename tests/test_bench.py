@@ -1,0 +1,261 @@
+"""The benchmark harness (bench/): its figures' math, its wire client, its report, and a
+tiny end-to-end run against a real `trio-ws serve` process and against the peer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
+
+from bench import harness, report, scenarios, wire
+from bench.loadgen import event_time, full_speed_window
+from bench.stats import Sampler, merge_samples, percentile, summarize_ms, tcp_queues
+
+E2E_TIMEOUT = 25
+
+# -- figures -------------------------------------------------------------------------
+
+
+def test_percentile_is_nearest_rank() -> None:
+    ordered = [float(value) for value in range(1, 101)]
+    assert [percentile(ordered, q) for q in (1, 50, 99, 100)] == [1.0, 50.0, 99.0, 100.0]
+    assert [percentile([1.0, 2.0, 3.0, 4.0], q) for q in (50, 51, 99)] == [2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize(("values", "q"), [([], 50), ([1.0], 0), ([1.0], 101)])
+def test_percentile_refuses_no_samples_and_bad_ranks(values: list[float], q: float) -> None:
+    with pytest.raises(ValueError, match="percentile"):
+        percentile(values, q)
+
+
+def test_summary_is_in_milliseconds() -> None:
+    summary = summarize_ms([0.004, 0.001, 0.002, 0.003])
+    assert summary == {"count": 4, "p50_ms": 2.0, "p99_ms": 4.0, "max_ms": 4.0, "mean_ms": 2.5}
+
+
+def test_sampler_over_its_cap_keeps_an_even_subset() -> None:
+    sampler = Sampler(cap=100, columns=2)
+    for key in range(1000):
+        sampler.add(key, key / 10, -key)
+    assert sampler.stride == 16  # 1000/8 keys would still be over the cap
+    assert list(sampler.keys) == list(range(0, 1000, 16))
+    assert list(sampler.columns[0]) == [key / 10 for key in range(0, 1000, 16)]
+    assert list(sampler.columns[1]) == [-key for key in range(0, 1000, 16)]
+
+
+def test_merged_samples_use_the_coarsest_stride() -> None:
+    fine = (1, [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.4])
+    coarse = (2, [2, 4, 6], [2.0, 4.0, 6.0])
+    assert merge_samples([fine, coarse]) == [0.2, 0.4, 2.0, 4.0, 6.0]
+
+
+def test_full_speed_window_follows_the_ack_rate() -> None:
+    assert full_speed_window(0.0, batch=64, ceiling=50_000) == 128
+    assert full_speed_window(10_000.0, batch=64, ceiling=50_000) == 3_000
+    assert full_speed_window(1e9, batch=64, ceiling=50_000) == 50_000
+
+
+async def test_tcp_queues_show_bytes_a_reader_left_unread() -> None:
+    with trio.fail_after(10):
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        server_port = listeners[0].socket.getsockname()[1]
+        client = await trio.open_tcp_stream("127.0.0.1", server_port)
+        accepted = await listeners[0].accept()
+        payload = b"x" * 10_000
+        await accepted.send_all(payload)
+        client_port = client.socket.getsockname()[1]
+        sent = tcp_queues(server_port, client_port)
+        held = tcp_queues(client_port, server_port)
+        await client.aclose()
+        await accepted.aclose()
+        await listeners[0].aclose()
+    assert sent.tx + held.rx >= len(payload)
+    assert held.tx == 0
+
+
+# -- the wire client ---------------------------------------------------------------------
+
+
+def server_frame(payload: bytes, opcode: int = wire.OP_TEXT) -> bytes:
+    size = len(payload)
+    if size < 126:
+        head = bytes((0x80 | opcode, size))
+    elif size < 65536:
+        head = bytes((0x80 | opcode, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x80 | opcode, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
+def read_frames(chunks: list[bytes]) -> tuple[list[bytes], list[tuple[int, bytes]]]:
+    texts: list[bytes] = []
+    controls: list[tuple[int, bytes]] = []
+    reader = wire.FrameReader(
+        lambda buf, start, end: texts.append(bytes(buf[start:end])),
+        lambda opcode, payload: controls.append((opcode, payload)),
+    )
+    for chunk in chunks:
+        reader.feed(chunk)
+    return texts, controls
+
+
+PAYLOADS = [b"", b"{}", b"a" * 125, b"b" * 126, b"c" * 65_535, b"d" * 65_536]
+
+
+@settings(max_examples=50, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=140_000), max_size=12))
+def test_frames_come_out_whole_however_the_stream_is_split(cuts: list[int]) -> None:
+    stream = b"".join(server_frame(payload) for payload in PAYLOADS)
+    stream += server_frame(b"ping!", wire.OP_PING)
+    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    chunks = [stream[a:b] for a, b in zip([0, *points], [*points, len(stream)], strict=True)]
+    texts, controls = read_frames(chunks)
+    assert texts == PAYLOADS
+    assert controls == [(wire.OP_PING, b"ping!")]
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        bytes((0x81, 0x80 | 2)) + b"mask" + b"{}",  # masked
+        bytes((0x01, 2)) + b"{}",  # a first fragment
+        bytes((0x82, 2)) + b"{}",  # binary
+    ],
+)
+def test_frames_no_server_sends_are_refused(frame: bytes) -> None:
+    with pytest.raises(wire.ProtocolViolation):
+        read_frames([frame])
+
+
+def test_a_bench_line_is_found_in_the_encoded_event() -> None:
+    stamp = 1764090245.123456
+    line = wire.make_line(123, stamp, 125)
+    event = json.dumps({"type": "log", "line": line, "seq": 9}, separators=(",", ":"))
+    encoded = bytearray(event.encode())
+    assert len(line) == 125
+    assert wire.find_line(encoded, 0, len(encoded)) == (123, stamp)
+    assert wire.find_line(bytearray(b'{"type":"hello"}'), 0, 16) is None
+
+
+def test_event_time_reads_the_servers_timestamp() -> None:
+    text = b'{"type":"log","line":"x","timestamp":"2026-11-25T17:04:05.123Z","seq":1}'
+    expected = datetime(2026, 11, 25, 17, 4, 5, 123_000, tzinfo=UTC).timestamp()
+    assert event_time(bytearray(text), 0, len(text)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_the_upgrade_answer_must_carry_our_accept_key() -> None:
+    _, accept = wire.upgrade_request("127.0.0.1", 1, "/ws/projects/bench")
+    good = b"HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: " + accept
+    wire.check_upgrade(good, accept)
+    with pytest.raises(wire.ProtocolViolation, match="wrong"):
+        wire.check_upgrade(good.replace(accept, b"Zm9v"), accept)
+    with pytest.raises(wire.ProtocolViolation, match="refused"):
+        wire.check_upgrade(b"HTTP/1.1 403 Forbidden", accept)
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+def fanout_run(server: str, cpu_us: float, rate: float) -> dict[str, Any]:
+    latency = {"count": 10, "p50_ms": 1.0, "p99_ms": 2.0, "max_ms": 3.0, "mean_ms": 1.0}
+    return {
+        "server": server,
+        "subscribers": 1000,
+        "deliveries_per_s": rate,
+        "server_cpu_us_per_delivery": cpu_us,
+        "server_cores": 1.0,
+        "client_cpus_busy": 0.5,
+        "loadgen_cores_total": 0.5,
+        "loadgen_cores_max_process": 0.2,
+        "mean_event_bytes": 200.0,
+        "missed": 0,
+        "resyncs": 0,
+        "latency": latency,
+        "latency_from_event_timestamp": latency,
+        "producer": {"longest_ack_wait_s": 0.1},
+    }
+
+
+def results_with(fanout: dict[str, Any] | None = None) -> dict[str, Any]:
+    scenarios_found: dict[str, Any] = {}
+    if fanout is not None:
+        scenarios_found["fanout"] = fanout
+    return {
+        "mode": "full",
+        "command": "nox -s bench",
+        "machine": {"cpus": 2, "client_cpus": 1},
+        "plan": scenarios.plan_json(scenarios.FULL),
+        "scenarios": scenarios_found,
+    }
+
+
+@pytest.mark.parametrize(
+    ("cpu_us", "ours", "theirs", "met"),
+    [(8.0, 300_000.0, 100_000.0, [True, True]), (12.0, 90_000.0, 100_000.0, [False, False])],
+)
+def test_fanout_targets_are_judged_on_the_largest_size(
+    cpu_us: float, ours: float, theirs: float, met: list[bool]
+) -> None:
+    runs = [fanout_run("trio-ws", cpu_us, ours), fanout_run("peer", 5.0, theirs)]
+    found = results_with({"runs": runs, "ratios": scenarios.ratios(runs)})
+    judged = report.targets(found)[:2]
+    assert [target.met for target in judged] == met
+    assert f"{ours / theirs:.2f}x" in judged[1].trio_ws
+
+
+def test_scenarios_not_run_are_not_judged() -> None:
+    assert {target.met for target in report.targets(results_with())} == {None}
+    assert "not run" in report.render(results_with())
+
+
+def test_a_failed_scenario_is_named_in_the_page(tmp_path: Path) -> None:
+    page, data = report.write(results_with({"error": "BenchError: trio-ws exited"}), tmp_path)
+    assert "- **fanout**: BenchError: trio-ws exited" in page.read_text()
+    assert json.loads(data.read_text())["scenarios"]["fanout"]["error"].startswith("BenchError")
+
+
+# -- end to end: real processes on 127.0.0.1 -------------------------------------------------
+
+
+def tiny_run(kind: harness.Kind, workdir: Path) -> dict[str, Any]:
+    """2 subscribers, 50 events at full speed, every process real; bounded by its reads."""
+    logs = workdir / kind
+    logs.mkdir()
+    with (
+        harness.target(kind, logs / "server", logs) as found,
+        harness.subscribers(found, 2, 250, logs) as subs,
+    ):
+        subs.connect()
+        return scenarios.paced(found, subs, logs, count=50, rate=0)
+
+
+@pytest.mark.parametrize("kind", ["trio-ws", "peer"])
+async def test_every_event_reaches_every_subscriber(kind: harness.Kind, tmp_path: Path) -> None:
+    with trio.fail_after(E2E_TIMEOUT):
+        figures = await trio.to_thread.run_sync(tiny_run, kind, tmp_path, abandon_on_cancel=True)
+    assert (figures["events"], figures["deliveries"], figures["expected_deliveries"]) == (
+        50,
+        100,
+        100,
+    )
+    assert (figures["missed"], figures["disorder"], figures["resyncs"]) == (0, 0, 0)
+    assert figures["latency"]["count"] == 100
+    assert figures["drained"] is True
+    assert figures["closes"] == {}
+
+
+async def test_trio_ws_counts_the_same_deliveries_as_its_subscribers(tmp_path: Path) -> None:
+    with trio.fail_after(E2E_TIMEOUT):
+        figures = await trio.to_thread.run_sync(
+            tiny_run, "trio-ws", tmp_path, abandon_on_cancel=True
+        )
+    assert figures["server_counters"]["deliveries"] == figures["deliveries"] == 100
