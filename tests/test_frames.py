@@ -113,9 +113,51 @@ async def test_writer_checks_the_real_connections_extensions(
     ws._wsproto.connection._proto.extensions = [PerMessageDeflate()]
     try:
         with pytest.raises(ValueError, match="extensions"):
-            FrameWriter(ws)
+            FrameWriter(ws, session._raw_stream, 1.0)  # type: ignore[attr-defined]
     finally:
         ws._wsproto.connection._proto.extensions = []
+
+
+async def test_writes_the_kernel_takes_whole_cost_no_wait(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """The fast path: small batches to a reading peer never take the awaited route."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = server.manager.hub_for("demo", project_dir)
+        ws = await synced(nursery, server)
+        [session] = server.manager._sessions
+        writer = session._writer  # type: ignore[attr-defined]
+        before = writer.immediate
+        for round_ in range(10):
+            hub.feed_lines([f"round {round_}"])
+            await receive_until(ws, lambda m, r=round_: m.get("line") == f"round {r}")
+    assert writer.immediate - before == 10
+
+
+async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
+    nursery: trio.Nursery, registry: Any, project_dir: Path
+) -> None:
+    """What the kernel won't take is awaited under the stall timeout, then given up."""
+    from serving import make_config
+
+    from trio_ws.server import serve
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await nursery.start(serve, make_config(registry, stall_timeout=0.3))
+        hub = server.manager.hub_for("demo", project_dir)
+        stalled = await trio.open_tcp_stream("127.0.0.1", server.port)
+        await stalled.send_all(
+            b"GET /ws/projects/demo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n"
+        )
+        greeting = b""
+        while b'"type":"hello"' not in greeting:  # subscribed; from now on it never reads
+            greeting += await stalled.receive_some(4096)
+        while hub.stats.aborted == 0:
+            hub.feed_lines(["z" * 4000] * 50)
+            await trio.sleep(0.01)
+    assert hub.subscriber_count == 0
 
 
 def test_frame_payload_is_the_encoded_json() -> None:

@@ -305,6 +305,7 @@ class ProjectHub:
             chunk = list(itertools.islice(self._history, start, stop))
             await send(chunk)
             self._sent(subscriber, chunk)
+            await trio.lowlevel.checkpoint()  # a write may not yield; a long catch-up must
         # Caught up: from here on the publisher queues for it again. No checkpoint
         # between the loop's last check and this line.
         subscriber.behind = False

@@ -20,7 +20,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws import protocol
-from trio_ws.frames import FrameWriter
+from trio_ws.frames import FrameWriter, WriteStalled
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.manager import ConnectionManager
 
@@ -78,7 +78,7 @@ class SubscriberSession:
     def __init__(
         self,
         ws: WebSocketConnection,
-        raw_stream: trio.abc.Stream,
+        raw_stream: trio.SocketStream,
         hub: ProjectHub,
         subscriber: Subscriber,
         request: SubscribeRequest,
@@ -92,7 +92,7 @@ class SubscriberSession:
         self.request = request
         self._control = control
         self._stall_timeout = stall_timeout
-        self._writer = FrameWriter(ws)
+        self._writer = FrameWriter(ws, raw_stream, stall_timeout)
         self._cancel = trio.CancelScope()
         self._closed = trio.Event()
         self.close_code: int | None = None
@@ -128,11 +128,10 @@ class SubscriberSession:
     async def _send(self, batch: list[Outgoing]) -> None:
         """Write a batch of pre-encoded frames with one ``send_all``; a peer that
         accepts none of it for the stall timeout is given up on."""
-        data = b"".join(item.frame for item in batch)
-        with trio.move_on_after(self._stall_timeout) as scope:
-            await self._writer.write(data)
-        if scope.cancelled_caught:
-            raise SubscriberStalled
+        try:
+            await self._writer.write(b"".join(item.frame for item in batch))
+        except WriteStalled:
+            raise SubscriberStalled from None
 
     async def _send_task(self) -> None:
         try:
@@ -215,7 +214,7 @@ class SubscriberSession:
 
 async def project_websocket(
     ws: WebSocketConnection,
-    raw_stream: trio.abc.Stream,
+    raw_stream: trio.SocketStream,
     manager: ConnectionManager,
     request: SubscribeRequest,
     control: ControlHandler | None = None,
