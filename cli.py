@@ -45,7 +45,7 @@ from trio_ws.registry import (
     resolve_home,
 )
 from trio_ws.security import TOKEN_ENV, TokenError, load_token
-from trio_ws.server import Server, ServerConfig, serve_until_signalled
+from trio_ws.server import Server, ServerConfig, serve_until_signalled, tune_gc_for_serving
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -289,6 +289,7 @@ def serve(
         click.echo(f"trio-ws {__version__} serving {url}")
         click.echo(f"projects from {registry_file}", err=True)
 
+    tune_gc_for_serving()
     try:
         trio.run(serve_until_signalled, config, announce)
     except* OSError as group:
@@ -630,6 +631,7 @@ def demo(
         click.echo("Ctrl-C stops it.")
 
     options = DemoOptions(home=home, port=port, speed=speed, duration=duration, seed=seed)
+    tune_gc_for_serving()
     try:
         code = trio.run(run_demo, options, announce)
     except* OSError as group:

@@ -14,6 +14,7 @@ before ``task_status.started`` is called.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
@@ -447,6 +448,19 @@ def _peer_name(stream: trio.SocketStream) -> str:
     except OSError:
         return "unknown peer"
     return f"{host}:{port}"
+
+
+GC_THRESHOLDS: Final = (50_000, 20, 100)
+
+
+def tune_gc_for_serving() -> None:
+    """Collect garbage rarely: a server's live objects grow with its subscribers, and
+    Python's default thresholds then run full collections often enough to stall
+    fan-out. Measured with `nox -s bench -- --only rate` (1,000 subscribers x 100
+    events/s): p99 164 ms with the defaults, 74 ms with these, 67 ms with no
+    collection at all. Process-wide, so only the CLI's long-running commands call it."""
+    gc.freeze()  # what was loaded at start-up is never garbage
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 async def serve_until_signalled(
