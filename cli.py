@@ -218,6 +218,14 @@ def _print_table(found: list[Project]) -> None:
     help="Events held per project for resume and catch-up.",
 )
 @click.option(
+    "--producer-grace",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(min=0, max=86_400),
+    help="Seconds a vanished agent producer may take to come back before the run is "
+    "marked crashed.",
+)
+@click.option(
     "--allow-origin",
     "allow_origins",
     multiple=True,
@@ -249,6 +257,7 @@ def serve(
     port: int,
     poll_interval: float,
     history: int,
+    producer_grace: float,
     allow_origins: tuple[str, ...],
     token: str | None,
     require_token: bool,
@@ -278,6 +287,7 @@ def serve(
         port=port,
         poll_interval=poll_interval,
         history=history,
+        producer_grace=producer_grace,
         allow_origins=frozenset(allow_origins),
         require_token=require_token,
     )

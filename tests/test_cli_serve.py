@@ -157,3 +157,32 @@ def test_bad_option_is_usage_error(tmp_path: Path) -> None:
     result = run_serve("--home", str(tmp_path), "--port", "70000")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_producer_grace_option_marks_a_vanished_producer_crashed(
+    nursery: trio.Nursery, served_home: Path
+) -> None:
+    token = "grace-test-token"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--producer-grace", "0.2", "--token", token) as (
+            process,
+            port,
+            _,
+        ):
+            watcher = await connect_websocket_url(
+                nursery, f"ws://127.0.0.1:{port}/ws/projects/demo"
+            )
+            producer = await connect_websocket_url(
+                nursery,
+                f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
+                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+            )
+            await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
+            await producer.send_message('{"type":"status","pseq":1,"status":"running"}')
+            while (await receive(watcher)).get("status") != "running":
+                pass
+            await producer.aclose()
+            while (await receive(watcher)).get("status") != "crashed":
+                pass
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
