@@ -303,19 +303,18 @@ def serve(
     try:
         trio.run(serve_until_signalled, config, announce)
     except* OSError as group:
-        reason = "; ".join(sorted({_os_reason(exc) for exc in _leaves(group)}))
-        raise Refusal(f"cannot listen on {host}:{port}: {reason}") from None
+        raise Refusal(f"cannot listen on {host}:{port}: {_os_reasons(group)}") from None
 
 
-def _leaves(group: BaseExceptionGroup[OSError]) -> list[OSError]:
-    found: list[OSError] = []
+def _os_reasons(group: BaseExceptionGroup[OSError]) -> str:
+    """What the OS said, once per distinct reason, e.g. "address already in use"."""
+    reasons: set[str] = set()
     for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
-
-
-def _os_reason(exc: OSError) -> str:
-    return (exc.strerror or str(exc)).lower()
+        if isinstance(exc, BaseExceptionGroup):
+            reasons.add(_os_reasons(exc))
+        else:
+            reasons.add((exc.strerror or str(exc)).lower())
+    return "; ".join(sorted(reasons))
 
 
 # -- producers: trio-ws run, trio-ws publish ---------------------------------------
@@ -645,6 +644,5 @@ def demo(
     try:
         code = trio.run(run_demo, options, announce)
     except* OSError as group:
-        reason = "; ".join(sorted({_os_reason(exc) for exc in _leaves(group)}))
-        raise Refusal(f"cannot start the demo on port {port}: {reason}") from None
+        raise Refusal(f"cannot start the demo on port {port}: {_os_reasons(group)}") from None
     sys.exit(code)

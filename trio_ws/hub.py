@@ -25,16 +25,15 @@ import secrets
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Final, Literal
+from typing import Final
 
 import trio
 
 from trio_ws import frames, protocol
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.progress import Progress
-from trio_ws.protocol import Clock, Message, wall_clock
+from trio_ws.protocol import Clock, Message, Stream, wall_clock
 
-Stream = Literal["agent", "dev"]
 Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
 
@@ -162,7 +161,7 @@ class ProjectHub:
     def warn(self, source: str, content: str, key: str | None = None) -> None:
         """Tell every subscriber (and later joiners, until cleared by ``key``, default
         ``source``) about a problem; warnings carry no seq."""
-        item = self._connection_message(protocol.warning(source, content))
+        item = Outgoing.of(protocol.warning(source, content))
         self._warnings[key or source] = item
         for subscriber in self._subscribers:
             if not subscriber.behind:
@@ -325,9 +324,6 @@ class ProjectHub:
             items.extend(_tail(self._logs, backlog))
             items.extend(_tail(self._dev_logs, backlog))
         return items
-
-    def _connection_message(self, message: Message) -> Outgoing:
-        return Outgoing.of(message)
 
     def _publish(self, messages: list[Message]) -> None:
         for message in messages:

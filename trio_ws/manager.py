@@ -18,8 +18,9 @@ from typing import Final, Protocol
 
 import trio
 
-from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Stream, Subscriber
+from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Subscriber
 from trio_ws.progress import ProgressError, ProgressReader
+from trio_ws.protocol import Stream
 from trio_ws.publish import ProducerSlot, control_refusal
 
 log = logging.getLogger("trio_ws.manager")

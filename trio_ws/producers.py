@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequen
 from contextlib import suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import quote
 
 import trio
@@ -50,9 +50,8 @@ from trio_websocket import (
 
 from trio_ws import protocol
 from trio_ws.client import Backoff, websocket_base
-from trio_ws.protocol import Message
+from trio_ws.protocol import Message, Stream
 
-Stream = Literal["agent", "dev"]
 Report = Callable[[str], None]
 """Where a producer tells its user what happened (stderr in the CLI)."""
 

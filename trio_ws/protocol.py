@@ -13,7 +13,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from trio_ws import __version__
 
@@ -30,6 +30,9 @@ wall_clock: Clock = time.time
 
 PROJECT_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,50}")
 """A project name, matched with ``fullmatch`` (so a trailing newline fails)."""
+
+Stream = Literal["agent", "dev"]
+"""A project's two producer streams: the orchestrator's output and its dev server's."""
 
 AGENT_STATUSES: Final = frozenset(
     {"stopped", "running", "paused", "crashed", "pausing", "paused_graceful"}

@@ -24,7 +24,8 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws import protocol
-from trio_ws.hub import ProjectHub, Stream
+from trio_ws.hub import ProjectHub
+from trio_ws.protocol import Stream
 
 log = logging.getLogger("trio_ws.publish")
 
