@@ -230,7 +230,16 @@ def _print_table(found: list[Project]) -> None:
     "allow_origins",
     multiple=True,
     metavar="ORIGIN",
-    help="Also accept websockets from this Origin (repeatable), e.g. http://dash.local:3000.",
+    help="Also accept websockets from this Origin (repeatable), e.g. http://dash.local:3000; "
+    "its pages may also send control.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="On loopback, also serve requests whose Host header names this (repeatable); "
+    "any other name is refused, against DNS rebinding.",
 )
 @click.option(
     "--token",
@@ -259,6 +268,7 @@ def serve(
     history: int,
     producer_grace: float,
     allow_origins: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
     token: str | None,
     require_token: bool,
     log_level: str,
@@ -289,6 +299,7 @@ def serve(
         history=history,
         producer_grace=producer_grace,
         allow_origins=frozenset(allow_origins),
+        allow_hosts=frozenset(allow_hosts),
         require_token=require_token,
     )
 

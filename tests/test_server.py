@@ -18,6 +18,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import trio
@@ -25,6 +26,8 @@ import trio.lowlevel
 import trio.testing
 import websockets.exceptions
 import websockets.sync.client
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serving import (
     NETWORK_TIMEOUT,
     TOKEN,
@@ -37,6 +40,7 @@ from serving import (
 from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
+    connect_websocket,
     connect_websocket_url,
 )
 
@@ -432,10 +436,11 @@ async def test_no_origin_is_allowed(
 
 
 async def test_an_origin_with_the_same_host_as_the_host_header_is_allowed(
-    server: Server, project_dir: Path
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
 ) -> None:
     host = "dash.example.test:8888"
     with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, allow_hosts=frozenset({host}))
         status = await upgrade_status(
             server, "/ws/projects/demo", f"Origin: http://{host}", host=host
         )
@@ -443,14 +448,13 @@ async def test_an_origin_with_the_same_host_as_the_host_header_is_allowed(
 
 
 async def test_an_origin_naming_another_host_than_the_host_header_is_403(
-    server: Server, project_dir: Path
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
 ) -> None:
+    host = "dash.example.test:8888"
     with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, allow_hosts=frozenset({host}))
         status = await upgrade_status(
-            server,
-            "/ws/projects/demo",
-            "Origin: http://other.example.test:8888",
-            host="dash.example.test:8888",
+            server, "/ws/projects/demo", "Origin: http://other.example.test:8888", host=host
         )
     assert status == 403
 
@@ -849,3 +853,378 @@ async def test_a_bad_request_carrying_the_token_does_not_log_it(
     assert status_of(response) == 400
     assert "bad request" in caplog.text
     assert TOKEN not in caplog.text
+
+
+# -- Host check against DNS rebinding (PROTOCOL.md 1) ---------------------------------
+
+REBIND = "rebind.evil.example"
+
+
+@pytest.mark.parametrize("path", ["/api/projects", "/healthz", "/metrics", "/", "/nowhere"])
+async def test_a_foreign_host_is_403_over_http(
+    server: Server, project_dir: Path, path: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, http_request(path, host=f"{REBIND}:{server.port}"))
+    assert status_of(response) == 403
+    assert project_dir.as_posix().encode() not in response
+
+
+async def test_a_foreign_host_is_403_before_the_websocket_upgrade(
+    server: Server, project_dir: Path
+) -> None:
+    host = f"{REBIND}:{server.port}"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status = await upgrade_status(
+            server, "/ws/projects/demo", f"Origin: http://{host}", host=host
+        )
+    assert status == 403
+    assert server.manager.get_hub("demo") is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "LOCALHOST:{port}", "127.0.0.1:{port}", "[::1]:{port}", "[::1]", "localhost:1"],
+)
+async def test_loopback_host_names_with_any_port_are_served(server: Server, host: str) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(
+            server, http_request("/healthz", host=host.format(port=server.port))
+        )
+    assert status_of(response) == 200
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost.{rebind}",
+        "127.0.0.1.{rebind}",
+        "{rebind}@127.0.0.1",
+        "127.0.0.1/{rebind}",
+        "localhost:notaport",
+        "[::1",
+        "",
+    ],
+)
+async def test_lookalike_or_malformed_hosts_are_refused(server: Server, host: str) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, http_request("/healthz", host=host.format(rebind=REBIND)))
+    assert status_of(response) in (400, 403)  # h11 answers some malformed ones itself (400)
+    assert b'"status":"ok"' not in response
+
+
+async def test_a_request_without_host_is_400(server: Server) -> None:
+    """HTTP/1.0 may omit Host (h11 already answers HTTP/1.1 without it with 400): no
+    browser sends that, and there is no name to check, so it is a bad request."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(server, b"GET /api/projects HTTP/1.0\r\n\r\n")
+    assert status_of(response) == 400
+
+
+async def test_two_host_headers_are_400(server: Server) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        response = await exchange(
+            server, http_request("/api/projects", f"Host: {REBIND}", host="127.0.0.1")
+        )
+    assert status_of(response) == 400
+
+
+async def test_an_allow_host_entry_is_served_over_http_and_websocket(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, allow_hosts=frozenset({REBIND}))
+        host = f"{REBIND}:{server.port}"
+        response = await exchange(server, http_request("/api/projects", host=host))
+        status = await upgrade_status(
+            server, "/ws/projects/demo", f"Origin: http://{host}", host=host
+        )
+        other = await exchange(
+            server, http_request("/healthz", host=f"other.example:{server.port}")
+        )
+    assert status_of(response) == 200
+    assert project_dir.as_posix().encode() in response
+    assert status == 101
+    assert status_of(other) == 403
+
+
+async def test_an_allow_host_entry_with_a_port_allows_only_that_port(
+    nursery: trio.Nursery, registry: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, allow_hosts=frozenset({f"{REBIND}:8080"}))
+        listed = await exchange(server, http_request("/healthz", host=f"{REBIND}:8080"))
+        other = await exchange(server, http_request("/healthz", host=f"{REBIND}:8081"))
+    assert (status_of(listed), status_of(other)) == (200, 403)
+
+
+# -- /api/projects needs the token whenever subscribers do (PROTOCOL.md 1, 6) -------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        (),
+        ("Authorization: Bearer wrong",),
+        ("Cookie: trio_ws_token=wrong",),
+        (f"X-Token: {TOKEN}",),
+    ],
+    ids=["none", "wrong-bearer", "wrong-cookie", "other-header"],
+)
+async def test_api_projects_without_the_token_is_401_when_subscribers_need_it(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, headers: tuple[str, ...]
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        response = await exchange(
+            server, http_request("/api/projects?token=wrong", *headers, host="127.0.0.1")
+        )
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert status_of(response) == 401
+    assert b"content-type: application/json" in head
+    assert json_body(body) == {"error": "Unauthorized"}
+    assert project_dir.as_posix().encode() not in response
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/api/projects", (f"Authorization: Bearer {TOKEN}",)),
+        ("/api/projects", (f"Cookie: theme=dark; trio_ws_token={TOKEN}",)),
+        (f"/api/projects?token={TOKEN}", ()),
+    ],
+    ids=["bearer", "cookie", "query"],
+)
+async def test_api_projects_with_the_token_is_served_when_subscribers_need_it(
+    nursery: trio.Nursery,
+    registry: Registry,
+    project_dir: Path,
+    path: str,
+    headers: tuple[str, ...],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        response = await exchange(server, http_request(path, *headers))
+    _, _, body = response.partition(b"\r\n\r\n")
+    assert status_of(response) == 200
+    assert [project["name"] for project in json_body(body)] == ["demo"]
+    assert TOKEN not in caplog.text
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/metrics"])
+async def test_healthz_and_metrics_stay_open_when_a_token_is_required(
+    nursery: trio.Nursery, registry: Registry, path: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, require_token=True)
+        status, _, _ = await http_get(server, path)
+    assert status == 200
+
+
+# -- control only from the server's own origin (PROTOCOL.md 3.4) --------------------------
+
+
+async def agent_producer(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
+    """An agent producer of ``demo`` that has reported ``running`` (and had it acked)."""
+    ws = await connect_websocket_url(
+        nursery,
+        ws_url(server, "/ws/projects/demo/publish"),
+        extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+    )
+    await ws.send_message(json.dumps({"type": "hello", "producer": "p", "stream": "agent"}))
+    assert (await receive(ws))["type"] == "welcome"
+    await ws.send_message(json.dumps({"type": "status", "pseq": 1, "status": "running"}))
+    while (await receive(ws)) != {"type": "ack", "pseq": 1}:
+        pass
+    return ws
+
+
+async def browser(nursery: trio.Nursery, server: Server, origin: str) -> WebSocketConnection:
+    """A page of ``origin`` holding the dashboard's cookie (cookies ignore ports)."""
+    ws = await connect_websocket_url(
+        nursery,
+        ws_url(server, "/ws/projects/demo"),
+        extra_headers=[
+            (b"Origin", origin.encode()),
+            (b"Cookie", f"trio_ws_token={TOKEN}".encode()),
+        ],
+    )
+    assert (await receive(ws))["type"] == "hello"
+    return ws
+
+
+async def control_replies(ws: WebSocketConnection, action: str) -> list[Msg]:
+    """What the subscriber is told after sending ``control`` (up to the pong that follows)."""
+    await ws.send_message(json.dumps({"type": "control", "action": action}))
+    await ws.send_message(json.dumps({"type": "ping"}))
+    seen: list[Msg] = []
+    while not seen or seen[-1]["type"] != "pong":
+        seen.append(await receive(ws))
+    return seen
+
+
+async def test_control_from_another_local_origin_is_refused_and_it_still_watches(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        producer = await agent_producer(nursery, server)
+        page = await browser(nursery, server, "http://localhost:3000")
+        replies = await control_replies(page, "stop")
+        own = await browser(nursery, server, f"http://127.0.0.1:{server.port}")
+        await control_replies(own, "pause")
+        received = await receive(producer)
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        hub.set_status("running", stream="dev")
+        live = await receive(page)
+    [warning] = [m for m in replies if m["type"] == "warning"]
+    assert warning["source"] == "control"
+    assert "origin" in warning["content"]
+    # The refused stop never reached the producer: the first control it got is the pause.
+    assert received == {"type": "control", "action": "pause"}
+    assert (live["type"], live["status"]) == ("dev_server_status", "running")
+
+
+@pytest.mark.parametrize(
+    ("origin", "allow"),
+    [
+        ("http://127.0.0.1:{port}", frozenset[str]()),
+        ("http://localhost:3000", frozenset({"http://localhost:3000"})),
+    ],
+    ids=["own-origin", "allow-origin"],
+)
+async def test_control_from_the_own_or_a_listed_origin_is_forwarded(
+    nursery: trio.Nursery,
+    registry: Registry,
+    project_dir: Path,
+    origin: str,
+    allow: frozenset[str],
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, allow_origins=allow)
+        producer = await agent_producer(nursery, server)
+        page = await browser(nursery, server, origin.format(port=server.port))
+        replies = await control_replies(page, "stop")
+        received = await receive(producer)
+    assert [m for m in replies if m["type"] == "warning"] == []
+    assert received == {"type": "control", "action": "stop"}
+
+
+# -- hostile query values: always hello, never 1011 (PROTOCOL.md 3) ------------------------
+
+
+async def first_messages(nursery: trio.Nursery, server: Server, query: str) -> list[Msg]:
+    """hello and what follows it, up to the pong answering a ping sent right away."""
+    ws = await connect_websocket(
+        nursery, "127.0.0.1", server.port, f"/ws/projects/demo?{query}", use_ssl=False
+    )
+    await ws.send_message(json.dumps({"type": "ping"}))
+    seen = [await receive(ws)]
+    while seen[-1]["type"] != "pong":
+        seen.append(await receive(ws))
+    await ws.aclose()
+    return seen
+
+
+HUGE = "9" * 5000
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"since={HUGE}",
+        f"since={HUGE}&epoch=x",
+        "since=99999999999999999999",
+        "since=%D9%A3",  # ARABIC-INDIC DIGIT THREE: int() reads it
+        "since=%F0%9F%92%A9",
+        "since=%FF%FE",
+        "since=%00",
+        "since=1_0",
+        "since=%201",
+        "since=-1",
+        "since=1e3",
+        "since=0x10",
+        "since=%ZZ",
+        "since=1&since=junk",
+    ],
+)
+async def test_a_hostile_since_gets_hello_then_resync_invalid_since(
+    nursery: trio.Nursery, server: Server, project_dir: Path, query: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        seen = await first_messages(nursery, server, query)
+    assert seen[0]["type"] == "hello"
+    assert (seen[1]["type"], seen[1]["reason"]) == ("resync", "invalid_since")
+
+
+async def test_a_since_with_thousands_of_leading_zeros_is_read_as_its_number(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    epoch = server.manager.hub_for("demo", project_dir).epoch
+    with trio.fail_after(NETWORK_TIMEOUT):
+        seen = await first_messages(nursery, server, f"since={'0' * 5000}&epoch={epoch}")
+    assert seen[0]["type"] == "hello"
+    assert (seen[1]["type"], seen[1]["since"]) == ("resumed", 0)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        f"backlog={HUGE}",
+        "backlog=-5",
+        "backlog=%D9%A3",
+        "backlog=%FF",
+        "backlog=1&backlog=x&backlog=" + HUGE,
+        f"epoch={HUGE}",
+        "epoch=%FF%00%F0%9F%92%A9",
+        "epoch=a&epoch=b",
+        f"token={HUGE}",
+        "token=%FF%FE%00",
+        "token=%F0%9F%92%A9",
+        f"token={TOKEN}&token=",
+        "token=a&token=b&" + "&".join(f"k{i}=%FF" for i in range(500)),
+        "=&&=x&%ZZ=%ZZ&since",
+    ],
+)
+async def test_hostile_backlog_epoch_and_token_values_get_hello_and_a_snapshot(
+    nursery: trio.Nursery, server: Server, project_dir: Path, query: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        seen = await first_messages(nursery, server, query)
+    assert seen[0]["type"] == "hello"
+    assert [m["type"] for m in seen[1:3]] == ["agent_status", "dev_server_status"]
+
+
+_QUERY_PIECES = st.sampled_from(
+    [
+        *("since", "epoch", "backlog", "token", "=", "&", "%", "%FF", "%00", "%2B", "+"),
+        *("0", "1", "-", "_", HUGE, "%D9%A3", "%F0%9F%92%A9", ";", "x", "%ZZ", "%26"),
+    ]
+)
+_QUERIES = st.lists(_QUERY_PIECES, max_size=12).map("".join)
+
+
+async def test_any_query_string_gets_hello_and_never_1011(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """Whatever the query, the client is greeted and answered; an invalid ``since`` is
+    told ``resync invalid_since``. Hypothesis runs in a worker thread with the sync
+    ``websockets`` client, so the one server serves every example."""
+    url = ws_url(server, "/ws/projects/demo")
+
+    @settings(max_examples=40, deadline=None, database=None)
+    @given(_QUERIES)
+    def check(query: str) -> None:
+        with websockets.sync.client.connect(
+            f"{url}?{query}", open_timeout=NETWORK_TIMEOUT, close_timeout=NETWORK_TIMEOUT
+        ) as ws:
+            ws.send(json.dumps({"type": "ping"}))
+            seen = recv_until(ws, lambda m: m["type"] == "pong")
+        assert seen[0]["type"] == "hello"
+        since = parse_qs(query).get("since", [None])[-1]
+        if since is not None and not (since.isascii() and since.isdigit()):
+            assert (seen[1]["type"], seen[1]["reason"]) == ("resync", "invalid_since")
+
+    with trio.fail_after(NETWORK_TIMEOUT * 4):
+        await trio.to_thread.run_sync(check, abandon_on_cancel=True)

@@ -275,9 +275,11 @@ class ProjectHub:
     def _resync_reason(self, since: int | None, epoch: str | None) -> str | None:
         if since is None:
             return None
+        if since < 0:  # not a seq at all (parse_since), whatever the epoch
+            return "invalid_since"
         if epoch != self.epoch:
             return "epoch_changed"
-        if since < 0 or since > self.seq:
+        if since > self.seq:
             return "invalid_since"
         oldest = self.oldest_seq
         if since < self.seq and (oldest is None or since + 1 < oldest):

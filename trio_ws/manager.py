@@ -27,6 +27,8 @@ log = logging.getLogger("trio_ws.manager")
 
 DEFAULT_POLL_INTERVAL: Final = 1.0
 READER_THREADS: Final = 4
+POLL_RESTART: Final = (0.1, 5.0)
+"""A crashed poll loop restarts after 0.1 s, doubling per crash in a row up to 5 s."""
 
 
 @dataclass
@@ -36,6 +38,7 @@ class PollStats:
     running: int = 0
     reads: int = 0
     errors: int = 0
+    crashes: int = 0
 
 
 class Closable(Protocol):
@@ -66,6 +69,7 @@ class ConnectionManager:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         lock_timeout: float = 1.0,
         on_poll: Callable[[str, float, bool], None] | None = None,
+        poll_restart: tuple[float, float] = POLL_RESTART,
     ) -> None:
         self._nursery = nursery
         self._history = history
@@ -77,6 +81,7 @@ class ConnectionManager:
         self.limiter = trio.CapacityLimiter(READER_THREADS)
         self.poll = PollStats()
         self._on_poll = on_poll
+        self._poll_restart = poll_restart
         self.started_at = time.monotonic()
 
     @property
@@ -170,9 +175,15 @@ class ConnectionManager:
             return
         async with project.poll_lock:
             if project.hub.progress is None and not project.hub.has_warning("progress"):
-                await read_progress_once(
-                    project.hub, project.reader, self.limiter, self._record_poll
-                )
+                try:
+                    await read_progress_once(
+                        project.hub, project.reader, self.limiter, self._record_poll
+                    )
+                except Exception as exc:
+                    # Progress is not worth refusing a subscriber for: it joins
+                    # without it, and the poll loop keeps trying.
+                    log.error("project %s: progress read failed", project.hub.name, exc_info=True)
+                    self._poll_crashed(project.hub, exc)
 
     def unsubscribe(self, name: str, subscriber: Subscriber) -> None:
         """Leave the fan-out; cancels the poll loop with the last subscriber."""
@@ -200,6 +211,18 @@ class ConnectionManager:
     # -- progress ----------------------------------------------------------------
 
     async def _poll(self, project: _Project, scope: trio.CancelScope) -> None:
+        """The project's poll loop; an unexpected failure is logged and the loop restarted
+        after a bounded backoff, never passed to the server's nursery (which would take
+        every project down)."""
+        first_delay, max_delay = self._poll_restart
+        delay = 0.0
+        good_reads = 0
+
+        def record(name: str, seconds: float, ok: bool) -> None:
+            nonlocal good_reads
+            good_reads += ok
+            self._record_poll(name, seconds, ok)
+
         with scope:
             # A loop cancelled when its last subscriber left may still be inside
             # its read (threads are not cancellable). Its successor waits for it,
@@ -208,15 +231,37 @@ class ConnectionManager:
             async with project.poll_lock:
                 self.poll.running += 1
                 try:
-                    await poll_progress(
-                        project.hub,
-                        lambda: project.reader,
-                        self.poll_interval,
-                        self.limiter,
-                        self._record_poll,
-                    )
+                    while True:
+                        good_reads = 0
+                        try:
+                            await poll_progress(
+                                project.hub,
+                                lambda: project.reader,
+                                self.poll_interval,
+                                self.limiter,
+                                record,
+                            )
+                        except Exception as exc:
+                            # A crash after a good read starts a new streak.
+                            fresh = good_reads > 0 or delay == 0
+                            delay = first_delay if fresh else min(delay * 2, max_delay)
+                            log.error(
+                                "project %s: progress poll failed; restarting in %g s",
+                                project.hub.name,
+                                delay,
+                                exc_info=True,
+                            )
+                            self._poll_crashed(project.hub, exc)
+                            await trio.sleep(delay)
                 finally:
                     self.poll.running -= 1
+
+    def _poll_crashed(self, hub: ProjectHub, exc: Exception) -> None:
+        """Count an unexpected progress failure (the caller logs it with its traceback)
+        and warn subscribers once per streak, as for a failing read."""
+        self.poll.crashes += 1
+        if not hub.has_warning("progress"):
+            hub.warn("progress", f"progress read failed unexpectedly: {type(exc).__name__}")
 
     def _record_poll(self, name: str, seconds: float, ok: bool) -> None:
         self.poll.reads += 1

@@ -157,6 +157,37 @@ def _host_port(netloc: str, default_port: int) -> tuple[str, int] | None:
     return parts.hostname.lower(), port if port is not None else default_port
 
 
+def host_refusal(
+    host_header: str | None, on_loopback: bool, allowed: frozenset[str] = frozenset()
+) -> int | None:
+    """The Host rule against DNS rebinding (PROTOCOL.md 1): None to serve, else the status.
+
+    Only on loopback: a page on ``rebind.evil.example`` whose name resolves to
+    127.0.0.1 reaches us with its own name in Host, so on loopback only loopback
+    names (any port) and ``--allow-host`` entries (a name, or name:port) are
+    served; elsewhere the token protects. A missing Host is 400, as RFC 9112
+    3.2 requires for HTTP/1.1 (h11 already answers that) and as we answer an
+    HTTP/1.0 request without one: no browser sends such a request.
+    """
+    if not on_loopback:
+        return None
+    if host_header is None:
+        return 400
+    if any(char in host_header for char in "@/?#\\"):  # not a plain host[:port]
+        return 403
+    parsed = _host_port(host_header.strip(), 0)
+    if parsed is None:
+        return 403
+    name, port = parsed
+    if is_loopback_host(name):
+        return None
+    for entry in allowed:
+        listed = _host_port(entry.strip(), 0)
+        if listed is not None and listed[0] == name and listed[1] in (0, port):
+            return None
+    return 403
+
+
 def origin_allowed(
     origin: str | None,
     host_header: str | None,
@@ -166,24 +197,57 @@ def origin_allowed(
     """The handshake's Origin rule: absent, same host, loopback on loopback, or listed."""
     if origin is None:
         return True
-    normalized = origin.strip().rstrip("/").lower()
-    if normalized in {entry.rstrip("/").lower() for entry in allowed}:
+    if _listed(origin, allowed):
         return True
-    try:
-        parts = urlsplit(normalized)
-    except ValueError:  # e.g. an unclosed IPv6 bracket
-        return False
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        return False
-    default_port = 443 if parts.scheme == "https" else 80
-    origin_host = _host_port(parts.netloc, default_port)
+    origin_host = _origin_host_port(origin)
     if origin_host is None:
         return False
     if on_loopback and is_loopback_host(origin_host[0]):
         return True
+    return _same_host(origin_host, origin, host_header)
+
+
+def control_origin_allowed(
+    origin: str | None, host_header: str | None, allowed: frozenset[str] = frozenset()
+) -> bool:
+    """May a connection with this Origin send ``control`` (PROTOCOL.md 3.4)?
+
+    Only the server's own origin (the Origin names the host and port the browser
+    addressed, i.e. the Host header, with the scheme's default port) or a listed
+    one. Not any loopback origin: cookies ignore ports, so a page on
+    ``localhost:3000`` carries the dashboard's cookie; it may watch, not steer.
+    No Origin means no browser; the token rule still applies.
+    """
+    if origin is None or _listed(origin, allowed):
+        return True
+    origin_host = _origin_host_port(origin)
+    return origin_host is not None and _same_host(origin_host, origin, host_header)
+
+
+def _listed(origin: str, allowed: frozenset[str]) -> bool:
+    normalized = origin.strip().rstrip("/").lower()
+    return normalized in {entry.rstrip("/").lower() for entry in allowed}
+
+
+def _origin_scheme_port(origin: str) -> int:
+    return 443 if origin.strip().lower().startswith("https:") else 80
+
+
+def _origin_host_port(origin: str) -> tuple[str, int] | None:
+    """An http(s) Origin's host and port (default port filled in); None for anything else."""
+    try:
+        parts = urlsplit(origin.strip().rstrip("/").lower())
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return None
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return None
+    return _host_port(parts.netloc, _origin_scheme_port(origin))
+
+
+def _same_host(origin_host: tuple[str, int], origin: str, host_header: str | None) -> bool:
     if host_header is None:
         return False
-    return _host_port(host_header.strip(), default_port) == origin_host
+    return _host_port(host_header.strip(), _origin_scheme_port(origin)) == origin_host
 
 
 def token_matches(offered: str | None, expected: str) -> bool:

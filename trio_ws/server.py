@@ -38,12 +38,20 @@ from trio_ws.httpio import (
     send_json,
     send_response,
 )
-from trio_ws.manager import ConnectionManager
+from trio_ws.manager import POLL_RESTART, ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
 from trio_ws.publish import DEFAULT_GRACE, MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.registry import Project, Registry, RegistryError
-from trio_ws.security import REDACTED, is_loopback_host, origin_allowed, redact, token_matches
+from trio_ws.security import (
+    REDACTED,
+    control_origin_allowed,
+    host_refusal,
+    is_loopback_host,
+    origin_allowed,
+    redact,
+    token_matches,
+)
 from trio_ws.subscribe import (
     CLOSE_TIMEOUT,
     MAX_INBOUND_BYTES,
@@ -74,11 +82,14 @@ class ServerConfig:
     history: int = 10_000
     queue_size: int = 1024
     allow_origins: frozenset[str] = frozenset()
+    allow_hosts: frozenset[str] = frozenset()
     require_token: bool = False
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
     lock_timeout: float = 1.0
     producer_grace: float = DEFAULT_GRACE
+    poll_restart: tuple[float, float] = POLL_RESTART
+    """A crashed poll loop's first restart delay and the cap it doubles up to."""
 
     @property
     def on_loopback(self) -> bool:
@@ -127,6 +138,7 @@ async def serve(
             poll_interval=config.poll_interval,
             lock_timeout=config.lock_timeout,
             on_poll=metrics.observe_poll,
+            poll_restart=config.poll_restart,
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
@@ -162,6 +174,12 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
             await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
             return
     if head is None:
+        return
+    refused = host_refusal(head.header("host"), config.on_loopback, config.allow_hosts)
+    if refused is not None:
+        # Before anything else, websocket upgrades included: DNS rebinding (PROTOCOL.md 1).
+        log.info("refused %s from %s: Host not allowed", head.path, peer)
+        await send_response(stream, head.connection, refused, b"host not allowed\n")
         return
     if head.path.startswith("/ws/"):
         await _websocket(server, stream, head, peer)
@@ -203,6 +221,11 @@ def _health(server: Server) -> dict[str, Any]:
 
 
 async def _api_projects(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    """The registered projects; it names directories, so it needs the token whenever
+    subscribers do (PROTOCOL.md 1, 6)."""
+    if server.config.subscribers_need_token and not _authorized(server.config, head):
+        await send_json(stream, head.connection, 401, {"error": "Unauthorized"})
+        return
     registry = Registry(server.config.registry_path)
     try:
         projects = await trio.to_thread.run_sync(_list_with_existence, registry)
@@ -375,8 +398,7 @@ async def _subscriber(
     peer: str,
 ) -> None:
     config = server.config
-    token = head.query.get("token") or head.cookie(TOKEN_COOKIE)
-    authorized = token_matches(token, config.token)
+    authorized = _authorized(config, head)
     if config.subscribers_need_token and not authorized:
         await _refuse(ws, 4001, "Unauthorized")
         return
@@ -390,6 +412,9 @@ async def _subscriber(
         epoch=head.query.get("epoch"),
         backlog=parse_backlog(head.query.get("backlog")),
         authorized=authorized,
+        origin_may_control=control_origin_allowed(
+            head.header("origin"), head.header("host"), config.allow_origins
+        ),
         peer=peer,
     )
     await project_websocket(
@@ -413,6 +438,18 @@ async def _producer(server: Server, ws: WebSocketConnection, raw_name: str, peer
     await serve_producer(
         ws, hub, manager.producer_slots(name), manager.nursery, peer, server.config.producer_grace
     )
+
+
+def _authorized(config: ServerConfig, head: RequestHead) -> bool:
+    """Does the request carry the server token, in any place a client may put it
+    (``Authorization: Bearer``, the dashboard's cookie, ``?token=``)?"""
+    scheme, _, bearer = (head.header("authorization") or "").partition(" ")
+    offered = (
+        bearer.strip() if scheme.lower() == "bearer" else None,
+        head.cookie(TOKEN_COOKIE),
+        head.query.get("token"),
+    )
+    return any(token_matches(token, config.token) for token in offered)
 
 
 def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:

@@ -49,27 +49,40 @@ class SubscribeRequest:
     epoch: str | None
     backlog: int
     authorized: bool
+    origin_may_control: bool
+    """False for a browser page of another origin: it may watch, not steer (PROTOCOL.md 3.4)."""
     peer: str
 
 
+MAX_SEQ_DIGITS: Final = 19
+"""A ``since`` beyond 19 digits is beyond any head; ``int()`` would raise past 4,300."""
+DEFAULT_BACKLOG: Final = 100
+MAX_BACKLOG: Final = 1000
+
+
 def parse_since(raw: str | None) -> int | None:
-    """The ``since`` query value; anything but ASCII digits is -1, which the hub calls invalid.
+    """The ``since`` query value; anything but a plausible seq is -1, which the hub
+    calls invalid (``resync invalid_since``), whatever the client sent.
 
     Not ``int()`` alone: it also reads ``0_2``, `` 2`` and non-ASCII digits.
     """
     if raw is None:
         return None
-    if not (raw.isascii() and raw.isdigit()):
+    significant = raw.lstrip("0")
+    if not (raw.isascii() and raw.isdigit()) or len(significant) > MAX_SEQ_DIGITS:
         return -1
-    return int(raw)
+    return int(significant or "0")
 
 
 def parse_backlog(raw: str | None) -> int:
-    try:
-        value = int(raw) if raw is not None else 100
-    except ValueError:
-        return 100
-    return max(0, min(value, 1000))
+    """The ``backlog`` query value clamped to 0-1000 (so a huge number asks for all of
+    it); the default when it is no plain number."""
+    if raw is None or not (raw.isascii() and raw.isdigit()):
+        return DEFAULT_BACKLOG
+    significant = raw.lstrip("0")
+    if len(significant) > len(str(MAX_BACKLOG)):
+        return MAX_BACKLOG
+    return min(int(significant or "0"), MAX_BACKLOG)
 
 
 class SubscriberSession:
@@ -198,6 +211,8 @@ class SubscriberSession:
     async def _handle_control(self, action: object) -> None:
         if not isinstance(action, str) or action not in protocol.CONTROL_ACTIONS:
             refusal: str | None = f"unknown control action {action!r}"
+        elif not self.request.origin_may_control:
+            refusal = "control is accepted only from the server's own origin or an allowed one"
         elif not self.request.authorized:
             refusal = "control needs the server token"
         elif self._control is None:
