@@ -933,3 +933,116 @@ async def test_shutdown_finishes_once_the_subscriber_answers_the_close(
             await client.send(close.response())
     with trio.fail_after(1):  # the close bound is 2 s; answered, it takes a round trip
         await done.wait()
+
+
+# -- a poll loop that crashes is restarted, alone ------------------------------------
+
+
+class FaultyRead:
+    """Stands in for one reader's ``read``: raises ``RuntimeError`` ``failures`` times
+    (in the worker thread, as a bug in the reader would), then reads for real."""
+
+    def __init__(self, reader: ProgressReader, failures: int) -> None:
+        self._real = reader.read
+        self.failures = failures
+
+    def __call__(self) -> Progress:
+        if self.failures > 0:
+            self.failures -= 1
+            raise RuntimeError("reader exploded")
+        return self._real()
+
+
+def restart_delays(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The restart delays the crashed loops logged, in order."""
+    return [
+        record.getMessage().rsplit(" in ", 1)[1]
+        for record in caplog.records
+        if record.name == "trio_ws.manager" and "restarting in" in record.getMessage()
+    ]
+
+
+async def test_a_crashing_poll_loop_is_logged_restarted_with_backoff_and_spares_other_projects(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    registry: Registry,
+    project_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    demo_db = create_db(db_path(project_dir), rows(pending=1))
+    other_db = create_db(db_path(add_project(registry, tmp_path, "other")), rows(pending=2))
+    server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        demo_ws = await subscribe(nursery, server)
+        other_ws = await subscribe(nursery, server, "other")
+        await receive_until(demo_ws, of_type("progress"))
+        await receive_until(other_ws, of_type("progress"))
+        reader = server.manager.reader_for("demo")
+        assert reader is not None
+        faulty = FaultyRead(reader, failures=5)
+        monkeypatch.setattr(reader, "read", faulty)
+        warning = (await receive_until(demo_ws, of_type("warning")))[-1]
+        # The other project keeps its loop, its subscribers and new ones.
+        await trio.to_thread.run_sync(insert, other_db, rows(passing=2))
+        other_progress = (await receive_until(other_ws, of_type("progress")))[-1]
+        late_ws = await subscribe(nursery, server, "other")
+        # Once the fault stops, the restarted loop reads again.
+        await wait_until(lambda: faulty.failures == 0)
+        await trio.to_thread.run_sync(insert, demo_db, rows(passing=3))
+        demo_progress = (await receive_until(demo_ws, of_type("progress")))[-1]
+        await until_pong(late_ws)
+    assert (warning["source"], "RuntimeError" in warning["content"]) == ("progress", True)
+    assert figures(other_progress) == expected(2, 0, 4, 50.0, 0)
+    assert figures(demo_progress) == expected(3, 0, 4, 75.0, 0)
+    assert restart_delays(caplog) == ["0.01 s", "0.02 s", "0.04 s", "0.04 s", "0.04 s"]
+    crashes = [r for r in caplog.records if r.name == "trio_ws.manager" and r.levelname == "ERROR"]
+    assert len(crashes) == 5
+    assert all(r.exc_info is not None and "reader exploded" in str(r.exc_info[1]) for r in crashes)
+    assert server.manager.poll.running == 2
+
+
+async def test_a_good_read_resets_the_restart_backoff(
+    nursery: trio.Nursery,
+    project_dir: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    create_db(db_path(project_dir), rows(pending=1))
+    server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await subscribe(nursery, server)
+        reader = server.manager.reader_for("demo")
+        assert reader is not None
+        faulty = FaultyRead(reader, failures=2)
+        monkeypatch.setattr(reader, "read", faulty)
+        await wait_until(lambda: faulty.failures == 0)
+        await reads_pass(server.manager, 1)
+        faulty.failures = 2
+        await wait_until(lambda: faulty.failures == 0)
+        await reads_pass(server.manager, 1)
+    assert restart_delays(caplog) == ["0.01 s", "0.02 s", "0.01 s", "0.02 s"]
+
+
+async def test_a_reader_that_raises_does_not_refuse_a_new_subscriber(
+    nursery: trio.Nursery,
+    project_dir: Path,
+    registry: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The first subscriber's one-off read (``prime``) fails too: it still joins, told why."""
+    create_db(db_path(project_dir), rows(pending=1))
+    server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
+    server.manager.hub_for("demo", project_dir)
+    reader = server.manager.reader_for("demo")
+    assert reader is not None
+    monkeypatch.setattr(reader, "read", FaultyRead(reader, failures=1))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server, backlog=0)
+        seen = await receive_until(ws, of_type("progress"))
+    assert types(seen)[:3] == ["hello", "agent_status", "dev_server_status"]
+    assert {"type": "warning", "source": "progress"}.items() <= seen[3].items()
+    assert figures(seen[-1]) == expected(0, 0, 1, 0.0, 0)
+    assert "reader exploded" in caplog.text
