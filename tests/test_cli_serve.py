@@ -186,3 +186,27 @@ async def test_producer_grace_option_marks_a_vanished_producer_crashed(
                 pass
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
+
+
+async def test_allow_host_option_serves_that_host_and_refuses_others(served_home: Path) -> None:
+    """DNS rebinding: on loopback only loopback names and --allow-host entries are served."""
+
+    async def status(port: int, host: str) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(f"GET /api/projects HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            received = b""
+            while chunk := await stream.receive_some(4096):
+                received += chunk
+        return received.split(b"\r\n", 1)[0]
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--allow-host", "dash.example.test") as (process, port, _):
+            listed = await status(port, f"dash.example.test:{port}")
+            foreign = await status(port, f"rebind.evil.example:{port}")
+            loopback = await status(port, f"localhost:{port}")
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert listed == b"HTTP/1.1 200 OK"
+    assert foreign == b"HTTP/1.1 403 Forbidden"
+    assert loopback == b"HTTP/1.1 200 OK"

@@ -18,6 +18,8 @@ from trio_ws.security import (
     TOKEN_ENV,
     TOKEN_FILE,
     TokenError,
+    control_origin_allowed,
+    host_refusal,
     is_loopback_host,
     load_token,
     origin_allowed,
@@ -194,6 +196,92 @@ def test_origin_allowed_never_raises(
 ) -> None:
     """Whatever a client puts in Origin and Host, the answer is allowed or 403, never a crash."""
     assert origin_allowed(origin, host_header, on_loopback, ALLOWED) in (True, False)
+
+
+# -- host_refusal (DNS rebinding, PROTOCOL.md 1) ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["localhost", "localhost:8888", "LOCALHOST:1", "127.0.0.1", "127.0.0.1:8888", "[::1]:8888"],
+)
+def test_loopback_host_headers_are_served_on_loopback(host: str) -> None:
+    assert host_refusal(host, True) is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "rebind.evil.example",
+        "rebind.evil.example:8888",
+        "localhost.evil.example",
+        "127.0.0.1.evil.example",
+        "evil.example@127.0.0.1",
+        "127.0.0.1/evil",
+        "127.0.0.1:notaport",
+        "[::1",
+        "",
+        "192.168.1.10:8888",
+    ],
+)
+def test_other_host_headers_are_403_on_loopback(host: str) -> None:
+    assert host_refusal(host, True) == 403
+
+
+def test_a_missing_host_is_400_on_loopback() -> None:
+    assert host_refusal(None, True) == 400
+
+
+@pytest.mark.parametrize("host", ["rebind.evil.example:8888", None])
+def test_off_loopback_the_host_is_not_checked(host: str | None) -> None:
+    assert host_refusal(host, False) is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "host", "refusal"),
+    [
+        ("dash.example.test", "dash.example.test:8888", None),
+        ("dash.example.test", "DASH.example.test", None),
+        ("dash.example.test:8888", "dash.example.test:8888", None),
+        ("dash.example.test:8888", "dash.example.test:9999", 403),
+        ("dash.example.test", "evil.dash.example.test", 403),
+    ],
+)
+def test_allow_host_entries(entry: str, host: str, refusal: int | None) -> None:
+    assert host_refusal(host, True, frozenset({entry})) == refusal
+
+
+# -- control_origin_allowed (PROTOCOL.md 3.4) ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origin", "host_header"),
+    [
+        (None, "127.0.0.1:8888"),
+        ("http://127.0.0.1:8888", "127.0.0.1:8888"),
+        ("http://localhost:8888", "localhost:8888"),
+        ("https://dash.example.com", "dash.example.com"),
+        ("https://dash.example.com", "10.0.0.1:8888"),  # listed
+    ],
+)
+def test_control_is_allowed_from_the_own_or_a_listed_origin(
+    origin: str | None, host_header: str
+) -> None:
+    assert control_origin_allowed(origin, host_header, ALLOWED)
+
+
+@pytest.mark.parametrize(
+    ("origin", "host_header"),
+    [
+        ("http://localhost:3000", "127.0.0.1:8888"),
+        ("http://127.0.0.1:3000", "127.0.0.1:8888"),
+        ("http://localhost:8888", "127.0.0.1:8888"),
+        ("http://127.0.0.1:8888", None),
+        ("null", "127.0.0.1:8888"),
+    ],
+)
+def test_control_is_refused_from_other_origins(origin: str, host_header: str | None) -> None:
+    assert not control_origin_allowed(origin, host_header, ALLOWED)
 
 
 # -- token_matches ------------------------------------------------------------
