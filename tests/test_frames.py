@@ -147,7 +147,7 @@ async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
         hub = server.manager.hub_for("demo", project_dir)
         stalled = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stalled.send_all(
-            b"GET /ws/projects/demo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+            b"GET /ws/projects/demo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
             b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
             b"Sec-WebSocket-Version: 13\r\n\r\n"
         )
