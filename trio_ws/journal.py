@@ -180,7 +180,7 @@ def check_batch(batch: Batch, head: int) -> None:
     """Refuse a batch that would break the history: seqs must run on from ``head``."""
     for offset, (seq, _) in enumerate(batch.events, start=1):
         if seq != head + offset:
-            raise ValueError(f"event seq {seq} does not follow head {head + offset - 1}")
+            raise ValueError(f"batch on head {head} has seq {seq} where {head + offset} is due")
 
 
 def over_limits(count: int, size: int, history: int, history_bytes: int) -> bool:

@@ -58,7 +58,7 @@ SUFFIXES: Final = ("", "-wal", "-shm")
 """The database file and the two files SQLite keeps beside it in WAL mode."""
 
 Synchronous = Literal["NORMAL", "FULL"]
-ConnectionHook = Callable[[sqlite3.Connection], None]
+ConnectionHook = Callable[[sqlite3.Connection], object]
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
@@ -223,11 +223,11 @@ class SqliteJournal:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
+            if self._on_connect is not None:
+                self._on_connect(conn)
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-            if self._on_connect is not None:
-                self._on_connect(conn)
         except BaseException:
             conn.close()
             raise
@@ -250,15 +250,20 @@ class SqliteJournal:
             moved, reason = self._move_aside(), "corrupt"
         else:
             reason = "new"
-        if conn is None:
-            # Created here so that it (and the -wal/-shm files SQLite copies it for) is 0600.
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-            conn = self._connect()
-            self._create(conn)
         try:
+            if conn is None:
+                # Created here so that it (and the -wal/-shm SQLite copies it for) is 0600.
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                conn = self._connect()
+                self._create(conn)
             state = self._start(conn, reason, boot_id)
+        except sqlite3.Error as error:
+            if conn is not None:
+                conn.close()
+            raise JournalError(f"journal {self.path}: cannot open: {_reason(error)}") from None
         except BaseException:
-            conn.close()
+            if conn is not None:
+                conn.close()
             raise
         self._conn = conn
         return JournalState(
