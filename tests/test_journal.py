@@ -169,12 +169,15 @@ async def test_reopen_continues_the_history_only_when_durable(backends: Backends
     await journal.append(Batch([(1, '"a"'), (2, '"b"')], {"agent-1": 5, "dev-1": 2}, state))
     await journal.append(Batch([(3, '"c"')], {"agent-1": 6}))
     await journal.close()
-    again = await backend.journal("demo").open()
+    reopened = backend.journal("demo")
+    again = await reopened.open()
     if backends.durable:
         assert (again.epoch, again.new_epoch) == (first.epoch, None)
         assert (again.head, again.oldest) == (3, 1)
         assert again.pseqs == {"agent-1": 6, "dev-1": 2}
         assert again.state == state
+        stats = reopened.stats()
+        assert (stats.head, stats.oldest, stats.events_held, stats.bytes_held) == (3, 1, 3, 9)
     else:
         assert again.epoch != first.epoch
         assert (again.new_epoch, again.head, again.pseqs, again.state) == ("new", 0, {}, None)

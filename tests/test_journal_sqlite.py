@@ -341,3 +341,10 @@ async def test_kill_9_loses_no_committed_append(home: Path, boot: Path, seed: in
     with sqlite3.connect(journal_path(home, "demo")) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     conn.close()
+
+
+async def test_an_unreachable_directory_fails_open_clearly(home: Path, boot: Path) -> None:
+    home.parent.mkdir(parents=True, exist_ok=True)
+    await trio.Path(home).write_text("a file where the home directory should be")
+    with pytest.raises(JournalError, match=r"demo\.db: cannot open: .*Not a directory"):
+        await journal(home, boot).open()

@@ -120,8 +120,9 @@ class Commits:
 
 
 class Journal(Protocol):
-    """One project's journal. Calls are not concurrent: the caller (the hub's writer
-    task) awaits each before the next; ``open`` comes first, ``close`` last."""
+    """One project's journal. ``open`` comes first and ``close`` last; appends come
+    one at a time (the hub's writer task awaits each before the next), while
+    ``read_since`` may be called at any time in between (a backend serialises it)."""
 
     @property
     def project(self) -> str: ...

@@ -151,7 +151,10 @@ class SqliteJournal:
     async def open(self) -> JournalState:
         if self._conn is not None:
             raise JournalError(f"journal {self.path} is already open")
-        state = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
+        try:
+            state = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
+        except OSError as error:  # the directory or the file itself is out of reach
+            raise JournalError(f"journal {self.path}: cannot open: {error}") from None
         self._head, self._oldest = state.head, state.oldest
         return state
 
