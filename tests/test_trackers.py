@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -806,3 +807,93 @@ def test_arbitrary_lines_keep_the_trackers_sound(lines: list[str | None]) -> Non
         assert update["agentName"] in (*MASCOTS, "Unknown")
         assert update["state"] in AGENT_STATES
         assert (update["agentIndex"] == -1) == synthetic
+
+
+# -- restart: to_state / from_state (STATE.md 2) ------------------------------
+
+RESET = "<reset>"
+
+
+def _restart_pool() -> list[str]:
+    """Corpus lines plus every orchestrator table line and counter setters, so each
+    piece of tracker state changes often in a short random run."""
+    return [
+        *CORPUS_LINES,
+        *(row[0] for row in ORCHESTRATOR_ROWS),
+        "4 blocked by dependencies",
+        "Max concurrency: 7 coding agents",
+        "[DEBUG] Spawning loop: 5 ready, 2 slots",
+        RESET,
+    ]
+
+
+def _restored_twins_agree(lines: list[str], cut: int) -> None:
+    """Feed ``lines`` to a tracker pair; at ``cut`` one of them is stored as JSON and
+    restored into fresh objects. Both must give identical updates from then on."""
+    clock = lambda: 1_700_000_000.0  # noqa: E731
+    twin_agents, twin_orch = AgentTracker(clock), OrchestratorTracker(clock)
+    agents, orch = AgentTracker(clock), OrchestratorTracker(clock)
+    for number, line in enumerate(lines):
+        if number == cut:
+            stored = json.loads(json.dumps({"a": agents.to_state(), "o": orch.to_state()}))
+            agents = AgentTracker.from_state(stored["a"], clock)
+            orch = OrchestratorTracker.from_state(stored["o"], clock)
+            assert agents.snapshot() == twin_agents.snapshot()
+            assert orch.state() == twin_orch.state()
+        if line == RESET:
+            for tracker in (agents, orch, twin_agents, twin_orch):
+                tracker.reset()
+            continue
+        assert agents.feed(line) == twin_agents.feed(line)
+        assert orch.feed(line) == twin_orch.feed(line)
+    assert agents.to_state() == twin_agents.to_state()
+    assert orch.to_state() == twin_orch.to_state()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.sampled_from(_restart_pool()), min_size=1, max_size=120),
+    st.integers(min_value=0, max_value=120),
+)
+def test_restored_trackers_continue_like_their_unrestored_twins(lines: list[str], cut: int) -> None:
+    _restored_twins_agree(lines, min(cut, len(lines) - 1))
+
+
+def test_a_restored_tracker_keeps_names_and_the_next_index() -> None:
+    tracker = AgentTracker()
+    for feature in range(1, 24):  # past the 20 mascots
+        tracker.feed(f"Started coding agent for feature #{feature}")
+    tracker.feed("Feature #5 completed")
+    restored = AgentTracker.from_state(json.loads(json.dumps(tracker.to_state())))
+    assert [m["agentName"] for m in restored.snapshot()] == [
+        m["agentName"] for m in tracker.snapshot()
+    ]
+    spawned = restored.feed("Started testing agent for feature #99")
+    assert spawned is not None
+    assert (spawned["agentIndex"], spawned["agentName"]) == (23, MASCOTS[3])
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        {"agents": [], "next_index": "3"},
+        {"agents": [{"index": 0}], "next_index": 1},
+        {
+            "agents": [
+                {"index": 0, "name": "Spark", "type": "robot", "features": [1], "state": "x"}
+            ],
+            "next_index": 1,
+        },
+        {"agents": [], "next_index": True},
+    ],
+)
+def test_a_tracker_state_that_does_not_fit_is_refused(state: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="tracker state"):
+        AgentTracker.from_state(state)
+
+
+def test_an_orchestrator_state_that_does_not_fit_is_refused() -> None:
+    state = OrchestratorTracker().to_state()
+    del state["ready"]
+    with pytest.raises(ValueError, match="'ready' is not int"):
+        OrchestratorTracker.from_state(state)

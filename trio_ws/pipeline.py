@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 
 from trio_ws.protocol import (
@@ -28,7 +28,7 @@ from trio_ws.protocol import (
     wall_clock,
 )
 from trio_ws.security import redact
-from trio_ws.trackers import AgentTracker, OrchestratorTracker
+from trio_ws.trackers import AgentTracker, OrchestratorTracker, TrackerState, state_value
 
 LINE_CAP: Final = 16 * 1024
 """Longest line (in characters) an event carries, truncation suffix included."""
@@ -204,6 +204,43 @@ class AgentPipeline:
         self._banner_shown = True
         return [log(line, timestamp, None, None) for line in AUTH_BANNER]
 
+    # -- restart: state out, state in ----------------------------------------
+
+    def to_state(self) -> TrackerState:
+        """Status, banner flag, the raw crash window and both trackers, JSON-able.
+
+        The crash window holds raw (unredacted) lines: whoever stores this state
+        keeps it as private as the output itself.
+        """
+        return {
+            "status": self._status,
+            "banner_shown": self._banner_shown,
+            "recent": list(self._recent),
+            "agents": self.agents.to_state(),
+            "orchestrator": self.orchestrator.to_state(),
+        }
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object], clock: Clock = wall_clock) -> AgentPipeline:
+        """A pipeline that continues exactly where the one that made ``state`` stood."""
+        pipeline = cls(clock)
+        status = state_value(state, "status", str)
+        if status not in AGENT_STATUSES:
+            raise ValueError(f"pipeline state: unknown agent status {status!r}")
+        pipeline._status = status
+        pipeline._banner_shown = state_value(state, "banner_shown", bool)
+        recent = state_value(state, "recent", list)
+        if not all(isinstance(line, str) for line in recent):
+            raise ValueError("pipeline state: recent lines are not all strings")
+        pipeline._recent.extend(recent)
+        pipeline.agents = AgentTracker.from_state(
+            state_value(state, "agents", dict), pipeline._tracker_clock
+        )
+        pipeline.orchestrator = OrchestratorTracker.from_state(
+            state_value(state, "orchestrator", dict), pipeline._tracker_clock
+        )
+        return pipeline
+
 
 class DevPipeline:
     """The dev-server stream of one project: lines to ``dev_log``, plus its URL (LINES.md 4)."""
@@ -243,6 +280,23 @@ class DevPipeline:
         self._status = status
         self._url = None
         return [event]
+
+    # -- restart: state out, state in ----------------------------------------
+
+    def to_state(self) -> TrackerState:
+        """Status and URL, JSON-able."""
+        return {"status": self._status, "url": self._url}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object], clock: Clock = wall_clock) -> DevPipeline:
+        """A pipeline that continues exactly where the one that made ``state`` stood."""
+        pipeline = cls(clock)
+        status = state_value(state, "status", str)
+        dev_server_status(status, None)  # raises ValueError on an unknown status
+        pipeline._status = status
+        url = state.get("url")
+        pipeline._url = None if url is None else state_value(state, "url", str)
+        return pipeline
 
 
 def _feature_id(line: str) -> int | None:

@@ -14,8 +14,9 @@ more than 15 digits is not an id or count the orchestrator prints (and
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Literal, TypeVar, cast
 
 from trio_ws.protocol import Clock, Message, iso_timestamp, wall_clock
 
@@ -129,6 +130,24 @@ _COMPLETION: Final[dict[tuple[str, bool], tuple[str, str]]] = {
     ("failed", True): ("error", "Batch failed to complete"),
 }
 """Final state and thought by (outcome word, agent has several features)."""
+
+
+_T = TypeVar("_T")
+TrackerState = dict[str, object]
+"""A tracker's or pipeline's state as JSON-able values, for the journal to keep."""
+
+
+def state_value(state: Mapping[str, object], key: str, kind: type[_T]) -> _T:
+    """``state[key]`` if it is a ``kind`` (never a bool for int): a stored state that
+    does not fit is refused with a message saying what, never half restored."""
+    value = state.get(key)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"tracker state: {key!r} is not {kind.__name__}: {value!r}")
+    return value
+
+
+def _optional_str(state: Mapping[str, object], key: str) -> str | None:
+    return None if state.get(key) is None else state_value(state, key, str)
 
 
 def _number(digits: str) -> int | None:
@@ -305,6 +324,49 @@ class AgentTracker:
     def _now(self) -> str:
         return iso_timestamp(self._clock())
 
+    # -- restart: state out, state in ----------------------------------------
+
+    def to_state(self) -> TrackerState:
+        """The active agents (oldest first) and the next index, as JSON-able values."""
+        agents = [
+            {
+                "index": a.index,
+                "name": a.name,
+                "type": a.agent_type,
+                "features": list(a.feature_ids),
+                "state": a.state,
+                "thought": a.thought,
+            }
+            for a in self._agents.values()
+        ]
+        return {"agents": agents, "next_index": self._next_index}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, object], clock: Clock = wall_clock) -> AgentTracker:
+        """A tracker that continues exactly where the one that made ``state`` stood."""
+        tracker = cls(clock)
+        tracker._next_index = state_value(state, "next_index", int)
+        for item in state_value(state, "agents", list):
+            if not isinstance(item, dict):
+                raise ValueError(f"tracker state: agent is not an object: {item!r}")
+            agent = cast(Mapping[str, object], item)
+            agent_type = state_value(agent, "type", str)
+            if agent_type not in ("coding", "testing"):
+                raise ValueError(f"tracker state: unknown agent type {agent_type!r}")
+            features = state_value(agent, "features", list)
+            if not features or not all(type(f) is int for f in features):
+                raise ValueError(f"tracker state: feature ids {features!r}")
+            index = state_value(agent, "index", int)
+            tracker._agents[index] = _Agent(
+                index,
+                state_value(agent, "name", str),
+                cast(AgentType, agent_type),
+                [int(f) for f in features],
+                state_value(agent, "state", str),
+                _optional_str(agent, "thought"),
+            )
+        return tracker
+
 
 class OrchestratorTracker:
     """What the orchestrator is doing and how many agents it runs (LINES.md 3)."""
@@ -395,3 +457,30 @@ class OrchestratorTracker:
             "blockedCount": self._blocked,
             **extra,
         }
+
+    # -- restart: state out, state in ----------------------------------------
+
+    def to_state(self) -> TrackerState:
+        """The state and counters as JSON-able values."""
+        return {
+            "state": self._state,
+            "coding": self._coding,
+            "testing": self._testing,
+            "max_concurrency": self._max_concurrency,
+            "ready": self._ready,
+            "blocked": self._blocked,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: Mapping[str, object], clock: Clock = wall_clock
+    ) -> OrchestratorTracker:
+        """A tracker that continues exactly where the one that made ``state`` stood."""
+        tracker = cls(clock)
+        tracker._state = state_value(state, "state", str)
+        tracker._coding = state_value(state, "coding", int)
+        tracker._testing = state_value(state, "testing", int)
+        tracker._max_concurrency = state_value(state, "max_concurrency", int)
+        tracker._ready = state_value(state, "ready", int)
+        tracker._blocked = state_value(state, "blocked", int)
+        return tracker

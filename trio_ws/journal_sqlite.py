@@ -1,0 +1,486 @@
+"""The ``sqlite`` journal backend (default): one file per project, ``<home>/journal/<project>.db``.
+
+WAL mode, one connection per journal used only from worker threads, one at a
+time (a ``CapacityLimiter(1)`` per journal), so the event loop never waits on
+the disk (STATE.md 3.5). Survives ``kill -9`` with ``synchronous=NORMAL``;
+only an OS crash or power loss can roll back the newest NORMAL commits, which
+is why an unclean stop followed by a reboot starts a new epoch (STATE.md 3.3).
+
+Schema: ``meta`` (key/value: epoch, head, clean-stop flag, boot id, the
+synchronous mode of the session, snapshot state as JSON), ``events`` (seq,
+JSON text, its UTF-8 size) and ``producers`` (id, highest applied pseq). The
+file is marked with ``application_id`` and ``user_version``; a file that
+lacks them, fails ``quick_check`` or is not SQLite at all is moved aside,
+never deleted.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Final, Literal
+
+import trio
+
+from trio_ws.journal import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES,
+    Batch,
+    Commits,
+    JournalError,
+    JournalState,
+    JournalStats,
+    JournalWriteError,
+    NewEpochReason,
+    check_batch,
+    check_limits,
+    check_project,
+    keep_from,
+    new_epoch,
+    over_limits,
+)
+
+BACKEND: Final = "sqlite"
+APPLICATION_ID: Final = 0x74727773
+"""``PRAGMA application_id`` of a trio-ws journal ("trws")."""
+SCHEMA_VERSION: Final = 1
+"""``PRAGMA user_version``: a journal of any other version is not read."""
+BOOT_ID_PATH: Final = Path("/proc/sys/kernel/random/boot_id")
+JOURNAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
+"""Bytes the ``-wal`` file is truncated to after a checkpoint, so a burst does not keep it big."""
+JOURNAL_DIR: Final = "journal"
+SUFFIXES: Final = ("", "-wal", "-shm")
+"""The database file and the two files SQLite keeps beside it in WAL mode."""
+
+Synchronous = Literal["NORMAL", "FULL"]
+ConnectionHook = Callable[[sqlite3.Connection], object]
+
+_SCHEMA: Final = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
+    "CREATE TABLE events (seq INTEGER PRIMARY KEY, text TEXT NOT NULL, size INTEGER NOT NULL)",
+    "CREATE TABLE producers (id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)",
+)
+_TABLES: Final = frozenset({"meta", "events", "producers"})
+_META_KEYS: Final = frozenset({"epoch", "head", "clean", "boot_id", "synchronous", "state"})
+_TRANSIENT: Final = (
+    "SQLITE_BUSY",
+    "SQLITE_LOCKED",
+    "SQLITE_CANTOPEN",
+    "SQLITE_IOERR",
+    "SQLITE_PERM",
+    "SQLITE_NOMEM",
+    "SQLITE_READONLY",
+    "SQLITE_FULL",
+    "SQLITE_AUTH",
+)
+"""Error codes that say the journal cannot be reached now, not that it is unreadable:
+such a journal is never moved aside, ``open`` fails instead."""
+
+
+class _Unreadable(Exception):
+    """The file is not a trio-ws journal this version can read (moved aside by ``open``)."""
+
+
+def journal_path(home: Path, project: str) -> Path:
+    """Where ``project``'s journal lives under ``home``."""
+    return home / JOURNAL_DIR / f"{check_project(project)}.db"
+
+
+def read_boot_id(path: Path) -> str | None:
+    """This boot's id, or None where the system does not tell (then every unclean stop
+    counts as a possible reboot)."""
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _reason(error: sqlite3.Error) -> str:
+    name = getattr(error, "sqlite_errorname", None)
+    return f"{error} ({name})" if name else str(error)
+
+
+def _transient(error: sqlite3.Error) -> bool:
+    name = getattr(error, "sqlite_errorname", "") or ""
+    return name.startswith(_TRANSIENT)
+
+
+class SqliteJournal:
+    """One project's journal in one SQLite file."""
+
+    def __init__(
+        self,
+        path: Path,
+        project: str,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+        boot_id_path: Path = BOOT_ID_PATH,
+        on_connect: ConnectionHook | None = None,
+    ) -> None:
+        """``on_connect`` sees the connection once it is set up (tests use it to set
+        SQLite limits such as ``max_page_count``)."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        check_limits(history, history_bytes)
+        self.path = path
+        self._project = check_project(project)
+        self._synchronous = synchronous
+        self._history = history
+        self._history_bytes = history_bytes
+        self._boot_id_path = boot_id_path
+        self._on_connect = on_connect
+        self._limiter = trio.CapacityLimiter(1)
+        self._conn: sqlite3.Connection | None = None
+        self._head = 0
+        self._oldest = 1
+        self._held = 0
+        self._size = 0
+        self._commits = Commits()
+
+    @property
+    def project(self) -> str:
+        return self._project
+
+    async def open(self) -> JournalState:
+        if self._conn is not None:
+            raise JournalError(f"journal {self.path} is already open")
+        try:
+            state = await trio.to_thread.run_sync(self._open, limiter=self._limiter)
+        except OSError as error:  # the directory or the file itself is out of reach
+            raise JournalError(f"journal {self.path}: cannot open: {error}") from None
+        self._head, self._oldest = state.head, state.oldest
+        return state
+
+    async def append(self, batch: Batch) -> None:
+        conn = self._connection()
+        check_batch(batch, self._head)
+        state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
+        start = time.perf_counter()
+        try:
+            counts = await trio.to_thread.run_sync(
+                self._append, conn, batch, state, limiter=self._limiter
+            )
+        except JournalWriteError:
+            self._commits.write_errors += 1
+            raise
+        self._commits.record(time.perf_counter() - start)
+        self._head, self._oldest, self._held, self._size = counts
+
+    async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
+        conn = self._connection()
+
+        def read() -> list[tuple[int, str]]:
+            try:
+                rows = conn.execute(
+                    "SELECT seq, text FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+                    (seq, limit),
+                ).fetchall()
+            except sqlite3.Error as error:
+                raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
+            return [(int(s), str(text)) for s, text in rows]
+
+        return await trio.to_thread.run_sync(read, limiter=self._limiter)
+
+    async def trim(self) -> None:
+        conn = self._connection()
+        counts = await trio.to_thread.run_sync(
+            self._append, conn, Batch(), None, True, limiter=self._limiter
+        )
+        self._head, self._oldest, self._held, self._size = counts
+
+    async def close(self, *, clean: bool = True) -> None:
+        conn = self._connection()
+        self._conn = None
+
+        def close() -> None:
+            try:
+                if clean:
+                    with conn:
+                        conn.execute("UPDATE meta SET value = '1' WHERE key = 'clean'")
+            except sqlite3.Error as error:
+                raise JournalWriteError(
+                    f"journal {self.path}: cannot record the clean stop: {_reason(error)}"
+                ) from None
+            finally:
+                conn.close()
+
+        await trio.to_thread.run_sync(close, limiter=self._limiter)
+
+    def stats(self) -> JournalStats:
+        return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
+
+    # -- worker-thread side ---------------------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise JournalError(f"journal {self.path} is not open")
+        return self._conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            if self._on_connect is not None:
+                self._on_connect(conn)
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _open(self) -> JournalState:
+        boot_id = read_boot_id(self._boot_id_path)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        reason: NewEpochReason | None = None
+        moved: Path | None = None
+        conn: sqlite3.Connection | None = None
+        if self.path.exists():
+            conn, fresh = self._open_existing()
+            if conn is None:
+                moved, reason = self._move_aside(), "corrupt"
+            elif fresh:
+                reason = "new"
+        elif any(Path(f"{self.path}{suffix}").exists() for suffix in SUFFIXES[1:]):
+            # A -wal without its database: replayed into a new file it would corrupt it.
+            moved, reason = self._move_aside(), "corrupt"
+        else:
+            reason = "new"
+        try:
+            if conn is None:
+                # Created here so that it (and the -wal/-shm SQLite copies it for) is 0600.
+                os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+                conn = self._connect()
+                self._create(conn)
+            state = self._start(conn, reason, boot_id)
+        except sqlite3.Error as error:
+            if conn is not None:
+                conn.close()
+            raise JournalError(f"journal {self.path}: cannot open: {_reason(error)}") from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        self._conn = conn
+        return JournalState(
+            state.epoch,
+            state.head,
+            state.oldest,
+            state.pseqs,
+            state.state,
+            state.new_epoch,
+            None if moved is None else str(moved),
+        )
+
+    def _open_existing(self) -> tuple[sqlite3.Connection | None, bool]:
+        """A connection to the existing file once it proved readable (None if it is not),
+        and whether it was an empty database (a creation cut short, now made a journal)."""
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = self._connect()
+            fresh = self._check(conn)
+        except (sqlite3.DatabaseError, _Unreadable) as error:
+            if conn is not None:
+                conn.close()
+            if isinstance(error, sqlite3.Error) and _transient(error):
+                raise JournalError(f"journal {self.path}: cannot open: {_reason(error)}") from None
+            return None, False
+        return conn, fresh
+
+    def _check(self, conn: sqlite3.Connection) -> bool:
+        """Raise _Unreadable unless ``conn`` holds a journal of this schema that passes
+        ``quick_check``; an empty database is made one (then True)."""
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        if application_id == 0 and version == 0 and not tables:
+            self._create(conn)
+            return True
+        if application_id != APPLICATION_ID:
+            raise _Unreadable(f"not a trio-ws journal (application_id {application_id})")
+        if version != SCHEMA_VERSION:
+            raise _Unreadable(f"schema version {version}, this trio-ws reads {SCHEMA_VERSION}")
+        if not tables >= _TABLES:
+            raise _Unreadable(f"tables {sorted(tables)} lack some of {sorted(_TABLES)}")
+        check = [row[0] for row in conn.execute("PRAGMA quick_check")]
+        if check != ["ok"]:
+            raise _Unreadable(f"quick_check: {'; '.join(map(str, check[:3]))}")
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if set(meta) != _META_KEYS:
+            raise _Unreadable(f"meta keys {sorted(meta)}, expected {sorted(_META_KEYS)}")
+        try:
+            int(meta["head"])
+            if meta["state"] is not None:
+                json.loads(meta["state"])
+        except (TypeError, ValueError) as error:
+            raise _Unreadable(f"meta values unreadable: {error}") from None
+        if not meta["epoch"]:
+            raise _Unreadable("no epoch")
+        return False
+
+    def _create(self, conn: sqlite3.Connection) -> None:
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.executemany(
+                "INSERT INTO meta (key, value) VALUES (?, ?)",
+                [(key, None) for key in sorted(_META_KEYS)],
+            )
+            conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _move_aside(self) -> Path:
+        """Rename the unreadable file (and its -wal/-shm) to ``.corrupt-<UTC time>``."""
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        number = 0
+        while any(Path(f"{target}{suffix}").exists() for suffix in SUFFIXES):
+            number += 1
+            target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{number}")
+        for suffix in reversed(SUFFIXES):  # the database last: a crash midway leaves it found
+            source = Path(f"{self.path}{suffix}")
+            if source.exists():
+                source.rename(f"{target}{suffix}")
+        return target
+
+    def _start(
+        self, conn: sqlite3.Connection, reason: NewEpochReason | None, boot_id: str | None
+    ) -> JournalState:
+        """Continue the stored history or start a new epoch; mark the session unclean."""
+        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        if reason is None and meta["clean"] != "1":
+            rebooted = boot_id is None or boot_id != meta["boot_id"]
+            if rebooted and meta["synchronous"] != "FULL":
+                reason = "unclean_reboot"
+        epoch = meta["epoch"] if reason is None else new_epoch()
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if reason is not None:
+                conn.execute("DELETE FROM events")
+                conn.execute("DELETE FROM producers")
+                conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
+                conn.execute("UPDATE meta SET value = '0' WHERE key = 'head'")
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'epoch'", (epoch,))
+            conn.executemany(
+                "UPDATE meta SET value = ? WHERE key = ?",
+                [("0", "clean"), (boot_id, "boot_id"), (self._synchronous, "synchronous")],
+            )
+        stored = None if reason is not None else meta["state"]
+        head = int(meta["head"]) if reason is None else 0
+        self._held, self._size, oldest = conn.execute(
+            "SELECT count(*), coalesce(sum(size), 0), min(seq) FROM events"
+        ).fetchone()
+        pseqs = {
+            str(pid): int(pseq) for pid, pseq in conn.execute("SELECT id, pseq FROM producers")
+        }
+        return JournalState(
+            epoch=str(epoch),
+            head=head,
+            oldest=head + 1 if oldest is None else int(oldest),
+            pseqs=pseqs,
+            state=None if stored is None else json.loads(stored),
+            new_epoch=reason,
+        )
+
+    def _append(
+        self, conn: sqlite3.Connection, batch: Batch, state: str | None, trim: bool = False
+    ) -> tuple[int, int, int, int]:
+        """Commit one batch (and trim when due or asked); the new head, oldest, count, bytes."""
+        rows = [(seq, text, len(text.encode())) for seq, text in batch.events]
+        head = rows[-1][0] if rows else self._head
+        held = self._held + len(rows)
+        size = self._size + sum(row[2] for row in rows)
+        oldest = self._oldest
+        try:
+            if conn.in_transaction:  # a rollback that failed last time
+                conn.rollback()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT INTO events (seq, text, size) VALUES (?, ?, ?)", rows)
+            conn.executemany(
+                "INSERT INTO producers (id, pseq) VALUES (?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET pseq = excluded.pseq",
+                batch.pseqs.items(),
+            )
+            if rows:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (str(head),))
+            if state is not None:
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'state'", (state,))
+            if held and (trim or over_limits(held, size, self._history, self._history_bytes)):
+                newest_first = conn.execute(
+                    "SELECT seq, size FROM events ORDER BY seq DESC LIMIT ?", (self._history + 1,)
+                ).fetchall()
+                keep = keep_from(newest_first, self._history, self._history_bytes)
+                dropped, freed = conn.execute(
+                    "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?", (keep,)
+                ).fetchone()
+                conn.execute("DELETE FROM events WHERE seq < ?", (keep,))
+                held, size, oldest = held - dropped, size - freed, keep
+            elif rows and self._held == 0:
+                oldest = rows[0][0]
+            conn.execute("COMMIT")
+        except sqlite3.Error as error:
+            message = f"journal {self.path}: cannot write: {_reason(error)}"
+            if conn.in_transaction:
+                try:
+                    conn.rollback()
+                except sqlite3.Error as rollback:
+                    message += f"; rollback failed too: {_reason(rollback)}"
+            raise JournalWriteError(message) from None
+        return head, oldest, held, size
+
+
+class SqliteBackend:
+    """``--journal sqlite``: a journal file per project under ``<home>/journal/``."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        synchronous: Synchronous = "NORMAL",
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+        boot_id_path: Path = BOOT_ID_PATH,
+    ) -> None:
+        check_limits(history, history_bytes)
+        self.home = home
+        self._synchronous: Synchronous = synchronous
+        self._history = history
+        self._history_bytes = history_bytes
+        self._boot_id_path = boot_id_path
+
+    @property
+    def name(self) -> str:
+        return BACKEND
+
+    def journal(self, project: str) -> SqliteJournal:
+        return SqliteJournal(
+            journal_path(self.home, project),
+            project,
+            synchronous=self._synchronous,
+            history=self._history,
+            history_bytes=self._history_bytes,
+            boot_id_path=self._boot_id_path,
+        )
+
+    async def remove(self, project: str) -> bool:
+        """Delete the project's journal files (close its journal first); moved-aside
+        corrupt copies stay. False when there was no journal."""
+        path = journal_path(self.home, project)
+        return await trio.to_thread.run_sync(remove_files, path)
+
+
+def remove_files(path: Path) -> bool:
+    """Delete a journal file and its -wal/-shm, the database last (a WAL left without
+    its database would be replayed into the next one)."""
+    existed = path.exists()
+    for suffix in reversed(SUFFIXES):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    return existed
