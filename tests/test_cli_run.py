@@ -593,3 +593,68 @@ async def test_control_stop_ends_a_paused_child(
         seen = await receive_until(ws, status_is("stopped", "crashed"))
         assert await run.wait() == 128 + signal.SIGTERM
     assert statuses(seen) == ["stopped"]
+
+
+# -- bounded producer messages (PROTOCOL.md 4.1) ----------------------------------------
+
+
+def publish_command(server: Server, home: Path) -> str:
+    return (
+        f"{TRIO_WS} publish demo --server http://127.0.0.1:{server.port} "
+        f"--token {TOKEN} --home {home}"
+    )
+
+
+def warnings_from(messages: list[Message], source: str) -> list[Message]:
+    return [m for m in messages if m["type"] == "warning" and m["source"] == source]
+
+
+async def test_publish_caps_a_3_mb_line_and_the_stream_goes_on(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    """The issue's command, through a real pipe: 3,000,000 x U+0001 is 18 MB of JSON,
+    over the server's 16 MiB cap; the producer cuts the line at 64 Ki chars instead."""
+    shell = (
+        "{ echo first; head -c 3000000 /dev/zero | tr '\\0' '\\1'; echo; echo after; } | "
+        + publish_command(server, home)
+    )
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        result = await trio.run_process(["sh", "-c", shell], capture_stderr=True, check=False)
+        assert result.returncode == 0, result.stderr
+        seen = await receive_run(ws)
+    producer_cut = 65536 - len(" … [truncated 2934492 chars]")
+    assert producer_cut == 65508  # the producer's line: 65,508 x U+0001 and its mark
+    server_cut = 16384 - len(" … [truncated 65536 chars]")
+    assert logs(seen) == [
+        "first",
+        "\x01" * server_cut + f" … [truncated {65536 - server_cut} chars]",
+        "after",
+    ]
+    assert warnings_from(seen, "producer") == []
+    assert result.stderr == b""
+
+
+async def test_publish_splits_a_refused_batch_and_skips_a_refused_line(
+    nursery: trio.Nursery,
+    registry: Registry,
+    home: Path,
+    project_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes less than the producer's 1 MiB closes with 1009: the
+    producer splits the batch it refused, replaces a line it refuses on its own
+    by a line saying so, and goes on; it never resends the same refused message."""
+    monkeypatch.setattr("trio_ws.server.MAX_PRODUCER_MESSAGE", 128 * 1024)
+    small = await nursery.start(serve, make_config(registry))
+    many = [f"{index:04d} " + "x" * 995 for index in range(300)]  # ~300 KB: split
+    text = "\n".join(["first", *many, "\x01" * 30_000, "after"]) + "\n"  # 180 KB of JSON
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, small)
+        run = await start(nursery, small, home, "publish", stdin=text.encode())
+        seen = await receive_run(ws)
+        assert await run.wait() == 0, run.stderr
+    skipped = "[trio-ws] item 303 (a line of 30000 chars) refused by the server as too big; skipped"
+    assert logs(seen) == ["first", *many, skipped, "after"]
+    assert run.stderr.decode().count("trio-ws: the server refused item 303") == 1
