@@ -71,6 +71,7 @@ async def start(
     stdin: bytes | None = None,
     keep_stdin_open: bool = False,
     close_stdout: bool = False,
+    stall_stdout: bool = False,
 ) -> Run:
     """Start ``trio-ws COMMAND demo`` against ``server``; collect its output in the background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
@@ -96,6 +97,8 @@ async def start(
     assert process.stdout is not None and process.stderr is not None
     if close_stdout:  # like `trio-ws run … | head` once head has exited
         await process.stdout.aclose()
+        run.closed[0].set()
+    elif stall_stdout:  # like a pager nobody scrolls: the pipe stays open and fills up
         run.closed[0].set()
     else:
         nursery.start_soon(collect, process.stdout, run.stdout, run.closed[0])
@@ -218,6 +221,64 @@ async def test_run_keeps_publishing_when_its_own_stdout_is_closed(
         assert await run.wait() == 0
     assert logs(seen) == ["first", "second", f"{EXIT_LINE} 0"]
     assert b"stopped printing the output here: Broken pipe" in run.stderr
+
+
+def big_output(tmp_path: Path) -> tuple[Path, list[str]]:
+    """1,500 lines of 1,000 characters: far more than a pipe buffer and `ECHO_BUFFER`."""
+    lines = [f"{index:04d} " + "o" * 995 for index in range(1500)]
+    path = tmp_path / "big.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path, lines
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return bytes(data)
+
+
+async def test_run_publishes_every_line_while_its_stdout_is_stalled(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """Nobody reads `run`'s stdout: publishing goes on; what could not be printed
+    here is dropped and counted, exactly (the pipe then holds the rest)."""
+    path, lines = big_output(tmp_path)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--flush-within", "2", "--", *child(str(path)),
+            stall_stdout=True,
+        )  # fmt: skip
+        seen = await receive_run(ws)
+        assert await run.wait() == 0, run.stderr
+        assert run.process.stdout is not None
+        printed = await read_all(run.process.stdout)
+    assert logs(seen) == [*lines, f"{EXIT_LINE} 0"]
+    output = path.read_bytes()
+    assert 0 < len(printed) < len(output) and output.startswith(printed)
+    assert run.stderr.decode().splitlines() == [
+        "trio-ws: stdout is not keeping up: not printing some output here",
+        f"trio-ws: {len(output) - len(printed)} bytes of output were not printed here: "
+        "stdout was stalled",
+    ]
+
+
+async def test_run_stops_on_sigterm_while_its_stdout_is_stalled(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    path, lines = big_output(tmp_path)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--flush-within", "2", "--",
+            *child(str(path), "--hold", "20"), stall_stdout=True,
+        )  # fmt: skip
+        await receive_log(ws, lines[-1])  # printed all and holding; our pipe is full
+        run.process.send_signal(signal.SIGTERM)
+        seen = await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert statuses(seen) == ["stopped"]
 
 
 async def test_run_merges_stderr_keeps_final_partial_line_and_replaces_bad_utf8(

@@ -35,6 +35,7 @@ import codecs
 import json
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -78,6 +79,8 @@ DRAIN_AFTER_EXIT: Final = 2.0
 """How long output is still read after the child exited (grandchildren may hold the pipe)."""
 PAUSE_FILE: Final = Path(".autoforge") / ".pause_drain"
 READ_SIZE: Final = 65536
+ECHO_BUFFER: Final = 1024 * 1024
+"""Bytes of a child's output waiting to be printed locally; more are dropped (and counted)."""
 LINE_CAP: Final = 64 * 1024
 """Longest line (in characters) a producer sends, truncation mark included."""
 MESSAGE_CAP: Final = 1024 * 1024
@@ -683,6 +686,9 @@ class RunOptions:
     kill_after: float = KILL_AFTER
     flush_within: float = FLUSH_WITHIN
     connect_wait: float = CONNECT_WAIT
+    lifeline: int | None = None
+    """A pipe's read end whose writer is the process that started us: at its EOF
+    that process is gone, and the command is stopped (``trio-ws demo`` uses it)."""
 
 
 @dataclass(frozen=True)
@@ -694,21 +700,73 @@ class Outcome:
     refused: str | None = None
 
 
-def echo_stdout(chunk: bytes) -> None:
-    """Show the child's output locally, byte for byte."""
-    sys.stdout.buffer.write(chunk)
-    sys.stdout.buffer.flush()
+class Echo:
+    """A child's output printed locally (``trio-ws run`` without ``--quiet``).
+
+    Worker threads write it, so a stdout that stalls (a pipe nobody reads, a
+    pager) never stalls publishing, acks or signal handling. At most
+    `ECHO_BUFFER` bytes wait; what comes on top is dropped, said once when it
+    starts and counted. Each write is at most ``PIPE_BUF`` bytes, which a pipe
+    takes whole or not at all, so what is counted as not printed is exact. A
+    write that fails (``| head`` has exited) ends the printing for good;
+    publishing goes on either way.
+    """
+
+    def __init__(self, fd: int, report: Report, limit: int = ECHO_BUFFER) -> None:
+        self.fd = fd
+        self.report = report
+        self.limit = limit
+        self.dropped = 0
+        self.failed = False
+        self._waiting = bytearray()
+        self._wake = trio.Event()
+        self._written = trio.Event()
+
+    def write(self, chunk: bytes) -> None:
+        """Queue ``chunk`` for printing; never blocks."""
+        if self.failed:
+            return
+        if len(self._waiting) + len(chunk) > self.limit:
+            if not self.dropped:
+                self.report("stdout is not keeping up: not printing some output here")
+            self.dropped += len(chunk)
+            return
+        self._waiting += chunk
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Print what is queued until cancelled (a write stuck in its thread is abandoned)."""
+        while True:
+            while not self._waiting:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            piece = bytes(self._waiting[: select.PIPE_BUF])
+            try:
+                written = await trio.to_thread.run_sync(
+                    os.write, self.fd, piece, abandon_on_cancel=True
+                )
+            except OSError as exc:  # e.g. `trio-ws run … | head`: keep publishing
+                self.failed = True
+                self._waiting.clear()
+                self._written.set()
+                self.report(f"stopped printing the output here: {exc.strerror or exc}")
+                return
+            del self._waiting[:written]
+            self._written.set()
+            self._written = trio.Event()
+
+    async def drain(self, deadline: float) -> int:
+        """Wait until ``deadline`` (trio time) at most for the queue to be printed; the
+        bytes that never were (dropped or still waiting), 0 once printing failed (said)."""
+        with trio.move_on_at(deadline):
+            while self._waiting and not self.failed:
+                await self._written.wait()
+        return 0 if self.failed else self.dropped + len(self._waiting)
 
 
-async def run_command(
-    options: RunOptions,
-    *,
-    report: Report = stderr_report,
-    echo: Callable[[bytes], None] | None = None,
-) -> Outcome:
+async def run_command(options: RunOptions, *, report: Report = stderr_report) -> Outcome:
     """Run ``options.command`` under supervision until it exits; see `Supervisor`."""
-    if echo is None and not options.quiet:
-        echo = echo_stdout
+    echo = None if options.quiet else Echo(sys.stdout.fileno(), report)
     return await Supervisor(options, report, echo).run()
 
 
@@ -722,9 +780,7 @@ class Supervisor:
     group, then SIGKILL after ``kill_after`` seconds; a second signal kills at once.
     """
 
-    def __init__(
-        self, options: RunOptions, report: Report, echo: Callable[[bytes], None] | None
-    ) -> None:
+    def __init__(self, options: RunOptions, report: Report, echo: Echo | None) -> None:
         self.options = options
         self.report = report
         self.echo = echo
@@ -750,11 +806,14 @@ class Supervisor:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self.producer.run)
+                if self.echo is not None:
+                    outer.start_soon(self.echo.run)
                 try:
                     return await self._supervise(signals)
                 finally:
                     with trio.CancelScope(shield=True):
                         await self.producer.close()
+                    outer.cancel_scope.cancel()  # the echo: what it has not printed is lost
 
     async def _supervise(self, signals: AsyncIterator[int]) -> Outcome:
         options = self.options
@@ -789,6 +848,8 @@ class Supervisor:
                 helpers.start_soon(self._pump, process.stdout)
                 helpers.start_soon(self._watch_signals, signals)
                 helpers.start_soon(self._watch_refusal)
+                if options.lifeline is not None:
+                    helpers.start_soon(self._watch_lifeline, options.lifeline)
                 returncode = await process.wait()
                 with trio.move_on_after(DRAIN_AFTER_EXIT):
                     await self._output_done.wait()
@@ -802,7 +863,14 @@ class Supervisor:
         status = "stopped" if code == 0 or self.stop_requested else "crashed"
         self.producer.send_status(status, code)
         self._remove_pause_file()
+        deadline = trio.current_time() + options.flush_within
         undelivered = await self.producer.flush(options.flush_within)
+        if self.echo is not None:
+            unprinted = await self.echo.drain(deadline)
+            if unprinted:
+                self.report(
+                    f"{unprinted} bytes of output were not printed here: stdout was stalled"
+                )
         refused = self.producer.refused
         return Outcome(code, undelivered, str(refused) if refused is not None else None)
 
@@ -811,11 +879,7 @@ class Supervisor:
     async def _pump(self, stdout: trio.abc.ReceiveStream) -> None:
         while chunk := bytes(await stdout.receive_some(READ_SIZE)):
             if self.echo is not None:
-                try:
-                    self.echo(chunk)
-                except OSError as exc:  # e.g. `trio-ws run … | head`: keep publishing
-                    self.echo = None
-                    self.report(f"stopped printing the output here: {exc.strerror or exc}")
+                self.echo.write(chunk)
             for line in self._splitter.feed(chunk):
                 self.producer.send_line(line)
         self._output_done.set()
@@ -834,6 +898,13 @@ class Supervisor:
         if self.producer.refused is not None:
             self.report(f"{self.producer.refused}; stopping the command")
             self.request_stop()
+
+    async def _watch_lifeline(self, fd: int) -> None:
+        async with trio.lowlevel.FdStream(fd) as lifeline:
+            while await lifeline.receive_some():
+                pass  # nothing is ever written: only its end matters
+        self.report("the process that started us is gone; stopping the command")
+        self.request_stop()
 
     async def _escalate(self) -> None:
         await trio.sleep(self.options.kill_after)
