@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -396,6 +398,12 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 )
 @click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
 @click.option(
+    "--lifeline",
+    type=click.IntRange(min=0),
+    hidden=True,
+    help="Stop CMD when this inherited pipe's write end is closed (its parent is gone).",
+)
+@click.option(
     "--kill-after",
     default=KILL_AFTER,
     show_default=True,
@@ -412,6 +420,7 @@ def run(
     token: str | None,
     cwd: Path | None,
     quiet: bool,
+    lifeline: int | None,
     kill_after: float,
     home_dir: Path,
     registry_file: Path,
@@ -428,6 +437,8 @@ def run(
     """
     url, secret = _producer_target(name, server, home_dir, token)
     run_dir, project_dir = _project_dirs(name, registry_file, cwd)
+    if lifeline is not None and not _is_pipe(lifeline):
+        raise UsageRefusal(f"--lifeline {lifeline} is not an open pipe")
     options = RunOptions(
         command=command,
         url=url,
@@ -438,6 +449,7 @@ def run(
         quiet=quiet,
         kill_after=kill_after,
         flush_within=flush_within,
+        lifeline=lifeline,
     )
     outcome = trio.run(run_command, options)
     _finish(outcome, url)
@@ -471,6 +483,13 @@ def publish(
         )
     )
     _finish(outcome, url)
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _finish(outcome: Outcome, url: str) -> None:

@@ -719,3 +719,15 @@ async def test_publish_splits_a_refused_batch_and_skips_a_refused_line(
     skipped = "[trio-ws] item 303 (a line of 30000 chars) refused by the server as too big; skipped"
     assert logs(seen) == ["first", *many, skipped, "after"]
     assert run.stderr.decode().count("trio-ws: the server refused item 303") == 1
+
+
+async def test_run_refuses_a_lifeline_that_is_not_an_open_pipe(tmp_path: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [TRIO_WS, "run", "demo", "--cwd", str(tmp_path), "--token", TOKEN,
+             "--lifeline", "77", "--", "true"],
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.decode() == "trio-ws: error: --lifeline 77 is not an open pipe\n"
