@@ -28,8 +28,10 @@ from trio_ws import __version__
 from trio_ws.client import DEFAULT_SERVER
 from trio_ws.producers import (
     DEFAULT_CAPACITY,
+    ECHO_BUFFER,
     FLUSH_WITHIN,
     KILL_AFTER,
+    LINE_CAP,
     Outcome,
     RunOptions,
     publish_stream,
@@ -384,7 +386,10 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 @main.command(
     epilog=f"Unacked output waits in a buffer of at most {DEFAULT_CAPACITY:,} items "
     "(lines and statuses) while the server is away; when it is full, new lines are "
-    "dropped and one line says how many."
+    f"dropped and one line says how many. Lines are cut at {LINE_CAP:,} characters. "
+    f"Output printed here waits in at most {ECHO_BUFFER:,} bytes when stdout does "
+    "not keep up (a pager, a pipe nobody reads); the rest is published but not "
+    "printed, and stderr says how much."
 )
 @click.argument("name")
 @click.argument(
@@ -458,7 +463,7 @@ def run(
 @main.command(
     epilog=f"Unacked lines wait in a buffer of at most {DEFAULT_CAPACITY:,} items "
     "while the server is away; when it is full, new lines are dropped and one line "
-    "says how many."
+    f"says how many. Lines are cut at {LINE_CAP:,} characters."
 )
 @click.argument("name")
 @_producer_options

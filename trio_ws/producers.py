@@ -504,7 +504,8 @@ class Producer:
         None when ``exc`` holds something that is not a network failure (a bug).
         """
         leaves = list(_leaves(exc))
-        self._too_big = any(_close_code(leaf) == TOO_BIG for leaf in leaves)
+        if any(_close_code(leaf) == TOO_BIG for leaf in leaves):
+            self._too_big = True  # until the next welcome, whatever fails in between
         for leaf in leaves:
             refusal = _refusal(leaf)
             if refusal is not None:
