@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,8 +28,10 @@ from trio_ws import __version__
 from trio_ws.client import DEFAULT_SERVER
 from trio_ws.producers import (
     DEFAULT_CAPACITY,
+    ECHO_BUFFER,
     FLUSH_WITHIN,
     KILL_AFTER,
+    LINE_CAP,
     Outcome,
     RunOptions,
     publish_stream,
@@ -393,7 +397,10 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 @main.command(
     epilog=f"Unacked output waits in a buffer of at most {DEFAULT_CAPACITY:,} items "
     "(lines and statuses) while the server is away; when it is full, new lines are "
-    "dropped and one line says how many."
+    f"dropped and one line says how many. Lines are cut at {LINE_CAP:,} characters. "
+    f"Output printed here waits in at most {ECHO_BUFFER:,} bytes when stdout does "
+    "not keep up (a pager, a pipe nobody reads); the rest is published but not "
+    "printed, and stderr says how much."
 )
 @click.argument("name")
 @click.argument(
@@ -406,6 +413,12 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
     help="Run CMD here [default: the project's registered directory].",
 )
 @click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
+@click.option(
+    "--lifeline",
+    type=click.IntRange(min=0),
+    hidden=True,
+    help="Stop CMD when this inherited pipe's write end is closed (its parent is gone).",
+)
 @click.option(
     "--kill-after",
     default=KILL_AFTER,
@@ -423,6 +436,7 @@ def run(
     token: str | None,
     cwd: Path | None,
     quiet: bool,
+    lifeline: int | None,
     kill_after: float,
     home_dir: Path,
     registry_file: Path,
@@ -439,6 +453,8 @@ def run(
     """
     url, secret = _producer_target(name, server, home_dir, token)
     run_dir, project_dir = _project_dirs(name, registry_file, cwd)
+    if lifeline is not None and not _is_pipe(lifeline):
+        raise UsageRefusal(f"--lifeline {lifeline} is not an open pipe")
     options = RunOptions(
         command=command,
         url=url,
@@ -449,6 +465,7 @@ def run(
         quiet=quiet,
         kill_after=kill_after,
         flush_within=flush_within,
+        lifeline=lifeline,
     )
     outcome = trio.run(run_command, options)
     _finish(outcome, url)
@@ -457,7 +474,7 @@ def run(
 @main.command(
     epilog=f"Unacked lines wait in a buffer of at most {DEFAULT_CAPACITY:,} items "
     "while the server is away; when it is full, new lines are dropped and one line "
-    "says how many."
+    f"says how many. Lines are cut at {LINE_CAP:,} characters."
 )
 @click.argument("name")
 @_producer_options
@@ -482,6 +499,13 @@ def publish(
         )
     )
     _finish(outcome, url)
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
 
 
 def _finish(outcome: Outcome, url: str) -> None:

@@ -71,6 +71,7 @@ async def start(
     stdin: bytes | None = None,
     keep_stdin_open: bool = False,
     close_stdout: bool = False,
+    stall_stdout: bool = False,
 ) -> Run:
     """Start ``trio-ws COMMAND demo`` against ``server``; collect its output in the background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
@@ -96,6 +97,8 @@ async def start(
     assert process.stdout is not None and process.stderr is not None
     if close_stdout:  # like `trio-ws run … | head` once head has exited
         await process.stdout.aclose()
+        run.closed[0].set()
+    elif stall_stdout:  # like a pager nobody scrolls: the pipe stays open and fills up
         run.closed[0].set()
     else:
         nursery.start_soon(collect, process.stdout, run.stdout, run.closed[0])
@@ -218,6 +221,64 @@ async def test_run_keeps_publishing_when_its_own_stdout_is_closed(
         assert await run.wait() == 0
     assert logs(seen) == ["first", "second", f"{EXIT_LINE} 0"]
     assert b"stopped printing the output here: Broken pipe" in run.stderr
+
+
+def big_output(tmp_path: Path) -> tuple[Path, list[str]]:
+    """1,500 lines of 1,000 characters: far more than a pipe buffer and `ECHO_BUFFER`."""
+    lines = [f"{index:04d} " + "o" * 995 for index in range(1500)]
+    path = tmp_path / "big.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path, lines
+
+
+async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
+    data = bytearray()
+    while chunk := await stream.receive_some(65536):
+        data += chunk
+    return bytes(data)
+
+
+async def test_run_publishes_every_line_while_its_stdout_is_stalled(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """Nobody reads `run`'s stdout: publishing goes on; what could not be printed
+    here is dropped and counted, exactly (the pipe then holds the rest)."""
+    path, lines = big_output(tmp_path)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--flush-within", "2", "--", *child(str(path)),
+            stall_stdout=True,
+        )  # fmt: skip
+        seen = await receive_run(ws)
+        assert await run.wait() == 0, run.stderr
+        assert run.process.stdout is not None
+        printed = await read_all(run.process.stdout)
+    assert logs(seen) == [*lines, f"{EXIT_LINE} 0"]
+    output = path.read_bytes()
+    assert 0 < len(printed) < len(output) and output.startswith(printed)
+    assert run.stderr.decode().splitlines() == [
+        "trio-ws: stdout is not keeping up: not printing some output here",
+        f"trio-ws: {len(output) - len(printed)} bytes of output were not printed here: "
+        "stdout was stalled",
+    ]
+
+
+async def test_run_stops_on_sigterm_while_its_stdout_is_stalled(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    path, lines = big_output(tmp_path)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--flush-within", "2", "--",
+            *child(str(path), "--hold", "20"), stall_stdout=True,
+        )  # fmt: skip
+        await receive_log(ws, lines[-1])  # printed all and holding; our pipe is full
+        run.process.send_signal(signal.SIGTERM)
+        seen = await receive_until(ws, status_is("stopped", "crashed"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert statuses(seen) == ["stopped"]
 
 
 async def test_run_merges_stderr_keeps_final_partial_line_and_replaces_bad_utf8(
@@ -593,3 +654,80 @@ async def test_control_stop_ends_a_paused_child(
         seen = await receive_until(ws, status_is("stopped", "crashed"))
         assert await run.wait() == 128 + signal.SIGTERM
     assert statuses(seen) == ["stopped"]
+
+
+# -- bounded producer messages (PROTOCOL.md 4.1) ----------------------------------------
+
+
+def publish_command(server: Server, home: Path) -> str:
+    return (
+        f"{TRIO_WS} publish demo --server http://127.0.0.1:{server.port} "
+        f"--token {TOKEN} --home {home}"
+    )
+
+
+def warnings_from(messages: list[Message], source: str) -> list[Message]:
+    return [m for m in messages if m["type"] == "warning" and m["source"] == source]
+
+
+async def test_publish_caps_a_3_mb_line_and_the_stream_goes_on(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    """The issue's command, through a real pipe: 3,000,000 x U+0001 is 18 MB of JSON,
+    over the server's 16 MiB cap; the producer cuts the line at 64 Ki chars instead."""
+    shell = (
+        "{ echo first; head -c 3000000 /dev/zero | tr '\\0' '\\1'; echo; echo after; } | "
+        + publish_command(server, home)
+    )
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        result = await trio.run_process(["sh", "-c", shell], capture_stderr=True, check=False)
+        assert result.returncode == 0, result.stderr
+        seen = await receive_run(ws)
+    producer_cut = 65536 - len(" … [truncated 2934492 chars]")
+    assert producer_cut == 65508  # the producer's line: 65,508 x U+0001 and its mark
+    server_cut = 16384 - len(" … [truncated 65536 chars]")
+    assert logs(seen) == [
+        "first",
+        "\x01" * server_cut + f" … [truncated {65536 - server_cut} chars]",
+        "after",
+    ]
+    assert warnings_from(seen, "producer") == []
+    assert result.stderr == b""
+
+
+async def test_publish_splits_a_refused_batch_and_skips_a_refused_line(
+    nursery: trio.Nursery,
+    registry: Registry,
+    home: Path,
+    project_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes less than the producer's 1 MiB closes with 1009: the
+    producer splits the batch it refused, replaces a line it refuses on its own
+    by a line saying so, and goes on; it never resends the same refused message."""
+    monkeypatch.setattr("trio_ws.server.MAX_PRODUCER_MESSAGE", 128 * 1024)
+    small = await nursery.start(serve, make_config(registry))
+    many = [f"{index:04d} " + "x" * 995 for index in range(300)]  # ~300 KB: split
+    text = "\n".join(["first", *many, "\x01" * 30_000, "after"]) + "\n"  # 180 KB of JSON
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, small)
+        run = await start(nursery, small, home, "publish", stdin=text.encode())
+        seen = await receive_run(ws)
+        assert await run.wait() == 0, run.stderr
+    skipped = "[trio-ws] item 303 (a line of 30000 chars) refused by the server as too big; skipped"
+    assert logs(seen) == ["first", *many, skipped, "after"]
+    assert run.stderr.decode().count("trio-ws: the server refused item 303") == 1
+
+
+async def test_run_refuses_a_lifeline_that_is_not_an_open_pipe(tmp_path: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        result = await trio.run_process(
+            [TRIO_WS, "run", "demo", "--cwd", str(tmp_path), "--token", TOKEN,
+             "--lifeline", "77", "--", "true"],
+            capture_stderr=True,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.decode() == "trio-ws: error: --lifeline 77 is not an open pipe\n"

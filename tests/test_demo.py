@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -11,9 +12,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 from serving import receive
 from trio_websocket import connect_websocket_url
+
+from trio_ws.demo import DemoLinks, DemoOptions, run_demo
 
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 DASHBOARD = re.compile(r"dashboard: (http://127\.0\.0\.1:(\d+)/projects/demo\?token=(\S+))")
@@ -115,3 +119,98 @@ async def test_demo_stops_by_itself_after_its_duration_and_keeps_a_given_home(
     with trio.fail_after(DEMO_TIMEOUT):
         async with demo("--home", str(home), "--duration", "1") as (process, *_):
             assert await process.wait() == 0
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process below ``pid``, found through /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (state := proc_stat(int(entry.name))) is not None:
+            children.setdefault(state[1], []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found and alive(child):
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+def proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of ``pid``, None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return fields[0], int(fields[1])
+
+
+def alive(pid: int) -> bool:
+    state = proc_stat(pid)
+    return state is not None and state[0] != "Z"
+
+
+async def gone(pid: int) -> None:
+    """Return once ``pid`` has exited (a pidfd turns readable then; it need not be our child)."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        await trio.lowlevel.wait_readable(pidfd)
+    finally:
+        os.close(pidfd)
+
+
+async def test_kill_9_of_the_demo_takes_every_child_and_grandchild_with_it() -> None:
+    """Two `trio-ws run` children, each with an orchestrator below it in a session of
+    its own: after the demo is SIGKILLed (no cleanup of its own runs), all are gone."""
+    found: set[int] = set()
+    try:
+        with trio.fail_after(DEMO_TIMEOUT):
+            async with demo("--speed", "1") as (process, *_):
+                while len(found) < 4:  # 2 producers, each with its orchestrator
+                    found = descendants(process.pid)
+                    await trio.sleep(0.05)
+                assert len(found) == 4
+                process.kill()
+                assert await process.wait() == -signal.SIGKILL
+            with trio.move_on_after(10):
+                async with trio.open_nursery() as waiting:
+                    for pid in found:
+                        waiting.start_soon(gone, pid)
+        assert [pid for pid in found if alive(pid)] == []
+    finally:
+        for pid in found:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_a_demo_that_fails_takes_its_children_with_it(tmp_path: Path) -> None:
+    """The demo in this process, ended by a failure around it (its tasks are
+    cancelled, nothing stops the children by hand): they all stop by themselves."""
+    before = descendants(os.getpid())
+    found: set[int] = set()
+    links: list[DemoLinks] = []
+    options = DemoOptions(home=tmp_path / "home", port=0, speed=1.0, seed=2)
+    try:
+        with trio.fail_after(DEMO_TIMEOUT):
+            with pytest.raises(ExceptionGroup) as failure:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run_demo, options, links.append)
+                    while len(found) < 4:  # 2 producers, each with its orchestrator
+                        found = descendants(os.getpid()) - before
+                        await trio.sleep(0.05)
+                    raise RuntimeError("something failed")
+            assert failure.group_contains(RuntimeError, match="something failed")
+            with trio.move_on_after(10):
+                async with trio.open_nursery() as waiting:
+                    for pid in found:
+                        waiting.start_soon(gone, pid)
+        assert len(links) == 1 and len(found) == 4
+        assert [pid for pid in found if alive(pid)] == []
+    finally:
+        for pid in found:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)

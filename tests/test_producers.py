@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until, ws_url
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
+from trio_ws import protocol
 from trio_ws.producers import (
+    LINE_CAP,
+    MESSAGE_CAP,
     LineSplitter,
     Outbox,
     Producer,
@@ -82,7 +85,34 @@ def test_splitter_chunking_never_changes_the_lines(data: bytes, cuts: list[int])
     assert split_all(chunks) == expected
 
 
+def test_splitter_cuts_a_long_line_as_it_arrives_and_marks_the_cut() -> None:
+    splitter = LineSplitter()
+    for _ in range(100):  # 6.4 M characters in 64 KiB chunks, then the rest of the line
+        assert splitter.feed(b"y" * 65536) == []
+    [line, after] = splitter.feed(b"z\nafter\n")
+    dropped = 100 * 65536 + 1 - (LINE_CAP - len(" … [truncated 6488001 chars]"))
+    assert line == "y" * (LINE_CAP - 28) + f" … [truncated {dropped} chars]"
+    assert len(line) == LINE_CAP
+    assert after == "after"
+
+
+def test_splitter_keeps_a_line_of_exactly_the_cap() -> None:
+    assert split_all([b"c" * LINE_CAP + b"\n"]) == ["c" * LINE_CAP]
+
+
 # -- Outbox ----------------------------------------------------------------------
+
+
+def test_outbox_messages_stay_within_the_cap_even_for_control_characters() -> None:
+    """U+0001 takes 6 bytes in JSON: the cap counts encoded bytes, not characters."""
+    outbox = Outbox()
+    for _ in range(40):
+        outbox.add_line("\x01" * (LINE_CAP - 1))
+    messages = outbox.take()
+    sizes = [len(protocol.encode(message).encode()) for message in messages]
+    assert max(sizes) <= MESSAGE_CAP
+    assert len(messages) == 20  # two 384 KiB lines per message
+    assert [line for _, line in lines_of(messages)] == ["\x01" * (LINE_CAP - 1)] * 40
 
 
 def lines_of(messages: list[Message]) -> Iterator[tuple[int, str]]:

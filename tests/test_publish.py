@@ -369,3 +369,34 @@ async def test_control_without_token_never_reaches_the_producer(
         await send(ws, {"type": "lines", "first": 2, "lines": ["x"]})
         after = await receive_until(ws, lambda m: m["type"] == "ack" and m["pseq"] >= 2)
         assert all(m["type"] != "control" for m in after)
+
+
+async def publish_once(nursery: trio.Nursery, server: Server, producer_id: str, count: int) -> int:
+    """Connect as ``producer_id``, send ``count`` lines after what was applied, close;
+    returns the welcome's ``acked``. A normal close comes after the lines are applied."""
+    ws, acked = await producer(nursery, server, producer_id)
+    if count:
+        await send(ws, {"type": "lines", "first": acked + 1, "lines": ["x"] * count})
+    await ws.aclose()
+    return acked
+
+
+async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_only(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """Every run of `trio-ws run` is a new producer id: the server remembers the last
+    1024 it used, not every one it ever saw, and a recent one still resumes right."""
+    with trio.fail_after(60):
+        assert await publish_once(nursery, server, "oldest", 3) == 0
+        slot = server.manager.producer_slots("demo")["agent"]
+        assert await publish_once(nursery, server, "kept", 5) == 0
+        for index in range(600):
+            await publish_once(nursery, server, f"run-{index}", 1)
+        assert await publish_once(nursery, server, "kept", 0) == 5  # used again: recent now
+        for index in range(600, 1100):
+            await publish_once(nursery, server, f"run-{index}", 1)
+        assert len(slot.applied) == 1024
+        assert await publish_once(nursery, server, "kept", 0) == 5
+        assert await publish_once(nursery, server, "run-1099", 0) == 1
+        assert await publish_once(nursery, server, "oldest", 0) == 0  # forgotten
+    assert len(server.manager.producer_slots("demo")["agent"].applied) == 1024

@@ -11,6 +11,7 @@ would show, including working control buttons.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -30,6 +31,8 @@ log = logging.getLogger("trio_ws.demo")
 
 PROJECT: Final = "demo"
 STOP_CHILD_WITHIN: Final = 15.0
+FLUSH_WITHIN: Final = 2.0
+"""How long a producer child still tries to deliver once stopped (our server may be gone)."""
 
 
 @dataclass(frozen=True)
@@ -96,31 +99,40 @@ async def _run(options: DemoOptions, home: Path, announce: Callable[[DemoLinks],
         port=options.port,
         poll_interval=0.5,
     )
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            server: Server = await nursery.start(serve, config)
-            base = server.url.rstrip("/")
-            announce(
-                DemoLinks(
-                    dashboard=f"{base}/projects/{PROJECT}?token={token}",
-                    watch=f"trio-ws watch {PROJECT} --server {base}",
-                    home=home,
+    # Every child gets the read end; only we hold the write end, so however we
+    # end (an exception, kill -9), the kernel closes it and each child stops.
+    lifeline, keep_alive = os.pipe()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                server: Server = await nursery.start(serve, config)
+                base = server.url.rstrip("/")
+                announce(
+                    DemoLinks(
+                        dashboard=f"{base}/projects/{PROJECT}?token={token}",
+                        watch=f"trio-ws watch {PROJECT} --server {base}",
+                        home=home,
+                    )
                 )
-            )
-            children = [
-                await nursery.start(_orchestrate, options, base, home, project_dir, dev)
-                for dev in (True, False)
-            ]
-            with trio.move_on_after(options.duration if options.duration else float("inf")):
-                async for signum in signals:
-                    log.info("signal %d: stopping the demo", signum)
-                    break
-            async with trio.open_nursery() as stopping:
-                for child in children:
-                    stopping.start_soon(_stop_child, child)
-            await server.shutdown(1001)
-            nursery.cancel_scope.cancel()
-    return 0
+                children = [
+                    await nursery.start(
+                        _orchestrate, options, base, home, project_dir, lifeline, dev
+                    )
+                    for dev in (True, False)
+                ]
+                with trio.move_on_after(options.duration if options.duration else float("inf")):
+                    async for signum in signals:
+                        log.info("signal %d: stopping the demo", signum)
+                        break
+                async with trio.open_nursery() as stopping:
+                    for child in children:
+                        stopping.start_soon(_stop_child, child)
+                await server.shutdown(1001)
+                nursery.cancel_scope.cancel()
+        return 0
+    finally:
+        os.close(lifeline)
+        os.close(keep_alive)
 
 
 async def _orchestrate(
@@ -128,6 +140,7 @@ async def _orchestrate(
     base: str,
     home: Path,
     project_dir: Path,
+    lifeline: int,
     dev: bool,
     *,
     task_status: trio.TaskStatus[trio.Process],
@@ -145,10 +158,13 @@ async def _orchestrate(
     command = [
         *trio_ws_command(), "run", PROJECT, "--quiet", "--home", str(home),
         "--server", base, "--cwd", str(project_dir), *(["--dev"] if dev else []),
+        "--lifeline", str(lifeline), "--flush-within", str(FLUSH_WITHIN),
         "--", *orchestrator,
     ]  # fmt: skip
     # Its own session: our signal handling decides when and how it stops.
-    process = await trio.lowlevel.open_process(command, start_new_session=True)
+    process = await trio.lowlevel.open_process(
+        command, start_new_session=True, pass_fds=(lifeline,)
+    )
     task_status.started(process)
     code = await process.wait()
     if not dev:

@@ -20,6 +20,13 @@ Three layers, each usable alone:
 Bounded memory: the outbox holds at most ``capacity`` items; when the server
 is away for long, new lines are dropped, counted, and reported in one line
 as soon as there is room. Statuses are never dropped.
+
+Bounded messages (PROTOCOL.md 4.1): a line is cut at `LINE_CAP` characters
+and a ``lines`` message holds at most `MESSAGE_CAP` bytes of JSON, so no input
+can make a message the server must refuse. Should a server still close with
+1009 (message too big), the refused batch is split on the next connection,
+and an item refused on its own is replaced by a line saying so: a producer
+never resends the same refused message forever.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import codecs
 import json
 import os
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -71,6 +79,14 @@ DRAIN_AFTER_EXIT: Final = 2.0
 """How long output is still read after the child exited (grandchildren may hold the pipe)."""
 PAUSE_FILE: Final = Path(".autoforge") / ".pause_drain"
 READ_SIZE: Final = 65536
+ECHO_BUFFER: Final = 1024 * 1024
+"""Bytes of a child's output waiting to be printed locally; more are dropped (and counted)."""
+LINE_CAP: Final = 64 * 1024
+"""Longest line (in characters) a producer sends, truncation mark included."""
+MESSAGE_CAP: Final = 1024 * 1024
+"""Largest ``lines`` message (bytes of JSON) a producer sends."""
+TOO_BIG: Final = 1009
+"""The close code of a server that refused a message as too big."""
 FAILURE: Final = 1
 """Exit status when the server refused us or items were not delivered (publish)."""
 
@@ -78,6 +94,26 @@ FAILURE: Final = 1
 def dropped_line(count: int) -> str:
     """The line that reports ``count`` lines lost to a full outbox."""
     return f"[trio-ws] {count} lines dropped: producer buffer full"
+
+
+def truncated(line: str, dropped: int = 0) -> str:
+    """``line`` (of which ``dropped`` more characters were already cut off) within
+    `LINE_CAP`, marked the way the server marks its own cut (LINES.md 1.1)."""
+    total = len(line) + dropped
+    if total <= LINE_CAP:
+        return line
+    # `total` has at least as many digits as the count dropped, so the result fits.
+    keep = LINE_CAP - len(_cut_mark(total))
+    return line[:keep] + _cut_mark(total - keep)
+
+
+def _cut_mark(dropped: int) -> str:
+    return f" … [truncated {dropped} chars]"
+
+
+def refused_line(pseq: int, what: str) -> str:
+    """The line that takes the place of an item the server refused on its own."""
+    return f"[trio-ws] item {pseq} ({what}) refused by the server as too big; skipped"
 
 
 def stderr_report(text: str) -> None:
@@ -91,24 +127,38 @@ class LineSplitter:
     """Turns byte chunks into lines: split on ``\\n`` only, keep everything else.
 
     ``\\r`` and trailing spaces stay (the server sanitises); invalid UTF-8 is
-    replaced, never fatal, even when a character is split across chunks.
+    replaced, never fatal, even when a character is split across chunks. A
+    line longer than `LINE_CAP` is cut (`truncated`) while it arrives, so an
+    endless line costs no more memory than a long one.
     """
 
     def __init__(self) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._partial = ""
+        self._cut = 0
+        """Characters of the partial line already dropped."""
 
     def feed(self, data: bytes) -> list[str]:
         """The lines that ``data`` completes, in order."""
-        text = self._partial + self._decoder.decode(data)
-        *lines, self._partial = text.split("\n")
+        *complete, rest = self._decoder.decode(data).split("\n")
+        lines: list[str] = []
+        for piece in complete:
+            lines.append(truncated(self._partial + piece, self._cut))
+            self._partial, self._cut = "", 0
+        self._keep(rest)
         return lines
 
     def close(self) -> list[str]:
         """At EOF: the final line that had no newline, if any."""
-        text = self._partial + self._decoder.decode(b"", final=True)
-        self._partial = ""
-        return [text] if text else []
+        self._keep(self._decoder.decode(b"", final=True))
+        text, cut = self._partial, self._cut
+        self._partial, self._cut = "", 0
+        return [truncated(text, cut)] if text or cut else []
+
+    def _keep(self, piece: str) -> None:
+        text = self._partial + piece
+        self._partial = text[:LINE_CAP]
+        self._cut += len(text) - len(self._partial)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,9 +175,10 @@ class Outbox:
     """Unacked items in ``pseq`` order, split into sent and not yet sent.
 
     ``take`` turns the unsent items into wire messages (consecutive lines in
-    batches of at most ``batch_lines``); ``ack`` forgets what the server has
-    applied; ``restart`` (after a reconnect's ``welcome``) forgets what it
-    had applied and makes everything else unsent again.
+    batches of at most ``batch_lines`` and ``message_cap`` bytes of JSON);
+    ``ack`` forgets what the server has applied; ``restart`` (after a
+    reconnect's ``welcome``) forgets what it had applied and makes everything
+    else unsent again; ``too_big`` deals with a message the server refused.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, batch_lines: int = BATCH_LINES) -> None:
@@ -139,9 +190,12 @@ class Outbox:
         self.dropped = 0
         """Lines dropped and not yet reported by a `dropped_line`."""
         self.dropped_total = 0
+        self.message_cap = MESSAGE_CAP
         self._next_pseq = 1
         self._sent: deque[Item] = deque()
         self._unsent: deque[Item] = deque()
+        self._messages: deque[tuple[int, int, int]] = deque()
+        """(first pseq, items, bytes) of each message sent and not wholly acked."""
 
     @property
     def pending(self) -> int:
@@ -184,6 +238,8 @@ class Outbox:
         for queue in (self._sent, self._unsent):
             while queue and queue[0].pseq <= pseq:
                 queue.popleft()
+        while self._messages and sum(self._messages[0][:2]) - 1 <= pseq:
+            self._messages.popleft()
         self._report_drops(force=False)
 
     def restart(self, acked: int) -> bool:
@@ -196,6 +252,7 @@ class Outbox:
         """
         self._unsent.extendleft(reversed(self._sent))
         self._sent.clear()
+        self._messages.clear()
         if acked >= self.acked:
             self.ack(acked)
             return False
@@ -206,28 +263,62 @@ class Outbox:
         self._next_pseq = acked + 1 + len(self._unsent)
         return True
 
+    def too_big(self, acked: int) -> str | None:
+        """The server closed with 1009 and has now welcomed us with ``acked``.
+
+        The refused message is the one that starts after ``acked``. One of
+        several items: later messages get half its size, so it is split. A
+        single item: it is replaced, under the same ``pseq``, by a line saying
+        so, and what it was is returned (to report). Call before `restart`.
+        """
+        refused = next((m for m in self._messages if m[0] == acked + 1), None)
+        if refused is None or refused[1] > 1:
+            size = refused[2] if refused is not None else self.message_cap
+            self.message_cap = max(1, min(self.message_cap, size) // 2)
+            return None
+        for index, item in enumerate(self._sent):
+            if item.pseq == acked + 1:
+                what = (
+                    f"a line of {len(item.line)} chars"
+                    if item.line is not None
+                    else f"status {item.status}"
+                )
+                self._sent[index] = Item(item.pseq, line=refused_line(item.pseq, what))
+                return what
+        return None
+
     def take(self) -> list[Message]:
         """Every unsent item as wire messages, in order; they count as sent from now on."""
         messages: list[Message] = []
         batch: list[str] = []
-        first = 0
+        first = size = 0
+
+        def close_batch() -> None:
+            nonlocal batch
+            messages.append(_lines_message(first, batch))
+            self._messages.append((first, len(batch), size))
+            batch = []
+
         while self._unsent:
             item = self._unsent.popleft()
             self._sent.append(item)
             if item.line is None:
                 if batch:
-                    messages.append(_lines_message(first, batch))
-                    batch = []
-                messages.append(_status_message(item))
+                    close_batch()
+                message = _status_message(item)
+                messages.append(message)
+                self._messages.append((item.pseq, 1, _json_size(message)))
                 continue
-            if not batch:
-                first = item.pseq
+            cost = _json_size(item.line)
+            if batch and (size + 1 + cost > self.message_cap or len(batch) == self.batch_lines):
+                close_batch()
+            if batch:
+                size += 1 + cost  # a comma and the line
+            else:
+                first, size = item.pseq, _json_size(_lines_message(item.pseq, [])) + cost
             batch.append(item.line)
-            if len(batch) == self.batch_lines:
-                messages.append(_lines_message(first, batch))
-                batch = []
         if batch:
-            messages.append(_lines_message(first, batch))
+            close_batch()
         return messages
 
     def _append(self, item: Item) -> None:
@@ -238,6 +329,11 @@ class Outbox:
         if self.dropped and (force or self.pending < self.capacity):
             self._append(Item(self._next_pseq, line=dropped_line(self.dropped)))
             self.dropped = 0
+
+
+def _json_size(value: object) -> int:
+    """Bytes ``value`` takes on the wire, encoded as `protocol.encode` does."""
+    return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
 def _lines_message(first: int, lines: list[str]) -> Message:
@@ -330,6 +426,8 @@ class Producer:
         self.finished = trio.Event()
         self._headers = [(b"Authorization", f"Bearer {token}".encode())]
         self._down = False
+        self._too_big = False
+        """The last connection ended with a 1009 close: deal with it at the next welcome."""
         self._welcomed = trio.Event()
         self._closing = trio.Event()
         self._attempt = trio.CancelScope()
@@ -406,6 +504,8 @@ class Producer:
         None when ``exc`` holds something that is not a network failure (a bug).
         """
         leaves = list(_leaves(exc))
+        if any(_close_code(leaf) == TOO_BIG for leaf in leaves):
+            self._too_big = True  # until the next welcome, whatever fails in between
         for leaf in leaves:
             refusal = _refusal(leaf)
             if refusal is not None:
@@ -440,6 +540,11 @@ class Producer:
             self.report(
                 f"server had applied up to item {acked}, beyond the {self.outbox.last_pseq} sent"
             )
+        if self._too_big:
+            self._too_big = False
+            what = self.outbox.too_big(acked)
+            if what is not None:
+                self.report(f"the server refused item {acked + 1} ({what}) as too big; skipped")
         known = self.outbox.acked
         if self.outbox.restart(acked):
             self.report(
@@ -543,6 +648,12 @@ def _refusal(exc: BaseException) -> str | None:
     return None
 
 
+def _close_code(exc: BaseException) -> int | None:
+    if isinstance(exc, ConnectionClosed) and exc.reason is not None:
+        return exc.reason.code
+    return None
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ConnectionClosed) and exc.reason is not None:
         return f"closed {exc.reason.code}" + (f" {exc.reason.reason}" if exc.reason.reason else "")
@@ -576,6 +687,9 @@ class RunOptions:
     kill_after: float = KILL_AFTER
     flush_within: float = FLUSH_WITHIN
     connect_wait: float = CONNECT_WAIT
+    lifeline: int | None = None
+    """A pipe's read end whose writer is the process that started us: at its EOF
+    that process is gone, and the command is stopped (``trio-ws demo`` uses it)."""
 
 
 @dataclass(frozen=True)
@@ -587,21 +701,73 @@ class Outcome:
     refused: str | None = None
 
 
-def echo_stdout(chunk: bytes) -> None:
-    """Show the child's output locally, byte for byte."""
-    sys.stdout.buffer.write(chunk)
-    sys.stdout.buffer.flush()
+class Echo:
+    """A child's output printed locally (``trio-ws run`` without ``--quiet``).
+
+    Worker threads write it, so a stdout that stalls (a pipe nobody reads, a
+    pager) never stalls publishing, acks or signal handling. At most
+    `ECHO_BUFFER` bytes wait; what comes on top is dropped, said once when it
+    starts and counted. Each write is at most ``PIPE_BUF`` bytes, which a pipe
+    takes whole or not at all, so what is counted as not printed is exact. A
+    write that fails (``| head`` has exited) ends the printing for good;
+    publishing goes on either way.
+    """
+
+    def __init__(self, fd: int, report: Report, limit: int = ECHO_BUFFER) -> None:
+        self.fd = fd
+        self.report = report
+        self.limit = limit
+        self.dropped = 0
+        self.failed = False
+        self._waiting = bytearray()
+        self._wake = trio.Event()
+        self._written = trio.Event()
+
+    def write(self, chunk: bytes) -> None:
+        """Queue ``chunk`` for printing; never blocks."""
+        if self.failed:
+            return
+        if len(self._waiting) + len(chunk) > self.limit:
+            if not self.dropped:
+                self.report("stdout is not keeping up: not printing some output here")
+            self.dropped += len(chunk)
+            return
+        self._waiting += chunk
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Print what is queued until cancelled (a write stuck in its thread is abandoned)."""
+        while True:
+            while not self._waiting:
+                self._wake = trio.Event()
+                await self._wake.wait()
+            piece = bytes(self._waiting[: select.PIPE_BUF])
+            try:
+                written = await trio.to_thread.run_sync(
+                    os.write, self.fd, piece, abandon_on_cancel=True
+                )
+            except OSError as exc:  # e.g. `trio-ws run … | head`: keep publishing
+                self.failed = True
+                self._waiting.clear()
+                self._written.set()
+                self.report(f"stopped printing the output here: {exc.strerror or exc}")
+                return
+            del self._waiting[:written]
+            self._written.set()
+            self._written = trio.Event()
+
+    async def drain(self, deadline: float) -> int:
+        """Wait until ``deadline`` (trio time) at most for the queue to be printed; the
+        bytes that never were (dropped or still waiting), 0 once printing failed (said)."""
+        with trio.move_on_at(deadline):
+            while self._waiting and not self.failed:
+                await self._written.wait()
+        return 0 if self.failed else self.dropped + len(self._waiting)
 
 
-async def run_command(
-    options: RunOptions,
-    *,
-    report: Report = stderr_report,
-    echo: Callable[[bytes], None] | None = None,
-) -> Outcome:
+async def run_command(options: RunOptions, *, report: Report = stderr_report) -> Outcome:
     """Run ``options.command`` under supervision until it exits; see `Supervisor`."""
-    if echo is None and not options.quiet:
-        echo = echo_stdout
+    echo = None if options.quiet else Echo(sys.stdout.fileno(), report)
     return await Supervisor(options, report, echo).run()
 
 
@@ -615,9 +781,7 @@ class Supervisor:
     group, then SIGKILL after ``kill_after`` seconds; a second signal kills at once.
     """
 
-    def __init__(
-        self, options: RunOptions, report: Report, echo: Callable[[bytes], None] | None
-    ) -> None:
+    def __init__(self, options: RunOptions, report: Report, echo: Echo | None) -> None:
         self.options = options
         self.report = report
         self.echo = echo
@@ -643,11 +807,14 @@ class Supervisor:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self.producer.run)
+                if self.echo is not None:
+                    outer.start_soon(self.echo.run)
                 try:
                     return await self._supervise(signals)
                 finally:
                     with trio.CancelScope(shield=True):
                         await self.producer.close()
+                    outer.cancel_scope.cancel()  # the echo: what it has not printed is lost
 
     async def _supervise(self, signals: AsyncIterator[int]) -> Outcome:
         options = self.options
@@ -682,6 +849,8 @@ class Supervisor:
                 helpers.start_soon(self._pump, process.stdout)
                 helpers.start_soon(self._watch_signals, signals)
                 helpers.start_soon(self._watch_refusal)
+                if options.lifeline is not None:
+                    helpers.start_soon(self._watch_lifeline, options.lifeline)
                 returncode = await process.wait()
                 with trio.move_on_after(DRAIN_AFTER_EXIT):
                     await self._output_done.wait()
@@ -695,7 +864,14 @@ class Supervisor:
         status = "stopped" if code == 0 or self.stop_requested else "crashed"
         self.producer.send_status(status, code)
         self._remove_pause_file()
+        deadline = trio.current_time() + options.flush_within
         undelivered = await self.producer.flush(options.flush_within)
+        if self.echo is not None:
+            unprinted = await self.echo.drain(deadline)
+            if unprinted:
+                self.report(
+                    f"{unprinted} bytes of output were not printed here: stdout was stalled"
+                )
         refused = self.producer.refused
         return Outcome(code, undelivered, str(refused) if refused is not None else None)
 
@@ -704,11 +880,7 @@ class Supervisor:
     async def _pump(self, stdout: trio.abc.ReceiveStream) -> None:
         while chunk := bytes(await stdout.receive_some(READ_SIZE)):
             if self.echo is not None:
-                try:
-                    self.echo(chunk)
-                except OSError as exc:  # e.g. `trio-ws run … | head`: keep publishing
-                    self.echo = None
-                    self.report(f"stopped printing the output here: {exc.strerror or exc}")
+                self.echo.write(chunk)
             for line in self._splitter.feed(chunk):
                 self.producer.send_line(line)
         self._output_done.set()
@@ -727,6 +899,13 @@ class Supervisor:
         if self.producer.refused is not None:
             self.report(f"{self.producer.refused}; stopping the command")
             self.request_stop()
+
+    async def _watch_lifeline(self, fd: int) -> None:
+        async with trio.lowlevel.FdStream(fd) as lifeline:
+            while await lifeline.receive_some():
+                pass  # nothing is ever written: only its end matters
+        self.report("the process that started us is gone; stopping the command")
+        self.request_stop()
 
     async def _escalate(self) -> None:
         await trio.sleep(self.options.kill_after)

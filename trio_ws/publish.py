@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeGuard
 
@@ -33,6 +34,8 @@ MAX_PRODUCER_MESSAGE: Final = 16 * 1024 * 1024
 MAX_LINES_PER_MESSAGE: Final = 10_000
 ACK_INTERVAL: Final = 0.1
 OUTBOX_SIZE: Final = 64
+MAX_PRODUCER_IDS: Final = 1024
+"""Producer ids a slot remembers the applied pseq of; the least recently used goes first."""
 DEFAULT_GRACE: Final = 30.0
 LOST_LINE: Final = "[trio-ws] producer lost"
 EXIT_LINE: Final = "[trio-ws] process exited with code"
@@ -51,13 +54,34 @@ ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
 
 @dataclass
 class ProducerSlot:
-    """One project stream's producer state, kept across producer reconnects."""
+    """One project stream's producer state, kept across producer reconnects.
+
+    ``applied`` holds the most recently used `MAX_PRODUCER_IDS` producer ids,
+    so a server that sees a new id per run does not grow for its whole life.
+    A forgotten producer is treated like one after a restart (PROTOCOL.md 4.2).
+    """
 
     project: str
     stream: Stream
-    applied: dict[str, int] = field(default_factory=dict)
+    applied: OrderedDict[str, int] = field(default_factory=OrderedDict)
     session: PublishSession | None = None
     grace: trio.CancelScope | None = None
+
+    def applied_of(self, producer_id: str) -> int:
+        """The highest pseq applied for ``producer_id`` (0 if none); counts as a use."""
+        if producer_id not in self.applied:
+            return 0
+        self.applied.move_to_end(producer_id)
+        return self.applied[producer_id]
+
+    def record(self, producer_id: str, pseq: int) -> None:
+        """``producer_id`` has now been applied up to ``pseq``; the least recently used
+        id beyond the bound is forgotten. That is never the connected producer: only
+        it records while it is connected, so it is always the most recent."""
+        self.applied[producer_id] = pseq
+        self.applied.move_to_end(producer_id)
+        while len(self.applied) > MAX_PRODUCER_IDS:
+            self.applied.popitem(last=False)
 
 
 class PublishSession:
@@ -82,12 +106,13 @@ class PublishSession:
 
     @property
     def applied(self) -> int:
-        return self.slot.applied.get(self.producer_id, 0)
+        return self.slot.applied_of(self.producer_id)
 
     def _baseline(self, pseq: int) -> None:
         """A producer this server has no record of (say, after a restart) starts where
         its oldest unacknowledged item is: everything before was acked elsewhere."""
-        self.slot.applied.setdefault(self.producer_id, pseq - 1)
+        if self.producer_id not in self.slot.applied:
+            self.slot.record(self.producer_id, pseq - 1)
 
     @property
     def current(self) -> bool:
@@ -184,7 +209,7 @@ class PublishSession:
             return f"pseq gap: expected {applied + 1}, got {first + skip}; resend from there"
         fresh = lines[skip:]
         self.hub.feed_lines(fresh, self.slot.stream)
-        self.slot.applied[self.producer_id] = first + len(lines) - 1
+        self.slot.record(self.producer_id, first + len(lines) - 1)
         return None
 
     def _apply_status(self, payload: dict[str, Any]) -> str | None:
@@ -198,7 +223,7 @@ class PublishSession:
         if pseq != applied + 1:
             return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
         allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
-        self.slot.applied[self.producer_id] = pseq
+        self.slot.record(self.producer_id, pseq)
         if status not in allowed:
             return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
         exit_code = payload.get("exit_code")
