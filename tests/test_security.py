@@ -378,10 +378,35 @@ def test_text_before_the_end_line_of_a_key_is_redacted() -> None:
 
 
 def test_a_key_that_opens_again_after_its_end_stays_open() -> None:
-    line = "-----END PRIVATE KEY----- -----BEGIN EC PRIVATE KEY-----MHcCAQEE"
-    assert redact_line(line, True) == (
-        "-----END PRIVATE KEY----- -----BEGIN EC PRIVATE KEY-----[REDACTED]",
-        True,
+    line = "-----END PRIVATE KEY----- -----BEGIN EC PRIVATE KEY-----"
+    assert redact_line(line, True) == (line, True)
+
+
+def test_a_begin_marker_with_text_after_it_opens_no_block() -> None:
+    line = 'grep -l "-----BEGIN RSA PRIVATE KEY-----" *.pem'
+    assert redact_line(line, False) == (
+        'grep -l "-----BEGIN RSA PRIVATE KEY-----[REDACTED]',
+        False,
+    )
+
+
+def test_a_key_block_ends_at_a_line_that_cannot_be_part_of_a_key() -> None:
+    lines = [
+        "-----BEGIN PRIVATE KEY-----",
+        "[Feature #3] MIIEvQIBADANBgkqhkiG9w0BAQEFAASC",
+        "Proc-Type: 4,ENCRYPTED",
+        "[Feature #3] Reading the config next, password=x",
+        "plain line",
+    ]
+    assert redact_stream(lines) == (
+        [
+            "-----BEGIN PRIVATE KEY-----",
+            "[REDACTED]",
+            "[REDACTED]",
+            "[Feature #3] Reading the config next, password=[REDACTED]",
+            "plain line",
+        ],
+        False,
     )
 
 

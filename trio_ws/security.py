@@ -92,15 +92,20 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 def redact_line(line: str, in_private_key: bool, secrets: Iterable[str] = ()) -> tuple[str, bool]:
     """One line of a stream, and whether the next line is inside a PEM private key.
 
-    Inside a key every line up to the END line is redacted whole (LINES.md 1.4).
+    A key opens at a line that ends with its BEGIN marker; every line after it
+    is redacted whole up to its END line (LINES.md 1.4). A line that cannot be
+    part of a PEM key (not base64, a ``Name: value`` header or blank, after an
+    optional ``[Feature #N]`` tag) also ends it, so a key whose END never comes
+    (``head key.pem``) does not hide the rest of the run.
     """
     head = ""
     if in_private_key:
         end = _PEM_END.search(line)
-        if end is None:
+        if end is not None:
+            head = REDACTED if line[: end.start()].strip() else line[: end.start()]
+            line = line[end.start() :]
+        elif _PEM_BODY.fullmatch(line) is not None:
             return (REDACTED if line.strip() else line), True
-        head = REDACTED if line[: end.start()].strip() else line[: end.start()]
-        line = line[end.start() :]
     for secret in secrets:
         if secret:
             line = line.replace(secret, REDACTED)
@@ -116,6 +121,10 @@ def redact_line(line: str, in_private_key: bool, secrets: Iterable[str] = ()) ->
 
 
 _PEM_END: Final = re.compile(r"-----END[a-z ]{0,40}PRIVATE KEY-----", re.IGNORECASE | re.ASCII)
+_PEM_BODY: Final = re.compile(
+    r"\s*(?:\[[^\]]{0,40}\]\s*)?(?:[A-Za-z0-9+/=]+|[A-Za-z-]{1,40}:.*)?\s*", re.ASCII
+)
+"""A line that may be part of a PEM key: base64, a header or blank, maybe tagged."""
 
 
 def _redact_once(text: str) -> tuple[str, bool]:
@@ -131,7 +140,7 @@ def _redact_once(text: str) -> tuple[str, bool]:
             (name, *match.span(name)) for name in _SECRET_GROUPS if match[name] is not None
         )
         if name == "pem":
-            opened = match["pemend"] is None
+            opened = match["pemend"] is None and not match["pem"].strip()
             if not match["pem"].strip():
                 return match[0]
         if start == end:
