@@ -127,6 +127,7 @@ async def serve(
             poll_interval=config.poll_interval,
             lock_timeout=config.lock_timeout,
             on_poll=metrics.observe_poll,
+            extra_secrets=(config.token,),
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
