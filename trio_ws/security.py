@@ -73,7 +73,7 @@ _TRIGGERS: Final = (
     "sk-", "k_live_", "k_test_", "aiza", "glpat-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
     "_pat_", "npm_", "hf_", "xox",
     "akia", "eyj", "private key", "auth", "bearer", "://",
-    "pass", "pwd", "secret", "token", "key", "credential",
+    "passw", "pwd", "secret", "token", "key", "credential",
 )  # fmt: skip
 """Every match holds one of these (lowered); a line with none skips the regex."""
 
