@@ -67,7 +67,6 @@ _SECRET_RE: Final = re.compile(
     ),
     re.IGNORECASE | re.ASCII,
 )
-_SECRET_GROUPS: Final = ("key", "pem", "auth", "bearer", "url", "vd", "vs", "vu")
 
 _TRIGGERS: Final = (
     "sk-", "k_live_", "k_test_", "aiza", "glpat-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
@@ -136,14 +135,15 @@ def _redact_once(text: str) -> tuple[str, bool]:
 
     def replace(match: re.Match[str]) -> str:
         nonlocal opened
-        name, start, end = next(
-            (name, *match.span(name)) for name in _SECRET_GROUPS if match[name] is not None
-        )
-        if name == "pem":
-            opened = match["pemend"] is None and not match["pem"].strip()
-            if not match["pem"].strip():
-                return match[0]
-        if start == end:
+        # Each alternative's secret group is the last group it closes.
+        name = match.lastgroup
+        assert name is not None  # every alternative has a secret group
+        if name == "pemend":
+            name = "pem"
+        elif name == "pem":
+            opened = not match["pem"].strip()
+        start, end = match.span(name)
+        if match[name].isspace() or start == end:
             return match[0]
         offset = match.start()
         whole = match[0]
