@@ -96,7 +96,7 @@ _CUT_WINDOW: Final = 1024
 """How far a cut backs off to the start of the word it would split."""
 
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
-_WORD_TAIL: Final = re.compile(r"\S+\Z")
+_NON_SPACE: Final = re.compile(r"\S*")
 
 
 def cap(raw: str) -> tuple[str, int]:
@@ -138,10 +138,10 @@ def _cut(text: str, keep: int) -> int:
     """Where to cut ``text`` to keep at most ``keep`` characters: before a split word if near."""
     if text[keep].isspace():
         return keep
-    tail = _WORD_TAIL.search(text, max(0, keep - _CUT_WINDOW), keep)
-    if tail is None or tail.start() == max(0, keep - _CUT_WINDOW):
-        return keep
-    return tail.start()
+    window = text[max(0, keep - _CUT_WINDOW) : keep]
+    word = _NON_SPACE.match(window[::-1])  # the split word's head, read backwards
+    assert word is not None  # \S* always matches
+    return keep if word.end() == len(window) else keep - word.end()
 
 
 def _truncated(dropped: int) -> str:
@@ -174,7 +174,7 @@ class AgentPipeline:
         return self._status
 
     def feed_line(self, raw: str) -> list[Message]:
-        """Events for one raw line, in wire order (LINES.md 1, step 7), sharing one timestamp."""
+        """Events for one raw line, in wire order (LINES.md 1, step 6), sharing one timestamp."""
         self._line_time = self._clock()
         try:
             return self._feed(*cap(raw), iso_timestamp(self._line_time))
