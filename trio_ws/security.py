@@ -7,10 +7,11 @@ visible and only the value goes, so the line stays readable.
 
 It runs on every line, so it is one pass of one alternation regex, behind a
 pre-check (a few substring tests on the lowered line) that lets most lines
-skip the regex entirely. Every alternative starts only at the start of a word
-and runs its secret to a delimiter, so a secret cannot begin inside another
-match and leave its tail behind; the pass is repeated until nothing changes
-(``redact`` is idempotent). Every alternative runs in time linear in the line.
+skip the regex entirely. Every alternative starts at a word boundary (the URL
+one at its ``://``) and runs its secret on to a delimiter, so a secret hardly
+ever begins inside another match and leaves its tail behind; the pass is
+repeated until nothing changes (``redact`` is idempotent). Every alternative
+runs in time linear in the line.
 """
 
 from __future__ import annotations
