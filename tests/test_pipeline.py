@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,68 @@ def test_a_secret_at_the_cap_leaves_no_fragment(offset: int) -> None:
     assert len(capped) <= LINE_CAP
     assert "sk-" not in capped
     assert "Q" not in capped
+
+
+def test_a_long_line_is_cut_at_the_start_of_the_word_it_would_split() -> None:
+    line = "word " * 5000
+    capped = sanitize(line)
+    head, marker, rest = capped.partition(" … [truncated ")
+    assert marker
+    assert head.endswith("word ")
+    assert len(head) + int(rest.removesuffix(" chars]")) == len(line)
+
+
+def test_a_ten_megabyte_line_costs_what_its_capped_head_costs() -> None:
+    # Redaction work in every word: before the cap came first this took seconds.
+    line = "password=hunter2 " * 620_000
+    pipeline = running_agent()
+    start = time.perf_counter()
+    events = pipeline.feed_line(line)
+    assert time.perf_counter() - start < 0.5
+    assert len(events[0]["line"]) <= LINE_CAP
+    assert "hunter2" not in events[0]["line"]
+
+
+def test_a_ten_megabyte_dev_line_is_capped() -> None:
+    line = running_dev().feed_line("x" * 10_000_000)[0]["line"]
+    head, _, rest = line.partition(" … [truncated ")
+    assert len(line) <= LINE_CAP
+    assert len(head) + int(rest.removesuffix(" chars]")) == 10_000_000
+
+
+def test_a_line_that_redaction_makes_longer_still_fits_the_cap() -> None:
+    line = "pwd=a " * (LINE_CAP // 6)
+    capped = sanitize(line)
+    assert len(capped) <= LINE_CAP
+    assert "pwd=a" not in capped
+    assert capped.endswith(" chars]")
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("bad \ud800 x", "bad \ufffd x"),
+        ("\udfff", "\ufffd"),
+        ("pair \ud83d\ude00 ok", "pair \U0001f600 ok"),
+        ("é \udc80", "é \ufffd"),
+    ],
+)
+def test_lone_surrogates_become_replacement_characters(raw: str, clean: str) -> None:
+    line = running_agent().feed_line(raw)[0]["line"]
+    assert line == clean
+    line.encode("utf-8")
+
+
+def test_a_dev_line_with_a_lone_surrogate_can_be_encoded() -> None:
+    assert running_dev().feed_line("bad \ud800 x")[0]["line"] == "bad \ufffd x"
+
+
+def test_a_cut_through_a_surrogate_pair_leaves_a_replacement_character() -> None:
+    # 16459 characters: the marker takes 26, so the cut falls between the two halves.
+    line = "x" * (LINE_CAP - 27) + "\ud83d\ude00" + "y" * 100
+    capped = sanitize(line)
+    capped.encode("utf-8")
+    assert capped.startswith("x" * (LINE_CAP - 27) + "\ufffd … [truncated ")
 
 
 def test_an_empty_line_is_a_real_log_line() -> None:
@@ -460,6 +523,58 @@ def test_trackers_see_the_redacted_line() -> None:
     pipeline = running_agent()
     events = pipeline.feed_line("[Feature #3] Reading password=hunter2 now")
     assert events[1]["thought"] == "password=[REDACTED] now"
+
+
+KEY_LINES = [
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "MIIEpAIBAAKCAQEA7bq98pLqXwZ",
+    "[Feature #3] kqhkiG9w0BAQEFAASC",
+    "-----END RSA PRIVATE KEY-----",
+    "after the key",
+]
+KEY_LOGS = [
+    "-----BEGIN RSA PRIVATE KEY-----",
+    "[REDACTED]",
+    "[REDACTED]",
+    "-----END RSA PRIVATE KEY-----",
+    "after the key",
+]
+
+
+def test_the_agent_stream_redacts_a_private_key_block_whole() -> None:
+    pipeline = running_agent()
+    inside = []
+    lines = []
+    for line in KEY_LINES:
+        lines += logged(pipeline.feed_line(line))
+        inside.append(pipeline.in_private_key)
+    assert lines == KEY_LOGS
+    assert inside == [True, True, True, False, False]
+
+
+def test_the_dev_stream_redacts_a_private_key_block_whole() -> None:
+    pipeline = running_dev()
+    lines = [event["line"] for line in KEY_LINES for event in pipeline.feed_line(line)]
+    assert lines == KEY_LOGS
+
+
+def test_the_key_block_state_can_be_restored() -> None:
+    pipeline = running_agent()
+    pipeline.in_private_key = True
+    assert logged(pipeline.feed_line("MIIEpAIBAAKCAQEA7bq98pLqXwZ")) == ["[REDACTED]"]
+
+
+def test_an_extra_secret_is_redacted_on_the_agent_stream() -> None:
+    pipeline = AgentPipeline(FakeClock(), secrets=("srv-TOKEN-123",))
+    assert logged(pipeline.feed_line("debug: srv-TOKEN-123")) == ["debug: [REDACTED]"]
+
+
+def test_an_extra_secret_is_redacted_on_the_dev_stream_and_its_url() -> None:
+    pipeline = DevPipeline(FakeClock(), secrets=("srv-TOKEN-123",))
+    pipeline.set_status("running")
+    events = pipeline.feed_line("at http://localhost:5173/?t=srv-TOKEN-123")
+    assert events[0]["line"] == "at http://localhost:5173/?t=[REDACTED]"
+    assert pipeline.url == "http://localhost:5173/?t=[REDACTED]"
 
 
 # -- the edge cases, one by one ------------------------------------------------------
@@ -1038,6 +1153,13 @@ def strings(value: object) -> list[str]:
     return []
 
 
+def assert_sanitized(line: str, raw: str, in_private_key: bool) -> None:
+    """``line`` is ``raw`` sanitized; inside a private key it may be gone or end the key."""
+    if in_private_key and (line in ("[REDACTED]", "") or "PRIVATE KEY-----" in line):
+        return
+    assert line == sanitize(raw)
+
+
 @settings(max_examples=150)
 @given(transcript(AGENT_STATUSES))
 def test_agent_pipeline_takes_any_text(items: list[str | Status]) -> None:
@@ -1046,10 +1168,11 @@ def test_agent_pipeline_takes_any_text(items: list[str | Status]) -> None:
         if isinstance(item, Status):
             pipeline.set_status(item.status)
             continue
+        inside = pipeline.in_private_key
         events = pipeline.feed_line(item)
         lines = logged(events)
         assert len(lines) in (1, 13)
-        assert lines[-1] == sanitize(item)
+        assert_sanitized(lines[-1], item, inside)
 
 
 @settings(max_examples=150)
@@ -1060,8 +1183,9 @@ def test_dev_pipeline_takes_any_text(items: list[str | Status]) -> None:
         if isinstance(item, Status):
             pipeline.set_status(item.status)
             continue
+        inside = pipeline.in_private_key
         events = pipeline.feed_line(item)
-        assert events[0]["line"] == sanitize(item)
+        assert_sanitized(events[0]["line"], item, inside)
         assert types(events) in (["dev_log"], ["dev_log", "dev_server_status"])
 
 

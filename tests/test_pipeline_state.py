@@ -109,3 +109,22 @@ def test_an_agent_pipeline_state_that_does_not_fit_is_refused(change: dict[str, 
 def test_a_dev_pipeline_state_with_a_bad_url_is_refused() -> None:
     with pytest.raises(ValueError, match="'url' is not str"):
         DevPipeline.from_state({"status": "running", "url": 5}, clock)
+
+
+@pytest.mark.parametrize("pipeline_type", [AgentPipeline, DevPipeline])
+def test_a_restored_pipeline_stays_inside_a_private_key_block(
+    pipeline_type: type[AgentPipeline] | type[DevPipeline],
+) -> None:
+    pipeline = pipeline_type(clock)
+    pipeline.feed_line("-----BEGIN RSA PRIVATE KEY-----")
+    restored = pipeline_type.from_state(stored(pipeline.to_state()), clock)
+    events = restored.feed_line("MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gun")
+    assert "MIIEow" not in json.dumps(events)
+
+
+def test_the_journalled_crash_window_holds_no_secret() -> None:
+    pipeline = AgentPipeline(clock, secrets=("server-token-123456",))
+    pipeline.set_status("running")
+    pipeline.feed_line("export DB_PASSWORD=hunter2 and server-token-123456")
+    assert "hunter2" not in json.dumps(pipeline.to_state())
+    assert "server-token-123456" not in json.dumps(pipeline.to_state())

@@ -110,6 +110,7 @@ class ProjectHub:
         history: int = DEFAULT_HISTORY,
         queue_size: int = DEFAULT_QUEUE,
         clock: Clock = wall_clock,
+        extra_secrets: Iterable[str] = (),
     ) -> None:
         if history < 1:
             raise ValueError("history must hold at least one event")
@@ -119,8 +120,8 @@ class ProjectHub:
         self.epoch = secrets.token_hex(8)
         self.seq = 0
         self.queue_size = queue_size
-        self.agent = AgentPipeline(clock)
-        self.dev = DevPipeline(clock)
+        self.agent = AgentPipeline(clock, extra_secrets)
+        self.dev = DevPipeline(clock, extra_secrets)
         self.progress: Progress | None = None
         self.stats = HubStats()
         self._history: deque[Outgoing] = deque(maxlen=history)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -70,8 +70,10 @@ class ConnectionManager:
         lock_timeout: float = 1.0,
         on_poll: Callable[[str, float, bool], None] | None = None,
         poll_restart: tuple[float, float] = POLL_RESTART,
+        extra_secrets: Iterable[str] = (),
     ) -> None:
         self._nursery = nursery
+        self._extra_secrets = tuple(extra_secrets)  # redacted from every line (the server token)
         self._history = history
         self._queue_size = queue_size
         self.poll_interval = poll_interval
@@ -103,7 +105,12 @@ class ConnectionManager:
         """The project's hub, created on first use; follows a re-registered directory."""
         project = self._projects.get(name)
         if project is None:
-            hub = ProjectHub(name, history=self._history, queue_size=self._queue_size)
+            hub = ProjectHub(
+                name,
+                history=self._history,
+                queue_size=self._queue_size,
+                extra_secrets=self._extra_secrets,
+            )
             slots: dict[Stream, ProducerSlot] = {
                 "agent": ProducerSlot(name, "agent"),
                 "dev": ProducerSlot(name, "dev"),

@@ -4,9 +4,11 @@ One ``AgentPipeline`` and one ``DevPipeline`` per project. Both are sans-IO:
 a raw line or a status in, the list of events it causes out, in wire order,
 time only from the injected clock. The hub adds ``seq`` and fans them out.
 
-Only ``sanitize``d text (stripped, redacted, capped) reaches an event or a
-tracker; the raw line is read for the status literals, the auth banner and
-the dev URL, and kept (last 20 lines) for the crash-time auth check only.
+Every raw line is ``cap``ped first, so no later step (redaction included)
+ever sees more than 16 KiB of it: a 10 MB line costs what a 16 KiB one does.
+Only redacted text reaches an event or a tracker; the capped line is read for
+the status literals, the auth banner and the dev URL, and kept (last 20 lines)
+for the crash-time auth check only.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from trio_ws.protocol import (
     log,
     wall_clock,
 )
-from trio_ws.security import redact
+from trio_ws.security import redact, redact_line
 from trio_ws.trackers import AgentTracker, OrchestratorTracker, TrackerState, state_value
 
 LINE_CAP: Final = 16 * 1024
@@ -90,14 +92,56 @@ _DEV_URLS: Final = tuple(
 )
 
 
-def sanitize(raw: str) -> str:
-    """Strip trailing whitespace, redact, then cap, so a cut can never expose part of a secret."""
-    line = redact(raw.rstrip())
-    if len(line) <= LINE_CAP:
-        return line
-    # len(line) has at least as many digits as the count dropped, so the total fits.
-    keep = LINE_CAP - len(_truncated(len(line)))
-    return line[:keep] + _truncated(len(line) - keep)
+_CUT_WINDOW: Final = 1024
+"""How far a cut backs off to the start of the word it would split."""
+
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_NON_SPACE: Final = re.compile(r"\S*")
+
+
+def cap(raw: str) -> tuple[str, int]:
+    """The part of ``raw`` any later step may look at, and how many characters were cut.
+
+    LINES.md 1.1: the head of a line longer than ``LINE_CAP`` (room left for
+    the truncation marker), lone surrogates as U+FFFD so it can be encoded,
+    trailing whitespace stripped. The cut backs off to the start of the word
+    it would split (within ``_CUT_WINDOW``), so half a secret, too short to
+    be recognised, never survives at the end of the head.
+    """
+    dropped = 0
+    if len(raw) > LINE_CAP:
+        head = raw[: _cut(raw, LINE_CAP - len(_truncated(len(raw))))]
+        dropped = len(raw) - len(head)
+        raw = head
+    if not raw.isascii() and _SURROGATE.search(raw) is not None:
+        # UTF-16 round trip: a valid pair becomes its character, a lone half U+FFFD.
+        raw = raw.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return (raw if dropped else raw.rstrip()), dropped
+
+
+def finish(clean: str, dropped: int) -> str:
+    """The redacted head with its truncation marker, within ``LINE_CAP`` even when
+    redaction made it longer (then the count includes what was cut of the redacted text)."""
+    if len(clean) + (len(_truncated(dropped)) if dropped else 0) <= LINE_CAP:
+        return clean + _truncated(dropped) if dropped else clean
+    keep = _cut(clean, LINE_CAP - len(_truncated(dropped + len(clean))))
+    return clean[:keep] + _truncated(dropped + len(clean) - keep)
+
+
+def sanitize(raw: str, secrets: Iterable[str] = ()) -> str:
+    """A raw line as an event carries it, outside any private key block: capped, then redacted."""
+    head, dropped = cap(raw)
+    return finish(redact(head, secrets), dropped)
+
+
+def _cut(text: str, keep: int) -> int:
+    """Where to cut ``text`` to keep at most ``keep`` characters: before a split word if near."""
+    if text[keep].isspace():
+        return keep
+    window = text[max(0, keep - _CUT_WINDOW) : keep]
+    word = _NON_SPACE.match(window[::-1])  # the split word's head, read backwards
+    assert word is not None  # \S* always matches
+    return keep if word.end() == len(window) else keep - word.end()
 
 
 def _truncated(dropped: int) -> str:
@@ -113,8 +157,11 @@ class AgentPipeline:
     most once per run.
     """
 
-    def __init__(self, clock: Clock = wall_clock) -> None:
+    def __init__(self, clock: Clock = wall_clock, secrets: Iterable[str] = ()) -> None:
         self._clock = clock
+        self._secrets = tuple(secret for secret in secrets if secret)
+        self.in_private_key = False
+        """Inside a PEM private key: lines are redacted whole until its END line."""
         self._line_time: float | None = None
         self._status = "stopped"
         self.agents = AgentTracker(self._tracker_clock)
@@ -127,14 +174,14 @@ class AgentPipeline:
         return self._status
 
     def feed_line(self, raw: str) -> list[Message]:
-        """Events for one raw line, in wire order (LINES.md 1, step 7), sharing one timestamp."""
+        """Events for one raw line, in wire order (LINES.md 1, step 6), sharing one timestamp."""
         self._line_time = self._clock()
         try:
-            return self._feed(raw.rstrip(), iso_timestamp(self._line_time))
+            return self._feed(*cap(raw), iso_timestamp(self._line_time))
         finally:
             self._line_time = None
 
-    def _feed(self, line: str, timestamp: str) -> list[Message]:
+    def _feed(self, line: str, dropped: int, timestamp: str) -> list[Message]:
         events: list[Message] = []
         if not line.startswith(_FEATURE_LINE):
             found = sorted(
@@ -144,10 +191,13 @@ class AgentPipeline:
             )
             for _, status in found:
                 events += self._change(status)
-        self._recent.append(line)
         if not self._banner_shown and _AUTH_ERROR.search(line):
             events += self._banner(timestamp)
-        clean = sanitize(line)
+        redacted, self.in_private_key = redact_line(line, self.in_private_key, self._secrets)
+        # The crash window keeps redacted lines: it is journalled, and no auth
+        # pattern needs a secret's value to match.
+        self._recent.append(redacted)
+        clean = finish(redacted, dropped)
         agent_update = self.agents.feed(clean)
         orchestrator_update = self.orchestrator.feed(clean)
         feature_id = _feature_id(clean)
@@ -207,28 +257,29 @@ class AgentPipeline:
     # -- restart: state out, state in ----------------------------------------
 
     def to_state(self) -> TrackerState:
-        """Status, banner flag, the raw crash window and both trackers, JSON-able.
-
-        The crash window holds raw (unredacted) lines: whoever stores this state
-        keeps it as private as the output itself.
-        """
+        """Status, banner flag, key-block flag, the (redacted) crash window and both
+        trackers, JSON-able."""
         return {
             "status": self._status,
             "banner_shown": self._banner_shown,
+            "in_private_key": self.in_private_key,
             "recent": list(self._recent),
             "agents": self.agents.to_state(),
             "orchestrator": self.orchestrator.to_state(),
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, object], clock: Clock = wall_clock) -> AgentPipeline:
+    def from_state(
+        cls, state: Mapping[str, object], clock: Clock = wall_clock, secrets: Iterable[str] = ()
+    ) -> AgentPipeline:
         """A pipeline that continues exactly where the one that made ``state`` stood."""
-        pipeline = cls(clock)
+        pipeline = cls(clock, secrets)
         status = state_value(state, "status", str)
         if status not in AGENT_STATUSES:
             raise ValueError(f"pipeline state: unknown agent status {status!r}")
         pipeline._status = status
         pipeline._banner_shown = state_value(state, "banner_shown", bool)
+        pipeline.in_private_key = bool(state.get("in_private_key", False))
         recent = state_value(state, "recent", list)
         if not all(isinstance(line, str) for line in recent):
             raise ValueError("pipeline state: recent lines are not all strings")
@@ -245,8 +296,11 @@ class AgentPipeline:
 class DevPipeline:
     """The dev-server stream of one project: lines to ``dev_log``, plus its URL (LINES.md 4)."""
 
-    def __init__(self, clock: Clock = wall_clock) -> None:
+    def __init__(self, clock: Clock = wall_clock, secrets: Iterable[str] = ()) -> None:
         self._clock = clock
+        self._secrets = tuple(secret for secret in secrets if secret)
+        self.in_private_key = False
+        """Inside a PEM private key: lines are redacted whole until its END line."""
         self._status = "stopped"
         self._url: str | None = None
 
@@ -261,9 +315,10 @@ class DevPipeline:
 
     def feed_line(self, raw: str) -> list[Message]:
         """The ``dev_log`` for one raw line, then a ``dev_server_status`` if it reveals the URL."""
-        line = raw.rstrip()
-        events = [dev_log(sanitize(line), iso_timestamp(self._clock()))]
-        if self._url is None and (url := _dev_url(line)) is not None:
+        line, dropped = cap(raw)
+        redacted, self.in_private_key = redact_line(line, self.in_private_key, self._secrets)
+        events = [dev_log(finish(redacted, dropped), iso_timestamp(self._clock()))]
+        if self._url is None and (url := _dev_url(line, self._secrets)) is not None:
             self._url = url
             events.append(dev_server_status(self._status, url))
         return events
@@ -284,13 +339,16 @@ class DevPipeline:
     # -- restart: state out, state in ----------------------------------------
 
     def to_state(self) -> TrackerState:
-        """Status and URL, JSON-able."""
-        return {"status": self._status, "url": self._url}
+        """Status, URL and key-block flag, JSON-able."""
+        return {"status": self._status, "url": self._url, "in_private_key": self.in_private_key}
 
     @classmethod
-    def from_state(cls, state: Mapping[str, object], clock: Clock = wall_clock) -> DevPipeline:
+    def from_state(
+        cls, state: Mapping[str, object], clock: Clock = wall_clock, secrets: Iterable[str] = ()
+    ) -> DevPipeline:
         """A pipeline that continues exactly where the one that made ``state`` stood."""
-        pipeline = cls(clock)
+        pipeline = cls(clock, secrets)
+        pipeline.in_private_key = bool(state.get("in_private_key", False))
         status = state_value(state, "status", str)
         dev_server_status(status, None)  # raises ValueError on an unknown status
         pipeline._status = status
@@ -304,9 +362,9 @@ def _feature_id(line: str) -> int | None:
     return None if match is None else int(match[1])
 
 
-def _dev_url(line: str) -> str | None:
-    """The first loopback or wildcard URL in ``line`` by pattern order, sanitised."""
+def _dev_url(line: str, secrets: Iterable[str]) -> str | None:
+    """The first loopback or wildcard URL in ``line`` by pattern order, redacted."""
     for pattern in _DEV_URLS:
         if (match := pattern.search(line)) is not None:
-            return sanitize(match[0].rstrip("),."))
+            return redact(match[0].rstrip("),."), secrets)
     return None

@@ -1,16 +1,17 @@
 """Keeping secrets out, and strangers off: redaction, Origin checks, tokens.
 
 ``redact`` replaces every secret in a line with ``[REDACTED]`` before the line
-reaches an event, a tracker or a log (LINES.md 1, step 5). Where a pattern has
-a key name (``password: …``, ``Bearer …``, ``ANTHROPIC_API_KEY=…``) the name
-stays visible and only the value goes, so the line stays readable.
+reaches an event, a tracker or a log (LINES.md 1, step 4). Where a secret has
+a name (``password: …``, ``Bearer …``, ``ANTHROPIC_API_KEY=…``) the name stays
+visible and only the value goes, so the line stays readable.
 
-How: every pattern is searched in the whole line and the union of all their
-secret spans is replaced, so a secret can never hide inside another pattern's
-match (``Bearer secret:xyz`` loses both values). That is repeated until
-nothing changes, which makes ``redact`` idempotent. Every pattern runs in
-time linear in the line, since lines are redacted before they are capped and
-can be long.
+It runs on every line, so it is one pass of one alternation regex, behind a
+pre-check (a few substring tests on the lowered line) that lets most lines
+skip the regex entirely. Every alternative starts at a word boundary (the URL
+one at its ``://``) and runs its secret on to a delimiter, so a secret hardly
+ever begins inside another match and leaves its tail behind; the pass is
+repeated until nothing changes (``redact`` is idempotent). Every alternative
+runs in time linear in the line.
 """
 
 from __future__ import annotations
@@ -20,111 +21,136 @@ import ipaddress
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
 from urllib.parse import urlsplit
 
 REDACTED: Final = "[REDACTED]"
 
-_I: Final = re.IGNORECASE
+_NAME_ENDS: Final = (
+    r"password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key(?:[_-]?id)?"
+    r"|private[_-]?key|secret[_-]?key|client[_-]?secret|credentials?"
+)
+"""A value is secret when its name is or ends with one of these (LINES.md 1.4)."""
 
-# A match's secret is its ``secret`` group when it has one, else all of it.
-# Each pattern either finds its secrets by consuming them (so a failing start
-# costs O(1)) or scans a run that a later start cannot scan again.
-_PATTERNS: Final[tuple[re.Pattern[str], ...]] = tuple(
-    re.compile(pattern, _I)
-    for pattern in (
-        r"sk-[A-Za-z0-9_-]{20,}",
-        r"ANTHROPIC_API_KEY=(?P<secret>\S+)",
-        r"api[_-]?key\s*[=:]\s*(?P<secret>\S+)",
-        r"token\s*[=:]\s*(?P<secret>\S+)",
-        r"password\s*[=:]\s*(?P<secret>\S+)",
-        r"secret\s*[=:]\s*(?P<secret>\S+)",
-        r"gh[pousr]_[A-Za-z0-9]{36,}",
-        r"github_pat_[A-Za-z0-9_]{20,}",
-        r"Bearer\s+(?P<secret>[A-Za-z0-9._~+/=-]+)",
-        r"AKIA[0-9A-Z]{16}",
-        r"AWS_(?:ACCESS_KEY_ID|SECRET_ACCESS_KEY|SESSION_TOKEN)\s*=\s*(?P<secret>\S+)",
-        r"xox[abprs]-[A-Za-z0-9-]{10,}",
-        # scheme://user:secret@host; the scheme and host stay. The password
-        # may hold ':' and '@' (up to the last '@' before the path) but not '/',
-        # so ``http://localhost:5173/@vite/client`` is left alone.
-        r"://[^\s:/@]*:(?P<secret>[^\s/]+)@",
-    )
+_VALUE: Final = (
+    r"""(?:"(?P<{0}d>(?:[^"\\]|\\.)*)"?|'(?P<{0}s>(?:[^'\\]|\\.)*)'?|(?P<{0}u>[^\s"']+))"""
+)
+"""A quoted value up to its closing quote, or an unquoted one up to a space or quote."""
+
+# Each alternative names its secret with a group listed in _SECRET_GROUPS; the
+# rest of the match (a name, a scheme, a host) stays.
+_SECRET_RE: Final = re.compile(
+    "|".join(
+        (
+            # keys by shape, each running on to the end of its word
+            r"(?<![\w-])(?P<key>(?:"
+            r"sk-[\w-]{20,}|[sr]k_(?:live|test)_[0-9a-z]{10,}|AIza[\w-]{35}"
+            r"|glpat-[\w-]{20,}|gh[pousr]_[0-9a-z]{36,}|github_pat_\w{20,}"
+            r"|npm_[0-9a-z]{36}|hf_[0-9a-z]{30,}|xox[abprs]-[0-9a-z-]{10,}|AKIA[0-9a-z]{16}"
+            r"|eyJ[\w-]{4,}\.eyJ[\w-]{4,}\.[\w.-]*"
+            r")[\w-]*)",
+            # PEM private key on one line; with no END the block goes on (see redact_line)
+            r"-----BEGIN[a-z ]{0,40}PRIVATE KEY-----(?P<pem>(?s:.*?))"
+            r"(?:(?P<pemend>-----END[a-z ]{0,40}PRIVATE KEY-----)|\Z)",
+            # Authorization: [scheme] value, and a bare Bearer value
+            r"\bauthorization[\"']?\s*[=:]\s*[\"']?(?:(?:bearer|basic|token|digest)\s+)?"
+            r"(?P<auth>[^\s\"']+)",
+            r"\bbearer\s+(?P<bearer>[^\s\"']+)",
+            # scheme://user:secret@host: the password may hold ':' and '@' (up to
+            # the last '@' before the path) but not '/'
+            r"://[^\s:/@]*:(?P<url>[^\s/]+)@",
+            # NAME=value, NAME: value, "NAME": "value", 'NAME': 'value', --NAME value
+            rf"(?<![\w.-])(?P<flag>--)?[\w.-]*?(?:{_NAME_ENDS})"
+            r"(?(flag)(?:\s*=\s*|\s+(?!-))|[\"']?\s*[=:]\s*)" + _VALUE.format("v"),
+        )
+    ),
+    re.IGNORECASE | re.ASCII,
 )
 
-# ``aws[_-]?(access[_-]?key|secret)\S*\s*[=:]\s*\S+`` (LINES.md) as a plain
-# finditer is quadratic on a long run of failing prefixes
-# (``aws_secretaws_secret…``), so it has its own scanner (``_aws_spans``).
-_AWS_PREFIX: Final = re.compile(r"aws[_-]?(?:access[_-]?key|secret)", _I)
-_AWS_FULL: Final = re.compile(r"aws[_-]?(?:access[_-]?key|secret)\S*\s*[=:]\s*\S+", _I)
-_AWS_NAME: Final = re.compile(r"aws[_-]?(?:access[_-]?key|secret)[A-Za-z0-9_-]*\s*[=:]\s*", _I)
-_NON_SPACE_RUN: Final = re.compile(r"\S*")
+_TRIGGERS: Final = (
+    "sk-", "k_live_", "k_test_", "aiza", "glpat-", "ghp_", "gho_", "ghu_", "ghs_", "ghr_",
+    "_pat_", "npm_", "hf_", "xox",
+    "akia", "eyj", "private key", "auth", "bearer", "://",
+    "passw", "pwd", "secret", "token", "key", "credential",
+)  # fmt: skip
+"""Every match holds one of these (lowered); a line with none skips the regex."""
 
 _MAX_PASSES: Final = 8
 """Two passes reach the fixed point in practice; past this, fail closed."""
 
 
-def redact(text: str) -> str:
-    """``text`` with every secret replaced by ``[REDACTED]``; ``redact(redact(x)) == redact(x)``."""
-    for _ in range(_MAX_PASSES):
-        redacted = _redact_once(text)
-        if redacted == text:
-            return text
-        text = redacted
-    # Each changing pass replaces text outside ``[REDACTED]`` (spans never start
-    # inside one), so this should be unreachable; if it is not, leak nothing.
-    return REDACTED
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """``text`` with every secret replaced by ``[REDACTED]``; ``redact(redact(x)) == redact(x)``.
 
-
-def _redact_once(text: str) -> str:
-    spans = sorted(_secret_spans(text))
-    if not spans:
-        return text
-    pieces: list[str] = []
-    done = 0  # text[:done] is already in pieces
-    start, end = spans[0]
-    for next_start, next_end in spans[1:]:
-        if next_start <= end:  # overlapping or touching: one secret
-            end = max(end, next_end)
-            continue
-        pieces += (text[done:start], REDACTED)
-        done = end
-        start, end = next_start, next_end
-    pieces += (text[done:start], REDACTED, text[end:])
-    return "".join(pieces)
-
-
-def _secret_spans(text: str) -> Iterator[tuple[int, int]]:
-    for pattern in _PATTERNS:
-        group = "secret" if "secret" in pattern.groupindex else 0
-        for match in pattern.finditer(text):
-            yield match.span(group)
-    yield from _aws_spans(text)
-
-
-def _aws_spans(text: str) -> Iterator[tuple[int, int]]:
-    """Secrets of the ``aws…=`` pattern, exactly as ``finditer`` finds them, in linear time.
-
-    When the pattern fails at a prefix, it fails at every later prefix in the
-    same non-space run too (their continuations are a subset), so the scan
-    skips that run. The visible name is the identifier and its separator.
+    ``secrets`` are literal strings to hide wherever they appear (the server's token).
     """
-    position = 0
-    while (prefix := _AWS_PREFIX.search(text, position)) is not None:
-        match = _AWS_FULL.match(text, prefix.start())
-        if match is None:
-            run = _NON_SPACE_RUN.match(text, prefix.end())
-            assert run is not None  # \S* always matches
-            position = run.end()
-            continue
-        name = _AWS_NAME.match(text, match.start(), match.end())
-        secret_start = prefix.end()
-        if name is not None and name.end() < match.end():
-            secret_start = name.end()
-        yield secret_start, match.end()
-        position = match.end()
+    return redact_line(text, False, secrets)[0]
+
+
+def redact_line(line: str, in_private_key: bool, secrets: Iterable[str] = ()) -> tuple[str, bool]:
+    """One line of a stream, and whether the next line is inside a PEM private key.
+
+    A key opens at a line that ends with its BEGIN marker; every line after it
+    is redacted whole up to its END line (LINES.md 1.4). A line that cannot be
+    part of a PEM key (not base64, a ``Name: value`` header or blank, after an
+    optional ``[Feature #N]`` tag) also ends it, so a key whose END never comes
+    (``head key.pem``) does not hide the rest of the run.
+    """
+    head = ""
+    if in_private_key:
+        end = _PEM_END.search(line)
+        if end is not None:
+            head = REDACTED if line[: end.start()].strip() else line[: end.start()]
+            line = line[end.start() :]
+        elif _PEM_BODY.fullmatch(line) is not None:
+            return (REDACTED if line.strip() else line), True
+    for secret in secrets:
+        if secret:
+            line = line.replace(secret, REDACTED)
+    opened = False
+    for _ in range(_MAX_PASSES):
+        redacted, opened = _redact_once(line)
+        if redacted == line:
+            return head + line, opened
+        line = redacted
+    # Each changing pass replaces text outside ``[REDACTED]``, so this should be
+    # unreachable; if it is not, leak nothing.
+    return REDACTED, opened
+
+
+_PEM_END: Final = re.compile(r"-----END[a-z ]{0,40}PRIVATE KEY-----", re.IGNORECASE | re.ASCII)
+_PEM_BODY: Final = re.compile(
+    r"\s*(?:\[[^\]]{0,40}\]\s*)?(?:[A-Za-z0-9+/=]+|[A-Za-z-]{1,40}:.*)?\s*", re.ASCII
+)
+"""A line that may be part of a PEM key: base64, a header or blank, maybe tagged."""
+
+
+def _redact_once(text: str) -> tuple[str, bool]:
+    """One pass of the combined regex; also whether a PEM key opened and did not close."""
+    lowered = text.lower()
+    if not any(trigger in lowered for trigger in _TRIGGERS):
+        return text, False
+    opened = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal opened
+        # Each alternative's secret group is the last group it closes.
+        name = match.lastgroup
+        assert name is not None  # every alternative has a secret group
+        if name == "pemend":
+            name = "pem"
+        elif name == "pem":
+            opened = not match["pem"].strip()
+        start, end = match.span(name)
+        if match[name].isspace() or start == end:
+            return match[0]
+        offset = match.start()
+        whole = match[0]
+        return whole[: start - offset] + REDACTED + whole[end - offset :]
+
+    return _SECRET_RE.sub(replace, text), opened
 
 
 # -- access: Origin and tokens (PROTOCOL.md 2, 6) ------------------------------

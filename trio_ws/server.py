@@ -139,6 +139,7 @@ async def serve(
             lock_timeout=config.lock_timeout,
             on_poll=metrics.observe_poll,
             poll_restart=config.poll_restart,
+            extra_secrets=(config.token,),
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
