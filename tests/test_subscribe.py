@@ -695,6 +695,7 @@ async def test_a_failing_session_set_up_leaves_no_subscriber_and_no_poll_loop(
             await ws.get_message()
         hub = hub_of(server)
         await wait_until(lambda: server.manager.poll.running == 0)
+        await wait_until(lambda: any(r.levelno >= logging.ERROR for r in caplog.records))
     assert closed.value.reason is not None and closed.value.reason.code == 1011
     assert hub.subscriber_count == 0
     assert server.manager.subscriber_count == 0
