@@ -323,14 +323,13 @@ class WebSocket:
         """The close handshake, bounded by ``CLOSE_TIMEOUT``: send our close frame
         (unless one was sent), wait for the peer's, then end the TCP connection;
         reset it if the peer does not answer in time. Safe to call more than once."""
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            try:
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT), contextlib.suppress(ConnectionClosed):
                 await self._send_close(code, reason)
                 await self._drain()
-            except ConnectionClosed:
-                pass
-        if not self._ended:
-            self._lost(self.closed or ConnectionClosed(code, reason))
+        finally:  # also when cancelled: the connection never outlives this call
+            if not self._ended:
+                self._lost(self.closed or ConnectionClosed(code, reason))
 
     async def _drain(self) -> None:
         """Read until the peer's close or EOF, discarding messages: they arrived after ours."""
