@@ -11,12 +11,13 @@ import pytest
 import trio
 from serving import NETWORK_TIMEOUT, connect, receive, receive_until
 from trio_websocket import WebSocketConnection
-from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_ws import frames, protocol
-from trio_ws.frames import FrameWriter, text_frame
+from trio_ws.connection import WebSocket
+from trio_ws.frames import text_frame
 from trio_ws.server import Server
+from trio_ws.subscribe import SubscriberSession
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
@@ -68,7 +69,7 @@ async def test_queued_events_leave_in_one_write(
     with trio.fail_after(NETWORK_TIMEOUT):
         hub = server.manager.hub_for("demo", project_dir)
         ws = await synced(nursery, server)
-        writes = counting(monkeypatch, FrameWriter, "write")
+        writes = counting(monkeypatch, WebSocket, "send_frames")
         hub.feed_lines([f"plain line {i}" for i in range(100)])  # no checkpoint in between
         seen = await receive_until(ws, lambda m: m.get("line") == "plain line 99")
     assert [m["line"] for m in seen if m["type"] == "log"] == [
@@ -80,7 +81,7 @@ async def test_queued_events_leave_in_one_write(
 async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    """trio-websocket's own pongs and close frame share the stream with our batches."""
+    """Pongs and the close frame share the connection's one write path with our batches."""
     with trio.fail_after(NETWORK_TIMEOUT):
         hub = server.manager.hub_for("demo", project_dir)
         ws = await synced(nursery, server)
@@ -101,23 +102,6 @@ async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
     assert ws.closed is not None and ws.closed.code == 1001
 
 
-async def test_writer_checks_the_real_connections_extensions(
-    nursery: trio.Nursery, server: Server, project_dir: Path
-) -> None:
-    """The guard reads wsproto's real negotiated extensions: none here, refused if any."""
-    with trio.fail_after(NETWORK_TIMEOUT):
-        await synced(nursery, server)
-    [session] = server.manager._sessions
-    ws = session.ws  # type: ignore[attr-defined]
-    assert ws._wsproto.connection._proto.extensions == []
-    ws._wsproto.connection._proto.extensions = [PerMessageDeflate()]
-    try:
-        with pytest.raises(ValueError, match="extensions"):
-            FrameWriter(ws, session._raw_stream, 1.0)  # type: ignore[attr-defined]
-    finally:
-        ws._wsproto.connection._proto.extensions = []
-
-
 async def test_writes_the_kernel_takes_whole_cost_no_wait(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
@@ -126,7 +110,8 @@ async def test_writes_the_kernel_takes_whole_cost_no_wait(
         hub = server.manager.hub_for("demo", project_dir)
         ws = await synced(nursery, server)
         [session] = server.manager._sessions
-        writer = session._writer  # type: ignore[attr-defined]
+        assert isinstance(session, SubscriberSession)
+        writer = session.ws
         before = writer.immediate
         for round_ in range(10):
             hub.feed_lines([f"round {round_}"])

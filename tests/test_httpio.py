@@ -1,4 +1,4 @@
-"""`read_request_head`, responses and `ReplayStream` over in-memory streams.
+"""`read_request_head` and responses over in-memory streams.
 
 Each test writes real HTTP bytes into one end of `trio.testing.memory_stream_pair`
 and reads them with the server's code from the other, so chunking and EOF
@@ -18,7 +18,6 @@ import trio.testing
 from trio_ws.httpio import (
     MAX_HEAD_BYTES,
     BadRequest,
-    ReplayStream,
     RequestHead,
     read_request_head,
     send_json,
@@ -151,11 +150,11 @@ async def test_is_websocket_follows_the_upgrade_header(
     assert head.is_websocket is expected
 
 
-async def test_raw_holds_the_head_and_everything_read_after_it() -> None:
-    """Bytes pipelined after the head (an early websocket frame) must be replayable."""
+async def test_bytes_after_the_head_are_kept_for_the_websocket() -> None:
+    """Bytes pipelined after the head (an early websocket frame) belong to the websocket."""
     data = request("/ws/projects/demo", "Upgrade: websocket") + b"\x81\x02hi"
     head = await parse_ok(data)
-    assert head.raw == data
+    assert head.connection.trailing_data == (b"\x81\x02hi", False)
 
 
 async def test_a_head_sent_one_byte_at_a_time_is_assembled() -> None:
@@ -173,7 +172,6 @@ async def test_a_head_sent_one_byte_at_a_time_is_assembled() -> None:
             await trio.testing.wait_all_tasks_blocked()
     assert len(heads) == 1 and heads[0] is not None
     assert heads[0].path == "/healthz"
-    assert heads[0].raw == data
 
 
 # -- read_request_head: EOF, garbage, size ----------------------------------------
@@ -220,7 +218,6 @@ async def test_a_bad_request_can_still_be_answered() -> None:
 async def test_a_head_of_exactly_the_limit_is_read() -> None:
     head = await parse(head_of_size(MAX_HEAD_BYTES))
     assert head is not None
-    assert len(head.raw) == MAX_HEAD_BYTES
 
 
 @pytest.mark.parametrize(
@@ -289,61 +286,3 @@ async def test_a_response_to_head_has_headers_but_no_body() -> None:
         answer += chunk
     assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
     assert answer.endswith(b"\r\n\r\n")
-
-
-# -- ReplayStream -----------------------------------------------------------------
-
-
-async def test_replay_returns_the_prefix_then_reads_the_stream() -> None:
-    client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"prefix")
-    await client.send_all(b"live")
-    assert await replay.receive_some(100) == b"prefix"
-    assert await replay.receive_some(100) == b"live"
-
-
-async def test_replay_splits_the_prefix_by_max_bytes() -> None:
-    client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"abcdefg")
-    await client.send_all(b"live")
-    chunks = [await replay.receive_some(3) for _ in range(4)]
-    assert chunks == [b"abc", b"def", b"g", b"liv"]
-
-
-async def test_replay_without_max_bytes_returns_the_whole_prefix() -> None:
-    _client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"x" * 10_000)
-    assert await replay.receive_some() == b"x" * 10_000
-
-
-async def test_replay_reports_eof_after_the_prefix() -> None:
-    client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"head")
-    await client.send_eof()
-    assert await replay.receive_some(100) == b"head"
-    assert await replay.receive_some(100) == b""
-
-
-async def test_replay_sends_to_the_real_stream() -> None:
-    client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"head")
-    await replay.wait_send_all_might_not_block()
-    await replay.send_all(b"reply")
-    assert await client.receive_some(100) == b"reply"
-
-
-async def test_replay_close_closes_the_real_stream() -> None:
-    client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"head")
-    await replay.aclose()
-    assert await client.receive_some(100) == b""
-    with pytest.raises(trio.ClosedResourceError):
-        await server.send_all(b"x")
-
-
-async def test_replay_close_is_announced() -> None:
-    _client, server = trio.testing.memory_stream_pair()
-    replay = ReplayStream(server, b"head")
-    assert not replay.closed.is_set()
-    await replay.aclose()
-    assert replay.closed.is_set()

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from rawws import RawClient, text
 from serving import TOKEN, connect, http_get, make_config, receive, receive_until, ws_url
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
@@ -228,6 +229,35 @@ async def test_vanished_producer_is_crashed_after_grace(
     assert logs(seen)[-1] == "[trio-ws] producer lost"
     late = await snapshot_logs(nursery, server)
     assert late[-1] == "[trio-ws] producer lost"
+
+
+async def test_a_producer_that_answers_no_ping_is_dropped_and_frees_its_stream(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """A half-open producer does not hold its stream (PROTOCOL.md 4.2, issue 9 item 16):
+    dropped after the ping timeout, then the grace period applies as for any loss."""
+    config = make_config(registry, producer_ping_timeout=0.5, producer_grace=0.3)
+    with trio.fail_after(TIMEOUT):
+        server: Server = await nursery.start(serve, config)
+        watcher = await connect(nursery, server)
+        silent = await RawClient.connect(
+            server.port, "/ws/projects/demo/publish", f"Authorization: Bearer {TOKEN}"
+        )
+        await silent.send(text({"type": "hello", "producer": "half-open", "stream": "agent"}))
+        await silent.message("welcome")
+        await silent.send(text({"type": "status", "pseq": 1, "status": "running"}))
+        # From here on it reads nothing and answers no ping, like a vanished host.
+        seen = await receive_until(
+            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "crashed"
+        )
+        _, acked = await producer(nursery, server, producer_id="replacement")
+    assert [m["status"] for m in seen if m["type"] == "agent_status"][-2:] == [
+        "running",
+        "crashed",
+    ]
+    assert [m["source"] for m in seen if m["type"] == "warning"] == ["producer"]
+    assert logs(seen)[-1] == "[trio-ws] producer lost"
+    assert acked == 0
 
 
 async def test_producer_returning_within_grace_is_not_crashed(

@@ -28,6 +28,7 @@ import websockets.exceptions
 import websockets.sync.client
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rawws import RawClient
 from serving import (
     NETWORK_TIMEOUT,
     TOKEN,
@@ -1228,3 +1229,37 @@ async def test_any_query_string_gets_hello_and_never_1011(
 
     with trio.fail_after(NETWORK_TIMEOUT * 4):
         await trio.to_thread.run_sync(check, abandon_on_cancel=True)
+
+
+# -- shutdown -------------------------------------------------------------------
+
+
+async def test_shutdown_stops_accepting_before_it_closes_connections(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """While shutdown waits for slow peers to close, no new connection is served."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        slow = await RawClient.connect(server.port, "/ws/projects/demo")
+        await slow.message("hello")
+        nursery.start_soon(server.shutdown, 1001, 5.0)
+        assert await slow.close_code() == 1001  # shutdown is under way; slow never replies
+        with pytest.raises(OSError):
+            await http_get(server, "/healthz")
+
+
+async def test_shutdown_closes_producers_with_1001(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo/publish"),
+            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+        )
+        await ws.send_message(json.dumps({"type": "hello", "producer": "p", "stream": "dev"}))
+        assert (await receive(ws))["type"] == "welcome"
+        await server.shutdown(1001)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.get_message()
+    assert closed.value.reason is not None and closed.value.reason.code == 1001

@@ -33,6 +33,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from trio_ws import subscribe
 from trio_ws.hub import ProjectHub
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
@@ -673,6 +674,34 @@ async def test_stalled_subscriber_is_aborted_after_stall_timeout(
     assert got == list(range(2, 2 + len(got)))
     assert len(got) < hub.seq - 1
     assert [r.name for r in caplog.records if "aborted" in r.getMessage()] == ["trio_ws.subscribe"]
+
+
+async def test_a_failing_session_set_up_leaves_no_subscriber_and_no_poll_loop(
+    nursery: trio.Nursery,
+    server: Server,
+    project_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Whatever fails after the subscription was made undoes it (issue 9 item 18)."""
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("session set-up failed")
+
+    monkeypatch.setattr(subscribe.SubscriberSession, "__init__", broken)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+        hub = hub_of(server)
+        await wait_until(lambda: server.manager.poll.running == 0)
+        await wait_until(lambda: any(r.levelno >= logging.ERROR for r in caplog.records))
+    assert closed.value.reason is not None and closed.value.reason.code == 1011
+    assert hub.subscriber_count == 0
+    assert server.manager.subscriber_count == 0
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.name for r in failures] == ["trio_ws.server"]  # logged, then nothing else
+    caplog.clear()  # the one error this test causes on purpose
 
 
 # -- inbound frames -------------------------------------------------------------

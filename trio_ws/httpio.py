@@ -2,14 +2,18 @@
 
 Every connection starts here. The head is read with a byte cap and the
 caller's deadline, so a client that sends nothing (or too much) cannot hold
-a slot. A websocket upgrade is not answered here: the bytes already read
-are replayed through `ReplayStream` to trio-websocket, which parses the
-handshake itself.
+a slot, and every response is written with `send_all_bounded`, so a client
+that reads nothing cannot hold one either. A websocket upgrade is answered
+by `trio_ws.connection.accept` on the same h11 connection, which keeps the
+bytes that followed the head (``connection.trailing_data``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
+import struct
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -19,6 +23,9 @@ import trio
 
 MAX_HEAD_BYTES: Final = 16 * 1024
 RECEIVE_SIZE: Final = 4096
+STALL_TIMEOUT: Final = 30.0
+"""A write that makes no progress for this long cuts the connection (HTTP and websocket)."""
+_LINGER_RESET: Final = struct.pack("ii", 1, 0)
 
 REASONS: Final = {
     200: b"OK",
@@ -37,11 +44,66 @@ REASONS: Final = {
 
 class HttpConnection(h11.Connection):
     """h11's server side, remembering whether the request was HEAD (h11 keeps that private),
-    since a response to HEAD must carry no body."""
+    since a response to HEAD must carry no body, and how long a response write may stall."""
 
-    def __init__(self, max_incomplete_event_size: int) -> None:
+    def __init__(self, max_incomplete_event_size: int, stall_timeout: float) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
         self.head_request = False
+        self.stall_timeout = stall_timeout
+
+
+class WriteStalled(Exception):
+    """The peer accepted no byte of a write for the stall timeout; the connection was reset."""
+
+
+def reset(stream: trio.SocketStream) -> None:
+    """Drop a TCP connection at once with a reset: unsent bytes are discarded, not
+    left to the kernel to deliver to a peer that will not read them."""
+    sock = stream.socket
+    if sock.fileno() != -1:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        sock.close()
+
+
+async def send_all_bounded(stream: trio.SocketStream, data: bytes, stall_timeout: float) -> int:
+    """Write ``data``; raise `WriteStalled` (after resetting the connection) when the peer
+    takes no byte for ``stall_timeout``: the bound is on progress, not on the whole
+    write, so a slow reader is served. Returns how many writes it took; 1 means the
+    kernel took everything at once, with no wait and no scheduler round trip.
+
+    The first attempt is one non-blocking ``os.write`` on the socket's descriptor,
+    read from the live socket (``fileno()`` is -1, so the write fails, once it is
+    closed). What the kernel did not take is awaited with trio's socket ``send``,
+    one stall timeout per call: each call either sends something or is cancelled
+    having sent nothing. A write cut off partway would leave a broken stream
+    behind, so it resets the connection.
+    """
+    sock = stream.socket
+    try:
+        sent = os.write(sock.fileno(), data)
+    except BlockingIOError:
+        sent = 0
+    except OSError as exc:
+        reset(stream)
+        raise trio.BrokenResourceError(f"write failed: {exc}") from None
+    if sent == len(data):
+        return 1
+    view = memoryview(data)[sent:]
+    writes = 1
+    try:
+        while view:
+            with trio.move_on_after(stall_timeout) as scope:
+                view = view[await sock.send(view) :]
+                writes += 1
+            if scope.cancelled_caught:
+                reset(stream)
+                raise WriteStalled(f"the peer accepted nothing for {stall_timeout:g} s")
+    except OSError as exc:
+        raise trio.BrokenResourceError(f"write failed: {exc}") from None
+    finally:
+        if 0 < len(view) < len(data):
+            reset(stream)  # cut in the middle: nothing valid can follow
+    return writes
 
 
 class BadRequest(Exception):
@@ -55,15 +117,15 @@ class BadRequest(Exception):
 
 @dataclass
 class RequestHead:
-    """One parsed request head plus what is needed to answer or replay it."""
+    """One parsed request head plus the h11 connection that answers it (and holds the
+    bytes that followed it)."""
 
     method: str
     target: str
     path: str
     query: dict[str, str]
     headers: dict[str, str]
-    raw: bytes
-    connection: h11.Connection
+    connection: HttpConnection
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -82,14 +144,14 @@ class RequestHead:
 
 
 async def read_request_head(
-    stream: trio.abc.Stream, max_bytes: int = MAX_HEAD_BYTES
+    stream: trio.abc.Stream, max_bytes: int = MAX_HEAD_BYTES, stall_timeout: float = STALL_TIMEOUT
 ) -> RequestHead | None:
     """Read until a full request head; None if the peer closed before sending one.
 
     Raises `BadRequest` for malformed or oversized heads. The caller bounds the
-    time this may take.
+    time this may take; ``stall_timeout`` bounds the writes of the answer.
     """
-    connection = HttpConnection(max_bytes)
+    connection = HttpConnection(max_bytes, stall_timeout)
     raw = bytearray()
     while True:
         try:
@@ -112,13 +174,13 @@ async def read_request_head(
                 raise BadRequest(
                     431, f"request head is {size} bytes, over the {max_bytes} limit", connection
                 )
-            return _head_from(event, bytes(raw), connection)
+            return _head_from(event, connection)
         if isinstance(event, h11.ConnectionClosed):
             return None
         raise BadRequest(400, f"unexpected HTTP event {type(event).__name__}", connection)
 
 
-def _head_from(event: h11.Request, raw: bytes, connection: h11.Connection) -> RequestHead:
+def _head_from(event: h11.Request, connection: HttpConnection) -> RequestHead:
     try:
         target = event.target.decode("ascii")
         headers = {
@@ -134,7 +196,6 @@ def _head_from(event: h11.Request, raw: bytes, connection: h11.Connection) -> Re
         path=parts.path,
         query=query,
         headers=headers,
-        raw=raw,
         connection=connection,
     )
 
@@ -150,6 +211,7 @@ async def send_response(
     """Send one complete response and mark the connection for closing.
 
     The body is left out after a HEAD request; its length is still announced.
+    On a socket, the write is bounded by the connection's stall timeout.
     """
     headers = [
         ("content-type", content_type),
@@ -165,7 +227,13 @@ async def send_response(
     if not (isinstance(connection, HttpConnection) and connection.head_request):
         data += connection.send(h11.Data(data=body)) or b""
     data += connection.send(h11.EndOfMessage()) or b""
-    await stream.send_all(data)
+    if isinstance(stream, trio.SocketStream):
+        stall = STALL_TIMEOUT
+        if isinstance(connection, HttpConnection):
+            stall = connection.stall_timeout
+        await send_all_bounded(stream, data, stall)
+    else:  # an in-memory stream has no socket and no peer to stall
+        await stream.send_all(data)
 
 
 async def send_json(
@@ -173,37 +241,3 @@ async def send_json(
 ) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
     await send_response(stream, connection, status, body, "application/json")
-
-
-class ReplayStream(trio.abc.Stream):
-    """A stream that first returns bytes already read, then reads from the real one.
-
-    ``closed`` is set once it is closed, so whoever handed it over can tell
-    that its user gave up on the connection (trio-websocket closes the
-    stream after refusing a malformed handshake but reports nothing).
-    """
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.stream = stream
-        self._prefix = prefix
-        self.closed = trio.Event()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if self._prefix:
-            if max_bytes is None:
-                data, self._prefix = self._prefix, b""
-            else:
-                data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return bytes(await self.stream.receive_some(max_bytes))
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        self.closed.set()
-        await self.stream.aclose()

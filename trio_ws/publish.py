@@ -9,8 +9,10 @@ stream is closed 4009; the same id reconnecting replaces its stale
 connection. An agent producer that vanishes without a final status gets a
 grace period, after which the project is marked ``crashed``.
 
-All writes to a producer go through one writer task fed by a small channel,
-so ``welcome``, ``ack`` and ``control`` never interleave mid-frame.
+All messages to a producer go through one writer task fed by a small
+channel; the `WebSocket` underneath serialises them with its pings and
+close frame. A producer that answers no ping for the ping timeout (20 s) is
+dropped, so a half-open connection never holds its stream.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ import json
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws import protocol
+from trio_ws.connection import ConnectionClosed, WebSocket
 from trio_ws.hub import ProjectHub
 from trio_ws.protocol import Stream
+
+if TYPE_CHECKING:
+    from trio_ws.manager import ConnectionManager
 
 log = logging.getLogger("trio_ws.publish")
 
@@ -37,6 +42,9 @@ OUTBOX_SIZE: Final = 64
 MAX_PRODUCER_IDS: Final = 1024
 """Producer ids a slot remembers the applied pseq of; the least recently used goes first."""
 DEFAULT_GRACE: Final = 30.0
+PRODUCER_PING_TIMEOUT: Final = 20.0
+"""A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
+HELLO_TIMEOUT: Final = 10.0
 LOST_LINE: Final = "[trio-ws] producer lost"
 EXIT_LINE: Final = "[trio-ws] process exited with code"
 
@@ -89,13 +97,15 @@ class PublishSession:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
+        ws: WebSocket,
         hub: ProjectHub,
         slot: ProducerSlot,
         producer_id: str,
         peer: str,
+        ping_timeout: float = PRODUCER_PING_TIMEOUT,
     ) -> None:
         self.ws = ws
+        self._ping_timeout = ping_timeout
         self.hub = hub
         self.slot = slot
         self.producer_id = producer_id
@@ -126,6 +136,7 @@ class PublishSession:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 nursery.start_soon(self._ack_ticker)
+                nursery.start_soon(self._keepalive)
                 await self._receive_loop()
                 nursery.cancel_scope.cancel()
 
@@ -134,8 +145,8 @@ class PublishSession:
         return self._queue({"type": "control", "action": action})
 
     async def close(self, code: int, reason: str) -> None:
-        with trio.move_on_after(2.0):
-            await self.ws.aclose(code, reason)
+        """Close with ``code`` (1001 at shutdown), bounded by the close timeout."""
+        await self.ws.aclose(code, reason)
         self._cancel.cancel()
 
     # -- tasks -------------------------------------------------------------------
@@ -145,6 +156,29 @@ class PublishSession:
             try:
                 await self.ws.send_message(text)
             except ConnectionClosed:
+                self._cancel.cancel()
+                return
+
+    async def _keepalive(self) -> None:
+        """Ping every half ping timeout; a producer whose pong does not come within the
+        ping timeout is dropped (its connection reset) and the grace period begins."""
+        count = 0
+        while True:
+            await trio.sleep(self._ping_timeout / 2)
+            count += 1
+            with trio.move_on_after(self._ping_timeout) as scope:
+                try:
+                    await self.ws.ping(str(count).encode())
+                except ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                log.warning(
+                    "project %s: producer %s answered no ping for %g s; dropped",
+                    self.slot.project,
+                    self.peer,
+                    self._ping_timeout,
+                )
+                self.ws.abort()
                 self._cancel.cancel()
                 return
 
@@ -249,17 +283,21 @@ def _is_pseq(value: object) -> TypeGuard[int]:
 
 
 async def serve_producer(
-    ws: WebSocketConnection,
+    ws: WebSocket,
     hub: ProjectHub,
     slots: dict[Stream, ProducerSlot],
-    nursery: trio.Nursery,
+    manager: ConnectionManager,
     peer: str,
-    grace: float,
+    *,
+    grace: float = DEFAULT_GRACE,
+    ping_timeout: float = PRODUCER_PING_TIMEOUT,
 ) -> None:
     """Run one accepted producer connection from its ``hello``; owns its slot while live.
 
-    ``nursery`` must outlive the connection: grace timers run there.
+    Grace timers run in the manager's nursery, which outlives the connection;
+    the session is registered with the manager so that shutdown closes it (1001).
     """
+    nursery = manager.nursery
     hello = await _read_hello(ws)
     if hello is None:
         return
@@ -270,7 +308,7 @@ async def serve_producer(
         await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
         await ws.aclose(4009, "stream already has a producer")
         return
-    session = PublishSession(ws, hub, slot, producer_id, peer)
+    session = PublishSession(ws, hub, slot, producer_id, peer, ping_timeout)
     slot.session = session
     if previous is not None:
         log.info(
@@ -280,18 +318,20 @@ async def serve_producer(
         )
         nursery.start_soon(previous.close, 1000, "replaced by a newer connection")
     _producer_back(hub, slot)
+    manager.add_session(session)
     try:
         await session.run()
     finally:
+        manager.remove_session(session)
         if slot.session is session:
             slot.session = None
             if _stream_status(hub, slot.stream) not in FINAL_STATUSES:
                 _producer_gone(hub, slot, nursery, grace)
 
 
-async def _read_hello(ws: WebSocketConnection) -> tuple[str, Stream] | None:
+async def _read_hello(ws: WebSocket) -> tuple[str, Stream] | None:
     try:
-        with trio.fail_after(10):
+        with trio.fail_after(HELLO_TIMEOUT):
             message = await ws.get_message()
     except (ConnectionClosed, trio.TooSlowError):
         return None

@@ -3,9 +3,10 @@
 `serve` opens the listeners, reports the bound port through ``task_status``
 (as ``trio.serve_listeners`` does) and runs until cancelled. Each connection
 is handled by `_handle_connection`, which reads the request head with h11
-under a deadline and a byte cap, answers plain HTTP itself, and hands
-websocket upgrades to trio-websocket on the already-read bytes. A handler
-failure is logged with its peer and never reaches the server's nursery.
+under a deadline and a byte cap, answers plain HTTP itself, and answers
+websocket upgrades on the same h11 connection (`trio_ws.connection`). Every
+write is bounded by the stall timeout. A handler failure is logged with its
+peer and never reaches the server's nursery.
 
 Resources: one nursery for connection handlers, one for the manager's poll
 loops. Errors: `OSError` from binding (port in use) propagates to the caller
@@ -27,13 +28,14 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 import trio
-from trio_websocket import WebSocketConnection, WebSocketRequest, wrap_server_stream
 
 from trio_ws import dashboard, protocol
+from trio_ws.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
 from trio_ws.httpio import (
+    STALL_TIMEOUT,
     BadRequest,
-    ReplayStream,
     RequestHead,
+    WriteStalled,
     read_request_head,
     send_json,
     send_response,
@@ -41,7 +43,12 @@ from trio_ws.httpio import (
 from trio_ws.manager import POLL_RESTART, ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
-from trio_ws.publish import DEFAULT_GRACE, MAX_PRODUCER_MESSAGE, serve_producer
+from trio_ws.publish import (
+    DEFAULT_GRACE,
+    MAX_PRODUCER_MESSAGE,
+    PRODUCER_PING_TIMEOUT,
+    serve_producer,
+)
 from trio_ws.registry import Project, Registry, RegistryError
 from trio_ws.security import (
     REDACTED,
@@ -53,9 +60,7 @@ from trio_ws.security import (
     token_matches,
 )
 from trio_ws.subscribe import (
-    CLOSE_TIMEOUT,
     MAX_INBOUND_BYTES,
-    STALL_TIMEOUT,
     SubscribeRequest,
     parse_backlog,
     parse_since,
@@ -90,6 +95,7 @@ class ServerConfig:
     producer_grace: float = DEFAULT_GRACE
     poll_restart: tuple[float, float] = POLL_RESTART
     """A crashed poll loop's first restart delay and the cap it doubles up to."""
+    producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
 
     @property
     def on_loopback(self) -> bool:
@@ -110,6 +116,8 @@ class Server:
     metrics: Metrics
     started_at: float = field(default_factory=time.monotonic)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _accepting: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _not_accepting: trio.Event = field(default_factory=trio.Event)
 
     @property
     def url(self) -> str:
@@ -118,7 +126,10 @@ class Server:
         return f"http://{shown}:{self.port}/"
 
     async def shutdown(self, code: int = 1001, within: float = 2.0) -> None:
-        """Close every subscriber with ``code`` within ``within`` seconds, then stop serving."""
+        """Stop accepting connections, close every subscriber and producer with ``code``
+        within ``within`` seconds, then stop serving."""
+        self._accepting.cancel()
+        await self._not_accepting.wait()
         await self.manager.close_all(code, "server shutting down", within)
         self._cancel.cancel()
 
@@ -149,7 +160,10 @@ async def serve(
             async def handler(stream: trio.SocketStream) -> None:
                 await _handle_connection(server, stream)
 
-            await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+            with server._accepting:  # cancelling it closes the listening sockets
+                await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+            server._not_accepting.set()
+            await trio.sleep_forever()
         nursery.cancel_scope.cancel()
 
 
@@ -158,8 +172,10 @@ async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
     try:
         async with stream:
             await _dispatch(server, stream, peer)
-    except* (trio.BrokenResourceError, trio.ClosedResourceError):
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
         log.debug("connection from %s dropped", peer)
+    except* WriteStalled as group:
+        log.info("connection from %s cut: %s", peer, group.exceptions[0])
     except* Exception as group:
         log.error("connection from %s failed", peer, exc_info=group)
 
@@ -169,7 +185,7 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
     head: RequestHead | None = None
     with trio.move_on_after(config.handshake_timeout):
         try:
-            head = await read_request_head(stream)
+            head = await read_request_head(stream, stall_timeout=config.stall_timeout)
         except BadRequest as exc:
             log.info("bad request from %s: %s", peer, _loggable(str(exc), config.token))
             await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
@@ -304,55 +320,23 @@ async def _websocket(
         log.info("refused %s from %s: %s", head.path, peer, refusal[1])
         await send_response(stream, connection, refusal[0], f"{refusal[1]}\n".encode())
         return
-    replay = ReplayStream(stream, head.raw)
     max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
-    async with trio.open_nursery() as nursery:
-        ws_request = None
-        with trio.move_on_after(config.handshake_timeout):
-            ws_request = await _handshake(nursery, replay, max_size)
-        if ws_request is None:
-            nursery.cancel_scope.cancel()
-            return
-        ws = await ws_request.accept()
-        code = 1000
-        try:
-            if publish is not None:
-                await _producer(server, ws, match.group("name"), peer)
-            else:
-                await _subscriber(server, ws, stream, head, match.group("name"), peer)
-        except Exception:
-            code = 1011  # a failure is no normal closure; the client may retry later
-            raise
-        finally:
-            # Not shielded: when the server is cancelled this drops the TCP
-            # connection at once instead of waiting for the peer.
-            with trio.move_on_after(CLOSE_TIMEOUT):
-                await ws.aclose(code)
-            nursery.cancel_scope.cancel()
-
-
-async def _handshake(
-    nursery: trio.Nursery, replay: ReplayStream, max_size: int
-) -> WebSocketRequest | None:
-    """trio-websocket's view of the replayed handshake; None when it refused it.
-
-    trio-websocket answers a malformed handshake itself (400) and closes the
-    stream, but `wrap_server_stream` then waits forever; the close ends the wait.
-    """
-    requests: list[WebSocketRequest] = []
-    async with trio.open_nursery() as race:
-
-        async def parse() -> None:
-            requests.append(await wrap_server_stream(nursery, replay, max_message_size=max_size))
-            race.cancel_scope.cancel()
-
-        async def refused() -> None:
-            await replay.closed.wait()
-            race.cancel_scope.cancel()
-
-        race.start_soon(parse)
-        race.start_soon(refused)
-    return requests[0] if requests else None
+    ws = await accept(stream, head, max_message=max_size, stall_timeout=config.stall_timeout)
+    if ws is None:
+        return
+    code = 1000
+    try:
+        if publish is not None:
+            await _producer(server, ws, match.group("name"), peer)
+        else:
+            await _subscriber(server, ws, head, match.group("name"), peer)
+    except Exception:
+        code = 1011  # a failure is no normal closure; the client may retry later
+        raise
+    finally:
+        # Not shielded: when the server is cancelled this drops the TCP
+        # connection at once instead of waiting for the peer.
+        await ws.aclose(code)
 
 
 def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str] | None:
@@ -366,7 +350,7 @@ def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str
 
 
 async def _project(
-    server: Server, ws: WebSocketConnection, raw_name: str, peer: str
+    server: Server, ws: WebSocket, raw_name: str, peer: str
 ) -> tuple[str, Project] | None:
     """The registered, existing project named in the path; otherwise refuse and say why."""
     name = _unquote(raw_name)
@@ -392,8 +376,7 @@ async def _project(
 
 async def _subscriber(
     server: Server,
-    ws: WebSocketConnection,
-    stream: trio.SocketStream,
+    ws: WebSocket,
     head: RequestHead,
     raw_name: str,
     peer: str,
@@ -418,17 +401,10 @@ async def _subscriber(
         ),
         peer=peer,
     )
-    await project_websocket(
-        ws,
-        stream,
-        server.manager,
-        request,
-        control=server.manager.control,
-        stall_timeout=config.stall_timeout,
-    )
+    await project_websocket(ws, server.manager, request, control=server.manager.control)
 
 
-async def _producer(server: Server, ws: WebSocketConnection, raw_name: str, peer: str) -> None:
+async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> None:
     found = await _project(server, ws, raw_name, peer)
     if found is None:
         return
@@ -436,8 +412,15 @@ async def _producer(server: Server, ws: WebSocketConnection, raw_name: str, peer
     manager = server.manager
     hub = manager.get_hub(name)
     assert hub is not None  # _project made it
+    config = server.config
     await serve_producer(
-        ws, hub, manager.producer_slots(name), manager.nursery, peer, server.config.producer_grace
+        ws,
+        hub,
+        manager.producer_slots(name),
+        manager,
+        peer,
+        grace=config.producer_grace,
+        ping_timeout=config.producer_ping_timeout,
     )
 
 
@@ -460,11 +443,11 @@ def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
     return project, project.path.is_dir()
 
 
-async def _refuse(ws: WebSocketConnection, code: int, content: str) -> None:
+async def _refuse(ws: WebSocket, code: int, content: str) -> None:
     """Send the protocol's ``error`` and close with a do-not-retry code."""
     with trio.move_on_after(CLOSE_TIMEOUT):
         await ws.send_message(protocol.encode(protocol.error(content)))
-        await ws.aclose(code, content)
+    await ws.aclose(code, content)
 
 
 def _unquote(raw: str) -> str | None:

@@ -3,8 +3,9 @@
 A session is two tasks in one nursery: the hub's send task for this
 subscriber, and a receive loop that always drains what the client sends
 (pings, control, garbage) so the client can never wedge its own socket.
-Only the send task writes events; closes go through trio-websocket's
-stream lock, so a close frame never lands in the middle of another frame.
+Only the send task writes events, each batch of pre-encoded frames in one
+write; pongs and closes go through the same `WebSocket` write path, so a
+close frame never lands in the middle of another frame.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from dataclasses import dataclass
 from typing import Final
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws import protocol
-from trio_ws.frames import FrameWriter, WriteStalled
+from trio_ws.connection import ConnectionClosed, PeerStalled, WebSocket
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.manager import ConnectionManager
 
@@ -29,15 +29,9 @@ log = logging.getLogger("trio_ws.subscribe")
 MAX_INBOUND_BYTES: Final = 64 * 1024
 FLOOD_MESSAGES: Final = 100
 FLOOD_WINDOW: Final = 10.0
-STALL_TIMEOUT: Final = 30.0
-CLOSE_TIMEOUT: Final = 2.0
 
 ControlHandler = Callable[[str, str], Awaitable[str | None]]
 """(project, action) -> None when forwarded, else the refusal text."""
-
-
-class SubscriberStalled(Exception):
-    """The peer accepted no bytes for the stall timeout."""
 
 
 @dataclass
@@ -90,82 +84,51 @@ class SubscriberSession:
 
     def __init__(
         self,
-        ws: WebSocketConnection,
-        raw_stream: trio.SocketStream,
+        ws: WebSocket,
         hub: ProjectHub,
         subscriber: Subscriber,
         request: SubscribeRequest,
         control: ControlHandler | None,
-        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self.ws = ws
-        self._raw_stream = raw_stream
         self.hub = hub
         self.subscriber = subscriber
         self.request = request
         self._control = control
-        self._stall_timeout = stall_timeout
-        self._writer = FrameWriter(ws, raw_stream, stall_timeout)
-        self._cancel = trio.CancelScope()
-        self._closed = trio.Event()
-        self.close_code: int | None = None
 
     async def run(self) -> None:
-        with self._cancel:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._send_task)
-                await self._receive_loop()
-                nursery.cancel_scope.cancel()
-        if self.close_code is not None:
-            # Our close is in flight: keep the connection's reader alive until the
-            # peer's close reply arrives (or close gives up), or it waits in vain.
-            await self._closed.wait()
+        """Until the connection ends. The receive loop ends only once a close frame
+        was sent or the connection is gone, so cancelling the send task then never
+        cuts a frame the peer could still read."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._send_task)
+            await self._receive_loop()
+            nursery.cancel_scope.cancel()
 
     async def close(self, code: int, reason: str) -> None:
-        """Close with ``code`` (e.g. 1001 at shutdown); abort if the peer won't take it.
-
-        Bounded by ``CLOSE_TIMEOUT``; shielded so the session's own teardown
-        cannot cut the close frame off before it is written.
-        """
-        self.close_code = code
-        try:
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                scope.shield = True
-                await self.ws.aclose(code, reason)
-            if scope.cancelled_caught:
-                await trio.aclose_forcefully(self._raw_stream)
-        finally:
-            self._closed.set()
-            self._cancel.cancel()
+        """Close with ``code`` (e.g. 1001 at shutdown); bounded by the close timeout,
+        after which the connection is reset. The receive loop then ends by itself."""
+        await self.ws.aclose(code, reason)
 
     async def _send(self, batch: list[Outgoing]) -> None:
-        """Write a batch of pre-encoded frames with one ``send_all``; a peer that
-        accepts none of it for the stall timeout is given up on."""
-        try:
-            await self._writer.write(b"".join(item.frame for item in batch))
-        except WriteStalled:
-            raise SubscriberStalled from None
+        """Write a batch of pre-encoded frames with one write."""
+        await self.ws.send_frames(b"".join(item.frame for item in batch))
 
     async def _send_task(self) -> None:
         try:
             await self.hub.deliver(self.subscriber, self._send)
-        except ConnectionClosed as exc:
-            log.debug(
-                "project %s: subscriber %s closed: %s",
+        except PeerStalled as exc:
+            log.warning(
+                "project %s: subscriber %s: %s; aborted",
                 self.request.project,
                 self.request.peer,
                 exc.reason,
             )
-        except SubscriberStalled:
-            log.warning(
-                "project %s: subscriber %s accepted nothing for %.0f s; aborted",
-                self.request.project,
-                self.request.peer,
-                self._stall_timeout,
-            )
             self.hub.stats.aborted += 1
-            await trio.aclose_forcefully(self._raw_stream)
-        self._cancel.cancel()
+        except ConnectionClosed as exc:
+            log.debug(
+                "project %s: subscriber %s closed: %s", self.request.project, self.request.peer, exc
+            )
 
     async def _receive_loop(self) -> None:
         arrivals: deque[float] | None = None  # most dashboards never send: allocate late
@@ -185,7 +148,7 @@ class SubscriberSession:
                     FLOOD_MESSAGES,
                     FLOOD_WINDOW,
                 )
-                await self.close(1008, "too many messages")
+                await self.ws.aclose(1008, "too many messages")
                 return
             arrivals.append(now)
             await self._handle(message)
@@ -228,21 +191,25 @@ class SubscriberSession:
 
 
 async def project_websocket(
-    ws: WebSocketConnection,
-    raw_stream: trio.SocketStream,
+    ws: WebSocket,
     manager: ConnectionManager,
     request: SubscribeRequest,
     control: ControlHandler | None = None,
-    stall_timeout: float = STALL_TIMEOUT,
 ) -> None:
-    """Serve one accepted subscriber of a registered, existing project until it leaves."""
+    """Serve one accepted subscriber of a registered, existing project until it leaves.
+
+    The subscription is undone whatever fails after it was made, the session's
+    set-up included, so neither the subscriber nor its project's poll loop leaks.
+    """
     hub, subscriber = manager.subscribe(
         request.project, request.since, request.epoch, request.backlog
     )
-    session = SubscriberSession(ws, raw_stream, hub, subscriber, request, control, stall_timeout)
-    manager.add_session(session)
     try:
-        await session.run()
+        session = SubscriberSession(ws, hub, subscriber, request, control)
+        manager.add_session(session)
+        try:
+            await session.run()
+        finally:
+            manager.remove_session(session)
     finally:
-        manager.remove_session(session)
         manager.unsubscribe(request.project, subscriber)
