@@ -24,6 +24,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from trio_ws.pipeline import AgentPipeline, sanitize
 from trio_ws.producers import PAUSE_FILE
+from trio_ws.publish import ACK_INTERVAL
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 
@@ -630,6 +631,55 @@ async def test_run_delivers_across_a_server_restart_without_gaps(
     resumed_at = len(expected) - (len(shown) - 1)
     assert 0 <= resumed_at <= 20
     assert shown[:-1] == expected[resumed_at:]
+
+
+async def test_run_tells_a_server_that_lost_its_history_that_it_is_running(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """The server goes away mid-run, once it has acked what the child printed so
+    far; a new one with a fresh home (no record of the run) takes its port. While
+    the child still waits at its gate, the new server learns that the run is
+    ``running``; after the gate it gets the rest: every line once, in order (from
+    at most the first unacked one), and the child's exit status."""
+    expected = [sanitize(line) for line in transcript_lines(TRANSCRIPT)]
+    gate = tmp_path / "gate"
+    fresh_home = tmp_path / "fresh-home"
+    fresh_home.mkdir()
+    fresh = Registry(fresh_home / "registry.db")
+    fresh.add("demo", project_dir)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            first: Server = await first_life.start(serve, make_config(registry))
+            ws = await subscribe(first_life, first)
+            run = await start(
+                nursery,
+                first,
+                home,
+                "run",
+                "--quiet",
+                "--",
+                *child(str(TRANSCRIPT), "--gate", str(gate), "--gate-after", "20", "--exit", "3"),
+            )
+            await receive_until(ws, lambda m: m["type"] == "log" and m["line"] == expected[19])
+            # Acks go out on the server's timer, which nothing outside the child can
+            # see: let a few ticks pass so the run's `running` is acked and forgotten.
+            await trio.sleep(5 * ACK_INTERVAL)
+            first_life.start_soon(drain, ws)  # keep reading so the 1001 close completes at once
+            await first.shutdown(1001)
+        second: Server = await nursery.start(serve, make_config(fresh, port=first.port))
+        ws = await subscribe(nursery, second, backlog=1000)
+        resent = [m for m in await receive_until(ws, status_is("running")) if "seq" in m]
+        gate.touch()
+        rest = await receive_until(ws, status_is("crashed"))
+        assert await run.wait() == 3
+    assert statuses(resent) == ["running"]
+    assert statuses(rest)[-1] == "crashed"
+    shown = logs(resent) + logs(rest)
+    assert shown[-1] == f"{EXIT_LINE} 3"
+    resumed_at = len(expected) - (len(shown) - 1)
+    assert 0 <= resumed_at <= 20
+    assert shown[:-1] == expected[resumed_at:]
+    assert "no record of items" not in run.stderr.decode()
 
 
 async def drain(ws: WebSocketConnection) -> None:

@@ -170,7 +170,7 @@ def test_outbox_restart_resends_only_after_welcome_acked() -> None:
         outbox.add_line(line)
     outbox.take()
     outbox.ack(1)
-    assert outbox.restart(3) is False  # it had applied two more before the connection broke
+    outbox.restart(3)  # it had applied two more before the connection broke
     assert list(lines_of(outbox.take())) == [(4, "d"), (5, "e")]
 
 
@@ -183,20 +183,47 @@ def test_outbox_restart_puts_resent_items_before_new_ones() -> None:
     assert list(lines_of(outbox.take())) == [(1, "old"), (2, "new")]
 
 
-def test_outbox_restart_after_the_server_forgot_renumbers_from_its_count() -> None:
-    """A restarted server welcomes with 0 although 2 items were acked: the pending
-    ones follow on from 0, and new items continue from there."""
+def test_outbox_restart_after_the_server_forgot_keeps_pseqs_then_resends_the_status() -> None:
+    """A server that lost its history welcomes with 0 although 3 items were acked:
+    the unacked ones go again under their own numbers (it takes the first as our
+    start), then the current status as a new item, then what comes next."""
     outbox = Outbox()
+    outbox.add_status("running")
     for line in "abcd":
         outbox.add_line(line)
     outbox.take()
-    outbox.ack(2)
-    assert outbox.restart(0) is True
-    outbox.add_status("stopped", 0)
-    messages = outbox.take()
-    assert list(lines_of(messages)) == [(1, "c"), (2, "d")]
-    assert messages[-1] == {"type": "status", "pseq": 3, "status": "stopped", "exit_code": 0}
-    assert outbox.acked == 0
+    outbox.ack(3)
+    outbox.restart(0)
+    outbox.add_line("e")
+    assert outbox.take() == [
+        {"type": "lines", "first": 4, "lines": ["c", "d"]},
+        {"type": "status", "pseq": 6, "status": "running"},
+        {"type": "lines", "first": 7, "lines": ["e"]},
+    ]
+    outbox.ack(7)
+    assert outbox.pending == 0
+
+
+def test_outbox_restart_after_the_server_forgot_resends_the_latest_status() -> None:
+    outbox = Outbox()
+    outbox.add_status("running")
+    outbox.add_line("a")
+    outbox.add_status("paused")
+    outbox.take()
+    outbox.ack(3)
+    outbox.restart(0)
+    assert outbox.take() == [{"type": "status", "pseq": 4, "status": "paused"}]
+
+
+def test_outbox_restart_after_the_server_forgot_sends_an_unacked_status_once() -> None:
+    """The status is still among the resent items: it reaches the server anyway."""
+    outbox = Outbox()
+    outbox.add_line("a")
+    outbox.add_status("running")
+    outbox.take()
+    outbox.ack(1)
+    outbox.restart(0)
+    assert outbox.take() == [{"type": "status", "pseq": 2, "status": "running"}]
 
 
 def test_outbox_overflow_drops_new_lines_and_counts_them() -> None:
@@ -509,7 +536,8 @@ async def test_producer_continues_on_a_restarted_server_that_forgot_it(
     nursery: trio.Nursery, registry: Registry, project_dir: Path
 ) -> None:
     """Everything was acked by the first server; its successor on the same port
-    welcomes with 0 and still gets the new items, each once."""
+    (a lost history) welcomes with 0, learns that the run is running, then gets
+    the new items, each once, under the producer's own numbers."""
     reports: list[str] = []
     with trio.fail_after(NETWORK_TIMEOUT):
         async with trio.open_nursery() as first_life:
@@ -525,6 +553,7 @@ async def test_producer_continues_on_a_restarted_server_that_forgot_it(
         second: Server = await nursery.start(serve, make_config(registry, port=first.port))
         ws = await connect(nursery, second)
         assert (await receive(ws))["type"] == "hello"
+        await producer.wait_connections(2)
         after = [f"after {index}" for index in range(5)]
         for line in after:
             producer.send_line(line)
@@ -532,5 +561,16 @@ async def test_producer_continues_on_a_restarted_server_that_forgot_it(
         seen = await receive_until(ws, is_status("crashed"))
         assert await producer.flush(NETWORK_TIMEOUT) == 0
         await producer.close()
-    assert agent_logs(seen) == [*after, "[trio-ws] process exited with code 1"]
-    assert any("(restarted?); continuing from item 1" in report for report in reports)
+    events = [  # the run's events, not the snapshot
+        (message["type"], message.get("status", message.get("line")))
+        for message in seen
+        if "seq" in message and message["type"] in ("agent_status", "log")
+    ]
+    assert events == [
+        ("agent_status", "running"),
+        *(("log", line) for line in after),
+        ("log", "[trio-ws] process exited with code 1"),
+        ("agent_status", "crashed"),
+    ]
+    assert producer.outbox.last_pseq == 21 + 1 + 5 + 1
+    assert not any("no record" in report for report in reports)

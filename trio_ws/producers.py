@@ -5,9 +5,9 @@ Three layers, each usable alone:
 - `LineSplitter` and `Outbox` are pure: bytes in, lines out; items in,
   wire messages out. The outbox numbers every item (``pseq``), keeps it until
   the server acks it, and replays what comes after ``welcome.acked`` on
-  reconnect, which is all the client side of "at least once" needs (a
-  server that forgot what it acked, after a restart, gets the pending
-  items renumbered to follow its count).
+  reconnect, which is all the client side of "at least once" needs. A
+  ``pseq`` never changes: a server that lost its history (PROTOCOL.md 4.2)
+  gets the unacked items under their own numbers, then the current status.
 - `Producer` is the connection: connect, ``hello``, ``welcome``, resend,
   send batches, take acks and controls, and reconnect with jittered
   exponential backoff while the server is away. A 4xxx close or an HTTP
@@ -42,7 +42,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote
@@ -179,6 +179,7 @@ class Outbox:
     ``ack`` forgets what the server has applied; ``restart`` (after a
     reconnect's ``welcome``) forgets what it had applied and makes everything
     else unsent again; ``too_big`` deals with a message the server refused.
+    The last status added is kept as the current one, for a server that forgot it.
     """
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY, batch_lines: int = BATCH_LINES) -> None:
@@ -192,6 +193,8 @@ class Outbox:
         self.dropped_total = 0
         self.message_cap = MESSAGE_CAP
         self._next_pseq = 1
+        self._status: Item | None = None
+        """The last status added: what the producer currently is."""
         self._sent: deque[Item] = deque()
         self._unsent: deque[Item] = deque()
         self._messages: deque[tuple[int, int, int]] = deque()
@@ -228,6 +231,7 @@ class Outbox:
         self._report_drops(force=True)
         item = Item(self._next_pseq, status=status, exit_code=exit_code)
         self._append(item)
+        self._status = item
         return item.pseq
 
     def ack(self, pseq: int) -> None:
@@ -242,26 +246,24 @@ class Outbox:
             self._messages.popleft()
         self._report_drops(force=False)
 
-    def restart(self, acked: int) -> bool:
+    def restart(self, acked: int) -> None:
         """A new connection's ``welcome``: resend everything after ``acked``.
 
-        A server that acks less than it acked before has lost its record of
-        us (a restart without persistence): what it acked is gone from here,
-        so the pending items are renumbered to follow on from its count, which
-        keeps them contiguous with what it knows. Returns True when that happened.
+        A server that acks less than it acked before has lost its history
+        (PROTOCOL.md 4.2). Nothing is renumbered: it takes the first ``pseq`` it
+        gets as our start, so every unacked item goes again under its own
+        number, followed by the current status as a new item, so that a server
+        that forgot the run learns what it is (one still unacked goes anyway).
         """
         self._unsent.extendleft(reversed(self._sent))
         self._sent.clear()
         self._messages.clear()
         if acked >= self.acked:
             self.ack(acked)
-            return False
-        self._unsent = deque(
-            replace(item, pseq=acked + 1 + index) for index, item in enumerate(self._unsent)
-        )
-        self.acked = acked
-        self._next_pseq = acked + 1 + len(self._unsent)
-        return True
+            return
+        status = self._status
+        if status is not None and status.pseq <= self.acked and status.status is not None:
+            self.add_status(status.status, status.exit_code)
 
     def too_big(self, acked: int) -> str | None:
         """The server closed with 1009 and has now welcomed us with ``acked``.
@@ -545,12 +547,7 @@ class Producer:
             what = self.outbox.too_big(acked)
             if what is not None:
                 self.report(f"the server refused item {acked + 1} ({what}) as too big; skipped")
-        known = self.outbox.acked
-        if self.outbox.restart(acked):
-            self.report(
-                f"server has no record of items {acked + 1}-{known} it acked before "
-                f"(restarted?); continuing from item {acked + 1}"
-            )
+        self.outbox.restart(acked)
         self._acked.set()
         self.connections += 1
         self.connected = True
