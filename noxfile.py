@@ -22,6 +22,7 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("mypy")
+    session.run("lint-imports")  # the layers of LAYERS.md, contracts in pyproject.toml
 
 
 @nox.session
