@@ -15,7 +15,7 @@ from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.progress import Progress
 
 Received = list[dict[str, Any]]
-CONNECTION = {"hello", "resumed"}
+CONNECTION = {"hello", "resumed", "resync"}
 
 
 class Reader:
@@ -44,7 +44,7 @@ class Reader:
         self.open.set()
 
     def seqs(self) -> list[int]:
-        """Seqs of events (hello and resumed carry the head seq, not their own)."""
+        """Seqs of events (hello, resumed and resync carry a head seq, not their own)."""
         return [m["seq"] for m in self.received if "seq" in m and m["type"] not in CONNECTION]
 
     def types(self) -> list[str]:
@@ -228,7 +228,7 @@ async def test_resync_reasons(
     hub.feed_lines(log_lines(10))
     resolved_epoch = hub.epoch if epoch == "EPOCH" else epoch
     reader = await start_reader(nursery, hub, since=since, epoch=resolved_epoch)
-    assert reader.received[1] == {"type": "resync", "reason": reason}
+    assert reader.received[1] == {"type": "resync", "reason": reason, "epoch": hub.epoch, "seq": 10}
     assert reader.received[2]["type"] == "agent_status"
 
 

@@ -18,7 +18,13 @@ from typing import Final, Protocol
 
 import trio
 
-from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Subscriber
+from trio_ws.hub import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_QUEUE,
+    ProjectHub,
+    Subscriber,
+)
 from trio_ws.progress import ProgressError, ProgressReader
 from trio_ws.protocol import Stream
 from trio_ws.publish import ProducerSlot, control_refusal
@@ -62,6 +68,7 @@ class ConnectionManager:
         nursery: trio.Nursery,
         *,
         history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         queue_size: int = DEFAULT_QUEUE,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         lock_timeout: float = 1.0,
@@ -69,6 +76,7 @@ class ConnectionManager:
     ) -> None:
         self._nursery = nursery
         self._history = history
+        self._history_bytes = history_bytes
         self._queue_size = queue_size
         self.poll_interval = poll_interval
         self._lock_timeout = lock_timeout
@@ -98,7 +106,12 @@ class ConnectionManager:
         """The project's hub, created on first use; follows a re-registered directory."""
         project = self._projects.get(name)
         if project is None:
-            hub = ProjectHub(name, history=self._history, queue_size=self._queue_size)
+            hub = ProjectHub(
+                name,
+                history=self._history,
+                history_bytes=self._history_bytes,
+                queue_size=self._queue_size,
+            )
             slots: dict[Stream, ProducerSlot] = {
                 "agent": ProducerSlot(name, "agent"),
                 "dev": ProducerSlot(name, "dev"),

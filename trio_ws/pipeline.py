@@ -90,8 +90,15 @@ _DEV_URLS: Final = tuple(
 )
 
 
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+"""A lone surrogate (``"\\ud800"`` in JSON) cannot be encoded as UTF-8 (LINES.md 1.1)."""
+
+
 def sanitize(raw: str) -> str:
-    """Strip trailing whitespace, redact, then cap, so a cut can never expose part of a secret."""
+    """Replace lone surrogates with U+FFFD, strip trailing whitespace, redact, then cap,
+    so every line can be encoded and a cut can never expose part of a secret."""
+    if not raw.isascii():
+        raw = _SURROGATE.sub("\ufffd", raw)
     line = redact(raw.rstrip())
     if len(line) <= LINE_CAP:
         return line
