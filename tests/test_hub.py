@@ -190,7 +190,13 @@ async def test_slow_subscriber_past_history_gets_resync_and_snapshot(
     types = slow.types()
     assert "resync" in types
     resync_at = types.index("resync")
-    assert slow.received[resync_at]["reason"] == "gap_evicted"
+    # Its snapshot point: live events continue from seq 41.
+    assert slow.received[resync_at] == {
+        "type": "resync",
+        "reason": "gap_evicted",
+        "epoch": hub.epoch,
+        "seq": 40,
+    }
     assert types[resync_at + 1 : resync_at + 3] == ["agent_status", "dev_server_status"]
     after = slow.received[resync_at + 1 :]
     assert [m["line"] for m in after if m["type"] == "log"] == log_lines(3, 37)
@@ -339,3 +345,119 @@ async def test_unsubscribe_ends_fan_out_and_send_task(nursery: trio.Nursery) -> 
     assert hub.subscriber_count == 0
     assert hub.stats.send_tasks == 0
     assert "after" not in [m.get("line") for m in reader.received]
+
+
+# -- numbering: a seq only for an encoded event, history found by seq ---------------------
+
+
+async def test_a_lone_surrogate_becomes_a_replacement_character_and_one_seq(
+    nursery: trio.Nursery,
+) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub, backlog=0)
+    hub.feed_lines(["bad \ud800 x", "next"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(m["seq"], m["line"]) for m in reader.received if m["type"] == "log"] == [
+        (1, "bad \ufffd x"),
+        (2, "next"),
+    ]
+
+
+async def test_an_event_that_fails_to_encode_takes_no_seq(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub, backlog=0)
+    unencodable = Progress(1, {"a set"}, 2, 0)  # type: ignore[arg-type]  # not JSON
+    with pytest.raises(TypeError):
+        hub.publish_progress(unencodable)
+    assert hub.seq == 0
+    hub.feed_lines(["after the failure"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [1]
+
+
+@pytest.mark.parametrize("since", range(14))
+async def test_resume_is_by_seq_even_across_a_hole(nursery: trio.Nursery, since: int) -> None:
+    """Were a seq ever skipped, a resume still gets exactly the events after ``since``."""
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(5))  # seqs 1-5
+    hub.seq += 3  # 6, 7 and 8 never name an event
+    hub.feed_lines(log_lines(5, 5))  # seqs 9-13
+    with trio.fail_after(5):  # a positional lookup can loop forever here
+        reader = await start_reader(nursery, hub, since=since, epoch=hub.epoch)
+    assert reader.types()[1] == "resumed"
+    assert reader.seqs() == [seq for seq in [1, 2, 3, 4, 5, 9, 10, 11, 12, 13] if seq > since]
+
+
+async def test_catch_up_is_by_seq_even_across_a_hole(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    hub.feed_lines(log_lines(2))  # 1-2, delivered
+    await trio.testing.wait_all_tasks_blocked()
+    hub.seq += 2  # 3 and 4 never name an event
+    reader.stall()
+    hub.feed_lines(log_lines(6, 2))  # 5-10: one in flight, two queued, then behind
+    assert reader.subscriber.behind
+    reader.resume()
+    with trio.fail_after(5):
+        await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [1, 2, 5, 6, 7, 8, 9, 10]
+    assert not reader.subscriber.behind
+
+
+# -- history bounded by bytes -----------------------------------------------------------
+
+
+async def test_history_is_bounded_by_encoded_bytes(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", history=1000, history_bytes=50_000)
+    hub.feed_lines(["😀" * 1000] * 40)  # each event is over 4,000 bytes of UTF-8
+    held = hub.history
+    assert 0 < held.bytes <= 50_000
+    assert len(held) == 50_000 // (held.bytes // len(held))  # as many as fit, no more
+    assert len(held) < 13
+    assert held.oldest_seq == hub.seq - len(held) + 1 == held.evicted_through + 1
+    kept = await start_reader(nursery, hub, since=held.evicted_through, epoch=hub.epoch)
+    assert kept.seqs() == list(range(held.evicted_through + 1, hub.seq + 1))
+    gone = await start_reader(nursery, hub, since=held.evicted_through - 1, epoch=hub.epoch)
+    assert gone.received[1] == {
+        "type": "resync",
+        "reason": "gap_evicted",
+        "epoch": hub.epoch,
+        "seq": hub.seq,
+    }
+
+
+# -- standing warnings reach a subscriber that could not take them ------------------------
+
+
+@pytest.mark.parametrize("lines", [3, 10], ids=["queue-full", "behind"])
+async def test_warning_raised_while_behind_is_handed_over_on_catch_up(
+    nursery: trio.Nursery, lines: int
+) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    reader.stall()
+    hub.feed_lines(log_lines(lines))
+    hub.warn("producer", "the agent producer disconnected")
+    assert reader.subscriber.behind
+    reader.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(1, lines + 1))
+    assert reader.received[-1] == {
+        "type": "warning",
+        "source": "producer",
+        "content": "the agent producer disconnected",
+    }
+    assert not reader.subscriber.behind
+
+
+async def test_warning_cleared_before_catch_up_is_not_handed_over(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    reader.stall()
+    hub.feed_lines(log_lines(10))
+    hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+    hub.clear_warning("producer:agent")  # it came back: nothing stands any more
+    reader.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(1, 11))
+    assert "warning" not in reader.types()
