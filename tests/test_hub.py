@@ -1,8 +1,10 @@
-"""ProjectHub: numbering, snapshots, resume, slow subscribers (no sockets here)."""
+"""ProjectHub: numbering, snapshots, resume, slow subscribers; most without sockets, the
+last section through a real server (in-process, or `trio-ws serve` as a subprocess)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,9 +12,14 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
+from test_cli_serve import serving as serve_process
+from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.progress import Progress
+from trio_ws.registry import Registry
+from trio_ws.server import Server, serve
 
 Received = list[dict[str, Any]]
 CONNECTION = {"hello", "resumed", "resync"}
@@ -461,3 +468,67 @@ async def test_warning_cleared_before_catch_up_is_not_handed_over(nursery: trio.
     await trio.testing.wait_all_tasks_blocked()
     assert reader.seqs() == list(range(1, 11))
     assert "warning" not in reader.types()
+
+
+# -- through a real server ----------------------------------------------------------------
+
+
+async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, queue_size=8))
+        ws = await connect(nursery, server, backlog=0)
+        await ws.send_message('{"type":"ping"}')
+        await receive_until(ws, lambda m: m["type"] == "pong")  # the snapshot is through
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        start = hub.seq + 1
+        # One producer message's worth of lines overflows its queue at once; the
+        # warning is raised while it is still behind.
+        hub.feed_lines(log_lines(50))
+        hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+        assert hub.stats.fell_behind == 1
+        seen = await receive_until(ws, lambda m: m["type"] == "warning")
+    events = [m["seq"] for m in seen if "seq" in m]
+    assert events == list(range(start, hub.seq + 1))  # caught up first, nothing skipped
+    assert seen[-1] == {
+        "type": "warning",
+        "source": "producer",
+        "content": "the agent producer disconnected",
+    }
+
+
+async def test_serve_history_bytes_bounds_what_a_resume_reaches(
+    nursery: trio.Nursery, home: Path, project_dir: Path
+) -> None:
+    """``trio-ws serve --history-bytes 20000``: forty 1 KB lines do not all stay held."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serve_process(home, "--history-bytes", "20000", "--token", TOKEN) as (
+            _,
+            port,
+            _,
+        ):
+            base = f"ws://127.0.0.1:{port}/ws/projects/demo"
+            producer = await connect_websocket_url(
+                nursery,
+                f"{base}/publish",
+                extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+            )
+            await producer.send_message(
+                json.dumps({"type": "hello", "producer": "p", "stream": "agent"})
+            )
+            lines = [f"{i:04d} " + "x" * 1000 for i in range(40)]
+            await producer.send_message(json.dumps({"type": "lines", "first": 1, "lines": lines}))
+            await receive_until(producer, lambda m: m["type"] == "ack" and m["pseq"] == 40)
+            hello = await receive(await connect_websocket_url(nursery, base))
+            head, epoch = hello["seq"], hello["epoch"]
+            near = await connect_websocket_url(nursery, f"{base}?since={head - 10}&epoch={epoch}")
+            far = await connect_websocket_url(nursery, f"{base}?since=1&epoch={epoch}")
+            near_opening = [await receive(near) for _ in range(12)]
+            far_opening = [await receive(far) for _ in range(2)]
+    # 40 lines, and the progress read when the first subscriber came (no features.db: zeros).
+    assert head == 41
+    assert near_opening[1] == {"type": "resumed", "since": 31, "seq": 41}
+    assert [m["seq"] for m in near_opening[2:]] == list(range(32, 42))
+    assert far_opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": 41}
