@@ -433,6 +433,18 @@ async def test_history_is_bounded_by_encoded_bytes(nursery: trio.Nursery) -> Non
     }
 
 
+async def test_snapshot_log_backlog_is_bounded_by_the_same_bytes(nursery: trio.Nursery) -> None:
+    """Else the last 1,000 long lines would stay held for snapshots whatever the bound."""
+    hub = ProjectHub("demo", history=1000, history_bytes=50_000)
+    hub.feed_lines([f"{i:02d} " + "😀" * 1000 for i in range(40)])
+    hub.feed_lines([f"{i:02d} " + "😀" * 1000 for i in range(40)], stream="dev")
+    reader = await start_reader(nursery, hub, backlog=1000)
+    for kind in ("log", "dev_log"):
+        lines = [m["line"][:2] for m in reader.received if m["type"] == kind]
+        assert 0 < len(lines) < 13
+        assert lines == [f"{i:02d}" for i in range(40 - len(lines), 40)]  # the newest
+
+
 # -- standing warnings reach a subscriber that could not take them ------------------------
 
 

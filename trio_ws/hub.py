@@ -99,7 +99,8 @@ class Subscriber:
 
 
 class History:
-    """The held events, oldest first, bounded by count and by encoded bytes.
+    """Held events, oldest first, bounded by count and by encoded bytes (the history
+    itself, and the snapshot's log tails).
 
     Found by ``seq`` (bisect), never by position, so a hole in the numbering
     could not shift a lookup. ``evicted_through`` is the highest ``seq`` no
@@ -134,6 +135,11 @@ class History:
             self.bytes -= len(evicted.frame)
             assert evicted.seq is not None
             self.evicted_through = evicted.seq
+
+    def tail(self, count: int) -> list[Outgoing]:
+        """The newest ``count`` held events (fewer if fewer are held), oldest first."""
+        start = max(0, len(self._items) - count)
+        return list(itertools.islice(self._items, start, None))
 
     def after(self, seq: int, limit: int) -> list[Outgoing]:
         """Up to ``limit`` held events with a seq greater than ``seq``, in order."""
@@ -190,8 +196,10 @@ class ProjectHub:
         self._progress_event: Outgoing | None = None
         self._orchestrator: deque[Outgoing] = deque(maxlen=ORCHESTRATOR_RECENT)
         self._agents: dict[int, Outgoing] = {}
-        self._logs: deque[Outgoing] = deque(maxlen=MAX_BACKLOG)
-        self._dev_logs: deque[Outgoing] = deque(maxlen=MAX_BACKLOG)
+        # The snapshot's log tails, under the same byte bound: else 1,000 long lines
+        # would be held here whatever the history's bound.
+        self._logs = History(MAX_BACKLOG, history_bytes)
+        self._dev_logs = History(MAX_BACKLOG, history_bytes)
         self._warnings: dict[str, tuple[int, Outgoing]] = {}
         """Standing warnings by key, each with its serial (which orders them)."""
         self._warning_serial = 0
@@ -408,8 +416,8 @@ class ProjectHub:
         items.extend(self._orchestrator)
         items.extend(self._agents[index] for index in sorted(self._agents))
         if backlog:
-            items.extend(_tail(self._logs, backlog))
-            items.extend(_tail(self._dev_logs, backlog))
+            items.extend(self._logs.tail(backlog))
+            items.extend(self._dev_logs.tail(backlog))
         return items
 
     def _publish(self, messages: list[Message]) -> None:
@@ -455,8 +463,3 @@ class ProjectHub:
             self._dev_status = item
         elif kind == "progress":
             self._progress_event = item
-
-
-def _tail(items: deque[Outgoing], count: int) -> Iterable[Outgoing]:
-    start = max(0, len(items) - count)
-    return itertools.islice(items, start, None)
