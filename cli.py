@@ -26,6 +26,7 @@ from rich.table import Table
 
 from trio_ws import __version__
 from trio_ws.client import DEFAULT_SERVER
+from trio_ws.hub import DEFAULT_HISTORY_BYTES
 from trio_ws.producers import (
     DEFAULT_CAPACITY,
     ECHO_BUFFER,
@@ -222,6 +223,13 @@ def _print_table(found: list[Project]) -> None:
     help="Events held per project for resume and catch-up.",
 )
 @click.option(
+    "--history-bytes",
+    default=DEFAULT_HISTORY_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Encoded bytes of events held per project, at most (the oldest go first).",
+)
+@click.option(
     "--producer-grace",
     default=30.0,
     show_default=True,
@@ -270,6 +278,7 @@ def serve(
     port: int,
     poll_interval: float,
     history: int,
+    history_bytes: int,
     producer_grace: float,
     allow_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
@@ -301,6 +310,7 @@ def serve(
         port=port,
         poll_interval=poll_interval,
         history=history,
+        history_bytes=history_bytes,
         producer_grace=producer_grace,
         allow_origins=frozenset(allow_origins),
         allow_hosts=frozenset(allow_hosts),

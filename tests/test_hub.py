@@ -1,8 +1,10 @@
-"""ProjectHub: numbering, snapshots, resume, slow subscribers (no sockets here)."""
+"""ProjectHub: numbering, snapshots, resume, slow subscribers; most without sockets, the
+last section through a real server (in-process, or `trio-ws serve` as a subprocess)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,12 +12,17 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
+from test_cli_serve import serving as serve_process
+from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.progress import Progress
+from trio_ws.registry import Registry
+from trio_ws.server import Server, serve
 
 Received = list[dict[str, Any]]
-CONNECTION = {"hello", "resumed"}
+CONNECTION = {"hello", "resumed", "resync"}
 
 
 class Reader:
@@ -44,7 +51,7 @@ class Reader:
         self.open.set()
 
     def seqs(self) -> list[int]:
-        """Seqs of events (hello and resumed carry the head seq, not their own)."""
+        """Seqs of events (hello, resumed and resync carry a head seq, not their own)."""
         return [m["seq"] for m in self.received if "seq" in m and m["type"] not in CONNECTION]
 
     def types(self) -> list[str]:
@@ -190,7 +197,13 @@ async def test_slow_subscriber_past_history_gets_resync_and_snapshot(
     types = slow.types()
     assert "resync" in types
     resync_at = types.index("resync")
-    assert slow.received[resync_at]["reason"] == "gap_evicted"
+    # Its snapshot point: live events continue from seq 41.
+    assert slow.received[resync_at] == {
+        "type": "resync",
+        "reason": "gap_evicted",
+        "epoch": hub.epoch,
+        "seq": 40,
+    }
     assert types[resync_at + 1 : resync_at + 3] == ["agent_status", "dev_server_status"]
     after = slow.received[resync_at + 1 :]
     assert [m["line"] for m in after if m["type"] == "log"] == log_lines(3, 37)
@@ -228,7 +241,7 @@ async def test_resync_reasons(
     hub.feed_lines(log_lines(10))
     resolved_epoch = hub.epoch if epoch == "EPOCH" else epoch
     reader = await start_reader(nursery, hub, since=since, epoch=resolved_epoch)
-    assert reader.received[1] == {"type": "resync", "reason": reason}
+    assert reader.received[1] == {"type": "resync", "reason": reason, "epoch": hub.epoch, "seq": 10}
     assert reader.received[2]["type"] == "agent_status"
 
 
@@ -339,3 +352,195 @@ async def test_unsubscribe_ends_fan_out_and_send_task(nursery: trio.Nursery) -> 
     assert hub.subscriber_count == 0
     assert hub.stats.send_tasks == 0
     assert "after" not in [m.get("line") for m in reader.received]
+
+
+# -- numbering: a seq only for an encoded event, history found by seq ---------------------
+
+
+async def test_a_lone_surrogate_becomes_a_replacement_character_and_one_seq(
+    nursery: trio.Nursery,
+) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub, backlog=0)
+    hub.feed_lines(["bad \ud800 x", "next"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(m["seq"], m["line"]) for m in reader.received if m["type"] == "log"] == [
+        (1, "bad \ufffd x"),
+        (2, "next"),
+    ]
+
+
+async def test_an_event_that_fails_to_encode_takes_no_seq(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub, backlog=0)
+    unencodable = Progress(1, {"a set"}, 2, 0)  # type: ignore[arg-type]  # not JSON
+    with pytest.raises(TypeError):
+        hub.publish_progress(unencodable)
+    assert hub.seq == 0
+    hub.feed_lines(["after the failure"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [1]
+
+
+@pytest.mark.parametrize("since", range(14))
+async def test_resume_is_by_seq_even_across_a_hole(nursery: trio.Nursery, since: int) -> None:
+    """Were a seq ever skipped, a resume still gets exactly the events after ``since``."""
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(5))  # seqs 1-5
+    hub.seq += 3  # 6, 7 and 8 never name an event
+    hub.feed_lines(log_lines(5, 5))  # seqs 9-13
+    with trio.fail_after(5):  # a positional lookup can loop forever here
+        reader = await start_reader(nursery, hub, since=since, epoch=hub.epoch)
+    assert reader.types()[1] == "resumed"
+    assert reader.seqs() == [seq for seq in [1, 2, 3, 4, 5, 9, 10, 11, 12, 13] if seq > since]
+
+
+async def test_catch_up_is_by_seq_even_across_a_hole(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    hub.feed_lines(log_lines(2))  # 1-2, delivered
+    await trio.testing.wait_all_tasks_blocked()
+    hub.seq += 2  # 3 and 4 never name an event
+    reader.stall()
+    hub.feed_lines(log_lines(6, 2))  # 5-10: one in flight, two queued, then behind
+    assert reader.subscriber.behind
+    reader.resume()
+    with trio.fail_after(5):
+        await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [1, 2, 5, 6, 7, 8, 9, 10]
+    assert not reader.subscriber.behind
+
+
+# -- history bounded by bytes -----------------------------------------------------------
+
+
+async def test_history_is_bounded_by_encoded_bytes(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", history=1000, history_bytes=50_000)
+    hub.feed_lines(["😀" * 1000] * 40)  # each event is over 4,000 bytes of UTF-8
+    held = hub.history
+    assert 0 < held.bytes <= 50_000
+    assert len(held) == 50_000 // (held.bytes // len(held))  # as many as fit, no more
+    assert len(held) < 13
+    assert held.oldest_seq == hub.seq - len(held) + 1 == held.evicted_through + 1
+    kept = await start_reader(nursery, hub, since=held.evicted_through, epoch=hub.epoch)
+    assert kept.seqs() == list(range(held.evicted_through + 1, hub.seq + 1))
+    gone = await start_reader(nursery, hub, since=held.evicted_through - 1, epoch=hub.epoch)
+    assert gone.received[1] == {
+        "type": "resync",
+        "reason": "gap_evicted",
+        "epoch": hub.epoch,
+        "seq": hub.seq,
+    }
+
+
+async def test_snapshot_log_backlog_is_bounded_by_the_same_bytes(nursery: trio.Nursery) -> None:
+    """Else the last 1,000 long lines would stay held for snapshots whatever the bound."""
+    hub = ProjectHub("demo", history=1000, history_bytes=50_000)
+    hub.feed_lines([f"{i:02d} " + "😀" * 1000 for i in range(40)])
+    hub.feed_lines([f"{i:02d} " + "😀" * 1000 for i in range(40)], stream="dev")
+    reader = await start_reader(nursery, hub, backlog=1000)
+    for kind in ("log", "dev_log"):
+        lines = [m["line"][:2] for m in reader.received if m["type"] == kind]
+        assert 0 < len(lines) < 13
+        assert lines == [f"{i:02d}" for i in range(40 - len(lines), 40)]  # the newest
+
+
+# -- standing warnings reach a subscriber that could not take them ------------------------
+
+
+@pytest.mark.parametrize("lines", [3, 10], ids=["queue-full", "behind"])
+async def test_warning_raised_while_behind_is_handed_over_on_catch_up(
+    nursery: trio.Nursery, lines: int
+) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    reader.stall()
+    hub.feed_lines(log_lines(lines))
+    hub.warn("producer", "the agent producer disconnected")
+    assert reader.subscriber.behind
+    reader.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(1, lines + 1))
+    assert reader.received[-1] == {
+        "type": "warning",
+        "source": "producer",
+        "content": "the agent producer disconnected",
+    }
+    assert not reader.subscriber.behind
+
+
+async def test_warning_cleared_before_catch_up_is_not_handed_over(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    reader.stall()
+    hub.feed_lines(log_lines(10))
+    hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+    hub.clear_warning("producer:agent")  # it came back: nothing stands any more
+    reader.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(1, 11))
+    assert "warning" not in reader.types()
+
+
+# -- through a real server ----------------------------------------------------------------
+
+
+async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, queue_size=8))
+        ws = await connect(nursery, server, backlog=0)
+        await ws.send_message('{"type":"ping"}')
+        await receive_until(ws, lambda m: m["type"] == "pong")  # the snapshot is through
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        start = hub.seq + 1
+        # One producer message's worth of lines overflows its queue at once; the
+        # warning is raised while it is still behind.
+        hub.feed_lines(log_lines(50))
+        hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+        assert hub.stats.fell_behind == 1
+        seen = await receive_until(ws, lambda m: m["type"] == "warning")
+    events = [m["seq"] for m in seen if "seq" in m]
+    assert events == list(range(start, hub.seq + 1))  # caught up first, nothing skipped
+    assert seen[-1] == {
+        "type": "warning",
+        "source": "producer",
+        "content": "the agent producer disconnected",
+    }
+
+
+async def test_serve_history_bytes_bounds_what_a_resume_reaches(
+    nursery: trio.Nursery, home: Path, project_dir: Path
+) -> None:
+    """``trio-ws serve --history-bytes 20000``: forty 1 KB lines do not all stay held."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serve_process(home, "--history-bytes", "20000", "--token", TOKEN) as (
+            _,
+            port,
+            _,
+        ):
+            base = f"ws://127.0.0.1:{port}/ws/projects/demo"
+            producer = await connect_websocket_url(
+                nursery,
+                f"{base}/publish",
+                extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+            )
+            await producer.send_message(
+                json.dumps({"type": "hello", "producer": "p", "stream": "agent"})
+            )
+            lines = [f"{i:04d} " + "x" * 1000 for i in range(40)]
+            await producer.send_message(json.dumps({"type": "lines", "first": 1, "lines": lines}))
+            await receive_until(producer, lambda m: m["type"] == "ack" and m["pseq"] == 40)
+            hello = await receive(await connect_websocket_url(nursery, base))
+            head, epoch = hello["seq"], hello["epoch"]
+            near = await connect_websocket_url(nursery, f"{base}?since={head - 10}&epoch={epoch}")
+            far = await connect_websocket_url(nursery, f"{base}?since=1&epoch={epoch}")
+            near_opening = [await receive(near) for _ in range(12)]
+            far_opening = [await receive(far) for _ in range(2)]
+    # 40 lines, and the progress read when the first subscriber came (no features.db: zeros).
+    assert head == 41
+    assert near_opening[1] == {"type": "resumed", "since": 31, "seq": 41}
+    assert [m["seq"] for m in near_opening[2:]] == list(range(32, 42))
+    assert far_opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": 41}

@@ -700,3 +700,10 @@ def test_a_secret_of_every_shape_in_random_text_never_survives(
     line = " ".join([*before, text, *after])
     # The surrounding words may hold copies of the secret; the embedded one must go.
     assert redact(line).replace(REDACTED, " ").count(secret) < line.count(secret)
+
+
+@pytest.mark.parametrize("line", ["--TOKEN Bearer 00000000", "token=Bearer 00000000"])
+def test_a_named_value_that_is_an_auth_scheme_takes_its_credential_along(line: str) -> None:
+    """Found by the property test: the name's match ended at ``Bearer``, whose own
+    match then could not start, and the credential after it survived."""
+    assert "00000000" not in redact(line)

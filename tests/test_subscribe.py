@@ -41,7 +41,7 @@ from trio_ws.server import Server, serve
 Msg = dict[str, Any]
 
 RUN = (Path(__file__).parent / "data" / "autoforge-run.txt").read_text("utf-8").splitlines()
-CONNECTION_WITH_SEQ = frozenset({"hello", "resumed"})
+CONNECTION_WITH_SEQ = frozenset({"hello", "resumed", "resync"})
 """Connection messages that carry the head ``seq`` rather than one of their own."""
 
 
@@ -486,7 +486,7 @@ async def test_resume_after_eviction_gets_gap_evicted_and_snapshot(
         "log",
         "log",
     ]
-    assert opening[1] == {"type": "resync", "reason": "gap_evicted"}
+    assert opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": head}
     assert event_seqs(opening[5:]) == [head - 1, head]
     assert live["seq"] == head + 1
 
@@ -520,7 +520,7 @@ async def test_resume_that_cannot_resume_gets_resync_and_snapshot(
         rest = await receive_until(again, seq_at_least(head + 1))
 
     assert [m["type"] for m in opening] == ["hello", "resync", "agent_status"]
-    assert opening[1] == {"type": "resync", "reason": reason}
+    assert opening[1] == {"type": "resync", "reason": reason, "epoch": hub.epoch, "seq": head}
     assert all(m["seq"] <= head for m in rest[:-1] if is_event(m))
     assert rest[-1]["seq"] == head + 1
 
@@ -618,7 +618,12 @@ async def test_stalled_subscriber_past_history_gets_resync_then_continuous_event
             assert_every_event(watcher, start, head)
 
         received = await stalled.read_until(lambda m: m["type"] == "resync")
-        assert received[-1] == {"type": "resync", "reason": "gap_evicted"}
+        assert received[-1] == {
+            "type": "resync",
+            "reason": "gap_evicted",
+            "epoch": hub.epoch,
+            "seq": head,
+        }
         assert received[0] == {**received[0], "type": "hello", "seq": start - 1}
         before = event_seqs(after(received, start - 1))
         assert before == list(range(start, start + len(before)))  # no gap before the resync

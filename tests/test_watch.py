@@ -317,6 +317,16 @@ def test_resync_then_snapshot_rebuilds_the_view() -> None:
     assert (list(view.agents), view.agent_status, view.seq) == ([1], "running", 21)
 
 
+def test_mid_stream_resync_continues_after_its_snapshot_point() -> None:
+    view = view_of(hello(0), log(1, "old"), log(2, "old"))
+    resync = {"type": "resync", "reason": "gap_evicted", "epoch": "e1", "seq": 50}
+    for message in (resync, status(40, "running"), log(49, "new"), log(50, "new"), log(51)):
+        view.apply(message)  # no SequenceGap: live events go on from the resync's seq
+    assert [entry.seq for entry in view.logs] == [49, 50, 51]
+    assert (view.seq, view.resyncs, view.agent_status) == (51, 1, "running")
+    assert view.resume_point == (51, "e1")
+
+
 def test_hello_with_a_new_epoch_resets_the_view() -> None:
     view = view_of(hello(0, epoch="a"), log(1), agent_update(2, 0), hello(5, epoch="b"))
     assert (view.epoch, view.seq, view.agents, list(view.logs)) == ("b", 5, {}, [])
@@ -892,3 +902,53 @@ async def test_cli_json_live_ends_quietly_when_its_reader_goes_away(
     finally:
         if process.returncode is None:
             process.kill()
+
+
+async def test_cli_json_live_continues_after_falling_behind_past_the_history(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, home: Path
+) -> None:
+    """A burst larger than the queue and the history: the server resyncs the client in
+    the middle of the stream, and `trio-ws watch` carries on from the resync's seq,
+    on the same connection."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, history=20, queue_size=8))
+    hub = populate(server, project_dir)
+    process = await start_watch(
+        home, "demo", "--json", "--backlog", "2", "--server", f"http://127.0.0.1:{server.port}"
+    )
+    try:
+        with trio.fail_after(NETWORK_TIMEOUT):
+            assert process.stdout is not None and process.stderr is not None
+            lines = LineReader(process.stdout)
+            seen = [json.loads(await lines.next())]
+            await wait_for_subscribers(server, 1)
+            hub.feed_lines(["before the burst"])
+            while seen[-1].get("line") != "before the burst":
+                seen.append(json.loads(await lines.next()))
+            # One producer message's worth of lines: the publisher never waits, so the
+            # subscriber's queue overflows and the history moves on past what it was sent.
+            hub.feed_lines([f"burst line {i}" for i in range(100)])
+            head = hub.seq
+            while seen[-1]["type"] != "resync":
+                seen.append(json.loads(await lines.next()))
+            resync = seen[-1]
+            hub.feed_lines(["after the burst"])
+            while seen[-1].get("line") != "after the burst":
+                seen.append(json.loads(await lines.next()))
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 0
+            errors = await read_all(process.stderr)
+    finally:
+        if process.returncode is None:
+            process.kill()
+    assert hub.stats.fell_behind == 1
+    assert resync == {"type": "resync", "reason": "gap_evicted", "epoch": hub.epoch, "seq": head}
+    assert [m["type"] for m in seen].count("hello") == 1  # never reconnected
+    assert errors == b""  # no "reconnecting" note
+    start = seen.index(resync)
+    before = [m["seq"] for m in seen[:start] if m.get("line", "").startswith("burst line")]
+    assert before == list(range(before[0], before[0] + len(before)))  # no gap before it
+    assert before[-1] < head - 20  # it really fell out of the history
+    snapshot_logs = [m["line"] for m in seen[start:-1] if m["type"] == "log"]
+    assert snapshot_logs == ["burst line 98", "burst line 99"]
+    assert seen[-1]["seq"] == head + 1

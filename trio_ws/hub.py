@@ -11,15 +11,21 @@ memory channel. Events are put there with ``send_nowait``; when it is full
 the subscriber is marked *behind* and the publisher skips it from then on.
 Its send task keeps draining the channel; once empty it catches up from
 the held history (still in order, nothing twice), or, when the history no
-longer reaches back to what it last sent, sends ``resync`` and a fresh
-snapshot and continues from the snapshot point. Clearing *behind* happens
-with no checkpoint after the "caught up to the head" check, so no event can
-slip between catch-up and live delivery. Resume is the same mechanism: a
-resuming subscriber starts *behind* at its ``since``.
+longer reaches back to what it last sent, sends ``resync`` (which names its
+snapshot point) and a fresh snapshot and continues from that point. Then it
+is handed the standing warnings raised while it was behind. Clearing
+*behind* happens with no checkpoint after the "caught up" check, so no event
+or warning can slip between catch-up and live delivery. Resume is the same
+mechanism: a resuming subscriber starts *behind* at its ``since``.
+
+A ``seq`` is taken only once its event is fully encoded, so a message that
+fails to encode can never leave a hole; the history is looked up by ``seq``
+all the same, never by position.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import secrets
 from collections import Counter, deque
@@ -38,6 +44,9 @@ Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
 
 DEFAULT_HISTORY: Final = 10_000
+"""Most events held per project for resume and catch-up."""
+DEFAULT_HISTORY_BYTES: Final = 64 * 1024 * 1024
+"""Most encoded bytes (websocket frames) of events held per project."""
 DEFAULT_QUEUE: Final = 1024
 """Per-subscriber channel capacity, in messages."""
 MAX_BACKLOG: Final = 1000
@@ -74,6 +83,8 @@ class Subscriber:
     initial: list[Outgoing]
     send_channel: trio.MemorySendChannel[Outgoing]
     receive_channel: trio.MemoryReceiveChannel[Outgoing]
+    warned: int
+    """Serial of the newest standing warning this subscriber was handed."""
     delivered: int = 0
 
     def offer(self, item: Outgoing) -> bool:
@@ -85,6 +96,60 @@ class Subscriber:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
         return True
+
+
+class History:
+    """Held events, oldest first, bounded by count and by encoded bytes (the history
+    itself, and the snapshot's log tails).
+
+    Found by ``seq`` (bisect), never by position, so a hole in the numbering
+    could not shift a lookup. ``evicted_through`` is the highest ``seq`` no
+    longer held: every event after it still is.
+    """
+
+    def __init__(self, max_events: int, max_bytes: int) -> None:
+        if max_events < 1:
+            raise ValueError("history must hold at least one event")
+        if max_bytes < 1:
+            raise ValueError("history_bytes must be at least 1")
+        self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self.evicted_through = 0
+        self._items: deque[Outgoing] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def oldest_seq(self) -> int | None:
+        return self._items[0].seq if self._items else None
+
+    def append(self, item: Outgoing) -> None:
+        """Hold ``item`` (which has a seq), evicting the oldest beyond either bound."""
+        items = self._items
+        items.append(item)
+        self.bytes += len(item.frame)
+        while items and (len(items) > self.max_events or self.bytes > self.max_bytes):
+            evicted = items.popleft()
+            self.bytes -= len(evicted.frame)
+            assert evicted.seq is not None
+            self.evicted_through = evicted.seq
+
+    def tail(self, count: int) -> list[Outgoing]:
+        """The newest ``count`` held events (fewer if fewer are held), oldest first."""
+        start = max(0, len(self._items) - count)
+        return list(itertools.islice(self._items, start, None))
+
+    def after(self, seq: int, limit: int) -> list[Outgoing]:
+        """Up to ``limit`` held events with a seq greater than ``seq``, in order."""
+        start = bisect.bisect_right(self._items, seq, key=_seq_of)
+        return list(itertools.islice(self._items, start, start + limit))
+
+
+def _seq_of(item: Outgoing) -> int:
+    assert item.seq is not None  # only events are held
+    return item.seq
 
 
 @dataclass
@@ -108,12 +173,11 @@ class ProjectHub:
         name: str,
         *,
         history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         queue_size: int = DEFAULT_QUEUE,
         clock: Clock = wall_clock,
         extra_secrets: Iterable[str] = (),
     ) -> None:
-        if history < 1:
-            raise ValueError("history must hold at least one event")
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.name = name
@@ -124,7 +188,7 @@ class ProjectHub:
         self.dev = DevPipeline(clock, extra_secrets)
         self.progress: Progress | None = None
         self.stats = HubStats()
-        self._history: deque[Outgoing] = deque(maxlen=history)
+        self.history = History(history, history_bytes)
         self._subscribers: set[Subscriber] = set()
         self._ids = itertools.count(1)
         # Snapshot state, kept as already-encoded events so a snapshot costs no encoding.
@@ -133,9 +197,13 @@ class ProjectHub:
         self._progress_event: Outgoing | None = None
         self._orchestrator: deque[Outgoing] = deque(maxlen=ORCHESTRATOR_RECENT)
         self._agents: dict[int, Outgoing] = {}
-        self._logs: deque[Outgoing] = deque(maxlen=MAX_BACKLOG)
-        self._dev_logs: deque[Outgoing] = deque(maxlen=MAX_BACKLOG)
-        self._warnings: dict[str, Outgoing] = {}
+        # The snapshot's log tails, under the same byte bound: else 1,000 long lines
+        # would be held here whatever the history's bound.
+        self._logs = History(MAX_BACKLOG, history_bytes)
+        self._dev_logs = History(MAX_BACKLOG, history_bytes)
+        self._warnings: dict[str, tuple[int, Outgoing]] = {}
+        """Standing warnings by key, each with its serial (which orders them)."""
+        self._warning_serial = 0
 
     # -- producer side: synchronous, never blocks ------------------------------
 
@@ -161,12 +229,22 @@ class ProjectHub:
 
     def warn(self, source: str, content: str, key: str | None = None) -> None:
         """Tell every subscriber (and later joiners, until cleared by ``key``, default
-        ``source``) about a problem; warnings carry no seq."""
+        ``source``) about a problem; warnings carry no seq.
+
+        A subscriber that is behind (or whose queue is full now) is handed it
+        when it catches up, if the warning still stands then.
+        """
         item = Outgoing.of(protocol.warning(source, content))
-        self._warnings[key or source] = item
+        self._warning_serial += 1
+        self._warnings[key or source] = (self._warning_serial, item)
         for subscriber in self._subscribers:
-            if not subscriber.behind:
-                subscriber.offer(item)
+            if subscriber.behind:
+                continue
+            if subscriber.offer(item):
+                subscriber.warned = self._warning_serial
+            else:
+                subscriber.behind = True
+                self.stats.fell_behind += 1
 
     def clear_warning(self, key: str) -> None:
         self._warnings.pop(key, None)
@@ -182,7 +260,7 @@ class ProjectHub:
 
     @property
     def oldest_seq(self) -> int | None:
-        return self._history[0].seq if self._history else None
+        return self.history.oldest_seq
 
     def subscribe(
         self, since: int | None = None, epoch: str | None = None, backlog: int = 100
@@ -210,10 +288,10 @@ class ProjectHub:
             sent_seq, behind = since, True
         else:
             if resync_reason is not None:
-                initial.append(Outgoing.of({"type": "resync", "reason": resync_reason}))
+                initial.append(self._resync_message(resync_reason))
             initial.extend(self._snapshot(backlog))
             sent_seq, behind = self.seq, False
-        initial.extend(self._warnings.values())
+        initial.extend(self._standing_warnings())
         send_channel, receive_channel = trio.open_memory_channel[Outgoing](self.queue_size)
         subscriber = Subscriber(
             id=next(self._ids),
@@ -223,6 +301,7 @@ class ProjectHub:
             initial=initial,
             send_channel=send_channel,
             receive_channel=receive_channel,
+            warned=self._warning_serial,
         )
         self._subscribers.add(subscriber)
         return subscriber
@@ -282,32 +361,48 @@ class ProjectHub:
             return "epoch_changed"
         if since > self.seq:
             return "invalid_since"
-        oldest = self.oldest_seq
-        if since < self.seq and (oldest is None or since + 1 < oldest):
+        if since < self.history.evicted_through:
             return "gap_evicted"
         return None
 
+    def _resync_message(self, reason: str) -> Outgoing:
+        """``resync`` with its snapshot point: live events continue from ``seq`` + 1."""
+        return Outgoing.of(
+            {"type": "resync", "reason": reason, "epoch": self.epoch, "seq": self.seq}
+        )
+
+    def _standing_warnings(self, newer_than: int = 0) -> list[Outgoing]:
+        """Standing warnings raised after serial ``newer_than``, oldest first."""
+        held = sorted(self._warnings.values(), key=lambda entry: entry[0])
+        return [item for serial, item in held if serial > newer_than]
+
     async def _catch_up(self, subscriber: Subscriber, send: Send) -> None:
-        """Bring a behind subscriber to the head from history, or resync it."""
+        """Bring a behind subscriber to the head from history (or resync it), then hand
+        it the standing warnings it missed."""
         self.stats.catch_ups += 1
-        while subscriber.sent_seq < self.seq:
-            oldest = self.oldest_seq
-            if oldest is None or subscriber.sent_seq + 1 < oldest:
+        while True:
+            if subscriber.sent_seq < self.history.evicted_through:
                 self.stats.resyncs += 1
                 point = self.seq
-                resync = [Outgoing.of({"type": "resync", "reason": "gap_evicted"})]
+                resync = [self._resync_message("gap_evicted")]
                 resync += self._snapshot(subscriber.backlog)
-                resync += self._warnings.values()
+                resync += self._standing_warnings()
+                subscriber.sent_seq = point
+                subscriber.warned = self._warning_serial
                 for start in range(0, len(resync), BATCH_MAX):
                     await send(resync[start : start + BATCH_MAX])
-                subscriber.sent_seq = point
                 continue
-            start = subscriber.sent_seq + 1 - oldest
-            stop = min(start + CATCH_UP_CHUNK, len(self._history))
-            chunk = list(itertools.islice(self._history, start, stop))
-            await send(chunk)
-            self._sent(subscriber, chunk)
-            await trio.lowlevel.checkpoint()  # a write may not yield; a long catch-up must
+            chunk = self.history.after(subscriber.sent_seq, CATCH_UP_CHUNK)
+            if chunk:
+                await send(chunk)
+                self._sent(subscriber, chunk)
+                await trio.lowlevel.checkpoint()  # a write may not yield; a long catch-up must
+                continue
+            owed = self._standing_warnings(subscriber.warned)
+            if not owed:
+                break
+            subscriber.warned = self._warning_serial
+            await send(owed)
         # Caught up: from here on the publisher queues for it again. No checkpoint
         # between the loop's last check and this line.
         subscriber.behind = False
@@ -324,16 +419,17 @@ class ProjectHub:
         items.extend(self._orchestrator)
         items.extend(self._agents[index] for index in sorted(self._agents))
         if backlog:
-            items.extend(_tail(self._logs, backlog))
-            items.extend(_tail(self._dev_logs, backlog))
+            items.extend(self._logs.tail(backlog))
+            items.extend(self._dev_logs.tail(backlog))
         return items
 
     def _publish(self, messages: list[Message]) -> None:
         for message in messages:
-            self.seq += 1
-            message["seq"] = self.seq
-            item = Outgoing.of(message, self.seq)
-            self._history.append(item)
+            seq = self.seq + 1
+            message["seq"] = seq
+            item = Outgoing.of(message, seq)
+            self.seq = seq  # taken only now: an event that fails to encode leaves no hole
+            self.history.append(item)
             self._remember(message, item)
             self.stats.events[item.type] += 1
             for subscriber in self._subscribers:
@@ -370,8 +466,3 @@ class ProjectHub:
             self._dev_status = item
         elif kind == "progress":
             self._progress_event = item
-
-
-def _tail(items: deque[Outgoing], count: int) -> Iterable[Outgoing]:
-    start = max(0, len(items) - count)
-    return itertools.islice(items, start, None)

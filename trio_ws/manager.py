@@ -18,7 +18,13 @@ from typing import Final, Protocol
 
 import trio
 
-from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_QUEUE, ProjectHub, Subscriber
+from trio_ws.hub import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES,
+    DEFAULT_QUEUE,
+    ProjectHub,
+    Subscriber,
+)
 from trio_ws.progress import ProgressError, ProgressReader
 from trio_ws.protocol import Stream
 from trio_ws.publish import ProducerSlot, control_refusal
@@ -65,6 +71,7 @@ class ConnectionManager:
         nursery: trio.Nursery,
         *,
         history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
         queue_size: int = DEFAULT_QUEUE,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         lock_timeout: float = 1.0,
@@ -75,6 +82,7 @@ class ConnectionManager:
         self._nursery = nursery
         self._extra_secrets = tuple(extra_secrets)  # redacted from every line (the server token)
         self._history = history
+        self._history_bytes = history_bytes
         self._queue_size = queue_size
         self.poll_interval = poll_interval
         self._lock_timeout = lock_timeout
@@ -108,6 +116,7 @@ class ConnectionManager:
             hub = ProjectHub(
                 name,
                 history=self._history,
+                history_bytes=self._history_bytes,
                 queue_size=self._queue_size,
                 extra_secrets=self._extra_secrets,
             )

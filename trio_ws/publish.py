@@ -258,7 +258,7 @@ class PublishSession:
             return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
         allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
         self.slot.record(self.producer_id, pseq)
-        if status not in allowed:
+        if not isinstance(status, str) or status not in allowed:  # a list is unhashable
             return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
         exit_code = payload.get("exit_code")
         if status in FINAL_STATUSES and _is_int(exit_code):

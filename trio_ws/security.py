@@ -35,9 +35,11 @@ _NAME_ENDS: Final = (
 """A value is secret when its name is or ends with one of these (LINES.md 1.4)."""
 
 _VALUE: Final = (
-    r"""(?:"(?P<{0}d>(?:[^"\\]|\\.)*)"?|'(?P<{0}s>(?:[^'\\]|\\.)*)'?|(?P<{0}u>[^\s"']+))"""
+    r"""(?:"(?P<{0}d>(?:[^"\\]|\\.)*)"?|'(?P<{0}s>(?:[^'\\]|\\.)*)'?"""
+    r"""|(?P<{0}u>(?:(?:bearer|basic|token|digest)\s+)?[^\s"']+))"""
 )
-"""A quoted value up to its closing quote, or an unquoted one up to a space or quote."""
+"""A quoted value up to its closing quote, or an unquoted one up to a space or quote
+(with its auth scheme: in ``--token Bearer xyz`` the secret is ``Bearer xyz``)."""
 
 # Each alternative names its secret with a group listed in _SECRET_GROUPS; the
 # rest of the match (a name, a scheme, a host) stays.

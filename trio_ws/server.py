@@ -40,6 +40,7 @@ from trio_ws.httpio import (
     send_json,
     send_response,
 )
+from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.manager import POLL_RESTART, ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
@@ -84,7 +85,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8888
     poll_interval: float = 1.0
-    history: int = 10_000
+    history: int = DEFAULT_HISTORY
+    history_bytes: int = DEFAULT_HISTORY_BYTES
     queue_size: int = 1024
     allow_origins: frozenset[str] = frozenset()
     allow_hosts: frozenset[str] = frozenset()
@@ -145,6 +147,7 @@ async def serve(
         manager = ConnectionManager(
             nursery,
             history=config.history,
+            history_bytes=config.history_bytes,
             queue_size=config.queue_size,
             poll_interval=config.poll_interval,
             lock_timeout=config.lock_timeout,

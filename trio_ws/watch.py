@@ -253,8 +253,11 @@ class RunView:
         self._snapshot_point = None
 
     def _resync(self, message: Message) -> None:
+        """A fresh snapshot follows; live events continue after its point, which the
+        resync names (PROTOCOL 3.1; a server before revision 2 used hello's)."""
         self.resyncs += 1
-        self._reset(self._hello_seq)
+        point = message.get("seq", self._hello_seq)
+        self._reset(None if point is None else int(point))
 
     def _pong(self, message: Message) -> None:
         self._snapshot_point = None  # everything sent before the pong has arrived

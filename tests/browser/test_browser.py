@@ -57,7 +57,7 @@ T = TypeVar("T")
 class ServerProcess:
     """``trio-ws serve`` on 127.0.0.1; ``port`` 0 picks a free one."""
 
-    def __init__(self, home: Path, port: int = 0) -> None:
+    def __init__(self, home: Path, port: int = 0, extra: tuple[str, ...] = ()) -> None:
         script = Path(sys.executable).with_name("trio-ws")
         self.log_path = home / "server.log"
         self.log = self.log_path.open("a")
@@ -70,6 +70,7 @@ class ServerProcess:
                 "--poll-interval=0.1",
                 f"--token={TOKEN}",
                 "--log-level=warning",
+                *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=self.log,
@@ -485,6 +486,39 @@ def test_page_resumes_after_a_dropped_connection(
         assert body.get_attribute("data-epoch") == epoch
     finally:
         relay.close()
+
+
+def test_page_continues_after_falling_behind_past_the_history(
+    home: Path, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    """A mid-stream resync: the page rebuilds from the snapshot and goes on from the
+    seq the resync names, on the same connection."""
+    served = ServerProcess(home, extra=("--history=50",))
+    try:
+        open_live(browser, served)
+        agent = producer(served.port, "agent-1")
+        agent.lines(["before"])
+        wait(browser, lambda d: log_lines(d) == ["before"], "the first line")
+        # One message of 3,000 lines is published in one step: the page's queue (1,024)
+        # overflows, and the 50 held events no longer reach back to what it was sent.
+        agent.lines([f"burst {n}" for n in range(3000)])
+        agent.acked()
+        with ws_connect(f"ws://127.0.0.1:{served.port}/ws/projects/demo") as probe:
+            head = json.loads(probe.recv(timeout=WAIT))["seq"]
+        body = browser.find_element(By.TAG_NAME, "body")
+        wait(browser, lambda d: body.get_attribute("data-resyncs") == "1", "the resync")
+        agent.lines(["after 1", "after 2"])
+        wait(browser, lambda d: log_lines(d)[-1:] == ["after 2"], "the lines after it")
+        lines = log_lines(browser)
+        assert body.get_attribute("data-resync-reason") == "gap_evicted"
+        assert body.get_attribute("data-sync-seq") == str(head)
+        assert body.get_attribute("data-connects") == "1"
+        assert connection_state(browser) == "live"
+    finally:
+        served.stop()
+    assert lines[-2:] == ["after 1", "after 2"]
+    snapshot = lines[:-2]  # the snapshot's log backlog: the burst's tail, nothing twice
+    assert snapshot == [f"burst {n}" for n in range(3000 - len(snapshot), 3000)]
 
 
 def test_pause_button_reaches_the_producer(

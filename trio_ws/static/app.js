@@ -281,6 +281,7 @@
       // A fresh sync follows (new history, or first connect): rebuild from it.
       reset();
       connection.lastSeq = connection.helloSeq;
+      document.body.dataset.syncSeq = String(connection.lastSeq);
       document.body.dataset.sync = "fresh";
     }
     connection.epoch = String(message.epoch);
@@ -292,12 +293,17 @@
   }
 
   function onResync(message) {
-    // The snapshot that follows replaces everything we show. Right after hello
-    // the snapshot point is hello's seq; a resync later in the stream (we fell
-    // too far behind) does not say its point, so the highest seq seen stands.
+    // The snapshot that follows replaces everything we show; live events go on
+    // after the point the resync names (PROTOCOL 3.1; before revision 2 a server
+    // named none, and hello's seq was the point right after hello).
     reset();
-    if (connection.previousType === "hello") connection.lastSeq = connection.helloSeq;
+    if (Number.isInteger(message.seq)) {
+      connection.lastSeq = message.seq;
+    } else if (connection.previousType === "hello") {
+      connection.lastSeq = connection.helloSeq;
+    }
     connection.resyncs += 1;
+    document.body.dataset.syncSeq = String(connection.lastSeq);
     document.body.dataset.sync = "resync";
     document.body.dataset.resyncs = String(connection.resyncs);
     document.body.dataset.resyncReason = String(message.reason);
