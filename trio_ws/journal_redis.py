@@ -12,9 +12,11 @@ Keys per project, with the hash tag ``{P}`` so they share one cluster slot:
 
 An append is one Lua script, so it is atomic, and it is idempotent: a batch that
 was already applied (same seqs, same texts) is a no-op, so an append whose reply
-was lost can be sent again. The client never retries by itself (coredis's default
-retry could otherwise apply a batch twice before this check existed, and hides
-reconnects from the live path).
+was lost can be sent again. That makes the client's single retry on a lost
+connection safe (it is what keeps the first command after a Redis restart, sent on a
+pooled connection that died, from failing); coredis's default retries (twice, on
+timeouts too) are off, and the live subscription never reconnects by itself: a
+follower must see every reconnect, to read the stream again.
 
 The backend shares one coredis client between the journals of every project; it
 must be entered (``async with``) in a task that outlives them all, as coredis runs
@@ -31,8 +33,9 @@ from dataclasses import dataclass
 from typing import Final, cast
 
 import coredis
+from coredis.exceptions import ConnectionError as ConnectionLost
 from coredis.exceptions import RedisError
-from coredis.retry import NoRetryPolicy
+from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
 
 from trio_ws.journal import (
     DEFAULT_HISTORY,
@@ -100,6 +103,12 @@ local count = #ARGV - at
 local head = tonumber(redis.call('HGET', meta, 'head'))
 local size = tonumber(redis.call('HGET', meta, 'bytes'))
 
+local function oldest_id()
+  local oldest = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
+  if #oldest > 0 then return oldest[1][1] end
+  return ''
+end
+
 local function holds(seq, text)
   local id = string.format('%d-0', seq)
   local found = redis.call('XRANGE', events, id, id)
@@ -109,7 +118,8 @@ end
 if count > 0 and first ~= head + 1 then
   local last = first + count - 1
   if last <= head and holds(first, ARGV[at + 1]) and holds(last, ARGV[#ARGV]) then
-    return {'applied'}
+    return {'applied', string.format('%d', last), oldest_id(), redis.call('XLEN', events),
+            string.format('%d', size)}
   end
   return {'conflict', string.format('its head is %d where %d was expected', head, first - 1)}
 end
@@ -157,10 +167,7 @@ if held > 0 and (ARGV[4] == '1' or over) then
   redis.call('HSET', meta, 'bytes', string.format('%d', size))
   held = redis.call('XLEN', events)
 end
-local oldest = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
-local oldest_id = ''
-if #oldest > 0 then oldest_id = oldest[1][1] end
-return {'ok', string.format('%d', head), oldest_id, held, string.format('%d', size)}
+return {'ok', string.format('%d', head), oldest_id(), held, string.format('%d', size)}
 """.replace("TRIM_SLACK", str(TRIM_SLACK))
 
 
@@ -179,13 +186,13 @@ class LiveBatch:
 
 
 def redis_client(url: str) -> coredis.Redis[str]:
-    """A client for journals: text replies, bounded waits and no automatic retries
-    (a retried append must be a decision of the caller, and a reconnect must be seen
-    by the live path). Enter it with ``async with`` before use."""
+    """A client for journals: text replies, bounded waits, and one retry when a
+    connection was lost (a pooled connection to a Redis that restarted; every command
+    of this module may run twice). Enter it with ``async with`` before use."""
     return coredis.Redis.from_url(
         url,
         decode_responses=True,
-        retry_policy=NoRetryPolicy(),
+        retry_policy=ConstantRetryPolicy((ConnectionLost,), retries=1, delay=0),
         stream_timeout=TIMEOUT,
         connect_timeout=TIMEOUT,
     )
@@ -373,8 +380,8 @@ class RedisJournal:
         if status == "conflict":
             raise JournalConflictError(f"{self._where}: {reply[1]}; open it again")
         self._commits.record(time.perf_counter() - start)
-        if status == "applied":
-            return
+        # "applied": this batch was committed before (its reply was lost); the head is
+        # its last seq, what follows it in the stream belongs to whoever appended it.
         head, oldest, held, size = reply[1:]
         self._head = int(cast(str, head))
         self._held = int(cast(int, held))
