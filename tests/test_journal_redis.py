@@ -216,3 +216,17 @@ async def test_live_ends_with_an_error_when_redis_goes_away(own_redis: RedisServ
                     own_redis.stop()
                     async for _ in batches:
                         pass
+
+
+async def test_head_tells_the_stored_epoch_and_seq(client: coredis.Redis[str]) -> None:
+    """What a follower compares itself with after a reconnect: another node's appends
+    move it, a flush removes it."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        backend = RedisBackend(client)
+        writer, follower = backend.journal(PROJECT), backend.journal(PROJECT)
+        state = await writer.open()
+        await follower.open()
+        await writer.append(events(1, 4))
+        assert await follower.head() == (state.epoch, 4)
+        await client.flushall()
+        assert await follower.head() is None
