@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
+from redis_server import RedisServer, redis_server_path
 from serving import NETWORK_TIMEOUT, make_config
 
 from trio_ws.registry import Registry
@@ -40,3 +41,16 @@ async def server(nursery: trio.Nursery, registry: Registry) -> AsyncIterator[Ser
         running: Server = await nursery.start(serve, make_config(registry))
     yield running
     running._cancel.cancel()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real ``redis-server`` for the session (tests flush it as they need); skips
+    only when the binary is not installed."""
+    binary = redis_server_path()
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()

@@ -2,22 +2,26 @@
 
 A new backend is a file and a fixture: add it to ``BACKENDS``. Backends
 differ in one declared way only: whether a journal outlives its object
-(``durable``); a memory journal starts a new epoch at every open.
+(``durable``); a memory journal starts a new epoch at every open. The redis
+backend runs against a real ``redis-server`` (tests/redis_server.py), flushed
+before each test.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import coredis
 import pytest
 
 from trio_ws.journal import Batch, Journal, JournalBackend
 from trio_ws.journal_memory import MemoryBackend
+from trio_ws.journal_redis import RedisBackend, redis_client
 from trio_ws.journal_sqlite import SqliteBackend
 
-BACKENDS = ("memory", "sqlite")
+BACKENDS = ("memory", "sqlite", "redis")
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Backends:
     kind: str
     home: Path
     boot_id_path: Path
+    client: coredis.Redis[str] | None = None
 
     @property
     def durable(self) -> bool:
@@ -35,16 +40,34 @@ class Backends:
     def __call__(self, history: int = 10_000, history_bytes: int = 1 << 26) -> JournalBackend:
         if self.kind == "memory":
             return MemoryBackend(history=history, history_bytes=history_bytes)
+        if self.client is not None:
+            return RedisBackend(self.client, history=history, history_bytes=history_bytes)
         return SqliteBackend(
             self.home, history=history, history_bytes=history_bytes, boot_id_path=self.boot_id_path
         )
 
 
 @pytest.fixture(params=BACKENDS)
-def backends(request: pytest.FixtureRequest, tmp_path: Path) -> Backends:
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def redis_url(kind: str, request: pytest.FixtureRequest) -> str | None:
+    """The session's redis-server (started on first use) for the redis kind only."""
+    return request.getfixturevalue("redis_server").url if kind == "redis" else None
+
+
+@pytest.fixture
+async def backends(kind: str, redis_url: str | None, tmp_path: Path) -> AsyncIterator[Backends]:
     boot = tmp_path / "boot_id"
     boot.write_text("boot-1\n")
-    return Backends(str(request.param), tmp_path / "home", boot)
+    if redis_url is None:
+        yield Backends(kind, tmp_path / "home", boot)
+        return
+    async with redis_client(redis_url) as client:
+        await client.flushall()
+        yield Backends(kind, tmp_path / "home", boot, client)
 
 
 def events(first: int, last: int, text: Callable[[int], str] | None = None) -> Batch:

@@ -32,10 +32,12 @@ LATENCY_WINDOW: Final = 1024
 JsonObject = dict[str, Any]
 """A JSON-able mapping: what the snapshot state is stored as."""
 
-NewEpochReason = Literal["new", "corrupt", "unclean_reboot"]
+NewEpochReason = Literal["new", "corrupt", "unclean_reboot", "broker_reset"]
 """Why ``open`` started a new epoch: no journal yet (or the memory backend), an
-unreadable journal moved aside, or an unclean stop followed by an OS reboot
-(``synchronous=NORMAL`` commits may have been rolled back by the power loss)."""
+unreadable journal moved aside, an unclean stop followed by an OS reboot
+(``synchronous=NORMAL`` commits may have been rolled back by the power loss), or a
+broker (Redis) that is not the server that wrote the journal (restarted from a
+snapshot that may lack the newest appends)."""
 
 
 class JournalError(Exception):
@@ -45,6 +47,12 @@ class JournalError(Exception):
 class JournalWriteError(JournalError):
     """An append was not committed (disk full, read-only, I/O error); nothing of it
     was written and the journal stays usable: the same append may be retried."""
+
+
+class JournalConflictError(JournalError):
+    """The stored history moved on without this journal (another node appended, the
+    broker lost its data, another epoch began): nothing was written, and no retry
+    will succeed; open the journal again and follow the stored history."""
 
 
 @dataclass(frozen=True, slots=True)
