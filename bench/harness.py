@@ -143,16 +143,16 @@ class Child:
             stdin.write(line + "\n")
             stdin.flush()
         except BrokenPipeError as exc:
-            raise self._failure("stdin closed: the process has exited") from exc
+            raise self.failure("stdin closed: the process has exited") from exc
 
     def read_line(self, timeout: float) -> str:
         try:
             line = self._lines.get(timeout=timeout)
         except queue.Empty:
-            raise self._failure(f"no answer within {timeout:g} s") from None
+            raise self.failure(f"no answer within {timeout:g} s") from None
         if line is None:
             self.proc.wait(timeout=STOP_TIMEOUT)
-            raise self._failure(f"exited with status {self.proc.returncode}")
+            raise self.failure(f"exited with status {self.proc.returncode}")
         return line
 
     def poll_line(self, timeout: float) -> str | None:
@@ -171,16 +171,16 @@ class Child:
         try:
             answer = json.loads(line)
         except ValueError:
-            raise self._failure(f"answered {line!r}, not JSON") from None
+            raise self.failure(f"answered {line!r}, not JSON") from None
         if not isinstance(answer, dict) or "error" in answer:
-            raise self._failure(f"answered {line!r}")
+            raise self.failure(f"answered {line!r}")
         return answer
 
     def request(self, line: str, timeout: float) -> dict[str, Any]:
         self.send(line)
         return self.read(timeout)
 
-    def _failure(self, what: str) -> BenchError:
+    def failure(self, what: str) -> BenchError:
         self._stderr.flush()
         tail = self.stderr_path.read_text(errors="replace")[-2000:].strip()
         return BenchError(f"{self.name} (pid {self.pid}): {what}" + (f"\n{tail}" if tail else ""))
@@ -189,7 +189,7 @@ class Child:
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            raise self._failure(f"still running after {timeout:g} s") from None
+            raise self.failure(f"still running after {timeout:g} s") from None
 
     def stop(self) -> None:
         """End the process if it still runs: SIGTERM, then SIGKILL."""
@@ -226,6 +226,8 @@ class Target:
     port: int
     token: str
     project_dir: Path | None = None
+    home: Path | None = None
+    """trio-ws's home (registry and token), for `trio-ws run` against it."""
 
     @property
     def pid(self) -> int:
@@ -336,7 +338,7 @@ def start_trio_ws(workdir: Path, logs: Path, poll_interval: float = 1.0) -> Targ
     except BaseException:
         child.stop()
         raise
-    return Target("trio-ws", child, int(found.group(1)), token, project)
+    return Target("trio-ws", child, int(found.group(1)), token, project, home)
 
 
 def start_peer(logs: Path) -> Target:

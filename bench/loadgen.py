@@ -15,8 +15,8 @@ commands on stdin, one per line, and answers each with one JSON line:
 server's token in ``$BENCH_PRODUCER_TOKEN``,
 feeds bench lines through the publish endpoint (PROTOCOL.md 4) at full
 speed (at most ``--window`` unacked items) or at ``--rate`` events/s, sending
-what is due every ``--tick`` seconds in one message (``trio-ws run`` batches
-every 50 ms; a tick of 1/rate sends each event alone). It
+what is due every ``--tick`` seconds in one message (a tick of 1/rate sends
+each event alone). It
 prints ``{"started": t}``, answers ``mark`` on stdin with how many items the
 server has acked, and prints its result when done.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
@@ -23,7 +24,7 @@ from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from bench import harness
-from bench.harness import BenchError, Child, Kind, StalledSocket, Subscribers, Target
+from bench.harness import BenchError, Child, Kind, StalledSocket, Subscribers, Target, running
 from bench.stats import (
     busy_cores,
     cpu_seconds,
@@ -38,7 +39,8 @@ TAIL: Final = 1.0
 """The full-speed producer keeps going this long after the window closes."""
 PRODUCER_SLACK: Final = 90.0
 PRODUCER_TICK: Final = 0.05
-"""At a steady rate the producer sends what is due every 50 ms, as `trio-ws run` does."""
+"""At a steady rate the producer sends what is due every 50 ms (as `trio-ws run` did
+until it learnt to send at once when idle)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Plan:
     batch: int = 64
     window: int = 50_000
     line_size: int = 125
+    latency_rate: float = 100.0
+    latency_seconds: float = 8.0
 
 
 FULL: Final = Plan(
@@ -106,6 +110,7 @@ QUICK: Final = Plan(
     polling_many=100,
     polling_seconds=4.0,
     change_samples=5,
+    latency_seconds=4.0,
 )
 
 
@@ -341,7 +346,7 @@ def paced(
 
 def rate(plan: Plan, run_dir: Path) -> dict[str, Any]:
     """Many subscribers at a steady rate: the latency a dashboard sees, with the producer
-    batching every 50 ms as `trio-ws run` does, and sending each event on its own."""
+    batching every 50 ms, and sending each event on its own."""
     return {
         "batched": rate_one(plan, run_dir / "rate-batched", PRODUCER_TICK),
         "per_event": rate_one(plan, run_dir / "rate-per-event", 1 / plan.rate),
@@ -360,6 +365,63 @@ def rate_one(plan: Plan, logs: Path, tick: float) -> dict[str, Any]:
         figures = paced(found, subs, logs, count=count, rate=plan.rate, tick=tick)
     figures["rate"] = plan.rate
     figures["connect_s"] = round(connected["seconds"], 3)
+    return figures
+
+
+# -- what `trio-ws run` adds to a line's latency ------------------------------------------
+
+
+def producer_latency(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """One subscriber, lines at ``latency_rate``/s: printed by a child under `trio-ws run`
+    (print->receive), then sent one per message by a raw producer websocket
+    (send->receive); the difference is what `run` adds."""
+    count = int(plan.latency_rate * plan.latency_seconds)
+    found: dict[str, Any] = {"rate": plan.latency_rate, "lines": count}
+    for how in ("run", "raw"):
+        found[how] = producer_latency_one(plan, run_dir / f"producer-latency-{how}", how, count)
+    for key in ("p50_ms", "p99_ms"):
+        run, raw = found["run"]["latency"].get(key), found["raw"]["latency"].get(key)
+        added = round(run - raw, 3) if run is not None and raw is not None else None
+        found[f"added_{key}"] = added
+    return found
+
+
+def producer_latency_one(plan: Plan, logs: Path, how: str, count: int) -> dict[str, Any]:
+    logs.mkdir(parents=True)
+    with ExitStack() as stack:
+        found = stack.enter_context(harness.target("trio-ws", logs / "server", logs))
+        subs = stack.enter_context(harness.subscribers(found, 1, plan.per_process, logs))
+        subs.connect()
+        if how == "raw":
+            tick = 1 / plan.latency_rate
+            return paced(found, subs, logs, count=count, rate=plan.latency_rate, tick=tick)
+        return run_paced(found, subs, logs, count=count, rate=plan.latency_rate, plan=plan)
+
+
+def run_paced(
+    found: Target, subs: Subscribers, logs: Path, *, count: int, rate: float, plan: Plan
+) -> dict[str, Any]:
+    """`trio-ws run --quiet -- python -m bench.paced_child`: ``count`` lines at ``rate``/s,
+    each stamped when printed; every subscriber must get every line."""
+    if found.home is None:
+        raise BenchError("trio-ws run needs the server's home (a trio-ws target)")
+    child = [sys.executable, "-m", "bench.paced_child", str(count), str(rate), str(plan.line_size)]
+    argv = [harness.trio_ws_command(), "run", harness.PROJECT, "--home", str(found.home)]
+    argv += ["--server", f"http://127.0.0.1:{found.port}", "--quiet", "--", *child]
+    m0 = mark(found, subs, "start")
+    with running(Child("run", argv, logs, stdin=False)) as run:
+        code = run.wait(count / rate + PRODUCER_SLACK)
+        if code != 0:
+            raise run.failure(f"exited with status {code}")
+    drained = subs.broadcast(f"drain {count} 30", timeout=60.0)
+    m1 = mark(found, subs, "stop")
+    counters = trio_ws_counters(found)
+    reports = subs.report()
+    figures = window_figures(found, sum(subs.counts), m0, m1, reports)
+    figures["events"] = count
+    figures["expected_deliveries"] = count * sum(subs.counts)
+    figures["drained"] = all(answer["ok"] for answer in drained)
+    figures["server_counters"] = counters
     return figures
 
 
@@ -579,6 +641,7 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "idle": idle,
     "slow": slow,
     "polling": polling,
+    "producer_latency": producer_latency,
 }
 
 

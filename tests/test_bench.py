@@ -223,6 +223,33 @@ def test_a_failed_scenario_is_named_in_the_page(tmp_path: Path) -> None:
     assert json.loads(data.read_text())["scenarios"]["fanout"]["error"].startswith("BenchError")
 
 
+def latency_run(p50_ms: float) -> dict[str, Any]:
+    latency = {"count": 800, "p50_ms": p50_ms, "p99_ms": 9.0, "max_ms": 10.0, "mean_ms": 2.0}
+    return {
+        "latency": latency,
+        "latency_from_event_timestamp": latency,
+        "deliveries": 800,
+        "expected_deliveries": 800,
+    }
+
+
+@pytest.mark.parametrize(("run_p50", "met"), [(2.5, True), (28.5, False)])
+def test_producer_latency_is_judged_on_what_run_adds(run_p50: float, met: bool) -> None:
+    found = results_with()
+    found["scenarios"]["producer_latency"] = {
+        "rate": 100.0,
+        "lines": 800,
+        "run": latency_run(run_p50),
+        "raw": latency_run(0.75),
+        "added_p50_ms": round(run_p50 - 0.75, 3),
+        "added_p99_ms": 0.0,
+    }
+    (judged,) = [t for t in report.targets(found) if "trio-ws run" in t.target]
+    assert judged.met is met
+    assert f"{run_p50 - 0.75:.2f} ms" in judged.trio_ws
+    assert "## Producer latency" in report.render(found)
+
+
 # -- end to end: real processes on 127.0.0.1 -------------------------------------------------
 
 
@@ -259,3 +286,23 @@ async def test_trio_ws_counts_the_same_deliveries_as_its_subscribers(tmp_path: P
             tiny_run, "trio-ws", tmp_path, abandon_on_cancel=True
         )
     assert figures["server_counters"]["deliveries"] == figures["deliveries"] == 100
+
+
+def tiny_run_paced(workdir: Path) -> dict[str, Any]:
+    """A real `trio-ws run` of the paced child: 20 lines at 100/s to one subscriber."""
+    logs = workdir / "run"
+    logs.mkdir()
+    with (
+        harness.target("trio-ws", logs / "server", logs) as found,
+        harness.subscribers(found, 1, 250, logs) as subs,
+    ):
+        subs.connect()
+        return scenarios.run_paced(found, subs, logs, count=20, rate=100.0, plan=scenarios.QUICK)
+
+
+async def test_run_paced_delivers_every_line_the_child_printed(tmp_path: Path) -> None:
+    with trio.fail_after(E2E_TIMEOUT):
+        figures = await trio.to_thread.run_sync(tiny_run_paced, tmp_path, abandon_on_cancel=True)
+    assert (figures["events"], figures["deliveries"], figures["missed"]) == (20, 20, 0)
+    assert figures["latency"]["count"] == 20
+    assert figures["drained"] is True

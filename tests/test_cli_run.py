@@ -7,13 +7,17 @@ final status (the snapshot's own ``stopped`` comes first and is skipped).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,13 @@ TESTS = Path(__file__).parent
 SCRIPT = str(TESTS / "scripts" / "print_transcript.py")
 TRANSCRIPT = TESTS / "data" / "autoforge-run.txt"
 EXIT_LINE = "[trio-ws] process exited with code"
+PACED_LINES = 40
+IDLE_LATENCY_BOUND = 0.015
+"""Median print-to-subscriber seconds of a paced child's lines; 50 ms batching gave ~25."""
+BURST_LINES = 8_000
+"""Within the server's event history, so a subscriber that falls behind catches up whole."""
+BURST_MESSAGES_MAX = 80
+"""``lines`` messages a burst of `BURST_LINES` may take: at least 100 lines each on average."""
 
 Message = dict[str, Any]
 
@@ -73,8 +84,10 @@ async def start(
     keep_stdin_open: bool = False,
     close_stdout: bool = False,
     stall_stdout: bool = False,
+    port: int | None = None,
 ) -> Run:
-    """Start ``trio-ws COMMAND demo`` against ``server``; collect its output in the background."""
+    """Start ``trio-ws COMMAND demo`` against ``server`` (through ``port`` if given, a relay
+    in front of it); collect its output in the background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
     process = await trio.lowlevel.open_process(
         [
@@ -82,7 +95,7 @@ async def start(
             command,
             "demo",
             "--server",
-            f"http://127.0.0.1:{server.port}",
+            f"http://127.0.0.1:{port or server.port}",
             "--token",
             TOKEN,
             "--home",
@@ -280,6 +293,131 @@ async def test_run_stops_on_sigterm_while_its_stdout_is_stalled(
         seen = await receive_until(ws, status_is("stopped", "crashed"))
         assert await run.wait() == 128 + signal.SIGTERM
     assert statuses(seen) == ["stopped"]
+
+
+async def test_run_sends_a_line_from_an_idle_child_at_once(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A child printing 100 lines/s, each stamped with the time it was printed: the
+    subscriber gets each well within the 50 ms `run` used to wait before sending
+    (the median, so one late wake-up on a busy machine cannot fail it)."""
+    path = tmp_path / "paced.txt"
+    path.write_text("".join(f"paced {index}\n" for index in range(PACED_LINES)))
+    delays: list[float] = []
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--quiet", "--",
+            *child(str(path), "--stamp", "--pause", "0.01"),
+        )  # fmt: skip
+        await receive_until(ws, status_is("running"))
+        while len(delays) < PACED_LINES:
+            message = await receive(ws)
+            if message["type"] == "log" and " paced " in message["line"]:
+                delays.append(time.time() - float(message["line"].split()[0]))
+        assert await run.wait() == 0
+    assert statistics.median(delays) < IDLE_LATENCY_BOUND, sorted(delays)
+
+
+class ProducerTap:
+    """What a producer sends, read off the bytes a relay passes to the server: the
+    upgrade request, then masked client frames, kept as decoded text messages."""
+
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self._buffer = bytearray()
+        self._upgraded = False
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        if not self._upgraded:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            del self._buffer[: end + 4]
+            self._upgraded = True
+        while (frame := self._frame()) is not None:
+            opcode, payload = frame
+            if opcode == 0x1:  # text; a producer never fragments, pings are not counted
+                self.messages.append(json.loads(payload))
+
+    def _frame(self) -> tuple[int, bytes] | None:
+        buffer = self._buffer
+        if len(buffer) < 2:
+            return None
+        size, at = buffer[1] & 0x7F, 2
+        if size >= 126:
+            width = 2 if size == 126 else 8
+            if len(buffer) < at + width:
+                return None
+            size, at = int.from_bytes(buffer[at : at + width], "big"), at + width
+        if len(buffer) < at + 4 + size:
+            return None
+        key, masked = bytes(buffer[at : at + 4]), bytes(buffer[at + 4 : at + 4 + size])
+        mask = (key * (size // 4 + 1))[:size]
+        payload = (int.from_bytes(masked, "big") ^ int.from_bytes(mask, "big")).to_bytes(
+            size, "big"
+        )
+        opcode = buffer[0] & 0x0F
+        del buffer[: at + 4 + size]
+        return opcode, payload
+
+
+async def relay(nursery: trio.Nursery, server: Server, tap: ProducerTap) -> int:
+    """A TCP relay to ``server`` on a port of its own that shows ``tap`` what clients send."""
+
+    async def pipe(
+        source: trio.SocketStream, sink: trio.SocketStream, tap: ProducerTap | None
+    ) -> None:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            while data := await source.receive_some(65536):
+                if tap is not None:
+                    tap.feed(data)
+                await sink.send_all(data)
+            await sink.send_eof()
+
+    async def handle(client: trio.SocketStream) -> None:
+        upstream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with client, upstream, trio.open_nursery() as both:
+            both.start_soon(pipe, upstream, client, None)
+            both.start_soon(pipe, client, upstream, tap)
+
+    listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def test_run_coalesces_a_burst_into_few_messages(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """8,000 lines printed in one write go out in few messages, not one each (the
+    relay counts them), and every line reaches the server and the subscriber once,
+    in order. (A child printing line by line no faster than `run` sends gets its
+    lines sent as they come: nothing is in flight to batch them behind.)"""
+    lines = [f"burst {index:05d}" for index in range(BURST_LINES)]
+    path = tmp_path / "burst.txt"
+    path.write_text("".join(f"{line}\n" for line in lines))
+    tap = ProducerTap()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        port = await relay(nursery, server, tap)
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--quiet", "--", *child(str(path), "--at-once"), port=port
+        )
+        await receive_until(ws, status_is("running"))
+        seen = await receive_until(ws, status_is("stopped"), limit=2 * BURST_LINES)
+        assert await run.wait() == 0
+    print(
+        "TAP",
+        len(tap.messages),
+        sorted(len(b["lines"]) for b in tap.messages if b["type"] == "lines")[:8],
+    )
+    assert logs(seen) == [*lines, f"{EXIT_LINE} 0"]
+    batches = [message for message in tap.messages if message["type"] == "lines"]
+    sent = [line for batch in batches for line in batch["lines"]]
+    assert sent == [*lines, f"{EXIT_LINE} 0"][: len(sent)]
+    assert len(sent) == BURST_LINES  # the exit line is the server's own
+    assert len(batches) <= BURST_MESSAGES_MAX, [len(batch["lines"]) for batch in batches]
 
 
 async def test_run_merges_stderr_keeps_final_partial_line_and_replaces_bad_utf8(

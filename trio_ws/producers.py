@@ -66,7 +66,6 @@ Report = Callable[[str], None]
 DEFAULT_CAPACITY: Final = 100_000
 """Unacked items an outbox holds before it drops new lines."""
 BATCH_LINES: Final = 256
-BATCH_INTERVAL: Final = 0.05
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 CONNECT_TIMEOUT: Final = 5.0
@@ -405,7 +404,6 @@ class Producer:
         outbox: Outbox | None = None,
         on_control: Callable[[str], None] | None = None,
         report: Report = stderr_report,
-        batch_interval: float = BATCH_INTERVAL,
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
         connect_timeout: float = CONNECT_TIMEOUT,
@@ -416,7 +414,6 @@ class Producer:
         self.outbox = outbox if outbox is not None else Outbox()
         self.on_control = on_control
         self.report = report
-        self.batch_interval = batch_interval
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
@@ -596,13 +593,19 @@ class Producer:
                 self.report(f"server says: {message.get('content')}")
 
     async def _send(self, ws: WebSocketConnection) -> None:
+        """Write what is unsent the moment the writer is idle; what arrives while a
+        write is outstanding waits for it and goes in the next batch.
+
+        No timer: a line from a quiet child leaves at once, and a burst still
+        travels in few messages, because the socket's own pace (a full send
+        buffer, a busy server) is what lets the next batch grow.
+        """
         while True:
             while not self.outbox.unsent:
                 self._wake = trio.Event()
                 await self._wake.wait()
             for message in self.outbox.take():
                 await ws.send_message(protocol.encode(message))
-            await trio.sleep(self.batch_interval)
 
 
 class _ServerError(Exception):

@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--invalid-utf8", action="store_true", help="add a line with bad bytes")
     parser.add_argument("--stderr", action="store_true", help="print odd lines to stderr")
     parser.add_argument("--pid", action="store_true", help="print 'pid N' first")
+    parser.add_argument("--stamp", action="store_true", help="start each line with time.time()")
+    parser.add_argument("--at-once", action="store_true", help="print every line in one write")
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--gate", help="after --gate-after lines, wait until this file exists")
     parser.add_argument("--gate-after", type=int, default=0)
@@ -46,9 +48,14 @@ def main() -> int:
         lines.append(b"bad \xff\xfe bytes\n")
     if args.no_final_newline and lines:
         lines[-1] = lines[-1].rstrip(b"\n")
+    if args.at_once:
+        write(out, b"".join(lines))
+        lines = []
     for index, line in enumerate(lines):
         if args.gate and index == args.gate_after:
             wait_for(args.gate)
+        if args.stamp:
+            line = f"{time.time():.6f} ".encode() + line
         write(sys.stderr.buffer if args.stderr and index % 2 else out, line)
         if args.pause:
             time.sleep(args.pause)
