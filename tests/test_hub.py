@@ -114,11 +114,33 @@ async def test_fresh_sync_order(nursery: trio.Nursery) -> None:
     assert reader.received[0]["seq"] == hub.seq
 
 
+async def test_backlog_zero_snapshot_has_only_the_latest_orchestrator_update(
+    nursery: trio.Nursery,
+) -> None:
+    """A client that appends what it gets (backlog 0) is not handed older updates again."""
+    hub = ProjectHub("demo")
+    hub.feed_lines(
+        [
+            "Running initializer agent...",
+            "INITIALIZATION COMPLETE - Starting feature loop",
+            "Started coding agent for feature #1",
+        ]
+    )
+    bare = await start_reader(nursery, hub)
+    asked = await start_reader(nursery, hub, backlog=1)
+
+    def updates(reader: Reader) -> list[str]:
+        return [m["eventType"] for m in reader.received if m["type"] == "orchestrator_update"]
+
+    assert updates(bare) == ["coding_spawn"]
+    assert updates(asked) == ["init_start", "init_complete", "coding_spawn"]
+
+
 async def test_snapshot_messages_keep_their_seq(nursery: trio.Nursery) -> None:
     hub = ProjectHub("demo")
     hub.set_status("running")
     hub.feed_lines(log_lines(2))
-    reader = await start_reader(nursery, hub)
+    reader = await start_reader(nursery, hub, backlog=2)
     status = next(m for m in reader.received if m["type"] == "agent_status")
     assert status["seq"] == 1
     assert [m["seq"] for m in reader.received if m["type"] == "log"] == [2, 3]

@@ -263,7 +263,7 @@ class ProjectHub:
         return self.history.oldest_seq
 
     def subscribe(
-        self, since: int | None = None, epoch: str | None = None, backlog: int = 100
+        self, since: int | None = None, epoch: str | None = None, backlog: int = 0
     ) -> Subscriber:
         """Register a subscriber and fix what it is sent first; contains no checkpoint.
 
@@ -416,7 +416,9 @@ class ProjectHub:
         ]
         if self._progress_event is not None:
             items.append(self._progress_event)
-        items.extend(self._orchestrator)
+        # Backlog 0 is a client that appends whatever it gets (the AutoForge UI):
+        # only the latest orchestrator update, so a reconnect repeats none.
+        items.extend(list(self._orchestrator)[-1:] if backlog == 0 else self._orchestrator)
         items.extend(self._agents[index] for index in sorted(self._agents))
         if backlog:
             items.extend(self._logs.tail(backlog))
