@@ -18,6 +18,7 @@ from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.progress import Progress
+from trio_ws.protocol import iso_timestamp
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 
@@ -566,3 +567,15 @@ async def test_serve_history_bytes_bounds_what_a_resume_reaches(
     assert near_opening[1] == {"type": "resumed", "since": 31, "seq": 41}
     assert [m["seq"] for m in near_opening[2:]] == list(range(32, 42))
     assert far_opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": 41}
+
+
+async def test_progress_and_status_events_are_dated_by_the_hub_clock() -> None:
+    """A chart places both on a time axis (PROTOCOL.md revision 2, additive)."""
+    hub = ProjectHub("demo", clock=lambda: 1_700_000_000.25)
+    hub.set_status("running")
+    hub.publish_progress(Progress(passing=1, in_progress=0, total=2, needs_human_input=0))
+    held = hub.held(frozenset({"agent_status", "progress"}))
+    assert [(m["type"], m["seq"], m["timestamp"]) for m in held] == [
+        ("agent_status", 1, iso_timestamp(1_700_000_000.25)),
+        ("progress", 2, iso_timestamp(1_700_000_000.25)),
+    ]

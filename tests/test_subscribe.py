@@ -317,7 +317,7 @@ async def test_fresh_sync_sends_snapshot_in_protocol_order(
     }
     assert hello["server"].startswith("trio-ws/")
     assert snapshot == expected
-    progress = {k: v for k, v in snapshot[2].items() if k != "seq"}
+    progress = {k: v for k, v in snapshot[2].items() if k not in ("seq", "timestamp")}
     assert progress == {
         "type": "progress",
         "passing": 3,
@@ -503,7 +503,12 @@ async def test_mid_run_joiner_gets_active_agents_and_orchestrator_state(
         "coding_spawn",
         "coding_spawn",
     ]
-    assert received[1] == {"type": "agent_status", "status": "running", "seq": 1}
+    assert received[1] == {
+        "type": "agent_status",
+        "status": "running",
+        "seq": 1,
+        "timestamp": received[1]["timestamp"],
+    }
 
 
 # -- resume -------------------------------------------------------------------

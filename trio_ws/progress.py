@@ -45,9 +45,10 @@ class Progress(NamedTuple):
             return 0
         return round(self.passing / self.total * 100, 1)
 
-    def to_message(self) -> Message:
-        """The ``progress`` event of PROTOCOL.md 3.2 (the hub adds ``seq``)."""
-        return {
+    def to_message(self, timestamp: str | None = None) -> Message:
+        """The ``progress`` event of PROTOCOL.md 3.2 (the hub adds ``seq``); the optional
+        ``timestamp`` places it on a progress chart."""
+        message: Message = {
             "type": "progress",
             "passing": self.passing,
             "in_progress": self.in_progress,
@@ -55,6 +56,9 @@ class Progress(NamedTuple):
             "percentage": self.percentage,
             "needs_human_input": self.needs_human_input,
         }
+        if timestamp is not None:
+            message["timestamp"] = timestamp
+        return message
 
 
 NO_PROGRESS: Final = Progress(passing=0, in_progress=0, total=0, needs_human_input=0)
