@@ -210,6 +210,7 @@ class ProjectHub:
         self._warnings: dict[str, tuple[int, Outgoing]] = {}
         """Standing warnings by key, each with its serial (which orders them)."""
         self._warning_serial = 0
+        self._agent_status_changed = trio.Event()
 
     # -- producer side: synchronous, never blocks ------------------------------
 
@@ -261,6 +262,11 @@ class ProjectHub:
 
     def has_warning(self, key: str) -> bool:
         return key in self._warnings
+
+    def agent_status_changed(self) -> trio.Event:
+        """Set when the next ``agent_status`` event is published (a control request
+        waits on it to answer with the status after its action)."""
+        return self._agent_status_changed
 
     def held(self, types: frozenset[str]) -> list[Message]:
         """The held events of ``types``, decoded, oldest first (for the HTTP views:
@@ -477,6 +483,8 @@ class ProjectHub:
             self._orchestrator.append(item)
         elif kind == "agent_status":
             self._agent_status = item
+            self._agent_status_changed.set()
+            self._agent_status_changed = trio.Event()
             if message["status"] in ("stopped", "crashed"):
                 self._agents.clear()
         elif kind == "dev_server_status":
