@@ -24,6 +24,9 @@ import trio
 MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_BODY_BYTES: Final = 64 * 1024
 """Most request body bytes read (and discarded); AutoForge's control POSTs send none or ``{}``."""
+LINGER_BYTES: Final = 1024 * 1024
+LINGER_TIMEOUT: Final = 2.0
+"""Bounds on draining a refused body after the answer (`linger`)."""
 RECEIVE_SIZE: Final = 4096
 STALL_TIMEOUT: Final = 30.0
 """A write that makes no progress for this long cuts the connection (HTTP and websocket)."""
@@ -211,6 +214,17 @@ async def discard_body(
             return size
         else:
             raise BadRequest(400, f"unexpected HTTP event {type(event).__name__}", connection)
+
+
+async def linger(stream: trio.SocketStream) -> None:
+    """After answering a request whose body was left unread (413): half-close and drop
+    what the peer still sends, within bounds, so that closing with unread bytes does
+    not reset the connection and destroy the answer before the peer reads it."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        await stream.send_eof()
+        drained = 0
+        while drained < LINGER_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
+            drained += len(data)
 
 
 def declared_body_size(head: RequestHead) -> int | None:

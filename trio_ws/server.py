@@ -40,6 +40,7 @@ from trio_ws.httpio import (
     WriteStalled,
     declared_body_size,
     discard_body,
+    linger,
     read_request_head,
     send_json,
     send_response,
@@ -358,6 +359,8 @@ async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: Se
             failure = (408, "request body not received in time")
     if failure is not None:
         await send_json(stream, head.connection, failure[0], {"detail": failure[1]})
+        if failure[0] == 413:
+            await linger(stream)
         return False
     return True
 
