@@ -45,7 +45,7 @@ async def act(
     before = hub.agent.status
     refusal = await manager.control(hub.name, action)
     if refusal is not None:
-        return {"success": False, "status": before, "message": refusal}
+        return {"success": False, "status": hub.agent.status, "message": refusal}
     with trio.move_on_after(settle_timeout):
         while hub.agent.status == before:
             await hub.agent_status_changed().wait()
