@@ -61,11 +61,16 @@ Flag = bool | None
 
 @dataclass(frozen=True)
 class Row:
-    """One feature's status flags; every other column gets a filler value."""
+    """One feature's status flags, and what the board shows of it; the other columns
+    get a filler value. ``dependencies`` is the raw column text (None is NULL)."""
 
     passes: Flag = False
     in_progress: Flag = False
     needs_human_input: Flag = False
+    priority: int = 1
+    category: str = "core"
+    name: str = "feature"
+    dependencies: str | None = None
 
 
 def rows(
@@ -131,13 +136,17 @@ def _columns(conn: sqlite3.Connection) -> frozenset[str]:
 
 def _insert_statement(columns: frozenset[str], row: Row) -> tuple[str, Sequence[object]]:
     values: dict[str, object] = {
-        "priority": 1,
-        "category": "core",
-        "name": "feature",
+        "priority": row.priority,
+        "category": row.category,
+        "name": row.name,
         "description": "a feature",
         "steps": "[]",
         "passes": row.passes,
     }
+    if row.dependencies is not None:
+        if "dependencies" not in columns:
+            raise ValueError("this schema has no dependencies column to set")
+        values["dependencies"] = row.dependencies
     for flag in ("in_progress", "needs_human_input"):
         value = getattr(row, flag)
         if flag in columns:

@@ -65,19 +65,45 @@ async def http_get(
     server: Server, path: str, headers: dict[str, str] | None = None
 ) -> tuple[int, dict[str, str], bytes]:
     """A raw HTTP/1.1 GET over a real socket; returns status, headers and body."""
+    return await http_request(server, "GET", path, headers)
+
+
+async def http_json(
+    server: Server,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, Any]:
+    """``http_request`` with the body decoded as JSON."""
+    status, _, raw = await http_request(server, method, path, headers, body)
+    return status, json.loads(raw)
+
+
+async def http_request(
+    server: Server,
+    method: str,
+    path: str,
+    headers: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """A raw HTTP/1.1 request over a real socket (with ``Content-Length`` when it has a
+    body); returns status, headers and body."""
     stream = await trio.open_tcp_stream("127.0.0.1", server.port)
     async with stream:
-        lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
         lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
-        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
         data = b""
         while chunk := await stream.receive_some(65536):
             data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
+    head, _, received = data.partition(b"\r\n\r\n")
     status_line, *header_lines = head.decode("latin-1").split("\r\n")
     status = int(status_line.split()[1])
     parsed = {}
     for line in header_lines:
         key, _, value = line.partition(":")
         parsed[key.strip().lower()] = value.strip()
-    return status, parsed, body
+    return status, parsed, received

@@ -16,9 +16,11 @@ import trio
 import trio.testing
 
 from trio_ws.httpio import (
+    MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     BadRequest,
     RequestHead,
+    discard_body,
     read_request_head,
     send_json,
     send_response,
@@ -286,3 +288,41 @@ async def test_a_response_to_head_has_headers_but_no_body() -> None:
         answer += chunk
     assert answer.startswith(b"HTTP/1.1 405 Method Not Allowed\r\n")
     assert answer.endswith(b"\r\n\r\n")
+
+
+# -- request bodies ---------------------------------------------------------------
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+async def discard(data: bytes, max_bytes: int = MAX_BODY_BYTES) -> int:
+    """The size `discard_body` reports for the body that follows a POST head in ``data``."""
+    client, server = trio.testing.memory_stream_pair()
+    await client.send_all(data)
+    await client.send_eof()
+    head = await read_request_head(server)
+    assert head is not None and head.method == "POST"
+    return await discard_body(server, head.connection, max_bytes)
+
+
+async def test_a_body_is_read_to_its_end_whether_sized_or_chunked() -> None:
+    sized = request("/", "Content-Length: 2", method="POST") + b"{}"
+    chunks = request("/", "Transfer-Encoding: chunked", method="POST")
+    assert await discard(sized) == 2
+    assert await discard(chunks + chunked(b"ab", b"cde")) == 5
+    assert await discard(request("/", method="POST")) == 0
+
+
+async def test_a_chunked_body_over_the_cap_is_413_while_it_is_read() -> None:
+    chunks = request("/", "Transfer-Encoding: chunked", method="POST")
+    with pytest.raises(BadRequest) as caught:
+        await discard(chunks + chunked(b"a" * 60, b"b" * 60), max_bytes=100)
+    assert caught.value.status == 413
+
+
+async def test_a_body_cut_short_is_a_bad_request() -> None:
+    with pytest.raises(BadRequest) as caught:
+        await discard(request("/", "Content-Length: 10", method="POST") + b"{}")
+    assert caught.value.status == 400

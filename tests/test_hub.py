@@ -18,6 +18,7 @@ from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.progress import Progress
+from trio_ws.protocol import iso_timestamp
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 
@@ -114,11 +115,33 @@ async def test_fresh_sync_order(nursery: trio.Nursery) -> None:
     assert reader.received[0]["seq"] == hub.seq
 
 
+async def test_backlog_zero_snapshot_has_only_the_latest_orchestrator_update(
+    nursery: trio.Nursery,
+) -> None:
+    """A client that appends what it gets (backlog 0) is not handed older updates again."""
+    hub = ProjectHub("demo")
+    hub.feed_lines(
+        [
+            "Running initializer agent...",
+            "INITIALIZATION COMPLETE - Starting feature loop",
+            "Started coding agent for feature #1",
+        ]
+    )
+    bare = await start_reader(nursery, hub)
+    asked = await start_reader(nursery, hub, backlog=1)
+
+    def updates(reader: Reader) -> list[str]:
+        return [m["eventType"] for m in reader.received if m["type"] == "orchestrator_update"]
+
+    assert updates(bare) == ["coding_spawn"]
+    assert updates(asked) == ["init_start", "init_complete", "coding_spawn"]
+
+
 async def test_snapshot_messages_keep_their_seq(nursery: trio.Nursery) -> None:
     hub = ProjectHub("demo")
     hub.set_status("running")
     hub.feed_lines(log_lines(2))
-    reader = await start_reader(nursery, hub)
+    reader = await start_reader(nursery, hub, backlog=2)
     status = next(m for m in reader.received if m["type"] == "agent_status")
     assert status["seq"] == 1
     assert [m["seq"] for m in reader.received if m["type"] == "log"] == [2, 3]
@@ -544,3 +567,15 @@ async def test_serve_history_bytes_bounds_what_a_resume_reaches(
     assert near_opening[1] == {"type": "resumed", "since": 31, "seq": 41}
     assert [m["seq"] for m in near_opening[2:]] == list(range(32, 42))
     assert far_opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": 41}
+
+
+async def test_progress_and_status_events_are_dated_by_the_hub_clock() -> None:
+    """A chart places both on a time axis (PROTOCOL.md revision 2, additive)."""
+    hub = ProjectHub("demo", clock=lambda: 1_700_000_000.25)
+    hub.set_status("running")
+    hub.publish_progress(Progress(passing=1, in_progress=0, total=2, needs_human_input=0))
+    held = hub.held(frozenset({"agent_status", "progress"}))
+    assert [(m["type"], m["seq"], m["timestamp"]) for m in held] == [
+        ("agent_status", 1, iso_timestamp(1_700_000_000.25)),
+        ("progress", 2, iso_timestamp(1_700_000_000.25)),
+    ]

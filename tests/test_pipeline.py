@@ -213,7 +213,7 @@ def test_an_empty_line_is_a_real_log_line() -> None:
 def test_drain_literal_sets_paused_graceful() -> None:
     pipeline = running_agent()
     events = pipeline.feed_line("All agents drained - paused.")
-    assert events[0] == {"type": "agent_status", "status": "paused_graceful"}
+    assert events[0] == {"type": "agent_status", "status": "paused_graceful", "timestamp": at(1)}
     assert pipeline.status == "paused_graceful"
 
 
@@ -221,14 +221,14 @@ def test_resume_literal_sets_running() -> None:
     pipeline = running_agent()
     pipeline.feed_line("All agents drained - paused.")
     events = pipeline.feed_line("Resuming from graceful pause...")
-    assert events[0] == {"type": "agent_status", "status": "running"}
+    assert events[0] == {"type": "agent_status", "status": "running", "timestamp": at(2)}
     assert pipeline.status == "running"
 
 
 def test_a_status_literal_anywhere_in_the_line_counts() -> None:
     pipeline = running_agent()
     events = pipeline.feed_line("12:00:01 All agents drained - paused. (3 agents)")
-    assert events[0] == {"type": "agent_status", "status": "paused_graceful"}
+    assert events[0] == {"type": "agent_status", "status": "paused_graceful", "timestamp": at(1)}
 
 
 def test_a_status_literal_without_a_change_emits_no_status() -> None:

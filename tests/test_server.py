@@ -1203,7 +1203,11 @@ _QUERY_PIECES = st.sampled_from(
         *("0", "1", "-", "_", HUGE, "%D9%A3", "%F0%9F%92%A9", ";", "x", "%ZZ", "%26"),
     ]
 )
-_QUERIES = st.lists(_QUERY_PIECES, max_size=12).map("".join)
+_QUERIES = (
+    st.lists(_QUERY_PIECES, max_size=12)
+    .map("".join)
+    .filter(lambda query: len(query) < 12_000)  # a head over 16 KiB is a 431, tested elsewhere
+)
 
 
 async def test_any_query_string_gets_hello_and_never_1011(

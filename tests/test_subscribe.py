@@ -23,7 +23,7 @@ import trio.testing
 import wsproto
 from features_db import create_db, db_path, rows
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 from wsproto.events import (
     AcceptConnection,
     CloseConnection,
@@ -317,7 +317,7 @@ async def test_fresh_sync_sends_snapshot_in_protocol_order(
     }
     assert hello["server"].startswith("trio-ws/")
     assert snapshot == expected
-    progress = {k: v for k, v in snapshot[2].items() if k != "seq"}
+    progress = {k: v for k, v in snapshot[2].items() if k not in ("seq", "timestamp")}
     assert progress == {
         "type": "progress",
         "passing": 3,
@@ -354,6 +354,87 @@ async def test_backlog_zero_sends_no_log_lines(
         "log",
     ]
     assert received[-1]["line"] == "after the snapshot"
+
+
+class Producer:
+    """A real agent producer on the publish endpoint, numbering its items from 1."""
+
+    def __init__(self, ws: WebSocketConnection) -> None:
+        self.ws = ws
+        self.pseq = 0
+
+    @classmethod
+    async def connect(cls, nursery: trio.Nursery, server: Server) -> Producer:
+        ws = await connect_websocket_url(
+            nursery,
+            f"ws://127.0.0.1:{server.port}/ws/projects/demo/publish",
+            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+        )
+        await ws.send_message(json.dumps({"type": "hello", "producer": "ui", "stream": "agent"}))
+        assert (await receive(ws))["type"] == "welcome"
+        return cls(ws)
+
+    async def status(self, status: str) -> None:
+        self.pseq += 1
+        await self.ws.send_message(
+            json.dumps({"type": "status", "pseq": self.pseq, "status": status})
+        )
+        await self._acked()
+
+    async def lines(self, lines: list[str]) -> None:
+        first = self.pseq + 1
+        self.pseq += len(lines)
+        await self.ws.send_message(json.dumps({"type": "lines", "first": first, "lines": lines}))
+        await self._acked()
+
+    async def _acked(self) -> None:
+        await receive_until(self.ws, lambda m: m["type"] == "ack" and m["pseq"] >= self.pseq)
+
+
+async def record_like_the_ui(ws: WebSocketConnection, server: Server) -> list[Msg]:
+    """What the AutoForge UI appends: the snapshot (a pong marks its end), then live
+    events up to the hub's head."""
+    await ws.send_message('{"type":"ping"}')
+    seen = await receive_until(ws, lambda m: m["type"] == "pong")
+    head = hub_of(server).seq
+    if max(event_seqs(seen), default=0) < head:
+        seen += await receive_until(ws, seq_at_least(head))
+    return seen
+
+
+async def test_a_client_reconnecting_without_parameters_is_given_nothing_twice(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """The AutoForge UI connects with no query and appends whatever it receives; its
+    reconnect must repeat no log line and no orchestrator update (PROTOCOL.md 3)."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        producer = await Producer.connect(nursery, server)
+        await producer.status("running")
+        await producer.lines(RUN[:60])
+        first = await connect(nursery, server)
+        received = await record_like_the_ui(first, server)
+        await producer.lines(RUN[60:120])
+        received += await receive_until(first, seq_at_least(hub_of(server).seq))
+        await first.aclose()
+        await producer.lines(RUN[120:170])  # while the UI is away
+        second = await connect(nursery, server)
+        again = await record_like_the_ui(second, server)
+        await producer.lines(RUN[170:])
+        again += await receive_until(second, seq_at_least(hub_of(server).seq))
+
+    def seqs_of(kind: str) -> list[int]:
+        return [m["seq"] for m in received + again if m["type"] == kind]
+
+    for kind in ("log", "orchestrator_update"):
+        assert len(seqs_of(kind)) == len(set(seqs_of(kind))), f"a {kind} came twice"
+    # Both connections really carried both kinds, the reconnect's snapshot included.
+    for messages in (received, again):
+        kinds = {m["type"] for m in messages}
+        assert {"log", "orchestrator_update", "agent_status"} <= kinds
+    snapshot = again[: next(i for i, m in enumerate(again) if m["type"] == "pong")]
+    assert [m["type"] for m in snapshot if m["type"] in ("log", "orchestrator_update")] == [
+        "orchestrator_update"
+    ]
 
 
 async def test_live_events_continue_from_the_snapshot_without_gap(
@@ -398,7 +479,7 @@ async def test_mid_run_joiner_gets_active_agents_and_orchestrator_state(
     hub.set_status("running")
     hub.feed_lines(RUN[:150])  # two coding agents at work, nobody was watching
     with trio.fail_after(NETWORK_TIMEOUT):
-        ws = await connect(nursery, server, backlog=0)
+        ws = await connect(nursery, server, backlog=1)
         await ws.send_message('{"type":"ping"}')  # the pong follows the whole snapshot
         received = await receive_until(ws, lambda m: m["type"] == "pong")
 
@@ -422,7 +503,12 @@ async def test_mid_run_joiner_gets_active_agents_and_orchestrator_state(
         "coding_spawn",
         "coding_spawn",
     ]
-    assert received[1] == {"type": "agent_status", "status": "running", "seq": 1}
+    assert received[1] == {
+        "type": "agent_status",
+        "status": "running",
+        "seq": 1,
+        "timestamp": received[1]["timestamp"],
+    }
 
 
 # -- resume -------------------------------------------------------------------

@@ -22,6 +22,11 @@ import h11
 import trio
 
 MAX_HEAD_BYTES: Final = 16 * 1024
+MAX_BODY_BYTES: Final = 64 * 1024
+"""Most request body bytes read (and discarded); AutoForge's control POSTs send none or ``{}``."""
+LINGER_BYTES: Final = 1024 * 1024
+LINGER_TIMEOUT: Final = 2.0
+"""Bounds on draining a refused body after the answer (`linger`)."""
 RECEIVE_SIZE: Final = 4096
 STALL_TIMEOUT: Final = 30.0
 """A write that makes no progress for this long cuts the connection (HTTP and websocket)."""
@@ -35,6 +40,7 @@ REASONS: Final = {
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
+    413: b"Content Too Large",
     426: b"Upgrade Required",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
@@ -180,6 +186,53 @@ async def read_request_head(
         raise BadRequest(400, f"unexpected HTTP event {type(event).__name__}", connection)
 
 
+async def discard_body(
+    stream: trio.abc.Stream, connection: h11.Connection, max_bytes: int = MAX_BODY_BYTES
+) -> int:
+    """Read the request's body to its end and drop it; returns its size.
+
+    Read rather than left unread, because closing a socket with unread bytes
+    resets the connection, and the reset can destroy the answer before the
+    client reads it. Raises `BadRequest` 413 as soon as the body is known to be
+    over ``max_bytes`` (from ``Content-Length`` or while reading, chunked
+    bodies included), 400 for a malformed or cut-off body. The caller bounds
+    the time this may take.
+    """
+    size = 0
+    while True:
+        try:
+            event = connection.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise BadRequest(exc.error_status_hint, str(exc), connection) from None
+        if event is h11.NEED_DATA:
+            connection.receive_data(bytes(await stream.receive_some(RECEIVE_SIZE)))
+        elif isinstance(event, h11.Data):
+            size += len(event.data)
+            if size > max_bytes:
+                raise BadRequest(413, f"request body over the {max_bytes} byte limit", connection)
+        elif isinstance(event, h11.EndOfMessage):
+            return size
+        else:
+            raise BadRequest(400, f"unexpected HTTP event {type(event).__name__}", connection)
+
+
+async def linger(stream: trio.SocketStream) -> None:
+    """After answering a request whose body was left unread (413): half-close and drop
+    what the peer still sends, within bounds, so that closing with unread bytes does
+    not reset the connection and destroy the answer before the peer reads it."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        await stream.send_eof()
+        drained = 0
+        while drained < LINGER_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
+            drained += len(data)
+
+
+def declared_body_size(head: RequestHead) -> int | None:
+    """The ``Content-Length`` the request declared, if any (h11 has checked its form)."""
+    raw = head.header("content-length")
+    return int(raw) if raw is not None and raw.strip().isdigit() else None
+
+
 def _head_from(event: h11.Request, connection: HttpConnection) -> RequestHead:
     try:
         target = event.target.decode("ascii")
@@ -237,7 +290,11 @@ async def send_response(
 
 
 async def send_json(
-    stream: trio.abc.Stream, connection: h11.Connection, status: int, payload: Any
+    stream: trio.abc.Stream,
+    connection: h11.Connection,
+    status: int,
+    payload: Any,
+    extra_headers: list[tuple[str, str]] | None = None,
 ) -> None:
     body = json.dumps(payload, separators=(",", ":")).encode()
-    await send_response(stream, connection, status, body, "application/json")
+    await send_response(stream, connection, status, body, "application/json", extra_headers)

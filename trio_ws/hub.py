@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import json
 import secrets
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -141,6 +142,10 @@ class History:
         start = max(0, len(self._items) - count)
         return list(itertools.islice(self._items, start, None))
 
+    def of_types(self, types: frozenset[str]) -> list[Outgoing]:
+        """Every held event of one of ``types``, oldest first."""
+        return [item for item in self._items if item.type in types]
+
     def after(self, seq: int, limit: int) -> list[Outgoing]:
         """Up to ``limit`` held events with a seq greater than ``seq``, in order."""
         start = bisect.bisect_right(self._items, seq, key=_seq_of)
@@ -184,6 +189,7 @@ class ProjectHub:
         self.epoch = secrets.token_hex(8)
         self.seq = 0
         self.queue_size = queue_size
+        self._clock = clock
         self.agent = AgentPipeline(clock, extra_secrets)
         self.dev = DevPipeline(clock, extra_secrets)
         self.progress: Progress | None = None
@@ -204,6 +210,7 @@ class ProjectHub:
         self._warnings: dict[str, tuple[int, Outgoing]] = {}
         """Standing warnings by key, each with its serial (which orders them)."""
         self._warning_serial = 0
+        self._agent_status_changed = trio.Event()
 
     # -- producer side: synchronous, never blocks ------------------------------
 
@@ -216,7 +223,11 @@ class ProjectHub:
     def set_status(self, status: str, stream: Stream = "agent") -> None:
         """Apply a producer status; only a real change becomes an event."""
         pipeline = self.agent if stream == "agent" else self.dev
-        self._publish(pipeline.set_status(status))
+        events = pipeline.set_status(status)
+        for event in events:
+            if event["type"] == "agent_status":
+                event["timestamp"] = protocol.iso_timestamp(self._clock())
+        self._publish(events)
 
     def publish_progress(self, progress: Progress) -> bool:
         """Publish ``progress`` if any of its counts changed; True when it did."""
@@ -224,7 +235,7 @@ class ProjectHub:
         if progress == self.progress:
             return False
         self.progress = progress
-        self._publish([progress.to_message()])
+        self._publish([progress.to_message(protocol.iso_timestamp(self._clock()))])
         return True
 
     def warn(self, source: str, content: str, key: str | None = None) -> None:
@@ -252,6 +263,16 @@ class ProjectHub:
     def has_warning(self, key: str) -> bool:
         return key in self._warnings
 
+    def agent_status_changed(self) -> trio.Event:
+        """Set when the next ``agent_status`` event is published (a control request
+        waits on it to answer with the status after its action)."""
+        return self._agent_status_changed
+
+    def held(self, types: frozenset[str]) -> list[Message]:
+        """The held events of ``types``, decoded, oldest first (for the HTTP views:
+        progress history, the agent status's details)."""
+        return [json.loads(item.text) for item in self.history.of_types(types)]
+
     # -- subscriber side -------------------------------------------------------
 
     @property
@@ -263,7 +284,7 @@ class ProjectHub:
         return self.history.oldest_seq
 
     def subscribe(
-        self, since: int | None = None, epoch: str | None = None, backlog: int = 100
+        self, since: int | None = None, epoch: str | None = None, backlog: int = 0
     ) -> Subscriber:
         """Register a subscriber and fix what it is sent first; contains no checkpoint.
 
@@ -416,7 +437,9 @@ class ProjectHub:
         ]
         if self._progress_event is not None:
             items.append(self._progress_event)
-        items.extend(self._orchestrator)
+        # Backlog 0 is a client that appends whatever it gets (the AutoForge UI):
+        # only the latest orchestrator update, so a reconnect repeats none.
+        items.extend(list(self._orchestrator)[-1:] if backlog == 0 else self._orchestrator)
         items.extend(self._agents[index] for index in sorted(self._agents))
         if backlog:
             items.extend(self._logs.tail(backlog))
@@ -460,6 +483,8 @@ class ProjectHub:
             self._orchestrator.append(item)
         elif kind == "agent_status":
             self._agent_status = item
+            self._agent_status_changed.set()
+            self._agent_status_changed = trio.Event()
             if message["status"] in ("stopped", "crashed"):
                 self._agents.clear()
         elif kind == "dev_server_status":

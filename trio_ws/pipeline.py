@@ -248,7 +248,9 @@ class AgentPipeline:
             self._banner_shown = False
             self._recent.clear()
         self._status = status
-        return [agent_status(status)]
+        # A status read off a line is dated with it; the hub dates a producer's status.
+        line_time = self._line_time
+        return [agent_status(status, None if line_time is None else iso_timestamp(line_time))]
 
     def _banner(self, timestamp: str) -> list[Message]:
         self._banner_shown = True

@@ -45,9 +45,10 @@ class Progress(NamedTuple):
             return 0
         return round(self.passing / self.total * 100, 1)
 
-    def to_message(self) -> Message:
-        """The ``progress`` event of PROTOCOL.md 3.2 (the hub adds ``seq``)."""
-        return {
+    def to_message(self, timestamp: str | None = None) -> Message:
+        """The ``progress`` event of PROTOCOL.md 3.2 (the hub adds ``seq``); the optional
+        ``timestamp`` places it on a progress chart."""
+        message: Message = {
             "type": "progress",
             "passing": self.passing,
             "in_progress": self.in_progress,
@@ -55,6 +56,9 @@ class Progress(NamedTuple):
             "percentage": self.percentage,
             "needs_human_input": self.needs_human_input,
         }
+        if timestamp is not None:
+            message["timestamp"] = timestamp
+        return message
 
 
 NO_PROGRESS: Final = Progress(passing=0, in_progress=0, total=0, needs_human_input=0)
@@ -185,7 +189,7 @@ class ProgressReader:
                 return NO_PROGRESS
             try:
                 return self._read_file(found)
-            except _Vanished:
+            except Vanished:
                 self._drop()
         raise ProgressError(
             self.project_dir,
@@ -212,18 +216,7 @@ class ProgressReader:
         return self._last
 
     def _open(self, path: Path) -> sqlite3.Connection:
-        # mode=ro never creates the file; isolation_level=None keeps us in
-        # autocommit, so no read transaction outlives a read and blocks writers.
-        try:
-            return sqlite3.connect(
-                path.as_uri() + "?mode=ro",
-                uri=True,
-                timeout=self.lock_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-        except sqlite3.Error as exc:
-            raise self._error(path, exc) from exc
+        return open_read_only(path, self.lock_timeout)
 
     def _count_statement(self, conn: sqlite3.Connection, path: Path) -> str:
         """The counting query for this connection's schema (columns read once)."""
@@ -266,20 +259,7 @@ class ProgressReader:
         )
 
     def _error(self, path: Path, exc: sqlite3.Error) -> ProgressError:
-        """The typed error for what SQLite said about ``path``."""
-        code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
-        if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            return DatabaseLocked(
-                path,
-                f"features database {path} is locked (waited {float(self.lock_timeout)} s)",
-            )
-        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
-            return CorruptDatabase(path, f"features database {path} is corrupt: {exc}")
-        if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
-            _file_id(path)  # raises _Vanished or PermissionDenied when that is why
-            if not os.access(path, os.R_OK):
-                return PermissionDenied(path, _denied(path, str(exc)))
-        return ProgressError(path, f"features database {path} could not be read: {exc}")
+        return sqlite_error(path, exc, self.lock_timeout)
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -289,7 +269,44 @@ class ProgressReader:
             conn.close()
 
 
-class _Vanished(Exception):
+def open_read_only(path: Path, lock_timeout: float) -> sqlite3.Connection:
+    """A read-only, autocommit connection to the features database at ``path``.
+
+    mode=ro never creates the file; autocommit means no read transaction
+    outlives a read and blocks writers. Raises a typed ``ProgressError``.
+    """
+    try:
+        return sqlite3.connect(
+            path.as_uri() + "?mode=ro",
+            uri=True,
+            timeout=lock_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise sqlite_error(path, exc, lock_timeout) from exc
+
+
+def sqlite_error(path: Path, exc: sqlite3.Error, lock_timeout: float) -> ProgressError:
+    """The typed error for what SQLite said about the features database at ``path``.
+
+    May raise ``Vanished`` (the file moved away) or ``PermissionDenied`` instead.
+    """
+    code = getattr(exc, "sqlite_errorcode", -1) & 0xFF
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return DatabaseLocked(
+            path, f"features database {path} is locked (waited {float(lock_timeout)} s)"
+        )
+    if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        return CorruptDatabase(path, f"features database {path} is corrupt: {exc}")
+    if code in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM, sqlite3.SQLITE_AUTH):
+        _file_id(path)  # raises Vanished or PermissionDenied when that is why
+        if not os.access(path, os.R_OK):
+            return PermissionDenied(path, _denied(path, str(exc)))
+    return ProgressError(path, f"features database {path} could not be read: {exc}")
+
+
+class Vanished(Exception):
     """The resolved database disappeared before we could open it (it moved)."""
 
 
@@ -298,7 +315,7 @@ def _file_id(path: Path) -> _FileId:
     try:
         st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError) as exc:
-        raise _Vanished from exc
+        raise Vanished from exc
     except PermissionError as exc:
         raise PermissionDenied(path, _denied(path, exc.strerror)) from exc
     except OSError as exc:

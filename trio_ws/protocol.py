@@ -63,10 +63,14 @@ def encode(message: Message) -> str:
 # -- event constructors (PROTOCOL.md 3.2); the hub adds ``seq`` -------------
 
 
-def agent_status(status: str) -> Message:
+def agent_status(status: str, timestamp: str | None = None) -> Message:
+    """``timestamp`` (additive, revision 2) dates the change for a progress chart."""
     if status not in AGENT_STATUSES:
         raise ValueError(f"unknown agent status {status!r}")
-    return {"type": "agent_status", "status": status}
+    message: Message = {"type": "agent_status", "status": status}
+    if timestamp is not None:
+        message["timestamp"] = timestamp
+    return message
 
 
 def dev_server_status(status: str, url: str | None) -> Message:

@@ -29,13 +29,18 @@ from urllib.parse import unquote
 
 import trio
 
-from trio_ws import dashboard, protocol
+from trio_ws import control, dashboard, protocol
 from trio_ws.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
+from trio_ws.features import NoFeaturesDatabase, read_features
 from trio_ws.httpio import (
+    MAX_BODY_BYTES,
     STALL_TIMEOUT,
     BadRequest,
     RequestHead,
     WriteStalled,
+    declared_body_size,
+    discard_body,
+    linger,
     read_request_head,
     send_json,
     send_response,
@@ -44,6 +49,13 @@ from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.manager import POLL_RESTART, ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
+from trio_ws.progress import (
+    CorruptDatabase,
+    DatabaseLocked,
+    MissingTable,
+    ProgressError,
+    UnsupportedSchema,
+)
 from trio_ws.publish import (
     DEFAULT_GRACE,
     MAX_PRODUCER_MESSAGE,
@@ -74,6 +86,9 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 TOKEN_COOKIE: Final = "trio_ws_token"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
+_PROJECT_API_PATH = re.compile(
+    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|agent/[a-z-]+)"
+)
 
 
 @dataclass(frozen=True)
@@ -212,6 +227,10 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
 
 async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
     connection = head.connection
+    project_api = _PROJECT_API_PATH.fullmatch(head.path)
+    if project_api is not None:
+        await _project_api(server, stream, head, project_api["name"], project_api["view"])
+        return
     if head.method != "GET":
         await send_response(
             stream, connection, 405, b"only GET is served\n", extra_headers=[("allow", "GET")]
@@ -267,6 +286,139 @@ async def _api_projects(server: Server, stream: trio.SocketStream, head: Request
             }
         )
     await send_json(stream, head.connection, 200, listing)
+
+
+async def _project_api(
+    server: Server, stream: trio.SocketStream, head: RequestHead, raw_name: str, view: str
+) -> None:
+    """``/api/projects/{name}/...``: the features board, the progress chart's data and
+    AutoForge's agent API (PROTOCOL.md 1). Errors are ``{"detail": ...}``, as AutoForge's."""
+    connection = head.connection
+    action = control.REST_ACTIONS.get(view.removeprefix("agent/"))
+    if view.startswith("agent/") and action is None and view != "agent/status":
+        await send_json(stream, connection, 404, {"detail": "Not Found"})
+        return
+    method = "POST" if action is not None else "GET"
+    if head.method != method:
+        await send_json(
+            stream,
+            connection,
+            405,
+            {"detail": "Method Not Allowed"},
+            extra_headers=[("allow", method)],
+        )
+        return
+    if action is not None and not await _discard_body(stream, head, server.config):
+        return
+    refusal = _project_api_refusal(server.config, head, control_action=action is not None)
+    if refusal is not None:
+        await send_json(stream, connection, refusal[0], {"detail": refusal[1]})
+        return
+    name = _unquote(raw_name)
+    if name is None or not protocol.is_valid_project_name(name):
+        await send_json(stream, connection, 400, {"detail": "Invalid project name"})
+        return
+    try:
+        found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+    except RegistryError as exc:
+        log.error("registry unreadable: %s", exc)
+        await send_json(stream, connection, 503, {"detail": str(exc)})
+        return
+    if found is None:
+        detail = f"Project '{name}' not found in registry"
+        await send_json(stream, connection, 404, {"detail": detail})
+        return
+    project, _exists = found
+    if view == "features":
+        status, body = await _features(server, project)
+    else:
+        hub = server.manager.hub_for(name, project.path)
+        if action is not None:
+            status, body = 200, await control.act(server.manager, hub, action)
+        elif view == "agent/status":
+            status, body = 200, control.agent_status(hub)
+        else:
+            status, body = 200, control.progress_history(hub)
+    await send_json(stream, connection, status, body)
+
+
+async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: ServerConfig) -> bool:
+    """Read a POST's body (AutoForge sends none or ``{}``) under the handshake deadline;
+    False once a refusal (413, 400, 408) was sent."""
+    declared = declared_body_size(head)
+    failure: tuple[int, str] | None = None
+    if declared is not None and declared > MAX_BODY_BYTES:
+        failure = (413, f"request body over the {MAX_BODY_BYTES} byte limit")
+    else:
+        with trio.move_on_after(config.handshake_timeout) as scope:
+            try:
+                await discard_body(stream, head.connection)
+            except BadRequest as exc:
+                failure = (exc.status, str(exc))
+        if scope.cancelled_caught:
+            failure = (408, "request body not received in time")
+    if failure is not None:
+        await send_json(stream, head.connection, failure[0], {"detail": failure[1]})
+        if failure[0] == 413:
+            await linger(stream)
+        return False
+    return True
+
+
+def _project_api_refusal(
+    config: ServerConfig, head: RequestHead, *, control_action: bool
+) -> tuple[int, str] | None:
+    """Reads follow ``/api/projects`` (the token whenever subscribers need it); a control
+    action follows the websocket ``control`` rules (PROTOCOL.md 3.4): the server's own
+    origin or an allowed one, and always the token, as a Bearer header or the
+    dashboard's cookie (never in a URL a log might keep)."""
+    if not control_action:
+        if config.subscribers_need_token and not _authorized(config, head):
+            return 401, "Unauthorized"
+        return None
+    if not control_origin_allowed(head.header("origin"), head.header("host"), config.allow_origins):
+        return 403, "control is accepted only from the server's own origin or an allowed one"
+    scheme, _, bearer = (head.header("authorization") or "").partition(" ")
+    offered = (bearer.strip() if scheme.lower() == "bearer" else None, head.cookie(TOKEN_COOKIE))
+    if not any(token_matches(token, config.token) for token in offered):
+        return 401, "control needs the server token (Authorization: Bearer, or the dashboard)"
+    return None
+
+
+_FEATURE_ERRORS: Final[tuple[tuple[type[ProgressError], int], ...]] = (
+    (NoFeaturesDatabase, 404),
+    (DatabaseLocked, 503),
+    (CorruptDatabase, 500),
+    (MissingTable, 500),
+    (UnsupportedSchema, 500),
+    (ProgressError, 500),
+)
+"""Status per features read failure; the first match wins (subclasses first)."""
+
+
+async def _features(server: Server, project: Project) -> tuple[int, dict[str, Any]]:
+    """The board's rows, read off the event loop under the progress readers' limiter."""
+    try:
+        found = await trio.to_thread.run_sync(
+            lambda: read_features(project.path, lock_timeout=server.config.lock_timeout),
+            limiter=server.manager.limiter,
+        )
+    except ProgressError as exc:
+        status = next(code for kind, code in _FEATURE_ERRORS if isinstance(exc, kind))
+        if status >= 500:
+            log.warning("project %s: features read failed: %s", project.name, exc)
+        return status, {"detail": str(exc)}
+    if found.malformed:
+        log.info(
+            "project %s: %d features have malformed dependencies in %s (read as [] or filtered)",
+            project.name,
+            found.malformed,
+            found.path,
+        )
+    return 200, {
+        "project": project.name,
+        "features": [feature.to_json() for feature in found.features],
+    }
 
 
 def _list_with_existence(registry: Registry) -> list[tuple[Project, bool]]:

@@ -50,7 +50,9 @@ class SubscribeRequest:
 
 MAX_SEQ_DIGITS: Final = 19
 """A ``since`` beyond 19 digits is beyond any head; ``int()`` would raise past 4,300."""
-DEFAULT_BACKLOG: Final = 100
+DEFAULT_BACKLOG: Final = 0
+"""No parameters (the AutoForge UI, which appends what it receives on every
+reconnect): no log replay, so a reconnect shows nothing twice (PROTOCOL.md 3)."""
 MAX_BACKLOG: Final = 1000
 
 

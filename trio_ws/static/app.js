@@ -14,6 +14,7 @@
   const MAX_LOG_KEPT = 2000;
   const MAX_DEV_DOM = 200;
   const MAX_EVENTS = 10;
+  const LOG_BACKLOG = 100; // log lines the server replays on a fresh sync
   const CARD_LINGER_MS = 3000;
   const BACKOFF_BASE_MS = 500;
   const BACKOFF_MAX_MS = 15000;
@@ -710,14 +711,14 @@
   }
 
   function connect() {
-    const query = new URLSearchParams();
+    // Explicit: the server's default (0) suits clients that append what they get.
+    const query = new URLSearchParams({ backlog: String(LOG_BACKLOG) });
     if (connection.epoch !== null && connection.lastSeq !== null) {
       query.set("since", String(connection.lastSeq));
       query.set("epoch", connection.epoch);
     }
     connection.askedSince = query.has("since");
-    const suffix = connection.askedSince ? `?${query}` : "";
-    const url = `${wsBase()}/ws/projects/${encodeURIComponent(projectName)}${suffix}`;
+    const url = `${wsBase()}/ws/projects/${encodeURIComponent(projectName)}?${query}`;
     connection.connects += 1;
     document.body.dataset.connects = String(connection.connects);
     let socket;
