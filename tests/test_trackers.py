@@ -460,7 +460,7 @@ def test_snapshot_drops_completed_agents(agents: AgentTracker) -> None:
 
 def test_update_timestamps_come_from_the_clock(agents: AgentTracker, clock: FakeClock) -> None:
     clock.now = 0.5
-    assert feed(agents, "[Feature #1] x")["timestamp"] == "1970-01-01T00:00:00.500Z"
+    assert feed(agents, "[Feature #1] x")["timestamp"] == "1970-01-01T00:00:00.500000Z"
 
 
 # -- orchestrator ------------------------------------------------------------------
