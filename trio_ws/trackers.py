@@ -112,14 +112,18 @@ _ACTIVITY_TABLE: Final[tuple[tuple[re.Pattern[str], str, str | int, tuple[str, .
     )
 )
 
-_CASE_FOLDS: Final = {0x130: "i", 0x131: "i", 0x17F: "s", 0x212A: "k"}
+_CASE_FOLDS: Final = (("\u0130", "i"), ("\u0131", "i"), ("\u017f", "s"), ("\u212a", "k"))
 """The only non-ASCII characters a case-insensitive ASCII letter matches (İ ı ſ K)."""
 
 
 def fold(text: str) -> str:
     """``text`` lowered so that every case-insensitive (Unicode) match of an ASCII
     pattern is a plain substring match of the lowered pattern: a needle test."""
-    return text.lower() if text.isascii() else text.translate(_CASE_FOLDS).lower()
+    if not text.isascii():
+        for char, letter in _CASE_FOLDS:  # before lower(): İ lowers to two characters
+            if char in text:
+                text = text.replace(char, letter)
+    return text.lower()
 
 
 # -- OrchestratorTracker (LINES.md 3): case-sensitive re.search ----------------
