@@ -34,7 +34,6 @@ ROUNDS: Final = 5
 LINE: Final = 16 * 1024
 
 
-
 def _fill(unit: str) -> str:
     return (unit * (LINE // len(unit) + 1))[:LINE]
 

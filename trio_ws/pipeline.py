@@ -234,11 +234,7 @@ class AgentPipeline:
         if status == self._status:
             return []
         events: list[Message] = []
-        if (
-            status == "crashed"
-            and not self._banner_shown
-            and _auth_error("\n".join(self._recent))
-        ):
+        if status == "crashed" and not self._banner_shown and _auth_error("\n".join(self._recent)):
             events += self._banner(iso_timestamp(self._clock()))
         events += self._change(status)
         if status in _RUN_OVER:

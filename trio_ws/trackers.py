@@ -73,42 +73,40 @@ _DIGITS: Final = re.compile(r"\d+", _A)
 # means content[:100], an int means that group of the match. The patterns are
 # case-insensitive (Unicode), so a pattern can only hit a line whose ``fold``
 # holds one of its needles: that cheap test skips the search of all the others.
-_ACTIVITY_TABLE: Final[tuple[tuple[re.Pattern[str], str, str | int, tuple[str, ...]], ...]] = (
-    tuple(
-        (re.compile(pattern, re.IGNORECASE), state, source, needles)
-        for pattern, state, source, needles in (
-            (r"\[Tool:\s*Read\]", "thinking", "content", ("read]",)),
-            (r"\[Tool:\s*(?:Write|Edit|NotebookEdit)\]", "working", "content", ("[tool:",)),
-            (r"\[Tool:\s*Bash\]", "testing", "content", ("bash]",)),
-            (r"\[Tool:\s*(?:Glob|Grep)\]", "thinking", "content", ("[tool:",)),
-            (r"\[Tool:\s*(\w+)\]", "working", 1, ("[tool:",)),
-            (
-                r"(?:Reading|Analyzing|Checking|Looking at|Examining)\s+(.+)",
-                "thinking",
-                1,
-                ("reading", "analyzing", "checking", "looking at", "examining"),
-            ),
-            (
-                r"(?:Creating|Writing|Adding|Implementing|Building)\s+(.+)",
-                "working",
-                1,
-                ("creating", "writing", "adding", "implementing", "building"),
-            ),
-            (
-                r"(?:Testing|Verifying|Running tests|Validating)\s+(.+)",
-                "testing",
-                1,
-                ("testing", "verifying", "running tests", "validating"),
-            ),
-            (
-                r"(?:Error|Failed|Cannot|Unable to|Exception)\s+(.+)",
-                "struggling",
-                1,
-                ("error", "failed", "cannot", "unable to", "exception"),
-            ),
-            (r"(?:PASS|passed|success)", "testing", "content", ("pass", "success")),
-            (r"(?:FAIL|failed|error)", "struggling", "content", ("fail", "error")),
-        )
+_ACTIVITY_TABLE: Final[tuple[tuple[re.Pattern[str], str, str | int, tuple[str, ...]], ...]] = tuple(
+    (re.compile(pattern, re.IGNORECASE), state, source, needles)
+    for pattern, state, source, needles in (
+        (r"\[Tool:\s*Read\]", "thinking", "content", ("read]",)),
+        (r"\[Tool:\s*(?:Write|Edit|NotebookEdit)\]", "working", "content", ("[tool:",)),
+        (r"\[Tool:\s*Bash\]", "testing", "content", ("bash]",)),
+        (r"\[Tool:\s*(?:Glob|Grep)\]", "thinking", "content", ("[tool:",)),
+        (r"\[Tool:\s*(\w+)\]", "working", 1, ("[tool:",)),
+        (
+            r"(?:Reading|Analyzing|Checking|Looking at|Examining)\s+(.+)",
+            "thinking",
+            1,
+            ("reading", "analyzing", "checking", "looking at", "examining"),
+        ),
+        (
+            r"(?:Creating|Writing|Adding|Implementing|Building)\s+(.+)",
+            "working",
+            1,
+            ("creating", "writing", "adding", "implementing", "building"),
+        ),
+        (
+            r"(?:Testing|Verifying|Running tests|Validating)\s+(.+)",
+            "testing",
+            1,
+            ("testing", "verifying", "running tests", "validating"),
+        ),
+        (
+            r"(?:Error|Failed|Cannot|Unable to|Exception)\s+(.+)",
+            "struggling",
+            1,
+            ("error", "failed", "cannot", "unable to", "exception"),
+        ),
+        (r"(?:PASS|passed|success)", "testing", "content", ("pass", "success")),
+        (r"(?:FAIL|failed|error)", "struggling", "content", ("fail", "error")),
     )
 )
 
