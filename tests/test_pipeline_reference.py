@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_ws.pipeline import AUTH_BANNER, AgentPipeline, cap, finish
+from trio_ws.pipeline import AUTH_BANNER, AgentPipeline, DevPipeline, cap, finish
 from trio_ws.protocol import AGENT_STATUSES, Message, encode
 from trio_ws.security import redact_line
 from trio_ws.trackers import MASCOTS
@@ -574,3 +574,48 @@ def test_each_word_of_the_activity_table_classifies_as_the_table_says(
 
 def test_the_whole_corpus_in_order_emits_what_the_lines_rules_say() -> None:
     run_both([("status", "running")] + [("line", line) for line in CORPUS], [7] * (len(CORPUS) + 1))
+
+
+DEV_URLS = [  # LINES.md 4, in order
+    r"https?://(?:localhost|127\.0\.0\.1):\d+(?:/[^\s]*)?",
+    r"https?://\[::1\]:\d+(?:/[^\s]*)?",
+    r"https?://0\.0\.0\.0:\d+(?:/[^\s]*)?",
+]
+URL = st.builds(
+    "".join,
+    st.tuples(
+        st.sampled_from(["http://", "https://", "ftp://", "http:/"]),
+        st.sampled_from(["localhost", "127.0.0.1", "[::1]", "0.0.0.0", "192.168.1.2", "LOCALHOST"]),
+        st.sampled_from([":5173", ":8000", ":", ""]),
+        st.sampled_from(["", "/", "/app", "/x?token=abc", "/a),"]),
+        st.sampled_from(["", ")", ".", ",", " ", ")."]),
+    ),
+)
+DEV_LINE = st.lists(st.one_of(URL, PIECES), max_size=6).map("".join)
+"""Dev-server output: URLs that are and are not the dev server's, among other text."""
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(DEV_LINE, min_size=1, max_size=10))
+def test_dev_lines_emit_what_the_lines_rules_say(lines: list[str]) -> None:
+    """LINES.md 4: a ``dev_log`` per line; the first URL of the run, once, redacted."""
+    clock = Clock()
+    fast = DevPipeline(clock)
+    fast.set_status("running")
+    url, in_key = None, False
+    for line in lines:
+        clock.now += 3e-6
+        head, dropped = cap(line)
+        redacted, in_key = redact_line(head, in_key)
+        want: list[Message] = [
+            {
+                "type": "dev_log",
+                "line": finish(redacted, dropped),
+                "timestamp": timestamp(clock.now),
+            }
+        ]
+        hits = [m for m in (re.search(p, head, A) for p in DEV_URLS) if m is not None]
+        if url is None and hits:
+            url = redact_line(hits[0][0].rstrip("),."), False)[0]
+            want.append({"type": "dev_server_status", "status": "running", "url": url})
+        assert fast.feed_line(line) == want

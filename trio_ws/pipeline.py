@@ -365,16 +365,23 @@ class DevPipeline:
 def _auth_error(text: str) -> bool:
     """Whether ``text`` says the CLI is not logged in (LINES.md 1, step 3)."""
     folded = fold(text)
-    return any(needle in folded for needle in _AUTH_NEEDLES) and bool(_AUTH_ERROR.search(text))
+    for needle in _AUTH_NEEDLES:
+        if needle in folded:
+            return _AUTH_ERROR.search(text) is not None
+    return False
 
 
 def _feature_id(line: str) -> int | None:
+    if not line.startswith(_FEATURE_LINE):
+        return None
     match = _FEATURE_ID.match(line)
     return None if match is None else int(match[1])
 
 
 def _dev_url(line: str, secrets: Iterable[str]) -> str | None:
     """The first loopback or wildcard URL in ``line`` by pattern order, redacted."""
+    if "://" not in line:  # in every pattern: most lines need no search
+        return None
     for pattern in _DEV_URLS:
         if (match := pattern.search(line)) is not None:
             return redact(match[0].rstrip("),."), secrets)
