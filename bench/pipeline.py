@@ -4,7 +4,8 @@ Run ``python -m bench.pipeline``. It prints µs per line (best of a few rounds,
 so other load on the machine inflates nothing but the spread) for:
 
 - the real-format transcripts (tests/data/*.txt) repeated, the lines every
-  project sends all day;
+  project sends all day, and the lines the throughput bench sends
+  (``bench.wire.make_line``, 125 characters);
 - 16 KiB worst-case lines: the redaction cases of ``bench.redaction`` and
   lines made to keep the trackers, the auth check and the status literals
   busy (many near-misses of their trigger words).
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 from bench.redaction import WORST_CASES as REDACTION_CASES
+from bench.wire import make_line
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.protocol import encode
 
@@ -90,7 +92,11 @@ def main() -> None:
         for line in path.read_text(encoding="utf-8").splitlines()
     ] * CORPUS_REPEATS
     print(f"{'µs per line':<40}{'agent':>10}{'+encode':>10}{'dev':>10}")
-    rows = [(f"corpus ({len(corpus)} lines)", corpus)]
+    bench_lines = [make_line(n, 1_764_090_245.123456 + n / 1e4, 125) for n in range(len(corpus))]
+    rows = [
+        (f"corpus ({len(corpus)} lines)", corpus),
+        ("bench.wire lines (125 chars)", bench_lines),
+    ]
     cases = {**REDACTION_CASES, **TRACKER_CASES}
     rows += [(f"16 KiB: {name}", [line] * WORST_REPEATS) for name, line in cases.items()]
     for name, lines in rows:

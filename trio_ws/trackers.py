@@ -175,6 +175,13 @@ _CHAIN: Final[tuple[tuple[str, str, bool, re.Pattern[str]], ...]] = tuple(
         ("drain_resume", "Resuming from graceful pause", False, r"Resuming from graceful pause"),
     )
 )
+_ANY_NEEDLE: Final = re.compile(
+    "|".join(re.escape(needle) for needle, _ in _MAX_CONCURRENCY)
+    + "|"
+    + "|".join(re.escape(needle) for _, needle, _, _ in _CHAIN)
+)
+"""One search for all needles (a start is also a substring): a line without any,
+the most common line, is done with it."""
 _FIXED: Final[dict[str, tuple[str, str]]] = {
     "init_start": ("initializing", "Initializing project features..."),
     "init_complete": ("scheduling", "Initialization complete, preparing to schedule features"),
@@ -472,7 +479,7 @@ class OrchestratorTracker:
 
     def feed(self, line: str) -> Message | None:
         """Apply one line; the ``orchestrator_update`` it causes, if any."""
-        if line.startswith("[Feature #"):
+        if line.startswith("[Feature #") or _ANY_NEEDLE.search(line) is None:
             return None
         for needle, pattern in _MAX_CONCURRENCY:
             if (
