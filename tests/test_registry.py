@@ -390,7 +390,7 @@ def test_to_json_shape(registry: Registry, project_dir: Path) -> None:
         "name": "alpha",
         "path": project_dir.resolve().as_posix(),
         "exists": True,
-        "created_at": "2026-03-04T05:06:07.890Z",
+        "created_at": "2026-03-04T05:06:07.890123Z",
         "default_concurrency": 3,
     }
 

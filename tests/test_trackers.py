@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import string
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from trio_ws.protocol import AGENT_STATES, Message, iso_timestamp
-from trio_ws.trackers import MASCOTS, AgentTracker, OrchestratorTracker
+from trio_ws.trackers import MASCOTS, AgentTracker, OrchestratorTracker, fold
 
 DATA = Path(__file__).parent / "data"
 CORPUS_LINES = [
@@ -460,7 +463,7 @@ def test_snapshot_drops_completed_agents(agents: AgentTracker) -> None:
 
 def test_update_timestamps_come_from_the_clock(agents: AgentTracker, clock: FakeClock) -> None:
     clock.now = 0.5
-    assert feed(agents, "[Feature #1] x")["timestamp"] == "1970-01-01T00:00:00.500Z"
+    assert feed(agents, "[Feature #1] x")["timestamp"] == "1970-01-01T00:00:00.500000Z"
 
 
 # -- orchestrator ------------------------------------------------------------------
@@ -897,3 +900,20 @@ def test_an_orchestrator_state_that_does_not_fit_is_refused() -> None:
     del state["ready"]
     with pytest.raises(ValueError, match="'ready' is not int"):
         OrchestratorTracker.from_state(state)
+
+
+# -- fold: the needle test before a case-insensitive pattern ------------------------
+
+
+def test_fold_maps_every_case_twin_of_a_needle_character_to_it() -> None:
+    """A case-insensitive (Unicode) pattern can only hit text whose fold holds its
+    lowered literal: every character that an ASCII letter, ``[``, ``]``, ``:`` or a
+    space matches folds to it, whatever surrounds it (İ lowers to two characters)."""
+    needle_char = re.compile(r"[a-z\[\]: ]", re.IGNORECASE)
+    twins = [chr(c) for c in range(sys.maxunicode + 1) if needle_char.fullmatch(chr(c))]
+    for char in twins:
+        [plain] = [
+            p for p in string.ascii_lowercase + "[]: " if re.fullmatch(re.escape(p), char, re.I)
+        ]
+        assert fold(f"é{char}x") == f"é{plain}x", hex(ord(char))
+    assert len(twins) == 52 + 4 + 4  # ASCII letters, İ ı ſ K, and the punctuation itself

@@ -30,7 +30,7 @@ from trio_ws.protocol import (
     wall_clock,
 )
 from trio_ws.security import redact, redact_line
-from trio_ws.trackers import AgentTracker, OrchestratorTracker, TrackerState, state_value
+from trio_ws.trackers import AgentTracker, OrchestratorTracker, TrackerState, fold, state_value
 
 LINE_CAP: Final = 16 * 1024
 """Longest line (in characters) an event carries, truncation suffix included."""
@@ -39,10 +39,9 @@ _FEATURE_LINE: Final = "[Feature #"
 _FEATURE_ID: Final = re.compile(r"\[Feature #([0-9]{1,15})\]")
 """Same bound as the trackers: a longer number is not an id the orchestrator prints."""
 
-_STATUS_LITERALS: Final = (
-    ("All agents drained - paused.", "paused_graceful"),
-    ("Resuming from graceful pause...", "running"),
-)
+_DRAINED: Final = "All agents drained - paused."
+_RESUMING: Final = "Resuming from graceful pause..."
+_STATUS_LITERALS: Final = ((_DRAINED, "paused_graceful"), (_RESUMING, "running"))
 
 _AUTH_ERROR: Final = re.compile(
     "|".join(
@@ -61,6 +60,16 @@ _AUTH_ERROR: Final = re.compile(
     ),
     re.IGNORECASE,
 )
+_AUTH_NEEDLES: Final = (
+    "logged",
+    "authenticat",
+    "login",
+    "unauthorized",
+    "invalid",
+    "expired",
+    "sign",
+)
+"""Every ``_AUTH_ERROR`` hit holds one of these in its ``fold``: most lines skip the search."""
 
 _RULE: Final = "=" * 80
 AUTH_BANNER: Final[tuple[str, ...]] = (
@@ -183,7 +192,7 @@ class AgentPipeline:
 
     def _feed(self, line: str, dropped: int, timestamp: str) -> list[Message]:
         events: list[Message] = []
-        if not line.startswith(_FEATURE_LINE):
+        if (_DRAINED in line or _RESUMING in line) and not line.startswith(_FEATURE_LINE):
             found = sorted(
                 (line.find(literal), status)
                 for literal, status in _STATUS_LITERALS
@@ -191,7 +200,7 @@ class AgentPipeline:
             )
             for _, status in found:
                 events += self._change(status)
-        if not self._banner_shown and _AUTH_ERROR.search(line):
+        if not self._banner_shown and _auth_error(line):
             events += self._banner(timestamp)
         redacted, self.in_private_key = redact_line(line, self.in_private_key, self._secrets)
         # The crash window keeps redacted lines: it is journalled, and no auth
@@ -225,11 +234,7 @@ class AgentPipeline:
         if status == self._status:
             return []
         events: list[Message] = []
-        if (
-            status == "crashed"
-            and not self._banner_shown
-            and _AUTH_ERROR.search("\n".join(self._recent))
-        ):
+        if status == "crashed" and not self._banner_shown and _auth_error("\n".join(self._recent)):
             events += self._banner(iso_timestamp(self._clock()))
         events += self._change(status)
         if status in _RUN_OVER:
@@ -359,13 +364,26 @@ class DevPipeline:
         return pipeline
 
 
+def _auth_error(text: str) -> bool:
+    """Whether ``text`` says the CLI is not logged in (LINES.md 1, step 3)."""
+    folded = fold(text)
+    for needle in _AUTH_NEEDLES:
+        if needle in folded:
+            return _AUTH_ERROR.search(text) is not None
+    return False
+
+
 def _feature_id(line: str) -> int | None:
+    if not line.startswith(_FEATURE_LINE):
+        return None
     match = _FEATURE_ID.match(line)
     return None if match is None else int(match[1])
 
 
 def _dev_url(line: str, secrets: Iterable[str]) -> str | None:
     """The first loopback or wildcard URL in ``line`` by pattern order, redacted."""
+    if "://" not in line:  # in every pattern: most lines need no search
+        return None
     for pattern in _DEV_URLS:
         if (match := pattern.search(line)) is not None:
             return redact(match[0].rstrip("),."), secrets)

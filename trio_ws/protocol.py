@@ -9,6 +9,7 @@ message into wire text, compact, so each event is encoded exactly once.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 from collections.abc import Callable
@@ -50,14 +51,41 @@ def is_valid_project_name(name: str) -> bool:
 
 
 def iso_timestamp(unix_seconds: float) -> str:
-    """``2026-11-25T17:04:05.123Z``: ISO 8601, UTC, milliseconds."""
-    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """``2026-11-25T17:04:05.123456Z``: ISO 8601, UTC, microseconds (PROTOCOL.md 1).
+
+    Microseconds because the UI keys its React lists by timestamp and events in
+    one burst share a millisecond. Called for every event, so the seconds part
+    is formatted once per second and only the microseconds per call; the
+    rounding is ``datetime.fromtimestamp``'s (half to even, carried into the
+    seconds), so the text is the one ``datetime`` would give.
+    """
+    global _second_prefix
+    fraction, whole = math.modf(unix_seconds)
+    micros = round(fraction * 1e6)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        whole += 1
+    elif micros < 0:
+        micros += 1_000_000
+        whole -= 1
+    second = int(whole)
+    cached_second, prefix = _second_prefix
+    if second != cached_second:
+        prefix = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _second_prefix = (second, prefix)  # one tuple: safe to share between threads
+    return f"{prefix}{micros:06d}Z"
+
+
+_second_prefix: tuple[int | None, str] = (None, "")
+"""The last whole second ``iso_timestamp`` formatted, and its text up to the dot."""
+
+_ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""Built once: ``json.dumps`` with options builds a new encoder on every call."""
 
 
 def encode(message: Message) -> str:
     """Compact JSON text for one message; the only encoder on the wire."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(message)
 
 
 # -- event constructors (PROTOCOL.md 3.2); the hub adds ``seq`` -------------

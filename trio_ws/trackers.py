@@ -69,49 +69,119 @@ _CODING_DONE: Final = re.compile(r"Feature #(\d+) (completed|failed)$", _A)
 _ACTIVITY: Final = re.compile(r"\[Feature #(\d+)\]\s*(.*)", _A)
 _DIGITS: Final = re.compile(r"\d+", _A)
 
-# -- activity table: (pattern, state, thought source); source "content" means
-# content[:100], an int means that group of the match -------------------------
-_ACTIVITY_TABLE: Final[tuple[tuple[re.Pattern[str], str, str | int], ...]] = tuple(
-    (re.compile(pattern, re.IGNORECASE), state, source)
-    for pattern, state, source in (
-        (r"\[Tool:\s*Read\]", "thinking", "content"),
-        (r"\[Tool:\s*(?:Write|Edit|NotebookEdit)\]", "working", "content"),
-        (r"\[Tool:\s*Bash\]", "testing", "content"),
-        (r"\[Tool:\s*(?:Glob|Grep)\]", "thinking", "content"),
-        (r"\[Tool:\s*(\w+)\]", "working", 1),
-        (r"(?:Reading|Analyzing|Checking|Looking at|Examining)\s+(.+)", "thinking", 1),
-        (r"(?:Creating|Writing|Adding|Implementing|Building)\s+(.+)", "working", 1),
-        (r"(?:Testing|Verifying|Running tests|Validating)\s+(.+)", "testing", 1),
-        (r"(?:Error|Failed|Cannot|Unable to|Exception)\s+(.+)", "struggling", 1),
-        (r"(?:PASS|passed|success)", "testing", "content"),
-        (r"(?:FAIL|failed|error)", "struggling", "content"),
+# -- activity table: (pattern, state, thought source, needles); source "content"
+# means content[:100], an int means that group of the match. The patterns are
+# case-insensitive (Unicode), so a pattern can only hit a line whose ``fold``
+# holds one of its needles: that cheap test skips the search of all the others.
+_ACTIVITY_TABLE: Final[tuple[tuple[re.Pattern[str], str, str | int, tuple[str, ...]], ...]] = tuple(
+    (re.compile(pattern, re.IGNORECASE), state, source, needles)
+    for pattern, state, source, needles in (
+        (r"\[Tool:\s*Read\]", "thinking", "content", ("read]",)),
+        (r"\[Tool:\s*(?:Write|Edit|NotebookEdit)\]", "working", "content", ("[tool:",)),
+        (r"\[Tool:\s*Bash\]", "testing", "content", ("bash]",)),
+        (r"\[Tool:\s*(?:Glob|Grep)\]", "thinking", "content", ("[tool:",)),
+        (r"\[Tool:\s*(\w+)\]", "working", 1, ("[tool:",)),
+        (
+            r"(?:Reading|Analyzing|Checking|Looking at|Examining)\s+(.+)",
+            "thinking",
+            1,
+            ("reading", "analyzing", "checking", "looking at", "examining"),
+        ),
+        (
+            r"(?:Creating|Writing|Adding|Implementing|Building)\s+(.+)",
+            "working",
+            1,
+            ("creating", "writing", "adding", "implementing", "building"),
+        ),
+        (
+            r"(?:Testing|Verifying|Running tests|Validating)\s+(.+)",
+            "testing",
+            1,
+            ("testing", "verifying", "running tests", "validating"),
+        ),
+        (
+            r"(?:Error|Failed|Cannot|Unable to|Exception)\s+(.+)",
+            "struggling",
+            1,
+            ("error", "failed", "cannot", "unable to", "exception"),
+        ),
+        (r"(?:PASS|passed|success)", "testing", "content", ("pass", "success")),
+        (r"(?:FAIL|failed|error)", "struggling", "content", ("fail", "error")),
     )
 )
 
+_CASE_FOLDS: Final = (("\u0130", "i"), ("\u0131", "i"), ("\u017f", "s"), ("\u212a", "k"))
+"""The only non-ASCII characters a case-insensitive ASCII letter matches (İ ı ſ K)."""
+
+
+def fold(text: str) -> str:
+    """``text`` lowered so that every case-insensitive (Unicode) match of an ASCII
+    pattern is a plain substring match of the lowered pattern: a needle test."""
+    if not text.isascii():
+        for char, letter in _CASE_FOLDS:  # before lower(): İ lowers to two characters
+            if char in text:
+                text = text.replace(char, letter)
+    return text.lower()
+
+
 # -- OrchestratorTracker (LINES.md 3): case-sensitive re.search ----------------
+# Each pattern with a needle (a substring every hit holds) or a start (a prefix
+# every hit has), tested first: most lines need no regex at all.
 _MAX_CONCURRENCY: Final = (
-    re.compile(r"Max concurrency: (\d+) coding agents", _A),
-    re.compile(r"max_concurrency=(\d+)", _A),
+    ("Max concurrency: ", re.compile(r"Max concurrency: (\d+) coding agents", _A)),
+    ("max_concurrency=", re.compile(r"max_concurrency=(\d+)", _A)),
 )
-_CHAIN: Final[tuple[tuple[str, re.Pattern[str]], ...]] = tuple(
-    (event_type, re.compile(pattern, _A))
-    for event_type, pattern in (
-        ("init_start", r"Running initializer agent"),
-        ("init_complete", r"INITIALIZATION COMPLETE"),
-        ("capacity_check", r"\[DEBUG\] Spawning loop: (\d+) ready, (\d+) slots"),
-        ("at_capacity", r"At max capacity|at max testing agents|At max total agents"),
-        ("feature_start", r"Starting feature \d+/\d+: #(\d+) - (.+)"),
-        ("coding_spawn", r"Started coding agent for features? #(\d+)"),
-        ("testing_spawn", r"Started testing agent for features? \[?#?(\d+)"),
-        ("testing_complete", r"^Feature #(\d+) testing (completed|failed)"),
-        ("coding_complete", r"^Features? #(\d+)(?:,\s*#\d+)* (completed|failed)$"),
-        ("blocked_features", r"(\d+) blocked by dependencies"),
-        ("all_complete", r"All features complete"),
-        ("drain_start", r"Graceful pause requested"),
-        ("drain_complete", r"All agents drained"),
-        ("drain_resume", r"Resuming from graceful pause"),
+_CHAIN: Final[tuple[tuple[str, str, bool, re.Pattern[str]], ...]] = tuple(
+    (event_type, needle, needle_starts, re.compile(pattern, _A))
+    for event_type, needle, needle_starts, pattern in (
+        ("init_start", "Running initializer agent", False, r"Running initializer agent"),
+        ("init_complete", "INITIALIZATION COMPLETE", False, r"INITIALIZATION COMPLETE"),
+        (
+            "capacity_check",
+            "[DEBUG] Spawning loop: ",
+            False,
+            r"\[DEBUG\] Spawning loop: (\d+) ready, (\d+) slots",
+        ),
+        (
+            "at_capacity",
+            "t max ",
+            False,
+            r"At max capacity|at max testing agents|At max total agents",
+        ),
+        ("feature_start", "Starting feature ", False, r"Starting feature \d+/\d+: #(\d+) - (.+)"),
+        (
+            "coding_spawn",
+            "Started coding agent for feature",
+            False,
+            r"Started coding agent for features? #(\d+)",
+        ),
+        (
+            "testing_spawn",
+            "Started testing agent for feature",
+            False,
+            r"Started testing agent for features? \[?#?(\d+)",
+        ),
+        ("testing_complete", "Feature #", True, r"^Feature #(\d+) testing (completed|failed)"),
+        (
+            "coding_complete",
+            "Feature",
+            True,
+            r"^Features? #(\d+)(?:,\s*#\d+)* (completed|failed)$",
+        ),
+        ("blocked_features", " blocked by dependencies", False, r"(\d+) blocked by dependencies"),
+        ("all_complete", "All features complete", False, r"All features complete"),
+        ("drain_start", "Graceful pause requested", False, r"Graceful pause requested"),
+        ("drain_complete", "All agents drained", False, r"All agents drained"),
+        ("drain_resume", "Resuming from graceful pause", False, r"Resuming from graceful pause"),
     )
 )
+_ANY_NEEDLE: Final = re.compile(
+    "|".join(re.escape(needle) for needle, _ in _MAX_CONCURRENCY)
+    + "|"
+    + "|".join(re.escape(needle) for _, needle, _, _ in _CHAIN)
+)
+"""One search for all needles (a start is also a substring): a line without any,
+the most common line, is done with it."""
 _FIXED: Final[dict[str, tuple[str, str]]] = {
     "init_start": ("initializing", "Initializing project features..."),
     "init_complete": ("scheduling", "Initialization complete, preparing to schedule features"),
@@ -169,7 +239,13 @@ def _feature_name(feature_ids: list[int]) -> str:
 
 def _classify(content: str) -> tuple[str, str | None]:
     """State and thought for one line of agent narrative (the activity table)."""
-    for pattern, state, source in _ACTIVITY_TABLE:
+    folded = fold(content)
+    for pattern, state, source, needles in _ACTIVITY_TABLE:
+        for needle in needles:  # a loop, not any(): no generator per line and rule
+            if needle in folded:
+                break
+        else:
+            continue
         match = pattern.search(content)
         if match is not None:
             thought = content[:100] if source == "content" else match.group(source)
@@ -217,28 +293,38 @@ class AgentTracker:
         return len(self._agents)
 
     def feed(self, line: str) -> Message | None:
-        """Apply the first matching rule to a sanitised line; the update it causes, if any."""
-        if match := _SPAWN_CODING_BATCH.match(line):
-            return self._spawn("coding", _ids(match[1]))
-        if match := _SPAWN_CODING.match(line):
-            return self._spawn("coding", _ids(match[1]))
-        if match := _SPAWN_TESTING_BATCH.match(line) or _SPAWN_TESTING.match(line):
-            return self._spawn("testing", _ids(match[1]))
-        if match := _TESTING_DONE.match(line):
-            return self._complete("testing", _ids(match[1]), match[2], batch=False)
-        if match := _BATCH_DONE.match(line):
-            return self._complete("coding", _ids(match[1]), match[2], batch=True)
-        if _GIVING_UP.match(line):
+        """Apply the first matching rule to a sanitised line; the update it causes, if any.
+
+        Every rule is anchored and starts with ``Started ``, ``Feature`` or
+        ``[Feature #``, so one prefix test picks the few rules that can match,
+        in their table order.
+        """
+        if line.startswith("[Feature #"):
+            if match := _ACTIVITY.match(line):
+                return self._activity(_number(match[1]), match[2])
             return None
-        if match := _CODING_DONE.match(line):
-            return self._complete("coding", _ids(match[1]), match[2], batch=False)
-        if match := _ACTIVITY.match(line):
-            return self._activity(_number(match[1]), match[2])
+        if line.startswith("Started "):
+            if match := _SPAWN_CODING_BATCH.match(line):
+                return self._spawn("coding", _ids(match[1]))
+            if match := _SPAWN_CODING.match(line):
+                return self._spawn("coding", _ids(match[1]))
+            if match := _SPAWN_TESTING_BATCH.match(line) or _SPAWN_TESTING.match(line):
+                return self._spawn("testing", _ids(match[1]))
+            return None
+        if line.startswith("Feature"):
+            if match := _TESTING_DONE.match(line):
+                return self._complete("testing", _ids(match[1]), match[2], batch=False)
+            if match := _BATCH_DONE.match(line):
+                return self._complete("coding", _ids(match[1]), match[2], batch=True)
+            if _GIVING_UP.match(line):
+                return None
+            if match := _CODING_DONE.match(line):
+                return self._complete("coding", _ids(match[1]), match[2], batch=False)
         return None
 
     def owner_of(self, feature_id: int) -> int | None:
         """Index of the agent owning ``feature_id``: coding before testing, newest first."""
-        agent = self._owner("coding", feature_id) or self._owner("testing", feature_id)
+        agent = self._owner_any(feature_id)
         return None if agent is None else agent.index
 
     def reset(self) -> None:
@@ -288,7 +374,7 @@ class AgentTracker:
         if feature_id is None:
             return None
         state, thought = _classify(content)
-        agent = self._owner("coding", feature_id) or self._owner("testing", feature_id)
+        agent = self._owner_any(feature_id)
         if agent is None:
             agent = self._new_agent("coding", [feature_id], state, thought)
             return agent.message(self._now())
@@ -317,9 +403,20 @@ class AgentTracker:
         return [a for a in reversed(self._agents.values()) if a.agent_type == agent_type]
 
     def _owner(self, agent_type: AgentType, feature_id: int) -> _Agent | None:
-        return next(
-            (a for a in self._newest_first(agent_type) if feature_id in a.feature_ids), None
-        )
+        for agent in reversed(self._agents.values()):
+            if agent.agent_type == agent_type and feature_id in agent.feature_ids:
+                return agent
+        return None
+
+    def _owner_any(self, feature_id: int) -> _Agent | None:
+        """The owner of ``feature_id``: the newest coding agent, else the newest testing one."""
+        testing = None
+        for agent in reversed(self._agents.values()):
+            if feature_id in agent.feature_ids:
+                if agent.agent_type == "coding":
+                    return agent
+                testing = testing or agent
+        return testing
 
     def _now(self) -> str:
         return iso_timestamp(self._clock())
@@ -382,14 +479,20 @@ class OrchestratorTracker:
 
     def feed(self, line: str) -> Message | None:
         """Apply one line; the ``orchestrator_update`` it causes, if any."""
-        if line.startswith("[Feature #"):
+        if line.startswith("[Feature #") or _ANY_NEEDLE.search(line) is None:
             return None
-        for pattern in _MAX_CONCURRENCY:
-            if (match := pattern.search(line)) and (value := _number(match[1])) is not None:
+        for needle, pattern in _MAX_CONCURRENCY:
+            if (
+                needle in line
+                and (match := pattern.search(line))
+                and (value := _number(match[1])) is not None
+            ):
                 self._max_concurrency = value
                 break
-        for event_type, pattern in _CHAIN:
-            if match := pattern.search(line):
+        for event_type, needle, needle_starts, pattern in _CHAIN:
+            if (line.startswith(needle) if needle_starts else needle in line) and (
+                match := pattern.search(line)
+            ):
                 return self._apply(event_type, match)
         return None
 

@@ -38,9 +38,8 @@ BACKLOG: Final = 4096
 
 
 def iso_timestamp(unix_seconds: float) -> str:
-    """Same text as trio-ws's timestamps: ISO 8601, UTC, milliseconds."""
-    moment = datetime.fromtimestamp(unix_seconds, tz=UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    """Same text as trio-ws's timestamps: ISO 8601, UTC, microseconds (PROTOCOL.md 1)."""
+    return datetime.fromtimestamp(unix_seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def encode(message: dict[str, object]) -> str:
