@@ -140,7 +140,7 @@ class Reference:
         if not line.startswith("[Feature #"):
             hits = sorted((line.find(lit), s) for lit, s in STATUS_LITERALS if lit in line)
             for _, status in hits:
-                events += self.change(status)
+                events += self.change(status, ts)
         if not self.banner_shown and any(re.search(p, line, re.I) for p in AUTH):
             events += self.banner(ts)
         redacted, self.in_key = redact_line(line, self.in_key)
@@ -173,14 +173,19 @@ class Reference:
             self.orch = self.idle(self.orch["max"])
         return events
 
-    def change(self, status: str) -> list[Message]:
+    def change(self, status: str, ts: str | None = None) -> list[Message]:
+        """A status read off a line carries the line's timestamp; a producer's does not
+        (the hub dates it)."""
         if status == self.status:
             return []
         if status == "running" and self.status in ("stopped", "crashed"):
             self.banner_shown = False
             self.recent.clear()
         self.status = status
-        return [{"type": "agent_status", "status": status}]
+        event: Message = {"type": "agent_status", "status": status}
+        if ts is not None:
+            event["timestamp"] = ts
+        return [event]
 
     def banner(self, ts: str) -> list[Message]:
         self.banner_shown = True

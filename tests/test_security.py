@@ -685,8 +685,17 @@ SECRET_SHAPES = {
         _run(_ALNUM + "!$%*+=~", 8, 16),
     ),
 }
-# Surrounding text: any words, joined to the secret by spaces so its shape stays itself.
-_WORDS = st.lists(st.text(st.characters(codec="utf-8"), max_size=12), max_size=6)
+# Surrounding text: any words, and words that introduce a secret themselves (a name, a
+# scheme, a JSON key), joined to the secret by spaces so its shape stays itself.
+_INTRODUCERS = (
+    "--TOKEN", "--password", "password:", "password=", "token", "Authorization:", "Bearer",
+    "Basic", '"password":', "'api_key':", "api_key", "secret", "Token", "=", ":", '"', "'",
+    "-----BEGIN RSA PRIVATE KEY-----", "http://u:",
+)  # fmt: skip
+_WORDS = st.lists(
+    st.one_of(st.sampled_from(_INTRODUCERS), st.text(st.characters(codec="utf-8"), max_size=12)),
+    max_size=6,
+)
 
 
 @settings(max_examples=300)
@@ -702,8 +711,18 @@ def test_a_secret_of_every_shape_in_random_text_never_survives(
     assert redact(line).replace(REDACTED, " ").count(secret) < line.count(secret)
 
 
-@pytest.mark.parametrize("line", ["--TOKEN Bearer 00000000", "token=Bearer 00000000"])
+@pytest.mark.parametrize(
+    "line",
+    [
+        "--TOKEN Bearer 00000000",
+        "token=Bearer 00000000",
+        "--TOKEN Authorization: Basic 00000000",
+        '--TOKEN "password": "00000000"',
+        "--TOKEN password: 00000000",
+        "Bearer Bearer 00000000",
+    ],
+)
 def test_a_named_value_that_is_an_auth_scheme_takes_its_credential_along(line: str) -> None:
-    """Found by the property test: the name's match ended at ``Bearer``, whose own
-    match then could not start, and the credential after it survived."""
+    """Found by the property test: one match's value was another secret's introducer,
+    whose own match then could not start, and the credential after it survived."""
     assert "00000000" not in redact(line)

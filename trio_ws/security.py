@@ -36,10 +36,12 @@ _NAME_ENDS: Final = (
 
 _VALUE: Final = (
     r"""(?:"(?P<{0}d>(?:[^"\\]|\\.)*)"?|'(?P<{0}s>(?:[^'\\]|\\.)*)'?"""
-    r"""|(?P<{0}u>(?:(?:bearer|basic|token|digest)\s+)?[^\s"']+))"""
+    r"""|(?P<{0}u>(?:(?:bearer|basic|token|digest)\s+)*[^\s"']+))"""
 )
-"""A quoted value up to its closing quote, or an unquoted one up to a space or quote
-(with its auth scheme: in ``--token Bearer xyz`` the secret is ``Bearer xyz``)."""
+"""A quoted value up to its closing quote, or an unquoted one up to a space or quote.
+An unquoted value that is itself a name (``--token Authorization: Basic xyz``) or an
+auth scheme (``--token Bearer xyz``) takes what it introduces along: a match that
+swallowed the introducer would otherwise leave the credential behind it."""
 
 # Each alternative names its secret with a group listed in _SECRET_GROUPS; the
 # rest of the match (a name, a scheme, a host) stays.
@@ -138,9 +140,9 @@ def _redact_once(text: str) -> tuple[str, bool]:
     else:
         return text, False
     opened = False
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal opened
+    spans: list[tuple[int, int]] = []
+    pos = 0
+    while (match := _SECRET_RE.search(text, pos)) is not None:
         # Each alternative's secret group is the last group it closes.
         name = match.lastgroup
         assert name is not None  # every alternative has a secret group
@@ -149,13 +151,26 @@ def _redact_once(text: str) -> tuple[str, bool]:
         elif name == "pem":
             opened = not match["pem"].strip()
         start, end = match.span(name)
-        if match[name].isspace() or start == end:
-            return match[0]
-        offset = match.start()
-        whole = match[0]
-        return whole[: start - offset] + REDACTED + whole[end - offset :]
-
-    return _SECRET_RE.sub(replace, text), opened
+        if start < end and not match[name].isspace():
+            if spans and start <= spans[-1][1]:
+                spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+            else:
+                spans.append((start, end))
+        # Search on from where the secret starts (its opening quote included), not
+        # from the match's end: a value that is itself a name, a scheme or a JSON key
+        # (``--token "password": "x"``) introduces a secret that overlaps this match.
+        # Starts inside a word fail at once, so this stays linear in the line.
+        resume = start - 1 if start > 0 and text[start - 1] in "\"'" else start
+        pos = max(resume, match.start() + 1)
+    if not spans:
+        return text, opened
+    pieces: list[str] = []
+    done = 0
+    for start, end in spans:
+        pieces += (text[done:start], REDACTED)
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces), opened
 
 
 # -- access: Origin and tokens (PROTOCOL.md 2, 6) ------------------------------
