@@ -498,8 +498,17 @@ async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
         start = hub.seq + 1
         # One producer message's worth of lines overflows its queue at once; the
         # warning is raised while it is still behind.
+        raised = trio.Event()
+
+        def warn_after_fan_out(project: str, seconds: float) -> None:
+            hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+            hub.on_commit = None
+            raised.set()
+
+        # The warning is raised right after the commit's fan-out, with no checkpoint.
+        hub.on_commit = warn_after_fan_out
         hub.feed_lines(log_lines(50))
-        hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+        await raised.wait()
         assert hub.stats.fell_behind == 1
         seen = await receive_until(ws, lambda m: m["type"] == "warning")
     events = [m["seq"] for m in seen if "seq" in m]

@@ -299,7 +299,8 @@ class ProjectHub:
         self._commit_lock = trio.Lock()
         self.closed = False
         self.on_commit: Callable[[str, float], None] | None = None
-        """Told each commit's latency (seconds), for the metrics."""
+        """Told each commit's latency (seconds), for the metrics, right after its
+        fan-out."""
         self._subscribers: set[Subscriber] = set()
         self._ids = itertools.count(1)
         self._snapshot_state = Snapshot()
@@ -427,8 +428,6 @@ class ProjectHub:
                 log.error("project %s: journal write failed, acks stop: %s", self.name, exc)
                 self.warn("journal", f"cannot write the journal; acks stop until it can: {exc}")
             return False
-        if self.on_commit is not None:
-            self.on_commit(self.name, time.perf_counter() - started)
         if self._write_failing:
             self._write_failing = False
             log.info("project %s: journal writes recovered", self.name)
@@ -439,8 +438,11 @@ class ProjectHub:
                 del self._pending_pseqs[key]
         self.committed_pseqs.update(pseqs)
         self._snapshot_state = snapshot
+        seconds = time.perf_counter() - started
         for _, item in events:
             self._fan_out(item)
+        if self.on_commit is not None:
+            self.on_commit(self.name, seconds)
         self._committed.set()
         self._committed = trio.Event()
         return True
