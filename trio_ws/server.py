@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -543,6 +544,8 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 GC_THRESHOLDS: Final = (50_000, 20, 100)
+SWITCH_INTERVAL: Final = 0.0005
+"""Seconds between GIL hand-overs in a serving process (Python's default: 0.005)."""
 
 
 def tune_gc_for_serving() -> None:
@@ -553,6 +556,10 @@ def tune_gc_for_serving() -> None:
     collection at all. Process-wide, so only the CLI's long-running commands call it."""
     gc.freeze()  # what was loaded at start-up is never garbage
     gc.set_threshold(*GC_THRESHOLDS)
+    # The journal's worker thread needs the GIL for a moment on each commit; with the
+    # default 5 ms switch interval a busy event loop keeps it waiting for that long at
+    # each hand-over, and events wait for their commit.
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 async def serve_until_signalled(
