@@ -17,6 +17,7 @@ from test_cli_serve import serving as serve_process
 from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
+from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
@@ -553,3 +554,44 @@ async def test_serve_history_bytes_bounds_what_a_resume_reaches(
     assert near_opening[1] == {"type": "resumed", "since": 31, "seq": 41}
     assert [m["seq"] for m in near_opening[2:]] == list(range(32, 42))
     assert far_opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": 41}
+
+
+# -- commit, then fan out (STATE.md 3.1, 3.2) -------------------------------------------
+
+
+async def open_on_sqlite(tmp_path: Path) -> ProjectHub:
+    hub = ProjectHub("demo")
+    await hub.open(SqliteBackend(tmp_path).journal("demo"))
+    return hub
+
+
+async def test_events_reach_subscribers_and_history_only_once_committed(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    subscriber = hub.subscribe(backlog=0)
+    hub.feed_lines(["one", "two"])
+    hub.applied("agent:p1", 2)
+    staged = (hub.seq, hub.head, len(hub.history), dict(hub.committed_pseqs))
+    queued = subscriber.receive_channel.statistics().current_buffer_used
+    assert await hub.commit()
+    assert (staged, queued) == ((2, 0, 0, {}), 0)
+    assert hub.head == 2 and hub.committed_pseqs == {"agent:p1": 2}
+    seqs = [subscriber.receive_channel.receive_nowait().seq for _ in range(2)]
+    assert seqs == [1, 2]
+
+
+async def test_a_reopened_hub_continues_epoch_head_trackers_and_pseqs(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    hub.set_status("running")
+    hub.feed_lines(["[Feature #3] Started coding agent for feature #3", "work"])
+    hub.applied("agent:p1", 7)
+    assert await hub.commit()
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    assert (again.epoch, again.head, again.committed_pseqs) == (
+        hub.epoch,
+        hub.head,
+        {"agent:p1": 7},
+    )
+    assert again.agent.to_state() == hub.agent.to_state()
+    snapshot = [item.text for item in again.subscribe(backlog=10).initial[1:]]
+    assert snapshot == [item.text for item in hub.subscribe(backlog=10).initial[1:]]
