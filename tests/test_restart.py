@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import trio
 from test_cli_run import TRANSCRIPT, child, transcript_lines
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
+from trio_ws.journal_sqlite import journal_path
 from trio_ws.pipeline import AgentPipeline, sanitize
 from trio_ws.registry import Registry
 
@@ -187,3 +190,24 @@ async def test_kill_9_mid_run_then_restart_resumes_every_watcher_exactly_once(
     assert names  # the transcript has agents
     dev_status = [m for m in snapshot.lives[0] if m["type"] == "dev_server_status"]
     assert dev_status[0]["url"] == "http://localhost:5173/"
+
+
+async def test_sigterm_commits_and_records_a_clean_stop(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A signalled server closes its journals clean, so an OS reboot before the next
+    start does not cost the history (STATE.md 3.3); kill -9 leaves them unclean."""
+    states = []
+    with trio.fail_after(RESTART_TIMEOUT):
+        for stop in (signal.SIGTERM, signal.SIGKILL):
+            server, port = await start_server(home, 0, tmp_path / "serve.log")
+            watcher = Watcher()
+            async with trio.open_nursery() as life:
+                life.start_soon(watcher.watch, port)
+                await watcher.until(lambda m: m["type"] == "hello")
+                server.send_signal(stop)
+                await server.wait()
+            conn = sqlite3.connect(journal_path(home, "demo"))
+            states.append(conn.execute("SELECT value FROM meta WHERE key = 'clean'").fetchone())
+            conn.close()
+    assert states == [("1",), ("0",)]
