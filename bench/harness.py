@@ -306,11 +306,19 @@ def pass_feature(project_dir: Path, feature: int) -> float:
         return time.time()
 
 
+Journal = tuple[str, str]
+"""A server's ``--journal`` and ``--sync``."""
+DEFAULT_JOURNAL: Journal = ("sqlite", "normal")
+"""What `trio-ws serve` uses unless told otherwise."""
+
 _SERVING = re.compile(r"serving http://127\.0\.0\.1:(\d+)/")
 _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
-def start_trio_ws(workdir: Path, logs: Path, poll_interval: float = 1.0) -> Target:
+def start_trio_ws(
+    workdir: Path, logs: Path, poll_interval: float = 1.0, journal: Journal = DEFAULT_JOURNAL
+) -> Target:
+    """`trio-ws serve` on a fresh home; ``journal`` is its ``--journal`` and ``--sync``."""
     home, project = workdir / "home", workdir / "project"
     project.mkdir(parents=True)
     create_features_db(project)
@@ -327,6 +335,7 @@ def start_trio_ws(workdir: Path, logs: Path, poll_interval: float = 1.0) -> Targ
         raise BenchError(f"trio-ws projects add failed: {added.stderr.strip()}")
     argv = [command, "serve", "--home", str(home), "--port", "0"]
     argv += ["--poll-interval", str(poll_interval), "--log-level", "warning"]
+    argv += ["--journal", journal[0], "--sync", journal[1]]
     child = Child("trio-ws", argv, logs, stdin=False)
     PLACEMENT.pin_server(child.pid)
     try:
@@ -357,8 +366,18 @@ def start_peer(logs: Path) -> Target:
 
 
 @contextmanager
-def target(kind: Kind, workdir: Path, logs: Path, poll_interval: float = 1.0) -> Iterator[Target]:
-    started = start_trio_ws(workdir, logs, poll_interval) if kind == "trio-ws" else start_peer(logs)
+def target(
+    kind: Kind,
+    workdir: Path,
+    logs: Path,
+    poll_interval: float = 1.0,
+    journal: Journal = DEFAULT_JOURNAL,
+) -> Iterator[Target]:
+    started = (
+        start_trio_ws(workdir, logs, poll_interval, journal)
+        if kind == "trio-ws"
+        else start_peer(logs)
+    )
     with running(started.child):
         yield started
 

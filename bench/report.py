@@ -349,6 +349,7 @@ def render(results: Results) -> str:
     parts.append(_slow(results))
     parts.append(_polling(results))
     parts.append(_producer_latency(results))
+    parts.append(_journal(results))
     parts.append(_errors(results))
     parts.append(METHOD)
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -656,6 +657,89 @@ def _producer_latency(results: Results) -> str:
         f"{_num(found.get('added_p50_ms'), ' ms')}, p99 {_num(found.get('added_p99_ms'), ' ms')}."
     )
     return "## Producer latency\n\n" + table(headers, rows) + "\n\n" + text
+
+
+JOURNAL_BUDGET_P50_MS = 1.0
+"""`sqlite`/normal may add at most this much to the steady-rate p50 over `memory`."""
+JOURNAL_BUDGET_CPU = 1.25
+"""... and at most this factor to server CPU per delivery at 1 subscriber."""
+
+
+def _journal(results: Results) -> str:
+    found = _scenario(results, "journal")
+    if found is None:
+        return ""
+    headers = (
+        "trial", "journal", "sync", "subscribers", "deliveries/s", "CPU µs/delivery",
+        "rate: producer", "subscribers", "event→receive p50 ms", "p99 ms", "send→receive p50 ms",
+        "p99 ms", "CPU µs/delivery", "longest ack wait s",
+    )  # fmt: skip
+    rows = []
+    for run in found["runs"]:
+        trial = run.get("trial", 1)
+        for fan in run["fanout"]:
+            rows.append(
+                (trial, run["journal"], run["sync"], fan["subscribers"], fan["deliveries_per_s"],
+                 fan["server_cpu_us_per_delivery"], "", "", "", "", "", "", "", "")
+            )  # fmt: skip
+        for how, paced in sorted(run["rate"].items()):
+            latency, from_event = paced["latency"], paced["latency_from_event_timestamp"]
+            rows.append(
+                (trial, run["journal"], run["sync"], "", "", "", how, paced["subscribers"],
+                 from_event.get("p50_ms"), from_event.get("p99_ms"), latency.get("p50_ms"),
+                 latency.get("p99_ms"), paced["server_cpu_us_per_delivery"],
+                 paced["longest_ack_wait_s"])
+            )  # fmt: skip
+    measured = "".join(
+        f"\n- trial {i}: {when}" for i, when in enumerate(found.get("measured", []), 1)
+    )
+    budgets = [
+        _journal_budget([run for run in found["runs"] if run.get("trial", 1) == trial], trial)
+        for trial in sorted({run.get("trial", 1) for run in found["runs"]})
+    ]
+    return (
+        "## Journals side by side\n\n"
+        "`python -m bench.run --only journal`: the same fan-out (full speed) and steady-rate "
+        "runs against `trio-ws serve --journal memory`, `--journal sqlite --sync normal` "
+        "(the default) and `--sync full`. Every event is committed before any subscriber "
+        "sees it and acks wait for the commit (STATE.md 3.1, 3.2)."
+        + (f"\n{measured}" if measured else "")
+        + "\n\n"
+        + table(headers, rows)
+        + "\n\n"
+        + "\n\n".join(budget for budget in budgets if budget)
+    )
+
+
+def _journal_budget(runs: Sequence[Results], trial: int) -> str:
+    """The budget: sqlite/normal vs memory, p50 at the steady rate and CPU at 1 subscriber."""
+    by = {(run["journal"], run["sync"]): run for run in runs}
+    memory, sqlite = by.get(("memory", "normal")), by.get(("sqlite", "normal"))
+    if memory is None or sqlite is None:
+        return ""
+    lines = []
+    for how in sorted(memory["rate"]):
+        ours = sqlite["rate"][how]["latency_from_event_timestamp"].get("p50_ms")
+        base = memory["rate"][how]["latency_from_event_timestamp"].get("p50_ms")
+        if ours is not None and base is not None:
+            added = ours - base
+            verdict = "within" if added <= JOURNAL_BUDGET_P50_MS else "**over**"
+            lines.append(
+                f"- steady rate ({how}): event→receive p50 {base} ms (memory) → {ours} ms "
+                f"(sqlite/normal), {added:+.2f} ms: {verdict} the {JOURNAL_BUDGET_P50_MS:g} ms "
+                "budget"
+            )
+    ours_cpu = sqlite["fanout"][0]["server_cpu_us_per_delivery"]
+    base_cpu = memory["fanout"][0]["server_cpu_us_per_delivery"]
+    if ours_cpu and base_cpu:
+        factor = ours_cpu / base_cpu
+        verdict = "within" if factor <= JOURNAL_BUDGET_CPU else "**over**"
+        lines.append(
+            f"- CPU per delivery at {memory['fanout'][0]['subscribers']} subscriber: "
+            f"{base_cpu} µs (memory) → {ours_cpu} µs (sqlite/normal), {factor - 1:+.0%}: "
+            f"{verdict} the {JOURNAL_BUDGET_CPU - 1:.0%} budget"
+        )
+    return f"Budget, trial {trial} (sqlite/normal against memory):\n\n" + "\n".join(lines)
 
 
 def _errors(results: Results) -> str:

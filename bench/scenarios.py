@@ -238,11 +238,17 @@ def fanout(plan: Plan, run_dir: Path) -> dict[str, Any]:
     return {"runs": runs, "ratios": ratios(runs)}
 
 
-def fanout_one(kind: Kind, size: int, plan: Plan, logs: Path) -> dict[str, Any]:
+def fanout_one(
+    kind: Kind,
+    size: int,
+    plan: Plan,
+    logs: Path,
+    journal: harness.Journal = harness.DEFAULT_JOURNAL,
+) -> dict[str, Any]:
     logs.mkdir(parents=True)
     duration = plan.fanout_warmup + plan.fanout_seconds + TAIL
     with ExitStack() as stack:
-        found = stack.enter_context(harness.target(kind, logs / "server", logs))
+        found = stack.enter_context(harness.target(kind, logs / "server", logs, journal=journal))
         subs = stack.enter_context(
             harness.subscribers(found, size, plan.per_process, logs, stride=plan.fanout_stride)
         )
@@ -353,11 +359,15 @@ def rate(plan: Plan, run_dir: Path) -> dict[str, Any]:
     }
 
 
-def rate_one(plan: Plan, logs: Path, tick: float) -> dict[str, Any]:
+def rate_one(
+    plan: Plan, logs: Path, tick: float, journal: harness.Journal = harness.DEFAULT_JOURNAL
+) -> dict[str, Any]:
     logs.mkdir(parents=True)
     count = int(plan.rate * plan.rate_seconds)
     with ExitStack() as stack:
-        found = stack.enter_context(harness.target("trio-ws", logs / "server", logs))
+        found = stack.enter_context(
+            harness.target("trio-ws", logs / "server", logs, journal=journal)
+        )
         subs = stack.enter_context(
             harness.subscribers(found, plan.rate_subscribers, plan.per_process, logs)
         )
@@ -635,6 +645,37 @@ def _await_progress(
     raise BenchError(f"no matching progress event within {timeout:g} s")
 
 
+# -- journals side by side -----------------------------------------------------------------
+
+JOURNALS: Final[tuple[harness.Journal, ...]] = (
+    ("memory", "normal"),
+    ("sqlite", "normal"),
+    ("sqlite", "full"),
+)
+
+
+def journal(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """What committing before fan-out costs (STATE.md 3.1): server CPU per delivery at
+    the smallest and largest fan-out size, and latency at the steady rate, for each
+    ``--journal``/``--sync``."""
+    sizes = (plan.fanout_sizes[0], plan.fanout_sizes[-1])
+    runs = []
+    for backend, sync in JOURNALS:
+        name = f"{backend}-{sync}"
+        fanouts = [
+            fanout_one(
+                "trio-ws", size, plan, run_dir / f"journal-{name}-fanout-{size}", (backend, sync)
+            )
+            for size in sizes
+        ]
+        rates = {
+            how: rate_one(plan, run_dir / f"journal-{name}-rate-{how}", tick, (backend, sync))
+            for how, tick in (("batched", PRODUCER_TICK), ("per_event", 1 / plan.rate))
+        }
+        runs.append({"journal": backend, "sync": sync, "fanout": fanouts, "rate": rates})
+    return {"runs": runs}
+
+
 SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "fanout": fanout,
     "rate": rate,
@@ -642,6 +683,7 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "slow": slow,
     "polling": polling,
     "producer_latency": producer_latency,
+    "journal": journal,
 }
 
 

@@ -22,6 +22,7 @@ def make_config(registry: Registry, **overrides: Any) -> ServerConfig:
         "host": "127.0.0.1",
         "port": 0,
         "poll_interval": 0.05,
+        "journal": "memory",  # the journal is not the point of most tests: keep them fast
     }
     settings.update(overrides)
     return ServerConfig(**settings)

@@ -212,6 +212,46 @@ def test_fanout_targets_are_judged_on_the_largest_size(
     assert f"{ours / theirs:.2f}x" in judged[1].trio_ws
 
 
+def journal_run(backend: str, sync: str, cpu_us: float, p50_ms: float) -> dict[str, Any]:
+    latency = {"p50_ms": p50_ms, "p99_ms": p50_ms * 3}
+    paced = {
+        "subscribers": 1000,
+        "latency": latency,
+        "latency_from_event_timestamp": latency,
+        "server_cpu_us_per_delivery": 5.0,
+        "longest_ack_wait_s": 0.1,
+    }
+    fan = {"subscribers": 1, "deliveries_per_s": 30_000.0, "server_cpu_us_per_delivery": cpu_us}
+    return {
+        "journal": backend,
+        "sync": sync,
+        "fanout": [fan],
+        "rate": {"batched": paced, "per_event": paced},
+    }
+
+
+@pytest.mark.parametrize(
+    ("cpu_us", "p50_ms", "verdicts"),
+    [(30.0, 10.9, ["within", "within", "within"]), (40.0, 12.0, ["**over**"] * 3)],
+)
+def test_the_journal_section_judges_sqlite_normal_against_memory(
+    cpu_us: float, p50_ms: float, verdicts: list[str]
+) -> None:
+    """Budget: at most +1 ms p50 at the steady rate, +25% CPU per delivery at 1 subscriber."""
+    runs = [
+        journal_run("memory", "normal", 25.0, 10.0),
+        journal_run("sqlite", "normal", cpu_us, p50_ms),
+    ]
+    page = report.render({**results_with(), "scenarios": {"journal": {"runs": runs}}})
+    section = page.split("## Journals side by side")[1].split("## How")[0]
+    found = [
+        line.split(": ")[-1].split(" the ")[0]
+        for line in section.splitlines()
+        if line.startswith("- ")
+    ]
+    assert found == verdicts
+
+
 def test_scenarios_not_run_are_not_judged() -> None:
     assert {target.met for target in report.targets(results_with())} == {None}
     assert "not run" in report.render(results_with())

@@ -11,11 +11,14 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+import trio
 from click.testing import CliRunner, Result
 
 import trio_ws.registry
 from cli import main
 from trio_ws import __version__
+from trio_ws.journal import Batch
+from trio_ws.journal_sqlite import SqliteBackend, journal_path
 
 
 @pytest.fixture
@@ -125,6 +128,36 @@ def test_remove_confirms_and_unregisters(home: Path, alpha: Path) -> None:
     assert result.stdout == f"removed alpha (was {alpha.resolve().as_posix()})\n"
     assert json.loads(projects("list", "--json", home=home).stdout) == []
     assert alpha.is_dir()
+
+
+def write_journal(home: Path, project: str) -> Path:
+    """A real journal of ``project`` with one committed event, closed."""
+
+    async def write() -> None:
+        journal = SqliteBackend(home).journal(project)
+        await journal.open()
+        await journal.append(Batch([(1, '{"type":"log","seq":1}')]))
+        await journal.close()
+
+    trio.run(write)
+    return journal_path(home, project)
+
+
+def test_remove_deletes_the_projects_journal(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    path = write_journal(home, "alpha")
+    result = projects("remove", "alpha", home=home)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == f"removed its journal {path}"
+    assert sorted(path.parent.iterdir()) == []
+
+
+def test_remove_keep_journal_keeps_it(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    path = write_journal(home, "alpha")
+    result = projects("remove", "alpha", "--keep-journal", home=home)
+    assert result.exit_code == 0, result.output
+    assert path.is_file()
 
 
 def test_home_comes_from_the_environment(home: Path, alpha: Path) -> None:

@@ -52,7 +52,7 @@ async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
 ) -> None:
     """The regression guard: one JSON encoding and one frame per event, not per delivery."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = server.manager.hub_for("demo", project_dir)
+        hub = await server.manager.open_hub("demo", project_dir)
         watchers = [await synced(nursery, server) for _ in range(5)]
         json_calls = counting(monkeypatch, protocol, "encode")
         frame_calls = counting(monkeypatch, frames, "text_frame")
@@ -67,7 +67,7 @@ async def test_queued_events_leave_in_one_write(
     nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = server.manager.hub_for("demo", project_dir)
+        hub = await server.manager.open_hub("demo", project_dir)
         ws = await synced(nursery, server)
         writes = counting(monkeypatch, WebSocket, "send_frames")
         hub.feed_lines([f"plain line {i}" for i in range(100)])  # no checkpoint in between
@@ -83,7 +83,7 @@ async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
 ) -> None:
     """Pongs and the close frame share the connection's one write path with our batches."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = server.manager.hub_for("demo", project_dir)
+        hub = await server.manager.open_hub("demo", project_dir)
         ws = await synced(nursery, server)
         received: list[dict[str, Any]] = []
 
@@ -107,7 +107,7 @@ async def test_writes_the_kernel_takes_whole_cost_no_wait(
 ) -> None:
     """The fast path: small batches to a reading peer never take the awaited route."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = server.manager.hub_for("demo", project_dir)
+        hub = await server.manager.open_hub("demo", project_dir)
         ws = await synced(nursery, server)
         [session] = server.manager._sessions
         assert isinstance(session, SubscriberSession)
@@ -129,7 +129,7 @@ async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
 
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await nursery.start(serve, make_config(registry, stall_timeout=0.3))
-        hub = server.manager.hub_for("demo", project_dir)
+        hub = await server.manager.open_hub("demo", project_dir)
         stalled = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stalled.send_all(
             b"GET /ws/projects/demo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"

@@ -17,6 +17,7 @@ from test_cli_serve import serving as serve_process
 from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
+from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.protocol import iso_timestamp
 from trio_ws.registry import Registry
@@ -521,8 +522,17 @@ async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
         start = hub.seq + 1
         # One producer message's worth of lines overflows its queue at once; the
         # warning is raised while it is still behind.
+        raised = trio.Event()
+
+        def warn_after_fan_out(project: str, seconds: float) -> None:
+            hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+            hub.on_commit = None
+            raised.set()
+
+        # The warning is raised right after the commit's fan-out, with no checkpoint.
+        hub.on_commit = warn_after_fan_out
         hub.feed_lines(log_lines(50))
-        hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+        await raised.wait()
         assert hub.stats.fell_behind == 1
         seen = await receive_until(ws, lambda m: m["type"] == "warning")
     events = [m["seq"] for m in seen if "seq" in m]
@@ -579,3 +589,44 @@ async def test_progress_and_status_events_are_dated_by_the_hub_clock() -> None:
         ("agent_status", 1, iso_timestamp(1_700_000_000.25)),
         ("progress", 2, iso_timestamp(1_700_000_000.25)),
     ]
+
+
+# -- commit, then fan out (STATE.md 3.1, 3.2) -------------------------------------------
+
+
+async def open_on_sqlite(tmp_path: Path) -> ProjectHub:
+    hub = ProjectHub("demo")
+    await hub.open(SqliteBackend(tmp_path).journal("demo"))
+    return hub
+
+
+async def test_events_reach_subscribers_and_history_only_once_committed(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    subscriber = hub.subscribe(backlog=0)
+    hub.feed_lines(["one", "two"])
+    hub.applied("agent:p1", 2)
+    staged = (hub.seq, hub.head, len(hub.history), dict(hub.committed_pseqs))
+    queued = subscriber.receive_channel.statistics().current_buffer_used
+    assert await hub.commit()
+    assert (staged, queued) == ((2, 0, 0, {}), 0)
+    assert hub.head == 2 and hub.committed_pseqs == {"agent:p1": 2}
+    seqs = [subscriber.receive_channel.receive_nowait().seq for _ in range(2)]
+    assert seqs == [1, 2]
+
+
+async def test_a_reopened_hub_continues_epoch_head_trackers_and_pseqs(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    hub.set_status("running")
+    hub.feed_lines(["[Feature #3] Started coding agent for feature #3", "work"])
+    hub.applied("agent:p1", 7)
+    assert await hub.commit()
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    assert (again.epoch, again.head, again.committed_pseqs) == (
+        hub.epoch,
+        hub.head,
+        {"agent:p1": 7},
+    )
+    assert again.agent.to_state() == hub.agent.to_state()
+    snapshot = [item.text for item in again.subscribe(backlog=10).initial[1:]]
+    assert snapshot == [item.text for item in hub.subscribe(backlog=10).initial[1:]]

@@ -505,7 +505,7 @@ async def test_no_poll_loop_before_any_subscriber(
     nursery: trio.Nursery, project_dir: Path, server: Server
 ) -> None:
     manager = server.manager
-    manager.hub_for("demo", project_dir)
+    await manager.open_hub("demo", project_dir)
     with trio.fail_after(NETWORK_TIMEOUT):
         status, _, _ = await http_get(server, "/healthz")
         refused = await connect(nursery, server, "nobody")
@@ -581,7 +581,7 @@ async def test_resubscribing_during_a_slow_read_keeps_one_loop(
     """The cancelled loop may still be inside its (uncancellable) read; no second loop joins it."""
     directory, path = unit_project(tmp_path, rows(passing=1))
     manager = ConnectionManager(nursery, poll_interval=0.01, lock_timeout=NETWORK_TIMEOUT)
-    manager.hub_for("slow", directory)
+    await manager.open_hub("slow", directory)
     reader = manager.reader_for("slow")
     assert reader is not None
     with HeldLock(path) as lock:
@@ -604,8 +604,8 @@ async def test_resubscribe_churn_on_a_locked_project_does_not_starve_another(
     slow_dir, slow_path = unit_project(tmp_path, rows(passing=1), name="slow")
     other_dir, _ = unit_project(tmp_path, rows(passing=1), name="other")
     manager = ConnectionManager(nursery, poll_interval=0.01, lock_timeout=NETWORK_TIMEOUT)
-    manager.hub_for("slow", slow_dir)
-    manager.hub_for("other", other_dir)
+    await manager.open_hub("slow", slow_dir)
+    await manager.open_hub("other", other_dir)
     slow_reader, other_reader = manager.reader_for("slow"), manager.reader_for("other")
     assert slow_reader is not None and other_reader is not None
     manager.subscribe("other", None, None, 0)
@@ -794,9 +794,9 @@ async def test_hub_for_gives_the_same_hub_for_the_same_name(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     manager = ConnectionManager(nursery)
-    hub = manager.hub_for("alpha", tmp_path)
+    hub = await manager.open_hub("alpha", tmp_path)
     reader = manager.reader_for("alpha")
-    assert manager.hub_for("alpha", tmp_path) is hub
+    assert await manager.open_hub("alpha", tmp_path) is hub
     assert manager.get_hub("alpha") is hub
     assert manager.reader_for("alpha") is reader  # its cached connection is kept
 
@@ -805,8 +805,8 @@ async def test_hub_for_gives_different_names_different_hubs_and_epochs(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     manager = ConnectionManager(nursery)
-    alpha = manager.hub_for("alpha", tmp_path / "alpha")
-    beta = manager.hub_for("beta", tmp_path / "beta")
+    alpha = await manager.open_hub("alpha", tmp_path / "alpha")
+    beta = await manager.open_hub("beta", tmp_path / "beta")
     assert alpha is not beta
     assert alpha.epoch != beta.epoch
     assert manager.hubs == {"alpha": alpha, "beta": beta}
@@ -819,12 +819,12 @@ async def test_reregistered_directory_feeds_the_next_progress(
     old_dir, _ = unit_project(tmp_path, rows(passing=1, pending=3), name="old")
     new_dir, _ = unit_project(tmp_path, rows(passing=2, in_progress=1), name="new")
     manager = ConnectionManager(nursery, poll_interval=0.01)
-    hub = manager.hub_for("moving", old_dir)
+    hub = await manager.open_hub("moving", old_dir)
     epoch = hub.epoch
     _, subscriber = manager.subscribe("moving", None, None, 0)
     with trio.fail_after(5):
         first = await next_event(subscriber, "progress")
-        assert manager.hub_for("moving", new_dir) is hub
+        assert await manager.open_hub("moving", new_dir) is hub
         second = await next_event(subscriber, "progress")
     assert figures(first) == expected(1, 0, 4, 25.0, 0)
     assert figures(second) == expected(2, 1, 3, 66.7, 0)
@@ -1035,7 +1035,7 @@ async def test_a_reader_that_raises_does_not_refuse_a_new_subscriber(
     """The first subscriber's one-off read (``prime``) fails too: it still joins, told why."""
     create_db(db_path(project_dir), rows(pending=1))
     server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
-    server.manager.hub_for("demo", project_dir)
+    await server.manager.open_hub("demo", project_dir)
     reader = server.manager.reader_for("demo")
     assert reader is not None
     monkeypatch.setattr(reader, "read", FaultyRead(reader, failures=1))

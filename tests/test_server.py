@@ -173,7 +173,16 @@ async def test_healthz_reports_status_and_counts(server: Server) -> None:
         status, headers, body = await http_get(server, "/healthz")
     health = json_body(body)
     assert (status, headers["content-type"]) == (200, "application/json")
-    assert set(health) == {"status", "projects", "subscribers", "producers", "uptime_s"}
+    assert set(health) == {
+        "status",
+        "projects",
+        "subscribers",
+        "producers",
+        "uptime_s",
+        "journal",
+        "journals",
+    }
+    assert (health["journal"], health["journals"]) == ("memory", {})
     assert health["status"] == "ok"
     assert (health["projects"], health["subscribers"], health["producers"]) == (0, 0, 0)
     assert isinstance(health["uptime_s"], float) and health["uptime_s"] >= 0
@@ -707,7 +716,7 @@ async def test_a_rejected_upgrade_leaves_no_task_behind(
 async def test_hello_comes_first_and_names_protocol_project_epoch_seq_and_server(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    hub = server.manager.hub_for("demo", project_dir)
+    hub = await server.manager.open_hub("demo", project_dir)
     hub.set_status("running")
     # What the empty project's poll reads, so no read can add an event before hello.
     hub.publish_progress(NO_PROGRESS)
@@ -1162,7 +1171,7 @@ async def test_a_hostile_since_gets_hello_then_resync_invalid_since(
 async def test_a_since_with_thousands_of_leading_zeros_is_read_as_its_number(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    epoch = server.manager.hub_for("demo", project_dir).epoch
+    epoch = (await server.manager.open_hub("demo", project_dir)).epoch
     with trio.fail_after(NETWORK_TIMEOUT):
         seen = await first_messages(nursery, server, f"since={'0' * 5000}&epoch={epoch}")
     assert seen[0]["type"] == "hello"

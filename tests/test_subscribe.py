@@ -475,7 +475,7 @@ async def test_live_events_continue_from_the_snapshot_without_gap(
 async def test_mid_run_joiner_gets_active_agents_and_orchestrator_state(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    hub = server.manager.hub_for("demo", project_dir)
+    hub = await server.manager.open_hub("demo", project_dir)
     hub.set_status("running")
     hub.feed_lines(RUN[:150])  # two coding agents at work, nobody was watching
     with trio.fail_after(NETWORK_TIMEOUT):

@@ -498,10 +498,10 @@ def target_of(server: Server, project: str = "demo") -> WatchTarget:
     return WatchTarget.from_server(f"http://127.0.0.1:{server.port}", project)
 
 
-def populate(server: Server, project_dir: Path) -> ProjectHub:
+async def populate(server: Server, project_dir: Path) -> ProjectHub:
     """Give ``demo`` a running agent stream, two agents, orchestrator events and progress."""
     create_db(db_path(project_dir), rows(passing=3, in_progress=2, needs_human_input=1, pending=4))
-    hub = server.manager.hub_for("demo", project_dir)
+    hub = await server.manager.open_hub("demo", project_dir)
     hub.set_status("running")
     hub.feed_lines(AGENT_LINES)
     hub.publish_progress(count_passing_tests(project_dir))  # what the poll loop will read too
@@ -548,7 +548,7 @@ class Collector:
 
 
 async def test_fetch_snapshot_builds_the_servers_state(server: Server, project_dir: Path) -> None:
-    hub = populate(server, project_dir)
+    hub = await populate(server, project_dir)
     with trio.fail_after(NETWORK_TIMEOUT):
         view = await fetch_snapshot(target_of(server))
     assert (view.epoch, view.seq, view.agent_status) == (hub.epoch, hub.seq, "running")
@@ -578,7 +578,7 @@ async def test_fetch_snapshot_of_an_unreachable_server_fails_clearly() -> None:
 async def test_follow_resumes_after_the_server_drops_it(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    hub = populate(server, project_dir)
+    hub = await populate(server, project_dir)
     view = RunView()
     seen = Collector()
     with trio.fail_after(NETWORK_TIMEOUT):
@@ -605,7 +605,7 @@ async def test_follow_resyncs_when_a_new_server_has_a_new_epoch(
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         first: Server = await nursery.start(serve, make_config(registry))
-        old = populate(first, project_dir)
+        old = await populate(first, project_dir)
         view = RunView()
         seen = Collector()
         target = target_of(first)
@@ -613,7 +613,7 @@ async def test_follow_resyncs_when_a_new_server_has_a_new_epoch(
         await settle(old, seen)
         await first.shutdown(1001)
         second: Server = await nursery.start(serve, make_config(registry, port=first.port))
-        hub = second.manager.hub_for("demo", project_dir)
+        hub = await second.manager.open_hub("demo", project_dir)
         hub.feed_lines(["Started coding agent for feature #9"])
         resync = await seen.until(lambda m: m["type"] == "resync")
         await seen.until(lambda m: m["type"] == "agent_update")
@@ -726,7 +726,7 @@ async def run_watch(home: Path, *args: str) -> subprocess.CompletedProcess[bytes
 async def test_cli_once_prints_agents_and_progress(
     server: Server, project_dir: Path, home: Path
 ) -> None:
-    populate(server, project_dir)
+    await populate(server, project_dir)
     with trio.fail_after(NETWORK_TIMEOUT):
         done = await run_watch(
             home, "demo", "--once", "--server", f"http://127.0.0.1:{server.port}"
@@ -741,7 +741,7 @@ async def test_cli_once_prints_agents_and_progress(
 async def test_cli_json_once_prints_the_snapshot_as_json_lines(
     server: Server, project_dir: Path, home: Path
 ) -> None:
-    hub = populate(server, project_dir)
+    hub = await populate(server, project_dir)
     with trio.fail_after(NETWORK_TIMEOUT):
         done = await run_watch(
             home, "demo", "--once", "--json", "--server", f"http://127.0.0.1:{server.port}"
@@ -821,7 +821,7 @@ async def wait_for_subscribers(server: Server, count: int) -> None:
 
 
 async def test_cli_live_exits_0_on_ctrl_c(server: Server, project_dir: Path, home: Path) -> None:
-    populate(server, project_dir)
+    await populate(server, project_dir)
     process = await start_watch(home, "demo", "--server", f"http://127.0.0.1:{server.port}")
     try:
         with trio.fail_after(NETWORK_TIMEOUT):
@@ -840,7 +840,7 @@ async def test_cli_live_exits_0_on_ctrl_c(server: Server, project_dir: Path, hom
 async def test_cli_json_live_prints_a_line_per_message_as_it_arrives(
     server: Server, project_dir: Path, home: Path
 ) -> None:
-    hub = populate(server, project_dir)
+    hub = await populate(server, project_dir)
     process = await start_watch(
         home, "demo", "--json", "--server", f"http://127.0.0.1:{server.port}"
     )
@@ -886,7 +886,7 @@ async def read_all(stream: trio.abc.ReceiveStream) -> bytes:
 async def test_cli_json_live_ends_quietly_when_its_reader_goes_away(
     server: Server, project_dir: Path, home: Path
 ) -> None:
-    hub = populate(server, project_dir)
+    hub = await populate(server, project_dir)
     process = await start_watch(
         home, "demo", "--json", "--server", f"http://127.0.0.1:{server.port}"
     )
@@ -912,7 +912,7 @@ async def test_cli_json_live_continues_after_falling_behind_past_the_history(
     on the same connection."""
     with trio.fail_after(NETWORK_TIMEOUT):
         server: Server = await nursery.start(serve, make_config(registry, history=20, queue_size=8))
-    hub = populate(server, project_dir)
+    hub = await populate(server, project_dir)
     process = await start_watch(
         home, "demo", "--json", "--backlog", "2", "--server", f"http://127.0.0.1:{server.port}"
     )

@@ -27,6 +27,7 @@ from rich.table import Table
 from trio_ws import __version__
 from trio_ws.client import DEFAULT_SERVER
 from trio_ws.hub import DEFAULT_HISTORY_BYTES
+from trio_ws.journal_sqlite import journal_path, remove_files
 from trio_ws.producers import (
     DEFAULT_CAPACITY,
     ECHO_BUFFER,
@@ -177,11 +178,21 @@ def projects_list(as_json: bool, registry_file: Path, **_: Any) -> None:
 
 @projects.command("remove")
 @click.argument("name")
+@click.option(
+    "--keep-journal", is_flag=True, help="Keep <home>/journal/NAME.db (its history) on disk."
+)
 @registry_options
-def projects_remove(name: str, registry_file: Path, **_: Any) -> None:
-    """Unregister project NAME (its directory is left untouched)."""
+def projects_remove(
+    name: str, keep_journal: bool, home_dir: Path, registry_file: Path, **_: Any
+) -> None:
+    """Unregister project NAME and delete its journal (its directory is left untouched)."""
     project = Registry(registry_file).remove(name)
     click.echo(f"removed {project.name} (was {project.path.as_posix()})")
+    path = journal_path(home_dir, project.name)
+    if keep_journal:
+        click.echo(f"kept its journal {path}")
+    elif remove_files(path):
+        click.echo(f"removed its journal {path}")
 
 
 def _print_table(found: list[Project]) -> None:
@@ -228,6 +239,21 @@ def _print_table(found: list[Project]) -> None:
     show_default=True,
     type=click.IntRange(min=1),
     help="Encoded bytes of events held per project, at most (the oldest go first).",
+)
+@click.option(
+    "--journal",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="Where each project's history lives: <home>/journal/<project>.db (survives "
+    "restarts and kill -9), or memory (every restart is a new epoch).",
+)
+@click.option(
+    "--sync",
+    type=click.Choice(["normal", "full"]),
+    default="normal",
+    show_default=True,
+    help="SQLite synchronous mode of the sqlite journal; full also survives power loss.",
 )
 @click.option(
     "--producer-grace",
@@ -279,6 +305,8 @@ def serve(
     poll_interval: float,
     history: int,
     history_bytes: int,
+    journal: str,
+    sync: str,
     producer_grace: float,
     allow_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
@@ -311,6 +339,9 @@ def serve(
         poll_interval=poll_interval,
         history=history,
         history_bytes=history_bytes,
+        journal="memory" if journal == "memory" else "sqlite",
+        sync="full" if sync == "full" else "normal",
+        home=home_dir,
         producer_grace=producer_grace,
         allow_origins=frozenset(allow_origins),
         allow_hosts=frozenset(allow_hosts),

@@ -21,6 +21,13 @@ mechanism: a resuming subscriber starts *behind* at its ``since``.
 A ``seq`` is taken only once its event is fully encoded, so a message that
 fails to encode can never leave a hole; the history is looked up by ``seq``
 all the same, never by position.
+
+Commit, then fan out (STATE.md 3.1): a hub opened on a journal (`open`) only
+numbers and stages what producers give it; its writer task (`run_writer`)
+commits everything staged as one batch, with the producers' applied pseqs
+and the snapshot state after it, and only then holds, remembers and fans
+out those events and lets the producers' acks advance. A hub with no journal
+(unit tests of the fan-out) commits each event as it is made.
 """
 
 from __future__ import annotations
@@ -28,7 +35,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import json
+import logging
 import secrets
+import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -37,9 +46,12 @@ from typing import Final
 import trio
 
 from trio_ws import frames, protocol
+from trio_ws.journal import Batch, Journal, JournalError, JournalState, JsonObject
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.progress import Progress
 from trio_ws.protocol import Clock, Message, Stream, wall_clock
+
+log = logging.getLogger("trio_ws.hub")
 
 Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
@@ -55,6 +67,10 @@ ORCHESTRATOR_RECENT: Final = 5
 CATCH_UP_CHUNK: Final = 256
 BATCH_MAX: Final = 512
 """Most messages a send task hands to one write."""
+COMMIT_RETRY: Final = (0.05, 2.0)
+"""A failed commit is retried after 50 ms, doubling per failure in a row up to 2 s."""
+JOURNAL_READ_CHUNK: Final = 1000
+"""Events read from the journal per call when a hub opens."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +87,20 @@ class Outgoing:
     def of(cls, message: Message, seq: int | None = None) -> Outgoing:
         text = protocol.encode(message)
         return cls(seq, message["type"], text, frames.text_frame(text.encode()))
+
+    @classmethod
+    def event(cls, text: str) -> tuple[Message, Outgoing]:
+        """An event read back from a journal (its final text), and its decoded message."""
+        message = json.loads(text)
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            raise ValueError(f"journalled event is not an event: {text[:80]!r}")
+        seq = message.get("seq")
+        return message, cls(
+            seq if isinstance(seq, int) else None,
+            message["type"],
+            text,
+            frames.text_frame(text.encode()),
+        )
 
 
 @dataclass(eq=False)
@@ -165,9 +195,72 @@ class HubStats:
     deliveries: int = 0
     fell_behind: int = 0
     catch_ups: int = 0
+    journal_catch_ups: int = 0
     resyncs: int = 0
     aborted: int = 0
     send_tasks: int = 0
+
+
+@dataclass
+class Snapshot:
+    """What a fresh sync is made of besides the log tails, as already-encoded events."""
+
+    agent_status: Outgoing | None = None
+    dev_status: Outgoing | None = None
+    progress: Outgoing | None = None
+    orchestrator: deque[Outgoing] = field(default_factory=lambda: deque(maxlen=ORCHESTRATOR_RECENT))
+    agents: dict[int, Outgoing] = field(default_factory=dict)
+
+    def copy(self) -> Snapshot:
+        return Snapshot(
+            self.agent_status,
+            self.dev_status,
+            self.progress,
+            deque(self.orchestrator, maxlen=ORCHESTRATOR_RECENT),
+            dict(self.agents),
+        )
+
+    def remember(self, message: Message, item: Outgoing) -> None:
+        """Keep what a snapshot needs of one event; O(1)."""
+        kind = item.type
+        if kind == "agent_update":
+            index = message["agentIndex"]
+            if index < 0:
+                return
+            if message["state"] in ("success", "error"):
+                self.agents.pop(index, None)
+            else:
+                self.agents[index] = item
+        elif kind == "orchestrator_update":
+            self.orchestrator.append(item)
+        elif kind == "agent_status":
+            self.agent_status = item
+            if message["status"] in ("stopped", "crashed"):
+                self.agents.clear()
+        elif kind == "dev_server_status":
+            self.dev_status = item
+        elif kind == "progress":
+            self.progress = item
+
+    def to_state(self) -> JsonObject:
+        """The snapshot as event texts, for the journal."""
+        return {
+            "agent_status": None if self.agent_status is None else self.agent_status.text,
+            "dev_server_status": None if self.dev_status is None else self.dev_status.text,
+            "progress": None if self.progress is None else self.progress.text,
+            "orchestrator": [item.text for item in self.orchestrator],
+            "agents": [self.agents[index].text for index in sorted(self.agents)],
+        }
+
+    @classmethod
+    def from_state(cls, state: JsonObject) -> Snapshot:
+        """The snapshot `to_state` wrote; ValueError/KeyError/TypeError if it is not one."""
+        snapshot = cls()
+        singles = [state["agent_status"], state["dev_server_status"], state["progress"]]
+        for text in singles + list(state["orchestrator"]) + list(state["agents"]):
+            if text is not None:
+                snapshot.remember(*Outgoing.event(str(text)))
+        return snapshot
 
 
 class ProjectHub:
@@ -188,21 +281,33 @@ class ProjectHub:
         self.name = name
         self.epoch = secrets.token_hex(8)
         self.seq = 0
+        """The newest seq given out (staged or committed)."""
+        self.head = 0
+        """The newest committed seq: all a subscriber may see (hello, resume)."""
         self.queue_size = queue_size
         self._clock = clock
-        self.agent = AgentPipeline(clock, extra_secrets)
-        self.dev = DevPipeline(clock, extra_secrets)
+        self._secrets = tuple(extra_secrets)
+        self.agent = AgentPipeline(clock, self._secrets)
+        self.dev = DevPipeline(clock, self._secrets)
         self.progress: Progress | None = None
         self.stats = HubStats()
         self.history = History(history, history_bytes)
+        self.journal: Journal | None = None
+        self.committed_pseqs: dict[str, int] = {}
+        """Each producer key's highest committed pseq: what its acks may say."""
+        self._pending: list[tuple[Message, Outgoing]] = []
+        self._pending_pseqs: dict[str, int] = {}
+        self._wake = trio.Event()
+        self._write_failing = False
+        self._committed = trio.Event()
+        self._commit_lock = trio.Lock()
+        self.closed = False
+        self.on_commit: Callable[[str, float], None] | None = None
+        """Told each commit's latency (seconds), for the metrics, right after its
+        fan-out."""
         self._subscribers: set[Subscriber] = set()
         self._ids = itertools.count(1)
-        # Snapshot state, kept as already-encoded events so a snapshot costs no encoding.
-        self._agent_status: Outgoing | None = None
-        self._dev_status: Outgoing | None = None
-        self._progress_event: Outgoing | None = None
-        self._orchestrator: deque[Outgoing] = deque(maxlen=ORCHESTRATOR_RECENT)
-        self._agents: dict[int, Outgoing] = {}
+        self._snapshot_state = Snapshot()
         # The snapshot's log tails, under the same byte bound: else 1,000 long lines
         # would be held here whatever the history's bound.
         self._logs = History(MAX_BACKLOG, history_bytes)
@@ -211,6 +316,163 @@ class ProjectHub:
         """Standing warnings by key, each with its serial (which orders them)."""
         self._warning_serial = 0
         self._agent_status_changed = trio.Event()
+
+    # -- journal ----------------------------------------------------------------
+
+    async def open(self, journal: Journal) -> JournalState:
+        """Continue the history ``journal`` holds (or the new epoch it starts): epoch,
+        head, producers' pseqs, pipelines, snapshot, held events and log tails."""
+        state = await journal.open()
+        self.journal = journal
+        self.epoch = state.epoch
+        self.seq = self.head = state.head
+        self.committed_pseqs = dict(state.pseqs)
+        if state.state is not None:
+            self._restore(state.state)
+        self.history.evicted_through = state.oldest - 1
+        seq = state.oldest - 1
+        while seq < state.head:
+            chunk = await journal.read_since(seq, JOURNAL_READ_CHUNK)
+            if not chunk:
+                break
+            for _, text in chunk:
+                self._hold(Outgoing.event(text)[1])
+            seq = chunk[-1][0]
+        if state.new_epoch == "corrupt":
+            self.warn(
+                "journal",
+                f"the journal could not be read and was moved aside to {state.moved_aside}; "
+                "history before this epoch is lost",
+                key="journal:corrupt",
+            )
+        return state
+
+    def _restore(self, state: JsonObject) -> None:
+        try:
+            agent = AgentPipeline.from_state(state["agent"], self._clock, self._secrets)
+            dev = DevPipeline.from_state(state["dev"], self._clock, self._secrets)
+            snapshot = Snapshot.from_state(state["snapshot"])
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error(
+                "project %s: journalled state unreadable (%s); trackers start afresh",
+                self.name,
+                exc,
+            )
+            return
+        self.agent, self.dev, self._snapshot_state = agent, dev, snapshot
+        if snapshot.progress is not None:
+            message = json.loads(snapshot.progress.text)
+            self.progress = Progress(
+                message["passing"],
+                message["in_progress"],
+                message["total"],
+                message["needs_human_input"],
+            )
+
+    def applied(self, producer: str, pseq: int) -> None:
+        """``producer`` (a key naming stream and id) has been applied up to ``pseq``;
+        acked once committed."""
+        if self.journal is None:
+            self.committed_pseqs[producer] = pseq
+        else:
+            self._pending_pseqs[producer] = pseq
+            self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        """Events numbered but not yet committed."""
+        return len(self._pending)
+
+    async def run_writer(self) -> None:
+        """The project's one writer: commit what is staged, then fan it out; on a write
+        failure keep it (new items join it), warn once per streak and retry with backoff.
+        Runs until cancelled or `close`d."""
+        first, cap = COMMIT_RETRY
+        failures = 0
+        while not self.closed:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while (self._pending or self._pending_pseqs) and not self.closed:
+                if await self.commit():
+                    failures = 0
+                else:
+                    failures += 1
+                    await trio.sleep(min(first * 2 ** (failures - 1), cap))
+
+    async def commit(self) -> bool:
+        """Commit everything staged as one batch and fan it out; False if the journal
+        could not write it (it stays staged). One commit at a time (writer, shutdown);
+        shielded, as the worker thread runs to its end anyway: never lose track of a
+        commit it made."""
+        with trio.CancelScope(shield=True):
+            async with self._commit_lock:
+                done = await self._commit()
+        return done
+
+    async def _commit(self) -> bool:
+        journal = self.journal
+        assert journal is not None
+        taken = len(self._pending)
+        events = self._pending[:taken]
+        pseqs = dict(self._pending_pseqs)
+        snapshot = self._snapshot_state.copy()
+        for message, item in events:
+            snapshot.remember(message, item)
+        state = {
+            "agent": self.agent.to_state(),
+            "dev": self.dev.to_state(),
+            "snapshot": snapshot.to_state(),
+        }
+        batch = Batch([(item.seq or 0, item.text) for _, item in events], pseqs, state)
+        started = time.perf_counter()
+        try:
+            await journal.append(batch)
+        except JournalError as exc:
+            if not self._write_failing:
+                self._write_failing = True
+                log.error("project %s: journal write failed, acks stop: %s", self.name, exc)
+                self.warn("journal", f"cannot write the journal; acks stop until it can: {exc}")
+            return False
+        if self._write_failing:
+            self._write_failing = False
+            log.info("project %s: journal writes recovered", self.name)
+            self.clear_warning("journal")
+        del self._pending[:taken]
+        for key, pseq in pseqs.items():
+            if self._pending_pseqs.get(key) == pseq:
+                del self._pending_pseqs[key]
+        self.committed_pseqs.update(pseqs)
+        self._snapshot_state = snapshot
+        seconds = time.perf_counter() - started
+        for _, item in events:
+            self._fan_out(item)
+        if self.on_commit is not None:
+            self.on_commit(self.name, seconds)
+        self._committed.set()
+        self._committed = trio.Event()
+        return True
+
+    async def wait_committed(self, seq: int) -> None:
+        """Return once every event up to ``seq`` is committed (and fanned out)."""
+        while self.head < seq:
+            await self._committed.wait()
+
+    async def close(self) -> None:
+        """Commit what is staged (one attempt) and close the journal, clean."""
+        journal = self.journal
+        if journal is None or self.closed:
+            return
+        if self._pending or self._pending_pseqs:
+            await self.commit()
+        if self._pending or self._pending_pseqs:
+            log.warning(
+                "project %s: %d events not committed at shutdown (never acked)",
+                self.name,
+                len(self._pending),
+            )
+        self.closed = True
+        self._wake.set()
+        await journal.close(clean=True)
 
     # -- producer side: synchronous, never blocks ------------------------------
 
@@ -298,20 +560,20 @@ class ProjectHub:
                 "protocol": protocol.PROTOCOL_VERSION,
                 "project": self.name,
                 "epoch": self.epoch,
-                "seq": self.seq,
+                "seq": self.head,
                 "server": protocol.SERVER_NAME,
             }
         )
         initial = [hello]
         resync_reason = self._resync_reason(since, epoch)
         if since is not None and resync_reason is None:
-            initial.append(Outgoing.of({"type": "resumed", "since": since, "seq": self.seq}))
+            initial.append(Outgoing.of({"type": "resumed", "since": since, "seq": self.head}))
             sent_seq, behind = since, True
         else:
             if resync_reason is not None:
                 initial.append(self._resync_message(resync_reason))
             initial.extend(self._snapshot(backlog))
-            sent_seq, behind = self.seq, False
+            sent_seq, behind = self.head, False
         initial.extend(self._standing_warnings())
         send_channel, receive_channel = trio.open_memory_channel[Outgoing](self.queue_size)
         subscriber = Subscriber(
@@ -380,16 +642,20 @@ class ProjectHub:
             return "invalid_since"
         if epoch != self.epoch:
             return "epoch_changed"
-        if since > self.seq:
+        if since > self.head:
             return "invalid_since"
-        if since < self.history.evicted_through:
+        if since < self.history.evicted_through and not self._in_journal(since):
             return "gap_evicted"
         return None
+
+    def _in_journal(self, since: int) -> bool:
+        """Does the journal still hold every event after ``since``?"""
+        return self.journal is not None and since + 1 >= self.journal.stats().oldest
 
     def _resync_message(self, reason: str) -> Outgoing:
         """``resync`` with its snapshot point: live events continue from ``seq`` + 1."""
         return Outgoing.of(
-            {"type": "resync", "reason": reason, "epoch": self.epoch, "seq": self.seq}
+            {"type": "resync", "reason": reason, "epoch": self.epoch, "seq": self.head}
         )
 
     def _standing_warnings(self, newer_than: int = 0) -> list[Outgoing]:
@@ -397,14 +663,36 @@ class ProjectHub:
         held = sorted(self._warnings.values(), key=lambda entry: entry[0])
         return [item for serial, item in held if serial > newer_than]
 
+    async def _from_journal(self, since: int) -> list[Outgoing]:
+        """Committed events after ``since`` read from the journal (STATE.md 3.4), or []
+        when it no longer holds the next one or cannot be read."""
+        if self.journal is None or not self._in_journal(since):
+            return []
+        try:
+            rows = await self.journal.read_since(since, CATCH_UP_CHUNK)
+        except JournalError as exc:
+            log.error("project %s: journal read for a catch-up failed: %s", self.name, exc)
+            return []
+        chunk = [Outgoing.event(text)[1] for seq, text in rows if seq <= self.head]
+        if not chunk or chunk[0].seq != since + 1:
+            return []
+        return chunk
+
     async def _catch_up(self, subscriber: Subscriber, send: Send) -> None:
-        """Bring a behind subscriber to the head from history (or resync it), then hand
-        it the standing warnings it missed."""
+        """Bring a behind subscriber to the head from history, or from the journal where
+        the history no longer reaches (or resync it), then hand it the standing warnings
+        it missed."""
         self.stats.catch_ups += 1
         while True:
             if subscriber.sent_seq < self.history.evicted_through:
+                chunk = await self._from_journal(subscriber.sent_seq)
+                if chunk:
+                    self.stats.journal_catch_ups += 1
+                    await send(chunk)
+                    self._sent(subscriber, chunk)
+                    continue
                 self.stats.resyncs += 1
-                point = self.seq
+                point = self.head
                 resync = [self._resync_message("gap_evicted")]
                 resync += self._snapshot(subscriber.backlog)
                 resync += self._standing_warnings()
@@ -430,17 +718,18 @@ class ProjectHub:
 
     def _snapshot(self, backlog: int) -> list[Outgoing]:
         """The fresh-sync messages of PROTOCOL.md 3.1, in order, already encoded."""
+        state = self._snapshot_state
         items = [
-            self._agent_status or Outgoing.of(protocol.agent_status(self.agent.status)),
-            self._dev_status
+            state.agent_status or Outgoing.of(protocol.agent_status(self.agent.status)),
+            state.dev_status
             or Outgoing.of(protocol.dev_server_status(self.dev.status, self.dev.url)),
         ]
-        if self._progress_event is not None:
-            items.append(self._progress_event)
+        if state.progress is not None:
+            items.append(state.progress)
         # Backlog 0 is a client that appends whatever it gets (the AutoForge UI):
         # only the latest orchestrator update, so a reconnect repeats none.
-        items.extend(list(self._orchestrator)[-1:] if backlog == 0 else self._orchestrator)
-        items.extend(self._agents[index] for index in sorted(self._agents))
+        items.extend(list(state.orchestrator)[-1:] if backlog == 0 else state.orchestrator)
+        items.extend(state.agents[index] for index in sorted(state.agents))
         if backlog:
             items.extend(self._logs.tail(backlog))
             items.extend(self._dev_logs.tail(backlog))
@@ -452,42 +741,36 @@ class ProjectHub:
             message["seq"] = seq
             item = Outgoing.of(message, seq)
             self.seq = seq  # taken only now: an event that fails to encode leaves no hole
-            self.history.append(item)
-            self._remember(message, item)
-            self.stats.events[item.type] += 1
-            for subscriber in self._subscribers:
-                if subscriber.behind:
-                    continue
-                try:
-                    subscriber.send_channel.send_nowait(item)
-                except trio.WouldBlock:
-                    subscriber.behind = True
-                    self.stats.fell_behind += 1
-
-    def _remember(self, message: Message, item: Outgoing) -> None:
-        """Keep what a snapshot needs; O(1) per event."""
-        kind = item.type
-        if kind == "log":
-            self._logs.append(item)
-        elif kind == "dev_log":
-            self._dev_logs.append(item)
-        elif kind == "agent_update":
-            index = message["agentIndex"]
-            if index < 0:
-                return
-            if message["state"] in ("success", "error"):
-                self._agents.pop(index, None)
+            if self.journal is None:
+                self._snapshot_state.remember(message, item)
+                self._fan_out(item)
             else:
-                self._agents[index] = item
-        elif kind == "orchestrator_update":
-            self._orchestrator.append(item)
-        elif kind == "agent_status":
-            self._agent_status = item
+                self._pending.append((message, item))
+        if self.journal is not None and messages:
+            self._wake.set()
+
+    def _hold(self, item: Outgoing) -> None:
+        """Hold a committed event in the history and the snapshot's log tails."""
+        assert item.seq is not None
+        self.head = item.seq
+        self.history.append(item)
+        if item.type == "log":
+            self._logs.append(item)
+        elif item.type == "dev_log":
+            self._dev_logs.append(item)
+
+    def _fan_out(self, item: Outgoing) -> None:
+        """A committed event: hold it and queue it for every subscriber not behind."""
+        self._hold(item)
+        self.stats.events[item.type] += 1
+        for subscriber in self._subscribers:
+            if subscriber.behind:
+                continue
+            try:
+                subscriber.send_channel.send_nowait(item)
+            except trio.WouldBlock:
+                subscriber.behind = True
+                self.stats.fell_behind += 1
+        if item.type == "agent_status":
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
-            if message["status"] in ("stopped", "crashed"):
-                self._agents.clear()
-        elif kind == "dev_server_status":
-            self._dev_status = item
-        elif kind == "progress":
-            self._progress_event = item

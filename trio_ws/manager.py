@@ -25,9 +25,11 @@ from trio_ws.hub import (
     ProjectHub,
     Subscriber,
 )
+from trio_ws.journal import JournalBackend, JournalError
+from trio_ws.journal_memory import MemoryBackend
 from trio_ws.progress import ProgressError, ProgressReader
 from trio_ws.protocol import Stream
-from trio_ws.publish import ProducerSlot, control_refusal
+from trio_ws.publish import ProducerSlot, control_refusal, producer_key
 
 log = logging.getLogger("trio_ws.manager")
 
@@ -35,6 +37,10 @@ DEFAULT_POLL_INTERVAL: Final = 1.0
 READER_THREADS: Final = 4
 POLL_RESTART: Final = (0.1, 5.0)
 """A crashed poll loop restarts after 0.1 s, doubling per crash in a row up to 5 s."""
+PRIME_COMMIT_WAIT: Final = 1.0
+"""Longest a first subscriber waits for its primed progress to be committed."""
+WRITER_RESTART: Final = 1.0
+"""A writer task that failed unexpectedly (a bug, logged) restarts after this long."""
 
 
 @dataclass
@@ -61,6 +67,8 @@ class _Project:
     slots: dict[Stream, ProducerSlot]
     poll_scope: trio.CancelScope | None = None
     poll_lock: trio.Lock = field(default_factory=trio.Lock)
+    opened: trio.Event = field(default_factory=trio.Event)
+    open_error: JournalError | None = None
 
 
 class ConnectionManager:
@@ -78,8 +86,14 @@ class ConnectionManager:
         on_poll: Callable[[str, float, bool], None] | None = None,
         poll_restart: tuple[float, float] = POLL_RESTART,
         extra_secrets: Iterable[str] = (),
+        journals: JournalBackend | None = None,
+        on_commit: Callable[[str, float], None] | None = None,
     ) -> None:
+        """``journals`` is where each project's history lives (default: in memory)."""
         self._nursery = nursery
+        self.journals: JournalBackend = journals or MemoryBackend(
+            history=history, history_bytes=history_bytes
+        )
         self._extra_secrets = tuple(extra_secrets)  # redacted from every line (the server token)
         self._history = history
         self._history_bytes = history_bytes
@@ -91,6 +105,7 @@ class ConnectionManager:
         self.limiter = trio.CapacityLimiter(READER_THREADS)
         self.poll = PollStats()
         self._on_poll = on_poll
+        self._on_commit = on_commit
         self._poll_restart = poll_restart
         self.started_at = time.monotonic()
 
@@ -109,8 +124,10 @@ class ConnectionManager:
         project = self._projects.get(name)
         return project.hub if project else None
 
-    def hub_for(self, name: str, directory: Path) -> ProjectHub:
-        """The project's hub, created on first use; follows a re-registered directory."""
+    async def open_hub(self, name: str, directory: Path) -> ProjectHub:
+        """The project's hub, opened on its journal on first use (its writer task
+        started); follows a re-registered directory. JournalError if the journal cannot
+        be opened now (the next call tries again)."""
         project = self._projects.get(name)
         if project is None:
             hub = ProjectHub(
@@ -120,16 +137,74 @@ class ConnectionManager:
                 queue_size=self._queue_size,
                 extra_secrets=self._extra_secrets,
             )
+            hub.on_commit = self._on_commit
             slots: dict[Stream, ProducerSlot] = {
                 "agent": ProducerSlot(name, "agent"),
                 "dev": ProducerSlot(name, "dev"),
             }
             project = _Project(hub, directory, self._new_reader(directory), slots)
             self._projects[name] = project
+            await self._open(project)
         elif project.directory != directory:
             project.directory = directory
             project.reader = self._new_reader(directory)
+        await project.opened.wait()
+        if project.open_error is not None:
+            raise project.open_error
         return project.hub
+
+    async def _open(self, project: _Project) -> None:
+        hub = project.hub
+        try:
+            state = await hub.open(self.journals.journal(hub.name))
+        except JournalError as exc:
+            log.error("project %s: cannot open its journal: %s", hub.name, exc)
+            project.open_error = exc
+            del self._projects[hub.name]  # the next connection tries again
+            project.opened.set()
+            return
+        if state.new_epoch == "corrupt":
+            log.error(
+                "project %s: journal unreadable, moved aside to %s; new epoch %s",
+                hub.name,
+                state.moved_aside,
+                state.epoch,
+            )
+        elif state.new_epoch == "unclean_reboot":
+            log.warning(
+                "project %s: unclean stop before an OS reboot; new epoch %s",
+                hub.name,
+                state.epoch,
+            )
+        for stream, slot in project.slots.items():
+            prefix = producer_key(stream, "")
+            for key, pseq in state.pseqs.items():
+                if key.startswith(prefix):
+                    slot.record(key[len(prefix) :], pseq)
+        self._nursery.start_soon(self._write, hub)
+        project.opened.set()
+
+    async def _write(self, hub: ProjectHub) -> None:
+        """The project's writer task; an unexpected failure is logged and it restarts,
+        never passed to the server's nursery."""
+        while not hub.closed:
+            try:
+                await hub.run_writer()
+            except Exception:
+                log.error("project %s: journal writer failed; restarting", hub.name, exc_info=True)
+                await trio.sleep(WRITER_RESTART)
+
+    async def close_journals(self) -> None:
+        """Commit what is staged and close every journal clean (at shutdown)."""
+        for project in list(self._projects.values()):
+            try:
+                await project.hub.close()
+            except JournalError as exc:
+                log.error("project %s: closing its journal failed: %s", project.hub.name, exc)
+
+    async def remove_journal(self, name: str) -> bool:
+        """Delete a project's journal (it must not be open here)."""
+        return await self.journals.remove(name)
 
     def reader_for(self, name: str) -> ProgressReader | None:
         """The project's one progress reader (its ``reads``/``queries`` are what polling cost)."""
@@ -200,6 +275,8 @@ class ConnectionManager:
                     # without it, and the poll loop keeps trying.
                     log.error("project %s: progress read failed", project.hub.name, exc_info=True)
                     self._poll_crashed(project.hub, exc)
+        with trio.move_on_after(PRIME_COMMIT_WAIT):  # a failing journal: it follows later
+            await project.hub.wait_committed(project.hub.seq)
 
     def unsubscribe(self, name: str, subscriber: Subscriber) -> None:
         """Leave the fan-out; cancels the poll loop with the last subscriber."""

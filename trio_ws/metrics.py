@@ -21,6 +21,7 @@ from trio_ws.manager import ConnectionManager
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 POLL_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5)
 
 
 class Metrics:
@@ -41,6 +42,16 @@ class Metrics:
             ["project"],
             registry=self.registry,
         )
+        self._commit_seconds = Histogram(
+            "trio_ws_journal_commit_seconds",
+            "Time to commit one batch of a project's events to its journal.",
+            ["project"],
+            buckets=COMMIT_BUCKETS,
+            registry=self.registry,
+        )
+
+    def observe_commit(self, project: str, seconds: float) -> None:
+        self._commit_seconds.labels(project).observe(seconds)
 
     def bind(self, manager: ConnectionManager) -> None:
         """Expose ``manager``'s hubs; call once, when the manager exists."""
@@ -90,7 +101,31 @@ class _HubCollector(Collector):
             "Subscribers aborted because their socket accepted nothing.",
             labels=["project"],
         )
+        journal_info = GaugeMetricFamily(
+            "trio_ws_journal_info", "The project's journal backend.", labels=["project", "backend"]
+        )
+        journal_head = GaugeMetricFamily(
+            "trio_ws_journal_head_seq", "Newest committed seq.", labels=["project"]
+        )
+        journal_oldest = GaugeMetricFamily(
+            "trio_ws_journal_oldest_seq", "Oldest seq the journal holds.", labels=["project"]
+        )
+        journal_bytes = GaugeMetricFamily(
+            "trio_ws_journal_bytes", "Bytes of event text the journal holds.", labels=["project"]
+        )
+        journal_errors = CounterMetricFamily(
+            "trio_ws_journal_write_errors",
+            "Commits that failed (disk full, read-only, I/O error) and were retried.",
+            labels=["project"],
+        )
         for name, hub in sorted(self._manager.hubs.items()):
+            if hub.journal is not None:
+                journal = hub.journal.stats()
+                journal_info.add_metric([name, journal.backend], 1)
+                journal_head.add_metric([name], journal.head)
+                journal_oldest.add_metric([name], journal.oldest)
+                journal_bytes.add_metric([name], journal.bytes_held)
+                journal_errors.add_metric([name], journal.write_errors)
             stats = hub.stats
             subscribers.add_metric([name], hub.subscriber_count)
             producers.add_metric([name], self._manager.producers_of(name))
@@ -110,4 +145,9 @@ class _HubCollector(Collector):
             catch_ups,
             resyncs,
             aborted,
+            journal_info,
+            journal_head,
+            journal_oldest,
+            journal_bytes,
+            journal_errors,
         )

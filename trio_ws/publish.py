@@ -118,11 +118,25 @@ class PublishSession:
     def applied(self) -> int:
         return self.slot.applied_of(self.producer_id)
 
+    @property
+    def committed(self) -> int:
+        """The highest pseq whose events the journal holds: what acks may say (0 for
+        an id the slot has forgotten, like one after a restart)."""
+        return min(self.hub.committed_pseqs.get(self._key, 0), self.applied)
+
+    @property
+    def _key(self) -> str:
+        return producer_key(self.slot.stream, self.producer_id)
+
+    def _record(self, pseq: int) -> None:
+        self.slot.record(self.producer_id, pseq)
+        self.hub.applied(self._key, pseq)
+
     def _baseline(self, pseq: int) -> None:
         """A producer this server has no record of (say, after a restart) starts where
         its oldest unacknowledged item is: everything before was acked elsewhere."""
         if self.producer_id not in self.slot.applied:
-            self.slot.record(self.producer_id, pseq - 1)
+            self._record(pseq - 1)
 
     @property
     def current(self) -> bool:
@@ -130,8 +144,8 @@ class PublishSession:
         return self.slot.session is self
 
     async def run(self) -> None:
-        self._queue({"type": "welcome", "acked": self.applied})
-        self._acked_sent = self.applied
+        self._queue({"type": "welcome", "acked": self.committed})
+        self._acked_sent = self.committed
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
@@ -185,9 +199,9 @@ class PublishSession:
     async def _ack_ticker(self) -> None:
         while True:
             await trio.sleep(ACK_INTERVAL)
-            applied = self.applied
-            if applied > self._acked_sent and self._queue({"type": "ack", "pseq": applied}):
-                self._acked_sent = applied
+            committed = self.committed  # ack means durable (STATE.md 3.2)
+            if committed > self._acked_sent and self._queue({"type": "ack", "pseq": committed}):
+                self._acked_sent = committed
 
     async def _receive_loop(self) -> None:
         while True:
@@ -243,7 +257,7 @@ class PublishSession:
             return f"pseq gap: expected {applied + 1}, got {first + skip}; resend from there"
         fresh = lines[skip:]
         self.hub.feed_lines(fresh, self.slot.stream)
-        self.slot.record(self.producer_id, first + len(lines) - 1)
+        self._record(first + len(lines) - 1)
         return None
 
     def _apply_status(self, payload: dict[str, Any]) -> str | None:
@@ -257,7 +271,7 @@ class PublishSession:
         if pseq != applied + 1:
             return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
         allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
-        self.slot.record(self.producer_id, pseq)
+        self._record(pseq)
         if not isinstance(status, str) or status not in allowed:  # a list is unhashable
             return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
         exit_code = payload.get("exit_code")
@@ -272,6 +286,11 @@ class PublishSession:
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
         return True
+
+
+def producer_key(stream: Stream, producer_id: str) -> str:
+    """How the journal names a producer: its stream and its id."""
+    return f"{stream}:{producer_id}"
 
 
 def _is_int(value: object) -> TypeGuard[int]:

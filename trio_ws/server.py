@@ -20,11 +20,12 @@ import logging
 import os
 import re
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 from urllib.parse import unquote
 
 import trio
@@ -46,6 +47,9 @@ from trio_ws.httpio import (
     send_response,
 )
 from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
+from trio_ws.journal import Journal, JournalBackend, JournalError
+from trio_ws.journal_memory import MemoryBackend
+from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.manager import POLL_RESTART, ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
@@ -83,6 +87,10 @@ from trio_ws.subscribe import (
 log = logging.getLogger("trio_ws.server")
 
 HANDSHAKE_TIMEOUT: Final = 10.0
+JOURNAL_CLOSE_TIMEOUT: Final = 5.0
+"""Longest a shutdown waits to commit what is staged and close the journals."""
+JournalName = Literal["sqlite", "memory"]
+SyncMode = Literal["normal", "full"]
 TOKEN_COOKIE: Final = "trio_ws_token"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
@@ -113,6 +121,27 @@ class ServerConfig:
     poll_restart: tuple[float, float] = POLL_RESTART
     """A crashed poll loop's first restart delay and the cap it doubles up to."""
     producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
+    journal: JournalName = "sqlite"
+    """Where projects' histories live (STATE.md 1)."""
+    sync: SyncMode = "normal"
+    """SQLite ``synchronous`` for the sqlite journal."""
+    home: Path | None = None
+    """The trio-ws home; journals live in ``<home>/journal`` (default: the registry's
+    directory)."""
+
+    @property
+    def journal_home(self) -> Path:
+        return self.home if self.home is not None else self.registry_path.parent
+
+    def journal_backend(self) -> JournalBackend:
+        if self.journal == "memory":
+            return MemoryBackend(history=self.history, history_bytes=self.history_bytes)
+        return SqliteBackend(
+            self.journal_home,
+            synchronous="FULL" if self.sync == "full" else "NORMAL",
+            history=self.history,
+            history_bytes=self.history_bytes,
+        )
 
     @property
     def on_loopback(self) -> bool:
@@ -169,19 +198,28 @@ async def serve(
             on_poll=metrics.observe_poll,
             poll_restart=config.poll_restart,
             extra_secrets=(config.token,),
+            journals=config.journal_backend(),
+            on_commit=metrics.observe_commit,
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
-        with server._cancel:
-            task_status.started(server)
+        try:
+            with server._cancel:
+                task_status.started(server)
 
-            async def handler(stream: trio.SocketStream) -> None:
-                await _handle_connection(server, stream)
+                async def handler(stream: trio.SocketStream) -> None:
+                    await _handle_connection(server, stream)
 
-            with server._accepting:  # cancelling it closes the listening sockets
-                await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
-            server._not_accepting.set()
-            await trio.sleep_forever()
+                with server._accepting:  # cancelling it closes the listening sockets
+                    await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+                server._not_accepting.set()
+                await trio.sleep_forever()
+        finally:
+            # Cancelled or shut down: what is staged gets one commit, and each journal
+            # records a clean stop (STATE.md 3.3).
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + JOURNAL_CLOSE_TIMEOUT
+                await manager.close_journals()
         nursery.cancel_scope.cancel()
 
 
@@ -256,6 +294,30 @@ def _health(server: Server) -> dict[str, Any]:
         "subscribers": manager.subscriber_count,
         "producers": manager.producer_count,
         "uptime_s": round(time.monotonic() - server.started_at, 3),
+        "journal": manager.journals.name,
+        "journals": {
+            name: _journal_health(hub.journal, hub.pending)
+            for name, hub in sorted(manager.hubs.items())
+            if hub.journal is not None
+        },
+    }
+
+
+def _journal_health(journal: Journal, pending: int) -> dict[str, Any]:
+    """One project's journal for /healthz (STATE.md: what it holds, how commits go)."""
+    stats = journal.stats()
+    recent = sorted(stats.commit_seconds)
+    return {
+        "backend": stats.backend,
+        "head": stats.head,
+        "oldest_seq": stats.oldest,
+        "events_held": stats.events_held,
+        "bytes_held": stats.bytes_held,
+        "pending": pending,
+        "commits": stats.commits,
+        "commit_p50_ms": round(recent[len(recent) // 2] * 1000, 3) if recent else None,
+        "commit_max_ms": round(recent[-1] * 1000, 3) if recent else None,
+        "write_errors": stats.write_errors,
     }
 
 
@@ -525,7 +587,14 @@ async def _project(
     if not exists:
         await _refuse(ws, 4004, "Project directory not found")
         return None
-    server.manager.hub_for(name, project.path)
+    try:
+        await server.manager.open_hub(name, project.path)
+    except JournalError:
+        # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
+        with trio.move_on_after(CLOSE_TIMEOUT):
+            await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
+        await ws.aclose(1011, "project journal unavailable")
+        return None
     return name, project
 
 
@@ -627,6 +696,8 @@ def _peer_name(stream: trio.SocketStream) -> str:
 
 
 GC_THRESHOLDS: Final = (50_000, 20, 100)
+SWITCH_INTERVAL: Final = 0.0005
+"""Seconds between GIL hand-overs in a serving process (Python's default: 0.005)."""
 
 
 def tune_gc_for_serving() -> None:
@@ -637,6 +708,10 @@ def tune_gc_for_serving() -> None:
     collection at all. Process-wide, so only the CLI's long-running commands call it."""
     gc.freeze()  # what was loaded at start-up is never garbage
     gc.set_threshold(*GC_THRESHOLDS)
+    # The journal's worker thread needs the GIL for a moment on each commit; with the
+    # default 5 ms switch interval a busy event loop keeps it waiting for that long at
+    # each hand-over, and events wait for their commit.
+    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 async def serve_until_signalled(
