@@ -74,7 +74,7 @@ def trio_ws_command() -> list[str]:
     installed = Path(sys.executable).parent / "trio-ws"
     if installed.exists():
         return [str(installed)]
-    return [sys.executable, "-c", "import cli; cli.main()"]
+    return [sys.executable, "-m", "trio_ws"]
 
 
 async def run_demo(options: DemoOptions, announce: Callable[[DemoLinks], None]) -> int:
