@@ -24,14 +24,9 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from trio_ws import __version__
-from trio_ws.client import DEFAULT_SERVER
-from trio_ws.hub import DEFAULT_HISTORY_BYTES
+from trio_ws import __version__, defaults
 from trio_ws.producers import (
-    DEFAULT_CAPACITY,
     ECHO_BUFFER,
-    FLUSH_WITHIN,
-    KILL_AFTER,
     LINE_CAP,
     Outcome,
     RunOptions,
@@ -204,34 +199,38 @@ def _print_table(found: list[Project]) -> None:
 
 @main.command()
 @registry_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default=defaults.HOST, show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", default=8888, show_default=True, type=click.IntRange(0, 65535), help="0: any."
+    "--port",
+    default=defaults.PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any.",
 )
 @click.option(
     "--poll-interval",
-    default=1.0,
+    default=defaults.POLL_INTERVAL,
     show_default=True,
     type=click.FloatRange(min=0.05, max=3600),
     help="Seconds between reads of each watched project's features database.",
 )
 @click.option(
     "--history",
-    default=10_000,
+    default=defaults.HISTORY,
     show_default=True,
     type=click.IntRange(min=1, max=1_000_000),
     help="Events held per project for resume and catch-up.",
 )
 @click.option(
     "--history-bytes",
-    default=DEFAULT_HISTORY_BYTES,
+    default=defaults.HISTORY_BYTES,
     show_default=True,
     type=click.IntRange(min=1),
     help="Encoded bytes of events held per project, at most (the oldest go first).",
 )
 @click.option(
     "--producer-grace",
-    default=30.0,
+    default=defaults.PRODUCER_GRACE,
     show_default=True,
     type=click.FloatRange(min=0, max=86_400),
     help="Seconds a vanished agent producer may take to come back before the run is "
@@ -353,14 +352,14 @@ def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
     command = click.option(
         "--server",
-        default=DEFAULT_SERVER,
+        default=defaults.SERVER_URL,
         show_default=True,
         metavar="URL",
         help="The trio-ws server (http, https, ws or wss).",
     )(command)
     command = click.option(
         "--flush-within",
-        default=FLUSH_WITHIN,
+        default=defaults.FLUSH_WITHIN,
         show_default=True,
         type=click.FloatRange(min=0, max=3600),
         help="Seconds to keep delivering what is left once the input ended.",
@@ -405,7 +404,7 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 
 
 @main.command(
-    epilog=f"Unacked output waits in a buffer of at most {DEFAULT_CAPACITY:,} items "
+    epilog=f"Unacked output waits in a buffer of at most {defaults.CAPACITY:,} items "
     "(lines and statuses) while the server is away; when it is full, new lines are "
     f"dropped and one line says how many. Lines are cut at {LINE_CAP:,} characters. "
     f"Output printed here waits in at most {ECHO_BUFFER:,} bytes when stdout does "
@@ -431,7 +430,7 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 )
 @click.option(
     "--kill-after",
-    default=KILL_AFTER,
+    default=defaults.KILL_AFTER,
     show_default=True,
     type=click.FloatRange(min=0, max=3600),
     help="Seconds between SIGTERM and SIGKILL when stopping CMD.",
@@ -482,7 +481,7 @@ def run(
 
 
 @main.command(
-    epilog=f"Unacked lines wait in a buffer of at most {DEFAULT_CAPACITY:,} items "
+    epilog=f"Unacked lines wait in a buffer of at most {defaults.CAPACITY:,} items "
     "while the server is away; when it is full, new lines are dropped and one line "
     f"says how many. Lines are cut at {LINE_CAP:,} characters."
 )
@@ -534,7 +533,7 @@ def _finish(outcome: Outcome, url: str) -> None:
 @click.argument("name")
 @click.option(
     "--server",
-    default="http://127.0.0.1:8888",
+    default=defaults.SERVER_URL,
     show_default=True,
     metavar="URL",
     help="The trio-ws server (http, https, ws or wss).",
@@ -558,9 +557,9 @@ def _finish(outcome: Outcome, url: str) -> None:
 )
 @click.option(
     "--backlog",
-    default=100,
+    default=defaults.BACKLOG,
     show_default=True,
-    type=click.IntRange(0, 1000),
+    type=click.IntRange(0, defaults.MAX_BACKLOG),
     help="Log lines the server replays on a fresh sync.",
 )
 @click.option(
@@ -655,7 +654,7 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the demo's registry, token and project here [default: a temporary folder].",
 )
-@click.option("--port", default=8888, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=defaults.PORT, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--speed",
     default=1.0,

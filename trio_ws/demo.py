@@ -23,6 +23,7 @@ from typing import Final
 
 import trio
 
+from trio_ws import defaults
 from trio_ws.registry import Registry
 from trio_ws.security import load_token
 from trio_ws.server import Server, ServerConfig, serve
@@ -38,8 +39,8 @@ FLUSH_WITHIN: Final = 2.0
 @dataclass(frozen=True)
 class DemoOptions:
     home: Path | None
-    port: int = 8888
-    host: str = "127.0.0.1"
+    port: int = defaults.PORT
+    host: str = defaults.HOST
     speed: float = 1.0
     duration: float | None = None
     seed: int | None = None

@@ -21,9 +21,11 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
+from trio_ws import defaults
+
 MAX_HEAD_BYTES: Final = 16 * 1024
 RECEIVE_SIZE: Final = 4096
-STALL_TIMEOUT: Final = 30.0
+STALL_TIMEOUT: Final = defaults.STALL_TIMEOUT
 """A write that makes no progress for this long cuts the connection (HTTP and websocket)."""
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 

@@ -56,14 +56,14 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from trio_ws import protocol
+from trio_ws import defaults, protocol
 from trio_ws.client import Backoff, websocket_base
 from trio_ws.protocol import Message, Stream
 
 Report = Callable[[str], None]
 """Where a producer tells its user what happened (stderr in the CLI)."""
 
-DEFAULT_CAPACITY: Final = 100_000
+DEFAULT_CAPACITY: Final = defaults.CAPACITY
 """Unacked items an outbox holds before it drops new lines."""
 BATCH_LINES: Final = 256
 BATCH_INTERVAL: Final = 0.05
@@ -73,8 +73,8 @@ CONNECT_TIMEOUT: Final = 5.0
 CLOSE_TIMEOUT: Final = 2.0
 CONNECT_WAIT: Final = 3.0
 """How long `run`/`publish` wait for the first welcome before starting anyway."""
-FLUSH_WITHIN: Final = 5.0
-KILL_AFTER: Final = 10.0
+FLUSH_WITHIN: Final = defaults.FLUSH_WITHIN
+KILL_AFTER: Final = defaults.KILL_AFTER
 DRAIN_AFTER_EXIT: Final = 2.0
 """How long output is still read after the child exited (grandchildren may hold the pipe)."""
 PAUSE_FILE: Final = Path(".autoforge") / ".pause_drain"

@@ -29,7 +29,7 @@ from urllib.parse import unquote
 
 import trio
 
-from trio_ws import dashboard, protocol
+from trio_ws import dashboard, defaults, protocol
 from trio_ws.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
 from trio_ws.httpio import (
     STALL_TIMEOUT,
@@ -70,7 +70,7 @@ from trio_ws.subscribe import (
 
 log = logging.getLogger("trio_ws.server")
 
-HANDSHAKE_TIMEOUT: Final = 10.0
+HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT
 TOKEN_COOKIE: Final = "trio_ws_token"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
@@ -82,18 +82,18 @@ class ServerConfig:
 
     registry_path: Path
     token: str
-    host: str = "127.0.0.1"
-    port: int = 8888
-    poll_interval: float = 1.0
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    poll_interval: float = defaults.POLL_INTERVAL
     history: int = DEFAULT_HISTORY
     history_bytes: int = DEFAULT_HISTORY_BYTES
-    queue_size: int = 1024
+    queue_size: int = defaults.QUEUE_SIZE
     allow_origins: frozenset[str] = frozenset()
     allow_hosts: frozenset[str] = frozenset()
     require_token: bool = False
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
-    lock_timeout: float = 1.0
+    lock_timeout: float = defaults.LOCK_TIMEOUT
     producer_grace: float = DEFAULT_GRACE
     poll_restart: tuple[float, float] = POLL_RESTART
     """A crashed poll loop's first restart delay and the cap it doubles up to."""

@@ -44,7 +44,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from trio_ws import protocol
+from trio_ws import defaults, protocol
 from trio_ws.client import Backoff, websocket_base
 from trio_ws.protocol import Message
 
@@ -564,11 +564,11 @@ class WatchTarget:
     base: str
     project: str
     token: str | None = None
-    backlog: int = 100
+    backlog: int = defaults.BACKLOG
 
     @classmethod
     def from_server(
-        cls, server: str, project: str, token: str | None = None, backlog: int = 100
+        cls, server: str, project: str, token: str | None = None, backlog: int = defaults.BACKLOG
     ) -> WatchTarget:
         """Map an ``http(s)://`` (or ``ws(s)://``) server URL to its subscribe endpoint."""
         base = websocket_base(server)
