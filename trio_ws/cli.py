@@ -46,6 +46,7 @@ from trio_ws.registry import (
 )
 from trio_ws.security import TOKEN_ENV, TokenError, load_token
 from trio_ws.server import Server, ServerConfig, serve_until_signalled, tune_gc_for_serving
+from trio_ws.signals import until_signalled
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -624,7 +625,7 @@ def watch_command(
             await watch.watch_live(target, Console(highlight=False), log_lines=lines)
 
     try:
-        trio.run(watch.until_signalled, once_mode if once else live_mode)
+        trio.run(until_signalled, once_mode if once else live_mode)
     except watch.OutputClosed:
         # The reader (e.g. `| head`) is done: a clean end, and no flush error at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

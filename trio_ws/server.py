@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import re
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,6 +58,7 @@ from trio_ws.security import (
     redact,
     token_matches,
 )
+from trio_ws.signals import on_stop_signals
 from trio_ws.subscribe import (
     MAX_INBOUND_BYTES,
     SubscribeRequest,
@@ -491,37 +490,17 @@ async def serve_until_signalled(
     config: ServerConfig, announce: Callable[[Server], None] | None = None
 ) -> None:
     """`serve` for the CLI: the first SIGINT/SIGTERM closes subscribers with 1001 and
-    returns (within the 2 s close bound); a second one exits the process at once.
+    returns (within the 2 s close bound); a second one exits the process at once."""
+    stop = trio.Event()
 
-    The signal watcher lives outside the server's nursery, so it still listens
-    while the server tears down.
-    """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            server_scope = trio.CancelScope()
-            ready = trio.Event()
-            servers: list[Server] = []
+    def stop_serving(signum: int) -> None:
+        log.info("signal %d: closing subscribers", signum)
+        stop.set()
 
-            async def watch() -> None:
-                async for signum in signals:
-                    log.info("signal %d: closing subscribers", signum)
-                    break
-                await ready.wait()
-                outer.start_soon(shut_down)
-                async for signum in signals:
-                    log.warning("second signal %d: exiting now", signum)
-                    os._exit(128 + signum)
-
-            async def shut_down() -> None:
-                await servers[0].shutdown(1001)
-                server_scope.cancel()
-
-            outer.start_soon(watch)
-            with server_scope:
-                async with trio.open_nursery() as nursery:
-                    server: Server = await nursery.start(serve, config)
-                    servers.append(server)
-                    ready.set()
-                    if announce is not None:
-                        announce(server)
-            outer.cancel_scope.cancel()
+    async with on_stop_signals(stop_serving), trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config)
+        if announce is not None:
+            announce(server)
+        await stop.wait()
+        await server.shutdown(1001)
+        nursery.cancel_scope.cancel()
