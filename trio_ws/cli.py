@@ -457,9 +457,11 @@ def run(
     CMD runs without a shell in its own process group, with stdout and stderr
     merged, stdin from /dev/null and PYTHONUNBUFFERED=1. Its statuses are reported: running, then
     stopped (exit 0 or a requested stop) or crashed. Ctrl-C or SIGTERM stops
-    CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds). The
-    server's stop/pause/resume/graceful controls act on CMD (agent stream
-    only). Exits with CMD's exit status (128+N after signal N).
+    CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds); a
+    second one kills the group at once, or, once CMD is gone, stops waiting to
+    deliver and exits 128+N. The server's stop/pause/resume/graceful controls
+    act on CMD (agent stream only). Exits with CMD's exit status (128+N after
+    signal N).
     """
     url, secret = _producer_target(name, server, home_dir, token)
     run_dir, project_dir = _project_dirs(name, registry_file, cwd)
@@ -500,7 +502,9 @@ def publish(
 ) -> None:
     """Publish stdin's lines to project NAME: running at start, stopped at EOF.
 
-    Exits 0 once everything is delivered, 1 if anything could not be.
+    Ctrl-C or SIGTERM ends the input there; a second one stops waiting to
+    deliver and exits 128+N. Exits 0 once everything is delivered, 1 if
+    anything could not be.
     """
     url, secret = _producer_target(name, server, home_dir, token)
     outcome = trio.run(
