@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -15,8 +17,8 @@ import trio
 from click.testing import CliRunner, Result
 
 import trio_ws.registry
-from cli import main
 from trio_ws import __version__
+from trio_ws.cli import main
 from trio_ws.journal import Batch
 from trio_ws.journal_sqlite import SqliteBackend, journal_path
 
@@ -280,3 +282,58 @@ def test_installed_script_adds_lists_and_removes(tmp_path: Path, alpha: Path) ->
     assert again.returncode == 1
     assert again.stderr.startswith("trio-ws: error: no project 'alpha'")
     assert again.stderr.count("\n") == 1
+
+
+# -- packaging: the commands live in trio_ws.cli ---------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_has_no_top_level_cli_module(tmp_path: Path) -> None:
+    """Installing trio-ws adds the ``trio_ws`` package only; a top-level ``cli``
+    module would clash with any other project's."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "cli.py"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "trio_ws", source / "trio_ws", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("trio_ws-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    assert {name.split("/")[0] for name in names} == {
+        "trio_ws",
+        f"{wheel.name.split('-py3')[0]}.dist-info",
+    }
+    assert "trio_ws/cli.py" in names
+    assert "trio-ws = trio_ws.cli:main" in scripts
+
+
+@pytest.mark.parametrize(
+    "launcher", [[str(REPO / "cli.py")], ["-m", "trio_ws"]], ids=["cli.py", "-m trio_ws"]
+)
+def test_checkout_launchers_run_the_command(launcher: list[str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, *launcher, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path if launcher[0] != "-m" else REPO,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"trio-ws, version {__version__}\n",
+        "",
+    )

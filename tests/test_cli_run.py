@@ -919,3 +919,33 @@ async def test_run_refuses_a_lifeline_that_is_not_an_open_pipe(tmp_path: Path) -
         )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.decode() == "trio-ws: error: --lifeline 77 is not an open pipe\n"
+
+
+@pytest.mark.parametrize("command", ["run", "publish"])
+async def test_second_signal_while_delivering_to_a_gone_server_exits_now(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path, command: str
+) -> None:
+    """Once the input ended, what is left waits up to --flush-within for the server;
+    a second Ctrl-C stops that wait: exit now with 128 + SIGINT."""
+    args = ["--", *child("--pid", "--hold", "20")] if command == "run" else []
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as life:
+            server: Server = await life.start(serve, make_config(registry))
+            ws = await subscribe(life, server)
+            run = await start(
+                nursery, server, home, command, "--flush-within", "600", *args,
+                stdin=b"" if command == "publish" else None, keep_stdin_open=True,
+            )  # fmt: skip
+            await receive_until(ws, status_is("running"))
+            if command == "run":
+                pid = int((await receive_log(ws, "pid ")).split()[1])
+            life.start_soon(drain, ws)
+            await server.shutdown(1001)
+            life.cancel_scope.cancel()
+        run.process.send_signal(signal.SIGINT)
+        assert await eventually(lambda: f"signal {signal.SIGINT}: ".encode() in run.stderr)
+        if command == "run":  # the child is gone and reaped: only the delivery is left
+            assert await eventually(lambda: not Path(f"/proc/{pid}").exists())
+        run.process.send_signal(signal.SIGINT)
+        assert await run.wait() == 128 + signal.SIGINT
+    assert f"signal {signal.SIGINT} again: exiting now".encode() in run.stderr

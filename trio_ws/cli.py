@@ -24,15 +24,10 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from trio_ws import __version__
-from trio_ws.client import DEFAULT_SERVER
-from trio_ws.hub import DEFAULT_HISTORY_BYTES
+from trio_ws import __version__, defaults
 from trio_ws.journal_sqlite import journal_path, remove_files
 from trio_ws.producers import (
-    DEFAULT_CAPACITY,
     ECHO_BUFFER,
-    FLUSH_WITHIN,
-    KILL_AFTER,
     LINE_CAP,
     Outcome,
     RunOptions,
@@ -52,6 +47,7 @@ from trio_ws.registry import (
 )
 from trio_ws.security import TOKEN_ENV, TokenError, load_token
 from trio_ws.server import Server, ServerConfig, serve_until_signalled, tune_gc_for_serving
+from trio_ws.signals import until_signalled
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1
@@ -215,27 +211,31 @@ def _print_table(found: list[Project]) -> None:
 
 @main.command()
 @registry_options
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default=defaults.HOST, show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", default=8888, show_default=True, type=click.IntRange(0, 65535), help="0: any."
+    "--port",
+    default=defaults.PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any.",
 )
 @click.option(
     "--poll-interval",
-    default=1.0,
+    default=defaults.POLL_INTERVAL,
     show_default=True,
     type=click.FloatRange(min=0.05, max=3600),
     help="Seconds between reads of each watched project's features database.",
 )
 @click.option(
     "--history",
-    default=10_000,
+    default=defaults.HISTORY,
     show_default=True,
     type=click.IntRange(min=1, max=1_000_000),
     help="Events held per project for resume and catch-up.",
 )
 @click.option(
     "--history-bytes",
-    default=DEFAULT_HISTORY_BYTES,
+    default=defaults.HISTORY_BYTES,
     show_default=True,
     type=click.IntRange(min=1),
     help="Encoded bytes of events held per project, at most (the oldest go first).",
@@ -257,7 +257,7 @@ def _print_table(found: list[Project]) -> None:
 )
 @click.option(
     "--producer-grace",
-    default=30.0,
+    default=defaults.PRODUCER_GRACE,
     show_default=True,
     type=click.FloatRange(min=0, max=86_400),
     help="Seconds a vanished agent producer may take to come back before the run is "
@@ -384,14 +384,14 @@ def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
     command = click.option(
         "--server",
-        default=DEFAULT_SERVER,
+        default=defaults.SERVER_URL,
         show_default=True,
         metavar="URL",
         help="The trio-ws server (http, https, ws or wss).",
     )(command)
     command = click.option(
         "--flush-within",
-        default=FLUSH_WITHIN,
+        default=defaults.FLUSH_WITHIN,
         show_default=True,
         type=click.FloatRange(min=0, max=3600),
         help="Seconds to keep delivering what is left once the input ended.",
@@ -436,7 +436,7 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 
 
 @main.command(
-    epilog=f"Unacked output waits in a buffer of at most {DEFAULT_CAPACITY:,} items "
+    epilog=f"Unacked output waits in a buffer of at most {defaults.CAPACITY:,} items "
     "(lines and statuses) while the server is away; when it is full, new lines are "
     f"dropped and one line says how many. Lines are cut at {LINE_CAP:,} characters. "
     f"Output printed here waits in at most {ECHO_BUFFER:,} bytes when stdout does "
@@ -462,7 +462,7 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 )
 @click.option(
     "--kill-after",
-    default=KILL_AFTER,
+    default=defaults.KILL_AFTER,
     show_default=True,
     type=click.FloatRange(min=0, max=3600),
     help="Seconds between SIGTERM and SIGKILL when stopping CMD.",
@@ -488,9 +488,11 @@ def run(
     CMD runs without a shell in its own process group, with stdout and stderr
     merged, stdin from /dev/null and PYTHONUNBUFFERED=1. Its statuses are reported: running, then
     stopped (exit 0 or a requested stop) or crashed. Ctrl-C or SIGTERM stops
-    CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds). The
-    server's stop/pause/resume/graceful controls act on CMD (agent stream
-    only). Exits with CMD's exit status (128+N after signal N).
+    CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds); a
+    second one kills the group at once, or, once CMD is gone, stops waiting to
+    deliver and exits 128+N. The server's stop/pause/resume/graceful controls
+    act on CMD (agent stream only). Exits with CMD's exit status (128+N after
+    signal N).
     """
     url, secret = _producer_target(name, server, home_dir, token)
     run_dir, project_dir = _project_dirs(name, registry_file, cwd)
@@ -513,7 +515,7 @@ def run(
 
 
 @main.command(
-    epilog=f"Unacked lines wait in a buffer of at most {DEFAULT_CAPACITY:,} items "
+    epilog=f"Unacked lines wait in a buffer of at most {defaults.CAPACITY:,} items "
     "while the server is away; when it is full, new lines are dropped and one line "
     f"says how many. Lines are cut at {LINE_CAP:,} characters."
 )
@@ -531,7 +533,9 @@ def publish(
 ) -> None:
     """Publish stdin's lines to project NAME: running at start, stopped at EOF.
 
-    Exits 0 once everything is delivered, 1 if anything could not be.
+    Ctrl-C or SIGTERM ends the input there; a second one stops waiting to
+    deliver and exits 128+N. Exits 0 once everything is delivered, 1 if
+    anything could not be.
     """
     url, secret = _producer_target(name, server, home_dir, token)
     outcome = trio.run(
@@ -565,7 +569,7 @@ def _finish(outcome: Outcome, url: str) -> None:
 @click.argument("name")
 @click.option(
     "--server",
-    default="http://127.0.0.1:8888",
+    default=defaults.SERVER_URL,
     show_default=True,
     metavar="URL",
     help="The trio-ws server (http, https, ws or wss).",
@@ -589,9 +593,9 @@ def _finish(outcome: Outcome, url: str) -> None:
 )
 @click.option(
     "--backlog",
-    default=100,
+    default=defaults.CLIENT_BACKLOG,
     show_default=True,
-    type=click.IntRange(0, 1000),
+    type=click.IntRange(0, defaults.MAX_BACKLOG),
     help="Log lines the server replays on a fresh sync.",
 )
 @click.option(
@@ -656,7 +660,7 @@ def watch_command(
             await watch.watch_live(target, Console(highlight=False), log_lines=lines)
 
     try:
-        trio.run(watch.until_signalled, once_mode if once else live_mode)
+        trio.run(until_signalled, once_mode if once else live_mode)
     except watch.OutputClosed:
         # The reader (e.g. `| head`) is done: a clean end, and no flush error at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -686,7 +690,7 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
     type=click.Path(file_okay=False, path_type=Path),
     help="Keep the demo's registry, token and project here [default: a temporary folder].",
 )
-@click.option("--port", default=8888, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--port", default=defaults.PORT, show_default=True, type=click.IntRange(0, 65535))
 @click.option(
     "--speed",
     default=1.0,

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
-DEFAULT_SERVER: Final = "http://127.0.0.1:8888"
+from trio_ws import defaults
+
+DEFAULT_SERVER: Final = defaults.SERVER_URL
 _WEBSOCKET_SCHEMES: Final = {"http": "ws", "ws": "ws", "https": "wss", "wss": "wss"}
 
 

@@ -23,9 +23,11 @@ from typing import Final
 
 import trio
 
+from trio_ws import defaults
 from trio_ws.registry import Registry
 from trio_ws.security import load_token
 from trio_ws.server import Server, ServerConfig, serve
+from trio_ws.signals import on_stop_signals
 
 log = logging.getLogger("trio_ws.demo")
 
@@ -38,8 +40,8 @@ FLUSH_WITHIN: Final = 2.0
 @dataclass(frozen=True)
 class DemoOptions:
     home: Path | None
-    port: int = 8888
-    host: str = "127.0.0.1"
+    port: int = defaults.PORT
+    host: str = defaults.HOST
     speed: float = 1.0
     duration: float | None = None
     seed: int | None = None
@@ -74,7 +76,7 @@ def trio_ws_command() -> list[str]:
     installed = Path(sys.executable).parent / "trio-ws"
     if installed.exists():
         return [str(installed)]
-    return [sys.executable, "-c", "import cli; cli.main()"]
+    return [sys.executable, "-m", "trio_ws"]
 
 
 async def run_demo(options: DemoOptions, announce: Callable[[DemoLinks], None]) -> int:
@@ -102,34 +104,48 @@ async def _run(options: DemoOptions, home: Path, announce: Callable[[DemoLinks],
     # Every child gets the read end; only we hold the write end, so however we
     # end (an exception, kill -9), the kernel closes it and each child stops.
     lifeline, keep_alive = os.pipe()
+    stop = trio.Event()
+    hurry = trio.CancelScope()
+    hurried: list[int] = []
+
+    def stop_demo(signum: int) -> None:
+        log.info("signal %d: stopping the demo", signum)
+        stop.set()
+
+    def stop_now(signum: int) -> None:
+        """Skip the graceful stop but still clean up: the lifeline stops the children,
+        and a temporary home is removed."""
+        log.warning("signal %d again: stopping the demo now", signum)
+        hurried.append(signum)
+        hurry.cancel()
+
     try:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as nursery:
-                server: Server = await nursery.start(serve, config)
-                base = server.url.rstrip("/")
-                announce(
-                    DemoLinks(
-                        dashboard=f"{base}/projects/{PROJECT}?token={token}",
-                        watch=f"trio-ws watch {PROJECT} --server {base}",
-                        home=home,
+        async with on_stop_signals(stop_demo, stop_now):
+            with hurry:
+                async with trio.open_nursery() as nursery:
+                    server: Server = await nursery.start(serve, config)
+                    base = server.url.rstrip("/")
+                    announce(
+                        DemoLinks(
+                            dashboard=f"{base}/projects/{PROJECT}?token={token}",
+                            watch=f"trio-ws watch {PROJECT} --server {base}",
+                            home=home,
+                        )
                     )
-                )
-                children = [
-                    await nursery.start(
-                        _orchestrate, options, base, home, project_dir, lifeline, dev
-                    )
-                    for dev in (True, False)
-                ]
-                with trio.move_on_after(options.duration if options.duration else float("inf")):
-                    async for signum in signals:
-                        log.info("signal %d: stopping the demo", signum)
-                        break
-                async with trio.open_nursery() as stopping:
-                    for child in children:
-                        stopping.start_soon(_stop_child, child)
-                await server.shutdown(1001)
-                nursery.cancel_scope.cancel()
-        return 0
+                    children = [
+                        await nursery.start(
+                            _orchestrate, options, base, home, project_dir, lifeline, dev
+                        )
+                        for dev in (True, False)
+                    ]
+                    with trio.move_on_after(options.duration or float("inf")):
+                        await stop.wait()
+                    async with trio.open_nursery() as stopping:
+                        for child in children:
+                            stopping.start_soon(_stop_child, child)
+                    await server.shutdown(1001)
+                    nursery.cancel_scope.cancel()
+        return 128 + hurried[0] if hurried else 0
     finally:
         os.close(lifeline)
         os.close(keep_alive)

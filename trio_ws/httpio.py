@@ -21,6 +21,8 @@ from urllib.parse import parse_qs, urlsplit
 import h11
 import trio
 
+from trio_ws import defaults
+
 MAX_HEAD_BYTES: Final = 16 * 1024
 MAX_BODY_BYTES: Final = 64 * 1024
 """Most request body bytes read (and discarded); AutoForge's control POSTs send none or ``{}``."""
@@ -28,7 +30,7 @@ LINGER_BYTES: Final = 1024 * 1024
 LINGER_TIMEOUT: Final = 2.0
 """Bounds on draining a refused body after the answer (`linger`)."""
 RECEIVE_SIZE: Final = 4096
-STALL_TIMEOUT: Final = 30.0
+STALL_TIMEOUT: Final = defaults.STALL_TIMEOUT
 """A write that makes no progress for this long cuts the connection (HTTP and websocket)."""
 _LINGER_RESET: Final = struct.pack("ii", 1, 0)
 

@@ -45,7 +45,7 @@ from typing import Final
 
 import trio
 
-from trio_ws import frames, protocol
+from trio_ws import defaults, frames, protocol
 from trio_ws.journal import Batch, Journal, JournalError, JournalState, JsonObject
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.progress import Progress
@@ -56,13 +56,13 @@ log = logging.getLogger("trio_ws.hub")
 Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
 
-DEFAULT_HISTORY: Final = 10_000
+DEFAULT_HISTORY: Final = defaults.HISTORY
 """Most events held per project for resume and catch-up."""
-DEFAULT_HISTORY_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_HISTORY_BYTES: Final = defaults.HISTORY_BYTES
 """Most encoded bytes (websocket frames) of events held per project."""
-DEFAULT_QUEUE: Final = 1024
+DEFAULT_QUEUE: Final = defaults.QUEUE_SIZE
 """Per-subscriber channel capacity, in messages."""
-MAX_BACKLOG: Final = 1000
+MAX_BACKLOG: Final = defaults.MAX_BACKLOG
 ORCHESTRATOR_RECENT: Final = 5
 CATCH_UP_CHUNK: Final = 256
 BATCH_MAX: Final = 512

@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
+from trio_ws import defaults
 from trio_ws.protocol import is_valid_project_name
 
-DEFAULT_HISTORY: Final = 10_000
+DEFAULT_HISTORY: Final = defaults.HISTORY
 """Events held per project (``--history``)."""
-DEFAULT_HISTORY_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_HISTORY_BYTES: Final = defaults.HISTORY_BYTES
 """Bytes of event text held per project (``--history-bytes``)."""
 TRIM_SLACK: Final = 10
 """A journal trims itself once it holds 1/TRIM_SLACK more than its limits, so a trim

@@ -18,6 +18,7 @@ from typing import Final, Protocol
 
 import trio
 
+from trio_ws import defaults
 from trio_ws.hub import (
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
@@ -33,9 +34,9 @@ from trio_ws.publish import ProducerSlot, control_refusal, producer_key
 
 log = logging.getLogger("trio_ws.manager")
 
-DEFAULT_POLL_INTERVAL: Final = 1.0
+DEFAULT_POLL_INTERVAL: Final = defaults.POLL_INTERVAL
 READER_THREADS: Final = 4
-POLL_RESTART: Final = (0.1, 5.0)
+POLL_RESTART: Final = defaults.POLL_RESTART
 """A crashed poll loop restarts after 0.1 s, doubling per crash in a row up to 5 s."""
 PRIME_COMMIT_WAIT: Final = 1.0
 """Longest a first subscriber waits for its primed progress to be committed."""
@@ -82,7 +83,7 @@ class ConnectionManager:
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         queue_size: int = DEFAULT_QUEUE,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
-        lock_timeout: float = 1.0,
+        lock_timeout: float = defaults.LOCK_TIMEOUT,
         on_poll: Callable[[str, float, bool], None] | None = None,
         poll_restart: tuple[float, float] = POLL_RESTART,
         extra_secrets: Iterable[str] = (),

@@ -40,11 +40,11 @@ import signal
 import subprocess
 import sys
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, NoReturn
 from urllib.parse import quote
 
 import trio
@@ -56,14 +56,15 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from trio_ws import protocol
+from trio_ws import defaults, protocol
 from trio_ws.client import Backoff, websocket_base
 from trio_ws.protocol import Message, Stream
+from trio_ws.signals import exit_now, on_stop_signals
 
 Report = Callable[[str], None]
 """Where a producer tells its user what happened (stderr in the CLI)."""
 
-DEFAULT_CAPACITY: Final = 100_000
+DEFAULT_CAPACITY: Final = defaults.CAPACITY
 """Unacked items an outbox holds before it drops new lines."""
 BATCH_LINES: Final = 256
 BACKOFF_FIRST: Final = 0.1
@@ -72,8 +73,8 @@ CONNECT_TIMEOUT: Final = 5.0
 CLOSE_TIMEOUT: Final = 2.0
 CONNECT_WAIT: Final = 3.0
 """How long `run`/`publish` wait for the first welcome before starting anyway."""
-FLUSH_WITHIN: Final = 5.0
-KILL_AFTER: Final = 10.0
+FLUSH_WITHIN: Final = defaults.FLUSH_WITHIN
+KILL_AFTER: Final = defaults.KILL_AFTER
 DRAIN_AFTER_EXIT: Final = 2.0
 """How long output is still read after the child exited (grandchildren may hold the pipe)."""
 PAUSE_FILE: Final = Path(".autoforge") / ".pause_drain"
@@ -804,19 +805,19 @@ class Supervisor:
         self._nursery: trio.Nursery | None = None
 
     async def run(self) -> Outcome:
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async with trio.open_nursery() as outer:
-                outer.start_soon(self.producer.run)
-                if self.echo is not None:
-                    outer.start_soon(self.echo.run)
-                try:
-                    return await self._supervise(signals)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await self.producer.close()
-                    outer.cancel_scope.cancel()  # the echo: what it has not printed is lost
+        signals = on_stop_signals(self._on_signal, self._on_signal_again)
+        async with signals, trio.open_nursery() as outer:
+            outer.start_soon(self.producer.run)
+            if self.echo is not None:
+                outer.start_soon(self.echo.run)
+            try:
+                return await self._supervise()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.producer.close()
+                outer.cancel_scope.cancel()  # the echo: what it has not printed is lost
 
-    async def _supervise(self, signals: AsyncIterator[int]) -> Outcome:
+    async def _supervise(self) -> Outcome:
         options = self.options
         with trio.move_on_after(options.connect_wait):
             await self.producer.ready.wait()
@@ -846,8 +847,9 @@ class Supervisor:
         try:
             async with trio.open_nursery() as helpers:
                 self._nursery = helpers
+                if self.stop_requested:  # a signal came while we waited for the server
+                    self._terminate()
                 helpers.start_soon(self._pump, process.stdout)
-                helpers.start_soon(self._watch_signals, signals)
                 helpers.start_soon(self._watch_refusal)
                 if options.lifeline is not None:
                     helpers.start_soon(self._watch_lifeline, options.lifeline)
@@ -856,6 +858,7 @@ class Supervisor:
                     await self._output_done.wait()
                 helpers.cancel_scope.cancel()
         finally:
+            self._nursery = None
             if process.returncode is None:  # leaving abnormally: never orphan the group
                 self._signal_group(signal.SIGKILL)
         for line in self._splitter.close():
@@ -885,14 +888,24 @@ class Supervisor:
                 self.producer.send_line(line)
         self._output_done.set()
 
-    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
-        async for signum in signals:
-            if self.stop_requested:
-                self.report(f"signal {signum} again: killing the process group now")
-                self._signal_group(signal.SIGKILL)
-            else:
-                self.report(f"signal {signum}: stopping the command")
-                self.request_stop()
+    def _on_signal(self, signum: int) -> None:
+        """The first SIGINT/SIGTERM: stop the command as ``stop`` does (unless that
+        already happened: then this is a second request)."""
+        if self.stop_requested:
+            self._on_signal_again(signum)
+            return
+        self.report(f"signal {signum}: stopping the command")
+        self.request_stop()
+
+    def _on_signal_again(self, signum: int) -> None:
+        """Kill the group while it runs; once it is gone (or before it started),
+        stop delivering what is left and exit now."""
+        if self.process is not None and self.process.returncode is None:
+            self.report(f"signal {signum} again: killing the process group now")
+            self._signal_group(signal.SIGKILL)
+        else:
+            self.report(f"signal {signum} again: exiting now")
+            exit_now(signum)
 
     async def _watch_refusal(self) -> None:
         await self.producer.finished.wait()
@@ -920,10 +933,16 @@ class Supervisor:
         if self.stop_requested:
             return
         self.stop_requested = True
+        self._terminate()
+
+    def _terminate(self) -> None:
+        """Carry out a requested stop; before the child started (or after it was
+        reaped) there is nothing to signal: `_supervise` calls this again at its start."""
+        if self._nursery is None:
+            return
         self._signal_group(signal.SIGTERM)
         self._signal_group(signal.SIGCONT)
-        if self._nursery is not None:
-            self._nursery.start_soon(self._escalate)
+        self._nursery.start_soon(self._escalate)
 
     def apply(self, action: str) -> None:
         """Carry out a control from the server; one that does not fit the state is logged."""
@@ -1017,15 +1036,25 @@ async def publish_stream(
         report=report,
     )
     splitter = LineSplitter()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            outer.start_soon(producer.run)
-            try:
-                with trio.move_on_after(connect_wait):
-                    await producer.ready.wait()
-                if producer.refused is not None:
-                    return Outcome(FAILURE, refused=str(producer.refused))
-                producer.send_status("running")
+    reading_scope = trio.CancelScope()
+
+    def end_input(signum: int) -> None:
+        report(f"signal {signum}: ending the input here")
+        reading_scope.cancel()
+
+    def exit_early(signum: int) -> NoReturn:
+        report(f"signal {signum} again: exiting now")
+        exit_now(signum)
+
+    async with on_stop_signals(end_input, exit_early), trio.open_nursery() as outer:
+        outer.start_soon(producer.run)
+        try:
+            with trio.move_on_after(connect_wait):
+                await producer.ready.wait()
+            if producer.refused is not None:
+                return Outcome(FAILURE, refused=str(producer.refused))
+            producer.send_status("running")
+            with reading_scope:
                 async with trio.open_nursery() as reading:
 
                     async def read_all() -> None:
@@ -1034,26 +1063,20 @@ async def publish_stream(
                                 producer.send_line(line)
                         reading.cancel_scope.cancel()
 
-                    async def stop_on_signal() -> None:
-                        async for signum in signals:
-                            report(f"signal {signum}: ending the input here")
-                            reading.cancel_scope.cancel()
-
                     async def stop_on_refusal() -> None:
                         await producer.finished.wait()
                         reading.cancel_scope.cancel()
 
                     reading.start_soon(read_all)
-                    reading.start_soon(stop_on_signal)
                     reading.start_soon(stop_on_refusal)
-                for line in splitter.close():
-                    producer.send_line(line)
-                producer.send_status("stopped")
-                undelivered = await producer.flush(flush_within)
-                refused = producer.refused
-                if refused is not None:
-                    return Outcome(FAILURE, undelivered, str(refused))
-                return Outcome(0 if undelivered == 0 else FAILURE, undelivered)
-            finally:
-                with trio.CancelScope(shield=True):
-                    await producer.close()
+            for line in splitter.close():
+                producer.send_line(line)
+            producer.send_status("stopped")
+            undelivered = await producer.flush(flush_within)
+            refused = producer.refused
+            if refused is not None:
+                return Outcome(FAILURE, undelivered, str(refused))
+            return Outcome(0 if undelivered == 0 else FAILURE, undelivered)
+        finally:
+            with trio.CancelScope(shield=True):
+                await producer.close()

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 from typing import Final, NamedTuple
 
+from trio_ws import defaults
 from trio_ws.protocol import Message
 
 LAYOUTS: Final = (
@@ -115,7 +116,9 @@ def find_features_db(project_dir: Path) -> Path | None:
     return None
 
 
-def count_passing_tests(project_dir: Path, *, lock_timeout: float = 1.0) -> Progress:
+def count_passing_tests(
+    project_dir: Path, *, lock_timeout: float = defaults.LOCK_TIMEOUT
+) -> Progress:
     """One-shot read: open, count, close. Prefer a kept ``ProgressReader`` when polling."""
     reader = ProgressReader(project_dir, lock_timeout=lock_timeout)
     try:
@@ -141,7 +144,7 @@ class ProgressReader:
     After any error the connection is dropped, so the next read starts clean.
     """
 
-    def __init__(self, project_dir: Path, *, lock_timeout: float = 1.0) -> None:
+    def __init__(self, project_dir: Path, *, lock_timeout: float = defaults.LOCK_TIMEOUT) -> None:
         self.project_dir = project_dir.absolute()
         self.lock_timeout = lock_timeout
         self.reads = 0

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import trio
 
-from trio_ws import protocol
+from trio_ws import defaults, protocol
 from trio_ws.connection import ConnectionClosed, WebSocket
 from trio_ws.hub import ProjectHub
 from trio_ws.protocol import Stream
@@ -41,8 +41,8 @@ ACK_INTERVAL: Final = 0.1
 OUTBOX_SIZE: Final = 64
 MAX_PRODUCER_IDS: Final = 1024
 """Producer ids a slot remembers the applied pseq of; the least recently used goes first."""
-DEFAULT_GRACE: Final = 30.0
-PRODUCER_PING_TIMEOUT: Final = 20.0
+DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
+PRODUCER_PING_TIMEOUT: Final = defaults.PRODUCER_PING_TIMEOUT
 """A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
 HELLO_TIMEOUT: Final = 10.0
 LOST_LINE: Final = "[trio-ws] producer lost"

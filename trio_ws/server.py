@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import re
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -30,7 +28,7 @@ from urllib.parse import unquote
 
 import trio
 
-from trio_ws import control, dashboard, protocol
+from trio_ws import control, dashboard, defaults, protocol
 from trio_ws.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
 from trio_ws.features import NoFeaturesDatabase, read_features
 from trio_ws.httpio import (
@@ -76,6 +74,7 @@ from trio_ws.security import (
     redact,
     token_matches,
 )
+from trio_ws.signals import on_stop_signals
 from trio_ws.subscribe import (
     MAX_INBOUND_BYTES,
     SubscribeRequest,
@@ -86,7 +85,7 @@ from trio_ws.subscribe import (
 
 log = logging.getLogger("trio_ws.server")
 
-HANDSHAKE_TIMEOUT: Final = 10.0
+HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT
 JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 """Longest a shutdown waits to commit what is staged and close the journals."""
 JournalName = Literal["sqlite", "memory"]
@@ -105,18 +104,18 @@ class ServerConfig:
 
     registry_path: Path
     token: str
-    host: str = "127.0.0.1"
-    port: int = 8888
-    poll_interval: float = 1.0
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    poll_interval: float = defaults.POLL_INTERVAL
     history: int = DEFAULT_HISTORY
     history_bytes: int = DEFAULT_HISTORY_BYTES
-    queue_size: int = 1024
+    queue_size: int = defaults.QUEUE_SIZE
     allow_origins: frozenset[str] = frozenset()
     allow_hosts: frozenset[str] = frozenset()
     require_token: bool = False
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
-    lock_timeout: float = 1.0
+    lock_timeout: float = defaults.LOCK_TIMEOUT
     producer_grace: float = DEFAULT_GRACE
     poll_restart: tuple[float, float] = POLL_RESTART
     """A crashed poll loop's first restart delay and the cap it doubles up to."""
@@ -394,7 +393,12 @@ async def _project_api(
     if view == "features":
         status, body = await _features(server, project)
     else:
-        hub = server.manager.hub_for(name, project.path)
+        try:
+            hub = await server.manager.open_hub(name, project.path)
+        except JournalError as exc:
+            log.error("project %s: journal unavailable: %s", name, exc)
+            await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
+            return
         if action is not None:
             status, body = 200, await control.act(server.manager, hub, action)
         elif view == "agent/status":
@@ -718,37 +722,17 @@ async def serve_until_signalled(
     config: ServerConfig, announce: Callable[[Server], None] | None = None
 ) -> None:
     """`serve` for the CLI: the first SIGINT/SIGTERM closes subscribers with 1001 and
-    returns (within the 2 s close bound); a second one exits the process at once.
+    returns (within the 2 s close bound); a second one exits the process at once."""
+    stop = trio.Event()
 
-    The signal watcher lives outside the server's nursery, so it still listens
-    while the server tears down.
-    """
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
-            server_scope = trio.CancelScope()
-            ready = trio.Event()
-            servers: list[Server] = []
+    def stop_serving(signum: int) -> None:
+        log.info("signal %d: closing subscribers", signum)
+        stop.set()
 
-            async def watch() -> None:
-                async for signum in signals:
-                    log.info("signal %d: closing subscribers", signum)
-                    break
-                await ready.wait()
-                outer.start_soon(shut_down)
-                async for signum in signals:
-                    log.warning("second signal %d: exiting now", signum)
-                    os._exit(128 + signum)
-
-            async def shut_down() -> None:
-                await servers[0].shutdown(1001)
-                server_scope.cancel()
-
-            outer.start_soon(watch)
-            with server_scope:
-                async with trio.open_nursery() as nursery:
-                    server: Server = await nursery.start(serve, config)
-                    servers.append(server)
-                    ready.set()
-                    if announce is not None:
-                        announce(server)
-            outer.cancel_scope.cancel()
+    async with on_stop_signals(stop_serving), trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config)
+        if announce is not None:
+            announce(server)
+        await stop.wait()
+        await server.shutdown(1001)
+        nursery.cancel_scope.cancel()

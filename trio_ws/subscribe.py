@@ -19,7 +19,7 @@ from typing import Final
 
 import trio
 
-from trio_ws import protocol
+from trio_ws import defaults, protocol
 from trio_ws.connection import ConnectionClosed, PeerStalled, WebSocket
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
 from trio_ws.manager import ConnectionManager
@@ -50,10 +50,8 @@ class SubscribeRequest:
 
 MAX_SEQ_DIGITS: Final = 19
 """A ``since`` beyond 19 digits is beyond any head; ``int()`` would raise past 4,300."""
-DEFAULT_BACKLOG: Final = 0
-"""No parameters (the AutoForge UI, which appends what it receives on every
-reconnect): no log replay, so a reconnect shows nothing twice (PROTOCOL.md 3)."""
-MAX_BACKLOG: Final = 1000
+DEFAULT_BACKLOG: Final = defaults.BACKLOG
+MAX_BACKLOG: Final = defaults.MAX_BACKLOG
 
 
 def parse_since(raw: str | None) -> int | None:

@@ -20,10 +20,9 @@ from __future__ import annotations
 import heapq
 import json
 import re
-import signal
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal, NoReturn
@@ -44,7 +43,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from trio_ws import protocol
+from trio_ws import defaults, protocol
 from trio_ws.client import Backoff, websocket_base
 from trio_ws.protocol import Message
 
@@ -564,11 +563,11 @@ class WatchTarget:
     base: str
     project: str
     token: str | None = None
-    backlog: int = 100
+    backlog: int = defaults.CLIENT_BACKLOG
 
     @classmethod
     def from_server(
-        cls, server: str, project: str, token: str | None = None, backlog: int = 100
+        cls, server: str, project: str, token: str | None = None, backlog: int = defaults.CLIENT_BACKLOG
     ) -> WatchTarget:
         """Map an ``http(s)://`` (or ``ws(s)://``) server URL to its subscribe endpoint."""
         base = websocket_base(server)
@@ -788,35 +787,6 @@ async def _keep_alive(
 
 
 # -- the command's modes ------------------------------------------------------------
-
-
-async def until_signalled(work: Callable[[], Awaitable[None]]) -> bool:
-    """Run ``work`` until it returns or SIGINT/SIGTERM arrives; True when a signal ended it.
-
-    A `WatchError` from ``work`` propagates as itself, not inside an exception group.
-    """
-    signalled = False
-    failure: WatchError | None = None
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-
-            async def wait_for_signal() -> None:
-                nonlocal signalled
-                async for _ in signals:
-                    signalled = True
-                    nursery.cancel_scope.cancel()
-                    return
-
-            nursery.start_soon(wait_for_signal)
-            try:
-                await work()
-            except WatchError as exc:
-                failure = exc
-            finally:
-                nursery.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return signalled
 
 
 async def watch_live(

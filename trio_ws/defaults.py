@@ -1,0 +1,54 @@
+"""Every tunable default of trio-ws, each stated once.
+
+The server's `ServerConfig`, the library's keyword defaults and the CLI's option
+defaults all refer here, so ``--help`` shows what the code does. Core layer: it
+imports nothing of trio-ws, so any module may use it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+HOST: Final = "127.0.0.1"
+"""Where `serve` listens: loopback, so nothing off this machine reaches it unless asked."""
+PORT: Final = 8888
+"""The port `serve` and `demo` listen on and clients' default server uses."""
+SERVER_URL: Final = f"http://{HOST}:{PORT}"
+"""The server `run`, `publish` and `watch` talk to when not told another."""
+
+POLL_INTERVAL: Final = 1.0
+"""Seconds between reads of each watched project's features database."""
+LOCK_TIMEOUT: Final = 1.0
+"""Seconds one read waits on a locked features database before reporting it."""
+POLL_RESTART: Final = (0.1, 5.0)
+"""A crashed poll loop restarts after 0.1 s, doubling per crash in a row up to 5 s."""
+HISTORY: Final = 10_000
+"""Most events held per project for resume and catch-up."""
+HISTORY_BYTES: Final = 64 * 1024 * 1024
+"""Most encoded bytes (websocket frames) of events held per project."""
+QUEUE_SIZE: Final = 1024
+"""Per-subscriber channel capacity, in messages."""
+BACKLOG: Final = 0
+"""Log lines replayed on a fresh sync when the subscriber names no ``backlog``: none, so a
+client that appends what it receives on every reconnect (the AutoForge UI) sees nothing
+twice (PROTOCOL.md 3). Our dashboard and `watch` ask for theirs explicitly."""
+CLIENT_BACKLOG: Final = 100
+"""Log lines our own clients (`watch`, the dashboard) ask for on a fresh sync."""
+MAX_BACKLOG: Final = 1000
+"""Most log lines (per stream) a fresh sync replays, and so a project keeps for it."""
+
+HANDSHAKE_TIMEOUT: Final = 10.0
+"""Seconds a client has to finish its HTTP request or websocket upgrade."""
+STALL_TIMEOUT: Final = 30.0
+"""Seconds a response write may make no progress before the peer is dropped."""
+PRODUCER_GRACE: Final = 30.0
+"""Seconds a vanished agent producer may take to come back before its run is crashed."""
+PRODUCER_PING_TIMEOUT: Final = 20.0
+"""A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
+
+CAPACITY: Final = 100_000
+"""Unacked items (lines and statuses) a producer buffers while the server is away."""
+FLUSH_WITHIN: Final = 5.0
+"""Seconds a producer keeps delivering what is left once its input ended."""
+KILL_AFTER: Final = 10.0
+"""Seconds `run` waits between SIGTERM and SIGKILL when stopping its command."""
