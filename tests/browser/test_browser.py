@@ -376,6 +376,10 @@ def open_live(driver: Any, served: ServerProcess, query: str = "") -> None:
     wait(driver, lambda d: connection_state(d) == "live", "the page to go live")
 
 
+def wait_passing(driver: Any, passing: int) -> None:
+    wait(driver, lambda d: progress_figures(d)[0] == str(passing), f"{passing} passing")
+
+
 def progress_figures(driver: Any) -> tuple[str, ...]:
     return tuple(
         text(driver, f"#{name}")
@@ -430,7 +434,7 @@ def test_live_view_shows_the_run(
     start_run(served, producer)
     for passing in (1, 2):  # a few points for the chart
         set_progress(project, passing=passing, in_progress=5)
-        wait(browser, lambda d, n=passing: progress_figures(d)[0] == str(n), f"{passing} passing")
+        wait_passing(browser, passing)
     set_progress(project, passing=3, in_progress=5, needs_input=1)
     wait(browser, lambda d: card_names(d) == ["Spark", "Fizz", "Octo"], "three agent cards")
     wait(browser, lambda d: progress_figures(d) == ("3", "5", "1", "24", "12.5%"), "progress")
@@ -779,7 +783,7 @@ def test_chart_has_a_point_per_progress_event_and_marks_status_changes(
     agent.status("running")
     for passing in (1, 2, 4):
         set_flags(project, passing=set(range(1, passing + 1)))
-        wait(browser, lambda d, n=passing: progress_figures(d)[0] == str(n), f"{passing} passing")
+        wait_passing(browser, passing)
     history = progress_history(served)
     points, statuses = len(history["points"]), len(history["statuses"])
     assert points == 4  # the first read, then three changes
