@@ -12,16 +12,18 @@ import hashlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
-from features_db import create_db, db_path, rows
+from features_db import Row, create_db, db_path, insert, rows
 from rich.console import Console
 from serving import NETWORK_TIMEOUT, make_config
 
@@ -32,6 +34,7 @@ from trio_ws.progress import count_passing_tests
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 from trio_ws.watch import (
+    ProgressPoint,
     RunView,
     SequenceGap,
     WatchError,
@@ -41,9 +44,11 @@ from trio_ws.watch import (
     fitting_log_lines,
     follow,
     format_age,
+    keep_extras,
     log_tail,
     printable,
     render,
+    sparkline,
 )
 
 Msg = dict[str, Any]
@@ -128,8 +133,8 @@ def orchestrator(seq: int, state: str = "monitoring", coding: int = 2, message: 
     }
 
 
-def progress(seq: int, passing: int = 3, total: int = 10) -> Msg:
-    return {
+def progress(seq: int, passing: int = 3, total: int = 10, at: str | None = None) -> Msg:
+    message = {
         "type": "progress",
         "passing": passing,
         "in_progress": 2,
@@ -138,6 +143,7 @@ def progress(seq: int, passing: int = 3, total: int = 10) -> Msg:
         "needs_human_input": 1,
         "seq": seq,
     }
+    return message if at is None else message | {"timestamp": at}
 
 
 def view_of(*messages: Msg, log_limit: int = 1000) -> RunView:
@@ -952,3 +958,203 @@ async def test_cli_json_live_continues_after_falling_behind_past_the_history(
     snapshot_logs = [m["line"] for m in seen[start:-1] if m["type"] == "log"]
     assert snapshot_logs == ["burst line 98", "burst line 99"]
     assert seen[-1]["seq"] == head + 1
+
+
+# -- the features board and passing over time --------------------------------------------
+
+
+def at(second: int) -> str:
+    """A protocol timestamp ``second`` seconds after 17:04:00."""
+    return f"2026-11-25T17:04:{second:02d}.000000Z"
+
+
+def test_progress_events_become_points_once_each() -> None:
+    view = view_of(hello(2), progress(1, passing=1, at=at(1)), progress(3, passing=2, at=at(3)))
+    view.apply(progress(1, passing=1, at=at(1)))  # replayed by a snapshot: the same point
+    assert [(p.seq, p.passing) for p in sorted(view.points.values(), key=lambda p: p.seq)] == [
+        (1, 1),
+        (3, 2),
+    ]
+    assert view.points[3].time == TS_UNIX - 5.123 + 3
+
+
+def test_history_adds_earlier_points_of_the_same_epoch_only() -> None:
+    view = view_of(hello(5), progress(6, passing=4, at=at(6)))
+    earlier = {"seq": 2, "timestamp": at(2), "passing": 1, "total": 10}
+    view.apply_history({"epoch": "other", "points": [earlier], "statuses": []})
+    assert (sorted(view.points), view.history_epoch) == ([6], None)
+    view.apply_history({"epoch": "e1", "points": [earlier], "statuses": []})
+    assert (sorted(view.points), view.history_epoch) == ([2, 6], "e1")
+
+
+def test_a_new_epoch_drops_the_points() -> None:
+    view = view_of(hello(2), progress(1, at=at(1)))
+    view.apply(hello(0, epoch="e2"))
+    assert (view.points, view.history_epoch) == ({}, None)
+
+
+def test_sparkline_shows_passing_over_time_scaled_to_the_total() -> None:
+    points = [
+        ProgressPoint(1, 0.0, 0, 8),
+        ProgressPoint(2, 5.0, 4, 8),
+        ProgressPoint(3, 10.0, 8, 8),
+    ]
+    assert sparkline(points, width=4) == " ▄▄█"
+    assert sparkline(points[:1], width=4) == " "
+    assert sparkline([], width=4) == ""
+
+
+FEATURE_ROWS = [
+    {"id": 1, "category": "functional", "name": "Add a todo", "passes": True},
+    {"id": 3, "category": "functional", "name": "Delete a todo", "in_progress": True},
+    {"id": 5, "category": "style", "name": "Dark mode", "in_progress": True},
+    {"id": 6, "category": "style", "name": "Empty state hint", "needs_human_input": True},
+    {"id": 7, "category": "style", "name": "Strike through done"},
+]
+
+
+def features_body() -> dict[str, Any]:
+    flags = {"passes": False, "in_progress": False, "needs_human_input": False}
+    return {"project": "todo-app", "features": [flags | row for row in FEATURE_ROWS]}
+
+
+def words_per_line(lines: list[str]) -> list[str]:
+    """Each line with its runs of spaces made one: column widths vary with the content."""
+    return [" ".join(line.split()) for line in lines]
+
+
+def test_render_counts_features_per_category() -> None:
+    view = busy_view()
+    view.apply_features(200, features_body())
+    lines = rendered(view).splitlines()
+    header = next(line for line in lines if "needs input" in line and "pending" in line)
+    assert header.split() == ["features", "done", "in", "progress", "pending", "needs", "input"]
+    counts = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1]}
+    assert counts["functional"] == ["1", "1", "0", "0"]
+    assert counts["style"] == ["0", "1", "2", "1"]
+    assert counts["all"] == ["1", "2", "2", "1"]
+
+
+def test_render_lists_in_progress_features_with_their_agents() -> None:
+    view = busy_view()  # Spark works on #3, Fizz on #5 and #6
+    view.apply_features(200, features_body())
+    lines = rendered(view).splitlines()
+    assert any(
+        line.split() == ["#3", "Delete", "a", "todo", "functional", "<-", "Spark"] for line in lines
+    )
+    assert any(line.split() == ["#5", "Dark", "mode", "style", "<-", "Fizz"] for line in lines)
+    assert not any("Empty state hint" in line and "<-" in line for line in lines)
+
+
+def test_render_shows_the_features_error_detail_not_counts() -> None:
+    view = busy_view()
+    view.apply_features(200, features_body())
+    view.apply_features(404, {"detail": "no features database yet in /p"})
+    text = rendered(view)
+    assert "features: HTTP 404: no features database yet in /p" in text
+    assert "functional" not in text
+
+
+def test_render_shows_the_sparkline_and_the_latest_count() -> None:
+    view = view_of(hello(3), *(progress(n, passing=n * 4, total=12, at=at(n)) for n in (1, 2, 3)))
+    line = next(line for line in rendered(view).splitlines() if "passing over time" in line)
+    assert "12/12 now, since 17:04:01 UTC (3 events)" in line
+    assert line.split()[3][-1] == "█"
+
+
+# -- `trio-ws watch --once` with the features and the history, as a real subprocess ----------
+
+LONG_NAME = "a-project-whose-name-is-long-enough-to-widen-things"[:50]
+
+
+async def test_cli_once_shows_the_features_and_the_sparkline(
+    server: Server, project_dir: Path, home: Path
+) -> None:
+    database = create_db(
+        db_path(project_dir),
+        [
+            Row(passes=True, category="functional", name="Add a todo"),
+            Row(passes=True, category="style", name="Strike through done"),
+            Row(in_progress=True, category="functional", name="Delete a todo"),
+            Row(needs_human_input=True, category="style", name="Empty state hint"),
+            Row(in_progress=True, category="style", name="Dark mode"),
+        ],
+    )
+    hub = server.manager.hub_for("demo", project_dir)
+    hub.set_status("running")
+    hub.feed_lines(AGENT_LINES)  # Spark on #3, Fizz (testing) on #5
+    hub.publish_progress(count_passing_tests(project_dir))
+    insert(database, [Row(passes=True, category="style", name="Counter")])
+    hub.publish_progress(count_passing_tests(project_dir))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        done = await run_watch(
+            home, "demo", "--once", "--server", f"http://127.0.0.1:{server.port}"
+        )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.decode().splitlines()
+    counts = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1]}
+    assert counts["functional"] == ["1", "1", "0", "0"]
+    assert counts["style"] == ["2", "1", "1", "1"]
+    assert any(
+        line.split() == ["#3", "Delete", "a", "todo", "functional", "<-", "Spark"] for line in lines
+    )
+    assert any(line.split() == ["#5", "Dark", "mode", "style", "<-", "Fizz"] for line in lines)
+    history = next(line for line in lines if line.startswith("passing over time "))
+    points = [p for p in hub.held(frozenset({"progress"}))]
+    assert "3/6 now" in history and f"({len(points)} events)" in history
+    assert set(history.split()[3]) <= set(" ▁▂▃▄▅▆▇█") and history.split()[3][-1] != " "
+
+
+async def test_cli_once_is_not_cut_to_80_columns_when_stdout_is_a_pipe(
+    server: Server, registry: Registry, tmp_path: Path, home: Path
+) -> None:
+    directory = tmp_path / "long"
+    directory.mkdir()
+    registry.add(LONG_NAME, directory)
+    hub = server.manager.hub_for(LONG_NAME, directory)
+    hub.set_status("running")
+    hub.set_status("running", "dev")
+    hub.feed_lines(["  ➜  Local:   http://localhost:5173/"], "dev")
+    long_line = "[Feature #3] " + "a long log line " * 8
+    hub.feed_lines([long_line])
+    env = {key: value for key, value in cli_env(home).items() if key != "COLUMNS"}
+    with trio.fail_after(NETWORK_TIMEOUT):
+        done = await trio.run_process(
+            [TRIO_WS, "watch", LONG_NAME, "--once", "--server", f"http://127.0.0.1:{server.port}"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+            env=env,
+        )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout.decode()
+    header = (
+        f"{LONG_NAME}  snapshot  agents: running  dev server: running http://localhost:5173/"
+        f"  seq {hub.seq}"
+    )
+    assert header in out.splitlines()[0]
+    assert long_line.rstrip() in out
+
+
+def mark_passing(path: Path, feature: int) -> None:
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("UPDATE features SET passes = 1, in_progress = 0 WHERE id = ?", (feature,))
+
+
+async def test_live_extras_read_the_board_again_when_progress_changes(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    database = create_db(db_path(project_dir), rows(in_progress=1, pending=2))
+    target = target_of(server)
+    view = RunView(project="demo")
+    nursery.start_soon(partial(follow, target, view, backoff=FAST))
+    nursery.start_soon(partial(keep_extras, target, view))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        while view.features is None or view.history_epoch is None:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        assert [feature.passes for feature in view.features] == [False, False, False]
+        await trio.to_thread.run_sync(mark_passing, database, 1)
+        while not view.features[0].passes:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+    assert [feature.in_progress for feature in view.features] == [False, False, False]
+    assert sorted(point.passing for point in view.points.values()) == [0, 1]

@@ -645,13 +645,11 @@ def watch_command(
         dropped[:] = [reason]
 
     async def once_mode() -> None:
-        view = await watch.fetch_snapshot(
-            target, (lambda message: write_line(protocol.encode(message))) if as_json else None
-        )
-        if not as_json:
-            Console(highlight=False).print(
-                watch.render(view, time.time(), lines or watch.ONCE_LOG_LINES)
-            )
+        if as_json:
+            await watch.fetch_snapshot(target, lambda message: write_line(protocol.encode(message)))
+            return
+        view = await watch.once(target)
+        watch.once_console().print(watch.render(view, time.time(), lines or watch.ONCE_LOG_LINES))
 
     async def live_mode() -> None:
         if as_json:

@@ -9,6 +9,8 @@ Three layers, so most of it is testable with plain function calls:
 - `follow` and `fetch_snapshot` are the network: they connect, feed every
   message to the view (and to an optional callback), and reconnect with
   jittered exponential backoff, resuming with ``since``/``epoch``.
+  `read_features` and `read_history` fetch the features board and the
+  progress history over HTTP (`keep_extras` keeps both current while live).
 
 Text that came from the server (log lines, thoughts, names) is never
 interpreted as rich markup and has control characters made visible, so a
@@ -19,15 +21,18 @@ from __future__ import annotations
 
 import heapq
 import json
+import os
 import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Final, Literal, NoReturn
-from urllib.parse import quote
+from functools import partial
+from typing import Any, Final, Literal, NoReturn
+from urllib.parse import quote, urlsplit
 
+import h11
 import trio
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -57,6 +62,19 @@ HEARTBEAT: Final = 15.0
 """Seconds between websocket pings; a peer that doesn't answer within this is dropped."""
 REFRESH: Final = 0.25
 CLOSE_TIMEOUT: Final = 2.0
+HTTP_TIMEOUT: Final = 10.0
+"""Seconds for one API read (connect, request and the whole answer)."""
+MAX_API_BODY: Final = 16 * 1024 * 1024
+FEATURES_INTERVAL: Final = 1.0
+"""Least seconds between two reads of the features board while live."""
+HISTORY_RETRY: Final = 5.0
+"""Seconds before the progress history is asked for again after a failed read."""
+ONCE_WIDTH: Final = 200
+"""Columns of ``--once`` output when stdout is not a terminal (rich would cut at 80)."""
+SPARK_WIDTH: Final = 40
+SPARK_BLOCKS: Final = " ▁▂▃▄▅▆▇█"
+IN_PROGRESS_SHOWN: Final = 12
+"""In-progress features listed by name; more are summed up in one line."""
 
 ConnectionState = Literal["connecting", "live", "reconnecting", "closed", "snapshot"]
 LogStream = Literal["agent", "dev"]
@@ -115,6 +133,28 @@ class ProgressCounts:
 
 
 @dataclass(frozen=True)
+class ProgressPoint:
+    """One ``progress`` event on the time line (from the history or live)."""
+
+    seq: int
+    time: float
+    passing: int
+    total: int
+
+
+@dataclass(frozen=True)
+class FeatureRow:
+    """One row of the features board (``GET /api/projects/NAME/features``)."""
+
+    id: int
+    category: str
+    name: str
+    passes: bool
+    in_progress: bool
+    needs_human_input: bool
+
+
+@dataclass(frozen=True)
 class LogEntry:
     stream: LogStream
     line: str
@@ -155,6 +195,13 @@ class RunView:
     dev_logs: deque[LogEntry] = field(init=False)
     warnings: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=WARNING_LIMIT))
     error: str | None = None
+    points: dict[int, ProgressPoint] = field(default_factory=dict)
+    """Progress events by seq: the history and live ones overlap without doubling."""
+    history_epoch: str | None = None
+    """The epoch whose history is merged into ``points``; None until it is."""
+    history_error: str | None = None
+    features: list[FeatureRow] | None = None
+    features_error: str | None = None
     resyncs: int = 0
     resumes: int = 0
     duplicates: int = 0
@@ -229,6 +276,8 @@ class RunView:
         self.logs.clear()
         self.dev_logs.clear()
         self.error = None
+        self.points.clear()
+        self.history_epoch = None
         self.seq = snapshot_point
         self._snapshot_point = snapshot_point
 
@@ -286,6 +335,61 @@ class RunView:
             percentage=float(message["percentage"]),
             needs_human_input=int(message.get("needs_human_input", 0)),
         )
+        self._add_point(message)
+
+    def _add_point(self, message: Message) -> None:
+        seq = message.get("seq")
+        moment = parse_timestamp(message.get("timestamp"))
+        if isinstance(seq, int) and moment is not None:
+            self.points[seq] = ProgressPoint(
+                seq, moment, int(message["passing"]), int(message["total"])
+            )
+
+    # -- what the HTTP API answered ----------------------------------------------------
+
+    def apply_history(self, body: object) -> None:
+        """Merge a ``progress-history`` answer; one of another epoch is left out.
+
+        Raises ValueError when the body is not the documented shape."""
+        if not isinstance(body, dict) or not isinstance(body.get("points"), list):
+            raise ValueError(f"progress history without points: {str(body)[:80]!r}")
+        if body.get("epoch") != self.epoch:
+            return
+        try:
+            for point in body["points"]:
+                self._add_point(point)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed progress history point: {exc!r}") from None
+        self.history_epoch = self.epoch
+        self.history_error = None
+
+    def apply_features(self, status: int, body: object) -> None:
+        """Take a ``features`` answer: the rows on 200, else the server's detail as the
+        error (the rows are dropped: a board that cannot be read is not shown stale)."""
+        if status != 200:
+            detail = body.get("detail") if isinstance(body, dict) else None
+            shown = str(detail) if detail is not None else repr(body)
+            self.features_error = f"HTTP {status}: {shown}"
+            self.features = None
+            return
+        rows = body.get("features") if isinstance(body, dict) else None
+        if not isinstance(rows, list):
+            raise ValueError(f"features answer without a feature list: {str(body)[:80]!r}")
+        try:
+            self.features = [
+                FeatureRow(
+                    id=int(row["id"]),
+                    category=str(row["category"]),
+                    name=str(row["name"]),
+                    passes=bool(row["passes"]),
+                    in_progress=bool(row["in_progress"]),
+                    needs_human_input=bool(row["needs_human_input"]),
+                )
+                for row in rows
+            ]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed feature row: {exc!r}") from None
+        self.features_error = None
 
     def _log(self, message: Message) -> None:
         self.logs.append(
@@ -448,6 +552,93 @@ def render_progress(view: RunView) -> RenderableType:
     return grid
 
 
+def sparkline(points: Iterable[ProgressPoint], width: int = SPARK_WIDTH) -> str:
+    """Passing over time in block characters: the run's span cut into ``width`` equal
+    slices, each showing the count at its end (a count holds until the next event),
+    scaled to the largest total (a full block is every feature passing)."""
+    ordered = sorted(points, key=lambda point: point.seq)
+    if not ordered:
+        return ""
+    start, end = ordered[0].time, ordered[-1].time
+    top = max(max(point.total, point.passing) for point in ordered) or 1
+    slices = min(width, len(ordered)) if end <= start else width
+    span = (end - start) / slices if end > start else 0.0
+    blocks = []
+    index = 0
+    for number in range(slices):
+        limit = start + span * (number + 1)
+        if end <= start:
+            index = round((number + 1) * len(ordered) / slices) - 1
+        else:
+            while index + 1 < len(ordered) and ordered[index + 1].time <= limit:
+                index += 1
+        level = ordered[index].passing / top
+        blocks.append(SPARK_BLOCKS[min(len(SPARK_BLOCKS) - 1, round(level * 8))])
+    return "".join(blocks)
+
+
+def render_history(view: RunView) -> Text:
+    line = Text("passing over time ")
+    if view.history_error:
+        line.append(printable(view.history_error), style="red")
+        return line
+    if not view.points:
+        line.append("no progress events yet", style="dim")
+        return line
+    line.append(sparkline(view.points.values()), style="green")
+    first = min(view.points.values(), key=lambda point: point.seq)
+    last = max(view.points.values(), key=lambda point: point.seq)
+    since = datetime.fromtimestamp(first.time, UTC).strftime("%H:%M:%S")
+    events = len(view.points)
+    line.append(
+        f"  {last.passing}/{last.total} now, since {since} UTC"
+        f" ({events} event{'' if events == 1 else 's'})",
+        style="dim",
+    )
+    return line
+
+
+def render_features(view: RunView) -> RenderableType:
+    if view.features_error is not None:
+        return _text(f"features: {view.features_error}", "red")
+    if view.features is None:
+        return Text("features: not read yet", style="dim")
+    if not view.features:
+        return Text("features: the database holds none yet", style="dim")
+    counts: dict[str, list[int]] = {}
+    for feature in view.features:
+        row = counts.setdefault(feature.category, [0, 0, 0, 0])
+        row[0 if feature.passes else 1 if feature.in_progress else 2] += 1
+        row[3] += feature.needs_human_input
+    table = Table(box=None, header_style="bold", pad_edge=False, expand=False)
+    table.add_column("features", no_wrap=True, overflow="ellipsis")
+    for column in ("done", "in progress", "pending", "needs input"):
+        table.add_column(column, justify="right", no_wrap=True)
+    for category in sorted(counts):
+        table.add_row(_text(category), *(Text(str(n)) for n in counts[category]))
+    totals = [sum(row[i] for row in counts.values()) for i in range(4)]
+    table.add_row(Text("all", style="bold"), *(Text(str(n), style="bold") for n in totals))
+    working = [feature for feature in view.features if feature.in_progress and not feature.passes]
+    if not working:
+        return Group(table, Text("no feature in progress", style="dim"))
+    agents: dict[int, list[str]] = {}
+    for index in sorted(view.agents):
+        card = view.agents[index]
+        for feature_id in card.feature_ids:
+            agents.setdefault(feature_id, []).append(card.name)
+    lines = Text("in progress:", style="bold")
+    for feature in working[:IN_PROGRESS_SHOWN]:
+        lines.append(f"\n  #{feature.id} ", style="dim")
+        lines.append(printable(feature.name))
+        lines.append(f"  {printable(feature.category)}", style="dim")
+        names = agents.get(feature.id)
+        if names:
+            lines.append(f"  <- {printable(', '.join(names))}", style="cyan")
+    if len(working) > IN_PROGRESS_SHOWN:
+        lines.append(f"\n  and {len(working) - IN_PROGRESS_SHOWN} more", style="dim")
+    return Group(table, lines)
+
+
 def render_agents(view: RunView, now: float) -> RenderableType:
     if not view.agents:
         return Text("no active agents", style="dim")
@@ -511,7 +702,9 @@ def render(view: RunView, now: float, log_lines: int = ONCE_LOG_LINES) -> Group:
     parts.extend(_problems(view))
     parts += [
         render_progress(view),
+        render_history(view),
         render_agents(view, now),
+        render_features(view),
         render_orchestrator(view),
         render_logs(view, log_lines),
     ]
@@ -567,7 +760,11 @@ class WatchTarget:
 
     @classmethod
     def from_server(
-        cls, server: str, project: str, token: str | None = None, backlog: int = defaults.CLIENT_BACKLOG
+        cls,
+        server: str,
+        project: str,
+        token: str | None = None,
+        backlog: int = defaults.CLIENT_BACKLOG,
     ) -> WatchTarget:
         """Map an ``http(s)://`` (or ``ws(s)://``) server URL to its subscribe endpoint."""
         base = websocket_base(server)
@@ -579,6 +776,11 @@ class WatchTarget:
     def display_url(self) -> str:
         """The endpoint without its query: safe to print."""
         return f"{self.base}/ws/projects/{self.project}"
+
+    def api_url(self, view: str) -> str:
+        """``http(s)://.../api/projects/NAME/{view}``: the project's HTTP API."""
+        scheme, rest = self.base.split(":", 1)
+        return f"{'https' if scheme == 'wss' else 'http'}:{rest}/api/projects/{self.project}/{view}"
 
     def url(self, resume: tuple[int, str] | None = None) -> str:
         query = [f"backlog={self.backlog}"]
@@ -683,6 +885,125 @@ async def fetch_snapshot(
         raise WatchError(f"protocol error from {target.display_url}: {exc}") from None
     view.set_connection("snapshot")
     return view
+
+
+async def get_json(
+    target: WatchTarget, view: str, *, within: float = HTTP_TIMEOUT
+) -> tuple[int, Any]:
+    """GET the project's ``view`` (the token, if any, as a Bearer header) and decode the
+    JSON answer; raises `WatchError` saying what failed (never with the token)."""
+    url = target.api_url(view)
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    headers = [("host", parts.netloc), ("accept", "application/json"), ("connection", "close")]
+    if target.token:
+        headers.append(("authorization", f"Bearer {target.token}"))
+    try:
+        with trio.fail_after(within):
+            if secure:
+                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(host, port)
+            else:
+                stream = await trio.open_tcp_stream(host, port)
+            async with stream:
+                status, body = await _exchange(stream, parts.path, headers)
+    except trio.TooSlowError:
+        raise WatchError(f"GET {url}: no answer in {within:g} s") from None
+    except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+        raise WatchError(f"GET {url}: {exc}") from None
+    try:
+        return status, json.loads(body)
+    except ValueError:
+        raise WatchError(f"GET {url}: HTTP {status} answer is not JSON: {body[:80]!r}") from None
+
+
+async def _exchange(
+    stream: trio.abc.Stream, path: str, headers: list[tuple[str, str]]
+) -> tuple[int, bytes]:
+    """One HTTP/1.1 GET over ``stream``: the status and the whole body."""
+    connection = h11.Connection(h11.CLIENT)
+    await stream.send_all(connection.send(h11.Request(method="GET", target=path, headers=headers)))
+    await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+    status = 0
+    body = bytearray()
+    while True:
+        event = connection.next_event()
+        if event is h11.NEED_DATA:
+            connection.receive_data(bytes(await stream.receive_some(65536)))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+            if len(body) > MAX_API_BODY:
+                raise OSError(f"answer over {MAX_API_BODY} bytes")
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            return status, bytes(body)
+
+
+async def read_features(target: WatchTarget, view: RunView) -> None:
+    """Read the features board into ``view``; a failure becomes its ``features_error``."""
+    try:
+        status, body = await get_json(target, "features")
+        view.apply_features(status, body)
+    except (WatchError, ValueError) as exc:
+        view.features = None
+        view.features_error = str(exc)
+
+
+async def read_history(target: WatchTarget, view: RunView) -> None:
+    """Merge the progress history into ``view``; a failure becomes its ``history_error``."""
+    try:
+        status, body = await get_json(target, "progress-history")
+        if status != 200:
+            detail = body.get("detail") if isinstance(body, dict) else body
+            raise WatchError(f"progress history: HTTP {status}: {detail}")
+        view.apply_history(body)
+    except (WatchError, ValueError) as exc:
+        view.history_error = str(exc)
+
+
+async def keep_extras(
+    target: WatchTarget, view: RunView, *, clock: Callable[[], float] = time.monotonic
+) -> NoReturn:
+    """Keep the view's features board and progress history current while live: the
+    board is read again when the progress counts change (at most every
+    `FEATURES_INTERVAL`), the history once per synced epoch (after a resync too)."""
+    features_read = False
+    read_for: ProgressCounts | None = None
+    history_tried = -HISTORY_RETRY
+    while True:
+        if not features_read or view.progress != read_for:
+            features_read = True
+            read_for = view.progress
+            await read_features(target, view)
+            await trio.sleep(FEATURES_INTERVAL)
+            continue
+        if (
+            view.synced
+            and view.history_epoch != view.epoch
+            and clock() - history_tried >= HISTORY_RETRY
+        ):
+            history_tried = clock()
+            await read_history(target, view)
+        await trio.sleep(REFRESH)
+
+
+async def once(target: WatchTarget) -> RunView:
+    """The snapshot, the features board and the progress history, read once."""
+    view = await fetch_snapshot(target)
+    await read_features(target, view)
+    await read_history(target, view)
+    return view
+
+
+def once_console() -> Console:
+    """The console for ``--once``: the terminal's width, or when stdout is no terminal
+    (a file, a pipe) `ONCE_WIDTH` columns unless ``COLUMNS`` says otherwise."""
+    console = Console(highlight=False)
+    if console.is_terminal or os.environ.get("COLUMNS"):
+        return console
+    return Console(highlight=False, width=ONCE_WIDTH)
 
 
 async def follow(
@@ -818,6 +1139,7 @@ async def watch_live(
     with Live(current(), console=console, auto_refresh=False) as live:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refresh, live)
+            nursery.start_soon(partial(keep_extras, target, view))
             try:
                 await follow(target, view, backoff=backoff)
             except WatchError as exc:

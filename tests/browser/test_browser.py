@@ -19,7 +19,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+import urllib.request
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, closing, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,6 +39,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
+from trio_ws.demo_orchestrator import FEATURES as DEMO_FEATURES
 from trio_ws.registry import Registry
 
 CHROMIUM = "/usr/bin/chromium"
@@ -46,7 +48,7 @@ TOKEN = "browser-test-token"
 WAIT = 20.0
 """Upper bound, in seconds, for any one thing to show up."""
 RUN = (Path(__file__).parents[1] / "data" / "autoforge-run.txt").read_text().splitlines()
-FEATURES = 24
+FEATURES = len(DEMO_FEATURES)
 
 T = TypeVar("T")
 
@@ -246,6 +248,24 @@ def set_progress(path: Path, passing: int, in_progress: int, needs_input: int = 
         conn.execute("COMMIT")
 
 
+def set_flags(
+    path: Path,
+    passing: Collection[int],
+    in_progress: Collection[int] = (),
+    needs_input: Collection[int] = (),
+) -> None:
+    """Set each feature's flags by id, in one ``BEGIN IMMEDIATE`` commit."""
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("BEGIN IMMEDIATE")
+        for feature in range(1, FEATURES + 1):
+            conn.execute(
+                "UPDATE features SET passes = ?, in_progress = ?, needs_human_input = ?"
+                " WHERE id = ?",
+                (feature in passing, feature in in_progress, feature in needs_input, feature),
+            )
+        conn.execute("COMMIT")
+
+
 def rename_table(path: Path, old: str, new: str) -> None:
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute(f"ALTER TABLE {old} RENAME TO {new}")
@@ -256,11 +276,12 @@ def rename_table(path: Path, old: str, new: str) -> None:
 
 @pytest.fixture
 def project(tmp_path: Path, home: Path) -> Path:
-    """Project ``demo`` with a real features database of 24 pending features."""
+    """Project ``demo`` with a real features database of the demo's 24 pending features."""
     directory = tmp_path / "todo-app"
     directory.mkdir()
     Registry(home / "registry.db").add("demo", directory)
-    return create_db(db_path(directory), [Row()] * FEATURES)
+    batch = [Row(category=category, name=name) for category, name in DEMO_FEATURES]
+    return create_db(db_path(directory), batch)
 
 
 @pytest.fixture
@@ -355,6 +376,10 @@ def open_live(driver: Any, served: ServerProcess, query: str = "") -> None:
     wait(driver, lambda d: connection_state(d) == "live", "the page to go live")
 
 
+def wait_passing(driver: Any, passing: int) -> None:
+    wait(driver, lambda d: progress_figures(d)[0] == str(passing), f"{passing} passing")
+
+
 def progress_figures(driver: Any) -> tuple[str, ...]:
     return tuple(
         text(driver, f"#{name}")
@@ -404,8 +429,12 @@ def test_live_view_shows_the_run(
     producer: ProducerFactory,
     tmp_path: Path,
 ) -> None:
+    browser.set_window_size(1360, 1720)  # the screenshot shows the board and the log too
     open_live(browser, served, f"?token={TOKEN}")  # the screenshot shows the controls
     start_run(served, producer)
+    for passing in (1, 2):  # a few points for the chart
+        set_progress(project, passing=passing, in_progress=5)
+        wait_passing(browser, passing)
     set_progress(project, passing=3, in_progress=5, needs_input=1)
     wait(browser, lambda d: card_names(d) == ["Spark", "Fizz", "Octo"], "three agent cards")
     wait(browser, lambda d: progress_figures(d) == ("3", "5", "1", "24", "12.5%"), "progress")
@@ -417,6 +446,8 @@ def test_live_view_shows_the_run(
     assert text(browser, '#agents .agent[data-name="Octo"] .agent-type') == "TESTING"
     last = EXTRA_LINES[-1]
     wait(browser, lambda d: last in text(d, "#log .line:last-child"), "the last log line")
+    wait(browser, lambda d: column_ids(d, "done") == [1, 2, 3], "the board's last read")
+    wait(browser, lambda d: feature_agents(d, 7) == ["Octo"], "the board with its agents")
     target = Path(os.environ.get("TRIO_WS_SCREENSHOT") or tmp_path / "dashboard.png")
     target.parent.mkdir(parents=True, exist_ok=True)
     assert browser.save_screenshot(str(target))
@@ -622,5 +653,162 @@ def test_phone_width_stacks_the_panels(served: ServerProcess, browser: Any) -> N
     side = browser.find_element(By.CSS_SELECTOR, ".col-side").rect
     assert side["y"] >= main["y"] + main["height"]
     assert side["x"] == main["x"]
+    width = browser.execute_script("return document.documentElement.scrollWidth")
+    assert width <= browser.execute_script("return window.innerWidth")
+
+
+# -- the features board and the chart ----------------------------------------------------
+
+
+def column_ids(driver: Any, column: str) -> list[int]:
+    return [
+        int(card.get_attribute("data-id"))
+        for card in driver.find_elements(By.CSS_SELECTOR, f"#col-{column} .feature")
+    ]
+
+
+def board(driver: Any) -> dict[str, list[int]]:
+    return {column: column_ids(driver, column) for column in ("pending", "in-progress", "done")}
+
+
+def feature_agents(driver: Any, feature: int) -> list[str]:
+    css = f'#board .feature[data-id="{feature}"] .feature-agent'
+    return [tag.text for tag in driver.find_elements(By.CSS_SELECTOR, css)]
+
+
+def rect(driver: Any, css: str) -> tuple[int, int]:
+    """(y, height) of the first element matching ``css``, in page coordinates."""
+    box = driver.find_element(By.CSS_SELECTOR, css).rect
+    return round(box["y"]), round(box["height"])
+
+
+def test_board_holds_each_feature_in_its_column_with_its_agents(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    set_flags(project, passing={6, 7, 8}, in_progress={1, 2, 3, 4, 5}, needs_input={9})
+    start_run(served, producer)  # Spark on #1-#3, Fizz on #4-#5, Octo testing #7-#8
+    expected = {
+        "pending": [9, *range(10, FEATURES + 1)],  # the one waiting for a human first
+        "in-progress": [1, 2, 3, 4, 5],
+        "done": [6, 7, 8],
+    }
+    wait(browser, lambda d: board(d) == expected, "the features in their columns")
+    wait(browser, lambda d: feature_agents(d, 4) == ["Fizz"], "Fizz on #4")
+    agents = {feature: feature_agents(browser, feature) for feature in range(1, 10)}
+    assert agents == {
+        1: ["Spark"],
+        2: ["Spark"],
+        3: ["Spark"],
+        4: ["Fizz"],
+        5: ["Fizz"],
+        6: [],
+        7: ["Octo"],
+        8: ["Octo"],
+        9: [],
+    }
+    assert text(browser, "#n-in-progress") == "5"
+    card = '#board .feature[data-id="1"]'
+    assert text(browser, f"{card} .feature-name") == DEMO_FEATURES[0][1]
+    assert text(browser, f"{card} .feature-category") == DEMO_FEATURES[0][0]
+    flagged = browser.find_element(By.CSS_SELECTOR, '#board .feature[data-id="9"]')
+    assert "needs-input" in flagged.get_attribute("class").split()
+    assert text(browser, '#board .feature[data-id="9"] .flag') == "NEEDS INPUT"
+
+
+def test_board_agents_leave_when_the_run_stops(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    set_flags(project, passing=(), in_progress={1, 2, 3, 4, 5})
+    agent = start_run(served, producer)
+    wait(browser, lambda d: feature_agents(d, 1) == ["Spark"], "Spark on #1")
+    agent.status("stopped")
+    wait(browser, lambda d: feature_agents(d, 1) == [], "no agent on #1")
+    assert all(feature_agents(browser, feature) == [] for feature in range(1, 9))
+
+
+def test_board_refreshes_at_the_next_progress_without_moving_the_page(
+    served: ServerProcess, project: Path, browser: Any
+) -> None:
+    open_live(browser, served)
+    wait(browser, lambda d: len(column_ids(d, "pending")) == FEATURES, "the first board")
+    before = (rect(browser, "#board-panel"), rect(browser, ".log-panel"))
+    set_flags(project, passing={1, 2}, in_progress={3})
+    wait(browser, lambda d: column_ids(d, "done") == [1, 2], "the refreshed board")
+    assert column_ids(browser, "in-progress") == [3]
+    assert column_ids(browser, "pending") == list(range(4, FEATURES + 1))
+    assert (rect(browser, "#board-panel"), rect(browser, ".log-panel")) == before
+
+
+def test_board_shows_the_features_error_instead_of_the_board(
+    served: ServerProcess, project: Path, browser: Any
+) -> None:
+    rename_table(project, "features", "features_away")
+    open_live(browser, served)
+    message = "#board-message"
+    wait(browser, lambda d: "has no features table" in text(d, message), "the error")
+    assert text(browser, message).startswith("Cannot show the features (HTTP 500): ")
+    assert str(project) in text(browser, message)
+    assert not browser.find_element(By.ID, "board").is_displayed()
+    rename_table(project, "features_away", "features")
+    set_flags(project, passing={1})
+    wait(browser, lambda d: column_ids(d, "done") == [1], "the board once it reads again")
+    assert not browser.find_element(By.ID, "board-message").is_displayed()
+
+
+def progress_history(served: ServerProcess) -> dict[str, Any]:
+    url = f"{served.base}/api/projects/demo/progress-history"
+    with urllib.request.urlopen(url, timeout=WAIT) as response:
+        body: dict[str, Any] = json.load(response)
+    return body
+
+
+def chart_counts(driver: Any) -> tuple[int, int, int]:
+    """(points the chart holds, dots drawn, status markers drawn)."""
+    chart = driver.find_element(By.ID, "chart")
+    return (
+        int(chart.get_attribute("data-points")),
+        len(driver.find_elements(By.CSS_SELECTOR, "#chart .pt")),
+        len(driver.find_elements(By.CSS_SELECTOR, "#chart .marker")),
+    )
+
+
+def test_chart_has_a_point_per_progress_event_and_marks_status_changes(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    wait(browser, lambda d: chart_counts(d)[0] >= 1, "the first point")
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    for passing in (1, 2, 4):
+        set_flags(project, passing=set(range(1, passing + 1)))
+        wait_passing(browser, passing)
+    history = progress_history(served)
+    points, statuses = len(history["points"]), len(history["statuses"])
+    assert points == 4  # the first read, then three changes
+    assert [status["status"] for status in history["statuses"]][-1] == "running"
+    wait(browser, lambda d: chart_counts(d) == (points, points, statuses), "the live chart")
+    marker = '#chart .marker[data-status="running"]'
+    assert browser.find_elements(By.CSS_SELECTOR, marker)
+    browser.refresh()  # a fresh page draws the same chart from the history
+    wait(browser, lambda d: connection_state(d) == "live", "the page to go live again")
+    wait(browser, lambda d: chart_counts(d) == (points, points, statuses), "the chart again")
+
+
+def test_phone_width_stacks_the_board_columns(served: ServerProcess, browser: Any) -> None:
+    browser.set_window_size(390, 900)
+    open_live(browser, served)
+    wait(browser, lambda d: len(column_ids(d, "pending")) == FEATURES, "the board")
+    columns = [
+        browser.find_element(By.CSS_SELECTOR, f'.board-col[data-column="{name}"]').rect
+        for name in ("pending", "in-progress", "done")
+    ]
+    assert len({column["x"] for column in columns}) == 1
+    assert columns[0]["y"] + columns[0]["height"] <= columns[1]["y"]
+    assert columns[1]["y"] + columns[1]["height"] <= columns[2]["y"]
+    chart = browser.find_element(By.ID, "chart").rect
+    panel = browser.find_element(By.ID, "progress-panel").rect
+    assert chart["x"] >= panel["x"] and chart["x"] + chart["width"] <= panel["x"] + panel["width"]
     width = browser.execute_script("return document.documentElement.scrollWidth")
     assert width <= browser.execute_script("return window.innerWidth")

@@ -21,6 +21,13 @@
   const PING_EVERY_MS = 20000;
   const SILENCE_LIMIT_MS = 45000;
   const LIST_REFRESH_MS = 5000;
+  const BOARD_DEBOUNCE_MS = 400; // progress can change several times a second
+  const BOARD_RETRY_MS = 5000; // after an error, even if no progress event comes
+  const CHART_HEIGHT = 150; // px; fixed, so the page never jumps when the chart fills
+  const CHART_PAD = { left: 34, right: 12, top: 10, bottom: 22 };
+  const MAX_CHART_DOTS = 300; // beyond this the line alone carries the shape
+  const BOARD_COLUMNS = ["pending", "in-progress", "done"];
+  const SVG_NS = "http://www.w3.org/2000/svg";
 
   // Agent statuses in which each control makes sense (trio_ws/publish.py ALLOWED_FROM).
   const ALLOWED_FROM = {
@@ -77,6 +84,13 @@
 
   function hueClass(agentIndex) {
     return Number.isInteger(agentIndex) && agentIndex >= 0 ? `hue-${agentIndex % 10}` : "hue-x";
+  }
+
+  function svg(tag, attributes, className) {
+    const node = document.createElementNS(SVG_NS, tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+    if (className) node.setAttribute("class", className);
+    return node;
   }
 
   function wsBase() {
@@ -226,6 +240,8 @@
     dirtyCards.clear();
     $("agents").replaceChildren();
     view = emptyState();
+    chart.points.clear();
+    chart.statuses.clear();
     logs = [];
     pendingLogs = [];
     pendingDev = [];
@@ -235,7 +251,7 @@
     for (const [source, banner] of [...banners]) {
       if (banner.dataset.origin === "server") clearBanner(source);
     }
-    for (const part of ["status", "progress", "orchestrator", "dev", "agents", "log", "filter"]) {
+    for (const part of ["status", "progress", "orchestrator", "dev", "agents", "log", "filter", "chart"]) {
       touch(part);
     }
   }
@@ -291,6 +307,7 @@
     $("epoch").textContent = `epoch ${connection.epoch}`;
     document.body.dataset.epoch = connection.epoch;
     setConnection("live", "");
+    if (!resuming) loadHistory();
   }
 
   function onResync(message) {
@@ -308,6 +325,7 @@
     document.body.dataset.sync = "resync";
     document.body.dataset.resyncs = String(connection.resyncs);
     document.body.dataset.resyncReason = String(message.reason);
+    loadHistory();
   }
 
   function onWarning(message) {
@@ -323,12 +341,23 @@
       percentage: count(message.percentage),
       needs_human_input: count(message.needs_human_input),
     };
+    addPoint(message, liveTime(message));
+    const key = ["passing", "in_progress", "total", "needs_human_input"]
+      .map((name) => view.progress[name])
+      .join("/");
+    if (key !== board.progressKey) {
+      board.progressKey = key;
+      scheduleBoard(BOARD_DEBOUNCE_MS);
+    }
     clearBanner("progress");
     touch("progress");
+    touch("chart");
   }
 
   function onAgentStatus(message) {
     view.agentStatus = String(message.status);
+    addStatus(message, liveTime(message));
+    touch("chart");
     clearBanner("producer");
     if (view.agentStatus === "stopped" || view.agentStatus === "crashed") {
       for (const key of [...cards.keys()]) removeCard(key);
@@ -421,6 +450,8 @@
     if (parts.has("status")) renderStatus();
     if (parts.has("progress")) renderProgress();
     if (parts.has("agents")) renderCards();
+    if (parts.has("board") || (parts.has("agents") && agentsOnFeaturesChanged())) renderBoard();
+    if (parts.has("chart")) renderChart();
     if (parts.has("filter")) renderFilter();
     if (parts.has("orchestrator")) renderOrchestrator();
     if (parts.has("dev")) renderDev();
@@ -681,6 +712,269 @@
     $("producer-hint").hidden = !idle;
   }
 
+  // -- live view: the features board -------------------------------------------
+  //
+  // Fetched on load and again (debounced) whenever a progress event changes the
+  // counts. The old board stays until the new one arrives; an error replaces it
+  // with the server's detail, never with an empty board.
+
+  const board = {
+    features: null, // the last good list
+    error: null, // the last failure's text, shown instead of the board
+    progressKey: null,
+    timer: null,
+    due: 0,
+    inFlight: false,
+    again: false,
+    agentKey: "",
+    loadedAt: null,
+  };
+
+  function scheduleBoard(delay) {
+    // A pending read is kept, not pushed back: a run whose counts change every
+    // few hundred ms still gets its board read at least once per delay.
+    const due = Date.now() + delay;
+    if (board.timer !== null && board.due <= due) return;
+    clearTimeout(board.timer);
+    board.due = due;
+    board.timer = setTimeout(loadFeatures, delay);
+  }
+
+  async function loadFeatures() {
+    board.timer = null;
+    if (board.inFlight) {
+      board.again = true;
+      return;
+    }
+    board.inFlight = true;
+    const path = `/api/projects/${encodeURIComponent(projectName)}/features`;
+    try {
+      const response = await fetch(path, { cache: "no-store" });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) {
+        const detail = body && typeof body.detail === "string" ? body.detail : response.statusText;
+        board.error = `Cannot show the features (HTTP ${response.status}): ${detail}`;
+      } else if (!body || !Array.isArray(body.features)) {
+        board.error = `Cannot show the features: ${path} did not answer a feature list`;
+      } else {
+        board.features = body.features;
+        board.error = null;
+        board.loadedAt = Date.now();
+      }
+    } catch (error) {
+      board.error = `Cannot show the features: ${error.message}`;
+    }
+    board.inFlight = false;
+    touch("board");
+    if (board.again) {
+      board.again = false;
+      loadFeatures();
+    } else if (board.error !== null && board.timer === null) {
+      scheduleBoard(BOARD_RETRY_MS);
+    }
+  }
+
+  function featureAgents() {
+    // Feature id -> the active agents working on it, from each one's latest agent_update.
+    const byFeature = new Map();
+    for (const card of cards.values()) {
+      const message = card.message;
+      if (message.state === "success" || message.state === "error") continue;
+      if (!Number.isInteger(message.agentIndex) || message.agentIndex < 0) continue;
+      const ids = Array.isArray(message.featureIds) ? message.featureIds : [message.featureId];
+      for (const id of ids) {
+        if (!Number.isInteger(id)) continue;
+        if (!byFeature.has(id)) byFeature.set(id, []);
+        byFeature.get(id).push({ name: String(message.agentName ?? "agent"), index: message.agentIndex });
+      }
+    }
+    return byFeature;
+  }
+
+  function agentsOnFeaturesChanged() {
+    const key = [...featureAgents()]
+      .map(([id, agents]) => `${id}:${agents.map((agent) => agent.name).join(",")}`)
+      .join(";");
+    if (key === board.agentKey) return false;
+    board.agentKey = key;
+    return true;
+  }
+
+  function renderBoard() {
+    const message = $("board-message");
+    const columnsNode = $("board");
+    if (board.error !== null || board.features === null) {
+      message.textContent = board.error ?? "Loading the features…";
+      message.dataset.kind = board.error !== null ? "error" : "loading";
+      message.hidden = false;
+      columnsNode.hidden = true;
+      return;
+    }
+    message.hidden = true;
+    columnsNode.hidden = false;
+    const agents = featureAgents();
+    const columns = Object.fromEntries(BOARD_COLUMNS.map((name) => [name, []]));
+    for (const feature of board.features) {
+      const column = feature.passes ? "done" : feature.in_progress ? "in-progress" : "pending";
+      columns[column].push(feature);
+    }
+    // Features waiting for a human lead their column; the rest keep priority order.
+    const flaggedFirst = (a, b) => Number(Boolean(b.needs_human_input)) - Number(Boolean(a.needs_human_input));
+    for (const name of BOARD_COLUMNS) {
+      const features = columns[name].sort(flaggedFirst);
+      $(`col-${name}`).replaceChildren(...features.map((feature) => featureCard(feature, agents.get(feature.id))));
+      $(`n-${name}`).textContent = features.length;
+    }
+    const needs = board.features.filter((feature) => feature.needs_human_input).length;
+    const summary = `${board.features.length} features${needs ? ` · ${needs} need input` : ""}`;
+    $("board-updated").textContent = `${summary} · read ${clockTime(board.loadedAt)}`;
+  }
+
+  function featureCard(feature, agents) {
+    const item = el("li", "feature");
+    item.dataset.id = String(feature.id);
+    const title = el("div", "feature-title");
+    title.append(el("span", "feature-id", `#${feature.id}`), el("span", "feature-name", feature.name));
+    const foot = el("div", "feature-foot");
+    foot.append(el("span", "feature-category", feature.category));
+    if (feature.needs_human_input) {
+      item.classList.add("needs-input");
+      foot.append(el("span", "flag", "needs input"));
+    }
+    for (const agent of agents ?? []) {
+      foot.append(el("span", `feature-agent ${hueClass(agent.index)}`, agent.name));
+    }
+    item.title = `#${feature.id} ${feature.name} · ${feature.category}`;
+    item.append(title, foot);
+    return item;
+  }
+
+  // -- live view: passing over time ---------------------------------------------
+  //
+  // Points are keyed by seq, so the history, the snapshot's replay and live
+  // events can overlap without a point counted twice.
+
+  const chart = { points: new Map(), statuses: new Map(), width: 0 };
+
+  function liveTime(message) {
+    // Events carry a timestamp; a live one from an older server gets the arrival time.
+    const live = Number.isInteger(message.seq) && message.seq > (connection.helloSeq ?? Infinity);
+    return live ? Date.now() : null;
+  }
+
+  function eventTime(message, fallback) {
+    const time = Date.parse(message.timestamp);
+    return Number.isNaN(time) ? fallback : time;
+  }
+
+  function addPoint(message, fallback = null) {
+    const time = eventTime(message, fallback);
+    if (!Number.isInteger(message.seq) || time === null) return;
+    chart.points.set(message.seq, {
+      seq: message.seq,
+      time,
+      passing: count(message.passing),
+      total: count(message.total),
+    });
+  }
+
+  function addStatus(message, fallback = null) {
+    const time = eventTime(message, fallback);
+    if (!Number.isInteger(message.seq) || time === null) return;
+    chart.statuses.set(message.seq, { seq: message.seq, time, status: String(message.status) });
+  }
+
+  async function loadHistory() {
+    const epoch = connection.epoch;
+    const path = `/api/projects/${encodeURIComponent(projectName)}/progress-history`;
+    try {
+      const response = await fetch(path, { cache: "no-store" });
+      const body = await response.json().catch(() => null);
+      if (!response.ok) {
+        throw new Error(body && typeof body.detail === "string" ? body.detail : `HTTP ${response.status}`);
+      }
+      if (!body || !Array.isArray(body.points) || !Array.isArray(body.statuses)) {
+        throw new Error(`${path} did not answer points and statuses`);
+      }
+      if (body.epoch !== epoch || connection.epoch !== epoch) return; // a newer sync asks again
+      for (const point of body.points) addPoint(point);
+      for (const status of body.statuses) addStatus(status);
+      $("chart-note").textContent = "";
+    } catch (error) {
+      $("chart-note").textContent = `earlier progress unavailable: ${error.message}`;
+    }
+    touch("chart");
+  }
+
+  function renderChart() {
+    const node = $("chart");
+    const width = Math.max(160, Math.round(node.getBoundingClientRect().width));
+    chart.width = width;
+    const height = CHART_HEIGHT;
+    node.setAttribute("viewBox", `0 0 ${width} ${height}`);
+    const bySeq = (a, b) => a.seq - b.seq;
+    const points = [...chart.points.values()].sort(bySeq);
+    const statuses = [...chart.statuses.values()].sort(bySeq);
+    node.dataset.points = String(points.length);
+    node.dataset.markers = String(statuses.length);
+    $("chart-empty").hidden = points.length > 0;
+    if (points.length === 0) {
+      node.replaceChildren();
+      $("chart-range").textContent = "";
+      return;
+    }
+    const times = [...points, ...statuses].map((entry) => entry.time);
+    const start = Math.min(...times);
+    const end = Math.max(start + 1000, Math.max(...times));
+    const top = Math.max(1, ...points.map((point) => Math.max(point.total, point.passing)));
+    const { left, right, top: padTop, bottom } = CHART_PAD;
+    const x = (time) => left + ((time - start) / (end - start)) * (width - left - right);
+    const y = (value) => height - bottom - (value / top) * (height - padTop - bottom);
+    const steps = (field) => {
+      // A count holds until the next event changes it: a step line, drawn to the end.
+      let path = `M${x(points[0].time).toFixed(1)},${y(points[0][field]).toFixed(1)}`;
+      for (const point of points.slice(1)) {
+        path += `H${x(point.time).toFixed(1)}V${y(point[field]).toFixed(1)}`;
+      }
+      return `${path}H${x(end).toFixed(1)}`;
+    };
+    const parts = [
+      svg("line", { x1: left, x2: width - right, y1: y(0), y2: y(0) }, "axis"),
+      label(left - 6, y(top) + 4, String(top), "end"),
+      label(left - 6, y(0) + 4, "0", "end"),
+      label(left, height - 6, clockTime(start), "start"),
+      label(width - right, height - 6, clockTime(end), "end"),
+    ];
+    for (const status of statuses) {
+      const marker = svg("line", { x1: x(status.time), x2: x(status.time), y1: padTop, y2: y(0) }, "marker");
+      marker.dataset.status = status.status;
+      const tip = svg("title", {});
+      tip.textContent = `${STATUS_LABELS[status.status] || status.status} at ${clockTime(status.time)}`;
+      marker.append(tip);
+      parts.push(marker);
+    }
+    parts.push(svg("path", { d: steps("total") }, "line-total"), svg("path", { d: steps("passing") }, "line-passing"));
+    if (points.length <= MAX_CHART_DOTS) {
+      for (const point of points) {
+        const dot = svg("circle", { cx: x(point.time), cy: y(point.passing), r: 2.5 }, "pt");
+        const tip = svg("title", {});
+        tip.textContent = `${point.passing} of ${point.total} passing at ${clockTime(point.time)}`;
+        dot.append(tip);
+        parts.push(dot);
+      }
+    }
+    node.replaceChildren(...parts);
+    const last = points[points.length - 1];
+    node.setAttribute("aria-label", `passing features over time: ${last.passing} of ${last.total} now`);
+    $("chart-range").textContent = `${points.length} point${points.length === 1 ? "" : "s"}`;
+  }
+
+  function label(atX, atY, content, anchor) {
+    const node = svg("text", { x: atX, y: atY, "text-anchor": anchor }, "tick");
+    node.textContent = content;
+    return node;
+  }
+
   // -- live view: the connection ---------------------------------------------
 
   const connection = {
@@ -802,6 +1096,10 @@
       touch("log");
     });
     reset();
+    loadFeatures();
+    new ResizeObserver(() => {
+      if (Math.round($("chart").getBoundingClientRect().width) !== chart.width) touch("chart");
+    }).observe($("chart-box"));
     setConnection("connecting", "");
     setInterval(tickCards, 1000);
     setInterval(keepAlive, PING_EVERY_MS);
