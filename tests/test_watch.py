@@ -1080,12 +1080,13 @@ async def test_cli_once_shows_the_features_and_the_sparkline(
             Row(in_progress=True, category="style", name="Dark mode"),
         ],
     )
-    hub = server.manager.hub_for("demo", project_dir)
+    hub = await server.manager.open_hub("demo", project_dir)
     hub.set_status("running")
     hub.feed_lines(AGENT_LINES)  # Spark on #3, Fizz (testing) on #5
     hub.publish_progress(count_passing_tests(project_dir))
     insert(database, [Row(passes=True, category="style", name="Counter")])
     hub.publish_progress(count_passing_tests(project_dir))
+    await hub.commit()  # what the journal has committed is what a subscriber is shown
     with trio.fail_after(NETWORK_TIMEOUT):
         done = await run_watch(
             home, "demo", "--once", "--server", f"http://127.0.0.1:{server.port}"
@@ -1111,12 +1112,13 @@ async def test_cli_once_is_not_cut_to_80_columns_when_stdout_is_a_pipe(
     directory = tmp_path / "long"
     directory.mkdir()
     registry.add(LONG_NAME, directory)
-    hub = server.manager.hub_for(LONG_NAME, directory)
+    hub = await server.manager.open_hub(LONG_NAME, directory)
     hub.set_status("running")
     hub.set_status("running", "dev")
     hub.feed_lines(["  ➜  Local:   http://localhost:5173/"], "dev")
     long_line = "[Feature #3] " + "a long log line " * 8
     hub.feed_lines([long_line])
+    await hub.commit()
     env = {key: value for key, value in cli_env(home).items() if key != "COLUMNS"}
     with trio.fail_after(NETWORK_TIMEOUT):
         done = await trio.run_process(
