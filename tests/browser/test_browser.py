@@ -453,10 +453,36 @@ def test_live_view_shows_the_run(
     assert browser.save_screenshot(str(target))
 
 
-def test_page_resyncs_after_a_server_restart(
+def test_page_resumes_after_a_kill_9_restart_of_a_journalled_server(
     home: Path, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:
+    """The journal keeps epoch, history and trackers: the page resumes, keeps its cards."""
     first = ServerProcess(home)
+    try:
+        open_live(browser, first)
+        start_run(first, producer)
+        wait(browser, lambda d: "Fizz" in card_names(d), "Fizz's card")
+        old_epoch = browser.find_element(By.TAG_NAME, "body").get_attribute("data-epoch")
+    finally:
+        first.kill()
+    wait(browser, lambda d: connection_state(d) == "reconnecting", "the page to notice")
+    second = ServerProcess(home, first.port)
+    try:
+        wait(browser, lambda d: connection_state(d) == "live", "the page to reconnect")
+        body = browser.find_element(By.TAG_NAME, "body")
+        assert body.get_attribute("data-epoch") == old_epoch
+        assert body.get_attribute("data-sync") == "resumed"
+        assert "Fizz" in card_names(browser)
+        wait_text(browser, "#agent-status", "running")
+    finally:
+        second.stop()
+
+
+def test_page_resyncs_after_a_restart_of_a_server_that_forgets(
+    home: Path, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    """``--journal memory``: a restart is a new epoch, and the page starts over cleanly."""
+    first = ServerProcess(home, extra=("--journal", "memory"))
     try:
         open_live(browser, first)
         start_run(first, producer)
@@ -466,7 +492,7 @@ def test_page_resyncs_after_a_server_restart(
     finally:
         first.kill()
     wait(browser, lambda d: connection_state(d) == "reconnecting", "the page to notice")
-    second = ServerProcess(home, first.port)
+    second = ServerProcess(home, first.port, extra=("--journal", "memory"))
     try:
         wait(browser, lambda d: connection_state(d) == "live", "the page to reconnect")
         body = browser.find_element(By.TAG_NAME, "body")
