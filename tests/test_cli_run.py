@@ -85,17 +85,18 @@ async def start(
     close_stdout: bool = False,
     stall_stdout: bool = False,
     port: int | None = None,
+    servers: tuple[str, ...] = (),
 ) -> Run:
     """Start ``trio-ws COMMAND demo`` against ``server`` (through ``port`` if given, a relay
-    in front of it); collect its output in the background."""
+    in front of it; or ``servers``, one ``--server`` each); collect its output in the
+    background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
     process = await trio.lowlevel.open_process(
         [
             TRIO_WS,
             command,
             "demo",
-            "--server",
-            f"http://127.0.0.1:{port or server.port}",
+            *server_options(servers or (f"http://127.0.0.1:{port or server.port}",)),
             "--token",
             TOKEN,
             "--home",
@@ -123,6 +124,10 @@ async def start(
         if not keep_stdin_open:
             await process.stdin.aclose()
     return run
+
+
+def server_options(urls: tuple[str, ...]) -> list[str]:
+    return [option for url in urls for option in ("--server", url)]
 
 
 async def collect(stream: trio.abc.ReceiveStream, into: bytearray, closed: trio.Event) -> None:
@@ -818,6 +823,80 @@ async def test_run_tells_a_server_that_lost_its_history_that_it_is_running(
     assert 0 <= resumed_at <= 20
     assert shown[:-1] == expected[resumed_at:]
     assert "no record of items" not in run.stderr.decode()
+
+
+async def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed again)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+    for listener in listeners:
+        await listener.aclose()
+    return port
+
+
+async def test_run_skips_a_dead_server_and_delivers_everything_to_the_next(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    """Two ``--server`` URLs, the first a closed port: the producer moves on to the
+    second, which gets every line once, in order."""
+    dead = await closed_port()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--",
+            *child(str(TRANSCRIPT), "--exit", "3"),
+            servers=(f"http://127.0.0.1:{dead}", f"http://127.0.0.1:{server.port}"),
+        )
+        seen = await receive_run(ws, final="crashed")
+        assert await run.wait() == 3
+    lines = [*transcript_lines(TRANSCRIPT), f"{EXIT_LINE} 3"]
+    assert logs(seen) == [sanitize(line) for line in lines]
+    assert f"no connection to ws://127.0.0.1:{dead}/" in run.stderr.decode()
+
+
+async def test_run_moves_to_the_other_server_when_its_server_shuts_down(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """Two servers that share nothing, both given with ``--server``. The child prints
+    20 lines to the first; the first shuts down; the child prints the rest behind a
+    gate. The second server gets them from at most the first one unacked on: every
+    line reaches one of the two, each in order, nothing missing in between."""
+    expected = [sanitize(line) for line in transcript_lines(TRANSCRIPT)]
+    gate = tmp_path / "gate"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        second: Server = await nursery.start(serve, make_config(registry))
+        later = await subscribe(nursery, second, backlog=1000)
+        async with trio.open_nursery() as first_life:
+            first: Server = await first_life.start(serve, make_config(registry))
+            ws = await subscribe(first_life, first)
+            run = await start(
+                nursery,
+                first,
+                home,
+                "run",
+                "--quiet",
+                "--",
+                *child(str(TRANSCRIPT), "--gate", str(gate), "--gate-after", "20", "--exit", "3"),
+                servers=(f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"),
+            )
+            before = [await receive_until(ws, lambda m: m["type"] == "log") for _ in range(20)]
+            first_life.start_soon(drain, ws)  # keep reading so the 1001 close completes at once
+            await first.shutdown(1001)
+        gate.touch()
+        after = await receive_until(later, status_is("crashed"))
+        assert await run.wait() == 3
+    assert [logs(messages)[-1] for messages in before] == expected[:20]
+    shown = logs(after)
+    assert shown[-1] == f"{EXIT_LINE} 3"
+    resumed_at = len(expected) - (len(shown) - 1)
+    assert 0 <= resumed_at <= 20
+    assert shown[:-1] == expected[resumed_at:]
+    assert f"connected to ws://127.0.0.1:{second.port}/" in run.stderr.decode()
 
 
 async def drain(ws: WebSocketConnection) -> None:

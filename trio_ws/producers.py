@@ -397,7 +397,7 @@ class Producer:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         stream: Stream,
         *,
@@ -409,7 +409,12 @@ class Producer:
         backoff_max: float = BACKOFF_MAX,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        self.url = url
+        self.urls = (url,) if isinstance(url, str) else tuple(url)
+        """The servers to try, in turn: a failed attempt or a lost connection moves on
+        to the next one (nodes of one cluster, PROTOCOL.md 4.2)."""
+        if not self.urls:
+            raise ValueError("a producer needs at least one server URL")
+        self._turn = 0
         self.stream = stream
         self.producer_id = producer_id or new_producer_id(stream)
         self.outbox = outbox if outbox is not None else Outbox()
@@ -433,6 +438,11 @@ class Producer:
         self._attempt = trio.CancelScope()
         self._wake = trio.Event()
         self._acked = trio.Event()
+
+    @property
+    def url(self) -> str:
+        """The server this producer is connected to, or tries next."""
+        return self.urls[self._turn]
 
     # -- feeding (synchronous, never blocks) -------------------------------------
 
@@ -489,6 +499,7 @@ class Producer:
                     self.ready.set()
                 if self.connections > welcomed_before:
                     backoff.reset()
+                self._turn = (self._turn + 1) % len(self.urls)
                 with trio.move_on_after(backoff.next()):
                     await self._closing.wait()
                 self._attempt = trio.CancelScope()
@@ -677,7 +688,8 @@ class RunOptions:
     """What ``trio-ws run`` was asked to do."""
 
     command: Sequence[str]
-    url: str
+    url: str | Sequence[str]
+    """The server's publish URL, or several (tried in turn: see `Producer`)."""
     token: str
     cwd: Path
     project_dir: Path
@@ -1015,7 +1027,7 @@ async def read_stdin() -> bytes:
 
 
 async def publish_stream(
-    url: str,
+    url: str | Sequence[str],
     token: str,
     stream: Stream,
     read: Callable[[], Awaitable[bytes]] = read_stdin,
