@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+from features_db import create_db, db_path, insert, rows
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -1028,3 +1029,139 @@ async def test_second_signal_while_delivering_to_a_gone_server_exits_now(
         run.process.send_signal(signal.SIGINT)
         assert await run.wait() == 128 + signal.SIGINT
     assert f"signal {signal.SIGINT} again: exiting now".encode() in run.stderr
+
+
+# -- progress from the producer's machine -----------------------------------------------
+
+
+def progress_is(passing: int, total: int) -> Callable[[Message], bool]:
+    return lambda m: m["type"] == "progress" and (m["passing"], m["total"]) == (passing, total)
+
+
+def reads(server: Server) -> int:
+    reader = server.manager.reader_for("demo")
+    assert reader is not None
+    return reader.reads
+
+
+async def test_run_sends_the_progress_it_reads_and_the_server_polls_nothing_meanwhile(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """The server's registered directory of ``demo`` is empty; the run's ``--cwd`` has
+    the features database. Subscribers get the run's figures, a change to the
+    database becomes a new progress event, and while the run reports, the server's
+    own reader (polling every 0.05 s otherwise) reads nothing."""
+    work = tmp_path / "work"
+    database = create_db(db_path(work), rows(passing=2, in_progress=1, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child("--hold", "20"),
+        )
+        first = (await receive_until(ws, progress_is(2, 6)))[-1]
+        reads_then = reads(server)
+        insert(database, rows(passing=1))
+        second = (await receive_until(ws, progress_is(3, 7)))[-1]
+        reads_after = reads(server)
+        run.process.send_signal(signal.SIGTERM)
+        await receive_until(ws, status_is("stopped"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert (first["in_progress"], first["needs_human_input"], first["percentage"]) == (1, 0, 33.3)
+    assert (second["in_progress"], second["percentage"]) == (1, 42.9)
+    assert reads_after == reads_then
+    assert "progress" not in run.stderr.decode()
+
+
+async def test_the_server_polls_again_once_the_reporting_run_is_gone(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    create_db(db_path(work), rows(passing=2, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child("--hold", "20"),
+        )
+        await receive_until(ws, progress_is(2, 5))
+        reads_then = reads(server)
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 128 + signal.SIGTERM
+        # The server's own directory has no database: its next read says so.
+        await receive_until(ws, progress_is(0, 0))
+    assert reads(server) > reads_then
+
+
+async def test_run_says_once_that_it_cannot_read_progress_and_sends_no_zeros(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A database that is not one: one line on stderr, no progress item (so the
+    server, which would stop polling on one, keeps polling its own directory)."""
+    work = tmp_path / "work"
+    db_path(work).parent.mkdir(parents=True)
+    db_path(work).write_bytes(b"this is not an sqlite database" * 100)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child("--hold", "20"),
+        )
+        await receive_until(ws, status_is("running"))
+        reads_then = reads(server)
+        for _ in range(1000):  # the run reads every second: wait for its second failure
+            if reads(server) > reads_then + 2 / server.config.poll_interval:
+                break
+            await trio.sleep(server.config.poll_interval)
+        run.process.send_signal(signal.SIGTERM)
+        seen = await receive_until(ws, status_is("stopped"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert not [m for m in seen if m["type"] == "progress" and m["total"] != 0]
+    said = run.stderr.decode()
+    assert said.count("cannot report progress") == 1
+    assert f"{db_path(work)} is corrupt" in said
+
+
+async def test_run_with_no_progress_sends_none(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    create_db(db_path(work), rows(passing=2, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--no-progress",
+            "--cwd",
+            str(work),
+            "--",
+            *child(str(TRANSCRIPT)),
+        )
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert not [m for m in seen if m["type"] == "progress" and m["total"] != 0]

@@ -461,6 +461,12 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 )
 @click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
 @click.option(
+    "--no-progress",
+    is_flag=True,
+    help="Do not read the project's features database under --cwd and send its progress "
+    "(then the server reads it, if it can see the project's directory).",
+)
+@click.option(
     "--lifeline",
     type=click.IntRange(min=0),
     hidden=True,
@@ -483,6 +489,7 @@ def run(
     token: str | None,
     cwd: Path | None,
     quiet: bool,
+    no_progress: bool,
     lifeline: int | None,
     kill_after: float,
     home_dir: Path,
@@ -515,6 +522,7 @@ def run(
         kill_after=kill_after,
         flush_within=flush_within,
         lifeline=lifeline,
+        progress=not no_progress,
     )
     outcome = trio.run(run_command, options)
     _finish(outcome, urls)

@@ -73,7 +73,9 @@ class PollLease:
         """Take or renew the lease of ``project`` for ``ttl`` more seconds; False when
         another node holds it. LeaseError when Redis cannot be asked."""
         try:
-            reply = await self._hold(keys=[lease_key(project)], args=[self.node_id, self.ttl_ms])
+            reply: object = await self._hold(
+                keys=[lease_key(project)], args=[self.node_id, self.ttl_ms]
+            )
         except (RedisError, OSError) as error:
             raise LeaseError(f"{self._where}: cannot hold {project!r}: {error}") from None
         return reply == 1
@@ -81,7 +83,7 @@ class PollLease:
     async def release(self, project: str) -> bool:
         """Give the lease of ``project`` up, if this node holds it; True when it did."""
         try:
-            reply = await self._release(keys=[lease_key(project)], args=[self.node_id])
+            reply: object = await self._release(keys=[lease_key(project)], args=[self.node_id])
         except (RedisError, OSError) as error:
             raise LeaseError(f"{self._where}: cannot release {project!r}: {error}") from None
         return reply == 1
