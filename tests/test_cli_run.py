@@ -1165,3 +1165,33 @@ async def test_run_with_no_progress_sends_none(
         seen = await receive_run(ws)
         assert await run.wait() == 0
     assert not [m for m in seen if m["type"] == "progress" and m["total"] != 0]
+
+
+async def test_run_where_there_is_no_features_database_sends_no_progress(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A ``--cwd`` without a database is not the project's directory: the run sends no
+    (zero) progress, and the server keeps reading the database it can see."""
+    create_db(db_path(project_dir), rows(passing=2, pending=3))
+    work = tmp_path / "work"
+    work.mkdir()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child(str(TRANSCRIPT)),
+        )
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+        reads_then = reads(server)
+        insert(db_path(project_dir), rows(passing=1))
+        await receive_until(ws, progress_is(3, 6))
+    assert not [m for m in seen if m["type"] == "progress"]
+    assert reads(server) > reads_then

@@ -832,7 +832,9 @@ class ProgressReport:
     thread, and sent as a ``progress`` item whenever it changed (PROTOCOL.md 4.1).
 
     A failing read is said once on stderr (until a read succeeds again) and sends
-    nothing: the server keeps the last figures rather than zeros.
+    nothing: the server keeps the last figures rather than zeros. Nor is anything
+    sent while there is no database here (a ``--cwd`` that is not the project): the
+    server, which may see the project's directory, then keeps polling it.
     """
 
     def __init__(
@@ -863,7 +865,7 @@ class ProgressReport:
         if self.failing:
             self.failing = False
             self.report("progress reads recovered")
-        if progress != self.sent:
+        if self.reader.path is not None and progress != self.sent:
             self.sent = progress
             self.producer.send_progress(progress)
 
