@@ -24,7 +24,7 @@ import trio
 import trio.testing
 import wsproto
 from features_db import create_db, db_path, insert, rows
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 from serving import (
     NETWORK_TIMEOUT,
     TOKEN,
@@ -1164,3 +1164,25 @@ async def test_a_manager_polls_nothing_while_the_agent_producer_reports_progress
         back = await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 1)
     assert figures(back[-1]) == expected(1, 0, 2, 50.0, 0)
     assert manager.poll.reads > paused_at
+
+
+async def test_with_an_unreachable_lease_store_a_manager_reads_nothing_and_says_so(
+    project_dir: Path,
+) -> None:
+    """Without Redis no node can know it alone polls: none reads, and subscribers are
+    told why progress stands still."""
+    create_db(db_path(project_dir), rows(passing=1))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with (
+            redis_client(f"redis://127.0.0.1:{free_port()}/0") as unreachable,
+            trio.open_nursery() as nursery,
+        ):
+            node = ConnectionManager(
+                nursery, poll_interval=INTERVAL, lease=PollLease(unreachable, 3 * INTERVAL)
+            )
+            hub = await node.open_hub("demo", project_dir)
+            node.subscribe("demo", None, None, 0)
+            await wait_until(lambda: hub.has_warning("lease"))
+            nursery.cancel_scope.cancel()
+    assert node.poll.reads == 0
+    assert hub.progress is None

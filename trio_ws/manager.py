@@ -376,10 +376,12 @@ class ConnectionManager:
             except LeaseError as exc:
                 if not project.lease_failing:
                     log.warning("project %s: not polling: %s", name, exc)
+                    project.hub.warn("progress", f"progress is not being read: {exc}", "lease")
                 project.lease_failing = True
                 return False
             if project.lease_failing:
                 log.info("project %s: poll lease reachable again", name)
+                project.hub.clear_warning("lease")
                 project.lease_failing = False
             if not held:
                 return False
