@@ -451,10 +451,10 @@ async def test_progress_items_reach_subscribers_once_and_resends_are_skipped(
         await send(again, {**item, "pseq": 2, "passing": 5})  # a resend: skipped
         await send(again, {"type": "lines", "first": 3, "lines": ["after"]})
         seen = await receive_until(watcher, lambda m: m.get("line") == "after")
-    progress = [m for m in seen if m["type"] == "progress"]
-    assert [(m["passing"], m["in_progress"], m["total"]) for m in progress][-1] == (3, 1, 8)
-    assert progress[-1]["needs_human_input"] == 2 and progress[-1]["percentage"] == 37.5
-    assert all(m["passing"] != 5 for m in progress)
+    # Between the two connections the server may poll its own (empty) directory.
+    ours = [m for m in seen if m["type"] == "progress" and m["total"] == 8]
+    assert [(m["passing"], m["in_progress"], m["needs_human_input"]) for m in ours] == [(3, 1, 2)]
+    assert ours[0]["percentage"] == 37.5
 
 
 @pytest.mark.parametrize(
