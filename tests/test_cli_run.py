@@ -1067,6 +1067,9 @@ async def test_run_sends_the_progress_it_reads_and_the_server_polls_nothing_mean
             *child("--hold", "20"),
         )
         first = (await receive_until(ws, progress_is(2, 6)))[-1]
+        # A server read that had begun before the run's item arrived may still finish
+        # (and be dropped): let it, then count.
+        await trio.sleep(2 * server.config.poll_interval)
         reads_then = reads(server)
         insert(database, rows(passing=1))
         second = (await receive_until(ws, progress_is(3, 7)))[-1]

@@ -1153,6 +1153,9 @@ async def test_a_manager_polls_nothing_while_the_agent_producer_reports_progress
             )
         )
         await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 7)
+        # A read that had begun before the item arrived may still finish (and be
+        # dropped): let it, then count.
+        await trio.sleep(2 * INTERVAL)
         paused_at = manager.poll.reads
         # A subscriber's ping makes the server go round its loop; many of them span
         # many poll intervals, and no read may happen in them.
@@ -1186,3 +1189,44 @@ async def test_with_an_unreachable_lease_store_a_manager_reads_nothing_and_says_
             nursery.cancel_scope.cancel()
     assert node.poll.reads == 0
     assert hub.progress is None
+
+
+async def test_a_read_that_ends_after_the_producer_reported_does_not_replace_its_figures(
+    nursery: trio.Nursery, registry: Registry, locked_db: Path
+) -> None:
+    """The server's read is held up by a writer's lock; meanwhile the producer reports
+    7 of 9. The read then finishes with the database's 2 of 5: dropped, 7 of 9 stands."""
+    server = await start_server(
+        nursery, registry, lock_timeout=NETWORK_TIMEOUT, poll_interval=INTERVAL
+    )
+    manager = server.manager
+    with HeldLock(locked_db) as lock, trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 1)
+        await lock.take()
+        reader = manager.reader_for("demo")
+        assert reader is not None
+        started = reader.reads
+        await wait_until(lambda: reader.reads > started)  # a read is waiting on the lock
+        finished = manager.poll.reads
+        producer = await connect_producer(nursery, server)
+        await producer.send_message(
+            json.dumps(
+                {
+                    "type": "progress",
+                    "pseq": 1,
+                    "passing": 7,
+                    "in_progress": 0,
+                    "total": 9,
+                    "needs_human_input": 0,
+                }
+            )
+        )
+        await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 7)
+        await lock.release()
+        await wait_until(lambda: manager.poll.reads > finished)  # the held read is done
+        after = await until_pong(ws)
+    hub = manager.get_hub("demo")
+    assert hub is not None and hub.progress is not None
+    assert (hub.progress.passing, hub.progress.total) == (7, 9)
+    assert not [m for m in after if m["type"] == "progress"]

@@ -280,7 +280,11 @@ class ConnectionManager:
             ):
                 try:
                     await read_progress_once(
-                        project.hub, project.reader, self.limiter, self._record_poll
+                        project.hub,
+                        project.reader,
+                        self.limiter,
+                        self._record_poll,
+                        lambda: not project.slots["agent"].reports_progress,
                     )
                 except Exception as exc:
                     # Progress is not worth refusing a subscriber for: it joins
@@ -346,6 +350,7 @@ class ConnectionManager:
                                 self.limiter,
                                 record,
                                 lambda: self._may_read(project),
+                                lambda: not project.slots["agent"].reports_progress,
                             )
                         except Exception as exc:
                             # A crash after a good read starts a new streak.
@@ -418,16 +423,17 @@ async def poll_progress(
     limiter: trio.CapacityLimiter,
     record: Callable[[str, float, bool], None] | None = None,
     may_read: Callable[[], Awaitable[bool]] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> None:
     """Read a project's progress every ``interval`` seconds until cancelled; a turn
-    where ``may_read`` says no is skipped.
+    where ``may_read`` says no is skipped (see `read_progress_once` for ``still_wanted``).
 
     A change becomes a `progress` event; a failing read becomes one `warning`
     per failure streak (and one log line), while the last good figures stand.
     """
     while True:
         if may_read is None or await may_read():
-            await read_progress_once(hub, reader(), limiter, record)
+            await read_progress_once(hub, reader(), limiter, record, still_wanted)
         await trio.sleep(interval)
 
 
@@ -436,20 +442,29 @@ async def read_progress_once(
     reader: ProgressReader,
     limiter: trio.CapacityLimiter,
     record: Callable[[str, float, bool], None] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> None:
-    """One read in a worker thread: publish a change, or warn once per failure streak."""
+    """One read in a worker thread: publish a change, or warn once per failure streak.
+
+    The outcome is dropped when ``still_wanted`` says no once the read is done: a
+    producer that began reporting the project's progress during the read has the
+    newer figures, which a stale read must not replace."""
     started = time.perf_counter()
     try:
         progress = await trio.to_thread.run_sync(reader.read, limiter=limiter)
     except ProgressError as exc:
         if record:
             record(hub.name, time.perf_counter() - started, False)
+        if still_wanted is not None and not still_wanted():
+            return
         if not hub.has_warning("progress"):
             log.warning("project %s: progress read failed: %s", hub.name, exc)
             hub.warn("progress", str(exc))
     else:
         if record:
             record(hub.name, time.perf_counter() - started, True)
+        if still_wanted is not None and not still_wanted():
+            return
         if hub.has_warning("progress"):
             log.info("project %s: progress reads recovered", hub.name)
         hub.publish_progress(progress)
