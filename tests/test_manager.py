@@ -1206,8 +1206,9 @@ async def test_a_read_that_ends_after_the_producer_reported_does_not_replace_its
         await lock.take()
         reader = manager.reader_for("demo")
         assert reader is not None
-        started = reader.reads
-        await wait_until(lambda: reader.reads > started)  # a read is waiting on the lock
+        # A read has begun and not finished (every read of this manager is of demo's
+        # reader): it waits on the lock.
+        await wait_until(lambda: reader.reads > manager.poll.reads)
         finished = manager.poll.reads
         producer = await connect_producer(nursery, server)
         await producer.send_message(
