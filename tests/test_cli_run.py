@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+from features_db import create_db, db_path, insert, rows
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -85,17 +86,18 @@ async def start(
     close_stdout: bool = False,
     stall_stdout: bool = False,
     port: int | None = None,
+    servers: tuple[str, ...] = (),
 ) -> Run:
     """Start ``trio-ws COMMAND demo`` against ``server`` (through ``port`` if given, a relay
-    in front of it); collect its output in the background."""
+    in front of it; or ``servers``, one ``--server`` each); collect its output in the
+    background."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
     process = await trio.lowlevel.open_process(
         [
             TRIO_WS,
             command,
             "demo",
-            "--server",
-            f"http://127.0.0.1:{port or server.port}",
+            *server_options(servers or (f"http://127.0.0.1:{port or server.port}",)),
             "--token",
             TOKEN,
             "--home",
@@ -123,6 +125,10 @@ async def start(
         if not keep_stdin_open:
             await process.stdin.aclose()
     return run
+
+
+def server_options(urls: tuple[str, ...]) -> list[str]:
+    return [option for url in urls for option in ("--server", url)]
 
 
 async def collect(stream: trio.abc.ReceiveStream, into: bytearray, closed: trio.Event) -> None:
@@ -820,6 +826,80 @@ async def test_run_tells_a_server_that_lost_its_history_that_it_is_running(
     assert "no record of items" not in run.stderr.decode()
 
 
+async def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then closed again)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port: int = listeners[0].socket.getsockname()[1]
+    for listener in listeners:
+        await listener.aclose()
+    return port
+
+
+async def test_run_skips_a_dead_server_and_delivers_everything_to_the_next(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path
+) -> None:
+    """Two ``--server`` URLs, the first a closed port: the producer moves on to the
+    second, which gets every line once, in order."""
+    dead = await closed_port()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--",
+            *child(str(TRANSCRIPT), "--exit", "3"),
+            servers=(f"http://127.0.0.1:{dead}", f"http://127.0.0.1:{server.port}"),
+        )
+        seen = await receive_run(ws, final="crashed")
+        assert await run.wait() == 3
+    lines = [*transcript_lines(TRANSCRIPT), f"{EXIT_LINE} 3"]
+    assert logs(seen) == [sanitize(line) for line in lines]
+    assert f"no connection to ws://127.0.0.1:{dead}/" in run.stderr.decode()
+
+
+async def test_run_moves_to_the_other_server_when_its_server_shuts_down(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """Two servers that share nothing, both given with ``--server``. The child prints
+    20 lines to the first; the first shuts down; the child prints the rest behind a
+    gate. The second server gets them from at most the first one unacked on: every
+    line reaches one of the two, each in order, nothing missing in between."""
+    expected = [sanitize(line) for line in transcript_lines(TRANSCRIPT)]
+    gate = tmp_path / "gate"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        second: Server = await nursery.start(serve, make_config(registry))
+        later = await subscribe(nursery, second, backlog=1000)
+        async with trio.open_nursery() as first_life:
+            first: Server = await first_life.start(serve, make_config(registry))
+            ws = await subscribe(first_life, first)
+            run = await start(
+                nursery,
+                first,
+                home,
+                "run",
+                "--quiet",
+                "--",
+                *child(str(TRANSCRIPT), "--gate", str(gate), "--gate-after", "20", "--exit", "3"),
+                servers=(f"http://127.0.0.1:{first.port}", f"http://127.0.0.1:{second.port}"),
+            )
+            before = [await receive_until(ws, lambda m: m["type"] == "log") for _ in range(20)]
+            first_life.start_soon(drain, ws)  # keep reading so the 1001 close completes at once
+            await first.shutdown(1001)
+        gate.touch()
+        after = await receive_until(later, status_is("crashed"))
+        assert await run.wait() == 3
+    assert [logs(messages)[-1] for messages in before] == expected[:20]
+    shown = logs(after)
+    assert shown[-1] == f"{EXIT_LINE} 3"
+    resumed_at = len(expected) - (len(shown) - 1)
+    assert 0 <= resumed_at <= 20
+    assert shown[:-1] == expected[resumed_at:]
+    assert f"connected to ws://127.0.0.1:{second.port}/" in run.stderr.decode()
+
+
 async def drain(ws: WebSocketConnection) -> None:
     with suppress(ConnectionClosed):
         while True:
@@ -949,3 +1029,172 @@ async def test_second_signal_while_delivering_to_a_gone_server_exits_now(
         run.process.send_signal(signal.SIGINT)
         assert await run.wait() == 128 + signal.SIGINT
     assert f"signal {signal.SIGINT} again: exiting now".encode() in run.stderr
+
+
+# -- progress from the producer's machine -----------------------------------------------
+
+
+def progress_is(passing: int, total: int) -> Callable[[Message], bool]:
+    return lambda m: m["type"] == "progress" and (m["passing"], m["total"]) == (passing, total)
+
+
+def reads(server: Server) -> int:
+    reader = server.manager.reader_for("demo")
+    assert reader is not None
+    return reader.reads
+
+
+async def test_run_sends_the_progress_it_reads_and_the_server_polls_nothing_meanwhile(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """The server's registered directory of ``demo`` is empty; the run's ``--cwd`` has
+    the features database. Subscribers get the run's figures, a change to the
+    database becomes a new progress event, and while the run reports, the server's
+    own reader (polling every 0.05 s otherwise) reads nothing."""
+    work = tmp_path / "work"
+    database = create_db(db_path(work), rows(passing=2, in_progress=1, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child("--hold", "20"),
+        )
+        first = (await receive_until(ws, progress_is(2, 6)))[-1]
+        # A server read that had begun before the run's item arrived may still finish
+        # (and be dropped): let it, then count.
+        await trio.sleep(2 * server.config.poll_interval)
+        reads_then = reads(server)
+        insert(database, rows(passing=1))
+        second = (await receive_until(ws, progress_is(3, 7)))[-1]
+        reads_after = reads(server)
+        run.process.send_signal(signal.SIGTERM)
+        await receive_until(ws, status_is("stopped"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert (first["in_progress"], first["needs_human_input"], first["percentage"]) == (1, 0, 33.3)
+    assert (second["in_progress"], second["percentage"]) == (1, 42.9)
+    assert reads_after == reads_then
+    assert "progress" not in run.stderr.decode()
+
+
+async def test_the_server_polls_again_once_the_reporting_run_is_gone(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    create_db(db_path(work), rows(passing=2, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child("--hold", "20"),
+        )
+        await receive_until(ws, progress_is(2, 5))
+        reads_then = reads(server)
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 128 + signal.SIGTERM
+        # The server's own directory has no database: its next read says so.
+        await receive_until(ws, progress_is(0, 0))
+    assert reads(server) > reads_then
+
+
+async def test_run_says_once_that_it_cannot_read_progress_and_sends_no_zeros(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A database that is not one: one line on stderr, no progress item (so the
+    server, which would stop polling on one, keeps polling its own directory)."""
+    work = tmp_path / "work"
+    db_path(work).parent.mkdir(parents=True)
+    db_path(work).write_bytes(b"this is not an sqlite database" * 100)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child("--hold", "20"),
+        )
+        await receive_until(ws, status_is("running"))
+        reads_then = reads(server)
+        for _ in range(1000):  # the run reads every second: wait for its second failure
+            if reads(server) > reads_then + 2 / server.config.poll_interval:
+                break
+            await trio.sleep(server.config.poll_interval)
+        run.process.send_signal(signal.SIGTERM)
+        seen = await receive_until(ws, status_is("stopped"))
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert not [m for m in seen if m["type"] == "progress" and m["total"] != 0]
+    said = run.stderr.decode()
+    assert said.count("cannot report progress") == 1
+    assert f"{db_path(work)} is corrupt" in said
+
+
+async def test_run_with_no_progress_sends_none(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    create_db(db_path(work), rows(passing=2, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--no-progress",
+            "--cwd",
+            str(work),
+            "--",
+            *child(str(TRANSCRIPT)),
+        )
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+    assert not [m for m in seen if m["type"] == "progress" and m["total"] != 0]
+
+
+async def test_run_where_there_is_no_features_database_sends_no_progress(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A ``--cwd`` without a database is not the project's directory: the run sends no
+    (zero) progress, and the server keeps reading the database it can see."""
+    create_db(db_path(project_dir), rows(passing=2, pending=3))
+    work = tmp_path / "work"
+    work.mkdir()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery,
+            server,
+            home,
+            "run",
+            "--quiet",
+            "--cwd",
+            str(work),
+            "--",
+            *child(str(TRANSCRIPT)),
+        )
+        seen = await receive_run(ws)
+        assert await run.wait() == 0
+        reads_then = reads(server)
+        insert(db_path(project_dir), rows(passing=1))
+        await receive_until(ws, progress_is(3, 6))
+    assert not [m for m in seen if m["type"] == "progress"]
+    assert reads(server) > reads_then

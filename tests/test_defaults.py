@@ -40,7 +40,8 @@ def test_serve_options_and_server_config_share_the_defaults() -> None:
 
 
 def test_client_commands_default_to_the_default_server() -> None:
-    for name in ("run", "publish", "watch"):
-        assert option_defaults(name)["server"] == defaults.SERVER_URL, name
+    for name in ("run", "publish"):  # --server is repeatable there: one node by default
+        assert option_defaults(name)["servers"] == (defaults.SERVER_URL,), name
+    assert option_defaults("watch")["server"] == defaults.SERVER_URL
     assert option_defaults("watch")["backlog"] == defaults.CLIENT_BACKLOG
     assert option_defaults("demo")["port"] == defaults.PORT

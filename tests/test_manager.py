@@ -24,11 +24,23 @@ import trio
 import trio.testing
 import wsproto
 from features_db import create_db, db_path, insert, rows
-from serving import NETWORK_TIMEOUT, connect, http_get, make_config, receive, receive_until
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from redis_server import RedisServer, free_port
+from serving import (
+    NETWORK_TIMEOUT,
+    TOKEN,
+    connect,
+    http_get,
+    make_config,
+    receive,
+    receive_until,
+    ws_url,
+)
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from trio_ws.hub import ProjectHub, Subscriber
+from trio_ws.journal_redis import redis_client
+from trio_ws.lease import PollLease
 from trio_ws.manager import READER_THREADS, ConnectionManager, poll_progress
 from trio_ws.progress import Progress, ProgressReader
 from trio_ws.protocol import Message
@@ -112,6 +124,18 @@ async def subscribe(
     """A subscriber that is registered in the hub once this returns (hello received)."""
     ws = await connect(nursery, server, project, backlog=0)
     await receive_until(ws, of_type("hello"))
+    return ws
+
+
+async def connect_producer(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
+    """An agent producer of ``demo``, welcomed."""
+    ws = await connect_websocket_url(
+        nursery,
+        ws_url(server, "/ws/projects/demo/publish"),
+        extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+    )
+    await ws.send_message('{"type":"hello","producer":"p1","stream":"agent"}')
+    await receive_until(ws, of_type("welcome"))
     return ws
 
 
@@ -1046,3 +1070,164 @@ async def test_a_reader_that_raises_does_not_refuse_a_new_subscriber(
     assert {"type": "warning", "source": "progress"}.items() <= seen[3].items()
     assert figures(seen[-1]) == expected(0, 0, 1, 0.0, 0)
     assert "reader exploded" in caplog.text
+
+
+# -- several nodes: the poll lease ---------------------------------------------------
+
+
+async def test_with_a_shared_lease_one_manager_polls_and_the_other_takes_over_when_it_stops(
+    redis_server: RedisServer, project_dir: Path
+) -> None:
+    """Two managers (two nodes) share one Redis and both have a subscriber on ``demo``:
+    only one reads its database; once that one's last subscriber leaves, the other
+    reads within a few intervals."""
+    create_db(db_path(project_dir), rows(passing=1, pending=1))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with redis_client(redis_server.url) as client, trio.open_nursery() as nursery:
+            await client.flushall()
+            nodes = [
+                ConnectionManager(
+                    nursery, poll_interval=INTERVAL, lease=PollLease(client, 3 * INTERVAL)
+                )
+                for _ in range(2)
+            ]
+            subscribers = []
+            for node in nodes:
+                await node.open_hub("demo", project_dir)
+                subscribers.append(node.subscribe("demo", None, None, 0)[1])
+            await wait_until(lambda: sum(node.poll.reads for node in nodes) >= 20)
+            polling = [node.poll.reads > 0 for node in nodes]
+            assert polling.count(True) == 1
+            holder, other = (0, 1) if polling[0] else (1, 0)
+            nodes[holder].unsubscribe("demo", subscribers[holder])
+            stopped_at = trio.current_time()
+            await wait_until(lambda: nodes[other].poll.reads > 0)
+            took_over_after = trio.current_time() - stopped_at
+            nodes[other].unsubscribe("demo", subscribers[other])
+            nursery.cancel_scope.cancel()
+    assert took_over_after < 5 * INTERVAL  # released at once, not left to expire
+
+
+async def test_with_a_lease_a_node_that_dies_without_releasing_is_replaced_after_expiry(
+    redis_server: RedisServer, project_dir: Path
+) -> None:
+    """The holder's lease is taken by a node that never releases it (a node that died):
+    the other node reads once it has expired."""
+    create_db(db_path(project_dir), rows(passing=1))
+    ttl = 3 * INTERVAL
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with redis_client(redis_server.url) as client, trio.open_nursery() as nursery:
+            await client.flushall()
+            assert await PollLease(client, ttl).hold("demo")  # the node that died
+            node = ConnectionManager(nursery, poll_interval=INTERVAL, lease=PollLease(client, ttl))
+            await node.open_hub("demo", project_dir)
+            started = trio.current_time()
+            node.subscribe("demo", None, None, 0)
+            await wait_until(lambda: node.poll.reads > 0)
+            waited = trio.current_time() - started
+            nursery.cancel_scope.cancel()
+    assert ttl * 0.8 <= waited < ttl + 3 * INTERVAL
+
+
+async def test_a_manager_polls_nothing_while_the_agent_producer_reports_progress(
+    nursery: trio.Nursery, project_dir: Path, server: Server
+) -> None:
+    """Protocol-level: a producer's ``progress`` item pauses the server's reads of the
+    project; its disconnect resumes them."""
+    create_db(db_path(project_dir), rows(passing=1, pending=1))
+    manager = server.manager
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        await receive_until(ws, of_type("progress"))
+        producer = await connect_producer(nursery, server)
+        await producer.send_message(
+            json.dumps(
+                {
+                    "type": "progress",
+                    "pseq": 1,
+                    "passing": 7,
+                    "in_progress": 0,
+                    "total": 9,
+                    "needs_human_input": 0,
+                }
+            )
+        )
+        await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 7)
+        # A read that had begun before the item arrived may still finish (and be
+        # dropped): let it, then count.
+        await trio.sleep(2 * INTERVAL)
+        paused_at = manager.poll.reads
+        # A subscriber's ping makes the server go round its loop; many of them span
+        # many poll intervals, and no read may happen in them.
+        for _ in range(10):
+            await until_pong(ws)
+            await trio.sleep(INTERVAL)
+        assert manager.poll.reads == paused_at
+        await producer.aclose()
+        back = await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 1)
+    assert figures(back[-1]) == expected(1, 0, 2, 50.0, 0)
+    assert manager.poll.reads > paused_at
+
+
+async def test_with_an_unreachable_lease_store_a_manager_reads_nothing_and_says_so(
+    project_dir: Path,
+) -> None:
+    """Without Redis no node can know it alone polls: none reads, and subscribers are
+    told why progress stands still."""
+    create_db(db_path(project_dir), rows(passing=1))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with (
+            redis_client(f"redis://127.0.0.1:{free_port()}/0") as unreachable,
+            trio.open_nursery() as nursery,
+        ):
+            node = ConnectionManager(
+                nursery, poll_interval=INTERVAL, lease=PollLease(unreachable, 3 * INTERVAL)
+            )
+            hub = await node.open_hub("demo", project_dir)
+            node.subscribe("demo", None, None, 0)
+            await wait_until(lambda: hub.has_warning("lease"))
+            nursery.cancel_scope.cancel()
+    assert node.poll.reads == 0
+    assert hub.progress is None
+
+
+async def test_a_read_that_ends_after_the_producer_reported_does_not_replace_its_figures(
+    nursery: trio.Nursery, registry: Registry, locked_db: Path
+) -> None:
+    """The server's read is held up by a writer's lock; meanwhile the producer reports
+    7 of 9. The read then finishes with the database's 2 of 5: dropped, 7 of 9 stands."""
+    server = await start_server(
+        nursery, registry, lock_timeout=NETWORK_TIMEOUT, poll_interval=INTERVAL
+    )
+    manager = server.manager
+    with HeldLock(locked_db) as lock, trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 1)
+        await lock.take()
+        reader = manager.reader_for("demo")
+        assert reader is not None
+        # A read has begun and not finished (every read of this manager is of demo's
+        # reader): it waits on the lock.
+        await wait_until(lambda: reader.reads > manager.poll.reads)
+        finished = manager.poll.reads
+        producer = await connect_producer(nursery, server)
+        await producer.send_message(
+            json.dumps(
+                {
+                    "type": "progress",
+                    "pseq": 1,
+                    "passing": 7,
+                    "in_progress": 0,
+                    "total": 9,
+                    "needs_human_input": 0,
+                }
+            )
+        )
+        await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 7)
+        await lock.release()
+        await wait_until(lambda: manager.poll.reads > finished)  # the held read is done
+        after = await until_pong(ws)
+    hub = manager.get_hub("demo")
+    assert hub is not None and hub.progress is not None
+    assert (hub.progress.passing, hub.progress.total) == (7, 9)
+    assert not [m for m in after if m["type"] == "progress"]

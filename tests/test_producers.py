@@ -26,6 +26,7 @@ from trio_ws.producers import (
     exit_status,
     publish_url,
 )
+from trio_ws.progress import Progress
 from trio_ws.protocol import Message
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
@@ -224,6 +225,47 @@ def test_outbox_restart_after_the_server_forgot_sends_an_unacked_status_once() -
     outbox.ack(1)
     outbox.restart(0)
     assert outbox.take() == [{"type": "status", "pseq": 2, "status": "running"}]
+
+
+def test_outbox_sends_progress_as_its_own_pseq_item_between_lines() -> None:
+    outbox = Outbox()
+    outbox.add_line("a")
+    outbox.add_progress(Progress(passing=2, in_progress=1, total=5, needs_human_input=0))
+    outbox.add_line("b")
+    assert outbox.take() == [
+        {"type": "lines", "first": 1, "lines": ["a"]},
+        {
+            "type": "progress",
+            "pseq": 2,
+            "passing": 2,
+            "in_progress": 1,
+            "total": 5,
+            "needs_human_input": 0,
+        },
+        {"type": "lines", "first": 3, "lines": ["b"]},
+    ]
+
+
+def test_outbox_restart_after_the_server_forgot_resends_status_and_latest_progress() -> None:
+    """A server that forgot the run learns how far the project is, not only that it runs."""
+    outbox = Outbox(capacity=1)
+    outbox.add_status("running")
+    outbox.add_progress(Progress(passing=1, in_progress=0, total=4, needs_human_input=0))
+    outbox.add_progress(Progress(passing=2, in_progress=0, total=4, needs_human_input=1))
+    outbox.take()
+    outbox.ack(3)
+    outbox.restart(0)
+    assert outbox.take() == [
+        {"type": "status", "pseq": 4, "status": "running"},
+        {
+            "type": "progress",
+            "pseq": 5,
+            "passing": 2,
+            "in_progress": 0,
+            "total": 4,
+            "needs_human_input": 1,
+        },
+    ]
 
 
 def test_outbox_overflow_drops_new_lines_and_counts_them() -> None:

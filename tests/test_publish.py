@@ -430,3 +430,70 @@ async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_on
         assert await publish_once(nursery, server, "run-1099", 0) == 1
         assert await publish_once(nursery, server, "oldest", 0) == 0  # forgotten
     assert len(server.manager.producer_slots("demo")["agent"].applied) == 1024
+
+
+async def test_progress_items_reach_subscribers_once_and_resends_are_skipped(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """A progress item is one pseq item: published as a ``progress`` event, not again
+    when a reconnecting producer resends it."""
+    item = {"type": "progress", "passing": 3, "in_progress": 1, "total": 8, "needs_human_input": 2}
+    with trio.fail_after(TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "dev_server_status")
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 1, "lines": ["before"]})
+        await send(ws, {**item, "pseq": 2})
+        await wait_acked(ws, 2)
+        await ws.aclose()
+        again, acked = await producer(nursery, server)
+        assert acked == 2
+        await send(again, {**item, "pseq": 2, "passing": 5})  # a resend: skipped
+        await send(again, {"type": "lines", "first": 3, "lines": ["after"]})
+        seen = await receive_until(watcher, lambda m: m.get("line") == "after")
+    # Between the two connections the server may poll its own (empty) directory.
+    ours = [m for m in seen if m["type"] == "progress" and m["total"] == 8]
+    assert [(m["passing"], m["in_progress"], m["needs_human_input"]) for m in ours] == [(3, 1, 2)]
+    assert ours[0]["percentage"] == 37.5
+
+
+@pytest.mark.parametrize(
+    ("counts", "problem"),
+    [
+        ({"passing": -1}, "needs an integer 'passing' >= 0, got -1"),
+        ({"total": "8"}, "needs an integer 'total' >= 0, got '8'"),
+        ({"in_progress": True}, "needs an integer 'in_progress' >= 0, got True"),
+        ({"needs_human_input": None}, "needs an integer 'needs_human_input' >= 0, got None"),
+        ({"passing": 9}, "'passing' (9) exceeds 'total' (8)"),
+        ({"in_progress": 9}, "'in_progress' (9) exceeds 'total' (8)"),
+        ({"needs_human_input": 9}, "'needs_human_input' (9) exceeds 'total' (8)"),
+    ],
+)
+async def test_a_bad_progress_item_is_skipped_with_a_warning_and_nothing_lost(
+    nursery: trio.Nursery, server: Server, project_dir: Path, counts: dict[str, Any], problem: str
+) -> None:
+    item = {"type": "progress", "passing": 3, "in_progress": 1, "total": 8, "needs_human_input": 0}
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await send(ws, {**item, **counts, "pseq": 1})
+        warning = await receive(ws)
+        await send(ws, {"type": "lines", "first": 2, "lines": ["still here"]})
+        await wait_acked(ws, 2)
+        hub = server.manager.get_hub("demo")
+        assert hub is not None and hub.progress is None  # no subscriber yet: no poll either
+        assert await snapshot_logs(nursery, server) == ["still here"]
+    assert warning["type"] == "warning"
+    assert warning["content"] == f"progress {problem} (item 1 skipped)"
+
+
+async def test_progress_on_the_dev_stream_is_skipped_with_a_warning(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    item = {"type": "progress", "passing": 1, "in_progress": 0, "total": 1, "needs_human_input": 0}
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server, stream="dev")
+        await send(ws, {**item, "pseq": 1})
+        warning = await receive(ws)
+    assert warning["content"] == "progress comes from the agent stream only (item 1 skipped)"
+    hub = server.manager.get_hub("demo")
+    assert hub is not None and hub.progress is None

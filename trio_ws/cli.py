@@ -384,10 +384,13 @@ def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
     command = click.option(
         "--server",
-        default=defaults.SERVER_URL,
+        "servers",
+        multiple=True,
+        default=(defaults.SERVER_URL,),
         show_default=True,
         metavar="URL",
-        help="The trio-ws server (http, https, ws or wss).",
+        help="The trio-ws server (http, https, ws or wss). Repeat it for the nodes of a "
+        "cluster: a failed connection moves on to the next one, in turn.",
     )(command)
     command = click.option(
         "--flush-within",
@@ -401,19 +404,22 @@ def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-def _producer_target(name: str, server: str, home_dir: Path, token: str | None) -> tuple[str, str]:
-    """The publish URL and the token, or a refusal saying what is wrong."""
+def _producer_target(
+    name: str, servers: tuple[str, ...], home_dir: Path, token: str | None
+) -> tuple[tuple[str, ...], str]:
+    """The publish URLs (one per ``--server``) and the token, or a refusal saying what
+    is wrong."""
     if not is_valid_project_name(name):
         raise UsageRefusal(f"invalid project name {name!r}: use 1 to 50 of A-Z a-z 0-9 _ -")
     try:
-        url = publish_url(server, name)
+        urls = tuple(publish_url(server, name) for server in servers)
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
     try:
         secret = load_token(home_dir, token)
     except (TokenError, OSError) as exc:
         raise Refusal(str(exc)) from exc
-    return url, secret
+    return urls, secret
 
 
 def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Path, Path]:
@@ -455,6 +461,12 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 )
 @click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
 @click.option(
+    "--no-progress",
+    is_flag=True,
+    help="Do not read the project's features database under --cwd and send its progress "
+    "(then the server reads it, if it can see the project's directory).",
+)
+@click.option(
     "--lifeline",
     type=click.IntRange(min=0),
     hidden=True,
@@ -473,10 +485,11 @@ def run(
     command: tuple[str, ...],
     dev: bool,
     flush_within: float,
-    server: str,
+    servers: tuple[str, ...],
     token: str | None,
     cwd: Path | None,
     quiet: bool,
+    no_progress: bool,
     lifeline: int | None,
     kill_after: float,
     home_dir: Path,
@@ -494,13 +507,13 @@ def run(
     act on CMD (agent stream only). Exits with CMD's exit status (128+N after
     signal N).
     """
-    url, secret = _producer_target(name, server, home_dir, token)
+    urls, secret = _producer_target(name, servers, home_dir, token)
     run_dir, project_dir = _project_dirs(name, registry_file, cwd)
     if lifeline is not None and not _is_pipe(lifeline):
         raise UsageRefusal(f"--lifeline {lifeline} is not an open pipe")
     options = RunOptions(
         command=command,
-        url=url,
+        url=urls,
         token=secret,
         cwd=run_dir,
         project_dir=project_dir,
@@ -509,9 +522,10 @@ def run(
         kill_after=kill_after,
         flush_within=flush_within,
         lifeline=lifeline,
+        progress=not no_progress,
     )
     outcome = trio.run(run_command, options)
-    _finish(outcome, url)
+    _finish(outcome, urls)
 
 
 @main.command(
@@ -526,7 +540,7 @@ def publish(
     name: str,
     dev: bool,
     flush_within: float,
-    server: str,
+    servers: tuple[str, ...],
     token: str | None,
     home_dir: Path,
     **_: Any,
@@ -537,13 +551,13 @@ def publish(
     deliver and exits 128+N. Exits 0 once everything is delivered, 1 if
     anything could not be.
     """
-    url, secret = _producer_target(name, server, home_dir, token)
+    urls, secret = _producer_target(name, servers, home_dir, token)
     outcome = trio.run(
         functools.partial(
-            publish_stream, url, secret, "dev" if dev else "agent", flush_within=flush_within
+            publish_stream, urls, secret, "dev" if dev else "agent", flush_within=flush_within
         )
     )
-    _finish(outcome, url)
+    _finish(outcome, urls)
 
 
 def _is_pipe(fd: int) -> bool:
@@ -553,12 +567,13 @@ def _is_pipe(fd: int) -> bool:
         return False
 
 
-def _finish(outcome: Outcome, url: str) -> None:
+def _finish(outcome: Outcome, urls: tuple[str, ...]) -> None:
     """Say what was not delivered or why the server refused, then exit as decided."""
     if outcome.refused is not None:
         raise Refusal(outcome.refused)
     if outcome.undelivered:
-        click.echo(f"trio-ws: {outcome.undelivered} items were not delivered to {url}", err=True)
+        where = " or ".join(urls)
+        click.echo(f"trio-ws: {outcome.undelivered} items were not delivered to {where}", err=True)
     raise click.exceptions.Exit(outcome.exit_code)
 
 

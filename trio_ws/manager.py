@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Protocol
@@ -28,6 +28,7 @@ from trio_ws.hub import (
 )
 from trio_ws.journal import JournalBackend, JournalError
 from trio_ws.journal_memory import MemoryBackend
+from trio_ws.lease import LeaseError, PollLease
 from trio_ws.progress import ProgressError, ProgressReader
 from trio_ws.protocol import Stream
 from trio_ws.publish import ProducerSlot, control_refusal, producer_key
@@ -42,6 +43,8 @@ PRIME_COMMIT_WAIT: Final = 1.0
 """Longest a first subscriber waits for its primed progress to be committed."""
 WRITER_RESTART: Final = 1.0
 """A writer task that failed unexpectedly (a bug, logged) restarts after this long."""
+LEASE_RELEASE_WAIT: Final = 2.0
+"""Longest a stopping poll loop waits for Redis to take its lease back."""
 
 
 @dataclass
@@ -68,6 +71,7 @@ class _Project:
     slots: dict[Stream, ProducerSlot]
     poll_scope: trio.CancelScope | None = None
     poll_lock: trio.Lock = field(default_factory=trio.Lock)
+    lease_failing: bool = False
     opened: trio.Event = field(default_factory=trio.Event)
     open_error: JournalError | None = None
 
@@ -89,8 +93,10 @@ class ConnectionManager:
         extra_secrets: Iterable[str] = (),
         journals: JournalBackend | None = None,
         on_commit: Callable[[str, float], None] | None = None,
+        lease: PollLease | None = None,
     ) -> None:
-        """``journals`` is where each project's history lives (default: in memory)."""
+        """``journals`` is where each project's history lives (default: in memory);
+        ``lease``, with several nodes, makes one node at a time poll a project."""
         self._nursery = nursery
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes
@@ -108,6 +114,7 @@ class ConnectionManager:
         self._on_poll = on_poll
         self._on_commit = on_commit
         self._poll_restart = poll_restart
+        self.lease = lease
         self.started_at = time.monotonic()
 
     @property
@@ -266,10 +273,18 @@ class ConnectionManager:
         if project.hub.progress is not None or project.hub.has_warning("progress"):
             return
         async with project.poll_lock:
-            if project.hub.progress is None and not project.hub.has_warning("progress"):
+            if (
+                project.hub.progress is None
+                and not project.hub.has_warning("progress")
+                and await self._may_read(project)
+            ):
                 try:
                     await read_progress_once(
-                        project.hub, project.reader, self.limiter, self._record_poll
+                        project.hub,
+                        project.reader,
+                        self.limiter,
+                        self._record_poll,
+                        lambda: not project.slots["agent"].reports_progress,
                     )
                 except Exception as exc:
                     # Progress is not worth refusing a subscriber for: it joins
@@ -334,6 +349,8 @@ class ConnectionManager:
                                 self.poll_interval,
                                 self.limiter,
                                 record,
+                                lambda: self._may_read(project),
+                                lambda: not project.slots["agent"].reports_progress,
                             )
                         except Exception as exc:
                             # A crash after a good read starts a new streak.
@@ -349,6 +366,40 @@ class ConnectionManager:
                             await trio.sleep(delay)
                 finally:
                     self.poll.running -= 1
+                    if self.lease is not None:
+                        await self._release_lease(project)
+
+    async def _may_read(self, project: _Project) -> bool:
+        """Whether this node reads the project's database now: not while its agent
+        producer reports progress (PROTOCOL.md 4.1), and with several nodes only
+        while this one holds the poll lease (renewed here, also while the producer
+        reports, so that no other node polls the project meanwhile)."""
+        if self.lease is not None:
+            name = project.hub.name
+            try:
+                held = await self.lease.hold(name)
+            except LeaseError as exc:
+                if not project.lease_failing:
+                    log.warning("project %s: not polling: %s", name, exc)
+                    project.hub.warn("progress", f"progress is not being read: {exc}", "lease")
+                project.lease_failing = True
+                return False
+            if project.lease_failing:
+                log.info("project %s: poll lease reachable again", name)
+                project.hub.clear_warning("lease")
+                project.lease_failing = False
+            if not held:
+                return False
+        return not project.slots["agent"].reports_progress
+
+    async def _release_lease(self, project: _Project) -> None:
+        """Hand the project to another node at once rather than at the lease's expiry."""
+        assert self.lease is not None
+        with trio.CancelScope(shield=True), trio.move_on_after(LEASE_RELEASE_WAIT):
+            try:
+                await self.lease.release(project.hub.name)
+            except LeaseError as exc:
+                log.warning("project %s: %s (it expires by itself)", project.hub.name, exc)
 
     def _poll_crashed(self, hub: ProjectHub, exc: Exception) -> None:
         """Count an unexpected progress failure (the caller logs it with its traceback)
@@ -371,14 +422,18 @@ async def poll_progress(
     interval: float,
     limiter: trio.CapacityLimiter,
     record: Callable[[str, float, bool], None] | None = None,
+    may_read: Callable[[], Awaitable[bool]] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> None:
-    """Read a project's progress every ``interval`` seconds until cancelled.
+    """Read a project's progress every ``interval`` seconds until cancelled; a turn
+    where ``may_read`` says no is skipped (see `read_progress_once` for ``still_wanted``).
 
     A change becomes a `progress` event; a failing read becomes one `warning`
     per failure streak (and one log line), while the last good figures stand.
     """
     while True:
-        await read_progress_once(hub, reader(), limiter, record)
+        if may_read is None or await may_read():
+            await read_progress_once(hub, reader(), limiter, record, still_wanted)
         await trio.sleep(interval)
 
 
@@ -387,20 +442,29 @@ async def read_progress_once(
     reader: ProgressReader,
     limiter: trio.CapacityLimiter,
     record: Callable[[str, float, bool], None] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
 ) -> None:
-    """One read in a worker thread: publish a change, or warn once per failure streak."""
+    """One read in a worker thread: publish a change, or warn once per failure streak.
+
+    The outcome is dropped when ``still_wanted`` says no once the read is done: a
+    producer that began reporting the project's progress during the read has the
+    newer figures, which a stale read must not replace."""
     started = time.perf_counter()
     try:
         progress = await trio.to_thread.run_sync(reader.read, limiter=limiter)
     except ProgressError as exc:
         if record:
             record(hub.name, time.perf_counter() - started, False)
+        if still_wanted is not None and not still_wanted():
+            return
         if not hub.has_warning("progress"):
             log.warning("project %s: progress read failed: %s", hub.name, exc)
             hub.warn("progress", str(exc))
     else:
         if record:
             record(hub.name, time.perf_counter() - started, True)
+        if still_wanted is not None and not still_wanted():
+            return
         if hub.has_warning("progress"):
             log.info("project %s: progress reads recovered", hub.name)
         hub.publish_progress(progress)

@@ -58,6 +58,7 @@ from trio_websocket import (
 
 from trio_ws import defaults, protocol
 from trio_ws.client import Backoff, websocket_base
+from trio_ws.progress import Progress, ProgressError, ProgressReader
 from trio_ws.protocol import Message, Stream
 from trio_ws.signals import exit_now, on_stop_signals
 
@@ -88,6 +89,8 @@ MESSAGE_CAP: Final = 1024 * 1024
 TOO_BIG: Final = 1009
 """The close code of a server that refused a message as too big."""
 FAILURE: Final = 1
+PROGRESS_INTERVAL: Final = defaults.POLL_INTERVAL
+"""Seconds between reads of the features database by ``trio-ws run``."""
 """Exit status when the server refused us or items were not delivered (publish)."""
 
 
@@ -163,12 +166,14 @@ class LineSplitter:
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """One numbered thing to deliver: a line, or a status (with an optional exit code)."""
+    """One numbered thing to deliver: a line, a status (with an optional exit code), or
+    the project's progress (read from its features database here)."""
 
     pseq: int
     line: str | None = None
     status: str | None = None
     exit_code: int | None = None
+    progress: Progress | None = None
 
 
 class Outbox:
@@ -195,6 +200,8 @@ class Outbox:
         self._next_pseq = 1
         self._status: Item | None = None
         """The last status added: what the producer currently is."""
+        self._progress: Item | None = None
+        """The last progress added: how far the project currently is."""
         self._sent: deque[Item] = deque()
         self._unsent: deque[Item] = deque()
         self._messages: deque[tuple[int, int, int]] = deque()
@@ -234,6 +241,15 @@ class Outbox:
         self._status = item
         return item.pseq
 
+    def add_progress(self, progress: Progress) -> int:
+        """Queue the project's progress, whatever the fill (it is state, like a status,
+        and comes at most once per read that changed it); returns its pseq."""
+        self._report_drops(force=True)
+        item = Item(self._next_pseq, progress=progress)
+        self._append(item)
+        self._progress = item
+        return item.pseq
+
     def ack(self, pseq: int) -> None:
         """The server has applied every item up to ``pseq``."""
         if pseq <= self.acked:
@@ -252,8 +268,8 @@ class Outbox:
         A server that acks less than it acked before has lost its history
         (PROTOCOL.md 4.2). Nothing is renumbered: it takes the first ``pseq`` it
         gets as our start, so every unacked item goes again under its own
-        number, followed by the current status as a new item, so that a server
-        that forgot the run learns what it is (one still unacked goes anyway).
+        number, followed by the current status (and progress) as new items, so that a
+        server that forgot the run learns what it is (one still unacked goes anyway).
         """
         self._unsent.extendleft(reversed(self._sent))
         self._sent.clear()
@@ -261,9 +277,11 @@ class Outbox:
         if acked >= self.acked:
             self.ack(acked)
             return
-        status = self._status
+        status, progress = self._status, self._progress
         if status is not None and status.pseq <= self.acked and status.status is not None:
             self.add_status(status.status, status.exit_code)
+        if progress is not None and progress.pseq <= self.acked and progress.progress is not None:
+            self.add_progress(progress.progress)
 
     def too_big(self, acked: int) -> str | None:
         """The server closed with 1009 and has now welcomed us with ``acked``.
@@ -280,11 +298,12 @@ class Outbox:
             return None
         for index, item in enumerate(self._sent):
             if item.pseq == acked + 1:
-                what = (
-                    f"a line of {len(item.line)} chars"
-                    if item.line is not None
-                    else f"status {item.status}"
-                )
+                if item.line is not None:
+                    what = f"a line of {len(item.line)} chars"
+                elif item.progress is not None:
+                    what = "progress"
+                else:
+                    what = f"status {item.status}"
                 self._sent[index] = Item(item.pseq, line=refused_line(item.pseq, what))
                 return what
         return None
@@ -307,7 +326,9 @@ class Outbox:
             if item.line is None:
                 if batch:
                     close_batch()
-                message = _status_message(item)
+                message = (
+                    _status_message(item) if item.progress is None else _progress_message(item)
+                )
                 messages.append(message)
                 self._messages.append((item.pseq, 1, _json_size(message)))
                 continue
@@ -347,6 +368,19 @@ def _status_message(item: Item) -> Message:
     if item.exit_code is not None:
         message["exit_code"] = item.exit_code
     return message
+
+
+def _progress_message(item: Item) -> Message:
+    assert item.progress is not None
+    progress = item.progress
+    return {
+        "type": "progress",
+        "pseq": item.pseq,
+        "passing": progress.passing,
+        "in_progress": progress.in_progress,
+        "total": progress.total,
+        "needs_human_input": progress.needs_human_input,
+    }
 
 
 def publish_url(server: str, project: str) -> str:
@@ -397,7 +431,7 @@ class Producer:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         token: str,
         stream: Stream,
         *,
@@ -409,7 +443,12 @@ class Producer:
         backoff_max: float = BACKOFF_MAX,
         connect_timeout: float = CONNECT_TIMEOUT,
     ) -> None:
-        self.url = url
+        self.urls = (url,) if isinstance(url, str) else tuple(url)
+        """The servers to try, in turn: a failed attempt or a lost connection moves on
+        to the next one (nodes of one cluster, PROTOCOL.md 4.2)."""
+        if not self.urls:
+            raise ValueError("a producer needs at least one server URL")
+        self._turn = 0
         self.stream = stream
         self.producer_id = producer_id or new_producer_id(stream)
         self.outbox = outbox if outbox is not None else Outbox()
@@ -434,6 +473,11 @@ class Producer:
         self._wake = trio.Event()
         self._acked = trio.Event()
 
+    @property
+    def url(self) -> str:
+        """The server this producer is connected to, or tries next."""
+        return self.urls[self._turn]
+
     # -- feeding (synchronous, never blocks) -------------------------------------
 
     def send_line(self, line: str) -> bool:
@@ -444,6 +488,10 @@ class Producer:
 
     def send_status(self, status: str, exit_code: int | None = None) -> None:
         self.outbox.add_status(status, exit_code)
+        self._wake.set()
+
+    def send_progress(self, progress: Progress) -> None:
+        self.outbox.add_progress(progress)
         self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -489,6 +537,7 @@ class Producer:
                     self.ready.set()
                 if self.connections > welcomed_before:
                     backoff.reset()
+                self._turn = (self._turn + 1) % len(self.urls)
                 with trio.move_on_after(backoff.next()):
                     await self._closing.wait()
                 self._attempt = trio.CancelScope()
@@ -677,7 +726,8 @@ class RunOptions:
     """What ``trio-ws run`` was asked to do."""
 
     command: Sequence[str]
-    url: str
+    url: str | Sequence[str]
+    """The server's publish URL, or several (tried in turn: see `Producer`)."""
     token: str
     cwd: Path
     project_dir: Path
@@ -691,6 +741,10 @@ class RunOptions:
     lifeline: int | None = None
     """A pipe's read end whose writer is the process that started us: at its EOF
     that process is gone, and the command is stopped (``trio-ws demo`` uses it)."""
+    progress: bool = True
+    """Read the features database under ``cwd`` and send the project's progress
+    (agent stream only): then the server need not see the project's directory."""
+    progress_interval: float = PROGRESS_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -772,6 +826,50 @@ async def run_command(options: RunOptions, *, report: Report = stderr_report) ->
     return await Supervisor(options, report, echo).run()
 
 
+class ProgressReport:
+    """The project's progress, read from its features database on this machine (under
+    ``project_dir``, the layouts of DATA.md) every ``interval`` seconds in a worker
+    thread, and sent as a ``progress`` item whenever it changed (PROTOCOL.md 4.1).
+
+    A failing read is said once on stderr (until a read succeeds again) and sends
+    nothing: the server keeps the last figures rather than zeros. Nor is anything
+    sent while there is no database here (a ``--cwd`` that is not the project): the
+    server, which may see the project's directory, then keeps polling it.
+    """
+
+    def __init__(
+        self, producer: Producer, project_dir: Path, interval: float, report: Report
+    ) -> None:
+        self.producer = producer
+        self.interval = interval
+        self.report = report
+        self.reader = ProgressReader(project_dir)
+        self.sent: Progress | None = None
+        self.failing = False
+
+    async def run(self) -> None:
+        """Read and send until cancelled."""
+        while True:
+            await self.read()
+            await trio.sleep(self.interval)
+
+    async def read(self) -> None:
+        """One read; a change is sent, a failure said once per streak."""
+        try:
+            progress = await trio.to_thread.run_sync(self.reader.read)
+        except ProgressError as exc:
+            if not self.failing:
+                self.failing = True
+                self.report(f"cannot report progress: {exc}")
+            return
+        if self.failing:
+            self.failing = False
+            self.report("progress reads recovered")
+        if self.reader.path is not None and progress != self.sent:
+            self.sent = progress
+            self.producer.send_progress(progress)
+
+
 class Supervisor:
     """One child process in its own process group, its output and its controls.
 
@@ -800,6 +898,11 @@ class Supervisor:
         self.stop_requested = False
         self.pause_file = options.project_dir / PAUSE_FILE
         self.wrote_pause_file = False
+        self.progress = (
+            ProgressReport(self.producer, options.cwd, options.progress_interval, report)
+            if options.progress and options.stream == "agent"
+            else None
+        )
         self._splitter = LineSplitter()
         self._output_done = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -851,6 +954,8 @@ class Supervisor:
                     self._terminate()
                 helpers.start_soon(self._pump, process.stdout)
                 helpers.start_soon(self._watch_refusal)
+                if self.progress is not None:
+                    helpers.start_soon(self.progress.run)
                 if options.lifeline is not None:
                     helpers.start_soon(self._watch_lifeline, options.lifeline)
                 returncode = await process.wait()
@@ -863,6 +968,9 @@ class Supervisor:
                 self._signal_group(signal.SIGKILL)
         for line in self._splitter.close():
             self.producer.send_line(line)
+        if self.progress is not None:
+            await self.progress.read()  # where the run left the project
+            self.progress.reader.close()
         code = exit_status(returncode)
         status = "stopped" if code == 0 or self.stop_requested else "crashed"
         self.producer.send_status(status, code)
@@ -1015,7 +1123,7 @@ async def read_stdin() -> bytes:
 
 
 async def publish_stream(
-    url: str,
+    url: str | Sequence[str],
     token: str,
     stream: Stream,
     read: Callable[[], Awaitable[bytes]] = read_stdin,

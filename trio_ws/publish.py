@@ -28,6 +28,7 @@ import trio
 from trio_ws import defaults, protocol
 from trio_ws.connection import ConnectionClosed, WebSocket
 from trio_ws.hub import ProjectHub
+from trio_ws.progress import Progress
 from trio_ws.protocol import Stream
 
 if TYPE_CHECKING:
@@ -74,6 +75,15 @@ class ProducerSlot:
     applied: OrderedDict[str, int] = field(default_factory=OrderedDict)
     session: PublishSession | None = None
     grace: trio.CancelScope | None = None
+    progress_from: str | None = None
+    """The producer id that sent this stream's latest ``progress`` item, if any."""
+
+    @property
+    def reports_progress(self) -> bool:
+        """Whether the connected producer reads the project's progress itself (it sent
+        a ``progress`` item): then the server does not poll the project."""
+        session = self.session
+        return session is not None and session.producer_id == self.progress_from
 
     def applied_of(self, producer_id: str) -> int:
         """The highest pseq applied for ``producer_id`` (0 if none); counts as a use."""
@@ -238,6 +248,8 @@ class PublishSession:
             return self._apply_lines(payload)
         if kind == "status":
             return self._apply_status(payload)
+        if kind == "progress":
+            return self._apply_progress(payload)
         return None  # unknown types are ignored, as on the subscribe side
 
     def _apply_lines(self, payload: dict[str, Any]) -> str | None:
@@ -280,6 +292,36 @@ class PublishSession:
         self.hub.set_status(status, self.slot.stream)
         return None
 
+    def _apply_progress(self, payload: dict[str, Any]) -> str | None:
+        """A ``progress`` item (PROTOCOL.md 4.1): four counts, integers >= 0, none of
+        ``passing``, ``in_progress``, ``needs_human_input`` above ``total``. Only the
+        agent stream's producer reads the project; a bad item is skipped, said back."""
+        pseq = payload.get("pseq")
+        if not _is_pseq(pseq):
+            return "progress needs an integer 'pseq' >= 1"
+        self._baseline(pseq)
+        applied = self.applied
+        if pseq <= applied:
+            return None
+        if pseq != applied + 1:
+            return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
+        self._record(pseq)
+        if self.slot.stream != "agent":
+            return f"progress comes from the agent stream only (item {pseq} skipped)"
+        problem = _progress_problem(payload)
+        if problem is not None:
+            return f"{problem} (item {pseq} skipped)"
+        self.slot.progress_from = self.producer_id
+        self.hub.publish_progress(
+            Progress(
+                passing=payload["passing"],
+                in_progress=payload["in_progress"],
+                total=payload["total"],
+                needs_human_input=payload["needs_human_input"],
+            )
+        )
+        return None
+
     def _queue(self, message: protocol.Message) -> bool:
         try:
             self._outbox_send.send_nowait(protocol.encode(message))
@@ -299,6 +341,22 @@ def _is_int(value: object) -> TypeGuard[int]:
 
 def _is_pseq(value: object) -> TypeGuard[int]:
     return _is_int(value) and value >= 1
+
+
+PROGRESS_COUNTS: Final = ("passing", "in_progress", "total", "needs_human_input")
+
+
+def _progress_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a ``progress`` item's counts, if anything."""
+    for name in PROGRESS_COUNTS:
+        value = payload.get(name)
+        if not _is_int(value) or value < 0:
+            return f"progress needs an integer {name!r} >= 0, got {value!r}"
+    total = payload["total"]
+    for name in ("passing", "in_progress", "needs_human_input"):
+        if payload[name] > total:
+            return f"progress {name!r} ({payload[name]}) exceeds 'total' ({total})"
+    return None
 
 
 async def serve_producer(
