@@ -295,6 +295,18 @@ class RedisJournal:
         pseqs, state = _stored(meta)
         return JournalState(self._epoch, self._head, self._oldest, pseqs, state, reason)
 
+    async def reopen(self) -> JournalState:
+        """``open`` again on what Redis holds now (another epoch began, the meta went,
+        or this node fell behind the trimmed stream); unchanged when Redis is out of
+        reach."""
+        epoch = self._epoch_open()
+        self._epoch = None
+        try:
+            return await self.open()
+        except JournalError:
+            self._epoch = epoch
+            raise
+
     async def append(self, batch: Batch) -> None:
         """Commit ``batch``; JournalWriteError if Redis could not be reached (the same
         batch may be sent again: one already applied is not applied twice),
@@ -463,6 +475,17 @@ class RedisBackend:
         return RedisJournal(
             self._client, project, history=self._history, history_bytes=self._history_bytes
         )
+
+    async def knows(self, project: str) -> bool:
+        """Does Redis hold a history of ``project`` (some node served it)?"""
+        meta, _, _ = _keys(check_project(project))
+        try:
+            return await self._client.exists([meta]) > 0
+        except (RedisError, OSError) as error:
+            where = self._client.connection_pool.location
+            raise JournalError(
+                f"redis journal of {project!r} at {where!r}: cannot read: {error}"
+            ) from None
 
     async def remove(self, project: str) -> bool:
         """Delete the project's keys (close its journals on every node first)."""

@@ -28,6 +28,7 @@ import trio
 from trio_ws import defaults, protocol
 from trio_ws.connection import ConnectionClosed, WebSocket
 from trio_ws.hub import ProjectHub
+from trio_ws.journal import JournalError
 from trio_ws.protocol import Stream
 
 if TYPE_CHECKING:
@@ -322,6 +323,15 @@ async def serve_producer(
         return
     producer_id, stream = hello
     slot = slots[stream]
+    if slot.session is None:
+        try:
+            # It may come from another node (--broker): continue its pseqs and trackers.
+            await manager.producer_arrives(hub.name, stream, producer_id)
+        except JournalError as exc:
+            log.error("project %s: cannot take the producer over: %s", hub.name, exc)
+            await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
+            await ws.aclose(1011, "project journal unavailable")
+            return
     previous = slot.session
     if previous is not None and previous.producer_id != producer_id:
         await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
