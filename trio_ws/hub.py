@@ -128,9 +128,9 @@ class Subscriber:
     warned: int
     """Serial of the newest standing warning this subscriber was handed."""
     delivered: int = 0
-    resync: str | None = None
-    """Why this subscriber must be resynced before anything else (the shared history
-    started again under it), or None."""
+    resync: list[Outgoing] | None = None
+    """``resync`` and its snapshot, fixed when the shared history started again under
+    this subscriber: sent before anything else, then it catches up from their point."""
 
     def offer(self, item: Outgoing) -> bool:
         """Queue a connection message for this subscriber only; False if its queue is full."""
@@ -534,8 +534,12 @@ class ProjectHub:
             state.epoch,
             state.head,
         )
+        # When the stream holds the whole history (a new epoch does), subscribers are
+        # resynced at its start and then get its events live, as a hub that never
+        # lost Redis would have sent them; else at the stored head and snapshot.
+        whole = state.oldest == 1
         self.epoch = state.epoch
-        self.head = state.head
+        self.head = 0 if whole else state.head
         self.committed_pseqs = dict(state.pseqs)
         self.history = History(self.history.max_events, self.history.max_bytes)
         self._logs = History(MAX_BACKLOG, self.history.max_bytes)
@@ -543,21 +547,29 @@ class ProjectHub:
         self._snapshot_state = Snapshot()
         self.progress = None
         stored = state.state or {}
-        if "snapshot" in stored:
+        if not whole and "snapshot" in stored:
             try:
                 self._snapshot_state = Snapshot.from_state(stored["snapshot"])
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("project %s: stored snapshot unreadable (%s)", self.name, exc)
         if self._snapshot_state.progress is not None:
             self.progress = _progress_of(self._snapshot_state.progress)
-        await self._hold_stored(journal, state)
-        self.head = state.head
-        self._renumber()
-        self._dirty.update(("agent", "dev"))  # a new epoch holds no tracker state yet
+        if not whole:
+            await self._hold_stored(journal, state)
+            self.head = state.head
         for subscriber in self._subscribers:
-            subscriber.resync = reason
+            subscriber.resync = [self._resync_message(reason)]
+            subscriber.resync += self._snapshot(subscriber.backlog)
+            subscriber.sent_seq = self.head
             subscriber.behind = True
             subscriber.offer(WAKE)  # a full queue: its send task is awake anyway
+        while self.head < state.head:
+            rows = await journal.read_since(self.head, JOURNAL_READ_CHUNK)
+            if not rows:
+                break
+            self._apply_remote([(seq, text) for seq, text in rows if seq <= state.head])
+        self._renumber()
+        self._dirty.update(("agent", "dev"))  # a new epoch holds no tracker state yet
         if self._pending or self._pending_pseqs:
             self._wake.set()
 
@@ -874,8 +886,12 @@ class ProjectHub:
         self.stats.catch_ups += 1
         while True:
             if subscriber.resync is not None:
-                reason, subscriber.resync = subscriber.resync, None
-                await self._resync(subscriber, send, reason)
+                resync, subscriber.resync = subscriber.resync, None
+                self.stats.resyncs += 1
+                resync += self._standing_warnings()
+                subscriber.warned = self._warning_serial
+                for start in range(0, len(resync), BATCH_MAX):
+                    await send(resync[start : start + BATCH_MAX])
                 continue
             if subscriber.sent_seq < self.history.evicted_through:
                 chunk = await self._from_journal(subscriber.sent_seq)
@@ -884,7 +900,14 @@ class ProjectHub:
                     await send(chunk)
                     self._sent(subscriber, chunk)
                     continue
-                await self._resync(subscriber, send, "gap_evicted")
+                self.stats.resyncs += 1
+                resync = [self._resync_message("gap_evicted")]
+                resync += self._snapshot(subscriber.backlog)
+                resync += self._standing_warnings()
+                subscriber.sent_seq = self.head
+                subscriber.warned = self._warning_serial
+                for start in range(0, len(resync), BATCH_MAX):
+                    await send(resync[start : start + BATCH_MAX])
                 continue
             chunk = self.history.after(subscriber.sent_seq, CATCH_UP_CHUNK)
             if chunk:
@@ -900,17 +923,6 @@ class ProjectHub:
         # Caught up: from here on the publisher queues for it again. No checkpoint
         # between the loop's last check and this line.
         subscriber.behind = False
-
-    async def _resync(self, subscriber: Subscriber, send: Send, reason: str) -> None:
-        """``resync`` and a fresh snapshot at the head; live events continue after it."""
-        self.stats.resyncs += 1
-        resync = [self._resync_message(reason)]
-        resync += self._snapshot(subscriber.backlog)
-        resync += self._standing_warnings()
-        subscriber.sent_seq = self.head
-        subscriber.warned = self._warning_serial
-        for start in range(0, len(resync), BATCH_MAX):
-            await send(resync[start : start + BATCH_MAX])
 
     def _snapshot(self, backlog: int) -> list[Outgoing]:
         """The fresh-sync messages of PROTOCOL.md 3.1, in order, already encoded."""

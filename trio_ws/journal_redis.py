@@ -34,6 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, cast
 
+import anyio
 import coredis
 from coredis.exceptions import ConnectionError as ConnectionLost
 from coredis.exceptions import RedisError
@@ -385,7 +386,8 @@ class RedisJournal:
             async with pubsub:
                 await pubsub.subscribe(self._live)
                 yield self._batches(pubsub)
-        except* (RedisError, OSError) as group:
+        except* (RedisError, OSError, anyio.ClosedResourceError) as group:
+            # ClosedResourceError: coredis unsubscribing on a connection already gone.
             raise JournalError(
                 f"{self._where}: live subscription lost: {group.exceptions[0]}"
             ) from None

@@ -204,6 +204,8 @@ class ConnectionManager:
         first, cap = FOLLOW_RETRY
         failures = 0
         while not hub.closed:
+            lost: str | None = None
+            crashed = False
             try:
                 async with journal.live() as batches:
                     await hub.follow_stored()
@@ -213,21 +215,25 @@ class ConnectionManager:
                     failures = 0
                     async for batch in batches:
                         await hub.apply_live(batch.epoch, batch.first, batch.texts)
-            except JournalError as exc:
-                if hub.closed:
-                    return
-                failures += 1
-                if failures == 1:
-                    log.error("project %s: cannot follow the broker: %s", hub.name, exc)
-                    hub.warn(
-                        "journal",
-                        f"lost the broker; other nodes' events follow once it is back: {exc}",
-                        key=LIVE_WARNING,
-                    )
-                await trio.sleep(min(first * 2 ** (failures - 1), cap))
-            except Exception:
+            except* JournalError as group:
+                lost = str(group.exceptions[0])
+            except* Exception:
                 log.error("project %s: follower failed; restarting", hub.name, exc_info=True)
+                crashed = True
+            if crashed:
                 await trio.sleep(WRITER_RESTART)
+                continue
+            if lost is None or hub.closed:
+                continue
+            failures += 1
+            if failures == 1:
+                log.error("project %s: cannot follow the broker: %s", hub.name, lost)
+                hub.warn(
+                    "journal",
+                    f"lost the broker; other nodes' events follow once it is back: {lost}",
+                    key=LIVE_WARNING,
+                )
+            await trio.sleep(min(first * 2 ** (failures - 1), cap))
 
     async def _write(self, hub: ProjectHub) -> None:
         """The project's writer task; an unexpected failure is logged and it restarts,
