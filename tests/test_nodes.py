@@ -343,6 +343,9 @@ async def test_two_producers_on_two_nodes_share_one_seq_sequence(
     assert on_a.logs() == [f"agent {n}" for n in range(2, 202)]
     dev_lines = [m["line"] for m in on_b.events if m["type"] == "dev_log"]
     assert dev_lines == [f"dev {n}" for n in range(2, 202)]
+    # Conflicts between the two writers are followed at once, not failures of the
+    # journal: no warning, and no ack was held back for long.
+    assert not [m for m in on_a.messages + on_b.messages if m["type"] == "warning"]
     snapshot = {m["type"]: m for m in late.messages}
     assert snapshot["agent_status"]["status"] == "running"
     assert snapshot["dev_server_status"]["status"] == "running"
@@ -572,4 +575,43 @@ def test_serve_with_an_unreachable_broker_says_so_in_one_line_and_exits_1(
     assert result.stderr.strip().splitlines() == [
         f"trio-ws: error: cannot reach the broker at 127.0.0.1:{port}: "
         f"Unable to establish a connection to 127.0.0.1:{port}"
+    ]
+
+
+async def test_a_node_writing_one_stream_keeps_the_other_streams_trackers(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """B commits dev lines while the agent producer is on A: B's (empty) agent trackers
+    must not replace A's, so when the agent producer moves to B its agents go on."""
+    lines = transcript_lines(TRANSCRIPT)
+    split = 120
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        watcher = await watching(nursery, b.port)
+        async with trio.open_nursery() as on_a:
+            agent = await produce(on_a, a.port)
+            await agent.status(1, "running")
+            await agent.lines(2, lines[:split])
+            await until(lambda: agent.acked == split + 1)
+            await watcher.until(is_log(lines[split - 1]))
+            dev = await produce(nursery, b.port, producer="dev-1", stream="dev")
+            await dev.status(1, "running")
+            await dev.lines(2, ["vite ready"])
+            await until(lambda: dev.acked == 2)
+            on_a.cancel_scope.cancel()
+        moved = await produce(nursery, b.port)
+        await moved.lines(split + 2, lines[split:])
+        await until(lambda: moved.acked == len(lines) + 1)
+        await watcher.until(is_log(lines[-1]))
+    pipeline = AgentPipeline()
+    reference = pipeline.set_status("running") + pipeline.feed_lines(lines)
+    assert [
+        (m["agentIndex"], m["agentName"], m["state"])
+        for m in watcher.events
+        if m["type"] == "agent_update"
+    ] == [
+        (m["agentIndex"], m["agentName"], m["state"])
+        for m in reference
+        if m["type"] == "agent_update"
     ]
