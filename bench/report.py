@@ -350,6 +350,7 @@ def render(results: Results) -> str:
     parts.append(_polling(results))
     parts.append(_producer_latency(results))
     parts.append(_journal(results))
+    parts.append(_nodes(results))
     parts.append(_errors(results))
     parts.append(METHOD)
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -740,6 +741,46 @@ def _journal_budget(runs: Sequence[Results], trial: int) -> str:
             f"{verdict} the {JOURNAL_BUDGET_CPU - 1:.0%} budget"
         )
     return f"Budget, trial {trial} (sqlite/normal against memory):\n\n" + "\n".join(lines)
+
+
+def _nodes(results: Results) -> str:
+    found = _scenario(results, "nodes")
+    if found is None:
+        return ""
+    headers = (
+        "setup", "subscribers", "deliveries/s", "event→receive p50 ms", "p99 ms",
+        "send→receive p50 ms", "p99 ms", "missed", "resyncs", "longest ack wait s",
+    )  # fmt: skip
+    rows = []
+    for setup, run in (("one node, sqlite", found["single_sqlite"]),
+                       ("two nodes, redis", found["two_nodes"])):  # fmt: skip
+        event, send = run["latency_from_event_timestamp"], run["latency"]
+        rows.append(
+            (setup, run["subscribers"], run["deliveries_per_s"], event.get("p50_ms"),
+             event.get("p99_ms"), send.get("p50_ms"), send.get("p99_ms"), run["missed"],
+             run["resyncs"], run["longest_ack_wait_s"])
+        )  # fmt: skip
+    two = found["two_nodes"]
+    per_node = [
+        f"- subscribers on node {node.upper()}: event→receive p50 "
+        f"{two[f'latency_from_event_timestamp_on_{node}'].get('p50_ms')} ms, p99 "
+        f"{two[f'latency_from_event_timestamp_on_{node}'].get('p99_ms')} ms"
+        for node in ("a", "b")
+    ]
+    added, budget = found["p99_added_ms"], found["budget_ms"]
+    verdict = "within" if found["within_budget"] else "**over**"
+    return (
+        "## Several nodes\n\n"
+        "`python -m bench.run --only nodes`: two `trio-ws serve --broker` nodes over one "
+        "local `redis-server`, the producer on node A and the subscribers split over A and "
+        "B, at the steady rate; beside one `--journal sqlite` node with as many subscribers, "
+        "in the same run.\n\n"
+        + table(headers, rows)
+        + "\n\n"
+        + "\n".join(per_node)
+        + f"\n\nBudget: p99 event→receive added by the broker {added} ms: {verdict} the "
+        f"{budget:g} ms budget at {two['rate']:g} events/s."
+    )
 
 
 def _errors(results: Results) -> str:
