@@ -615,3 +615,38 @@ async def test_a_node_writing_one_stream_keeps_the_other_streams_trackers(
         for m in reference
         if m["type"] == "agent_update"
     ]
+
+
+async def test_the_readme_recipe_publish_on_one_node_watch_on_the_other(
+    tmp_path: Path, flushed: RedisServer
+) -> None:
+    """README 'Several nodes' as written: two `serve --broker` nodes with their own
+    homes and one token, `publish` into node A, `watch --json` on node B."""
+    env = {**os.environ, "TRIO_WS_TOKEN": TOKEN}
+    with trio.fail_after(NETWORK_TIMEOUT * 2):
+        async with (
+            cli_node(tmp_path, "a", flushed.url, "demo") as (_, port_a),
+            cli_node(tmp_path, "b", flushed.url) as (_, port_b),
+        ):
+            home_a = str(tmp_path / "a")
+            published = await trio.run_process(
+                [TRIO_WS, "publish", "demo", "--home", home_a,
+                 "--server", f"http://127.0.0.1:{port_a}"],
+                stdin=b"built on node A\n", env=env, capture_stderr=True, check=False,
+            )  # fmt: skip
+            assert published.returncode == 0, published.stderr
+            watch = await trio.lowlevel.open_process(
+                [TRIO_WS, "watch", "demo", "--json", "--home", str(tmp_path / "b"),
+                 "--server", f"http://127.0.0.1:{port_b}/"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+            try:
+                assert watch.stdout is not None
+                seen = b""
+                while b"built on node A" not in seen:
+                    chunk = await watch.stdout.receive_some(65536)
+                    assert chunk, f"watch exited: {seen.decode()[-500:]}"
+                    seen += chunk
+            finally:
+                watch.kill()
+                await watch.wait()
