@@ -650,3 +650,38 @@ async def test_the_readme_recipe_publish_on_one_node_watch_on_the_other(
             finally:
                 watch.kill()
                 await watch.wait()
+
+
+async def test_a_producer_that_moved_to_another_node_is_not_marked_crashed_by_the_first(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """A still runs when its producer goes on at B: A's grace period ends seeing the
+    stream's events come from B, so it writes no `producer lost` and no `crashed`."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        registry_a = node_home(tmp_path, "a", "demo")
+        a: Server = await nursery.start(
+            serve, make_config(registry_a, journal="redis", broker=flushed.url, producer_grace=0.3)
+        )
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        watcher = await watching(nursery, b.port)
+        async with trio.open_nursery() as on_a:
+            producer = await produce(on_a, a.port)
+            await producer.status(1, "running")
+            await until(lambda: producer.acked == 1)
+            await producer.ws.aclose()
+            on_a.cancel_scope.cancel()
+        hub_a = a.manager.get_hub("demo")
+        assert hub_a is not None
+        await until(lambda: hub_a.has_warning("producer:agent"))  # A's grace period runs
+        moved = await produce(nursery, b.port)
+        pseq = 2
+        deadline = trio.current_time() + 1.0  # well past A's grace period
+        while trio.current_time() < deadline:
+            await moved.lines(pseq, [line(pseq)])
+            pseq += 1
+            await trio.sleep(0.05)
+        await until(lambda: moved.acked == pseq - 1)
+        await watcher.until(is_log(line(pseq - 1)))
+    statuses = [m["status"] for m in watcher.events if m["type"] == "agent_status"]
+    assert statuses == ["running"]
+    assert "[trio-ws] producer lost" not in watcher.logs()

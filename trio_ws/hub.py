@@ -79,6 +79,15 @@ COMMIT_RETRY: Final = (0.05, 2.0)
 """A failed commit is retried after 50 ms, doubling per failure in a row up to 2 s."""
 JOURNAL_READ_CHUNK: Final = 1000
 """Events read from the journal per call when a hub opens."""
+STREAM_OF: Final[dict[str, Stream]] = {
+    "log": "agent",
+    "agent_update": "agent",
+    "orchestrator_update": "agent",
+    "agent_status": "agent",
+    "dev_log": "dev",
+    "dev_server_status": "dev",
+}
+"""Which producer stream makes each event type."""
 CONFLICT_RETRIES: Final = 20
 """Appends in a row that may find the shared history moved on (another node appended
 first) before a commit counts as failed; each retry first applies what was appended."""
@@ -317,6 +326,9 @@ class ProjectHub:
         hub follows their events and writes only its own streams' tracker state."""
         self._dirty: set[Stream] = set()
         """Streams whose pipeline ran since the last commit (their state is due)."""
+        self.remote_seen: dict[Stream, float] = {}
+        """When (trio clock) each stream's newest event from another node was applied:
+        its producer runs elsewhere now."""
         self.committed_pseqs: dict[str, int] = {}
         """Each producer key's highest committed pseq: what its acks may say."""
         self._pending: list[tuple[Message, Outgoing]] = []
@@ -499,6 +511,9 @@ class ProjectHub:
                 continue
             message, item = Outgoing.event(text)
             self._snapshot_state.remember(message, item)
+            stream = STREAM_OF.get(item.type)
+            if stream is not None:
+                self.remote_seen[stream] = trio.current_time()
             if item.type == "progress":
                 self.progress = _progress_of(item)
             self._fan_out(item)

@@ -415,7 +415,14 @@ async def _grace_period(
     hub: ProjectHub, slot: ProducerSlot, scope: trio.CancelScope, grace: float
 ) -> None:
     with scope:
+        started = trio.current_time()
         await trio.sleep(grace)
+        if hub.remote_seen.get(slot.stream, started) > started:
+            # Another node applies this stream's items now (--broker): it moved there.
+            log.info("project %s: %s producer went on elsewhere", slot.project, slot.stream)
+            hub.clear_warning(f"producer:{slot.stream}")
+            slot.grace = None
+            return
         log.warning("project %s: %s producer lost", slot.project, slot.stream)
         hub.clear_warning(f"producer:{slot.stream}")
         hub.feed_lines([LOST_LINE], slot.stream)
