@@ -685,3 +685,14 @@ async def test_a_producer_that_moved_to_another_node_is_not_marked_crashed_by_th
     statuses = [m["status"] for m in watcher.events if m["type"] == "agent_status"]
     assert statuses == ["running"]
     assert "[trio-ws] producer lost" not in watcher.logs()
+
+
+def test_serve_refuses_a_broker_that_is_not_a_redis_url(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [TRIO_WS, "serve", "--home", str(tmp_path), "--port", "0",
+         "--broker", "http://127.0.0.1:6379/0"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "is not a Redis URL (redis://HOST:PORT/DB)" in result.stderr

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import click
 import trio
@@ -252,6 +252,7 @@ def _print_table(found: list[Project]) -> None:
 @click.option(
     "--broker",
     metavar="redis://HOST:PORT/DB",
+    callback=lambda _ctx, _param, value: _broker_url(value),
     help="Share projects with every node that names the same Redis: one history per "
     "project across nodes (the journal then lives in Redis; --journal is ignored).",
 )
@@ -375,6 +376,17 @@ def serve(
         raise Refusal(str(_first(group))) from None
     except* OSError as group:
         raise Refusal(f"cannot listen on {host}:{port}: {_os_reasons(group)}") from None
+
+
+BROKER_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def _broker_url(value: str | None) -> str | None:
+    """``--broker`` as given, if it is a Redis URL (coredis reads anything else as
+    localhost, which would hide the mistake)."""
+    if value is not None and not value.startswith(BROKER_SCHEMES):
+        raise click.BadParameter(f"{value!r} is not a Redis URL (redis://HOST:PORT/DB)")
+    return value
 
 
 def _first(group: BaseExceptionGroup[JournalError]) -> JournalError:
