@@ -696,3 +696,25 @@ def test_serve_refuses_a_broker_that_is_not_a_redis_url(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
     assert "is not a Redis URL (redis://HOST:PORT/DB)" in result.stderr
+
+
+async def test_a_node_opening_the_project_later_restores_a_state_one_stream_wrote(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """Only the dev stream ran (on A), so Redis holds no agent trackers: a node that
+    opens the project afterwards still restores the snapshot and the dev trackers."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        dev = await produce(nursery, a.port, producer="dev-1", stream="dev")
+        await dev.status(1, "running")
+        await dev.lines(2, ["  Local:   http://localhost:5173/"])
+        await until(lambda: dev.acked == 2)
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        watcher = await watching(nursery, b.port)
+        status = await watcher.until(lambda m: m["type"] == "dev_server_status")
+        hub_b = b.manager.get_hub("demo")
+    assert (status["status"], status["url"]) == ("running", "http://localhost:5173/"), (
+        watcher.messages
+    )
+    assert hub_b is not None
+    assert (hub_b.dev.status, hub_b.dev.url) == ("running", "http://localhost:5173/")

@@ -326,6 +326,8 @@ class ProjectHub:
         hub follows their events and writes only its own streams' tracker state."""
         self._dirty: set[Stream] = set()
         """Streams whose pipeline ran since the last commit (their state is due)."""
+        self._committing: set[Stream] = set()
+        """Streams whose state the append in flight carries."""
         self.remote_seen: dict[Stream, float] = {}
         """When (trio clock) each stream's newest event from another node was applied:
         its producer runs elsewhere now."""
@@ -390,20 +392,28 @@ class ProjectHub:
             seq = chunk[-1][0]
 
     def _restore(self, state: JsonObject) -> None:
-        try:
-            agent = AgentPipeline.from_state(state["agent"], self._clock, self._secrets)
-            dev = DevPipeline.from_state(state["dev"], self._clock, self._secrets)
-            snapshot = Snapshot.from_state(state["snapshot"])
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error(
-                "project %s: journalled state unreadable (%s); trackers start afresh",
-                self.name,
-                exc,
-            )
-            return
-        self.agent, self.dev, self._snapshot_state = agent, dev, snapshot
-        if snapshot.progress is not None:
-            self.progress = _progress_of(snapshot.progress)
+        """Each part the journal holds: a shared journal may hold one stream's trackers
+        and not yet the other's (only that stream ran), and an unreadable part is
+        logged and starts afresh without costing the others."""
+        for key in ("agent", "dev", "snapshot"):
+            if key not in state:
+                continue
+            try:
+                if key == "agent":
+                    self.agent = AgentPipeline.from_state(state[key], self._clock, self._secrets)
+                elif key == "dev":
+                    self.dev = DevPipeline.from_state(state[key], self._clock, self._secrets)
+                else:
+                    self._snapshot_state = Snapshot.from_state(state[key])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error(
+                    "project %s: journalled %s state unreadable (%s); it starts afresh",
+                    self.name,
+                    key,
+                    exc,
+                )
+        if self._snapshot_state.progress is not None:
+            self.progress = _progress_of(self._snapshot_state.progress)
 
     def applied(self, producer: str, pseq: int) -> None:
         """``producer`` (a key naming stream and id) has been applied up to ``pseq``;
@@ -599,7 +609,10 @@ class ProjectHub:
             snapshot.remember(message, item)
         # A shared journal gets only the tracker state of the streams that ran here:
         # the other stream's producer may be on another node, and its state is its own.
-        dirty = set(self._dirty) if self.shared is not None else {"agent", "dev"}
+        # Taken now: a line fed while the append is in flight dirties its stream again,
+        # so the next commit carries the state that follows it.
+        taken_dirty, self._dirty = self._dirty, set()
+        dirty = taken_dirty if self.shared is not None else {"agent", "dev"}
         state: JsonObject = {"snapshot": snapshot.to_state()}
         if "agent" in dirty:
             state["agent"] = self.agent.to_state()
@@ -607,14 +620,18 @@ class ProjectHub:
             state["dev"] = self.dev.to_state()
         batch = Batch([(item.seq or 0, item.text) for _, item in events], pseqs, state)
         started = time.perf_counter()
+        self._committing = taken_dirty
         try:
             await journal.append(batch)
         except JournalConflictError:
+            self._dirty |= taken_dirty
             raise
         except JournalError as exc:
+            self._dirty |= taken_dirty
             self._write_failed(exc)
             return False
-        self._dirty -= dirty
+        finally:
+            self._committing = set()
         if self._write_failing:
             self._write_failing = False
             log.info("project %s: journal writes recovered", self.name)
@@ -652,7 +669,7 @@ class ProjectHub:
         for key, pseq in pseqs.items():
             if pseq > self.committed_pseqs.get(key, 0):
                 self.committed_pseqs[key] = pseq
-        if state is None or stream not in state or stream in self._dirty:
+        if state is None or stream not in state or stream in self._dirty | self._committing:
             return  # dirty: this node ran it last, and its state here is the newer
         try:
             if stream == "agent":
