@@ -316,9 +316,14 @@ _LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
 
 
 def start_trio_ws(
-    workdir: Path, logs: Path, poll_interval: float = 1.0, journal: Journal = DEFAULT_JOURNAL
+    workdir: Path,
+    logs: Path,
+    poll_interval: float = 1.0,
+    journal: Journal = DEFAULT_JOURNAL,
+    broker: str | None = None,
 ) -> Target:
-    """`trio-ws serve` on a fresh home; ``journal`` is its ``--journal`` and ``--sync``."""
+    """`trio-ws serve` on a fresh home; ``journal`` is its ``--journal`` and ``--sync``,
+    ``broker`` its ``--broker`` (then the journal lives in that Redis)."""
     home, project = workdir / "home", workdir / "project"
     project.mkdir(parents=True)
     create_features_db(project)
@@ -336,7 +341,10 @@ def start_trio_ws(
     argv = [command, "serve", "--home", str(home), "--port", "0"]
     argv += ["--poll-interval", str(poll_interval), "--log-level", "warning"]
     argv += ["--journal", journal[0], "--sync", journal[1]]
-    child = Child("trio-ws", argv, logs, stdin=False)
+    if broker is not None:
+        argv += ["--broker", broker]
+    name = "trio-ws" if broker is None else f"trio-ws-{workdir.name}"
+    child = Child(name, argv, logs, stdin=False)
     PLACEMENT.pin_server(child.pid)
     try:
         line = child.read_line(START_TIMEOUT)
@@ -348,6 +356,29 @@ def start_trio_ws(
         child.stop()
         raise
     return Target("trio-ws", child, int(found.group(1)), token, project, home)
+
+
+REDIS_READY: Final = "Ready to accept connections"
+
+
+@contextmanager
+def redis_server(logs: Path) -> Iterator[str]:
+    """A fresh ``redis-server`` on a free loopback port, as the README's recipe runs it
+    (no persistence, ``noeviction``); yields its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise BenchError("redis-server is not installed (Debian package redis-server)")
+    with closing(socket.socket()) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    argv = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--maxmemory-policy", "noeviction"]  # fmt: skip
+    child = Child("redis", argv, logs, stdin=False)
+    with running(child):
+        deadline = time.monotonic() + START_TIMEOUT
+        while REDIS_READY not in child.read_line(max(0.1, deadline - time.monotonic())):
+            pass
+        yield f"redis://127.0.0.1:{port}/0"
 
 
 def start_peer(logs: Path) -> Target:
@@ -372,9 +403,10 @@ def target(
     logs: Path,
     poll_interval: float = 1.0,
     journal: Journal = DEFAULT_JOURNAL,
+    broker: str | None = None,
 ) -> Iterator[Target]:
     started = (
-        start_trio_ws(workdir, logs, poll_interval, journal)
+        start_trio_ws(workdir, logs, poll_interval, journal, broker)
         if kind == "trio-ws"
         else start_peer(logs)
     )

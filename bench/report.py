@@ -350,6 +350,7 @@ def render(results: Results) -> str:
     parts.append(_polling(results))
     parts.append(_producer_latency(results))
     parts.append(_journal(results))
+    parts.append(_nodes(results))
     parts.append(_errors(results))
     parts.append(METHOD)
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -740,6 +741,60 @@ def _journal_budget(runs: Sequence[Results], trial: int) -> str:
             f"{verdict} the {JOURNAL_BUDGET_CPU - 1:.0%} budget"
         )
     return f"Budget, trial {trial} (sqlite/normal against memory):\n\n" + "\n".join(lines)
+
+
+NODES_BUDGET_P99_MS = 10.0
+"""Two nodes over Redis may add at most this much to one sqlite node's steady-rate p99."""
+
+
+def _nodes(results: Results) -> str:
+    found = _scenario(results, "nodes")
+    if found is None:
+        return ""
+    headers = (
+        "setup", "subscribers", "deliveries/s", "event→receive p50 ms", "p99 ms",
+        "send→receive p50 ms", "p99 ms", "missed", "resyncs", "longest ack wait s",
+    )  # fmt: skip
+    rows = []
+    for setup, run in (("one node, sqlite", found["single_sqlite"]),
+                       ("two nodes, redis", found["two_nodes"])):  # fmt: skip
+        event, send = run["latency_from_event_timestamp"], run["latency"]
+        rows.append(
+            (setup, run["subscribers"], run["deliveries_per_s"], event.get("p50_ms"),
+             event.get("p99_ms"), send.get("p50_ms"), send.get("p99_ms"), run["missed"],
+             run["resyncs"], run["longest_ack_wait_s"])
+        )  # fmt: skip
+    two = found["two_nodes"]
+    per_node = [
+        f"- subscribers on node {node.upper()}: event→receive p50 "
+        f"{two[f'latency_from_event_timestamp_on_{node}'].get('p50_ms')} ms, p99 "
+        f"{two[f'latency_from_event_timestamp_on_{node}'].get('p99_ms')} ms"
+        for node in ("a", "b")
+    ]
+    single = found["single_sqlite"]["latency_from_event_timestamp"].get("p99_ms")
+    ours = two["latency_from_event_timestamp"].get("p99_ms")
+    if single is None or ours is None:
+        budget = "Budget: not judged (no latency samples)."
+    else:
+        added = ours - single
+        verdict = "within" if added <= NODES_BUDGET_P99_MS else "**over**"
+        budget = (
+            f"Budget: event→receive p99 {single} ms (one node) → {ours} ms (two nodes), "
+            f"{added:+.2f} ms: {verdict} the {NODES_BUDGET_P99_MS:g} ms budget at "
+            f"{two['rate']:g} events/s."
+        )
+    return (
+        "## Several nodes\n\n"
+        "`python -m bench.run --only nodes`: two `trio-ws serve --broker` nodes over one "
+        "local `redis-server`, the producer on node A and the subscribers split over A and "
+        "B, at the steady rate; beside one `--journal sqlite` node with as many subscribers, "
+        "in the same run.\n\n"
+        + table(headers, rows)
+        + "\n\n"
+        + "\n".join(per_node)
+        + "\n\n"
+        + budget
+    )
 
 
 def _errors(results: Results) -> str:

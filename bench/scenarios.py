@@ -676,6 +676,51 @@ def journal(plan: Plan, run_dir: Path) -> dict[str, Any]:
     return {"runs": runs}
 
 
+# -- several nodes over one Redis ------------------------------------------------------------
+
+
+def nodes(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """Two `serve --broker` nodes over one local Redis at the steady rate, producer on
+    A and the subscribers split over A and B, beside one sqlite node with as many
+    subscribers in the same run: what the broker adds to a delivery."""
+    single = rate_one(plan, run_dir / "nodes-single-sqlite", PRODUCER_TICK, ("sqlite", "normal"))
+    logs = run_dir / "nodes-two"
+    logs.mkdir(parents=True)
+    count = int(plan.rate * plan.rate_seconds)
+    on_a_count = plan.rate_subscribers // 2
+    with ExitStack() as stack:
+        broker = stack.enter_context(harness.redis_server(logs))
+        node_a = stack.enter_context(
+            harness.target("trio-ws", logs / "node-a", logs, broker=broker)
+        )
+        node_b = stack.enter_context(
+            harness.target("trio-ws", logs / "node-b", logs, broker=broker)
+        )
+        on_a = stack.enter_context(
+            harness.subscribers(node_a, on_a_count, plan.per_process, logs, tag="a")
+        )
+        on_b = stack.enter_context(
+            harness.subscribers(
+                node_b, plan.rate_subscribers - on_a_count, plan.per_process, logs, tag="b"
+            )
+        )
+        subs = Subscribers(
+            on_a.children + on_b.children, on_a.results + on_b.results, on_a.counts + on_b.counts
+        )
+        connected = subs.connect()
+        figures = paced(node_a, subs, logs, count=count, rate=plan.rate, tick=PRODUCER_TICK)
+    figures["rate"] = plan.rate
+    figures["connect_s"] = round(connected["seconds"], 3)
+    for node, reports in (("a", subs.reports[: len(on_a.children)]),
+                          ("b", subs.reports[len(on_a.children) :])):  # fmt: skip
+        samples = merge_samples(
+            (r["sampler"]["stride"], r["sampler"]["keys"], r["sampler"]["server_values"])
+            for r in reports
+        )
+        figures[f"latency_from_event_timestamp_on_{node}"] = summarize_ms(samples)
+    return {"single_sqlite": single, "two_nodes": figures}
+
+
 SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "fanout": fanout,
     "rate": rate,
@@ -684,6 +729,7 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "polling": polling,
     "producer_latency": producer_latency,
     "journal": journal,
+    "nodes": nodes,
 }
 
 

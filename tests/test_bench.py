@@ -346,3 +346,32 @@ async def test_run_paced_delivers_every_line_the_child_printed(tmp_path: Path) -
     assert (figures["events"], figures["deliveries"], figures["missed"]) == (20, 20, 0)
     assert figures["latency"]["count"] == 20
     assert figures["drained"] is True
+
+
+def nodes_paced(p99_ms: float) -> dict[str, Any]:
+    latency = {"p50_ms": p99_ms / 4, "p99_ms": p99_ms}
+    return {
+        "subscribers": 1000,
+        "deliveries_per_s": 100_000.0,
+        "latency": latency,
+        "latency_from_event_timestamp": latency,
+        "latency_from_event_timestamp_on_a": latency,
+        "latency_from_event_timestamp_on_b": latency,
+        "missed": 0,
+        "resyncs": 0,
+        "longest_ack_wait_s": 0.1,
+        "rate": 100.0,
+    }
+
+
+@pytest.mark.parametrize(("two_nodes_p99", "verdict"), [(30.5, "within"), (30.7, "**over**")])
+def test_the_nodes_section_judges_what_the_broker_adds_to_p99(
+    two_nodes_p99: float, verdict: str
+) -> None:
+    """Budget: two nodes over Redis add at most 10 ms to one sqlite node's p99."""
+    nodes = {"single_sqlite": nodes_paced(20.5), "two_nodes": nodes_paced(two_nodes_p99)}
+    page = report.render({**results_with(), "scenarios": {"nodes": nodes}})
+    section = page.split("## Several nodes")[1].split("## How")[0]
+    budget = [line for line in section.splitlines() if line.startswith("Budget:")]
+    assert len(budget) == 1
+    assert f": {verdict} the 10 ms budget" in budget[0]

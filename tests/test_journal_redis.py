@@ -230,3 +230,49 @@ async def test_head_tells_the_stored_epoch_and_seq(client: coredis.Redis[str]) -
         assert await follower.head() == (state.epoch, 4)
         await client.flushall()
         assert await follower.head() is None
+
+
+async def test_an_append_replaces_only_the_state_keys_it_carries(
+    client: coredis.Redis[str],
+) -> None:
+    """Node A writes the agent trackers, node B the dev trackers: neither erases the
+    other's, and a third node reads both back."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        backend = RedisBackend(client)
+        a, b = backend.journal(PROJECT), backend.journal(PROJECT)
+        await a.open()
+        await b.open()
+        await a.append(Batch([(1, '"a"')], {"agent:a": 1}, {"agent": {"next": 3}, "snap": 1}))
+        b.seen(1)
+        await b.append(Batch([(2, '"b"')], {"dev:b": 4}, {"dev": {"url": "x"}, "snap": 2}))
+        pseqs, state = await backend.journal(PROJECT).stored()
+        again = await backend.journal(PROJECT).open()
+    assert pseqs == {"agent:a": 1, "dev:b": 4}
+    assert state == {"agent": {"next": 3}, "dev": {"url": "x"}, "snap": 2}
+    assert again.state == state
+
+
+async def test_head_is_none_once_another_run_of_redis_holds_the_meta(
+    own_redis: RedisServer,
+) -> None:
+    """Restarted from its snapshot, Redis still holds the epoch, but maybe not its
+    newest appends: a follower must start again rather than continue it."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with redis_client(own_redis.url) as client:
+            journal = RedisBackend(client).journal(PROJECT)
+            state = await journal.open()
+            await journal.append(events(1, 2))
+            assert await journal.head() == (state.epoch, 2)
+            await client.save()
+            own_redis.stop()
+            own_redis.start()
+            assert await client.exists([f"tws:{{{PROJECT}}}:meta"]) == 1
+            assert await journal.head() is None
+
+
+async def test_check_names_an_unreachable_broker() -> None:
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with redis_client(url) as client:
+            with pytest.raises(JournalError, match="cannot reach the broker at"):
+                await RedisBackend(client).check()

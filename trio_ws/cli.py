@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final
 
 import click
 import trio
@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trio_ws import __version__, defaults
+from trio_ws.journal import JournalError
 from trio_ws.journal_sqlite import journal_path, remove_files
 from trio_ws.producers import (
     ECHO_BUFFER,
@@ -249,6 +250,13 @@ def _print_table(found: list[Project]) -> None:
     "restarts and kill -9), or memory (every restart is a new epoch).",
 )
 @click.option(
+    "--broker",
+    metavar="redis://HOST:PORT/DB",
+    callback=lambda _ctx, _param, value: _broker_url(value),
+    help="Share projects with every node that names the same Redis: one history per "
+    "project across nodes (the journal then lives in Redis; --journal is ignored).",
+)
+@click.option(
     "--sync",
     type=click.Choice(["normal", "full"]),
     default="normal",
@@ -306,6 +314,7 @@ def serve(
     history: int,
     history_bytes: int,
     journal: str,
+    broker: str | None,
     sync: str,
     producer_grace: float,
     allow_origins: tuple[str, ...],
@@ -321,6 +330,10 @@ def serve(
     """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # coredis logs each connection retry at INFO; the journal says what failed, once.
+    logging.getLogger("coredis").setLevel(
+        max(logging.WARNING, logging.getLevelName(log_level.upper()))
     )
     registry = Registry(registry_file)
     if registry_given:
@@ -339,7 +352,8 @@ def serve(
         poll_interval=poll_interval,
         history=history,
         history_bytes=history_bytes,
-        journal="memory" if journal == "memory" else "sqlite",
+        journal="redis" if broker else "memory" if journal == "memory" else "sqlite",
+        broker=broker,
         sync="full" if sync == "full" else "normal",
         home=home_dir,
         producer_grace=producer_grace,
@@ -358,8 +372,27 @@ def serve(
     tune_gc_for_serving()
     try:
         trio.run(serve_until_signalled, config, announce)
+    except* JournalError as group:
+        raise Refusal(str(_first(group))) from None
     except* OSError as group:
         raise Refusal(f"cannot listen on {host}:{port}: {_os_reasons(group)}") from None
+
+
+BROKER_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def _broker_url(value: str | None) -> str | None:
+    """``--broker`` as given, if it is a Redis URL (coredis reads anything else as
+    localhost, which would hide the mistake)."""
+    if value is not None and not value.startswith(BROKER_SCHEMES):
+        raise click.BadParameter(f"{value!r} is not a Redis URL (redis://HOST:PORT/DB)")
+    return value
+
+
+def _first(group: BaseExceptionGroup[JournalError]) -> JournalError:
+    """The first error of a (nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _os_reasons(group: BaseExceptionGroup[OSError]) -> str:

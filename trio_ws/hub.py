@@ -46,7 +46,15 @@ from typing import Final
 import trio
 
 from trio_ws import defaults, frames, protocol
-from trio_ws.journal import Batch, Journal, JournalError, JournalState, JsonObject
+from trio_ws.journal import (
+    Batch,
+    Journal,
+    JournalConflictError,
+    JournalError,
+    JournalState,
+    JsonObject,
+    SharedJournal,
+)
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.progress import Progress
 from trio_ws.protocol import Clock, Message, Stream, wall_clock
@@ -71,6 +79,18 @@ COMMIT_RETRY: Final = (0.05, 2.0)
 """A failed commit is retried after 50 ms, doubling per failure in a row up to 2 s."""
 JOURNAL_READ_CHUNK: Final = 1000
 """Events read from the journal per call when a hub opens."""
+STREAM_OF: Final[dict[str, Stream]] = {
+    "log": "agent",
+    "agent_update": "agent",
+    "orchestrator_update": "agent",
+    "agent_status": "agent",
+    "dev_log": "dev",
+    "dev_server_status": "dev",
+}
+"""Which producer stream makes each event type."""
+CONFLICT_RETRIES: Final = 20
+"""Appends in a row that may find the shared history moved on (another node appended
+first) before a commit counts as failed; each retry first applies what was appended."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +137,9 @@ class Subscriber:
     warned: int
     """Serial of the newest standing warning this subscriber was handed."""
     delivered: int = 0
+    resync: list[Outgoing] | None = None
+    """``resync`` and its snapshot, fixed when the shared history started again under
+    this subscriber: sent before anything else, then it catches up from their point."""
 
     def offer(self, item: Outgoing) -> bool:
         """Queue a connection message for this subscriber only; False if its queue is full."""
@@ -180,6 +203,11 @@ class History:
         """Up to ``limit`` held events with a seq greater than ``seq``, in order."""
         start = bisect.bisect_right(self._items, seq, key=_seq_of)
         return list(itertools.islice(self._items, start, start + limit))
+
+
+WAKE: Final = Outgoing(None, "wake", "", b"")
+"""Queued to a subscriber marked behind from outside the fan-out (a resync after the
+shared history moved), so its send task wakes to catch up; never sent."""
 
 
 def _seq_of(item: Outgoing) -> int:
@@ -293,6 +321,16 @@ class ProjectHub:
         self.stats = HubStats()
         self.history = History(history, history_bytes)
         self.journal: Journal | None = None
+        self.shared: SharedJournal | None = None
+        """The journal again when other nodes append to it too (``--broker``): then the
+        hub follows their events and writes only its own streams' tracker state."""
+        self._dirty: set[Stream] = set()
+        """Streams whose pipeline ran since the last commit (their state is due)."""
+        self._committing: set[Stream] = set()
+        """Streams whose state the append in flight carries."""
+        self.remote_seen: dict[Stream, float] = {}
+        """When (trio clock) each stream's newest event from another node was applied:
+        its producer runs elsewhere now."""
         self.committed_pseqs: dict[str, int] = {}
         """Each producer key's highest committed pseq: what its acks may say."""
         self._pending: list[tuple[Message, Outgoing]] = []
@@ -329,15 +367,7 @@ class ProjectHub:
         self.committed_pseqs = dict(state.pseqs)
         if state.state is not None:
             self._restore(state.state)
-        self.history.evicted_through = state.oldest - 1
-        seq = state.oldest - 1
-        while seq < state.head:
-            chunk = await journal.read_since(seq, JOURNAL_READ_CHUNK)
-            if not chunk:
-                break
-            for _, text in chunk:
-                self._hold(Outgoing.event(text)[1])
-            seq = chunk[-1][0]
+        await self._hold_stored(journal, state)
         if state.new_epoch == "corrupt":
             self.warn(
                 "journal",
@@ -347,27 +377,43 @@ class ProjectHub:
             )
         return state
 
+    async def _hold_stored(self, journal: Journal, state: JournalState) -> None:
+        """Hold the events ``journal`` still has, up to ``state``'s head."""
+        self.history.evicted_through = state.oldest - 1
+        seq = state.oldest - 1
+        while seq < state.head:
+            chunk = await journal.read_since(seq, JOURNAL_READ_CHUNK)
+            if not chunk:
+                break
+            for found, text in chunk:
+                if found > state.head:
+                    return
+                self._hold(Outgoing.event(text)[1])
+            seq = chunk[-1][0]
+
     def _restore(self, state: JsonObject) -> None:
-        try:
-            agent = AgentPipeline.from_state(state["agent"], self._clock, self._secrets)
-            dev = DevPipeline.from_state(state["dev"], self._clock, self._secrets)
-            snapshot = Snapshot.from_state(state["snapshot"])
-        except (KeyError, TypeError, ValueError) as exc:
-            log.error(
-                "project %s: journalled state unreadable (%s); trackers start afresh",
-                self.name,
-                exc,
-            )
-            return
-        self.agent, self.dev, self._snapshot_state = agent, dev, snapshot
-        if snapshot.progress is not None:
-            message = json.loads(snapshot.progress.text)
-            self.progress = Progress(
-                message["passing"],
-                message["in_progress"],
-                message["total"],
-                message["needs_human_input"],
-            )
+        """Each part the journal holds: a shared journal may hold one stream's trackers
+        and not yet the other's (only that stream ran), and an unreadable part is
+        logged and starts afresh without costing the others."""
+        for key in ("agent", "dev", "snapshot"):
+            if key not in state:
+                continue
+            try:
+                if key == "agent":
+                    self.agent = AgentPipeline.from_state(state[key], self._clock, self._secrets)
+                elif key == "dev":
+                    self.dev = DevPipeline.from_state(state[key], self._clock, self._secrets)
+                else:
+                    self._snapshot_state = Snapshot.from_state(state[key])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error(
+                    "project %s: journalled %s state unreadable (%s); it starts afresh",
+                    self.name,
+                    key,
+                    exc,
+                )
+        if self._snapshot_state.progress is not None:
+            self.progress = _progress_of(self._snapshot_state.progress)
 
     def applied(self, producer: str, pseq: int) -> None:
         """``producer`` (a key naming stream and id) has been applied up to ``pseq``;
@@ -406,8 +452,151 @@ class ProjectHub:
         commit it made."""
         with trio.CancelScope(shield=True):
             async with self._commit_lock:
-                done = await self._commit()
+                done = await self._commit_following()
         return done
+
+    async def _commit_following(self) -> bool:
+        for _ in range(CONFLICT_RETRIES):
+            try:
+                return await self._commit()
+            except JournalConflictError as exc:
+                # Another node appended first (or the shared history started again):
+                # apply theirs, number ours after it, try again.
+                log.info("project %s: %s; following it", self.name, exc)
+                if not await self._follow_stored_or_warn():
+                    return False
+        self._write_failed(JournalError("the shared history kept moving on"))
+        return False
+
+    async def follow_stored(self) -> None:
+        """Apply what other nodes appended since this hub's head, or start again on the
+        stored history (resyncing every subscriber) when it is another epoch or no
+        longer reaches back here. JournalError if the journal cannot be read."""
+        with trio.CancelScope(shield=True):
+            async with self._commit_lock:
+                await self._follow_stored()
+
+    async def apply_live(self, epoch: str, first: int, texts: Iterable[str]) -> None:
+        """One batch another node (or this one) committed, as pub/sub delivered it:
+        apply what is new; on a gap or another epoch, read the stored history instead.
+        JournalError if it had to be read and could not."""
+        rows = [(seq, text) for seq, text in enumerate(texts, start=first)]
+        with trio.CancelScope(shield=True):
+            async with self._commit_lock:  # an own commit in flight: its events come first
+                if epoch != self.epoch or first > self.head + 1:
+                    await self._follow_stored()
+                elif rows and rows[-1][0] > self.head:
+                    self._apply_remote(rows)
+
+    async def _follow_stored_or_warn(self) -> bool:
+        try:
+            await self._follow_stored()
+        except JournalError as exc:
+            self._write_failed(exc)
+            return False
+        return True
+
+    async def _follow_stored(self) -> None:
+        journal = self.shared
+        if journal is None:
+            raise JournalConflictError(f"project {self.name}: its journal is not shared")
+        stored = await journal.head()
+        if stored is None or stored[0] != self.epoch:
+            await self._start_again(journal)
+            return
+        head = stored[1]
+        while self.head < head:
+            rows = await journal.read_since(self.head, JOURNAL_READ_CHUNK)
+            rows = [(seq, text) for seq, text in rows if seq <= head]
+            if not rows or rows[0][0] != self.head + 1:  # trimmed past this node's head
+                await self._start_again(journal)
+                return
+            self._apply_remote(rows)
+
+    def _apply_remote(self, rows: list[tuple[int, str]]) -> None:
+        """Committed events of another node, from this hub's head on: remember, hold and
+        fan out each (no pipeline runs for them), then number what is staged after them."""
+        for seq, text in rows:
+            if seq <= self.head:
+                continue
+            message, item = Outgoing.event(text)
+            self._snapshot_state.remember(message, item)
+            stream = STREAM_OF.get(item.type)
+            if stream is not None:
+                self.remote_seen[stream] = trio.current_time()
+            if item.type == "progress":
+                self.progress = _progress_of(item)
+            self._fan_out(item)
+        if self.shared is not None:
+            self.shared.seen(self.head)
+        self._renumber()
+        self._committed.set()
+        self._committed = trio.Event()
+
+    def _renumber(self) -> None:
+        """Give the staged events the seqs after the head (another node took theirs)."""
+        seq = self.head
+        renumbered = []
+        for message, item in self._pending:
+            seq += 1
+            if item.seq != seq:
+                message["seq"] = seq
+                item = Outgoing.of(message, seq)
+            renumbered.append((message, item))
+        self._pending = renumbered
+        self.seq = seq
+
+    async def _start_again(self, journal: SharedJournal) -> None:
+        """Continue on the history stored now: another epoch (Redis lost its data) or
+        the same one trimmed past this node's head. Every subscriber is resynced; what
+        is staged here is numbered after the stored head."""
+        state = await journal.reopen()
+        reason = "epoch_changed" if state.epoch != self.epoch else "gap_evicted"
+        log.warning(
+            "project %s: the shared history starts again (%s): epoch %s at seq %d",
+            self.name,
+            reason,
+            state.epoch,
+            state.head,
+        )
+        # When the stream holds the whole history (a new epoch does), subscribers are
+        # resynced at its start and then get its events live, as a hub that never
+        # lost Redis would have sent them; else at the stored head and snapshot.
+        whole = state.oldest == 1
+        self.epoch = state.epoch
+        self.head = 0 if whole else state.head
+        self.committed_pseqs = dict(state.pseqs)
+        self.history = History(self.history.max_events, self.history.max_bytes)
+        self._logs = History(MAX_BACKLOG, self.history.max_bytes)
+        self._dev_logs = History(MAX_BACKLOG, self.history.max_bytes)
+        self._snapshot_state = Snapshot()
+        self.progress = None
+        stored = state.state or {}
+        if not whole and "snapshot" in stored:
+            try:
+                self._snapshot_state = Snapshot.from_state(stored["snapshot"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("project %s: stored snapshot unreadable (%s)", self.name, exc)
+        if self._snapshot_state.progress is not None:
+            self.progress = _progress_of(self._snapshot_state.progress)
+        if not whole:
+            await self._hold_stored(journal, state)
+            self.head = state.head
+        for subscriber in self._subscribers:
+            subscriber.resync = [self._resync_message(reason)]
+            subscriber.resync += self._snapshot(subscriber.backlog)
+            subscriber.sent_seq = self.head
+            subscriber.behind = True
+            subscriber.offer(WAKE)  # a full queue: its send task is awake anyway
+        while self.head < state.head:
+            rows = await journal.read_since(self.head, JOURNAL_READ_CHUNK)
+            if not rows:
+                break
+            self._apply_remote([(seq, text) for seq, text in rows if seq <= state.head])
+        self._renumber()
+        self._dirty.update(("agent", "dev"))  # a new epoch holds no tracker state yet
+        if self._pending or self._pending_pseqs:
+            self._wake.set()
 
     async def _commit(self) -> bool:
         journal = self.journal
@@ -418,21 +607,31 @@ class ProjectHub:
         snapshot = self._snapshot_state.copy()
         for message, item in events:
             snapshot.remember(message, item)
-        state = {
-            "agent": self.agent.to_state(),
-            "dev": self.dev.to_state(),
-            "snapshot": snapshot.to_state(),
-        }
+        # A shared journal gets only the tracker state of the streams that ran here:
+        # the other stream's producer may be on another node, and its state is its own.
+        # Taken now: a line fed while the append is in flight dirties its stream again,
+        # so the next commit carries the state that follows it.
+        taken_dirty, self._dirty = self._dirty, set()
+        dirty = taken_dirty if self.shared is not None else {"agent", "dev"}
+        state: JsonObject = {"snapshot": snapshot.to_state()}
+        if "agent" in dirty:
+            state["agent"] = self.agent.to_state()
+        if "dev" in dirty:
+            state["dev"] = self.dev.to_state()
         batch = Batch([(item.seq or 0, item.text) for _, item in events], pseqs, state)
         started = time.perf_counter()
+        self._committing = taken_dirty
         try:
             await journal.append(batch)
+        except JournalConflictError:
+            self._dirty |= taken_dirty
+            raise
         except JournalError as exc:
-            if not self._write_failing:
-                self._write_failing = True
-                log.error("project %s: journal write failed, acks stop: %s", self.name, exc)
-                self.warn("journal", f"cannot write the journal; acks stop until it can: {exc}")
+            self._dirty |= taken_dirty
+            self._write_failed(exc)
             return False
+        finally:
+            self._committing = set()
         if self._write_failing:
             self._write_failing = False
             log.info("project %s: journal writes recovered", self.name)
@@ -451,6 +650,34 @@ class ProjectHub:
         self._committed.set()
         self._committed = trio.Event()
         return True
+
+    def _write_failed(self, exc: JournalError) -> None:
+        """Acks stop; say so once per streak of failures."""
+        if not self._write_failing:
+            self._write_failing = True
+            log.error("project %s: journal write failed, acks stop: %s", self.name, exc)
+            self.warn("journal", f"cannot write the journal; acks stop until it can: {exc}")
+
+    async def load_stream(self, stream: Stream) -> None:
+        """Before a producer of ``stream`` is served here: its applied pseqs and its
+        trackers as the node it came from stored them (same agents, same indices).
+        JournalError if the shared journal cannot be read; nothing to do unshared."""
+        journal = self.shared
+        if journal is None:
+            return
+        pseqs, state = await journal.stored()
+        for key, pseq in pseqs.items():
+            if pseq > self.committed_pseqs.get(key, 0):
+                self.committed_pseqs[key] = pseq
+        if state is None or stream not in state or stream in self._dirty | self._committing:
+            return  # dirty: this node ran it last, and its state here is the newer
+        try:
+            if stream == "agent":
+                self.agent = AgentPipeline.from_state(state["agent"], self._clock, self._secrets)
+            else:
+                self.dev = DevPipeline.from_state(state["dev"], self._clock, self._secrets)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.error("project %s: stored %s state unreadable (%s)", self.name, stream, exc)
 
     async def wait_committed(self, seq: int) -> None:
         """Return once every event up to ``seq`` is committed (and fanned out)."""
@@ -479,12 +706,14 @@ class ProjectHub:
     def feed_lines(self, lines: Iterable[str], stream: Stream = "agent") -> None:
         """Run raw output lines through the stream's pipeline and publish the events."""
         pipeline = self.agent if stream == "agent" else self.dev
+        self._dirty.add(stream)
         for line in lines:
             self._publish(pipeline.feed_line(line))
 
     def set_status(self, status: str, stream: Stream = "agent") -> None:
         """Apply a producer status; only a real change becomes an event."""
         pipeline = self.agent if stream == "agent" else self.dev
+        self._dirty.add(stream)
         events = pipeline.set_status(status)
         for event in events:
             if event["type"] == "agent_status":
@@ -619,6 +848,10 @@ class ProjectHub:
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                if subscriber.behind:
+                    batch = [item for item in batch if item is not WAKE]
+                    if not batch:
+                        continue
                 await send(batch)
                 self._sent(subscriber, batch)
         finally:
@@ -684,6 +917,14 @@ class ProjectHub:
         it missed."""
         self.stats.catch_ups += 1
         while True:
+            if subscriber.resync is not None:
+                resync, subscriber.resync = subscriber.resync, None
+                self.stats.resyncs += 1
+                resync += self._standing_warnings()
+                subscriber.warned = self._warning_serial
+                for start in range(0, len(resync), BATCH_MAX):
+                    await send(resync[start : start + BATCH_MAX])
+                continue
             if subscriber.sent_seq < self.history.evicted_through:
                 chunk = await self._from_journal(subscriber.sent_seq)
                 if chunk:
@@ -692,11 +933,10 @@ class ProjectHub:
                     self._sent(subscriber, chunk)
                     continue
                 self.stats.resyncs += 1
-                point = self.head
                 resync = [self._resync_message("gap_evicted")]
                 resync += self._snapshot(subscriber.backlog)
                 resync += self._standing_warnings()
-                subscriber.sent_seq = point
+                subscriber.sent_seq = self.head
                 subscriber.warned = self._warning_serial
                 for start in range(0, len(resync), BATCH_MAX):
                     await send(resync[start : start + BATCH_MAX])
@@ -774,3 +1014,11 @@ class ProjectHub:
         if item.type == "agent_status":
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
+
+
+def _progress_of(item: Outgoing) -> Progress:
+    """The counts of a ``progress`` event."""
+    message = json.loads(item.text)
+    return Progress(
+        message["passing"], message["in_progress"], message["total"], message["needs_human_input"]
+    )

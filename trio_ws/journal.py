@@ -159,6 +159,28 @@ class Journal(Protocol):
     def stats(self) -> JournalStats: ...
 
 
+class SharedJournal(Journal, Protocol):
+    """A journal that other nodes append to as well (``--broker``): a node follows
+    their appends and continues the history wherever it stands."""
+
+    async def head(self) -> tuple[str, int] | None:
+        """The stored epoch and head seq now; None when the history must start again."""
+        ...
+
+    def seen(self, head: int) -> None:
+        """This node has applied the other nodes' events up to ``head``."""
+        ...
+
+    async def stored(self) -> tuple[dict[str, int], JsonObject | None]:
+        """The producers' pseqs and the snapshot state stored now."""
+        ...
+
+    async def reopen(self) -> JournalState:
+        """``open`` again, on whatever history is stored now (a new epoch if none); the
+        journal stays as it was when this fails."""
+        ...
+
+
 class JournalBackend(Protocol):
     """Where the journals of every project live (``--journal``)."""
 

@@ -4,7 +4,9 @@ a project's history through Redis (STATE.md 5).
 Keys per project, with the hash tag ``{P}`` so they share one cluster slot:
 
 - ``tws:{P}:meta``: hash with ``epoch``, ``head``, ``bytes`` (event text held),
-  ``run_id`` (of the Redis server that holds it), ``state`` (snapshot state JSON)
+  ``run_id`` (of the Redis server that holds it), ``s:<key>`` (each top-level key of
+  the snapshot state, as JSON: an append replaces only the keys it carries, so two
+  nodes that each write their own stream's tracker state never overwrite each other)
   and ``p:<producer id>`` (highest applied pseq) fields;
 - ``tws:{P}:events``: stream, entry ID ``<seq>-0``, field ``t`` = the event's JSON text;
 - ``tws:{P}:live``: pub/sub channel; every append publishes its batch as JSON
@@ -32,6 +34,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Final, cast
 
+import anyio
 import coredis
 from coredis.exceptions import ConnectionError as ConnectionLost
 from coredis.exceptions import RedisError
@@ -48,6 +51,7 @@ from trio_ws.journal import (
     JournalState,
     JournalStats,
     JournalWriteError,
+    JsonObject,
     NewEpochReason,
     check_batch,
     check_limits,
@@ -62,6 +66,7 @@ TIMEOUT: Final = 5.0
 a hung Redis fails appends instead of stalling the writer task for good."""
 TEXT_FIELD: Final = "t"
 PSEQ_PREFIX: Final = "p:"
+STATE_PREFIX: Final = "s:"
 
 _OPEN: Final = """
 -- KEYS: meta, events. ARGV: a fresh epoch, the server's run_id.
@@ -85,8 +90,8 @@ return {reason, redis.call('HGETALL', meta), redis.call('XLEN', events), oldest}
 
 _APPEND: Final = """
 -- KEYS: meta, events, live.
--- ARGV: epoch, history, history_bytes, force trim ('1'/'0'), has state ('1'/'0'), state,
---       n producers, n x (producer id, pseq), first seq, the texts.
+-- ARGV: epoch, history, history_bytes, force trim ('1'/'0'), n state keys,
+--       n x (state key, JSON), n producers, n x (producer id, pseq), first seq, the texts.
 local meta, events, live = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
@@ -96,8 +101,10 @@ if epoch ~= ARGV[1] then
   return {'conflict', 'epoch ' .. epoch .. ' replaced epoch ' .. ARGV[1]}
 end
 local history, history_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-local producers = tonumber(ARGV[7])
-local at = 8 + 2 * producers
+local states = tonumber(ARGV[5])
+local pat = 6 + 2 * states
+local producers = tonumber(ARGV[pat])
+local at = pat + 1 + 2 * producers
 local first = tonumber(ARGV[at])
 local count = #ARGV - at
 local head = tonumber(redis.call('HGET', meta, 'head'))
@@ -137,15 +144,15 @@ if count > 0 then
   redis.call('PUBLISH', live, cjson.encode({epoch = epoch, first = first, texts = texts}))
 end
 for i = 0, producers - 1 do
-  local field = 'p:' .. ARGV[8 + 2 * i]
-  local pseq = tonumber(ARGV[9 + 2 * i])
+  local field = 'p:' .. ARGV[pat + 1 + 2 * i]
+  local pseq = tonumber(ARGV[pat + 2 + 2 * i])
   local stored = tonumber(redis.call('HGET', meta, field))
   if not stored or pseq > stored then
-    redis.call('HSET', meta, field, ARGV[9 + 2 * i])
+    redis.call('HSET', meta, field, ARGV[pat + 2 + 2 * i])
   end
 end
-if ARGV[5] == '1' then
-  redis.call('HSET', meta, 'state', ARGV[6])
+for i = 0, states - 1 do
+  redis.call('HSET', meta, 's:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 
 local held = redis.call('XLEN', events)
@@ -211,6 +218,21 @@ def _seq(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
+def _stored(meta: dict[str, str]) -> tuple[dict[str, int], JsonObject | None]:
+    """The producers' pseqs and the snapshot state (None if none) of a meta hash."""
+    pseqs = {
+        key.removeprefix(PSEQ_PREFIX): int(value)
+        for key, value in meta.items()
+        if key.startswith(PSEQ_PREFIX)
+    }
+    state = {
+        key.removeprefix(STATE_PREFIX): json.loads(value)
+        for key, value in meta.items()
+        if key.startswith(STATE_PREFIX)
+    }
+    return pseqs, state or None
+
+
 def _keys(project: str) -> tuple[str, str, str]:
     """The meta, events and live keys of ``project``."""
     tag = f"{KEY_PREFIX}:{{{project}}}"
@@ -271,13 +293,20 @@ class RedisJournal:
         self._size = int(meta["bytes"])
         self._held = int(cast(int, held))
         self._oldest = _seq(str(oldest)) if oldest else self._head + 1
-        pseqs = {
-            key.removeprefix(PSEQ_PREFIX): int(value)
-            for key, value in meta.items()
-            if key.startswith(PSEQ_PREFIX)
-        }
-        state = json.loads(meta["state"]) if "state" in meta else None
+        pseqs, state = _stored(meta)
         return JournalState(self._epoch, self._head, self._oldest, pseqs, state, reason)
+
+    async def reopen(self) -> JournalState:
+        """``open`` again on what Redis holds now (another epoch began, the meta went,
+        or this node fell behind the trimmed stream); unchanged when Redis is out of
+        reach."""
+        epoch = self._epoch_open()
+        self._epoch = None
+        try:
+            return await self.open()
+        except JournalError:
+            self._epoch = epoch
+            raise
 
     async def append(self, batch: Batch) -> None:
         """Commit ``batch``; JournalWriteError if Redis could not be reached (the same
@@ -313,15 +342,33 @@ class RedisJournal:
         return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
 
     async def head(self) -> tuple[str, int] | None:
-        """The stored epoch and head seq now (None when the meta hash is gone): where a
-        node that follows ``live`` compares itself after a reconnect."""
+        """The stored epoch and head seq now: where a node that follows ``live``
+        compares itself after a reconnect. None when the history must start again:
+        the meta hash is gone, or another run of Redis holds it (restarted from a
+        snapshot that may lack the newest appends); ``open`` then starts a new epoch."""
         try:
-            epoch, head = await self._client.hmget(self._meta, ["epoch", "head"])
+            info = await self._client.info("server")
+            epoch, head, run_id = await self._client.hmget(self._meta, ["epoch", "head", "run_id"])
         except (RedisError, OSError) as error:
             raise JournalError(f"{self._where}: cannot read: {error}") from None
-        if epoch is None or head is None:
+        if epoch is None or head is None or run_id != str(info["run_id"]):
             return None
         return epoch, int(head)
+
+    def seen(self, head: int) -> None:
+        """This node has applied every event up to ``head`` that other nodes appended:
+        its next append starts after it."""
+        self._epoch_open()
+        self._head = max(self._head, head)
+
+    async def stored(self) -> tuple[dict[str, int], JsonObject | None]:
+        """The producers' pseqs and the snapshot state stored now, whichever node wrote
+        them: what a node loads when a producer moves to it from another node."""
+        try:
+            meta = await self._client.hgetall(self._meta)
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot read: {error}") from None
+        return _stored({str(key): str(value) for key, value in meta.items()})
 
     @asynccontextmanager
     async def live(self) -> AsyncIterator[AsyncIterator[LiveBatch]]:
@@ -339,7 +386,8 @@ class RedisJournal:
             async with pubsub:
                 await pubsub.subscribe(self._live)
                 yield self._batches(pubsub)
-        except* (RedisError, OSError) as group:
+        except* (RedisError, OSError, anyio.ClosedResourceError) as group:
+            # ClosedResourceError: coredis unsubscribing on a connection already gone.
             raise JournalError(
                 f"{self._where}: live subscription lost: {group.exceptions[0]}"
             ) from None
@@ -361,16 +409,17 @@ class RedisJournal:
         return self._epoch
 
     async def _run_append(self, epoch: str, batch: Batch, *, trim: bool) -> None:
-        state = "" if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
+        state = batch.state or {}
         args: list[str | int] = [
             epoch,
             self._history,
             self._history_bytes,
             "1" if trim else "0",
-            "0" if batch.state is None else "1",
-            state,
-            len(batch.pseqs),
+            len(state),
         ]
+        for key, value in state.items():
+            args += [key, json.dumps(value, separators=(",", ":"))]
+        args.append(len(batch.pseqs))
         for producer, pseq in batch.pseqs.items():
             args += [producer, pseq]
         args.append(batch.events[0][0] if batch.events else self._head + 1)
@@ -416,10 +465,34 @@ class RedisBackend:
     def name(self) -> str:
         return BACKEND
 
+    @property
+    def client(self) -> coredis.Redis[str]:
+        """The entered client, for what else the nodes share through Redis (the poll lease)."""
+        return self._client
+
+    async def check(self) -> None:
+        """Reach Redis now (``serve --broker`` at start); JournalError naming it if not."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as error:
+            where = self._client.connection_pool.location
+            raise JournalError(f"cannot reach the broker at {where!r}: {error}") from None
+
     def journal(self, project: str) -> RedisJournal:
         return RedisJournal(
             self._client, project, history=self._history, history_bytes=self._history_bytes
         )
+
+    async def knows(self, project: str) -> bool:
+        """Does Redis hold a history of ``project`` (some node served it)?"""
+        meta, _, _ = _keys(check_project(project))
+        try:
+            return await self._client.exists([meta]) > 0
+        except (RedisError, OSError) as error:
+            where = self._client.connection_pool.location
+            raise JournalError(
+                f"redis journal of {project!r} at {where!r}: cannot read: {error}"
+            ) from None
 
     async def remove(self, project: str) -> bool:
         """Delete the project's keys (close its journals on every node first)."""

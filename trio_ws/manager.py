@@ -28,6 +28,7 @@ from trio_ws.hub import (
 )
 from trio_ws.journal import JournalBackend, JournalError
 from trio_ws.journal_memory import MemoryBackend
+from trio_ws.journal_redis import RedisJournal
 from trio_ws.lease import LeaseError, PollLease
 from trio_ws.progress import ProgressError, ProgressReader
 from trio_ws.protocol import Stream
@@ -45,6 +46,11 @@ WRITER_RESTART: Final = 1.0
 """A writer task that failed unexpectedly (a bug, logged) restarts after this long."""
 LEASE_RELEASE_WAIT: Final = 2.0
 """Longest a stopping poll loop waits for Redis to take its lease back."""
+FOLLOW_RETRY: Final = (0.05, 2.0)
+"""A lost broker subscription is tried again after 50 ms, doubling per failure in a
+row up to 2 s."""
+LIVE_WARNING: Final = "journal:live"
+"""The standing warning's key while a node cannot follow the other nodes' events."""
 
 
 @dataclass
@@ -66,8 +72,10 @@ class Closable(Protocol):
 @dataclass
 class _Project:
     hub: ProjectHub
-    directory: Path
-    reader: ProgressReader
+    directory: Path | None
+    """None: this node has no directory for it (a project known only to the broker),
+    so it polls no progress; its producer sends it."""
+    reader: ProgressReader | None
     slots: dict[Stream, ProducerSlot]
     poll_scope: trio.CancelScope | None = None
     poll_lock: trio.Lock = field(default_factory=trio.Lock)
@@ -132,7 +140,7 @@ class ConnectionManager:
         project = self._projects.get(name)
         return project.hub if project else None
 
-    async def open_hub(self, name: str, directory: Path) -> ProjectHub:
+    async def open_hub(self, name: str, directory: Path | None) -> ProjectHub:
         """The project's hub, opened on its journal on first use (its writer task
         started); follows a re-registered directory. JournalError if the journal cannot
         be opened now (the next call tries again)."""
@@ -153,7 +161,7 @@ class ConnectionManager:
             project = _Project(hub, directory, self._new_reader(directory), slots)
             self._projects[name] = project
             await self._open(project)
-        elif project.directory != directory:
+        elif directory is not None and project.directory != directory:
             project.directory = directory
             project.reader = self._new_reader(directory)
         await project.opened.wait()
@@ -163,8 +171,9 @@ class ConnectionManager:
 
     async def _open(self, project: _Project) -> None:
         hub = project.hub
+        journal = self.journals.journal(hub.name)
         try:
-            state = await hub.open(self.journals.journal(hub.name))
+            state = await hub.open(journal)
         except JournalError as exc:
             log.error("project %s: cannot open its journal: %s", hub.name, exc)
             project.open_error = exc
@@ -189,8 +198,49 @@ class ConnectionManager:
             for key, pseq in state.pseqs.items():
                 if key.startswith(prefix):
                     slot.record(key[len(prefix) :], pseq)
+        if isinstance(journal, RedisJournal):
+            hub.shared = journal
+            self._nursery.start_soon(self._follow, hub, journal)
         self._nursery.start_soon(self._write, hub)
         project.opened.set()
+
+    async def _follow(self, hub: ProjectHub, journal: RedisJournal) -> None:
+        """Apply every node's appends to this hub, in seq order (STATE.md 5): subscribe
+        first, then read the stream from the hub's head, then apply live batches; on a
+        lost subscription warn subscribers, and subscribe and read again with backoff."""
+        first, cap = FOLLOW_RETRY
+        failures = 0
+        while not hub.closed:
+            lost: str | None = None
+            crashed = False
+            try:
+                async with journal.live() as batches:
+                    await hub.follow_stored()
+                    if failures:
+                        log.info("project %s: following the broker again", hub.name)
+                        hub.clear_warning(LIVE_WARNING)
+                    failures = 0
+                    async for batch in batches:
+                        await hub.apply_live(batch.epoch, batch.first, batch.texts)
+            except* JournalError as group:
+                lost = str(group.exceptions[0])
+            except* Exception:
+                log.error("project %s: follower failed; restarting", hub.name, exc_info=True)
+                crashed = True
+            if crashed:
+                await trio.sleep(WRITER_RESTART)
+                continue
+            if lost is None or hub.closed:
+                continue
+            failures += 1
+            if failures == 1:
+                log.error("project %s: cannot follow the broker: %s", hub.name, lost)
+                hub.warn(
+                    "journal",
+                    f"lost the broker; other nodes' events follow once it is back: {lost}",
+                    key=LIVE_WARNING,
+                )
+            await trio.sleep(min(first * 2 ** (failures - 1), cap))
 
     async def _write(self, hub: ProjectHub) -> None:
         """The project's writer task; an unexpected failure is logged and it restarts,
@@ -219,7 +269,9 @@ class ConnectionManager:
         project = self._projects.get(name)
         return project.reader if project else None
 
-    def _new_reader(self, directory: Path) -> ProgressReader:
+    def _new_reader(self, directory: Path | None) -> ProgressReader | None:
+        if directory is None:
+            return None
         return ProgressReader(directory, lock_timeout=self._lock_timeout)
 
     @property
@@ -230,6 +282,21 @@ class ConnectionManager:
 
     def producer_slots(self, name: str) -> dict[Stream, ProducerSlot]:
         return self._projects[name].slots
+
+    async def producer_arrives(self, name: str, stream: Stream, producer_id: str) -> None:
+        """Before ``producer_id`` is served here as ``name``'s ``stream`` producer: take
+        over what the node it may come from stored (its applied pseq, its trackers), so
+        it continues exactly once with the same agents. JournalError if that cannot be
+        read now; nothing to do when no other node shares the journal."""
+        project = self._projects[name]
+        hub = project.hub
+        if hub.shared is None:
+            return
+        await hub.load_stream(stream)
+        stored = hub.committed_pseqs.get(producer_key(stream, producer_id), 0)
+        slot = project.slots[stream]
+        if stored > slot.applied_of(producer_id):
+            slot.record(producer_id, stored)
 
     @property
     def producer_count(self) -> int:
@@ -261,7 +328,7 @@ class ConnectionManager:
         """Join a project's fan-out; starts its poll loop with the first subscriber."""
         project = self._projects[name]
         subscriber = project.hub.subscribe(since, epoch, backlog)
-        if project.poll_scope is None:
+        if project.poll_scope is None and project.reader is not None:
             project.poll_scope = trio.CancelScope()
             self._nursery.start_soon(self._poll, project, project.poll_scope)
         return project.hub, subscriber
@@ -270,6 +337,9 @@ class ConnectionManager:
         """Read a project's progress once if nothing is known yet, so that the first
         subscriber's snapshot already holds it (instead of it following as an event)."""
         project = self._projects[name]
+        reader = project.reader
+        if reader is None:
+            return
         if project.hub.progress is not None or project.hub.has_warning("progress"):
             return
         async with project.poll_lock:
@@ -281,7 +351,7 @@ class ConnectionManager:
                 try:
                     await read_progress_once(
                         project.hub,
-                        project.reader,
+                        reader,
                         self.limiter,
                         self._record_poll,
                         lambda: not project.slots["agent"].reports_progress,
@@ -327,6 +397,11 @@ class ConnectionManager:
         delay = 0.0
         good_reads = 0
 
+        def reader() -> ProgressReader:
+            # Polled only once it has a directory, which it then keeps (open_hub).
+            assert project.reader is not None
+            return project.reader
+
         def record(name: str, seconds: float, ok: bool) -> None:
             nonlocal good_reads
             good_reads += ok
@@ -345,7 +420,7 @@ class ConnectionManager:
                         try:
                             await poll_progress(
                                 project.hub,
-                                lambda: project.reader,
+                                reader,
                                 self.poll_interval,
                                 self.limiter,
                                 record,

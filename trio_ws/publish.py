@@ -28,6 +28,7 @@ import trio
 from trio_ws import defaults, protocol
 from trio_ws.connection import ConnectionClosed, WebSocket
 from trio_ws.hub import ProjectHub
+from trio_ws.journal import JournalError
 from trio_ws.progress import Progress
 from trio_ws.protocol import Stream
 
@@ -380,6 +381,15 @@ async def serve_producer(
         return
     producer_id, stream = hello
     slot = slots[stream]
+    if slot.session is None:
+        try:
+            # It may come from another node (--broker): continue its pseqs and trackers.
+            await manager.producer_arrives(hub.name, stream, producer_id)
+        except JournalError as exc:
+            log.error("project %s: cannot take the producer over: %s", hub.name, exc)
+            await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
+            await ws.aclose(1011, "project journal unavailable")
+            return
     previous = slot.session
     if previous is not None and previous.producer_id != producer_id:
         await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
@@ -463,7 +473,14 @@ async def _grace_period(
     hub: ProjectHub, slot: ProducerSlot, scope: trio.CancelScope, grace: float
 ) -> None:
     with scope:
+        started = trio.current_time()
         await trio.sleep(grace)
+        if hub.remote_seen.get(slot.stream, started) > started:
+            # Another node applies this stream's items now (--broker): it moved there.
+            log.info("project %s: %s producer went on elsewhere", slot.project, slot.stream)
+            hub.clear_warning(f"producer:{slot.stream}")
+            slot.grace = None
+            return
         log.warning("project %s: %s producer lost", slot.project, slot.stream)
         hub.clear_warning(f"producer:{slot.stream}")
         hub.feed_lines([LOST_LINE], slot.stream)

@@ -20,7 +20,8 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -47,7 +48,9 @@ from trio_ws.httpio import (
 from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.journal import Journal, JournalBackend, JournalError
 from trio_ws.journal_memory import MemoryBackend
+from trio_ws.journal_redis import RedisBackend, open_redis_backend
 from trio_ws.journal_sqlite import SqliteBackend
+from trio_ws.lease import PollLease
 from trio_ws.manager import POLL_RESTART, ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
@@ -86,9 +89,11 @@ from trio_ws.subscribe import (
 log = logging.getLogger("trio_ws.server")
 
 HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT
+POLL_LEASE_INTERVALS: Final = 3
+"""A node's poll lease lasts this many poll intervals, renewed at each of its reads."""
 JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 """Longest a shutdown waits to commit what is staged and close the journals."""
-JournalName = Literal["sqlite", "memory"]
+JournalName = Literal["sqlite", "memory", "redis"]
 SyncMode = Literal["normal", "full"]
 TOKEN_COOKIE: Final = "trio_ws_token"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
@@ -127,12 +132,18 @@ class ServerConfig:
     home: Path | None = None
     """The trio-ws home; journals live in ``<home>/journal`` (default: the registry's
     directory)."""
+    broker: str | None = None
+    """``redis://HOST:PORT/DB``: journals live in Redis, shared with every node that
+    names the same broker (STATE.md 5); the journal option is then ``redis``."""
 
     @property
     def journal_home(self) -> Path:
         return self.home if self.home is not None else self.registry_path.parent
 
     def journal_backend(self) -> JournalBackend:
+        """The local backend (``redis`` needs a client: `open_journals`)."""
+        if self.journal == "redis":
+            raise ValueError("the redis journal is opened with open_journals")
         if self.journal == "memory":
             return MemoryBackend(history=self.history, history_bytes=self.history_bytes)
         return SqliteBackend(
@@ -179,10 +190,33 @@ class Server:
         self._cancel.cancel()
 
 
+@asynccontextmanager
+async def open_journals(config: ServerConfig) -> AsyncIterator[JournalBackend]:
+    """Where projects' histories live, for the server's lifetime. With a broker, Redis
+    must answer now (JournalError naming it if not): a node that cannot share its
+    projects should not start."""
+    if config.broker is None:
+        yield config.journal_backend()
+        return
+    async with open_redis_backend(
+        config.broker, history=config.history, history_bytes=config.history_bytes
+    ) as backend:
+        await backend.check()
+        yield backend
+
+
 async def serve(
     config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Serve until cancelled (or `Server.shutdown`); reports the `Server` once listening."""
+    """Serve until cancelled (or `Server.shutdown`); reports the `Server` once listening.
+    JournalError when the broker cannot be reached at start."""
+    async with open_journals(config) as journals:
+        await _serve(config, journals, task_status)
+
+
+async def _serve(
+    config: ServerConfig, journals: JournalBackend, task_status: trio.TaskStatus[Server]
+) -> None:
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     port = listeners[0].socket.getsockname()[1]
     metrics = Metrics()
@@ -197,8 +231,14 @@ async def serve(
             on_poll=metrics.observe_poll,
             poll_restart=config.poll_restart,
             extra_secrets=(config.token,),
-            journals=config.journal_backend(),
+            journals=journals,
             on_commit=metrics.observe_commit,
+            # Several nodes: one of them polls a project at a time (the lease's holder).
+            lease=(
+                PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)
+                if isinstance(journals, RedisBackend)
+                else None
+            ),
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
@@ -571,9 +611,13 @@ def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str
 
 
 async def _project(
-    server: Server, ws: WebSocket, raw_name: str, peer: str
-) -> tuple[str, Project] | None:
-    """The registered, existing project named in the path; otherwise refuse and say why."""
+    server: Server, ws: WebSocket, raw_name: str, peer: str, *, producer: bool = False
+) -> str | None:
+    """The project named in the path, its hub open; otherwise refuse and say why.
+
+    Known is a registered project whose directory exists here; with a broker also one
+    this node's registry lacks (its directory is on another machine) when a producer
+    feeds it, or the broker holds its history, or its hub is open here."""
     name = _unquote(raw_name)
     if name is None or not protocol.is_valid_project_name(name):
         await _refuse(ws, 4000, "Invalid project name")
@@ -584,22 +628,31 @@ async def _project(
         log.error("registry unreadable while %s connected: %s", peer, exc)
         await ws.aclose(1011, "registry unavailable")
         return None
-    if found is None:
-        await _refuse(ws, 4004, "Project not found in registry")
-        return None
-    project, exists = found
-    if not exists:
-        await _refuse(ws, 4004, "Project directory not found")
-        return None
+    directory = found[0].path if found is not None and found[1] else None
     try:
-        await server.manager.open_hub(name, project.path)
+        if directory is None and not await _known_elsewhere(server, name, producer):
+            await _refuse(
+                ws,
+                4004,
+                "Project not found in registry" if found is None else "Project directory not found",
+            )
+            return None
+        await server.manager.open_hub(name, directory)
     except JournalError:
         # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
         with trio.move_on_after(CLOSE_TIMEOUT):
             await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
         await ws.aclose(1011, "project journal unavailable")
         return None
-    return name, project
+    return name
+
+
+async def _known_elsewhere(server: Server, name: str, producer: bool) -> bool:
+    """With a broker: may this node serve ``name`` though it has no directory for it?"""
+    journals = server.manager.journals
+    if not isinstance(journals, RedisBackend):
+        return False
+    return producer or server.manager.get_hub(name) is not None or await journals.knows(name)
 
 
 async def _subscriber(
@@ -614,12 +667,12 @@ async def _subscriber(
     if config.subscribers_need_token and not authorized:
         await _refuse(ws, 4001, "Unauthorized")
         return
-    found = await _project(server, ws, raw_name, peer)
-    if found is None:
+    name = await _project(server, ws, raw_name, peer)
+    if name is None:
         return
-    await server.manager.prime(found[0])
+    await server.manager.prime(name)
     request = SubscribeRequest(
-        project=found[0],
+        project=name,
         since=parse_since(head.query.get("since")),
         epoch=head.query.get("epoch"),
         backlog=parse_backlog(head.query.get("backlog")),
@@ -633,10 +686,9 @@ async def _subscriber(
 
 
 async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> None:
-    found = await _project(server, ws, raw_name, peer)
-    if found is None:
+    name = await _project(server, ws, raw_name, peer, producer=True)
+    if name is None:
         return
-    name = found[0]
     manager = server.manager
     hub = manager.get_hub(name)
     assert hub is not None  # _project made it
