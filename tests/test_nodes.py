@@ -718,3 +718,26 @@ async def test_a_node_opening_the_project_later_restores_a_state_one_stream_wrot
     )
     assert hub_b is not None
     assert (hub_b.dev.status, hub_b.dev.url) == ("running", "http://localhost:5173/")
+
+
+async def test_two_nodes_with_watchers_poll_a_project_from_one_node_only(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """The poll lease through the broker: both nodes have the directory and watchers, one
+    reads; when that node stops, the other takes over."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        await watching(nursery, a.port)
+        await watching(nursery, b.port)
+        await trio.sleep(20 * a.config.poll_interval)
+        reads = [node.manager.poll.reads for node in (a, b)]
+        assert sorted(reads)[0] <= 1 and sorted(reads)[1] >= 5, reads  # 1: a first-subscriber read
+        polling, other = (a, b) if reads[0] > reads[1] else (b, a)
+        before = other.manager.poll.reads
+        await polling.shutdown(1001)
+        for _ in range(100):  # the lease expires within 3 intervals; bounded by fail_after
+            if other.manager.poll.reads >= before + 3:
+                break
+            await trio.sleep(polling.config.poll_interval)
+        assert other.manager.poll.reads >= before + 3
