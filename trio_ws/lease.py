@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 from typing import Final
 
+import anyio
 import coredis
 from coredis.exceptions import RedisError
 
@@ -76,7 +77,7 @@ class PollLease:
             reply: object = await self._hold(
                 keys=[lease_key(project)], args=[self.node_id, self.ttl_ms]
             )
-        except (RedisError, OSError) as error:
+        except (RedisError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
             raise LeaseError(f"{self._where}: cannot hold {project!r}: {error}") from None
         return reply == 1
 
@@ -84,6 +85,7 @@ class PollLease:
         """Give the lease of ``project`` up, if this node holds it; True when it did."""
         try:
             reply: object = await self._release(keys=[lease_key(project)], args=[self.node_id])
-        except (RedisError, OSError) as error:
+        except (RedisError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
+            # Closed: the server is going down with its client; the lease expires by itself.
             raise LeaseError(f"{self._where}: cannot release {project!r}: {error}") from None
         return reply == 1
