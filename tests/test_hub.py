@@ -21,6 +21,7 @@ from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.protocol import iso_timestamp
 from trio_ws.registry import Registry
+from trio_ws.subscribe import SubscriberSession
 from trio_ws.server import Server, serve
 
 Received = list[dict[str, Any]]
@@ -520,6 +521,11 @@ async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
         hub = server.manager.get_hub("demo")
         assert hub is not None
         start = hub.seq + 1
+        # The queued path, as for a socket that takes nothing now (else the fan-out
+        # writes the whole commit to the socket at once and nothing queues).
+        [session] = server.manager._sessions
+        assert isinstance(session, SubscriberSession)
+        session.subscriber.direct = None
         # One producer message's worth of lines overflows its queue at once; the
         # warning is raised while it is still behind.
         raised = trio.Event()

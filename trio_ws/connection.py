@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from typing import Final
 
 import h11
@@ -137,6 +138,10 @@ class WebSocket:
         """Why the websocket closed (the first close frame, either way), once it did."""
         self.immediate = 0
         """Writes the kernel took whole, with no waiting (the fast path)."""
+        self.data_writes = 0
+        """Writes of data frames, by either path (`send_frames`, `send_now`)."""
+        self._rest = b""
+        """What the kernel did not take of a `send_now`; written before anything else."""
 
     # -- writing -------------------------------------------------------------------
 
@@ -153,9 +158,38 @@ class WebSocket:
             await lock.acquire()
         try:
             self._check_open()
+            self.data_writes += 1
             await self._write(data)
         finally:
             lock.release()
+
+    def send_now(self, data: bytes) -> int:
+        """Write already-encoded data frames at once if the socket takes them without
+        waiting and nothing else is writing: the fan-out's direct path, with no task
+        switch. Returns the bytes the kernel took: 0 when it wrote nothing (the caller
+        queues the frames for the send task instead); when fewer than all, the rest is
+        kept and goes out first with the next write, which the caller must cause
+        (the send task's next `send_frames`, even of no bytes).
+
+        Never waits, so it cannot be cancelled partway through a frame.
+        """
+        if self._writing.locked() or self._rest or self._ended:
+            return 0
+        if self._protocol.state is not ConnectionState.OPEN:
+            return 0
+        try:
+            sent = os.write(self._stream.socket.fileno(), data)
+        except OSError:
+            # Would block, or the connection is failing: the send task's awaited write
+            # meets the same condition and handles it (waits, or reports the failure).
+            return 0
+        if sent:
+            self.data_writes += 1
+            if sent == len(data):
+                self.immediate += 1
+            else:
+                self._rest = data[sent:]
+        return sent
 
     async def send_message(self, text: str) -> None:
         """Send one text message (encoded by wsproto)."""
@@ -199,7 +233,10 @@ class WebSocket:
         return type(why)(why.code, why.reason)
 
     async def _write(self, data: bytes) -> None:
-        """Every byte sent goes through here, with the write lock held."""
+        """Every byte sent goes through here, with the write lock held, after what
+        was kept of a direct write (`send_now`)."""
+        if self._rest:
+            data, self._rest = self._rest + data, b""
         try:
             writes = await send_all_bounded(self._stream, data, self._stall_timeout)
         except WriteStalled as exc:

@@ -55,6 +55,11 @@ log = logging.getLogger("trio_ws.hub")
 
 Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
+Direct = Callable[[bytes], int]
+"""Writes frames to one subscriber now, without waiting, if its connection can: returns
+how many bytes the kernel took. 0: nothing was written (the caller queues the events);
+fewer than all: the connection keeps the rest and writes it before anything else, once
+the send task is woken. Handed over by the connection layer, so the hub holds no socket."""
 
 DEFAULT_HISTORY: Final = defaults.HISTORY
 """Most events held per project for resume and catch-up."""
@@ -117,6 +122,10 @@ class Subscriber:
     warned: int
     """Serial of the newest standing warning this subscriber was handed."""
     delivered: int = 0
+    queued: int = 0
+    """Messages put in the channel that its send task has not written yet."""
+    direct: Direct | None = None
+    """The direct write, while the send task is live and past the initial messages."""
 
     def offer(self, item: Outgoing) -> bool:
         """Queue a connection message for this subscriber only; False if its queue is full."""
@@ -126,6 +135,7 @@ class Subscriber:
             return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return False
+        self.queued += 1
         return True
 
 
@@ -182,6 +192,10 @@ class History:
         return list(itertools.islice(self._items, start, start + limit))
 
 
+FLUSH: Final = Outgoing(None, "flush", "", b"")
+"""Wakes a send task to write what its connection kept of a direct write; no frame."""
+
+
 def _seq_of(item: Outgoing) -> int:
     assert item.seq is not None  # only events are held
     return item.seq
@@ -199,6 +213,8 @@ class HubStats:
     resyncs: int = 0
     aborted: int = 0
     send_tasks: int = 0
+    direct_writes: int = 0
+    """Fan-out writes the connection took without waking the send task."""
 
 
 @dataclass
@@ -444,8 +460,8 @@ class ProjectHub:
         self.committed_pseqs.update(pseqs)
         self._snapshot_state = snapshot
         seconds = time.perf_counter() - started
-        for _, item in events:
-            self._fan_out(item)
+        if events:
+            self._fan_out([item for _, item in events])
         if self.on_commit is not None:
             self.on_commit(self.name, seconds)
         self._committed.set()
@@ -594,9 +610,14 @@ class ProjectHub:
         self._subscribers.discard(subscriber)
         subscriber.send_channel.close()
 
-    async def deliver(self, subscriber: Subscriber, send: Send) -> None:
+    async def deliver(
+        self, subscriber: Subscriber, send: Send, direct: Direct | None = None
+    ) -> None:
         """The subscriber's send task: initial messages, then live events, catching up as needed.
 
+        ``direct`` is the connection's non-blocking write: once the initial messages
+        are out, the fan-out writes through it while this task has nothing queued
+        (`_fan_out`), and this task only writes what the kernel did not take.
         Returns when the subscriber is unsubscribed; ``send``'s errors propagate.
         """
         self.stats.send_tasks += 1
@@ -605,6 +626,7 @@ class ProjectHub:
             for start in range(0, len(initial), BATCH_MAX):
                 await send(initial[start : start + BATCH_MAX])
             del initial  # this task lives as long as the subscriber: keep nothing
+            subscriber.direct = direct
             receive = subscriber.receive_channel
             while True:
                 if subscriber.behind and receive.statistics().current_buffer_used == 0:
@@ -620,8 +642,10 @@ class ProjectHub:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await send(batch)
+                subscriber.queued -= len(batch)
                 self._sent(subscriber, batch)
         finally:
+            subscriber.direct = None
             self.stats.send_tasks -= 1
 
     def _sent(self, subscriber: Subscriber, batch: list[Outgoing]) -> None:
@@ -743,7 +767,7 @@ class ProjectHub:
             self.seq = seq  # taken only now: an event that fails to encode leaves no hole
             if self.journal is None:
                 self._snapshot_state.remember(message, item)
-                self._fan_out(item)
+                self._fan_out([item])
             else:
                 self._pending.append((message, item))
         if self.journal is not None and messages:
@@ -759,18 +783,48 @@ class ProjectHub:
         elif item.type == "dev_log":
             self._dev_logs.append(item)
 
-    def _fan_out(self, item: Outgoing) -> None:
-        """A committed event: hold it and queue it for every subscriber not behind."""
-        self._hold(item)
-        self.stats.events[item.type] += 1
+    def _fan_out(self, items: list[Outgoing]) -> None:
+        """Committed events, in order: hold them and hand them to every subscriber not
+        behind, as one write where its connection takes them now, else queued.
+
+        The direct write is tried only while the subscriber's send task has nothing
+        queued or in hand (``queued`` is 0), so it can never overtake a queued event;
+        the connection refuses it while anything else is writing. The frames are
+        joined once for every subscriber.
+        """
+        status_changed = False
+        for item in items:
+            self._hold(item)
+            self.stats.events[item.type] += 1
+            status_changed = status_changed or item.type == "agent_status"
+        data: bytes | None = None
+        last_seq = items[-1].seq
+        assert last_seq is not None
+        count = len(items)
         for subscriber in self._subscribers:
             if subscriber.behind:
                 continue
-            try:
-                subscriber.send_channel.send_nowait(item)
-            except trio.WouldBlock:
-                subscriber.behind = True
-                self.stats.fell_behind += 1
-        if item.type == "agent_status":
+            direct = subscriber.direct
+            if direct is not None and subscriber.queued == 0:
+                if data is None:
+                    data = b"".join(item.frame for item in items)
+                taken = direct(data)
+                if taken:
+                    subscriber.sent_seq = last_seq
+                    subscriber.delivered += count
+                    self.stats.deliveries += count
+                    self.stats.direct_writes += 1
+                    if taken < len(data):  # the rest waits in the connection: wake the writer
+                        subscriber.offer(FLUSH)  # the channel is empty: it fits
+                    continue
+            for item in items:
+                try:
+                    subscriber.send_channel.send_nowait(item)
+                except trio.WouldBlock:
+                    subscriber.behind = True
+                    self.stats.fell_behind += 1
+                    break
+                subscriber.queued += 1
+        if status_changed:
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()

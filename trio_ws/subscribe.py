@@ -116,7 +116,7 @@ class SubscriberSession:
 
     async def _send_task(self) -> None:
         try:
-            await self.hub.deliver(self.subscriber, self._send)
+            await self.hub.deliver(self.subscriber, self._send, self.ws.send_now)
         except PeerStalled as exc:
             log.warning(
                 "project %s: subscriber %s: %s; aborted",
