@@ -14,7 +14,6 @@ from trio_websocket import WebSocketConnection
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_ws import frames, protocol
-from trio_ws.connection import WebSocket
 from trio_ws.frames import text_frame
 from trio_ws.server import Server
 from trio_ws.subscribe import SubscriberSession

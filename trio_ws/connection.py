@@ -113,6 +113,12 @@ async def accept(
 class WebSocket:
     """One accepted server-side websocket; the only writer of its socket."""
 
+    __slots__ = (  # thousands sit idle: no per-instance dict
+        "_ended", "_max_message", "_parts", "_pings", "_protocol", "_readable", "_reading",
+        "_rest", "_size", "_stall_timeout", "_stream", "_writing", "closed", "data_writes",
+        "immediate",
+    )  # fmt: skip
+
     def __init__(
         self,
         stream: trio.SocketStream,

@@ -108,34 +108,42 @@ class Outgoing:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscriber:
-    """Where one watcher stands: its queue, the last seq it was given, whether it fell behind."""
+    """Where one watcher stands: its queue, the last seq it was given, whether it fell behind.
+
+    Lean on purpose (thousands sit idle): its queue is a plain list (an empty deque
+    costs ten times more) bounded by ``capacity``, and no task waits on it; ``wake``
+    starts one when a message is queued and none is writing (see `ProjectHub.drain`).
+    """
 
     id: int
     backlog: int
     sent_seq: int
     behind: bool
     initial: list[Outgoing]
-    send_channel: trio.MemorySendChannel[Outgoing]
-    receive_channel: trio.MemoryReceiveChannel[Outgoing]
+    capacity: int
     warned: int
     """Serial of the newest standing warning this subscriber was handed."""
     delivered: int = 0
+    queue: list[Outgoing] = field(default_factory=list)
     queued: int = 0
-    """Messages put in the channel that its send task has not written yet."""
+    """Messages queued that its send task has not written yet (in the queue or in hand)."""
+    closed: bool = False
+    """Unsubscribed: nothing more is queued."""
     direct: Direct | None = None
-    """The direct write, while the send task is live and past the initial messages."""
+    """The connection's direct write, once the initial messages are out."""
+    wake: Callable[[], None] | None = None
+    """Called when a message is queued while none was: starts (or wakes) its send task."""
 
     def offer(self, item: Outgoing) -> bool:
-        """Queue a connection message for this subscriber only; False if its queue is full."""
-        try:
-            self.send_channel.send_nowait(item)
-        except trio.WouldBlock:
+        """Queue a message for this subscriber only; False if its queue is full or closed."""
+        if self.closed or len(self.queue) >= self.capacity:
             return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
+        self.queue.append(item)
         self.queued += 1
+        if self.queued == 1 and self.wake is not None:
+            self.wake()
         return True
 
 
@@ -591,62 +599,85 @@ class ProjectHub:
             initial.extend(self._snapshot(backlog))
             sent_seq, behind = self.head, False
         initial.extend(self._standing_warnings())
-        send_channel, receive_channel = trio.open_memory_channel[Outgoing](self.queue_size)
         subscriber = Subscriber(
             id=next(self._ids),
             backlog=backlog,
             sent_seq=sent_seq,
             behind=behind,
             initial=initial,
-            send_channel=send_channel,
-            receive_channel=receive_channel,
+            capacity=self.queue_size,
             warned=self._warning_serial,
         )
         self._subscribers.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        """Forget a subscriber; idempotent."""
+        """Forget a subscriber; idempotent. Its send task ends once woken."""
         self._subscribers.discard(subscriber)
-        subscriber.send_channel.close()
+        subscriber.closed = True
+        subscriber.direct = None
+        wake, subscriber.wake = subscriber.wake, None
+        if wake is not None:
+            wake()
 
     async def deliver(
         self, subscriber: Subscriber, send: Send, direct: Direct | None = None
     ) -> None:
-        """The subscriber's send task: initial messages, then live events, catching up as needed.
+        """A send task for the subscriber's whole life: `drain` each time something is
+        queued. Returns when the subscriber is unsubscribed; ``send``'s errors propagate."""
+        self.stats.send_tasks += 1
+        try:
+            while True:
+                woken = trio.Event()
+                subscriber.wake = woken.set
+                if not await self._drain(subscriber, send, direct):
+                    return
+                await woken.wait()
+        finally:
+            subscriber.wake = None
+            self.stats.send_tasks -= 1
+
+    async def drain(self, subscriber: Subscriber, send: Send, direct: Direct | None) -> bool:
+        """A send task on demand: write the initial messages, what is queued and any
+        catch-up, then return (True; False once unsubscribed). Started by the
+        connection layer from ``subscriber.wake``, so an idle subscriber holds no task.
 
         ``direct`` is the connection's non-blocking write: once the initial messages
-        are out, the fan-out writes through it while this task has nothing queued
-        (`_fan_out`), and this task only writes what the kernel did not take.
-        Returns when the subscriber is unsubscribed; ``send``'s errors propagate.
+        are out, the fan-out writes through it while nothing is queued (`_fan_out`),
+        and a send task only writes what the kernel did not take. It returns with no
+        checkpoint after finding the queue empty, so its caller can note that it
+        ended before anything else is queued. ``send``'s errors propagate.
         """
         self.stats.send_tasks += 1
         try:
-            initial, subscriber.initial = subscriber.initial, []
-            for start in range(0, len(initial), BATCH_MAX):
-                await send(initial[start : start + BATCH_MAX])
-            del initial  # this task lives as long as the subscriber: keep nothing
-            subscriber.direct = direct
-            receive = subscriber.receive_channel
+            return await self._drain(subscriber, send, direct)
+        finally:
+            self.stats.send_tasks -= 1
+
+    async def _drain(self, subscriber: Subscriber, send: Send, direct: Direct | None) -> bool:
+        try:
+            if subscriber.initial:
+                initial, subscriber.initial = subscriber.initial, []
+                for start in range(0, len(initial), BATCH_MAX):
+                    await send(initial[start : start + BATCH_MAX])
+                del initial
+            if not subscriber.closed:
+                subscriber.direct = direct
+            queue = subscriber.queue
             while True:
-                if subscriber.behind and receive.statistics().current_buffer_used == 0:
+                if subscriber.behind and not queue and not subscriber.closed:
                     await self._catch_up(subscriber, send)
-                try:
-                    batch = [await receive.receive()]
-                except trio.EndOfChannel:
-                    return  # unsubscribed
+                if not queue:
+                    return not subscriber.closed
                 # Everything already waiting goes out in the same write.
-                while len(batch) < BATCH_MAX:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
+                batch = queue[:BATCH_MAX]
+                del queue[:BATCH_MAX]
                 await send(batch)
                 subscriber.queued -= len(batch)
                 self._sent(subscriber, batch)
-        finally:
-            subscriber.direct = None
-            self.stats.send_tasks -= 1
+        except BaseException:
+            subscriber.direct = None  # the connection failed (or the task was cancelled)
+            raise
 
     def _sent(self, subscriber: Subscriber, batch: list[Outgoing]) -> None:
         events = 0
@@ -815,16 +846,13 @@ class ProjectHub:
                     self.stats.deliveries += count
                     self.stats.direct_writes += 1
                     if taken < len(data):  # the rest waits in the connection: wake the writer
-                        subscriber.offer(FLUSH)  # the channel is empty: it fits
+                        subscriber.offer(FLUSH)  # the queue is empty: it fits
                     continue
             for item in items:
-                try:
-                    subscriber.send_channel.send_nowait(item)
-                except trio.WouldBlock:
+                if not subscriber.offer(item):
                     subscriber.behind = True
                     self.stats.fell_behind += 1
                     break
-                subscriber.queued += 1
         if status_changed:
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
