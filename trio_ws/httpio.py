@@ -138,6 +138,12 @@ class RequestHead:
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
 
+    def release(self) -> None:
+        """Drop the header and query values once nothing reads them: a websocket open
+        for hours keeps its head alive in the frames that serve it."""
+        self.headers = {}
+        self.query = {}
+
     @property
     def is_websocket(self) -> bool:
         upgrade = (self.header("upgrade") or "").lower()
