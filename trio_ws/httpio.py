@@ -73,7 +73,9 @@ def reset(stream: trio.SocketStream) -> None:
         sock.close()
 
 
-async def send_all_bounded(stream: trio.SocketStream, data: bytes, stall_timeout: float) -> int:
+async def send_all_bounded(
+    stream: trio.SocketStream, data: bytes | memoryview, stall_timeout: float
+) -> int:
     """Write ``data``; raise `WriteStalled` (after resetting the connection) when the peer
     takes no byte for ``stall_timeout``: the bound is on progress, not on the whole
     write, so a slow reader is served. Returns how many writes it took; 1 means the

@@ -661,8 +661,8 @@ class ProjectHub:
                 for start in range(0, len(initial), BATCH_MAX):
                     await send(initial[start : start + BATCH_MAX])
                 del initial
-            if not subscriber.closed:
-                subscriber.direct = direct
+                if not subscriber.closed:
+                    subscriber.direct = direct
             queue = subscriber.queue
             while True:
                 if subscriber.behind and not queue and not subscriber.closed:
