@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, closing, contextmanager
+from contextlib import ExitStack, closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -202,7 +202,10 @@ class Child:
                 self.proc.wait(timeout=STOP_TIMEOUT)
         for pipe in (self.proc.stdin, self.proc.stdout):
             if pipe is not None:
-                pipe.close()
+                # A line still buffered for a child that exited cannot be flushed: the
+                # error that brought us here is the one to report, not this one.
+                with suppress(BrokenPipeError):
+                    pipe.close()
         self._stderr.close()
 
 

@@ -19,6 +19,8 @@ CPU_TARGET_US: Final = 10.0
 THROUGHPUT_TARGET: Final = 1.0
 RATE_P99_TARGET_MS: Final = 25.0
 IDLE_TARGET_KIB: Final = 16.0
+SINGLE_THROUGHPUT_TARGET: Final = 1.5
+"""Throughput at 1 subscriber, as a multiple of the peer's in the same run (issue 11)."""
 STALL_TARGET_MS: Final = 1.0
 POLL_SLACK_MS: Final = 50.0
 ADDED_P50_TARGET_MS: Final = 2.0
@@ -91,8 +93,11 @@ def _missing(results: Results, name: str) -> str:
 def targets(results: Results) -> list[Target]:
     return [
         *_fanout_targets(results),
+        _single_target(results),
         *_rate_targets(results),
+        *_per_event_targets(results),
         _idle_target(results),
+        _idle_peer_target(results),
         *_slow_targets(results),
         *_polling_targets(results),
         _producer_latency_target(results),
@@ -188,6 +193,82 @@ def _rate_targets(results: Results) -> list[Target]:
             )
         )
     return judged
+
+
+def _single_target(results: Results) -> Target:
+    """Issue 11: per-line cost, as throughput at 1 subscriber against the peer's."""
+    name = f"throughput >= {SINGLE_THROUGHPUT_TARGET:g}x the peer's at 1 subscriber (journal on)"
+    fanout = _scenario(results, "fanout")
+    if fanout is None:
+        return Target(name, _missing(results, "fanout"), "", None)
+    by = {(run["server"], run["subscribers"]): run for run in fanout["runs"]}
+    ours, peer = by.get(("trio-ws", 1)), by.get(("peer", 1))
+    if ours is None or peer is None:
+        return Target(name, "not run at 1 subscriber", "", None)
+    ratio = _ratio_of(ours["deliveries_per_s"], peer["deliveries_per_s"])
+    return Target(
+        name,
+        f"{_num(ratio, 'x')} ({_num(ours['deliveries_per_s'], '/s', 0)}, "
+        f"{_num(ours['server_cpu_us_per_delivery'], ' µs')}/line)",
+        f"{_num(peer['deliveries_per_s'], '/s', 0)} "
+        f"({_num(peer['server_cpu_us_per_delivery'], ' µs')}/line)",
+        None if ratio is None else ratio >= SINGLE_THROUGHPUT_TARGET,
+    )
+
+
+def _ratio_of(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or not theirs else ours / theirs
+
+
+def _per_event_targets(results: Results) -> list[Target]:
+    """Issue 11: one line per producer message, trio-ws and the peer in the same run."""
+    found = _scenario(results, "rate")
+    if found is None or "per_event_runs" not in found:
+        name = "one line per message at 1,000 subscribers, against the peer"
+        return [Target(name, _missing(results, "rate"), "", None)]
+    by = {(run["server"], run["subscribers"]): run for run in found["per_event_runs"]}
+    size = max(size for _, size in by)
+    ours, peer = by[("trio-ws", size)], by.get(("peer", size))
+    complete = ours["deliveries"] == ours["expected_deliveries"]
+    incomplete = "" if complete else " (deliveries incomplete)"
+    where = f"at {size:,} subscribers x {ours['rate']:g} lines/s, one line per message"
+    event_p99 = ours["latency_from_event_timestamp"].get("p99_ms")
+    peer_event = peer["latency_from_event_timestamp"].get("p99_ms") if peer else None
+    send_p99 = ours["latency"].get("p99_ms")
+    peer_send = peer["latency"].get("p99_ms") if peer else None
+    ratio = _ratio_of(send_p99, peer_send)
+    return [
+        Target(
+            f"event→receive p99 <= {RATE_P99_TARGET_MS:g} ms {where}",
+            _num(event_p99, " ms") + incomplete,
+            _num(peer_event, " ms"),
+            event_p99 is not None and event_p99 <= RATE_P99_TARGET_MS and complete,
+        ),
+        Target(
+            f"send→receive p99 <= the peer's {where}",
+            f"{_num(send_p99, ' ms')} ({_num(ratio, 'x')} the peer's){incomplete}",
+            _num(peer_send, " ms"),
+            None if ratio is None else ratio <= 1.0 and complete,
+        ),
+    ]
+
+
+def _idle_peer_target(results: Results) -> Target:
+    """Issue 11: idle memory per subscriber no more than the peer's, same run."""
+    found = _scenario(results, "idle")
+    name = "idle RSS per subscriber <= the peer's at 10,000"
+    if found is None:
+        return Target(name, _missing(results, "idle"), "", None)
+    ours, peer = found["trio-ws"], found.get("peer")
+    if peer is None:
+        return Target(name, "the peer was not run", "", None)
+    ratio = _ratio_of(ours["rss_per_subscriber_kib"], peer["rss_per_subscriber_kib"])
+    return Target(
+        f"idle RSS per subscriber <= the peer's at {ours['subscribers']:,}",
+        f"{_num(ours['rss_per_subscriber_kib'], ' KiB', 1)} ({_num(ratio, 'x')} the peer's)",
+        _num(peer["rss_per_subscriber_kib"], " KiB", 1),
+        None if ratio is None else ratio <= 1.0,
+    )
 
 
 def _idle_target(results: Results) -> Target:
@@ -488,8 +569,12 @@ def _rate(results: Results) -> str:
         "longest ack wait s",
     )  # fmt: skip
     rows = []
-    for key, how in RATE_RUNS:
-        run = found[key]
+    runs = [(how, found[key]) for key, how in RATE_RUNS[:1]]
+    runs += [
+        (f"{RATE_RUNS[1][1]} ({run['server']})", run)
+        for run in found.get("per_event_runs", [found[RATE_RUNS[1][0]]])
+    ]
+    for how, run in runs:
         latency, from_event = run["latency"], run["latency_from_event_timestamp"]
         rows.append(
             (

@@ -35,8 +35,9 @@ from bench.stats import (
     tcp_queues,
 )
 
-TAIL: Final = 1.0
-"""The full-speed producer keeps going this long after the window closes."""
+TAIL: Final = 5.0
+"""The full-speed producer keeps going this long after the window should close: marks
+are late when the subscriber processes are swamped (1,000 subscribers at full speed)."""
 PRODUCER_SLACK: Final = 90.0
 PRODUCER_TICK: Final = 0.05
 """At a steady rate the producer sends what is due every 50 ms (as `trio-ws run` did
@@ -72,6 +73,8 @@ class Plan:
     line_size: int = 125
     latency_rate: float = 100.0
     latency_seconds: float = 8.0
+    rate_sizes: tuple[int, ...] = (100, 1000)
+    """Subscriber counts of the one-line-per-message runs, each against trio-ws and the peer."""
 
 
 FULL: Final = Plan(
@@ -111,6 +114,7 @@ QUICK: Final = Plan(
     polling_seconds=4.0,
     change_samples=5,
     latency_seconds=4.0,
+    rate_sizes=(50, 200),
 )
 
 
@@ -352,25 +356,59 @@ def paced(
 
 def rate(plan: Plan, run_dir: Path) -> dict[str, Any]:
     """Many subscribers at a steady rate: the latency a dashboard sees, with the producer
-    batching every 50 ms, and sending each event on its own."""
+    batching every 50 ms (trio-ws), and sending each line on its own (trio-ws and the
+    peer, side by side, at each of ``rate_sizes``)."""
+    runs = []
+    for size in plan.rate_sizes:
+        for kind in ("trio-ws", "peer"):
+            logs = run_dir / f"rate-per-event-{kind}-{size}"
+            runs.append(rate_one(plan, logs, 1 / plan.rate, kind=kind, size=size))
+    largest = max(plan.rate_sizes)
     return {
         "batched": rate_one(plan, run_dir / "rate-batched", PRODUCER_TICK),
-        "per_event": rate_one(plan, run_dir / "rate-per-event", 1 / plan.rate),
+        "per_event": next(
+            run for run in runs if run["server"] == "trio-ws" and run["subscribers"] == largest
+        ),
+        "per_event_runs": runs,
+        "per_event_ratios": [
+            {
+                "subscribers": size,
+                **{
+                    key: _ratio(
+                        ours[column].get("p99_ms"),
+                        peer[column].get("p99_ms"),
+                    )
+                    for key, column in (
+                        ("send_receive_p99", "latency"),
+                        ("event_receive_p99", "latency_from_event_timestamp"),
+                    )
+                },
+            }
+            for size in plan.rate_sizes
+            for ours in runs
+            for peer in runs
+            if ours["subscribers"] == peer["subscribers"] == size
+            and ours["server"] == "trio-ws"
+            and peer["server"] == "peer"
+        ],
     }
 
 
 def rate_one(
-    plan: Plan, logs: Path, tick: float, journal: harness.Journal = harness.DEFAULT_JOURNAL
+    plan: Plan,
+    logs: Path,
+    tick: float,
+    journal: harness.Journal = harness.DEFAULT_JOURNAL,
+    *,
+    kind: Kind = "trio-ws",
+    size: int | None = None,
 ) -> dict[str, Any]:
     logs.mkdir(parents=True)
     count = int(plan.rate * plan.rate_seconds)
+    size = plan.rate_subscribers if size is None else size
     with ExitStack() as stack:
-        found = stack.enter_context(
-            harness.target("trio-ws", logs / "server", logs, journal=journal)
-        )
-        subs = stack.enter_context(
-            harness.subscribers(found, plan.rate_subscribers, plan.per_process, logs)
-        )
+        found = stack.enter_context(harness.target(kind, logs / "server", logs, journal=journal))
+        subs = stack.enter_context(harness.subscribers(found, size, plan.per_process, logs))
         connected = subs.connect()
         figures = paced(found, subs, logs, count=count, rate=plan.rate, tick=tick)
     figures["rate"] = plan.rate

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rawws
 import trio
+import trio.testing
+from rawws import RawClient
 from serving import NETWORK_TIMEOUT, connect, receive, receive_until
 from trio_websocket import WebSocketConnection
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_ws import frames, protocol
-from trio_ws.connection import WebSocket
 from trio_ws.frames import text_frame
 from trio_ws.server import Server
 from trio_ws.subscribe import SubscriberSession
@@ -69,13 +71,15 @@ async def test_queued_events_leave_in_one_write(
     with trio.fail_after(NETWORK_TIMEOUT):
         hub = await server.manager.open_hub("demo", project_dir)
         ws = await synced(nursery, server)
-        writes = counting(monkeypatch, WebSocket, "send_frames")
+        [session] = server.manager._sessions
+        assert isinstance(session, SubscriberSession)
+        before = session.ws.data_writes
         hub.feed_lines([f"plain line {i}" for i in range(100)])  # no checkpoint in between
         seen = await receive_until(ws, lambda m: m.get("line") == "plain line 99")
     assert [m["line"] for m in seen if m["type"] == "log"] == [
         f"plain line {i}" for i in range(100)
     ]
-    assert writes[0] == 1
+    assert session.ws.data_writes - before == 1  # by either path: direct or the send task
 
 
 async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
@@ -149,3 +153,61 @@ def test_frame_payload_is_the_encoded_json() -> None:
     message = {"type": "log", "line": "héllo ✓", "timestamp": "t", "seq": 1}
     frame = text_frame(protocol.encode(message).encode())
     assert json.loads(frame[2:].decode()) == message
+
+
+# -- the direct path: the fan-out writes to a socket that takes the bytes now ----------------
+
+
+async def test_a_reading_subscriber_is_written_by_the_fan_out_with_no_send_task(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """Each commit goes straight to the socket, one write per subscriber; an idle (or
+    reading) subscriber holds no send task."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = await server.manager.open_hub("demo", project_dir)
+        watchers = [await synced(nursery, server) for _ in range(3)]
+        await trio.testing.wait_all_tasks_blocked()
+        idle_tasks = hub.stats.send_tasks
+        before = hub.stats.direct_writes
+        for round_ in range(5):
+            hub.feed_lines([f"direct {round_}"])
+            for ws in watchers:
+                await receive_until(ws, lambda m, r=round_: m.get("line") == f"direct {r}")
+    assert idle_tasks == 0
+    assert hub.stats.direct_writes - before == 5 * 3
+
+
+async def test_what_the_kernel_does_not_take_follows_in_order_with_pongs_between_frames(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """A direct write the socket takes only part of: the rest is written first by the
+    send task, then what was queued meanwhile, and a pong lands between frames."""
+    lines = 40
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = await server.manager.open_hub("demo", project_dir)
+        client = await RawClient.connect(server.port, "/ws/projects/demo?backlog=0", rcvbuf=4096)
+        await client.message("hello")
+        await client.send(rawws.text({"type": "ping"}))
+        await client.message("pong")  # subscribed, initial messages out, not reading now
+        start = hub.head + 1
+        before = hub.stats.direct_writes
+        hub.feed_lines(["x" * 30_000 + f" {i}" for i in range(lines)])  # ~1.2 MB, one commit
+        await hub.wait_committed(start + lines - 1)
+        partly = hub.stats.direct_writes - before
+        await trio.testing.wait_all_tasks_blocked()
+        writing_the_rest = hub.stats.send_tasks  # woken for the rest, blocked on the socket
+        hub.feed_lines(["after the rest"])  # queued behind what the kernel did not take
+        await client.send(rawws.client_frame(rawws.OP_PING, b"between"))
+        seqs: list[int] = []
+        pong = False
+        while len(seqs) < lines + 1:
+            frame = await client.frame()
+            assert frame is not None
+            opcode, payload = frame
+            if opcode == rawws.OP_PONG:
+                pong = payload == b"between"
+            elif opcode == rawws.OP_TEXT:
+                seqs.append(json.loads(payload)["seq"])
+    assert (partly, writing_the_rest) == (1, 1)
+    assert seqs == list(range(start, start + lines + 1))
+    assert pong

@@ -243,20 +243,20 @@ class ThreadRecordingReader(ProgressReader):
 def live_events(subscriber: Subscriber) -> list[Message]:
     """What the hub queued for ``subscriber`` after its initial messages."""
     events: list[Message] = []
-    while True:
-        try:
-            item = subscriber.receive_channel.receive_nowait()
-        except trio.WouldBlock:
-            return events
-        events.append(json.loads(item.text))
+    while subscriber.queue:
+        events.append(json.loads(subscriber.queue.pop(0).text))
+    return events
 
 
 async def next_event(subscriber: Subscriber, kind: str) -> Message:
+    """The next ``kind`` event queued for ``subscriber`` (the caller bounds the wait)."""
     while True:
-        item = await subscriber.receive_channel.receive()
-        if item.type == kind:
-            message: Message = json.loads(item.text)
-            return message
+        while subscriber.queue:
+            item = subscriber.queue.pop(0)
+            if item.type == kind:
+                message: Message = json.loads(item.text)
+                return message
+        await trio.sleep(0.01)
 
 
 def unit_project(tmp_path: Path, batch: list[Any], name: str = "unit") -> tuple[Path, Path]:

@@ -8,15 +8,18 @@ so the server's writes to it really block in the kernel.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import socket
+import tracemalloc
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
+import rawws
 import trio
 import trio.lowlevel
 import trio.testing
@@ -964,3 +967,52 @@ async def test_two_projects_never_see_each_others_events(
     ]
     assert event_seqs(other_seen) == [other.seq]
     assert event_seqs(demo_seen) == list(range(2, demo.seq + 1))
+
+
+# -- what an idle subscriber costs -------------------------------------------------------------
+
+IDLE_BYTES: Final = 14_500
+"""Most Python heap bytes one idle subscriber may hold (the peer, python-websockets,
+holds about 15 KiB of RSS per connection; issue 11)."""
+
+
+def _idle_clients(port: int, count: int) -> list[socket.socket]:
+    """``count`` subscribers that read their initial messages, then sit idle (blocking
+    sockets in a worker thread: next to nothing on the traced heap)."""
+    clients = []
+    for _ in range(count):
+        client = socket.create_connection(("127.0.0.1", port), timeout=NETWORK_TIMEOUT)
+        clients.append(client)
+        client.sendall(rawws.upgrade_request("/ws/projects/demo"))
+        received = b""
+        while b'"type":"hello"' not in received:
+            chunk = client.recv(65536)
+            assert chunk, "closed before its hello"
+            received += chunk
+    return clients
+
+
+async def test_an_idle_subscriber_holds_little_memory(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """Tasks, nursery, queue, websocket and request state of one idle subscriber, counted
+    by tracemalloc over many: no send task while idle, no header values, lean objects."""
+    count = 200
+    with trio.fail_after(NETWORK_TIMEOUT * 2):
+        await server.manager.open_hub("demo", project_dir)
+        warm = await trio.to_thread.run_sync(_idle_clients, server.port, 5)
+        await trio.testing.wait_all_tasks_blocked()
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            clients = await trio.to_thread.run_sync(_idle_clients, server.port, count)
+            await trio.testing.wait_all_tasks_blocked()
+            gc.collect()
+            held = (tracemalloc.get_traced_memory()[0] - before) / count
+        finally:
+            tracemalloc.stop()
+        assert hub_of(server).subscriber_count == count + len(warm)
+        for client in warm + clients:
+            client.close()
+    assert held <= IDLE_BYTES, f"{held:.0f} bytes per idle subscriber"

@@ -33,6 +33,7 @@ from trio_ws.hub import ProjectHub
 from trio_ws.progress import count_passing_tests
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
+from trio_ws.subscribe import SubscriberSession
 from trio_ws.watch import (
     ProgressPoint,
     RunView,
@@ -931,6 +932,11 @@ async def test_cli_json_live_continues_after_falling_behind_past_the_history(
             hub.feed_lines(["before the burst"])
             while seen[-1].get("line") != "before the burst":
                 seen.append(json.loads(await lines.next()))
+            # The queued path, as for a socket that takes nothing now (else the fan-out
+            # writes the whole commit to the socket at once and nothing queues).
+            [session] = server.manager._sessions
+            assert isinstance(session, SubscriberSession)
+            session.subscriber.direct = None
             # One producer message's worth of lines: the publisher never waits, so the
             # subscriber's queue overflows and the history moves on past what it was sent.
             hub.feed_lines([f"burst line {i}" for i in range(100)])

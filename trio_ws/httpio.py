@@ -73,7 +73,9 @@ def reset(stream: trio.SocketStream) -> None:
         sock.close()
 
 
-async def send_all_bounded(stream: trio.SocketStream, data: bytes, stall_timeout: float) -> int:
+async def send_all_bounded(
+    stream: trio.SocketStream, data: bytes | memoryview, stall_timeout: float
+) -> int:
     """Write ``data``; raise `WriteStalled` (after resetting the connection) when the peer
     takes no byte for ``stall_timeout``: the bound is on progress, not on the whole
     write, so a slow reader is served. Returns how many writes it took; 1 means the
@@ -137,6 +139,12 @@ class RequestHead:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    def release(self) -> None:
+        """Drop the header and query values once nothing reads them: a websocket open
+        for hours keeps its head alive in the frames that serve it."""
+        self.headers = {}
+        self.query = {}
 
     @property
     def is_websocket(self) -> bool:

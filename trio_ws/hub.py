@@ -63,6 +63,11 @@ log = logging.getLogger("trio_ws.hub")
 
 Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
+Direct = Callable[[bytes], int]
+"""Writes frames to one subscriber now, without waiting, if its connection can: returns
+how many bytes the kernel took. 0: nothing was written (the caller queues the events);
+fewer than all: the connection keeps the rest and writes it before anything else, once
+the send task is woken. Handed over by the connection layer, so the hub holds no socket."""
 
 DEFAULT_HISTORY: Final = defaults.HISTORY
 """Most events held per project for resume and catch-up."""
@@ -123,32 +128,45 @@ class Outgoing:
         )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Subscriber:
-    """Where one watcher stands: its queue, the last seq it was given, whether it fell behind."""
+    """Where one watcher stands: its queue, the last seq it was given, whether it fell behind.
+
+    Lean on purpose (thousands sit idle): its queue is a plain list (an empty deque
+    costs ten times more) bounded by ``capacity``, and no task waits on it; ``wake``
+    starts one when a message is queued and none is writing (see `ProjectHub.drain`).
+    """
 
     id: int
     backlog: int
     sent_seq: int
     behind: bool
     initial: list[Outgoing]
-    send_channel: trio.MemorySendChannel[Outgoing]
-    receive_channel: trio.MemoryReceiveChannel[Outgoing]
+    capacity: int
     warned: int
     """Serial of the newest standing warning this subscriber was handed."""
     delivered: int = 0
+    queue: list[Outgoing] = field(default_factory=list)
+    queued: int = 0
+    """Messages queued that its send task has not written yet (in the queue or in hand)."""
+    closed: bool = False
+    """Unsubscribed: nothing more is queued."""
+    direct: Direct | None = None
+    """The connection's direct write, once the initial messages are out."""
+    wake: Callable[[], None] | None = None
+    """Called when a message is queued while none was: starts (or wakes) its send task."""
     resync: list[Outgoing] | None = None
     """``resync`` and its snapshot, fixed when the shared history started again under
     this subscriber: sent before anything else, then it catches up from their point."""
 
     def offer(self, item: Outgoing) -> bool:
-        """Queue a connection message for this subscriber only; False if its queue is full."""
-        try:
-            self.send_channel.send_nowait(item)
-        except trio.WouldBlock:
+        """Queue a message for this subscriber only; False if its queue is full or closed."""
+        if self.closed or len(self.queue) >= self.capacity:
             return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
+        self.queue.append(item)
+        self.queued += 1
+        if self.queued == 1 and self.wake is not None:
+            self.wake()
         return True
 
 
@@ -205,9 +223,8 @@ class History:
         return list(itertools.islice(self._items, start, start + limit))
 
 
-WAKE: Final = Outgoing(None, "wake", "", b"")
-"""Queued to a subscriber marked behind from outside the fan-out (a resync after the
-shared history moved), so its send task wakes to catch up; never sent."""
+FLUSH: Final = Outgoing(None, "flush", "", b"")
+"""Wakes a send task to write what its connection kept of a direct write; no frame."""
 
 
 def _seq_of(item: Outgoing) -> int:
@@ -227,6 +244,8 @@ class HubStats:
     resyncs: int = 0
     aborted: int = 0
     send_tasks: int = 0
+    direct_writes: int = 0
+    """Fan-out writes the connection took without waking the send task."""
 
 
 @dataclass
@@ -516,9 +535,12 @@ class ProjectHub:
     def _apply_remote(self, rows: list[tuple[int, str]]) -> None:
         """Committed events of another node, from this hub's head on: remember, hold and
         fan out each (no pipeline runs for them), then number what is staged after them."""
+        items: list[Outgoing] = []
+        head = self.head
         for seq, text in rows:
-            if seq <= self.head:
+            if seq <= head:
                 continue
+            head = seq
             message, item = Outgoing.event(text)
             self._snapshot_state.remember(message, item)
             stream = STREAM_OF.get(item.type)
@@ -526,7 +548,9 @@ class ProjectHub:
                 self.remote_seen[stream] = trio.current_time()
             if item.type == "progress":
                 self.progress = _progress_of(item)
-            self._fan_out(item)
+            items.append(item)
+        if items:  # one write per subscriber for the whole read
+            self._fan_out(items)
         if self.shared is not None:
             self.shared.seen(self.head)
         self._renumber()
@@ -587,7 +611,8 @@ class ProjectHub:
             subscriber.resync += self._snapshot(subscriber.backlog)
             subscriber.sent_seq = self.head
             subscriber.behind = True
-            subscriber.offer(WAKE)  # a full queue: its send task is awake anyway
+            if subscriber.wake is not None:  # its send task catches it up, resync first
+                subscriber.wake()
         while self.head < state.head:
             rows = await journal.read_since(self.head, JOURNAL_READ_CHUNK)
             if not rows:
@@ -643,8 +668,8 @@ class ProjectHub:
         self.committed_pseqs.update(pseqs)
         self._snapshot_state = snapshot
         seconds = time.perf_counter() - started
-        for _, item in events:
-            self._fan_out(item)
+        if events:
+            self._fan_out([item for _, item in events])
         if self.on_commit is not None:
             self.on_commit(self.name, seconds)
         self._committed.set()
@@ -804,65 +829,103 @@ class ProjectHub:
             initial.extend(self._snapshot(backlog))
             sent_seq, behind = self.head, False
         initial.extend(self._standing_warnings())
-        send_channel, receive_channel = trio.open_memory_channel[Outgoing](self.queue_size)
         subscriber = Subscriber(
             id=next(self._ids),
             backlog=backlog,
             sent_seq=sent_seq,
             behind=behind,
             initial=initial,
-            send_channel=send_channel,
-            receive_channel=receive_channel,
+            capacity=self.queue_size,
             warned=self._warning_serial,
         )
         self._subscribers.add(subscriber)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        """Forget a subscriber; idempotent."""
+        """Forget a subscriber; idempotent. Its send task ends once woken."""
         self._subscribers.discard(subscriber)
-        subscriber.send_channel.close()
+        subscriber.closed = True
+        subscriber.direct = None
+        wake, subscriber.wake = subscriber.wake, None
+        if wake is not None:
+            wake()
 
-    async def deliver(self, subscriber: Subscriber, send: Send) -> None:
-        """The subscriber's send task: initial messages, then live events, catching up as needed.
+    async def deliver(
+        self, subscriber: Subscriber, send: Send, direct: Direct | None = None
+    ) -> None:
+        """A send task for the subscriber's whole life: `drain` each time something is
+        queued. Returns when the subscriber is unsubscribed; ``send``'s errors propagate."""
+        self.stats.send_tasks += 1
+        try:
+            while True:
+                woken = trio.Event()
+                subscriber.wake = woken.set
+                if not await self._drain(subscriber, send, direct):
+                    return
+                await woken.wait()
+        finally:
+            subscriber.wake = None
+            self.stats.send_tasks -= 1
 
-        Returns when the subscriber is unsubscribed; ``send``'s errors propagate.
+    async def drain(self, subscriber: Subscriber, send: Send, direct: Direct | None) -> bool:
+        """A send task on demand: write the initial messages, what is queued and any
+        catch-up, then return (True; False once unsubscribed). Started by the
+        connection layer from ``subscriber.wake``, so an idle subscriber holds no task.
+
+        ``direct`` is the connection's non-blocking write: once the initial messages
+        are out, the fan-out writes through it while nothing is queued (`_fan_out`),
+        and a send task only writes what the kernel did not take. It returns with no
+        checkpoint after finding the queue empty, so its caller can note that it
+        ended before anything else is queued. ``send``'s errors propagate.
         """
         self.stats.send_tasks += 1
         try:
-            initial, subscriber.initial = subscriber.initial, []
-            for start in range(0, len(initial), BATCH_MAX):
-                await send(initial[start : start + BATCH_MAX])
-            del initial  # this task lives as long as the subscriber: keep nothing
-            receive = subscriber.receive_channel
-            while True:
-                if subscriber.behind and receive.statistics().current_buffer_used == 0:
-                    await self._catch_up(subscriber, send)
-                try:
-                    batch = [await receive.receive()]
-                except trio.EndOfChannel:
-                    return  # unsubscribed
-                # Everything already waiting goes out in the same write.
-                while len(batch) < BATCH_MAX:
-                    try:
-                        batch.append(receive.receive_nowait())
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                if subscriber.behind:
-                    batch = [item for item in batch if item is not WAKE]
-                    if not batch:
-                        continue
-                await send(batch)
-                self._sent(subscriber, batch)
+            return await self._drain(subscriber, send, direct)
         finally:
             self.stats.send_tasks -= 1
 
+    async def _drain(self, subscriber: Subscriber, send: Send, direct: Direct | None) -> bool:
+        try:
+            if subscriber.initial:
+                initial, subscriber.initial = subscriber.initial, []
+                for start in range(0, len(initial), BATCH_MAX):
+                    await send(initial[start : start + BATCH_MAX])
+                del initial
+                if not subscriber.closed:
+                    subscriber.direct = direct
+            queue = subscriber.queue
+            while True:
+                if subscriber.resync is not None and queue:
+                    # Events queued before the shared history started again: the
+                    # resync and its snapshot stand for them. Replies still go out.
+                    kept = [item for item in queue if item.seq is None]
+                    subscriber.queued -= len(queue) - len(kept)
+                    queue[:] = kept
+                if subscriber.behind and not queue and not subscriber.closed:
+                    await self._catch_up(subscriber, send)
+                if not queue:
+                    return not subscriber.closed
+                # Everything already waiting goes out in the same write.
+                batch = queue[:BATCH_MAX]
+                del queue[:BATCH_MAX]
+                await send(batch)
+                subscriber.queued -= len(batch)
+                self._sent(subscriber, batch)
+        except BaseException:
+            subscriber.direct = None  # the connection failed (or the task was cancelled)
+            raise
+
     def _sent(self, subscriber: Subscriber, batch: list[Outgoing]) -> None:
         events = 0
+        last = None
         for item in batch:
             if item.seq is not None:
-                subscriber.sent_seq = item.seq
+                last = item.seq
                 events += 1
+        # A pending resync fixed the point it continues from: a batch of the old
+        # history in hand when it was set does not move it.
+        if last is not None and subscriber.resync is None:
+            subscriber.sent_seq = last
         subscriber.delivered += events
         self.stats.deliveries += events
 
@@ -983,7 +1046,7 @@ class ProjectHub:
             self.seq = seq  # taken only now: an event that fails to encode leaves no hole
             if self.journal is None:
                 self._snapshot_state.remember(message, item)
-                self._fan_out(item)
+                self._fan_out([item])
             else:
                 self._pending.append((message, item))
         if self.journal is not None and messages:
@@ -999,19 +1062,46 @@ class ProjectHub:
         elif item.type == "dev_log":
             self._dev_logs.append(item)
 
-    def _fan_out(self, item: Outgoing) -> None:
-        """A committed event: hold it and queue it for every subscriber not behind."""
-        self._hold(item)
-        self.stats.events[item.type] += 1
+    def _fan_out(self, items: list[Outgoing]) -> None:
+        """Committed events, in order: hold them and hand them to every subscriber not
+        behind, as one write where its connection takes them now, else queued.
+
+        The direct write is tried only while the subscriber's send task has nothing
+        queued or in hand (``queued`` is 0), so it can never overtake a queued event;
+        the connection refuses it while anything else is writing. The frames are
+        joined once for every subscriber.
+        """
+        status_changed = False
+        for item in items:
+            self._hold(item)
+            self.stats.events[item.type] += 1
+            status_changed = status_changed or item.type == "agent_status"
+        data: bytes | None = None
+        last_seq = items[-1].seq
+        assert last_seq is not None
+        count = len(items)
         for subscriber in self._subscribers:
             if subscriber.behind:
                 continue
-            try:
-                subscriber.send_channel.send_nowait(item)
-            except trio.WouldBlock:
-                subscriber.behind = True
-                self.stats.fell_behind += 1
-        if item.type == "agent_status":
+            direct = subscriber.direct
+            if direct is not None and subscriber.queued == 0:
+                if data is None:
+                    data = b"".join(item.frame for item in items)
+                taken = direct(data)
+                if taken:
+                    subscriber.sent_seq = last_seq
+                    subscriber.delivered += count
+                    self.stats.deliveries += count
+                    self.stats.direct_writes += 1
+                    if taken < len(data):  # the rest waits in the connection: wake the writer
+                        subscriber.offer(FLUSH)  # the queue is empty: it fits
+                    continue
+            for item in items:
+                if not subscriber.offer(item):
+                    subscriber.behind = True
+                    self.stats.fell_behind += 1
+                    break
+        if status_changed:
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
 

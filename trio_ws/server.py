@@ -682,6 +682,7 @@ async def _subscriber(
         ),
         peer=peer,
     )
+    head.release()  # an idle subscriber holds no header values
     await project_websocket(ws, server.manager, request, control=server.manager.control)
 
 

@@ -1,11 +1,13 @@
 """`project_websocket`: one dashboard watching one project (PROTOCOL.md 2, 3).
 
-A session is two tasks in one nursery: the hub's send task for this
-subscriber, and a receive loop that always drains what the client sends
-(pings, control, garbage) so the client can never wedge its own socket.
-Only the send task writes events, each batch of pre-encoded frames in one
-write; pongs and closes go through the same `WebSocket` write path, so a
-close frame never lands in the middle of another frame.
+A session is a receive loop that always drains what the client sends
+(pings, control, garbage) so the client can never wedge its own socket, and,
+only while something is queued for the subscriber, a send task in the same
+nursery (`ProjectHub.drain`, started by the hub's wake-up): an idle
+subscriber holds one task. Most events never need it: the fan-out writes
+them straight to the socket when it takes them (`WebSocket.send_now`). Every
+write, pongs and closes included, goes through the one `WebSocket` write
+path, so a close frame never lands in the middle of another frame.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ ControlHandler = Callable[[str, str], Awaitable[str | None]]
 """(project, action) -> None when forwarded, else the refusal text."""
 
 
-@dataclass
+@dataclass(slots=True)
 class SubscribeRequest:
     """What the handshake established about a subscriber."""
 
@@ -82,6 +84,8 @@ def parse_backlog(raw: str | None) -> int:
 class SubscriberSession:
     """A live subscriber connection; closable by the manager on shutdown."""
 
+    __slots__ = ("_control", "_nursery", "_sending", "hub", "request", "subscriber", "ws")
+
     def __init__(
         self,
         ws: WebSocket,
@@ -95,15 +99,28 @@ class SubscriberSession:
         self.subscriber = subscriber
         self.request = request
         self._control = control
+        self._nursery: trio.Nursery | None = None
+        self._sending = False
+        """A send task runs (or the connection failed: then none is started again)."""
 
     async def run(self) -> None:
         """Until the connection ends. The receive loop ends only once a close frame
-        was sent or the connection is gone, so cancelling the send task then never
+        was sent or the connection is gone, so cancelling a send task then never
         cuts a frame the peer could still read."""
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._send_task)
+            self._nursery = nursery
+            self.subscriber.wake = self._wake
+            self._wake()  # the initial messages
             await self._receive_loop()
             nursery.cancel_scope.cancel()
+        self._nursery = None
+
+    def _wake(self) -> None:
+        """Something was queued: start a send task unless one runs."""
+        if self._sending or self._nursery is None:
+            return
+        self._sending = True
+        self._nursery.start_soon(self._send_task)
 
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (e.g. 1001 at shutdown); bounded by the close timeout,
@@ -116,7 +133,7 @@ class SubscriberSession:
 
     async def _send_task(self) -> None:
         try:
-            await self.hub.deliver(self.subscriber, self._send)
+            await self.hub.drain(self.subscriber, self._send, self.ws.send_now)
         except PeerStalled as exc:
             log.warning(
                 "project %s: subscriber %s: %s; aborted",
@@ -129,6 +146,10 @@ class SubscriberSession:
             log.debug(
                 "project %s: subscriber %s closed: %s", self.request.project, self.request.peer, exc
             )
+        else:
+            # Found nothing more to write, with no checkpoint since: the next message
+            # queued starts a new task.
+            self._sending = False
 
     async def _receive_loop(self) -> None:
         arrivals: deque[float] | None = None  # most dashboards never send: allocate late
