@@ -7,9 +7,12 @@ not be slowed by any subscriber. Each event is encoded to JSON exactly once
 and the same text object goes to every subscriber.
 
 Delivery guarantee (PROTOCOL.md 3.1): every subscriber has one bounded
-memory channel. Events are put there with ``send_nowait``; when it is full
-the subscriber is marked *behind* and the publisher skips it from then on.
-Its send task keeps draining the channel; once empty it catches up from
+queue. A commit's events are written straight to its socket when nothing is
+queued and the socket takes them now (`Direct`, handed over by the connection
+layer: no task wakes); otherwise they are queued, and a send task is started
+to write them (`drain`). When the queue is full the subscriber is marked
+*behind* and the publisher skips it from then on. Its send task keeps
+draining the queue; once empty it catches up from
 the held history (still in order, nothing twice), or, when the history no
 longer reaches back to what it last sent, sends ``resync`` (which names its
 snapshot point) and a fresh snapshot and continues from that point. Then it
