@@ -545,6 +545,10 @@ def test_page_resumes_after_a_dropped_connection(
         relay.close()
 
 
+BURST = 3500
+PAD = "x" * 4000
+
+
 def test_page_continues_after_falling_behind_past_the_history(
     home: Path, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:
@@ -556,9 +560,12 @@ def test_page_continues_after_falling_behind_past_the_history(
         agent = producer(served.port, "agent-1")
         agent.lines(["before"])
         wait(browser, lambda d: log_lines(d) == ["before"], "the first line")
-        # One message of 3,000 lines is published in one step: the page's queue (1,024)
-        # overflows, and the 50 held events no longer reach back to what it was sent.
-        agent.lines([f"burst {n}" for n in range(3000)])
+        # 3,500 lines of 4 KB in five commits: the first fills the page's socket (the
+        # fan-out writes straight to it, the connection keeps the rest), the next four
+        # queue past the page's 1,024, and the 50 held events no longer reach back.
+        burst = [f"burst {n} {PAD}" for n in range(BURST)]
+        for start in range(0, BURST, BURST // 5):
+            agent.lines(burst[start : start + BURST // 5])
         agent.acked()
         with ws_connect(f"ws://127.0.0.1:{served.port}/ws/projects/demo") as probe:
             head = json.loads(probe.recv(timeout=WAIT))["seq"]
@@ -575,7 +582,7 @@ def test_page_continues_after_falling_behind_past_the_history(
         served.stop()
     assert lines[-2:] == ["after 1", "after 2"]
     snapshot = lines[:-2]  # the snapshot's log backlog: the burst's tail, nothing twice
-    assert snapshot == [f"burst {n}" for n in range(3000 - len(snapshot), 3000)]
+    assert snapshot == [f"burst {n} {PAD}" for n in range(BURST - len(snapshot), BURST)]
 
 
 def test_pause_button_reaches_the_producer(
