@@ -29,6 +29,7 @@ from test_cli_serve import URL_LINE
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 from trio_ws.journal_redis import redis_client
+from trio_ws.lease import PollLease
 from trio_ws.pipeline import AgentPipeline
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
@@ -741,3 +742,19 @@ async def test_two_nodes_with_watchers_poll_a_project_from_one_node_only(
                 break
             await trio.sleep(polling.config.poll_interval)
         assert other.manager.poll.reads >= before + 3
+
+
+async def test_watchers_are_served_at_once_while_another_node_holds_the_poll_lease(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """No progress known here and a poll loop running: a new watcher's handshake does not
+    wait for the loop (it once waited for the loop's lock: 1,000 subscribers timed out)."""
+    async with redis_client(flushed.url) as client:
+        with trio.fail_after(NETWORK_TIMEOUT):
+            assert await PollLease(client, ttl=60).hold("demo")  # a node elsewhere polls
+            a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+            await watching(nursery, a.port)
+            with trio.fail_after(2):
+                for _ in range(3):
+                    await watching(nursery, a.port)
+            assert a.manager.poll.reads == 0

@@ -342,6 +342,11 @@ class ConnectionManager:
             return
         if project.hub.progress is not None or project.hub.has_warning("progress"):
             return
+        if project.poll_scope is not None or self.lease is not None:
+            # A running loop holds the poll lock for its life and publishes progress
+            # itself; with several nodes the lease's holder reads, and its events
+            # arrive through the journal. Waiting here would hold the handshake.
+            return
         async with project.poll_lock:
             if (
                 project.hub.progress is None
