@@ -273,16 +273,24 @@ class PublishSession:
         self._record(first + len(lines) - 1)
         return None
 
-    def _apply_status(self, payload: dict[str, Any]) -> str | None:
-        pseq, status = payload.get("pseq"), payload.get("status")
+    def _admit_item(self, kind: str, pseq: object) -> str | None:
+        """Whether a single item (a status or progress) comes next: None to apply it,
+        "" for a resend already applied (skip silently), else what is wrong."""
         if not _is_pseq(pseq):
-            return "status needs an integer 'pseq' >= 1"
+            return f"{kind} needs an integer 'pseq' >= 1"
         self._baseline(pseq)
         applied = self.applied
         if pseq <= applied:
-            return None
+            return ""
         if pseq != applied + 1:
             return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
+        return None
+
+    def _apply_status(self, payload: dict[str, Any]) -> str | None:
+        pseq, status = payload.get("pseq"), payload.get("status")
+        refusal = self._admit_item("status", pseq)
+        if refusal is not None or not _is_pseq(pseq):
+            return refusal or None  # "": a resend, skipped silently; _is_pseq narrows the type
         allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
         self._record(pseq)
         if not isinstance(status, str) or status not in allowed:  # a list is unhashable
@@ -298,14 +306,9 @@ class PublishSession:
         ``passing``, ``in_progress``, ``needs_human_input`` above ``total``. Only the
         agent stream's producer reads the project; a bad item is skipped, said back."""
         pseq = payload.get("pseq")
-        if not _is_pseq(pseq):
-            return "progress needs an integer 'pseq' >= 1"
-        self._baseline(pseq)
-        applied = self.applied
-        if pseq <= applied:
-            return None
-        if pseq != applied + 1:
-            return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
+        refusal = self._admit_item("progress", pseq)
+        if refusal is not None or not _is_pseq(pseq):
+            return refusal or None  # "": a resend, skipped silently; _is_pseq narrows the type
         self._record(pseq)
         if self.slot.stream != "agent":
             return f"progress comes from the agent stream only (item {pseq} skipped)"

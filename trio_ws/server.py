@@ -69,7 +69,6 @@ from trio_ws.publish import (
 )
 from trio_ws.registry import Project, Registry, RegistryError
 from trio_ws.security import (
-    REDACTED,
     control_origin_allowed,
     host_refusal,
     is_loopback_host,
@@ -741,7 +740,7 @@ def _unquote(raw: str) -> str | None:
 
 def _loggable(text: str, token: str) -> str:
     """``text`` (which may quote the request) without the server token or other secrets."""
-    return redact(text.replace(token, REDACTED) if token else text)
+    return redact(text, (token,))
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
