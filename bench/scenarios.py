@@ -226,6 +226,7 @@ def trio_ws_counters(found: Target) -> dict[str, float]:
         "catch_ups": "trio_ws_catch_ups_total",
         "resyncs": "trio_ws_resyncs_total",
         "aborted": "trio_ws_subscribers_aborted_total",
+        "commits": "trio_ws_journal_commit_seconds_count",
     }
     return {key: found.metric(name) for key, name in names.items()}
 

@@ -266,8 +266,17 @@ class WebSocket:
     async def get_message(self) -> str | bytes:
         """The next complete message. Answers pings, completes the close handshake,
         and closes 1009 a message over the size limit and 1002/1007 a protocol
-        error; raises `ConnectionClosed` once the websocket is closed."""
-        async with self._reading:
+        error; raises `ConnectionClosed` once the websocket is closed.
+
+        A message already received is returned without a checkpoint, so a caller
+        takes in a burst the peer sent before anything else runs (a producer's
+        burst becomes one commit and one write per subscriber); every read from
+        the socket checkpoints, so no peer can keep the loop to itself."""
+        try:
+            self._reading.acquire_nowait()
+        except trio.WouldBlock:
+            await self._reading.acquire()
+        try:
             while True:
                 for event in self._protocol.events():
                     message = await self._handle(event)
@@ -278,8 +287,11 @@ class WebSocket:
                 if not self._readable:
                     raise self._closed_error()
                 await self._receive()
+        finally:
+            self._reading.release()
 
     async def _receive(self) -> None:
+        await trio.lowlevel.checkpoint()
         data = await self._read()
         if not data:
             self._end(ConnectionClosed(ABNORMAL, "connection lost"))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -228,14 +228,18 @@ def check_limits(history: int, history_bytes: int) -> None:
         raise ValueError("history and history_bytes must each allow at least one event")
 
 
-def keep_from(newest_first: Sequence[tuple[int, int]], history: int, history_bytes: int) -> int:
-    """The oldest seq to keep, given held ``(seq, size)`` pairs newest first: at most
-    ``history`` events and ``history_bytes`` bytes, but always the newest event."""
-    total = 0
-    keep = newest_first[0][0] if newest_first else 0
-    for count, (seq, size) in enumerate(newest_first, start=1):
-        total += size
-        if count > history or (total > history_bytes and count > 1):
-            break
-        keep = seq
-    return keep
+def trim_point(
+    oldest_first: Iterable[tuple[int, int]], count: int, size: int, history: int, history_bytes: int
+) -> tuple[int, int, int | None]:
+    """Where to cut held ``(seq, size)`` pairs, oldest first (``count`` of them,
+    ``size`` bytes): ``(dropped, freed bytes, oldest seq kept)``, keeping at most
+    ``history`` events and ``history_bytes`` bytes but always the newest event.
+    Walks only what it drops, so trimming costs no read of the whole history."""
+    dropped = freed = 0
+    for seq, item_size in oldest_first:
+        held = count - dropped
+        if held <= 1 or (held <= history and size - freed <= history_bytes):
+            return dropped, freed, seq
+        dropped += 1
+        freed += item_size
+    return dropped, freed, None

@@ -23,9 +23,9 @@ from trio_ws.journal import (
     check_batch,
     check_limits,
     check_project,
-    keep_from,
     new_epoch,
     over_limits,
+    trim_point,
 )
 
 BACKEND: Final = "memory"
@@ -96,10 +96,16 @@ class MemoryJournal:
         return self._commits.stats(BACKEND, self._head, oldest, len(self._events), self._size)
 
     def _trim(self) -> None:
-        newest_first = [(seq, size) for seq, _, size in reversed(self._events)]
-        keep = keep_from(newest_first, self._history, self._history_bytes)
-        while self._events and self._events[0][0] < keep:
-            self._size -= self._events.popleft()[2]
+        dropped, freed, _ = trim_point(
+            ((seq, size) for seq, _, size in self._events),
+            len(self._events),
+            self._size,
+            self._history,
+            self._history_bytes,
+        )
+        for _ in range(dropped):
+            self._events.popleft()
+        self._size -= freed
 
     def _check_open(self) -> None:
         if not self._opened:

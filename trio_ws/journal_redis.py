@@ -159,7 +159,7 @@ local held = redis.call('XLEN', events)
 local over = held > history + math.floor(history / TRIM_SLACK)
   or size > history_bytes + math.floor(history_bytes / TRIM_SLACK)
 if held > 0 and (ARGV[4] == '1' or over) then
-  -- journal.keep_from, walking from the oldest: drop while over a limit, never the
+  -- journal.trim_point: walking from the oldest,: drop while over a limit, never the
   -- newest; reads only what it drops (about a tenth of the history), not all of it.
   local cut, cursor, done = nil, '-', false
   while not done do

@@ -21,7 +21,9 @@ import json
 import os
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
+from itertools import chain
 from pathlib import Path
 from typing import Final, Literal
 
@@ -40,9 +42,9 @@ from trio_ws.journal import (
     check_batch,
     check_limits,
     check_project,
-    keep_from,
     new_epoch,
     over_limits,
+    trim_point,
 )
 
 BACKEND: Final = "sqlite"
@@ -142,6 +144,9 @@ class SqliteJournal:
         self._oldest = 1
         self._held = 0
         self._size = 0
+        self._sizes: deque[tuple[int, int]] = deque()
+        """``(seq, size)`` of every held event, oldest first (worker-thread side): a
+        trim decides from these instead of reading the history back."""
         self._commits = Commits()
 
     @property
@@ -375,9 +380,12 @@ class SqliteJournal:
             )
         stored = None if reason is not None else meta["state"]
         head = int(meta["head"]) if reason is None else 0
-        self._held, self._size, oldest = conn.execute(
-            "SELECT count(*), coalesce(sum(size), 0), min(seq) FROM events"
-        ).fetchone()
+        self._sizes = deque(
+            (int(seq), int(size))
+            for seq, size in conn.execute("SELECT seq, size FROM events ORDER BY seq")
+        )
+        self._held, self._size = len(self._sizes), sum(size for _, size in self._sizes)
+        oldest = self._sizes[0][0] if self._sizes else None
         pseqs = {
             str(pid): int(pseq) for pid, pseq in conn.execute("SELECT id, pseq FROM producers")
         }
@@ -395,6 +403,8 @@ class SqliteJournal:
     ) -> tuple[int, int, int, int]:
         """Commit one batch (and trim when due or asked); the new head, oldest, count, bytes."""
         rows = [(seq, text, len(text.encode())) for seq, text in batch.events]
+        sizes = [(seq, size) for seq, _, size in rows]
+        dropped = 0
         head = rows[-1][0] if rows else self._head
         held = self._held + len(rows)
         size = self._size + sum(row[2] for row in rows)
@@ -414,15 +424,12 @@ class SqliteJournal:
             if state is not None:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'state'", (state,))
             if held and (trim or over_limits(held, size, self._history, self._history_bytes)):
-                newest_first = conn.execute(
-                    "SELECT seq, size FROM events ORDER BY seq DESC LIMIT ?", (self._history + 1,)
-                ).fetchall()
-                keep = keep_from(newest_first, self._history, self._history_bytes)
-                dropped, freed = conn.execute(
-                    "SELECT count(*), coalesce(sum(size), 0) FROM events WHERE seq < ?", (keep,)
-                ).fetchone()
-                conn.execute("DELETE FROM events WHERE seq < ?", (keep,))
-                held, size, oldest = held - dropped, size - freed, keep
+                dropped, freed, keep = trim_point(
+                    chain(self._sizes, sizes), held, size, self._history, self._history_bytes
+                )
+                if dropped:
+                    conn.execute("DELETE FROM events WHERE seq < ?", (keep,))
+                    held, size, oldest = held - dropped, size - freed, keep or head + 1
             elif rows and self._held == 0:
                 oldest = rows[0][0]
             conn.execute("COMMIT")
@@ -434,6 +441,9 @@ class SqliteJournal:
                 except sqlite3.Error as rollback:
                     message += f"; rollback failed too: {_reason(rollback)}"
             raise JournalWriteError(message) from None
+        self._sizes.extend(sizes)
+        for _ in range(dropped):
+            self._sizes.popleft()
         return head, oldest, held, size
 
 
