@@ -348,3 +348,81 @@ async def test_an_unreachable_directory_fails_open_clearly(home: Path, boot: Pat
     await trio.Path(home).write_text("a file where the home directory should be")
     with pytest.raises(JournalError, match=r"demo\.db: cannot open: .*Not a directory"):
         await journal(home, boot).open()
+
+
+def write_version_1_journal(path: Path, epoch: str, texts: list[str]) -> None:
+    """A journal as trio-ws wrote it before chunks: a row per event, user_version 1."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute(
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, text TEXT NOT NULL, size INTEGER NOT NULL)"
+        )
+        conn.execute("CREATE TABLE producers (id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)")
+        first = 1
+        conn.executemany(
+            "INSERT INTO events VALUES (?, ?, ?)",
+            [(first + i, text, len(text.encode())) for i, text in enumerate(texts)],
+        )
+        conn.execute("INSERT INTO producers VALUES ('agent:p1', 17)")
+        meta = {
+            "epoch": epoch,
+            "head": str(len(texts)),
+            "clean": "1",
+            "boot_id": "boot-1",
+            "synchronous": "NORMAL",
+            "state": '{"snapshot":{}}',
+        }
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
+        conn.execute("PRAGMA application_id = 1953658739")  # "trws"
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+
+
+async def test_a_version_1_journal_is_migrated_with_its_history(home: Path, boot: Path) -> None:
+    texts = [f'{{"type":"log","line":"é {seq}","seq":{seq}}}' for seq in range(1, 2501)]
+    write_version_1_journal(journal_path(home, "demo"), "e1", texts)
+    opened = journal(home, boot)
+    state = await opened.open()
+    assert (state.new_epoch, state.epoch, state.head, state.oldest) == (None, "e1", 2500, 1)
+    assert (state.pseqs, state.state) == ({"agent:p1": 17}, {"snapshot": {}})
+    assert await opened.read_since(0, 10_000) == list(enumerate(texts, start=1))
+    assert await opened.read_since(1499, 3) == [(1500, texts[1499]), (1501, texts[1500]), (1502, texts[1501])]
+    stats = opened.stats()
+    assert (stats.events_held, stats.bytes_held) == (2500, sum(len(t.encode()) for t in texts))
+    await opened.append(batch(2501, 2))
+    assert [seq for seq, _ in await opened.read_since(2499, 10)] == [2500, 2501, 2502]
+    await opened.close()
+    with sqlite3.connect(journal_path(home, "demo")) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    conn.close()
+
+
+async def test_a_trim_inside_a_commit_keeps_the_rest_of_it(home: Path, boot: Path) -> None:
+    opened = SqliteBackend(home, boot_id_path=boot, history=5).journal("demo")
+    await opened.open()
+    await opened.append(batch(1, 4))
+    await opened.append(batch(5, 4))
+    await opened.trim()
+    assert await seqs(opened) == [4, 5, 6, 7, 8]
+    await opened.close()
+    again = SqliteBackend(home, boot_id_path=boot, history=5).journal("demo")
+    state = await again.open()
+    assert (state.head, state.oldest) == (8, 4)
+    assert await seqs(again) == [4, 5, 6, 7, 8]
+    assert again.stats().events_held == 5
+
+
+async def test_chunks_that_do_not_run_on_are_moved_aside(home: Path, boot: Path) -> None:
+    opened = journal(home, boot)
+    await opened.open()
+    await opened.append(batch(1, 3))
+    await opened.append(batch(4, 3))
+    await opened.close()
+    with sqlite3.connect(journal_path(home, "demo")) as conn:
+        conn.execute("UPDATE chunks SET first = 5 WHERE first = 4")
+    conn.close()
+    state = await journal(home, boot).open()
+    assert (state.new_epoch, state.head) == ("corrupt", 0)
+    assert state.moved_aside is not None

@@ -7,8 +7,11 @@ only an OS crash or power loss can roll back the newest NORMAL commits, which
 is why an unclean stop followed by a reboot starts a new epoch (STATE.md 3.3).
 
 Schema: ``meta`` (key/value: epoch, head, clean-stop flag, boot id, the
-synchronous mode of the session, snapshot state as JSON), ``events`` (seq,
-JSON text, its UTF-8 size) and ``producers`` (id, highest applied pseq). The
+synchronous mode of the session, snapshot state as JSON), ``chunks`` (the
+events of one commit: first and last seq, their JSON texts joined by newlines,
+which compact JSON never holds) and ``producers`` (id, highest applied pseq).
+A row per commit instead of per event: SQLite's cost is per row, and a busy
+project commits thousands of events at once. The
 file is marked with ``application_id`` and ``user_version``; a file that
 lacks them, fails ``quick_check`` or is not SQLite at all is moved aside,
 never deleted.
@@ -50,8 +53,11 @@ from trio_ws.journal import (
 BACKEND: Final = "sqlite"
 APPLICATION_ID: Final = 0x74727773
 """``PRAGMA application_id`` of a trio-ws journal ("trws")."""
-SCHEMA_VERSION: Final = 1
-"""``PRAGMA user_version``: a journal of any other version is not read."""
+SCHEMA_VERSION: Final = 2
+"""``PRAGMA user_version``: a journal of version 1 (a row per event) is migrated in
+place; any other version is not read."""
+MIGRATED_CHUNK: Final = 1000
+"""Events per chunk when a version 1 journal is migrated."""
 BOOT_ID_PATH: Final = Path("/proc/sys/kernel/random/boot_id")
 JOURNAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 """Bytes the ``-wal`` file is truncated to after a checkpoint, so a burst does not keep it big."""
@@ -64,10 +70,11 @@ ConnectionHook = Callable[[sqlite3.Connection], object]
 
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
-    "CREATE TABLE events (seq INTEGER PRIMARY KEY, text TEXT NOT NULL, size INTEGER NOT NULL)",
+    "CREATE TABLE chunks (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, texts TEXT NOT NULL)",
     "CREATE TABLE producers (id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)",
 )
-_TABLES: Final = frozenset({"meta", "events", "producers"})
+_TABLES: Final = frozenset({"meta", "chunks", "producers"})
+_TABLES_V1: Final = frozenset({"meta", "events", "producers"})
 _META_KEYS: Final = frozenset({"epoch", "head", "clean", "boot_id", "synchronous", "state"})
 _TRANSIENT: Final = (
     "SQLITE_BUSY",
@@ -182,14 +189,21 @@ class SqliteJournal:
         conn = self._connection()
 
         def read() -> list[tuple[int, str]]:
+            found: list[tuple[int, str]] = []
             try:
                 rows = conn.execute(
-                    "SELECT seq, text FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (seq, limit),
-                ).fetchall()
+                    "SELECT first, texts FROM chunks WHERE last > ? ORDER BY first", (seq,)
+                )
+                for first, texts in rows:
+                    parts = texts.split("\n")[max(0, seq + 1 - first) :]
+                    start = max(first, seq + 1)
+                    found += zip(range(start, start + len(parts)), parts, strict=True)
+                    if len(found) >= limit:
+                        break
+                rows.close()
             except sqlite3.Error as error:
                 raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
-            return [(int(s), str(text)) for s, text in rows]
+            return found[:limit]
 
         return await trio.to_thread.run_sync(read, limiter=self._limiter)
 
@@ -310,10 +324,11 @@ class SqliteJournal:
             return True
         if application_id != APPLICATION_ID:
             raise _Unreadable(f"not a trio-ws journal (application_id {application_id})")
-        if version != SCHEMA_VERSION:
+        if version not in (1, SCHEMA_VERSION):
             raise _Unreadable(f"schema version {version}, this trio-ws reads {SCHEMA_VERSION}")
-        if not tables >= _TABLES:
-            raise _Unreadable(f"tables {sorted(tables)} lack some of {sorted(_TABLES)}")
+        required = _TABLES_V1 if version == 1 else _TABLES
+        if not tables >= required:
+            raise _Unreadable(f"tables {sorted(tables)} lack some of {sorted(required)}")
         check = [row[0] for row in conn.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise _Unreadable(f"quick_check: {'; '.join(map(str, check[:3]))}")
@@ -328,6 +343,9 @@ class SqliteJournal:
             raise _Unreadable(f"meta values unreadable: {error}") from None
         if not meta["epoch"]:
             raise _Unreadable("no epoch")
+        if version == 1:
+            _migrate_from_rows(conn)
+        self._sizes = _held_sizes(conn)
         return False
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -369,7 +387,8 @@ class SqliteJournal:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             if reason is not None:
-                conn.execute("DELETE FROM events")
+                conn.execute("DELETE FROM chunks")
+                self._sizes.clear()
                 conn.execute("DELETE FROM producers")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
                 conn.execute("UPDATE meta SET value = '0' WHERE key = 'head'")
@@ -380,10 +399,6 @@ class SqliteJournal:
             )
         stored = None if reason is not None else meta["state"]
         head = int(meta["head"]) if reason is None else 0
-        self._sizes = deque(
-            (int(seq), int(size))
-            for seq, size in conn.execute("SELECT seq, size FROM events ORDER BY seq")
-        )
         self._held, self._size = len(self._sizes), sum(size for _, size in self._sizes)
         oldest = self._sizes[0][0] if self._sizes else None
         pseqs = {
@@ -402,24 +417,31 @@ class SqliteJournal:
         self, conn: sqlite3.Connection, batch: Batch, state: str | None, trim: bool = False
     ) -> tuple[int, int, int, int]:
         """Commit one batch (and trim when due or asked); the new head, oldest, count, bytes."""
-        rows = [(seq, text, len(text.encode())) for seq, text in batch.events]
-        sizes = [(seq, size) for seq, _, size in rows]
+        texts = [text for _, text in batch.events]
+        joined = "\n".join(texts)
+        if joined.count("\n") != max(0, len(texts) - 1):
+            raise ValueError("an event text holds a newline: not compact JSON")
+        sizes = [(seq, len(text.encode())) for seq, text in batch.events]
         dropped = 0
-        head = rows[-1][0] if rows else self._head
-        held = self._held + len(rows)
-        size = self._size + sum(row[2] for row in rows)
+        head = sizes[-1][0] if sizes else self._head
+        held = self._held + len(sizes)
+        size = self._size + sum(item_size for _, item_size in sizes)
         oldest = self._oldest
         try:
             if conn.in_transaction:  # a rollback that failed last time
                 conn.rollback()
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO events (seq, text, size) VALUES (?, ?, ?)", rows)
+            if sizes:
+                conn.execute(
+                    "INSERT INTO chunks (first, last, texts) VALUES (?, ?, ?)",
+                    (sizes[0][0], head, joined),
+                )
             conn.executemany(
                 "INSERT INTO producers (id, pseq) VALUES (?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET pseq = excluded.pseq",
                 batch.pseqs.items(),
             )
-            if rows:
+            if sizes:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (str(head),))
             if state is not None:
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'state'", (state,))
@@ -427,11 +449,11 @@ class SqliteJournal:
                 dropped, freed, keep = trim_point(
                     chain(self._sizes, sizes), held, size, self._history, self._history_bytes
                 )
-                if dropped:
-                    conn.execute("DELETE FROM events WHERE seq < ?", (keep,))
-                    held, size, oldest = held - dropped, size - freed, keep or head + 1
-            elif rows and self._held == 0:
-                oldest = rows[0][0]
+                if dropped and keep is not None:
+                    _delete_before(conn, keep)
+                    held, size, oldest = held - dropped, size - freed, keep
+            elif sizes and self._held == 0:
+                oldest = sizes[0][0]
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             message = f"journal {self.path}: cannot write: {_reason(error)}"
@@ -445,6 +467,59 @@ class SqliteJournal:
         for _ in range(dropped):
             self._sizes.popleft()
         return head, oldest, held, size
+
+
+def _delete_before(conn: sqlite3.Connection, keep: int) -> None:
+    """Delete every event before ``keep``: whole chunks, and the head of the chunk
+    that holds ``keep``."""
+    conn.execute("DELETE FROM chunks WHERE last < ?", (keep,))
+    cut = conn.execute("SELECT first, texts FROM chunks WHERE first < ?", (keep,)).fetchone()
+    if cut is not None:
+        first, texts = cut
+        conn.execute(
+            "UPDATE chunks SET first = ?, texts = ? WHERE first = ?",
+            (keep, "\n".join(texts.split("\n")[keep - first :]), first),
+        )
+
+
+def _held_sizes(conn: sqlite3.Connection) -> deque[tuple[int, int]]:
+    """``(seq, size)`` of every held event, oldest first; _Unreadable when the chunks
+    do not hold one contiguous run of events."""
+    sizes: deque[tuple[int, int]] = deque()
+    rows = conn.execute("SELECT first, last, texts FROM chunks ORDER BY first")
+    for first, last, texts in rows:
+        parts = texts.split("\n")
+        if last != first + len(parts) - 1 or (sizes and first != sizes[-1][0] + 1):
+            raise _Unreadable(f"chunk {first}..{last} holds {len(parts)} events out of order")
+        sizes.extend(zip(range(first, last + 1), (len(part.encode()) for part in parts)))
+    return sizes
+
+
+def _migrate_from_rows(conn: sqlite3.Connection) -> None:
+    """A version 1 journal held a row per event: regroup them into chunks, in one
+    transaction (the same history, epoch and head)."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(_SCHEMA[1])
+        run: list[tuple[int, str]] = []
+
+        def flush() -> None:
+            conn.execute(
+                "INSERT INTO chunks (first, last, texts) VALUES (?, ?, ?)",
+                (run[0][0], run[-1][0], "\n".join(text for _, text in run)),
+            )
+            run.clear()
+
+        for seq, text in conn.execute("SELECT seq, text FROM events ORDER BY seq").fetchall():
+            if "\n" in text:
+                raise _Unreadable(f"event {seq} is not compact JSON")
+            if run and (seq != run[-1][0] + 1 or len(run) == MIGRATED_CHUNK):
+                flush()
+            run.append((int(seq), str(text)))
+        if run:
+            flush()
+        conn.execute("DROP TABLE events")
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 class SqliteBackend:
