@@ -17,7 +17,8 @@ from trio_websocket import WebSocketConnection
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_ws import frames, protocol
-from trio_ws.frames import text_frame
+from trio_ws.frames import frames_of, text_header
+from trio_ws.hub import Outgoing
 from trio_ws.server import Server
 from trio_ws.subscribe import SubscriberSession
 
@@ -26,7 +27,12 @@ from trio_ws.subscribe import SubscriberSession
 def test_text_frame_matches_wsproto(size: int) -> None:
     payload = ("x" * size).encode()
     reference = FrameProtocol(client=False, extensions=[]).send_data(payload.decode(), fin=True)
-    assert text_frame(payload) == reference
+    assert text_header(size) + payload == reference
+    assert frames_of([Outgoing.of({"type": "log", "line": "x" * size})]) == (
+        FrameProtocol(client=False, extensions=[]).send_data(
+            protocol.encode({"type": "log", "line": "x" * size}), fin=True
+        )
+    )
 
 
 def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
@@ -52,12 +58,13 @@ async def synced(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
 async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
     nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The regression guard: one JSON encoding and one frame per event, not per delivery."""
+    """The regression guard: one JSON encoding and one frame header per event, not per
+    delivery."""
     with trio.fail_after(NETWORK_TIMEOUT):
         hub = await server.manager.open_hub("demo", project_dir)
         watchers = [await synced(nursery, server) for _ in range(5)]
         json_calls = counting(monkeypatch, protocol, "encode")
-        frame_calls = counting(monkeypatch, frames, "text_frame")
+        frame_calls = counting(monkeypatch, frames, "text_header")
         hub.feed_lines([f"plain line {i}" for i in range(20)])
         for ws in watchers:
             await receive_until(ws, lambda m: m.get("line") == "plain line 19")
@@ -153,7 +160,7 @@ async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
 
 def test_frame_payload_is_the_encoded_json() -> None:
     message = {"type": "log", "line": "héllo ✓", "timestamp": "t", "seq": 1}
-    frame = text_frame(protocol.encode(message).encode())
+    frame = frames_of([Outgoing.of(message)])
     assert json.loads(frame[2:].decode()) == message
 
 

@@ -41,8 +41,9 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 from trio_ws.hub import ProjectHub, Subscriber
 from trio_ws.journal_redis import redis_client
 from trio_ws.lease import PollLease
-from trio_ws.manager import READER_THREADS, ConnectionManager, poll_progress
+from trio_ws.manager import ConnectionManager
 from trio_ws.progress import Progress, ProgressReader
+from trio_ws.project import READER_THREADS, poll_progress
 from trio_ws.protocol import Message
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
@@ -382,7 +383,7 @@ async def test_every_failure_streak_warns_once(
             seen += await receive_until(ws, of_type("progress"))
     assert types(seen) == ["warning", "progress", "warning", "progress"]
     assert [figures(m)["passing"] for m in seen if m["type"] == "progress"] == [2, 3]
-    logged = [r for r in caplog.records if r.name == "trio_ws.manager" and r.levelname == "WARNING"]
+    logged = [r for r in caplog.records if r.name == "trio_ws.project" and r.levelname == "WARNING"]
     assert len(logged) == 2
     assert all(str(locked_db) in record.getMessage() for record in logged)
 
@@ -534,7 +535,7 @@ async def test_no_poll_loop_before_any_subscriber(
         status, _, _ = await http_get(server, "/healthz")
         refused = await connect(nursery, server, "nobody")
         assert await close_code(refused) == 4004
-    reader = manager.reader_for("demo")
+    reader = manager.projects["demo"].reader
     assert status == 200
     assert reader is not None and reader.reads == 0
     assert manager.poll.running == 0 and manager.poll.reads == 0
@@ -606,15 +607,15 @@ async def test_resubscribing_during_a_slow_read_keeps_one_loop(
     directory, path = unit_project(tmp_path, rows(passing=1))
     manager = ConnectionManager(nursery, poll_interval=0.01, lock_timeout=NETWORK_TIMEOUT)
     await manager.open_hub("slow", directory)
-    reader = manager.reader_for("slow")
+    reader = manager.projects["slow"].reader
     assert reader is not None
     with HeldLock(path) as lock:
         await lock.take()
         with trio.fail_after(NETWORK_TIMEOUT / 2):
-            _, subscriber = manager.subscribe("slow", None, None, 0)
+            subscriber = manager.projects["slow"].subscribe(None, None, 0)
             await wait_until(lambda: reader.reads == 1)  # stuck on the lock in a worker thread
-            manager.unsubscribe("slow", subscriber)
-            manager.subscribe("slow", None, None, 0)
+            manager.projects["slow"].unsubscribe(subscriber)
+            manager.projects["slow"].subscribe(None, None, 0)
             await trio.testing.wait_all_tasks_blocked()
             assert manager.poll.running == 1
             await lock.release()
@@ -630,17 +631,17 @@ async def test_resubscribe_churn_on_a_locked_project_does_not_starve_another(
     manager = ConnectionManager(nursery, poll_interval=0.01, lock_timeout=NETWORK_TIMEOUT)
     await manager.open_hub("slow", slow_dir)
     await manager.open_hub("other", other_dir)
-    slow_reader, other_reader = manager.reader_for("slow"), manager.reader_for("other")
+    slow_reader, other_reader = manager.projects["slow"].reader, manager.projects["other"].reader
     assert slow_reader is not None and other_reader is not None
-    manager.subscribe("other", None, None, 0)
+    manager.projects["other"].subscribe(None, None, 0)
     with HeldLock(slow_path) as lock:
         await lock.take()
         with trio.fail_after(NETWORK_TIMEOUT / 2):
-            _, subscriber = manager.subscribe("slow", None, None, 0)
+            subscriber = manager.projects["slow"].subscribe(None, None, 0)
             await wait_until(lambda: slow_reader.reads == 1)
             for _ in range(READER_THREADS):  # a dashboard reconnecting again and again
-                manager.unsubscribe("slow", subscriber)
-                _, subscriber = manager.subscribe("slow", None, None, 0)
+                manager.projects["slow"].unsubscribe(subscriber)
+                subscriber = manager.projects["slow"].subscribe(None, None, 0)
                 await trio.testing.wait_all_tasks_blocked()
             before = other_reader.reads
             # Within a third of the slow read's wait, the other project keeps being read.
@@ -662,7 +663,7 @@ async def test_database_reads_do_not_grow_with_subscribers(
     create_db(db_path(add_project(registry, tmp_path, "other")), rows(pending=1))
 
     async def demo_reads_per_window() -> int:
-        demo, metronome = manager.reader_for("demo"), manager.reader_for("other")
+        demo, metronome = manager.projects["demo"].reader, manager.projects["other"].reader
         assert demo is not None and metronome is not None
         demo_start, metronome_start = demo.reads, metronome.reads
         await wait_until(lambda: metronome.reads >= metronome_start + window)
@@ -688,7 +689,7 @@ async def test_unchanged_database_is_not_queried_again(
         for _ in range(20):
             await subscribe(nursery, server)
         await reads_pass(server.manager, 2)
-        reader = server.manager.reader_for("demo")
+        reader = server.manager.projects["demo"].reader
         assert reader is not None
         queries, reads = reader.queries, reader.reads
         await reads_pass(server.manager, 10)
@@ -786,7 +787,7 @@ async def test_poll_failure_streak_warns_once_and_keeps_the_last_figures(
     events = live_events(watcher)
     assert types(events) == ["progress", "warning"]
     assert "corrupt" in events[1]["content"] and str(path) in events[1]["content"]
-    logged = [r for r in caplog.records if r.name == "trio_ws.manager" and r.levelname == "WARNING"]
+    logged = [r for r in caplog.records if r.name == "trio_ws.project" and r.levelname == "WARNING"]
     assert len(logged) == 1
 
 
@@ -819,10 +820,10 @@ async def test_hub_for_gives_the_same_hub_for_the_same_name(
 ) -> None:
     manager = ConnectionManager(nursery)
     hub = await manager.open_hub("alpha", tmp_path)
-    reader = manager.reader_for("alpha")
+    reader = manager.projects["alpha"].reader
     assert await manager.open_hub("alpha", tmp_path) is hub
     assert manager.get_hub("alpha") is hub
-    assert manager.reader_for("alpha") is reader  # its cached connection is kept
+    assert manager.projects["alpha"].reader is reader  # its cached connection is kept
 
 
 async def test_hub_for_gives_different_names_different_hubs_and_epochs(
@@ -834,7 +835,7 @@ async def test_hub_for_gives_different_names_different_hubs_and_epochs(
     assert alpha is not beta
     assert alpha.epoch != beta.epoch
     assert manager.hubs == {"alpha": alpha, "beta": beta}
-    assert manager.reader_for("alpha") is not manager.reader_for("beta")
+    assert manager.projects["alpha"].reader is not manager.projects["beta"].reader
 
 
 async def test_reregistered_directory_feeds_the_next_progress(
@@ -845,7 +846,7 @@ async def test_reregistered_directory_feeds_the_next_progress(
     manager = ConnectionManager(nursery, poll_interval=0.01)
     hub = await manager.open_hub("moving", old_dir)
     epoch = hub.epoch
-    _, subscriber = manager.subscribe("moving", None, None, 0)
+    subscriber = manager.projects["moving"].subscribe(None, None, 0)
     with trio.fail_after(5):
         first = await next_event(subscriber, "progress")
         assert await manager.open_hub("moving", new_dir) is hub
@@ -853,7 +854,7 @@ async def test_reregistered_directory_feeds_the_next_progress(
     assert figures(first) == expected(1, 0, 4, 25.0, 0)
     assert figures(second) == expected(2, 1, 3, 66.7, 0)
     assert hub.epoch == epoch
-    reader = manager.reader_for("moving")
+    reader = manager.projects["moving"].reader
     assert reader is not None and reader.project_dir == new_dir.absolute()
 
 
@@ -982,7 +983,7 @@ def restart_delays(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage().rsplit(" in ", 1)[1]
         for record in caplog.records
-        if record.name == "trio_ws.manager" and "restarting in" in record.getMessage()
+        if record.name == "trio_ws.project" and "restarting in" in record.getMessage()
     ]
 
 
@@ -1002,7 +1003,7 @@ async def test_a_crashing_poll_loop_is_logged_restarted_with_backoff_and_spares_
         other_ws = await subscribe(nursery, server, "other")
         await receive_until(demo_ws, of_type("progress"))
         await receive_until(other_ws, of_type("progress"))
-        reader = server.manager.reader_for("demo")
+        reader = server.manager.projects["demo"].reader
         assert reader is not None
         faulty = FaultyRead(reader, failures=5)
         monkeypatch.setattr(reader, "read", faulty)
@@ -1020,7 +1021,7 @@ async def test_a_crashing_poll_loop_is_logged_restarted_with_backoff_and_spares_
     assert figures(other_progress) == expected(2, 0, 4, 50.0, 0)
     assert figures(demo_progress) == expected(3, 0, 4, 75.0, 0)
     assert restart_delays(caplog) == ["0.01 s", "0.02 s", "0.04 s", "0.04 s", "0.04 s"]
-    crashes = [r for r in caplog.records if r.name == "trio_ws.manager" and r.levelname == "ERROR"]
+    crashes = [r for r in caplog.records if r.name == "trio_ws.project" and r.levelname == "ERROR"]
     assert len(crashes) == 5
     assert all(r.exc_info is not None and "reader exploded" in str(r.exc_info[1]) for r in crashes)
     assert server.manager.poll.running == 2
@@ -1037,7 +1038,7 @@ async def test_a_good_read_resets_the_restart_backoff(
     server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
     with trio.fail_after(NETWORK_TIMEOUT):
         await subscribe(nursery, server)
-        reader = server.manager.reader_for("demo")
+        reader = server.manager.projects["demo"].reader
         assert reader is not None
         faulty = FaultyRead(reader, failures=2)
         monkeypatch.setattr(reader, "read", faulty)
@@ -1060,7 +1061,7 @@ async def test_a_reader_that_raises_does_not_refuse_a_new_subscriber(
     create_db(db_path(project_dir), rows(pending=1))
     server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
     await server.manager.open_hub("demo", project_dir)
-    reader = server.manager.reader_for("demo")
+    reader = server.manager.projects["demo"].reader
     assert reader is not None
     monkeypatch.setattr(reader, "read", FaultyRead(reader, failures=1))
     with trio.fail_after(NETWORK_TIMEOUT):
@@ -1094,16 +1095,16 @@ async def test_with_a_shared_lease_one_manager_polls_and_the_other_takes_over_wh
             subscribers = []
             for node in nodes:
                 await node.open_hub("demo", project_dir)
-                subscribers.append(node.subscribe("demo", None, None, 0)[1])
+                subscribers.append(node.projects["demo"].subscribe(None, None, 0))
             await wait_until(lambda: sum(node.poll.reads for node in nodes) >= 20)
             polling = [node.poll.reads > 0 for node in nodes]
             assert polling.count(True) == 1
             holder, other = (0, 1) if polling[0] else (1, 0)
-            nodes[holder].unsubscribe("demo", subscribers[holder])
+            nodes[holder].projects["demo"].unsubscribe(subscribers[holder])
             stopped_at = trio.current_time()
             await wait_until(lambda: nodes[other].poll.reads > 0)
             took_over_after = trio.current_time() - stopped_at
-            nodes[other].unsubscribe("demo", subscribers[other])
+            nodes[other].projects["demo"].unsubscribe(subscribers[other])
             nursery.cancel_scope.cancel()
     assert took_over_after < 5 * INTERVAL  # released at once, not left to expire
 
@@ -1122,7 +1123,7 @@ async def test_with_a_lease_a_node_that_dies_without_releasing_is_replaced_after
             node = ConnectionManager(nursery, poll_interval=INTERVAL, lease=PollLease(client, ttl))
             await node.open_hub("demo", project_dir)
             started = trio.current_time()
-            node.subscribe("demo", None, None, 0)
+            node.projects["demo"].subscribe(None, None, 0)
             await wait_until(lambda: node.poll.reads > 0)
             waited = trio.current_time() - started
             nursery.cancel_scope.cancel()
@@ -1184,7 +1185,7 @@ async def test_with_an_unreachable_lease_store_a_manager_reads_nothing_and_says_
                 nursery, poll_interval=INTERVAL, lease=PollLease(unreachable, 3 * INTERVAL)
             )
             hub = await node.open_hub("demo", project_dir)
-            node.subscribe("demo", None, None, 0)
+            node.projects["demo"].subscribe(None, None, 0)
             await wait_until(lambda: hub.has_warning("lease"))
             nursery.cancel_scope.cancel()
     assert node.poll.reads == 0
@@ -1204,7 +1205,7 @@ async def test_a_read_that_ends_after_the_producer_reported_does_not_replace_its
         ws = await subscribe(nursery, server)
         await receive_until(ws, lambda m: m["type"] == "progress" and m["passing"] == 1)
         await lock.take()
-        reader = manager.reader_for("demo")
+        reader = manager.projects["demo"].reader
         assert reader is not None
         # A read has begun and not finished (every read of this manager is of demo's
         # reader): it waits on the lock.

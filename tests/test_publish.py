@@ -418,7 +418,7 @@ async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_on
     1024 it used, not every one it ever saw, and a recent one still resumes right."""
     with trio.fail_after(60):
         assert await publish_once(nursery, server, "oldest", 3) == 0
-        slot = server.manager.producer_slots("demo")["agent"]
+        slot = server.manager.projects["demo"].slots["agent"]
         assert await publish_once(nursery, server, "kept", 5) == 0
         for index in range(600):
             await publish_once(nursery, server, f"run-{index}", 1)
@@ -429,7 +429,7 @@ async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_on
         assert await publish_once(nursery, server, "kept", 0) == 5
         assert await publish_once(nursery, server, "run-1099", 0) == 1
         assert await publish_once(nursery, server, "oldest", 0) == 0  # forgotten
-    assert len(server.manager.producer_slots("demo")["agent"].applied) == 1024
+    assert len(server.manager.projects["demo"].slots["agent"].applied) == 1024
 
 
 async def test_progress_items_reach_subscribers_once_and_resends_are_skipped(
