@@ -72,6 +72,25 @@ async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
     assert frame_calls[0] == 20
 
 
+async def test_a_commit_is_joined_into_frames_once_for_every_direct_subscriber(
+    nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fan-out hands every subscriber the same `FanOut`: its frames are joined by the
+    first subscriber's write and reused by the others."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = await server.manager.open_hub("demo", project_dir)
+        watchers = [await synced(nursery, server) for _ in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+        joins = counting(monkeypatch, frames, "frames_of")
+        before = hub.stats.direct_writes
+        hub.feed_lines([f"joined line {i}" for i in range(20)])  # one commit
+        await hub.wait_committed(hub.seq)
+        direct = hub.stats.direct_writes - before
+        for ws in watchers:
+            await receive_until(ws, lambda m: m.get("line") == "joined line 19")
+    assert (direct, joins[0]) == (5, 1)
+
+
 async def test_queued_events_leave_in_one_write(
     nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
