@@ -61,7 +61,7 @@ async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
     """The regression guard: one JSON encoding and one frame header per event, not per
     delivery."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         watchers = [await synced(nursery, server) for _ in range(5)]
         json_calls = counting(monkeypatch, protocol, "encode")
         frame_calls = counting(monkeypatch, frames, "text_header")
@@ -78,7 +78,7 @@ async def test_a_commit_is_joined_into_frames_once_for_every_direct_subscriber(
     """The fan-out hands every subscriber the same `FanOut`: its frames are joined by the
     first subscriber's write and reused by the others."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         watchers = [await synced(nursery, server) for _ in range(5)]
         await trio.testing.wait_all_tasks_blocked()
         joins = counting(monkeypatch, frames, "frames_of")
@@ -95,7 +95,7 @@ async def test_queued_events_leave_in_one_write(
     nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         ws = await synced(nursery, server)
         [session] = server.manager._sessions
         assert isinstance(session, SubscriberSession)
@@ -113,7 +113,7 @@ async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
 ) -> None:
     """Pongs and the close frame share the connection's one write path with our batches."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         ws = await synced(nursery, server)
         received: list[dict[str, Any]] = []
 
@@ -137,7 +137,7 @@ async def test_writes_the_kernel_takes_whole_cost_no_wait(
 ) -> None:
     """The fast path: small batches to a reading peer never take the awaited route."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         ws = await synced(nursery, server)
         [session] = server.manager._sessions
         assert isinstance(session, SubscriberSession)
@@ -159,7 +159,7 @@ async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
 
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await nursery.start(serve, make_config(registry, stall_timeout=0.3))
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         stalled = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stalled.send_all(
             b"GET /ws/projects/demo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -192,7 +192,7 @@ async def test_a_reading_subscriber_is_written_by_the_fan_out_with_no_send_task(
     """Each commit goes straight to the socket, one write per subscriber; an idle (or
     reading) subscriber holds no send task."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         watchers = [await synced(nursery, server) for _ in range(3)]
         await trio.testing.wait_all_tasks_blocked()
         idle_tasks = hub.stats.send_tasks
@@ -212,7 +212,7 @@ async def test_what_the_kernel_does_not_take_follows_in_order_with_pongs_between
     send task, then what was queued meanwhile, and a pong lands between frames."""
     lines = 40
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         client = await RawClient.connect(server.port, "/ws/projects/demo?backlog=0", rcvbuf=4096)
         await client.message("hello")
         await client.send(rawws.text({"type": "ping"}))

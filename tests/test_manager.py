@@ -82,9 +82,9 @@ async def test_open_gives_the_same_hub_for_the_same_name(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     manager = ConnectionManager(nursery)
-    hub = await manager.open_hub("alpha", tmp_path)
+    hub = (await manager.open("alpha", tmp_path)).hub
     reader = manager.projects["alpha"].reader
-    assert await manager.open_hub("alpha", tmp_path) is hub
+    assert (await manager.open("alpha", tmp_path)).hub is hub
     assert manager.get_hub("alpha") is hub
     assert manager.projects["alpha"].reader is reader  # its cached connection is kept
 
@@ -93,8 +93,8 @@ async def test_open_gives_different_names_different_hubs_and_epochs(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     manager = ConnectionManager(nursery)
-    alpha = await manager.open_hub("alpha", tmp_path / "alpha")
-    beta = await manager.open_hub("beta", tmp_path / "beta")
+    alpha = (await manager.open("alpha", tmp_path / "alpha")).hub
+    beta = (await manager.open("beta", tmp_path / "beta")).hub
     assert alpha is not beta
     assert alpha.epoch != beta.epoch
     assert manager.hubs == {"alpha": alpha, "beta": beta}

@@ -537,7 +537,7 @@ async def test_no_poll_loop_before_any_subscriber(
     nursery: trio.Nursery, project_dir: Path, server: Server
 ) -> None:
     manager = server.manager
-    await manager.open_hub("demo", project_dir)
+    await manager.open("demo", project_dir)
     with trio.fail_after(NETWORK_TIMEOUT):
         status, _, _ = await http_get(server, "/healthz")
         refused = await connect(nursery, server, "nobody")
@@ -613,7 +613,7 @@ async def test_resubscribing_during_a_slow_read_keeps_one_loop(
     """The cancelled loop may still be inside its (uncancellable) read; no second loop joins it."""
     directory, path = unit_project(tmp_path, rows(passing=1))
     manager = ConnectionManager(nursery, poll_interval=0.01, lock_timeout=NETWORK_TIMEOUT)
-    await manager.open_hub("slow", directory)
+    await manager.open("slow", directory)
     reader = manager.projects["slow"].reader
     assert reader is not None
     with HeldLock(path) as lock:
@@ -636,8 +636,8 @@ async def test_resubscribe_churn_on_a_locked_project_does_not_starve_another(
     slow_dir, slow_path = unit_project(tmp_path, rows(passing=1), name="slow")
     other_dir, _ = unit_project(tmp_path, rows(passing=1), name="other")
     manager = ConnectionManager(nursery, poll_interval=0.01, lock_timeout=NETWORK_TIMEOUT)
-    await manager.open_hub("slow", slow_dir)
-    await manager.open_hub("other", other_dir)
+    await manager.open("slow", slow_dir)
+    await manager.open("other", other_dir)
     slow_reader, other_reader = manager.projects["slow"].reader, manager.projects["other"].reader
     assert slow_reader is not None and other_reader is not None
     manager.projects["other"].subscribe(None, None, 0)
@@ -828,12 +828,12 @@ async def test_reregistered_directory_feeds_the_next_progress(
     old_dir, _ = unit_project(tmp_path, rows(passing=1, pending=3), name="old")
     new_dir, _ = unit_project(tmp_path, rows(passing=2, in_progress=1), name="new")
     manager = ConnectionManager(nursery, poll_interval=0.01)
-    hub = await manager.open_hub("moving", old_dir)
+    hub = (await manager.open("moving", old_dir)).hub
     epoch = hub.epoch
     subscriber = manager.projects["moving"].subscribe(None, None, 0)
     with trio.fail_after(5):
         first = await next_event(subscriber, "progress")
-        assert await manager.open_hub("moving", new_dir) is hub
+        assert (await manager.open("moving", new_dir)).hub is hub
         second = await next_event(subscriber, "progress")
     assert figures(first) == expected(1, 0, 4, 25.0, 0)
     assert figures(second) == expected(2, 1, 3, 66.7, 0)
@@ -942,7 +942,7 @@ async def test_a_reader_that_raises_does_not_refuse_a_new_subscriber(
     """The first subscriber's one-off read (``prime``) fails too: it still joins, told why."""
     create_db(db_path(project_dir), rows(pending=1))
     server = await start_server(nursery, registry, poll_restart=(0.01, 0.04))
-    await server.manager.open_hub("demo", project_dir)
+    await server.manager.open("demo", project_dir)
     reader = server.manager.projects["demo"].reader
     assert reader is not None
     monkeypatch.setattr(reader, "read", FaultyRead(reader, failures=1))
@@ -976,7 +976,7 @@ async def test_with_a_shared_lease_one_manager_polls_and_the_other_takes_over_wh
             ]
             subscribers = []
             for node in nodes:
-                await node.open_hub("demo", project_dir)
+                await node.open("demo", project_dir)
                 subscribers.append(node.projects["demo"].subscribe(None, None, 0))
             await wait_until(lambda: sum(node.poll.reads for node in nodes) >= 20)
             polling = [node.poll.reads > 0 for node in nodes]
@@ -1003,7 +1003,7 @@ async def test_with_a_lease_a_node_that_dies_without_releasing_is_replaced_after
             await client.flushall()
             assert await PollLease(client, ttl).hold("demo")  # the node that died
             node = ConnectionManager(nursery, poll_interval=INTERVAL, lease=PollLease(client, ttl))
-            await node.open_hub("demo", project_dir)
+            await node.open("demo", project_dir)
             started = trio.current_time()
             node.projects["demo"].subscribe(None, None, 0)
             await wait_until(lambda: node.poll.reads > 0)
@@ -1066,7 +1066,7 @@ async def test_with_an_unreachable_lease_store_a_manager_reads_nothing_and_says_
             node = ConnectionManager(
                 nursery, poll_interval=INTERVAL, lease=PollLease(unreachable, 3 * INTERVAL)
             )
-            hub = await node.open_hub("demo", project_dir)
+            hub = (await node.open("demo", project_dir)).hub
             node.projects["demo"].subscribe(None, None, 0)
             await wait_until(lambda: hub.has_warning("lease"))
             nursery.cancel_scope.cancel()

@@ -104,9 +104,6 @@ class ConnectionManager:
     def hubs(self) -> dict[str, ProjectHub]:
         return {name: project.hub for name, project in self._projects.items()}
 
-    def get(self, name: str) -> Project | None:
-        return self._projects.get(name)
-
     def get_hub(self, name: str) -> ProjectHub | None:
         project = self._projects.get(name)
         return project.hub if project else None
@@ -145,10 +142,6 @@ class ConnectionManager:
             if self._projects.get(name) is not project:
                 raise JournalError(f"project {name}: its journal could not be opened")
         return project
-
-    async def open_hub(self, name: str, directory: Path | None) -> ProjectHub:
-        """`open`'s project's hub."""
-        return (await self.open(name, directory)).hub
 
     async def close_journals(self) -> None:
         """Commit what is staged and close every journal clean (at shutdown)."""

@@ -81,14 +81,13 @@ def parse_backlog(raw: str | None) -> int:
 class SubscriberSession:
     """A live subscriber connection; closable by the manager on shutdown."""
 
-    __slots__ = ("_nursery", "_sending", "hub", "project", "request", "subscriber", "ws")
+    __slots__ = ("_nursery", "_sending", "project", "request", "subscriber", "ws")
 
     def __init__(
         self, ws: WebSocket, project: Project, subscriber: Subscriber, request: SubscribeRequest
     ) -> None:
         self.ws = ws
         self.project = project
-        self.hub = project.hub
         self.subscriber = subscriber
         self.request = request
         self._nursery: trio.Nursery | None = None
@@ -134,7 +133,7 @@ class SubscriberSession:
 
     async def _send_task(self) -> None:
         try:
-            await self.hub.drain(self.subscriber, self._send, self._direct)
+            await self.project.hub.drain(self.subscriber, self._send, self._direct)
         except PeerStalled as exc:
             log.warning(
                 "project %s: subscriber %s: %s; aborted",
@@ -142,7 +141,7 @@ class SubscriberSession:
                 self.request.peer,
                 exc.reason,
             )
-            self.hub.stats.aborted += 1
+            self.project.hub.stats.aborted += 1
         except ConnectionClosed as exc:
             log.debug(
                 "project %s: subscriber %s closed: %s", self.request.project, self.request.peer, exc
