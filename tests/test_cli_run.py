@@ -1039,7 +1039,7 @@ def progress_is(passing: int, total: int) -> Callable[[Message], bool]:
 
 
 def reads(server: Server) -> int:
-    reader = server.manager.reader_for("demo")
+    reader = server.manager.projects["demo"].reader
     assert reader is not None
     return reader.reads
 

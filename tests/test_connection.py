@@ -178,7 +178,7 @@ async def test_subscribers_that_flood_pings_and_read_nothing_are_cut_and_unregis
 ) -> None:
     """Pongs go through the bounded write path: a peer that takes none is cut."""
     server = await start(nursery, registry, stall_timeout=STALL)
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     flood = b"".join(client_frame(OP_PING, b"%08d" % i) for i in range(20_000))
 
     async def ping_and_never_read(client: RawClient) -> None:
@@ -202,7 +202,7 @@ async def test_a_slow_reader_that_keeps_reading_is_not_cut(
 ) -> None:
     """The bound is 'no progress for the stall timeout', not 'the whole batch within it'."""
     server = await start(nursery, registry, stall_timeout=STALL)
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     with trio.fail_after(NETWORK_TIMEOUT * 2):
         client = await subscribed(server, rcvbuf=64 * 1024)
         hub.feed_lines([f"line {i} " + "y" * 3000 for i in range(LINES)])  # one batch

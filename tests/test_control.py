@@ -258,7 +258,7 @@ async def test_progress_history_of_a_quiet_project_is_empty_not_an_error(
 async def test_agent_status_reports_the_latest_max_concurrency(
     server: Server, project_dir: Path
 ) -> None:
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     hub.set_status("running")
     hub.feed_lines(["Max concurrency: 2 coding agents", "Running initializer agent..."])
     with trio.fail_after(NETWORK_TIMEOUT):

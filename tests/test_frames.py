@@ -17,7 +17,8 @@ from trio_websocket import WebSocketConnection
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_ws import frames, protocol
-from trio_ws.frames import text_frame
+from trio_ws.frames import frames_of, text_header
+from trio_ws.hub import Outgoing
 from trio_ws.server import Server
 from trio_ws.subscribe import SubscriberSession
 
@@ -26,7 +27,12 @@ from trio_ws.subscribe import SubscriberSession
 def test_text_frame_matches_wsproto(size: int) -> None:
     payload = ("x" * size).encode()
     reference = FrameProtocol(client=False, extensions=[]).send_data(payload.decode(), fin=True)
-    assert text_frame(payload) == reference
+    assert text_header(size) + payload == reference
+    assert frames_of([Outgoing.of({"type": "log", "line": "x" * size})]) == (
+        FrameProtocol(client=False, extensions=[]).send_data(
+            protocol.encode({"type": "log", "line": "x" * size}), fin=True
+        )
+    )
 
 
 def counting(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[int]:
@@ -52,12 +58,13 @@ async def synced(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
 async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
     nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The regression guard: one JSON encoding and one frame per event, not per delivery."""
+    """The regression guard: one JSON encoding and one frame header per event, not per
+    delivery."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         watchers = [await synced(nursery, server) for _ in range(5)]
         json_calls = counting(monkeypatch, protocol, "encode")
-        frame_calls = counting(monkeypatch, frames, "text_frame")
+        frame_calls = counting(monkeypatch, frames, "text_header")
         hub.feed_lines([f"plain line {i}" for i in range(20)])
         for ws in watchers:
             await receive_until(ws, lambda m: m.get("line") == "plain line 19")
@@ -65,11 +72,30 @@ async def test_each_event_is_encoded_once_whatever_the_subscriber_count(
     assert frame_calls[0] == 20
 
 
+async def test_a_commit_is_joined_into_frames_once_for_every_direct_subscriber(
+    nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fan-out hands every subscriber the same `FanOut`: its frames are joined by the
+    first subscriber's write and reused by the others."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = (await server.manager.open("demo", project_dir)).hub
+        watchers = [await synced(nursery, server) for _ in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+        joins = counting(monkeypatch, frames, "frames_of")
+        before = hub.stats.direct_writes
+        hub.feed_lines([f"joined line {i}" for i in range(20)])  # one commit
+        await hub.wait_committed(hub.seq)
+        direct = hub.stats.direct_writes - before
+        for ws in watchers:
+            await receive_until(ws, lambda m: m.get("line") == "joined line 19")
+    assert (direct, joins[0]) == (5, 1)
+
+
 async def test_queued_events_leave_in_one_write(
     nursery: trio.Nursery, server: Server, project_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         ws = await synced(nursery, server)
         [session] = server.manager._sessions
         assert isinstance(session, SubscriberSession)
@@ -87,7 +113,7 @@ async def test_websocket_pings_and_close_stay_correct_amid_batched_frames(
 ) -> None:
     """Pongs and the close frame share the connection's one write path with our batches."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         ws = await synced(nursery, server)
         received: list[dict[str, Any]] = []
 
@@ -111,7 +137,7 @@ async def test_writes_the_kernel_takes_whole_cost_no_wait(
 ) -> None:
     """The fast path: small batches to a reading peer never take the awaited route."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         ws = await synced(nursery, server)
         [session] = server.manager._sessions
         assert isinstance(session, SubscriberSession)
@@ -133,7 +159,7 @@ async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
 
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await nursery.start(serve, make_config(registry, stall_timeout=0.3))
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         stalled = await trio.open_tcp_stream("127.0.0.1", server.port)
         await stalled.send_all(
             b"GET /ws/projects/demo HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
@@ -153,7 +179,7 @@ async def test_a_peer_that_stops_reading_stalls_the_writer_not_the_server(
 
 def test_frame_payload_is_the_encoded_json() -> None:
     message = {"type": "log", "line": "héllo ✓", "timestamp": "t", "seq": 1}
-    frame = text_frame(protocol.encode(message).encode())
+    frame = frames_of([Outgoing.of(message)])
     assert json.loads(frame[2:].decode()) == message
 
 
@@ -166,7 +192,7 @@ async def test_a_reading_subscriber_is_written_by_the_fan_out_with_no_send_task(
     """Each commit goes straight to the socket, one write per subscriber; an idle (or
     reading) subscriber holds no send task."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         watchers = [await synced(nursery, server) for _ in range(3)]
         await trio.testing.wait_all_tasks_blocked()
         idle_tasks = hub.stats.send_tasks
@@ -186,7 +212,7 @@ async def test_what_the_kernel_does_not_take_follows_in_order_with_pongs_between
     send task, then what was queued meanwhile, and a pong lands between frames."""
     lines = 40
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         client = await RawClient.connect(server.port, "/ws/projects/demo?backlog=0", rcvbuf=4096)
         await client.message("hello")
         await client.send(rawws.text({"type": "ping"}))

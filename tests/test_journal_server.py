@@ -253,7 +253,7 @@ async def test_a_since_older_than_memory_but_in_the_journal_is_resumed_from_the_
     events 1-105 when memory holds 6-105."""
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await start(nursery, sqlite_config(registry, home=home, history=100))
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         hub.feed_lines([f"l{n}" for n in range(1, 106)])
         await hub.wait_committed(105)
         assert hub.oldest_seq == 6
@@ -312,7 +312,7 @@ async def test_metrics_show_the_journal_of_each_project(
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await start(nursery, sqlite_config(registry, home=home))
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         hub.feed_lines(["a", "b"])
         await hub.wait_committed(2)
         _, _, body = await http_get(server, "/metrics")

@@ -26,7 +26,7 @@ async def test_metrics_count_subscribers_events_and_deliveries(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        hub = await server.manager.open_hub("demo", project_dir)
+        hub = (await server.manager.open("demo", project_dir)).hub
         watchers = [await connect(nursery, server) for _ in range(2)]
         for ws in watchers:
             await receive_until(ws, lambda m: m["type"] == "dev_server_status")

@@ -470,7 +470,7 @@ def drop_producer_connection(nursery: trio.Nursery, server: Server) -> None:
     """Close the live agent producer connection of ``demo`` from the server side.
 
     In the background: the server's close can wait out its 2 s bound (see report)."""
-    session = server.manager.producer_slots("demo")["agent"].session
+    session = server.manager.projects["demo"].slots["agent"].session
     assert session is not None
     nursery.start_soon(session.close, 1011, "test drops the producer")
 

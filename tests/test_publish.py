@@ -1,4 +1,6 @@
-"""The producer endpoint over real sockets: auth, exactly-once, 4009, grace, control."""
+"""The producer endpoint over real sockets: auth, exactly-once, 4009, ping timeout.
+
+Its project's grace period and control routing are tests/test_project.py's."""
 
 from __future__ import annotations
 
@@ -208,29 +210,6 @@ async def test_same_producer_reconnecting_replaces_its_stale_connection(
         assert server.manager.producer_count == 1
 
 
-async def test_vanished_producer_is_crashed_after_grace(
-    nursery: trio.Nursery, registry: Registry, project_dir: Path
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.3))
-        watcher = await connect(nursery, server)
-        ws, _ = await producer(nursery, server)
-        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-        await send(
-            ws, {"type": "lines", "first": 2, "lines": ["Started coding agent for feature #1"]}
-        )
-        await wait_acked(ws, 2)
-        await ws.aclose()
-        seen = await receive_until(
-            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "crashed"
-        )
-    warnings = [m for m in seen if m["type"] == "warning"]
-    assert [w["source"] for w in warnings] == ["producer"]
-    assert logs(seen)[-1] == "[trio-ws] producer lost"
-    late = await snapshot_logs(nursery, server)
-    assert late[-1] == "[trio-ws] producer lost"
-
-
 async def test_a_producer_that_answers_no_ping_is_dropped_and_frees_its_stream(
     nursery: trio.Nursery, registry: Registry, project_dir: Path
 ) -> None:
@@ -258,39 +237,6 @@ async def test_a_producer_that_answers_no_ping_is_dropped_and_frees_its_stream(
     assert [m["source"] for m in seen if m["type"] == "warning"] == ["producer"]
     assert logs(seen)[-1] == "[trio-ws] producer lost"
     assert acked == 0
-
-
-async def test_producer_returning_within_grace_is_not_crashed(
-    nursery: trio.Nursery, registry: Registry, project_dir: Path
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.5))
-        ws, _ = await producer(nursery, server)
-        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-        await wait_acked(ws, 1)
-        await ws.aclose()
-        _, acked = await producer(nursery, server)
-        assert acked == 1
-        await trio.sleep(0.8)  # past the grace period: the timer must have been cancelled
-        hub = server.manager.get_hub("demo")
-        assert hub is not None and hub.agent.status == "running"
-        assert not hub.has_warning("producer:agent")
-
-
-async def test_clean_exit_leaves_no_producer_warning(
-    nursery: trio.Nursery, registry: Registry, project_dir: Path
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.1))
-        ws, _ = await producer(nursery, server)
-        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-        await send(ws, {"type": "status", "pseq": 2, "status": "stopped", "exit_code": 0})
-        await wait_acked(ws, 2)
-        await ws.aclose()
-        await trio.sleep(0.3)
-        hub = server.manager.get_hub("demo")
-        assert hub is not None and hub.agent.status == "stopped"
-        assert "[trio-ws] producer lost" not in await snapshot_logs(nursery, server)
 
 
 async def test_secrets_published_raw_never_leave_unredacted(
@@ -326,65 +272,6 @@ async def control(ws: WebSocketConnection, action: str) -> None:
     await send(ws, {"type": "control", "action": action})
 
 
-async def test_control_reaches_the_agent_producer(
-    nursery: trio.Nursery, server: Server, project_dir: Path
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        ws, _ = await producer(nursery, server)
-        await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-        await wait_acked(ws, 1)
-        dashboard = await subscriber_with_token(nursery, server)
-        await control(dashboard, "pause")
-        received = await receive_until(ws, lambda m: m["type"] == "control")
-        assert received[-1] == {"type": "control", "action": "pause"}
-
-
-@pytest.mark.parametrize(
-    ("status", "action", "refusal"),
-    [
-        ("running", "resume", "cannot resume while the agent is running"),
-        ("paused", "pause", "cannot pause while the agent is paused"),
-        ("stopped", "stop", "cannot stop while the agent is stopped"),
-        ("running", "graceful_resume", "cannot graceful_resume while the agent is running"),
-    ],
-)
-async def test_control_not_valid_in_current_status_is_a_private_warning(
-    nursery: trio.Nursery,
-    server: Server,
-    project_dir: Path,
-    status: str,
-    action: str,
-    refusal: str,
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        ws, _ = await producer(nursery, server)
-        if status != "stopped":
-            await send(ws, {"type": "status", "pseq": 1, "status": status})
-            await wait_acked(ws, 1)
-        bystander = await subscriber_with_token(nursery, server)
-        dashboard = await subscriber_with_token(nursery, server)
-        await control(dashboard, action)
-        await send(dashboard, {"type": "ping"})
-        replies = await receive_until(dashboard, lambda m: m["type"] == "pong")
-        assert {"type": "warning", "source": "control", "content": refusal} in replies
-        await send(bystander, {"type": "ping"})
-        assert all(m["type"] != "warning" for m in await receive_until(bystander, _is_pong))
-
-
-def _is_pong(message: dict[str, Any]) -> bool:
-    return bool(message["type"] == "pong")
-
-
-async def test_control_without_producer_is_refused(
-    nursery: trio.Nursery, server: Server, project_dir: Path
-) -> None:
-    with trio.fail_after(TIMEOUT):
-        dashboard = await subscriber_with_token(nursery, server)
-        await control(dashboard, "stop")
-        reply = await receive_until(dashboard, lambda m: m["type"] == "warning")
-        assert reply[-1]["content"] == "no producer can act on this project"
-
-
 async def test_control_without_token_never_reaches_the_producer(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
@@ -418,7 +305,7 @@ async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_on
     1024 it used, not every one it ever saw, and a recent one still resumes right."""
     with trio.fail_after(60):
         assert await publish_once(nursery, server, "oldest", 3) == 0
-        slot = server.manager.producer_slots("demo")["agent"]
+        slot = server.manager.projects["demo"].slots["agent"]
         assert await publish_once(nursery, server, "kept", 5) == 0
         for index in range(600):
             await publish_once(nursery, server, f"run-{index}", 1)
@@ -429,7 +316,7 @@ async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_on
         assert await publish_once(nursery, server, "kept", 0) == 5
         assert await publish_once(nursery, server, "run-1099", 0) == 1
         assert await publish_once(nursery, server, "oldest", 0) == 0  # forgotten
-    assert len(server.manager.producer_slots("demo")["agent"].applied) == 1024
+    assert len(server.manager.projects["demo"].slots["agent"].applied) == 1024
 
 
 async def test_progress_items_reach_subscribers_once_and_resends_are_skipped(

@@ -716,7 +716,7 @@ async def test_a_rejected_upgrade_leaves_no_task_behind(
 async def test_hello_comes_first_and_names_protocol_project_epoch_seq_and_server(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     hub.set_status("running")
     # What the empty project's poll reads, so no read can add an event before hello.
     hub.publish_progress(NO_PROGRESS)
@@ -1171,7 +1171,7 @@ async def test_a_hostile_since_gets_hello_then_resync_invalid_since(
 async def test_a_since_with_thousands_of_leading_zeros_is_read_as_its_number(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    epoch = (await server.manager.open_hub("demo", project_dir)).epoch
+    epoch = ((await server.manager.open("demo", project_dir)).hub).epoch
     with trio.fail_after(NETWORK_TIMEOUT):
         seen = await first_messages(nursery, server, f"since={'0' * 5000}&epoch={epoch}")
     assert seen[0]["type"] == "hello"

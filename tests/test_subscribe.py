@@ -478,7 +478,7 @@ async def test_live_events_continue_from_the_snapshot_without_gap(
 async def test_mid_run_joiner_gets_active_agents_and_orchestrator_state(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     hub.set_status("running")
     hub.feed_lines(RUN[:150])  # two coding agents at work, nobody was watching
     with trio.fail_after(NETWORK_TIMEOUT):
@@ -999,7 +999,7 @@ async def test_an_idle_subscriber_holds_little_memory(
     by tracemalloc over many: no send task while idle, no header values, lean objects."""
     count = 200
     with trio.fail_after(NETWORK_TIMEOUT * 2):
-        await server.manager.open_hub("demo", project_dir)
+        await server.manager.open("demo", project_dir)
         warm = await trio.to_thread.run_sync(_idle_clients, server.port, 5)
         await trio.testing.wait_all_tasks_blocked()
         gc.collect()

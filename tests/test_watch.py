@@ -508,7 +508,7 @@ def target_of(server: Server, project: str = "demo") -> WatchTarget:
 async def populate(server: Server, project_dir: Path) -> ProjectHub:
     """Give ``demo`` a running agent stream, two agents, orchestrator events and progress."""
     create_db(db_path(project_dir), rows(passing=3, in_progress=2, needs_human_input=1, pending=4))
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     hub.set_status("running")
     hub.feed_lines(AGENT_LINES)
     hub.publish_progress(count_passing_tests(project_dir))  # what the poll loop will read too
@@ -620,7 +620,7 @@ async def test_follow_resyncs_when_a_new_server_has_a_new_epoch(
         await settle(old, seen)
         await first.shutdown(1001)
         second: Server = await nursery.start(serve, make_config(registry, port=first.port))
-        hub = await second.manager.open_hub("demo", project_dir)
+        hub = (await second.manager.open("demo", project_dir)).hub
         hub.feed_lines(["Started coding agent for feature #9"])
         resync = await seen.until(lambda m: m["type"] == "resync")
         await seen.until(lambda m: m["type"] == "agent_update")
@@ -1086,7 +1086,7 @@ async def test_cli_once_shows_the_features_and_the_sparkline(
             Row(in_progress=True, category="style", name="Dark mode"),
         ],
     )
-    hub = await server.manager.open_hub("demo", project_dir)
+    hub = (await server.manager.open("demo", project_dir)).hub
     hub.set_status("running")
     hub.feed_lines(AGENT_LINES)  # Spark on #3, Fizz (testing) on #5
     hub.publish_progress(count_passing_tests(project_dir))
@@ -1118,7 +1118,7 @@ async def test_cli_once_is_not_cut_to_80_columns_when_stdout_is_a_pipe(
     directory = tmp_path / "long"
     directory.mkdir()
     registry.add(LONG_NAME, directory)
-    hub = await server.manager.open_hub(LONG_NAME, directory)
+    hub = (await server.manager.open(LONG_NAME, directory)).hub
     hub.set_status("running")
     hub.set_status("running", "dev")
     hub.feed_lines(["  ➜  Local:   http://localhost:5173/"], "dev")

@@ -10,7 +10,7 @@ is bounded by the stall timeout, which counts time *without progress*: a
 peer that takes no byte for that long is cut (reset), a slow reader is not.
 
 Frames to a client are not masked, so the fan-out writes frames built once
-per event (`frames.text_frame`) with `send_frames`; that is valid only while
+per event (`frames.frames_of`) with `send_frames`; that is valid only while
 no extension is negotiated, and `accept` never negotiates one (an offered
 permessage-deflate is ignored, as RFC 6455 allows).
 
@@ -153,7 +153,7 @@ class WebSocket:
     # -- writing -------------------------------------------------------------------
 
     async def send_frames(self, data: bytes) -> None:
-        """Write already-encoded data frames (`frames.text_frame`) in one write.
+        """Write already-encoded data frames (`frames.frames_of`) in one write.
 
         Raises `ConnectionClosed` once a close frame was sent or the connection
         is gone, `WriteStalled` when the peer took nothing for the stall timeout.

@@ -3,7 +3,7 @@
 The AutoForge UI's Pause/Resume/Stop buttons (and scripts) call
 ``POST /api/projects/{name}/agent/{action}`` and ``GET .../agent/status``;
 `act` sends an action through the same path as a websocket ``control``
-message (`ConnectionManager.control`, so the same refusals), then waits a
+message (`Project.control`, so the same refusals), then waits a
 moment for the producer to report the new status, since AutoForge answers
 with the status after the action. `agent_status` and `progress_history`
 build their bodies from the hub's live state and held events. The HTTP
@@ -17,7 +17,7 @@ from typing import Any, Final
 import trio
 
 from trio_ws.hub import ProjectHub
-from trio_ws.manager import ConnectionManager
+from trio_ws.project import Project
 
 REST_ACTIONS: Final = {
     "stop": "stop",
@@ -35,15 +35,13 @@ STATUS_TYPES: Final = frozenset({"agent_status", "orchestrator_update"})
 
 
 async def act(
-    manager: ConnectionManager,
-    hub: ProjectHub,
-    action: str,
-    settle_timeout: float = SETTLE_TIMEOUT,
+    project: Project, action: str, settle_timeout: float = SETTLE_TIMEOUT
 ) -> dict[str, Any]:
     """Forward ``action`` (a websocket action name) and answer as AutoForge does:
     ``{"success", "status", "message"}`` with the agent status after the action."""
+    hub = project.hub
     before = hub.agent.status
-    refusal = await manager.control(hub.name, action)
+    refusal = project.control(action)
     if refusal is not None:
         return {"success": False, "status": hub.agent.status, "message": refusal}
     with trio.move_on_after(settle_timeout):

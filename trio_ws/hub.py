@@ -48,7 +48,7 @@ from typing import Final
 
 import trio
 
-from trio_ws import defaults, frames, protocol
+from trio_ws import defaults, protocol
 from trio_ws.journal import (
     Batch,
     Journal,
@@ -66,16 +66,16 @@ log = logging.getLogger("trio_ws.hub")
 
 Send = Callable[[list["Outgoing"]], Awaitable[None]]
 """Writes a batch of messages to one subscriber, in order (one ``send_all`` on the wire)."""
-Direct = Callable[[bytes], int]
-"""Writes frames to one subscriber now, without waiting, if its connection can: returns
-how many bytes the kernel took. 0: nothing was written (the caller queues the events);
-fewer than all: the connection keeps the rest and writes it before anything else, once
-the send task is woken. Handed over by the connection layer, so the hub holds no socket."""
+Direct = Callable[["FanOut"], bool]
+"""Writes a batch to one subscriber now, without waiting, if its connection can: False
+when nothing was written (the caller queues the events). What the kernel did not take
+the connection keeps and writes before anything else (it wakes its send task with
+`FLUSH`). Handed over by the connection layer, so the hub holds no socket."""
 
 DEFAULT_HISTORY: Final = defaults.HISTORY
 """Most events held per project for resume and catch-up."""
 DEFAULT_HISTORY_BYTES: Final = defaults.HISTORY_BYTES
-"""Most encoded bytes (websocket frames) of events held per project."""
+"""Most encoded bytes (UTF-8 JSON) of events held per project."""
 DEFAULT_QUEUE: Final = defaults.QUEUE_SIZE
 """Per-subscriber channel capacity, in messages."""
 MAX_BACKLOG: Final = defaults.MAX_BACKLOG
@@ -101,20 +101,23 @@ CONFLICT_RETRIES: Final = 20
 first) before a commit counts as failed; each retry first applies what was appended."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(eq=False, slots=True)
 class Outgoing:
-    """One message ready for the wire, encoded once for every subscriber: its JSON
-    ``text`` and its websocket ``frame``. ``seq`` is None for connection messages."""
+    """One message encoded once for every subscriber: its JSON ``text`` and that text's
+    UTF-8 ``data``. ``seq`` is None for connection messages. ``header`` is the
+    connection layer's to fill (its frame header, built once per message); the hub
+    never reads it."""
 
     seq: int | None
     type: str
     text: str
-    frame: bytes
+    data: bytes
+    header: bytes | None = None
 
     @classmethod
     def of(cls, message: Message, seq: int | None = None) -> Outgoing:
         text = protocol.encode(message)
-        return cls(seq, message["type"], text, frames.text_frame(text.encode()))
+        return cls(seq, message["type"], text, text.encode())
 
     @classmethod
     def event(cls, text: str) -> tuple[Message, Outgoing]:
@@ -127,7 +130,7 @@ class Outgoing:
             seq if isinstance(seq, int) else None,
             message["type"],
             text,
-            frames.text_frame(text.encode()),
+            text.encode(),
         )
 
 
@@ -204,10 +207,10 @@ class History:
         """Hold ``item`` (which has a seq), evicting the oldest beyond either bound."""
         items = self._items
         items.append(item)
-        self.bytes += len(item.frame)
+        self.bytes += len(item.data)
         while items and (len(items) > self.max_events or self.bytes > self.max_bytes):
             evicted = items.popleft()
-            self.bytes -= len(evicted.frame)
+            self.bytes -= len(evicted.data)
             assert evicted.seq is not None
             self.evicted_through = evicted.seq
 
@@ -226,8 +229,18 @@ class History:
         return list(itertools.islice(self._items, start, start + limit))
 
 
-FLUSH: Final = Outgoing(None, "flush", "", b"")
+FLUSH: Final = Outgoing(None, "flush", "", b"", b"")
 """Wakes a send task to write what its connection kept of a direct write; no frame."""
+
+
+@dataclass(eq=False, slots=True)
+class FanOut:
+    """Committed events handed to every subscriber's direct write at once. ``wire`` is
+    the connection layer's to fill (their frames, joined once for every subscriber);
+    the hub never reads it."""
+
+    items: list[Outgoing]
+    wire: bytes | None = None
 
 
 def _seq_of(item: Outgoing) -> int:
@@ -1071,15 +1084,15 @@ class ProjectHub:
 
         The direct write is tried only while the subscriber's send task has nothing
         queued or in hand (``queued`` is 0), so it can never overtake a queued event;
-        the connection refuses it while anything else is writing. The frames are
-        joined once for every subscriber.
+        the connection refuses it while anything else is writing. Every subscriber
+        gets the same `FanOut`, so its frames are joined once for all of them.
         """
         status_changed = False
         for item in items:
             self._hold(item)
             self.stats.events[item.type] += 1
             status_changed = status_changed or item.type == "agent_status"
-        data: bytes | None = None
+        fan_out: FanOut | None = None
         last_seq = items[-1].seq
         assert last_seq is not None
         count = len(items)
@@ -1088,16 +1101,13 @@ class ProjectHub:
                 continue
             direct = subscriber.direct
             if direct is not None and subscriber.queued == 0:
-                if data is None:
-                    data = b"".join(item.frame for item in items)
-                taken = direct(data)
-                if taken:
+                if fan_out is None:
+                    fan_out = FanOut(items)
+                if direct(fan_out):
                     subscriber.sent_seq = last_seq
                     subscriber.delivered += count
                     self.stats.deliveries += count
                     self.stats.direct_writes += 1
-                    if taken < len(data):  # the rest waits in the connection: wake the writer
-                        subscriber.offer(FLUSH)  # the queue is empty: it fits
                     continue
             for item in items:
                 if not subscriber.offer(item):

@@ -118,7 +118,8 @@ class _HubCollector(Collector):
             "Commits that failed (disk full, read-only, I/O error) and were retried.",
             labels=["project"],
         )
-        for name, hub in sorted(self._manager.hubs.items()):
+        for name, project in sorted(self._manager.projects.items()):
+            hub = project.hub
             if hub.journal is not None:
                 journal = hub.journal.stats()
                 journal_info.add_metric([name, journal.backend], 1)
@@ -128,7 +129,7 @@ class _HubCollector(Collector):
                 journal_errors.add_metric([name], journal.write_errors)
             stats = hub.stats
             subscribers.add_metric([name], hub.subscriber_count)
-            producers.add_metric([name], self._manager.producers_of(name))
+            producers.add_metric([name], project.producer_count)
             for kind, count in sorted(stats.events.items()):
                 events.add_metric([name, kind], count)
             deliveries.add_metric([name], stats.deliveries)

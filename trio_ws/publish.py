@@ -2,12 +2,12 @@
 
 Producers deliver at least once; this module makes it exactly once into the
 project: every item carries a per-producer ``pseq``, and a `ProducerSlot`
-(one per project and stream) remembers the highest ``pseq`` applied for
+(the `Project` holds one per stream) remembers the highest ``pseq`` applied for
 each producer id across reconnects, so a resent batch is skipped, never
 applied twice. One producer per stream at a time: a different id on a live
 stream is closed 4009; the same id reconnecting replaces its stale
-connection. An agent producer that vanishes without a final status gets a
-grace period, after which the project is marked ``crashed``.
+connection. A producer that vanishes without a final status gets a grace
+period from its `Project`, after which its stream is marked ``crashed``.
 
 All messages to a producer go through one writer task fed by a small
 channel; the `WebSocket` underneath serialises them with its pings and
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import trio
@@ -30,6 +28,7 @@ from trio_ws.connection import ConnectionClosed, WebSocket
 from trio_ws.hub import ProjectHub
 from trio_ws.journal import JournalError
 from trio_ws.progress import Progress
+from trio_ws.project import FINAL_STATUSES, ProducerSlot, Project, producer_key
 from trio_ws.protocol import Stream
 
 if TYPE_CHECKING:
@@ -41,66 +40,10 @@ MAX_PRODUCER_MESSAGE: Final = 16 * 1024 * 1024
 MAX_LINES_PER_MESSAGE: Final = 10_000
 ACK_INTERVAL: Final = 0.1
 OUTBOX_SIZE: Final = 64
-MAX_PRODUCER_IDS: Final = 1024
-"""Producer ids a slot remembers the applied pseq of; the least recently used goes first."""
-DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
 PRODUCER_PING_TIMEOUT: Final = defaults.PRODUCER_PING_TIMEOUT
 """A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
 HELLO_TIMEOUT: Final = 10.0
-LOST_LINE: Final = "[trio-ws] producer lost"
 EXIT_LINE: Final = "[trio-ws] process exited with code"
-
-FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
-
-ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
-    "stop": frozenset({"running", "paused", "pausing", "paused_graceful"}),
-    "pause": frozenset({"running"}),
-    "resume": frozenset({"paused"}),
-    "graceful_pause": frozenset({"running"}),
-    "graceful_resume": frozenset({"pausing", "paused_graceful"}),
-}
-"""Agent statuses in which each control action makes sense."""
-
-
-@dataclass
-class ProducerSlot:
-    """One project stream's producer state, kept across producer reconnects.
-
-    ``applied`` holds the most recently used `MAX_PRODUCER_IDS` producer ids,
-    so a server that sees a new id per run does not grow for its whole life.
-    A forgotten producer is treated like one after a restart (PROTOCOL.md 4.2).
-    """
-
-    project: str
-    stream: Stream
-    applied: OrderedDict[str, int] = field(default_factory=OrderedDict)
-    session: PublishSession | None = None
-    grace: trio.CancelScope | None = None
-    progress_from: str | None = None
-    """The producer id that sent this stream's latest ``progress`` item, if any."""
-
-    @property
-    def reports_progress(self) -> bool:
-        """Whether the connected producer reads the project's progress itself (it sent
-        a ``progress`` item): then the server does not poll the project."""
-        session = self.session
-        return session is not None and session.producer_id == self.progress_from
-
-    def applied_of(self, producer_id: str) -> int:
-        """The highest pseq applied for ``producer_id`` (0 if none); counts as a use."""
-        if producer_id not in self.applied:
-            return 0
-        self.applied.move_to_end(producer_id)
-        return self.applied[producer_id]
-
-    def record(self, producer_id: str, pseq: int) -> None:
-        """``producer_id`` has now been applied up to ``pseq``; the least recently used
-        id beyond the bound is forgotten. That is never the connected producer: only
-        it records while it is connected, so it is always the most recent."""
-        self.applied[producer_id] = pseq
-        self.applied.move_to_end(producer_id)
-        while len(self.applied) > MAX_PRODUCER_IDS:
-            self.applied.popitem(last=False)
 
 
 class PublishSession:
@@ -334,11 +277,6 @@ class PublishSession:
         return True
 
 
-def producer_key(stream: Stream, producer_id: str) -> str:
-    """How the journal names a producer: its stream and its id."""
-    return f"{stream}:{producer_id}"
-
-
 def _is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -365,31 +303,29 @@ def _progress_problem(payload: dict[str, Any]) -> str | None:
 
 async def serve_producer(
     ws: WebSocket,
-    hub: ProjectHub,
-    slots: dict[Stream, ProducerSlot],
-    manager: ConnectionManager,
+    project: Project,
+    sessions: ConnectionManager,
     peer: str,
     *,
-    grace: float = DEFAULT_GRACE,
     ping_timeout: float = PRODUCER_PING_TIMEOUT,
 ) -> None:
     """Run one accepted producer connection from its ``hello``; owns its slot while live.
 
-    Grace timers run in the manager's nursery, which outlives the connection;
-    the session is registered with the manager so that shutdown closes it (1001).
+    The project takes the session over (and starts its stream's grace period when
+    it ends); the session is registered with the manager so that shutdown closes
+    it (1001).
     """
-    nursery = manager.nursery
     hello = await _read_hello(ws)
     if hello is None:
         return
     producer_id, stream = hello
-    slot = slots[stream]
+    slot = project.slots[stream]
     if slot.session is None:
         try:
             # It may come from another node (--broker): continue its pseqs and trackers.
-            await manager.producer_arrives(hub.name, stream, producer_id)
+            await project.producer_arrives(stream, producer_id)
         except JournalError as exc:
-            log.error("project %s: cannot take the producer over: %s", hub.name, exc)
+            log.error("project %s: cannot take the producer over: %s", project.name, exc)
             await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
             await ws.aclose(1011, "project journal unavailable")
             return
@@ -398,25 +334,14 @@ async def serve_producer(
         await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
         await ws.aclose(4009, "stream already has a producer")
         return
-    session = PublishSession(ws, hub, slot, producer_id, peer, ping_timeout)
-    slot.session = session
-    if previous is not None:
-        log.info(
-            "project %s: producer %s reconnected; replacing its old connection",
-            slot.project,
-            producer_id,
-        )
-        nursery.start_soon(previous.close, 1000, "replaced by a newer connection")
-    _producer_back(hub, slot)
-    manager.add_session(session)
+    session = PublishSession(ws, project.hub, slot, producer_id, peer, ping_timeout)
+    project.producer_back(slot, session)
+    sessions.add_session(session)
     try:
         await session.run()
     finally:
-        manager.remove_session(session)
-        if slot.session is session:
-            slot.session = None
-            if _stream_status(hub, slot.stream) not in FINAL_STATUSES:
-                _producer_gone(hub, slot, nursery, grace)
+        sessions.remove_session(session)
+        project.producer_left(slot, session)
 
 
 async def _read_hello(ws: WebSocket) -> tuple[str, Stream] | None:
@@ -445,59 +370,3 @@ async def _read_hello(ws: WebSocket) -> tuple[str, Stream] | None:
         return None
     stream: Stream = "agent" if payload["stream"] == "agent" else "dev"
     return payload["producer"], stream
-
-
-def _stream_status(hub: ProjectHub, stream: Stream) -> str:
-    return hub.agent.status if stream == "agent" else hub.dev.status
-
-
-def _producer_back(hub: ProjectHub, slot: ProducerSlot) -> None:
-    if slot.grace is not None:
-        slot.grace.cancel()
-        slot.grace = None
-    hub.clear_warning(f"producer:{slot.stream}")
-
-
-def _producer_gone(
-    hub: ProjectHub, slot: ProducerSlot, nursery: trio.Nursery, grace: float
-) -> None:
-    hub.warn(
-        "producer",
-        f"the {slot.stream} producer disconnected; marking it crashed unless it returns "
-        f"within {grace:g} s",
-        key=f"producer:{slot.stream}",
-    )
-    scope = trio.CancelScope()
-    slot.grace = scope
-    nursery.start_soon(_grace_period, hub, slot, scope, grace)
-
-
-async def _grace_period(
-    hub: ProjectHub, slot: ProducerSlot, scope: trio.CancelScope, grace: float
-) -> None:
-    with scope:
-        started = trio.current_time()
-        await trio.sleep(grace)
-        if hub.remote_seen.get(slot.stream, started) > started:
-            # Another node applies this stream's items now (--broker): it moved there.
-            log.info("project %s: %s producer went on elsewhere", slot.project, slot.stream)
-            hub.clear_warning(f"producer:{slot.stream}")
-            slot.grace = None
-            return
-        log.warning("project %s: %s producer lost", slot.project, slot.stream)
-        hub.clear_warning(f"producer:{slot.stream}")
-        hub.feed_lines([LOST_LINE], slot.stream)
-        hub.set_status("crashed", slot.stream)
-        slot.grace = None
-
-
-def control_refusal(hub: ProjectHub, slot: ProducerSlot | None, action: str) -> str | None:
-    """Forward ``action`` to the agent producer; the refusal text when it cannot be."""
-    if slot is None or slot.session is None:
-        return "no producer can act on this project"
-    status = hub.agent.status
-    if status not in ALLOWED_FROM[action]:
-        return f"cannot {action} while the agent is {status}"
-    if not slot.session.send_control(action):
-        return "the producer is not taking control messages right now"
-    return None

@@ -51,7 +51,7 @@ from trio_ws.journal_memory import MemoryBackend
 from trio_ws.journal_redis import RedisBackend, open_redis_backend
 from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.lease import PollLease
-from trio_ws.manager import POLL_RESTART, ConnectionManager
+from trio_ws.manager import ConnectionManager
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
 from trio_ws.progress import (
@@ -61,12 +61,9 @@ from trio_ws.progress import (
     ProgressError,
     UnsupportedSchema,
 )
-from trio_ws.publish import (
-    DEFAULT_GRACE,
-    MAX_PRODUCER_MESSAGE,
-    PRODUCER_PING_TIMEOUT,
-    serve_producer,
-)
+from trio_ws.project import DEFAULT_GRACE, POLL_RESTART
+from trio_ws.project import Project as LiveProject
+from trio_ws.publish import MAX_PRODUCER_MESSAGE, PRODUCER_PING_TIMEOUT, serve_producer
 from trio_ws.registry import Project, Registry, RegistryError
 from trio_ws.security import (
     control_origin_allowed,
@@ -229,6 +226,7 @@ async def _serve(
             lock_timeout=config.lock_timeout,
             on_poll=metrics.observe_poll,
             poll_restart=config.poll_restart,
+            grace=config.producer_grace,
             extra_secrets=(config.token,),
             journals=journals,
             on_commit=metrics.observe_commit,
@@ -433,17 +431,17 @@ async def _project_api(
         status, body = await _features(server, project)
     else:
         try:
-            hub = await server.manager.open_hub(name, project.path)
+            live = await server.manager.open(name, project.path)
         except JournalError as exc:
             log.error("project %s: journal unavailable: %s", name, exc)
             await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
             return
         if action is not None:
-            status, body = 200, await control.act(server.manager, hub, action)
+            status, body = 200, await control.act(live, action)
         elif view == "agent/status":
-            status, body = 200, control.agent_status(hub)
+            status, body = 200, control.agent_status(live.hub)
         else:
-            status, body = 200, control.progress_history(hub)
+            status, body = 200, control.progress_history(live.hub)
     await send_json(stream, connection, status, body)
 
 
@@ -611,8 +609,8 @@ def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str
 
 async def _project(
     server: Server, ws: WebSocket, raw_name: str, peer: str, *, producer: bool = False
-) -> str | None:
-    """The project named in the path, its hub open; otherwise refuse and say why.
+) -> LiveProject | None:
+    """The project named in the path, open; otherwise refuse and say why.
 
     Known is a registered project whose directory exists here; with a broker also one
     this node's registry lacks (its directory is on another machine) when a producer
@@ -636,14 +634,14 @@ async def _project(
                 "Project not found in registry" if found is None else "Project directory not found",
             )
             return None
-        await server.manager.open_hub(name, directory)
+        project = await server.manager.open(name, directory)
     except JournalError:
         # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
         with trio.move_on_after(CLOSE_TIMEOUT):
             await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
         await ws.aclose(1011, "project journal unavailable")
         return None
-    return name
+    return project
 
 
 async def _known_elsewhere(server: Server, name: str, producer: bool) -> bool:
@@ -666,12 +664,12 @@ async def _subscriber(
     if config.subscribers_need_token and not authorized:
         await _refuse(ws, 4001, "Unauthorized")
         return
-    name = await _project(server, ws, raw_name, peer)
-    if name is None:
+    project = await _project(server, ws, raw_name, peer)
+    if project is None:
         return
-    await server.manager.prime(name)
+    await project.prime()
     request = SubscribeRequest(
-        project=name,
+        project=project.name,
         since=parse_since(head.query.get("since")),
         epoch=head.query.get("epoch"),
         backlog=parse_backlog(head.query.get("backlog")),
@@ -682,25 +680,15 @@ async def _subscriber(
         peer=peer,
     )
     head.release()  # an idle subscriber holds no header values
-    await project_websocket(ws, server.manager, request, control=server.manager.control)
+    await project_websocket(ws, server.manager, project, request)
 
 
 async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> None:
-    name = await _project(server, ws, raw_name, peer, producer=True)
-    if name is None:
+    project = await _project(server, ws, raw_name, peer, producer=True)
+    if project is None:
         return
-    manager = server.manager
-    hub = manager.get_hub(name)
-    assert hub is not None  # _project made it
-    config = server.config
     await serve_producer(
-        ws,
-        hub,
-        manager.producer_slots(name),
-        manager,
-        peer,
-        grace=config.producer_grace,
-        ping_timeout=config.producer_ping_timeout,
+        ws, project, server.manager, peer, ping_timeout=server.config.producer_ping_timeout
     )
 
 

@@ -15,25 +15,22 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
 import trio
 
-from trio_ws import defaults, protocol
+from trio_ws import defaults, frames, protocol
 from trio_ws.connection import ConnectionClosed, PeerStalled, WebSocket
-from trio_ws.hub import Outgoing, ProjectHub, Subscriber
+from trio_ws.hub import FLUSH, FanOut, Outgoing, Subscriber
 from trio_ws.manager import ConnectionManager
+from trio_ws.project import Project
 
 log = logging.getLogger("trio_ws.subscribe")
 
 MAX_INBOUND_BYTES: Final = 64 * 1024
 FLOOD_MESSAGES: Final = 100
 FLOOD_WINDOW: Final = 10.0
-
-ControlHandler = Callable[[str, str], Awaitable[str | None]]
-"""(project, action) -> None when forwarded, else the refusal text."""
 
 
 @dataclass(slots=True)
@@ -84,21 +81,15 @@ def parse_backlog(raw: str | None) -> int:
 class SubscriberSession:
     """A live subscriber connection; closable by the manager on shutdown."""
 
-    __slots__ = ("_control", "_nursery", "_sending", "hub", "request", "subscriber", "ws")
+    __slots__ = ("_nursery", "_sending", "project", "request", "subscriber", "ws")
 
     def __init__(
-        self,
-        ws: WebSocket,
-        hub: ProjectHub,
-        subscriber: Subscriber,
-        request: SubscribeRequest,
-        control: ControlHandler | None,
+        self, ws: WebSocket, project: Project, subscriber: Subscriber, request: SubscribeRequest
     ) -> None:
         self.ws = ws
-        self.hub = hub
+        self.project = project
         self.subscriber = subscriber
         self.request = request
-        self._control = control
         self._nursery: trio.Nursery | None = None
         self._sending = False
         """A send task runs (or the connection failed: then none is started again)."""
@@ -128,12 +119,21 @@ class SubscriberSession:
         await self.ws.aclose(code, reason)
 
     async def _send(self, batch: list[Outgoing]) -> None:
-        """Write a batch of pre-encoded frames with one write."""
-        await self.ws.send_frames(b"".join(item.frame for item in batch))
+        """Write a batch of messages with one write."""
+        await self.ws.send_frames(frames.frames_of(batch))
+
+    def _direct(self, fan_out: FanOut) -> bool:
+        """The fan-out's write without waiting (`WebSocket.send_now`); when the kernel
+        took part of it, the send task is woken to write the rest."""
+        data = frames.fan_out_frames(fan_out)
+        taken = self.ws.send_now(data)
+        if 0 < taken < len(data):
+            self.subscriber.offer(FLUSH)  # nothing is queued (the fan-out checked): it fits
+        return taken > 0
 
     async def _send_task(self) -> None:
         try:
-            await self.hub.drain(self.subscriber, self._send, self.ws.send_now)
+            await self.project.hub.drain(self.subscriber, self._send, self._direct)
         except PeerStalled as exc:
             log.warning(
                 "project %s: subscriber %s: %s; aborted",
@@ -141,7 +141,7 @@ class SubscriberSession:
                 self.request.peer,
                 exc.reason,
             )
-            self.hub.stats.aborted += 1
+            self.project.hub.stats.aborted += 1
         except ConnectionClosed as exc:
             log.debug(
                 "project %s: subscriber %s closed: %s", self.request.project, self.request.peer, exc
@@ -172,9 +172,9 @@ class SubscriberSession:
                 await self.ws.aclose(1008, "too many messages")
                 return
             arrivals.append(now)
-            await self._handle(message)
+            self._handle(message)
 
-    async def _handle(self, message: str | bytes) -> None:
+    def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
             self._reply(protocol.warning("protocol", "binary frames are not accepted"))
             return
@@ -190,19 +190,17 @@ class SubscriberSession:
         if kind == "ping":
             self._reply({"type": "pong"})
         elif kind == "control":
-            await self._handle_control(payload.get("action"))
+            self._handle_control(payload.get("action"))
 
-    async def _handle_control(self, action: object) -> None:
+    def _handle_control(self, action: object) -> None:
         if not isinstance(action, str) or action not in protocol.CONTROL_ACTIONS:
             refusal: str | None = f"unknown control action {action!r}"
         elif not self.request.origin_may_control:
             refusal = "control is accepted only from the server's own origin or an allowed one"
         elif not self.request.authorized:
             refusal = "control needs the server token"
-        elif self._control is None:
-            refusal = "no producer can act on this project"
         else:
-            refusal = await self._control(self.request.project, action)
+            refusal = self.project.control(action)
         if refusal is not None:
             self._reply(protocol.warning("control", refusal))
 
@@ -212,25 +210,20 @@ class SubscriberSession:
 
 
 async def project_websocket(
-    ws: WebSocket,
-    manager: ConnectionManager,
-    request: SubscribeRequest,
-    control: ControlHandler | None = None,
+    ws: WebSocket, manager: ConnectionManager, project: Project, request: SubscribeRequest
 ) -> None:
-    """Serve one accepted subscriber of a registered, existing project until it leaves.
+    """Serve one accepted subscriber of an open project until it leaves.
 
     The subscription is undone whatever fails after it was made, the session's
     set-up included, so neither the subscriber nor its project's poll loop leaks.
     """
-    hub, subscriber = manager.subscribe(
-        request.project, request.since, request.epoch, request.backlog
-    )
+    subscriber = project.subscribe(request.since, request.epoch, request.backlog)
     try:
-        session = SubscriberSession(ws, hub, subscriber, request, control)
+        session = SubscriberSession(ws, project, subscriber, request)
         manager.add_session(session)
         try:
             await session.run()
         finally:
             manager.remove_session(session)
     finally:
-        manager.unsubscribe(request.project, subscriber)
+        project.unsubscribe(subscriber)
