@@ -357,7 +357,8 @@ def write_version_1_journal(path: Path, epoch: str, texts: list[str]) -> None:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)")
         conn.execute(
-            "CREATE TABLE events (seq INTEGER PRIMARY KEY, text TEXT NOT NULL, size INTEGER NOT NULL)"
+            "CREATE TABLE events (seq INTEGER PRIMARY KEY, text TEXT NOT NULL, "
+            "size INTEGER NOT NULL)"
         )
         conn.execute("CREATE TABLE producers (id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)")
         first = 1
@@ -388,7 +389,7 @@ async def test_a_version_1_journal_is_migrated_with_its_history(home: Path, boot
     assert (state.new_epoch, state.epoch, state.head, state.oldest) == (None, "e1", 2500, 1)
     assert (state.pseqs, state.state) == ({"agent:p1": 17}, {"snapshot": {}})
     assert await opened.read_since(0, 10_000) == list(enumerate(texts, start=1))
-    assert await opened.read_since(1499, 3) == [(1500, texts[1499]), (1501, texts[1500]), (1502, texts[1501])]
+    assert await opened.read_since(1499, 3) == [(seq, texts[seq - 1]) for seq in (1500, 1501, 1502)]
     stats = opened.stats()
     assert (stats.events_held, stats.bytes_held) == (2500, sum(len(t.encode()) for t in texts))
     await opened.append(batch(2501, 2))

@@ -491,7 +491,9 @@ def _held_sizes(conn: sqlite3.Connection) -> deque[tuple[int, int]]:
         parts = texts.split("\n")
         if last != first + len(parts) - 1 or (sizes and first != sizes[-1][0] + 1):
             raise _Unreadable(f"chunk {first}..{last} holds {len(parts)} events out of order")
-        sizes.extend(zip(range(first, last + 1), (len(part.encode()) for part in parts)))
+        sizes.extend(
+            zip(range(first, last + 1), (len(part.encode()) for part in parts), strict=True)
+        )
     return sizes
 
 
