@@ -581,14 +581,18 @@ def leaked_secrets(text: str) -> list[str]:
     """What the spec patterns still find in ``text`` other than ``[REDACTED]``.
 
     A named value may be a prefix of ``[REDACTED]``: a consumer that shortens
-    a redacted line (a thought is ``content[:100]``) may cut the marker.
+    a redacted line (a thought is ``content[:100]``) may cut the marker. A value
+    that goes on from the marker with ``@`` is a URL's password redacted up to
+    its host (``://TOKEN:[REDACTED]@host``): the URL rule ends the secret there.
     """
     leaks = [m[0] for pattern in WHOLE_SECRETS for m in pattern.finditer(text)]
     leaks += [
         m["value"]
         for pattern in NAMED_SECRETS
         for m in pattern.finditer(text)
-        if not REDACTED.startswith(m["value"]) and not m["value"].isspace()
+        if not REDACTED.startswith(m["value"])
+        and not m["value"].isspace()
+        and not m["value"].startswith(REDACTED + "@")
     ]
     return leaks
 
@@ -726,3 +730,11 @@ def test_a_named_value_that_is_an_auth_scheme_takes_its_credential_along(line: s
     """Found by the property test: one match's value was another secret's introducer,
     whose own match then could not start, and the credential after it survived."""
     assert "00000000" not in redact(line)
+
+
+def test_a_url_password_after_a_secret_name_is_redacted_up_to_the_host() -> None:
+    """Found by hypothesis: ``://TOKEN:0@`` reads as a URL whose user is TOKEN; its
+    password is cut at ``@``, so the host stays readable."""
+    assert redact("://TOKEN:0@") == "://TOKEN:[REDACTED]@"
+    assert redact("https://TOKEN:abc@host/x") == "https://TOKEN:[REDACTED]@host/x"
+    assert leaked_secrets(redact("https://TOKEN:abc@host/x")) == []
