@@ -384,3 +384,28 @@ async def test_progress_on_the_dev_stream_is_skipped_with_a_warning(
     assert warning["content"] == "progress comes from the agent stream only (item 1 skipped)"
     hub = server.manager.get_hub("demo")
     assert hub is not None and hub.progress is None
+
+
+async def test_messages_that_arrived_together_are_one_commit_and_one_write(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """A producer's burst that the server received in one read is taken in whole before
+    anything else runs: one commit and one write per subscriber (issue 11 item 2)."""
+    with trio.fail_after(TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "dev_server_status")
+        raw = await RawClient.connect(
+            server.port, "/ws/projects/demo/publish", f"Authorization: Bearer {TOKEN}"
+        )
+        await raw.send(text({"type": "hello", "producer": "burst", "stream": "agent"}))
+        await raw.message("welcome")
+        hub = server.manager.projects["demo"].hub
+        assert hub.journal is not None
+        commits = hub.journal.stats().commits
+        writes = hub.stats.direct_writes
+        burst = [{"type": "lines", "first": n, "lines": [f"line {n}"]} for n in range(1, 6)]
+        await raw.send(b"".join(text(message) for message in burst))
+        seen = await receive_until(watcher, lambda m: m.get("line") == "line 5")
+    assert logs(seen) == [f"line {n}" for n in range(1, 6)]
+    assert hub.journal.stats().commits == commits + 1
+    assert hub.stats.direct_writes == writes + 1
