@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -726,3 +727,30 @@ def test_a_named_value_that_is_an_auth_scheme_takes_its_credential_along(line: s
     """Found by the property test: one match's value was another secret's introducer,
     whose own match then could not start, and the credential after it survived."""
     assert "00000000" not in redact(line)
+
+
+NO_PRE_CHECK = (("", ("",)),)
+"""A trigger table every line holds: the regex runs on every line."""
+
+_SHAPED_LINES = st.builds(
+    lambda before, shaped, after: " ".join([*before, shaped[0], *after]),
+    _WORDS,
+    st.one_of(*SECRET_SHAPES.values()),
+    _WORDS,
+)
+
+
+@settings(max_examples=1000)
+@given(
+    st.one_of(_SHAPED_LINES, secretish_text, st.text(max_size=200)).flatmap(
+        lambda text: st.sampled_from([text, text.upper(), text.swapcase()])
+    ),
+    st.booleans(),
+)
+def test_the_pre_check_skips_only_lines_the_regex_leaves_alone(
+    text: str, in_private_key: bool
+) -> None:
+    """The trigger pre-check is only a shortcut: without it every result is the same."""
+    expected = redact_line(text, in_private_key)
+    with unittest.mock.patch("trio_ws.security._TRIGGERS", NO_PRE_CHECK):
+        assert redact_line(text, in_private_key) == expected
