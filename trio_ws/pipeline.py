@@ -61,15 +61,12 @@ _AUTH_ERROR: Final = re.compile(
     re.IGNORECASE,
 )
 _AUTH_NEEDLES: Final = (
-    "logged",
-    "authenticat",
-    "login",
-    "unauthorized",
-    "invalid",
-    "expired",
-    "sign",
+    ("", ("invalid", "expired", "sign")),
+    ("log", ("logged", "login")),
+    ("auth", ("authenticat", "unauthorized")),
 )
-"""Every ``_AUTH_ERROR`` hit holds one of these in its ``fold``: most lines skip the search."""
+"""Every ``_AUTH_ERROR`` hit holds one of these in its ``fold``, each listed after a
+gate it holds too: most lines skip the search after five substring tests."""
 
 _RULE: Final = "=" * 80
 AUTH_BANNER: Final[tuple[str, ...]] = (
@@ -367,9 +364,11 @@ class DevPipeline:
 def _auth_error(text: str) -> bool:
     """Whether ``text`` says the CLI is not logged in (LINES.md 1, step 3)."""
     folded = fold(text)
-    for needle in _AUTH_NEEDLES:
-        if needle in folded:
-            return _AUTH_ERROR.search(text) is not None
+    for gate, needles in _AUTH_NEEDLES:
+        if gate in folded:
+            for needle in needles:
+                if needle in folded:
+                    return _AUTH_ERROR.search(text) is not None
     return False
 
 

@@ -176,12 +176,14 @@ _CHAIN: Final[tuple[tuple[str, str, bool, re.Pattern[str]], ...]] = tuple(
     )
 )
 _ANY_NEEDLE: Final = re.compile(
-    "|".join(re.escape(needle) for needle, _ in _MAX_CONCURRENCY)
-    + "|"
-    + "|".join(re.escape(needle) for _, needle, _, _ in _CHAIN)
+    r"Max concurrency: |max(?:_concurrency=| )|Running initializer agent|INITIALIZATION COMPLETE"
+    r"|\[DEBUG\] Spawning loop: |Start(?:ing feature |ed (?:coding|testing) agent for feature)"
+    r"|Feature|blocked by dependencies|All (?:features complete|agents drained)"
+    r"|Graceful pause requested|Resuming from graceful pause"
 )
-"""One search for all needles (a start is also a substring): a line without any,
-the most common line, is done with it."""
+"""One search for all needles (a start is also a substring; ``max `` and ``blocked``
+stand for ``t max `` and `` blocked``, common prefixes are shared, which halves
+the search on prose): a line without any, the most common line, is done with it."""
 _FIXED: Final[dict[str, tuple[str, str]]] = {
     "init_start": ("initializing", "Initializing project features..."),
     "init_complete": ("scheduling", "Initialization complete, preparing to schedule features"),
