@@ -203,10 +203,11 @@ class AgentPipeline:
         # The crash window keeps redacted lines: it is journalled, and no auth
         # pattern needs a secret's value to match.
         self._recent.append(redacted)
-        clean = finish(redacted, dropped)
+        # Most lines are short and whole: they need no marker and no cut.
+        clean = finish(redacted, dropped) if dropped or len(redacted) > LINE_CAP else redacted
         agent_update = self.agents.feed(clean)
         orchestrator_update = self.orchestrator.feed(clean)
-        feature_id = _feature_id(clean)
+        feature_id = _feature_id(clean) if clean.startswith(_FEATURE_LINE) else None
         agent_index = None if feature_id is None else self.agents.owner_of(feature_id)
         events.append(log(clean, timestamp, feature_id, agent_index))
         if agent_update is not None:
@@ -373,8 +374,7 @@ def _auth_error(text: str) -> bool:
 
 
 def _feature_id(line: str) -> int | None:
-    if not line.startswith(_FEATURE_LINE):
-        return None
+    """The id of a ``[Feature #N]`` line (the caller has checked that prefix)."""
     match = _FEATURE_ID.match(line)
     return None if match is None else int(match[1])
 

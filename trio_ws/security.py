@@ -117,6 +117,8 @@ def redact_line(line: str, in_private_key: bool, secrets: Iterable[str] = ()) ->
     for secret in secrets:
         if secret:
             line = line.replace(secret, REDACTED)
+    if not _triggered(line.lower()):  # the common line: no secret can be in it
+        return head + line, False
     opened = False
     for _ in range(_MAX_PASSES):
         redacted, opened = _redact_once(line)
@@ -137,8 +139,6 @@ _PEM_BODY: Final = re.compile(
 
 def _redact_once(text: str) -> tuple[str, bool]:
     """One pass of the combined regex; also whether a PEM key opened and did not close."""
-    if not _triggered(text.lower()):
-        return text, False
     opened = False
     spans: list[tuple[int, int]] = []
     pos = 0

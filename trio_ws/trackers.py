@@ -68,6 +68,8 @@ _GIVING_UP: Final = re.compile(r"Feature #(\d+) has failed \d+ times, will not r
 _CODING_DONE: Final = re.compile(r"Feature #(\d+) (completed|failed)$", _A)
 _ACTIVITY: Final = re.compile(r"\[Feature #(\d+)\]\s*(.*)", _A)
 _DIGITS: Final = re.compile(r"\d+", _A)
+_AGENT_STARTS: Final = ("[Feature #", "Started ", "Feature")
+"""Every rule above starts with one of these."""
 
 # -- activity table: (pattern, state, thought source, needles); source "content"
 # means content[:100], an int means that group of the match. The patterns are
@@ -301,6 +303,8 @@ class AgentTracker:
         ``[Feature #``, so one prefix test picks the few rules that can match,
         in their table order.
         """
+        if not line.startswith(_AGENT_STARTS):  # the common line: one test
+            return None
         if line.startswith("[Feature #"):
             if match := _ACTIVITY.match(line):
                 return self._activity(_number(match[1]), match[2])
