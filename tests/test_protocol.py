@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_ws.pipeline import AgentPipeline
+from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.protocol import encode, iso_timestamp
 
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -71,3 +73,84 @@ JSON = st.recursive(
 @given(st.dictionaries(st.text(), JSON, max_size=6))
 def test_encode_is_compact_unescaped_json(message: dict[str, object]) -> None:
     assert encode(message) == json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+
+
+REFERENCE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+"""The encoding the wire always had; ``encode`` must give its bytes or its error."""
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+class Count(enum.IntEnum):
+    ONE = 1
+
+
+class Word(enum.StrEnum):
+    HELLO = "hello"
+
+
+@dataclass
+class Point:
+    x: int
+
+
+ODD_LEAVES = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(min_value=2**63 - 2, max_value=2**64 + 2)  # orjson's 64-bit edge
+    | st.integers().map(lambda n: n * 2**70)  # beyond 64 bits
+    | st.floats()  # NaN, infinities, -0.0, 1e-07
+    | st.text(st.characters(codec=None))  # lone surrogates, control characters, U+2028
+    | st.sampled_from([Colour.RED, Count.ONE, Word.HELLO, Point(1), {1, 2}, (1, "a"), b"x"])
+    | st.sampled_from([datetime(2026, 1, 1, tzinfo=UTC)])
+)
+ODD_JSON = st.recursive(
+    ODD_LEAVES,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.text() | st.integers() | st.booleans() | st.none(), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def reference_or_error(message: object) -> str | type[BaseException]:
+    try:
+        return REFERENCE.encode(message)
+    except (TypeError, ValueError) as exc:  # the type is the result compared
+        return type(exc)
+
+
+@settings(max_examples=1000)
+@given(st.dictionaries(st.text(), ODD_JSON, max_size=6))
+def test_encode_gives_the_reference_text_or_its_error_for_anything(
+    message: dict[str, object],
+) -> None:
+    """Floats, huge ints, lone surrogates, non-string keys, enums, dataclasses: the
+    same text as ``json`` gives, or the same error, never a different text."""
+    expected = reference_or_error(message)
+    if isinstance(expected, str):
+        assert encode(message) == expected
+    else:
+        try:
+            encode(message)
+        except expected:
+            pass
+        else:
+            raise AssertionError(f"encode accepted what json refuses ({expected.__name__})")
+
+
+@given(st.lists(st.text(st.characters(codec=None)), max_size=8))
+def test_every_event_the_pipelines_emit_encodes_to_the_reference_text(lines: list[str]) -> None:
+    agent, dev = AgentPipeline(), DevPipeline()
+    events = agent.set_status("running") + dev.set_status("running")
+    for line in [*lines, "Started coding agent for feature #3", "[Feature #3] Reading x"]:
+        events += agent.feed_line(line) + dev.feed_line(line)
+    update = agent.orchestrator.feed("INITIALIZATION COMPLETE")
+    assert update is not None
+    events.append(update)
+    for event in events:
+        assert encode(event) == REFERENCE.encode(event)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -738,3 +739,30 @@ def test_a_url_password_after_a_secret_name_is_redacted_up_to_the_host() -> None
     assert redact("://TOKEN:0@") == "://TOKEN:[REDACTED]@"
     assert redact("https://TOKEN:abc@host/x") == "https://TOKEN:[REDACTED]@host/x"
     assert leaked_secrets(redact("https://TOKEN:abc@host/x")) == []
+
+
+NO_PRE_CHECK = (("", ("",)),)
+"""A trigger table every line holds: the regex runs on every line."""
+
+_SHAPED_LINES = st.builds(
+    lambda before, shaped, after: " ".join([*before, shaped[0], *after]),
+    _WORDS,
+    st.one_of(*SECRET_SHAPES.values()),
+    _WORDS,
+)
+
+
+@settings(max_examples=1000)
+@given(
+    st.one_of(_SHAPED_LINES, secretish_text, st.text(max_size=200)).flatmap(
+        lambda text: st.sampled_from([text, text.upper(), text.swapcase()])
+    ),
+    st.booleans(),
+)
+def test_the_pre_check_skips_only_lines_the_regex_leaves_alone(
+    text: str, in_private_key: bool
+) -> None:
+    """The trigger pre-check is only a shortcut: without it every result is the same."""
+    expected = redact_line(text, in_private_key)
+    with unittest.mock.patch("trio_ws.security._TRIGGERS", NO_PRE_CHECK):
+        assert redact_line(text, in_private_key) == expected

@@ -61,15 +61,12 @@ _AUTH_ERROR: Final = re.compile(
     re.IGNORECASE,
 )
 _AUTH_NEEDLES: Final = (
-    "logged",
-    "authenticat",
-    "login",
-    "unauthorized",
-    "invalid",
-    "expired",
-    "sign",
+    ("", ("invalid", "expired", "sign")),
+    ("log", ("logged", "login")),
+    ("auth", ("authenticat", "unauthorized")),
 )
-"""Every ``_AUTH_ERROR`` hit holds one of these in its ``fold``: most lines skip the search."""
+"""Every ``_AUTH_ERROR`` hit holds one of these in its ``fold``, each listed after a
+gate it holds too: most lines skip the search after five substring tests."""
 
 _RULE: Final = "=" * 80
 AUTH_BANNER: Final[tuple[str, ...]] = (
@@ -206,10 +203,11 @@ class AgentPipeline:
         # The crash window keeps redacted lines: it is journalled, and no auth
         # pattern needs a secret's value to match.
         self._recent.append(redacted)
-        clean = finish(redacted, dropped)
+        # Most lines are short and whole: they need no marker and no cut.
+        clean = finish(redacted, dropped) if dropped or len(redacted) > LINE_CAP else redacted
         agent_update = self.agents.feed(clean)
         orchestrator_update = self.orchestrator.feed(clean)
-        feature_id = _feature_id(clean)
+        feature_id = _feature_id(clean) if clean.startswith(_FEATURE_LINE) else None
         agent_index = None if feature_id is None else self.agents.owner_of(feature_id)
         events.append(log(clean, timestamp, feature_id, agent_index))
         if agent_update is not None:
@@ -367,15 +365,16 @@ class DevPipeline:
 def _auth_error(text: str) -> bool:
     """Whether ``text`` says the CLI is not logged in (LINES.md 1, step 3)."""
     folded = fold(text)
-    for needle in _AUTH_NEEDLES:
-        if needle in folded:
-            return _AUTH_ERROR.search(text) is not None
+    for gate, needles in _AUTH_NEEDLES:
+        if gate in folded:
+            for needle in needles:
+                if needle in folded:
+                    return _AUTH_ERROR.search(text) is not None
     return False
 
 
 def _feature_id(line: str) -> int | None:
-    if not line.startswith(_FEATURE_LINE):
-        return None
+    """The id of a ``[Feature #N]`` line (the caller has checked that prefix)."""
     match = _FEATURE_ID.match(line)
     return None if match is None else int(match[1])
 

@@ -1,6 +1,6 @@
 """Wire vocabulary shared by every module: message shapes, names, timestamps.
 
-Pure and dependency-free, so the trackers, the hub and the server all speak
+Pure (orjson its one dependency), so the trackers, the hub and the server all speak
 the same words (``../shared/spec/PROTOCOL.md``). Messages are plain dicts
 because they go straight to JSON; ``encode`` is the one place that turns a
 message into wire text, compact, so each event is encoded exactly once.
@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
+
+import orjson
 
 from trio_ws import __version__
 
@@ -80,12 +82,46 @@ _second_prefix: tuple[int | None, str] = (None, "")
 """The last whole second ``iso_timestamp`` formatted, and its text up to the dot."""
 
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-"""Built once: ``json.dumps`` with options builds a new encoder on every call."""
+"""The reference encoding, built once (``json.dumps`` with options builds one per call)."""
+
+_ORJSON_OPTIONS: Final = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
+"""Make orjson refuse what ``json`` would encode differently or refuse: subclasses
+(``IntEnum``, ``StrEnum``), dataclasses, datetimes."""
+
+_PLAIN_TYPES: Final = frozenset({str, int, bool, type(None)})
 
 
 def encode(message: Message) -> str:
-    """Compact JSON text for one message; the only encoder on the wire."""
+    """Compact JSON text for one message; the only encoder on the wire.
+
+    The text is exactly ``_ENCODER``'s: orjson (about ten times faster, and
+    this runs once per event) only takes messages made of plain strings,
+    ints, bools, None, lists and dicts, where both give the same bytes, and
+    everything orjson refuses among those (ints beyond 64 bits, non-string
+    keys, lone surrogates) goes to ``_ENCODER`` too, which gives today's text
+    or today's error. Floats never take the fast path: orjson writes NaN as
+    ``null`` and ``1e-07`` as ``1e-7``.
+    """
+    if _plain(message):
+        try:
+            return orjson.dumps(message, option=_ORJSON_OPTIONS).decode()
+        except orjson.JSONEncodeError:
+            pass  # _ENCODER below: the same text, or the error it always raised
     return _ENCODER.encode(message)
+
+
+def _plain(container: dict[Any, Any] | list[Any]) -> bool:
+    """Whether ``container`` holds only plain JSON values (no float, tuple, subclass, ...)."""
+    for value in container.values() if type(container) is dict else container:
+        kind = type(value)
+        if kind in _PLAIN_TYPES or ((kind is dict or kind is list) and _plain(value)):
+            continue
+        return False
+    return True
 
 
 # -- event constructors (PROTOCOL.md 3.2); the hub adds ``seq`` -------------

@@ -68,6 +68,8 @@ _GIVING_UP: Final = re.compile(r"Feature #(\d+) has failed \d+ times, will not r
 _CODING_DONE: Final = re.compile(r"Feature #(\d+) (completed|failed)$", _A)
 _ACTIVITY: Final = re.compile(r"\[Feature #(\d+)\]\s*(.*)", _A)
 _DIGITS: Final = re.compile(r"\d+", _A)
+_AGENT_STARTS: Final = ("[Feature #", "Started ", "Feature")
+"""Every rule above starts with one of these."""
 
 # -- activity table: (pattern, state, thought source, needles); source "content"
 # means content[:100], an int means that group of the match. The patterns are
@@ -176,12 +178,14 @@ _CHAIN: Final[tuple[tuple[str, str, bool, re.Pattern[str]], ...]] = tuple(
     )
 )
 _ANY_NEEDLE: Final = re.compile(
-    "|".join(re.escape(needle) for needle, _ in _MAX_CONCURRENCY)
-    + "|"
-    + "|".join(re.escape(needle) for _, needle, _, _ in _CHAIN)
+    r"Max concurrency: |max(?:_concurrency=| )|Running initializer agent|INITIALIZATION COMPLETE"
+    r"|\[DEBUG\] Spawning loop: |Start(?:ing feature |ed (?:coding|testing) agent for feature)"
+    r"|Feature|blocked by dependencies|All (?:features complete|agents drained)"
+    r"|Graceful pause requested|Resuming from graceful pause"
 )
-"""One search for all needles (a start is also a substring): a line without any,
-the most common line, is done with it."""
+"""One search for all needles (a start is also a substring; ``max `` and ``blocked``
+stand for ``t max `` and `` blocked``, common prefixes are shared, which halves
+the search on prose): a line without any, the most common line, is done with it."""
 _FIXED: Final[dict[str, tuple[str, str]]] = {
     "init_start": ("initializing", "Initializing project features..."),
     "init_complete": ("scheduling", "Initialization complete, preparing to schedule features"),
@@ -299,6 +303,8 @@ class AgentTracker:
         ``[Feature #``, so one prefix test picks the few rules that can match,
         in their table order.
         """
+        if not line.startswith(_AGENT_STARTS):  # the common line: one test
+            return None
         if line.startswith("[Feature #"):
             if match := _ACTIVITY.match(line):
                 return self._activity(_number(match[1]), match[2])
