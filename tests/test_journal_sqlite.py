@@ -18,6 +18,7 @@ import trio
 
 from trio_ws.journal import Batch, JournalError, JournalWriteError
 from trio_ws.journal_sqlite import (
+    CHUNK_EVENTS,
     SCHEMA_VERSION,
     SqliteBackend,
     SqliteJournal,
@@ -427,3 +428,19 @@ async def test_chunks_that_do_not_run_on_are_moved_aside(home: Path, boot: Path)
     state = await journal(home, boot).open()
     assert (state.new_epoch, state.head) == ("corrupt", 0)
     assert state.moved_aside is not None
+
+
+async def test_a_big_commit_is_stored_in_bounded_chunks_and_trims_exactly(
+    home: Path, boot: Path
+) -> None:
+    opened = SqliteBackend(home, boot_id_path=boot, history=300).journal("demo")
+    await opened.open()
+    await opened.append(batch(1, 2 * CHUNK_EVENTS + 88))
+    await opened.trim()
+    head = 2 * CHUNK_EVENTS + 88
+    assert await seqs(opened) == list(range(head - 299, head + 1))
+    await opened.close()
+    with sqlite3.connect(journal_path(home, "demo")) as conn:
+        sizes = [last - first + 1 for first, last in conn.execute("SELECT first, last FROM chunks")]
+    conn.close()
+    assert sum(sizes) == 300 and max(sizes) <= CHUNK_EVENTS
