@@ -25,7 +25,8 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Final, Literal
@@ -59,6 +60,9 @@ place; any other version is not read."""
 CHUNK_EVENTS: Final = 256
 """Events per row at most: a commit of thousands is a few rows, and a trim that
 cuts into a row rewrites at most this many events."""
+ROWS_PER_INSERT: Final = 256
+"""Chunks per INSERT statement: one statement is one step, and a step is where the
+worker thread gives up the GIL and must wait to get it back from the event loop."""
 CACHE_KIB: Final = 16 * 1024
 """SQLite's page cache per journal: trimming frees pages that the next commits
 reuse, and they are cheaper to reuse while still cached (the default is 2 MiB)."""
@@ -155,9 +159,9 @@ class SqliteJournal:
         self._oldest = 1
         self._held = 0
         self._size = 0
-        self._sizes: deque[tuple[int, int]] = deque()
-        """``(seq, size)`` of every held event, oldest first (worker-thread side): a
-        trim decides from these instead of reading the history back."""
+        self._chunks: deque[Chunk] = deque()
+        """Every held row, oldest first: trims are decided from these on the event
+        loop's side, so a commit is a few statements and reads nothing back."""
         self._commits = Commits()
 
     @property
@@ -178,16 +182,43 @@ class SqliteJournal:
         conn = self._connection()
         check_batch(batch, self._head)
         state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
+        rows = _rows(batch.events)
+        chunks = [Chunk(first, last, size) for first, last, _, size in rows]
+        held = self._held + sum(chunk.count for chunk in chunks)
+        size = self._size + sum(chunk.size for chunk in chunks)
+        dropped = 0
+        if held and over_limits(held, size, self._history, self._history_bytes):
+            dropped = whole_chunks_to_drop(
+                chain(self._chunks, chunks), held, size, self._history, self._history_bytes
+            )
+        keep = 0
+        if dropped:  # the newest row always stays, so the first kept one exists
+            held_rows = len(self._chunks)
+            kept = self._chunks[dropped] if dropped < held_rows else chunks[dropped - held_rows]
+            keep = kept.first
+        write = Write(
+            rows=[(first, last, texts) for first, last, texts, _ in rows],
+            pseqs=list(batch.pseqs.items()),
+            head=str(chunks[-1].last) if chunks else None,
+            state=state,
+            keep=keep,
+        )
         start = time.perf_counter()
         try:
-            counts = await trio.to_thread.run_sync(
-                self._append, conn, batch, state, limiter=self._limiter
-            )
+            await trio.to_thread.run_sync(self._write, conn, write, limiter=self._limiter)
         except JournalWriteError:
             self._commits.write_errors += 1
             raise
         self._commits.record(time.perf_counter() - start)
-        self._head, self._oldest, self._held, self._size = counts
+        self._chunks.extend(chunks)
+        for _ in range(dropped):
+            gone = self._chunks.popleft()
+            held -= gone.count
+            size -= gone.size
+        if chunks:
+            self._head = chunks[-1].last
+        self._held, self._size = held, size
+        self._oldest = self._chunks[0].first if self._chunks else self._head + 1
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
         conn = self._connection()
@@ -213,10 +244,15 @@ class SqliteJournal:
 
     async def trim(self) -> None:
         conn = self._connection()
-        counts = await trio.to_thread.run_sync(
-            self._append, conn, Batch(), None, True, limiter=self._limiter
+        chunks = list(self._chunks)
+        held, size = self._held, self._size
+        kept = await trio.to_thread.run_sync(
+            self._trim_exactly, conn, chunks, held, size, limiter=self._limiter
         )
-        self._head, self._oldest, self._held, self._size = counts
+        self._chunks = deque(kept)
+        self._held = sum(chunk.count for chunk in kept)
+        self._size = sum(chunk.size for chunk in kept)
+        self._oldest = kept[0].first if kept else self._head + 1
 
     async def close(self, *, clean: bool = True) -> None:
         conn = self._connection()
@@ -350,7 +386,7 @@ class SqliteJournal:
             raise _Unreadable("no epoch")
         if version == 1:
             _migrate_from_rows(conn)
-        self._sizes = _held_sizes(conn)
+        self._chunks = _held_chunks(conn)
         return False
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -393,7 +429,7 @@ class SqliteJournal:
             conn.execute("BEGIN IMMEDIATE")
             if reason is not None:
                 conn.execute("DELETE FROM chunks")
-                self._sizes.clear()
+                self._chunks.clear()
                 conn.execute("DELETE FROM producers")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
                 conn.execute("UPDATE meta SET value = '0' WHERE key = 'head'")
@@ -404,8 +440,9 @@ class SqliteJournal:
             )
         stored = None if reason is not None else meta["state"]
         head = int(meta["head"]) if reason is None else 0
-        self._held, self._size = len(self._sizes), sum(size for _, size in self._sizes)
-        oldest = self._sizes[0][0] if self._sizes else None
+        self._held = sum(chunk.count for chunk in self._chunks)
+        self._size = sum(chunk.size for chunk in self._chunks)
+        oldest = self._chunks[0].first if self._chunks else None
         pseqs = {
             str(pid): int(pseq) for pid, pseq in conn.execute("SELECT id, pseq FROM producers")
         }
@@ -418,56 +455,35 @@ class SqliteJournal:
             new_epoch=reason,
         )
 
-    def _append(
-        self, conn: sqlite3.Connection, batch: Batch, state: str | None, trim: bool = False
-    ) -> tuple[int, int, int, int]:
-        """Commit one batch (and trim when due or asked); the new head, oldest, count, bytes."""
-        texts = [text for _, text in batch.events]
-        joined = "\n".join(texts)
-        if joined.count("\n") != max(0, len(texts) - 1):
-            raise ValueError("an event text holds a newline: not compact JSON")
-        if joined.isascii():  # one pass for the common batch instead of an encode per event
-            sizes = [(seq, len(text)) for seq, text in batch.events]
-        else:
-            sizes = [(seq, len(text.encode())) for seq, text in batch.events]
-        dropped = 0
-        head = sizes[-1][0] if sizes else self._head
-        held = self._held + len(sizes)
-        size = self._size + sum(item_size for _, item_size in sizes)
-        oldest = self._oldest
+    def _write(self, conn: sqlite3.Connection, write: Write) -> None:
+        """Commit one batch, and drop the rows before ``write.keep``: a handful of
+        statements (each one is where this thread waits for the GIL again)."""
         try:
             if conn.in_transaction:  # a rollback that failed last time
                 conn.rollback()
             conn.execute("BEGIN IMMEDIATE")
-            if len(sizes) <= CHUNK_EVENTS:
-                if sizes:
-                    conn.execute(
-                        "INSERT INTO chunks (first, last, texts) VALUES (?, ?, ?)",
-                        (sizes[0][0], head, joined),
-                    )
-            else:
-                conn.executemany(
-                    "INSERT INTO chunks (first, last, texts) VALUES (?, ?, ?)",
-                    _chunks(batch.events),
+            for start in range(0, len(write.rows), ROWS_PER_INSERT):
+                part = write.rows[start : start + ROWS_PER_INSERT]
+                conn.execute(
+                    "INSERT INTO chunks (first, last, texts) VALUES "
+                    + ", ".join(["(?, ?, ?)"] * len(part)),
+                    [value for row in part for value in row],
                 )
-            conn.executemany(
-                "INSERT INTO producers (id, pseq) VALUES (?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET pseq = excluded.pseq",
-                batch.pseqs.items(),
-            )
-            if sizes:
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'head'", (str(head),))
-            if state is not None:
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'state'", (state,))
-            if held and (trim or over_limits(held, size, self._history, self._history_bytes)):
-                dropped, freed, keep = trim_point(
-                    chain(self._sizes, sizes), held, size, self._history, self._history_bytes
+            if write.pseqs:
+                conn.execute(
+                    "INSERT INTO producers (id, pseq) VALUES "
+                    + ", ".join(["(?, ?)"] * len(write.pseqs))
+                    + " ON CONFLICT (id) DO UPDATE SET pseq = excluded.pseq",
+                    [value for pair in write.pseqs for value in pair],
                 )
-                if dropped and keep is not None:
-                    _delete_before(conn, keep)
-                    held, size, oldest = held - dropped, size - freed, keep
-            elif sizes and self._held == 0:
-                oldest = sizes[0][0]
+            if write.head is not None or write.state is not None:  # None: unchanged
+                conn.execute(
+                    "UPDATE meta SET value = CASE key WHEN 'head' THEN coalesce(?, value) "
+                    "ELSE coalesce(?, value) END WHERE key IN ('head', 'state')",
+                    (write.head, write.state),
+                )
+            if write.keep:
+                conn.execute("DELETE FROM chunks WHERE last < ?", (write.keep,))
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             message = f"journal {self.path}: cannot write: {_reason(error)}"
@@ -477,45 +493,112 @@ class SqliteJournal:
                 except sqlite3.Error as rollback:
                     message += f"; rollback failed too: {_reason(rollback)}"
             raise JournalWriteError(message) from None
-        self._sizes.extend(sizes)
-        for _ in range(dropped):
-            self._sizes.popleft()
-        return head, oldest, held, size
+
+    def _trim_exactly(
+        self, conn: sqlite3.Connection, chunks: list[Chunk], held: int, size: int
+    ) -> list[Chunk]:
+        """Drop exactly what the limits say (journal.trim_point), cutting into the row
+        that holds the oldest event kept; the rows held afterwards."""
+        history, history_bytes = self._history, self._history_bytes
+        whole = whole_chunks_to_drop(chunks, held, size, history, history_bytes)
+        for chunk in chunks[:whole]:
+            held, size = held - chunk.count, size - chunk.size
+        kept = chunks[whole:]
+        try:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                if whole:
+                    conn.execute("DELETE FROM chunks WHERE last < ?", (kept[0].first,))
+                if kept:
+                    first = kept[0].first
+                    (texts,) = conn.execute(
+                        "SELECT texts FROM chunks WHERE first = ?", (first,)
+                    ).fetchone()
+                    parts = texts.split("\n")
+                    sizes = ((first + i, len(part.encode())) for i, part in enumerate(parts))
+                    dropped, _, keep = trim_point(sizes, held, size, history, history_bytes)
+                    if dropped and keep is not None:
+                        rest = "\n".join(parts[dropped:])
+                        conn.execute(
+                            "UPDATE chunks SET first = ?, texts = ? WHERE first = ?",
+                            (keep, rest, first),
+                        )
+                        kept[0] = Chunk(keep, kept[0].last, _utf8_size(rest))
+        except sqlite3.Error as error:
+            raise JournalWriteError(f"journal {self.path}: cannot trim: {_reason(error)}") from None
+        return kept
 
 
-def _chunks(events: Sequence[tuple[int, str]]) -> Iterator[tuple[int, int, str]]:
-    """``(first, last, texts)`` rows of at most CHUNK_EVENTS events each."""
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One held row: its events' seqs and their UTF-8 bytes (newlines not counted)."""
+
+    first: int
+    last: int
+    size: int
+
+    @property
+    def count(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """What one commit writes, prepared on the event loop's side."""
+
+    rows: list[tuple[int, int, str]]
+    pseqs: list[tuple[str, int]]
+    head: str | None
+    state: str | None
+    keep: int
+    """Rows that end before this seq are deleted (0: none)."""
+
+
+def _utf8_size(texts: str) -> int:
+    """The UTF-8 bytes of a row's events, without the newlines between them."""
+    size = len(texts) if texts.isascii() else len(texts.encode())
+    return size - texts.count("\n")
+
+
+def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, int]]:
+    """``(first, last, texts, size)`` rows of at most CHUNK_EVENTS events each."""
+    rows = []
     for start in range(0, len(events), CHUNK_EVENTS):
         part = events[start : start + CHUNK_EVENTS]
-        yield part[0][0], part[-1][0], "\n".join(text for _, text in part)
+        texts = "\n".join(text for _, text in part)
+        if texts.count("\n") != len(part) - 1:
+            raise ValueError("an event text holds a newline: not compact JSON")
+        rows.append((part[0][0], part[-1][0], texts, _utf8_size(texts)))
+    return rows
 
 
-def _delete_before(conn: sqlite3.Connection, keep: int) -> None:
-    """Delete every event before ``keep``: whole chunks, and the head of the chunk
-    that holds ``keep``."""
-    conn.execute("DELETE FROM chunks WHERE last < ?", (keep,))
-    cut = conn.execute("SELECT first, texts FROM chunks WHERE first < ?", (keep,)).fetchone()
-    if cut is not None:
-        first, texts = cut
-        conn.execute(
-            "UPDATE chunks SET first = ?, texts = ? WHERE first = ?",
-            (keep, "\n".join(texts.split("\n")[keep - first :]), first),
-        )
+def whole_chunks_to_drop(
+    oldest_first: Iterable[Chunk], held: int, size: int, history: int, history_bytes: int
+) -> int:
+    """How many of the oldest rows every one of whose events journal.trim_point would
+    drop: a row goes while the rows after it still hold at least ``history`` events
+    or ``history_bytes`` bytes. The newest row always stays."""
+    dropped = 0
+    chunks = list(oldest_first)
+    for chunk in chunks[:-1]:
+        if held - chunk.count >= history or size - chunk.size >= history_bytes:
+            held, size = held - chunk.count, size - chunk.size
+            dropped += 1
+        else:
+            break
+    return dropped
 
 
-def _held_sizes(conn: sqlite3.Connection) -> deque[tuple[int, int]]:
-    """``(seq, size)`` of every held event, oldest first; _Unreadable when the chunks
-    do not hold one contiguous run of events."""
-    sizes: deque[tuple[int, int]] = deque()
-    rows = conn.execute("SELECT first, last, texts FROM chunks ORDER BY first")
-    for first, last, texts in rows:
-        parts = texts.split("\n")
-        if last != first + len(parts) - 1 or (sizes and first != sizes[-1][0] + 1):
-            raise _Unreadable(f"chunk {first}..{last} holds {len(parts)} events out of order")
-        sizes.extend(
-            zip(range(first, last + 1), (len(part.encode()) for part in parts), strict=True)
-        )
-    return sizes
+def _held_chunks(conn: sqlite3.Connection) -> deque[Chunk]:
+    """Every held row, oldest first; _Unreadable when they do not hold one
+    contiguous run of events."""
+    chunks: deque[Chunk] = deque()
+    for first, last, texts in conn.execute("SELECT first, last, texts FROM chunks ORDER BY first"):
+        count = texts.count("\n") + 1
+        if last != first + count - 1 or (chunks and first != chunks[-1].last + 1):
+            raise _Unreadable(f"chunk {first}..{last} holds {count} events out of order")
+        chunks.append(Chunk(first, last, _utf8_size(texts)))
+    return chunks
 
 
 def _migrate_from_rows(conn: sqlite3.Connection) -> None:
