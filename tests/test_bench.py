@@ -440,3 +440,23 @@ def test_idle_memory_is_judged_against_the_peers(ours: float, met: bool) -> None
     found = {**results_with(), "scenarios": {"idle": idle}}
     [judged] = [t for t in report.targets(found) if "the peer's at 10,000" in t.target]
     assert judged.met is met
+
+
+def test_the_journal_budget_is_judged_on_the_median_of_the_trials() -> None:
+    """One noisy trial out of three does not decide the verdict."""
+    runs = []
+    for trial, (cpu_us, p50_ms) in enumerate([(30.0, 10.5), (40.0, 14.0), (29.0, 10.2)], 1):
+        for run in (
+            journal_run("memory", "normal", 25.0, 10.0),
+            journal_run("sqlite", "normal", cpu_us, p50_ms),
+        ):
+            runs.append({**run, "trial": trial})
+    page = report.render({**results_with(), "scenarios": {"journal": {"runs": runs}}})
+    median = page.split("**Budget, median of 3 trials**")[1].split("## How")[0]
+    verdicts = [
+        line.split(": ")[-1].split(" the ")[0]
+        for line in median.splitlines()
+        if line.startswith("- ")
+    ]
+    assert verdicts == ["within", "within", "within"]
+    assert "+20% (trials: +20%, +60%, +16%)" in median
