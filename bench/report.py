@@ -396,38 +396,37 @@ def _latency(summary: Results, key: str) -> float | None:
 
 LIMITS = """
 
-What limits the targets that are not met (analysis as of issue 11's fan-out changes:
-the commit's frames are written straight to every socket that takes them, an idle
-subscriber holds no send task):
+What limits the targets that are not met (profiles as of the end of issue 11: our own
+websocket connection, direct fan-out writes, bursts taken in whole, orjson encoding, the
+row-per-commit sqlite journal):
 
-- **p99 at 1,000 subscribers x 100 lines/s, one line per message.** No send task wakes
-  per event any more: after each commit the writer task makes one non-blocking loopback
-  `send` per subscriber (~5 µs of server CPU each), so an event reaches the last of
-  1,000 subscribers ~5 ms after the first, and the server is busy about half the time
-  (5.2 µs/delivery; the peer's `broadcast()` costs 6.1). What is left in the tail is
-  not the fan-out: *event→receive* starts at the server's timestamp, taken when the
-  line is parsed, so it includes the commit to the journal, a round trip to a worker
-  thread that, on this machine shared with other work, sometimes waits tens of ms
-  for CPU (commit latency in `trio_ws_journal_commit_seconds`: mean ~4 ms, about 3%
-  of commits over 25 ms, in a separate run); the peer has no journal and stamps each
-  event just before it writes it, so its *event→receive* is the fan-out alone. Both
-  servers share the same saturated client CPU. *send→receive* (the producer's clock,
-  comparable for both) is the fair comparison. With a producer batching every 50 ms
-  the producer alone adds up to 50 ms, so that row cannot meet 25 ms by construction.
+- **p99 at 1,000 subscribers x 100 lines/s, one line per message.** Each event is one
+  loopback `write` per subscriber: a py-spy profile of the server in this run's
+  conditions (25 s, sqlite/normal) has 64% of its samples on the `os.write` in
+  `WebSocket.send_now`, the rest is Python around it; 7 µs of server CPU per delivery,
+  the server core 70% busy, so an event reaches the last of 1,000 subscribers ~7 ms
+  after the first and a following event often waits for that. The subscriber processes
+  share the other core with the producer and are ~90% busy reading 100,000 messages a
+  second. The peer's `broadcast()` meets the same limits in the same run (its p99 is in
+  the table, and its server core is busier). *send→receive* is no worse than the
+  peer's. Coalescing needs events to wait for each other, which costs the latency it
+  would save at this rate. With a producer batching every 50 ms the producer alone
+  holds a line up to 50 ms, so that row cannot meet 25 ms by construction.
 - **Throughput at 1 subscriber (1.5x the peer's).** The peer does no parsing,
-  redaction, history or journal: 9 µs per line all-in. trio-ws spends, in-process with
-  no journal and no subscriber, 8.6 µs per line in the hub (the agent pipeline:
-  redaction, trackers, timestamp 5.9 µs; JSON encoding and the frame 2.5 µs; the rest
-  0.2 µs); the served figure adds the producer's websocket and JSON, the journal
-  (sqlite/normal: +3.4 µs over memory), the write and the acks. 1.5x the peer would
-  need about 6 µs per line all-in, less than the pipeline alone.
-- **Full-speed fan-out at 100 and 1,000 subscribers**: the server now accepts events
+  redaction, history or journal. trio-ws with the sqlite journal spends ~9 µs of server
+  CPU per line: the agent pipeline (redaction, trackers, timestamp) 3.6 µs
+  (`python -m bench.pipeline`), encoding 0.3-0.5, numbering, history, snapshot and the
+  commit's bookkeeping ~1.5, the producer's frames and JSON ~0.5, the subscriber's write
+  ~0.7, the journal ~1.5 (its worker thread 0.8 µs; the rest is the event loop's side of
+  the commit and GIL hand-offs with the worker). With `--journal memory` the same server
+  runs at 6.5-7.5 µs per line, about 1.4-1.6x the peer (section "Journals side by
+  side"): the journal's durability is what is left between the sqlite figure and the
+  target.
+- **Full-speed fan-out at 100 and 1,000 subscribers**: the server accepts events
   faster than the subscriber processes (one shared CPU) can read them, so subscribers
   fall behind the held history and are resynced (*missed*, *resyncs*): by the protocol
-  a subscriber that cannot keep up skips to a fresh snapshot. The same happens at the
-  starting commit (1f7cdf6: 100 subscribers, 27,494 events/s, 1,061 resyncs); the peer
-  never drops because it never bounds a subscriber's buffer, and its own CPU holds it
-  to ~1,800 events/s.
+  a subscriber that cannot keep up skips to a fresh snapshot; the peer never drops
+  because it never bounds a subscriber's buffer.
 - **A stalled subscriber's effect on the others' p99** is below the run-to-run noise of
   this shared 2-core machine; the test alternates runs so the noise is visible."""
 
