@@ -25,7 +25,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -83,7 +83,10 @@ _SCHEMA: Final = (
 )
 _TABLES: Final = frozenset({"meta", "chunks", "producers"})
 _TABLES_V1: Final = frozenset({"meta", "events", "producers"})
-_META_KEYS: Final = frozenset({"epoch", "head", "clean", "boot_id", "synchronous", "state"})
+_META_KEYS_V1: Final = frozenset({"epoch", "head", "clean", "boot_id", "synchronous", "state"})
+_META_KEYS: Final = _META_KEYS_V1 | {"oldest"}
+"""``oldest``: the oldest seq still held (NULL: every seq in the rows). A trim deletes the
+rows before it and moves it, so it never rewrites a row it cuts into."""
 _TRANSIENT: Final = (
     "SQLITE_BUSY",
     "SQLITE_LOCKED",
@@ -159,9 +162,9 @@ class SqliteJournal:
         self._oldest = 1
         self._held = 0
         self._size = 0
-        self._chunks: deque[Chunk] = deque()
-        """Every held row, oldest first: trims are decided from these on the event
-        loop's side, so a commit is a few statements and reads nothing back."""
+        self._sizes: deque[tuple[int, int]] = deque()
+        """``(seq, size)`` of every held event, oldest first: trims are decided from
+        these on the event loop's side, so a commit reads nothing back."""
         self._commits = Commits()
 
     @property
@@ -179,29 +182,30 @@ class SqliteJournal:
         return state
 
     async def append(self, batch: Batch) -> None:
+        await self._commit(batch, force_trim=False)
+
+    async def _commit(self, batch: Batch, *, force_trim: bool) -> None:
+        """Prepare the commit here (rows, sizes, the trim: so the worker thread runs a
+        handful of statements and nothing else), write it there, then take it in."""
         conn = self._connection()
         check_batch(batch, self._head)
         state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
         rows = _rows(batch.events)
-        chunks = [Chunk(first, last, size) for first, last, _, size in rows]
-        held = self._held + sum(chunk.count for chunk in chunks)
-        size = self._size + sum(chunk.size for chunk in chunks)
-        dropped = 0
-        if held and over_limits(held, size, self._history, self._history_bytes):
-            dropped = whole_chunks_to_drop(
-                chain(self._chunks, chunks), held, size, self._history, self._history_bytes
+        sizes = [size for _, _, _, row_sizes in rows for size in row_sizes]
+        held = self._held + len(sizes)
+        size = self._size + sum(sizes)
+        fresh = [(seq, item) for (seq, _), item in zip(batch.events, sizes, strict=True)]
+        dropped, freed, keep = 0, 0, None
+        if held and (force_trim or over_limits(held, size, self._history, self._history_bytes)):
+            dropped, freed, keep = trim_point(
+                chain(self._sizes, fresh), held, size, self._history, self._history_bytes
             )
-        keep = 0
-        if dropped:  # the newest row always stays, so the first kept one exists
-            held_rows = len(self._chunks)
-            kept = self._chunks[dropped] if dropped < held_rows else chunks[dropped - held_rows]
-            keep = kept.first
         write = Write(
             rows=[(first, last, texts) for first, last, texts, _ in rows],
             pseqs=list(batch.pseqs.items()),
-            head=str(chunks[-1].last) if chunks else None,
+            head=str(rows[-1][1]) if rows else None,
             state=state,
-            keep=keep,
+            oldest=keep if dropped else None,
         )
         start = time.perf_counter()
         try:
@@ -209,19 +213,20 @@ class SqliteJournal:
         except JournalWriteError:
             self._commits.write_errors += 1
             raise
-        self._commits.record(time.perf_counter() - start)
-        self._chunks.extend(chunks)
+        if not force_trim:  # trim() is no commit of anything
+            self._commits.record(time.perf_counter() - start)
+        self._sizes.extend(fresh)
         for _ in range(dropped):
-            gone = self._chunks.popleft()
-            held -= gone.count
-            size -= gone.size
-        if chunks:
-            self._head = chunks[-1].last
-        self._held, self._size = held, size
-        self._oldest = self._chunks[0].first if self._chunks else self._head + 1
+            self._sizes.popleft()
+        if rows:
+            self._head = rows[-1][1]
+        self._held, self._size = held - dropped, size - freed
+        self._oldest = self._sizes[0][0] if self._sizes else self._head + 1
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
         conn = self._connection()
+
+        seq = max(seq, self._oldest - 1)  # a row may still hold events trimmed away
 
         def read() -> list[tuple[int, str]]:
             found: list[tuple[int, str]] = []
@@ -243,16 +248,7 @@ class SqliteJournal:
         return await trio.to_thread.run_sync(read, limiter=self._limiter)
 
     async def trim(self) -> None:
-        conn = self._connection()
-        chunks = list(self._chunks)
-        held, size = self._held, self._size
-        kept = await trio.to_thread.run_sync(
-            self._trim_exactly, conn, chunks, held, size, limiter=self._limiter
-        )
-        self._chunks = deque(kept)
-        self._held = sum(chunk.count for chunk in kept)
-        self._size = sum(chunk.size for chunk in kept)
-        self._oldest = kept[0].first if kept else self._head + 1
+        await self._commit(Batch(), force_trim=True)
 
     async def close(self, *, clean: bool = True) -> None:
         conn = self._connection()
@@ -374,10 +370,12 @@ class SqliteJournal:
         if check != ["ok"]:
             raise _Unreadable(f"quick_check: {'; '.join(map(str, check[:3]))}")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if set(meta) != _META_KEYS:
-            raise _Unreadable(f"meta keys {sorted(meta)}, expected {sorted(_META_KEYS)}")
+        keys = _META_KEYS_V1 if version == 1 else _META_KEYS
+        if set(meta) != keys:
+            raise _Unreadable(f"meta keys {sorted(meta)}, expected {sorted(keys)}")
         try:
             int(meta["head"])
+            oldest = None if meta.get("oldest") is None else int(meta["oldest"])
             if meta["state"] is not None:
                 json.loads(meta["state"])
         except (TypeError, ValueError) as error:
@@ -386,7 +384,7 @@ class SqliteJournal:
             raise _Unreadable("no epoch")
         if version == 1:
             _migrate_from_rows(conn)
-        self._chunks = _held_chunks(conn)
+        self._sizes = _held_sizes(conn, oldest)
         return False
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -429,7 +427,8 @@ class SqliteJournal:
             conn.execute("BEGIN IMMEDIATE")
             if reason is not None:
                 conn.execute("DELETE FROM chunks")
-                self._chunks.clear()
+                self._sizes.clear()
+                conn.execute("UPDATE meta SET value = NULL WHERE key = 'oldest'")
                 conn.execute("DELETE FROM producers")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
                 conn.execute("UPDATE meta SET value = '0' WHERE key = 'head'")
@@ -440,9 +439,9 @@ class SqliteJournal:
             )
         stored = None if reason is not None else meta["state"]
         head = int(meta["head"]) if reason is None else 0
-        self._held = sum(chunk.count for chunk in self._chunks)
-        self._size = sum(chunk.size for chunk in self._chunks)
-        oldest = self._chunks[0].first if self._chunks else None
+        self._held = len(self._sizes)
+        self._size = sum(size for _, size in self._sizes)
+        oldest = self._sizes[0][0] if self._sizes else None
         pseqs = {
             str(pid): int(pseq) for pid, pseq in conn.execute("SELECT id, pseq FROM producers")
         }
@@ -476,14 +475,15 @@ class SqliteJournal:
                     + " ON CONFLICT (id) DO UPDATE SET pseq = excluded.pseq",
                     [value for pair in write.pseqs for value in pair],
                 )
-            if write.head is not None or write.state is not None:  # None: unchanged
-                conn.execute(
-                    "UPDATE meta SET value = CASE key WHEN 'head' THEN coalesce(?, value) "
-                    "ELSE coalesce(?, value) END WHERE key IN ('head', 'state')",
-                    (write.head, write.state),
+            if write.head is not None or write.state is not None or write.oldest is not None:
+                conn.execute(  # one statement: NULL leaves a value as it is
+                    "UPDATE meta SET value = coalesce(CASE key WHEN 'head' THEN ? "
+                    "WHEN 'state' THEN ? ELSE ? END, value) "
+                    "WHERE key IN ('head', 'state', 'oldest')",
+                    (write.head, write.state, write.oldest),
                 )
-            if write.keep:
-                conn.execute("DELETE FROM chunks WHERE last < ?", (write.keep,))
+            if write.oldest is not None:
+                conn.execute("DELETE FROM chunks WHERE last < ?", (write.oldest,))
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             message = f"journal {self.path}: cannot write: {_reason(error)}"
@@ -494,111 +494,49 @@ class SqliteJournal:
                     message += f"; rollback failed too: {_reason(rollback)}"
             raise JournalWriteError(message) from None
 
-    def _trim_exactly(
-        self, conn: sqlite3.Connection, chunks: list[Chunk], held: int, size: int
-    ) -> list[Chunk]:
-        """Drop exactly what the limits say (journal.trim_point), cutting into the row
-        that holds the oldest event kept; the rows held afterwards."""
-        history, history_bytes = self._history, self._history_bytes
-        whole = whole_chunks_to_drop(chunks, held, size, history, history_bytes)
-        for chunk in chunks[:whole]:
-            held, size = held - chunk.count, size - chunk.size
-        kept = chunks[whole:]
-        try:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                if whole:
-                    conn.execute("DELETE FROM chunks WHERE last < ?", (kept[0].first,))
-                if kept:
-                    first = kept[0].first
-                    (texts,) = conn.execute(
-                        "SELECT texts FROM chunks WHERE first = ?", (first,)
-                    ).fetchone()
-                    parts = texts.split("\n")
-                    sizes = ((first + i, len(part.encode())) for i, part in enumerate(parts))
-                    dropped, _, keep = trim_point(sizes, held, size, history, history_bytes)
-                    if dropped and keep is not None:
-                        rest = "\n".join(parts[dropped:])
-                        conn.execute(
-                            "UPDATE chunks SET first = ?, texts = ? WHERE first = ?",
-                            (keep, rest, first),
-                        )
-                        kept[0] = Chunk(keep, kept[0].last, _utf8_size(rest))
-        except sqlite3.Error as error:
-            raise JournalWriteError(f"journal {self.path}: cannot trim: {_reason(error)}") from None
-        return kept
-
-
-@dataclass(frozen=True, slots=True)
-class Chunk:
-    """One held row: its events' seqs and their UTF-8 bytes (newlines not counted)."""
-
-    first: int
-    last: int
-    size: int
-
-    @property
-    def count(self) -> int:
-        return self.last - self.first + 1
-
 
 @dataclass(frozen=True, slots=True)
 class Write:
-    """What one commit writes, prepared on the event loop's side."""
+    """What one commit writes, prepared on the event loop's side (None: unchanged)."""
 
     rows: list[tuple[int, int, str]]
     pseqs: list[tuple[str, int]]
     head: str | None
     state: str | None
-    keep: int
-    """Rows that end before this seq are deleted (0: none)."""
+    oldest: int | None
+    """The new oldest held seq after a trim: rows that end before it are deleted."""
 
 
-def _utf8_size(texts: str) -> int:
-    """The UTF-8 bytes of a row's events, without the newlines between them."""
-    size = len(texts) if texts.isascii() else len(texts.encode())
-    return size - texts.count("\n")
-
-
-def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, int]]:
-    """``(first, last, texts, size)`` rows of at most CHUNK_EVENTS events each."""
+def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, list[int]]]:
+    """``(first, last, texts, sizes)`` rows of at most CHUNK_EVENTS events each, with
+    each event's UTF-8 size."""
     rows = []
     for start in range(0, len(events), CHUNK_EVENTS):
         part = events[start : start + CHUNK_EVENTS]
         texts = "\n".join(text for _, text in part)
         if texts.count("\n") != len(part) - 1:
             raise ValueError("an event text holds a newline: not compact JSON")
-        rows.append((part[0][0], part[-1][0], texts, _utf8_size(texts)))
+        if texts.isascii():  # one pass for the common row instead of an encode per event
+            sizes = [len(text) for _, text in part]
+        else:
+            sizes = [len(text.encode()) for _, text in part]
+        rows.append((part[0][0], part[-1][0], texts, sizes))
     return rows
 
 
-def whole_chunks_to_drop(
-    oldest_first: Iterable[Chunk], held: int, size: int, history: int, history_bytes: int
-) -> int:
-    """How many of the oldest rows every one of whose events journal.trim_point would
-    drop: a row goes while the rows after it still hold at least ``history`` events
-    or ``history_bytes`` bytes. The newest row always stays."""
-    dropped = 0
-    chunks = list(oldest_first)
-    for chunk in chunks[:-1]:
-        if held - chunk.count >= history or size - chunk.size >= history_bytes:
-            held, size = held - chunk.count, size - chunk.size
-            dropped += 1
-        else:
-            break
-    return dropped
-
-
-def _held_chunks(conn: sqlite3.Connection) -> deque[Chunk]:
-    """Every held row, oldest first; _Unreadable when they do not hold one
-    contiguous run of events."""
-    chunks: deque[Chunk] = deque()
+def _held_sizes(conn: sqlite3.Connection, oldest: int | None) -> deque[tuple[int, int]]:
+    """``(seq, size)`` of every held event (from ``oldest`` on), oldest first;
+    _Unreadable when the rows do not hold one contiguous run of events."""
+    sizes: deque[tuple[int, int]] = deque()
+    last_seen: int | None = None
     for first, last, texts in conn.execute("SELECT first, last, texts FROM chunks ORDER BY first"):
-        count = texts.count("\n") + 1
-        if last != first + count - 1 or (chunks and first != chunks[-1].last + 1):
-            raise _Unreadable(f"chunk {first}..{last} holds {count} events out of order")
-        chunks.append(Chunk(first, last, _utf8_size(texts)))
-    return chunks
+        parts = texts.split("\n")
+        if last != first + len(parts) - 1 or (last_seen is not None and first != last_seen + 1):
+            raise _Unreadable(f"chunk {first}..{last} holds {len(parts)} events out of order")
+        last_seen = last
+        skip = 0 if oldest is None else max(0, oldest - first)
+        sizes.extend((first + i, len(part.encode())) for i, part in enumerate(parts) if i >= skip)
+    return sizes
 
 
 def _migrate_from_rows(conn: sqlite3.Connection) -> None:
@@ -625,6 +563,7 @@ def _migrate_from_rows(conn: sqlite3.Connection) -> None:
         if run:
             flush()
         conn.execute("DROP TABLE events")
+        conn.execute("INSERT INTO meta (key, value) VALUES ('oldest', NULL)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
