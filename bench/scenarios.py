@@ -75,7 +75,7 @@ class Plan:
     latency_seconds: float = 8.0
     rate_sizes: tuple[int, ...] = (100, 1000)
     """Subscriber counts of the one-line-per-message runs, each against trio-ws and the peer."""
-    journal_trials: int = 3
+    journal_trials: int = 5
     """Trials of the journal budget's runs (memory and sqlite/normal, alternating)."""
 
 
@@ -415,6 +415,9 @@ def rate_one(
         subs = stack.enter_context(harness.subscribers(found, size, plan.per_process, logs))
         connected = subs.connect()
         figures = paced(found, subs, logs, count=count, rate=plan.rate, tick=tick)
+        if kind == "trio-ws":  # what each event waited for its commit, from the server
+            journals = json.loads(found.get("/healthz")).get("journals", {})
+            figures["journal_commit"] = journals.get(harness.PROJECT)
     figures["rate"] = plan.rate
     figures["connect_s"] = round(connected["seconds"], 3)
     return figures
