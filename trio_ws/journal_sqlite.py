@@ -162,8 +162,8 @@ class SqliteJournal:
         self._oldest = 1
         self._held = 0
         self._size = 0
-        self._sizes: deque[tuple[int, int]] = deque()
-        """``(seq, size)`` of every held event, oldest first: trims are decided from
+        self._rows: deque[HeldRow] = deque()
+        """Every held row, oldest first, with its events' sizes: trims are decided from
         these on the event loop's side, so a commit reads nothing back."""
         self._commits = Commits()
 
@@ -191,14 +191,13 @@ class SqliteJournal:
         check_batch(batch, self._head)
         state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
         rows = _rows(batch.events)
-        sizes = [size for _, _, _, row_sizes in rows for size in row_sizes]
-        held = self._held + len(sizes)
-        size = self._size + sum(sizes)
-        fresh = [(seq, item) for (seq, _), item in zip(batch.events, sizes, strict=True)]
-        dropped, freed, keep = 0, 0, None
+        fresh = [HeldRow(first, last, sizes, sum(sizes)) for first, last, _, sizes in rows]
+        held = self._held + len(batch.events)
+        size = self._size + sum(row.size for row in fresh)
+        whole, cut, dropped, freed, keep = 0, 0, 0, 0, None
         if held and (force_trim or over_limits(held, size, self._history, self._history_bytes)):
-            dropped, freed, keep = trim_point(
-                chain(self._sizes, fresh), held, size, self._history, self._history_bytes
+            whole, cut, dropped, freed, keep = _trim_plan(
+                list(chain(self._rows, fresh)), held, size, self._history, self._history_bytes
             )
         write = Write(
             rows=[(first, last, texts) for first, last, texts, _ in rows],
@@ -215,13 +214,15 @@ class SqliteJournal:
             raise
         if not force_trim:  # trim() is no commit of anything
             self._commits.record(time.perf_counter() - start)
-        self._sizes.extend(fresh)
-        for _ in range(dropped):
-            self._sizes.popleft()
+        self._rows.extend(fresh)
+        for _ in range(whole):
+            self._rows.popleft()
+        if cut:
+            self._rows[0] = self._rows[0].without(cut)
         if rows:
             self._head = rows[-1][1]
         self._held, self._size = held - dropped, size - freed
-        self._oldest = self._sizes[0][0] if self._sizes else self._head + 1
+        self._oldest = self._rows[0].first if self._rows else self._head + 1
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
         conn = self._connection()
@@ -384,7 +385,7 @@ class SqliteJournal:
             raise _Unreadable("no epoch")
         if version == 1:
             _migrate_from_rows(conn)
-        self._sizes = _held_sizes(conn, oldest)
+        self._rows = _held_rows(conn, oldest)
         return False
 
     def _create(self, conn: sqlite3.Connection) -> None:
@@ -427,7 +428,7 @@ class SqliteJournal:
             conn.execute("BEGIN IMMEDIATE")
             if reason is not None:
                 conn.execute("DELETE FROM chunks")
-                self._sizes.clear()
+                self._rows.clear()
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'oldest'")
                 conn.execute("DELETE FROM producers")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
@@ -439,9 +440,9 @@ class SqliteJournal:
             )
         stored = None if reason is not None else meta["state"]
         head = int(meta["head"]) if reason is None else 0
-        self._held = len(self._sizes)
-        self._size = sum(size for _, size in self._sizes)
-        oldest = self._sizes[0][0] if self._sizes else None
+        self._held = sum(row.last - row.first + 1 for row in self._rows)
+        self._size = sum(row.size for row in self._rows)
+        oldest = self._rows[0].first if self._rows else None
         pseqs = {
             str(pid): int(pseq) for pid, pseq in conn.execute("SELECT id, pseq FROM producers")
         }
@@ -513,21 +514,63 @@ def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, list[i
     rows = []
     for start in range(0, len(events), CHUNK_EVENTS):
         part = events[start : start + CHUNK_EVENTS]
-        texts = "\n".join(text for _, text in part)
+        part_texts = [text for _, text in part]
+        texts = "\n".join(part_texts)
         if texts.count("\n") != len(part) - 1:
             raise ValueError("an event text holds a newline: not compact JSON")
         if texts.isascii():  # one pass for the common row instead of an encode per event
-            sizes = [len(text) for _, text in part]
+            sizes = list(map(len, part_texts))
         else:
-            sizes = [len(text.encode()) for _, text in part]
+            sizes = [len(text.encode()) for text in part_texts]
         rows.append((part[0][0], part[-1][0], texts, sizes))
     return rows
 
 
-def _held_sizes(conn: sqlite3.Connection, oldest: int | None) -> deque[tuple[int, int]]:
-    """``(seq, size)`` of every held event (from ``oldest`` on), oldest first;
-    _Unreadable when the rows do not hold one contiguous run of events."""
-    sizes: deque[tuple[int, int]] = deque()
+@dataclass(frozen=True, slots=True)
+class HeldRow:
+    """A row's events still held: ``first``..``last``, each one's UTF-8 size in ``sizes``
+    (oldest first), ``size`` their sum."""
+
+    first: int
+    last: int
+    sizes: list[int]
+    size: int
+
+    def without(self, count: int) -> HeldRow:
+        """This row once its ``count`` oldest events are trimmed away."""
+        gone = self.sizes[:count]
+        return HeldRow(self.first + count, self.last, self.sizes[count:], self.size - sum(gone))
+
+
+def _trim_plan(
+    rows: Sequence[HeldRow], held: int, size: int, history: int, history_bytes: int
+) -> tuple[int, int, int, int, int | None]:
+    """journal.trim_point over rows: ``(whole rows dropped, events cut from the next
+    row, events dropped, bytes freed, oldest seq kept)``. A row goes whole when even its
+    newest event would be dropped, so only the row the cut falls into is walked."""
+    dropped = freed = 0
+    for index, row in enumerate(rows):
+        left = held - dropped - (row.last - row.first)
+        left_bytes = size - freed - (row.size - row.sizes[-1])
+        if left > 1 and (left > history or left_bytes > history_bytes):
+            dropped += row.last - row.first + 1
+            freed += row.size
+            continue
+        cut, cut_bytes, keep = trim_point(
+            zip(range(row.first, row.last + 1), row.sizes, strict=True),
+            held - dropped,
+            size - freed,
+            history,
+            history_bytes,
+        )
+        return index, cut, dropped + cut, freed + cut_bytes, keep
+    return len(rows), 0, dropped, freed, None
+
+
+def _held_rows(conn: sqlite3.Connection, oldest: int | None) -> deque[HeldRow]:
+    """Every held row (its events from ``oldest`` on), oldest first; _Unreadable when
+    the rows do not hold one contiguous run of events."""
+    rows: deque[HeldRow] = deque()
     last_seen: int | None = None
     for first, last, texts in conn.execute("SELECT first, last, texts FROM chunks ORDER BY first"):
         parts = texts.split("\n")
@@ -535,8 +578,10 @@ def _held_sizes(conn: sqlite3.Connection, oldest: int | None) -> deque[tuple[int
             raise _Unreadable(f"chunk {first}..{last} holds {len(parts)} events out of order")
         last_seen = last
         skip = 0 if oldest is None else max(0, oldest - first)
-        sizes.extend((first + i, len(part.encode())) for i, part in enumerate(parts) if i >= skip)
-    return sizes
+        if skip < len(parts):
+            sizes = [len(part.encode()) for part in parts[skip:]]
+            rows.append(HeldRow(first + skip, last, sizes, sum(sizes)))
+    return rows
 
 
 def _migrate_from_rows(conn: sqlite3.Connection) -> None:
