@@ -789,6 +789,8 @@ def _journal(results: Results) -> str:
     measured = "".join(
         f"\n- trial {i}: {when}" for i, when in enumerate(found.get("measured", []), 1)
     )
+    if "separately" in found:  # merged in from a later `--only journal` run
+        measured += f"\n\nMeasured separately: {found['separately']}."
     trials = sorted({run.get("trial", 1) for run in found["runs"]})
     budgets = [
         _journal_budget([run for run in found["runs"] if run.get("trial", 1) == trial], trial)
