@@ -110,6 +110,15 @@ async def accept(
     return WebSocket(stream, protocol, max_message=max_message, stall_timeout=stall_timeout)
 
 
+async def _take(lock: trio.Lock) -> None:
+    """Acquire ``lock``, with no checkpoint when it is free (the common case): a caller
+    that needs none, such as a write that must not yield between frames, stays put."""
+    try:
+        lock.acquire_nowait()
+    except trio.WouldBlock:
+        await lock.acquire()
+
+
 class WebSocket:
     """One accepted server-side websocket; the only writer of its socket."""
 
@@ -158,17 +167,13 @@ class WebSocket:
         Raises `ConnectionClosed` once a close frame was sent or the connection
         is gone, `WriteStalled` when the peer took nothing for the stall timeout.
         """
-        lock = self._writing
-        try:
-            lock.acquire_nowait()  # the common case: no wait, no checkpoint
-        except trio.WouldBlock:
-            await lock.acquire()
+        await _take(self._writing)
         try:
             self._check_open()
             self.data_writes += 1
             await self._write(data)
         finally:
-            lock.release()
+            self._writing.release()
 
     def send_now(self, data: bytes) -> int:
         """Write already-encoded data frames at once if the socket takes them without
@@ -272,10 +277,7 @@ class WebSocket:
         takes in a burst the peer sent before anything else runs (a producer's
         burst becomes one commit and one write per subscriber); every read from
         the socket checkpoints, so no peer can keep the loop to itself."""
-        try:
-            self._reading.acquire_nowait()
-        except trio.WouldBlock:
-            await self._reading.acquire()
+        await _take(self._reading)
         try:
             while True:
                 for event in self._protocol.events():
