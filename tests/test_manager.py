@@ -9,71 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import trio
 import trio.testing
 import wsproto
-from serving import NETWORK_TIMEOUT, connect, make_config, receive, receive_until
-from trio_websocket import ConnectionClosed, WebSocketConnection
+from serving import NETWORK_TIMEOUT
+from test_project import (
+    add_project,
+    close_code,
+    start_server,
+    subscribe,
+    until_pong,
+    wait_until,
+)
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from trio_ws.manager import ConnectionManager
 from trio_ws.protocol import Message
 from trio_ws.registry import Registry
-from trio_ws.server import Server, serve
-
-
-def of_type(kind: str) -> Callable[[Message], bool]:
-    return lambda message: bool(message["type"] == kind)
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    """Wait for a condition on server state; every caller bounds it with fail_after."""
-    # Server counters have no event to wait on, so poll them.
-    while not predicate():  # noqa: ASYNC110
-        await trio.sleep(0.005)
-
-
-async def start_server(nursery: trio.Nursery, registry: Registry, **overrides: Any) -> Server:
-    with trio.fail_after(NETWORK_TIMEOUT):
-        server: Server = await nursery.start(serve, make_config(registry, **overrides))
-    return server
-
-
-def add_project(registry: Registry, tmp_path: Path, name: str) -> Path:
-    directory = tmp_path / name
-    directory.mkdir()
-    return registry.add(name, directory).path
-
-
-async def subscribe(
-    nursery: trio.Nursery, server: Server, project: str = "demo"
-) -> WebSocketConnection:
-    """A subscriber that is registered in the hub once this returns (hello received)."""
-    ws = await connect(nursery, server, project, backlog=0)
-    await receive_until(ws, of_type("hello"))
-    return ws
-
-
-async def until_pong(ws: WebSocketConnection) -> list[Message]:
-    """Everything queued for ``ws`` so far: a pong comes after all of it."""
-    await ws.send_message('{"type":"ping"}')
-    return await receive_until(ws, of_type("pong"))
-
-
-async def close_code(ws: WebSocketConnection) -> int | None:
-    """Read until the server closes ``ws``; the close code it used."""
-    while True:
-        try:
-            await receive(ws)
-        except ConnectionClosed as exc:
-            assert exc.reason is not None
-            code: int | None = exc.reason.code
-            return code
-
+from trio_ws.server import Server
 
 # -- opening projects -------------------------------------------------------------
 
