@@ -508,6 +508,14 @@ class Write:
     """The new oldest held seq after a trim: rows that end before it are deleted."""
 
 
+def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
+    """The UTF-8 size of each of ``texts``, events of ``row``: one ``isascii`` pass over
+    the row spares the common row an encode per event."""
+    if row.isascii():
+        return list(map(len, texts))
+    return [len(text.encode()) for text in texts]
+
+
 def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, list[int]]]:
     """``(first, last, texts, sizes)`` rows of at most CHUNK_EVENTS events each, with
     each event's UTF-8 size."""
@@ -518,11 +526,7 @@ def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, list[i
         texts = "\n".join(part_texts)
         if texts.count("\n") != len(part) - 1:
             raise ValueError("an event text holds a newline: not compact JSON")
-        if texts.isascii():  # one pass for the common row instead of an encode per event
-            sizes = list(map(len, part_texts))
-        else:
-            sizes = [len(text.encode()) for text in part_texts]
-        rows.append((part[0][0], part[-1][0], texts, sizes))
+        rows.append((part[0][0], part[-1][0], texts, _utf8_sizes(texts, part_texts)))
     return rows
 
 
@@ -579,7 +583,7 @@ def _held_rows(conn: sqlite3.Connection, oldest: int | None) -> deque[HeldRow]:
         last_seen = last
         skip = 0 if oldest is None else max(0, oldest - first)
         if skip < len(parts):
-            sizes = [len(part.encode()) for part in parts[skip:]]
+            sizes = _utf8_sizes(texts, parts[skip:])
             rows.append(HeldRow(first + skip, last, sizes, sum(sizes)))
     return rows
 
