@@ -16,13 +16,14 @@ from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, recei
 from test_cli_serve import serving as serve_process
 from trio_websocket import connect_websocket_url
 
-from trio_ws.hub import Outgoing, ProjectHub, Subscriber
+from trio_ws.hub import Outgoing, ProjectHub
 from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.protocol import iso_timestamp
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 from trio_ws.subscribe import SubscriberSession
+from trio_ws.subscriber import Subscriber
 
 Received = list[dict[str, Any]]
 CONNECTION = {"hello", "resumed", "resync"}
@@ -197,12 +198,12 @@ async def test_slow_subscriber_is_caught_up_from_history(nursery: trio.Nursery) 
         hub.feed_lines(log_lines(2, 2 * batch))
         await trio.testing.wait_all_tasks_blocked()
     assert fast.seqs() == list(range(1, 51))
-    assert slow.subscriber.behind
+    assert slow.subscriber.is_behind
     assert hub.stats.fell_behind == 1
     slow.resume()
     await trio.testing.wait_all_tasks_blocked()
     assert slow.seqs() == list(range(1, 51))
-    assert not slow.subscriber.behind
+    assert not slow.subscriber.is_behind
     hub.feed_lines(log_lines(3, 50))
     await trio.testing.wait_all_tasks_blocked()
     assert slow.seqs() == fast.seqs() == list(range(1, 54))
@@ -428,12 +429,12 @@ async def test_catch_up_is_by_seq_even_across_a_hole(nursery: trio.Nursery) -> N
     hub.seq += 2  # 3 and 4 never name an event
     reader.stall()
     hub.feed_lines(log_lines(6, 2))  # 5-10: one in flight, two queued, then behind
-    assert reader.subscriber.behind
+    assert reader.subscriber.is_behind
     reader.resume()
     with trio.fail_after(5):
         await trio.testing.wait_all_tasks_blocked()
     assert reader.seqs() == [1, 2, 5, 6, 7, 8, 9, 10]
-    assert not reader.subscriber.behind
+    assert not reader.subscriber.is_behind
 
 
 # -- history bounded by bytes -----------------------------------------------------------
@@ -482,7 +483,7 @@ async def test_warning_raised_while_behind_is_handed_over_on_catch_up(
     reader.stall()
     hub.feed_lines(log_lines(lines))
     hub.warn("producer", "the agent producer disconnected")
-    assert reader.subscriber.behind
+    assert reader.subscriber.is_behind
     reader.resume()
     await trio.testing.wait_all_tasks_blocked()
     assert reader.seqs() == list(range(1, lines + 1))
@@ -491,7 +492,7 @@ async def test_warning_raised_while_behind_is_handed_over_on_catch_up(
         "source": "producer",
         "content": "the agent producer disconnected",
     }
-    assert not reader.subscriber.behind
+    assert not reader.subscriber.is_behind
 
 
 async def test_warning_cleared_before_catch_up_is_not_handed_over(nursery: trio.Nursery) -> None:

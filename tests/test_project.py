@@ -45,7 +45,7 @@ from test_publish import (
 )
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
-from trio_ws.hub import ProjectHub, Subscriber
+from trio_ws.hub import ProjectHub
 from trio_ws.journal_redis import redis_client
 from trio_ws.lease import PollLease
 from trio_ws.manager import ConnectionManager
@@ -54,6 +54,7 @@ from trio_ws.project import READER_THREADS, poll_progress
 from trio_ws.protocol import Message
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
+from trio_ws.subscriber import Subscriber
 
 LOCK_TIMEOUT = 0.2
 INTERVAL = 0.05

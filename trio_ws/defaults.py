@@ -45,6 +45,11 @@ PRODUCER_GRACE: Final = 30.0
 """Seconds a vanished agent producer may take to come back before its run is crashed."""
 PRODUCER_PING_TIMEOUT: Final = 20.0
 """A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
+SUBSCRIBER_IDLE: Final = 20.0
+"""A subscriber that sent nothing for this long is pinged (a vanished dashboard is
+otherwise held forever on an idle project)."""
+SUBSCRIBER_PONG_TIMEOUT: Final = 20.0
+"""A pinged subscriber that answers no pong within this long is dropped."""
 
 CAPACITY: Final = 100_000
 """Unacked items (lines and statuses) a producer buffers while the server is away."""

@@ -61,6 +61,7 @@ from trio_ws.journal import (
 from trio_ws.pipeline import AgentPipeline, DevPipeline
 from trio_ws.progress import Progress
 from trio_ws.protocol import Clock, Message, Stream, wall_clock
+from trio_ws.subscriber import BEHIND, CATCHING_UP, JOINING, Subscriber
 
 log = logging.getLogger("trio_ws.hub")
 
@@ -132,48 +133,6 @@ class Outgoing:
             text,
             text.encode(),
         )
-
-
-@dataclass(eq=False, slots=True)
-class Subscriber:
-    """Where one watcher stands: its queue, the last seq it was given, whether it fell behind.
-
-    Lean on purpose (thousands sit idle): its queue is a plain list (an empty deque
-    costs ten times more) bounded by ``capacity``, and no task waits on it; ``wake``
-    starts one when a message is queued and none is writing (see `ProjectHub.drain`).
-    """
-
-    id: int
-    backlog: int
-    sent_seq: int
-    behind: bool
-    initial: list[Outgoing]
-    capacity: int
-    warned: int
-    """Serial of the newest standing warning this subscriber was handed."""
-    delivered: int = 0
-    queue: list[Outgoing] = field(default_factory=list)
-    queued: int = 0
-    """Messages queued that its send task has not written yet (in the queue or in hand)."""
-    closed: bool = False
-    """Unsubscribed: nothing more is queued."""
-    direct: Direct | None = None
-    """The connection's direct write, once the initial messages are out."""
-    wake: Callable[[], None] | None = None
-    """Called when a message is queued while none was: starts (or wakes) its send task."""
-    resync: list[Outgoing] | None = None
-    """``resync`` and its snapshot, fixed when the shared history started again under
-    this subscriber: sent before anything else, then it catches up from their point."""
-
-    def offer(self, item: Outgoing) -> bool:
-        """Queue a message for this subscriber only; False if its queue is full or closed."""
-        if self.closed or len(self.queue) >= self.capacity:
-            return False
-        self.queue.append(item)
-        self.queued += 1
-        if self.queued == 1 and self.wake is not None:
-            self.wake()
-        return True
 
 
 class History:
@@ -262,6 +221,8 @@ class HubStats:
     send_tasks: int = 0
     direct_writes: int = 0
     """Fan-out writes the connection took without waking the send task."""
+    delivery_failures: int = 0
+    """Subscribers whose part of a fan-out raised (a bug): their connections were ended."""
 
 
 @dataclass
@@ -622,13 +583,7 @@ class ProjectHub:
         if not whole:
             await self._hold_stored(journal, state)
             self.head = state.head
-        for subscriber in self._subscribers:
-            subscriber.resync = [self._resync_message(reason)]
-            subscriber.resync += self._snapshot(subscriber.backlog)
-            subscriber.sent_seq = self.head
-            subscriber.behind = True
-            if subscriber.wake is not None:  # its send task catches it up, resync first
-                subscriber.wake()
+        self.resync_all(reason)
         while self.head < state.head:
             rows = await journal.read_since(self.head, JOURNAL_READ_CHUNK)
             if not rows:
@@ -781,12 +736,12 @@ class ProjectHub:
         self._warning_serial += 1
         self._warnings[key or source] = (self._warning_serial, item)
         for subscriber in self._subscribers:
-            if subscriber.behind:
+            if not subscriber.takes_live:
                 continue
             if subscriber.offer(item):
                 subscriber.warned = self._warning_serial
-            else:
-                subscriber.behind = True
+            elif subscriber.is_open:
+                subscriber.overflowed()
                 self.stats.fell_behind += 1
 
     def clear_warning(self, key: str) -> None:
@@ -838,18 +793,18 @@ class ProjectHub:
         resync_reason = self._resync_reason(since, epoch)
         if since is not None and resync_reason is None:
             initial.append(Outgoing.of({"type": "resumed", "since": since, "seq": self.head}))
-            sent_seq, behind = since, True
+            sent_seq, state = since, CATCHING_UP
         else:
             if resync_reason is not None:
                 initial.append(self._resync_message(resync_reason))
             initial.extend(self._snapshot(backlog))
-            sent_seq, behind = self.head, False
+            sent_seq, state = self.head, JOINING
         initial.extend(self._standing_warnings())
         subscriber = Subscriber(
             id=next(self._ids),
             backlog=backlog,
             sent_seq=sent_seq,
-            behind=behind,
+            state=state,
             initial=initial,
             capacity=self.queue_size,
             warned=self._warning_serial,
@@ -860,10 +815,8 @@ class ProjectHub:
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget a subscriber; idempotent. Its send task ends once woken."""
         self._subscribers.discard(subscriber)
-        subscriber.closed = True
-        subscriber.direct = None
-        wake, subscriber.wake = subscriber.wake, None
-        if wake is not None:
+        wake = subscriber.leave()
+        if wake is not None:  # a lifelong send task (`deliver`) notices and ends
             wake()
 
     async def deliver(
@@ -907,8 +860,7 @@ class ProjectHub:
                 for start in range(0, len(initial), BATCH_MAX):
                     await send(initial[start : start + BATCH_MAX])
                 del initial
-                if not subscriber.closed:
-                    subscriber.direct = direct
+                subscriber.joined(direct)
             queue = subscriber.queue
             while True:
                 if subscriber.resync is not None and queue:
@@ -917,10 +869,10 @@ class ProjectHub:
                     kept = [item for item in queue if item.seq is None]
                     subscriber.queued -= len(queue) - len(kept)
                     queue[:] = kept
-                if subscriber.behind and not queue and not subscriber.closed:
+                if subscriber.is_behind and not queue:
                     await self._catch_up(subscriber, send)
                 if not queue:
-                    return not subscriber.closed
+                    return subscriber.is_open
                 # Everything already waiting goes out in the same write.
                 batch = queue[:BATCH_MAX]
                 del queue[:BATCH_MAX]
@@ -996,6 +948,10 @@ class ProjectHub:
         it missed."""
         self.stats.catch_ups += 1
         while True:
+            if not subscriber.is_open:
+                return
+            if subscriber.state is BEHIND:  # also when a resync came during a write
+                subscriber.catch_up()
             if subscriber.resync is not None:
                 resync, subscriber.resync = subscriber.resync, None
                 self.stats.resyncs += 1
@@ -1033,7 +989,7 @@ class ProjectHub:
             await send(owed)
         # Caught up: from here on the publisher queues for it again. No checkpoint
         # between the loop's last check and this line.
-        subscriber.behind = False
+        subscriber.caught_up()
 
     def _snapshot(self, backlog: int) -> list[Outgoing]:
         """The fresh-sync messages of PROTOCOL.md 3.1, in order, already encoded."""
@@ -1092,31 +1048,51 @@ class ProjectHub:
             self._hold(item)
             self.stats.events[item.type] += 1
             status_changed = status_changed or item.type == "agent_status"
-        fan_out: FanOut | None = None
-        last_seq = items[-1].seq
-        assert last_seq is not None
-        count = len(items)
+        fan_out = FanOut(items)
         for subscriber in self._subscribers:
-            if subscriber.behind:
+            if not subscriber.takes_live:
                 continue
-            direct = subscriber.direct
-            if direct is not None and subscriber.queued == 0:
-                if fan_out is None:
-                    fan_out = FanOut(items)
-                if direct(fan_out):
-                    subscriber.sent_seq = last_seq
-                    subscriber.delivered += count
-                    self.stats.deliveries += count
-                    self.stats.direct_writes += 1
-                    continue
-            for item in items:
-                if not subscriber.offer(item):
-                    subscriber.behind = True
-                    self.stats.fell_behind += 1
-                    break
+            try:
+                self._hand_over(subscriber, fan_out)
+            except Exception:
+                # A bug in one subscriber's connection must not cost the others this
+                # commit: its connection ends (its client resumes), the loop goes on.
+                log.exception(
+                    "project %s: delivery to subscriber %d failed; its connection is ended",
+                    self.name,
+                    subscriber.id,
+                )
+                self.stats.delivery_failures += 1
+                subscriber.fail()
         if status_changed:
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
+
+    def _hand_over(self, subscriber: Subscriber, fan_out: FanOut) -> None:
+        """One subscriber's part of a fan-out: written now, or queued (or it falls behind)."""
+        items = fan_out.items
+        direct = subscriber.direct
+        if direct is not None and subscriber.queued == 0 and direct(fan_out):
+            last_seq = items[-1].seq
+            assert last_seq is not None
+            subscriber.sent_seq = last_seq
+            subscriber.delivered += len(items)
+            self.stats.deliveries += len(items)
+            self.stats.direct_writes += 1
+            return
+        for item in items:
+            if not subscriber.offer(item):
+                if subscriber.is_open:
+                    subscriber.overflowed()
+                    self.stats.fell_behind += 1
+                return
+
+    def resync_all(self, reason: str) -> None:
+        """Every subscriber is told ``resync`` and given a fresh snapshot at the head:
+        when the history started again, or when a commit may not have reached them all."""
+        for subscriber in self._subscribers:
+            messages = [self._resync_message(reason), *self._snapshot(subscriber.backlog)]
+            subscriber.must_resync(messages, self.head)
 
 
 def _progress_of(item: Outgoing) -> Progress:

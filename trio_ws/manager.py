@@ -168,6 +168,10 @@ class ConnectionManager:
     def remove_session(self, session: Closable) -> None:
         self._sessions.discard(session)
 
+    def live_sessions(self) -> list[Closable]:
+        """Every live session (a copy: sessions come and go while it is walked)."""
+        return list(self._sessions)
+
     async def close_all(self, code: int, reason: str, within: float = 2.0) -> None:
         """Close every live session with ``code``, all at once, within ``within`` seconds."""
         with trio.move_on_after(within):

@@ -21,12 +21,13 @@ from typing import Final, Protocol
 import trio
 
 from trio_ws import defaults
-from trio_ws.hub import ProjectHub, Subscriber
+from trio_ws.hub import ProjectHub
 from trio_ws.journal import Journal, JournalError
 from trio_ws.journal_redis import RedisJournal
 from trio_ws.lease import LeaseError, PollLease
 from trio_ws.progress import ProgressError, ProgressReader
 from trio_ws.protocol import Stream
+from trio_ws.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.project")
 
@@ -38,6 +39,8 @@ PRIME_COMMIT_WAIT: Final = 1.0
 """Longest a first subscriber waits for its primed progress to be committed."""
 WRITER_RESTART: Final = 1.0
 """A writer task that failed unexpectedly (a bug, logged) restarts after this long."""
+RESYNC_WRITER_FAILED: Final = "delivery_failed"
+"""The resync reason when the writer failed, maybe between a commit and its fan-out."""
 LEASE_RELEASE_WAIT: Final = 2.0
 """Longest a stopping poll loop waits for Redis to take its lease back."""
 FOLLOW_RETRY: Final = (0.05, 2.0)
@@ -274,7 +277,15 @@ class Project:
             try:
                 await hub.run_writer()
             except Exception:
-                log.error("project %s: journal writer failed; restarting", hub.name, exc_info=True)
+                # It may have failed after a commit, before every subscriber had it:
+                # nobody is left with a silent gap.
+                log.error(
+                    "project %s: journal writer failed; every subscriber is resynced and "
+                    "the writer restarts",
+                    hub.name,
+                    exc_info=True,
+                )
+                hub.resync_all(RESYNC_WRITER_FAILED)
                 await trio.sleep(WRITER_RESTART)
 
     # -- producers -----------------------------------------------------------------

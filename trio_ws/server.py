@@ -79,6 +79,7 @@ from trio_ws.subscribe import (
     SubscribeRequest,
     parse_backlog,
     parse_since,
+    probe_idle_subscribers,
     project_websocket,
 )
 
@@ -121,6 +122,10 @@ class ServerConfig:
     poll_restart: tuple[float, float] = POLL_RESTART
     """A crashed poll loop's first restart delay and the cap it doubles up to."""
     producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
+    subscriber_idle: float = defaults.SUBSCRIBER_IDLE
+    """A subscriber that sent nothing for this long is pinged."""
+    subscriber_pong_timeout: float = defaults.SUBSCRIBER_PONG_TIMEOUT
+    """A pinged subscriber that answers no pong within this long is dropped."""
     journal: JournalName = "sqlite"
     """Where projects' histories live (STATE.md 1)."""
     sync: SyncMode = "normal"
@@ -239,6 +244,12 @@ async def _serve(
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
+        nursery.start_soon(
+            probe_idle_subscribers,
+            manager,
+            config.subscriber_idle,
+            config.subscriber_pong_timeout,
+        )
         try:
             with server._cancel:
                 task_status.started(server)

@@ -22,9 +22,10 @@ import trio
 
 from trio_ws import defaults, frames, protocol
 from trio_ws.connection import ConnectionClosed, PeerStalled, WebSocket
-from trio_ws.hub import FLUSH, FanOut, Outgoing, Subscriber
+from trio_ws.hub import FLUSH, FanOut, Outgoing
 from trio_ws.manager import ConnectionManager
 from trio_ws.project import Project
+from trio_ws.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.subscribe")
 
@@ -81,7 +82,9 @@ def parse_backlog(raw: str | None) -> int:
 class SubscriberSession:
     """A live subscriber connection; closable by the manager on shutdown."""
 
-    __slots__ = ("_nursery", "_sending", "project", "request", "subscriber", "ws")
+    __slots__ = (
+        "_heard", "_nursery", "_probing", "_sending", "project", "request", "subscriber", "ws",
+    )  # fmt: skip
 
     def __init__(
         self, ws: WebSocket, project: Project, subscriber: Subscriber, request: SubscribeRequest
@@ -93,21 +96,32 @@ class SubscriberSession:
         self._nursery: trio.Nursery | None = None
         self._sending = False
         """A send task runs (or the connection failed: then none is started again)."""
+        self._heard = trio.current_time()
+        """When the client last sent a message (or answered a ping)."""
+        self._probing = False
 
     async def run(self) -> None:
         """Until the connection ends. The receive loop ends only once a close frame
         was sent or the connection is gone, so cancelling a send task then never
         cuts a frame the peer could still read."""
+        subscriber = self.subscriber
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            self.subscriber.wake = self._wake
-            self._wake()  # the initial messages
-            await self._receive_loop()
-            nursery.cancel_scope.cancel()
-        self._nursery = None
+            subscriber.wake = self._wake
+            subscriber.abort = self.ws.abort
+            try:
+                self._wake()  # the initial messages
+                await self._receive_loop()
+            finally:
+                # Leave the hub while this nursery still takes tasks (no checkpoint
+                # until it closes): from here on no fan-out offers to this subscriber
+                # or wakes it, so none can meet a nursery closed to new arrivals.
+                self._nursery = None
+                self.project.unsubscribe(subscriber)
+                nursery.cancel_scope.cancel()
 
     def _wake(self) -> None:
-        """Something was queued: start a send task unless one runs."""
+        """Something was queued: start a send task unless one runs (or it is leaving)."""
         if self._sending or self._nursery is None:
             return
         self._sending = True
@@ -142,10 +156,12 @@ class SubscriberSession:
                 exc.reason,
             )
             self.project.hub.stats.aborted += 1
+            self.subscriber.close()
         except ConnectionClosed as exc:
             log.debug(
                 "project %s: subscriber %s closed: %s", self.request.project, self.request.peer, exc
             )
+            self.subscriber.close()
         else:
             # Found nothing more to write, with no checkpoint since: the next message
             # queued starts a new task.
@@ -172,7 +188,40 @@ class SubscriberSession:
                 await self.ws.aclose(1008, "too many messages")
                 return
             arrivals.append(now)
+            self._heard = now
             self._handle(message)
+
+    def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
+        """Ping a client that sent nothing for ``idle`` seconds; one that answers no
+        pong within ``pong_within`` seconds is gone (a dashboard that vanished without a FIN) and
+        its connection is reset. Started by `probe_idle_subscribers`, so an idle
+        subscriber holds no task of its own."""
+        if self._probing or self._nursery is None or now - self._heard < idle:
+            return
+        self._probing = True
+        self._nursery.start_soon(self._probe, pong_within)
+
+    async def _probe(self, pong_within: float) -> None:
+        try:
+            with trio.move_on_after(pong_within) as scope:
+                try:
+                    await self.ws.ping(b"alive?")
+                except ConnectionClosed:
+                    return  # the session ends by itself
+            if scope.cancelled_caught:
+                # A ping cut mid-frame does not matter: the connection is reset now.
+                log.info(
+                    "project %s: subscriber %s answered no ping for %g s; dropped",
+                    self.request.project,
+                    self.request.peer,
+                    pong_within,
+                )
+                self.project.hub.stats.aborted += 1
+                self.ws.abort()
+                return
+            self._heard = trio.current_time()
+        finally:
+            self._probing = False
 
     def _handle(self, message: str | bytes) -> None:
         if isinstance(message, bytes):
@@ -207,6 +256,21 @@ class SubscriberSession:
     def _reply(self, message: protocol.Message) -> None:
         """Queue a connection message for this subscriber; dropped if its queue is full."""
         self.subscriber.offer(Outgoing.of(message))
+
+
+async def probe_idle_subscribers(
+    manager: ConnectionManager,
+    idle: float = defaults.SUBSCRIBER_IDLE,
+    pong_within: float = defaults.SUBSCRIBER_PONG_TIMEOUT,
+) -> None:
+    """The server's one liveness task: every quarter of ``idle``, ping the subscribers
+    that sent nothing for ``idle`` seconds (`SubscriberSession.probe_if_idle`)."""
+    while True:
+        await trio.sleep(idle / 4)
+        now = trio.current_time()
+        for session in manager.live_sessions():
+            if isinstance(session, SubscriberSession):
+                session.probe_if_idle(now, idle, pong_within)
 
 
 async def project_websocket(
