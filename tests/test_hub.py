@@ -16,14 +16,14 @@ from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, recei
 from test_cli_serve import serving as serve_process
 from trio_websocket import connect_websocket_url
 
-from trio_ws.hub import Outgoing, ProjectHub
+from trio_ws.hub import Outgoing, ProjectHub, Send
 from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.protocol import iso_timestamp
 from trio_ws.registry import Registry
 from trio_ws.server import Server, serve
 from trio_ws.subscribe import SubscriberSession
-from trio_ws.subscriber import Subscriber
+from trio_ws.subscriber import Subscriber, SubscriberState
 
 Received = list[dict[str, Any]]
 CONNECTION = {"hello", "resumed", "resync"}
@@ -64,9 +64,20 @@ class Reader:
 
 async def start_reader(nursery: trio.Nursery, hub: ProjectHub, **subscribe: Any) -> Reader:
     reader = Reader(hub, hub.subscribe(**subscribe))
-    nursery.start_soon(hub.deliver, reader.subscriber, reader.send)
+    nursery.start_soon(deliver, hub, reader.subscriber, reader.send)
     await trio.testing.wait_all_tasks_blocked()
     return reader
+
+
+async def deliver(hub: ProjectHub, subscriber: Subscriber, send: Send) -> None:
+    """A send task for the subscriber's whole life (the sessions start one on demand):
+    `ProjectHub.drain` each time something is queued, until it leaves the hub."""
+    while subscriber.is_open:
+        woken = trio.Event()
+        subscriber.wake = woken.set
+        if not await hub.drain(subscriber, send, None):
+            return
+        await woken.wait()
 
 
 def log_lines(count: int, start: int = 0) -> list[str]:
@@ -340,7 +351,7 @@ def test_resume_across_random_disconnects_is_exactly_once(
 
 async def _deliver_in(scope: trio.CancelScope, hub: ProjectHub, reader: Reader) -> None:
     with scope:
-        await hub.deliver(reader.subscriber, reader.send)
+        await deliver(hub, reader.subscriber, reader.send)
 
 
 async def test_warning_reaches_subscribers_and_late_joiners(nursery: trio.Nursery) -> None:
@@ -371,8 +382,8 @@ async def test_progress_published_only_on_change() -> None:
 async def test_unsubscribe_ends_fan_out_and_send_task(nursery: trio.Nursery) -> None:
     hub = ProjectHub("demo")
     reader = await start_reader(nursery, hub)
-    assert hub.stats.send_tasks == 1
     hub.unsubscribe(reader.subscriber)
+    assert reader.subscriber.state is SubscriberState.CLOSED
     hub.feed_lines(["after"])
     await trio.testing.wait_all_tasks_blocked()
     assert hub.subscriber_count == 0

@@ -1016,3 +1016,43 @@ async def test_an_idle_subscriber_holds_little_memory(
         for client in warm + clients:
             client.close()
     assert held <= IDLE_BYTES, f"{held:.0f} bytes per idle subscriber"
+
+
+# -- liveness: a vanished dashboard is not held forever ---------------------------------
+
+
+async def test_a_subscriber_that_answers_no_ping_is_dropped(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_server(
+            nursery, registry, subscriber_idle=0.4, subscriber_pong_timeout=0.4
+        )
+        # Handshake, then silence: it never sends, never answers a ping (no FIN either).
+        silent = await rawws.RawClient.connect(server.port, "/ws/projects/demo")
+        assert silent.status == 101
+        await wait_until(lambda: server.manager.subscriber_count == 1)
+        hub = hub_of(server)
+        started = trio.current_time()
+        assert await silent.until(rawws.OP_PING) == b"alive?"
+        await wait_until(lambda: hub.subscriber_count == 0)
+        took = trio.current_time() - started
+    assert hub.stats.aborted == 1
+    assert took < 3.0
+
+
+async def test_a_subscriber_that_answers_pings_stays_while_idle(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_server(
+            nursery, registry, subscriber_idle=0.2, subscriber_pong_timeout=0.2
+        )
+        ws = await settled(nursery, server)  # trio-websocket answers pings by itself
+        await trio.sleep(1.5)  # several idle periods, each with a ping
+        hub = hub_of(server)
+        assert hub.subscriber_count == 1
+        hub.feed_lines(["still here"])
+        found = await receive_until(ws, lambda m: m.get("line") == "still here")
+    assert found[-1]["type"] == "log"
+    assert hub.stats.aborted == 0

@@ -738,7 +738,12 @@ class ProjectHub:
         for subscriber in self._subscribers:
             if not subscriber.takes_live:
                 continue
-            if subscriber.offer(item):
+            try:
+                offered = subscriber.offer(item)
+            except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
+                self._failed(subscriber)
+                continue
+            if offered:
                 subscriber.warned = self._warning_serial
             elif subscriber.is_open:
                 subscriber.overflowed()
@@ -813,28 +818,9 @@ class ProjectHub:
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        """Forget a subscriber; idempotent. Its send task ends once woken."""
+        """Forget a subscriber; idempotent. Nothing is offered to it or woken any more."""
         self._subscribers.discard(subscriber)
-        wake = subscriber.leave()
-        if wake is not None:  # a lifelong send task (`deliver`) notices and ends
-            wake()
-
-    async def deliver(
-        self, subscriber: Subscriber, send: Send, direct: Direct | None = None
-    ) -> None:
-        """A send task for the subscriber's whole life: `drain` each time something is
-        queued. Returns when the subscriber is unsubscribed; ``send``'s errors propagate."""
-        self.stats.send_tasks += 1
-        try:
-            while True:
-                woken = trio.Event()
-                subscriber.wake = woken.set
-                if not await self._drain(subscriber, send, direct):
-                    return
-                await woken.wait()
-        finally:
-            subscriber.wake = None
-            self.stats.send_tasks -= 1
+        subscriber.leave()
 
     async def drain(self, subscriber: Subscriber, send: Send, direct: Direct | None) -> bool:
         """A send task on demand: write the initial messages, what is queued and any
@@ -1054,16 +1040,8 @@ class ProjectHub:
                 continue
             try:
                 self._hand_over(subscriber, fan_out)
-            except Exception:
-                # A bug in one subscriber's connection must not cost the others this
-                # commit: its connection ends (its client resumes), the loop goes on.
-                log.exception(
-                    "project %s: delivery to subscriber %d failed; its connection is ended",
-                    self.name,
-                    subscriber.id,
-                )
-                self.stats.delivery_failures += 1
-                subscriber.fail()
+            except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
+                self._failed(subscriber)
         if status_changed:
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
@@ -1087,12 +1065,27 @@ class ProjectHub:
                     self.stats.fell_behind += 1
                 return
 
+    def _failed(self, subscriber: Subscriber) -> None:
+        """Handing a subscriber something raised (a bug in its connection): it must not
+        cost the others, so its connection is ended (its client resumes) and it is
+        never offered anything again."""
+        log.exception(
+            "project %s: delivery to subscriber %d failed; its connection is ended",
+            self.name,
+            subscriber.id,
+        )
+        self.stats.delivery_failures += 1
+        subscriber.fail()
+
     def resync_all(self, reason: str) -> None:
         """Every subscriber is told ``resync`` and given a fresh snapshot at the head:
         when the history started again, or when a commit may not have reached them all."""
         for subscriber in self._subscribers:
             messages = [self._resync_message(reason), *self._snapshot(subscriber.backlog)]
-            subscriber.must_resync(messages, self.head)
+            try:
+                subscriber.must_resync(messages, self.head)
+            except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
+                self._failed(subscriber)
 
 
 def _progress_of(item: Outgoing) -> Progress:

@@ -202,14 +202,12 @@ class Subscriber:
         self.wake = None
         self.abort = None
 
-    def leave(self) -> Callable[[], None] | None:
-        """Out of the hub; returns the wake it had, so a lifelong send task can end."""
-        wake = self.wake
+    def leave(self) -> None:
+        """Out of the hub."""
         self._go(Transition.LEAVE)
         self.direct = None
         self.wake = None
         self.abort = None
-        return wake
 
     def fail(self) -> None:
         """Delivering to it raised: end its connection (its client reconnects and
