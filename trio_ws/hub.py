@@ -375,6 +375,9 @@ class ProjectHub:
         self._committed = trio.Event()
         self._commit_lock = trio.Lock()
         self.closed = False
+        """Set by `close` once it committed the rest: nothing touches the journal after."""
+        self._closing = trio.Event()
+        """Set with ``closed``: cuts the writer's retry backoff short."""
         self.on_commit: Callable[[str, float], None] | None = None
         """Told each commit's latency (seconds), for the metrics, right after its
         fan-out."""
@@ -467,7 +470,7 @@ class ProjectHub:
     async def run_writer(self) -> None:
         """The project's one writer: commit what is staged, then fan it out; on a write
         failure keep it (new items join it), warn once per streak and retry with backoff.
-        Runs until cancelled or `close`d."""
+        Returns once `close` began (which commits what is left itself) or when cancelled."""
         first, cap = COMMIT_RETRY
         failures = 0
         while not self.closed:
@@ -476,17 +479,22 @@ class ProjectHub:
             while (self._pending or self._pending_pseqs) and not self.closed:
                 if await self.commit():
                     failures = 0
-                else:
+                elif not self.closed:
                     failures += 1
-                    await trio.sleep(min(first * 2 ** (failures - 1), cap))
+                    with trio.move_on_after(min(first * 2 ** (failures - 1), cap)):
+                        await self._closing.wait()
 
     async def commit(self) -> bool:
         """Commit everything staged as one batch and fan it out; False if the journal
-        could not write it (it stays staged). One commit at a time (writer, shutdown);
-        shielded, as the worker thread runs to its end anyway: never lose track of a
-        commit it made."""
+        could not write it (it stays staged) or the hub is closing. One commit at a time
+        (writer, shutdown); shielded, as the worker thread runs to its end anyway: never
+        lose track of a commit it made."""
         with trio.CancelScope(shield=True):
             async with self._commit_lock:
+                if self.closed:  # `close` committed the rest: the journal is not ours now
+                    return False
+                if not (self._pending or self._pending_pseqs):
+                    return True  # the commit just before took it all
                 done = await self._commit_following()
         return done
 
@@ -509,7 +517,8 @@ class ProjectHub:
         longer reaches back here. JournalError if the journal cannot be read."""
         with trio.CancelScope(shield=True):
             async with self._commit_lock:
-                await self._follow_stored()
+                if not self.closed:  # a closed journal is read no more
+                    await self._follow_stored()
 
     async def apply_live(self, epoch: str, first: int, texts: Iterable[str]) -> None:
         """One batch another node (or this one) committed, as pub/sub delivered it:
@@ -518,6 +527,8 @@ class ProjectHub:
         rows = [(seq, text) for seq, text in enumerate(texts, start=first)]
         with trio.CancelScope(shield=True):
             async with self._commit_lock:  # an own commit in flight: its events come first
+                if self.closed:
+                    return
                 if epoch != self.epoch or first > self.head + 1:
                     await self._follow_stored()
                 elif rows and rows[-1][0] > self.head:
@@ -726,21 +737,29 @@ class ProjectHub:
             await self._committed.wait()
 
     async def close(self) -> None:
-        """Commit what is staged (one attempt) and close the journal, clean."""
+        """Stop the writer, commit what is staged (one attempt) and close the journal,
+        clean. Under the commit lock: a commit in flight ends first, and the writer
+        (or a follower) that takes the lock after it finds the hub closed and touches
+        the journal no more, so nothing is appended to a closed journal."""
         journal = self.journal
         if journal is None or self.closed:
             return
-        if self._pending or self._pending_pseqs:
-            await self.commit()
-        if self._pending or self._pending_pseqs:
-            log.warning(
-                "project %s: %d events not committed at shutdown (never acked)",
-                self.name,
-                len(self._pending),
-            )
-        self.closed = True
-        self._wake.set()
-        await journal.close(clean=True)
+        with trio.CancelScope(shield=True):
+            async with self._commit_lock:
+                if self.closed:  # another close got the lock first
+                    return
+                if self._pending or self._pending_pseqs:
+                    await self._commit_following()
+                self.closed = True
+                self._closing.set()
+                self._wake.set()
+                if self._pending or self._pending_pseqs:
+                    log.warning(
+                        "project %s: %d events not committed at shutdown (never acked)",
+                        self.name,
+                        len(self._pending),
+                    )
+                await journal.close(clean=True)
 
     # -- producer side: synchronous, never blocks ------------------------------
 
