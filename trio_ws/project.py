@@ -43,6 +43,9 @@ LEASE_RELEASE_WAIT: Final = 2.0
 FOLLOW_RETRY: Final = (0.05, 2.0)
 """A lost broker subscription is tried again after 50 ms, doubling per failure in a
 row up to 2 s."""
+STORED_CHECK: Final = 1.0
+"""Seconds between looks at the broker's stored epoch while following a project: lost
+data (a flush) is noticed within this long even when nothing is appended."""
 LIVE_WARNING: Final = "journal:live"
 """The standing warning's key while a node cannot follow the other nodes' events."""
 DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
@@ -244,8 +247,10 @@ class Project:
                         log.info("project %s: following the broker again", hub.name)
                         hub.clear_warning(LIVE_WARNING)
                     failures = 0
-                    async for batch in batches:
-                        await hub.apply_live(batch.epoch, batch.first, batch.texts)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_stored, journal)
+                        async for batch in batches:
+                            await hub.apply_live(batch.epoch, batch.first, batch.texts)
             except* JournalError as group:
                 lost = str(group.exceptions[0])
             except* Exception:
@@ -265,6 +270,19 @@ class Project:
                     key=LIVE_WARNING,
                 )
             await trio.sleep(min(first * 2 ** (failures - 1), cap))
+
+    async def _watch_stored(self, journal: RedisJournal) -> None:
+        """While following, look at the stored epoch every STORED_CHECK seconds: a flush
+        (or an eviction of the meta) publishes nothing, so an idle project would go on
+        in an epoch Redis no longer has, and resume clients into it. A lost or changed
+        epoch starts the history again (every subscriber resynced); JournalError when
+        Redis cannot be read (the follower's retry takes it from there)."""
+        hub = self.hub
+        while not hub.closed:
+            await trio.sleep(STORED_CHECK)
+            stored = await journal.head()
+            if stored is None or stored[0] != hub.epoch:
+                await hub.follow_stored()
 
     async def _write(self) -> None:
         """The project's writer task; an unexpected failure is logged and it restarts,
