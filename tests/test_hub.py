@@ -17,6 +17,7 @@ from test_cli_serve import serving as serve_process
 from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Subscriber
+from trio_ws.journal import MAX_PRODUCERS
 from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.protocol import iso_timestamp
@@ -658,3 +659,21 @@ async def test_close_while_the_writer_commits_commits_the_rest_once_and_logs_no_
     again = await open_on_sqlite(tmp_path)
     assert (again.head, again.committed_pseqs) == (100, {"agent:p1": 100})
     assert again.journal is not None and again.journal.stats().oldest == 1
+
+
+async def test_committed_pseqs_keep_the_newest_producers_of_each_stream(tmp_path: Path) -> None:
+    """A producer id per run: beyond MAX_PRODUCERS per stream the oldest go, in memory
+    and in the journal alike, in the commit that adds the newer ones."""
+    hub = await open_on_sqlite(tmp_path)
+    hub.applied("dev:d1", 1)
+    for run in range(1000):
+        hub.applied(f"agent:r{run}", run + 1)
+    assert await hub.commit()
+    for run in range(1000, MAX_PRODUCERS + 30):
+        hub.applied(f"agent:r{run}", run + 1)
+    assert await hub.commit()
+    newest = [f"agent:r{run}" for run in range(30, MAX_PRODUCERS + 30)]
+    assert list(hub.committed_pseqs) == ["dev:d1", *newest]
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    assert again.committed_pseqs == hub.committed_pseqs

@@ -56,6 +56,7 @@ from trio_ws.journal import (
     JournalError,
     JournalState,
     JsonObject,
+    RecentPseqs,
     SharedJournal,
 )
 from trio_ws.pipeline import AgentPipeline, DevPipeline
@@ -366,8 +367,7 @@ class ProjectHub:
         self.remote_seen: dict[Stream, float] = {}
         """When (trio clock) each stream's newest event from another node was applied:
         its producer runs elsewhere now."""
-        self.committed_pseqs: dict[str, int] = {}
-        """Each producer key's highest committed pseq: what its acks may say."""
+        self._committed_pseqs = RecentPseqs()
         self._pending: list[tuple[Message, Outgoing]] = []
         self._pending_pseqs: dict[str, int] = {}
         self._wake = trio.Event()
@@ -402,7 +402,8 @@ class ProjectHub:
         self.journal = journal
         self.epoch = state.epoch
         self.seq = self.head = state.head
-        self.committed_pseqs = dict(state.pseqs)
+        self._committed_pseqs = RecentPseqs()
+        self._committed_pseqs.update(state.pseqs)
         if state.state is not None:
             self._restore(state.state)
         await self._hold_stored(journal, state)
@@ -457,10 +458,23 @@ class ProjectHub:
         """``producer`` (a key naming stream and id) has been applied up to ``pseq``;
         acked once committed."""
         if self.journal is None:
-            self.committed_pseqs[producer] = pseq
+            self._committed_pseqs.update({producer: pseq})
         else:
             self._pending_pseqs[producer] = pseq
             self._wake.set()
+
+    def touch(self, producer: str) -> None:
+        """``producer`` is back: its committed pseq is written again, so that it counts
+        as recently used here and in the journal (which keep the newest MAX_PRODUCERS)."""
+        pseq = self.committed_pseqs.get(producer)
+        if pseq is not None and producer not in self._pending_pseqs:
+            self.applied(producer, pseq)
+
+    @property
+    def committed_pseqs(self) -> dict[str, int]:
+        """Each producer key's highest committed pseq: what its acks may say. The most
+        recently written MAX_PRODUCERS of each stream, as the journal keeps them."""
+        return self._committed_pseqs.pseqs
 
     @property
     def pending(self) -> int:
@@ -616,7 +630,8 @@ class ProjectHub:
         whole = state.oldest == 1
         self.epoch = state.epoch
         self.head = 0 if whole else state.head
-        self.committed_pseqs = dict(state.pseqs)
+        self._committed_pseqs = RecentPseqs()
+        self._committed_pseqs.update(state.pseqs)
         self.history = History(self.history.max_events, self.history.max_bytes)
         self._logs = History(MAX_BACKLOG, self.history.max_bytes)
         self._dev_logs = History(MAX_BACKLOG, self.history.max_bytes)
@@ -692,7 +707,7 @@ class ProjectHub:
         for key, pseq in pseqs.items():
             if self._pending_pseqs.get(key) == pseq:
                 del self._pending_pseqs[key]
-        self.committed_pseqs.update(pseqs)
+        self._committed_pseqs.update(pseqs)
         self._snapshot_state = snapshot
         seconds = time.perf_counter() - started
         if events:
@@ -718,9 +733,9 @@ class ProjectHub:
         if journal is None:
             return
         pseqs, state = await journal.stored()
-        for key, pseq in pseqs.items():
-            if pseq > self.committed_pseqs.get(key, 0):
-                self.committed_pseqs[key] = pseq
+        self._committed_pseqs.update(
+            {key: pseq for key, pseq in pseqs.items() if pseq > self.committed_pseqs.get(key, 0)}
+        )
         if state is None or stream not in state or stream in self._dirty | self._committing:
             return  # dirty: this node ran it last, and its state here is the newer
         try:

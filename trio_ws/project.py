@@ -22,7 +22,7 @@ import trio
 
 from trio_ws import defaults
 from trio_ws.hub import ProjectHub, Subscriber
-from trio_ws.journal import Journal, JournalError
+from trio_ws.journal import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal_redis import RedisJournal
 from trio_ws.lease import LeaseError, PollLease
 from trio_ws.progress import ProgressError, ProgressReader
@@ -49,8 +49,9 @@ data (a flush) is noticed within this long even when nothing is appended."""
 LIVE_WARNING: Final = "journal:live"
 """The standing warning's key while a node cannot follow the other nodes' events."""
 DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
-MAX_PRODUCER_IDS: Final = 1024
-"""Producer ids a slot remembers the applied pseq of; the least recently used goes first."""
+MAX_PRODUCER_IDS: Final = MAX_PRODUCERS
+"""Producer ids a slot remembers the applied pseq of; the least recently used goes first
+(the journal keeps as many per stream, the least recently written going first)."""
 LOST_LINE: Final = "[trio-ws] producer lost"
 FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
 ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
@@ -305,15 +306,19 @@ class Project:
         """Before ``producer_id`` is served here as this project's ``stream`` producer:
         take over what the node it may come from stored (its applied pseq, its
         trackers), so it continues exactly once with the same agents. JournalError if
-        that cannot be read now; nothing to do when no other node shares the journal."""
+        that cannot be read now; without other nodes, only its pseq is written again
+        (a use)."""
         hub = self.hub
-        if hub.shared is None:
-            return
-        await hub.load_stream(stream)
-        stored = hub.committed_pseqs.get(producer_key(stream, producer_id), 0)
+        key = producer_key(stream, producer_id)
         slot = self.slots[stream]
-        if stored > slot.applied_of(producer_id):
-            slot.record(producer_id, stored)
+        if hub.shared is not None:
+            await hub.load_stream(stream)
+            stored = hub.committed_pseqs.get(key, 0)
+            if stored > slot.applied_of(producer_id):
+                slot.record(producer_id, stored)
+        # Its return is a use: in the journal too, which keeps the producers written
+        # last, so that it does not forget one its slot still knows.
+        hub.touch(key)
 
     def producer_back(self, slot: ProducerSlot, session: ProducerSession) -> None:
         """``session`` now holds ``slot``: a connection it replaces is closed, a grace
