@@ -17,6 +17,7 @@ from test_cli_serve import serving as serve_process
 from trio_websocket import connect_websocket_url
 
 from trio_ws.hub import Outgoing, ProjectHub, Send
+from trio_ws.journal import MAX_PRODUCERS
 from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.progress import Progress
 from trio_ws.protocol import iso_timestamp
@@ -648,3 +649,43 @@ async def test_a_reopened_hub_continues_epoch_head_trackers_and_pseqs(tmp_path: 
     assert again.agent.to_state() == hub.agent.to_state()
     snapshot = [item.text for item in again.subscribe(backlog=10).initial[1:]]
     assert snapshot == [item.text for item in hub.subscribe(backlog=10).initial[1:]]
+
+
+async def test_close_while_the_writer_commits_commits_the_rest_once_and_logs_no_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run_writer)
+            hub.feed_lines(log_lines(50))
+            hub.applied("agent:p1", 50)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is in its worker thread
+            hub.feed_lines(log_lines(50, 50))  # staged while that commit is in flight
+            hub.applied("agent:p1", 100)
+            await hub.close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert nursery.child_tasks == frozenset()  # the writer ended by itself
+    failures = [r.getMessage() for r in caplog.records if "journal write failed" in r.getMessage()]
+    assert (failures, hub.head) == ([], 100)
+    again = await open_on_sqlite(tmp_path)
+    assert (again.head, again.committed_pseqs) == (100, {"agent:p1": 100})
+    assert again.journal is not None and again.journal.stats().oldest == 1
+
+
+async def test_committed_pseqs_keep_the_newest_producers_of_each_stream(tmp_path: Path) -> None:
+    """A producer id per run: beyond MAX_PRODUCERS per stream the oldest go, in memory
+    and in the journal alike, in the commit that adds the newer ones."""
+    hub = await open_on_sqlite(tmp_path)
+    hub.applied("dev:d1", 1)
+    for run in range(1000):
+        hub.applied(f"agent:r{run}", run + 1)
+    assert await hub.commit()
+    for run in range(1000, MAX_PRODUCERS + 30):
+        hub.applied(f"agent:r{run}", run + 1)
+    assert await hub.commit()
+    newest = [f"agent:r{run}" for run in range(30, MAX_PRODUCERS + 30)]
+    assert list(hub.committed_pseqs) == ["dev:d1", *newest]
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    assert again.committed_pseqs == hub.committed_pseqs

@@ -37,13 +37,24 @@ class Backends:
     def durable(self) -> bool:
         return self.kind != "memory"
 
-    def __call__(self, history: int = 10_000, history_bytes: int = 1 << 26) -> JournalBackend:
+    def __call__(
+        self, history: int = 10_000, history_bytes: int = 1 << 26, max_producers: int = 1024
+    ) -> JournalBackend:
         if self.kind == "memory":
             return MemoryBackend(history=history, history_bytes=history_bytes)
         if self.client is not None:
-            return RedisBackend(self.client, history=history, history_bytes=history_bytes)
+            return RedisBackend(
+                self.client,
+                history=history,
+                history_bytes=history_bytes,
+                max_producers=max_producers,
+            )
         return SqliteBackend(
-            self.home, history=history, history_bytes=history_bytes, boot_id_path=self.boot_id_path
+            self.home,
+            history=history,
+            history_bytes=history_bytes,
+            boot_id_path=self.boot_id_path,
+            max_producers=max_producers,
         )
 
 
@@ -222,3 +233,43 @@ async def test_remove_forgets_the_project(backends: Backends) -> None:
 async def test_project_names_are_checked(backends: Backends) -> None:
     with pytest.raises(ValueError, match="invalid project name"):
         backends().journal("../escape")
+
+
+async def test_each_group_keeps_only_its_newest_producers(backends: Backends) -> None:
+    """One producer id per run must not grow the journal for its whole life: beyond the
+    bound, a commit that writes a newer producer drops the group's least recently
+    written one; another group's producers do not count against it."""
+    backend = backends(max_producers=3)
+
+    async def reopened() -> list[tuple[str, int]]:
+        await journal.close()
+        state = await journal.open()
+        return list(state.pseqs.items()) if backends.durable else []
+
+    journal = backend.journal("demo")
+    await journal.open()
+    await journal.append(Batch([], {"dev:d1": 1}))
+    for run in (1, 2, 3):
+        await journal.append(Batch([], {f"agent:r{run}": run}))
+    await journal.append(Batch([], {"agent:r1": 10}))  # written again: the newest now
+    await journal.append(Batch([], {"agent:r4": 4}))
+    first = await reopened()
+    await journal.append(Batch([], {"agent:r5": 5, "agent:r6": 6}))
+    second = await reopened()
+    if backends.durable:
+        assert first == [("dev:d1", 1), ("agent:r3", 3), ("agent:r1", 10), ("agent:r4", 4)]
+        assert second == [("dev:d1", 1), ("agent:r4", 4), ("agent:r5", 5), ("agent:r6", 6)]
+    else:
+        assert first == second == []
+
+
+async def test_a_pruned_producer_written_again_counts_as_new(backends: Backends) -> None:
+    backend = backends(max_producers=2)
+    journal = backend.journal("demo")
+    await journal.open()
+    for run in (1, 2, 3):
+        await journal.append(Batch([], {f"agent:r{run}": 5}))
+    await journal.append(Batch([], {"agent:r1": 2}))  # r1 was forgotten: starts again
+    await journal.close()
+    again = await backend.journal("demo").open()
+    assert again.pseqs == ({"agent:r3": 5, "agent:r1": 2} if backends.durable else {})

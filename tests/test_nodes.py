@@ -758,3 +758,27 @@ async def test_watchers_are_served_at_once_while_another_node_holds_the_poll_lea
                 for _ in range(3):
                     await watching(nursery, a.port)
             assert a.manager.poll.reads == 0
+
+
+async def test_a_flush_of_an_idle_project_is_noticed_within_two_seconds(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """No append follows the flush: the node must see the lost epoch by itself, resync
+    its subscribers and resync (not resume) a client that comes back with the old one."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        node = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        watcher = await watching(nursery, node.port)
+        producer = await produce(nursery, node.port)
+        await producer.lines(1, [line(1)])
+        await watcher.until(is_log(line(1)))
+        old = watcher.messages[0]["epoch"]
+        since = max(m["seq"] for m in watcher.messages if "seq" in m)
+        async with redis_client(flushed.url) as client:
+            await client.flushall()
+        with trio.fail_after(2):
+            resync = await watcher.until(lambda m: m["type"] == "resync")
+        back = await watching(nursery, node.port, query=f"since={since}&epoch={old}")
+    assert (resync["reason"], resync["epoch"] != old) == ("epoch_changed", True)
+    assert [m["type"] for m in back.messages[:2]] == ["hello", "resync"]
+    assert back.messages[1]["reason"] == "epoch_changed"
+    assert back.messages[0]["epoch"] == resync["epoch"]

@@ -56,6 +56,7 @@ from trio_ws.journal import (
     JournalError,
     JournalState,
     JsonObject,
+    RecentPseqs,
     SharedJournal,
 )
 from trio_ws.pipeline import AgentPipeline, DevPipeline
@@ -327,8 +328,7 @@ class ProjectHub:
         self.remote_seen: dict[Stream, float] = {}
         """When (trio clock) each stream's newest event from another node was applied:
         its producer runs elsewhere now."""
-        self.committed_pseqs: dict[str, int] = {}
-        """Each producer key's highest committed pseq: what its acks may say."""
+        self._committed_pseqs = RecentPseqs()
         self._pending: list[tuple[Message, Outgoing]] = []
         self._pending_pseqs: dict[str, int] = {}
         self._wake = trio.Event()
@@ -336,6 +336,9 @@ class ProjectHub:
         self._committed = trio.Event()
         self._commit_lock = trio.Lock()
         self.closed = False
+        """Set by `close` once it committed the rest: nothing touches the journal after."""
+        self._closing = trio.Event()
+        """Set with ``closed``: cuts the writer's retry backoff short."""
         self.on_commit: Callable[[str, float], None] | None = None
         """Told each commit's latency (seconds), for the metrics, right after its
         fan-out."""
@@ -360,7 +363,8 @@ class ProjectHub:
         self.journal = journal
         self.epoch = state.epoch
         self.seq = self.head = state.head
-        self.committed_pseqs = dict(state.pseqs)
+        self._committed_pseqs = RecentPseqs()
+        self._committed_pseqs.update(state.pseqs)
         if state.state is not None:
             self._restore(state.state)
         await self._hold_stored(journal, state)
@@ -415,10 +419,23 @@ class ProjectHub:
         """``producer`` (a key naming stream and id) has been applied up to ``pseq``;
         acked once committed."""
         if self.journal is None:
-            self.committed_pseqs[producer] = pseq
+            self._committed_pseqs.update({producer: pseq})
         else:
             self._pending_pseqs[producer] = pseq
             self._wake.set()
+
+    def touch(self, producer: str) -> None:
+        """``producer`` is back: its committed pseq is written again, so that it counts
+        as recently used here and in the journal (which keep the newest MAX_PRODUCERS)."""
+        pseq = self.committed_pseqs.get(producer)
+        if pseq is not None and producer not in self._pending_pseqs:
+            self.applied(producer, pseq)
+
+    @property
+    def committed_pseqs(self) -> dict[str, int]:
+        """Each producer key's highest committed pseq: what its acks may say. The most
+        recently written MAX_PRODUCERS of each stream, as the journal keeps them."""
+        return self._committed_pseqs.pseqs
 
     @property
     def pending(self) -> int:
@@ -428,7 +445,7 @@ class ProjectHub:
     async def run_writer(self) -> None:
         """The project's one writer: commit what is staged, then fan it out; on a write
         failure keep it (new items join it), warn once per streak and retry with backoff.
-        Runs until cancelled or `close`d."""
+        Returns once `close` began (which commits what is left itself) or when cancelled."""
         first, cap = COMMIT_RETRY
         failures = 0
         while not self.closed:
@@ -437,17 +454,22 @@ class ProjectHub:
             while (self._pending or self._pending_pseqs) and not self.closed:
                 if await self.commit():
                     failures = 0
-                else:
+                elif not self.closed:
                     failures += 1
-                    await trio.sleep(min(first * 2 ** (failures - 1), cap))
+                    with trio.move_on_after(min(first * 2 ** (failures - 1), cap)):
+                        await self._closing.wait()
 
     async def commit(self) -> bool:
         """Commit everything staged as one batch and fan it out; False if the journal
-        could not write it (it stays staged). One commit at a time (writer, shutdown);
-        shielded, as the worker thread runs to its end anyway: never lose track of a
-        commit it made."""
+        could not write it (it stays staged) or the hub is closing. One commit at a time
+        (writer, shutdown); shielded, as the worker thread runs to its end anyway: never
+        lose track of a commit it made."""
         with trio.CancelScope(shield=True):
             async with self._commit_lock:
+                if self.closed:  # `close` committed the rest: the journal is not ours now
+                    return False
+                if not (self._pending or self._pending_pseqs):
+                    return True  # the commit just before took it all
                 done = await self._commit_following()
         return done
 
@@ -470,7 +492,8 @@ class ProjectHub:
         longer reaches back here. JournalError if the journal cannot be read."""
         with trio.CancelScope(shield=True):
             async with self._commit_lock:
-                await self._follow_stored()
+                if not self.closed:  # a closed journal is read no more
+                    await self._follow_stored()
 
     async def apply_live(self, epoch: str, first: int, texts: Iterable[str]) -> None:
         """One batch another node (or this one) committed, as pub/sub delivered it:
@@ -479,6 +502,8 @@ class ProjectHub:
         rows = [(seq, text) for seq, text in enumerate(texts, start=first)]
         with trio.CancelScope(shield=True):
             async with self._commit_lock:  # an own commit in flight: its events come first
+                if self.closed:
+                    return
                 if epoch != self.epoch or first > self.head + 1:
                     await self._follow_stored()
                 elif rows and rows[-1][0] > self.head:
@@ -566,7 +591,8 @@ class ProjectHub:
         whole = state.oldest == 1
         self.epoch = state.epoch
         self.head = 0 if whole else state.head
-        self.committed_pseqs = dict(state.pseqs)
+        self._committed_pseqs = RecentPseqs()
+        self._committed_pseqs.update(state.pseqs)
         self.history = History(self.history.max_events, self.history.max_bytes)
         self._logs = History(MAX_BACKLOG, self.history.max_bytes)
         self._dev_logs = History(MAX_BACKLOG, self.history.max_bytes)
@@ -636,7 +662,7 @@ class ProjectHub:
         for key, pseq in pseqs.items():
             if self._pending_pseqs.get(key) == pseq:
                 del self._pending_pseqs[key]
-        self.committed_pseqs.update(pseqs)
+        self._committed_pseqs.update(pseqs)
         self._snapshot_state = snapshot
         seconds = time.perf_counter() - started
         if events:
@@ -662,9 +688,9 @@ class ProjectHub:
         if journal is None:
             return
         pseqs, state = await journal.stored()
-        for key, pseq in pseqs.items():
-            if pseq > self.committed_pseqs.get(key, 0):
-                self.committed_pseqs[key] = pseq
+        self._committed_pseqs.update(
+            {key: pseq for key, pseq in pseqs.items() if pseq > self.committed_pseqs.get(key, 0)}
+        )
         if state is None or stream not in state or stream in self._dirty | self._committing:
             return  # dirty: this node ran it last, and its state here is the newer
         try:
@@ -681,21 +707,29 @@ class ProjectHub:
             await self._committed.wait()
 
     async def close(self) -> None:
-        """Commit what is staged (one attempt) and close the journal, clean."""
+        """Stop the writer, commit what is staged (one attempt) and close the journal,
+        clean. Under the commit lock: a commit in flight ends first, and the writer
+        (or a follower) that takes the lock after it finds the hub closed and touches
+        the journal no more, so nothing is appended to a closed journal."""
         journal = self.journal
         if journal is None or self.closed:
             return
-        if self._pending or self._pending_pseqs:
-            await self.commit()
-        if self._pending or self._pending_pseqs:
-            log.warning(
-                "project %s: %d events not committed at shutdown (never acked)",
-                self.name,
-                len(self._pending),
-            )
-        self.closed = True
-        self._wake.set()
-        await journal.close(clean=True)
+        with trio.CancelScope(shield=True):
+            async with self._commit_lock:
+                if self.closed:  # another close got the lock first
+                    return
+                if self._pending or self._pending_pseqs:
+                    await self._commit_following()
+                self.closed = True
+                self._closing.set()
+                self._wake.set()
+                if self._pending or self._pending_pseqs:
+                    log.warning(
+                        "project %s: %d events not committed at shutdown (never acked)",
+                        self.name,
+                        len(self._pending),
+                    )
+                await journal.close(clean=True)
 
     # -- producer side: synchronous, never blocks ------------------------------
 

@@ -27,6 +27,12 @@ DEFAULT_HISTORY_BYTES: Final = defaults.HISTORY_BYTES
 TRIM_SLACK: Final = 10
 """A journal trims itself once it holds 1/TRIM_SLACK more than its limits, so a trim
 deletes about a tenth of the history at a time instead of one row per append."""
+MAX_PRODUCERS: Final = 1024
+"""Producer pseqs a journal keeps per group (a key ``<group>:<id>``; the hub's group is
+the stream): the most recently written. One producer id per ``run``/``publish``
+invocation would otherwise grow the journal for its whole life; an older id is
+dropped in the commit that writes a newer one, and a producer that comes back after
+that is one the server has no record of (PROTOCOL.md 4.2)."""
 LATENCY_WINDOW: Final = 1024
 """Commit latencies kept for stats (seconds, newest last)."""
 
@@ -223,9 +229,50 @@ def over_limits(count: int, size: int, history: int, history_bytes: int) -> bool
     )
 
 
-def check_limits(history: int, history_bytes: int) -> None:
+def check_limits(history: int, history_bytes: int, max_producers: int = MAX_PRODUCERS) -> None:
     if history < 1 or history_bytes < 1:
         raise ValueError("history and history_bytes must each allow at least one event")
+    if max_producers < 1:
+        raise ValueError("max_producers must allow at least one producer")
+
+
+def producer_group(key: str) -> str:
+    """The group a producer key is bounded in: what precedes its first ``:``."""
+    return key.partition(":")[0]
+
+
+class RecentPseqs:
+    """Producer pseqs, least recently written first, at most ``limit`` keys per group
+    (MAX_PRODUCERS): what a hub keeps in memory, under the journals' rule."""
+
+    def __init__(self, limit: int = MAX_PRODUCERS) -> None:
+        self.limit = limit
+        self.pseqs: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+
+    def update(self, pseqs: Mapping[str, int]) -> None:
+        """Write ``pseqs`` (each becomes the most recent), then drop each group's oldest
+        keys beyond the limit: only from the front, where they are."""
+        grown = set()
+        for key, pseq in pseqs.items():
+            if self.pseqs.pop(key, None) is None:
+                group = producer_group(key)
+                self._counts[group] = self._counts.get(group, 0) + 1
+                grown.add(group)
+            self.pseqs[key] = pseq
+        for group in grown:
+            excess = self._counts[group] - self.limit
+            if excess <= 0:
+                continue
+            doomed: list[str] = []
+            for key in self.pseqs:  # oldest first: the scan stops at the last one to go
+                if producer_group(key) == group:
+                    doomed.append(key)
+                    if len(doomed) == excess:
+                        break
+            for key in doomed:
+                del self.pseqs[key]
+            self._counts[group] -= excess
 
 
 def trim_point(

@@ -9,6 +9,9 @@ Keys per project, with the hash tag ``{P}`` so they share one cluster slot:
   nodes that each write their own stream's tracker state never overwrite each other)
   and ``p:<producer id>`` (highest applied pseq) fields;
 - ``tws:{P}:events``: stream, entry ID ``<seq>-0``, field ``t`` = the event's JSON text;
+- ``tws:{P}:producers``: sorted set of producer keys by when each was last written
+  (the meta's ``pclock``); each group keeps its MAX_PRODUCERS newest, counted in the
+  meta's ``n:<group>`` fields, and the older ones lose their ``p:`` field with it;
 - ``tws:{P}:live``: pub/sub channel; every append publishes its batch as JSON
   ``{"epoch": ..., "first": seq, "texts": [...]}``.
 
@@ -43,6 +46,7 @@ from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
 from trio_ws.journal import (
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
+    MAX_PRODUCERS,
     TRIM_SLACK,
     Batch,
     Commits,
@@ -70,7 +74,7 @@ STATE_PREFIX: Final = "s:"
 
 _OPEN: Final = """
 -- KEYS: meta, events. ARGV: a fresh epoch, the server's run_id.
-local meta, events = KEYS[1], KEYS[2]
+local meta, events, producers = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'epoch')
 local reason = ''
 if not epoch then
@@ -79,20 +83,22 @@ elseif redis.call('HGET', meta, 'run_id') ~= ARGV[2] then
   reason = 'broker_reset'
 end
 if reason ~= '' then
-  redis.call('DEL', meta, events)
+  redis.call('DEL', meta, events, producers)
   redis.call('HSET', meta, 'epoch', ARGV[1], 'head', '0', 'bytes', '0', 'run_id', ARGV[2])
 end
 local first = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
 local oldest = ''
 if #first > 0 then oldest = first[1][1] end
-return {reason, redis.call('HGETALL', meta), redis.call('XLEN', events), oldest}
+return {reason, redis.call('HGETALL', meta), redis.call('XLEN', events), oldest,
+        redis.call('ZRANGE', producers, 0, -1)}
 """
 
 _APPEND: Final = """
--- KEYS: meta, events, live.
--- ARGV: epoch, history, history_bytes, force trim ('1'/'0'), n state keys,
+-- KEYS: meta, events, live, producers (sorted set: producer key by when last written).
+-- ARGV: epoch, history, history_bytes, force trim ('1'/'0'), most producers per group,
+--       n state keys,
 --       n x (state key, JSON), n producers, n x (producer id, pseq), first seq, the texts.
-local meta, events, live = KEYS[1], KEYS[2], KEYS[3]
+local meta, events, live, written = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   return {'conflict', 'its meta is gone (Redis flushed, restarted without its data or evicted)'}
@@ -101,8 +107,9 @@ if epoch ~= ARGV[1] then
   return {'conflict', 'epoch ' .. epoch .. ' replaced epoch ' .. ARGV[1]}
 end
 local history, history_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-local states = tonumber(ARGV[5])
-local pat = 6 + 2 * states
+local max_producers = tonumber(ARGV[5])
+local states = tonumber(ARGV[6])
+local pat = 7 + 2 * states
 local producers = tonumber(ARGV[pat])
 local at = pat + 1 + 2 * producers
 local first = tonumber(ARGV[at])
@@ -143,16 +150,45 @@ if count > 0 then
   redis.call('HSET', meta, 'head', string.format('%d', head), 'bytes', string.format('%d', size))
   redis.call('PUBLISH', live, cjson.encode({epoch = epoch, first = first, texts = texts}))
 end
-for i = 0, producers - 1 do
-  local field = 'p:' .. ARGV[pat + 1 + 2 * i]
-  local pseq = tonumber(ARGV[pat + 2 + 2 * i])
-  local stored = tonumber(redis.call('HGET', meta, field))
-  if not stored or pseq > stored then
-    redis.call('HSET', meta, field, ARGV[pat + 2 + 2 * i])
+local grown = {}
+if producers > 0 then
+  local clock = redis.call('HINCRBY', meta, 'pclock', 1)
+  for i = 0, producers - 1 do
+    local key = ARGV[pat + 1 + 2 * i]
+    local field = 'p:' .. key
+    local pseq = tonumber(ARGV[pat + 2 + 2 * i])
+    local stored = tonumber(redis.call('HGET', meta, field))
+    if not stored or pseq > stored then
+      redis.call('HSET', meta, field, ARGV[pat + 2 + 2 * i])
+    end
+    if redis.call('ZADD', written, clock, key) == 1 then
+      local group = string.match(key, '^([^:]*)')
+      grown[group] = redis.call('HINCRBY', meta, 'n:' .. group, 1)
+    end
+  end
+end
+-- Each group keeps its max_producers most recently written producers: the oldest of
+-- a group that grew beyond it go, from the front of the set, where they are.
+for group, count in pairs(grown) do
+  local excess = count - max_producers
+  local cursor = 0
+  while excess > 0 do
+    local chunk = redis.call('ZRANGE', written, cursor, cursor + 63)
+    if #chunk == 0 then break end
+    for _, key in ipairs(chunk) do
+      if excess > 0 and string.match(key, '^([^:]*)') == group then
+        redis.call('ZREM', written, key)
+        redis.call('HDEL', meta, 'p:' .. key)
+        redis.call('HINCRBY', meta, 'n:' .. group, -1)
+        excess = excess - 1
+      else
+        cursor = cursor + 1
+      end
+    end
   end
 end
 for i = 0, states - 1 do
-  redis.call('HSET', meta, 's:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
+  redis.call('HSET', meta, 's:' .. ARGV[7 + 2 * i], ARGV[8 + 2 * i])
 end
 
 local held = redis.call('XLEN', events)
@@ -218,13 +254,18 @@ def _seq(entry_id: str) -> int:
     return int(entry_id.partition("-")[0])
 
 
-def _stored(meta: dict[str, str]) -> tuple[dict[str, int], JsonObject | None]:
-    """The producers' pseqs and the snapshot state (None if none) of a meta hash."""
-    pseqs = {
+def _stored(
+    meta: dict[str, str], written: Sequence[str] = ()
+) -> tuple[dict[str, int], JsonObject | None]:
+    """The producers' pseqs (least recently written first, in the order of ``written``;
+    any not in it first) and the snapshot state (None if none) of a meta hash."""
+    found = {
         key.removeprefix(PSEQ_PREFIX): int(value)
         for key, value in meta.items()
         if key.startswith(PSEQ_PREFIX)
     }
+    rank = {key: index for index, key in enumerate(written)}
+    pseqs = dict(sorted(found.items(), key=lambda item: rank.get(item[0], -1)))
     state = {
         key.removeprefix(STATE_PREFIX): json.loads(value)
         for key, value in meta.items()
@@ -233,10 +274,10 @@ def _stored(meta: dict[str, str]) -> tuple[dict[str, int], JsonObject | None]:
     return pseqs, state or None
 
 
-def _keys(project: str) -> tuple[str, str, str]:
-    """The meta, events and live keys of ``project``."""
+def _keys(project: str) -> tuple[str, str, str, str]:
+    """The meta, events, live and producers keys of ``project``."""
     tag = f"{KEY_PREFIX}:{{{project}}}"
-    return f"{tag}:meta", f"{tag}:events", f"{tag}:live"
+    return f"{tag}:meta", f"{tag}:events", f"{tag}:live", f"{tag}:producers"
 
 
 class RedisJournal:
@@ -249,12 +290,14 @@ class RedisJournal:
         *,
         history: int = DEFAULT_HISTORY,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
+        max_producers: int = MAX_PRODUCERS,
     ) -> None:
-        check_limits(history, history_bytes)
+        check_limits(history, history_bytes, max_producers)
+        self._max_producers = max_producers
         self._client = client
         self._project = check_project(project)
         self._where = f"redis journal of {project!r} at {client.connection_pool.location!r}"
-        self._meta, self._events, self._live = _keys(project)
+        self._meta, self._events, self._live, self._producers = _keys(project)
         self._history = history
         self._history_bytes = history_bytes
         self._open_script = client.register_script(_OPEN)
@@ -280,11 +323,11 @@ class RedisJournal:
             info = await self._client.info("server")
             run_id = str(info["run_id"])
             reply: object = await self._open_script(
-                keys=[self._meta, self._events], args=[new_epoch(), run_id]
+                keys=[self._meta, self._events, self._producers], args=[new_epoch(), run_id]
             )
         except (RedisError, OSError) as error:
             raise JournalError(f"{self._where}: cannot open: {error}") from None
-        reason_text, flat, held, oldest = cast(list[object], reply)
+        reason_text, flat, held, oldest, written = cast(list[object], reply)
         fields = cast(list[str], flat)
         meta = dict(zip(fields[::2], fields[1::2], strict=True))
         reason = cast(NewEpochReason, reason_text) if reason_text else None
@@ -293,7 +336,7 @@ class RedisJournal:
         self._size = int(meta["bytes"])
         self._held = int(cast(int, held))
         self._oldest = _seq(str(oldest)) if oldest else self._head + 1
-        pseqs, state = _stored(meta)
+        pseqs, state = _stored(meta, cast(list[str], written))
         return JournalState(self._epoch, self._head, self._oldest, pseqs, state, reason)
 
     async def reopen(self) -> JournalState:
@@ -415,6 +458,7 @@ class RedisJournal:
             self._history,
             self._history_bytes,
             "1" if trim else "0",
+            self._max_producers,
             len(state),
         ]
         for key, value in state.items():
@@ -428,7 +472,9 @@ class RedisJournal:
         try:
             reply = cast(
                 Sequence[object],
-                await self._append_script(keys=[self._meta, self._events, self._live], args=args),
+                await self._append_script(
+                    keys=[self._meta, self._events, self._live, self._producers], args=args
+                ),
             )
         except (RedisError, OSError) as error:
             self._commits.write_errors += 1
@@ -455,8 +501,10 @@ class RedisBackend:
         *,
         history: int = DEFAULT_HISTORY,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
+        max_producers: int = MAX_PRODUCERS,
     ) -> None:
-        check_limits(history, history_bytes)
+        check_limits(history, history_bytes, max_producers)
+        self._max_producers = max_producers
         self._client = client
         self._history = history
         self._history_bytes = history_bytes
@@ -480,12 +528,16 @@ class RedisBackend:
 
     def journal(self, project: str) -> RedisJournal:
         return RedisJournal(
-            self._client, project, history=self._history, history_bytes=self._history_bytes
+            self._client,
+            project,
+            history=self._history,
+            history_bytes=self._history_bytes,
+            max_producers=self._max_producers,
         )
 
     async def knows(self, project: str) -> bool:
         """Does Redis hold a history of ``project`` (some node served it)?"""
-        meta, _, _ = _keys(check_project(project))
+        meta, _, _, _ = _keys(check_project(project))
         try:
             return await self._client.exists([meta]) > 0
         except (RedisError, OSError) as error:
@@ -496,9 +548,9 @@ class RedisBackend:
 
     async def remove(self, project: str) -> bool:
         """Delete the project's keys (close its journals on every node first)."""
-        meta, events, _ = _keys(check_project(project))
+        meta, events, _, producers = _keys(check_project(project))
         try:
-            return await self._client.delete([meta, events]) > 0
+            return await self._client.delete([meta, events, producers]) > 0
         except (RedisError, OSError) as error:
             where = self._client.connection_pool.location
             raise JournalError(

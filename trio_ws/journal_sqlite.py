@@ -9,7 +9,8 @@ is why an unclean stop followed by a reboot starts a new epoch (STATE.md 3.3).
 Schema: ``meta`` (key/value: epoch, head, clean-stop flag, boot id, the
 synchronous mode of the session, snapshot state as JSON), ``chunks`` (the
 events of one commit: first and last seq, their JSON texts joined by newlines,
-which compact JSON never holds) and ``producers`` (id, highest applied pseq).
+which compact JSON never holds) and ``producers`` (id, highest applied pseq; rowid
+order is the order of the last writes, and each group keeps its MAX_PRODUCERS newest).
 A row per commit instead of per event: SQLite's cost is per row, and a busy
 project commits thousands of events at once. The
 file is marked with ``application_id`` and ``user_version``; a file that
@@ -36,6 +37,7 @@ import trio
 from trio_ws.journal import (
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
+    MAX_PRODUCERS,
     Batch,
     Commits,
     JournalError,
@@ -48,6 +50,7 @@ from trio_ws.journal import (
     check_project,
     new_epoch,
     over_limits,
+    producer_group,
     trim_point,
 )
 
@@ -143,12 +146,14 @@ class SqliteJournal:
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         boot_id_path: Path = BOOT_ID_PATH,
         on_connect: ConnectionHook | None = None,
+        max_producers: int = MAX_PRODUCERS,
     ) -> None:
         """``on_connect`` sees the connection once it is set up (tests use it to set
         SQLite limits such as ``max_page_count``)."""
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
-        check_limits(history, history_bytes)
+        check_limits(history, history_bytes, max_producers)
+        self._max_producers = max_producers
         self.path = path
         self._project = check_project(project)
         self._synchronous = synchronous
@@ -444,7 +449,8 @@ class SqliteJournal:
         self._size = sum(row.size for row in self._rows)
         oldest = self._rows[0].first if self._rows else None
         pseqs = {
-            str(pid): int(pseq) for pid, pseq in conn.execute("SELECT id, pseq FROM producers")
+            str(pid): int(pseq)
+            for pid, pseq in conn.execute("SELECT id, pseq FROM producers ORDER BY rowid")
         }
         return JournalState(
             epoch=str(epoch),
@@ -470,12 +476,21 @@ class SqliteJournal:
                     [value for row in part for value in row],
                 )
             if write.pseqs:
+                # REPLACE gives a written row a new, highest rowid: rowid order is the
+                # order of the last writes, and each group keeps its newest rows.
                 conn.execute(
-                    "INSERT INTO producers (id, pseq) VALUES "
-                    + ", ".join(["(?, ?)"] * len(write.pseqs))
-                    + " ON CONFLICT (id) DO UPDATE SET pseq = excluded.pseq",
+                    "INSERT OR REPLACE INTO producers (id, pseq) VALUES "
+                    + ", ".join(["(?, ?)"] * len(write.pseqs)),
                     [value for pair in write.pseqs for value in pair],
                 )
+                for group in sorted({producer_group(key) for key, _ in write.pseqs}):
+                    prefix = f"{group}:"
+                    conn.execute(
+                        "DELETE FROM producers WHERE substr(id, 1, length(?1)) = ?1 AND rowid <= "
+                        "(SELECT rowid FROM producers WHERE substr(id, 1, length(?1)) = ?1 "
+                        "ORDER BY rowid DESC LIMIT 1 OFFSET ?2)",
+                        (prefix, self._max_producers),
+                    )
             if write.head is not None or write.state is not None or write.oldest is not None:
                 conn.execute(  # one statement: NULL leaves a value as it is
                     "UPDATE meta SET value = coalesce(CASE key WHEN 'head' THEN ? "
@@ -627,8 +642,10 @@ class SqliteBackend:
         history: int = DEFAULT_HISTORY,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         boot_id_path: Path = BOOT_ID_PATH,
+        max_producers: int = MAX_PRODUCERS,
     ) -> None:
-        check_limits(history, history_bytes)
+        check_limits(history, history_bytes, max_producers)
+        self._max_producers = max_producers
         self.home = home
         self._synchronous: Synchronous = synchronous
         self._history = history
@@ -647,6 +664,7 @@ class SqliteBackend:
             history=self._history,
             history_bytes=self._history_bytes,
             boot_id_path=self._boot_id_path,
+            max_producers=self._max_producers,
         )
 
     async def remove(self, project: str) -> bool:

@@ -22,7 +22,7 @@ import trio
 
 from trio_ws import defaults
 from trio_ws.hub import ProjectHub
-from trio_ws.journal import Journal, JournalError
+from trio_ws.journal import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal_redis import RedisJournal
 from trio_ws.lease import LeaseError, PollLease
 from trio_ws.progress import ProgressError, ProgressReader
@@ -46,11 +46,15 @@ LEASE_RELEASE_WAIT: Final = 2.0
 FOLLOW_RETRY: Final = (0.05, 2.0)
 """A lost broker subscription is tried again after 50 ms, doubling per failure in a
 row up to 2 s."""
+STORED_CHECK: Final = 1.0
+"""Seconds between looks at the broker's stored epoch while following a project: lost
+data (a flush) is noticed within this long even when nothing is appended."""
 LIVE_WARNING: Final = "journal:live"
 """The standing warning's key while a node cannot follow the other nodes' events."""
 DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
-MAX_PRODUCER_IDS: Final = 1024
-"""Producer ids a slot remembers the applied pseq of; the least recently used goes first."""
+MAX_PRODUCER_IDS: Final = MAX_PRODUCERS
+"""Producer ids a slot remembers the applied pseq of; the least recently used goes first
+(the journal keeps as many per stream, the least recently written going first)."""
 LOST_LINE: Final = "[trio-ws] producer lost"
 FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
 ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
@@ -247,8 +251,10 @@ class Project:
                         log.info("project %s: following the broker again", hub.name)
                         hub.clear_warning(LIVE_WARNING)
                     failures = 0
-                    async for batch in batches:
-                        await hub.apply_live(batch.epoch, batch.first, batch.texts)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_stored, journal)
+                        async for batch in batches:
+                            await hub.apply_live(batch.epoch, batch.first, batch.texts)
             except* JournalError as group:
                 lost = str(group.exceptions[0])
             except* Exception:
@@ -268,6 +274,19 @@ class Project:
                     key=LIVE_WARNING,
                 )
             await trio.sleep(min(first * 2 ** (failures - 1), cap))
+
+    async def _watch_stored(self, journal: RedisJournal) -> None:
+        """While following, look at the stored epoch every STORED_CHECK seconds: a flush
+        (or an eviction of the meta) publishes nothing, so an idle project would go on
+        in an epoch Redis no longer has, and resume clients into it. A lost or changed
+        epoch starts the history again (every subscriber resynced); JournalError when
+        Redis cannot be read (the follower's retry takes it from there)."""
+        hub = self.hub
+        while not hub.closed:
+            await trio.sleep(STORED_CHECK)
+            stored = await journal.head()
+            if stored is None or stored[0] != hub.epoch:
+                await hub.follow_stored()
 
     async def _write(self) -> None:
         """The project's writer task; an unexpected failure is logged and it restarts,
@@ -298,15 +317,19 @@ class Project:
         """Before ``producer_id`` is served here as this project's ``stream`` producer:
         take over what the node it may come from stored (its applied pseq, its
         trackers), so it continues exactly once with the same agents. JournalError if
-        that cannot be read now; nothing to do when no other node shares the journal."""
+        that cannot be read now; without other nodes, only its pseq is written again
+        (a use)."""
         hub = self.hub
-        if hub.shared is None:
-            return
-        await hub.load_stream(stream)
-        stored = hub.committed_pseqs.get(producer_key(stream, producer_id), 0)
+        key = producer_key(stream, producer_id)
         slot = self.slots[stream]
-        if stored > slot.applied_of(producer_id):
-            slot.record(producer_id, stored)
+        if hub.shared is not None:
+            await hub.load_stream(stream)
+            stored = hub.committed_pseqs.get(key, 0)
+            if stored > slot.applied_of(producer_id):
+                slot.record(producer_id, stored)
+        # Its return is a use: in the journal too, which keeps the producers written
+        # last, so that it does not forget one its slot still knows.
+        hub.touch(key)
 
     def producer_back(self, slot: ProducerSlot, session: ProducerSession) -> None:
         """``session`` now holds ``slot``: a connection it replaces is closed, a grace
