@@ -1,6 +1,6 @@
 """Nox sessions: `tests` (pytest in trio mode), `lint` (ruff + mypy strict),
-`browser` (the dashboard in headless Chromium) and `bench` (benchmarks); the last
-two are not run by default."""
+`browser` (the dashboard in headless Chromium), `bench` (benchmarks) and `soak`
+(a long run under churn); the last three are not run by default."""
 
 import nox
 
@@ -42,3 +42,13 @@ def bench(session: nox.Session) -> None:
     session.install(".[bench]")
     typed = " ".join(["nox -s bench", *(["--", *session.posargs] if session.posargs else [])])
     session.run("python", "-m", "bench.run", *session.posargs, env={"BENCH_COMMAND": typed})
+
+
+@nox.session
+def soak(session: nox.Session) -> None:
+    """A busy server's churn for `-- --minutes N` (default 30), with a kill -9 every
+    `--kill-every M` minutes (default 5, 0: never); writes docs/soak.md and .json
+    (`--out PATH` elsewhere) and fails on a gap, a lost mark or a growing RSS."""
+    session.install(".[bench]")
+    typed = " ".join(["nox -s soak", *(["--", *session.posargs] if session.posargs else [])])
+    session.run("python", "-m", "bench.soak", *session.posargs, env={"SOAK_COMMAND": typed})

@@ -523,12 +523,12 @@ def producer(
 class StalledSocket:
     """Completes the websocket upgrade, then never reads: the slowest possible subscriber."""
 
-    def __init__(self, port: int, receive_buffer: int = 4096) -> None:
+    def __init__(self, port: int, receive_buffer: int = 4096, path: str = SUBSCRIBE_PATH) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.sock.settimeout(START_TIMEOUT)
         self.sock.connect(("127.0.0.1", port))
-        request, accept = wire.upgrade_request("127.0.0.1", port, SUBSCRIBE_PATH)
+        request, accept = wire.upgrade_request("127.0.0.1", port, path)
         self.sock.sendall(request)
         head = b""
         while b"\r\n\r\n" not in head:
