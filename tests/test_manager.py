@@ -18,6 +18,7 @@ import pytest
 import trio
 import trio.testing
 import wsproto
+from redis_server import RedisServer
 from serving import NETWORK_TIMEOUT
 from test_project import (
     add_project,
@@ -31,6 +32,7 @@ from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessa
 
 from trio_ws.hub import ProjectHub
 from trio_ws.journal import JournalState
+from trio_ws.journal_redis import open_redis_backend, redis_client
 from trio_ws.journal_sqlite import SqliteBackend, SqliteJournal, journal_path
 from trio_ws.manager import ConnectionManager, TooManyProjects
 from trio_ws.project import Project, Services
@@ -212,6 +214,27 @@ async def test_an_unused_project_is_closed_clean_and_reopens_in_its_epoch(
     assert again is not first and not again.closed
     assert (again.hub.epoch, again.hub.head) == (epoch, head)
     assert manager.closed_idle == 1
+
+
+async def test_a_broker_project_closed_idle_stops_following_and_reopens_in_its_epoch(
+    redis_server: RedisServer,
+) -> None:
+    """Its follower (a Redis subscription) ends with it; the next open reads its head."""
+    async with redis_client(redis_server.url) as client:
+        await client.flushall()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with open_redis_backend(redis_server.url) as journals, trio.open_nursery() as nursery:
+            manager = ConnectionManager(nursery, journals=journals, idle_close=IDLE)
+            first = await manager.open("alpha", None)
+            first.hub.feed_lines(["shared"])
+            await first.hub.wait_committed(first.hub.seq)
+            epoch, head = first.hub.epoch, first.hub.head
+            await wait_until(lambda: "alpha" not in manager.projects)
+            again = await manager.open("alpha", None)
+            assert (again.hub.epoch, again.hub.head) == (epoch, head)
+            await manager.close_journals()
+            nursery.cancel_scope.cancel()
+    assert first.closed and again.closed
 
 
 async def test_a_held_project_is_not_closed_until_released(

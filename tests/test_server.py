@@ -701,6 +701,27 @@ async def test_a_project_closed_idle_is_reopened_by_the_next_subscriber_resumed(
     assert resumed == {"type": "resumed", "since": event["seq"], "seq": event["seq"]}
 
 
+async def test_a_project_with_a_connected_producer_is_not_closed_idle(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    config = make_config(registry, journal="sqlite", idle_close=0.1)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, config)
+        producer = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo/publish"),
+            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+        )
+        await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
+        assert (await receive(producer))["type"] == "welcome"
+        project = server.manager.projects["demo"]
+        await trio.sleep(0.5)  # five idle timeouts
+        assert server.manager.projects == {"demo": project}
+        await producer.aclose()
+        await settle(lambda: "demo" not in server.manager.projects)
+    assert server.manager.closed_idle == 1
+
+
 async def test_a_project_beyond_max_projects_is_refused_1013_and_503(
     nursery: trio.Nursery, registry: Registry, project_dir: Path, tmp_path: Path
 ) -> None:
