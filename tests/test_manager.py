@@ -209,8 +209,8 @@ async def test_an_unused_project_is_closed_clean_and_reopens_in_its_epoch(
         await first.hub.wait_committed(first.hub.seq)
         epoch, head = first.hub.epoch, first.hub.head
         await wait_until(lambda: "alpha" not in manager.projects)
-        assert first.closed and journals.made[0].closed_clean is True
-        again = await manager.open("alpha", tmp_path)
+        again = await manager.open("alpha", tmp_path)  # once the close finished
+    assert first.closed and journals.made[0].closed_clean is True
     assert again is not first and not again.closed
     assert (again.hub.epoch, again.hub.head) == (epoch, head)
     assert manager.closed_idle == 1
