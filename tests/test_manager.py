@@ -10,8 +10,10 @@ Real sockets on 127.0.0.1; the per-project behaviour is tests/test_project.py's.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import pytest
@@ -235,6 +237,21 @@ async def test_a_broker_project_closed_idle_stops_following_and_reopens_in_its_e
             await manager.close_journals()
             nursery.cancel_scope.cancel()
     assert first.closed and again.closed
+
+
+async def test_a_project_closed_idle_is_freed(nursery: trio.Nursery, tmp_path: Path) -> None:
+    """Closing is for its memory (history, writer): nothing may keep it alive."""
+    manager = ConnectionManager(nursery, journals=SqliteBackend(tmp_path), idle_close=IDLE)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        project = await manager.open("alpha", None)
+        project.hub.feed_lines(["held"])
+        await project.hub.wait_committed(project.hub.seq)
+        freed = weakref.ref(project)
+        del project
+        await wait_until(lambda: not manager.projects)
+        await trio.testing.wait_all_tasks_blocked()  # the close finished
+    gc.collect()
+    assert freed() is None
 
 
 async def test_a_held_project_is_not_closed_until_released(

@@ -218,15 +218,20 @@ class ConnectionManager:
         timeout = self.idle_close
         while True:
             await trio.sleep(min(timeout / IDLE_CHECKS, IDLE_CHECK_MAX))
-            now = trio.current_time()
-            for name, entry in list(self._projects.items()):
-                if entry.idle and now - entry.used >= timeout and self._projects.get(name) is entry:
-                    log.info("project %s: unused for %g s; closing it", name, now - entry.used)
-                    self.closed_idle += 1
-                    try:
-                        await self._close(name, entry)
-                    except Exception:  # a bug: the others are still closed, and it is gone
-                        log.exception("project %s: closing it failed", name)
+            await self._close_unused(timeout)
+
+    async def _close_unused(self, unused_for: float) -> None:
+        """One round of `_close_idle` (a function of its own, so that no local of it
+        keeps a closed project alive until the next round)."""
+        now = trio.current_time()
+        for name, entry in list(self._projects.items()):
+            if entry.idle and now - entry.used >= unused_for and self._projects.get(name) is entry:
+                log.info("project %s: unused for %g s; closing it", name, now - entry.used)
+                self.closed_idle += 1
+                try:
+                    await self._close(name, entry)
+                except Exception:  # a bug: the others are still closed, and it is gone
+                    log.exception("project %s: closing it failed", name)
 
     async def _close(self, name: str, entry: _Entry) -> None:
         """Close one project; whoever asks for it meanwhile waits, then opens it again."""
