@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 from serving import NETWORK_TIMEOUT, receive
-from trio_websocket import ConnectionClosed, connect_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 from trio_ws.registry import Registry
 
@@ -210,3 +210,40 @@ async def test_allow_host_option_serves_that_host_and_refuses_others(served_home
     assert listed == b"HTTP/1.1 200 OK"
     assert foreign == b"HTTP/1.1 403 Forbidden"
     assert loopback == b"HTTP/1.1 200 OK"
+
+
+async def closed_with(ws: WebSocketConnection) -> int | None:
+    """The close code of a connection the server ends (its messages skipped)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await ws.get_message()
+    return None if closed.value.reason is None else closed.value.reason.code
+
+
+async def test_max_projects_and_idle_close_options_bound_and_free_open_projects(
+    nursery: trio.Nursery, served_home: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "other").mkdir()
+    Registry(served_home / "registry.db").add("other", tmp_path / "other")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--max-projects", "1", "--idle-close", "0.3") as (
+            process,
+            port,
+            _,
+        ):
+            base = f"ws://127.0.0.1:{port}/ws/projects"
+            demo = await connect_websocket_url(nursery, f"{base}/demo")
+            assert (await receive(demo))["type"] == "hello"
+            refused = await connect_websocket_url(nursery, f"{base}/other")
+            assert "limit of 1 open projects" in (await receive(refused))["content"]
+            assert await closed_with(refused) == 1013
+            await demo.aclose()
+            await trio.sleep(0.3)  # demo is closed once unused for 0.3 s (checked every 0.075)
+            while True:
+                other = await connect_websocket_url(nursery, f"{base}/other")
+                if (await receive(other))["type"] == "hello":
+                    break
+                assert await closed_with(other) == 1013
+                await trio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0

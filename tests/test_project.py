@@ -11,6 +11,7 @@ databases; windows are bounded by counted reads, never by wall-clock time.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -1196,6 +1197,75 @@ async def test_a_replaced_connection_ending_starts_no_grace_period(
     assert slot.session is not None and slot.grace is None
     assert project.producer_count == 1
     assert not project.hub.has_warning("producer:agent")
+
+
+# -- background tasks: contained -----------------------------------------------------
+
+
+class BrokenSession:
+    """A producer session whose close fails unexpectedly (a bug in a session)."""
+
+    producer_id = "same"
+
+    def send_control(self, action: str) -> bool:
+        return False
+
+    async def close(self, code: int, reason: str) -> None:
+        raise RuntimeError("injected close failure")
+
+
+def logged_failure(caplog: pytest.LogCaptureFixture, text: str) -> logging.LogRecord | None:
+    return next((record for record in caplog.records if text in record.getMessage()), None)
+
+
+async def test_a_replaced_producer_whose_close_fails_is_logged_and_the_server_goes_on(
+    nursery: trio.Nursery, server: Server, project_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="trio_ws.project")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        project = await server.manager.open("demo", project_dir)
+        slot = project.slots["agent"]
+        project.producer_back(slot, BrokenSession())
+        project.producer_back(slot, BrokenSession())  # closes the first: that fails
+        failure = "project demo: closing a replaced producer failed"
+        await wait_until(lambda: logged_failure(caplog, failure) is not None)
+        ws = await subscribe(nursery, server)  # still serving
+        await ws.send_message('{"type":"ping"}')
+        await receive_until(ws, of_type("pong"))
+    record = logged_failure(caplog, failure)
+    assert record is not None and record.exc_info is not None  # with its traceback
+    assert "injected close failure" in caplog.text
+
+
+async def test_a_grace_period_that_fails_is_logged_and_the_server_goes_on(
+    nursery: trio.Nursery,
+    registry: Registry,
+    project_dir: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    caplog.set_level(logging.ERROR, logger="trio_ws.project")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, producer_grace=0.05))
+        project = await server.manager.open("demo", project_dir)
+        project.hub.set_status("running")
+
+        def broken(lines: object, stream: str = "agent") -> None:
+            raise RuntimeError("injected grace failure")
+
+        monkeypatch.setattr(project.hub, "feed_lines", broken)
+        slot = project.slots["agent"]
+        session = BrokenSession()
+        project.producer_back(slot, session)
+        project.producer_left(slot, session)  # the grace period starts, and fails at its end
+        failure = "project demo: agent producer's grace period failed"
+        await wait_until(lambda: logged_failure(caplog, failure) is not None)
+        ws = await subscribe(nursery, server)  # still serving
+        await ws.send_message('{"type":"ping"}')
+        await receive_until(ws, of_type("pong"))
+    record = logged_failure(caplog, failure)
+    assert record is not None and record.exc_info is not None
+    assert "injected grace failure" in caplog.text
 
 
 # -- control routing -----------------------------------------------------------------

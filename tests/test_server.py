@@ -34,6 +34,7 @@ from serving import (
     TOKEN,
     connect,
     http_get,
+    http_json,
     make_config,
     receive,
     ws_url,
@@ -670,6 +671,74 @@ async def test_an_internal_failure_closes_a_subscriber_1011_and_the_server_keeps
     assert caught.value.reason is not None
     assert caught.value.reason.code == 1011
     assert "lookup exploded" in caplog.text
+
+
+# -- open projects: closed idle, bounded ---------------------------------------------
+
+
+async def test_a_project_closed_idle_is_reopened_by_the_next_subscriber_resumed(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    config = make_config(registry, journal="sqlite", idle_close=0.2)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, config)
+        ws = await connect(nursery, server, backlog=0)
+        hello = await receive(ws)
+        server.manager.projects["demo"].hub.feed_lines(["before the close"])
+        while (event := await receive(ws))["type"] != "log":
+            pass
+        await ws.aclose()
+        await settle(lambda: "demo" not in server.manager.projects)
+        again = await connect(nursery, server, since=event["seq"], epoch=hello["epoch"])
+        reopened = await receive(again)
+        resumed = await receive(again)
+    assert server.manager.closed_idle == 1
+    assert (reopened["type"], reopened["epoch"], reopened["seq"]) == (
+        "hello",
+        hello["epoch"],
+        event["seq"],
+    )
+    assert resumed == {"type": "resumed", "since": event["seq"], "seq": event["seq"]}
+
+
+async def test_a_project_with_a_connected_producer_is_not_closed_idle(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    config = make_config(registry, journal="sqlite", idle_close=0.1)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, config)
+        producer = await connect_websocket_url(
+            nursery,
+            ws_url(server, "/ws/projects/demo/publish"),
+            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+        )
+        await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
+        assert (await receive(producer))["type"] == "welcome"
+        project = server.manager.projects["demo"]
+        await trio.sleep(0.5)  # five idle timeouts
+        assert server.manager.projects == {"demo": project}
+        await producer.aclose()
+        await settle(lambda: "demo" not in server.manager.projects)
+    assert server.manager.closed_idle == 1
+
+
+async def test_a_project_beyond_max_projects_is_refused_1013_and_503(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "other").mkdir()
+    registry.add("other", tmp_path / "other")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, max_projects=1))
+        watching = await connect(nursery, server)
+        assert (await receive(watching))["type"] == "hello"
+        refused = await connect(nursery, server, "other")
+        message, code, reason = await refusal(refused)
+        status, body = await http_json(server, "GET", "/api/projects/other/progress-history")
+    limit = "the server has its limit of 1 open projects (--max-projects); try again later"
+    assert message == {"type": "error", "content": limit}
+    assert (code, reason) == (1013, limit)
+    assert (status, body) == (503, {"detail": limit})
+    assert list(server.manager.projects) == ["demo"]
 
 
 # -- handshake: other refusals -------------------------------------------------------

@@ -272,6 +272,23 @@ def _print_table(found: list[Project]) -> None:
     "marked crashed.",
 )
 @click.option(
+    "--idle-close",
+    default=defaults.IDLE_CLOSE,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Close a project that had no subscriber, producer or request for this long "
+    "(it opens again from its journal at its next use; never with --journal memory).",
+)
+@click.option(
+    "--max-projects",
+    default=defaults.MAX_PROJECTS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most projects open at once; beyond it a new one is refused (websocket 1013, "
+    "HTTP 503) until one is closed idle.",
+)
+@click.option(
     "--allow-origin",
     "allow_origins",
     multiple=True,
@@ -317,6 +334,8 @@ def serve(
     broker: str | None,
     sync: str,
     producer_grace: float,
+    idle_close: float,
+    max_projects: int,
     allow_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
     token: str | None,
@@ -357,6 +376,8 @@ def serve(
         sync="full" if sync == "full" else "normal",
         home=home_dir,
         producer_grace=producer_grace,
+        idle_close=idle_close,
+        max_projects=max_projects,
         allow_origins=frozenset(allow_origins),
         allow_hosts=frozenset(allow_hosts),
         require_token=require_token,

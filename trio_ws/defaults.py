@@ -57,3 +57,9 @@ FLUSH_WITHIN: Final = 5.0
 """Seconds a producer keeps delivering what is left once its input ended."""
 KILL_AFTER: Final = 10.0
 """Seconds `run` waits between SIGTERM and SIGKILL when stopping its command."""
+
+IDLE_CLOSE: Final = 600.0
+"""Seconds a project may go without subscriber, producer or request before it is closed
+(its writer, broker subscription and history freed); its next use opens it again."""
+MAX_PROJECTS: Final = 1000
+"""Most projects open at once; beyond it a new one is refused until one is closed idle."""

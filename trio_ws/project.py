@@ -16,12 +16,12 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 
 import trio
 
 from trio_ws import defaults
-from trio_ws.hub import ProjectHub
+from trio_ws.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE, ProjectHub
 from trio_ws.journal import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal_redis import RedisJournal
 from trio_ws.lease import LeaseError, PollLease
@@ -66,6 +66,29 @@ ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
 }
 """Agent statuses in which each control action makes sense."""
 NO_PRODUCER: Final = "no producer can act on this project"
+
+T = TypeVar("T")
+
+
+async def contained(what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run a background task so that its unexpected failure is logged with its traceback
+    and ends only this task: the nursery it runs in also serves connections (or holds a
+    project's other tasks), and one failure there must not take them down."""
+    try:
+        await task(*args)
+    except Exception:
+        log.exception("%s failed", what)
+
+
+class NoPublicConstructor(type):
+    """Metaclass for a class whose instances only its own factory makes (trio's pattern):
+    calling the class raises TypeError; the factory uses ``_create``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{cls.__qualname__} has no public constructor; use its open()")
+
+    def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc,no-any-return]
 
 
 class ProducerSession(Protocol):
@@ -150,6 +173,13 @@ class Services:
     grace: float = DEFAULT_GRACE
     lease: PollLease | None = None
     on_poll: Callable[[str, float, bool], None] | None = None
+    history: int = DEFAULT_HISTORY
+    history_bytes: int = DEFAULT_HISTORY_BYTES
+    queue_size: int = DEFAULT_QUEUE
+    extra_secrets: tuple[str, ...] = ()
+    """Redacted from every line (the server token)."""
+    on_commit: Callable[[str, float], None] | None = None
+    """Told each commit's latency, for the metrics."""
     limiter: trio.CapacityLimiter = field(
         default_factory=lambda: trio.CapacityLimiter(READER_THREADS)
     )
@@ -163,8 +193,12 @@ class Services:
             self.on_poll(name, seconds, ok)
 
 
-class Project:
-    """One project's hub and what drives it: producer slots, poll loop, control, grace."""
+class Project(metaclass=NoPublicConstructor):
+    """One project's hub and what drives it: producer slots, poll loop, control, grace.
+
+    Only `Project.open` makes one, and it returns it fully open (journal open, tasks
+    running) or raises: a half-open project, which would stage forever or ack what it
+    never wrote, cannot exist."""
 
     def __init__(self, hub: ProjectHub, directory: Path | None, services: Services) -> None:
         self.hub = hub
@@ -182,6 +216,10 @@ class Project:
         self._poll_scope: trio.CancelScope | None = None
         self._poll_lock = trio.Lock()
         self._lease_failing = False
+        self._tasks: trio.Nursery | None = None
+        """The project's own nursery (writer, follower, poll loop, grace timers), a task
+        of the server's; `close` cancels it."""
+        self._tasks_done = trio.Event()
 
     @property
     def name(self) -> str:
@@ -197,10 +235,30 @@ class Project:
 
     # -- journal -------------------------------------------------------------------
 
-    async def open(self, journal: Journal) -> None:
-        """Open the hub on ``journal`` and start its writer (and, with a broker, its
-        follower) in the server's nursery; JournalError if the journal cannot be
-        opened now."""
+    @classmethod
+    async def open(
+        cls, name: str, directory: Path | None, services: Services, journal: Journal
+    ) -> Project:
+        """The project ``name``, its hub opened on ``journal`` and its writer (and, with a
+        broker, its follower) running; JournalError if the journal cannot be opened now.
+        Whatever fails, nothing is left open: the journal is closed again (not clean)."""
+        hub = ProjectHub(
+            name,
+            history=services.history,
+            history_bytes=services.history_bytes,
+            queue_size=services.queue_size,
+            extra_secrets=services.extra_secrets,
+        )
+        hub.on_commit = services.on_commit
+        project = cls._create(hub, directory, services)
+        try:
+            await project._open(journal)
+        except BaseException:
+            await project._abandon()
+            raise
+        return project
+
+    async def _open(self, journal: Journal) -> None:
         hub = self.hub
         state = await hub.open(journal)
         if state.new_epoch == "corrupt":
@@ -221,18 +279,66 @@ class Project:
             for key, pseq in state.pseqs.items():
                 if key.startswith(prefix):
                     slot.record(key[len(prefix) :], pseq)
-        nursery = self.services.nursery
+        self._tasks = await self.services.nursery.start(self._run_tasks)
         if isinstance(journal, RedisJournal):
             hub.shared = journal
-            nursery.start_soon(self._follow, journal)
-        nursery.start_soon(self._write)
+            self._start("follower", self._follow, journal)
+        self._start("writer", self._write)
+
+    async def _abandon(self) -> None:
+        """Undo a failed open: stop what it started, close the journal if it opened."""
+        with trio.CancelScope(shield=True):
+            await self._stop_tasks()
+            journal = self.hub.journal
+            if journal is not None:
+                try:
+                    await journal.close(clean=False)
+                except JournalError as exc:
+                    log.error("project %s: closing its journal failed: %s", self.name, exc)
+
+    async def _run_tasks(self, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """The project's nursery, alive until `close` cancels it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await trio.sleep_forever()
+        finally:
+            self._tasks_done.set()
+
+    def _start(self, what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``task`` in the project's nursery, its failure logged, never passed on."""
+        assert self._tasks is not None, "started only once the project is open"
+        self._tasks.start_soon(contained, f"project {self.name}: {what}", task, *args)
+
+    async def _stop_tasks(self) -> None:
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+            await self._tasks_done.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self.hub.closed
+
+    @property
+    def idle(self) -> bool:
+        """No subscriber, no producer and no producer's grace period running: closing
+        the project now takes nothing from anyone."""
+        return (
+            self.hub.subscriber_count == 0
+            and self.producer_count == 0
+            and all(slot.grace is None for slot in self.slots.values())
+        )
 
     async def close(self) -> None:
-        """Commit what is staged and close the journal clean (at shutdown)."""
+        """Commit what is staged, close the journal clean and stop the project's tasks
+        (at shutdown, or when it was idle for long)."""
         try:
             await self.hub.close()
         except JournalError as exc:
             log.error("project %s: closing its journal failed: %s", self.name, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_tasks()
 
     async def _follow(self, journal: RedisJournal) -> None:
         """Apply every node's appends to this hub, in seq order (STATE.md 5): subscribe
@@ -342,7 +448,13 @@ class Project:
                 self.name,
                 session.producer_id,
             )
-            self.services.nursery.start_soon(previous.close, 1000, "replaced by a newer connection")
+            self.services.nursery.start_soon(
+                contained,
+                f"project {self.name}: closing a replaced producer",
+                previous.close,
+                1000,
+                "replaced by a newer connection",
+            )
         if slot.grace is not None:
             slot.grace.cancel()
             slot.grace = None
@@ -367,7 +479,7 @@ class Project:
         )
         scope = trio.CancelScope()
         slot.grace = scope
-        self.services.nursery.start_soon(self._grace_period, slot, scope)
+        self._start(f"{slot.stream} producer's grace period", self._grace_period, slot, scope)
 
     async def _grace_period(self, slot: ProducerSlot, scope: trio.CancelScope) -> None:
         hub = self.hub
@@ -404,7 +516,7 @@ class Project:
         subscriber = self.hub.subscribe(since, epoch, backlog)
         if self._poll_scope is None and self.reader is not None:
             self._poll_scope = trio.CancelScope()
-            self.services.nursery.start_soon(self._poll, self._poll_scope)
+            self._start("poll loop", self._poll, self._poll_scope)
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:

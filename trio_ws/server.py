@@ -51,7 +51,7 @@ from trio_ws.journal_memory import MemoryBackend
 from trio_ws.journal_redis import RedisBackend, open_redis_backend
 from trio_ws.journal_sqlite import SqliteBackend
 from trio_ws.lease import PollLease
-from trio_ws.manager import ConnectionManager
+from trio_ws.manager import ConnectionManager, TooManyProjects
 from trio_ws.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.metrics import Metrics
 from trio_ws.progress import (
@@ -136,6 +136,10 @@ class ServerConfig:
     broker: str | None = None
     """``redis://HOST:PORT/DB``: journals live in Redis, shared with every node that
     names the same broker (STATE.md 5); the journal option is then ``redis``."""
+    idle_close: float | None = defaults.IDLE_CLOSE
+    """Seconds a project may go unused before it is closed (None: never)."""
+    max_projects: int = defaults.MAX_PROJECTS
+    """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
 
     @property
     def journal_home(self) -> Path:
@@ -235,6 +239,8 @@ async def _serve(
             extra_secrets=(config.token,),
             journals=journals,
             on_commit=metrics.observe_commit,
+            idle_close=config.idle_close,
+            max_projects=config.max_projects,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(
                 PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)
@@ -447,6 +453,10 @@ async def _project_api(
             log.error("project %s: journal unavailable: %s", name, exc)
             await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
             return
+        except TooManyProjects as exc:
+            log.warning("project %s refused: %s", name, exc)
+            await send_json(stream, connection, 503, {"detail": str(exc)})
+            return
         if action is not None:
             status, body = 200, await control.act(live, action)
         elif view == "agent/status":
@@ -621,7 +631,8 @@ def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str
 async def _project(
     server: Server, ws: WebSocket, raw_name: str, peer: str, *, producer: bool = False
 ) -> LiveProject | None:
-    """The project named in the path, open; otherwise refuse and say why.
+    """The project named in the path, open and held (the caller releases it); otherwise
+    refuse and say why.
 
     Known is a registered project whose directory exists here; with a broker also one
     this node's registry lacks (its directory is on another machine) when a producer
@@ -645,12 +656,14 @@ async def _project(
                 "Project not found in registry" if found is None else "Project directory not found",
             )
             return None
-        project = await server.manager.open(name, directory)
+        project = await server.manager.hold(name, directory)
     except JournalError:
         # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
-        with trio.move_on_after(CLOSE_TIMEOUT):
-            await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
-        await ws.aclose(1011, "project journal unavailable")
+        await _refuse(ws, 1011, "project journal unavailable")
+        return None
+    except TooManyProjects as exc:
+        log.warning("project %s refused to %s: %s", name, peer, exc)
+        await _refuse(ws, 1013, str(exc))  # try again later (PROTOCOL.md 2)
         return None
     return project
 
@@ -678,29 +691,35 @@ async def _subscriber(
     project = await _project(server, ws, raw_name, peer)
     if project is None:
         return
-    await project.prime()
-    request = SubscribeRequest(
-        project=project.name,
-        since=parse_since(head.query.get("since")),
-        epoch=head.query.get("epoch"),
-        backlog=parse_backlog(head.query.get("backlog")),
-        authorized=authorized,
-        origin_may_control=control_origin_allowed(
-            head.header("origin"), head.header("host"), config.allow_origins
-        ),
-        peer=peer,
-    )
-    head.release()  # an idle subscriber holds no header values
-    await project_websocket(ws, server.manager, project, request)
+    try:
+        await project.prime()
+        request = SubscribeRequest(
+            project=project.name,
+            since=parse_since(head.query.get("since")),
+            epoch=head.query.get("epoch"),
+            backlog=parse_backlog(head.query.get("backlog")),
+            authorized=authorized,
+            origin_may_control=control_origin_allowed(
+                head.header("origin"), head.header("host"), config.allow_origins
+            ),
+            peer=peer,
+        )
+        head.release()  # an idle subscriber holds no header values
+        await project_websocket(ws, server.manager, project, request)
+    finally:
+        server.manager.release(project)
 
 
 async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> None:
     project = await _project(server, ws, raw_name, peer, producer=True)
     if project is None:
         return
-    await serve_producer(
-        ws, project, server.manager, peer, ping_timeout=server.config.producer_ping_timeout
-    )
+    try:
+        await serve_producer(
+            ws, project, server.manager, peer, ping_timeout=server.config.producer_ping_timeout
+        )
+    finally:
+        server.manager.release(project)
 
 
 def _authorized(config: ServerConfig, head: RequestHead) -> bool:
@@ -723,7 +742,7 @@ def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
 
 
 async def _refuse(ws: WebSocket, code: int, content: str) -> None:
-    """Send the protocol's ``error`` and close with a do-not-retry code."""
+    """Send the protocol's ``error`` and close with ``code`` (4xxx: do not retry)."""
     with trio.move_on_after(CLOSE_TIMEOUT):
         await ws.send_message(protocol.encode(protocol.error(content)))
     await ws.aclose(code, content)
