@@ -127,12 +127,49 @@ async def test_a_bad_upgrade_is_refused_before_the_websocket(
 async def test_a_protocol_error_is_closed_with_its_code(
     server: Server, project_dir: Path, frame: bytes, code: int
 ) -> None:
+    """Failing the connection (RFC 6455 7.1.7): the close frame, then the server closes
+    TCP at once (7.1.1), without waiting for a reply nothing could parse any more."""
     with trio.fail_after(NETWORK_TIMEOUT):
         client = await subscribed(server)
         await client.send(frame)
         assert await client.close_code() == code
-        await client.stream.send_eof()  # nothing after a bad frame can be parsed: just end
-        assert await client.frame() is None
+        with trio.fail_after(0.1):
+            assert await client.frame() is None
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        (client_frame(0x3, b"x"), 1002),
+        (client_frame(0xB, b"x"), 1002),
+        (client_frame(OP_PING, b"x", fin=False), 1002),
+        (client_frame(OP_TEXT, b"a", fin=False) + client_frame(OP_TEXT, b"b"), 1002),
+        (client_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff\xfe"), 1007),
+        (client_frame(OP_CLOSE, b"\x03"), 1002),
+        *[
+            (client_frame(OP_CLOSE, struct.pack("!H", bad)), 1002)
+            for bad in (0, 999, 1004, 1005, 1006, 1016, 2999, 5000)
+        ],
+    ],
+    ids=[
+        "reserved-opcode",
+        "reserved-control-opcode",
+        "fragmented-ping",
+        "new-message-mid-fragment",
+        "close-reason-invalid-utf8",
+        "close-payload-of-one-byte",
+        *(f"close-code-{bad}" for bad in (0, 999, 1004, 1005, 1006, 1016, 2999, 5000)),
+    ],
+)
+async def test_every_family_of_bad_frames_fails_the_connection_at_once(
+    server: Server, project_dir: Path, frame: bytes, code: int
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        client = await subscribed(server)
+        await client.send(frame)
+        assert await client.close_code() == code
+        with trio.fail_after(0.1):
+            assert await client.frame() is None
 
 
 async def test_a_message_over_the_limit_is_closed_1009(server: Server, project_dir: Path) -> None:

@@ -368,13 +368,16 @@ class WebSocket:
             await self._fail(event.code, event.reason or "protocol error")
 
     async def _fail(self, code: int, reason: str) -> None:
-        """Close on a bad frame or message; nothing more is parsed, the rest is
-        discarded until the peer closes (or the close timeout)."""
+        """Fail the connection on a bad frame or message (RFC 6455 7.1.7): our close
+        frame, then the TCP connection is closed at once, by the server first (7.1.1).
+        Nothing after a bad frame can be parsed, so there is no close reply to wait for."""
         log.info("websocket closed %d: %s", code, reason)
         self._readable = False
         self._parts, self._size = [], 0
         with contextlib.suppress(ConnectionClosed):  # then it just ends
             await self._send_close(code, reason)
+        if not self._ended:
+            self._end(self.closed or ConnectionClosed(code, reason))
 
     def _end(self, why: ConnectionClosed) -> None:
         """The peer closed (or vanished): the websocket is over, the TCP connection too."""
