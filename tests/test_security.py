@@ -80,6 +80,12 @@ PATTERN_CASES = [
         id="xox",
     ),
     pytest.param(
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+        "MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7VJTUt9Us8cKj",
+        "[REDACTED]",
+        id="PEM-body-line-alone",
+    ),
+    pytest.param(
         "key AKIAIOSFODNN7EXAMPLE in log",
         "AKIAIOSFODNN7EXAMPLE",
         "key [REDACTED] in log",
@@ -556,6 +562,7 @@ WHOLE_SECRETS = [
         r"xox[abprs]-[A-Za-z0-9-]{10,}",
         r"AKIA[0-9A-Z]{16}",
         r"eyJ[\w-]{4,}\.eyJ[\w-]{4,}\.",
+        r"MII[0-9A-Za-z+/]{60,}",
     )
 ]
 _NAME = (
@@ -671,6 +678,7 @@ SECRET_SHAPES = {
         _run(_ALNUM + "-", 10, 30),
     ),
     "AKIA": _shaped("AKIA", _run("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", 16)),
+    "PEM body": _shaped("MII", _run(_ALNUM + "+/", 60, 80)),
     "JWT": st.builds(
         lambda a, b, c: (f"eyJ{a}.eyJ{b}.{c}", f"eyJ{b}"),
         _run(_ALNUM, 4, 20),

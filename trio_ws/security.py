@@ -54,6 +54,8 @@ _SECRET_RE: Final = re.compile(
             r"|glpat-[\w-]{20,}|gh[pousr]_[0-9a-z]{36,}|github_pat_\w{20,}"
             r"|npm_[0-9a-z]{36}|hf_[0-9a-z]{30,}|xox[abprs]-[0-9a-z-]{10,}|AKIA[0-9a-z]{16}"
             r"|eyJ[\w-]{4,}\.eyJ[\w-]{4,}\.[\w.-]*"
+            # a PEM body (DER starts "MII") printed without its BEGIN line
+            r"|MII[0-9a-z+/]{60,}=*"
             r")[\w-]*)",
             # PEM private key on one line; with no END the block goes on (see redact_line)
             r"-----BEGIN[a-z ]{0,40}PRIVATE KEY-----(?P<pem>(?s:.*?))"
@@ -78,7 +80,22 @@ _TRIGGERS: Final[tuple[tuple[str, tuple[str, ...]], ...]] = (
     ("k_", ("k_live_", "k_test_")),
     ("gh", ("ghp_", "gho_", "ghu_", "ghs_", "ghr_")),
     ("_", ("_pat_", "npm_", "hf_")),
-    ("", ("aiza", "xox", "eyj", "auth", "bearer", "://", "passw", "pwd", "secret", "credential")),
+    (
+        "",
+        (
+            "aiza",
+            "xox",
+            "eyj",
+            "mii",
+            "auth",
+            "bearer",
+            "://",
+            "passw",
+            "pwd",
+            "secret",
+            "credential",
+        ),
+    ),
     ("k", ("akia", "key", "token")),  # "key" also stands for "private key"
 )
 """Every match holds one of these (lowered), each listed after a gate it holds
