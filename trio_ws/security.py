@@ -239,14 +239,13 @@ def host_refusal(
     Only on loopback: a page on ``rebind.evil.example`` whose name resolves to
     127.0.0.1 reaches us with its own name in Host, so on loopback only loopback
     names (any port) and ``--allow-host`` entries (a name, or name:port) are
-    served; elsewhere the token protects. A missing Host is 400, as RFC 9112
-    3.2 requires for HTTP/1.1 (h11 already answers that) and as we answer an
-    HTTP/1.0 request without one: no browser sends such a request.
+    served; elsewhere the token protects. A missing Host is served: RFC 9112
+    3.2 requires it of HTTP/1.1 only (h11 answers that with 400 before we see
+    it), an HTTP/1.0 request may omit it, and a request that names no host
+    is no rebinding page (a browser always sends one).
     """
-    if not on_loopback:
+    if not on_loopback or host_header is None:
         return None
-    if host_header is None:
-        return 400
     if any(char in host_header for char in "@/?#\\"):  # not a plain host[:port]
         return 403
     parsed = _host_port(host_header.strip(), 0)
