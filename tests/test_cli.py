@@ -7,19 +7,21 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 import zipfile
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import pytest
 import trio
 from click.testing import CliRunner, Result
+from redis_server import RedisServer
 
 import trio_ws.registry
 from trio_ws import __version__
 from trio_ws.cli import main
-from trio_ws.journal import Batch
+from trio_ws.journal import Batch, JournalError
 from trio_ws.journal_sqlite import SqliteBackend, journal_path
 
 
@@ -337,3 +339,87 @@ def test_checkout_launchers_run_the_command(launcher: list[str], tmp_path: Path)
         f"trio-ws, version {__version__}\n",
         "",
     )
+
+
+# -- projects remove goes through the journal, never under a running server -----------
+
+TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
+
+
+@contextmanager
+def serving_with_a_watcher(home: Path, *extra: str) -> Iterator[None]:
+    """A real `trio-ws serve` with a subscriber of ``alpha`` connected, so the server
+    has the project (and its journal) open for the block."""
+    from websockets.sync.client import connect
+
+    process = subprocess.Popen(
+        [TRIO_WS, "serve", "--home", str(home), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        with connect(f"ws://127.0.0.1:{port}/ws/projects/alpha", open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+            yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_remove_is_refused_while_a_server_has_the_project_open(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    path = journal_path(home, "alpha")
+    with serving_with_a_watcher(home):
+        result = projects("remove", "alpha", home=home)
+        assert_refused(result, 1, "is open in another trio-ws process")
+        assert path.is_file()  # nothing deleted under the server
+    assert [p["name"] for p in json.loads(projects("list", "--json", home=home).stdout)] == [
+        "alpha"
+    ]
+    result = projects("remove", "alpha", home=home)  # the server is gone: now it may
+    assert result.exit_code == 0, result.output
+    assert sorted(path.parent.iterdir()) == []  # database, -wal, -shm and lock
+
+
+def test_a_journal_opens_once(home: Path) -> None:
+    async def open_twice() -> None:
+        backend = SqliteBackend(home)
+        first = backend.journal("alpha")
+        await first.open()
+        try:
+            with pytest.raises(JournalError, match="open in another trio-ws process"):
+                await backend.journal("alpha").open()
+        finally:
+            await first.close()
+        second = backend.journal("alpha")  # closed: the lock went with it
+        await second.open()
+        await second.close()
+
+    trio.run(open_twice)
+
+
+def test_remove_with_a_broker_deletes_the_keys_once_no_node_holds_them(
+    home: Path, alpha: Path, redis_server: RedisServer
+) -> None:
+    projects("add", "alpha", alpha, home=home)
+
+    def redis(*command: str) -> str:
+        args = ["redis-cli", "-p", str(redis_server.port), *command]
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+    redis("FLUSHALL")
+    with serving_with_a_watcher(home, "--broker", redis_server.url):
+        result = projects("remove", "alpha", "--broker", redis_server.url, home=home)
+        assert_refused(result, 1, "is open on a running trio-ws server")
+        assert redis("EXISTS", "tws:{alpha}:meta") == "1"
+    deadline = time.monotonic() + 10
+    while (
+        result := projects("remove", "alpha", "--broker", redis_server.url, home=home)
+    ).exit_code:
+        assert time.monotonic() < deadline, result.output  # the holder key expires in 3 s
+        time.sleep(0.5)
+    assert "removed its journal in redis://" in result.stdout
+    assert redis("EXISTS", "tws:{alpha}:meta", "tws:{alpha}:events") == "0"

@@ -26,7 +26,7 @@ from rich.table import Table
 
 from trio_ws import __version__, defaults
 from trio_ws.journal import JournalError
-from trio_ws.journal_sqlite import journal_path, remove_files
+from trio_ws.journal_sqlite import journal_path
 from trio_ws.producers import (
     ECHO_BUFFER,
     LINE_CAP,
@@ -47,7 +47,13 @@ from trio_ws.registry import (
     resolve_home,
 )
 from trio_ws.security import TOKEN_ENV, TokenError, load_token
-from trio_ws.server import Server, ServerConfig, serve_until_signalled, tune_gc_for_serving
+from trio_ws.server import (
+    Server,
+    ServerConfig,
+    open_journals,
+    serve_until_signalled,
+    tune_gc_for_serving,
+)
 from trio_ws.signals import until_signalled
 
 USAGE_EXIT = 2
@@ -175,21 +181,51 @@ def projects_list(as_json: bool, registry_file: Path, **_: Any) -> None:
 
 @projects.command("remove")
 @click.argument("name")
+@click.option("--keep-journal", is_flag=True, help="Keep the project's journal (its history).")
 @click.option(
-    "--keep-journal", is_flag=True, help="Keep <home>/journal/NAME.db (its history) on disk."
+    "--broker",
+    metavar="redis://HOST:PORT/DB",
+    callback=lambda _ctx, _param, value: _broker_url(value),
+    help="The project's journal lives in this Redis (as for `serve --broker`).",
 )
 @registry_options
 def projects_remove(
-    name: str, keep_journal: bool, home_dir: Path, registry_file: Path, **_: Any
+    name: str,
+    keep_journal: bool,
+    broker: str | None,
+    home_dir: Path,
+    registry_file: Path,
+    **_: Any,
 ) -> None:
-    """Unregister project NAME and delete its journal (its directory is left untouched)."""
-    project = Registry(registry_file).remove(name)
-    click.echo(f"removed {project.name} (was {project.path.as_posix()})")
-    path = journal_path(home_dir, project.name)
+    """Unregister project NAME and delete its journal (its directory is left untouched).
+
+    Refused while a running server has the project open: its journal would be
+    deleted under it."""
+    registry = Registry(registry_file)
+    known = registry.get(name)
+    if known is None and broker is None:
+        registry.remove(name)  # says there is no such project
+    config = ServerConfig(registry_path=registry_file, token="", home=home_dir, broker=broker)
+    removed = False
+    if not keep_journal:
+        try:
+            removed = trio.run(_remove_journal, config, name)
+        except* JournalError as group:
+            raise Refusal(str(_first(group))) from None
+    if known is not None:
+        project = registry.remove(name)
+        click.echo(f"removed {project.name} (was {project.path.as_posix()})")
+    where = f"in {broker}" if broker else str(journal_path(config.journal_home, name))
     if keep_journal:
-        click.echo(f"kept its journal {path}")
-    elif remove_files(path):
-        click.echo(f"removed its journal {path}")
+        click.echo(f"kept its journal {where}")
+    elif removed:
+        click.echo(f"removed its journal {where}")
+
+
+async def _remove_journal(config: ServerConfig, name: str) -> bool:
+    """Delete ``name``'s journal through its backend; JournalError while it is open."""
+    async with open_journals(config) as journals:
+        return await journals.remove(name)
 
 
 def _print_table(found: list[Project]) -> None:

@@ -30,7 +30,10 @@ its connections in a task group of that task (``open_redis_backend``).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -280,6 +283,16 @@ def _keys(project: str) -> tuple[str, str, str, str]:
     return f"{tag}:meta", f"{tag}:events", f"{tag}:live", f"{tag}:producers"
 
 
+def _holder_key(project: str) -> str:
+    """Set (with a TTL) while some node has ``project`` open: `RedisBackend.remove` waits."""
+    return f"{KEY_PREFIX}:{{{project}}}:holder"
+
+
+HOLD_TTL: Final = 3.0
+"""How long a node's claim that it has a project open lasts unless renewed (each second
+while it follows the project)."""
+
+
 class RedisJournal:
     """One project's journal in Redis, shared with every node that opens the same project."""
 
@@ -337,6 +350,7 @@ class RedisJournal:
         self._held = int(cast(int, held))
         self._oldest = _seq(str(oldest)) if oldest else self._head + 1
         pseqs, state = _stored(meta, cast(list[str], written))
+        await self.hold()  # renewed while the project is followed, dropped by close
         return JournalState(self._epoch, self._head, self._oldest, pseqs, state, reason)
 
     async def reopen(self) -> JournalState:
@@ -377,12 +391,27 @@ class RedisJournal:
         await self._run_append(self._epoch_open(), Batch(), trim=True)
 
     async def close(self, *, clean: bool = True) -> None:
-        """Forget the epoch; Redis needs no clean-stop mark (its ``run_id`` tells a restart)."""
+        """Forget the epoch and drop this node's hold; Redis needs no clean-stop mark (its
+        ``run_id`` tells a restart)."""
         self._epoch_open()
         self._epoch = None
+        # Best effort by design: a hold that cannot be dropped now (Redis is away at
+        # shutdown) expires by itself within HOLD_TTL, which is what it is for.
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.delete([_holder_key(self._project)])
 
     def stats(self) -> JournalStats:
         return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
+
+    async def hold(self) -> None:
+        """Say (for `HOLD_TTL`) that this node has the project open; JournalError when
+        Redis cannot be written."""
+        key = _holder_key(self._project)
+        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        try:
+            await self._client.set(key, holder, px=int(HOLD_TTL * 1000))
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot write: {error}") from None
 
     async def head(self) -> tuple[str, int] | None:
         """The stored epoch and head seq now: where a node that follows ``live``
@@ -547,9 +576,16 @@ class RedisBackend:
             ) from None
 
     async def remove(self, project: str) -> bool:
-        """Delete the project's keys (close its journals on every node first)."""
+        """Delete the project's keys; JournalError while a node has the project open
+        (for up to `HOLD_TTL` after it closed it)."""
         meta, events, _, producers = _keys(check_project(project))
         try:
+            holder = await self._client.get(_holder_key(project))
+            if holder is not None:
+                raise JournalError(
+                    f"project {project!r} is open on a running trio-ws server ({holder}); "
+                    "stop it (or let it close the project) first"
+                )
             return await self._client.delete([meta, events, producers]) > 0
         except (RedisError, OSError) as error:
             where = self._client.connection_pool.location

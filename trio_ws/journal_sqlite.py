@@ -21,6 +21,7 @@ never deleted.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
 import os
 import sqlite3
@@ -75,6 +76,10 @@ JOURNAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 JOURNAL_DIR: Final = "journal"
 SUFFIXES: Final = ("", "-wal", "-shm")
 """The database file and the two files SQLite keeps beside it in WAL mode."""
+LOCK_SUFFIX: Final = ".lock"
+"""Beside the database: the open journal holds an exclusive ``flock`` on it, so a second
+process (another server, ``projects remove``) is refused instead of writing under it.
+The kernel drops it with the process, so a ``kill -9`` leaves nothing to clean up."""
 
 Synchronous = Literal["NORMAL", "FULL"]
 ConnectionHook = Callable[[sqlite3.Connection], object]
@@ -163,6 +168,8 @@ class SqliteJournal:
         self._on_connect = on_connect
         self._limiter = trio.CapacityLimiter(1)
         self._conn: sqlite3.Connection | None = None
+        self._lock: int | None = None
+        """The descriptor holding the journal's lock while it is open."""
         self._head = 0
         self._oldest = 1
         self._held = 0
@@ -271,6 +278,7 @@ class SqliteJournal:
                 ) from None
             finally:
                 conn.close()
+                self._unlock()
 
         await trio.to_thread.run_sync(close, limiter=self._limiter)
 
@@ -298,9 +306,22 @@ class SqliteJournal:
             raise
         return conn
 
+    def _unlock(self) -> None:
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            os.close(lock)  # closing the descriptor releases the flock
+
     def _open(self) -> JournalState:
-        boot_id = read_boot_id(self._boot_id_path)
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._lock = lock_journal(self.path, self._project)
+        try:
+            return self._open_locked()
+        except BaseException:
+            self._unlock()
+            raise
+
+    def _open_locked(self) -> JournalState:
+        boot_id = read_boot_id(self._boot_id_path)
         reason: NewEpochReason | None = None
         moved: Path | None = None
         conn: sqlite3.Connection | None = None
@@ -671,13 +692,43 @@ class SqliteBackend:
         """Delete the project's journal files (close its journal first); moved-aside
         corrupt copies stay. False when there was no journal."""
         path = journal_path(self.home, project)
-        return await trio.to_thread.run_sync(remove_files, path)
+        return await trio.to_thread.run_sync(remove_files, path, project)
 
 
-def remove_files(path: Path) -> bool:
+def lock_journal(path: Path, project: str) -> int:
+    """Take the journal's lock (its descriptor; closing it releases the lock), with this
+    process's id in the file for whoever is refused; JournalError when a process
+    holds it. OSError when the lock file cannot be made."""
+    lock = os.open(f"{path}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(lock, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(lock)
+        raise JournalError(
+            f"project {project!r}: its journal {path} is open in another trio-ws process "
+            f"(pid {holder}); stop that server (or let it close the project) first"
+        ) from None
+    except BaseException:
+        os.close(lock)
+        raise
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    return lock
+
+
+def remove_files(path: Path, project: str) -> bool:
     """Delete a journal file and its -wal/-shm, the database last (a WAL left without
-    its database would be replayed into the next one)."""
-    existed = path.exists()
-    for suffix in reversed(SUFFIXES):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    its database would be replayed into the next one), then its lock file; JournalError
+    while a process has the journal open."""
+    if not Path(f"{path}{LOCK_SUFFIX}").exists() and not path.exists():
+        return False
+    lock = lock_journal(path, project)
+    try:
+        existed = path.exists()
+        for suffix in reversed(SUFFIXES):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        Path(f"{path}{LOCK_SUFFIX}").unlink(missing_ok=True)
+    finally:
+        os.close(lock)
     return existed

@@ -389,6 +389,7 @@ class Project(metaclass=NoPublicConstructor):
         Redis cannot be read (the follower's retry takes it from there)."""
         hub = self.hub
         while not hub.closed:
+            await journal.hold()  # `projects remove` refuses while a node holds it
             await trio.sleep(STORED_CHECK)
             stored = await journal.head()
             if stored is None or stored[0] != hub.epoch:
