@@ -323,3 +323,50 @@ async def test_metrics_show_the_journal_of_each_project(
     assert 'trio_ws_journal_oldest_seq{project="demo"} 1.0' in text
     assert 'trio_ws_journal_write_errors_total{project="demo"} 0.0' in text
     assert 'trio_ws_journal_commit_seconds_count{project="demo"}' in text
+
+
+async def test_a_producer_is_not_read_past_the_staged_limit_while_the_journal_cannot_write(
+    nursery: trio.Nursery, registry: Registry, home: Path, project_dir: Path
+) -> None:
+    """A full disk stops commits; a producer that goes on sending is back-pressured at
+    the staged limit (its items wait in its own buffers) instead of growing the
+    server, and once the disk has room every line arrives, once, in order."""
+    connections: list[sqlite3.Connection] = []
+
+    def hook(conn: sqlite3.Connection) -> None:
+        connections.append(conn)
+        conn.execute("PRAGMA max_page_count = 40")
+
+    config = HookedConfig(**vars(sqlite_config(registry, home=home, staged_limit=200)), hook=hook)
+    count, per_message = 3000, 100
+    most_staged = 0
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as life:
+            server = await start(life, config)
+            watcher = await connect(life, server, backlog=1000)
+            acks: list[int] = []
+            ws = await producer(life, server, acks)
+
+            async def send_all() -> None:
+                for first in range(1, count + 1, per_message):
+                    await send_lines(
+                        ws, first, [line(n) for n in range(first, first + per_message)]
+                    )
+
+            life.start_soon(send_all)
+            hub = server.manager.get_hub("demo")
+            assert hub is not None
+            await until(lambda: hub.has_warning("journal"))
+            for _ in range(100):  # a second of the producer pushing against the limit
+                most_staged = max(most_staged, hub.pending)
+                await trio.sleep(0.01)
+            assert hub.pending < count  # it really is held back, not all read
+            connections[-1].execute("PRAGMA max_page_count = 1000000")  # room again
+            seen = await receive_until(
+                watcher, lambda m: m["type"] == "log" and m["line"] == line(count)
+            )
+            await until(lambda: acks[-1:] == [count])
+            life.cancel_scope.cancel()
+    assert most_staged < 200 + per_message
+    shown = [m["line"] for m in seen if m["type"] == "log"]
+    assert shown[-count:] == [line(n) for n in range(1, count + 1)]

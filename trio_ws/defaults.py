@@ -45,6 +45,11 @@ PRODUCER_GRACE: Final = 30.0
 """Seconds a vanished agent producer may take to come back before its run is crashed."""
 PRODUCER_PING_TIMEOUT: Final = 20.0
 """A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
+STAGED_LIMIT: Final = 20_000
+"""Events a project may hold staged (numbered, not yet committed) before the server stops
+reading its producers: while the journal cannot write (a full disk), or a producer
+sends faster than it commits, a producer is back-pressured instead of growing the
+server without bound (it keeps its items; nothing is lost)."""
 SUBSCRIBER_IDLE: Final = 20.0
 """A subscriber that sent nothing for this long is pinged (a vanished dashboard is
 otherwise held forever on an idle project)."""

@@ -701,6 +701,11 @@ class ProjectHub:
         except (KeyError, TypeError, ValueError) as exc:
             log.error("project %s: stored %s state unreadable (%s)", self.name, stream, exc)
 
+    async def wait_staged_at_most(self, count: int) -> None:
+        """Return once at most ``count`` events are staged (commits took the rest)."""
+        while len(self._pending) > count:
+            await self._committed.wait()
+
     async def wait_committed(self, seq: int) -> None:
         """Return once every event up to ``seq`` is committed (and fanned out)."""
         while self.head < seq:

@@ -57,9 +57,11 @@ class PublishSession:
         producer_id: str,
         peer: str,
         ping_timeout: float = PRODUCER_PING_TIMEOUT,
+        staged_limit: int = defaults.STAGED_LIMIT,
     ) -> None:
         self.ws = ws
         self._ping_timeout = ping_timeout
+        self._staged_limit = staged_limit
         self.hub = hub
         self.slot = slot
         self.producer_id = producer_id
@@ -159,6 +161,9 @@ class PublishSession:
 
     async def _receive_loop(self) -> None:
         while True:
+            if self.hub.pending >= self._staged_limit:
+                # Back-pressure: read nothing more until commits took half of it back.
+                await self.hub.wait_staged_at_most(self._staged_limit // 2)
             try:
                 message = await self.ws.get_message()
             except ConnectionClosed:
@@ -308,6 +313,7 @@ async def serve_producer(
     peer: str,
     *,
     ping_timeout: float = PRODUCER_PING_TIMEOUT,
+    staged_limit: int = defaults.STAGED_LIMIT,
 ) -> None:
     """Run one accepted producer connection from its ``hello``; owns its slot while live.
 
@@ -334,7 +340,7 @@ async def serve_producer(
         await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
         await ws.aclose(4009, "stream already has a producer")
         return
-    session = PublishSession(ws, project.hub, slot, producer_id, peer, ping_timeout)
+    session = PublishSession(ws, project.hub, slot, producer_id, peer, ping_timeout, staged_limit)
     project.producer_back(slot, session)
     sessions.add_session(session)
     try:

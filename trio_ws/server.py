@@ -122,6 +122,8 @@ class ServerConfig:
     poll_restart: tuple[float, float] = POLL_RESTART
     """A crashed poll loop's first restart delay and the cap it doubles up to."""
     producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
+    staged_limit: int = defaults.STAGED_LIMIT
+    """Staged events past which a project's producers are not read (back-pressure)."""
     subscriber_idle: float = defaults.SUBSCRIBER_IDLE
     """A subscriber that sent nothing for this long is pinged."""
     subscriber_pong_timeout: float = defaults.SUBSCRIBER_PONG_TIMEOUT
@@ -716,7 +718,12 @@ async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> 
         return
     try:
         await serve_producer(
-            ws, project, server.manager, peer, ping_timeout=server.config.producer_ping_timeout
+            ws,
+            project,
+            server.manager,
+            peer,
+            ping_timeout=server.config.producer_ping_timeout,
+            staged_limit=server.config.staged_limit,
         )
     finally:
         server.manager.release(project)
