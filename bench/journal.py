@@ -19,10 +19,10 @@ from pathlib import Path
 
 import trio
 
-from trio_ws.journal import Batch, Journal
-from trio_ws.journal_memory import MemoryBackend
-from trio_ws.journal_redis import open_redis_backend
-from trio_ws.journal_sqlite import SqliteBackend, Synchronous
+from trio_ws.journal.interface import Batch, Journal
+from trio_ws.journal.memory import MemoryBackend
+from trio_ws.journal.redis import open_redis_backend
+from trio_ws.journal.sqlite import SqliteBackend, Synchronous
 
 BATCHES = (1, 64, 512)
 EVENT_BYTES = 200

@@ -3,7 +3,7 @@
 Run ``python -m bench.pipeline``. It prints µs per line (best of a few rounds,
 so other load on the machine inflates nothing but the spread) for:
 
-- the real-format transcripts (tests/data/*.txt) repeated, the lines every
+- the real-format transcripts (tests/corpus/*.txt) repeated, the lines every
   project sends all day, and the lines the throughput bench sends
   (``bench.wire.make_line``, 125 characters);
 - 16 KiB worst-case lines: the redaction cases of ``bench.redaction`` and
@@ -26,10 +26,10 @@ from typing import Final
 
 from bench.redaction import WORST_CASES as REDACTION_CASES
 from bench.wire import make_line
-from trio_ws.pipeline import AgentPipeline, DevPipeline
-from trio_ws.protocol import encode
+from trio_ws.core.pipeline import AgentPipeline, DevPipeline
+from trio_ws.core.protocol import encode
 
-DATA: Final = Path(__file__).resolve().parent.parent / "tests" / "data"
+DATA: Final = Path(__file__).resolve().parent.parent / "tests" / "corpus"
 CORPUS_REPEATS: Final = 50
 WORST_REPEATS: Final = 20
 ROUNDS: Final = 5

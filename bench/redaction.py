@@ -3,7 +3,7 @@
 Run ``python -m bench.redaction``. It times, in µs per line (best of a few
 rounds, so other load on the machine inflates nothing but the spread):
 
-- the real-format transcript (tests/data/autoforge-run.txt) repeated, the
+- the real-format transcript (tests/corpus/autoforge-run.txt) repeated, the
   lines every project sends all day;
 - 16 KiB worst-case lines, built to make each kind of pattern do the most
   work (many failing starts, many matches, a line the pre-check cannot skip);
@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
-from trio_ws.pipeline import AgentPipeline
-from trio_ws.security import redact
+from trio_ws.core.pipeline import AgentPipeline
+from trio_ws.core.security import redact
 
-CORPUS: Final = Path(__file__).resolve().parent.parent / "tests" / "data" / "autoforge-run.txt"
+CORPUS: Final = Path(__file__).resolve().parent.parent / "tests" / "corpus" / "autoforge-run.txt"
 CORPUS_REPEATS: Final = 50
 WORST_REPEATS: Final = 20
 ROUNDS: Final = 5

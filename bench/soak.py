@@ -6,7 +6,7 @@ one project, a fixed loopback port so it can come back on the same one) and
 loads it the way a busy user's server is loaded:
 
 - a real `trio-ws publish` producer at about 250 lines/s: lines of a real
-  AutoForge transcript (tests/data/autoforge-run.txt), a 10-16 KB line every
+  AutoForge transcript (tests/corpus/autoforge-run.txt), a 10-16 KB line every
   few seconds, and one short numbered mark line every 20 ms; the producer is
   restarted every minute, ending its input by EOF and by SIGTERM in turn;
 - 50 checking subscribers, 5 of them disconnecting and reconnecting with
@@ -73,7 +73,7 @@ from bench.stats import summarize_ms
 
 PROJECT: Final = "soak"
 SUBSCRIBE_PATH: Final = f"/ws/projects/{PROJECT}"
-TRANSCRIPT: Final = REPO / "tests" / "data" / "autoforge-run.txt"
+TRANSCRIPT: Final = REPO / "tests" / "corpus" / "autoforge-run.txt"
 COMMAND_ENV: Final = "SOAK_COMMAND"
 """Set by `nox -s soak` to the command line as the user typed it."""
 

@@ -11,8 +11,8 @@ import trio
 from redis_server import RedisServer, redis_server_path
 from serving import NETWORK_TIMEOUT, make_config
 
-from trio_ws.registry import Registry
-from trio_ws.server import Server, serve
+from trio_ws.data.registry import Registry
+from trio_ws.net.server import Server, serve
 
 
 @pytest.fixture

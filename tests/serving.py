@@ -8,8 +8,8 @@ from typing import Any
 import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
-from trio_ws.registry import Registry
-from trio_ws.server import Server, ServerConfig
+from trio_ws.data.registry import Registry
+from trio_ws.net.server import Server, ServerConfig
 
 TOKEN = "test-token-not-secret"
 NETWORK_TIMEOUT = 15

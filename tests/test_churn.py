@@ -35,7 +35,7 @@ import rawws
 import trio
 from test_restart import start_producer, start_server
 
-from trio_ws.registry import Registry
+from trio_ws.data.registry import Registry
 
 TIME_LIMIT = 55.0
 """The whole test, as a hard bound (the issue's budget is 60 s)."""

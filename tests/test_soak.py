@@ -190,13 +190,13 @@ def test_the_table_keeps_the_last_sample_of_each_minute() -> None:
 
 
 SERVER_LOG = """\
-2026-12-05 11:54:52,100 INFO trio_ws.connection: websocket closed 1000: bye
-2026-12-05 11:54:52,912 ERROR trio_ws.project: project soak: journal writer failed; restarting
+2026-12-05 11:54:52,100 INFO trio_ws.net.connection: websocket closed 1000: bye
+2026-12-05 11:54:52,912 ERROR trio_ws.state.project: project soak: journal writer failed; restarting
 Traceback (most recent call last):
-  File "/x/trio_ws/hub.py", line 688, in _commit
+  File "/x/trio_ws/state/hub.py", line 688, in _commit
 RuntimeError: Nursery is closed to new arrivals
-2026-12-05 11:54:53,000 INFO trio_ws.connection: websocket closed 1000: bye
-2026-12-05 11:54:54,000 ERROR trio_ws.server: something else
+2026-12-05 11:54:53,000 INFO trio_ws.net.connection: websocket closed 1000: bye
+2026-12-05 11:54:54,000 ERROR trio_ws.net.server: something else
 """
 
 

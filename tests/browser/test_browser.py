@@ -1,6 +1,6 @@
 """The dashboard in real headless Chromium, against a real ``trio-ws serve`` process.
 
-A test producer feeds a scripted run (``tests/data/autoforge-run.txt``)
+A test producer feeds a scripted run (``tests/corpus/autoforge-run.txt``)
 through the real publish endpoint, the features database moves the progress,
 and selenium reads what the page shows. Run with ``nox -s browser`` (needs
 ``/usr/bin/chromium`` and ``/usr/bin/chromedriver``); the default test run
@@ -39,15 +39,15 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
 
-from trio_ws.demo_orchestrator import FEATURES as DEMO_FEATURES
-from trio_ws.registry import Registry
+from trio_ws.data.registry import Registry
+from trio_ws.faces.demo_orchestrator import FEATURES as DEMO_FEATURES
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "browser-test-token"
 WAIT = 20.0
 """Upper bound, in seconds, for any one thing to show up."""
-RUN = (Path(__file__).parents[1] / "data" / "autoforge-run.txt").read_text().splitlines()
+RUN = (Path(__file__).parent.parents[1] / "corpus" / "autoforge-run.txt").read_text().splitlines()
 FEATURES = len(DEMO_FEATURES)
 
 T = TypeVar("T")

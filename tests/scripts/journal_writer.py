@@ -13,8 +13,8 @@ from pathlib import Path
 
 import trio
 
-from trio_ws.journal import Batch
-from trio_ws.journal_sqlite import SqliteBackend
+from trio_ws.journal.interface import Batch
+from trio_ws.journal.sqlite import SqliteBackend
 
 
 async def main(home: Path, project: str, boot_id_path: Path, seed: int) -> None:

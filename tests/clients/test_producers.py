@@ -1,0 +1,618 @@
+"""The producer side: pure line splitting and outbox, then `Producer` against the real server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until, ws_url
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from trio_ws.clients.producers import (
+    LINE_CAP,
+    MESSAGE_CAP,
+    LineSplitter,
+    Outbox,
+    Producer,
+    dropped_line,
+    exit_status,
+    publish_url,
+)
+from trio_ws.core import protocol
+from trio_ws.core.protocol import Message
+from trio_ws.data.progress import Progress
+from trio_ws.data.registry import Registry
+from trio_ws.net.server import Server, serve
+
+# -- LineSplitter --------------------------------------------------------------
+
+
+def split_all(chunks: list[bytes]) -> list[str]:
+    splitter = LineSplitter()
+    lines: list[str] = []
+    for chunk in chunks:
+        lines += splitter.feed(chunk)
+    return lines + splitter.close()
+
+
+def test_splitter_joins_a_line_split_across_chunks() -> None:
+    assert split_all([b"hel", b"lo\nwor", b"ld\n"]) == ["hello", "world"]
+
+
+def test_splitter_emits_final_line_without_newline_only_at_eof() -> None:
+    splitter = LineSplitter()
+    assert splitter.feed(b"one\ntwo") == ["one"]
+    assert splitter.close() == ["two"]
+
+
+def test_splitter_keeps_empty_lines_and_nothing_extra_at_eof() -> None:
+    assert split_all([b"\n\na\n"]) == ["", "", "a"]
+
+
+def test_splitter_keeps_carriage_return_and_spaces_for_the_server() -> None:
+    assert split_all([b"dos line\r\n  padded  \n"]) == ["dos line\r", "  padded  "]
+
+
+def test_splitter_replaces_invalid_utf8() -> None:
+    assert split_all([b"bad \xff\xfe bytes\n"]) == ["bad \ufffd\ufffd bytes"]
+
+
+def test_splitter_decodes_a_character_split_across_chunks() -> None:
+    encoded = "é€\n".encode()
+    assert split_all([encoded[:1], encoded[1:3], encoded[3:]]) == ["é€"]
+
+
+def test_splitter_replaces_a_truncated_character_at_eof() -> None:
+    assert split_all([b"cut \xe2\x82"]) == ["cut \ufffd"]
+
+
+@settings(max_examples=200)
+@given(st.binary(max_size=200), st.lists(st.integers(0, 200), max_size=6))
+def test_splitter_chunking_never_changes_the_lines(data: bytes, cuts: list[int]) -> None:
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    chunks = [
+        data[start:end] for start, end in zip([0, *points], [*points, len(data)], strict=True)
+    ]
+    expected = data.decode("utf-8", "replace").split("\n")
+    if expected[-1] == "":
+        expected.pop()
+    assert split_all(chunks) == expected
+
+
+def test_splitter_cuts_a_long_line_as_it_arrives_and_marks_the_cut() -> None:
+    splitter = LineSplitter()
+    for _ in range(100):  # 6.4 M characters in 64 KiB chunks, then the rest of the line
+        assert splitter.feed(b"y" * 65536) == []
+    [line, after] = splitter.feed(b"z\nafter\n")
+    dropped = 100 * 65536 + 1 - (LINE_CAP - len(" … [truncated 6488001 chars]"))
+    assert line == "y" * (LINE_CAP - 28) + f" … [truncated {dropped} chars]"
+    assert len(line) == LINE_CAP
+    assert after == "after"
+
+
+def test_splitter_keeps_a_line_of_exactly_the_cap() -> None:
+    assert split_all([b"c" * LINE_CAP + b"\n"]) == ["c" * LINE_CAP]
+
+
+# -- Outbox ----------------------------------------------------------------------
+
+
+def test_outbox_messages_stay_within_the_cap_even_for_control_characters() -> None:
+    """U+0001 takes 6 bytes in JSON: the cap counts encoded bytes, not characters."""
+    outbox = Outbox()
+    for _ in range(40):
+        outbox.add_line("\x01" * (LINE_CAP - 1))
+    messages = outbox.take()
+    sizes = [len(protocol.encode(message).encode()) for message in messages]
+    assert max(sizes) <= MESSAGE_CAP
+    assert len(messages) == 20  # two 384 KiB lines per message
+    assert [line for _, line in lines_of(messages)] == ["\x01" * (LINE_CAP - 1)] * 40
+
+
+def lines_of(messages: list[Message]) -> Iterator[tuple[int, str]]:
+    """(pseq, line) of every line in ``messages``."""
+    for message in messages:
+        if message["type"] == "lines":
+            for offset, line in enumerate(message["lines"]):
+                yield message["first"] + offset, line
+
+
+def test_outbox_numbers_lines_and_statuses_from_one() -> None:
+    outbox = Outbox()
+    outbox.add_status("running")
+    outbox.add_line("a")
+    outbox.add_line("b")
+    outbox.add_status("stopped", 0)
+    assert outbox.take() == [
+        {"type": "status", "pseq": 1, "status": "running"},
+        {"type": "lines", "first": 2, "lines": ["a", "b"]},
+        {"type": "status", "pseq": 4, "status": "stopped", "exit_code": 0},
+    ]
+
+
+def test_outbox_batches_at_most_batch_lines_per_message() -> None:
+    outbox = Outbox(batch_lines=3)
+    for index in range(7):
+        outbox.add_line(str(index))
+    messages = outbox.take()
+    assert [len(message["lines"]) for message in messages] == [3, 3, 1]
+    assert [message["first"] for message in messages] == [1, 4, 7]
+
+
+def test_outbox_take_sends_each_item_once() -> None:
+    outbox = Outbox()
+    outbox.add_line("a")
+    assert len(outbox.take()) == 1
+    assert outbox.take() == []
+    outbox.add_line("b")
+    assert list(lines_of(outbox.take())) == [(2, "b")]
+
+
+def test_outbox_ack_forgets_items_up_to_pseq() -> None:
+    outbox = Outbox()
+    for line in "abcd":
+        outbox.add_line(line)
+    outbox.take()
+    outbox.ack(3)
+    assert outbox.pending == 1
+    assert outbox.acked == 3
+
+
+def test_outbox_restart_resends_only_after_welcome_acked() -> None:
+    outbox = Outbox()
+    for line in "abcde":
+        outbox.add_line(line)
+    outbox.take()
+    outbox.ack(1)
+    outbox.restart(3)  # it had applied two more before the connection broke
+    assert list(lines_of(outbox.take())) == [(4, "d"), (5, "e")]
+
+
+def test_outbox_restart_puts_resent_items_before_new_ones() -> None:
+    outbox = Outbox()
+    outbox.add_line("old")
+    outbox.take()
+    outbox.add_line("new")
+    outbox.restart(0)
+    assert list(lines_of(outbox.take())) == [(1, "old"), (2, "new")]
+
+
+def test_outbox_restart_after_the_server_forgot_keeps_pseqs_then_resends_the_status() -> None:
+    """A server that lost its history welcomes with 0 although 3 items were acked:
+    the unacked ones go again under their own numbers (it takes the first as our
+    start), then the current status as a new item, then what comes next."""
+    outbox = Outbox()
+    outbox.add_status("running")
+    for line in "abcd":
+        outbox.add_line(line)
+    outbox.take()
+    outbox.ack(3)
+    outbox.restart(0)
+    outbox.add_line("e")
+    assert outbox.take() == [
+        {"type": "lines", "first": 4, "lines": ["c", "d"]},
+        {"type": "status", "pseq": 6, "status": "running"},
+        {"type": "lines", "first": 7, "lines": ["e"]},
+    ]
+    outbox.ack(7)
+    assert outbox.pending == 0
+
+
+def test_outbox_restart_after_the_server_forgot_resends_the_latest_status() -> None:
+    outbox = Outbox()
+    outbox.add_status("running")
+    outbox.add_line("a")
+    outbox.add_status("paused")
+    outbox.take()
+    outbox.ack(3)
+    outbox.restart(0)
+    assert outbox.take() == [{"type": "status", "pseq": 4, "status": "paused"}]
+
+
+def test_outbox_restart_after_the_server_forgot_sends_an_unacked_status_once() -> None:
+    """The status is still among the resent items: it reaches the server anyway."""
+    outbox = Outbox()
+    outbox.add_line("a")
+    outbox.add_status("running")
+    outbox.take()
+    outbox.ack(1)
+    outbox.restart(0)
+    assert outbox.take() == [{"type": "status", "pseq": 2, "status": "running"}]
+
+
+def test_outbox_sends_progress_as_its_own_pseq_item_between_lines() -> None:
+    outbox = Outbox()
+    outbox.add_line("a")
+    outbox.add_progress(Progress(passing=2, in_progress=1, total=5, needs_human_input=0))
+    outbox.add_line("b")
+    assert outbox.take() == [
+        {"type": "lines", "first": 1, "lines": ["a"]},
+        {
+            "type": "progress",
+            "pseq": 2,
+            "passing": 2,
+            "in_progress": 1,
+            "total": 5,
+            "needs_human_input": 0,
+        },
+        {"type": "lines", "first": 3, "lines": ["b"]},
+    ]
+
+
+def test_outbox_restart_after_the_server_forgot_resends_status_and_latest_progress() -> None:
+    """A server that forgot the run learns how far the project is, not only that it runs."""
+    outbox = Outbox(capacity=1)
+    outbox.add_status("running")
+    outbox.add_progress(Progress(passing=1, in_progress=0, total=4, needs_human_input=0))
+    outbox.add_progress(Progress(passing=2, in_progress=0, total=4, needs_human_input=1))
+    outbox.take()
+    outbox.ack(3)
+    outbox.restart(0)
+    assert outbox.take() == [
+        {"type": "status", "pseq": 4, "status": "running"},
+        {
+            "type": "progress",
+            "pseq": 5,
+            "passing": 2,
+            "in_progress": 0,
+            "total": 4,
+            "needs_human_input": 1,
+        },
+    ]
+
+
+def test_outbox_overflow_drops_new_lines_and_counts_them() -> None:
+    outbox = Outbox(capacity=3)
+    kept = [outbox.add_line(line) for line in "abcde"]
+    assert kept == [True, True, True, False, False]
+    assert outbox.dropped == 2
+    assert [line for _, line in lines_of(outbox.take())] == ["a", "b", "c"]
+
+
+def test_outbox_reports_drops_as_a_line_once_there_is_room() -> None:
+    outbox = Outbox(capacity=2)
+    for line in "abcd":
+        outbox.add_line(line)
+    outbox.take()
+    outbox.ack(1)
+    assert list(lines_of(outbox.take())) == [(3, dropped_line(2))]
+    assert outbox.dropped == 0
+    assert outbox.dropped_total == 2
+
+
+def test_outbox_status_is_never_dropped_and_follows_the_drop_report() -> None:
+    outbox = Outbox(capacity=1)
+    outbox.add_line("a")
+    outbox.add_line("lost")
+    outbox.add_status("stopped", 0)
+    messages = outbox.take()
+    assert list(lines_of(messages)) == [(1, "a"), (2, dropped_line(1))]
+    assert messages[-1] == {"type": "status", "pseq": 3, "status": "stopped", "exit_code": 0}
+
+
+def test_outbox_ack_beyond_what_exists_is_clamped() -> None:
+    outbox = Outbox()
+    outbox.add_line("a")
+    outbox.take()
+    outbox.ack(99)
+    assert outbox.pending == 0
+    assert outbox.acked == 1
+
+
+# -- small helpers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [
+        ("http://127.0.0.1:8888", "ws://127.0.0.1:8888/ws/projects/demo/publish"),
+        ("https://example.test/", "wss://example.test/ws/projects/demo/publish"),
+        ("ws://h:1/prefix/", "ws://h:1/prefix/ws/projects/demo/publish"),
+        ("WSS://h", "wss://h/ws/projects/demo/publish"),
+    ],
+)
+def test_publish_url_maps_schemes(server: str, url: str) -> None:
+    assert publish_url(server, "demo") == url
+
+
+@pytest.mark.parametrize("server", ["ftp://h", "127.0.0.1:8888", "http://"])
+def test_publish_url_rejects_what_is_not_a_server_url(server: str) -> None:
+    with pytest.raises(ValueError, match="server URL"):
+        publish_url(server, "demo")
+
+
+def test_exit_status_maps_signal_deaths_like_a_shell() -> None:
+    assert [exit_status(0), exit_status(3), exit_status(-15)] == [0, 3, 143]
+
+
+# -- Producer against the real server ---------------------------------------------------
+
+
+def agent_logs(messages: list[dict[str, Any]]) -> list[str]:
+    return [message["line"] for message in messages if message["type"] == "log"]
+
+
+def quiet(_: str) -> None:
+    """A report sink for tests where reports are not the subject."""
+
+
+def producer_for(server: Server, **options: Any) -> Producer:
+    url = ws_url(server, "/ws/projects/demo/publish")
+    settings: dict[str, Any] = {"report": quiet, "backoff_first": 0.01, "backoff_max": 0.05}
+    settings.update(options)
+    return Producer(url, TOKEN, "agent", **settings)
+
+
+def is_status(status: str) -> Any:
+    return lambda message: message == {**message, "type": "agent_status", "status": status}
+
+
+async def receive_run(ws: Any) -> list[dict[str, Any]]:
+    """What a subscriber sees from a producer's ``running`` up to its ``stopped``
+    (the snapshot's own ``stopped`` comes before and is skipped)."""
+    await receive_until(ws, is_status("running"))
+    return await receive_until(ws, is_status("stopped"))
+
+
+async def test_producer_delivers_every_line_once_in_order(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    sent = [f"line {index}" for index in range(600)]  # more than two full batches
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        assert (await receive(ws))["type"] == "hello"
+        producer = producer_for(server)
+        nursery.start_soon(producer.run)
+        producer.send_status("running")
+        for line in sent:
+            producer.send_line(line)
+        producer.send_status("stopped", 0)
+        seen = await receive_run(ws)
+        assert await producer.flush(NETWORK_TIMEOUT) == 0
+        await producer.close()
+    logs = agent_logs(seen)
+    assert logs == [*sent, "[trio-ws] process exited with code 0"]
+    assert [m["type"] for m in seen].count("agent_status") == 1
+
+
+async def test_producer_resends_unacked_items_after_the_server_drops_it(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """The server closes every producer connection (1011) twice mid-stream; lines still
+    arrive once each, in order, and the producer did reconnect and resend."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await connect(nursery, server)
+        assert (await receive(ws))["type"] == "hello"
+        producer = producer_for(server)
+        nursery.start_soon(producer.run)
+        await producer.ready.wait()
+        producer.send_status("running")
+        sent: list[str] = []
+        for round_ in range(3):
+            for index in range(200):
+                line = f"round {round_} line {index}"
+                sent.append(line)
+                producer.send_line(line)
+            await trio.sleep(0.01)  # some of the round is on the wire, unacked
+            if round_ < 2:
+                drop_producer_connection(nursery, server)
+                await producer.wait_connections(round_ + 2)
+        producer.send_status("stopped", 0)
+        seen = await receive_run(ws)
+        assert await producer.flush(NETWORK_TIMEOUT) == 0
+        await producer.close()
+    assert agent_logs(seen) == [*sent, "[trio-ws] process exited with code 0"]
+    assert producer.connections == 3
+
+
+def item_count(messages: list[Message]) -> int:
+    return sum(len(m["lines"]) if m["type"] == "lines" else m["type"] == "status" for m in messages)
+
+
+def pseqs(messages: list[Message]) -> list[int]:
+    found = [pseq for pseq, _ in lines_of(messages)]
+    found += [m["pseq"] for m in messages if m["type"] == "status"]
+    return sorted(found)
+
+
+async def test_producer_resends_what_follows_welcome_acked_on_the_wire(
+    nursery: trio.Nursery,
+) -> None:
+    """A scripted endpoint: the first connection takes five items and drops without an
+    ack; the second says it had applied two. The same producer id comes back and
+    resends exactly items 3 to 5."""
+    connections: list[list[Message]] = []
+
+    async def endpoint(request: WebSocketRequest) -> None:
+        ws = await request.accept()
+        received: list[Message] = [json.loads(await ws.get_message())]
+        connections.append(received)
+        acked = 0 if len(connections) == 1 else 2
+        await ws.send_message(json.dumps({"type": "welcome", "acked": acked}))
+        while item_count(received) < 5 - acked:
+            received.append(json.loads(await ws.get_message()))
+        if len(connections) == 1:
+            await ws.aclose(1011, "scripted drop")
+        else:
+            await ws.send_message(json.dumps({"type": "ack", "pseq": 5}))
+            with suppress(ConnectionClosed):
+                await ws.get_message()  # until the producer closes
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        listener = await nursery.start(serve_websocket, endpoint, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{listener.port}/ws/projects/demo/publish"
+        producer = Producer(url, TOKEN, "agent", report=quiet, backoff_first=0.01)
+        for line in "abcd":
+            producer.send_line(line)
+        producer.send_status("stopped", 0)
+        nursery.start_soon(producer.run)
+        assert await producer.flush(NETWORK_TIMEOUT) == 0
+        await producer.close()
+    first, second = connections
+    assert (
+        first[0]
+        == second[0]
+        == {"type": "hello", "producer": producer.producer_id, "stream": "agent"}
+    )
+    assert pseqs(first[1:]) == [1, 2, 3, 4, 5]
+    assert pseqs(second[1:]) == [3, 4, 5]
+    assert list(lines_of(second[1:])) == [(3, "c"), (4, "d")]
+
+
+def drop_producer_connection(nursery: trio.Nursery, server: Server) -> None:
+    """Close the live agent producer connection of ``demo`` from the server side.
+
+    In the background: the server's close can wait out its 2 s bound (see report)."""
+    session = server.manager.projects["demo"].slots["agent"].session
+    assert session is not None
+    nursery.start_soon(session.close, 1011, "test drops the producer")
+
+
+async def test_producer_refused_with_wrong_token_does_not_retry(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    url = ws_url(server, "/ws/projects/demo/publish")
+    producer = Producer(url, "wrong-token", "agent", report=quiet, backoff_first=0.01)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await producer.run()
+    assert producer.connections == 0
+    assert producer.refused is not None
+    assert "HTTP 401" in str(producer.refused)
+
+
+async def test_producer_for_unknown_project_is_refused_with_4004(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    url = ws_url(server, "/ws/projects/nosuch/publish")
+    producer = Producer(url, TOKEN, "agent", report=quiet, backoff_first=0.01)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await producer.run()
+    assert "close 4004 (Project not found in registry)" in str(producer.refused)
+
+
+async def test_second_producer_on_a_live_stream_is_refused_with_4009(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        first = producer_for(server)
+        nursery.start_soon(first.run)
+        await first.ready.wait()
+        second = producer_for(server)
+        await second.run()
+        await first.close()
+    assert first.refused is None
+    assert "close 4009 (stream already has a producer)" in str(second.refused)
+
+
+async def test_producer_retries_until_the_server_is_up(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """Items queued while nothing listens are delivered once a server appears on that port."""
+    reports: list[str] = []
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as probing:  # learn a free port, then free it
+            probe: Server = await probing.start(serve, make_config(registry))
+            port = probe.port
+            probe._cancel.cancel()
+        url = f"ws://127.0.0.1:{port}/ws/projects/demo/publish"
+        producer = Producer(url, TOKEN, "agent", report=reports.append, backoff_first=0.01)
+        producer.send_line("queued while away")
+        producer.send_status("stopped", 0)
+        nursery.start_soon(producer.run)
+        await producer.ready.wait()
+        assert not producer.connected
+        server: Server = await nursery.start(serve, make_config(registry, port=port))
+        ws = await connect(nursery, server)
+        assert await producer.flush(NETWORK_TIMEOUT) == 0
+        seen = await receive_until(ws, lambda m: m["type"] == "log")
+        await producer.close()
+    assert seen[-1]["line"] == "queued while away"
+    assert reports[0].startswith(f"no connection to {url}")
+    assert any(report.startswith(f"connected to {url} again") for report in reports)
+
+
+async def test_flush_reports_what_is_left_when_nothing_listens(
+    registry: Registry, project_dir: Path
+) -> None:
+    url = "ws://127.0.0.1:9/ws/projects/demo/publish"  # discard port: nothing listens
+    producer = Producer(url, TOKEN, "agent", report=quiet, backoff_first=0.01)
+    producer.send_line("never delivered")
+    producer.send_status("stopped", 0)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(producer.run)
+            assert await producer.flush(0.2) == 2
+            await producer.close()
+
+
+async def test_close_gives_up_a_handshake_that_gets_no_answer(nursery: trio.Nursery) -> None:
+    """A peer that accepts TCP and never answers the upgrade must not hold `close`
+    for the connect timeout (set far beyond the test's bound here)."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    accepted = trio.Event()
+
+    async def silent(stream: trio.SocketStream) -> None:
+        accepted.set()
+        await trio.sleep_forever()
+
+    nursery.start_soon(trio.serve_listeners, silent, listeners)
+    url = f"ws://127.0.0.1:{port}/ws/projects/demo/publish"
+    producer = Producer(url, TOKEN, "agent", report=quiet, connect_timeout=3600)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        nursery.start_soon(producer.run)
+        await accepted.wait()
+        await producer.close()
+    assert producer.connections == 0
+    assert producer.refused is None
+
+
+async def test_producer_continues_on_a_restarted_server_that_forgot_it(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """Everything was acked by the first server; its successor on the same port
+    (a lost history) welcomes with 0, learns that the run is running, then gets
+    the new items, each once, under the producer's own numbers."""
+    reports: list[str] = []
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            first: Server = await first_life.start(serve, make_config(registry))
+            url = ws_url(first, "/ws/projects/demo/publish")
+            producer = Producer(url, TOKEN, "agent", report=reports.append, backoff_first=0.01)
+            nursery.start_soon(producer.run)
+            producer.send_status("running")
+            for index in range(20):
+                producer.send_line(f"before {index}")
+            assert await producer.flush(NETWORK_TIMEOUT) == 0
+            await first.shutdown(1001)
+        second: Server = await nursery.start(serve, make_config(registry, port=first.port))
+        ws = await connect(nursery, second)
+        assert (await receive(ws))["type"] == "hello"
+        await producer.wait_connections(2)
+        after = [f"after {index}" for index in range(5)]
+        for line in after:
+            producer.send_line(line)
+        producer.send_status("crashed", 1)
+        seen = await receive_until(ws, is_status("crashed"))
+        assert await producer.flush(NETWORK_TIMEOUT) == 0
+        await producer.close()
+    events = [  # the run's events, not the snapshot
+        (message["type"], message.get("status", message.get("line")))
+        for message in seen
+        if "seq" in message and message["type"] in ("agent_status", "log")
+    ]
+    assert events == [
+        ("agent_status", "running"),
+        *(("log", line) for line in after),
+        ("log", "[trio-ws] process exited with code 1"),
+        ("agent_status", "crashed"),
+    ]
+    assert producer.outbox.last_pseq == 21 + 1 + 5 + 1
+    assert not any("no record" in report for report in reports)

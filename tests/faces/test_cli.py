@@ -1,0 +1,425 @@
+"""The ``trio-ws projects`` commands, through click's runner and the real script."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from click.testing import CliRunner, Result
+from redis_server import RedisServer
+
+import trio_ws.data.registry
+from trio_ws import __version__
+from trio_ws.faces.cli import main
+from trio_ws.journal.interface import Batch, JournalError
+from trio_ws.journal.sqlite import SqliteBackend, journal_path
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def alpha(tmp_path: Path) -> Path:
+    directory = tmp_path / "alpha"
+    directory.mkdir()
+    return directory
+
+
+def run(*args: str | Path, env: dict[str, str | None] | None = None) -> Result:
+    return CliRunner().invoke(main, [str(arg) for arg in args], env=env)
+
+
+def projects(command: str, *args: str | Path, home: Path) -> Result:
+    return run("projects", command, *args, "--home", home)
+
+
+def assert_refused(result: Result, exit_code: int, fragment: str) -> None:
+    """One prefixed line on stderr, nothing on stdout, no traceback."""
+    assert result.exit_code == exit_code, result.output
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("trio-ws: error: ")
+    assert fragment in lines[0]
+
+
+# -- commands that succeed --------------------------------------------------
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"trio-ws, version {__version__}\n"
+
+
+def test_add_prints_one_confirmation_line(home: Path, alpha: Path) -> None:
+    result = projects("add", "alpha", alpha, home=home)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"added alpha -> {alpha.resolve().as_posix()}\n"
+    assert result.stderr == ""
+    assert (home / "registry.db").is_file()
+
+
+def test_list_json_lists_registered_projects(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    result = projects("list", "--json", home=home)
+    assert result.exit_code == 0, result.output
+    [entry] = json.loads(result.stdout)
+    assert entry["name"] == "alpha"
+    assert entry["path"] == alpha.resolve().as_posix()
+    assert entry["exists"] is True
+    assert entry["default_concurrency"] == 3
+    assert entry["created_at"].endswith("Z")
+
+
+def test_list_json_of_empty_registry_is_an_empty_list(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    projects("remove", "alpha", home=home)
+    result = projects("list", "--json", home=home)
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == []
+
+
+def test_list_table_shows_name_path_and_existence(home: Path, alpha: Path, tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    projects("add", "alpha", alpha, home=home)
+    projects("add", "gone", gone, home=home)
+    gone.rmdir()
+    result = projects("list", home=home)
+    assert result.exit_code == 0, result.output
+    header, first, second = result.stdout.splitlines()
+    assert header.split() == ["name", "path", "exists", "created"]
+    assert first.split()[:3] == ["alpha", alpha.resolve().as_posix(), "yes"]
+    assert second.split()[:3] == ["gone", gone.resolve().as_posix(), "no"]
+    assert first.rstrip().endswith("UTC")
+
+
+def test_list_table_keeps_long_paths_on_one_line(home: Path, tmp_path: Path) -> None:
+    deep = tmp_path.joinpath(*(["a-rather-long-directory-name"] * 6))
+    deep.mkdir(parents=True)
+    projects("add", "deep", deep, home=home)
+    lines = projects("list", home=home).stdout.splitlines()
+    assert len(lines) == 2
+    assert deep.resolve().as_posix() in lines[1]
+
+
+def test_list_table_of_empty_registry_says_so(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    projects("remove", "alpha", home=home)
+    result = projects("list", home=home)
+    assert result.exit_code == 0
+    assert result.stdout == "no projects registered\n"
+
+
+def test_remove_confirms_and_unregisters(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    result = projects("remove", "alpha", home=home)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"removed alpha (was {alpha.resolve().as_posix()})\n"
+    assert json.loads(projects("list", "--json", home=home).stdout) == []
+    assert alpha.is_dir()
+
+
+def write_journal(home: Path, project: str) -> Path:
+    """A real journal of ``project`` with one committed event, closed."""
+
+    async def write() -> None:
+        journal = SqliteBackend(home).journal(project)
+        await journal.open()
+        await journal.append(Batch([(1, '{"type":"log","seq":1}')]))
+        await journal.close()
+
+    trio.run(write)
+    return journal_path(home, project)
+
+
+def test_remove_deletes_the_projects_journal(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    path = write_journal(home, "alpha")
+    result = projects("remove", "alpha", home=home)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[1] == f"removed its journal {path}"
+    assert sorted(path.parent.iterdir()) == []
+
+
+def test_remove_keep_journal_keeps_it(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    path = write_journal(home, "alpha")
+    result = projects("remove", "alpha", "--keep-journal", home=home)
+    assert result.exit_code == 0, result.output
+    assert path.is_file()
+
+
+def test_home_comes_from_the_environment(home: Path, alpha: Path) -> None:
+    env: dict[str, str | None] = {"TRIO_WS_HOME": str(home)}
+    assert run("projects", "add", "alpha", alpha, env=env).exit_code == 0
+    assert (home / "registry.db").is_file()
+    listed = run("projects", "list", "--json", env=env)
+    assert [entry["name"] for entry in json.loads(listed.stdout)] == ["alpha"]
+
+
+def test_registry_option_uses_another_file(home: Path, alpha: Path, tmp_path: Path) -> None:
+    other = tmp_path / "autoforge" / "registry.db"
+    result = run("projects", "add", "alpha", alpha, "--home", home, "--registry", other)
+    assert result.exit_code == 0, result.output
+    assert other.is_file()
+    assert not (home / "registry.db").exists()
+
+
+# -- refusals ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["bad name", "x" * 51, "a\nb", "é"])
+def test_bad_project_name_is_a_usage_error(home: Path, alpha: Path, name: str) -> None:
+    assert_refused(projects("add", name, alpha, home=home), 2, "invalid project name")
+
+
+def test_missing_argument_is_a_one_line_usage_error(home: Path) -> None:
+    result = run("projects", "add", "--home", home)
+    assert_refused(result, 2, "Missing argument 'NAME'")
+
+
+def test_unknown_option_is_a_one_line_usage_error(home: Path) -> None:
+    assert_refused(projects("list", "--bogus", home=home), 2, "No such option '--bogus'")
+
+
+def test_unknown_command_is_a_one_line_usage_error() -> None:
+    assert_refused(run("projects", "frobnicate"), 2, "No such command 'frobnicate'")
+
+
+def test_duplicate_name_is_refused(home: Path, alpha: Path, tmp_path: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    other = tmp_path / "other"
+    other.mkdir()
+    assert_refused(projects("add", "alpha", other, home=home), 1, "already registered")
+
+
+def test_duplicate_path_is_refused(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    result = projects("add", "beta", alpha / ".." / "alpha", home=home)
+    assert_refused(result, 1, "already registered as project 'alpha'")
+
+
+def test_missing_directory_is_refused(home: Path, tmp_path: Path) -> None:
+    result = projects("add", "alpha", tmp_path / "nowhere", home=home)
+    assert_refused(result, 1, "does not exist")
+
+
+def test_file_instead_of_directory_is_refused(home: Path, tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert_refused(projects("add", "alpha", a_file, home=home), 1, "is not a directory")
+
+
+@pytest.mark.parametrize("command", [("list",), ("list", "--json"), ("remove", "alpha")])
+def test_missing_registry_is_an_error(home: Path, command: tuple[str, ...]) -> None:
+    result = projects(*command, home=home)
+    assert_refused(result, 1, f"no registry at {home / 'registry.db'}")
+
+
+def test_remove_unknown_project_is_refused(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    assert_refused(projects("remove", "beta", home=home), 1, "no project 'beta'")
+
+
+def test_corrupt_registry_is_refused(home: Path) -> None:
+    home.mkdir()
+    (home / "registry.db").write_bytes(b"\x00garbage" * 512)
+    assert_refused(projects("list", home=home), 1, "is corrupt")
+
+
+def test_sqlite_file_without_projects_table_is_refused(home: Path) -> None:
+    home.mkdir()
+    with closing(sqlite3.connect(home / "registry.db")) as conn:
+        conn.execute("CREATE TABLE other (id INTEGER)")
+    assert_refused(projects("list", home=home), 1, "is not a registry")
+
+
+@pytest.fixture
+def locked_registry(home: Path, alpha: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    projects("add", "alpha", alpha, home=home)
+    monkeypatch.setattr(trio_ws.data.registry, "BUSY_TIMEOUT_S", 0.05)
+    with closing(sqlite3.connect(home / "registry.db", isolation_level=None)) as holder:
+        holder.execute("BEGIN EXCLUSIVE")
+        yield
+        holder.execute("ROLLBACK")
+
+
+def test_locked_registry_is_refused(home: Path, locked_registry: None) -> None:
+    assert_refused(projects("list", home=home), 1, "is locked")
+
+
+# -- the installed script ---------------------------------------------------
+
+
+def test_installed_script_adds_lists_and_removes(tmp_path: Path, alpha: Path) -> None:
+    script = Path(sys.executable).parent / "trio-ws"
+    assert script.is_file(), f"{script} missing: install the package (pip install -e .)"
+
+    def call(*args: str | Path) -> subprocess.CompletedProcess[str]:
+        argv = [str(script), "projects", *map(str, args), "--home", str(tmp_path)]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    added = call("add", "alpha", alpha)
+    assert (added.returncode, added.stderr) == (0, "")
+    listed = call("list", "--json")
+    assert [entry["name"] for entry in json.loads(listed.stdout)] == ["alpha"]
+    removed = call("remove", "alpha")
+    assert removed.returncode == 0
+    again = call("remove", "alpha")
+    assert again.returncode == 1
+    assert again.stderr.startswith("trio-ws: error: no project 'alpha'")
+    assert again.stderr.count("\n") == 1
+
+
+# -- packaging: the commands live in trio_ws.faces.cli ---------------------------------
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def test_wheel_has_no_top_level_cli_module(tmp_path: Path) -> None:
+    """Installing trio-ws adds the ``trio_ws`` package only; a top-level ``cli``
+    module would clash with any other project's."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "cli.py"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(
+        REPO / "trio_ws", source / "trio_ws", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "-q", "-w", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("trio_ws-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        scripts = archive.read(entry_points).decode()
+    assert {name.split("/")[0] for name in names} == {
+        "trio_ws",
+        f"{wheel.name.split('-py3')[0]}.dist-info",
+    }
+    assert "trio_ws/faces/cli.py" in names
+    assert "trio-ws = trio_ws.faces.cli:main" in scripts
+
+
+@pytest.mark.parametrize(
+    "launcher", [[str(REPO / "cli.py")], ["-m", "trio_ws"]], ids=["cli.py", "-m trio_ws"]
+)
+def test_checkout_launchers_run_the_command(launcher: list[str], tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, *launcher, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=tmp_path if launcher[0] != "-m" else REPO,
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0,
+        f"trio-ws, version {__version__}\n",
+        "",
+    )
+
+
+# -- projects remove goes through the journal, never under a running server -----------
+
+TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
+
+
+@contextmanager
+def serving_with_a_watcher(home: Path, *extra: str) -> Iterator[None]:
+    """A real `trio-ws serve` with a subscriber of ``alpha`` connected, so the server
+    has the project (and its journal) open for the block."""
+    from websockets.sync.client import connect
+
+    process = subprocess.Popen(
+        [TRIO_WS, "serve", "--home", str(home), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        port = int(line.split("127.0.0.1:")[1].split("/")[0])
+        with connect(f"ws://127.0.0.1:{port}/ws/projects/alpha", open_timeout=10) as ws:
+            assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+            yield
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_remove_is_refused_while_a_server_has_the_project_open(home: Path, alpha: Path) -> None:
+    projects("add", "alpha", alpha, home=home)
+    path = journal_path(home, "alpha")
+    with serving_with_a_watcher(home):
+        result = projects("remove", "alpha", home=home)
+        assert_refused(result, 1, "is open in another trio-ws process")
+        assert path.is_file()  # nothing deleted under the server
+    assert [p["name"] for p in json.loads(projects("list", "--json", home=home).stdout)] == [
+        "alpha"
+    ]
+    result = projects("remove", "alpha", home=home)  # the server is gone: now it may
+    assert result.exit_code == 0, result.output
+    assert sorted(path.parent.iterdir()) == []  # database, -wal, -shm and lock
+
+
+def test_a_journal_opens_once(home: Path) -> None:
+    async def open_twice() -> None:
+        backend = SqliteBackend(home)
+        first = backend.journal("alpha")
+        await first.open()
+        try:
+            with pytest.raises(JournalError, match="open in another trio-ws process"):
+                await backend.journal("alpha").open()
+        finally:
+            await first.close()
+        second = backend.journal("alpha")  # closed: the lock went with it
+        await second.open()
+        await second.close()
+
+    trio.run(open_twice)
+
+
+def test_remove_with_a_broker_deletes_the_keys_once_no_node_holds_them(
+    home: Path, alpha: Path, redis_server: RedisServer
+) -> None:
+    projects("add", "alpha", alpha, home=home)
+
+    def redis(*command: str) -> str:
+        args = ["redis-cli", "-p", str(redis_server.port), *command]
+        return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
+
+    redis("FLUSHALL")
+    with serving_with_a_watcher(home, "--broker", redis_server.url):
+        result = projects("remove", "alpha", "--broker", redis_server.url, home=home)
+        assert_refused(result, 1, "is open on a running trio-ws server")
+        assert redis("EXISTS", "tws:{alpha}:meta") == "1"
+    deadline = time.monotonic() + 10
+    while (
+        result := projects("remove", "alpha", "--broker", redis_server.url, home=home)
+    ).exit_code:
+        assert time.monotonic() < deadline, result.output  # the holder key expires in 3 s
+        time.sleep(0.5)
+    assert "removed its journal in redis://" in result.stdout
+    assert redis("EXISTS", "tws:{alpha}:meta", "tws:{alpha}:events") == "0"

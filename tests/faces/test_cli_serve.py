@@ -1,0 +1,249 @@
+"""`trio-ws serve` as a real subprocess: URL, signals, startup refusals."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import trio
+from serving import NETWORK_TIMEOUT, receive
+from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+
+from trio_ws.data.registry import Registry
+
+TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
+URL_LINE = re.compile(r"serving (http://127\.0\.0\.1:(\d+)/\S*)")
+
+
+@asynccontextmanager
+async def serving(home: Path, *extra: str) -> AsyncIterator[tuple[trio.Process, int, str]]:
+    """Start `trio-ws serve --port 0`; yield the process, its port and the URL it printed."""
+    process = await trio.lowlevel.open_process(
+        [TRIO_WS, "serve", "--home", str(home), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert process.stdout is not None
+        printed = b""
+        while b"\n" not in printed:
+            chunk = await process.stdout.receive_some(4096)
+            assert chunk, "serve exited before printing its URL"
+            printed += chunk
+        match = URL_LINE.search(printed.decode())
+        assert match, printed
+        yield process, int(match.group(2)), match.group(1)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+@pytest.fixture
+def served_home(home: Path, tmp_path: Path) -> Path:
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    Registry(home / "registry.db").add("demo", directory)
+    return home
+
+
+async def test_sigterm_closes_subscribers_with_1001_and_exits_0(
+    nursery: trio.Nursery, served_home: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home) as (process, port, _):
+            ws = await connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/ws/projects/demo")
+            assert (await receive(ws))["type"] == "hello"
+            process.send_signal(signal.SIGTERM)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await ws.get_message()
+            reason = closed.value.reason
+            assert reason is not None and reason.code == 1001
+            assert await process.wait() == 0
+
+
+async def test_second_signal_exits_at_once(served_home: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home) as (process, port, _):
+            # A peer that completes the upgrade and then never answers the close
+            # handshake keeps the graceful shutdown waiting for its 2 s bound.
+            stream = await trio.open_tcp_stream("127.0.0.1", port)
+            await stream.send_all(
+                b"GET /ws/projects/demo HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            received = b""
+            while b'"type":"hello"' not in received:  # subscribed, not only upgraded
+                received += await stream.receive_some(4096)
+            assert received.startswith(b"HTTP/1.1 101 ")
+            process.send_signal(signal.SIGINT)
+            await trio.sleep(0.2)
+            process.send_signal(signal.SIGINT)
+            assert await process.wait() == 128 + signal.SIGINT
+            await stream.aclose()
+
+
+async def test_require_token_prints_url_with_token(served_home: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--require-token", "--token", "s3cret-tok") as (
+            process,
+            _,
+            url,
+        ):
+            assert url.endswith("/?token=s3cret-tok")
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+
+
+async def test_token_file_is_created_private(served_home: Path) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home) as (process, _, url):
+            assert "token" not in url  # loopback without --require-token: no token needed
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    token_file = served_home / "token"
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    assert len(token_file.read_text().strip()) >= 32
+
+
+def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
+    return subprocess.run(
+        [TRIO_WS, "serve", *args], capture_output=True, text=True, timeout=30, env=env
+    )
+
+
+def test_port_in_use_is_one_line_and_exit_1(served_home: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_serve("--home", str(served_home), "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"trio-ws: error: cannot listen on 127.0.0.1:{port}: address already in use"
+    ]
+
+
+def test_missing_named_registry_is_refused(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.db"
+    result = run_serve("--home", str(tmp_path), "--registry", str(missing), "--port", "0")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("trio-ws: error: no registry at ") and str(missing) in line
+
+
+def test_corrupt_registry_is_refused(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "registry.db").write_bytes(b"this is not sqlite" * 100)
+    result = run_serve("--home", str(home), "--port", "0")
+    assert result.returncode == 1
+    [line] = result.stderr.strip().splitlines()
+    assert "registry.db" in line
+
+
+def test_bad_option_is_usage_error(tmp_path: Path) -> None:
+    result = run_serve("--home", str(tmp_path), "--port", "70000")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_producer_grace_option_marks_a_vanished_producer_crashed(
+    nursery: trio.Nursery, served_home: Path
+) -> None:
+    token = "grace-test-token"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--producer-grace", "0.2", "--token", token) as (
+            process,
+            port,
+            _,
+        ):
+            watcher = await connect_websocket_url(
+                nursery, f"ws://127.0.0.1:{port}/ws/projects/demo"
+            )
+            producer = await connect_websocket_url(
+                nursery,
+                f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
+                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+            )
+            await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
+            await producer.send_message('{"type":"status","pseq":1,"status":"running"}')
+            while (await receive(watcher)).get("status") != "running":
+                pass
+            await producer.aclose()
+            while (await receive(watcher)).get("status") != "crashed":
+                pass
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+
+
+async def test_allow_host_option_serves_that_host_and_refuses_others(served_home: Path) -> None:
+    """DNS rebinding: on loopback only loopback names and --allow-host entries are served."""
+
+    async def status(port: int, host: str) -> bytes:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(f"GET /api/projects HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            received = b""
+            while chunk := await stream.receive_some(4096):
+                received += chunk
+        return received.split(b"\r\n", 1)[0]
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--allow-host", "dash.example.test") as (process, port, _):
+            listed = await status(port, f"dash.example.test:{port}")
+            foreign = await status(port, f"rebind.evil.example:{port}")
+            loopback = await status(port, f"localhost:{port}")
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert listed == b"HTTP/1.1 200 OK"
+    assert foreign == b"HTTP/1.1 403 Forbidden"
+    assert loopback == b"HTTP/1.1 200 OK"
+
+
+async def closed_with(ws: WebSocketConnection) -> int | None:
+    """The close code of a connection the server ends (its messages skipped)."""
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            await ws.get_message()
+    return None if closed.value.reason is None else closed.value.reason.code
+
+
+async def test_max_projects_and_idle_close_options_bound_and_free_open_projects(
+    nursery: trio.Nursery, served_home: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "other").mkdir()
+    Registry(served_home / "registry.db").add("other", tmp_path / "other")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--max-projects", "1", "--idle-close", "0.3") as (
+            process,
+            port,
+            _,
+        ):
+            base = f"ws://127.0.0.1:{port}/ws/projects"
+            demo = await connect_websocket_url(nursery, f"{base}/demo")
+            assert (await receive(demo))["type"] == "hello"
+            refused = await connect_websocket_url(nursery, f"{base}/other")
+            assert "limit of 1 open projects" in (await receive(refused))["content"]
+            assert await closed_with(refused) == 1013
+            await demo.aclose()
+            await trio.sleep(0.3)  # demo is closed once unused for 0.3 s (checked every 0.075)
+            while True:
+                other = await connect_websocket_url(nursery, f"{base}/other")
+                if (await receive(other))["type"] == "hello":
+                    break
+                assert await closed_with(other) == 1013
+                await trio.sleep(0.05)
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0

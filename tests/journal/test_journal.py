@@ -1,0 +1,275 @@
+"""The journal contract (STATE.md 1-3), the same tests for every backend.
+
+A new backend is a file and a fixture: add it to ``BACKENDS``. Backends
+differ in one declared way only: whether a journal outlives its object
+(``durable``); a memory journal starts a new epoch at every open. The redis
+backend runs against a real ``redis-server`` (tests/redis_server.py), flushed
+before each test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import coredis
+import pytest
+
+from trio_ws.journal.interface import Batch, Journal, JournalBackend
+from trio_ws.journal.memory import MemoryBackend
+from trio_ws.journal.redis import RedisBackend, redis_client
+from trio_ws.journal.sqlite import SqliteBackend
+
+BACKENDS = ("memory", "sqlite", "redis")
+
+
+@dataclass
+class Backends:
+    """Makes a backend of the parametrized kind with the given history limits."""
+
+    kind: str
+    home: Path
+    boot_id_path: Path
+    client: coredis.Redis[str] | None = None
+
+    @property
+    def durable(self) -> bool:
+        return self.kind != "memory"
+
+    def __call__(
+        self, history: int = 10_000, history_bytes: int = 1 << 26, max_producers: int = 1024
+    ) -> JournalBackend:
+        if self.kind == "memory":
+            return MemoryBackend(history=history, history_bytes=history_bytes)
+        if self.client is not None:
+            return RedisBackend(
+                self.client,
+                history=history,
+                history_bytes=history_bytes,
+                max_producers=max_producers,
+            )
+        return SqliteBackend(
+            self.home,
+            history=history,
+            history_bytes=history_bytes,
+            boot_id_path=self.boot_id_path,
+            max_producers=max_producers,
+        )
+
+
+@pytest.fixture(params=BACKENDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def redis_url(kind: str, request: pytest.FixtureRequest) -> str | None:
+    """The session's redis-server (started on first use) for the redis kind only."""
+    return request.getfixturevalue("redis_server").url if kind == "redis" else None
+
+
+@pytest.fixture
+async def backends(kind: str, redis_url: str | None, tmp_path: Path) -> AsyncIterator[Backends]:
+    boot = tmp_path / "boot_id"
+    boot.write_text("boot-1\n")
+    if redis_url is None:
+        yield Backends(kind, tmp_path / "home", boot)
+        return
+    async with redis_client(redis_url) as client:
+        await client.flushall()
+        yield Backends(kind, tmp_path / "home", boot, client)
+
+
+def events(first: int, last: int, text: Callable[[int], str] | None = None) -> Batch:
+    text = text or (lambda seq: f'{{"n":{seq}}}')
+    return Batch([(seq, text(seq)) for seq in range(first, last + 1)])
+
+
+async def opened(backends: Backends, **limits: int) -> Journal:
+    journal = backends(**limits).journal("demo")
+    await journal.open()
+    return journal
+
+
+async def test_first_open_is_a_new_empty_epoch(backends: Backends) -> None:
+    state = await backends().journal("demo").open()
+    assert state.new_epoch == "new"
+    assert (state.head, state.oldest, state.pseqs, state.state) == (0, 1, {}, None)
+    assert state.moved_aside is None
+    assert len(state.epoch) >= 16
+
+
+async def test_read_since_returns_what_follows_in_order(backends: Backends) -> None:
+    journal = await opened(backends)
+    await journal.append(events(1, 3))
+    await journal.append(events(4, 6))
+    assert await journal.read_since(0, 100) == [(n, f'{{"n":{n}}}') for n in range(1, 7)]
+    assert await journal.read_since(2, 2) == [(3, '{"n":3}'), (4, '{"n":4}')]
+    assert await journal.read_since(6, 10) == []
+    stats = journal.stats()
+    assert (stats.head, stats.oldest, stats.events_held) == (6, 1, 6)
+
+
+async def test_append_refuses_a_seq_that_does_not_follow_the_head(backends: Backends) -> None:
+    journal = await opened(backends)
+    await journal.append(events(1, 2))
+    with pytest.raises(ValueError, match="on head 2 has seq 4 where 3 is due"):
+        await journal.append(events(4, 4))
+    with pytest.raises(ValueError, match="on head 2 has seq 5 where 4 is due"):
+        await journal.append(Batch([(3, "a"), (5, "b")]))
+    assert journal.stats().head == 2
+    await journal.append(events(3, 3))
+    assert [seq for seq, _ in await journal.read_since(0, 10)] == [1, 2, 3]
+
+
+async def test_trim_keeps_the_newest_history_events(backends: Backends) -> None:
+    journal = await opened(backends, history=5)
+    for seq in range(1, 6):
+        await journal.append(events(seq, seq))
+    await journal.append(events(6, 7))  # 7 held: within the slack, not trimmed yet
+    await journal.trim()
+    assert [seq for seq, _ in await journal.read_since(0, 100)] == [3, 4, 5, 6, 7]
+    stats = journal.stats()
+    assert (stats.head, stats.oldest, stats.events_held) == (7, 3, 5)
+
+
+async def test_trim_keeps_at_most_history_bytes(backends: Backends) -> None:
+    journal = await opened(backends, history_bytes=250)
+    await journal.append(events(1, 5, lambda seq: "x" * 100))
+    await journal.trim()
+    assert [seq for seq, _ in await journal.read_since(0, 100)] == [4, 5]
+    assert journal.stats().bytes_held == 200
+
+
+async def test_bytes_are_counted_in_utf8(backends: Backends) -> None:
+    journal = await opened(backends)
+    await journal.append(Batch([(1, '"é€😀"')]))
+    assert journal.stats().bytes_held == len('"é€😀"'.encode())
+
+
+async def test_trim_always_keeps_the_newest_event(backends: Backends) -> None:
+    journal = await opened(backends, history_bytes=10)
+    await journal.append(events(1, 2, lambda seq: "y" * 50))
+    await journal.trim()
+    assert await journal.read_since(0, 10) == [(2, "y" * 50)]
+    assert journal.stats().oldest == 2
+
+
+async def test_appends_trim_by_themselves_beyond_a_tenth_over_the_limit(
+    backends: Backends,
+) -> None:
+    journal = await opened(backends, history=20)
+    for seq in range(1, 101):
+        await journal.append(events(seq, seq))
+        assert journal.stats().events_held <= 22
+    held = await journal.read_since(0, 1000)
+    assert [seq for seq, _ in held] == list(range(journal.stats().oldest, 101))
+    assert journal.stats().events_held == len(held)
+
+
+async def test_read_since_older_than_held_starts_at_the_oldest(backends: Backends) -> None:
+    journal = await opened(backends, history=3)
+    await journal.append(events(1, 10))
+    await journal.trim()
+    assert [seq for seq, _ in await journal.read_since(2, 100)] == [8, 9, 10]
+
+
+async def test_a_batch_may_carry_only_producer_pseqs(backends: Backends) -> None:
+    journal = await opened(backends)
+    await journal.append(Batch([], {"producer-a": 7}, {"agents": []}))
+    assert journal.stats().head == 0
+    assert journal.stats().commits == 1
+
+
+async def test_stats_name_the_backend_and_time_each_commit(backends: Backends) -> None:
+    journal = await opened(backends)
+    for seq in range(1, 4):
+        await journal.append(events(seq, seq))
+    stats = journal.stats()
+    assert stats.backend == backends.kind
+    assert stats.commits == 3
+    assert len(stats.commit_seconds) == 3
+    assert all(seconds > 0 for seconds in stats.commit_seconds)
+    assert stats.commit_seconds_sum == pytest.approx(sum(stats.commit_seconds))
+    assert stats.write_errors == 0
+
+
+async def test_reopen_continues_the_history_only_when_durable(backends: Backends) -> None:
+    backend = backends()
+    journal = backend.journal("demo")
+    first = await journal.open()
+    state = {"agents": [{"index": 0, "name": "Spark"}], "next_index": 1, "url": None}
+    await journal.append(Batch([(1, '"a"'), (2, '"b"')], {"agent-1": 5, "dev-1": 2}, state))
+    await journal.append(Batch([(3, '"c"')], {"agent-1": 6}))
+    await journal.close()
+    reopened = backend.journal("demo")
+    again = await reopened.open()
+    if backends.durable:
+        assert (again.epoch, again.new_epoch) == (first.epoch, None)
+        assert (again.head, again.oldest) == (3, 1)
+        assert again.pseqs == {"agent-1": 6, "dev-1": 2}
+        assert again.state == state
+        stats = reopened.stats()
+        assert (stats.head, stats.oldest, stats.events_held, stats.bytes_held) == (3, 1, 3, 9)
+    else:
+        assert again.epoch != first.epoch
+        assert (again.new_epoch, again.head, again.pseqs, again.state) == ("new", 0, {}, None)
+
+
+async def test_remove_forgets_the_project(backends: Backends) -> None:
+    backend = backends()
+    journal = backend.journal("demo")
+    first = await journal.open()
+    await journal.append(events(1, 2))
+    await journal.close()
+    assert await backend.remove("demo") is backends.durable
+    assert await backend.remove("demo") is False
+    again = await backend.journal("demo").open()
+    assert (again.new_epoch, again.head) == ("new", 0)
+    assert again.epoch != first.epoch
+
+
+async def test_project_names_are_checked(backends: Backends) -> None:
+    with pytest.raises(ValueError, match="invalid project name"):
+        backends().journal("../escape")
+
+
+async def test_each_group_keeps_only_its_newest_producers(backends: Backends) -> None:
+    """One producer id per run must not grow the journal for its whole life: beyond the
+    bound, a commit that writes a newer producer drops the group's least recently
+    written one; another group's producers do not count against it."""
+    backend = backends(max_producers=3)
+
+    async def reopened() -> list[tuple[str, int]]:
+        await journal.close()
+        state = await journal.open()
+        return list(state.pseqs.items()) if backends.durable else []
+
+    journal = backend.journal("demo")
+    await journal.open()
+    await journal.append(Batch([], {"dev:d1": 1}))
+    for run in (1, 2, 3):
+        await journal.append(Batch([], {f"agent:r{run}": run}))
+    await journal.append(Batch([], {"agent:r1": 10}))  # written again: the newest now
+    await journal.append(Batch([], {"agent:r4": 4}))
+    first = await reopened()
+    await journal.append(Batch([], {"agent:r5": 5, "agent:r6": 6}))
+    second = await reopened()
+    if backends.durable:
+        assert first == [("dev:d1", 1), ("agent:r3", 3), ("agent:r1", 10), ("agent:r4", 4)]
+        assert second == [("dev:d1", 1), ("agent:r4", 4), ("agent:r5", 5), ("agent:r6", 6)]
+    else:
+        assert first == second == []
+
+
+async def test_a_pruned_producer_written_again_counts_as_new(backends: Backends) -> None:
+    backend = backends(max_producers=2)
+    journal = backend.journal("demo")
+    await journal.open()
+    for run in (1, 2, 3):
+        await journal.append(Batch([], {f"agent:r{run}": 5}))
+    await journal.append(Batch([], {"agent:r1": 2}))  # r1 was forgotten: starts again
+    await journal.close()
+    again = await backend.journal("demo").open()
+    assert again.pseqs == ({"agent:r3": 5, "agent:r1": 2} if backends.durable else {})

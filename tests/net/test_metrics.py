@@ -1,0 +1,64 @@
+"""GET /metrics over a real socket, parsed with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+from serving import NETWORK_TIMEOUT, connect, http_get, receive_until
+
+from trio_ws.net.server import Server
+
+
+async def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, headers, body = await http_get(server, "/metrics")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def test_metrics_count_subscribers_events_and_deliveries(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = (await server.manager.open("demo", project_dir)).hub
+        watchers = [await connect(nursery, server) for _ in range(2)]
+        for ws in watchers:
+            await receive_until(ws, lambda m: m["type"] == "dev_server_status")
+        hub.set_status("running")
+        hub.feed_lines(["Started coding agent for feature #1", "plain"])
+        for ws in watchers:
+            await receive_until(ws, lambda m: m.get("line") == "plain")
+        samples = await scrape(server)
+    project = (("project", "demo"),)
+    assert samples[("trio_ws_subscribers", project)] == 2
+    assert samples[("trio_ws_producers", project)] == 0
+    assert samples[("trio_ws_events_total", (("project", "demo"), ("type", "log")))] == 2
+    assert samples[("trio_ws_events_total", (("project", "demo"), ("type", "agent_status")))] == 1
+    published = hub.seq
+    assert samples[("trio_ws_deliveries_total", project)] >= 2 * (published - 1)
+    assert samples[("trio_ws_resyncs_total", project)] == 0
+
+
+async def test_metrics_observe_poll_durations_and_read_errors(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    (project_dir / "features.db").write_bytes(b"definitely not sqlite" * 64)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "warning")
+        samples = await scrape(server)
+    project = (("project", "demo"),)
+    assert samples[("trio_ws_progress_read_errors_total", project)] >= 1
+    assert samples[("trio_ws_poll_duration_seconds_count", project)] >= 1
+
+
+async def test_metrics_without_projects_are_still_valid(server: Server) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        samples = await scrape(server)
+    assert not any(name == "trio_ws_subscribers" for name, _ in samples)

@@ -1,0 +1,691 @@
+"""ProjectHub: numbering, snapshots, resume, slow subscribers; most without sockets, the
+last section through a real server (in-process, or `trio-ws serve` as a subprocess)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
+from test_cli_serve import serving as serve_process
+from trio_websocket import connect_websocket_url
+
+from trio_ws.core.protocol import iso_timestamp
+from trio_ws.data.progress import Progress
+from trio_ws.data.registry import Registry
+from trio_ws.journal.interface import MAX_PRODUCERS
+from trio_ws.journal.sqlite import SqliteBackend
+from trio_ws.net.server import Server, serve
+from trio_ws.net.subscribe import SubscriberSession
+from trio_ws.state.hub import Outgoing, ProjectHub, Send
+from trio_ws.state.subscriber import Subscriber, SubscriberState
+
+Received = list[dict[str, Any]]
+CONNECTION = {"hello", "resumed", "resync"}
+
+
+class Reader:
+    """A subscriber's send task writing into a list, with a gate to simulate a stalled socket."""
+
+    def __init__(self, hub: ProjectHub, subscriber: Subscriber) -> None:
+        self.hub = hub
+        self.subscriber = subscriber
+        self.received: Received = []
+        self.open = trio.Event()
+        self.open.set()
+
+    async def send(self, batch: list[Outgoing]) -> None:
+        for item in batch:
+            await self.open.wait()
+            self.receive(item)
+            await trio.lowlevel.checkpoint()
+
+    def receive(self, item: Outgoing) -> None:
+        self.received.append(json.loads(item.text))
+
+    def stall(self) -> None:
+        self.open = trio.Event()
+
+    def resume(self) -> None:
+        self.open.set()
+
+    def seqs(self) -> list[int]:
+        """Seqs of events (hello, resumed and resync carry a head seq, not their own)."""
+        return [m["seq"] for m in self.received if "seq" in m and m["type"] not in CONNECTION]
+
+    def types(self) -> list[str]:
+        return [m["type"] for m in self.received]
+
+
+async def start_reader(nursery: trio.Nursery, hub: ProjectHub, **subscribe: Any) -> Reader:
+    reader = Reader(hub, hub.subscribe(**subscribe))
+    nursery.start_soon(deliver, hub, reader.subscriber, reader.send)
+    await trio.testing.wait_all_tasks_blocked()
+    return reader
+
+
+async def deliver(hub: ProjectHub, subscriber: Subscriber, send: Send) -> None:
+    """A send task for the subscriber's whole life (the sessions start one on demand):
+    `ProjectHub.drain` each time something is queued, until it leaves the hub."""
+    while subscriber.is_open:
+        woken = trio.Event()
+        subscriber.wake = woken.set
+        if not await hub.drain(subscriber, send, None):
+            return
+        await woken.wait()
+
+
+def log_lines(count: int, start: int = 0) -> list[str]:
+    return [f"plain output line {i}" for i in range(start, start + count)]
+
+
+async def test_seq_is_per_project_and_consecutive() -> None:
+    one, two = ProjectHub("one"), ProjectHub("two")
+    one.feed_lines(log_lines(3))
+    two.feed_lines(log_lines(1))
+    assert (one.seq, two.seq) == (3, 1)
+    assert one.epoch != two.epoch
+
+
+async def test_fresh_sync_order(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.publish_progress(Progress(passing=1, in_progress=1, total=4, needs_human_input=0))
+    hub.feed_lines(
+        [
+            "Max concurrency: 2 coding agents",
+            "Running initializer agent...",
+            "INITIALIZATION COMPLETE - Starting feature loop",
+            "Started coding agent for features #1, #2",
+            "[Feature #1] [Tool: Read]",
+            "Started coding agent for feature #3",
+        ]
+    )
+    hub.feed_lines(["vite dev ready at http://localhost:5173/"], stream="dev")
+    reader = await start_reader(nursery, hub, backlog=2)
+    types = reader.types()
+    assert types[:4] == ["hello", "agent_status", "dev_server_status", "progress"]
+    orchestrator = [m for m in reader.received if m["type"] == "orchestrator_update"]
+    assert [m["eventType"] for m in orchestrator] == [
+        "init_start",
+        "init_complete",
+        "coding_spawn",
+        "coding_spawn",
+    ]
+    agents = [m for m in reader.received if m["type"] == "agent_update"]
+    assert [(a["agentIndex"], a["featureIds"]) for a in agents] == [(0, [1, 2]), (1, [3])]
+    assert agents[0]["state"] == "thinking"
+    logs = [m for m in reader.received if m["type"] == "log"]
+    assert [m["line"] for m in logs] == [
+        "[Feature #1] [Tool: Read]",
+        "Started coding agent for feature #3",
+    ]
+    assert types[-1] == "dev_log"
+    assert reader.received[0]["seq"] == hub.seq
+
+
+async def test_backlog_zero_snapshot_has_only_the_latest_orchestrator_update(
+    nursery: trio.Nursery,
+) -> None:
+    """A client that appends what it gets (backlog 0) is not handed older updates again."""
+    hub = ProjectHub("demo")
+    hub.feed_lines(
+        [
+            "Running initializer agent...",
+            "INITIALIZATION COMPLETE - Starting feature loop",
+            "Started coding agent for feature #1",
+        ]
+    )
+    bare = await start_reader(nursery, hub)
+    asked = await start_reader(nursery, hub, backlog=1)
+
+    def updates(reader: Reader) -> list[str]:
+        return [m["eventType"] for m in reader.received if m["type"] == "orchestrator_update"]
+
+    assert updates(bare) == ["coding_spawn"]
+    assert updates(asked) == ["init_start", "init_complete", "coding_spawn"]
+
+
+async def test_snapshot_messages_keep_their_seq(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.feed_lines(log_lines(2))
+    reader = await start_reader(nursery, hub, backlog=2)
+    status = next(m for m in reader.received if m["type"] == "agent_status")
+    assert status["seq"] == 1
+    assert [m["seq"] for m in reader.received if m["type"] == "log"] == [2, 3]
+
+
+async def test_late_joiner_sees_active_agents_not_finished_ones(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.feed_lines(
+        [
+            "Started coding agent for feature #1",
+            "Started coding agent for feature #2",
+            "[Feature #2] Implementing the login form",
+            "Feature #1 completed",
+        ]
+    )
+    reader = await start_reader(nursery, hub, backlog=0)
+    agents = [m for m in reader.received if m["type"] == "agent_update"]
+    assert [(a["agentIndex"], a["state"], a["thought"]) for a in agents] == [
+        (1, "working", "the login form")
+    ]
+    assert hub.agent.agents.active_count == 1
+
+
+async def test_stopped_clears_active_agents_in_snapshot(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.set_status("running")
+    hub.feed_lines(["Started coding agent for feature #1"])
+    hub.set_status("stopped")
+    reader = await start_reader(nursery, hub, backlog=0)
+    assert "agent_update" not in reader.types()
+
+
+async def test_live_events_follow_snapshot_without_gap(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(5))
+    reader = await start_reader(nursery, hub, backlog=0)
+    hello_seq = reader.received[0]["seq"]
+    hub.feed_lines(log_lines(20, 5))
+    await trio.testing.wait_all_tasks_blocked()
+    live = [s for s in reader.seqs() if s > hello_seq]
+    assert live == list(range(hello_seq + 1, hub.seq + 1))
+
+
+async def test_slow_subscriber_is_caught_up_from_history(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=4, history=1000)
+    fast = await start_reader(nursery, hub, backlog=0)
+    slow = await start_reader(nursery, hub, backlog=0)
+    slow.stall()
+    for batch in range(25):  # the publisher never waits for anyone
+        hub.feed_lines(log_lines(2, 2 * batch))
+        await trio.testing.wait_all_tasks_blocked()
+    assert fast.seqs() == list(range(1, 51))
+    assert slow.subscriber.is_behind
+    assert hub.stats.fell_behind == 1
+    slow.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert slow.seqs() == list(range(1, 51))
+    assert not slow.subscriber.is_behind
+    hub.feed_lines(log_lines(3, 50))
+    await trio.testing.wait_all_tasks_blocked()
+    assert slow.seqs() == fast.seqs() == list(range(1, 54))
+    assert "resync" not in slow.types()
+
+
+async def test_slow_subscriber_past_history_gets_resync_and_snapshot(
+    nursery: trio.Nursery,
+) -> None:
+    hub = ProjectHub("demo", queue_size=2, history=10)
+    slow = await start_reader(nursery, hub, backlog=3)
+    slow.stall()
+    hub.feed_lines(log_lines(40))
+    await trio.testing.wait_all_tasks_blocked()
+    slow.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    types = slow.types()
+    assert "resync" in types
+    resync_at = types.index("resync")
+    # Its snapshot point: live events continue from seq 41.
+    assert slow.received[resync_at] == {
+        "type": "resync",
+        "reason": "gap_evicted",
+        "epoch": hub.epoch,
+        "seq": 40,
+    }
+    assert types[resync_at + 1 : resync_at + 3] == ["agent_status", "dev_server_status"]
+    after = slow.received[resync_at + 1 :]
+    assert [m["line"] for m in after if m["type"] == "log"] == log_lines(3, 37)
+    hub.feed_lines(["one more"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert slow.received[-1]["seq"] == 41
+    assert hub.stats.resyncs == 1
+
+
+async def test_resume_replays_exactly_what_was_missed(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(10))
+    reader = await start_reader(nursery, hub, since=4, epoch=hub.epoch)
+    assert reader.received[1] == {"type": "resumed", "since": 4, "seq": 10}
+    assert reader.seqs() == list(range(5, 11))
+    hub.feed_lines(log_lines(2, 10))
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(5, 13))
+
+
+@pytest.mark.parametrize(
+    ("since", "epoch", "reason"),
+    [
+        (3, "another-epoch", "epoch_changed"),
+        (3, None, "epoch_changed"),
+        (99, "EPOCH", "invalid_since"),
+        (-1, "EPOCH", "invalid_since"),
+        (1, "EPOCH", "gap_evicted"),
+    ],
+)
+async def test_resync_reasons(
+    nursery: trio.Nursery, since: int, epoch: str | None, reason: str
+) -> None:
+    hub = ProjectHub("demo", history=5)
+    hub.feed_lines(log_lines(10))
+    resolved_epoch = hub.epoch if epoch == "EPOCH" else epoch
+    reader = await start_reader(nursery, hub, since=since, epoch=resolved_epoch)
+    assert reader.received[1] == {"type": "resync", "reason": reason, "epoch": hub.epoch, "seq": 10}
+    assert reader.received[2]["type"] == "agent_status"
+
+
+async def test_resume_at_head_gets_only_live_events(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(3))
+    reader = await start_reader(nursery, hub, since=3, epoch=hub.epoch)
+    assert reader.types() == ["hello", "resumed"]
+    hub.feed_lines(["next"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [4]
+
+
+class BudgetReader(Reader):
+    """Reads ``budget`` messages, then hangs mid-send like a connection that dropped."""
+
+    def __init__(self, hub: ProjectHub, subscriber: Subscriber, budget: int) -> None:
+        super().__init__(hub, subscriber)
+        self.budget = budget
+
+    async def send(self, batch: list[Outgoing]) -> None:
+        for item in batch:
+            if self.budget <= 0:
+                await trio.sleep_forever()
+            self.budget -= 1
+            await super().send([item])
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    total=st.integers(min_value=1, max_value=120),
+    rounds=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=40), st.integers(min_value=0, max_value=30)),
+        max_size=8,
+    ),
+    queue=st.integers(min_value=1, max_value=8),
+)
+def test_resume_across_random_disconnects_is_exactly_once(
+    total: int, rounds: list[tuple[int, int]], queue: int
+) -> None:
+    """Drop the connection at random points mid-delivery and resume with the last seq seen:
+    every event arrives exactly once, in order."""
+
+    async def scenario() -> list[int]:
+        hub = ProjectHub("demo", queue_size=queue, history=1000)
+        seen: list[int] = []
+        published = 0
+        final_round = (total, 1_000_000)  # publish the rest, read everything
+        async with trio.open_nursery() as nursery:
+            for to_publish, budget in [*rounds, final_round]:
+                since = seen[-1] if seen else 0
+                subscriber = hub.subscribe(since=since, epoch=hub.epoch)
+                reader = BudgetReader(hub, subscriber, budget)
+                scope = trio.CancelScope()
+                nursery.start_soon(_deliver_in, scope, hub, reader)
+                count = min(to_publish, total - published)
+                hub.feed_lines(log_lines(count, published))
+                published += count
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+                hub.unsubscribe(subscriber)
+                head = reader.types()[:2]
+                assert head == ["hello", "resumed"][: len(head)]
+                seen.extend(reader.seqs())
+        assert hub.subscriber_count == 0
+        return seen
+
+    assert trio.run(scenario) == list(range(1, total + 1))
+
+
+async def _deliver_in(scope: trio.CancelScope, hub: ProjectHub, reader: Reader) -> None:
+    with scope:
+        await deliver(hub, reader.subscriber, reader.send)
+
+
+async def test_warning_reaches_subscribers_and_late_joiners(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    early = await start_reader(nursery, hub)
+    hub.warn("progress", "features database /x/features.db is locked")
+    await trio.testing.wait_all_tasks_blocked()
+    assert early.received[-1] == {
+        "type": "warning",
+        "source": "progress",
+        "content": "features database /x/features.db is locked",
+    }
+    late = await start_reader(nursery, hub)
+    assert late.received[-1]["type"] == "warning"
+    hub.publish_progress(Progress(1, 0, 2, 0))
+    later = await start_reader(nursery, hub)
+    assert "warning" not in later.types()
+
+
+async def test_progress_published_only_on_change() -> None:
+    hub = ProjectHub("demo")
+    assert hub.publish_progress(Progress(1, 0, 2, 0))
+    assert not hub.publish_progress(Progress(1, 0, 2, 0))
+    assert hub.publish_progress(Progress(2, 0, 2, 0))
+    assert hub.stats.events["progress"] == 2
+
+
+async def test_unsubscribe_ends_fan_out_and_send_task(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub)
+    hub.unsubscribe(reader.subscriber)
+    assert reader.subscriber.state is SubscriberState.CLOSED
+    hub.feed_lines(["after"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert hub.subscriber_count == 0
+    assert hub.stats.send_tasks == 0
+    assert "after" not in [m.get("line") for m in reader.received]
+
+
+# -- numbering: a seq only for an encoded event, history found by seq ---------------------
+
+
+async def test_a_lone_surrogate_becomes_a_replacement_character_and_one_seq(
+    nursery: trio.Nursery,
+) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub, backlog=0)
+    hub.feed_lines(["bad \ud800 x", "next"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert [(m["seq"], m["line"]) for m in reader.received if m["type"] == "log"] == [
+        (1, "bad \ufffd x"),
+        (2, "next"),
+    ]
+
+
+async def test_an_event_that_fails_to_encode_takes_no_seq(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo")
+    reader = await start_reader(nursery, hub, backlog=0)
+    unencodable = Progress(1, {"a set"}, 2, 0)  # type: ignore[arg-type]  # not JSON
+    with pytest.raises(TypeError):
+        hub.publish_progress(unencodable)
+    assert hub.seq == 0
+    hub.feed_lines(["after the failure"])
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [1]
+
+
+@pytest.mark.parametrize("since", range(14))
+async def test_resume_is_by_seq_even_across_a_hole(nursery: trio.Nursery, since: int) -> None:
+    """Were a seq ever skipped, a resume still gets exactly the events after ``since``."""
+    hub = ProjectHub("demo")
+    hub.feed_lines(log_lines(5))  # seqs 1-5
+    hub.seq += 3  # 6, 7 and 8 never name an event
+    hub.feed_lines(log_lines(5, 5))  # seqs 9-13
+    with trio.fail_after(5):  # a positional lookup can loop forever here
+        reader = await start_reader(nursery, hub, since=since, epoch=hub.epoch)
+    assert reader.types()[1] == "resumed"
+    assert reader.seqs() == [seq for seq in [1, 2, 3, 4, 5, 9, 10, 11, 12, 13] if seq > since]
+
+
+async def test_catch_up_is_by_seq_even_across_a_hole(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    hub.feed_lines(log_lines(2))  # 1-2, delivered
+    await trio.testing.wait_all_tasks_blocked()
+    hub.seq += 2  # 3 and 4 never name an event
+    reader.stall()
+    hub.feed_lines(log_lines(6, 2))  # 5-10: one in flight, two queued, then behind
+    assert reader.subscriber.is_behind
+    reader.resume()
+    with trio.fail_after(5):
+        await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == [1, 2, 5, 6, 7, 8, 9, 10]
+    assert not reader.subscriber.is_behind
+
+
+# -- history bounded by bytes -----------------------------------------------------------
+
+
+async def test_history_is_bounded_by_encoded_bytes(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", history=1000, history_bytes=50_000)
+    hub.feed_lines(["😀" * 1000] * 40)  # each event is over 4,000 bytes of UTF-8
+    held = hub.history
+    assert 0 < held.bytes <= 50_000
+    assert len(held) == 50_000 // (held.bytes // len(held))  # as many as fit, no more
+    assert len(held) < 13
+    assert held.oldest_seq == hub.seq - len(held) + 1 == held.evicted_through + 1
+    kept = await start_reader(nursery, hub, since=held.evicted_through, epoch=hub.epoch)
+    assert kept.seqs() == list(range(held.evicted_through + 1, hub.seq + 1))
+    gone = await start_reader(nursery, hub, since=held.evicted_through - 1, epoch=hub.epoch)
+    assert gone.received[1] == {
+        "type": "resync",
+        "reason": "gap_evicted",
+        "epoch": hub.epoch,
+        "seq": hub.seq,
+    }
+
+
+async def test_snapshot_log_backlog_is_bounded_by_the_same_bytes(nursery: trio.Nursery) -> None:
+    """Else the last 1,000 long lines would stay held for snapshots whatever the bound."""
+    hub = ProjectHub("demo", history=1000, history_bytes=50_000)
+    hub.feed_lines([f"{i:02d} " + "😀" * 1000 for i in range(40)])
+    hub.feed_lines([f"{i:02d} " + "😀" * 1000 for i in range(40)], stream="dev")
+    reader = await start_reader(nursery, hub, backlog=1000)
+    for kind in ("log", "dev_log"):
+        lines = [m["line"][:2] for m in reader.received if m["type"] == kind]
+        assert 0 < len(lines) < 13
+        assert lines == [f"{i:02d}" for i in range(40 - len(lines), 40)]  # the newest
+
+
+# -- standing warnings reach a subscriber that could not take them ------------------------
+
+
+@pytest.mark.parametrize("lines", [3, 10], ids=["queue-full", "behind"])
+async def test_warning_raised_while_behind_is_handed_over_on_catch_up(
+    nursery: trio.Nursery, lines: int
+) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    reader.stall()
+    hub.feed_lines(log_lines(lines))
+    hub.warn("producer", "the agent producer disconnected")
+    assert reader.subscriber.is_behind
+    reader.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(1, lines + 1))
+    assert reader.received[-1] == {
+        "type": "warning",
+        "source": "producer",
+        "content": "the agent producer disconnected",
+    }
+    assert not reader.subscriber.is_behind
+
+
+async def test_warning_cleared_before_catch_up_is_not_handed_over(nursery: trio.Nursery) -> None:
+    hub = ProjectHub("demo", queue_size=2)
+    reader = await start_reader(nursery, hub, backlog=0)
+    reader.stall()
+    hub.feed_lines(log_lines(10))
+    hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+    hub.clear_warning("producer:agent")  # it came back: nothing stands any more
+    reader.resume()
+    await trio.testing.wait_all_tasks_blocked()
+    assert reader.seqs() == list(range(1, 11))
+    assert "warning" not in reader.types()
+
+
+# -- through a real server ----------------------------------------------------------------
+
+
+async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, queue_size=8))
+        ws = await connect(nursery, server, backlog=0)
+        await ws.send_message('{"type":"ping"}')
+        await receive_until(ws, lambda m: m["type"] == "pong")  # the snapshot is through
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        start = hub.seq + 1
+        # The queued path, as for a socket that takes nothing now (else the fan-out
+        # writes the whole commit to the socket at once and nothing queues).
+        [session] = server.manager._sessions
+        assert isinstance(session, SubscriberSession)
+        session.subscriber.direct = None
+        # One producer message's worth of lines overflows its queue at once; the
+        # warning is raised while it is still behind.
+        raised = trio.Event()
+
+        def warn_after_fan_out(project: str, seconds: float) -> None:
+            hub.warn("producer", "the agent producer disconnected", key="producer:agent")
+            hub.on_commit = None
+            raised.set()
+
+        # The warning is raised right after the commit's fan-out, with no checkpoint.
+        hub.on_commit = warn_after_fan_out
+        hub.feed_lines(log_lines(50))
+        await raised.wait()
+        assert hub.stats.fell_behind == 1
+        seen = await receive_until(ws, lambda m: m["type"] == "warning")
+    events = [m["seq"] for m in seen if "seq" in m]
+    assert events == list(range(start, hub.seq + 1))  # caught up first, nothing skipped
+    assert seen[-1] == {
+        "type": "warning",
+        "source": "producer",
+        "content": "the agent producer disconnected",
+    }
+
+
+async def test_serve_history_bytes_bounds_what_a_resume_reaches(
+    nursery: trio.Nursery, home: Path, project_dir: Path
+) -> None:
+    """``trio-ws serve --history-bytes 20000``: forty 1 KB lines do not all stay held."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serve_process(home, "--history-bytes", "20000", "--token", TOKEN) as (
+            _,
+            port,
+            _,
+        ):
+            base = f"ws://127.0.0.1:{port}/ws/projects/demo"
+            producer = await connect_websocket_url(
+                nursery,
+                f"{base}/publish",
+                extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+            )
+            await producer.send_message(
+                json.dumps({"type": "hello", "producer": "p", "stream": "agent"})
+            )
+            lines = [f"{i:04d} " + "x" * 1000 for i in range(40)]
+            await producer.send_message(json.dumps({"type": "lines", "first": 1, "lines": lines}))
+            await receive_until(producer, lambda m: m["type"] == "ack" and m["pseq"] == 40)
+            hello = await receive(await connect_websocket_url(nursery, base))
+            head, epoch = hello["seq"], hello["epoch"]
+            near = await connect_websocket_url(nursery, f"{base}?since={head - 10}&epoch={epoch}")
+            far = await connect_websocket_url(nursery, f"{base}?since=1&epoch={epoch}")
+            near_opening = [await receive(near) for _ in range(12)]
+            far_opening = [await receive(far) for _ in range(2)]
+    # 40 lines, and the progress read when the first subscriber came (no features.db: zeros).
+    assert head == 41
+    assert near_opening[1] == {"type": "resumed", "since": 31, "seq": 41}
+    assert [m["seq"] for m in near_opening[2:]] == list(range(32, 42))
+    assert far_opening[1] == {"type": "resync", "reason": "gap_evicted", "epoch": epoch, "seq": 41}
+
+
+async def test_progress_and_status_events_are_dated_by_the_hub_clock() -> None:
+    """A chart places both on a time axis (PROTOCOL.md revision 2, additive)."""
+    hub = ProjectHub("demo", clock=lambda: 1_700_000_000.25)
+    hub.set_status("running")
+    hub.publish_progress(Progress(passing=1, in_progress=0, total=2, needs_human_input=0))
+    held = hub.held(frozenset({"agent_status", "progress"}))
+    assert [(m["type"], m["seq"], m["timestamp"]) for m in held] == [
+        ("agent_status", 1, iso_timestamp(1_700_000_000.25)),
+        ("progress", 2, iso_timestamp(1_700_000_000.25)),
+    ]
+
+
+# -- commit, then fan out (STATE.md 3.1, 3.2) -------------------------------------------
+
+
+async def open_on_sqlite(tmp_path: Path) -> ProjectHub:
+    hub = ProjectHub("demo")
+    await hub.open(SqliteBackend(tmp_path).journal("demo"))
+    return hub
+
+
+async def test_events_reach_subscribers_and_history_only_once_committed(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    subscriber = hub.subscribe(backlog=0)
+    hub.feed_lines(["one", "two"])
+    hub.applied("agent:p1", 2)
+    staged = (hub.seq, hub.head, len(hub.history), dict(hub.committed_pseqs))
+    queued = len(subscriber.queue)
+    assert await hub.commit()
+    assert (staged, queued) == ((2, 0, 0, {}), 0)
+    assert hub.head == 2 and hub.committed_pseqs == {"agent:p1": 2}
+    seqs = [subscriber.queue.pop(0).seq for _ in range(2)]
+    assert seqs == [1, 2]
+
+
+async def test_a_reopened_hub_continues_epoch_head_trackers_and_pseqs(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    hub.set_status("running")
+    hub.feed_lines(["[Feature #3] Started coding agent for feature #3", "work"])
+    hub.applied("agent:p1", 7)
+    assert await hub.commit()
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    assert (again.epoch, again.head, again.committed_pseqs) == (
+        hub.epoch,
+        hub.head,
+        {"agent:p1": 7},
+    )
+    assert again.agent.to_state() == hub.agent.to_state()
+    snapshot = [item.text for item in again.subscribe(backlog=10).initial[1:]]
+    assert snapshot == [item.text for item in hub.subscribe(backlog=10).initial[1:]]
+
+
+async def test_close_while_the_writer_commits_commits_the_rest_once_and_logs_no_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.run_writer)
+            hub.feed_lines(log_lines(50))
+            hub.applied("agent:p1", 50)
+            await trio.testing.wait_all_tasks_blocked()  # the writer is in its worker thread
+            hub.feed_lines(log_lines(50, 50))  # staged while that commit is in flight
+            hub.applied("agent:p1", 100)
+            await hub.close()
+            await trio.testing.wait_all_tasks_blocked()
+            assert nursery.child_tasks == frozenset()  # the writer ended by itself
+    failures = [r.getMessage() for r in caplog.records if "journal write failed" in r.getMessage()]
+    assert (failures, hub.head) == ([], 100)
+    again = await open_on_sqlite(tmp_path)
+    assert (again.head, again.committed_pseqs) == (100, {"agent:p1": 100})
+    assert again.journal is not None and again.journal.stats().oldest == 1
+
+
+async def test_committed_pseqs_keep_the_newest_producers_of_each_stream(tmp_path: Path) -> None:
+    """A producer id per run: beyond MAX_PRODUCERS per stream the oldest go, in memory
+    and in the journal alike, in the commit that adds the newer ones."""
+    hub = await open_on_sqlite(tmp_path)
+    hub.applied("dev:d1", 1)
+    for run in range(1000):
+        hub.applied(f"agent:r{run}", run + 1)
+    assert await hub.commit()
+    for run in range(1000, MAX_PRODUCERS + 30):
+        hub.applied(f"agent:r{run}", run + 1)
+    assert await hub.commit()
+    newest = [f"agent:r{run}" for run in range(30, MAX_PRODUCERS + 30)]
+    assert list(hub.committed_pseqs) == ["dev:d1", *newest]
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    assert again.committed_pseqs == hub.committed_pseqs

@@ -1,0 +1,833 @@
+"""The ``trio-ws`` command line: a thin click layer over ``trio_ws``.
+
+Each command only parses options, calls the library and prints. Every
+refusal, whether click's own usage error or a registry error, leaves as one
+``trio-ws: error: ...`` line on stderr with exit status 2 (usage) or 1
+(anything else), so scripts can rely on both.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import stat
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Final
+
+import click
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from trio_ws import __version__
+from trio_ws.clients.producers import (
+    ECHO_BUFFER,
+    LINE_CAP,
+    Outcome,
+    RunOptions,
+    publish_stream,
+    publish_url,
+    run_command,
+)
+from trio_ws.core import defaults
+from trio_ws.core.protocol import is_valid_project_name
+from trio_ws.core.security import TOKEN_ENV, TokenError, load_token
+from trio_ws.data.registry import (
+    HOME_ENV,
+    InvalidProjectName,
+    Project,
+    Registry,
+    RegistryError,
+    registry_path,
+    resolve_home,
+)
+from trio_ws.journal.interface import JournalError
+from trio_ws.journal.sqlite import journal_path
+from trio_ws.net.server import (
+    Server,
+    ServerConfig,
+    open_journals,
+    serve_until_signalled,
+    tune_gc_for_serving,
+)
+from trio_ws.runtime.signals import until_signalled
+
+USAGE_EXIT = 2
+FAILURE_EXIT = 1
+
+
+class Refusal(click.ClickException):
+    """An expected failure, shown as one prefixed line with no traceback."""
+
+    exit_code = FAILURE_EXIT
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        line = self.format_message().replace("\r", "\\r").replace("\n", "\\n")
+        click.echo(f"trio-ws: error: {line}", file=file, err=True)
+
+
+class UsageRefusal(Refusal):
+    """A refusal caused by how the command was called."""
+
+    exit_code = USAGE_EXIT
+
+
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """Turn click's multi-line usage errors and registry errors into ``Refusal``."""
+    try:
+        yield
+    except (Refusal, click.exceptions.NoArgsIsHelpError):
+        raise
+    except click.UsageError as exc:
+        message = exc.format_message()
+        if exc.ctx is not None:
+            message = f"{message} (see '{exc.ctx.command_path} --help')"
+        raise UsageRefusal(message) from exc
+    except click.ClickException as exc:
+        kind = UsageRefusal if exc.exit_code == USAGE_EXIT else Refusal
+        raise kind(exc.format_message()) from exc
+    except InvalidProjectName as exc:
+        raise UsageRefusal(str(exc)) from exc
+    except RegistryError as exc:
+        raise Refusal(str(exc)) from exc
+
+
+class _Cli(click.Group):
+    """The root group; applies ``_refusals`` to parsing and to every subcommand."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        with _refusals():
+            return super().make_context(info_name, args, parent, **extra)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with _refusals():
+            return super().invoke(ctx)
+
+
+def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--home``/``--registry``; the command gets ``home_dir``, ``registry_file``
+    and ``registry_given`` (whether ``--registry`` named another file)."""
+
+    @click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=HOME_ENV,
+        show_envvar=True,
+        help="trio-ws home holding registry.db [default: ~/.trio-ws]",
+    )
+    @click.option(
+        "--registry",
+        type=click.Path(dir_okay=False, path_type=Path),
+        help="Use this registry file instead, e.g. ~/.autoforge/registry.db",
+    )
+    @functools.wraps(command)
+    def wrapper(home: Path | None, registry: Path | None, **kwargs: Any) -> Any:
+        home_dir = resolve_home(home)
+        return command(
+            home_dir=home_dir,
+            registry_file=registry_path(home_dir, registry),
+            registry_given=registry is not None,
+            **kwargs,
+        )
+
+    return wrapper
+
+
+@click.group(cls=_Cli, name="trio-ws")
+@click.version_option(__version__, prog_name="trio-ws")
+def main() -> None:
+    """Live-update server for autonomous coding-agent runs."""
+
+
+@main.group()
+def projects() -> None:
+    """The project registry: which names serve which directories."""
+
+
+@projects.command("add")
+@click.argument("name")
+@click.argument("path", type=click.Path(path_type=Path))
+@registry_options
+def projects_add(name: str, path: Path, registry_file: Path, **_: Any) -> None:
+    """Register directory PATH as project NAME."""
+    project = Registry(registry_file).add(name, path)
+    click.echo(f"added {project.name} -> {project.path.as_posix()}")
+
+
+@projects.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
+@registry_options
+def projects_list(as_json: bool, registry_file: Path, **_: Any) -> None:
+    """Show every registered project."""
+    found = Registry(registry_file).list()
+    if as_json:
+        click.echo(json.dumps([project.to_json() for project in found], indent=2))
+    elif not found:
+        click.echo("no projects registered")
+    else:
+        _print_table(found)
+
+
+@projects.command("remove")
+@click.argument("name")
+@click.option("--keep-journal", is_flag=True, help="Keep the project's journal (its history).")
+@click.option(
+    "--broker",
+    metavar="redis://HOST:PORT/DB",
+    callback=lambda _ctx, _param, value: _broker_url(value),
+    help="The project's journal lives in this Redis (as for `serve --broker`).",
+)
+@registry_options
+def projects_remove(
+    name: str,
+    keep_journal: bool,
+    broker: str | None,
+    home_dir: Path,
+    registry_file: Path,
+    **_: Any,
+) -> None:
+    """Unregister project NAME and delete its journal (its directory is left untouched).
+
+    Refused while a running server has the project open: its journal would be
+    deleted under it."""
+    registry = Registry(registry_file)
+    known = registry.get(name)
+    if known is None and broker is None:
+        registry.remove(name)  # says there is no such project
+    config = ServerConfig(registry_path=registry_file, token="", home=home_dir, broker=broker)
+    removed = False
+    if not keep_journal:
+        try:
+            removed = trio.run(_remove_journal, config, name)
+        except* JournalError as group:
+            raise Refusal(str(_first(group))) from None
+    if known is not None:
+        project = registry.remove(name)
+        click.echo(f"removed {project.name} (was {project.path.as_posix()})")
+    where = f"in {broker}" if broker else str(journal_path(config.journal_home, name))
+    if keep_journal:
+        click.echo(f"kept its journal {where}")
+    elif removed:
+        click.echo(f"removed its journal {where}")
+
+
+async def _remove_journal(config: ServerConfig, name: str) -> bool:
+    """Delete ``name``'s journal through its backend; JournalError while it is open."""
+    async with open_journals(config) as journals:
+        return await journals.remove(name)
+
+
+def _print_table(found: list[Project]) -> None:
+    console = Console(file=sys.stdout, highlight=False)
+    if not console.is_terminal:
+        # Piped: never wrap a path across lines, whatever width the pipe reports.
+        console = Console(file=sys.stdout, highlight=False, width=10_000)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("name", "path", "exists", "created"):
+        table.add_column(column, no_wrap=True)
+    for project in found:
+        table.add_row(
+            project.name,
+            project.path.as_posix(),
+            "yes" if project.exists() else "no",
+            project.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+        )
+    console.print(table)
+
+
+@main.command()
+@registry_options
+@click.option("--host", default=defaults.HOST, show_default=True, help="Address to listen on.")
+@click.option(
+    "--port",
+    default=defaults.PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="0: any.",
+)
+@click.option(
+    "--poll-interval",
+    default=defaults.POLL_INTERVAL,
+    show_default=True,
+    type=click.FloatRange(min=0.05, max=3600),
+    help="Seconds between reads of each watched project's features database.",
+)
+@click.option(
+    "--history",
+    default=defaults.HISTORY,
+    show_default=True,
+    type=click.IntRange(min=1, max=1_000_000),
+    help="Events held per project for resume and catch-up.",
+)
+@click.option(
+    "--history-bytes",
+    default=defaults.HISTORY_BYTES,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Encoded bytes of events held per project, at most (the oldest go first).",
+)
+@click.option(
+    "--journal",
+    type=click.Choice(["sqlite", "memory"]),
+    default="sqlite",
+    show_default=True,
+    help="Where each project's history lives: <home>/journal/<project>.db (survives "
+    "restarts and kill -9), or memory (every restart is a new epoch).",
+)
+@click.option(
+    "--broker",
+    metavar="redis://HOST:PORT/DB",
+    callback=lambda _ctx, _param, value: _broker_url(value),
+    help="Share projects with every node that names the same Redis: one history per "
+    "project across nodes (the journal then lives in Redis; --journal is ignored).",
+)
+@click.option(
+    "--sync",
+    type=click.Choice(["normal", "full"]),
+    default="normal",
+    show_default=True,
+    help="SQLite synchronous mode of the sqlite journal; full also survives power loss.",
+)
+@click.option(
+    "--producer-grace",
+    default=defaults.PRODUCER_GRACE,
+    show_default=True,
+    type=click.FloatRange(min=0, max=86_400),
+    help="Seconds a vanished agent producer may take to come back before the run is "
+    "marked crashed.",
+)
+@click.option(
+    "--idle-close",
+    default=defaults.IDLE_CLOSE,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Close a project that had no subscriber, producer or request for this long "
+    "(it opens again from its journal at its next use; never with --journal memory).",
+)
+@click.option(
+    "--max-projects",
+    default=defaults.MAX_PROJECTS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Most projects open at once; beyond it a new one is refused (websocket 1013, "
+    "HTTP 503) until one is closed idle.",
+)
+@click.option(
+    "--allow-origin",
+    "allow_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Also accept websockets from this Origin (repeatable), e.g. http://dash.local:3000; "
+    "its pages may also send control.",
+)
+@click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="HOST[:PORT]",
+    help="On loopback, also serve requests whose Host header names this (repeatable); "
+    "any other name is refused, against DNS rebinding.",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    help="Server token [default: <home>/token, created at first start].",
+)
+@click.option(
+    "--require-token",
+    is_flag=True,
+    help="Subscribers need the token even on loopback (always so on other addresses).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+def serve(
+    home_dir: Path,
+    registry_file: Path,
+    registry_given: bool,
+    host: str,
+    port: int,
+    poll_interval: float,
+    history: int,
+    history_bytes: int,
+    journal: str,
+    broker: str | None,
+    sync: str,
+    producer_grace: float,
+    idle_close: float,
+    max_projects: int,
+    allow_origins: tuple[str, ...],
+    allow_hosts: tuple[str, ...],
+    token: str | None,
+    require_token: bool,
+    log_level: str,
+) -> None:
+    """Serve live updates of every registered project until Ctrl-C or SIGTERM.
+
+    The first signal closes every subscriber with 1001 and exits 0 within 2 s;
+    a second one exits at once.
+    """
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # coredis logs each connection retry at INFO; the journal says what failed, once.
+    logging.getLogger("coredis").setLevel(
+        max(logging.WARNING, logging.getLevelName(log_level.upper()))
+    )
+    registry = Registry(registry_file)
+    if registry_given:
+        registry.list()  # an unreadable registry named by --registry stops us here
+    else:
+        registry.ensure()
+    try:
+        secret = load_token(home_dir, token, create=True)
+    except (TokenError, OSError) as exc:
+        raise Refusal(str(exc)) from exc
+    config = ServerConfig(
+        registry_path=registry_file,
+        token=secret,
+        host=host,
+        port=port,
+        poll_interval=poll_interval,
+        history=history,
+        history_bytes=history_bytes,
+        journal="redis" if broker else "memory" if journal == "memory" else "sqlite",
+        broker=broker,
+        sync="full" if sync == "full" else "normal",
+        home=home_dir,
+        producer_grace=producer_grace,
+        idle_close=idle_close,
+        max_projects=max_projects,
+        allow_origins=frozenset(allow_origins),
+        allow_hosts=frozenset(allow_hosts),
+        require_token=require_token,
+    )
+
+    def announce(server: Server) -> None:
+        url = server.url
+        if config.subscribers_need_token:
+            url += f"?token={secret}"
+        click.echo(f"trio-ws {__version__} serving {url}")
+        click.echo(f"projects from {registry_file}", err=True)
+
+    tune_gc_for_serving()
+    try:
+        trio.run(serve_until_signalled, config, announce)
+    except* JournalError as group:
+        raise Refusal(str(_first(group))) from None
+    except* OSError as group:
+        raise Refusal(f"cannot listen on {host}:{port}: {_os_reasons(group)}") from None
+
+
+BROKER_SCHEMES: Final = ("redis://", "rediss://", "unix://")
+
+
+def _broker_url(value: str | None) -> str | None:
+    """``--broker`` as given, if it is a Redis URL (coredis reads anything else as
+    localhost, which would hide the mistake)."""
+    if value is not None and not value.startswith(BROKER_SCHEMES):
+        raise click.BadParameter(f"{value!r} is not a Redis URL (redis://HOST:PORT/DB)")
+    return value
+
+
+def _first(group: BaseExceptionGroup[JournalError]) -> JournalError:
+    """The first error of a (nested) group."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
+def _os_reasons(group: BaseExceptionGroup[OSError]) -> str:
+    """What the OS said, once per distinct reason, e.g. "address already in use"."""
+    reasons: set[str] = set()
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            reasons.add(_os_reasons(exc))
+        else:
+            reasons.add((exc.strerror or str(exc)).lower())
+    return "; ".join(sorted(reasons))
+
+
+# -- producers: trio-ws run, trio-ws publish ---------------------------------------
+
+
+def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--dev``, ``--server`` and ``--token``, shared by `run` and `publish`."""
+    command = click.option(
+        "--token",
+        help=f"Server token [default: ${TOKEN_ENV}, else <home>/token].",
+    )(command)
+    command = click.option(
+        "--server",
+        "servers",
+        multiple=True,
+        default=(defaults.SERVER_URL,),
+        show_default=True,
+        metavar="URL",
+        help="The trio-ws server (http, https, ws or wss). Repeat it for the nodes of a "
+        "cluster: a failed connection moves on to the next one, in turn.",
+    )(command)
+    command = click.option(
+        "--flush-within",
+        default=defaults.FLUSH_WITHIN,
+        show_default=True,
+        type=click.FloatRange(min=0, max=3600),
+        help="Seconds to keep delivering what is left once the input ended.",
+    )(command)
+    return click.option(
+        "--dev", is_flag=True, help="Publish on the dev-server stream instead of the agent stream."
+    )(command)
+
+
+def _producer_target(
+    name: str, servers: tuple[str, ...], home_dir: Path, token: str | None
+) -> tuple[tuple[str, ...], str]:
+    """The publish URLs (one per ``--server``) and the token, or a refusal saying what
+    is wrong."""
+    if not is_valid_project_name(name):
+        raise UsageRefusal(f"invalid project name {name!r}: use 1 to 50 of A-Z a-z 0-9 _ -")
+    try:
+        urls = tuple(publish_url(server, name) for server in servers)
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+    try:
+        secret = load_token(home_dir, token)
+    except (TokenError, OSError) as exc:
+        raise Refusal(str(exc)) from exc
+    return urls, secret
+
+
+def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Path, Path]:
+    """(where to run, where ``.autoforge`` lives): the registered directory unless
+    ``--cwd`` says otherwise; without a registered project, ``--cwd`` is needed."""
+    try:
+        project = Registry(registry_file).get(name)
+    except RegistryError as exc:
+        if cwd is None:
+            raise Refusal(f"{exc}; or pass --cwd to run without a registered project") from exc
+        project = None
+    if project is None:
+        if cwd is None:
+            raise Refusal(
+                f"no project {name!r} in registry {registry_file}; "
+                "register it with `trio-ws projects add` or pass --cwd"
+            )
+        return cwd, cwd
+    return cwd or project.path, project.path
+
+
+@main.command(
+    epilog=f"Unacked output waits in a buffer of at most {defaults.CAPACITY:,} items "
+    "(lines and statuses) while the server is away; when it is full, new lines are "
+    f"dropped and one line says how many. Lines are cut at {LINE_CAP:,} characters. "
+    f"Output printed here waits in at most {ECHO_BUFFER:,} bytes when stdout does "
+    "not keep up (a pager, a pipe nobody reads); the rest is published but not "
+    "printed, and stderr says how much."
+)
+@click.argument("name")
+@click.argument(
+    "command", nargs=-1, required=True, type=click.UNPROCESSED, metavar="-- CMD [ARGS]..."
+)
+@_producer_options
+@click.option(
+    "--cwd",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Run CMD here [default: the project's registered directory].",
+)
+@click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="Do not read the project's features database under --cwd and send its progress "
+    "(then the server reads it, if it can see the project's directory).",
+)
+@click.option(
+    "--lifeline",
+    type=click.IntRange(min=0),
+    hidden=True,
+    help="Stop CMD when this inherited pipe's write end is closed (its parent is gone).",
+)
+@click.option(
+    "--kill-after",
+    default=defaults.KILL_AFTER,
+    show_default=True,
+    type=click.FloatRange(min=0, max=3600),
+    help="Seconds between SIGTERM and SIGKILL when stopping CMD.",
+)
+@registry_options
+def run(
+    name: str,
+    command: tuple[str, ...],
+    dev: bool,
+    flush_within: float,
+    servers: tuple[str, ...],
+    token: str | None,
+    cwd: Path | None,
+    quiet: bool,
+    no_progress: bool,
+    lifeline: int | None,
+    kill_after: float,
+    home_dir: Path,
+    registry_file: Path,
+    **_: Any,
+) -> None:
+    """Run CMD for project NAME and publish its output live.
+
+    CMD runs without a shell in its own process group, with stdout and stderr
+    merged, stdin from /dev/null and PYTHONUNBUFFERED=1. Its statuses are reported: running, then
+    stopped (exit 0 or a requested stop) or crashed. Ctrl-C or SIGTERM stops
+    CMD's whole group (SIGTERM, then SIGKILL after --kill-after seconds); a
+    second one kills the group at once, or, once CMD is gone, stops waiting to
+    deliver and exits 128+N. The server's stop/pause/resume/graceful controls
+    act on CMD (agent stream only). Exits with CMD's exit status (128+N after
+    signal N).
+    """
+    urls, secret = _producer_target(name, servers, home_dir, token)
+    run_dir, project_dir = _project_dirs(name, registry_file, cwd)
+    if lifeline is not None and not _is_pipe(lifeline):
+        raise UsageRefusal(f"--lifeline {lifeline} is not an open pipe")
+    options = RunOptions(
+        command=command,
+        url=urls,
+        token=secret,
+        cwd=run_dir,
+        project_dir=project_dir,
+        stream="dev" if dev else "agent",
+        quiet=quiet,
+        kill_after=kill_after,
+        flush_within=flush_within,
+        lifeline=lifeline,
+        progress=not no_progress,
+    )
+    outcome = trio.run(run_command, options)
+    _finish(outcome, urls)
+
+
+@main.command(
+    epilog=f"Unacked lines wait in a buffer of at most {defaults.CAPACITY:,} items "
+    "while the server is away; when it is full, new lines are dropped and one line "
+    f"says how many. Lines are cut at {LINE_CAP:,} characters."
+)
+@click.argument("name")
+@_producer_options
+@registry_options
+def publish(
+    name: str,
+    dev: bool,
+    flush_within: float,
+    servers: tuple[str, ...],
+    token: str | None,
+    home_dir: Path,
+    **_: Any,
+) -> None:
+    """Publish stdin's lines to project NAME: running at start, stopped at EOF.
+
+    Ctrl-C or SIGTERM ends the input there; a second one stops waiting to
+    deliver and exits 128+N. Exits 0 once everything is delivered, 1 if
+    anything could not be.
+    """
+    urls, secret = _producer_target(name, servers, home_dir, token)
+    outcome = trio.run(
+        functools.partial(
+            publish_stream, urls, secret, "dev" if dev else "agent", flush_within=flush_within
+        )
+    )
+    _finish(outcome, urls)
+
+
+def _is_pipe(fd: int) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+
+
+def _finish(outcome: Outcome, urls: tuple[str, ...]) -> None:
+    """Say what was not delivered or why the server refused, then exit as decided."""
+    if outcome.refused is not None:
+        raise Refusal(outcome.refused)
+    if outcome.undelivered:
+        where = " or ".join(urls)
+        click.echo(f"trio-ws: {outcome.undelivered} items were not delivered to {where}", err=True)
+    raise click.exceptions.Exit(outcome.exit_code)
+
+
+# -- trio-ws watch ---------------------------------------------------------------
+
+
+@main.command("watch")
+@click.argument("name")
+@click.option(
+    "--server",
+    default=defaults.SERVER_URL,
+    show_default=True,
+    metavar="URL",
+    help="The trio-ws server (http, https, ws or wss).",
+)
+@click.option(
+    "--token",
+    envvar=TOKEN_ENV,
+    show_envvar=True,
+    help="Server token [default: <home>/token if present; loopback servers need none].",
+)
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=HOME_ENV,
+    show_envvar=True,
+    help="trio-ws home holding the token file [default: ~/.trio-ws]",
+)
+@click.option("--once", is_flag=True, help="Print the current state once and exit.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print every received message as one JSON line."
+)
+@click.option(
+    "--backlog",
+    default=defaults.CLIENT_BACKLOG,
+    show_default=True,
+    type=click.IntRange(0, defaults.MAX_BACKLOG),
+    help="Log lines the server replays on a fresh sync.",
+)
+@click.option(
+    "--lines",
+    type=click.IntRange(min=1),
+    help="Log lines to show [default: what fits the terminal; 20 with --once].",
+)
+def watch_command(
+    name: str,
+    server: str,
+    token: str | None,
+    home: Path | None,
+    once: bool,
+    as_json: bool,
+    backlog: int,
+    lines: int | None,
+) -> None:
+    """Watch project NAME live: agents, progress, orchestrator and log tail.
+
+    Reconnects with backoff and resumes where it left off; exits 0 on Ctrl-C,
+    1 when the server refuses the project (or, with --once, cannot be reached).
+    """
+    import os
+    import time
+
+    from trio_ws.clients import watch
+    from trio_ws.core import protocol
+
+    try:
+        target = watch.WatchTarget.from_server(
+            server, name, _watch_token(resolve_home(home), token), backlog
+        )
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+
+    def write_line(text: str) -> None:
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise watch.OutputClosed("stdout closed") from None
+
+    dropped: list[str] = []
+
+    def note_drop(reason: str) -> None:
+        if not dropped or dropped[-1] != reason:
+            click.echo(f"trio-ws: reconnecting: {reason}", err=True)
+        dropped[:] = [reason]
+
+    async def once_mode() -> None:
+        if as_json:
+            await watch.fetch_snapshot(target, lambda message: write_line(protocol.encode(message)))
+            return
+        view = await watch.once(target)
+        watch.once_console().print(watch.render(view, time.time(), lines or watch.ONCE_LOG_LINES))
+
+    async def live_mode() -> None:
+        if as_json:
+            await watch.watch_json(target, write_line, on_drop=note_drop)
+        else:
+            await watch.watch_live(target, Console(highlight=False), log_lines=lines)
+
+    try:
+        trio.run(until_signalled, once_mode if once else live_mode)
+    except watch.OutputClosed:
+        # The reader (e.g. `| head`) is done: a clean end, and no flush error at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except watch.WatchError as exc:
+        raise Refusal(str(exc)) from None
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the signal handler was installed: still a clean exit
+
+
+def _watch_token(home_dir: Path, token: str | None) -> str | None:
+    """The explicit token, else the home's token file when there is one, else none."""
+    from trio_ws.core.security import TOKEN_FILE
+
+    if token:
+        return token
+    if not (home_dir / TOKEN_FILE).exists():
+        return None
+    try:
+        return load_token(home_dir)
+    except (TokenError, OSError) as exc:
+        raise Refusal(str(exc)) from exc
+
+
+@main.command()
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep the demo's registry, token and project here [default: a temporary folder].",
+)
+@click.option("--port", default=defaults.PORT, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--speed",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1, max=1000),
+    help="Pace of the simulated run; at 1 a whole run takes about two minutes.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=1),
+    help="Stop after this many seconds [default: run until Ctrl-C].",
+)
+@click.option("--seed", type=int, help="Make the simulated run repeatable.")
+def demo(
+    home: Path | None, port: int, speed: float, duration: float | None, seed: int | None
+) -> None:
+    """Watch a lively, realistic agent run: server, project and producer, no setup."""
+    from trio_ws.faces.demo import DemoLinks, DemoOptions, run_demo
+
+    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+
+    def announce(links: DemoLinks) -> None:
+        click.echo(f"trio-ws {__version__} demo is live.")
+        click.echo(f"  dashboard: {links.dashboard}")
+        click.echo(f"  terminal:  {links.watch}")
+        click.echo(f"  home:      {links.home}")
+        click.echo("Ctrl-C stops it.")
+
+    options = DemoOptions(home=home, port=port, speed=speed, duration=duration, seed=seed)
+    tune_gc_for_serving()
+    try:
+        code = trio.run(run_demo, options, announce)
+    except* OSError as group:
+        raise Refusal(f"cannot start the demo on port {port}: {_os_reasons(group)}") from None
+    sys.exit(code)

@@ -1,0 +1,604 @@
+"""The ``redis`` journal backend (``--broker redis://HOST:PORT/DB``): several nodes share
+a project's history through Redis (STATE.md 5).
+
+Keys per project, with the hash tag ``{P}`` so they share one cluster slot:
+
+- ``tws:{P}:meta``: hash with ``epoch``, ``head``, ``bytes`` (event text held),
+  ``run_id`` (of the Redis server that holds it), ``s:<key>`` (each top-level key of
+  the snapshot state, as JSON: an append replaces only the keys it carries, so two
+  nodes that each write their own stream's tracker state never overwrite each other)
+  and ``p:<producer id>`` (highest applied pseq) fields;
+- ``tws:{P}:events``: stream, entry ID ``<seq>-0``, field ``t`` = the event's JSON text;
+- ``tws:{P}:producers``: sorted set of producer keys by when each was last written
+  (the meta's ``pclock``); each group keeps its MAX_PRODUCERS newest, counted in the
+  meta's ``n:<group>`` fields, and the older ones lose their ``p:`` field with it;
+- ``tws:{P}:live``: pub/sub channel; every append publishes its batch as JSON
+  ``{"epoch": ..., "first": seq, "texts": [...]}``.
+
+An append is one Lua script, so it is atomic, and it is idempotent: a batch that
+was already applied (same seqs, same texts) is a no-op, so an append whose reply
+was lost can be sent again. That makes the client's single retry on a lost
+connection safe (it is what keeps the first command after a Redis restart, sent on a
+pooled connection that died, from failing); coredis's default retries (twice, on
+timeouts too) are off, and the live subscription never reconnects by itself: a
+follower must see every reconnect, to read the stream again.
+
+The backend shares one coredis client between the journals of every project; it
+must be entered (``async with``) in a task that outlives them all, as coredis runs
+its connections in a task group of that task (``open_redis_backend``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final, cast
+
+import anyio
+import coredis
+from coredis.exceptions import ConnectionError as ConnectionLost
+from coredis.exceptions import RedisError
+from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
+
+from trio_ws.journal.interface import (
+    DEFAULT_HISTORY,
+    DEFAULT_HISTORY_BYTES,
+    MAX_PRODUCERS,
+    TRIM_SLACK,
+    Batch,
+    Commits,
+    JournalConflictError,
+    JournalError,
+    JournalState,
+    JournalStats,
+    JournalWriteError,
+    JsonObject,
+    NewEpochReason,
+    check_batch,
+    check_limits,
+    check_project,
+    new_epoch,
+)
+
+BACKEND: Final = "redis"
+KEY_PREFIX: Final = "tws"
+TIMEOUT: Final = 5.0
+"""Seconds a command (or a connection attempt) may take before it counts as failed:
+a hung Redis fails appends instead of stalling the writer task for good."""
+TEXT_FIELD: Final = "t"
+PSEQ_PREFIX: Final = "p:"
+STATE_PREFIX: Final = "s:"
+
+_OPEN: Final = """
+-- KEYS: meta, events. ARGV: a fresh epoch, the server's run_id.
+local meta, events, producers = KEYS[1], KEYS[2], KEYS[3]
+local epoch = redis.call('HGET', meta, 'epoch')
+local reason = ''
+if not epoch then
+  reason = 'new'
+elseif redis.call('HGET', meta, 'run_id') ~= ARGV[2] then
+  reason = 'broker_reset'
+end
+if reason ~= '' then
+  redis.call('DEL', meta, events, producers)
+  redis.call('HSET', meta, 'epoch', ARGV[1], 'head', '0', 'bytes', '0', 'run_id', ARGV[2])
+end
+local first = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
+local oldest = ''
+if #first > 0 then oldest = first[1][1] end
+return {reason, redis.call('HGETALL', meta), redis.call('XLEN', events), oldest,
+        redis.call('ZRANGE', producers, 0, -1)}
+"""
+
+_APPEND: Final = """
+-- KEYS: meta, events, live, producers (sorted set: producer key by when last written).
+-- ARGV: epoch, history, history_bytes, force trim ('1'/'0'), most producers per group,
+--       n state keys,
+--       n x (state key, JSON), n producers, n x (producer id, pseq), first seq, the texts.
+local meta, events, live, written = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local epoch = redis.call('HGET', meta, 'epoch')
+if not epoch then
+  return {'conflict', 'its meta is gone (Redis flushed, restarted without its data or evicted)'}
+end
+if epoch ~= ARGV[1] then
+  return {'conflict', 'epoch ' .. epoch .. ' replaced epoch ' .. ARGV[1]}
+end
+local history, history_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_producers = tonumber(ARGV[5])
+local states = tonumber(ARGV[6])
+local pat = 7 + 2 * states
+local producers = tonumber(ARGV[pat])
+local at = pat + 1 + 2 * producers
+local first = tonumber(ARGV[at])
+local count = #ARGV - at
+local head = tonumber(redis.call('HGET', meta, 'head'))
+local size = tonumber(redis.call('HGET', meta, 'bytes'))
+
+local function oldest_id()
+  local oldest = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
+  if #oldest > 0 then return oldest[1][1] end
+  return ''
+end
+
+local function holds(seq, text)
+  local id = string.format('%d-0', seq)
+  local found = redis.call('XRANGE', events, id, id)
+  return #found == 1 and found[1][2][2] == text
+end
+
+if count > 0 and first ~= head + 1 then
+  local last = first + count - 1
+  if last <= head and holds(first, ARGV[at + 1]) and holds(last, ARGV[#ARGV]) then
+    return {'applied', string.format('%d', last), oldest_id(), redis.call('XLEN', events),
+            string.format('%d', size)}
+  end
+  return {'conflict', string.format('its head is %d where %d was expected', head, first - 1)}
+end
+
+if count > 0 then
+  local texts = {}
+  for i = 1, count do
+    local text = ARGV[at + i]
+    redis.call('XADD', events, string.format('%d-0', first + i - 1), 't', text)
+    size = size + #text
+    texts[i] = text
+  end
+  head = first + count - 1
+  redis.call('HSET', meta, 'head', string.format('%d', head), 'bytes', string.format('%d', size))
+  redis.call('PUBLISH', live, cjson.encode({epoch = epoch, first = first, texts = texts}))
+end
+local grown = {}
+if producers > 0 then
+  local clock = redis.call('HINCRBY', meta, 'pclock', 1)
+  for i = 0, producers - 1 do
+    local key = ARGV[pat + 1 + 2 * i]
+    local field = 'p:' .. key
+    local pseq = tonumber(ARGV[pat + 2 + 2 * i])
+    local stored = tonumber(redis.call('HGET', meta, field))
+    if not stored or pseq > stored then
+      redis.call('HSET', meta, field, ARGV[pat + 2 + 2 * i])
+    end
+    if redis.call('ZADD', written, clock, key) == 1 then
+      local group = string.match(key, '^([^:]*)')
+      grown[group] = redis.call('HINCRBY', meta, 'n:' .. group, 1)
+    end
+  end
+end
+-- Each group keeps its max_producers most recently written producers: the oldest of
+-- a group that grew beyond it go, from the front of the set, where they are.
+for group, count in pairs(grown) do
+  local excess = count - max_producers
+  local cursor = 0
+  while excess > 0 do
+    local chunk = redis.call('ZRANGE', written, cursor, cursor + 63)
+    if #chunk == 0 then break end
+    for _, key in ipairs(chunk) do
+      if excess > 0 and string.match(key, '^([^:]*)') == group then
+        redis.call('ZREM', written, key)
+        redis.call('HDEL', meta, 'p:' .. key)
+        redis.call('HINCRBY', meta, 'n:' .. group, -1)
+        excess = excess - 1
+      else
+        cursor = cursor + 1
+      end
+    end
+  end
+end
+for i = 0, states - 1 do
+  redis.call('HSET', meta, 's:' .. ARGV[7 + 2 * i], ARGV[8 + 2 * i])
+end
+
+local held = redis.call('XLEN', events)
+local over = held > history + math.floor(history / TRIM_SLACK)
+  or size > history_bytes + math.floor(history_bytes / TRIM_SLACK)
+if held > 0 and (ARGV[4] == '1' or over) then
+  -- journal.trim_point: walking from the oldest,: drop while over a limit, never the
+  -- newest; reads only what it drops (about a tenth of the history), not all of it.
+  local cut, cursor, done = nil, '-', false
+  while not done do
+    local chunk = redis.call('XRANGE', events, cursor, '+', 'COUNT', 256)
+    if #chunk == 0 then break end
+    for _, entry in ipairs(chunk) do
+      if held <= 1 or (held <= history and size <= history_bytes) then
+        done = true
+        break
+      end
+      held = held - 1
+      size = size - #entry[2][2]
+      cut = entry[1]
+    end
+    cursor = '(' .. chunk[#chunk][1]
+  end
+  if cut then
+    local seq = tonumber(string.match(cut, '^(%d+)'))
+    redis.call('XTRIM', events, 'MINID', string.format('%d-0', seq + 1))
+    redis.call('HSET', meta, 'bytes', string.format('%d', size))
+  end
+end
+return {'ok', string.format('%d', head), oldest_id(), held, string.format('%d', size)}
+""".replace("TRIM_SLACK", str(TRIM_SLACK))
+
+
+@dataclass(frozen=True, slots=True)
+class LiveBatch:
+    """One committed append as every node sees it on ``live``: events ``first`` ..
+    ``first + len(texts) - 1`` of ``epoch``."""
+
+    epoch: str
+    first: int
+    texts: tuple[str, ...]
+
+    @property
+    def last(self) -> int:
+        return self.first + len(self.texts) - 1
+
+
+def redis_client(url: str) -> coredis.Redis[str]:
+    """A client for journals: text replies, bounded waits, and one retry when a
+    connection was lost (a pooled connection to a Redis that restarted; every command
+    of this module may run twice). Enter it with ``async with`` before use."""
+    return coredis.Redis.from_url(
+        url,
+        decode_responses=True,
+        retry_policy=ConstantRetryPolicy((ConnectionLost,), retries=1, delay=0),
+        stream_timeout=TIMEOUT,
+        connect_timeout=TIMEOUT,
+    )
+
+
+def _seq(entry_id: str) -> int:
+    """The seq of a stream entry ID ``<seq>-0``."""
+    return int(entry_id.partition("-")[0])
+
+
+def _stored(
+    meta: dict[str, str], written: Sequence[str] = ()
+) -> tuple[dict[str, int], JsonObject | None]:
+    """The producers' pseqs (least recently written first, in the order of ``written``;
+    any not in it first) and the snapshot state (None if none) of a meta hash."""
+    found = {
+        key.removeprefix(PSEQ_PREFIX): int(value)
+        for key, value in meta.items()
+        if key.startswith(PSEQ_PREFIX)
+    }
+    rank = {key: index for index, key in enumerate(written)}
+    pseqs = dict(sorted(found.items(), key=lambda item: rank.get(item[0], -1)))
+    state = {
+        key.removeprefix(STATE_PREFIX): json.loads(value)
+        for key, value in meta.items()
+        if key.startswith(STATE_PREFIX)
+    }
+    return pseqs, state or None
+
+
+def _keys(project: str) -> tuple[str, str, str, str]:
+    """The meta, events, live and producers keys of ``project``."""
+    tag = f"{KEY_PREFIX}:{{{project}}}"
+    return f"{tag}:meta", f"{tag}:events", f"{tag}:live", f"{tag}:producers"
+
+
+def _holder_key(project: str) -> str:
+    """Set (with a TTL) while some node has ``project`` open: `RedisBackend.remove` waits."""
+    return f"{KEY_PREFIX}:{{{project}}}:holder"
+
+
+HOLD_TTL: Final = 3.0
+"""How long a node's claim that it has a project open lasts unless renewed (each second
+while it follows the project)."""
+
+
+class RedisJournal:
+    """One project's journal in Redis, shared with every node that opens the same project."""
+
+    def __init__(
+        self,
+        client: coredis.Redis[str],
+        project: str,
+        *,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+        max_producers: int = MAX_PRODUCERS,
+    ) -> None:
+        check_limits(history, history_bytes, max_producers)
+        self._max_producers = max_producers
+        self._client = client
+        self._project = check_project(project)
+        self._where = f"redis journal of {project!r} at {client.connection_pool.location!r}"
+        self._meta, self._events, self._live, self._producers = _keys(project)
+        self._history = history
+        self._history_bytes = history_bytes
+        self._open_script = client.register_script(_OPEN)
+        self._append_script = client.register_script(_APPEND)
+        self._epoch: str | None = None
+        self._head = 0
+        self._oldest = 1
+        self._held = 0
+        self._size = 0
+        self._commits = Commits()
+
+    @property
+    def project(self) -> str:
+        return self._project
+
+    async def open(self) -> JournalState:
+        """Continue the stored epoch, or start a new one when the meta hash is missing
+        (``new``) or Redis is not the server that wrote it (``broker_reset``: a restart
+        from a snapshot may lack the newest appends, so their seqs would be reused)."""
+        if self._epoch is not None:
+            raise JournalError(f"{self._where} is already open")
+        try:
+            info = await self._client.info("server")
+            run_id = str(info["run_id"])
+            reply: object = await self._open_script(
+                keys=[self._meta, self._events, self._producers], args=[new_epoch(), run_id]
+            )
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot open: {error}") from None
+        reason_text, flat, held, oldest, written = cast(list[object], reply)
+        fields = cast(list[str], flat)
+        meta = dict(zip(fields[::2], fields[1::2], strict=True))
+        reason = cast(NewEpochReason, reason_text) if reason_text else None
+        self._epoch = meta["epoch"]
+        self._head = int(meta["head"])
+        self._size = int(meta["bytes"])
+        self._held = int(cast(int, held))
+        self._oldest = _seq(str(oldest)) if oldest else self._head + 1
+        pseqs, state = _stored(meta, cast(list[str], written))
+        await self.hold()  # renewed while the project is followed, dropped by close
+        return JournalState(self._epoch, self._head, self._oldest, pseqs, state, reason)
+
+    async def reopen(self) -> JournalState:
+        """``open`` again on what Redis holds now (another epoch began, the meta went,
+        or this node fell behind the trimmed stream); unchanged when Redis is out of
+        reach."""
+        epoch = self._epoch_open()
+        self._epoch = None
+        try:
+            return await self.open()
+        except JournalError:
+            self._epoch = epoch
+            raise
+
+    async def append(self, batch: Batch) -> None:
+        """Commit ``batch``; JournalWriteError if Redis could not be reached (the same
+        batch may be sent again: one already applied is not applied twice),
+        JournalConflictError if the stored history moved on without this journal."""
+        epoch = self._epoch_open()
+        check_batch(batch, self._head)
+        await self._run_append(epoch, batch, trim=False)
+
+    async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
+        self._epoch_open()
+        if limit <= 0:
+            return []
+        try:
+            entries = await self._client.xrange(
+                self._events, f"{max(seq, 0) + 1}-0", "+", count=limit
+            )
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot read: {error}") from None
+        return [
+            (_seq(str(entry.identifier)), str(entry.field_values[TEXT_FIELD])) for entry in entries
+        ]
+
+    async def trim(self) -> None:
+        await self._run_append(self._epoch_open(), Batch(), trim=True)
+
+    async def close(self, *, clean: bool = True) -> None:
+        """Forget the epoch and drop this node's hold; Redis needs no clean-stop mark (its
+        ``run_id`` tells a restart)."""
+        self._epoch_open()
+        self._epoch = None
+        # Best effort by design: a hold that cannot be dropped now (Redis is away at
+        # shutdown) expires by itself within HOLD_TTL, which is what it is for.
+        with contextlib.suppress(RedisError, OSError):
+            await self._client.delete([_holder_key(self._project)])
+
+    def stats(self) -> JournalStats:
+        return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
+
+    async def hold(self) -> None:
+        """Say (for `HOLD_TTL`) that this node has the project open; JournalError when
+        Redis cannot be written."""
+        key = _holder_key(self._project)
+        holder = f"{socket.gethostname()} pid {os.getpid()}"
+        try:
+            await self._client.set(key, holder, px=int(HOLD_TTL * 1000))
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot write: {error}") from None
+
+    async def head(self) -> tuple[str, int] | None:
+        """The stored epoch and head seq now: where a node that follows ``live``
+        compares itself after a reconnect. None when the history must start again:
+        the meta hash is gone, or another run of Redis holds it (restarted from a
+        snapshot that may lack the newest appends); ``open`` then starts a new epoch."""
+        try:
+            info = await self._client.info("server")
+            epoch, head, run_id = await self._client.hmget(self._meta, ["epoch", "head", "run_id"])
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot read: {error}") from None
+        if epoch is None or head is None or run_id != str(info["run_id"]):
+            return None
+        return epoch, int(head)
+
+    def seen(self, head: int) -> None:
+        """This node has applied every event up to ``head`` that other nodes appended:
+        its next append starts after it."""
+        self._epoch_open()
+        self._head = max(self._head, head)
+
+    async def stored(self) -> tuple[dict[str, int], JsonObject | None]:
+        """The producers' pseqs and the snapshot state stored now, whichever node wrote
+        them: what a node loads when a producer moves to it from another node."""
+        try:
+            meta = await self._client.hgetall(self._meta)
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot read: {error}") from None
+        return _stored({str(key): str(value) for key, value in meta.items()})
+
+    @asynccontextmanager
+    async def live(self) -> AsyncIterator[AsyncIterator[LiveBatch]]:
+        """Subscribe to the project's committed appends, every node's (this one's too).
+
+        The rule for a node that follows a project (STATE.md 5): enter this first, then
+        read the stream (``read_since``) from the last seq it has, then apply the live
+        batches in order, skipping those it already read. On a gap (a batch's ``first``
+        is not its head + 1), an epoch change, or when the iterator ends with a
+        JournalError (the pub/sub connection was lost; nothing reconnects silently),
+        enter ``live`` again and read the stream again.
+        """
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True, retry_policy=NoRetryPolicy())
+        try:
+            async with pubsub:
+                await pubsub.subscribe(self._live)
+                yield self._batches(pubsub)
+        except* (RedisError, OSError, anyio.ClosedResourceError) as group:
+            # ClosedResourceError: coredis unsubscribing on a connection already gone.
+            raise JournalError(
+                f"{self._where}: live subscription lost: {group.exceptions[0]}"
+            ) from None
+
+    async def _batches(
+        self, pubsub: coredis.patterns.pubsub.PubSub[str]
+    ) -> AsyncIterator[LiveBatch]:
+        async for message in pubsub:
+            if message["type"] != "message":
+                continue
+            data = json.loads(str(message["data"]))
+            # cjson encodes an empty Lua table as an object; appends publish only events.
+            yield LiveBatch(str(data["epoch"]), int(data["first"]), tuple(data["texts"]))
+        raise JournalError(f"{self._where}: live subscription ended")
+
+    def _epoch_open(self) -> str:
+        if self._epoch is None:
+            raise JournalError(f"{self._where} is not open")
+        return self._epoch
+
+    async def _run_append(self, epoch: str, batch: Batch, *, trim: bool) -> None:
+        state = batch.state or {}
+        args: list[str | int] = [
+            epoch,
+            self._history,
+            self._history_bytes,
+            "1" if trim else "0",
+            self._max_producers,
+            len(state),
+        ]
+        for key, value in state.items():
+            args += [key, json.dumps(value, separators=(",", ":"))]
+        args.append(len(batch.pseqs))
+        for producer, pseq in batch.pseqs.items():
+            args += [producer, pseq]
+        args.append(batch.events[0][0] if batch.events else self._head + 1)
+        args += [text for _, text in batch.events]
+        start = time.perf_counter()
+        try:
+            reply = cast(
+                Sequence[object],
+                await self._append_script(
+                    keys=[self._meta, self._events, self._live, self._producers], args=args
+                ),
+            )
+        except (RedisError, OSError) as error:
+            self._commits.write_errors += 1
+            raise JournalWriteError(f"{self._where}: cannot write: {error}") from None
+        status = reply[0]
+        if status == "conflict":
+            raise JournalConflictError(f"{self._where}: {reply[1]}; open it again")
+        self._commits.record(time.perf_counter() - start)
+        # "applied": this batch was committed before (its reply was lost); the head is
+        # its last seq, what follows it in the stream belongs to whoever appended it.
+        head, oldest, held, size = reply[1:]
+        self._head = int(cast(str, head))
+        self._held = int(cast(int, held))
+        self._size = int(cast(str, size))
+        self._oldest = _seq(str(oldest)) if oldest else self._head + 1
+
+
+class RedisBackend:
+    """``--broker redis://…``: every project's journal in one Redis, through one client."""
+
+    def __init__(
+        self,
+        client: coredis.Redis[str],
+        *,
+        history: int = DEFAULT_HISTORY,
+        history_bytes: int = DEFAULT_HISTORY_BYTES,
+        max_producers: int = MAX_PRODUCERS,
+    ) -> None:
+        check_limits(history, history_bytes, max_producers)
+        self._max_producers = max_producers
+        self._client = client
+        self._history = history
+        self._history_bytes = history_bytes
+
+    @property
+    def name(self) -> str:
+        return BACKEND
+
+    @property
+    def client(self) -> coredis.Redis[str]:
+        """The entered client, for what else the nodes share through Redis (the poll lease)."""
+        return self._client
+
+    async def check(self) -> None:
+        """Reach Redis now (``serve --broker`` at start); JournalError naming it if not."""
+        try:
+            await self._client.ping()
+        except (RedisError, OSError) as error:
+            where = self._client.connection_pool.location
+            raise JournalError(f"cannot reach the broker at {where!r}: {error}") from None
+
+    def journal(self, project: str) -> RedisJournal:
+        return RedisJournal(
+            self._client,
+            project,
+            history=self._history,
+            history_bytes=self._history_bytes,
+            max_producers=self._max_producers,
+        )
+
+    async def knows(self, project: str) -> bool:
+        """Does Redis hold a history of ``project`` (some node served it)?"""
+        meta, _, _, _ = _keys(check_project(project))
+        try:
+            return await self._client.exists([meta]) > 0
+        except (RedisError, OSError) as error:
+            where = self._client.connection_pool.location
+            raise JournalError(
+                f"redis journal of {project!r} at {where!r}: cannot read: {error}"
+            ) from None
+
+    async def remove(self, project: str) -> bool:
+        """Delete the project's keys; JournalError while a node has the project open
+        (for up to `HOLD_TTL` after it closed it)."""
+        meta, events, _, producers = _keys(check_project(project))
+        try:
+            holder = await self._client.get(_holder_key(project))
+            if holder is not None:
+                raise JournalError(
+                    f"project {project!r} is open on a running trio-ws server ({holder}); "
+                    "stop it (or let it close the project) first"
+                )
+            return await self._client.delete([meta, events, producers]) > 0
+        except (RedisError, OSError) as error:
+            where = self._client.connection_pool.location
+            raise JournalError(
+                f"redis journal of {project!r} at {where!r}: cannot remove: {error}"
+            ) from None
+
+
+@asynccontextmanager
+async def open_redis_backend(
+    url: str, *, history: int = DEFAULT_HISTORY, history_bytes: int = DEFAULT_HISTORY_BYTES
+) -> AsyncIterator[RedisBackend]:
+    """The backend for ``--broker URL``, its client alive for the block (no I/O yet:
+    an unreachable Redis shows at the first open or append)."""
+    async with redis_client(url) as client:
+        yield RedisBackend(client, history=history, history_bytes=history_bytes)

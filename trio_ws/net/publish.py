@@ -1,0 +1,378 @@
+"""The producer endpoint, ``/ws/projects/{name}/publish`` (PROTOCOL.md 4).
+
+Producers deliver at least once; this module makes it exactly once into the
+project: every item carries a per-producer ``pseq``, and a `ProducerSlot`
+(the `Project` holds one per stream) remembers the highest ``pseq`` applied for
+each producer id across reconnects, so a resent batch is skipped, never
+applied twice. One producer per stream at a time: a different id on a live
+stream is closed 4009; the same id reconnecting replaces its stale
+connection. A producer that vanishes without a final status gets a grace
+period from its `Project`, after which its stream is marked ``crashed``.
+
+All messages to a producer go through one writer task fed by a small
+channel; the `WebSocket` underneath serialises them with its pings and
+close frame. A producer that answers no ping for the ping timeout (20 s) is
+dropped, so a half-open connection never holds its stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any, Final, TypeGuard
+
+import trio
+
+from trio_ws.core import defaults, protocol
+from trio_ws.core.protocol import Stream
+from trio_ws.data.progress import Progress
+from trio_ws.journal.interface import JournalError
+from trio_ws.net.connection import ConnectionClosed, WebSocket
+from trio_ws.state.hub import ProjectHub
+from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project, producer_key
+
+if TYPE_CHECKING:
+    from trio_ws.state.manager import ConnectionManager
+
+log = logging.getLogger("trio_ws.net.publish")
+
+MAX_PRODUCER_MESSAGE: Final = 16 * 1024 * 1024
+MAX_LINES_PER_MESSAGE: Final = 10_000
+ACK_INTERVAL: Final = 0.1
+OUTBOX_SIZE: Final = 64
+PRODUCER_PING_TIMEOUT: Final = defaults.PRODUCER_PING_TIMEOUT
+"""A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
+HELLO_TIMEOUT: Final = 10.0
+EXIT_LINE: Final = "[trio-ws] process exited with code"
+
+
+class PublishSession:
+    """One connected producer."""
+
+    def __init__(
+        self,
+        ws: WebSocket,
+        hub: ProjectHub,
+        slot: ProducerSlot,
+        producer_id: str,
+        peer: str,
+        ping_timeout: float = PRODUCER_PING_TIMEOUT,
+        staged_limit: int = defaults.STAGED_LIMIT,
+    ) -> None:
+        self.ws = ws
+        self._ping_timeout = ping_timeout
+        self._staged_limit = staged_limit
+        self.hub = hub
+        self.slot = slot
+        self.producer_id = producer_id
+        self.peer = peer
+        self._outbox_send, self._outbox = trio.open_memory_channel[str](OUTBOX_SIZE)
+        self._acked_sent = -1
+        self._cancel = trio.CancelScope()
+
+    @property
+    def applied(self) -> int:
+        return self.slot.applied_of(self.producer_id)
+
+    @property
+    def committed(self) -> int:
+        """The highest pseq whose events the journal holds: what acks may say (0 for
+        an id the slot has forgotten, like one after a restart)."""
+        return min(self.hub.committed_pseqs.get(self._key, 0), self.applied)
+
+    @property
+    def _key(self) -> str:
+        return producer_key(self.slot.stream, self.producer_id)
+
+    def _record(self, pseq: int) -> None:
+        self.slot.record(self.producer_id, pseq)
+        self.hub.applied(self._key, pseq)
+
+    def _baseline(self, pseq: int) -> None:
+        """A producer this server has no record of (say, after a restart) starts where
+        its oldest unacknowledged item is: everything before was acked elsewhere."""
+        if self.producer_id not in self.slot.applied:
+            self._record(pseq - 1)
+
+    @property
+    def current(self) -> bool:
+        """False once a newer connection of the same producer took the slot over."""
+        return self.slot.session is self
+
+    async def run(self) -> None:
+        self._queue({"type": "welcome", "acked": self.committed})
+        self._acked_sent = self.committed
+        with self._cancel:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                nursery.start_soon(self._ack_ticker)
+                nursery.start_soon(self._keepalive)
+                await self._receive_loop()
+                nursery.cancel_scope.cancel()
+
+    def send_control(self, action: str) -> bool:
+        """Queue a control message; False when the producer is not taking messages."""
+        return self._queue({"type": "control", "action": action})
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (1001 at shutdown), bounded by the close timeout."""
+        await self.ws.aclose(code, reason)
+        self._cancel.cancel()
+
+    # -- tasks -------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        async for text in self._outbox:
+            try:
+                await self.ws.send_message(text)
+            except ConnectionClosed:
+                self._cancel.cancel()
+                return
+
+    async def _keepalive(self) -> None:
+        """Ping every half ping timeout; a producer whose pong does not come within the
+        ping timeout is dropped (its connection reset) and the grace period begins."""
+        count = 0
+        while True:
+            await trio.sleep(self._ping_timeout / 2)
+            count += 1
+            with trio.move_on_after(self._ping_timeout) as scope:
+                try:
+                    await self.ws.ping(str(count).encode())
+                except ConnectionClosed:
+                    return
+            if scope.cancelled_caught:
+                log.warning(
+                    "project %s: producer %s answered no ping for %g s; dropped",
+                    self.slot.project,
+                    self.peer,
+                    self._ping_timeout,
+                )
+                self.ws.abort()
+                self._cancel.cancel()
+                return
+
+    async def _ack_ticker(self) -> None:
+        while True:
+            await trio.sleep(ACK_INTERVAL)
+            committed = self.committed  # ack means durable (STATE.md 3.2)
+            if committed > self._acked_sent and self._queue({"type": "ack", "pseq": committed}):
+                self._acked_sent = committed
+
+    async def _receive_loop(self) -> None:
+        while True:
+            if self.hub.pending >= self._staged_limit:
+                # Back-pressure: read nothing more until commits took half of it back.
+                await self.hub.wait_staged_at_most(self._staged_limit // 2)
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            if not self.current:
+                return
+            problem = self._apply(message)
+            if problem is not None:
+                log.warning(
+                    "project %s: producer %s sent a bad message: %s",
+                    self.slot.project,
+                    self.peer,
+                    problem,
+                )
+                self._queue(protocol.warning("protocol", problem))
+
+    # -- applying items ------------------------------------------------------------
+
+    def _apply(self, message: str | bytes) -> str | None:
+        """Apply one producer message to the hub; returns what was wrong with it, if anything."""
+        if isinstance(message, bytes):
+            return "binary frames are not accepted"
+        try:
+            payload = json.loads(message)
+        except ValueError:
+            return "message is not valid JSON"
+        if not isinstance(payload, dict):
+            return "message is not a JSON object"
+        kind = payload.get("type")
+        if kind == "lines":
+            return self._apply_lines(payload)
+        if kind == "status":
+            return self._apply_status(payload)
+        if kind == "progress":
+            return self._apply_progress(payload)
+        return None  # unknown types are ignored, as on the subscribe side
+
+    def _apply_lines(self, payload: dict[str, Any]) -> str | None:
+        first, lines = payload.get("first"), payload.get("lines")
+        if not _is_pseq(first) or not isinstance(lines, list):
+            return "lines needs an integer 'first' >= 1 and a 'lines' list"
+        if len(lines) > MAX_LINES_PER_MESSAGE:
+            return f"at most {MAX_LINES_PER_MESSAGE} lines per message"
+        if not all(isinstance(line, str) for line in lines):
+            return "every line must be a string"
+        self._baseline(first)
+        applied = self.applied
+        skip = max(0, applied + 1 - first)
+        if skip >= len(lines):
+            return None  # all already applied: a resend
+        if first + skip != applied + 1:
+            return f"pseq gap: expected {applied + 1}, got {first + skip}; resend from there"
+        fresh = lines[skip:]
+        self.hub.feed_lines(fresh, self.slot.stream)
+        self._record(first + len(lines) - 1)
+        return None
+
+    def _admit_item(self, kind: str, pseq: object) -> str | None:
+        """Whether a single item (a status or progress) comes next: None to apply it,
+        "" for a resend already applied (skip silently), else what is wrong."""
+        if not _is_pseq(pseq):
+            return f"{kind} needs an integer 'pseq' >= 1"
+        self._baseline(pseq)
+        applied = self.applied
+        if pseq <= applied:
+            return ""
+        if pseq != applied + 1:
+            return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
+        return None
+
+    def _apply_status(self, payload: dict[str, Any]) -> str | None:
+        pseq, status = payload.get("pseq"), payload.get("status")
+        refusal = self._admit_item("status", pseq)
+        if refusal is not None or not _is_pseq(pseq):
+            return refusal or None  # "": a resend, skipped silently; _is_pseq narrows the type
+        allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
+        self._record(pseq)
+        if not isinstance(status, str) or status not in allowed:  # a list is unhashable
+            return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
+        exit_code = payload.get("exit_code")
+        if status in FINAL_STATUSES and _is_int(exit_code):
+            self.hub.feed_lines([f"{EXIT_LINE} {exit_code}"], self.slot.stream)
+        self.hub.set_status(status, self.slot.stream)
+        return None
+
+    def _apply_progress(self, payload: dict[str, Any]) -> str | None:
+        """A ``progress`` item (PROTOCOL.md 4.1): four counts, integers >= 0, none of
+        ``passing``, ``in_progress``, ``needs_human_input`` above ``total``. Only the
+        agent stream's producer reads the project; a bad item is skipped, said back."""
+        pseq = payload.get("pseq")
+        refusal = self._admit_item("progress", pseq)
+        if refusal is not None or not _is_pseq(pseq):
+            return refusal or None  # "": a resend, skipped silently; _is_pseq narrows the type
+        self._record(pseq)
+        if self.slot.stream != "agent":
+            return f"progress comes from the agent stream only (item {pseq} skipped)"
+        problem = _progress_problem(payload)
+        if problem is not None:
+            return f"{problem} (item {pseq} skipped)"
+        self.slot.progress_from = self.producer_id
+        self.hub.publish_progress(
+            Progress(
+                passing=payload["passing"],
+                in_progress=payload["in_progress"],
+                total=payload["total"],
+                needs_human_input=payload["needs_human_input"],
+            )
+        )
+        return None
+
+    def _queue(self, message: protocol.Message) -> bool:
+        try:
+            self._outbox_send.send_nowait(protocol.encode(message))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+        return True
+
+
+def _is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_pseq(value: object) -> TypeGuard[int]:
+    return _is_int(value) and value >= 1
+
+
+PROGRESS_COUNTS: Final = ("passing", "in_progress", "total", "needs_human_input")
+
+
+def _progress_problem(payload: dict[str, Any]) -> str | None:
+    """What is wrong with a ``progress`` item's counts, if anything."""
+    for name in PROGRESS_COUNTS:
+        value = payload.get(name)
+        if not _is_int(value) or value < 0:
+            return f"progress needs an integer {name!r} >= 0, got {value!r}"
+    total = payload["total"]
+    for name in ("passing", "in_progress", "needs_human_input"):
+        if payload[name] > total:
+            return f"progress {name!r} ({payload[name]}) exceeds 'total' ({total})"
+    return None
+
+
+async def serve_producer(
+    ws: WebSocket,
+    project: Project,
+    sessions: ConnectionManager,
+    peer: str,
+    *,
+    ping_timeout: float = PRODUCER_PING_TIMEOUT,
+    staged_limit: int = defaults.STAGED_LIMIT,
+) -> None:
+    """Run one accepted producer connection from its ``hello``; owns its slot while live.
+
+    The project takes the session over (and starts its stream's grace period when
+    it ends); the session is registered with the manager so that shutdown closes
+    it (1001).
+    """
+    hello = await _read_hello(ws)
+    if hello is None:
+        return
+    producer_id, stream = hello
+    slot = project.slots[stream]
+    if slot.session is None:
+        try:
+            # It may come from another node (--broker): continue its pseqs and trackers.
+            await project.producer_arrives(stream, producer_id)
+        except JournalError as exc:
+            log.error("project %s: cannot take the producer over: %s", project.name, exc)
+            await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
+            await ws.aclose(1011, "project journal unavailable")
+            return
+    previous = slot.session
+    if previous is not None and previous.producer_id != producer_id:
+        await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
+        await ws.aclose(4009, "stream already has a producer")
+        return
+    session = PublishSession(ws, project.hub, slot, producer_id, peer, ping_timeout, staged_limit)
+    project.producer_back(slot, session)
+    sessions.add_session(session)
+    try:
+        await session.run()
+    finally:
+        sessions.remove_session(session)
+        project.producer_left(slot, session)
+
+
+async def _read_hello(ws: WebSocket) -> tuple[str, Stream] | None:
+    try:
+        with trio.fail_after(HELLO_TIMEOUT):
+            message = await ws.get_message()
+    except (ConnectionClosed, trio.TooSlowError):
+        return None
+    try:
+        payload = json.loads(message)
+    except (ValueError, TypeError):
+        payload = None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("type") != "hello"
+        or not isinstance(payload.get("producer"), str)
+        or not 1 <= len(payload["producer"]) <= 200
+        or payload.get("stream") not in ("agent", "dev")
+    ):
+        await ws.send_message(
+            protocol.encode(
+                protocol.error('first message must be {"type":"hello","producer":..,"stream":..}')
+            )
+        )
+        await ws.aclose(1008, "expected hello")
+        return None
+    stream: Stream = "agent" if payload["stream"] == "agent" else "dev"
+    return payload["producer"], stream

@@ -1,0 +1,816 @@
+"""The server: one port for HTTP and websockets, one task per connection.
+
+`serve` opens the listeners, reports the bound port through ``task_status``
+(as ``trio.serve_listeners`` does) and runs until cancelled. Each connection
+is handled by `_handle_connection`, which reads the request head with h11
+under a deadline and a byte cap, answers plain HTTP itself, and answers
+websocket upgrades on the same h11 connection (`trio_ws.net.connection`). Every
+write is bounded by the stall timeout. A handler failure is logged with its
+peer and never reaches the server's nursery.
+
+Resources: one nursery for connection handlers, one for the manager's poll
+loops. Errors: `OSError` from binding (port in use) propagates to the caller
+before ``task_status.started`` is called.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import unquote
+
+import trio
+
+from trio_ws.core import defaults, protocol
+from trio_ws.core.security import (
+    control_origin_allowed,
+    host_refusal,
+    is_loopback_host,
+    origin_allowed,
+    redact,
+    token_matches,
+)
+from trio_ws.data.features import NoFeaturesDatabase, read_features
+from trio_ws.data.progress import (
+    CorruptDatabase,
+    DatabaseLocked,
+    MissingTable,
+    ProgressError,
+    UnsupportedSchema,
+)
+from trio_ws.data.registry import Project, Registry, RegistryError
+from trio_ws.journal.interface import Journal, JournalBackend, JournalError
+from trio_ws.journal.memory import MemoryBackend
+from trio_ws.journal.redis import RedisBackend, open_redis_backend
+from trio_ws.journal.sqlite import SqliteBackend
+from trio_ws.net import control, dashboard
+from trio_ws.net.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
+from trio_ws.net.httpio import (
+    MAX_BODY_BYTES,
+    STALL_TIMEOUT,
+    BadRequest,
+    RequestHead,
+    WriteStalled,
+    declared_body_size,
+    discard_body,
+    linger,
+    read_request_head,
+    send_json,
+    send_response,
+)
+from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
+from trio_ws.net.metrics import Metrics
+from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, PRODUCER_PING_TIMEOUT, serve_producer
+from trio_ws.net.subscribe import (
+    MAX_INBOUND_BYTES,
+    SubscribeRequest,
+    parse_backlog,
+    parse_since,
+    probe_idle_subscribers,
+    project_websocket,
+)
+from trio_ws.runtime.signals import on_stop_signals
+from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
+from trio_ws.state.lease import PollLease
+from trio_ws.state.manager import ConnectionManager, TooManyProjects
+from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART
+from trio_ws.state.project import Project as LiveProject
+
+log = logging.getLogger("trio_ws.net.server")
+
+HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT
+POLL_LEASE_INTERVALS: Final = 3
+"""A node's poll lease lasts this many poll intervals, renewed at each of its reads."""
+JOURNAL_CLOSE_TIMEOUT: Final = 5.0
+"""Longest a shutdown waits to commit what is staged and close the journals."""
+JournalName = Literal["sqlite", "memory", "redis"]
+SyncMode = Literal["normal", "full"]
+TOKEN_COOKIE: Final = "trio_ws_token"
+_SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
+_PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
+_PROJECT_API_PATH = re.compile(
+    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|agent/[a-z-]+)"
+)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `serve` needs; the CLI builds one from its options."""
+
+    registry_path: Path
+    token: str
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    poll_interval: float = defaults.POLL_INTERVAL
+    history: int = DEFAULT_HISTORY
+    history_bytes: int = DEFAULT_HISTORY_BYTES
+    queue_size: int = defaults.QUEUE_SIZE
+    allow_origins: frozenset[str] = frozenset()
+    allow_hosts: frozenset[str] = frozenset()
+    require_token: bool = False
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    stall_timeout: float = STALL_TIMEOUT
+    lock_timeout: float = defaults.LOCK_TIMEOUT
+    producer_grace: float = DEFAULT_GRACE
+    poll_restart: tuple[float, float] = POLL_RESTART
+    """A crashed poll loop's first restart delay and the cap it doubles up to."""
+    producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
+    staged_limit: int = defaults.STAGED_LIMIT
+    """Staged events past which a project's producers are not read (back-pressure)."""
+    subscriber_idle: float = defaults.SUBSCRIBER_IDLE
+    """A subscriber that sent nothing for this long is pinged."""
+    subscriber_pong_timeout: float = defaults.SUBSCRIBER_PONG_TIMEOUT
+    """A pinged subscriber that answers no pong within this long is dropped."""
+    journal: JournalName = "sqlite"
+    """Where projects' histories live (STATE.md 1)."""
+    sync: SyncMode = "normal"
+    """SQLite ``synchronous`` for the sqlite journal."""
+    home: Path | None = None
+    """The trio-ws home; journals live in ``<home>/journal`` (default: the registry's
+    directory)."""
+    broker: str | None = None
+    """``redis://HOST:PORT/DB``: journals live in Redis, shared with every node that
+    names the same broker (STATE.md 5); the journal option is then ``redis``."""
+    idle_close: float | None = defaults.IDLE_CLOSE
+    """Seconds a project may go unused before it is closed (None: never)."""
+    max_projects: int = defaults.MAX_PROJECTS
+    """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
+
+    @property
+    def journal_home(self) -> Path:
+        return self.home if self.home is not None else self.registry_path.parent
+
+    def journal_backend(self) -> JournalBackend:
+        """The local backend (``redis`` needs a client: `open_journals`)."""
+        if self.journal == "redis":
+            raise ValueError("the redis journal is opened with open_journals")
+        if self.journal == "memory":
+            return MemoryBackend(history=self.history, history_bytes=self.history_bytes)
+        return SqliteBackend(
+            self.journal_home,
+            synchronous="FULL" if self.sync == "full" else "NORMAL",
+            history=self.history,
+            history_bytes=self.history_bytes,
+        )
+
+    @property
+    def on_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    @property
+    def subscribers_need_token(self) -> bool:
+        return self.require_token or not self.on_loopback
+
+
+@dataclass
+class Server:
+    """A running server: what tests, the CLI and the signal handler talk to."""
+
+    config: ServerConfig
+    manager: ConnectionManager
+    port: int
+    metrics: Metrics
+    started_at: float = field(default_factory=time.monotonic)
+    _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _accepting: trio.CancelScope = field(default_factory=trio.CancelScope)
+    _not_accepting: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{self.port}/"
+
+    async def shutdown(self, code: int = 1001, within: float = 2.0) -> None:
+        """Stop accepting connections, close every subscriber and producer with ``code``
+        within ``within`` seconds, then stop serving."""
+        self._accepting.cancel()
+        await self._not_accepting.wait()
+        await self.manager.close_all(code, "server shutting down", within)
+        self._cancel.cancel()
+
+
+@asynccontextmanager
+async def open_journals(config: ServerConfig) -> AsyncIterator[JournalBackend]:
+    """Where projects' histories live, for the server's lifetime. With a broker, Redis
+    must answer now (JournalError naming it if not): a node that cannot share its
+    projects should not start."""
+    if config.broker is None:
+        yield config.journal_backend()
+        return
+    async with open_redis_backend(
+        config.broker, history=config.history, history_bytes=config.history_bytes
+    ) as backend:
+        await backend.check()
+        yield backend
+
+
+async def serve(
+    config: ServerConfig, *, task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve until cancelled (or `Server.shutdown`); reports the `Server` once listening.
+    JournalError when the broker cannot be reached at start."""
+    async with open_journals(config) as journals:
+        await _serve(config, journals, task_status)
+
+
+async def _serve(
+    config: ServerConfig, journals: JournalBackend, task_status: trio.TaskStatus[Server]
+) -> None:
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    port = listeners[0].socket.getsockname()[1]
+    metrics = Metrics()
+    async with trio.open_nursery() as nursery:
+        manager = ConnectionManager(
+            nursery,
+            history=config.history,
+            history_bytes=config.history_bytes,
+            queue_size=config.queue_size,
+            poll_interval=config.poll_interval,
+            lock_timeout=config.lock_timeout,
+            on_poll=metrics.observe_poll,
+            poll_restart=config.poll_restart,
+            grace=config.producer_grace,
+            extra_secrets=(config.token,),
+            journals=journals,
+            on_commit=metrics.observe_commit,
+            idle_close=config.idle_close,
+            max_projects=config.max_projects,
+            # Several nodes: one of them polls a project at a time (the lease's holder).
+            lease=(
+                PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)
+                if isinstance(journals, RedisBackend)
+                else None
+            ),
+        )
+        metrics.bind(manager)
+        server = Server(config, manager, port, metrics)
+        nursery.start_soon(
+            probe_idle_subscribers,
+            manager,
+            config.subscriber_idle,
+            config.subscriber_pong_timeout,
+        )
+        try:
+            with server._cancel:
+                task_status.started(server)
+
+                async def handler(stream: trio.SocketStream) -> None:
+                    await _handle_connection(server, stream)
+
+                with server._accepting:  # cancelling it closes the listening sockets
+                    await trio.serve_listeners(handler, listeners, handler_nursery=nursery)
+                server._not_accepting.set()
+                await trio.sleep_forever()
+        finally:
+            # Cancelled or shut down: what is staged gets one commit, and each journal
+            # records a clean stop (STATE.md 3.3).
+            with trio.CancelScope(shield=True) as scope:
+                scope.deadline = trio.current_time() + JOURNAL_CLOSE_TIMEOUT
+                await manager.close_journals()
+        nursery.cancel_scope.cancel()
+
+
+async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
+    peer = _peer_name(stream)
+    try:
+        async with stream:
+            await _dispatch(server, stream, peer)
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+        log.debug("connection from %s dropped", peer)
+    except* WriteStalled as group:
+        log.info("connection from %s cut: %s", peer, group.exceptions[0])
+    except* Exception as group:
+        log.error("connection from %s failed", peer, exc_info=group)
+
+
+async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> None:
+    config = server.config
+    head: RequestHead | None = None
+    with trio.move_on_after(config.handshake_timeout):
+        try:
+            head = await read_request_head(stream, stall_timeout=config.stall_timeout)
+        except BadRequest as exc:
+            log.info("bad request from %s: %s", peer, _loggable(str(exc), config.token))
+            await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
+            return
+    if head is None:
+        return
+    refused = host_refusal(head.header("host"), config.on_loopback, config.allow_hosts)
+    if refused is not None:
+        # Before anything else, websocket upgrades included: DNS rebinding (PROTOCOL.md 1).
+        log.info("refused %s from %s: Host not allowed", head.path, peer)
+        await send_response(stream, head.connection, refused, b"host not allowed\n")
+        return
+    if head.path.startswith("/ws/"):
+        await _websocket(server, stream, head, peer)
+    else:
+        await _http(server, stream, head)
+
+
+# -- plain HTTP ---------------------------------------------------------------
+
+
+async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    connection = head.connection
+    project_api = _PROJECT_API_PATH.fullmatch(head.path)
+    if project_api is not None:
+        await _project_api(server, stream, head, project_api["name"], project_api["view"])
+        return
+    if head.method != "GET":
+        await send_response(
+            stream, connection, 405, b"only GET is served\n", extra_headers=[("allow", "GET")]
+        )
+        return
+    if head.path == "/healthz":
+        await send_json(stream, connection, 200, _health(server))
+    elif head.path == "/metrics":
+        await send_response(stream, connection, 200, server.metrics.render(), METRICS_TYPE)
+    elif head.path == "/api/projects":
+        await _api_projects(server, stream, head)
+    elif head.path == "/" or head.path.startswith(("/projects/", "/static/")):
+        await _dashboard(server, stream, head)
+    else:
+        await send_response(stream, connection, 404, b"not found\n")
+
+
+def _health(server: Server) -> dict[str, Any]:
+    manager = server.manager
+    return {
+        "status": "ok",
+        "projects": len(manager.hubs),
+        "subscribers": manager.subscriber_count,
+        "producers": manager.producer_count,
+        "uptime_s": round(time.monotonic() - server.started_at, 3),
+        "journal": manager.journals.name,
+        "journals": {
+            name: _journal_health(hub.journal, hub.pending)
+            for name, hub in sorted(manager.hubs.items())
+            if hub.journal is not None
+        },
+    }
+
+
+def _journal_health(journal: Journal, pending: int) -> dict[str, Any]:
+    """One project's journal for /healthz (STATE.md: what it holds, how commits go)."""
+    stats = journal.stats()
+    recent = sorted(stats.commit_seconds)
+    return {
+        "backend": stats.backend,
+        "head": stats.head,
+        "oldest_seq": stats.oldest,
+        "events_held": stats.events_held,
+        "bytes_held": stats.bytes_held,
+        "pending": pending,
+        "commits": stats.commits,
+        "commit_p50_ms": round(recent[len(recent) // 2] * 1000, 3) if recent else None,
+        "commit_max_ms": round(recent[-1] * 1000, 3) if recent else None,
+        "write_errors": stats.write_errors,
+    }
+
+
+async def _api_projects(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    """The registered projects; it names directories, so it needs the token whenever
+    subscribers do (PROTOCOL.md 1, 6)."""
+    if server.config.subscribers_need_token and not _authorized(server.config, head):
+        await send_json(stream, head.connection, 401, {"error": "Unauthorized"})
+        return
+    registry = Registry(server.config.registry_path)
+    try:
+        projects = await trio.to_thread.run_sync(_list_with_existence, registry)
+    except RegistryError as exc:
+        log.error("registry unreadable: %s", exc)
+        await send_json(stream, head.connection, 503, {"error": str(exc)})
+        return
+    listing = []
+    for project, exists in projects:
+        hub = server.manager.get_hub(project.name)
+        listing.append(
+            {
+                "name": project.name,
+                "path": project.path.as_posix(),
+                "exists": exists,
+                "subscribers": hub.subscriber_count if hub else 0,
+                "agent_status": hub.agent.status if hub else "stopped",
+                "dev_server_status": hub.dev.status if hub else "stopped",
+            }
+        )
+    await send_json(stream, head.connection, 200, listing)
+
+
+async def _project_api(
+    server: Server, stream: trio.SocketStream, head: RequestHead, raw_name: str, view: str
+) -> None:
+    """``/api/projects/{name}/...``: the features board, the progress chart's data and
+    AutoForge's agent API (PROTOCOL.md 1). Errors are ``{"detail": ...}``, as AutoForge's."""
+    connection = head.connection
+    action = control.REST_ACTIONS.get(view.removeprefix("agent/"))
+    if view.startswith("agent/") and action is None and view != "agent/status":
+        await send_json(stream, connection, 404, {"detail": "Not Found"})
+        return
+    method = "POST" if action is not None else "GET"
+    if head.method != method:
+        await send_json(
+            stream,
+            connection,
+            405,
+            {"detail": "Method Not Allowed"},
+            extra_headers=[("allow", method)],
+        )
+        return
+    if action is not None and not await _discard_body(stream, head, server.config):
+        return
+    refusal = _project_api_refusal(server.config, head, control_action=action is not None)
+    if refusal is not None:
+        await send_json(stream, connection, refusal[0], {"detail": refusal[1]})
+        return
+    name = _unquote(raw_name)
+    if name is None or not protocol.is_valid_project_name(name):
+        await send_json(stream, connection, 400, {"detail": "Invalid project name"})
+        return
+    try:
+        found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+    except RegistryError as exc:
+        log.error("registry unreadable: %s", exc)
+        await send_json(stream, connection, 503, {"detail": str(exc)})
+        return
+    if found is None:
+        detail = f"Project '{name}' not found in registry"
+        await send_json(stream, connection, 404, {"detail": detail})
+        return
+    project, _exists = found
+    if view == "features":
+        status, body = await _features(server, project)
+    else:
+        try:
+            live = await server.manager.open(name, project.path)
+        except JournalError as exc:
+            log.error("project %s: journal unavailable: %s", name, exc)
+            await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
+            return
+        except TooManyProjects as exc:
+            log.warning("project %s refused: %s", name, exc)
+            await send_json(stream, connection, 503, {"detail": str(exc)})
+            return
+        if action is not None:
+            status, body = 200, await control.act(live, action)
+        elif view == "agent/status":
+            status, body = 200, control.agent_status(live.hub)
+        else:
+            status, body = 200, control.progress_history(live.hub)
+    await send_json(stream, connection, status, body)
+
+
+async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: ServerConfig) -> bool:
+    """Read a POST's body (AutoForge sends none or ``{}``) under the handshake deadline;
+    False once a refusal (413, 400, 408) was sent."""
+    declared = declared_body_size(head)
+    failure: tuple[int, str] | None = None
+    if declared is not None and declared > MAX_BODY_BYTES:
+        failure = (413, f"request body over the {MAX_BODY_BYTES} byte limit")
+    else:
+        with trio.move_on_after(config.handshake_timeout) as scope:
+            try:
+                await discard_body(stream, head.connection)
+            except BadRequest as exc:
+                failure = (exc.status, str(exc))
+        if scope.cancelled_caught:
+            failure = (408, "request body not received in time")
+    if failure is not None:
+        await send_json(stream, head.connection, failure[0], {"detail": failure[1]})
+        if failure[0] == 413:
+            await linger(stream)
+        return False
+    return True
+
+
+def _project_api_refusal(
+    config: ServerConfig, head: RequestHead, *, control_action: bool
+) -> tuple[int, str] | None:
+    """Reads follow ``/api/projects`` (the token whenever subscribers need it); a control
+    action follows the websocket ``control`` rules (PROTOCOL.md 3.4): the server's own
+    origin or an allowed one, and always the token, as a Bearer header or the
+    dashboard's cookie (never in a URL a log might keep)."""
+    if not control_action:
+        if config.subscribers_need_token and not _authorized(config, head):
+            return 401, "Unauthorized"
+        return None
+    if not control_origin_allowed(head.header("origin"), head.header("host"), config.allow_origins):
+        return 403, "control is accepted only from the server's own origin or an allowed one"
+    scheme, _, bearer = (head.header("authorization") or "").partition(" ")
+    offered = (bearer.strip() if scheme.lower() == "bearer" else None, head.cookie(TOKEN_COOKIE))
+    if not any(token_matches(token, config.token) for token in offered):
+        return 401, "control needs the server token (Authorization: Bearer, or the dashboard)"
+    return None
+
+
+_FEATURE_ERRORS: Final[tuple[tuple[type[ProgressError], int], ...]] = (
+    (NoFeaturesDatabase, 404),
+    (DatabaseLocked, 503),
+    (CorruptDatabase, 500),
+    (MissingTable, 500),
+    (UnsupportedSchema, 500),
+    (ProgressError, 500),
+)
+"""Status per features read failure; the first match wins (subclasses first)."""
+
+
+async def _features(server: Server, project: Project) -> tuple[int, dict[str, Any]]:
+    """The board's rows, read off the event loop under the progress readers' limiter."""
+    try:
+        found = await trio.to_thread.run_sync(
+            lambda: read_features(project.path, lock_timeout=server.config.lock_timeout),
+            limiter=server.manager.limiter,
+        )
+    except ProgressError as exc:
+        status = next(code for kind, code in _FEATURE_ERRORS if isinstance(exc, kind))
+        if status >= 500:
+            log.warning("project %s: features read failed: %s", project.name, exc)
+        return status, {"detail": str(exc)}
+    if found.malformed:
+        log.info(
+            "project %s: %d features have malformed dependencies in %s (read as [] or filtered)",
+            project.name,
+            found.malformed,
+            found.path,
+        )
+    return 200, {
+        "project": project.name,
+        "features": [feature.to_json() for feature in found.features],
+    }
+
+
+def _list_with_existence(registry: Registry) -> list[tuple[Project, bool]]:
+    return [(project, project.path.is_dir()) for project in registry.list()]
+
+
+async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+    """The dashboard page and its static files; `dashboard.respond` decides what to send."""
+    answer = dashboard.respond(
+        head.path, head.query, head.cookie(TOKEN_COOKIE), server.config.token
+    )
+    await send_response(
+        stream,
+        head.connection,
+        answer.status,
+        answer.body,
+        answer.content_type,
+        extra_headers=list(answer.headers),
+    )
+
+
+# -- websockets ---------------------------------------------------------------
+
+
+async def _websocket(
+    server: Server, stream: trio.SocketStream, head: RequestHead, peer: str
+) -> None:
+    config = server.config
+    connection = head.connection
+    if not head.is_websocket:
+        await send_response(
+            stream,
+            connection,
+            426,
+            b"websocket upgrade required\n",
+            extra_headers=[("upgrade", "websocket")],
+        )
+        return
+    subscribe = _SUBSCRIBE_PATH.fullmatch(head.path)
+    publish = _PUBLISH_PATH.fullmatch(head.path)
+    match = subscribe or publish
+    if match is None:
+        await send_response(stream, connection, 404, b"not found\n")
+        return
+    if publish is not None:
+        refusal = _producer_refusal(config, head)
+    elif not origin_allowed(
+        head.header("origin"), head.header("host"), config.on_loopback, config.allow_origins
+    ):
+        refusal = (403, "origin not allowed")
+    else:
+        refusal = None
+    if refusal is not None:
+        log.info("refused %s from %s: %s", head.path, peer, refusal[1])
+        await send_response(stream, connection, refusal[0], f"{refusal[1]}\n".encode())
+        return
+    max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
+    ws = await accept(stream, head, max_message=max_size, stall_timeout=config.stall_timeout)
+    if ws is None:
+        return
+    code = 1000
+    try:
+        if publish is not None:
+            await _producer(server, ws, match.group("name"), peer)
+        else:
+            await _subscriber(server, ws, head, match.group("name"), peer)
+    except Exception:
+        code = 1011  # a failure is no normal closure; the client may retry later
+        raise
+    finally:
+        # Not shielded: when the server is cancelled this drops the TCP
+        # connection at once instead of waiting for the peer.
+        await ws.aclose(code)
+
+
+def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str] | None:
+    """Producers: never from a browser (any Origin), always with the Bearer token."""
+    if head.header("origin") is not None:
+        return 403, "producers must not send an Origin header"
+    scheme, _, offered = (head.header("authorization") or "").partition(" ")
+    if scheme.lower() != "bearer" or not token_matches(offered.strip(), config.token):
+        return 401, "producer needs Authorization: Bearer <token>"
+    return None
+
+
+async def _project(
+    server: Server, ws: WebSocket, raw_name: str, peer: str, *, producer: bool = False
+) -> LiveProject | None:
+    """The project named in the path, open and held (the caller releases it); otherwise
+    refuse and say why.
+
+    Known is a registered project whose directory exists here; with a broker also one
+    this node's registry lacks (its directory is on another machine) when a producer
+    feeds it, or the broker holds its history, or its hub is open here."""
+    name = _unquote(raw_name)
+    if name is None or not protocol.is_valid_project_name(name):
+        await _refuse(ws, 4000, "Invalid project name")
+        return None
+    try:
+        found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+    except RegistryError as exc:
+        log.error("registry unreadable while %s connected: %s", peer, exc)
+        await ws.aclose(1011, "registry unavailable")
+        return None
+    directory = found[0].path if found is not None and found[1] else None
+    try:
+        if directory is None and not await _known_elsewhere(server, name, producer):
+            await _refuse(
+                ws,
+                4004,
+                "Project not found in registry" if found is None else "Project directory not found",
+            )
+            return None
+        project = await server.manager.hold(name, directory)
+    except JournalError:
+        # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
+        await _refuse(ws, 1011, "project journal unavailable")
+        return None
+    except TooManyProjects as exc:
+        log.warning("project %s refused to %s: %s", name, peer, exc)
+        await _refuse(ws, 1013, str(exc))  # try again later (PROTOCOL.md 2)
+        return None
+    return project
+
+
+async def _known_elsewhere(server: Server, name: str, producer: bool) -> bool:
+    """With a broker: may this node serve ``name`` though it has no directory for it?"""
+    journals = server.manager.journals
+    if not isinstance(journals, RedisBackend):
+        return False
+    return producer or server.manager.get_hub(name) is not None or await journals.knows(name)
+
+
+async def _subscriber(
+    server: Server,
+    ws: WebSocket,
+    head: RequestHead,
+    raw_name: str,
+    peer: str,
+) -> None:
+    config = server.config
+    authorized = _authorized(config, head)
+    if config.subscribers_need_token and not authorized:
+        await _refuse(ws, 4001, "Unauthorized")
+        return
+    project = await _project(server, ws, raw_name, peer)
+    if project is None:
+        return
+    try:
+        await project.prime()
+        request = SubscribeRequest(
+            project=project.name,
+            since=parse_since(head.query.get("since")),
+            epoch=head.query.get("epoch"),
+            backlog=parse_backlog(head.query.get("backlog")),
+            authorized=authorized,
+            origin_may_control=control_origin_allowed(
+                head.header("origin"), head.header("host"), config.allow_origins
+            ),
+            peer=peer,
+        )
+        head.release()  # an idle subscriber holds no header values
+        await project_websocket(ws, server.manager, project, request)
+    finally:
+        server.manager.release(project)
+
+
+async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> None:
+    project = await _project(server, ws, raw_name, peer, producer=True)
+    if project is None:
+        return
+    try:
+        await serve_producer(
+            ws,
+            project,
+            server.manager,
+            peer,
+            ping_timeout=server.config.producer_ping_timeout,
+            staged_limit=server.config.staged_limit,
+        )
+    finally:
+        server.manager.release(project)
+
+
+def _authorized(config: ServerConfig, head: RequestHead) -> bool:
+    """Does the request carry the server token, in any place a client may put it
+    (``Authorization: Bearer``, the dashboard's cookie, ``?token=``)?"""
+    scheme, _, bearer = (head.header("authorization") or "").partition(" ")
+    offered = (
+        bearer.strip() if scheme.lower() == "bearer" else None,
+        head.cookie(TOKEN_COOKIE),
+        head.query.get("token"),
+    )
+    return any(token_matches(token, config.token) for token in offered)
+
+
+def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
+    project = Registry(registry_path).get(name)
+    if project is None:
+        return None
+    return project, project.path.is_dir()
+
+
+async def _refuse(ws: WebSocket, code: int, content: str) -> None:
+    """Send the protocol's ``error`` and close with ``code`` (4xxx: do not retry)."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        await ws.send_message(protocol.encode(protocol.error(content)))
+    await ws.aclose(code, content)
+
+
+def _unquote(raw: str) -> str | None:
+    """The percent-decoded project name; None when it is not valid UTF-8."""
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        return None
+
+
+def _loggable(text: str, token: str) -> str:
+    """``text`` (which may quote the request) without the server token or other secrets."""
+    return redact(text, (token,))
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except OSError:
+        return "unknown peer"
+    return f"{host}:{port}"
+
+
+GC_THRESHOLDS: Final = (50_000, 20, 100)
+SWITCH_INTERVAL: Final = 0.0005
+"""Seconds between GIL hand-overs in a serving process (Python's default: 0.005)."""
+
+
+def tune_gc_for_serving() -> None:
+    """Collect garbage rarely: a server's live objects grow with its subscribers, and
+    Python's default thresholds then run full collections often enough to stall
+    fan-out. Measured with `nox -s bench -- --only rate` (1,000 subscribers x 100
+    events/s): p99 164 ms with the defaults, 74 ms with these, 67 ms with no
+    collection at all. Process-wide, so only the CLI's long-running commands call it."""
+    gc.freeze()  # what was loaded at start-up is never garbage
+    gc.set_threshold(*GC_THRESHOLDS)
+    # The journal's worker thread needs the GIL for a moment on each commit; with the
+    # default 5 ms switch interval a busy event loop keeps it waiting for that long at
+    # each hand-over, and events wait for their commit.
+    sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+async def serve_until_signalled(
+    config: ServerConfig, announce: Callable[[Server], None] | None = None
+) -> None:
+    """`serve` for the CLI: the first SIGINT/SIGTERM closes subscribers with 1001 and
+    returns (within the 2 s close bound); a second one exits the process at once."""
+    stop = trio.Event()
+
+    def stop_serving(signum: int) -> None:
+        log.info("signal %d: closing subscribers", signum)
+        stop.set()
+
+    async with on_stop_signals(stop_serving), trio.open_nursery() as nursery:
+        server: Server = await nursery.start(serve, config)
+        if announce is not None:
+            announce(server)
+        await stop.wait()
+        await server.shutdown(1001)
+        nursery.cancel_scope.cancel()

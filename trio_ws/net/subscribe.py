@@ -1,0 +1,294 @@
+"""`project_websocket`: one dashboard watching one project (PROTOCOL.md 2, 3).
+
+A session is a receive loop that always drains what the client sends
+(pings, control, garbage) so the client can never wedge its own socket, and,
+only while something is queued for the subscriber, a send task in the same
+nursery (`ProjectHub.drain`, started by the hub's wake-up): an idle
+subscriber holds one task. Most events never need it: the fan-out writes
+them straight to the socket when it takes them (`WebSocket.send_now`). Every
+write, pongs and closes included, goes through the one `WebSocket` write
+path, so a close frame never lands in the middle of another frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+import trio
+
+from trio_ws.core import defaults, protocol
+from trio_ws.net import frames
+from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
+from trio_ws.state.hub import FLUSH, FanOut, Outgoing
+from trio_ws.state.manager import ConnectionManager
+from trio_ws.state.project import Project
+from trio_ws.state.subscriber import Subscriber
+
+log = logging.getLogger("trio_ws.net.subscribe")
+
+MAX_INBOUND_BYTES: Final = 64 * 1024
+FLOOD_MESSAGES: Final = 100
+FLOOD_WINDOW: Final = 10.0
+
+
+@dataclass(slots=True)
+class SubscribeRequest:
+    """What the handshake established about a subscriber."""
+
+    project: str
+    since: int | None
+    epoch: str | None
+    backlog: int
+    authorized: bool
+    origin_may_control: bool
+    """False for a browser page of another origin: it may watch, not steer (PROTOCOL.md 3.4)."""
+    peer: str
+
+
+MAX_SEQ_DIGITS: Final = 19
+"""A ``since`` beyond 19 digits is beyond any head; ``int()`` would raise past 4,300."""
+DEFAULT_BACKLOG: Final = defaults.BACKLOG
+MAX_BACKLOG: Final = defaults.MAX_BACKLOG
+
+
+def parse_since(raw: str | None) -> int | None:
+    """The ``since`` query value; anything but a plausible seq is -1, which the hub
+    calls invalid (``resync invalid_since``), whatever the client sent.
+
+    Not ``int()`` alone: it also reads ``0_2``, `` 2`` and non-ASCII digits.
+    """
+    if raw is None:
+        return None
+    significant = raw.lstrip("0")
+    if not (raw.isascii() and raw.isdigit()) or len(significant) > MAX_SEQ_DIGITS:
+        return -1
+    return int(significant or "0")
+
+
+def parse_backlog(raw: str | None) -> int:
+    """The ``backlog`` query value clamped to 0-1000 (so a huge number asks for all of
+    it); the default when it is no plain number."""
+    if raw is None or not (raw.isascii() and raw.isdigit()):
+        return DEFAULT_BACKLOG
+    significant = raw.lstrip("0")
+    if len(significant) > len(str(MAX_BACKLOG)):
+        return MAX_BACKLOG
+    return min(int(significant or "0"), MAX_BACKLOG)
+
+
+class SubscriberSession:
+    """A live subscriber connection; closable by the manager on shutdown."""
+
+    __slots__ = (
+        "_heard", "_nursery", "_probing", "_sending", "project", "request", "subscriber", "ws",
+    )  # fmt: skip
+
+    def __init__(
+        self, ws: WebSocket, project: Project, subscriber: Subscriber, request: SubscribeRequest
+    ) -> None:
+        self.ws = ws
+        self.project = project
+        self.subscriber = subscriber
+        self.request = request
+        self._nursery: trio.Nursery | None = None
+        self._sending = False
+        """A send task runs (or the connection failed: then none is started again)."""
+        self._heard = trio.current_time()
+        """When the client last sent a message (or answered a ping)."""
+        self._probing = False
+
+    async def run(self) -> None:
+        """Until the connection ends. The receive loop ends only once a close frame
+        was sent or the connection is gone, so cancelling a send task then never
+        cuts a frame the peer could still read."""
+        subscriber = self.subscriber
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            subscriber.wake = self._wake
+            subscriber.abort = self.ws.abort
+            try:
+                self._wake()  # the initial messages
+                await self._receive_loop()
+            finally:
+                # Leave the hub while this nursery still takes tasks (no checkpoint
+                # until it closes): from here on no fan-out offers to this subscriber
+                # or wakes it, so none can meet a nursery closed to new arrivals.
+                self._nursery = None
+                self.project.unsubscribe(subscriber)
+                nursery.cancel_scope.cancel()
+
+    def _wake(self) -> None:
+        """Something was queued: start a send task unless one runs (or it is leaving)."""
+        if self._sending or self._nursery is None:
+            return
+        self._sending = True
+        self._nursery.start_soon(self._send_task)
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code`` (e.g. 1001 at shutdown); bounded by the close timeout,
+        after which the connection is reset. The receive loop then ends by itself."""
+        await self.ws.aclose(code, reason)
+
+    async def _send(self, batch: list[Outgoing]) -> None:
+        """Write a batch of messages with one write."""
+        await self.ws.send_frames(frames.frames_of(batch))
+
+    def _direct(self, fan_out: FanOut) -> bool:
+        """The fan-out's write without waiting (`WebSocket.send_now`); when the kernel
+        took part of it, the send task is woken to write the rest."""
+        data = frames.fan_out_frames(fan_out)
+        taken = self.ws.send_now(data)
+        if 0 < taken < len(data):
+            self.subscriber.offer(FLUSH)  # nothing is queued (the fan-out checked): it fits
+        return taken > 0
+
+    async def _send_task(self) -> None:
+        try:
+            await self.project.hub.drain(self.subscriber, self._send, self._direct)
+        except PeerStalled as exc:
+            log.warning(
+                "project %s: subscriber %s: %s; aborted",
+                self.request.project,
+                self.request.peer,
+                exc.reason,
+            )
+            self.project.hub.stats.aborted += 1
+            self.subscriber.close()
+        except ConnectionClosed as exc:
+            log.debug(
+                "project %s: subscriber %s closed: %s", self.request.project, self.request.peer, exc
+            )
+            self.subscriber.close()
+        else:
+            # Found nothing more to write, with no checkpoint since: the next message
+            # queued starts a new task.
+            self._sending = False
+
+    async def _receive_loop(self) -> None:
+        arrivals: deque[float] | None = None  # most dashboards never send: allocate late
+        while True:
+            try:
+                message = await self.ws.get_message()
+            except ConnectionClosed:
+                return
+            if arrivals is None:
+                arrivals = deque(maxlen=FLOOD_MESSAGES)
+            now = trio.current_time()
+            if len(arrivals) == FLOOD_MESSAGES and now - arrivals[0] < FLOOD_WINDOW:
+                log.warning(
+                    "project %s: subscriber %s sent over %d messages in %.0f s; closed 1008",
+                    self.request.project,
+                    self.request.peer,
+                    FLOOD_MESSAGES,
+                    FLOOD_WINDOW,
+                )
+                await self.ws.aclose(1008, "too many messages")
+                return
+            arrivals.append(now)
+            self._heard = now
+            self._handle(message)
+
+    def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
+        """Ping a client that sent nothing for ``idle`` seconds; one that answers no
+        pong within ``pong_within`` seconds is gone (a dashboard that vanished without a FIN) and
+        its connection is reset. Started by `probe_idle_subscribers`, so an idle
+        subscriber holds no task of its own."""
+        if self._probing or self._nursery is None or now - self._heard < idle:
+            return
+        self._probing = True
+        self._nursery.start_soon(self._probe, pong_within)
+
+    async def _probe(self, pong_within: float) -> None:
+        try:
+            with trio.move_on_after(pong_within) as scope:
+                try:
+                    await self.ws.ping(b"alive?")
+                except ConnectionClosed:
+                    return  # the session ends by itself
+            if scope.cancelled_caught:
+                # A ping cut mid-frame does not matter: the connection is reset now.
+                log.info(
+                    "project %s: subscriber %s answered no ping for %g s; dropped",
+                    self.request.project,
+                    self.request.peer,
+                    pong_within,
+                )
+                self.project.hub.stats.aborted += 1
+                self.ws.abort()
+                return
+            self._heard = trio.current_time()
+        finally:
+            self._probing = False
+
+    def _handle(self, message: str | bytes) -> None:
+        if isinstance(message, bytes):
+            self._reply(protocol.warning("protocol", "binary frames are not accepted"))
+            return
+        try:
+            payload = json.loads(message)
+        except ValueError:
+            self._reply(protocol.warning("protocol", "message is not valid JSON"))
+            return
+        if not isinstance(payload, dict):
+            self._reply(protocol.warning("protocol", "message is not a JSON object"))
+            return
+        kind = payload.get("type")
+        if kind == "ping":
+            self._reply({"type": "pong"})
+        elif kind == "control":
+            self._handle_control(payload.get("action"))
+
+    def _handle_control(self, action: object) -> None:
+        if not isinstance(action, str) or action not in protocol.CONTROL_ACTIONS:
+            refusal: str | None = f"unknown control action {action!r}"
+        elif not self.request.origin_may_control:
+            refusal = "control is accepted only from the server's own origin or an allowed one"
+        elif not self.request.authorized:
+            refusal = "control needs the server token"
+        else:
+            refusal = self.project.control(action)
+        if refusal is not None:
+            self._reply(protocol.warning("control", refusal))
+
+    def _reply(self, message: protocol.Message) -> None:
+        """Queue a connection message for this subscriber; dropped if its queue is full."""
+        self.subscriber.offer(Outgoing.of(message))
+
+
+async def probe_idle_subscribers(
+    manager: ConnectionManager,
+    idle: float = defaults.SUBSCRIBER_IDLE,
+    pong_within: float = defaults.SUBSCRIBER_PONG_TIMEOUT,
+) -> None:
+    """The server's one liveness task: every quarter of ``idle``, ping the subscribers
+    that sent nothing for ``idle`` seconds (`SubscriberSession.probe_if_idle`)."""
+    while True:
+        await trio.sleep(idle / 4)
+        now = trio.current_time()
+        for session in manager.live_sessions():
+            if isinstance(session, SubscriberSession):
+                session.probe_if_idle(now, idle, pong_within)
+
+
+async def project_websocket(
+    ws: WebSocket, manager: ConnectionManager, project: Project, request: SubscribeRequest
+) -> None:
+    """Serve one accepted subscriber of an open project until it leaves.
+
+    The subscription is undone whatever fails after it was made, the session's
+    set-up included, so neither the subscriber nor its project's poll loop leaks.
+    """
+    subscriber = project.subscribe(request.since, request.epoch, request.backlog)
+    try:
+        session = SubscriberSession(ws, project, subscriber, request)
+        manager.add_session(session)
+        try:
+            await session.run()
+        finally:
+            manager.remove_session(session)
+    finally:
+        project.unsubscribe(subscriber)

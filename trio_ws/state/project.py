@@ -1,0 +1,711 @@
+"""`Project`: one project's live state and everything that keeps it moving.
+
+A project owns its `ProjectHub`, its producer slots (one per stream), its
+progress poll loop (started with the first subscriber, cancelled with the
+last), the routing of control actions to its agent producer, and the grace
+timers that mark a vanished producer's stream ``crashed``. The sessions that
+feed and watch it live in the net layer and talk to it; it knows them only
+as the small `ProducerSession` it needs, never their sockets or frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol, TypeVar
+
+import trio
+
+from trio_ws.core import defaults
+from trio_ws.core.protocol import Stream
+from trio_ws.data.progress import ProgressError, ProgressReader
+from trio_ws.journal.interface import MAX_PRODUCERS, Journal, JournalError
+from trio_ws.journal.redis import RedisJournal
+from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE, ProjectHub
+from trio_ws.state.lease import LeaseError, PollLease
+from trio_ws.state.subscriber import Subscriber
+
+log = logging.getLogger("trio_ws.state.project")
+
+DEFAULT_POLL_INTERVAL: Final = defaults.POLL_INTERVAL
+READER_THREADS: Final = 4
+POLL_RESTART: Final = defaults.POLL_RESTART
+"""A crashed poll loop restarts after 0.1 s, doubling per crash in a row up to 5 s."""
+PRIME_COMMIT_WAIT: Final = 1.0
+"""Longest a first subscriber waits for its primed progress to be committed."""
+WRITER_RESTART: Final = 1.0
+"""A writer task that failed unexpectedly (a bug, logged) restarts after this long."""
+RESYNC_WRITER_FAILED: Final = "delivery_failed"
+"""The resync reason when the writer failed, maybe between a commit and its fan-out."""
+LEASE_RELEASE_WAIT: Final = 2.0
+"""Longest a stopping poll loop waits for Redis to take its lease back."""
+FOLLOW_RETRY: Final = (0.05, 2.0)
+"""A lost broker subscription is tried again after 50 ms, doubling per failure in a
+row up to 2 s."""
+STORED_CHECK: Final = 1.0
+"""Seconds between looks at the broker's stored epoch while following a project: lost
+data (a flush) is noticed within this long even when nothing is appended."""
+LIVE_WARNING: Final = "journal:live"
+"""The standing warning's key while a node cannot follow the other nodes' events."""
+DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
+MAX_PRODUCER_IDS: Final = MAX_PRODUCERS
+"""Producer ids a slot remembers the applied pseq of; the least recently used goes first
+(the journal keeps as many per stream, the least recently written going first)."""
+LOST_LINE: Final = "[trio-ws] producer lost"
+FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
+ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
+    "stop": frozenset({"running", "paused", "pausing", "paused_graceful"}),
+    "pause": frozenset({"running"}),
+    "resume": frozenset({"paused"}),
+    "graceful_pause": frozenset({"running"}),
+    "graceful_resume": frozenset({"pausing", "paused_graceful"}),
+}
+"""Agent statuses in which each control action makes sense."""
+NO_PRODUCER: Final = "no producer can act on this project"
+
+T = TypeVar("T")
+
+
+async def contained(what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run a background task so that its unexpected failure is logged with its traceback
+    and ends only this task: the nursery it runs in also serves connections (or holds a
+    project's other tasks), and one failure there must not take them down."""
+    try:
+        await task(*args)
+    except Exception:
+        log.exception("%s failed", what)
+
+
+class NoPublicConstructor(type):
+    """Metaclass for a class whose instances only its own factory makes (trio's pattern):
+    calling the class raises TypeError; the factory uses ``_create``."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(f"{cls.__qualname__} has no public constructor; use its open()")
+
+    def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc,no-any-return]
+
+
+class ProducerSession(Protocol):
+    """What a project needs of a connected producer (a net-layer `PublishSession`)."""
+
+    @property
+    def producer_id(self) -> str: ...
+
+    def send_control(self, action: str) -> bool:
+        """Queue a control message; False when the producer is not taking messages."""
+        ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+def producer_key(stream: Stream, producer_id: str) -> str:
+    """How the journal names a producer: its stream and its id."""
+    return f"{stream}:{producer_id}"
+
+
+@dataclass
+class ProducerSlot:
+    """One project stream's producer state, kept across producer reconnects.
+
+    ``applied`` holds the most recently used `MAX_PRODUCER_IDS` producer ids,
+    so a server that sees a new id per run does not grow for its whole life.
+    A forgotten producer is treated like one after a restart (PROTOCOL.md 4.2).
+    """
+
+    project: str
+    stream: Stream
+    applied: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    session: ProducerSession | None = None
+    grace: trio.CancelScope | None = None
+    progress_from: str | None = None
+    """The producer id that sent this stream's latest ``progress`` item, if any."""
+
+    @property
+    def reports_progress(self) -> bool:
+        """Whether the connected producer reads the project's progress itself (it sent
+        a ``progress`` item): then the server does not poll the project."""
+        session = self.session
+        return session is not None and session.producer_id == self.progress_from
+
+    def applied_of(self, producer_id: str) -> int:
+        """The highest pseq applied for ``producer_id`` (0 if none); counts as a use."""
+        if producer_id not in self.applied:
+            return 0
+        self.applied.move_to_end(producer_id)
+        return self.applied[producer_id]
+
+    def record(self, producer_id: str, pseq: int) -> None:
+        """``producer_id`` has now been applied up to ``pseq``; the least recently used
+        id beyond the bound is forgotten. That is never the connected producer: only
+        it records while it is connected, so it is always the most recent."""
+        self.applied[producer_id] = pseq
+        self.applied.move_to_end(producer_id)
+        while len(self.applied) > MAX_PRODUCER_IDS:
+            self.applied.popitem(last=False)
+
+
+@dataclass
+class PollStats:
+    """What the poll loops did, for metrics, benchmarks and tests."""
+
+    running: int = 0
+    reads: int = 0
+    errors: int = 0
+    crashes: int = 0
+
+
+@dataclass
+class Services:
+    """What every project of a server shares: the server-lifetime nursery (poll loops,
+    writers, grace timers), the progress readers' thread limiter, the poll settings
+    and counters, and with several nodes the poll lease."""
+
+    nursery: trio.Nursery
+    poll_interval: float = DEFAULT_POLL_INTERVAL
+    poll_restart: tuple[float, float] = POLL_RESTART
+    lock_timeout: float = defaults.LOCK_TIMEOUT
+    grace: float = DEFAULT_GRACE
+    lease: PollLease | None = None
+    on_poll: Callable[[str, float, bool], None] | None = None
+    history: int = DEFAULT_HISTORY
+    history_bytes: int = DEFAULT_HISTORY_BYTES
+    queue_size: int = DEFAULT_QUEUE
+    extra_secrets: tuple[str, ...] = ()
+    """Redacted from every line (the server token)."""
+    on_commit: Callable[[str, float], None] | None = None
+    """Told each commit's latency, for the metrics."""
+    limiter: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(READER_THREADS)
+    )
+    poll: PollStats = field(default_factory=PollStats)
+
+    def record_poll(self, name: str, seconds: float, ok: bool) -> None:
+        self.poll.reads += 1
+        if not ok:
+            self.poll.errors += 1
+        if self.on_poll is not None:
+            self.on_poll(name, seconds, ok)
+
+
+class Project(metaclass=NoPublicConstructor):
+    """One project's hub and what drives it: producer slots, poll loop, control, grace.
+
+    Only `Project.open` makes one, and it returns it fully open (journal open, tasks
+    running) or raises: a half-open project, which would stage forever or ack what it
+    never wrote, cannot exist."""
+
+    def __init__(self, hub: ProjectHub, directory: Path | None, services: Services) -> None:
+        self.hub = hub
+        self.services = services
+        self.directory: Path | None = None
+        """None: this node has no directory for it (a project known only to the broker),
+        so it polls no progress; its producer sends it."""
+        self.reader: ProgressReader | None = None
+        """The one progress reader (its ``reads``/``queries`` are what polling cost)."""
+        self.follow(directory)
+        self.slots: dict[Stream, ProducerSlot] = {
+            "agent": ProducerSlot(hub.name, "agent"),
+            "dev": ProducerSlot(hub.name, "dev"),
+        }
+        self._poll_scope: trio.CancelScope | None = None
+        self._poll_lock = trio.Lock()
+        self._lease_failing = False
+        self._tasks: trio.Nursery | None = None
+        """The project's own nursery (writer, follower, poll loop, grace timers), a task
+        of the server's; `close` cancels it."""
+        self._tasks_done = trio.Event()
+
+    @property
+    def name(self) -> str:
+        return self.hub.name
+
+    def follow(self, directory: Path | None) -> None:
+        """Read progress from ``directory`` from now on (a re-registered project); a
+        project without one keeps the directory it had."""
+        if directory is None or directory == self.directory:
+            return
+        self.directory = directory
+        self.reader = ProgressReader(directory, lock_timeout=self.services.lock_timeout)
+
+    # -- journal -------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, name: str, directory: Path | None, services: Services, journal: Journal
+    ) -> Project:
+        """The project ``name``, its hub opened on ``journal`` and its writer (and, with a
+        broker, its follower) running; JournalError if the journal cannot be opened now.
+        Whatever fails, nothing is left open: the journal is closed again (not clean)."""
+        hub = ProjectHub(
+            name,
+            history=services.history,
+            history_bytes=services.history_bytes,
+            queue_size=services.queue_size,
+            extra_secrets=services.extra_secrets,
+        )
+        hub.on_commit = services.on_commit
+        project = cls._create(hub, directory, services)
+        try:
+            await project._open(journal)
+        except BaseException:
+            await project._abandon()
+            raise
+        return project
+
+    async def _open(self, journal: Journal) -> None:
+        hub = self.hub
+        state = await hub.open(journal)
+        if state.new_epoch == "corrupt":
+            log.error(
+                "project %s: journal unreadable, moved aside to %s; new epoch %s",
+                hub.name,
+                state.moved_aside,
+                state.epoch,
+            )
+        elif state.new_epoch == "unclean_reboot":
+            log.warning(
+                "project %s: unclean stop before an OS reboot; new epoch %s",
+                hub.name,
+                state.epoch,
+            )
+        for stream, slot in self.slots.items():
+            prefix = producer_key(stream, "")
+            for key, pseq in state.pseqs.items():
+                if key.startswith(prefix):
+                    slot.record(key[len(prefix) :], pseq)
+        self._tasks = await self.services.nursery.start(self._run_tasks)
+        if isinstance(journal, RedisJournal):
+            hub.shared = journal
+            self._start("follower", self._follow, journal)
+        self._start("writer", self._write)
+
+    async def _abandon(self) -> None:
+        """Undo a failed open: stop what it started, close the journal if it opened."""
+        with trio.CancelScope(shield=True):
+            await self._stop_tasks()
+            journal = self.hub.journal
+            if journal is not None:
+                try:
+                    await journal.close(clean=False)
+                except JournalError as exc:
+                    log.error("project %s: closing its journal failed: %s", self.name, exc)
+
+    async def _run_tasks(self, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        """The project's nursery, alive until `close` cancels it."""
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started(nursery)
+                await trio.sleep_forever()
+        finally:
+            self._tasks_done.set()
+
+    def _start(self, what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
+        """Run ``task`` in the project's nursery, its failure logged, never passed on."""
+        assert self._tasks is not None, "started only once the project is open"
+        self._tasks.start_soon(contained, f"project {self.name}: {what}", task, *args)
+
+    async def _stop_tasks(self) -> None:
+        if self._tasks is not None:
+            self._tasks.cancel_scope.cancel()
+            await self._tasks_done.wait()
+
+    @property
+    def closed(self) -> bool:
+        return self.hub.closed
+
+    @property
+    def idle(self) -> bool:
+        """No subscriber, no producer and no producer's grace period running: closing
+        the project now takes nothing from anyone."""
+        return (
+            self.hub.subscriber_count == 0
+            and self.producer_count == 0
+            and all(slot.grace is None for slot in self.slots.values())
+        )
+
+    async def close(self) -> None:
+        """Commit what is staged, close the journal clean and stop the project's tasks
+        (at shutdown, or when it was idle for long)."""
+        try:
+            await self.hub.close()
+        except JournalError as exc:
+            log.error("project %s: closing its journal failed: %s", self.name, exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._stop_tasks()
+
+    async def _follow(self, journal: RedisJournal) -> None:
+        """Apply every node's appends to this hub, in seq order (STATE.md 5): subscribe
+        first, then read the stream from the hub's head, then apply live batches; on a
+        lost subscription warn subscribers, and subscribe and read again with backoff."""
+        hub = self.hub
+        first, cap = FOLLOW_RETRY
+        failures = 0
+        while not hub.closed:
+            lost: str | None = None
+            crashed = False
+            try:
+                async with journal.live() as batches:
+                    await hub.follow_stored()
+                    if failures:
+                        log.info("project %s: following the broker again", hub.name)
+                        hub.clear_warning(LIVE_WARNING)
+                    failures = 0
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(self._watch_stored, journal)
+                        async for batch in batches:
+                            await hub.apply_live(batch.epoch, batch.first, batch.texts)
+            except* JournalError as group:
+                lost = str(group.exceptions[0])
+            except* Exception:
+                log.error("project %s: follower failed; restarting", hub.name, exc_info=True)
+                crashed = True
+            if crashed:
+                await trio.sleep(WRITER_RESTART)
+                continue
+            if lost is None or hub.closed:
+                continue
+            failures += 1
+            if failures == 1:
+                log.error("project %s: cannot follow the broker: %s", hub.name, lost)
+                hub.warn(
+                    "journal",
+                    f"lost the broker; other nodes' events follow once it is back: {lost}",
+                    key=LIVE_WARNING,
+                )
+            await trio.sleep(min(first * 2 ** (failures - 1), cap))
+
+    async def _watch_stored(self, journal: RedisJournal) -> None:
+        """While following, look at the stored epoch every STORED_CHECK seconds: a flush
+        (or an eviction of the meta) publishes nothing, so an idle project would go on
+        in an epoch Redis no longer has, and resume clients into it. A lost or changed
+        epoch starts the history again (every subscriber resynced); JournalError when
+        Redis cannot be read (the follower's retry takes it from there)."""
+        hub = self.hub
+        while not hub.closed:
+            await journal.hold()  # `projects remove` refuses while a node holds it
+            await trio.sleep(STORED_CHECK)
+            stored = await journal.head()
+            if stored is None or stored[0] != hub.epoch:
+                await hub.follow_stored()
+
+    async def _write(self) -> None:
+        """The project's writer task; an unexpected failure is logged and it restarts,
+        never passed to the server's nursery."""
+        hub = self.hub
+        while not hub.closed:
+            try:
+                await hub.run_writer()
+            except Exception:
+                # It may have failed after a commit, before every subscriber had it:
+                # nobody is left with a silent gap.
+                log.error(
+                    "project %s: journal writer failed; every subscriber is resynced and "
+                    "the writer restarts",
+                    hub.name,
+                    exc_info=True,
+                )
+                hub.resync_all(RESYNC_WRITER_FAILED)
+                await trio.sleep(WRITER_RESTART)
+
+    # -- producers -----------------------------------------------------------------
+
+    @property
+    def producer_count(self) -> int:
+        return sum(slot.session is not None for slot in self.slots.values())
+
+    async def producer_arrives(self, stream: Stream, producer_id: str) -> None:
+        """Before ``producer_id`` is served here as this project's ``stream`` producer:
+        take over what the node it may come from stored (its applied pseq, its
+        trackers), so it continues exactly once with the same agents. JournalError if
+        that cannot be read now; without other nodes, only its pseq is written again
+        (a use)."""
+        hub = self.hub
+        key = producer_key(stream, producer_id)
+        slot = self.slots[stream]
+        if hub.shared is not None:
+            await hub.load_stream(stream)
+            stored = hub.committed_pseqs.get(key, 0)
+            if stored > slot.applied_of(producer_id):
+                slot.record(producer_id, stored)
+        # Its return is a use: in the journal too, which keeps the producers written
+        # last, so that it does not forget one its slot still knows.
+        hub.touch(key)
+
+    def producer_back(self, slot: ProducerSlot, session: ProducerSession) -> None:
+        """``session`` now holds ``slot``: a connection it replaces is closed, a grace
+        timer running for the stream is cancelled and its warning cleared."""
+        previous = slot.session
+        slot.session = session
+        if previous is not None and previous is not session:
+            log.info(
+                "project %s: producer %s reconnected; replacing its old connection",
+                self.name,
+                session.producer_id,
+            )
+            self.services.nursery.start_soon(
+                contained,
+                f"project {self.name}: closing a replaced producer",
+                previous.close,
+                1000,
+                "replaced by a newer connection",
+            )
+        if slot.grace is not None:
+            slot.grace.cancel()
+            slot.grace = None
+        self.hub.clear_warning(f"producer:{slot.stream}")
+
+    def producer_left(self, slot: ProducerSlot, session: ProducerSession) -> None:
+        """``session`` ended. Unless a newer connection took the slot over or the stream
+        reached a final status, the grace period begins: subscribers are warned, and
+        the stream is marked ``crashed`` unless its producer returns in time."""
+        if slot.session is not session:
+            return
+        slot.session = None
+        stream = self.hub.agent if slot.stream == "agent" else self.hub.dev
+        if stream.status in FINAL_STATUSES:
+            return
+        grace = self.services.grace
+        self.hub.warn(
+            "producer",
+            f"the {slot.stream} producer disconnected; marking it crashed unless it returns "
+            f"within {grace:g} s",
+            key=f"producer:{slot.stream}",
+        )
+        scope = trio.CancelScope()
+        slot.grace = scope
+        self._start(f"{slot.stream} producer's grace period", self._grace_period, slot, scope)
+
+    async def _grace_period(self, slot: ProducerSlot, scope: trio.CancelScope) -> None:
+        hub = self.hub
+        with scope:
+            started = trio.current_time()
+            await trio.sleep(self.services.grace)
+            slot.grace = None
+            hub.clear_warning(f"producer:{slot.stream}")
+            if hub.remote_seen.get(slot.stream, started) > started:
+                # Another node applies this stream's items now (--broker): it moved there.
+                log.info("project %s: %s producer went on elsewhere", self.name, slot.stream)
+                return
+            log.warning("project %s: %s producer lost", self.name, slot.stream)
+            hub.feed_lines([LOST_LINE], slot.stream)
+            hub.set_status("crashed", slot.stream)
+
+    def control(self, action: str) -> str | None:
+        """Forward a control ``action`` to the agent producer; the refusal text when it
+        cannot be."""
+        session = self.slots["agent"].session
+        if session is None:
+            return NO_PRODUCER
+        status = self.hub.agent.status
+        if status not in ALLOWED_FROM[action]:
+            return f"cannot {action} while the agent is {status}"
+        if not session.send_control(action):
+            return "the producer is not taking control messages right now"
+        return None
+
+    # -- subscribers -----------------------------------------------------------
+
+    def subscribe(self, since: int | None, epoch: str | None, backlog: int) -> Subscriber:
+        """Join the fan-out; starts the poll loop with the first subscriber."""
+        subscriber = self.hub.subscribe(since, epoch, backlog)
+        if self._poll_scope is None and self.reader is not None:
+            self._poll_scope = trio.CancelScope()
+            self._start("poll loop", self._poll, self._poll_scope)
+        return subscriber
+
+    def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Leave the fan-out; cancels the poll loop with the last subscriber."""
+        self.hub.unsubscribe(subscriber)
+        if self.hub.subscriber_count == 0 and self._poll_scope is not None:
+            self._poll_scope.cancel()
+            self._poll_scope = None
+
+    async def prime(self) -> None:
+        """Read the progress once if nothing is known yet, so that the first
+        subscriber's snapshot already holds it (instead of it following as an event)."""
+        hub = self.hub
+        reader = self.reader
+        if reader is None or hub.progress is not None or hub.has_warning("progress"):
+            return
+        if self._poll_scope is not None or self.services.lease is not None:
+            # A running loop holds the poll lock for its life and publishes progress
+            # itself; with several nodes the lease's holder reads, and its events
+            # arrive through the journal. Waiting here would hold the handshake.
+            return
+        async with self._poll_lock:
+            if hub.progress is None and not hub.has_warning("progress") and await self._may_read():
+                try:
+                    await read_progress_once(
+                        hub,
+                        reader,
+                        self.services.limiter,
+                        self.services.record_poll,
+                        self._still_wanted,
+                    )
+                except Exception as exc:
+                    # Progress is not worth refusing a subscriber for: it joins
+                    # without it, and the poll loop keeps trying.
+                    log.error("project %s: progress read failed", hub.name, exc_info=True)
+                    self._poll_crashed(exc)
+        with trio.move_on_after(PRIME_COMMIT_WAIT):  # a failing journal: it follows later
+            await hub.wait_committed(hub.seq)
+
+    # -- progress ----------------------------------------------------------------
+
+    def _still_wanted(self) -> bool:
+        return not self.slots["agent"].reports_progress
+
+    async def _poll(self, scope: trio.CancelScope) -> None:
+        """The poll loop; an unexpected failure is logged and the loop restarted after a
+        bounded backoff, never passed to the server's nursery (which would take every
+        project down)."""
+        services = self.services
+        first_delay, max_delay = services.poll_restart
+        delay = 0.0
+        good_reads = 0
+
+        def reader() -> ProgressReader:
+            # Polled only once it has a directory, which it then keeps (`follow`).
+            assert self.reader is not None
+            return self.reader
+
+        def record(name: str, seconds: float, ok: bool) -> None:
+            nonlocal good_reads
+            good_reads += ok
+            services.record_poll(name, seconds, ok)
+
+        with scope:
+            # A loop cancelled when its last subscriber left may still be inside
+            # its read (threads are not cancellable). Its successor waits for it,
+            # so a project never has two loops, and reconnect churn on a locked
+            # database cannot pile up worker threads and starve other projects.
+            async with self._poll_lock:
+                services.poll.running += 1
+                try:
+                    while True:
+                        good_reads = 0
+                        try:
+                            await poll_progress(
+                                self.hub,
+                                reader,
+                                services.poll_interval,
+                                services.limiter,
+                                record,
+                                self._may_read,
+                                self._still_wanted,
+                            )
+                        except Exception as exc:
+                            # A crash after a good read starts a new streak.
+                            fresh = good_reads > 0 or delay == 0
+                            delay = first_delay if fresh else min(delay * 2, max_delay)
+                            log.error(
+                                "project %s: progress poll failed; restarting in %g s",
+                                self.name,
+                                delay,
+                                exc_info=True,
+                            )
+                            self._poll_crashed(exc)
+                            await trio.sleep(delay)
+                finally:
+                    services.poll.running -= 1
+                    if services.lease is not None:
+                        await self._release_lease(services.lease)
+
+    async def _may_read(self) -> bool:
+        """Whether this node reads the project's database now: not while its agent
+        producer reports progress (PROTOCOL.md 4.1), and with several nodes only
+        while this one holds the poll lease (renewed here, also while the producer
+        reports, so that no other node polls the project meanwhile)."""
+        lease = self.services.lease
+        if lease is not None:
+            try:
+                held = await lease.hold(self.name)
+            except LeaseError as exc:
+                if not self._lease_failing:
+                    log.warning("project %s: not polling: %s", self.name, exc)
+                    self.hub.warn("progress", f"progress is not being read: {exc}", "lease")
+                self._lease_failing = True
+                return False
+            if self._lease_failing:
+                log.info("project %s: poll lease reachable again", self.name)
+                self.hub.clear_warning("lease")
+                self._lease_failing = False
+            if not held:
+                return False
+        return self._still_wanted()
+
+    async def _release_lease(self, lease: PollLease) -> None:
+        """Hand the project to another node at once rather than at the lease's expiry."""
+        with trio.CancelScope(shield=True), trio.move_on_after(LEASE_RELEASE_WAIT):
+            try:
+                await lease.release(self.name)
+            except LeaseError as exc:
+                log.warning("project %s: %s (it expires by itself)", self.name, exc)
+
+    def _poll_crashed(self, exc: Exception) -> None:
+        """Count an unexpected progress failure (the caller logs it with its traceback)
+        and warn subscribers once per streak, as for a failing read."""
+        self.services.poll.crashes += 1
+        if not self.hub.has_warning("progress"):
+            self.hub.warn("progress", f"progress read failed unexpectedly: {type(exc).__name__}")
+
+
+async def poll_progress(
+    hub: ProjectHub,
+    reader: Callable[[], ProgressReader],
+    interval: float,
+    limiter: trio.CapacityLimiter,
+    record: Callable[[str, float, bool], None] | None = None,
+    may_read: Callable[[], Awaitable[bool]] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
+) -> None:
+    """Read a project's progress every ``interval`` seconds until cancelled; a turn
+    where ``may_read`` says no is skipped (see `read_progress_once` for ``still_wanted``).
+
+    A change becomes a `progress` event; a failing read becomes one `warning`
+    per failure streak (and one log line), while the last good figures stand.
+    """
+    while True:
+        if may_read is None or await may_read():
+            await read_progress_once(hub, reader(), limiter, record, still_wanted)
+        await trio.sleep(interval)
+
+
+async def read_progress_once(
+    hub: ProjectHub,
+    reader: ProgressReader,
+    limiter: trio.CapacityLimiter,
+    record: Callable[[str, float, bool], None] | None = None,
+    still_wanted: Callable[[], bool] | None = None,
+) -> None:
+    """One read in a worker thread: publish a change, or warn once per failure streak.
+
+    The outcome is dropped when ``still_wanted`` says no once the read is done: a
+    producer that began reporting the project's progress during the read has the
+    newer figures, which a stale read must not replace."""
+    started = time.perf_counter()
+    try:
+        progress = await trio.to_thread.run_sync(reader.read, limiter=limiter)
+    except ProgressError as exc:
+        if record:
+            record(hub.name, time.perf_counter() - started, False)
+        if still_wanted is not None and not still_wanted():
+            return
+        if not hub.has_warning("progress"):
+            log.warning("project %s: progress read failed: %s", hub.name, exc)
+            hub.warn("progress", str(exc))
+    else:
+        if record:
+            record(hub.name, time.perf_counter() - started, True)
+        if still_wanted is not None and not still_wanted():
+            return
+        if hub.has_warning("progress"):
+            log.info("project %s: progress reads recovered", hub.name)
+        hub.publish_progress(progress)
