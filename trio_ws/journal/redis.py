@@ -288,6 +288,9 @@ def _holder_key(project: str) -> str:
     return f"{KEY_PREFIX}:{{{project}}}:holder"
 
 
+_UNREACHABLE: Final = (RedisError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError)
+"""What a call to Redis raises when it cannot be made (its client may be closing)."""
+
 HOLD_TTL: Final = 3.0
 """How long a node's claim that it has a project open lasts unless renewed (each second
 while it follows the project)."""
@@ -397,7 +400,7 @@ class RedisJournal:
         self._epoch = None
         # Best effort by design: a hold that cannot be dropped now (Redis is away at
         # shutdown) expires by itself within HOLD_TTL, which is what it is for.
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*_UNREACHABLE):
             await self._client.delete([_holder_key(self._project)])
 
     def stats(self) -> JournalStats:
@@ -410,7 +413,7 @@ class RedisJournal:
         holder = f"{socket.gethostname()} pid {os.getpid()}"
         try:
             await self._client.set(key, holder, px=int(HOLD_TTL * 1000))
-        except (RedisError, OSError) as error:
+        except _UNREACHABLE as error:
             raise JournalError(f"{self._where}: cannot write: {error}") from None
 
     async def head(self) -> tuple[str, int] | None:
