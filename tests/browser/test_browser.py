@@ -47,7 +47,7 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 TOKEN = "browser-test-token"
 WAIT = 20.0
 """Upper bound, in seconds, for any one thing to show up."""
-RUN = (Path(__file__).parent.parents[1] / "corpus" / "autoforge-run.txt").read_text().splitlines()
+RUN = (Path(__file__).parents[1] / "corpus" / "autoforge-run.txt").read_text().splitlines()
 FEATURES = len(DEMO_FEATURES)
 
 T = TypeVar("T")
