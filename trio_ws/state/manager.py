@@ -254,10 +254,6 @@ class ConnectionManager:
         for closing in list(self._closing.values()):
             await closing.wait()
 
-    async def remove_journal(self, name: str) -> bool:
-        """Delete a project's journal (it must not be open here)."""
-        return await self.journals.remove(name)
-
     @property
     def subscriber_count(self) -> int:
         return sum(entry.project.hub.subscriber_count for entry in self._projects.values())
