@@ -41,6 +41,7 @@ from wsproto.events import (
 from wsproto.utilities import generate_accept_token
 
 from trio_ws.net.httpio import RequestHead, WriteStalled, reset, send_all_bounded, send_response
+from trio_ws.runtime.constructors import NoPublicConstructor
 
 log = logging.getLogger("trio_ws.net.connection")
 
@@ -107,7 +108,7 @@ async def accept(
     await send_all_bounded(stream, connection.send(response) or b"", stall_timeout)
     trailing, _closed = connection.trailing_data
     protocol = Connection(ConnectionType.SERVER, trailing_data=bytes(trailing))
-    return WebSocket(stream, protocol, max_message=max_message, stall_timeout=stall_timeout)
+    return WebSocket._create(stream, protocol, max_message=max_message, stall_timeout=stall_timeout)
 
 
 async def _take(lock: trio.Lock) -> None:
@@ -119,8 +120,9 @@ async def _take(lock: trio.Lock) -> None:
         await lock.acquire()
 
 
-class WebSocket:
-    """One accepted server-side websocket; the only writer of its socket."""
+class WebSocket(metaclass=NoPublicConstructor):
+    """One accepted server-side websocket; the only writer of its socket. Made only by
+    `accept`, once the handshake is answered."""
 
     __slots__ = (  # thousands sit idle: no per-instance dict
         "_ended", "_max_message", "_parts", "_pings", "_protocol", "_readable", "_reading",

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, TypeVar
+from typing import Final, Protocol
 
 import trio
 
@@ -25,6 +25,7 @@ from trio_ws.core.protocol import Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
 from trio_ws.journal.interface import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal.redis import RedisJournal
+from trio_ws.runtime.constructors import NoPublicConstructor
 from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE, ProjectHub
 from trio_ws.state.lease import LeaseError, PollLease
 from trio_ws.state.subscriber import Subscriber
@@ -67,8 +68,6 @@ ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
 """Agent statuses in which each control action makes sense."""
 NO_PRODUCER: Final = "no producer can act on this project"
 
-T = TypeVar("T")
-
 
 async def contained(what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
     """Run a background task so that its unexpected failure is logged with its traceback
@@ -78,17 +77,6 @@ async def contained(what: str, task: Callable[..., Awaitable[object]], *args: ob
         await task(*args)
     except Exception:
         log.exception("%s failed", what)
-
-
-class NoPublicConstructor(type):
-    """Metaclass for a class whose instances only its own factory makes (trio's pattern):
-    calling the class raises TypeError; the factory uses ``_create``."""
-
-    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(f"{cls.__qualname__} has no public constructor; use its open()")
-
-    def _create(cls: type[T], *args: Any, **kwargs: Any) -> T:
-        return super().__call__(*args, **kwargs)  # type: ignore[misc,no-any-return]
 
 
 class ProducerSession(Protocol):
