@@ -27,7 +27,6 @@ from features_db import Row, create_db, db_path, insert, rows
 from rich.console import Console
 from serving import NETWORK_TIMEOUT, make_config
 
-from trio_ws.clients.common import Backoff
 from trio_ws.clients.watch import (
     ProgressPoint,
     RunView,
@@ -50,6 +49,7 @@ from trio_ws.data.progress import count_passing_tests
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
 from trio_ws.net.subscribe import SubscriberSession
+from trio_ws.runtime.backoff import Backoff
 from trio_ws.state.hub import ProjectHub
 
 Msg = dict[str, Any]

@@ -56,10 +56,11 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from trio_ws.clients.common import Backoff, websocket_base
+from trio_ws.clients.common import websocket_base
 from trio_ws.core import defaults, protocol
 from trio_ws.core.protocol import Message, Stream
 from trio_ws.data.progress import Progress, ProgressError, ProgressReader
+from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.signals import exit_now, on_stop_signals
 
 Report = Callable[[str], None]

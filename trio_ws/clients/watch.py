@@ -48,9 +48,10 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from trio_ws.clients.common import Backoff, websocket_base
+from trio_ws.clients.common import websocket_base
 from trio_ws.core import defaults, protocol
 from trio_ws.core.protocol import Message
+from trio_ws.runtime.backoff import Backoff
 
 LOG_LIMIT: Final = 1000
 """Log lines (per stream) a view keeps; the server's backlog is at most 1000 too."""

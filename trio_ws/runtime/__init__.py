@@ -1,2 +1,2 @@
-"""How trio-ws's long-running pieces run, shared by every layer above core:
-stop signals, backoff between tries, supervised restarts, saying a thing once."""
+"""What every layer above core shares, and core may not (it imports no trio): stop
+signals, delays between tries, objects that only their factories make."""

@@ -62,6 +62,7 @@ from trio_ws.journal.interface import (
     RecentPseqs,
     SharedJournal,
 )
+from trio_ws.runtime.backoff import Backoff
 from trio_ws.state.subscriber import BEHIND, CATCHING_UP, JOINING, Subscriber
 
 log = logging.getLogger("trio_ws.state.hub")
@@ -446,17 +447,15 @@ class ProjectHub:
         """The project's one writer: commit what is staged, then fan it out; on a write
         failure keep it (new items join it), warn once per streak and retry with backoff.
         Returns once `close` began (which commits what is left itself) or when cancelled."""
-        first, cap = COMMIT_RETRY
-        failures = 0
+        retry = Backoff(*COMMIT_RETRY, jitter=None)
         while not self.closed:
             await self._wake.wait()
             self._wake = trio.Event()
             while (self._pending or self._pending_pseqs) and not self.closed:
                 if await self.commit():
-                    failures = 0
+                    retry.reset()
                 elif not self.closed:
-                    failures += 1
-                    with trio.move_on_after(min(first * 2 ** (failures - 1), cap)):
+                    with trio.move_on_after(retry.next()):
                         await self._closing.wait()
 
     async def commit(self) -> bool:

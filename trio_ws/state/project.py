@@ -25,6 +25,7 @@ from trio_ws.core.protocol import Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
 from trio_ws.journal.interface import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal.redis import RedisJournal
+from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
 from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE, ProjectHub
 from trio_ws.state.lease import LeaseError, PollLease
@@ -333,7 +334,7 @@ class Project(metaclass=NoPublicConstructor):
         first, then read the stream from the hub's head, then apply live batches; on a
         lost subscription warn subscribers, and subscribe and read again with backoff."""
         hub = self.hub
-        first, cap = FOLLOW_RETRY
+        retry = Backoff(*FOLLOW_RETRY, jitter=None)
         failures = 0
         while not hub.closed:
             lost: str | None = None
@@ -345,6 +346,7 @@ class Project(metaclass=NoPublicConstructor):
                         log.info("project %s: following the broker again", hub.name)
                         hub.clear_warning(LIVE_WARNING)
                     failures = 0
+                    retry.reset()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._watch_stored, journal)
                         async for batch in batches:
@@ -367,7 +369,7 @@ class Project(metaclass=NoPublicConstructor):
                     f"lost the broker; other nodes' events follow once it is back: {lost}",
                     key=LIVE_WARNING,
                 )
-            await trio.sleep(min(first * 2 ** (failures - 1), cap))
+            await trio.sleep(retry.next())
 
     async def _watch_stored(self, journal: RedisJournal) -> None:
         """While following, look at the stored epoch every STORED_CHECK seconds: a flush
