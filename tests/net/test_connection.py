@@ -263,3 +263,17 @@ def _texts(data: bytes | bytearray) -> list[bytes]:
             payloads.append(bytes(data[start : start + size]))
         offset = start + size
     return payloads
+
+
+@pytest.mark.parametrize("after", [1, 4000], ids=["one-message-after", "many-messages-after"])
+async def test_a_failed_connection_ends_with_eof_even_with_input_unread(
+    server: Server, project_dir: Path, after: int
+) -> None:
+    """What the peer sent after the bad frame is never read; closing the socket with it
+    unread would reset the connection, which can cost the peer the close frame."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        client = await subscribed(server)
+        await client.send(client_frame(0x3, b"{}") + text({"type": "ping"}) * after)
+        assert await client.close_code() == 1002
+        with trio.fail_after(0.1):
+            assert await client.frame() is None  # EOF, not ECONNRESET

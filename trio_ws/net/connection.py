@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from typing import Final
 
 import h11
@@ -48,6 +49,8 @@ log = logging.getLogger("trio_ws.net.connection")
 CLOSE_TIMEOUT: Final = 2.0
 """How long a close handshake may take before the TCP connection is dropped anyway."""
 RECEIVE_SIZE: Final = 64 * 1024
+DISCARD_READS: Final = 16
+"""At most this many reads of unread input are discarded when a connection ends."""
 ABNORMAL: Final = 1006
 """Close code for a connection that ended without a close frame (never sent on the wire)."""
 
@@ -382,9 +385,19 @@ class WebSocket(metaclass=NoPublicConstructor):
             self._end(self.closed or ConnectionClosed(code, reason))
 
     def _end(self, why: ConnectionClosed) -> None:
-        """The peer closed (or vanished): the websocket is over, the TCP connection too."""
+        """The websocket is over (the peer closed or vanished, or we failed it): the
+        server ends the TCP connection first (RFC 6455 7.1.1). Our FIN goes out
+        after whatever was written (the close frame); what the peer sent and nobody
+        will read is discarded first, so that closing does not turn into a reset
+        that could cost the peer the close frame still in its buffers."""
         self._over(why)
-        self._stream.socket.close()
+        sock = self._stream.socket
+        with contextlib.suppress(OSError):  # already gone: closing is all that is left
+            sock.shutdown(socket.SHUT_WR)
+            for _ in range(DISCARD_READS):
+                if not os.read(sock.fileno(), RECEIVE_SIZE):
+                    break
+        sock.close()
 
     def _lost(self, why: ConnectionClosed) -> None:
         """We give up on the connection (a stalled or failed write, no close reply): reset it."""
