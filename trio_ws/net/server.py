@@ -812,5 +812,8 @@ async def serve_until_signalled(
         if announce is not None:
             announce(server)
         await stop.wait()
+        # No cancel here: `serve` returns by itself once the journals closed (bounded by
+        # JOURNAL_CLOSE_TIMEOUT). Cancelling from outside would cancel the broker client's
+        # own tasks too, and the journals' last writes (the clean stop, the hold's
+        # release) would find the connection gone.
         await server.shutdown(1001)
-        nursery.cancel_scope.cancel()
