@@ -116,6 +116,16 @@ class _Cli(click.Group):
             return super().invoke(ctx)
 
 
+def broker_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--broker URL``, checked to be a Redis URL, for every command that reaches one."""
+    return click.option(
+        "--broker",
+        metavar="redis://HOST:PORT/DB",
+        callback=lambda _ctx, _param, value: _broker_url(value),
+        help=help,
+    )
+
+
 def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """Add ``--home``/``--registry``; the command gets ``home_dir``, ``registry_file``
     and ``registry_given`` (whether ``--registry`` named another file)."""
@@ -183,12 +193,7 @@ def projects_list(as_json: bool, registry_file: Path, **_: Any) -> None:
 @projects.command("remove")
 @click.argument("name")
 @click.option("--keep-journal", is_flag=True, help="Keep the project's journal (its history).")
-@click.option(
-    "--broker",
-    metavar="redis://HOST:PORT/DB",
-    callback=lambda _ctx, _param, value: _broker_url(value),
-    help="The project's journal lives in this Redis (as for `serve --broker`).",
-)
+@broker_option("The project's journal lives in this Redis (as for `serve --broker`).")
 @registry_options
 def projects_remove(
     name: str,
@@ -286,12 +291,9 @@ def _print_table(found: list[Project]) -> None:
     help="Where each project's history lives: <home>/journal/<project>.db (survives "
     "restarts and kill -9), or memory (every restart is a new epoch).",
 )
-@click.option(
-    "--broker",
-    metavar="redis://HOST:PORT/DB",
-    callback=lambda _ctx, _param, value: _broker_url(value),
-    help="Share projects with every node that names the same Redis: one history per "
-    "project across nodes (the journal then lives in Redis; --journal is ignored).",
+@broker_option(
+    "Share projects with every node that names the same Redis: one history per "
+    "project across nodes (the journal then lives in Redis; --journal is ignored)."
 )
 @click.option(
     "--sync",
