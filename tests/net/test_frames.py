@@ -21,7 +21,7 @@ from trio_ws.net import frames
 from trio_ws.net.frames import frames_of, text_header
 from trio_ws.net.server import Server
 from trio_ws.net.subscribe import SubscriberSession
-from trio_ws.state.hub import Outgoing
+from trio_ws.state.history import Outgoing
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])

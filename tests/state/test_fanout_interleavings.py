@@ -36,7 +36,9 @@ from hypothesis.stateful import (
 )
 
 from trio_ws.journal.memory import MemoryJournal
-from trio_ws.state.hub import FanOut, Outgoing, ProjectHub
+from trio_ws.state.fanout import FanOut
+from trio_ws.state.history import Outgoing
+from trio_ws.state.hub import ProjectHub
 from trio_ws.state.subscriber import Subscriber
 
 CONNECTION = frozenset({"hello", "resumed", "resync"})

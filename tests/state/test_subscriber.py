@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_ws.state.hub import Outgoing
+from trio_ws.state.history import Outgoing
 from trio_ws.state.subscriber import (
     BEHIND,
     CATCHING_UP,

@@ -16,7 +16,8 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from trio_ws.state.hub import FanOut, Outgoing
+from trio_ws.state.fanout import FanOut
+from trio_ws.state.history import Outgoing
 
 FIN_TEXT: Final = 0x81
 """FIN bit set, opcode 1 (text)."""

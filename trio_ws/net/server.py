@@ -78,7 +78,7 @@ from trio_ws.net.subscribe import (
     project_websocket,
 )
 from trio_ws.runtime.signals import on_stop_signals
-from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
+from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
 from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART

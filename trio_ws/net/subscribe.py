@@ -23,7 +23,8 @@ import trio
 from trio_ws.core import defaults, protocol
 from trio_ws.net import frames
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
-from trio_ws.state.hub import FLUSH, FanOut, Outgoing
+from trio_ws.state.fanout import FanOut
+from trio_ws.state.history import FLUSH, Outgoing
 from trio_ws.state.manager import ConnectionManager
 from trio_ws.state.project import Project
 from trio_ws.state.subscriber import Subscriber

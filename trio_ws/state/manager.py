@@ -22,7 +22,8 @@ import trio
 from trio_ws.core import defaults
 from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
-from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE, ProjectHub
+from trio_ws.state.hub import ProjectHub
+from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
 from trio_ws.state.project import (
     DEFAULT_GRACE,

@@ -27,7 +27,8 @@ from trio_ws.journal.interface import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal.redis import RedisJournal
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
-from trio_ws.state.hub import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE, ProjectHub
+from trio_ws.state.hub import ProjectHub
+from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
 from trio_ws.state.subscriber import Subscriber
 

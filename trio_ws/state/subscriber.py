@@ -37,7 +37,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 if TYPE_CHECKING:
-    from trio_ws.state.hub import Direct, Outgoing
+    from trio_ws.state.fanout import Direct
+    from trio_ws.state.history import Outgoing
 
 
 class SubscriberState(enum.Enum):
