@@ -456,7 +456,9 @@ async def test_live_events_continue_from_the_snapshot_without_gap(
             while hub.subscriber_count < 2:
                 hub.feed_lines(log_lines(1, count))
                 count += 1
-                await trio.lowlevel.checkpoint()
+                # A line per millisecond: a checkpoint alone let tens of thousands
+                # pile up unread in the early subscriber's socket, which then stalled.
+                await trio.sleep(0.001)
             hub.feed_lines(log_lines(20, count))
             joined.set()
 

@@ -1,4 +1,5 @@
-"""Restart a background loop that crashed, one definition for every such loop.
+"""Background tasks that must not take their nursery down: `run_restarting` restarts
+a loop that crashed, `contained` ends only the task that failed.
 
 A project's writer, its poll loop and its broker follower each run for the
 project's life in a nursery that also holds the project's other tasks (and,
@@ -28,16 +29,28 @@ async def run_restarting(
     *,
     done: Callable[[], bool],
     on_crash: Callable[[Exception], None] | None = None,
+    logger: logging.Logger = log,
 ) -> None:
     """Await ``body()`` until ``done()``; after an exception, log it with its traceback,
     call ``on_crash(exc)`` and wait ``delays.next()`` before the next run. Whoever sees
-    the loop healthy again (a good read, a commit) calls ``delays.reset()``."""
+    the loop healthy again (a good read, a commit) calls ``delays.reset()``. The crash
+    is logged to ``logger``: the owner's, so its log says whose loop it was."""
     while not done():
         try:
             await body()
         except Exception as exc:
             delay = delays.next()
-            log.error("%s failed; restarting in %g s", what, delay, exc_info=True)
+            logger.error("%s failed; restarting in %g s", what, delay, exc_info=True)
             if on_crash is not None:
                 on_crash(exc)
             await trio.sleep(delay)
+
+
+async def contained(what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
+    """Run a background task so that its unexpected failure is logged with its traceback
+    and ends only this task: the nursery it runs in also serves connections (or holds a
+    project's other tasks), and one failure there must not take them down."""
+    try:
+        await task(*args)
+    except Exception:
+        log.exception("%s failed", what)

@@ -205,8 +205,7 @@ class HubCommit(HubState):
             return False
         finally:
             self._committing = set()
-        if self._write_failing:
-            self._write_failing = False
+        if self._write_trouble.succeeded():
             log.info("project %s: journal writes recovered", self.name)
             self.clear_warning("journal")
         del self._pending[:taken]
@@ -226,8 +225,7 @@ class HubCommit(HubState):
 
     def _write_failed(self, exc: JournalError) -> None:
         """Acks stop; say so once per streak of failures."""
-        if not self._write_failing:
-            self._write_failing = True
+        if self._write_trouble.failed():
             log.error("project %s: journal write failed, acks stop: %s", self.name, exc)
             self.warn("journal", f"cannot write the journal; acks stop until it can: {exc}")
 

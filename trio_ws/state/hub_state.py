@@ -28,6 +28,7 @@ from trio_ws.journal.interface import (
     RecentPseqs,
     SharedJournal,
 )
+from trio_ws.runtime.streak import FailureStreak
 from trio_ws.state.history import History, Outgoing
 from trio_ws.state.snapshot import Snapshot
 from trio_ws.state.subscriber import Subscriber
@@ -103,7 +104,8 @@ class HubState:
         self._pending: list[tuple[Message, Outgoing]] = []
         self._pending_pseqs: dict[str, int] = {}
         self._wake = trio.Event()
-        self._write_failing = False
+        self._write_trouble = FailureStreak()
+        """Journal writes failing now: said once, and its end once."""
         self._committed = trio.Event()
         self._commit_lock = trio.Lock()
         self.closed = False

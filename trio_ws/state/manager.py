@@ -22,6 +22,7 @@ import trio
 from trio_ws.core import defaults
 from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
+from trio_ws.runtime.supervise import contained
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
@@ -32,7 +33,6 @@ from trio_ws.state.project import (
     PollStats,
     Project,
     Services,
-    contained,
 )
 
 log = logging.getLogger("trio_ws.state.manager")

@@ -27,6 +27,8 @@ from trio_ws.journal.interface import MAX_PRODUCERS, Journal, JournalError
 from trio_ws.journal.redis import RedisJournal
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
+from trio_ws.runtime.streak import FailureStreak
+from trio_ws.runtime.supervise import contained, run_restarting
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
@@ -69,16 +71,6 @@ ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
 }
 """Agent statuses in which each control action makes sense."""
 NO_PRODUCER: Final = "no producer can act on this project"
-
-
-async def contained(what: str, task: Callable[..., Awaitable[object]], *args: object) -> None:
-    """Run a background task so that its unexpected failure is logged with its traceback
-    and ends only this task: the nursery it runs in also serves connections (or holds a
-    project's other tasks), and one failure there must not take them down."""
-    try:
-        await task(*args)
-    except Exception:
-        log.exception("%s failed", what)
 
 
 class ProducerSession(Protocol):
@@ -205,7 +197,7 @@ class Project(metaclass=NoPublicConstructor):
         }
         self._poll_scope: trio.CancelScope | None = None
         self._poll_lock = trio.Lock()
-        self._lease_failing = False
+        self._lease_trouble = FailureStreak()
         self._tasks: trio.Nursery | None = None
         """The project's own nursery (writer, follower, poll loop, grace timers), a task
         of the server's; `close` cancels it."""
@@ -388,22 +380,18 @@ class Project(metaclass=NoPublicConstructor):
 
     async def _write(self) -> None:
         """The project's writer task; an unexpected failure is logged and it restarts,
-        never passed to the server's nursery."""
+        never passed to the server's nursery. It may have failed after a commit, before
+        every subscriber had it: every subscriber is resynced, so none is left with a
+        silent gap."""
         hub = self.hub
-        while not hub.closed:
-            try:
-                await hub.run_writer()
-            except Exception:
-                # It may have failed after a commit, before every subscriber had it:
-                # nobody is left with a silent gap.
-                log.error(
-                    "project %s: journal writer failed; every subscriber is resynced and "
-                    "the writer restarts",
-                    hub.name,
-                    exc_info=True,
-                )
-                hub.resync_all(RESYNC_WRITER_FAILED)
-                await trio.sleep(WRITER_RESTART)
+        await run_restarting(
+            f"project {hub.name}: journal writer",
+            hub.run_writer,
+            Backoff(WRITER_RESTART, WRITER_RESTART, jitter=None),
+            done=lambda: hub.closed,
+            on_crash=lambda _exc: hub.resync_all(RESYNC_WRITER_FAILED),
+            logger=log,
+        )
 
     # -- producers -----------------------------------------------------------------
 
@@ -556,11 +544,10 @@ class Project(metaclass=NoPublicConstructor):
     async def _poll(self, scope: trio.CancelScope) -> None:
         """The poll loop; an unexpected failure is logged and the loop restarted after a
         bounded backoff, never passed to the server's nursery (which would take every
-        project down)."""
+        project down). A good read ends a streak of crashes: the next crash waits the
+        first delay again."""
         services = self.services
-        first_delay, max_delay = services.poll_restart
-        delay = 0.0
-        good_reads = 0
+        restart = Backoff(*services.poll_restart, jitter=None)
 
         def reader() -> ProgressReader:
             # Polled only once it has a directory, which it then keeps (`follow`).
@@ -568,9 +555,20 @@ class Project(metaclass=NoPublicConstructor):
             return self.reader
 
         def record(name: str, seconds: float, ok: bool) -> None:
-            nonlocal good_reads
-            good_reads += ok
+            if ok:
+                restart.reset()
             services.record_poll(name, seconds, ok)
+
+        async def poll() -> None:
+            await poll_progress(
+                self.hub,
+                reader,
+                services.poll_interval,
+                services.limiter,
+                record,
+                self._may_read,
+                self._still_wanted,
+            )
 
         with scope:
             # A loop cancelled when its last subscriber left may still be inside
@@ -580,30 +578,14 @@ class Project(metaclass=NoPublicConstructor):
             async with self._poll_lock:
                 services.poll.running += 1
                 try:
-                    while True:
-                        good_reads = 0
-                        try:
-                            await poll_progress(
-                                self.hub,
-                                reader,
-                                services.poll_interval,
-                                services.limiter,
-                                record,
-                                self._may_read,
-                                self._still_wanted,
-                            )
-                        except Exception as exc:
-                            # A crash after a good read starts a new streak.
-                            fresh = good_reads > 0 or delay == 0
-                            delay = first_delay if fresh else min(delay * 2, max_delay)
-                            log.error(
-                                "project %s: progress poll failed; restarting in %g s",
-                                self.name,
-                                delay,
-                                exc_info=True,
-                            )
-                            self._poll_crashed(exc)
-                            await trio.sleep(delay)
+                    await run_restarting(
+                        f"project {self.name}: progress poll",
+                        poll,
+                        restart,
+                        done=lambda: False,
+                        on_crash=self._poll_crashed,
+                        logger=log,
+                    )
                 finally:
                     services.poll.running -= 1
                     if services.lease is not None:
@@ -619,15 +601,13 @@ class Project(metaclass=NoPublicConstructor):
             try:
                 held = await lease.hold(self.name)
             except LeaseError as exc:
-                if not self._lease_failing:
+                if self._lease_trouble.failed():
                     log.warning("project %s: not polling: %s", self.name, exc)
                     self.hub.warn("progress", f"progress is not being read: {exc}", "lease")
-                self._lease_failing = True
                 return False
-            if self._lease_failing:
+            if self._lease_trouble.succeeded():
                 log.info("project %s: poll lease reachable again", self.name)
                 self.hub.clear_warning("lease")
-                self._lease_failing = False
             if not held:
                 return False
         return self._still_wanted()
