@@ -1166,3 +1166,35 @@ async def test_live_extras_read_the_board_again_when_progress_changes(
             await trio.sleep(0.01)
     assert [feature.in_progress for feature in view.features] == [False, False, False]
     assert sorted(point.passing for point in view.points.values()) == [0, 1]
+
+
+async def test_follow_retries_an_http_429_as_run_does(nursery: trio.Nursery) -> None:
+    """The refusal rule is `trio-ws run`'s: 429 (and 408) mean "not now", so a busy
+    server behind a rate limiter is retried, not given up on for good."""
+    answered = 0
+
+    async def too_many(stream: trio.SocketStream) -> None:
+        nonlocal answered
+        async with stream:
+            await stream.receive_some(65536)
+            answered += 1
+            await stream.send_all(
+                b"HTTP/1.1 429 Too Many Requests\r\ncontent-length: 4\r\n"
+                b"connection: close\r\n\r\nbusy"
+            )
+
+    listeners = await nursery.start(partial(trio.serve_tcp, too_many, 0, host="127.0.0.1"))
+    port = listeners[0].socket.getsockname()[1]
+    target = WatchTarget.from_server(f"http://127.0.0.1:{port}", "demo")
+    drops: list[str] = []
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as inner:
+
+            def dropped(reason: str) -> None:
+                drops.append(reason)
+                if len(drops) == 3:
+                    inner.cancel_scope.cancel()
+
+            inner.start_soon(lambda: follow(target, RunView(), backoff=FAST, on_drop=dropped))
+    assert answered == 3
+    assert all("HTTP 429" in reason for reason in drops)

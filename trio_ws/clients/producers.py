@@ -56,7 +56,7 @@ from trio_websocket import (
     connect_websocket_url,
 )
 
-from trio_ws.clients.common import websocket_base
+from trio_ws.clients.common import bearer_header, refuses_for_good, websocket_base
 from trio_ws.core import defaults, protocol
 from trio_ws.core.protocol import Message, Stream
 from trio_ws.data.progress import Progress, ProgressError, ProgressReader
@@ -464,7 +464,7 @@ class Producer:
         self.refused: ProducerRefused | None = None
         self.ready = trio.Event()
         self.finished = trio.Event()
-        self._headers = [(b"Authorization", f"Bearer {token}".encode())]
+        self._headers = [bearer_header(token)]
         self._down = False
         self._too_big = False
         """The last connection ended with a 1009 close: deal with it at the next welcome."""
@@ -686,13 +686,13 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 def _refusal(exc: BaseException) -> str | None:
     if isinstance(exc, ConnectionRejected):
         status = exc.status_code
-        if 400 <= status < 500 and status not in (408, 429):
+        if refuses_for_good(status=status):
             body = (exc.body or b"").decode("utf-8", "replace").strip()
             return f"HTTP {status}" + (f" ({body})" if body else "")
         return None
     if isinstance(exc, ConnectionClosed) and exc.reason is not None:
         code = exc.reason.code
-        if code is not None and 4000 <= code < 5000:
+        if refuses_for_good(close_code=code):
             said = exc.__cause__ if isinstance(exc.__cause__, _ServerError) else None
             text = str(said) if said is not None else exc.reason.reason
             return f"close {code}" + (f" ({text})" if text else "")

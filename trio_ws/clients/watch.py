@@ -48,7 +48,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from trio_ws.clients.common import websocket_base
+from trio_ws.clients.common import bearer_header, refuses_for_good, websocket_base
 from trio_ws.core import defaults, protocol
 from trio_ws.core.protocol import Message
 from trio_ws.runtime.backoff import Backoff
@@ -804,7 +804,7 @@ def decode(text: str | bytes) -> Message:
 
 def _refusal(exc: ConnectionClosed, view: RunView) -> WatchRefused | None:
     reason = exc.reason
-    if reason is None or not 4000 <= reason.code <= 4999:
+    if reason is None or not refuses_for_good(close_code=reason.code):
         return None
     content = view.error or reason.reason or "refused"
     return WatchRefused(f"{content} (close {reason.code})", reason.code)
@@ -819,13 +819,14 @@ def _close_text(exc: ConnectionClosed) -> str:
 
 
 def _handshake_failure(exc: HandshakeError, target: WatchTarget) -> WatchError:
-    """A failed connect: fatal for an HTTP 4xx refusal, otherwise worth a retry."""
+    """A failed connect: fatal for a do-not-retry refusal (`refuses_for_good`, the same
+    rule as `trio-ws run`'s), otherwise worth a retry."""
     if isinstance(exc, ConnectionRejected):
         status = exc.status_code
         body = (exc.body or b"").decode("utf-8", "replace").strip()
         message = f"{target.display_url} refused the websocket: HTTP {status}"
         message += f" {body}" if body else ""
-        if 400 <= status < 500:
+        if refuses_for_good(status=status):
             return WatchRefused(message, status)
         return WatchError(message)
     cause = exc.__cause__
@@ -898,9 +899,10 @@ async def get_json(
     host = parts.hostname or ""
     secure = parts.scheme == "https"
     port = parts.port or (443 if secure else 80)
-    headers = [("host", parts.netloc), ("accept", "application/json"), ("connection", "close")]
+    headers = [(b"host", parts.netloc.encode()), (b"accept", b"application/json")]
+    headers.append((b"connection", b"close"))
     if target.token:
-        headers.append(("authorization", f"Bearer {target.token}"))
+        headers.append(bearer_header(target.token))
     try:
         with trio.fail_after(within):
             if secure:
@@ -920,7 +922,7 @@ async def get_json(
 
 
 async def _exchange(
-    stream: trio.abc.Stream, path: str, headers: list[tuple[str, str]]
+    stream: trio.abc.Stream, path: str, headers: list[tuple[bytes, bytes]]
 ) -> tuple[int, bytes]:
     """One HTTP/1.1 GET over ``stream``: the status and the whole body."""
     connection = h11.Connection(h11.CLIENT)
