@@ -27,8 +27,7 @@ from typing import Final
 
 from trio_ws import __version__
 from trio_ws.core.security import token_matches
-
-TOKEN_COOKIE: Final = "trio_ws_token"
+from trio_ws.net.access import TOKEN_COOKIE
 
 CONTENT_SECURITY_POLICY: Final = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "

@@ -8,9 +8,15 @@ websocket upgrades on the same h11 connection (`trio_ws.net.connection`). Every
 write is bounded by the stall timeout. A handler failure is logged with its
 peer and never reaches the server's nursery.
 
-Resources: one nursery for connection handlers, one for the manager's poll
-loops. Errors: `OSError` from binding (port in use) propagates to the caller
-before ``task_status.started`` is called.
+Who may read, control or produce is `trio_ws.net.access`'s to decide; this
+module routes a request to the handler for its path.
+
+Resources: one nursery, holding every connection's handler, each project's
+tasks (writer, poll loop, follower: through the manager) and the idle
+subscribers' probe; the journals are opened around it and closed (one last
+commit each) before it ends. Errors: `OSError` from binding (port in use) and
+`JournalError` (a broker that does not answer) propagate to the caller before
+``task_status.started`` is called.
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ from trio_ws.core.security import (
     is_loopback_host,
     origin_allowed,
     redact,
-    token_matches,
 )
 from trio_ws.data.features import NoFeaturesDatabase, read_features
 from trio_ws.data.progress import (
@@ -52,6 +57,12 @@ from trio_ws.journal.memory import MemoryBackend
 from trio_ws.journal.redis import RedisBackend, open_redis_backend
 from trio_ws.journal.sqlite import SqliteBackend
 from trio_ws.net import control, dashboard
+from trio_ws.net.access import (
+    TOKEN_COOKIE,
+    carries_token,
+    producer_refusal,
+    project_api_refusal,
+)
 from trio_ws.net.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
     MAX_BODY_BYTES,
@@ -93,7 +104,6 @@ JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 """Longest a shutdown waits to commit what is staged and close the journals."""
 JournalName = Literal["sqlite", "memory", "redis"]
 SyncMode = Literal["normal", "full"]
-TOKEN_COOKIE: Final = "trio_ws_token"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 _PROJECT_API_PATH = re.compile(
@@ -380,7 +390,7 @@ def _journal_health(journal: Journal, pending: int) -> dict[str, Any]:
 async def _api_projects(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
     """The registered projects; it names directories, so it needs the token whenever
     subscribers do (PROTOCOL.md 1, 6)."""
-    if server.config.subscribers_need_token and not _authorized(server.config, head):
+    if server.config.subscribers_need_token and not carries_token(head, server.config.token):
         await send_json(stream, head.connection, 401, {"error": "Unauthorized"})
         return
     registry = Registry(server.config.registry_path)
@@ -428,7 +438,13 @@ async def _project_api(
         return
     if action is not None and not await _discard_body(stream, head, server.config):
         return
-    refusal = _project_api_refusal(server.config, head, control_action=action is not None)
+    refusal = project_api_refusal(
+        head,
+        token=server.config.token,
+        allow_origins=server.config.allow_origins,
+        readers_need_token=server.config.subscribers_need_token,
+        control_action=action is not None,
+    )
     if refusal is not None:
         await send_json(stream, connection, refusal[0], {"detail": refusal[1]})
         return
@@ -490,26 +506,6 @@ async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: Se
             await linger(stream)
         return False
     return True
-
-
-def _project_api_refusal(
-    config: ServerConfig, head: RequestHead, *, control_action: bool
-) -> tuple[int, str] | None:
-    """Reads follow ``/api/projects`` (the token whenever subscribers need it); a control
-    action follows the websocket ``control`` rules (PROTOCOL.md 3.4): the server's own
-    origin or an allowed one, and always the token, as a Bearer header or the
-    dashboard's cookie (never in a URL a log might keep)."""
-    if not control_action:
-        if config.subscribers_need_token and not _authorized(config, head):
-            return 401, "Unauthorized"
-        return None
-    if not control_origin_allowed(head.header("origin"), head.header("host"), config.allow_origins):
-        return 403, "control is accepted only from the server's own origin or an allowed one"
-    scheme, _, bearer = (head.header("authorization") or "").partition(" ")
-    offered = (bearer.strip() if scheme.lower() == "bearer" else None, head.cookie(TOKEN_COOKIE))
-    if not any(token_matches(token, config.token) for token in offered):
-        return 401, "control needs the server token (Authorization: Bearer, or the dashboard)"
-    return None
 
 
 _FEATURE_ERRORS: Final[tuple[tuple[type[ProgressError], int], ...]] = (
@@ -591,7 +587,7 @@ async def _websocket(
         await send_response(stream, connection, 404, b"not found\n")
         return
     if publish is not None:
-        refusal = _producer_refusal(config, head)
+        refusal = producer_refusal(head, config.token)
     elif not origin_allowed(
         head.header("origin"), head.header("host"), config.on_loopback, config.allow_origins
     ):
@@ -619,16 +615,6 @@ async def _websocket(
         # Not shielded: when the server is cancelled this drops the TCP
         # connection at once instead of waiting for the peer.
         await ws.aclose(code)
-
-
-def _producer_refusal(config: ServerConfig, head: RequestHead) -> tuple[int, str] | None:
-    """Producers: never from a browser (any Origin), always with the Bearer token."""
-    if head.header("origin") is not None:
-        return 403, "producers must not send an Origin header"
-    scheme, _, offered = (head.header("authorization") or "").partition(" ")
-    if scheme.lower() != "bearer" or not token_matches(offered.strip(), config.token):
-        return 401, "producer needs Authorization: Bearer <token>"
-    return None
 
 
 async def _project(
@@ -687,7 +673,7 @@ async def _subscriber(
     peer: str,
 ) -> None:
     config = server.config
-    authorized = _authorized(config, head)
+    authorized = carries_token(head, config.token)
     if config.subscribers_need_token and not authorized:
         await _refuse(ws, 4001, "Unauthorized")
         return
@@ -728,18 +714,6 @@ async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> 
         )
     finally:
         server.manager.release(project)
-
-
-def _authorized(config: ServerConfig, head: RequestHead) -> bool:
-    """Does the request carry the server token, in any place a client may put it
-    (``Authorization: Bearer``, the dashboard's cookie, ``?token=``)?"""
-    scheme, _, bearer = (head.header("authorization") or "").partition(" ")
-    offered = (
-        bearer.strip() if scheme.lower() == "bearer" else None,
-        head.cookie(TOKEN_COOKIE),
-        head.query.get("token"),
-    )
-    return any(token_matches(token, config.token) for token in offered)
 
 
 def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
