@@ -21,7 +21,7 @@ from trio_ws.state.subscriber import (
 
 
 def make(state: SubscriberState = JOINING, capacity: int = 2) -> Subscriber:
-    return Subscriber(
+    return Subscriber._create(
         id=1, backlog=0, sent_seq=0, state=state, initial=[], capacity=capacity, warned=0
     )
 
@@ -131,3 +131,8 @@ def test_leave_from_any_state_is_closed() -> None:
         subscriber = make(state)
         subscriber.leave()
         assert subscriber.state is CLOSED
+
+
+def test_a_subscriber_is_made_only_by_its_hub() -> None:
+    with pytest.raises(TypeError, match="no public constructor"):
+        Subscriber(id=1, backlog=0, sent_seq=0, state=LIVE, initial=[], capacity=1, warned=0)

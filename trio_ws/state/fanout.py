@@ -111,7 +111,7 @@ class HubFanOut(HubState):
             initial.extend(self._snapshot(backlog))
             sent_seq, state = self.head, JOINING
         initial.extend(self._standing_warnings())
-        subscriber = Subscriber(
+        subscriber = Subscriber._create(
             id=next(self._ids),
             backlog=backlog,
             sent_seq=sent_seq,

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
+from trio_ws.runtime.constructors import NoPublicConstructor
+
 if TYPE_CHECKING:
     from trio_ws.state.fanout import Direct
     from trio_ws.state.history import Outgoing
@@ -115,8 +117,10 @@ def next_state(state: SubscriberState, transition: Transition) -> SubscriberStat
 
 
 @dataclass(eq=False, slots=True)
-class Subscriber:
+class Subscriber(metaclass=NoPublicConstructor):
     """One watcher of a project: its state, its queue, the last seq it was given.
+    Made only by `ProjectHub.subscribe`, which fixes what it is sent first and joins
+    it to the fan-out in the same step: a subscriber outside a hub is half-made.
 
     Lean on purpose (thousands sit idle): its queue is a plain list (an empty deque
     costs ten times more) bounded by ``capacity``, and no task waits on it; ``wake``
