@@ -123,21 +123,21 @@ async def test_append_refuses_a_seq_that_does_not_follow_the_head(backends: Back
     assert [seq for seq, _ in await journal.read_since(0, 10)] == [1, 2, 3]
 
 
-async def test_trim_keeps_the_newest_history_events(backends: Backends) -> None:
+async def test_an_append_over_the_limits_keeps_the_newest_history_events(
+    backends: Backends,
+) -> None:
     journal = await opened(backends, history=5)
     for seq in range(1, 6):
         await journal.append(events(seq, seq))
-    await journal.append(events(6, 7))  # 7 held: within the slack, not trimmed yet
-    await journal.trim()
+    await journal.append(events(6, 7))  # 7 held: over 5 (a tenth of 5 is no slack)
     assert [seq for seq, _ in await journal.read_since(0, 100)] == [3, 4, 5, 6, 7]
     stats = journal.stats()
     assert (stats.head, stats.oldest, stats.events_held) == (7, 3, 5)
 
 
-async def test_trim_keeps_at_most_history_bytes(backends: Backends) -> None:
+async def test_an_append_over_the_limits_keeps_at_most_history_bytes(backends: Backends) -> None:
     journal = await opened(backends, history_bytes=250)
     await journal.append(events(1, 5, lambda seq: "x" * 100))
-    await journal.trim()
     assert [seq for seq, _ in await journal.read_since(0, 100)] == [4, 5]
     assert journal.stats().bytes_held == 200
 
@@ -148,10 +148,9 @@ async def test_bytes_are_counted_in_utf8(backends: Backends) -> None:
     assert journal.stats().bytes_held == len('"é€😀"'.encode())
 
 
-async def test_trim_always_keeps_the_newest_event(backends: Backends) -> None:
+async def test_trimming_always_keeps_the_newest_event(backends: Backends) -> None:
     journal = await opened(backends, history_bytes=10)
     await journal.append(events(1, 2, lambda seq: "y" * 50))
-    await journal.trim()
     assert await journal.read_since(0, 10) == [(2, "y" * 50)]
     assert journal.stats().oldest == 2
 
@@ -171,7 +170,6 @@ async def test_appends_trim_by_themselves_beyond_a_tenth_over_the_limit(
 async def test_read_since_older_than_held_starts_at_the_oldest(backends: Backends) -> None:
     journal = await opened(backends, history=3)
     await journal.append(events(1, 10))
-    await journal.trim()
     assert [seq for seq, _ in await journal.read_since(2, 100)] == [8, 9, 10]
 
 

@@ -406,7 +406,6 @@ async def test_a_trim_inside_a_commit_keeps_the_rest_of_it(home: Path, boot: Pat
     await opened.open()
     await opened.append(batch(1, 4))
     await opened.append(batch(5, 4))
-    await opened.trim()
     assert await seqs(opened) == [4, 5, 6, 7, 8]
     await opened.close()
     again = SqliteBackend(home, boot_id_path=boot, history=5).journal("demo")
@@ -436,7 +435,6 @@ async def test_a_big_commit_is_stored_in_bounded_chunks_and_trims_exactly(
     opened = SqliteBackend(home, boot_id_path=boot, history=300).journal("demo")
     await opened.open()
     await opened.append(batch(1, 2 * CHUNK_EVENTS + 88))
-    await opened.trim()
     head = 2 * CHUNK_EVENTS + 88
     assert await seqs(opened) == list(range(head - 299, head + 1))
     await opened.close()

@@ -154,10 +154,6 @@ class Journal(Protocol):
         """Up to ``limit`` held events with seq > ``seq``, oldest first."""
         ...
 
-    async def trim(self) -> None:
-        """Drop the oldest events beyond the history limits now."""
-        ...
-
     async def close(self, *, clean: bool = True) -> None:
         """Release the journal; ``clean`` records a clean stop for the next ``open``."""
         ...

@@ -84,10 +84,6 @@ class MemoryJournal:
         start = max(0, seq + 1 - self._events[0][0])
         return [(s, text) for s, text, _ in itertools.islice(self._events, start, start + limit)]
 
-    async def trim(self) -> None:
-        self._check_open()
-        self._trim()
-
     async def close(self, *, clean: bool = True) -> None:
         self._opened = False
 

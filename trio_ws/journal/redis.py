@@ -98,7 +98,7 @@ return {reason, redis.call('HGETALL', meta), redis.call('XLEN', events), oldest,
 
 _APPEND: Final = """
 -- KEYS: meta, events, live, producers (sorted set: producer key by when last written).
--- ARGV: epoch, history, history_bytes, force trim ('1'/'0'), most producers per group,
+-- ARGV: epoch, history, history_bytes, most producers per group,
 --       n state keys,
 --       n x (state key, JSON), n producers, n x (producer id, pseq), first seq, the texts.
 local meta, events, live, written = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -110,9 +110,9 @@ if epoch ~= ARGV[1] then
   return {'conflict', 'epoch ' .. epoch .. ' replaced epoch ' .. ARGV[1]}
 end
 local history, history_bytes = tonumber(ARGV[2]), tonumber(ARGV[3])
-local max_producers = tonumber(ARGV[5])
-local states = tonumber(ARGV[6])
-local pat = 7 + 2 * states
+local max_producers = tonumber(ARGV[4])
+local states = tonumber(ARGV[5])
+local pat = 6 + 2 * states
 local producers = tonumber(ARGV[pat])
 local at = pat + 1 + 2 * producers
 local first = tonumber(ARGV[at])
@@ -191,13 +191,13 @@ for group, count in pairs(grown) do
   end
 end
 for i = 0, states - 1 do
-  redis.call('HSET', meta, 's:' .. ARGV[7 + 2 * i], ARGV[8 + 2 * i])
+  redis.call('HSET', meta, 's:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
 
 local held = redis.call('XLEN', events)
 local over = held > history + math.floor(history / TRIM_SLACK)
   or size > history_bytes + math.floor(history_bytes / TRIM_SLACK)
-if held > 0 and (ARGV[4] == '1' or over) then
+if held > 0 and over then
   -- journal.trim_point: walking from the oldest,: drop while over a limit, never the
   -- newest; reads only what it drops (about a tenth of the history), not all of it.
   local cut, cursor, done = nil, '-', false
@@ -374,7 +374,7 @@ class RedisJournal:
         JournalConflictError if the stored history moved on without this journal."""
         epoch = self._epoch_open()
         check_batch(batch, self._head)
-        await self._run_append(epoch, batch, trim=False)
+        await self._run_append(epoch, batch)
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
         self._epoch_open()
@@ -389,9 +389,6 @@ class RedisJournal:
         return [
             (_seq(str(entry.identifier)), str(entry.field_values[TEXT_FIELD])) for entry in entries
         ]
-
-    async def trim(self) -> None:
-        await self._run_append(self._epoch_open(), Batch(), trim=True)
 
     async def close(self, *, clean: bool = True) -> None:
         """Forget the epoch and drop this node's hold; Redis needs no clean-stop mark (its
@@ -483,13 +480,12 @@ class RedisJournal:
             raise JournalError(f"{self._where} is not open")
         return self._epoch
 
-    async def _run_append(self, epoch: str, batch: Batch, *, trim: bool) -> None:
+    async def _run_append(self, epoch: str, batch: Batch) -> None:
         state = batch.state or {}
         args: list[str | int] = [
             epoch,
             self._history,
             self._history_bytes,
-            "1" if trim else "0",
             self._max_producers,
             len(state),
         ]

@@ -194,9 +194,9 @@ class SqliteJournal:
         return state
 
     async def append(self, batch: Batch) -> None:
-        await self._commit(batch, force_trim=False)
+        await self._commit(batch)
 
-    async def _commit(self, batch: Batch, *, force_trim: bool) -> None:
+    async def _commit(self, batch: Batch) -> None:
         """Prepare the commit here (rows, sizes, the trim: so the worker thread runs a
         handful of statements and nothing else), write it there, then take it in."""
         conn = self._connection()
@@ -207,7 +207,7 @@ class SqliteJournal:
         held = self._held + len(batch.events)
         size = self._size + sum(row.size for row in fresh)
         whole, cut, dropped, freed, keep = 0, 0, 0, 0, None
-        if held and (force_trim or over_limits(held, size, self._history, self._history_bytes)):
+        if held and over_limits(held, size, self._history, self._history_bytes):
             whole, cut, dropped, freed, keep = _trim_plan(
                 list(chain(self._rows, fresh)), held, size, self._history, self._history_bytes
             )
@@ -224,8 +224,7 @@ class SqliteJournal:
         except JournalWriteError:
             self._commits.write_errors += 1
             raise
-        if not force_trim:  # trim() is no commit of anything
-            self._commits.record(time.perf_counter() - start)
+        self._commits.record(time.perf_counter() - start)
         self._rows.extend(fresh)
         for _ in range(whole):
             self._rows.popleft()
@@ -259,9 +258,6 @@ class SqliteJournal:
             return found[:limit]
 
         return await trio.to_thread.run_sync(read, limiter=self._limiter)
-
-    async def trim(self) -> None:
-        await self._commit(Batch(), force_trim=True)
 
     async def close(self, *, clean: bool = True) -> None:
         conn = self._connection()
