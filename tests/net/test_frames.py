@@ -18,10 +18,11 @@ from wsproto.frame_protocol import FrameProtocol
 
 from trio_ws.core import protocol
 from trio_ws.net import frames
-from trio_ws.net.frames import frames_of, text_header
+from trio_ws.net.frames import fan_out_frames, frames_of, text_header
 from trio_ws.net.server import Server
 from trio_ws.net.subscribe import SubscriberSession
-from trio_ws.state.history import Outgoing
+from trio_ws.state.fanout import FanOut
+from trio_ws.state.history import FLUSH, Outgoing
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65_535, 65_536, 200_000])
@@ -240,3 +241,16 @@ async def test_what_the_kernel_does_not_take_follows_in_order_with_pongs_between
     assert (partly, writing_the_rest) == (1, 1)
     assert seqs == list(range(start, start + lines + 1))
     assert pong
+
+
+def test_a_flush_wake_up_writes_no_frame() -> None:
+    item = Outgoing.of({"type": "log", "line": "x", "seq": 1}, 1)
+    assert frames_of([FLUSH, item, FLUSH]) == text_header(len(item.data)) + item.data
+
+
+def test_a_fan_out_is_joined_once_and_the_next_one_afresh() -> None:
+    one = FanOut([Outgoing.of({"type": "log", "line": "a", "seq": 1}, 1)])
+    two = FanOut([Outgoing.of({"type": "log", "line": "b", "seq": 2}, 2)])
+    first = fan_out_frames(one)
+    assert fan_out_frames(one) is first
+    assert fan_out_frames(two) == frames_of(two.items) != first

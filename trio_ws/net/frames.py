@@ -1,28 +1,32 @@
-"""The fan-out fast path: a websocket frame header built once per event.
+"""The fan-out fast path: websocket frames built once, shared by every subscriber.
 
-A server-to-client frame is not masked, so the bytes of one event's frame
-are the same for every subscriber: `frames_of` builds each message's header
-once (RFC 6455 section 5.2) and keeps it on the message, and every
-subscriber's send task writes the same bytes, a whole batch of them in one
-write (`WebSocket.send_frames`); a `FanOut` the fan-out hands every
-subscriber is joined once for all (`fan_out_frames`). That is valid because
+A server-to-client frame is not masked, so the bytes of one event's frame are
+the same for every subscriber. A `FanOut` the hub hands every subscriber in
+one synchronous loop is joined into frames on the first subscriber's write and
+the same bytes go to all the others (`fan_out_frames`, a one-entry cache by
+identity: nothing can run between two subscribers' parts of one fan-out).
+Frames of queued or caught-up messages are built per write (`frames_of`), with
+headers looked up by payload size. That is valid because
 `trio_ws.net.connection.accept` never negotiates an extension (compression
-would make frames per-connection).
+would make frames per-connection). The state layer's types carry no wire
+bytes (LAYERS.md rule 2): they live here.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable
 from typing import Final
 
 from trio_ws.state.fanout import FanOut
-from trio_ws.state.history import Outgoing
+from trio_ws.state.history import FLUSH, Outgoing
 
 FIN_TEXT: Final = 0x81
 """FIN bit set, opcode 1 (text)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def text_header(size: int) -> bytes:
     """The header of one complete, unmasked text frame of ``size`` payload bytes."""
     if size < 126:
@@ -33,22 +37,31 @@ def text_header(size: int) -> bytes:
 
 
 def frames_of(items: Iterable[Outgoing]) -> bytes:
-    """The text frames of ``items``, joined for one write; each message's header is
-    built on its first write and kept on it for every later one."""
+    """The text frames of ``items``, joined for one write."""
     parts: list[bytes] = []
     append = parts.append
     for item in items:
-        header = item.header
-        if header is None:
-            header = item.header = text_header(len(item.data))
-        append(header)
-        append(item.data)
+        if item is FLUSH:  # a wake-up, not a message: no frame
+            continue
+        data = item.data
+        append(text_header(len(data)))
+        append(data)
     return b"".join(parts)
+
+
+class _LastFanOut:
+    """The frames of the fan-out being handed out now, kept until the next one."""
+
+    fan_out: FanOut | None = None
+    wire: bytes = b""
+
+
+_last = _LastFanOut()
 
 
 def fan_out_frames(fan_out: FanOut) -> bytes:
     """A fan-out batch's frames, joined on the first subscriber's write only."""
-    wire = fan_out.wire
-    if wire is None:
-        wire = fan_out.wire = frames_of(fan_out.items)
-    return wire
+    if _last.fan_out is not fan_out:
+        _last.wire = frames_of(fan_out.items)
+        _last.fan_out = fan_out
+    return _last.wire

@@ -36,12 +36,10 @@ BATCH_MAX: Final = 512
 
 @dataclass(eq=False, slots=True)
 class FanOut:
-    """Committed events handed to every subscriber's direct write at once. ``wire`` is
-    the connection layer's to fill (their frames, joined once for every subscriber);
-    the hub never reads it."""
+    """Committed events handed to every subscriber's direct write at once, the same
+    object to each (the connection layer joins their frames once for all)."""
 
     items: list[Outgoing]
-    wire: bytes | None = None
 
 
 class HubFanOut(HubState):

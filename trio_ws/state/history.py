@@ -21,15 +21,13 @@ from trio_ws.core.protocol import Message
 @dataclass(eq=False, slots=True)
 class Outgoing:
     """One message encoded once for every subscriber: its JSON ``text`` and that text's
-    UTF-8 ``data``. ``seq`` is None for connection messages. ``header`` is the
-    connection layer's to fill (its frame header, built once per message); the hub
-    never reads it."""
+    UTF-8 ``data``. ``seq`` is None for connection messages. Its websocket frame is
+    the connection layer's business (`trio_ws.net.frames`)."""
 
     seq: int | None
     type: str
     text: str
     data: bytes
-    header: bytes | None = None
 
     @classmethod
     def of(cls, message: Message, seq: int | None = None) -> Outgoing:
@@ -104,7 +102,7 @@ class History:
         return list(itertools.islice(self._items, start, start + limit))
 
 
-FLUSH: Final = Outgoing(None, "flush", "", b"", b"")
+FLUSH: Final = Outgoing(None, "flush", "", b"")
 """Wakes a send task to write what its connection kept of a direct write; no frame."""
 
 
