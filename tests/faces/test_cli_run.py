@@ -27,7 +27,7 @@ from features_db import create_db, db_path, insert, rows
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from trio_ws.clients.producers import PAUSE_FILE
+from trio_ws.clients.supervisor import PAUSE_FILE
 from trio_ws.core.pipeline import AgentPipeline, sanitize
 from trio_ws.data.registry import Registry
 from trio_ws.net.publish import ACK_INTERVAL

@@ -25,15 +25,10 @@ from rich.console import Console
 from rich.table import Table
 
 from trio_ws import __version__
-from trio_ws.clients.producers import (
-    ECHO_BUFFER,
-    LINE_CAP,
-    Outcome,
-    RunOptions,
-    publish_stream,
-    publish_url,
-    run_command,
-)
+from trio_ws.clients.outbox import LINE_CAP
+from trio_ws.clients.producer import publish_url
+from trio_ws.clients.publish_stdin import publish_stream
+from trio_ws.clients.supervisor import ECHO_BUFFER, Outcome, RunOptions, run_command
 from trio_ws.core import defaults
 from trio_ws.core.protocol import is_valid_project_name
 from trio_ws.core.security import TOKEN_ENV, TokenError, load_token
