@@ -724,7 +724,7 @@ def watch_command(
     import os
     import time
 
-    from trio_ws.clients import watch
+    from trio_ws.clients import watch, watch_render
     from trio_ws.core import protocol
 
     try:
@@ -753,7 +753,8 @@ def watch_command(
             await watch.fetch_snapshot(target, lambda message: write_line(protocol.encode(message)))
             return
         view = await watch.once(target)
-        watch.once_console().print(watch.render(view, time.time(), lines or watch.ONCE_LOG_LINES))
+        shown = lines or watch_render.ONCE_LOG_LINES
+        watch.once_console().print(watch_render.render(view, time.time(), shown))
 
     async def live_mode() -> None:
         if as_json:

@@ -1,0 +1,160 @@
+"""Rendering a RunView, and the small pure helpers it uses."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from rich.console import Console
+from test_run_view import agent_update, dev_log, hello, log, orchestrator, progress, status, view_of
+
+from trio_ws.clients.run_view import RunView
+from trio_ws.clients.watch import (
+    WatchTarget,
+)
+from trio_ws.clients.watch_render import (
+    fitting_log_lines,
+    format_age,
+    printable,
+    render,
+)
+from trio_ws.core import protocol
+
+TS_UNIX = 1795626245.123
+
+AGENT_LINES = [
+    "Max concurrency: 3 coding agents",
+    "Started coding agent for feature #3",
+    "[Feature #3] [Tool: Read] src/app.py",
+    "Started testing agent for features [5] (PID 4242)",
+    "[Feature #5] Running tests for the login form",
+    "[DEBUG] Spawning loop: 4 ready, 1 slots",
+]
+
+
+# -- small pure helpers ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("server", "url"),
+    [
+        ("http://127.0.0.1:8888", "ws://127.0.0.1:8888/ws/projects/demo?backlog=100"),
+        ("https://example.org/", "wss://example.org/ws/projects/demo?backlog=100"),
+        ("http://h:1/prefix/", "ws://h:1/prefix/ws/projects/demo?backlog=100"),
+        ("ws://[::1]:9", "ws://[::1]:9/ws/projects/demo?backlog=100"),
+    ],
+)
+def test_target_maps_server_urls_to_the_subscribe_endpoint(server: str, url: str) -> None:
+    assert WatchTarget.from_server(server, "demo").url() == url
+
+
+def test_target_url_carries_resume_point_and_quoted_token() -> None:
+    target = WatchTarget.from_server("http://h:1", "demo", token="a b&c", backlog=5)
+    assert target.url((12, "ep/1")) == (
+        "ws://h:1/ws/projects/demo?backlog=5&since=12&epoch=ep%2F1&token=a%20b%26c"
+    )
+    assert "token" not in target.display_url
+
+
+@pytest.mark.parametrize(("server", "name"), [("ftp://h", "demo"), ("http://h", "bad name")])
+def test_target_refuses_bad_server_or_name(server: str, name: str) -> None:
+    with pytest.raises(ValueError):
+        WatchTarget.from_server(server, name)
+
+
+def test_printable_drops_ansi_and_shows_other_controls() -> None:
+    assert printable("\x1b[31mred\x1b[0m bell\x07 tab\tend") == "red bell? tab\tend"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"), [(None, "-"), (-3, "0s"), (4.9, "4s"), (125, "2m05s"), (3720, "1h02m")]
+)
+def test_format_age(seconds: float | None, shown: str) -> None:
+    assert format_age(seconds) == shown
+
+
+# -- rendering -------------------------------------------------------------------------
+
+
+def busy_view() -> RunView:
+    return view_of(
+        hello(0, project="todo-app"),
+        status(1, "running"),
+        protocol.dev_server_status("running", "http://localhost:5173") | {"seq": 2},
+        progress(3, passing=3, total=12),
+        agent_update(4, 0, "thinking", "Reading src/app.py", name="Spark", features=(3,)),
+        agent_update(5, 1, "testing", "npm test", name="Fizz", features=(5, 6)),
+        orchestrator(6, "monitoring", 2, "At maximum capacity, monitoring active agents"),
+        log(7, "[Feature #3] [Tool: Read] src/app.py"),
+        dev_log(8, "VITE ready in 300 ms"),
+    )
+
+
+def rendered(view: RunView, now: float = TS_UNIX + 65, width: int = 100, lines: int = 10) -> str:
+    console = Console(record=True, width=width, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(render(view, now, lines))
+    return console.export_text()
+
+
+def test_render_shows_header_facts() -> None:
+    text = rendered(busy_view())
+    for fact in ("todo-app", "agents: running", "dev server: running", "http://localhost:5173"):
+        assert fact in text
+
+
+def test_render_shows_progress_numbers() -> None:
+    text = rendered(busy_view())
+    assert "25.0%" in text
+    assert "passing 3/12" in text
+    assert "in progress 2" in text
+    assert "needs input 1" in text
+
+
+def test_render_shows_each_agent_with_type_features_state_thought_and_age() -> None:
+    lines = rendered(busy_view()).splitlines()
+    spark = next(line for line in lines if "Spark" in line)
+    fizz = next(line for line in lines if "Fizz" in line)
+    for fact in ("coding", "#3", "thinking", "Reading src/app.py", "1m05s"):
+        assert fact in spark
+    for fact in ("#5, #6", "testing", "npm test"):
+        assert fact in fizz
+
+
+def test_render_shows_orchestrator_counters_and_message() -> None:
+    line = next(line for line in rendered(busy_view()).splitlines() if "orchestrator" in line)
+    for fact in ("monitoring", "coding 2", "testing 1", "max 3", "ready 4", "blocked 2"):
+        assert fact in line
+    assert "At maximum capacity" in line
+
+
+def test_render_shows_the_log_tail_of_both_streams() -> None:
+    text = rendered(busy_view())
+    assert "17:04:05 [Feature #3] [Tool: Read] src/app.py" in text
+    assert "dev VITE ready in 300 ms" in text
+
+
+def test_render_shows_only_the_last_log_lines() -> None:
+    view = view_of(hello(0), *[log(seq, f"entry-{seq:02d}") for seq in range(1, 31)])
+    text = rendered(view, lines=3)
+    assert [f"entry-{n}" in text for n in (27, 28, 29, 30)] == [False, True, True, True]
+
+
+def test_render_never_interprets_server_text_as_markup() -> None:
+    view = view_of(hello(0), log(1, "[bold red]not markup[/] \x1b[2Jcleared"))
+    assert "[bold red]not markup[/] cleared" in rendered(view)
+
+
+def test_render_shows_the_connection_state_and_last_warning() -> None:
+    view = view_of(hello(0), protocol.warning("progress", "features.db is locked"))
+    view.set_connection("reconnecting", "closed 1001")
+    text = rendered(view)
+    assert "reconnecting (closed 1001)" in text
+    assert "warning (progress): features.db is locked" in text
+
+
+def test_fitting_log_lines_fill_but_do_not_overflow_the_screen() -> None:
+    view = view_of(hello(0), *[log(seq) for seq in range(1, 200)])
+    console = Console(width=100, height=30, file=open(os.devnull, "w"))  # noqa: SIM115
+    count = fitting_log_lines(view, console, TS_UNIX)
+    height = len(console.render_lines(render(view, TS_UNIX, count), pad=False))
+    assert 26 <= height <= 30
