@@ -25,7 +25,7 @@ import pytest
 import trio
 from features_db import Row, create_db, db_path, insert, rows
 from serving import NETWORK_TIMEOUT, make_config
-from test_run_view import hello, progress, view_of
+from test_run_view import AGENT_LINES, hello, progress, view_of
 from test_watch_render import busy_view, rendered
 
 from trio_ws.clients.run_view import ProgressPoint, RunView
@@ -52,15 +52,6 @@ Msg = dict[str, Any]
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 TS_UNIX = 1795626245.123
 FAST = Backoff(initial=0.01, maximum=0.05)
-
-AGENT_LINES = [
-    "Max concurrency: 3 coding agents",
-    "Started coding agent for feature #3",
-    "[Feature #3] [Tool: Read] src/app.py",
-    "Started testing agent for features [5] (PID 4242)",
-    "[Feature #5] Running tests for the login form",
-    "[DEBUG] Spawning loop: 4 ready, 1 slots",
-]
 
 
 # -- the client against a real server --------------------------------------------------

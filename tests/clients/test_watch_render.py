@@ -6,7 +6,16 @@ import os
 
 import pytest
 from rich.console import Console
-from test_run_view import agent_update, dev_log, hello, log, orchestrator, progress, status, view_of
+from test_run_view import (
+    agent_update,
+    dev_log,
+    hello,
+    log,
+    orchestrator,
+    progress,
+    status,
+    view_of,
+)
 
 from trio_ws.clients.run_view import RunView
 from trio_ws.clients.watch import (
@@ -21,15 +30,6 @@ from trio_ws.clients.watch_render import (
 from trio_ws.core import protocol
 
 TS_UNIX = 1795626245.123
-
-AGENT_LINES = [
-    "Max concurrency: 3 coding agents",
-    "Started coding agent for feature #3",
-    "[Feature #3] [Tool: Read] src/app.py",
-    "Started testing agent for features [5] (PID 4242)",
-    "[Feature #5] Running tests for the login form",
-    "[DEBUG] Spawning loop: 4 ready, 1 slots",
-]
 
 
 # -- small pure helpers ---------------------------------------------------------------
