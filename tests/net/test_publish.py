@@ -312,11 +312,11 @@ async def test_applied_pseqs_are_kept_for_the_most_recently_used_producer_ids_on
         assert await publish_once(nursery, server, "kept", 0) == 5  # used again: recent now
         for index in range(600, 1100):
             await publish_once(nursery, server, f"run-{index}", 1)
-        assert len(slot.applied) == 1024
+        assert len(slot.ledger.applied) == 1024
         assert await publish_once(nursery, server, "kept", 0) == 5
         assert await publish_once(nursery, server, "run-1099", 0) == 1
         assert await publish_once(nursery, server, "oldest", 0) == 0  # forgotten
-    assert len(server.manager.projects["demo"].slots["agent"].applied) == 1024
+    assert len(server.manager.projects["demo"].slots["agent"].ledger.applied) == 1024
 
 
 async def test_progress_items_reach_subscribers_once_and_resends_are_skipped(

@@ -1,10 +1,10 @@
 """The producer endpoint, ``/ws/projects/{name}/publish`` (PROTOCOL.md 4).
 
-Producers deliver at least once; this module makes it exactly once into the
-project: every item carries a per-producer ``pseq``, and a `ProducerSlot`
-(the `Project` holds one per stream) remembers the highest ``pseq`` applied for
-each producer id across reconnects, so a resent batch is skipped, never
-applied twice. One producer per stream at a time: a different id on a live
+Producers deliver at least once; the project takes each item exactly once:
+every item carries a per-producer ``pseq``, and the stream's
+`trio_ws.state.ledger.ProducerLedger` (kept across reconnects) decides what is
+new, what is a resend (skipped, never applied twice) and what leaves a gap.
+This module parses the messages and applies what the ledger admits. One producer per stream at a time: a different id on a live
 stream is closed 4009; the same id reconnecting replaces its stale
 connection. A producer that vanishes without a final status gets a grace
 period from its `Project`, after which its stream is marked ``crashed``.
@@ -29,7 +29,7 @@ from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import JournalError
 from trio_ws.net.connection import ConnectionClosed, WebSocket
 from trio_ws.state.hub import ProjectHub
-from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project, producer_key
+from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project
 
 if TYPE_CHECKING:
     from trio_ws.state.manager import ConnectionManager
@@ -71,28 +71,9 @@ class PublishSession:
         self._cancel = trio.CancelScope()
 
     @property
-    def applied(self) -> int:
-        return self.slot.applied_of(self.producer_id)
-
-    @property
     def committed(self) -> int:
-        """The highest pseq whose events the journal holds: what acks may say (0 for
-        an id the slot has forgotten, like one after a restart)."""
-        return min(self.hub.committed_pseqs.get(self._key, 0), self.applied)
-
-    @property
-    def _key(self) -> str:
-        return producer_key(self.slot.stream, self.producer_id)
-
-    def _record(self, pseq: int) -> None:
-        self.slot.record(self.producer_id, pseq)
-        self.hub.applied(self._key, pseq)
-
-    def _baseline(self, pseq: int) -> None:
-        """A producer this server has no record of (say, after a restart) starts where
-        its oldest unacknowledged item is: everything before was acked elsewhere."""
-        if self.producer_id not in self.slot.applied:
-            self._record(pseq - 1)
+        """What acks may say: the highest pseq whose events the journal holds."""
+        return self.slot.ledger.committed_of(self.producer_id)
 
     @property
     def current(self) -> bool:
@@ -209,16 +190,14 @@ class PublishSession:
             return f"at most {MAX_LINES_PER_MESSAGE} lines per message"
         if not all(isinstance(line, str) for line in lines):
             return "every line must be a string"
-        self._baseline(first)
-        applied = self.applied
-        skip = max(0, applied + 1 - first)
-        if skip >= len(lines):
+        skip = self.slot.ledger.lines_to_skip(self.producer_id, first, len(lines))
+        if isinstance(skip, str):
+            return skip
+        if skip == len(lines):
             return None  # all already applied: a resend
-        if first + skip != applied + 1:
-            return f"pseq gap: expected {applied + 1}, got {first + skip}; resend from there"
         fresh = lines[skip:]
         self.hub.feed_lines(fresh, self.slot.stream)
-        self._record(first + len(lines) - 1)
+        self.slot.ledger.applied_through(self.producer_id, first + len(lines) - 1)
         return None
 
     def _admit_item(self, kind: str, pseq: object) -> str | None:
@@ -226,13 +205,10 @@ class PublishSession:
         "" for a resend already applied (skip silently), else what is wrong."""
         if not _is_pseq(pseq):
             return f"{kind} needs an integer 'pseq' >= 1"
-        self._baseline(pseq)
-        applied = self.applied
-        if pseq <= applied:
-            return ""
-        if pseq != applied + 1:
-            return f"pseq gap: expected {applied + 1}, got {pseq}; resend from there"
-        return None
+        new = self.slot.ledger.item_is_new(self.producer_id, pseq)
+        if isinstance(new, str):
+            return new
+        return None if new else ""
 
     def _apply_status(self, payload: dict[str, Any]) -> str | None:
         pseq, status = payload.get("pseq"), payload.get("status")
@@ -240,7 +216,7 @@ class PublishSession:
         if refusal is not None or not _is_pseq(pseq):
             return refusal or None  # "": a resend, skipped silently; _is_pseq narrows the type
         allowed = protocol.AGENT_STATUSES if self.slot.stream == "agent" else protocol.DEV_STATUSES
-        self._record(pseq)
+        self.slot.ledger.applied_through(self.producer_id, pseq)
         if not isinstance(status, str) or status not in allowed:  # a list is unhashable
             return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
         exit_code = payload.get("exit_code")
@@ -257,7 +233,7 @@ class PublishSession:
         refusal = self._admit_item("progress", pseq)
         if refusal is not None or not _is_pseq(pseq):
             return refusal or None  # "": a resend, skipped silently; _is_pseq narrows the type
-        self._record(pseq)
+        self.slot.ledger.applied_through(self.producer_id, pseq)
         if self.slot.stream != "agent":
             return f"progress comes from the agent stream only (item {pseq} skipped)"
         problem = _progress_problem(payload)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ import trio
 from trio_ws.core import defaults
 from trio_ws.core.protocol import Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
-from trio_ws.journal.interface import MAX_PRODUCERS, Journal, JournalError
+from trio_ws.journal.interface import Journal, JournalError
 from trio_ws.journal.redis import RedisJournal
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
@@ -32,6 +31,7 @@ from trio_ws.runtime.supervise import contained, run_restarting
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
+from trio_ws.state.ledger import ProducerLedger, producer_key
 from trio_ws.state.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.state.project")
@@ -57,9 +57,6 @@ data (a flush) is noticed within this long even when nothing is appended."""
 LIVE_WARNING: Final = "journal:live"
 """The standing warning's key while a node cannot follow the other nodes' events."""
 DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
-MAX_PRODUCER_IDS: Final = MAX_PRODUCERS
-"""Producer ids a slot remembers the applied pseq of; the least recently used goes first
-(the journal keeps as many per stream, the least recently written going first)."""
 LOST_LINE: Final = "[trio-ws] producer lost"
 FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
 ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
@@ -86,23 +83,14 @@ class ProducerSession(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
-def producer_key(stream: Stream, producer_id: str) -> str:
-    """How the journal names a producer: its stream and its id."""
-    return f"{stream}:{producer_id}"
-
-
 @dataclass
 class ProducerSlot:
-    """One project stream's producer state, kept across producer reconnects.
-
-    ``applied`` holds the most recently used `MAX_PRODUCER_IDS` producer ids,
-    so a server that sees a new id per run does not grow for its whole life.
-    A forgotten producer is treated like one after a restart (PROTOCOL.md 4.2).
-    """
+    """One project stream's producer: who is connected, its grace period, and the
+    `ProducerLedger` of applied pseqs, kept across producer reconnects."""
 
     project: str
     stream: Stream
-    applied: OrderedDict[str, int] = field(default_factory=OrderedDict)
+    ledger: ProducerLedger
     session: ProducerSession | None = None
     grace: trio.CancelScope | None = None
     progress_from: str | None = None
@@ -114,22 +102,6 @@ class ProducerSlot:
         a ``progress`` item): then the server does not poll the project."""
         session = self.session
         return session is not None and session.producer_id == self.progress_from
-
-    def applied_of(self, producer_id: str) -> int:
-        """The highest pseq applied for ``producer_id`` (0 if none); counts as a use."""
-        if producer_id not in self.applied:
-            return 0
-        self.applied.move_to_end(producer_id)
-        return self.applied[producer_id]
-
-    def record(self, producer_id: str, pseq: int) -> None:
-        """``producer_id`` has now been applied up to ``pseq``; the least recently used
-        id beyond the bound is forgotten. That is never the connected producer: only
-        it records while it is connected, so it is always the most recent."""
-        self.applied[producer_id] = pseq
-        self.applied.move_to_end(producer_id)
-        while len(self.applied) > MAX_PRODUCER_IDS:
-            self.applied.popitem(last=False)
 
 
 @dataclass
@@ -192,8 +164,8 @@ class Project(metaclass=NoPublicConstructor):
         """The one progress reader (its ``reads``/``queries`` are what polling cost)."""
         self.follow(directory)
         self.slots: dict[Stream, ProducerSlot] = {
-            "agent": ProducerSlot(hub.name, "agent"),
-            "dev": ProducerSlot(hub.name, "dev"),
+            "agent": ProducerSlot(hub.name, "agent", ProducerLedger("agent", hub)),
+            "dev": ProducerSlot(hub.name, "dev", ProducerLedger("dev", hub)),
         }
         self._poll_scope: trio.CancelScope | None = None
         self._poll_lock = trio.Lock()
@@ -260,7 +232,7 @@ class Project(metaclass=NoPublicConstructor):
             prefix = producer_key(stream, "")
             for key, pseq in state.pseqs.items():
                 if key.startswith(prefix):
-                    slot.record(key[len(prefix) :], pseq)
+                    slot.ledger.remember(key[len(prefix) :], pseq)
         self._tasks = await self.services.nursery.start(self._run_tasks)
         if isinstance(journal, RedisJournal):
             hub.shared = journal
@@ -411,8 +383,8 @@ class Project(metaclass=NoPublicConstructor):
         if hub.shared is not None:
             await hub.load_stream(stream)
             stored = hub.committed_pseqs.get(key, 0)
-            if stored > slot.applied_of(producer_id):
-                slot.record(producer_id, stored)
+            if stored > slot.ledger.applied_of(producer_id):
+                slot.ledger.remember(producer_id, stored)
         # Its return is a use: in the journal too, which keeps the producers written
         # last, so that it does not forget one its slot still knows.
         hub.touch(key)
