@@ -33,6 +33,7 @@ from trio_ws.core import protocol
 from trio_ws.core.protocol import Message, Stream
 from trio_ws.data.progress import Progress
 from trio_ws.runtime.backoff import Backoff
+from trio_ws.runtime.streak import FailureStreak
 
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
@@ -115,7 +116,8 @@ class Producer:
         self.ready = trio.Event()
         self.finished = trio.Event()
         self._headers = [bearer_header(token)]
-        self._down = False
+        self._outage = FailureStreak()
+        """Connection trouble is said at its start and at the next welcome, once each."""
         self._too_big = False
         """The last connection ended with a 1009 close: deal with it at the next welcome."""
         self._welcomed = trio.Event()
@@ -182,8 +184,7 @@ class Producer:
                         raise
                     if self.refused is not None:
                         return
-                    if not self._closing.is_set() and not self._down:
-                        self._down = True
+                    if not self._closing.is_set() and self._outage.failed():
                         self.report(f"no connection to {self.url} ({reason}); retrying")
                     self.ready.set()
                 if self.connections > welcomed_before:
@@ -251,8 +252,7 @@ class Producer:
         self.connected = True
         self._welcomed.set()
         self._welcomed = trio.Event()
-        if self._down:
-            self._down = False
+        if self._outage.succeeded():
             self.report(f"connected to {self.url} again; resending {self.outbox.pending} items")
         self.ready.set()
         async with trio.open_nursery() as nursery:

@@ -25,6 +25,7 @@ from trio_ws.core import defaults
 from trio_ws.core.protocol import Stream
 from trio_ws.data.progress import Progress, ProgressError, ProgressReader
 from trio_ws.runtime.signals import exit_now, on_stop_signals
+from trio_ws.runtime.streak import FailureStreak
 
 CONNECT_WAIT: Final = 3.0
 """How long `run`/`publish` wait for the first welcome before starting anyway."""
@@ -171,7 +172,7 @@ class ProgressReport:
         self.report = report
         self.reader = ProgressReader(project_dir)
         self.sent: Progress | None = None
-        self.failing = False
+        self.failures = FailureStreak()
 
     async def run(self) -> None:
         """Read and send until cancelled."""
@@ -184,12 +185,10 @@ class ProgressReport:
         try:
             progress = await trio.to_thread.run_sync(self.reader.read)
         except ProgressError as exc:
-            if not self.failing:
-                self.failing = True
+            if self.failures.failed():
                 self.report(f"cannot report progress: {exc}")
             return
-        if self.failing:
-            self.failing = False
+        if self.failures.succeeded():
             self.report("progress reads recovered")
         if self.reader.path is not None and progress != self.sent:
             self.sent = progress
