@@ -52,7 +52,7 @@ from trio_ws.net.subscribe import SubscriberSession
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.state.hub import ProjectHub
 
-Msg = dict[str, Any]
+Msg = protocol.Message
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 TS = "2026-11-25T17:04:05.123Z"
 TS_UNIX = 1795626245.123

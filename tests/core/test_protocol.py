@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
 from trio_ws.core.protocol import encode, iso_timestamp
 
@@ -146,9 +147,9 @@ def test_encode_gives_the_reference_text_or_its_error_for_anything(
 @given(st.lists(st.text(st.characters(codec=None)), max_size=8))
 def test_every_event_the_pipelines_emit_encodes_to_the_reference_text(lines: list[str]) -> None:
     agent, dev = AgentPipeline(), DevPipeline()
-    events = agent.set_status("running") + dev.set_status("running")
+    events: list[Event] = [*agent.set_status("running"), *dev.set_status("running")]
     for line in [*lines, "Started coding agent for feature #3", "[Feature #3] Reading x"]:
-        events += agent.feed_line(line) + dev.feed_line(line)
+        events += [*agent.feed_line(line), *dev.feed_line(line)]
     update = agent.orchestrator.feed("INITIALIZATION COMPLETE")
     assert update is not None
     events.append(update)
