@@ -5,9 +5,11 @@ straight to JSON (``protocol.encode``), so typing them changes no byte on the
 wire. Each has a ``Literal`` ``type`` tag; optional keys are ``NotRequired``.
 ``seq`` is optional on every event because the hub adds it when it numbers one.
 Pure and dependency-free: the core layer's vocabulary for every other layer.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: Python 3.11 reads ``NotRequired``
+only from evaluated annotations, and ``__required_keys__`` must be true at runtime
+(``tests/core/test_messages.py`` checks emitted messages against it).
+"""
 
 from typing import Literal, NotRequired, TypedDict
 
