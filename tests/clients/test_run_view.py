@@ -3,8 +3,6 @@ resync and resume."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from trio_ws.clients.run_view import RunView, SequenceGap
@@ -13,7 +11,7 @@ from trio_ws.clients.watch_render import (
 )
 from trio_ws.core import protocol
 
-Msg = dict[str, Any]
+Msg = protocol.Message
 TS = "2026-11-25T17:04:05.123Z"
 TS_UNIX = 1795626245.123
 

@@ -48,7 +48,7 @@ from trio_ws.net.subscribe import SubscriberSession
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.state.hub import ProjectHub
 
-Msg = dict[str, Any]
+Msg = protocol.Message
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 TS_UNIX = 1795626245.123
 FAST = Backoff(initial=0.01, maximum=0.05)

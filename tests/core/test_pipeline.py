@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_security import leaked_secrets, secretish_text
 
+from trio_ws.core.messages import AgentUpdateEvent, DevServerStatusEvent, Event
 from trio_ws.core.pipeline import LINE_CAP, AgentPipeline, DevPipeline, sanitize
 from trio_ws.core.protocol import AGENT_STATUSES, DEV_STATUSES, Message, iso_timestamp
 
@@ -57,6 +58,22 @@ def types(events: list[Message]) -> list[str]:
 
 def logged(events: list[Message]) -> list[str]:
     return [event["line"] for event in events if event["type"] == "log"]
+
+
+def line_of(event: Event) -> str:
+    """The line of a ``log`` or ``dev_log`` event; fails on any other."""
+    assert event["type"] == "log" or event["type"] == "dev_log", event
+    return event["line"]
+
+
+def agent_update_of(event: Event) -> AgentUpdateEvent:
+    assert event["type"] == "agent_update", event
+    return event
+
+
+def dev_status_of(event: Event) -> DevServerStatusEvent:
+    assert event["type"] == "dev_server_status", event
+    return event
 
 
 BANNER = [
@@ -156,12 +173,12 @@ def test_a_ten_megabyte_line_costs_what_its_capped_head_costs() -> None:
     start = time.perf_counter()
     events = pipeline.feed_line(line)
     assert time.perf_counter() - start < 0.5
-    assert len(events[0]["line"]) <= LINE_CAP
-    assert "hunter2" not in events[0]["line"]
+    assert len(line_of(events[0])) <= LINE_CAP
+    assert "hunter2" not in line_of(events[0])
 
 
 def test_a_ten_megabyte_dev_line_is_capped() -> None:
-    line = running_dev().feed_line("x" * 10_000_000)[0]["line"]
+    line = line_of(running_dev().feed_line("x" * 10_000_000)[0])
     head, _, rest = line.partition(" … [truncated ")
     assert len(line) <= LINE_CAP
     assert len(head) + int(rest.removesuffix(" chars]")) == 10_000_000
@@ -185,13 +202,13 @@ def test_a_line_that_redaction_makes_longer_still_fits_the_cap() -> None:
     ],
 )
 def test_lone_surrogates_become_replacement_characters(raw: str, clean: str) -> None:
-    line = running_agent().feed_line(raw)[0]["line"]
+    line = line_of(running_agent().feed_line(raw)[0])
     assert line == clean
     line.encode("utf-8")
 
 
 def test_a_dev_line_with_a_lone_surrogate_can_be_encoded() -> None:
-    assert running_dev().feed_line("bad \ud800 x")[0]["line"] == "bad \ufffd x"
+    assert line_of(running_dev().feed_line("bad \ud800 x")[0]) == "bad \ufffd x"
 
 
 def test_a_cut_through_a_surrogate_pair_leaves_a_replacement_character() -> None:
@@ -501,7 +518,7 @@ def test_a_line_orders_status_banner_log_then_updates() -> None:
         "log",
         "orchestrator_update",
     ]
-    assert events[13]["line"] == "All agents drained - paused. Unauthorized."
+    assert line_of(events[13]) == "All agents drained - paused. Unauthorized."
 
 
 def test_the_events_of_a_line_share_one_clock_reading() -> None:
@@ -522,7 +539,7 @@ def test_a_tracker_snapshot_between_lines_reads_the_clock() -> None:
 def test_trackers_see_the_redacted_line() -> None:
     pipeline = running_agent()
     events = pipeline.feed_line("[Feature #3] Reading password=hunter2 now")
-    assert events[1]["thought"] == "password=[REDACTED] now"
+    assert agent_update_of(events[1])["thought"] == "password=[REDACTED] now"
 
 
 KEY_LINES = [
@@ -554,7 +571,7 @@ def test_the_agent_stream_redacts_a_private_key_block_whole() -> None:
 
 def test_the_dev_stream_redacts_a_private_key_block_whole() -> None:
     pipeline = running_dev()
-    lines = [event["line"] for line in KEY_LINES for event in pipeline.feed_line(line)]
+    lines = [line_of(event) for line in KEY_LINES for event in pipeline.feed_line(line)]
     assert lines == KEY_LOGS
 
 
@@ -573,7 +590,7 @@ def test_an_extra_secret_is_redacted_on_the_dev_stream_and_its_url() -> None:
     pipeline = DevPipeline(FakeClock(), secrets=("srv-TOKEN-123",))
     pipeline.set_status("running")
     events = pipeline.feed_line("at http://localhost:5173/?t=srv-TOKEN-123")
-    assert events[0]["line"] == "at http://localhost:5173/?t=[REDACTED]"
+    assert line_of(events[0]) == "at http://localhost:5173/?t=[REDACTED]"
     assert pipeline.url == "http://localhost:5173/?t=[REDACTED]"
 
 
@@ -896,7 +913,9 @@ def test_a_restarted_dev_server_publishes_its_new_url() -> None:
     pipeline.feed_line("http://localhost:5173/")
     pipeline.set_status("stopped")
     pipeline.set_status("running")
-    assert pipeline.feed_line("http://localhost:5174/")[1]["url"] == "http://localhost:5174/"
+    assert dev_status_of(pipeline.feed_line("http://localhost:5174/")[1])["url"] == (
+        "http://localhost:5174/"
+    )
 
 
 def test_a_dev_status_without_a_change_emits_nothing() -> None:
@@ -908,7 +927,7 @@ def test_a_dev_status_without_a_change_emits_nothing() -> None:
 
 def test_the_dev_url_carries_the_current_status() -> None:
     pipeline = DevPipeline(FakeClock())
-    assert pipeline.feed_line("http://localhost:5173/")[1]["status"] == "stopped"
+    assert dev_status_of(pipeline.feed_line("http://localhost:5173/")[1])["status"] == "stopped"
 
 
 @pytest.mark.parametrize("status", ["paused", "exploded"])
@@ -1185,7 +1204,7 @@ def test_dev_pipeline_takes_any_text(items: list[str | Status]) -> None:
             continue
         inside = pipeline.in_private_key
         events = pipeline.feed_line(item)
-        assert_sanitized(events[0]["line"], item, inside)
+        assert_sanitized(line_of(events[0]), item, inside)
         assert types(events) in (["dev_log"], ["dev_log", "dev_server_status"])
 
 

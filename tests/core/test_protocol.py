@@ -8,11 +8,14 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from trio_ws.core.errors import BadClientMessage
+from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
-from trio_ws.core.protocol import encode, iso_timestamp
+from trio_ws.core.protocol import decode_client_message, encode, iso_timestamp
 
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 SAME_MILLISECOND = 1_795_626_245.123_4  # .1234: one more microsecond stays in .123
@@ -146,11 +149,35 @@ def test_encode_gives_the_reference_text_or_its_error_for_anything(
 @given(st.lists(st.text(st.characters(codec=None)), max_size=8))
 def test_every_event_the_pipelines_emit_encodes_to_the_reference_text(lines: list[str]) -> None:
     agent, dev = AgentPipeline(), DevPipeline()
-    events = agent.set_status("running") + dev.set_status("running")
+    events: list[Event] = [*agent.set_status("running"), *dev.set_status("running")]
     for line in [*lines, "Started coding agent for feature #3", "[Feature #3] Reading x"]:
-        events += agent.feed_line(line) + dev.feed_line(line)
+        events += [*agent.feed_line(line), *dev.feed_line(line)]
     update = agent.orchestrator.feed("INITIALIZATION COMPLETE")
     assert update is not None
     events.append(update)
     for event in events:
         assert encode(event) == REFERENCE.encode(event)
+
+
+@pytest.mark.parametrize(
+    ("frame", "problem"),
+    [
+        (b'{"type":"ping"}', "binary frames are not accepted"),
+        ("{not json", "message is not valid JSON"),
+        ("[1, 2]", "message is not a JSON object"),
+        ('"ping"', "message is not a JSON object"),
+    ],
+)
+def test_a_client_frame_that_is_no_json_object_is_a_bad_client_message(
+    frame: str | bytes, problem: str
+) -> None:
+    with pytest.raises(BadClientMessage, match=f"^{re.escape(problem)}$"):
+        decode_client_message(frame)
+
+
+def test_a_client_frame_holding_an_object_is_that_object_whatever_its_type() -> None:
+    assert decode_client_message('{"type":"control","action":"stop"}') == {
+        "type": "control",
+        "action": "stop",
+    }
+    assert decode_client_message('{"type":"unheard-of","x":1}') == {"type": "unheard-of", "x": 1}

@@ -30,6 +30,7 @@ from features_db import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from trio_ws.core.messages import ProgressEvent
 from trio_ws.core.protocol import encode
 from trio_ws.data.progress import (
     NO_PROGRESS,
@@ -99,6 +100,15 @@ def test_to_message_has_the_wire_fields() -> None:
         "percentage": 25.0,
         "needs_human_input": 3,
     }
+
+
+def test_to_message_has_exactly_the_keys_of_its_typed_dict() -> None:
+    """With and without the chart timestamp, required and optional keys as declared."""
+    progress = Progress(passing=1, in_progress=2, total=4, needs_human_input=3)
+    assert progress.to_message().keys() == ProgressEvent.__required_keys__
+    dated = progress.to_message("2026-11-25T17:04:05.123456Z")
+    assert dated.keys() - ProgressEvent.__required_keys__ == {"timestamp"}
+    assert {"timestamp"} <= ProgressEvent.__optional_keys__
 
 
 def test_message_without_features_encodes_percentage_as_zero() -> None:

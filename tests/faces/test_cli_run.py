@@ -161,7 +161,7 @@ def logs(messages: list[Message]) -> list[str]:
     return [message["line"] for message in messages if message["type"] == "log"]
 
 
-def statuses(messages: list[Message]) -> list[str]:
+def statuses(messages: list[Any]) -> list[str]:
     return [message["status"] for message in messages if message["type"] == "agent_status"]
 
 

@@ -241,7 +241,7 @@ async def test_progress_history_lists_points_and_status_changes(
 
 
 def point(progress: Progress) -> dict[str, Any]:
-    message = progress.to_message()
+    message: dict[str, Any] = dict(progress.to_message())
     del message["type"]
     return message
 

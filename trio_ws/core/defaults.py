@@ -25,9 +25,13 @@ POLL_RESTART: Final = (0.1, 5.0)
 HISTORY: Final = 10_000
 """Most events held per project for resume and catch-up."""
 HISTORY_BYTES: Final = 64 * 1024 * 1024
-"""Most encoded bytes (websocket frames) of events held per project."""
+"""Most bytes of events held per project, counted as the UTF-8 of each event's JSON text
+(no frame headers), in the hub's history and the journal alike; each log tail a fresh
+sync replays keeps to it too."""
 QUEUE_SIZE: Final = 1024
-"""Per-subscriber channel capacity, in messages."""
+"""Most messages one subscriber may have queued and not yet written (a plain list, not a
+channel): a subscriber with a full queue is behind, and is caught up from the held
+history once it drains, or resynced (PROTOCOL.md 3.1)."""
 BACKLOG: Final = 0
 """Log lines replayed on a fresh sync when the subscriber names no ``backlog``: none, so a
 client that appends what it receives on every reconnect (the AutoForge UI) sees nothing

@@ -18,10 +18,10 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Final
 
+from trio_ws.core.messages import AgentEvent, AgentStatusEvent, DevEvent, LogEvent
 from trio_ws.core.protocol import (
     AGENT_STATUSES,
     Clock,
-    Message,
     agent_status,
     dev_log,
     dev_server_status,
@@ -179,7 +179,7 @@ class AgentPipeline:
     def status(self) -> str:
         return self._status
 
-    def feed_line(self, raw: str) -> list[Message]:
+    def feed_line(self, raw: str) -> list[AgentEvent]:
         """Events for one raw line, in wire order (LINES.md 1, step 6), sharing one timestamp."""
         self._line_time = self._clock()
         try:
@@ -187,8 +187,8 @@ class AgentPipeline:
         finally:
             self._line_time = None
 
-    def _feed(self, line: str, dropped: int, timestamp: str) -> list[Message]:
-        events: list[Message] = []
+    def _feed(self, line: str, dropped: int, timestamp: str) -> list[AgentEvent]:
+        events: list[AgentEvent] = []
         if (_DRAINED in line or _RESUMING in line) and not line.startswith(_FEATURE_LINE):
             found = sorted(
                 (line.find(literal), status)
@@ -216,11 +216,11 @@ class AgentPipeline:
             events.append(orchestrator_update)
         return events
 
-    def feed_lines(self, raws: Iterable[str]) -> list[Message]:
+    def feed_lines(self, raws: Iterable[str]) -> list[AgentEvent]:
         """``feed_line`` for each line in turn (a producer's batch)."""
         return [event for raw in raws for event in self.feed_line(raw)]
 
-    def set_status(self, status: str) -> list[Message]:
+    def set_status(self, status: str) -> list[AgentEvent]:
         """Events for a status from the producer; none when it does not change.
 
         ``crashed`` in a run that showed no banner yet checks the last 20 raw
@@ -231,7 +231,7 @@ class AgentPipeline:
             raise ValueError(f"unknown agent status {status!r}")
         if status == self._status:
             return []
-        events: list[Message] = []
+        events: list[AgentEvent] = []
         if status == "crashed" and not self._banner_shown and _auth_error("\n".join(self._recent)):
             events += self._banner(iso_timestamp(self._clock()))
         events += self._change(status)
@@ -244,7 +244,7 @@ class AgentPipeline:
         """The current line's time while one is fed (one clock read per line), else now."""
         return self._clock() if self._line_time is None else self._line_time
 
-    def _change(self, status: str) -> list[Message]:
+    def _change(self, status: str) -> list[AgentStatusEvent]:
         if status == self._status:
             return []
         if status == "running" and self._status in _RUN_OVER:
@@ -255,7 +255,7 @@ class AgentPipeline:
         line_time = self._line_time
         return [agent_status(status, None if line_time is None else iso_timestamp(line_time))]
 
-    def _banner(self, timestamp: str) -> list[Message]:
+    def _banner(self, timestamp: str) -> list[LogEvent]:
         self._banner_shown = True
         return [log(line, timestamp, None, None) for line in AUTH_BANNER]
 
@@ -318,21 +318,21 @@ class DevPipeline:
         """Where the dev server listens in this run, once a line has said so."""
         return self._url
 
-    def feed_line(self, raw: str) -> list[Message]:
+    def feed_line(self, raw: str) -> list[DevEvent]:
         """The ``dev_log`` for one raw line, then a ``dev_server_status`` if it reveals the URL."""
         line, dropped = cap(raw)
         redacted, self.in_private_key = redact_line(line, self.in_private_key, self._secrets)
-        events = [dev_log(finish(redacted, dropped), iso_timestamp(self._clock()))]
+        events: list[DevEvent] = [dev_log(finish(redacted, dropped), iso_timestamp(self._clock()))]
         if self._url is None and (url := _dev_url(line, self._secrets)) is not None:
             self._url = url
             events.append(dev_server_status(self._status, url))
         return events
 
-    def feed_lines(self, raws: Iterable[str]) -> list[Message]:
+    def feed_lines(self, raws: Iterable[str]) -> list[DevEvent]:
         """``feed_line`` for each line in turn (a producer's batch)."""
         return [event for raw in raws for event in self.feed_line(raw)]
 
-    def set_status(self, status: str) -> list[Message]:
+    def set_status(self, status: str) -> list[DevEvent]:
         """A ``dev_server_status`` when the status changes; every change forgets the URL."""
         event = dev_server_status(status, None)  # raises ValueError on an unknown status
         if status == self._status:

@@ -2,8 +2,10 @@
 
 Pure (orjson its one dependency), so the trackers, the hub and the server all speak
 the same words (``../shared/spec/PROTOCOL.md``). Messages are plain dicts
-because they go straight to JSON; ``encode`` is the one place that turns a
-message into wire text, compact, so each event is encoded exactly once.
+because they go straight to JSON, typed by the TypedDicts of ``messages``;
+``encode`` is the one place that turns a message into wire text, compact, so
+each event is encoded exactly once, and ``decode_client_message`` the one place
+that reads a client's frame.
 """
 
 from __future__ import annotations
@@ -12,19 +14,35 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import orjson
 
 from trio_ws import __version__
+from trio_ws.core.errors import BadClientMessage
+from trio_ws.core.messages import (
+    AgentStatusEvent,
+    DevLogEvent,
+    DevServerStatusEvent,
+    ErrorMessage,
+    LogEvent,
+    WarningMessage,
+)
+from trio_ws.core.messages import Stream as Stream  # re-exported: other layers name it here
 
 PROTOCOL_VERSION: Final = 1
 SERVER_NAME: Final = f"trio-ws/{__version__}"
 
-Message = dict[str, Any]
-"""One JSON object on the wire."""
+JsonObject = dict[str, Any]
+"""A JSON object not (yet) known to be a message of the protocol: a frame decoded
+off the wire before it is checked, a REST body, a journalled event read back."""
+
+Message = Any
+"""Transitional (issue 18): the untyped name the state, net and clients layers still
+use for a message. ``Any``, not ``JsonObject``, so they take the typed messages core
+returns unchanged until they switch to ``JsonObject`` or a type of ``messages``."""
 
 Clock = Callable[[], float]
 """Returns the current time as UNIX seconds; injected so pure code is testable."""
@@ -33,9 +51,6 @@ wall_clock: Clock = time.time
 
 PROJECT_NAME_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,50}")
 """A project name, matched with ``fullmatch`` (so a trailing newline fails)."""
-
-Stream = Literal["agent", "dev"]
-"""A project's two producer streams: the orchestrator's output and its dev server's."""
 
 AGENT_STATUSES: Final = frozenset(
     {"stopped", "running", "paused", "crashed", "pausing", "paused_graceful"}
@@ -95,7 +110,7 @@ _ORJSON_OPTIONS: Final = (
 _PLAIN_TYPES: Final = frozenset({str, int, bool, type(None)})
 
 
-def encode(message: Message) -> str:
+def encode(message: Mapping[str, object]) -> str:
     """Compact JSON text for one message; the only encoder on the wire.
 
     The text is exactly ``_ENCODER``'s: orjson (about ten times faster, and
@@ -114,9 +129,9 @@ def encode(message: Message) -> str:
     return _ENCODER.encode(message)
 
 
-def _plain(container: dict[Any, Any] | list[Any]) -> bool:
+def _plain(container: Mapping[Any, Any] | list[Any]) -> bool:
     """Whether ``container`` holds only plain JSON values (no float, tuple, subclass, ...)."""
-    for value in container.values() if type(container) is dict else container:
+    for value in container if isinstance(container, list) else container.values():
         kind = type(value)
         if kind in _PLAIN_TYPES or ((kind is dict or kind is list) and _plain(value)):
             continue
@@ -127,24 +142,24 @@ def _plain(container: dict[Any, Any] | list[Any]) -> bool:
 # -- event constructors (PROTOCOL.md 3.2); the hub adds ``seq`` -------------
 
 
-def agent_status(status: str, timestamp: str | None = None) -> Message:
+def agent_status(status: str, timestamp: str | None = None) -> AgentStatusEvent:
     """``timestamp`` (additive, revision 2) dates the change for a progress chart."""
     if status not in AGENT_STATUSES:
         raise ValueError(f"unknown agent status {status!r}")
-    message: Message = {"type": "agent_status", "status": status}
+    message: AgentStatusEvent = {"type": "agent_status", "status": status}
     if timestamp is not None:
         message["timestamp"] = timestamp
     return message
 
 
-def dev_server_status(status: str, url: str | None) -> Message:
+def dev_server_status(status: str, url: str | None) -> DevServerStatusEvent:
     if status not in DEV_STATUSES:
         raise ValueError(f"unknown dev server status {status!r}")
     return {"type": "dev_server_status", "status": status, "url": url}
 
 
-def log(line: str, timestamp: str, feature_id: int | None, agent_index: int | None) -> Message:
-    message: Message = {"type": "log", "line": line, "timestamp": timestamp}
+def log(line: str, timestamp: str, feature_id: int | None, agent_index: int | None) -> LogEvent:
+    message: LogEvent = {"type": "log", "line": line, "timestamp": timestamp}
     if feature_id is not None:
         message["featureId"] = feature_id
     if agent_index is not None:
@@ -152,16 +167,34 @@ def log(line: str, timestamp: str, feature_id: int | None, agent_index: int | No
     return message
 
 
-def dev_log(line: str, timestamp: str) -> Message:
+def dev_log(line: str, timestamp: str) -> DevLogEvent:
     return {"type": "dev_log", "line": line, "timestamp": timestamp}
 
 
 # -- connection messages (PROTOCOL.md 3.3); never carry ``seq`` -------------
 
 
-def warning(source: str, content: str) -> Message:
+def warning(source: str, content: str) -> WarningMessage:
     return {"type": "warning", "source": source, "content": content}
 
 
-def error(content: str) -> Message:
+def error(content: str) -> ErrorMessage:
     return {"type": "error", "content": content}
+
+
+# -- client frames (PROTOCOL.md 3.4, 4.1) --------------------------------------
+
+
+def decode_client_message(frame: str | bytes) -> JsonObject:
+    """The JSON object one client frame holds; ``BadClientMessage`` (answered with a
+    ``warning``, the connection stays) for a binary frame, text that is not JSON,
+    or JSON that is not an object. What the object's ``type`` asks is the caller's."""
+    if isinstance(frame, bytes):
+        raise BadClientMessage("binary frames are not accepted")
+    try:
+        payload = json.loads(frame)
+    except ValueError:
+        raise BadClientMessage("message is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise BadClientMessage("message is not a JSON object")
+    return payload

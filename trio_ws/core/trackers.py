@@ -16,9 +16,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Final, Literal, TypeVar, cast
+from typing import Final, TypedDict, TypeVar, cast
 
-from trio_ws.core.protocol import Clock, Message, iso_timestamp, wall_clock
+from trio_ws.core.messages import AgentType, AgentUpdateEvent, OrchestratorUpdateEvent
+from trio_ws.core.protocol import Clock, iso_timestamp, wall_clock
 
 MASCOTS: Final[tuple[str, ...]] = (
     "Spark",
@@ -46,8 +47,6 @@ MASCOTS: Final[tuple[str, ...]] = (
 
 UNKNOWN_AGENT: Final = "Unknown"
 """Name of a synthetic completion (an agent nobody tracked)."""
-
-AgentType = Literal["coding", "testing"]
 
 _MAX_DIGITS: Final = 15
 _THOUGHT_CAP: Final = 200
@@ -266,8 +265,8 @@ class _Agent:
     state: str
     thought: str | None
 
-    def message(self, timestamp: str, *, synthetic: bool = False) -> Message:
-        message: Message = {
+    def message(self, timestamp: str, *, synthetic: bool = False) -> AgentUpdateEvent:
+        message: AgentUpdateEvent = {
             "type": "agent_update",
             "agentIndex": self.index,
             "agentName": self.name,
@@ -296,7 +295,7 @@ class AgentTracker:
     def active_count(self) -> int:
         return len(self._agents)
 
-    def feed(self, line: str) -> Message | None:
+    def feed(self, line: str) -> AgentUpdateEvent | None:
         """Apply the first matching rule to a sanitised line; the update it causes, if any.
 
         Every rule is anchored and starts with ``Started ``, ``Feature`` or
@@ -337,14 +336,16 @@ class AgentTracker:
         """Forget every agent (run stopped or crashed); indices keep counting up."""
         self._agents.clear()
 
-    def snapshot(self) -> list[Message]:
+    def snapshot(self) -> list[AgentUpdateEvent]:
         """One update per active agent, current state and thought, by index."""
         timestamp = iso_timestamp(self._clock())
         return [self._agents[index].message(timestamp) for index in sorted(self._agents)]
 
     # -- rules ---------------------------------------------------------------
 
-    def _spawn(self, agent_type: AgentType, feature_ids: list[int] | None) -> Message | None:
+    def _spawn(
+        self, agent_type: AgentType, feature_ids: list[int] | None
+    ) -> AgentUpdateEvent | None:
         if feature_ids is None:
             return None
         batch = len(feature_ids) > 1
@@ -358,7 +359,7 @@ class AgentTracker:
 
     def _complete(
         self, agent_type: AgentType, feature_ids: list[int] | None, outcome: str, *, batch: bool
-    ) -> Message | None:
+    ) -> AgentUpdateEvent | None:
         if feature_ids is None:
             return None
         first = feature_ids[0]
@@ -376,7 +377,7 @@ class AgentTracker:
         agent.state, agent.thought = _COMPLETION[outcome, len(agent.feature_ids) > 1]
         return agent.message(self._now())
 
-    def _activity(self, feature_id: int | None, content: str) -> Message | None:
+    def _activity(self, feature_id: int | None, content: str) -> AgentUpdateEvent | None:
         if feature_id is None:
             return None
         state, thought = _classify(content)
@@ -471,6 +472,17 @@ class AgentTracker:
         return tracker
 
 
+class OrchestratorState(TypedDict):
+    """The orchestrator's state and counters, as an ``orchestrator_update`` names them."""
+
+    state: str
+    codingAgents: int
+    testingAgents: int
+    maxConcurrency: int
+    readyCount: int
+    blockedCount: int
+
+
 class OrchestratorTracker:
     """What the orchestrator is doing and how many agents it runs (LINES.md 3)."""
 
@@ -483,7 +495,7 @@ class OrchestratorTracker:
         self._ready = 0
         self._blocked = 0
 
-    def feed(self, line: str) -> Message | None:
+    def feed(self, line: str) -> OrchestratorUpdateEvent | None:
         """Apply one line; the ``orchestrator_update`` it causes, if any."""
         if line.startswith("[Feature #") or _ANY_NEEDLE.search(line) is None:
             return None
@@ -507,7 +519,7 @@ class OrchestratorTracker:
         self._state = "idle"
         self._coding = self._testing = self._ready = self._blocked = 0
 
-    def state(self) -> Message:
+    def state(self) -> OrchestratorState:
         """The current state and the five counters."""
         return {
             "state": self._state,
@@ -518,7 +530,7 @@ class OrchestratorTracker:
             "blockedCount": self._blocked,
         }
 
-    def _apply(self, event_type: str, match: re.Match[str]) -> Message | None:
+    def _apply(self, event_type: str, match: re.Match[str]) -> OrchestratorUpdateEvent | None:
         """Change the state for one chain hit; None for blocked_features or a bad number."""
         if event_type in _FIXED:
             self._state, message = _FIXED[event_type]
@@ -538,7 +550,7 @@ class OrchestratorTracker:
         if event_type == "feature_start":
             self._state = "spawning"
             message = f"Preparing Feature #{number}: {match[2]}"
-            return self._event(event_type, message, featureId=number, featureName=match[2])
+            return self._event(event_type, message, number, match[2])
         kind, _, phase = event_type.partition("_")  # coding/testing, spawn/complete
         if phase == "spawn":
             delta, self._state = 1, "spawning"
@@ -550,10 +562,16 @@ class OrchestratorTracker:
             self._coding = max(0, self._coding + delta)
         else:
             self._testing = max(0, self._testing + delta)
-        return self._event(event_type, message, featureId=number)
+        return self._event(event_type, message, number)
 
-    def _event(self, event_type: str, message: str, **extra: int | str) -> Message:
-        return {
+    def _event(
+        self,
+        event_type: str,
+        message: str,
+        feature_id: int | None = None,
+        feature_name: str | None = None,
+    ) -> OrchestratorUpdateEvent:
+        event: OrchestratorUpdateEvent = {
             "type": "orchestrator_update",
             "eventType": event_type,
             "state": self._state,
@@ -564,8 +582,12 @@ class OrchestratorTracker:
             "maxConcurrency": self._max_concurrency,
             "readyCount": self._ready,
             "blockedCount": self._blocked,
-            **extra,
         }
+        if feature_id is not None:
+            event["featureId"] = feature_id
+        if feature_name is not None:
+            event["featureName"] = feature_name
+        return event
 
     # -- restart: state out, state in ----------------------------------------
 

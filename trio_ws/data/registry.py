@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
-from trio_ws.core.protocol import Clock, Message, is_valid_project_name, iso_timestamp, wall_clock
+from trio_ws.core.protocol import (
+    Clock,
+    JsonObject,
+    is_valid_project_name,
+    iso_timestamp,
+    wall_clock,
+)
 
 HOME_ENV: Final = "TRIO_WS_HOME"
 DEFAULT_HOME: Final = Path("~/.trio-ws")
@@ -110,7 +116,7 @@ class Project:
         """Whether the directory is still there (it may go away after registration)."""
         return self.path.is_dir()
 
-    def to_json(self) -> Message:
+    def to_json(self) -> JsonObject:
         return {
             "name": self.name,
             "path": self.path.as_posix(),

@@ -4,10 +4,11 @@ Producers deliver at least once; the project takes each item exactly once:
 every item carries a per-producer ``pseq``, and the stream's
 `trio_ws.state.ledger.ProducerLedger` (kept across reconnects) decides what is
 new, what is a resend (skipped, never applied twice) and what leaves a gap.
-This module parses the messages and applies what the ledger admits. One producer per stream at a time: a different id on a live
-stream is closed 4009; the same id reconnecting replaces its stale
-connection. A producer that vanishes without a final status gets a grace
-period from its `Project`, after which its stream is marked ``crashed``.
+This module parses the messages and applies what the ledger admits. One
+producer per stream at a time: a different id on a live stream is closed 4009;
+the same id reconnecting replaces its stale connection. A producer that
+vanishes without a final status gets a grace period from its `Project`, after
+which its stream is marked ``crashed``.
 
 All messages to a producer go through one writer task fed by a small
 channel; the `WebSocket` underneath serialises them with its pings and

@@ -1,0 +1,100 @@
+"""The errors ``../shared/spec/PROTOCOL.md`` defines, as exceptions that carry their code.
+
+A refusal knows its close code and the ``error`` content the client is told
+first (section 2, 4.2); a limit knows its close code (section 3.4); a bad
+client message knows the ``warning`` it earns (the connection stays). So the
+code and the words live here once, not as literals where a connection ends.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+from trio_ws.core.messages import ErrorMessage, WarningMessage
+
+DO_NOT_RETRY: Final = range(4000, 5000)
+"""Close codes that tell a client not to reconnect (PROTOCOL.md 2); any other may."""
+
+
+class ProtocolError(Exception):
+    """An error the protocol names; ``str()`` is what the peer is told."""
+
+    code: ClassVar[int | None] = None
+    """The websocket close code it ends the connection with; None when it does not."""
+
+
+class Refusal(ProtocolError):
+    """A websocket accepted only to be told ``error`` and closed with ``code``."""
+
+    code: ClassVar[int]
+    content: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__(self.content)
+
+    def message(self) -> ErrorMessage:
+        """The ``error`` message sent just before the close."""
+        return {"type": "error", "content": self.content}
+
+
+class InvalidProjectName(Refusal):
+    """The path's project name is not ``^[A-Za-z0-9_-]{1,50}$``."""
+
+    code = 4000
+    content = "Invalid project name"
+
+
+class Unauthorized(Refusal):
+    """A subscriber without the token where one is required."""
+
+    code = 4001
+    content = "Unauthorized"
+
+
+class ProjectNotFound(Refusal):
+    """The name is not registered."""
+
+    code = 4004
+    content = "Project not found in registry"
+
+
+class ProjectDirectoryNotFound(Refusal):
+    """The name is registered but its directory is gone."""
+
+    code = 4004
+    content = "Project directory not found"
+
+
+class StreamTaken(Refusal):
+    """A second producer for a stream that has one (PROTOCOL.md 4.2)."""
+
+    code = 4009
+    content = "stream already has a producer"
+
+
+class LimitExceeded(ProtocolError):
+    """A client went past one of the inbound limits of PROTOCOL.md 3.4."""
+
+    code: ClassVar[int]
+
+
+class MessageTooBig(LimitExceeded):
+    """An inbound frame over the size limit."""
+
+    code = 1009
+
+
+class TooManyMessages(LimitExceeded):
+    """More inbound messages in a window than the rate limit allows."""
+
+    code = 1008
+
+
+class BadClientMessage(ProtocolError):
+    """A frame that is not a JSON object: answered with a ``warning``, the connection stays."""
+
+    source: ClassVar[str] = "protocol"
+
+    def warning(self) -> WarningMessage:
+        """The ``warning`` the sender is given."""
+        return {"type": "warning", "source": self.source, "content": str(self)}
