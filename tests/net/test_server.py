@@ -50,8 +50,10 @@ import trio_ws.net.server
 from trio_ws import __version__
 from trio_ws.data.progress import NO_PROGRESS
 from trio_ws.data.registry import Registry
+from trio_ws.net import api
 from trio_ws.net.httpio import MAX_HEAD_BYTES
 from trio_ws.net.server import Server, serve
+from trio_ws.state.manager import ConnectionManager
 
 Msg = dict[str, Any]
 
@@ -381,16 +383,16 @@ async def test_a_client_that_stops_mid_head_is_dropped_after_the_handshake_timeo
 async def test_a_failing_handler_is_logged_with_its_peer_and_the_server_keeps_serving(
     server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    real_health = trio_ws.net.server._health
+    real_health = api.health
     calls: list[None] = []
 
-    def failing_once(running: Server) -> dict[str, Any]:
+    def failing_once(manager: ConnectionManager, started_at: float) -> dict[str, Any]:
         calls.append(None)
         if len(calls) == 1:
             raise RuntimeError("health check exploded")
-        return real_health(running)
+        return real_health(manager, started_at)
 
-    monkeypatch.setattr(trio_ws.net.server, "_health", failing_once)
+    monkeypatch.setattr(api, "health", failing_once)
     with trio.fail_after(NETWORK_TIMEOUT):
         stream = await trio.open_tcp_stream("127.0.0.1", server.port)
         local_port = stream.socket.getsockname()[1]

@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Final, Literal
 from urllib.parse import unquote
 
 import trio
@@ -43,20 +43,12 @@ from trio_ws.core.security import (
     origin_allowed,
     redact,
 )
-from trio_ws.data.features import NoFeaturesDatabase, read_features
-from trio_ws.data.progress import (
-    CorruptDatabase,
-    DatabaseLocked,
-    MissingTable,
-    ProgressError,
-    UnsupportedSchema,
-)
 from trio_ws.data.registry import Project, Registry, RegistryError
-from trio_ws.journal.interface import Journal, JournalBackend, JournalError
+from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.journal.redis import RedisBackend, open_redis_backend
 from trio_ws.journal.sqlite import SqliteBackend
-from trio_ws.net import control, dashboard
+from trio_ws.net import api, control, dashboard
 from trio_ws.net.access import (
     TOKEN_COOKIE,
     carries_token,
@@ -341,7 +333,7 @@ async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) ->
         )
         return
     if head.path == "/healthz":
-        await send_json(stream, connection, 200, _health(server))
+        await send_json(stream, connection, 200, api.health(server.manager, server.started_at))
     elif head.path == "/metrics":
         await send_response(stream, connection, 200, server.metrics.render(), METRICS_TYPE)
     elif head.path == "/api/projects":
@@ -352,41 +344,6 @@ async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) ->
         await send_response(stream, connection, 404, b"not found\n")
 
 
-def _health(server: Server) -> dict[str, Any]:
-    manager = server.manager
-    return {
-        "status": "ok",
-        "projects": len(manager.hubs),
-        "subscribers": manager.subscriber_count,
-        "producers": manager.producer_count,
-        "uptime_s": round(time.monotonic() - server.started_at, 3),
-        "journal": manager.journals.name,
-        "journals": {
-            name: _journal_health(hub.journal, hub.pending)
-            for name, hub in sorted(manager.hubs.items())
-            if hub.journal is not None
-        },
-    }
-
-
-def _journal_health(journal: Journal, pending: int) -> dict[str, Any]:
-    """One project's journal for /healthz (STATE.md: what it holds, how commits go)."""
-    stats = journal.stats()
-    recent = sorted(stats.commit_seconds)
-    return {
-        "backend": stats.backend,
-        "head": stats.head,
-        "oldest_seq": stats.oldest,
-        "events_held": stats.events_held,
-        "bytes_held": stats.bytes_held,
-        "pending": pending,
-        "commits": stats.commits,
-        "commit_p50_ms": round(recent[len(recent) // 2] * 1000, 3) if recent else None,
-        "commit_max_ms": round(recent[-1] * 1000, 3) if recent else None,
-        "write_errors": stats.write_errors,
-    }
-
-
 async def _api_projects(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
     """The registered projects; it names directories, so it needs the token whenever
     subscribers do (PROTOCOL.md 1, 6)."""
@@ -395,24 +352,12 @@ async def _api_projects(server: Server, stream: trio.SocketStream, head: Request
         return
     registry = Registry(server.config.registry_path)
     try:
-        projects = await trio.to_thread.run_sync(_list_with_existence, registry)
+        projects = await trio.to_thread.run_sync(api.list_with_existence, registry)
     except RegistryError as exc:
         log.error("registry unreadable: %s", exc)
         await send_json(stream, head.connection, 503, {"error": str(exc)})
         return
-    listing = []
-    for project, exists in projects:
-        hub = server.manager.get_hub(project.name)
-        listing.append(
-            {
-                "name": project.name,
-                "path": project.path.as_posix(),
-                "exists": exists,
-                "subscribers": hub.subscriber_count if hub else 0,
-                "agent_status": hub.agent.status if hub else "stopped",
-                "dev_server_status": hub.dev.status if hub else "stopped",
-            }
-        )
+    listing = api.project_listing(server.manager, projects)
     await send_json(stream, head.connection, 200, listing)
 
 
@@ -464,7 +409,9 @@ async def _project_api(
         return
     project, _exists = found
     if view == "features":
-        status, body = await _features(server, project)
+        status, body = await api.features(
+            project, server.config.lock_timeout, server.manager.limiter
+        )
     else:
         try:
             live = await server.manager.open(name, project.path)
@@ -506,46 +453,6 @@ async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: Se
             await linger(stream)
         return False
     return True
-
-
-_FEATURE_ERRORS: Final[tuple[tuple[type[ProgressError], int], ...]] = (
-    (NoFeaturesDatabase, 404),
-    (DatabaseLocked, 503),
-    (CorruptDatabase, 500),
-    (MissingTable, 500),
-    (UnsupportedSchema, 500),
-    (ProgressError, 500),
-)
-"""Status per features read failure; the first match wins (subclasses first)."""
-
-
-async def _features(server: Server, project: Project) -> tuple[int, dict[str, Any]]:
-    """The board's rows, read off the event loop under the progress readers' limiter."""
-    try:
-        found = await trio.to_thread.run_sync(
-            lambda: read_features(project.path, lock_timeout=server.config.lock_timeout),
-            limiter=server.manager.limiter,
-        )
-    except ProgressError as exc:
-        status = next(code for kind, code in _FEATURE_ERRORS if isinstance(exc, kind))
-        if status >= 500:
-            log.warning("project %s: features read failed: %s", project.name, exc)
-        return status, {"detail": str(exc)}
-    if found.malformed:
-        log.info(
-            "project %s: %d features have malformed dependencies in %s (read as [] or filtered)",
-            project.name,
-            found.malformed,
-            found.path,
-        )
-    return 200, {
-        "project": project.name,
-        "features": [feature.to_json() for feature in found.features],
-    }
-
-
-def _list_with_existence(registry: Registry) -> list[tuple[Project, bool]]:
-    return [(project, project.path.is_dir()) for project in registry.list()]
 
 
 async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
