@@ -193,7 +193,7 @@ async def test_http_clients_that_read_nothing_are_cut(
     with trio.fail_after(NETWORK_TIMEOUT):
         clients = [await open_socket(server.port, rcvbuf=1024) for _ in range(20)]
         for stream in clients:
-            await stream.send_all(b"GET /static/app.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            await stream.send_all(b"GET /static/style.css HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await wait_all_reset(clients)
 
 

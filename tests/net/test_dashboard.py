@@ -12,7 +12,7 @@ from serving import NETWORK_TIMEOUT, TOKEN, http_get, make_config, receive
 from trio_websocket import connect_websocket_url
 
 from trio_ws.data.registry import Registry
-from trio_ws.net.dashboard import session_cookie
+from trio_ws.net.dashboard import SCRIPT_MODULES, session_cookie
 from trio_ws.net.server import Server, serve
 
 PAGE_PATHS = ["/", "/projects/demo", "/projects/not-registered"]
@@ -30,13 +30,14 @@ async def test_page_paths_serve_the_html_page(server: Server, path: str) -> None
         status, headers, body = await http_get(server, path)
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
-    assert b'<script src="/static/app.js" defer></script>' in body
+    assert b'<script type="module" src="/static/js/main.js"></script>' in body
 
 
 @pytest.mark.parametrize(
     ("name", "content_type"),
     [
-        ("app.js", "text/javascript; charset=utf-8"),
+        ("js/main.js", "text/javascript; charset=utf-8"),
+        ("js/board.js", "text/javascript; charset=utf-8"),
         ("style.css", "text/css; charset=utf-8"),
         ("favicon.svg", "image/svg+xml"),
     ],
@@ -48,10 +49,11 @@ async def test_static_files_are_served_with_their_types(
         status, headers, body = await http_get(server, f"/static/{name}")
     assert status == 200
     assert headers["content-type"] == content_type
-    assert body == (resources.files("trio_ws.net") / "static" / name).read_bytes()
+    static = resources.files("trio_ws.net") / "static"
+    assert body == static.joinpath(*name.split("/")).read_bytes()
 
 
-@pytest.mark.parametrize("path", ["/", "/projects/demo", "/static/app.js", "/static/nope.js"])
+@pytest.mark.parametrize("path", ["/", "/projects/demo", "/static/js/main.js", "/static/nope.js"])
 async def test_dashboard_responses_carry_the_security_headers(server: Server, path: str) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         _, headers, _ = await http_get(server, path)
@@ -73,8 +75,12 @@ async def test_dashboard_responses_carry_the_security_headers(server: Server, pa
         "/static/%2e%2e/server.py",
         "/static/..%2fserver.py",
         "/static//etc/passwd",
-        "/static/app.js/",
-        "/static/static/app.js",
+        "/static/js/main.js/",
+        "/static/static/js/main.js",
+        "/static/js/",
+        "/static/js/../style.css",
+        "/static/main.js",
+        "/static/app.js",
         "/projects/",
         "/projects/demo/extra",
     ],
@@ -86,12 +92,26 @@ async def test_other_dashboard_paths_are_not_found(server: Server, path: str) ->
     assert headers["content-type"] == "text/plain; charset=utf-8"
 
 
+def test_every_script_module_is_served() -> None:
+    """A module the page imports but the server does not list would fail in the browser."""
+    folder = Path(str(resources.files("trio_ws.net") / "static" / "js"))
+    assert sorted(path.name for path in folder.glob("*.js")) == sorted(SCRIPT_MODULES)
+
+
+def test_script_modules_import_only_listed_modules() -> None:
+    folder = Path(str(resources.files("trio_ws.net") / "static" / "js"))
+    for path in folder.glob("*.js"):
+        for imported in re.findall(r'^import .* from "\./([^"]+)";$', path.read_text(), re.M):
+            assert imported in SCRIPT_MODULES, (path.name, imported)
+
+
 async def test_page_holds_no_inline_script_or_style(server: Server) -> None:
     """The CSP forbids inline code; a page that relied on it would break in the browser."""
     with trio.fail_after(NETWORK_TIMEOUT):
         _, _, body = await http_get(server, "/")
     page = body.decode()
-    assert re.findall(r"<script\b[^>]*>", page) == ['<script src="/static/app.js" defer>']
+    entry = '<script type="module" src="/static/js/main.js">'
+    assert re.findall(r"<script\b[^>]*>", page) == [entry]
     assert re.search(r"\son[a-z]+\s*=", page) is None
     assert re.search(r"\sstyle\s*=|<style\b", page) is None
     assert "__TRIO_WS_" not in page

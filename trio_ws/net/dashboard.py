@@ -1,4 +1,4 @@
-"""The dashboard page: one HTML shell, its script, style and icon, from package data.
+"""The dashboard page: one HTML shell, its script modules, style and icon, from package data.
 
 Pure apart from reading the package data once (`load_assets`): a request's
 path, query and token cookie go in, a `Response` comes out, so the server
@@ -40,10 +40,29 @@ SECURITY_HEADERS: Final = (
 """Sent with every dashboard response (``nosniff`` is added by the HTTP layer)."""
 
 PAGE_FILE: Final = "index.html"
+SCRIPT_TYPE: Final = "text/javascript; charset=utf-8"
+SCRIPT_MODULES: Final = (
+    "main.js",
+    "dom.js",
+    "banners.js",
+    "token.js",
+    "list.js",
+    "state.js",
+    "messages.js",
+    "connection.js",
+    "status.js",
+    "agents.js",
+    "board.js",
+    "chart.js",
+    "log.js",
+)
+"""The page's ES modules in ``static/js/``, one per panel or concern; ``main.js`` is the
+entry the page loads with ``<script type="module">``, which imports the rest. Served
+as they are: no build step."""
 STATIC_TYPES: Final = {
-    "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
     "favicon.svg": "image/svg+xml",
+    **{f"js/{name}": SCRIPT_TYPE for name in SCRIPT_MODULES},
 }
 """The files served under ``/static/``; nothing else is, whatever the path says."""
 
@@ -86,7 +105,7 @@ def load_assets() -> Assets:
     folder = resources.files("trio_ws.net") / "static"
     try:
         page = (folder / PAGE_FILE).read_text(encoding="utf-8")
-        static = {name: (folder / name).read_bytes() for name in STATIC_TYPES}
+        static = {name: folder.joinpath(*name.split("/")).read_bytes() for name in STATIC_TYPES}
     except FileNotFoundError as exc:
         raise DashboardError(f"dashboard file missing from trio_ws/net/static: {exc}") from None
     for marker in (CONTROL_MARKER, VERSION_MARKER):

@@ -1,0 +1,162 @@
+// The agent cards: one per agent from its latest agent_update; a finished one
+// lingers a few seconds, then leaves.
+
+import { $, el, ago, hueClass } from "./dom.js";
+import { live, touch } from "./state.js";
+
+const CARD_LINGER_MS = 3000;
+
+export const cards = new Map(); // key -> {message, node, timer}
+const dirtyCards = new Set();
+
+export function clearCards() {
+  for (const card of cards.values()) clearTimeout(card.timer);
+  cards.clear();
+  dirtyCards.clear();
+  $("agents").replaceChildren();
+}
+
+function cardKey(message) {
+  if (Number.isInteger(message.agentIndex) && message.agentIndex >= 0) {
+    return String(message.agentIndex);
+  }
+  return `synthetic-${message.seq ?? Math.random()}`;
+}
+
+export function onAgentUpdate(message) {
+  const key = cardKey(message);
+  if (Number.isInteger(message.agentIndex) && message.agentIndex >= 0) {
+    live.view.names.set(message.agentIndex, String(message.agentName));
+  }
+  let card = cards.get(key);
+  if (!card) {
+    card = { message, node: null, timer: null };
+    cards.set(key, card);
+    touch("filter");
+  }
+  card.message = message;
+  clearTimeout(card.timer);
+  card.timer = null;
+  if (message.state === "success" || message.state === "error") {
+    card.timer = setTimeout(() => removeCard(key), CARD_LINGER_MS);
+  }
+  dirtyCards.add(key);
+  touch("agents");
+}
+
+export function removeCard(key) {
+  const card = cards.get(key);
+  if (!card) return;
+  clearTimeout(card.timer);
+  if (card.node) card.node.remove();
+  cards.delete(key);
+  dirtyCards.delete(key);
+  touch("agents");
+  touch("filter");
+}
+
+export function removeAllCards() {
+  for (const key of [...cards.keys()]) removeCard(key);
+}
+
+export function renderCards() {
+  const container = $("agents");
+  for (const key of dirtyCards) {
+    const card = cards.get(key);
+    if (!card) continue;
+    if (!card.node) {
+      card.node = buildCard();
+      insertCard(container, card.node, key);
+    }
+    fillCard(card.node, card.message);
+  }
+  dirtyCards.clear();
+  $("agents-empty").hidden = cards.size > 0;
+  const active = [...cards.values()].filter((card) => !card.timer).length;
+  $("agent-count").textContent = cards.size ? `${active} active` : "";
+}
+
+function insertCard(container, node, key) {
+  // Real agents in index order; synthetic completions (no index) at the end.
+  node.dataset.key = key;
+  const index = Number(key);
+  if (!Number.isNaN(index)) {
+    for (const other of container.children) {
+      const otherIndex = Number(other.dataset.key);
+      if (Number.isNaN(otherIndex) || otherIndex > index) {
+        container.insertBefore(node, other);
+        return;
+      }
+    }
+  }
+  container.append(node);
+}
+
+function buildCard() {
+  const node = el("article", "agent");
+  const top = el("div", "agent-top");
+  const avatar = el("div", "avatar");
+  const id = el("div", "agent-id");
+  id.append(el("span", "agent-name"), el("span", "agent-features"));
+  top.append(avatar, id, el("span", "agent-type"));
+  const foot = el("div", "agent-foot");
+  foot.append(el("span", "state"), el("span", "since"));
+  node.append(top, el("p", "agent-thought"), foot);
+  return node;
+}
+
+function fillCard(node, message) {
+  const name = String(message.agentName ?? "Unknown");
+  const state = String(message.state ?? "");
+  const type = message.agentType === "testing" ? "testing" : "coding";
+  node.dataset.state = state;
+  node.dataset.name = name;
+  node.classList.toggle("leaving", state === "success" || state === "error");
+  const avatar = node.querySelector(".avatar");
+  avatar.className = `avatar ${hueClass(message.agentIndex)}`;
+  avatar.textContent = name.slice(0, 1).toUpperCase();
+  node.querySelector(".agent-name").textContent = name;
+  node.querySelector(".agent-features").textContent = featureText(message);
+  const typeTag = node.querySelector(".agent-type");
+  typeTag.textContent = type;
+  typeTag.dataset.type = type;
+  const stateTag = node.querySelector(".state");
+  stateTag.textContent = state;
+  stateTag.dataset.state = state;
+  const thought = node.querySelector(".agent-thought");
+  const hasThought = typeof message.thought === "string" && message.thought !== "";
+  thought.textContent = hasThought ? message.thought : "no thought yet";
+  thought.classList.toggle("none", !hasThought);
+  const since = node.querySelector(".since");
+  since.dataset.timestamp = String(message.timestamp ?? "");
+  since.textContent = ago(message.timestamp);
+}
+
+export function featureText(message) {
+  if (typeof message.featureName === "string" && message.featureName) return message.featureName;
+  const ids = Array.isArray(message.featureIds) ? message.featureIds : [message.featureId];
+  return ids.map((id) => `#${id}`).join(", ");
+}
+
+export function tickCards() {
+  for (const since of $("agents").querySelectorAll(".since")) {
+    since.textContent = ago(since.dataset.timestamp);
+  }
+}
+
+export function featureAgents() {
+  // Feature id -> the active agents working on it, from each one's latest agent_update.
+  const byFeature = new Map();
+  for (const card of cards.values()) {
+    const message = card.message;
+    if (message.state === "success" || message.state === "error") continue;
+    if (!Number.isInteger(message.agentIndex) || message.agentIndex < 0) continue;
+    const ids = Array.isArray(message.featureIds) ? message.featureIds : [message.featureId];
+    for (const id of ids) {
+      if (!Number.isInteger(id)) continue;
+      if (!byFeature.has(id)) byFeature.set(id, []);
+      byFeature.get(id).push({ name: String(message.agentName ?? "agent"), index: message.agentIndex });
+    }
+  }
+  return byFeature;
+}
