@@ -105,7 +105,7 @@ async def test_demo_stops_by_itself_after_its_duration_and_keeps_a_given_home(
 ) -> None:
     home = tmp_path / "demo-home"
     with trio.fail_after(DEMO_TIMEOUT):
-        async with demo("--home", str(home), "--duration", "2", "--speed", "1") as (
+        async with demo("--home", str(home), "--duration", "5", "--speed", "1") as (
             process,
             _,
             _,
