@@ -242,7 +242,9 @@ async def test_producer_retries_until_the_server_is_up(
         await producer.ready.wait()
         assert not producer.connected
         server: Server = await nursery.start(serve, make_config(registry, port=port))
-        ws = await connect(nursery, server)
+        # The producer may connect and commit before this subscriber joins: with a
+        # backlog the line is in its snapshot then, else it comes live.
+        ws = await connect(nursery, server, backlog=10)
         assert await producer.flush(NETWORK_TIMEOUT) == 0
         seen = await receive_until(ws, lambda m: m["type"] == "log")
         await producer.close()
