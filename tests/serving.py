@@ -9,7 +9,8 @@ import trio
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from trio_ws.data.registry import Registry
-from trio_ws.net.server import Server, ServerConfig
+from trio_ws.net.config import ServerConfig
+from trio_ws.net.server import Server
 
 TOKEN = "test-token-not-secret"
 NETWORK_TIMEOUT = 15

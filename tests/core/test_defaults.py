@@ -8,7 +8,7 @@ from pathlib import Path
 
 from trio_ws.core import defaults
 from trio_ws.faces.cli import main
-from trio_ws.net.server import ServerConfig
+from trio_ws.net.config import ServerConfig
 
 
 def test_every_default_has_a_docstring() -> None:

@@ -34,8 +34,9 @@ from trio_websocket import WebSocketConnection, connect_websocket_url
 from trio_ws.data.registry import Registry
 from trio_ws.journal.interface import JournalBackend
 from trio_ws.journal.sqlite import SqliteBackend, SqliteJournal, journal_path
+from trio_ws.net.config import ServerConfig
 from trio_ws.net.publish import ACK_INTERVAL
-from trio_ws.net.server import Server, ServerConfig, serve
+from trio_ws.net.server import Server, serve
 
 Message = dict[str, Any]
 

@@ -43,14 +43,10 @@ from trio_ws.data.registry import (
 )
 from trio_ws.journal.interface import JournalError
 from trio_ws.journal.sqlite import journal_path
-from trio_ws.net.server import (
-    Server,
-    ServerConfig,
-    open_journals,
-    serve_until_signalled,
-    tune_gc_for_serving,
-)
+from trio_ws.net.config import ServerConfig, open_journals
+from trio_ws.net.server import Server, serve_until_signalled
 from trio_ws.runtime.signals import until_signalled
+from trio_ws.runtime.tuning import tune_gc_for_serving
 
 USAGE_EXIT = 2
 FAILURE_EXIT = 1

@@ -26,7 +26,8 @@ import trio
 from trio_ws.core import defaults
 from trio_ws.core.security import load_token
 from trio_ws.data.registry import Registry
-from trio_ws.net.server import Server, ServerConfig, serve
+from trio_ws.net.config import ServerConfig
+from trio_ws.net.server import Server, serve
 from trio_ws.runtime.signals import on_stop_signals
 
 log = logging.getLogger("trio_ws.faces.demo")

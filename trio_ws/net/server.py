@@ -21,33 +21,27 @@ commit each) before it ends. Errors: `OSError` from binding (port in use) and
 
 from __future__ import annotations
 
-import gc
 import logging
 import re
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final
 from urllib.parse import unquote
 
 import trio
 
-from trio_ws.core import defaults, protocol
+from trio_ws.core import protocol
 from trio_ws.core.security import (
     control_origin_allowed,
     host_refusal,
-    is_loopback_host,
     origin_allowed,
     redact,
 )
 from trio_ws.data.registry import Project, Registry, RegistryError
 from trio_ws.journal.interface import JournalBackend, JournalError
-from trio_ws.journal.memory import MemoryBackend
-from trio_ws.journal.redis import RedisBackend, open_redis_backend
-from trio_ws.journal.sqlite import SqliteBackend
+from trio_ws.journal.redis import RedisBackend
 from trio_ws.net import api, control, dashboard
 from trio_ws.net.access import (
     TOKEN_COOKIE,
@@ -55,10 +49,10 @@ from trio_ws.net.access import (
     producer_refusal,
     project_api_refusal,
 )
+from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
     MAX_BODY_BYTES,
-    STALL_TIMEOUT,
     BadRequest,
     RequestHead,
     WriteStalled,
@@ -71,7 +65,7 @@ from trio_ws.net.httpio import (
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
-from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, PRODUCER_PING_TIMEOUT, serve_producer
+from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.net.subscribe import (
     MAX_INBOUND_BYTES,
     SubscribeRequest,
@@ -81,95 +75,21 @@ from trio_ws.net.subscribe import (
     project_websocket,
 )
 from trio_ws.runtime.signals import on_stop_signals
-from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
-from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART
 from trio_ws.state.project import Project as LiveProject
 
 log = logging.getLogger("trio_ws.net.server")
 
-HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT
 POLL_LEASE_INTERVALS: Final = 3
 """A node's poll lease lasts this many poll intervals, renewed at each of its reads."""
 JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 """Longest a shutdown waits to commit what is staged and close the journals."""
-JournalName = Literal["sqlite", "memory", "redis"]
-SyncMode = Literal["normal", "full"]
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 _PROJECT_API_PATH = re.compile(
     r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|agent/[a-z-]+)"
 )
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Everything `serve` needs; the CLI builds one from its options."""
-
-    registry_path: Path
-    token: str
-    host: str = defaults.HOST
-    port: int = defaults.PORT
-    poll_interval: float = defaults.POLL_INTERVAL
-    history: int = DEFAULT_HISTORY
-    history_bytes: int = DEFAULT_HISTORY_BYTES
-    queue_size: int = defaults.QUEUE_SIZE
-    allow_origins: frozenset[str] = frozenset()
-    allow_hosts: frozenset[str] = frozenset()
-    require_token: bool = False
-    handshake_timeout: float = HANDSHAKE_TIMEOUT
-    stall_timeout: float = STALL_TIMEOUT
-    lock_timeout: float = defaults.LOCK_TIMEOUT
-    producer_grace: float = DEFAULT_GRACE
-    poll_restart: tuple[float, float] = POLL_RESTART
-    """A crashed poll loop's first restart delay and the cap it doubles up to."""
-    producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
-    staged_limit: int = defaults.STAGED_LIMIT
-    """Staged events past which a project's producers are not read (back-pressure)."""
-    subscriber_idle: float = defaults.SUBSCRIBER_IDLE
-    """A subscriber that sent nothing for this long is pinged."""
-    subscriber_pong_timeout: float = defaults.SUBSCRIBER_PONG_TIMEOUT
-    """A pinged subscriber that answers no pong within this long is dropped."""
-    journal: JournalName = "sqlite"
-    """Where projects' histories live (STATE.md 1)."""
-    sync: SyncMode = "normal"
-    """SQLite ``synchronous`` for the sqlite journal."""
-    home: Path | None = None
-    """The trio-ws home; journals live in ``<home>/journal`` (default: the registry's
-    directory)."""
-    broker: str | None = None
-    """``redis://HOST:PORT/DB``: journals live in Redis, shared with every node that
-    names the same broker (STATE.md 5); the journal option is then ``redis``."""
-    idle_close: float | None = defaults.IDLE_CLOSE
-    """Seconds a project may go unused before it is closed (None: never)."""
-    max_projects: int = defaults.MAX_PROJECTS
-    """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
-
-    @property
-    def journal_home(self) -> Path:
-        return self.home if self.home is not None else self.registry_path.parent
-
-    def journal_backend(self) -> JournalBackend:
-        """The local backend (``redis`` needs a client: `open_journals`)."""
-        if self.journal == "redis":
-            raise ValueError("the redis journal is opened with open_journals")
-        if self.journal == "memory":
-            return MemoryBackend(history=self.history, history_bytes=self.history_bytes)
-        return SqliteBackend(
-            self.journal_home,
-            synchronous="FULL" if self.sync == "full" else "NORMAL",
-            history=self.history,
-            history_bytes=self.history_bytes,
-        )
-
-    @property
-    def on_loopback(self) -> bool:
-        return is_loopback_host(self.host)
-
-    @property
-    def subscribers_need_token(self) -> bool:
-        return self.require_token or not self.on_loopback
 
 
 @dataclass
@@ -198,21 +118,6 @@ class Server:
         await self._not_accepting.wait()
         await self.manager.close_all(code, "server shutting down", within)
         self._cancel.cancel()
-
-
-@asynccontextmanager
-async def open_journals(config: ServerConfig) -> AsyncIterator[JournalBackend]:
-    """Where projects' histories live, for the server's lifetime. With a broker, Redis
-    must answer now (JournalError naming it if not): a node that cannot share its
-    projects should not start."""
-    if config.broker is None:
-        yield config.journal_backend()
-        return
-    async with open_redis_backend(
-        config.broker, history=config.history, history_bytes=config.history_bytes
-    ) as backend:
-        await backend.check()
-        yield backend
 
 
 async def serve(
@@ -656,25 +561,6 @@ def _peer_name(stream: trio.SocketStream) -> str:
     except OSError:
         return "unknown peer"
     return f"{host}:{port}"
-
-
-GC_THRESHOLDS: Final = (50_000, 20, 100)
-SWITCH_INTERVAL: Final = 0.0005
-"""Seconds between GIL hand-overs in a serving process (Python's default: 0.005)."""
-
-
-def tune_gc_for_serving() -> None:
-    """Collect garbage rarely: a server's live objects grow with its subscribers, and
-    Python's default thresholds then run full collections often enough to stall
-    fan-out. Measured with `nox -s bench -- --only rate` (1,000 subscribers x 100
-    events/s): p99 164 ms with the defaults, 74 ms with these, 67 ms with no
-    collection at all. Process-wide, so only the CLI's long-running commands call it."""
-    gc.freeze()  # what was loaded at start-up is never garbage
-    gc.set_threshold(*GC_THRESHOLDS)
-    # The journal's worker thread needs the GIL for a moment on each commit; with the
-    # default 5 ms switch interval a busy event loop keeps it waiting for that long at
-    # each hand-over, and events wait for their commit.
-    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 async def serve_until_signalled(

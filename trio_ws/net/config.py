@@ -1,0 +1,101 @@
+"""`ServerConfig`: everything `serve` needs, built by the CLI from its options, and
+`open_journals`, the journal backend those options name, for the server's lifetime."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from trio_ws.core import defaults
+from trio_ws.core.security import is_loopback_host
+from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
+from trio_ws.journal.interface import JournalBackend
+from trio_ws.net.httpio import STALL_TIMEOUT
+from trio_ws.net.publish import PRODUCER_PING_TIMEOUT
+from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
+from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART
+
+HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `serve` needs; the CLI builds one from its options."""
+
+    registry_path: Path
+    token: str
+    host: str = defaults.HOST
+    port: int = defaults.PORT
+    poll_interval: float = defaults.POLL_INTERVAL
+    history: int = DEFAULT_HISTORY
+    history_bytes: int = DEFAULT_HISTORY_BYTES
+    queue_size: int = defaults.QUEUE_SIZE
+    allow_origins: frozenset[str] = frozenset()
+    allow_hosts: frozenset[str] = frozenset()
+    require_token: bool = False
+    handshake_timeout: float = HANDSHAKE_TIMEOUT
+    stall_timeout: float = STALL_TIMEOUT
+    lock_timeout: float = defaults.LOCK_TIMEOUT
+    producer_grace: float = DEFAULT_GRACE
+    poll_restart: tuple[float, float] = POLL_RESTART
+    """A crashed poll loop's first restart delay and the cap it doubles up to."""
+    producer_ping_timeout: float = PRODUCER_PING_TIMEOUT
+    staged_limit: int = defaults.STAGED_LIMIT
+    """Staged events past which a project's producers are not read (back-pressure)."""
+    subscriber_idle: float = defaults.SUBSCRIBER_IDLE
+    """A subscriber that sent nothing for this long is pinged."""
+    subscriber_pong_timeout: float = defaults.SUBSCRIBER_PONG_TIMEOUT
+    """A pinged subscriber that answers no pong within this long is dropped."""
+    journal: JournalName = "sqlite"
+    """Where projects' histories live (STATE.md 1)."""
+    sync: SyncMode = "normal"
+    """SQLite ``synchronous`` for the sqlite journal."""
+    home: Path | None = None
+    """The trio-ws home; journals live in ``<home>/journal`` (default: the registry's
+    directory)."""
+    broker: str | None = None
+    """``redis://HOST:PORT/DB``: journals live in Redis, shared with every node that
+    names the same broker (STATE.md 5); the journal option is then ``redis``."""
+    idle_close: float | None = defaults.IDLE_CLOSE
+    """Seconds a project may go unused before it is closed (None: never)."""
+    max_projects: int = defaults.MAX_PROJECTS
+    """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
+
+    @property
+    def journal_home(self) -> Path:
+        return self.home if self.home is not None else self.registry_path.parent
+
+    def journal_backend(self) -> JournalBackend:
+        """The local backend (``redis`` needs a client: `open_journals`)."""
+        return local_backend(
+            self.journal,
+            self.journal_home,
+            sync=self.sync,
+            history=self.history,
+            history_bytes=self.history_bytes,
+        )
+
+    @property
+    def on_loopback(self) -> bool:
+        return is_loopback_host(self.host)
+
+    @property
+    def subscribers_need_token(self) -> bool:
+        return self.require_token or not self.on_loopback
+
+
+@asynccontextmanager
+async def open_journals(config: ServerConfig) -> AsyncIterator[JournalBackend]:
+    """Where projects' histories live, for the server's lifetime. With a broker, Redis
+    must answer now (JournalError naming it if not): a node that cannot share its
+    projects should not start."""
+    if config.broker is None:
+        yield config.journal_backend()
+        return
+    async with open_shared_backend(
+        config.broker, history=config.history, history_bytes=config.history_bytes
+    ) as backend:
+        yield backend
