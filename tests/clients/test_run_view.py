@@ -325,3 +325,33 @@ def test_log_tail_interleaves_both_streams_in_event_order() -> None:
 def test_log_limit_must_be_positive() -> None:
     with pytest.raises(ValueError, match="log_limit"):
         RunView(log_limit=0)
+
+
+def at(second: int) -> str:
+    """A protocol timestamp ``second`` seconds after 17:04:00."""
+    return f"2026-11-25T17:04:{second:02d}.000000Z"
+
+
+def test_progress_events_become_points_once_each() -> None:
+    view = view_of(hello(2), progress(1, passing=1, at=at(1)), progress(3, passing=2, at=at(3)))
+    view.apply(progress(1, passing=1, at=at(1)))  # replayed by a snapshot: the same point
+    assert [(p.seq, p.passing) for p in sorted(view.points.values(), key=lambda p: p.seq)] == [
+        (1, 1),
+        (3, 2),
+    ]
+    assert view.points[3].time == TS_UNIX - 5.123 + 3
+
+
+def test_history_adds_earlier_points_of_the_same_epoch_only() -> None:
+    view = view_of(hello(5), progress(6, passing=4, at=at(6)))
+    earlier = {"seq": 2, "timestamp": at(2), "passing": 1, "total": 10}
+    view.apply_history({"epoch": "other", "points": [earlier], "statuses": []})
+    assert (sorted(view.points), view.history_epoch) == ([6], None)
+    view.apply_history({"epoch": "e1", "points": [earlier], "statuses": []})
+    assert (sorted(view.points), view.history_epoch) == ([2, 6], "e1")
+
+
+def test_a_new_epoch_drops_the_points() -> None:
+    view = view_of(hello(2), progress(1, at=at(1)))
+    view.apply(hello(0, epoch="e2"))
+    assert (view.points, view.history_epoch) == ({}, None)

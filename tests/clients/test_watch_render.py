@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 from rich.console import Console
 from test_run_view import (
     agent_update,
+    at,
     dev_log,
     hello,
     log,
@@ -17,15 +19,16 @@ from test_run_view import (
     view_of,
 )
 
-from trio_ws.clients.run_view import RunView
-from trio_ws.clients.watch import (
-    WatchTarget,
-)
+from trio_ws.clients.run_view import ProgressPoint, RunView
 from trio_ws.clients.watch_render import (
     fitting_log_lines,
     format_age,
     printable,
     render,
+    sparkline,
+)
+from trio_ws.clients.watch_session import (
+    WatchTarget,
 )
 from trio_ws.core import protocol
 
@@ -158,3 +161,67 @@ def test_fitting_log_lines_fill_but_do_not_overflow_the_screen() -> None:
     count = fitting_log_lines(view, console, TS_UNIX)
     height = len(console.render_lines(render(view, TS_UNIX, count), pad=False))
     assert 26 <= height <= 30
+
+
+def test_sparkline_shows_passing_over_time_scaled_to_the_total() -> None:
+    points = [
+        ProgressPoint(1, 0.0, 0, 8),
+        ProgressPoint(2, 5.0, 4, 8),
+        ProgressPoint(3, 10.0, 8, 8),
+    ]
+    assert sparkline(points, width=4) == " ▄▄█"
+    assert sparkline(points[:1], width=4) == " "
+    assert sparkline([], width=4) == ""
+
+
+FEATURE_ROWS = [
+    {"id": 1, "category": "functional", "name": "Add a todo", "passes": True},
+    {"id": 3, "category": "functional", "name": "Delete a todo", "in_progress": True},
+    {"id": 5, "category": "style", "name": "Dark mode", "in_progress": True},
+    {"id": 6, "category": "style", "name": "Empty state hint", "needs_human_input": True},
+    {"id": 7, "category": "style", "name": "Strike through done"},
+]
+
+
+def features_body() -> dict[str, Any]:
+    flags = {"passes": False, "in_progress": False, "needs_human_input": False}
+    return {"project": "todo-app", "features": [flags | row for row in FEATURE_ROWS]}
+
+
+def test_render_counts_features_per_category() -> None:
+    view = busy_view()
+    view.apply_features(200, features_body())
+    lines = rendered(view).splitlines()
+    header = next(line for line in lines if "needs input" in line and "pending" in line)
+    assert header.split() == ["features", "done", "in", "progress", "pending", "needs", "input"]
+    counts = {line.split()[0]: line.split()[1:] for line in lines if line.split()[:1]}
+    assert counts["functional"] == ["1", "1", "0", "0"]
+    assert counts["style"] == ["0", "1", "2", "1"]
+    assert counts["all"] == ["1", "2", "2", "1"]
+
+
+def test_render_lists_in_progress_features_with_their_agents() -> None:
+    view = busy_view()  # Spark works on #3, Fizz on #5 and #6
+    view.apply_features(200, features_body())
+    lines = rendered(view).splitlines()
+    assert any(
+        line.split() == ["#3", "Delete", "a", "todo", "functional", "<-", "Spark"] for line in lines
+    )
+    assert any(line.split() == ["#5", "Dark", "mode", "style", "<-", "Fizz"] for line in lines)
+    assert not any("Empty state hint" in line and "<-" in line for line in lines)
+
+
+def test_render_shows_the_features_error_detail_not_counts() -> None:
+    view = busy_view()
+    view.apply_features(200, features_body())
+    view.apply_features(404, {"detail": "no features database yet in /p"})
+    text = rendered(view)
+    assert "features: HTTP 404: no features database yet in /p" in text
+    assert "functional" not in text
+
+
+def test_render_shows_the_sparkline_and_the_latest_count() -> None:
+    view = view_of(hello(3), *(progress(n, passing=n * 4, total=12, at=at(n)) for n in (1, 2, 3)))
+    line = next(line for line in rendered(view).splitlines() if "passing over time" in line)
+    assert "12/12 now, since 17:04:01 UTC (3 events)" in line
+    assert line.split()[3][-1] == "█"

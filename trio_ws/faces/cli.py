@@ -720,11 +720,11 @@ def watch_command(
     import os
     import time
 
-    from trio_ws.clients import watch, watch_render
+    from trio_ws.clients import watch, watch_render, watch_session
     from trio_ws.core import protocol
 
     try:
-        target = watch.WatchTarget.from_server(
+        target = watch_session.WatchTarget.from_server(
             server, name, _watch_token(resolve_home(home), token), backlog
         )
     except ValueError as exc:
@@ -735,7 +735,7 @@ def watch_command(
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
         except BrokenPipeError:
-            raise watch.OutputClosed("stdout closed") from None
+            raise watch_session.OutputClosed("stdout closed") from None
 
     dropped: list[str] = []
 
@@ -746,7 +746,9 @@ def watch_command(
 
     async def once_mode() -> None:
         if as_json:
-            await watch.fetch_snapshot(target, lambda message: write_line(protocol.encode(message)))
+            await watch_session.fetch_snapshot(
+                target, lambda message: write_line(protocol.encode(message))
+            )
             return
         view = await watch.once(target)
         shown = lines or watch_render.ONCE_LOG_LINES
@@ -760,10 +762,10 @@ def watch_command(
 
     try:
         trio.run(until_signalled, once_mode if once else live_mode)
-    except watch.OutputClosed:
+    except watch_session.OutputClosed:
         # The reader (e.g. `| head`) is done: a clean end, and no flush error at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except watch.WatchError as exc:
+    except watch_session.WatchError as exc:
         raise Refusal(str(exc)) from None
     except KeyboardInterrupt:
         pass  # Ctrl-C before the signal handler was installed: still a clean exit
