@@ -33,6 +33,7 @@ from trio_ws.data.registry import Registry
 from trio_ws.journal.redis import redis_client
 from trio_ws.net.server import Server, serve
 from trio_ws.state.lease import PollLease
+from trio_ws.state.project import LIVE_WARNING
 
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 Message = dict[str, Any]
@@ -557,6 +558,58 @@ async def test_redis_out_of_reach_holds_acks_warns_and_loses_nothing(
     assert watcher.logs() == [line(n) for n in range(1, 11)]
     assert not [m for m in watcher.messages if m["type"] == "resync"]
     seqs = [m["seq"] for m in watcher.events]
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))
+
+
+async def test_a_broker_out_of_reach_warns_a_follower_once_and_clears_when_back(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT * 2):
+        proxy = Proxy(flushed.port)
+        await nursery.start(proxy.run)
+        b = await start_node(nursery, tmp_path, "b", proxy.url, "demo")
+        watcher = await watching(nursery, b.port)
+        hub = b.manager.get_hub("demo")
+        assert hub is not None
+        proxy.down()
+        await until(lambda: hub.has_warning(LIVE_WARNING))
+        await trio.sleep(1.0)  # several retries (0.05 s, doubling) fail meanwhile
+        proxy.up()
+        await until(lambda: not hub.has_warning(LIVE_WARNING))
+    lost = [m for m in watcher.messages if "lost the broker" in m.get("content", "")]
+    assert len(lost) == 1
+
+
+async def test_a_follower_that_crashes_restarts_and_its_watchers_miss_nothing(
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    flushed: RedisServer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        on_b = await watching(nursery, b.port)
+        hub = b.manager.get_hub("demo")
+        assert hub is not None
+        apply_live = hub.apply_live
+        crashed: list[int] = []
+
+        async def crash_once(epoch: str, first: int, texts: list[str]) -> None:
+            if not crashed:
+                crashed.append(first)
+                raise RuntimeError("a bug in the follower")
+            await apply_live(epoch, first, texts)
+
+        monkeypatch.setattr(hub, "apply_live", crash_once)
+        producer = await produce(nursery, a.port)
+        await producer.lines(1, [line(n) for n in range(1, 11)])
+        await on_b.until(is_log(line(10)))
+    assert crashed
+    assert "broker follower failed; restarting" in caplog.text
+    assert on_b.logs() == [line(n) for n in range(1, 11)]
+    seqs = [m["seq"] for m in on_b.events]
     assert seqs == list(range(seqs[0], seqs[-1] + 1))
 
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -295,39 +296,42 @@ class Project(metaclass=NoPublicConstructor):
                 await self._stop_tasks()
 
     async def _follow(self, journal: RedisJournal) -> None:
+        """The project's broker follower: a bug that makes it raise is logged and it
+        restarts (`run_restarting`), never passed to the server's nursery."""
+        hub = self.hub
+        await run_restarting(
+            f"project {hub.name}: broker follower",
+            partial(self._follow_broker, journal),
+            Backoff(WRITER_RESTART, WRITER_RESTART, jitter=None),
+            done=lambda: hub.closed,
+            logger=log,
+        )
+
+    async def _follow_broker(self, journal: RedisJournal) -> None:
         """Apply every node's appends to this hub, in seq order (STATE.md 5): subscribe
-        first, then read the stream from the hub's head, then apply live batches; on a
-        lost subscription warn subscribers, and subscribe and read again with backoff."""
+        first, then read the stream from the hub's head, then apply live batches. A lost
+        subscription warns subscribers once (until following works again) and is
+        subscribed and read again with backoff."""
         hub = self.hub
         retry = Backoff(*FOLLOW_RETRY, jitter=None)
-        failures = 0
         while not hub.closed:
-            lost: str | None = None
-            crashed = False
             try:
                 async with journal.live() as batches:
                     await hub.follow_stored()
-                    if failures:
+                    if hub.has_warning(LIVE_WARNING):
                         log.info("project %s: following the broker again", hub.name)
                         hub.clear_warning(LIVE_WARNING)
-                    failures = 0
                     retry.reset()
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(self._watch_stored, journal)
                         async for batch in batches:
                             await hub.apply_live(batch.epoch, batch.first, batch.texts)
+                continue
             except* JournalError as group:
                 lost = str(group.exceptions[0])
-            except* Exception:
-                log.error("project %s: follower failed; restarting", hub.name, exc_info=True)
-                crashed = True
-            if crashed:
-                await trio.sleep(WRITER_RESTART)
-                continue
-            if lost is None or hub.closed:
-                continue
-            failures += 1
-            if failures == 1:
+            if hub.closed:
+                return
+            if not hub.has_warning(LIVE_WARNING):
                 log.error("project %s: cannot follow the broker: %s", hub.name, lost)
                 hub.warn(
                     "journal",
