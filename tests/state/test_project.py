@@ -35,6 +35,7 @@ from serving import (
     receive_until,
     ws_url,
 )
+from test_hub import open_hub
 from test_publish import (
     control,
     logs,
@@ -715,7 +716,8 @@ async def test_poll_publishes_the_first_read_then_only_changes(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     directory, path = unit_project(tmp_path, rows(passing=1, pending=1))
-    hub = ProjectHub("unit")
+    hub = await open_hub("unit")
+    nursery.start_soon(hub.run_writer)
     watcher = hub.subscribe(backlog=0)
     reader, polls = ProgressReader(directory), Polls()
     nursery.start_soon(poll_progress, hub, lambda: reader, 0.01, trio.CapacityLimiter(1), polls)
@@ -724,6 +726,7 @@ async def test_poll_publishes_the_first_read_then_only_changes(
         await trio.to_thread.run_sync(insert, path, rows(in_progress=1))
         mark = len(polls.outcomes)
         await polls.wait_for(mark + 2 + 6)  # the second read from mark saw the commit
+    await hub.wait_committed(hub.seq)
     events = live_events(watcher)
     assert types(events) == ["progress", "progress"]
     assert figures(events[0]) == expected(1, 0, 2, 50.0, 0)
@@ -784,7 +787,8 @@ async def test_poll_failure_streak_warns_once_and_keeps_the_last_figures(
     nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     directory, path = unit_project(tmp_path, rows(passing=1, pending=1))
-    hub = ProjectHub("unit")
+    hub = await open_hub("unit")
+    nursery.start_soon(hub.run_writer)
     watcher = hub.subscribe(backlog=0)
     reader, polls = ProgressReader(directory), Polls()
     nursery.start_soon(poll_progress, hub, lambda: reader, 0.01, trio.CapacityLimiter(1), polls)
@@ -795,6 +799,7 @@ async def test_poll_failure_streak_warns_once_and_keeps_the_last_figures(
         await polls.wait_for(len(polls.outcomes) + 6)
     assert polls.outcomes[-4:] == [False] * 4
     assert hub.progress == good
+    await hub.wait_committed(hub.seq)
     events = live_events(watcher)
     assert types(events) == ["progress", "warning"]
     assert "corrupt" in events[1]["content"] and str(path) in events[1]["content"]
@@ -808,7 +813,8 @@ async def test_poll_recovery_clears_the_warning_and_a_new_streak_warns_again(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     directory, path = unit_project(tmp_path, rows(passing=1, pending=1))
-    hub = ProjectHub("unit")
+    hub = await open_hub("unit")
+    nursery.start_soon(hub.run_writer)
     watcher = hub.subscribe(backlog=0)
     reader, polls = ProgressReader(directory), Polls()
     nursery.start_soon(poll_progress, hub, lambda: reader, 0.01, trio.CapacityLimiter(1), polls)
@@ -820,6 +826,7 @@ async def test_poll_recovery_clears_the_warning_and_a_new_streak_warns_again(
         await wait_until(lambda: not hub.has_warning("progress"))
         replace_with_garbage(path)
         await wait_until(lambda: hub.has_warning("progress"))
+    await hub.wait_committed(hub.seq)
     events = live_events(watcher)
     assert types(events) == ["progress", "warning", "progress", "warning"]
     assert figures(events[2]) == expected(2, 0, 2, 100.0, 0)

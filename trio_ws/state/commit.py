@@ -105,11 +105,8 @@ class HubCommit(HubState):
     def applied(self, producer: str, pseq: int) -> None:
         """``producer`` (a key naming stream and id) has been applied up to ``pseq``;
         acked once committed."""
-        if self.journal is None:
-            self._committed_pseqs.update({producer: pseq})
-        else:
-            self._pending_pseqs[producer] = pseq
-            self._wake.set()
+        self._pending_pseqs[producer] = pseq
+        self._wake.set()
 
     def touch(self, producer: str) -> None:
         """``producer`` is back: its committed pseq is written again, so that it counts

@@ -22,7 +22,6 @@ The hub is made of parts, one job each, over the fields of `hub_state.HubState`:
 - `history.History` and `snapshot.Snapshot`: what is held for resume and
   what a late joiner is sent.
 
-A hub with no journal (the fan-out's unit tests) commits each event as made.
 """
 
 from __future__ import annotations
@@ -91,13 +90,9 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
             message["seq"] = seq
             item = Outgoing.of(message, seq)
             self.seq = seq  # taken only now: an event that fails to encode leaves no hole
-            if self.journal is None:
-                self._snapshot_state.remember(message, item)
-                self._fan_out([item])
-            else:
-                self._pending.append((message, item))
-        if self.journal is not None and messages:
-            self._wake.set()
+            self._pending.append((message, item))
+        if messages:
+            self._wake.set()  # the writer commits them; only then are they fanned out
 
     def _hold(self, item: Outgoing) -> None:
         """Hold a committed event in the history and the snapshot's log tails."""
