@@ -4,8 +4,8 @@ Pure (orjson its one dependency), so the trackers, the hub and the server all sp
 the same words (``../shared/spec/PROTOCOL.md``). Messages are plain dicts
 because they go straight to JSON, typed by the TypedDicts of ``messages``;
 ``encode`` is the one place that turns a message into wire text, compact, so
-each event is encoded exactly once, and ``decode_client_message`` the one place
-that reads a client's frame.
+each event is encoded exactly once; ``decode_client_message`` reads a client's
+frame into a JSON object, or refuses it with a typed ``BadClientMessage``.
 """
 
 from __future__ import annotations
