@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Final, NamedTuple
 
 from trio_ws.core import defaults
-from trio_ws.core.protocol import Message
+from trio_ws.core.messages import ProgressEvent
 
 LAYOUTS: Final = (
     Path(".autoforge") / "features.db",
@@ -46,10 +46,10 @@ class Progress(NamedTuple):
             return 0
         return round(self.passing / self.total * 100, 1)
 
-    def to_message(self, timestamp: str | None = None) -> Message:
+    def to_message(self, timestamp: str | None = None) -> ProgressEvent:
         """The ``progress`` event of PROTOCOL.md 3.2 (the hub adds ``seq``); the optional
         ``timestamp`` places it on a progress chart."""
-        message: Message = {
+        message: ProgressEvent = {
             "type": "progress",
             "passing": self.passing,
             "in_progress": self.in_progress,
