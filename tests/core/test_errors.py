@@ -7,6 +7,7 @@ import pytest
 from trio_ws.core.errors import (
     DO_NOT_RETRY,
     BadClientMessage,
+    ExpectedHello,
     InvalidProjectName,
     MessageTooBig,
     ProjectDirectoryNotFound,
@@ -56,4 +57,14 @@ def test_a_bad_client_message_is_answered_with_a_protocol_warning_and_no_close()
     assert error.code is None
     assert encode(error.warning()) == (
         '{"type":"warning","source":"protocol","content":"message is not valid JSON"}'
+    )
+
+
+def test_a_producer_without_hello_is_told_what_to_send_and_closed_by_policy() -> None:
+    error = ExpectedHello()
+    assert (error.code, error.reason) == (1008, "expected hello")
+    assert error.code not in DO_NOT_RETRY
+    assert encode(error.message()) == (
+        '{"type":"error","content":"first message must be'
+        ' {\\"type\\":\\"hello\\",\\"producer\\":..,\\"stream\\":..}"}'
     )

@@ -12,10 +12,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_ws.core.errors import BadClientMessage
+from trio_ws.core.errors import BadClientMessage, ExpectedHello
 from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
-from trio_ws.core.protocol import decode_client_message, encode, iso_timestamp
+from trio_ws.core.protocol import (
+    decode_client_message,
+    decode_producer_hello,
+    encode,
+    iso_timestamp,
+)
 
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 SAME_MILLISECOND = 1_795_626_245.123_4  # .1234: one more microsecond stays in .123
@@ -181,3 +186,30 @@ def test_a_client_frame_holding_an_object_is_that_object_whatever_its_type() -> 
         "action": "stop",
     }
     assert decode_client_message('{"type":"unheard-of","x":1}') == {"type": "unheard-of", "x": 1}
+
+
+def test_a_producer_hello_is_its_id_and_stream_and_nothing_else() -> None:
+    frame = '{"type":"hello","producer":"run-1","stream":"dev","extra":true}'
+    assert decode_producer_hello(frame) == {"type": "hello", "producer": "run-1", "stream": "dev"}
+    assert decode_producer_hello(frame.encode())["stream"] == "dev"
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        "not json",
+        b"\xff",
+        "[]",
+        '{"type":"lines","first":1,"lines":[]}',
+        '{"type":"hello","stream":"agent"}',
+        '{"type":"hello","producer":"","stream":"agent"}',
+        '{"type":"hello","producer":"' + "p" * 201 + '","stream":"agent"}',
+        '{"type":"hello","producer":7,"stream":"agent"}',
+        '{"type":"hello","producer":"run-1","stream":"both"}',
+    ],
+)
+def test_a_first_producer_frame_that_is_no_hello_is_refused_with_expected_hello(
+    frame: str | bytes,
+) -> None:
+    with pytest.raises(ExpectedHello):
+        decode_producer_hello(frame)

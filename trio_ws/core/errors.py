@@ -1,7 +1,8 @@
 """The errors ``../shared/spec/PROTOCOL.md`` defines, as exceptions that carry their code.
 
 A refusal knows its close code and the ``error`` content the client is told
-first (section 2, 4.2); a limit knows its close code (section 3.4); a bad
+first (section 2, 4.2); a limit knows its close code (section 3.4); a producer
+whose first message is no ``hello`` knows its ``error`` and close (4.1); a bad
 client message knows the ``warning`` it earns (the connection stays). So the
 code and the words live here once, not as literals where a connection ends.
 """
@@ -88,6 +89,23 @@ class TooManyMessages(LimitExceeded):
     """More inbound messages in a window than the rate limit allows."""
 
     code = 1008
+
+
+class ExpectedHello(ProtocolError):
+    """A producer whose first message is not a valid ``hello`` (PROTOCOL.md 4.1): told
+    ``error`` and closed 1008, a policy close it may retry after (fixed)."""
+
+    code = 1008
+    content: ClassVar[str] = 'first message must be {"type":"hello","producer":..,"stream":..}'
+    reason: ClassVar[str] = "expected hello"
+    """The close frame's reason."""
+
+    def __init__(self) -> None:
+        super().__init__(self.content)
+
+    def message(self) -> ErrorMessage:
+        """The ``error`` message sent just before the close."""
+        return {"type": "error", "content": self.content}
 
 
 class BadClientMessage(ProtocolError):

@@ -5,7 +5,8 @@ the same words (``../shared/spec/PROTOCOL.md``). Messages are plain dicts
 because they go straight to JSON, typed by the TypedDicts of ``messages``;
 ``encode`` is the one place that turns a message into wire text, compact, so
 each event is encoded exactly once; ``decode_client_message`` reads a client's
-frame into a JSON object, or refuses it with a typed ``BadClientMessage``.
+frame into a JSON object, or refuses it with a typed ``BadClientMessage``, and
+``decode_producer_hello`` a producer's first frame, or refuses it with ``ExpectedHello``.
 """
 
 from __future__ import annotations
@@ -21,13 +22,14 @@ from typing import Any, Final
 import orjson
 
 from trio_ws import __version__
-from trio_ws.core.errors import BadClientMessage
+from trio_ws.core.errors import BadClientMessage, ExpectedHello
 from trio_ws.core.messages import (
     AgentStatusEvent,
     DevLogEvent,
     DevServerStatusEvent,
     ErrorMessage,
     LogEvent,
+    ProducerHello,
     WarningMessage,
 )
 from trio_ws.core.messages import Stream as Stream  # re-exported: other layers name it here
@@ -198,3 +200,26 @@ def decode_client_message(frame: str | bytes) -> JsonObject:
     if not isinstance(payload, dict):
         raise BadClientMessage("message is not a JSON object")
     return payload
+
+
+PRODUCER_ID_LENGTH: Final = range(1, 201)
+"""How long a producer's id may be, in characters."""
+
+
+def decode_producer_hello(frame: str | bytes) -> ProducerHello:
+    """The ``hello`` a producer's first frame must be (PROTOCOL.md 4.1), or
+    ``ExpectedHello`` (told ``error``, closed 1008): anything that is not a JSON
+    object of ``type`` hello, a ``producer`` id of 1-200 characters and a known
+    ``stream``. Extra keys are ignored, as in every message."""
+    try:
+        payload = json.loads(frame)
+    except (ValueError, TypeError):
+        raise ExpectedHello from None
+    if not isinstance(payload, dict) or payload.get("type") != "hello":
+        raise ExpectedHello
+    producer, stream = payload.get("producer"), payload.get("stream")
+    if not isinstance(producer, str) or len(producer) not in PRODUCER_ID_LENGTH:
+        raise ExpectedHello
+    if stream == "agent" or stream == "dev":
+        return {"type": "hello", "producer": producer, "stream": stream}
+    raise ExpectedHello
