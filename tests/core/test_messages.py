@@ -114,3 +114,16 @@ def test_a_message_missing_a_field_or_with_a_stray_one_does_not_fit() -> None:
         "missing timestamp",
         "unknown stray",
     ]
+
+
+def test_every_message_type_names_its_tag_required_and_seq_optional_on_events() -> None:
+    """The keys are what ``__required_keys__``/``__optional_keys__`` say at runtime (a
+    ``from __future__ import annotations`` in messages.py would make every key required
+    on Python 3.11), the tag is a required ``Literal`` and only events may carry ``seq``
+    as an optional key."""
+    for kind in get_args(messages.Message):
+        hints = get_type_hints(kind)
+        assert hints.keys() == kind.__required_keys__ | kind.__optional_keys__, kind
+        assert "type" in kind.__required_keys__ and get_origin(hints["type"]) is Literal, kind
+    for kind in get_args(Event):
+        assert "seq" in kind.__optional_keys__, kind
