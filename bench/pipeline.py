@@ -26,6 +26,7 @@ from typing import Final
 
 from bench.redaction import WORST_CASES as REDACTION_CASES
 from bench.wire import make_line
+from trio_ws.core.messages import AgentEvent
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
 from trio_ws.core.protocol import encode
 
@@ -61,7 +62,7 @@ def per_line_us(function: Callable[[str], object], lines: Sequence[str]) -> floa
     return best / len(lines) * 1e6
 
 
-def agent_feed() -> Callable[[str], object]:
+def agent_feed() -> Callable[[str], list[AgentEvent]]:
     """``feed_line`` of a fresh running agent pipeline."""
     pipeline = AgentPipeline()
     pipeline.set_status("running")

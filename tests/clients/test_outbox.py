@@ -6,10 +6,10 @@ from collections.abc import Iterator
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain import Msg
 
 from trio_ws.clients.outbox import LINE_CAP, MESSAGE_CAP, LineSplitter, Outbox, dropped_line
 from trio_ws.core import protocol
-from trio_ws.core.protocol import Message
 from trio_ws.data.progress import Progress
 
 # -- LineSplitter --------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_outbox_messages_stay_within_the_cap_even_for_control_characters() -> No
     assert [line for _, line in lines_of(messages)] == ["\x01" * (LINE_CAP - 1)] * 40
 
 
-def lines_of(messages: list[Message]) -> Iterator[tuple[int, str]]:
+def lines_of(messages: list[Msg]) -> Iterator[tuple[int, str]]:
     """(pseq, line) of every line in ``messages``."""
     for message in messages:
         if message["type"] == "lines":
@@ -122,7 +122,7 @@ def test_outbox_batches_at_most_batch_lines_per_message() -> None:
     outbox = Outbox(batch_lines=3)
     for index in range(7):
         outbox.add_line(str(index))
-    messages = outbox.take()
+    messages: list[Msg] = outbox.take()
     assert [len(message["lines"]) for message in messages] == [3, 3, 1]
     assert [message["first"] for message in messages] == [1, 4, 7]
 

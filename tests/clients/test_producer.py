@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 import trio
+from plain import Msg
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until, ws_url
 from test_outbox import lines_of
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from trio_ws.clients.producer import Producer, publish_url
 from trio_ws.clients.supervisor import exit_status
-from trio_ws.core.protocol import Message
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
 
@@ -125,11 +125,11 @@ async def test_producer_resends_unacked_items_after_the_server_drops_it(
     assert producer.connections == 3
 
 
-def item_count(messages: list[Message]) -> int:
+def item_count(messages: list[Msg]) -> int:
     return sum(len(m["lines"]) if m["type"] == "lines" else m["type"] == "status" for m in messages)
 
 
-def pseqs(messages: list[Message]) -> list[int]:
+def pseqs(messages: list[Msg]) -> list[int]:
     found = [pseq for pseq, _ in lines_of(messages)]
     found += [m["pseq"] for m in messages if m["type"] == "status"]
     return sorted(found)
@@ -141,11 +141,11 @@ async def test_producer_resends_what_follows_welcome_acked_on_the_wire(
     """A scripted endpoint: the first connection takes five items and drops without an
     ack; the second says it had applied two. The same producer id comes back and
     resends exactly items 3 to 5."""
-    connections: list[list[Message]] = []
+    connections: list[list[Msg]] = []
 
     async def endpoint(request: WebSocketRequest) -> None:
         ws = await request.accept()
-        received: list[Message] = [json.loads(await ws.get_message())]
+        received: list[Msg] = [json.loads(await ws.get_message())]
         connections.append(received)
         acked = 0 if len(connections) == 1 else 2
         await ws.send_message(json.dumps({"type": "welcome", "acked": acked}))

@@ -4,14 +4,15 @@ resync and resume."""
 from __future__ import annotations
 
 import pytest
+from plain import Msg
 
 from trio_ws.clients.run_view import RunView, SequenceGap
 from trio_ws.clients.watch_render import (
     log_tail,
 )
 from trio_ws.core import protocol
+from trio_ws.core.errors import ProjectNotFound
 
-Msg = protocol.Message
 TS = "2026-11-25T17:04:05.123Z"
 TS_UNIX = 1795626245.123
 
@@ -221,7 +222,7 @@ def test_warnings_are_kept_newest_last_and_bounded() -> None:
 
 
 def test_error_is_recorded() -> None:
-    view = view_of(protocol.error("Project not found in registry"))
+    view = view_of(ProjectNotFound().message())
     assert view.error == "Project not found in registry"
 
 

@@ -23,7 +23,6 @@ from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
 from trio_ws.net.subscribe import SubscriberSession
 
-Msg = protocol.Message
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 TS_UNIX = 1795626245.123
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from plain import Msg
 from serving import NETWORK_TIMEOUT, make_config
 from test_run_view import AGENT_LINES
 from watching import FAST, free_port, populate, target_of
@@ -24,12 +25,9 @@ from trio_ws.clients.watch_session import (
     fetch_snapshot,
     follow,
 )
-from trio_ws.core import protocol
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
 from trio_ws.state.hub import ProjectHub
-
-Msg = protocol.Message
 
 # -- the client against a real server --------------------------------------------------
 

@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain import Msg
 from test_security import leaked_secrets, secretish_text
 
 from trio_ws.core.messages import AgentUpdateEvent, DevServerStatusEvent, Event
 from trio_ws.core.pipeline import LINE_CAP, AgentPipeline, DevPipeline, sanitize
-from trio_ws.core.protocol import AGENT_STATUSES, DEV_STATUSES, Message, iso_timestamp
+from trio_ws.core.protocol import AGENT_STATUSES, DEV_STATUSES, iso_timestamp
 
 DATA = Path(__file__).parent.parent / "corpus"
 EDGE_LINES = (DATA / "edge-cases.txt").read_text(encoding="utf-8").splitlines()
@@ -52,11 +53,11 @@ def running_dev() -> DevPipeline:
     return pipeline
 
 
-def types(events: list[Message]) -> list[str]:
+def types(events: list[Msg]) -> list[str]:
     return [event["type"] for event in events]
 
 
-def logged(events: list[Message]) -> list[str]:
+def logged(events: list[Msg]) -> list[str]:
     return [event["line"] for event in events if event["type"] == "log"]
 
 
@@ -94,14 +95,14 @@ MISSING = object()
 """In an expected event: the key must not be there."""
 
 
-def matches(event: Message, expected: dict[str, Any]) -> bool:
+def matches(event: Msg, expected: dict[str, Any]) -> bool:
     return all(
         key not in event if value is MISSING else event.get(key, MISSING) == value
         for key, value in expected.items()
     )
 
 
-def assert_events(events: list[Message], expected: list[dict[str, Any]]) -> None:
+def assert_events(events: list[Msg], expected: list[dict[str, Any]]) -> None:
     assert len(events) == len(expected), events
     for event, want in zip(events, expected, strict=True):
         assert matches(event, want), (event, want)
@@ -950,7 +951,7 @@ def test_a_dev_url_is_redacted_before_it_is_published() -> None:
 @dataclass(frozen=True)
 class Step:
     line: str | None  # None for a status change
-    events: list[Message]
+    events: list[Msg]
     active_agents: int
 
 
@@ -965,7 +966,7 @@ def story() -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def story_events(event_type: str) -> list[Message]:
+def story_events(event_type: str) -> list[Msg]:
     return [event for step in story() for event in step.events if event["type"] == event_type]
 
 
@@ -973,7 +974,7 @@ def steps_for(line: str) -> list[Step]:
     return [step for step in story() if step.line == line]
 
 
-def update_of(step: Step) -> Message:
+def update_of(step: Step) -> Msg:
     (update,) = (event for event in step.events if event["type"] == "agent_update")
     return update
 
@@ -1152,8 +1153,8 @@ def transcript(statuses: frozenset[str]) -> st.SearchStrategy[list[str | Status]
     return st.lists(item, max_size=40)
 
 
-def play(pipeline: AgentPipeline | DevPipeline, items: list[str | Status]) -> list[Message]:
-    events: list[Message] = []
+def play(pipeline: AgentPipeline | DevPipeline, items: list[str | Status]) -> list[Msg]:
+    events: list[Msg] = []
     for item in items:
         if isinstance(item, Status):
             events += pipeline.set_status(item.status)
@@ -1229,7 +1230,7 @@ def test_agent_events_do_not_depend_on_batching(
 ) -> None:
     one_by_one = play(AgentPipeline(FakeClock()), items)
     batched = AgentPipeline(FakeClock())
-    events: list[Message] = []
+    events: list[Msg] = []
     position = 0
     while position < len(items):
         if isinstance(status := items[position], Status):
@@ -1252,7 +1253,7 @@ def test_dev_events_do_not_depend_on_batching(lines: list[str], data: st.DataObj
     single = DevPipeline(FakeClock())
     one_by_one = [event for line in lines for event in single.feed_line(line)]
     batched = DevPipeline(FakeClock())
-    events: list[Message] = []
+    events: list[Msg] = []
     position = 0
     while position < len(lines):
         size = data.draw(st.integers(min_value=1, max_value=8))

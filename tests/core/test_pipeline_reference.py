@@ -22,9 +22,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain import Msg
 
 from trio_ws.core.pipeline import AUTH_BANNER, AgentPipeline, DevPipeline, cap, finish
-from trio_ws.core.protocol import AGENT_STATUSES, Message, encode
+from trio_ws.core.protocol import AGENT_STATUSES, encode
 from trio_ws.core.security import redact_line
 from trio_ws.core.trackers import MASCOTS
 
@@ -133,10 +134,10 @@ class Reference:
     def idle(max_concurrency: int) -> dict[str, Any]:
         return {"state": "idle", "coding": 0, "testing": 0, "max": max_concurrency}
 
-    def feed_line(self, raw: str, now: float) -> list[Message]:
+    def feed_line(self, raw: str, now: float) -> list[Msg]:
         ts = timestamp(now)
         line, dropped = cap(raw)
-        events: list[Message] = []
+        events: list[Msg] = []
         if not line.startswith("[Feature #"):
             hits = sorted((line.find(lit), s) for lit, s in STATUS_LITERALS if lit in line)
             for _, status in hits:
@@ -148,7 +149,7 @@ class Reference:
         clean = finish(redacted, dropped)
         agent_update = self.agent_rules(clean, ts)
         orchestrator_update = self.orchestrator_rules(clean, ts)
-        event: Message = {"type": "log", "line": clean, "timestamp": ts}
+        event: Msg = {"type": "log", "line": clean, "timestamp": ts}
         if match := re.match(r"\[Feature #(\d{1,15})\]", clean, A):
             event["featureId"] = int(match[1])
             if (owner := self.owner(int(match[1]))) is not None:
@@ -156,10 +157,10 @@ class Reference:
         events.append(event)
         return events + [u for u in (agent_update, orchestrator_update) if u is not None]
 
-    def set_status(self, status: str, now: float) -> list[Message]:
+    def set_status(self, status: str, now: float) -> list[Msg]:
         if status == self.status:
             return []
-        events: list[Message] = []
+        events: list[Msg] = []
         joined = "\n".join(self.recent)
         if (
             status == "crashed"
@@ -173,7 +174,7 @@ class Reference:
             self.orch = self.idle(self.orch["max"])
         return events
 
-    def change(self, status: str, ts: str | None = None) -> list[Message]:
+    def change(self, status: str, ts: str | None = None) -> list[Msg]:
         """A status read off a line carries the line's timestamp; a producer's does not
         (the hub dates it)."""
         if status == self.status:
@@ -182,18 +183,18 @@ class Reference:
             self.banner_shown = False
             self.recent.clear()
         self.status = status
-        event: Message = {"type": "agent_status", "status": status}
+        event: Msg = {"type": "agent_status", "status": status}
         if ts is not None:
             event["timestamp"] = ts
         return [event]
 
-    def banner(self, ts: str) -> list[Message]:
+    def banner(self, ts: str) -> list[Msg]:
         self.banner_shown = True
         return [{"type": "log", "line": line, "timestamp": ts} for line in AUTH_BANNER]
 
     # -- LINES.md 2 --------------------------------------------------------------
 
-    def agent_rules(self, line: str, ts: str) -> Message | None:
+    def agent_rules(self, line: str, ts: str) -> Msg | None:
         for pattern, effect, kind in AGENT_RULES:
             match = re.match(pattern, line, A)
             if match is None:
@@ -214,7 +215,7 @@ class Reference:
 
     def complete(
         self, kind: str, feature_ids: list[int], outcome: str, batch: bool, ts: str
-    ) -> Message:
+    ) -> Msg:
         agent = None
         newest = [a for a in reversed(self.agents) if a["type"] == kind]
         if batch:
@@ -234,7 +235,7 @@ class Reference:
         agent["state"], agent["thought"] = state, word
         return self.update(agent, ts)
 
-    def activity(self, digits: str, content: str, ts: str) -> Message | None:
+    def activity(self, digits: str, content: str, ts: str) -> Msg | None:
         if len(digits) > TOO_LONG:
             return None
         state, thought = "working", None
@@ -270,7 +271,7 @@ class Reference:
         return self.agents[-1]
 
     @staticmethod
-    def update(agent: dict[str, Any], ts: str) -> Message:
+    def update(agent: dict[str, Any], ts: str) -> Msg:
         ids_ = agent["ids"]
         name = (
             f"Feature #{ids_[0]}"
@@ -292,7 +293,7 @@ class Reference:
 
     # -- LINES.md 3 --------------------------------------------------------------
 
-    def orchestrator_rules(self, line: str, ts: str) -> Message | None:
+    def orchestrator_rules(self, line: str, ts: str) -> Msg | None:
         if line.startswith("[Feature #"):
             return None
         orch = self.orch
@@ -612,7 +613,7 @@ def test_dev_lines_emit_what_the_lines_rules_say(lines: list[str]) -> None:
         clock.now += 3e-6
         head, dropped = cap(line)
         redacted, in_key = redact_line(head, in_key)
-        want: list[Message] = [
+        want: list[Msg] = [
             {
                 "type": "dev_log",
                 "line": finish(redacted, dropped),

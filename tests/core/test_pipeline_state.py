@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain import Msg
 
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
-from trio_ws.core.protocol import AGENT_STATUSES, DEV_STATUSES, Message
+from trio_ws.core.protocol import AGENT_STATUSES, DEV_STATUSES
 
 DATA = Path(__file__).parent.parent / "corpus"
 CORPUS = [
@@ -48,7 +49,7 @@ def items(lines: list[str], statuses: frozenset[str]) -> st.SearchStrategy[list[
     return st.lists(one, min_size=1, max_size=100)
 
 
-def apply(pipeline: AgentPipeline | DevPipeline, item: Item) -> list[Message]:
+def apply(pipeline: AgentPipeline | DevPipeline, item: Item) -> list[Msg]:
     kind, value = item
     return pipeline.feed_line(value) if kind == "line" else pipeline.set_status(value)
 

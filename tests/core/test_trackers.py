@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from plain import Msg
 
 from trio_ws.core import trackers
-from trio_ws.core.protocol import AGENT_STATES, Message, iso_timestamp
+from trio_ws.core.protocol import AGENT_STATES, iso_timestamp
 from trio_ws.core.trackers import MASCOTS, AgentTracker, OrchestratorTracker, fold
 
 DATA = Path(__file__).parent.parent / "corpus"
@@ -77,14 +78,14 @@ def orch(clock: FakeClock) -> OrchestratorTracker:
     return OrchestratorTracker(clock)
 
 
-def feed(tracker: AgentTracker | OrchestratorTracker, line: str) -> Message:
+def feed(tracker: AgentTracker | OrchestratorTracker, line: str) -> Msg:
     """Feed a line that must produce a message."""
     message = tracker.feed(line)
     assert message is not None, f"no message for {line!r}"
     return message
 
 
-def card(message: Message) -> dict[str, Any]:
+def card(message: Msg) -> dict[str, Any]:
     """The agent_update fields that describe the agent, without type and timestamp."""
     return {k: v for k, v in message.items() if k not in {"type", "timestamp"}}
 
@@ -791,7 +792,7 @@ def test_arbitrary_lines_keep_the_trackers_sound(lines: list[str | None]) -> Non
     """None stands for a reset (stopped/crashed) between lines."""
     clock = FakeClock()
     agents, orch = AgentTracker(clock), OrchestratorTracker(clock)
-    updates: list[Message] = []
+    updates: list[Msg] = []
     for line in lines:
         if line is None:
             agents.reset()

@@ -20,6 +20,7 @@ import pytest
 import trio
 import trio.testing
 import wsproto
+from plain import Msg
 from redis_server import RedisServer
 from serving import NETWORK_TIMEOUT
 from test_project import (
@@ -32,7 +33,6 @@ from test_project import (
 )
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from trio_ws.core.protocol import Message
 from trio_ws.data.registry import Registry
 from trio_ws.journal.interface import JournalState
 from trio_ws.journal.redis import open_redis_backend, redis_client
@@ -417,13 +417,13 @@ class RawClient:
             assert data, "server closed the TCP connection"
             self.ws.receive_data(data)
 
-    async def text(self) -> Message:
+    async def text(self) -> Msg:
         while True:
             event = await self.next_event(TextMessage)
             assert isinstance(event, TextMessage)
             self._text += event.data
             if event.message_finished:
-                message: Message = json.loads(self._text)
+                message: Msg = json.loads(self._text)
                 self._text = ""
                 return message
 

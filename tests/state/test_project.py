@@ -24,6 +24,7 @@ import pytest
 import trio
 import trio.testing
 from features_db import create_db, db_path, insert, rows
+from plain import Msg
 from redis_server import RedisServer, free_port
 from serving import (
     NETWORK_TIMEOUT,
@@ -47,7 +48,6 @@ from test_publish import (
 )
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
-from trio_ws.core.protocol import Message
 from trio_ws.data.progress import Progress, ProgressReader
 from trio_ws.data.registry import Registry
 from trio_ws.journal.redis import redis_client
@@ -67,7 +67,7 @@ PROGRESS_FIELDS = ("passing", "in_progress", "total", "percentage", "needs_human
 # -- helpers ------------------------------------------------------------------
 
 
-def figures(message: Message) -> dict[str, Any]:
+def figures(message: Msg) -> dict[str, Any]:
     """The counts of a ``progress`` message."""
     assert message["type"] == "progress", message
     return {name: message[name] for name in PROGRESS_FIELDS}
@@ -85,15 +85,15 @@ def expected(
     }
 
 
-def types(messages: list[Message]) -> list[str]:
+def types(messages: list[Msg]) -> list[str]:
     return [message["type"] for message in messages]
 
 
-def of_type(kind: str) -> Callable[[Message], bool]:
+def of_type(kind: str) -> Callable[[Msg], bool]:
     return lambda message: bool(message["type"] == kind)
 
 
-def is_running(message: Message) -> bool:
+def is_running(message: Msg) -> bool:
     """The marker event tests publish after a window of reads."""
     return bool(message["type"] == "agent_status" and message["status"] == "running")
 
@@ -150,7 +150,7 @@ async def connect_producer(nursery: trio.Nursery, server: Server) -> WebSocketCo
     return ws
 
 
-async def until_pong(ws: WebSocketConnection) -> list[Message]:
+async def until_pong(ws: WebSocketConnection) -> list[Msg]:
     """Everything queued for ``ws`` so far: a pong comes after all of it."""
     await ws.send_message('{"type":"ping"}')
     return await receive_until(ws, of_type("pong"))
@@ -251,21 +251,21 @@ class ThreadRecordingReader(ProgressReader):
         return super().read()
 
 
-def live_events(subscriber: Subscriber) -> list[Message]:
+def live_events(subscriber: Subscriber) -> list[Msg]:
     """What the hub queued for ``subscriber`` after its initial messages."""
-    events: list[Message] = []
+    events: list[Msg] = []
     while subscriber.queue:
         events.append(json.loads(subscriber.queue.pop(0).text))
     return events
 
 
-async def next_event(subscriber: Subscriber, kind: str) -> Message:
+async def next_event(subscriber: Subscriber, kind: str) -> Msg:
     """The next ``kind`` event queued for ``subscriber`` (the caller bounds the wait)."""
     while True:
         while subscriber.queue:
             item = subscriber.queue.pop(0)
             if item.type == kind:
-                message: Message = json.loads(item.text)
+                message: Msg = json.loads(item.text)
                 return message
         await trio.sleep(0.01)
 
@@ -384,7 +384,7 @@ async def test_every_failure_streak_warns_once(
     with trio.fail_after(NETWORK_TIMEOUT):
         ws = await subscribe(nursery, server)
         await receive_until(ws, of_type("progress"))
-        seen: list[Message] = []
+        seen: list[Msg] = []
         for _streak in range(2):
             with HeldLock(locked_db) as lock:
                 await lock.take()

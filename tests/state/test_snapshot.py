@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from plain import Msg
 
-from trio_ws.core.protocol import Message
 from trio_ws.state.history import Outgoing
 from trio_ws.state.snapshot import ORCHESTRATOR_RECENT, Snapshot, progress_of
 
 
 def remember(snapshot: Snapshot, seq: int, **fields: Any) -> None:
-    message: Message = {**fields, "seq": seq}
+    message: Msg = {**fields, "seq": seq}
     snapshot.remember(message, Outgoing.of(message, seq))
 
 

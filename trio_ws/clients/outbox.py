@@ -29,7 +29,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from trio_ws.core import defaults
-from trio_ws.core.protocol import Message
+from trio_ws.core.messages import (
+    LinesMessage,
+    ProducerMessage,
+    ProducerProgress,
+    StatusMessage,
+)
 from trio_ws.data.progress import Progress
 
 Report = Callable[[str], None]
@@ -255,9 +260,9 @@ class Outbox:
                 return what
         return None
 
-    def take(self) -> list[Message]:
+    def take(self) -> list[ProducerMessage]:
         """Every unsent item as wire messages, in order; they count as sent from now on."""
-        messages: list[Message] = []
+        messages: list[ProducerMessage] = []
         batch: list[str] = []
         first = size = 0
 
@@ -273,7 +278,9 @@ class Outbox:
             if item.line is None:
                 if batch:
                     close_batch()
-                message = status_message(item) if item.progress is None else progress_message(item)
+                message: ProducerMessage = (
+                    status_message(item) if item.progress is None else progress_message(item)
+                )
                 messages.append(message)
                 self._messages.append((item.pseq, 1, _json_size(message)))
                 continue
@@ -304,18 +311,19 @@ def _json_size(value: object) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def lines_message(first: int, lines: list[str]) -> Message:
+def lines_message(first: int, lines: list[str]) -> LinesMessage:
     return {"type": "lines", "first": first, "lines": lines}
 
 
-def status_message(item: Item) -> Message:
-    message: Message = {"type": "status", "pseq": item.pseq, "status": item.status}
+def status_message(item: Item) -> StatusMessage:
+    assert item.status is not None
+    message: StatusMessage = {"type": "status", "pseq": item.pseq, "status": item.status}
     if item.exit_code is not None:
         message["exit_code"] = item.exit_code
     return message
 
 
-def progress_message(item: Item) -> Message:
+def progress_message(item: Item) -> ProducerProgress:
     assert item.progress is not None
     progress = item.progress
     return {

@@ -30,7 +30,7 @@ from trio_ws.clients.outbox import (
     stderr_report,
 )
 from trio_ws.core import protocol
-from trio_ws.core.protocol import Message, Stream
+from trio_ws.core.protocol import JsonObject, Stream
 from trio_ws.data.progress import Progress
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.streak import FailureStreak
@@ -261,7 +261,7 @@ class Producer:
             await self._closing.wait()
             nursery.cancel_scope.cancel()
 
-    async def _first_message(self, ws: WebSocketConnection) -> Message:
+    async def _first_message(self, ws: WebSocketConnection) -> JsonObject:
         """The ``welcome``; an ``error`` first is kept so the close that follows can cite it."""
         message = _decode(await ws.get_message())
         if message.get("type") == "error":
@@ -313,7 +313,7 @@ class _ServerError(Exception):
     """The ``error`` message a server sent just before a do-not-retry close."""
 
 
-def _decode(raw: str | bytes) -> Message:
+def _decode(raw: str | bytes) -> JsonObject:
     if isinstance(raw, bytes):
         raise _Retry("server sent a binary frame")
     try:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final, Literal
 
-from trio_ws.core.protocol import Message
+from trio_ws.core.protocol import MessageFields
 
 LOG_LIMIT: Final = 1000
 """Log lines (per stream) a view keeps; the server's backlog is at most 1000 too."""
@@ -170,7 +170,7 @@ class RunView:
         self.connection = state
         self.connection_detail = detail
 
-    def apply(self, message: Message) -> None:
+    def apply(self, message: MessageFields) -> None:
         """Apply one received message; unknown types are ignored (forward compatible).
 
         Raises `SequenceGap` (without applying) when a live event skips a seq.
@@ -222,7 +222,7 @@ class RunView:
 
     # -- connection messages ---------------------------------------------------
 
-    def _hello(self, message: Message) -> None:
+    def _hello(self, message: MessageFields) -> None:
         epoch = str(message["epoch"])
         head = int(message["seq"])
         self.project = str(message.get("project", self.project))
@@ -232,41 +232,41 @@ class RunView:
             self._reset(head)  # a fresh sync follows
         self.epoch = epoch
 
-    def _resumed(self, message: Message) -> None:
+    def _resumed(self, message: MessageFields) -> None:
         since = int(message["since"])
         self.resumes += 1
         if self.seq is not None and since != self.seq:
             raise SequenceGap(self.seq + 1, since + 1)
         self._snapshot_point = None
 
-    def _resync(self, message: Message) -> None:
+    def _resync(self, message: MessageFields) -> None:
         """A fresh snapshot follows; live events continue after its point, which the
         resync names (PROTOCOL 3.1; a server before revision 2 used hello's)."""
         self.resyncs += 1
         point = message.get("seq", self._hello_seq)
         self._reset(None if point is None else int(point))
 
-    def _pong(self, message: Message) -> None:
+    def _pong(self, message: MessageFields) -> None:
         self._snapshot_point = None  # everything sent before the pong has arrived
 
-    def _warning(self, message: Message) -> None:
+    def _warning(self, message: MessageFields) -> None:
         self.warnings.append((str(message.get("source", "")), str(message["content"])))
 
-    def _error(self, message: Message) -> None:
+    def _error(self, message: MessageFields) -> None:
         self.error = str(message["content"])
 
     # -- events ------------------------------------------------------------------
 
-    def _agent_status(self, message: Message) -> None:
+    def _agent_status(self, message: MessageFields) -> None:
         self.agent_status = str(message["status"])
         if self.agent_status in ("stopped", "crashed"):
             self.agents.clear()
 
-    def _dev_server_status(self, message: Message) -> None:
+    def _dev_server_status(self, message: MessageFields) -> None:
         self.dev_status = str(message["status"])
         self.dev_url = message.get("url")
 
-    def _progress(self, message: Message) -> None:
+    def _progress(self, message: MessageFields) -> None:
         self.progress = ProgressCounts(
             passing=int(message["passing"]),
             in_progress=int(message["in_progress"]),
@@ -276,7 +276,7 @@ class RunView:
         )
         self._add_point(message)
 
-    def _add_point(self, message: Message) -> None:
+    def _add_point(self, message: MessageFields) -> None:
         seq = message.get("seq")
         moment = parse_timestamp(message.get("timestamp"))
         if isinstance(seq, int) and moment is not None:
@@ -330,17 +330,17 @@ class RunView:
             raise ValueError(f"malformed feature row: {exc!r}") from None
         self.features_error = None
 
-    def _log(self, message: Message) -> None:
+    def _log(self, message: MessageFields) -> None:
         self.logs.append(
             LogEntry("agent", str(message["line"]), str(message["timestamp"]), message.get("seq"))
         )
 
-    def _dev_log(self, message: Message) -> None:
+    def _dev_log(self, message: MessageFields) -> None:
         self.dev_logs.append(
             LogEntry("dev", str(message["line"]), str(message["timestamp"]), message.get("seq"))
         )
 
-    def _agent_update(self, message: Message) -> None:
+    def _agent_update(self, message: MessageFields) -> None:
         index = int(message["agentIndex"])
         state = str(message["state"])
         if state in ("success", "error"):
@@ -359,7 +359,7 @@ class RunView:
             updated=parse_timestamp(message.get("timestamp")),
         )
 
-    def _orchestrator_update(self, message: Message) -> None:
+    def _orchestrator_update(self, message: MessageFields) -> None:
         self.orchestrator = OrchestratorCard(
             event_type=str(message["eventType"]),
             state=str(message["state"]),
@@ -373,7 +373,7 @@ class RunView:
         )
 
 
-_Handler = Callable[[RunView, Message], None]
+_Handler = Callable[[RunView, MessageFields], None]
 
 _CONNECTION_HANDLERS: Final[dict[str, _Handler]] = {
     "hello": RunView._hello,

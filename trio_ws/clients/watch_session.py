@@ -27,7 +27,7 @@ from trio_websocket import (
 from trio_ws.clients.common import refuses_for_good, websocket_base
 from trio_ws.clients.run_view import RunView, SequenceGap
 from trio_ws.core import defaults, protocol
-from trio_ws.core.protocol import Message
+from trio_ws.core.protocol import JsonObject
 from trio_ws.runtime.backoff import Backoff
 
 CONNECT_TIMEOUT: Final = 10.0
@@ -35,7 +35,7 @@ SNAPSHOT_TIMEOUT: Final = 30.0
 HEARTBEAT: Final = 15.0
 """Seconds between websocket pings; a peer that doesn't answer within this is dropped."""
 CLOSE_TIMEOUT: Final = 2.0
-OnMessage = Callable[[Message], None]
+OnMessage = Callable[[JsonObject], None]
 
 
 class WatchError(Exception):
@@ -100,7 +100,7 @@ class WatchTarget:
         return f"{self.display_url}?{'&'.join(query)}"
 
 
-def decode(text: str | bytes) -> Message:
+def decode(text: str | bytes) -> JsonObject:
     """One received frame as a message; the server only sends JSON objects."""
     if isinstance(text, bytes):
         raise ValueError("server sent a binary frame")
@@ -142,7 +142,7 @@ def _handshake_failure(exc: HandshakeError, target: WatchTarget) -> WatchError:
     return WatchError(f"cannot connect to {target.display_url}: {detail}")
 
 
-async def _read(ws: WebSocketConnection, view: RunView, on_message: OnMessage | None) -> Message:
+async def _read(ws: WebSocketConnection, view: RunView, on_message: OnMessage | None) -> JsonObject:
     """The next message, applied to ``view``; passed on unless it is the pong we asked for."""
     message = decode(await ws.get_message())
     if on_message is not None and message.get("type") != "pong":

@@ -25,17 +25,24 @@ class ProtocolError(Exception):
 
 
 class Refusal(ProtocolError):
-    """A websocket accepted only to be told ``error`` and closed with ``code``."""
+    """A websocket accepted only to be told ``error`` and closed with ``code`` (4xxx:
+    do not retry; 1008, 1011 and 1013: retry later) and ``reason``."""
 
     code: ClassVar[int]
     content: ClassVar[str]
+    reason: ClassVar[str | None] = None
+    """The close frame's reason when it is not the content."""
 
-    def __init__(self) -> None:
-        super().__init__(self.content)
+    def __init__(self, content: str | None = None) -> None:
+        super().__init__(self.content if content is None else content)
 
     def message(self) -> ErrorMessage:
         """The ``error`` message sent just before the close."""
-        return {"type": "error", "content": self.content}
+        return {"type": "error", "content": str(self)}
+
+    @property
+    def close_reason(self) -> str:
+        return self.reason if self.reason is not None else str(self)
 
 
 class InvalidProjectName(Refusal):
@@ -91,21 +98,28 @@ class TooManyMessages(LimitExceeded):
     code = 1008
 
 
-class ExpectedHello(ProtocolError):
+class ExpectedHello(Refusal):
     """A producer whose first message is not a valid ``hello`` (PROTOCOL.md 4.1): told
     ``error`` and closed 1008, a policy close it may retry after (fixed)."""
 
     code = 1008
-    content: ClassVar[str] = 'first message must be {"type":"hello","producer":..,"stream":..}'
-    reason: ClassVar[str] = "expected hello"
-    """The close frame's reason."""
+    content = 'first message must be {"type":"hello","producer":..,"stream":..}'
+    reason = "expected hello"
 
-    def __init__(self) -> None:
-        super().__init__(self.content)
 
-    def message(self) -> ErrorMessage:
-        """The ``error`` message sent just before the close."""
-        return {"type": "error", "content": self.content}
+class JournalUnavailable(Refusal):
+    """The project's journal cannot be opened or read now: retry later (1011)."""
+
+    code = 1011
+    content = "project journal unavailable"
+
+
+class ServerBusy(Refusal):
+    """The server holds as many projects as it may: retry later (1013); the content
+    says which limit."""
+
+    code = 1013
+    content = "server busy"
 
 
 class BadClientMessage(ProtocolError):

@@ -27,7 +27,6 @@ from trio_ws.core.messages import (
     AgentStatusEvent,
     DevLogEvent,
     DevServerStatusEvent,
-    ErrorMessage,
     LogEvent,
     ProducerHello,
     WarningMessage,
@@ -41,10 +40,10 @@ JsonObject = dict[str, Any]
 """A JSON object not (yet) known to be a message of the protocol: a frame decoded
 off the wire before it is checked, a REST body, a journalled event read back."""
 
-Message = Any
-"""Transitional (issue 18): the untyped name the state, net and clients layers still
-use for a message. ``Any``, not ``JsonObject``, so they take the typed messages core
-returns unchanged until they switch to ``JsonObject`` or a type of ``messages``."""
+MessageFields = Mapping[str, Any]
+"""A message read by its fields, whether it was made here (a TypedDict of
+`messages`) or decoded (a `JsonObject` off the wire or out of a journal): what the
+hub's snapshot and history, and a client's view, read of any message."""
 
 Clock = Callable[[], float]
 """Returns the current time as UNIX seconds; injected so pure code is testable."""
@@ -178,10 +177,6 @@ def dev_log(line: str, timestamp: str) -> DevLogEvent:
 
 def warning(source: str, content: str) -> WarningMessage:
     return {"type": "warning", "source": source, "content": content}
-
-
-def error(content: str) -> ErrorMessage:
-    return {"type": "error", "content": content}
 
 
 # -- client frames (PROTOCOL.md 3.4, 4.1) --------------------------------------

@@ -222,6 +222,21 @@ class WebSocket(metaclass=NoPublicConstructor):
         finally:
             self._pings.pop(payload, None)
 
+    async def answers_ping(self, payload: bytes, within: float) -> bool | None:
+        """Ping and wait up to ``within`` seconds for the pong: True when it came, None
+        when the connection ended meanwhile, False when the peer stayed silent. A
+        silent peer's connection is reset here: the deadline may have cut the ping
+        mid-frame, and a peer that is gone sends no FIN to end it otherwise."""
+        with trio.move_on_after(within) as waited:
+            try:
+                await self.ping(payload)
+            except ConnectionClosed:
+                return None
+        if waited.cancelled_caught:
+            self.abort()
+            return False
+        return True
+
     async def _send_event(self, event: Event) -> None:
         """Encode under the write lock, so wsproto's state and the bytes on the wire agree."""
         async with self._writing:

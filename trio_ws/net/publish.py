@@ -18,17 +18,19 @@ dropped, so a half-open connection never holds its stream.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import trio
 
 from trio_ws.core import defaults, protocol
+from trio_ws.core.errors import BadClientMessage, ExpectedHello, JournalUnavailable, StreamTaken
+from trio_ws.core.messages import ProducerReply
 from trio_ws.core.protocol import Stream
 from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import JournalError
 from trio_ws.net.connection import ConnectionClosed, WebSocket
+from trio_ws.net.refusals import refuse
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project
 
@@ -118,19 +120,16 @@ class PublishSession:
         while True:
             await trio.sleep(self._ping_timeout / 2)
             count += 1
-            with trio.move_on_after(self._ping_timeout) as scope:
-                try:
-                    await self.ws.ping(str(count).encode())
-                except ConnectionClosed:
-                    return
-            if scope.cancelled_caught:
+            answered = await self.ws.answers_ping(str(count).encode(), self._ping_timeout)
+            if answered is None:
+                return
+            if not answered:
                 log.warning(
                     "project %s: producer %s answered no ping for %g s; dropped",
                     self.slot.project,
                     self.peer,
                     self._ping_timeout,
                 )
-                self.ws.abort()
                 self._cancel.cancel()
                 return
 
@@ -166,14 +165,10 @@ class PublishSession:
 
     def _apply(self, message: str | bytes) -> str | None:
         """Apply one producer message to the hub; returns what was wrong with it, if anything."""
-        if isinstance(message, bytes):
-            return "binary frames are not accepted"
         try:
-            payload = json.loads(message)
-        except ValueError:
-            return "message is not valid JSON"
-        if not isinstance(payload, dict):
-            return "message is not a JSON object"
+            payload = protocol.decode_client_message(message)
+        except BadClientMessage as bad:
+            return str(bad)
         kind = payload.get("type")
         if kind == "lines":
             return self._apply_lines(payload)
@@ -251,7 +246,7 @@ class PublishSession:
         )
         return None
 
-    def _queue(self, message: protocol.Message) -> bool:
+    def _queue(self, message: ProducerReply) -> bool:
         try:
             self._outbox_send.send_nowait(protocol.encode(message))
         except (trio.WouldBlock, trio.ClosedResourceError):
@@ -309,13 +304,11 @@ async def serve_producer(
             await project.producer_arrives(stream, producer_id)
         except JournalError as exc:
             log.error("project %s: cannot take the producer over: %s", project.name, exc)
-            await ws.send_message(protocol.encode(protocol.error("project journal unavailable")))
-            await ws.aclose(1011, "project journal unavailable")
+            await refuse(ws, JournalUnavailable())
             return
     previous = slot.session
     if previous is not None and previous.producer_id != producer_id:
-        await ws.send_message(protocol.encode(protocol.error("stream already has a producer")))
-        await ws.aclose(4009, "stream already has a producer")
+        await refuse(ws, StreamTaken())
         return
     session = PublishSession(ws, project.hub, slot, producer_id, peer, ping_timeout, staged_limit)
     project.producer_back(slot, session)
@@ -334,22 +327,8 @@ async def _read_hello(ws: WebSocket) -> tuple[str, Stream] | None:
     except (ConnectionClosed, trio.TooSlowError):
         return None
     try:
-        payload = json.loads(message)
-    except (ValueError, TypeError):
-        payload = None
-    if (
-        not isinstance(payload, dict)
-        or payload.get("type") != "hello"
-        or not isinstance(payload.get("producer"), str)
-        or not 1 <= len(payload["producer"]) <= 200
-        or payload.get("stream") not in ("agent", "dev")
-    ):
-        await ws.send_message(
-            protocol.encode(
-                protocol.error('first message must be {"type":"hello","producer":..,"stream":..}')
-            )
-        )
-        await ws.aclose(1008, "expected hello")
+        hello = protocol.decode_producer_hello(message)
+    except ExpectedHello as refused:
+        await refuse(ws, refused)
         return None
-    stream: Stream = "agent" if payload["stream"] == "agent" else "dev"
-    return payload["producer"], stream
+    return hello["producer"], hello["stream"]

@@ -33,6 +33,14 @@ from urllib.parse import unquote
 import trio
 
 from trio_ws.core import protocol
+from trio_ws.core.errors import (
+    InvalidProjectName,
+    JournalUnavailable,
+    ProjectDirectoryNotFound,
+    ProjectNotFound,
+    ServerBusy,
+    Unauthorized,
+)
 from trio_ws.core.security import (
     control_origin_allowed,
     host_refusal,
@@ -50,7 +58,7 @@ from trio_ws.net.access import (
     project_api_refusal,
 )
 from trio_ws.net.config import ServerConfig, open_journals
-from trio_ws.net.connection import CLOSE_TIMEOUT, ConnectionClosed, WebSocket, accept
+from trio_ws.net.connection import ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
     MAX_BODY_BYTES,
     BadRequest,
@@ -66,6 +74,7 @@ from trio_ws.net.httpio import (
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
 from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
+from trio_ws.net.refusals import refuse
 from trio_ws.net.subscribe import (
     MAX_INBOUND_BYTES,
     SubscribeRequest,
@@ -440,7 +449,7 @@ async def _project(
     feeds it, or the broker holds its history, or its hub is open here."""
     name = _unquote(raw_name)
     if name is None or not protocol.is_valid_project_name(name):
-        await _refuse(ws, 4000, "Invalid project name")
+        await refuse(ws, InvalidProjectName())
         return None
     try:
         found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
@@ -451,20 +460,16 @@ async def _project(
     directory = found[0].path if found is not None and found[1] else None
     try:
         if directory is None and not await _known_elsewhere(server, name, producer):
-            await _refuse(
-                ws,
-                4004,
-                "Project not found in registry" if found is None else "Project directory not found",
-            )
+            await refuse(ws, ProjectNotFound() if found is None else ProjectDirectoryNotFound())
             return None
         project = await server.manager.hold(name, directory)
     except JournalError:
         # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
-        await _refuse(ws, 1011, "project journal unavailable")
+        await refuse(ws, JournalUnavailable())
         return None
     except TooManyProjects as exc:
         log.warning("project %s refused to %s: %s", name, peer, exc)
-        await _refuse(ws, 1013, str(exc))  # try again later (PROTOCOL.md 2)
+        await refuse(ws, ServerBusy(str(exc)))
         return None
     return project
 
@@ -487,7 +492,7 @@ async def _subscriber(
     config = server.config
     authorized = carries_token(head, config.token)
     if config.subscribers_need_token and not authorized:
-        await _refuse(ws, 4001, "Unauthorized")
+        await refuse(ws, Unauthorized())
         return
     project = await _project(server, ws, raw_name, peer)
     if project is None:
@@ -533,13 +538,6 @@ def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
     if project is None:
         return None
     return project, project.path.is_dir()
-
-
-async def _refuse(ws: WebSocket, code: int, content: str) -> None:
-    """Send the protocol's ``error`` and close with ``code`` (4xxx: do not retry)."""
-    with trio.move_on_after(CLOSE_TIMEOUT):
-        await ws.send_message(protocol.encode(protocol.error(content)))
-    await ws.aclose(code, content)
 
 
 def _unquote(raw: str) -> str | None:

@@ -12,7 +12,6 @@ path, so a close frame never lands in the middle of another frame.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -21,6 +20,8 @@ from typing import Final
 import trio
 
 from trio_ws.core import defaults, protocol
+from trio_ws.core.errors import BadClientMessage
+from trio_ws.core.messages import ConnectionMessage
 from trio_ws.net import frames
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
 from trio_ws.state.fanout import FanOut
@@ -205,13 +206,10 @@ class SubscriberSession:
 
     async def _probe(self, pong_within: float) -> None:
         try:
-            with trio.move_on_after(pong_within) as scope:
-                try:
-                    await self.ws.ping(b"alive?")
-                except ConnectionClosed:
-                    return  # the session ends by itself
-            if scope.cancelled_caught:
-                # A ping cut mid-frame does not matter: the connection is reset now.
+            answered = await self.ws.answers_ping(b"alive?", pong_within)
+            if answered is None:
+                return  # the session ends by itself
+            if not answered:
                 log.info(
                     "project %s: subscriber %s answered no ping for %g s; dropped",
                     self.request.project,
@@ -219,23 +217,16 @@ class SubscriberSession:
                     pong_within,
                 )
                 self.project.hub.stats.aborted += 1
-                self.ws.abort()
                 return
             self._heard = trio.current_time()
         finally:
             self._probing = False
 
     def _handle(self, message: str | bytes) -> None:
-        if isinstance(message, bytes):
-            self._reply(protocol.warning("protocol", "binary frames are not accepted"))
-            return
         try:
-            payload = json.loads(message)
-        except ValueError:
-            self._reply(protocol.warning("protocol", "message is not valid JSON"))
-            return
-        if not isinstance(payload, dict):
-            self._reply(protocol.warning("protocol", "message is not a JSON object"))
+            payload = protocol.decode_client_message(message)
+        except BadClientMessage as bad:
+            self._reply(bad.warning())
             return
         kind = payload.get("type")
         if kind == "ping":
@@ -255,7 +246,7 @@ class SubscriberSession:
         if refusal is not None:
             self._reply(protocol.warning("control", refusal))
 
-    def _reply(self, message: protocol.Message) -> None:
+    def _reply(self, message: ConnectionMessage) -> None:
         """Queue a connection message for this subscriber; dropped if its queue is full."""
         self.subscriber.offer(Outgoing.of(message))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from trio_ws.core import protocol
-from trio_ws.core.protocol import Message
+from trio_ws.core.protocol import JsonObject, MessageFields
 
 
 @dataclass(eq=False, slots=True)
@@ -30,12 +30,12 @@ class Outgoing:
     data: bytes
 
     @classmethod
-    def of(cls, message: Message, seq: int | None = None) -> Outgoing:
+    def of(cls, message: MessageFields, seq: int | None = None) -> Outgoing:
         text = protocol.encode(message)
         return cls(seq, message["type"], text, text.encode())
 
     @classmethod
-    def event(cls, text: str) -> tuple[Message, Outgoing]:
+    def event(cls, text: str) -> tuple[JsonObject, Outgoing]:
         """An event read back from a journal (its final text), and its decoded message."""
         message = json.loads(text)
         if not isinstance(message, dict) or not isinstance(message.get("type"), str):

@@ -27,12 +27,13 @@ The hub is made of parts, one job each, over the fields of `hub_state.HubState`:
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 import trio
 
 from trio_ws.core import protocol
-from trio_ws.core.protocol import Message, Stream
+from trio_ws.core.messages import Event
+from trio_ws.core.protocol import JsonObject, Stream
 from trio_ws.data.progress import Progress
 from trio_ws.state.commit import HubCommit
 from trio_ws.state.fanout import HubFanOut
@@ -75,7 +76,7 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         waits on it to answer with the status after its action)."""
         return self._agent_status_changed
 
-    def held(self, types: frozenset[str]) -> list[Message]:
+    def held(self, types: frozenset[str]) -> list[JsonObject]:
         """The held events of ``types``, decoded, oldest first (for the HTTP views:
         progress history, the agent status's details)."""
         return [json.loads(item.text) for item in self.history.of_types(types)]
@@ -84,7 +85,7 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
     def oldest_seq(self) -> int | None:
         return self.history.oldest_seq
 
-    def _publish(self, messages: list[Message]) -> None:
+    def _publish(self, messages: Sequence[Event]) -> None:
         for message in messages:
             seq = self.seq + 1
             message["seq"] = seq

@@ -11,15 +11,16 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 import trio
 
 from trio_ws.core import defaults
+from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
-from trio_ws.core.protocol import Clock, Message, Stream, wall_clock
+from trio_ws.core.protocol import Clock, Stream, wall_clock
 from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import (
     Journal,
@@ -101,7 +102,7 @@ class HubState:
         """When (trio clock) each stream's newest event from another node was applied:
         its producer runs elsewhere now."""
         self._committed_pseqs = RecentPseqs()
-        self._pending: list[tuple[Message, Outgoing]] = []
+        self._pending: list[tuple[Event, Outgoing]] = []
         self._pending_pseqs: dict[str, int] = {}
         self._wake = trio.Event()
         self._write_trouble = FailureStreak()
@@ -133,7 +134,7 @@ class HubState:
         """`ProjectHub`: hold a committed event."""
         raise NotImplementedError
 
-    def _publish(self, messages: list[Message]) -> None:
+    def _publish(self, messages: Sequence[Event]) -> None:
         """`ProjectHub`: number and stage events."""
         raise NotImplementedError
 

@@ -9,7 +9,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Final
 
-from trio_ws.core.protocol import Message
+from trio_ws.core.protocol import MessageFields
 from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import JsonObject
 from trio_ws.state.history import Outgoing
@@ -37,7 +37,7 @@ class Snapshot:
             dict(self.agents),
         )
 
-    def remember(self, message: Message, item: Outgoing) -> None:
+    def remember(self, message: MessageFields, item: Outgoing) -> None:
         """Keep what a snapshot needs of one event; O(1)."""
         kind = item.type
         if kind == "agent_update":
