@@ -9,11 +9,13 @@ from trio_ws.core.errors import (
     BadClientMessage,
     ExpectedHello,
     InvalidProjectName,
+    JournalUnavailable,
     MessageTooBig,
     ProjectDirectoryNotFound,
     ProjectNotFound,
     ProtocolError,
     Refusal,
+    ServerBusy,
     StreamTaken,
     TooManyMessages,
     Unauthorized,
@@ -68,3 +70,18 @@ def test_a_producer_without_hello_is_told_what_to_send_and_closed_by_policy() ->
         '{"type":"error","content":"first message must be'
         ' {\\"type\\":\\"hello\\",\\"producer\\":..,\\"stream\\":..}"}'
     )
+
+
+@pytest.mark.parametrize(
+    ("refusal", "code", "content"),
+    [
+        (JournalUnavailable(), 1011, "project journal unavailable"),
+        (ServerBusy("too many projects open (64)"), 1013, "too many projects open (64)"),
+    ],
+)
+def test_a_refusal_to_retry_later_closes_with_a_code_that_allows_it(
+    refusal: Refusal, code: int, content: str
+) -> None:
+    assert (refusal.code, refusal.close_reason) == (code, content)
+    assert refusal.code not in DO_NOT_RETRY
+    assert refusal.message() == {"type": "error", "content": content}

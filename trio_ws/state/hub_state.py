@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -132,10 +132,6 @@ class HubState:
 
     def _hold(self, item: Outgoing) -> None:
         """`ProjectHub`: hold a committed event."""
-        raise NotImplementedError
-
-    def _publish(self, messages: Sequence[Event]) -> None:
-        """`ProjectHub`: number and stage events."""
         raise NotImplementedError
 
     async def _hold_stored(self, journal: Journal, state: JournalState) -> None:
