@@ -24,6 +24,7 @@ import trio
 import trio.lowlevel
 import trio.testing
 import wsproto
+from autoforge_ui import AutoForgeUI
 from features_db import create_db, db_path, rows
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
@@ -217,6 +218,9 @@ class StalledClient:
 
     async def aclose(self) -> None:
         await self.stream.aclose()
+
+    async def send_text(self, text: str) -> None:
+        await self.stream.send_all(self.conn.send(TextMessage(data=text)))
 
     async def read_until(self, predicate: Callable[[Msg], bool]) -> list[Msg]:
         seen: list[Msg] = []
@@ -440,6 +444,77 @@ async def test_a_client_reconnecting_without_parameters_is_given_nothing_twice(
     assert [m["type"] for m in snapshot if m["type"] in ("log", "orchestrator_update")] == [
         "orchestrator_update"
     ]
+
+
+async def test_the_autoforge_ui_files_no_row_twice_across_a_reconnect_and_a_restart(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """The UI keeps its activity rows across reconnects and appends every agent update
+    with a thought: no snapshot may hand it one again (a duplicate React key), while a
+    fresh UI still gets a card for every active agent."""
+    config = make_config(registry, journal="sqlite")
+    ui = AutoForgeUI()
+
+    async def follow_like_the_ui(ws: WebSocketConnection, server: Server) -> None:
+        for message in await record_like_the_ui(ws, server):
+            ui.apply(message)
+
+    with trio.fail_after(NETWORK_TIMEOUT * 2):
+        async with trio.open_nursery() as first_life:
+            server: Server = await first_life.start(serve, config)
+            producer = await Producer.connect(first_life, server)
+            await producer.status("running")
+            await producer.lines(RUN[:90])
+            ws = await connect(first_life, server)
+            await follow_like_the_ui(ws, server)
+            await producer.lines(RUN[90:130])
+            for message in await receive_until(ws, seq_at_least(hub_of(server).seq)):
+                ui.apply(message)
+            await ws.aclose()
+            await follow_like_the_ui(await connect(first_life, server), server)  # reconnect
+            first_life.cancel_scope.cancel()
+        server = await nursery.start(serve, config)  # a restart: same journal, same epoch
+        await follow_like_the_ui(await connect(nursery, server), server)
+        fresh = AutoForgeUI()
+        for message in await record_like_the_ui(await connect(nursery, server), server):
+            fresh.apply(message)
+    assert ui.repeated_keys == []
+    assert ui.activity, "the live updates were filed as rows"
+    assert fresh.cards and fresh.cards.keys() == ui.cards.keys()
+    assert fresh.activity == []
+
+
+async def test_browser_view_subscriptions_are_accepted_without_a_word(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """AutoForge 0.1.22's UI sends them from its Browsers view."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscriber(nursery, server)
+        await ws.send_message('{"type":"browser_view_subscribe"}')
+        await ws.send_message('{"type":"browser_view_unsubscribe"}')
+        await ws.send_message('{"type":"ping"}')
+        assert await next_reply(ws) == {"type": "pong"}
+
+
+async def test_a_pong_is_not_lost_when_the_subscribers_queue_is_full(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """The 0.1.22 UI pings every 20 s and drops a socket that got no frame for 90 s: a
+    client that reads slowly must still get its pong, after what was queued before."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_server(
+            nursery, registry, queue_size=STALL_QUEUE, stall_timeout=NETWORK_TIMEOUT * 2
+        )
+        stalled = await StalledClient.open(server, "/ws/projects/demo")
+        hub = hub_of(server)
+        await wait_until(lambda: hub.subscriber_count == 1)
+        await publish_while_stalled(hub, 300)  # far more than the kernel buffers hold
+        await wait_until(lambda: hub.stats.fell_behind == 1)
+        await stalled.send_text('{"type":"ping"}')
+        received = await stalled.read_until(lambda m: m["type"] == "pong")
+    assert received[0]["type"] == "hello"
+    events = event_seqs(received)
+    assert events == list(range(events[0], events[-1] + 1))  # in order, nothing skipped
 
 
 async def test_live_events_continue_from_the_snapshot_without_gap(

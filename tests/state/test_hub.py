@@ -192,11 +192,17 @@ async def test_late_joiner_sees_active_agents_not_finished_ones(nursery: trio.Nu
         ]
     )
     await committed(hub)
-    reader = await start_reader(nursery, hub, backlog=0)
-    agents = [m for m in reader.received if m["type"] == "agent_update"]
-    assert [(a["agentIndex"], a["state"], a["thought"]) for a in agents] == [
-        (1, "working", "the login form")
-    ]
+    appending = await start_reader(nursery, hub, backlog=0)
+    asking = await start_reader(nursery, hub, backlog=1)
+
+    def cards(reader: Reader) -> list[tuple[int, str, str | None]]:
+        agents = [m for m in reader.received if m["type"] == "agent_update"]
+        return [(a["agentIndex"], a["state"], a["thought"]) for a in agents]
+
+    # A client that appends what it gets files a thought as an activity row: its card
+    # comes without one (the same seq), one that asked for a backlog gets it whole.
+    assert cards(appending) == [(1, "working", None)]
+    assert cards(asking) == [(1, "working", "the login form")]
     assert hub.agent.agents.active_count == 1
 
 

@@ -31,6 +31,8 @@ from trio_ws.state.project import Project
 from trio_ws.state.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.net.subscribe")
+REPLY_ROOM: Final = 64
+"""Replies (pongs, warnings) a subscriber may have queued past its queue's capacity."""
 
 MAX_INBOUND_BYTES: Final = 64 * 1024
 FLOOD_MESSAGES: Final = 100
@@ -247,8 +249,17 @@ class SubscriberSession:
             self._reply(protocol.warning("control", refusal))
 
     def _reply(self, message: ConnectionMessage) -> None:
-        """Queue a connection message for this subscriber; dropped if its queue is full."""
-        self.subscriber.offer(Outgoing.of(message))
+        """Queue a reply for this subscriber, also when its queue is full of events: a
+        client that hears no pong thinks the connection dead (the AutoForge UI drops
+        it after 90 s without a frame). `REPLY_ROOM` bounds how far replies go past
+        the queue; the inbound rate limit keeps a client from asking for more."""
+        if not self.subscriber.offer(Outgoing.of(message), room=REPLY_ROOM):
+            log.warning(
+                "project %s: subscriber %s has %d replies unread; one dropped",
+                self.request.project,
+                self.request.peer,
+                REPLY_ROOM,
+            )
 
 
 async def probe_idle_subscribers(

@@ -289,10 +289,15 @@ class HubFanOut(HubState):
         ]
         if state.progress is not None:
             items.append(state.progress)
-        # Backlog 0 is a client that appends whatever it gets (the AutoForge UI):
-        # only the latest orchestrator update, so a reconnect repeats none.
-        items.extend(list(state.orchestrator)[-1:] if backlog == 0 else state.orchestrator)
-        items.extend(state.agents[index] for index in sorted(state.agents))
+        # Backlog 0 is a client that appends whatever it gets (the AutoForge UI): only
+        # the latest orchestrator update, and the agents' cards without their thoughts,
+        # so a reconnect repeats no row of its feeds.
+        if backlog == 0:
+            items.extend(list(state.orchestrator)[-1:])
+            items.extend(state.cards())
+        else:
+            items.extend(state.orchestrator)
+            items.extend(state.agents[index] for index in sorted(state.agents))
         if backlog:
             items.extend(self._logs.tail(backlog))
             items.extend(self._dev_logs.tail(backlog))

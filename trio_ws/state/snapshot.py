@@ -27,6 +27,8 @@ class Snapshot:
     progress: Outgoing | None = None
     orchestrator: deque[Outgoing] = field(default_factory=lambda: deque(maxlen=ORCHESTRATOR_RECENT))
     agents: dict[int, Outgoing] = field(default_factory=dict)
+    _cards: dict[int, Outgoing] = field(default_factory=dict, repr=False, compare=False)
+    """Each agent's latest update without its thought, made once per update (`cards`)."""
 
     def copy(self) -> Snapshot:
         return Snapshot(
@@ -36,6 +38,25 @@ class Snapshot:
             deque(self.orchestrator, maxlen=ORCHESTRATOR_RECENT),
             dict(self.agents),
         )
+
+    def cards(self) -> list[Outgoing]:
+        """Each active agent's latest update with ``thought`` null, in index order, same
+        seq: the cards for a client that appends what it gets (backlog 0, the AutoForge
+        UI). That UI files every update with a thought as an activity row keyed by
+        feature, timestamp and thought, and keeps its rows across reconnects, so the
+        full update again would be a second row with the same key."""
+        cards = []
+        for index in sorted(self.agents):
+            item = self.agents[index]
+            card = self._cards.get(index)
+            if card is None or card.seq != item.seq:
+                update = json.loads(item.text)
+                update["thought"] = None
+                card = self._cards[index] = Outgoing.of(update, item.seq)
+            cards.append(card)
+        for index in self._cards.keys() - self.agents.keys():
+            del self._cards[index]
+        return cards
 
     def remember(self, message: MessageFields, item: Outgoing) -> None:
         """Keep what a snapshot needs of one event; O(1)."""

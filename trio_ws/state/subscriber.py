@@ -224,11 +224,11 @@ class Subscriber(metaclass=NoPublicConstructor):
 
     # -- its queue ---------------------------------------------------------------
 
-    def offer(self, item: Outgoing) -> bool:
-        """Queue a message for this subscriber only; False if its queue is full or it
-        is ending (then nothing happens at all)."""
+    def offer(self, item: Outgoing, *, room: int = 0) -> bool:
+        """Queue a message for this subscriber only; False if its queue is full (past
+        ``capacity`` + ``room``) or it is ending (then nothing happens at all)."""
         state = self.state
-        if state is CLOSING or state is CLOSED or len(self.queue) >= self.capacity:
+        if state is CLOSING or state is CLOSED or len(self.queue) >= self.capacity + room:
             return False
         self.queue.append(item)
         self.queued += 1
