@@ -159,6 +159,23 @@ def test_bad_option_is_usage_error(tmp_path: Path) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (("--host", "0.0.0.0"), "needs a loopback --host"),
+        (("--host", "127.0.0.1", "--trust-origin", "localhost:5173"), "not an origin"),
+    ],
+)
+def test_trust_origin_is_refused_off_loopback_and_for_no_origin(
+    tmp_path: Path, args: tuple[str, ...], words: str
+) -> None:
+    trusted = ("--trust-origin", "http://localhost:5173")
+    result = run_serve("--home", str(tmp_path), "--port", "0", *trusted, *args)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert words in line
+
+
 async def test_producer_grace_option_marks_a_vanished_producer_crashed(
     nursery: trio.Nursery, served_home: Path
 ) -> None:

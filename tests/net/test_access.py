@@ -10,6 +10,7 @@ from trio_ws.net.access import (
     TOKEN_COOKIE,
     bearer_token,
     carries_token,
+    may_control_without_token,
     producer_refusal,
     project_api_refusal,
 )
@@ -94,3 +95,38 @@ async def test_control_from_another_origin_is_refused_even_with_the_token() -> N
         403,
         "control is accepted only from the server's own origin or an allowed one",
     )
+
+
+TRUSTED = frozenset({"http://localhost:5173"})
+
+
+async def trusted_refusal(request: RequestHead) -> object:
+    return project_api_refusal(
+        request,
+        token=TOKEN,
+        allow_origins=frozenset(),
+        trust_origins=TRUSTED,
+        readers_need_token=False,
+        control_action=True,
+    )
+
+
+@pytest.mark.parametrize("origin", ["http://localhost:5173", "HTTP://LOCALHOST:5173/"])
+async def test_a_page_from_a_trusted_origin_controls_without_the_token(origin: str) -> None:
+    assert await trusted_refusal(await head(Origin=origin)) is None
+    assert may_control_without_token(await head(Origin=origin), TRUSTED)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Origin": "http://localhost:5174"}, 403),  # another port is another site
+        ({"Origin": "https://localhost:5173"}, 403),
+        ({}, 401),  # no Origin: a script, which has the token or nothing
+        ({"Origin": "http://127.0.0.1:8888"}, 401),  # the dashboard keeps the token rule
+    ],
+)
+async def test_trust_is_for_that_origin_only(headers: dict[str, str], expected: int) -> None:
+    refused = await trusted_refusal(await head(**headers))
+    assert isinstance(refused, tuple) and refused[0] == expected
+    assert not may_control_without_token(await head(**headers), TRUSTED)

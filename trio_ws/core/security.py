@@ -297,6 +297,22 @@ def control_origin_allowed(
     return origin_host is not None and _same_host(origin_host, origin, host_header)
 
 
+def origin_trusted(origin: str | None, trusted: frozenset[str]) -> bool:
+    """Is ``origin`` one of ``serve --trust-origin``'s, whose pages may control without
+    the token? Only an exact (case-insensitive) match; no Origin is never trusted."""
+    return origin is not None and _listed(origin, trusted)
+
+
+def origin_shape_problem(origin: str) -> str | None:
+    """Why ``origin`` is no ``scheme://host[:port]`` a browser would send, or None."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{origin!r} is not an origin like http://host:port"
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username:
+        return f"{origin!r} is not an origin: only scheme, host and port"
+    return None
+
+
 def _listed(origin: str, allowed: frozenset[str]) -> bool:
     normalized = origin.strip().rstrip("/").lower()
     return normalized in {entry.rstrip("/").lower() for entry in allowed}

@@ -327,6 +327,15 @@ def _print_table(found: list[Project]) -> None:
     "its pages may also send control.",
 )
 @click.option(
+    "--trust-origin",
+    "trust_origins",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Pages from this Origin may control without the token (repeatable): the "
+    "AutoForge UI served elsewhere, its /ws and agent API proxied here. Loopback "
+    "servers only; any local program can send that Origin.",
+)
+@click.option(
     "--allow-host",
     "allow_hosts",
     multiple=True,
@@ -367,6 +376,7 @@ def serve(
     idle_close: float,
     max_projects: int,
     allow_origins: tuple[str, ...],
+    trust_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
     token: str | None,
     require_token: bool,
@@ -393,25 +403,29 @@ def serve(
         secret = load_token(home_dir, token, create=True)
     except (TokenError, OSError) as exc:
         raise Refusal(str(exc)) from exc
-    config = ServerConfig(
-        registry_path=registry_file,
-        token=secret,
-        host=host,
-        port=port,
-        poll_interval=poll_interval,
-        history=history,
-        history_bytes=history_bytes,
-        journal="redis" if broker else "memory" if journal == "memory" else "sqlite",
-        broker=broker,
-        sync="full" if sync == "full" else "normal",
-        home=home_dir,
-        producer_grace=producer_grace,
-        idle_close=idle_close,
-        max_projects=max_projects,
-        allow_origins=frozenset(allow_origins),
-        allow_hosts=frozenset(allow_hosts),
-        require_token=require_token,
-    )
+    try:
+        config = ServerConfig(
+            registry_path=registry_file,
+            token=secret,
+            host=host,
+            port=port,
+            poll_interval=poll_interval,
+            history=history,
+            history_bytes=history_bytes,
+            journal="redis" if broker else "memory" if journal == "memory" else "sqlite",
+            broker=broker,
+            sync="full" if sync == "full" else "normal",
+            home=home_dir,
+            producer_grace=producer_grace,
+            idle_close=idle_close,
+            max_projects=max_projects,
+            allow_origins=frozenset(allow_origins),
+            trust_origins=frozenset(trust_origins),
+            allow_hosts=frozenset(allow_hosts),
+            require_token=require_token,
+        )
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from None
 
     def announce(server: Server) -> None:
         url = server.url

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Final
 
-from trio_ws.core.security import control_origin_allowed, token_matches
+from trio_ws.core.security import control_origin_allowed, origin_trusted, token_matches
 from trio_ws.net.httpio import RequestHead
 
 TOKEN_COOKIE: Final = "trio_ws_token"
@@ -50,22 +50,31 @@ def project_api_refusal(
     *,
     token: str,
     allow_origins: frozenset[str],
+    trust_origins: frozenset[str] = frozenset(),
     readers_need_token: bool,
     control_action: bool,
 ) -> tuple[int, str] | None:
     """Reads follow ``/api/projects`` (the token whenever subscribers need it); a control
     action follows the websocket ``control`` rules (PROTOCOL.md 3.4): the server's own
-    origin or an allowed one, and always the token, as a Bearer header or the
-    dashboard's cookie (never in a URL a log might keep)."""
+    origin or an allowed one, and the token, as a Bearer header or the dashboard's
+    cookie (never in a URL a log might keep), unless the page's origin is trusted."""
     if not control_action:
         if readers_need_token and not carries_token(head, token):
             return 401, "Unauthorized"
         return None
-    if not control_origin_allowed(head.header("origin"), head.header("host"), allow_origins):
+    origin = head.header("origin")
+    if origin_trusted(origin, trust_origins):
+        return None
+    if not control_origin_allowed(origin, head.header("host"), allow_origins | trust_origins):
         return 403, "control is accepted only from the server's own origin or an allowed one"
     if not _any_matches(offered_tokens(head, from_url=False), token):
         return 401, "control needs the server token (Authorization: Bearer, or the dashboard)"
     return None
+
+
+def may_control_without_token(head: RequestHead, trust_origins: frozenset[str]) -> bool:
+    """A page from a trusted origin (``serve --trust-origin``) controls without the token."""
+    return origin_trusted(head.header("origin"), trust_origins)
 
 
 def _any_matches(offered: Iterable[str | None], token: str) -> bool:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from trio_ws.core import defaults
-from trio_ws.core.security import is_loopback_host
+from trio_ws.core.security import is_loopback_host, origin_shape_problem
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
 from trio_ws.journal.interface import JournalBackend
 from trio_ws.net.httpio import STALL_TIMEOUT
@@ -35,6 +35,9 @@ class ServerConfig:
     queue_size: int = defaults.QUEUE_SIZE
     allow_origins: frozenset[str] = frozenset()
     allow_hosts: frozenset[str] = frozenset()
+    trust_origins: frozenset[str] = frozenset()
+    """Origins whose pages may control without the token (a UI served elsewhere, behind
+    a proxy that routes the agent API and the socket here); loopback servers only."""
     require_token: bool = False
     handshake_timeout: float = HANDSHAKE_TIMEOUT
     stall_timeout: float = STALL_TIMEOUT
@@ -63,6 +66,22 @@ class ServerConfig:
     """Seconds a project may go unused before it is closed (None: never)."""
     max_projects: int = defaults.MAX_PROJECTS
     """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
+
+    def __post_init__(self) -> None:
+        if self.trust_origins and not self.on_loopback:
+            raise ValueError(
+                "--trust-origin needs a loopback --host: on a network any client can send "
+                "any Origin header"
+            )
+        for origin in self.trust_origins:
+            problem = origin_shape_problem(origin)
+            if problem is not None:
+                raise ValueError(f"--trust-origin {problem}")
+
+    @property
+    def listed_origins(self) -> frozenset[str]:
+        """Origins whose pages may watch and control (with the token, or trusted)."""
+        return self.allow_origins | self.trust_origins
 
     @property
     def journal_home(self) -> Path:

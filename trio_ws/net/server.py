@@ -54,6 +54,7 @@ from trio_ws.net import api, control, dashboard
 from trio_ws.net.access import (
     TOKEN_COOKIE,
     carries_token,
+    may_control_without_token,
     producer_refusal,
     project_api_refusal,
 )
@@ -142,6 +143,12 @@ async def _serve(
     config: ServerConfig, journals: JournalBackend, task_status: trio.TaskStatus[Server]
 ) -> None:
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    for origin in sorted(config.trust_origins):
+        log.warning(
+            "pages from %s may control every project without the token; any program of "
+            "any user of this machine can send that Origin header",
+            origin,
+        )
     port = listeners[0].socket.getsockname()[1]
     metrics = Metrics()
     async with trio.open_nursery() as nursery:
@@ -301,6 +308,7 @@ async def _project_api(
         head,
         token=server.config.token,
         allow_origins=server.config.allow_origins,
+        trust_origins=server.config.trust_origins,
         readers_need_token=server.config.subscribers_need_token,
         control_action=action is not None,
     )
@@ -410,7 +418,7 @@ async def _websocket(
     if publish is not None:
         refusal = producer_refusal(head, config.token)
     elif not origin_allowed(
-        head.header("origin"), head.header("host"), config.on_loopback, config.allow_origins
+        head.header("origin"), head.header("host"), config.on_loopback, config.listed_origins
     ):
         refusal = (403, "origin not allowed")
     else:
@@ -490,7 +498,9 @@ async def _subscriber(
     peer: str,
 ) -> None:
     config = server.config
-    authorized = carries_token(head, config.token)
+    authorized = carries_token(head, config.token) or may_control_without_token(
+        head, config.trust_origins
+    )
     if config.subscribers_need_token and not authorized:
         await refuse(ws, Unauthorized())
         return
@@ -506,7 +516,7 @@ async def _subscriber(
             backlog=parse_backlog(head.query.get("backlog")),
             authorized=authorized,
             origin_may_control=control_origin_allowed(
-                head.header("origin"), head.header("host"), config.allow_origins
+                head.header("origin"), head.header("host"), config.listed_origins
             ),
             peer=peer,
         )

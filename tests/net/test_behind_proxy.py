@@ -1,0 +1,151 @@
+"""The AutoForge UI served from another origin, its socket and agent API proxied to
+trio-ws by a real nginx: ``serve --trust-origin`` gives that origin's pages working
+buttons without the token, and nobody else gets them (issue 19 item 1)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h11
+import pytest
+import trio
+from nginx_proxy import NginxProxy, nginx_path
+from serving import NETWORK_TIMEOUT, TOKEN, make_config, receive, receive_until
+from trio_websocket import connect_websocket_url
+
+from trio_ws.data.registry import Registry
+from trio_ws.net.server import Server, serve
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[NginxProxy]:
+    """An nginx (not yet started: its origin must be trusted before the server starts);
+    skipped on a developer's machine without it, a failure in CI, which installs it."""
+    binary = nginx_path()
+    if binary is None:
+        missing = "nginx is not installed (Debian package nginx-light)"
+        if os.environ.get("CI"):
+            pytest.fail(missing)
+        pytest.skip(missing)
+    made = NginxProxy(binary, tmp_path / "nginx")
+    yield made
+    made.stop()
+
+
+async def start_behind(
+    nursery: trio.Nursery, registry: Registry, proxy: NginxProxy, **settings: Any
+) -> Server:
+    server: Server = await nursery.start(serve, make_config(registry, **settings))
+    await trio.to_thread.run_sync(proxy.start, server.port)
+    return server
+
+
+async def post(port: int, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    """One HTTP POST with no body, as the UI's fetch sends it; the status and JSON."""
+    connection = h11.Connection(h11.CLIENT)
+    sent = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json")]
+    sent += [("content-length", "0"), *headers.items()]
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            connection.send(h11.Request(method="POST", target=path, headers=sent))
+        )
+        await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+        status, body = 0, b""
+        while True:
+            event = connection.next_event()
+            if event is h11.NEED_DATA:
+                connection.receive_data(await stream.receive_some(65536))
+            elif isinstance(event, h11.Response):
+                status = event.status_code
+            elif isinstance(event, h11.Data):
+                body += event.data
+            elif isinstance(event, h11.EndOfMessage):
+                return status, json.loads(body)
+
+
+async def agent_producer(nursery: trio.Nursery, server: Server) -> Any:
+    ws = await connect_websocket_url(
+        nursery,
+        f"ws://127.0.0.1:{server.port}/ws/projects/demo/publish",
+        extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+    )
+    await ws.send_message(json.dumps({"type": "hello", "producer": "run", "stream": "agent"}))
+    assert (await receive(ws))["type"] == "welcome"
+    return ws
+
+
+PAUSE = "/api/projects/demo/agent/graceful-pause"
+
+
+async def test_a_page_from_the_trusted_origin_pauses_through_the_proxy_without_the_token(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, proxy: NginxProxy
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_behind(
+            nursery, registry, proxy, trust_origins=frozenset({proxy.origin})
+        )
+        producer = await agent_producer(nursery, server)
+        status, body = await post(proxy.port, PAUSE, {"origin": proxy.origin})
+        control = await receive_until(producer, lambda m: m["type"] == "control")
+    assert status == 200
+    assert body["status"] is not None and "success" in body
+    assert control[-1] == {"type": "control", "action": "graceful_pause"}
+
+
+@pytest.mark.parametrize(
+    ("origin", "expected"),
+    [
+        ("http://127.0.0.1:1", 403),  # another page on this machine
+        ("http://evil.example", 403),
+        (None, 401),  # a script: the token rules
+    ],
+)
+async def test_no_other_page_and_no_script_controls_without_the_token(
+    nursery: trio.Nursery,
+    registry: Registry,
+    project_dir: Path,
+    proxy: NginxProxy,
+    origin: str | None,
+    expected: int,
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_behind(
+            nursery, registry, proxy, trust_origins=frozenset({proxy.origin})
+        )
+        await agent_producer(nursery, server)
+        headers = {} if origin is None else {"origin": origin}
+        status, body = await post(proxy.port, PAUSE, headers)
+    assert status == expected, body
+
+
+async def test_without_trust_the_proxied_page_still_needs_the_token(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, proxy: NginxProxy
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_behind(nursery, registry, proxy)
+        await agent_producer(nursery, server)
+        status, body = await post(proxy.port, PAUSE, {"origin": proxy.origin})
+    assert status == 403, body
+
+
+async def test_the_trusted_page_watches_and_controls_over_the_proxied_socket(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, proxy: NginxProxy
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start_behind(
+            nursery, registry, proxy, trust_origins=frozenset({proxy.origin})
+        )
+        producer = await agent_producer(nursery, server)
+        ws = await connect_websocket_url(
+            nursery,
+            f"ws://127.0.0.1:{proxy.port}/ws/projects/demo",
+            extra_headers=[(b"origin", proxy.origin.encode())],
+        )
+        assert (await receive(ws))["type"] == "hello"
+        await ws.send_message('{"type":"control","action":"graceful_pause"}')
+        control = await receive_until(producer, lambda m: m["type"] == "control")
+    assert control[-1] == {"type": "control", "action": "graceful_pause"}
