@@ -71,7 +71,7 @@ async def http_get(
 
 
 async def http_json(
-    server: Server,
+    server: Server | int,
     method: str,
     path: str,
     headers: dict[str, str] | None = None,
@@ -83,17 +83,18 @@ async def http_json(
 
 
 async def http_request(
-    server: Server,
+    server: Server | int,
     method: str,
     path: str,
     headers: dict[str, str] | None = None,
     body: bytes | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    """A raw HTTP/1.1 request over a real socket (with ``Content-Length`` when it has a
-    body); returns status, headers and body."""
-    stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+    """A raw HTTP/1.1 request over a real socket to ``server`` (or a port on 127.0.0.1:
+    a proxy), with ``Content-Length`` when it has a body; status, headers and body."""
+    port = server if isinstance(server, int) else server.port
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
     async with stream:
-        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{server.port}"]
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
         lines += [f"{key}: {value}" for key, value in (headers or {}).items()]
         if body is not None:
             lines.append(f"Content-Length: {len(body)}")

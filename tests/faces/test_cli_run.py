@@ -1083,6 +1083,34 @@ async def test_run_sends_the_progress_it_reads_and_the_server_polls_nothing_mean
     assert "progress" not in run.stderr.decode()
 
 
+async def test_run_sends_the_features_board_with_each_change_of_progress(
+    nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
+) -> None:
+    """A node with no directory for the project answers ``/features`` with it."""
+    work = tmp_path / "work"
+    database = create_db(db_path(work), rows(passing=2, pending=3))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        ws = await subscribe(nursery, server)
+        run = await start(
+            nursery, server, home, "run", "--quiet", "--cwd", str(work), "--",
+            *child("--hold", "20"),
+        )  # fmt: skip
+        await receive_until(ws, progress_is(2, 5))
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        while hub.features is None:  # noqa: ASYNC110 (no event to wait on)
+            await trio.sleep(0.01)
+        first = [row["passes"] for row in hub.features]
+        insert(database, rows(passing=1))
+        await receive_until(ws, progress_is(3, 6))
+        while len(hub.features) != 6:  # noqa: ASYNC110
+            await trio.sleep(0.01)
+        run.process.send_signal(signal.SIGTERM)
+        assert await run.wait() == 128 + signal.SIGTERM
+    assert sorted(first) == [False, False, False, True, True]
+    assert [row["passes"] for row in hub.features].count(True) == 3
+
+
 async def test_the_server_polls_again_once_the_reporting_run_is_gone(
     nursery: trio.Nursery, server: Server, home: Path, project_dir: Path, tmp_path: Path
 ) -> None:

@@ -10,11 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import h11
 import pytest
 import trio
 from nginx_proxy import NginxProxy, nginx_path
-from serving import NETWORK_TIMEOUT, TOKEN, make_config, receive, receive_until
+from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config, receive, receive_until
 from trio_websocket import connect_websocket_url
 
 from trio_ws.data.registry import Registry
@@ -45,26 +44,9 @@ async def start_behind(
 
 
 async def post(port: int, path: str, headers: dict[str, str]) -> tuple[int, Any]:
-    """One HTTP POST with no body, as the UI's fetch sends it; the status and JSON."""
-    connection = h11.Connection(h11.CLIENT)
-    sent = [("host", f"127.0.0.1:{port}"), ("content-type", "application/json")]
-    sent += [("content-length", "0"), *headers.items()]
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(
-            connection.send(h11.Request(method="POST", target=path, headers=sent))
-        )
-        await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
-        status, body = 0, b""
-        while True:
-            event = connection.next_event()
-            if event is h11.NEED_DATA:
-                connection.receive_data(await stream.receive_some(65536))
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.Data):
-                body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return status, json.loads(body)
+    """A POST with no body, as the UI's fetch sends it: the status and the JSON."""
+    sent = {"content-type": "application/json", "content-length": "0", **headers}
+    return await http_json(port, "POST", path, sent)
 
 
 async def agent_producer(nursery: trio.Nursery, server: Server) -> Any:

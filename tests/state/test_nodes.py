@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import trio
 from redis_server import RedisServer, free_port
-from serving import NETWORK_TIMEOUT, TOKEN, make_config
+from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config
 from test_cli_run import TRANSCRIPT, transcript_lines
 from test_cli_serve import URL_LINE
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
@@ -457,6 +457,32 @@ async def test_a_producer_feeds_a_project_only_its_own_machine_has_a_directory_f
     assert nobody.ws.closed.code == 4004
     assert stranger.ws is not None and stranger.ws.closed is not None
     assert stranger.ws.closed.code == 4004
+
+
+async def test_a_node_without_the_directory_answers_the_rest_api_as_its_socket_does(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """The progress chart, the features board and the agent API find a project the way
+    the websocket does: node B, with no directory for it, does not 404 (issue 19)."""
+    rows = [{"id": 1, "name": "Add a todo", "passes": True, "in_progress": False}]
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url)
+        b = await start_node(nursery, tmp_path, "b", flushed.url)
+        producer = await produce(nursery, a.port, project="elsewhere")
+        await producer.ws.send_message(json.dumps({"type": "features", "features": rows}))
+        await producer.lines(1, ["a line to commit with"])
+        await until(lambda: producer.acked == 1)
+        base = "/api/projects/elsewhere"
+        features = await http_json(b.port, "GET", f"{base}/features")
+        history = await http_json(b.port, "GET", f"{base}/progress-history")
+        status = await http_json(b.port, "GET", f"{base}/agent/status")
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        pause = await http_json(b.port, "POST", f"{base}/agent/graceful-pause", bearer)
+        unknown = await http_json(b.port, "GET", "/api/projects/nobody/features")
+    assert features == (200, {"project": "elsewhere", "features": rows})
+    assert history[0] == 200 and status[0] == 200
+    assert pause[0] == 200 and pause[1]["success"] is False  # its producer is on node A
+    assert unknown == (404, {"detail": "Project 'nobody' not found in registry"})
 
 
 # -- Redis loses its data, goes away, comes back --------------------------------------

@@ -125,6 +125,8 @@ class Producer:
         self._attempt = trio.CancelScope()
         self._wake = trio.Event()
         self._acked = trio.Event()
+        self._features: list[JsonObject] | None = None
+        self._features_unsent = False
 
     @property
     def url(self) -> str:
@@ -145,6 +147,14 @@ class Producer:
 
     def send_progress(self, progress: Progress) -> None:
         self.outbox.add_progress(progress)
+        self._wake.set()
+
+    def send_features(self, rows: list[JsonObject]) -> None:
+        """The features board as read here; sent now and again after every welcome
+        (a server on another machine has no other way to show it). Not an item: the
+        latest wins, so nothing older is kept or resent."""
+        self._features = rows
+        self._features_unsent = True
         self._wake.set()
 
     # -- lifecycle -----------------------------------------------------------------
@@ -250,6 +260,7 @@ class Producer:
         self._acked.set()
         self.connections += 1
         self.connected = True
+        self._features_unsent = self._features is not None
         self._welcomed.set()
         self._welcomed = trio.Event()
         if self._outage.succeeded():
@@ -302,11 +313,16 @@ class Producer:
         buffer, a busy server) is what lets the next batch grow.
         """
         while True:
-            while not self.outbox.unsent:
+            while not self.outbox.unsent and not self._features_unsent:
                 self._wake = trio.Event()
                 await self._wake.wait()
             for message in self.outbox.take():
                 await ws.send_message(protocol.encode(message))
+            if self._features_unsent and self._features is not None:
+                self._features_unsent = False
+                await ws.send_message(
+                    protocol.encode({"type": "features", "features": self._features})
+                )
 
 
 class _ServerError(Exception):

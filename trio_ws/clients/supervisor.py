@@ -23,6 +23,7 @@ from trio_ws.clients.outbox import DEFAULT_CAPACITY, LineSplitter, Outbox, Repor
 from trio_ws.clients.producer import Producer, new_producer_id
 from trio_ws.core import defaults
 from trio_ws.core.protocol import Stream
+from trio_ws.data.features import read_features
 from trio_ws.data.progress import Progress, ProgressError, ProgressReader
 from trio_ws.runtime.signals import exit_now, on_stop_signals
 from trio_ws.runtime.streak import FailureStreak
@@ -32,6 +33,8 @@ CONNECT_WAIT: Final = 3.0
 FLUSH_WITHIN: Final = defaults.FLUSH_WITHIN
 KILL_AFTER: Final = defaults.KILL_AFTER
 DRAIN_AFTER_EXIT: Final = 2.0
+FEATURES_LOCK_TIMEOUT: Final = 1.0
+"""Seconds a features read waits for the orchestrator's write lock."""
 """How long output is still read after the child exited (grandchildren may hold the pipe)."""
 PAUSE_FILE: Final = Path(".autoforge") / ".pause_drain"
 READ_SIZE: Final = 65536
@@ -170,6 +173,7 @@ class ProgressReport:
         self.producer = producer
         self.interval = interval
         self.report = report
+        self.project_dir = project_dir
         self.reader = ProgressReader(project_dir)
         self.sent: Progress | None = None
         self.failures = FailureStreak()
@@ -193,6 +197,19 @@ class ProgressReport:
         if self.reader.path is not None and progress != self.sent:
             self.sent = progress
             self.producer.send_progress(progress)
+            await self.read_features()
+
+    async def read_features(self) -> None:
+        """The board too, whenever the counts moved: a server on another machine (several
+        nodes) has no directory to read it from. A failing read is said, not sent."""
+        try:
+            found = await trio.to_thread.run_sync(
+                lambda: read_features(self.project_dir, lock_timeout=FEATURES_LOCK_TIMEOUT)
+            )
+        except ProgressError as exc:
+            self.report(f"cannot send the features board: {exc}")
+            return
+        self.producer.send_features([feature.to_json() for feature in found.features])
 
 
 class Supervisor:

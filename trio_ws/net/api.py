@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any, Final
 
 import trio
@@ -21,7 +22,8 @@ from trio_ws.data.progress import (
     UnsupportedSchema,
 )
 from trio_ws.data.registry import Project, Registry
-from trio_ws.journal.interface import Journal
+from trio_ws.journal.interface import Journal, JournalError
+from trio_ws.state.hub import ProjectHub
 from trio_ws.state.manager import ConnectionManager
 
 log = logging.getLogger("trio_ws.net.server")
@@ -95,30 +97,45 @@ FEATURE_ERRORS: Final[tuple[tuple[type[ProgressError], int], ...]] = (
 
 
 async def features(
-    project: Project, lock_timeout: float, limiter: trio.CapacityLimiter
+    name: str, directory: Path, lock_timeout: float, limiter: trio.CapacityLimiter
 ) -> tuple[int, dict[str, Any]]:
     """The board's rows, read off the event loop under the progress readers' limiter."""
     try:
         found = await trio.to_thread.run_sync(
-            lambda: read_features(project.path, lock_timeout=lock_timeout),
+            lambda: read_features(directory, lock_timeout=lock_timeout),
             limiter=limiter,
         )
     except ProgressError as exc:
         status = next(code for kind, code in FEATURE_ERRORS if isinstance(exc, kind))
         if status >= 500:
-            log.warning("project %s: features read failed: %s", project.name, exc)
+            log.warning("project %s: features read failed: %s", name, exc)
         return status, {"detail": str(exc)}
     if found.malformed:
         log.info(
             "project %s: %d features have malformed dependencies in %s (read as [] or filtered)",
-            project.name,
+            name,
             found.malformed,
             found.path,
         )
-    return 200, {
-        "project": project.name,
-        "features": [feature.to_json() for feature in found.features],
-    }
+    return 200, {"project": name, "features": [feature.to_json() for feature in found.features]}
+
+
+async def producer_features(name: str, hub: ProjectHub) -> tuple[int, dict[str, Any]]:
+    """The board as the project's agent producer last sent it: for a node that has no
+    directory for the project (several nodes), where the database lives on the
+    producer's machine. 404 until a producer has sent one; 503 when the shared
+    journal cannot be read."""
+    try:
+        rows = await hub.producer_features()
+    except JournalError as exc:
+        return 503, {"detail": f"journal unavailable: {exc}"}
+    if rows is None:
+        detail = (
+            f"project {name}'s directory is on another machine, and its producer "
+            "(trio-ws run there) has sent no features yet"
+        )
+        return 404, {"detail": detail}
+    return 200, {"project": name, "features": rows}
 
 
 def list_with_existence(registry: Registry) -> list[tuple[Project, bool]]:

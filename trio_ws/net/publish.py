@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("trio_ws.net.publish")
 
 MAX_PRODUCER_MESSAGE: Final = 16 * 1024 * 1024
+MAX_FEATURES: Final = 10_000
+"""Most rows a producer's ``features`` message may carry."""
 MAX_LINES_PER_MESSAGE: Final = 10_000
 ACK_INTERVAL: Final = 0.1
 OUTBOX_SIZE: Final = 64
@@ -176,7 +178,25 @@ class PublishSession:
             return self._apply_status(payload)
         if kind == "progress":
             return self._apply_progress(payload)
+        if kind == "features":
+            return self._apply_features(payload)
         return None  # unknown types are ignored, as on the subscribe side
+
+    def _apply_features(self, payload: dict[str, Any]) -> str | None:
+        """The features board the producer read on its machine (no pseq: the latest
+        wins, and the producer sends it again after each welcome)."""
+        if self.slot.stream != "agent":
+            return "features come from the agent stream's producer"
+        rows = payload.get("features")
+        if not isinstance(rows, list) or len(rows) > MAX_FEATURES:
+            return f"features needs a 'features' list of at most {MAX_FEATURES} rows"
+        if not all(
+            isinstance(row, dict) and _is_int(row.get("id")) and isinstance(row.get("name"), str)
+            for row in rows
+        ):
+            return "every feature must be an object with an integer 'id' and a string 'name'"
+        self.hub.set_features(rows)
+        return None
 
     def _apply_lines(self, payload: dict[str, Any]) -> str | None:
         first, lines = payload.get("first"), payload.get("lines")

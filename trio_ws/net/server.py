@@ -320,31 +320,36 @@ async def _project_api(
         await send_json(stream, connection, 400, {"detail": "Invalid project name"})
         return
     try:
-        found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+        directory = await _locate(server, name)
+        if view == "features" and directory is not None:
+            status, body = await api.features(
+                name, directory, server.config.lock_timeout, server.manager.limiter
+            )
+            await send_json(stream, connection, status, body)
+            return
+        live = await server.manager.open(name, directory)
+        if view == "features":  # the directory is on the producer's machine
+            status, body = await api.producer_features(name, live.hub)
+    except ProjectNotFound:
+        detail = f"Project '{name}' not found in registry"
+        await send_json(stream, connection, 404, {"detail": detail})
+        return
+    except ProjectDirectoryNotFound as missing:
+        await send_json(stream, connection, 404, {"detail": str(missing)})
+        return
     except RegistryError as exc:
         log.error("registry unreadable: %s", exc)
         await send_json(stream, connection, 503, {"detail": str(exc)})
         return
-    if found is None:
-        detail = f"Project '{name}' not found in registry"
-        await send_json(stream, connection, 404, {"detail": detail})
+    except JournalError as exc:
+        log.error("project %s: journal unavailable: %s", name, exc)
+        await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
         return
-    project, _exists = found
-    if view == "features":
-        status, body = await api.features(
-            project, server.config.lock_timeout, server.manager.limiter
-        )
-    else:
-        try:
-            live = await server.manager.open(name, project.path)
-        except JournalError as exc:
-            log.error("project %s: journal unavailable: %s", name, exc)
-            await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
-            return
-        except TooManyProjects as exc:
-            log.warning("project %s refused: %s", name, exc)
-            await send_json(stream, connection, 503, {"detail": str(exc)})
-            return
+    except TooManyProjects as exc:
+        log.warning("project %s refused: %s", name, exc)
+        await send_json(stream, connection, 503, {"detail": str(exc)})
+        return
+    if view != "features":
         if action is not None:
             status, body = 200, await control.act(live, action)
         elif view == "agent/status":
@@ -460,17 +465,15 @@ async def _project(
         await refuse(ws, InvalidProjectName())
         return None
     try:
-        found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+        directory = await _locate(server, name, producer=producer)
+        project = await server.manager.hold(name, directory)
+    except (ProjectNotFound, ProjectDirectoryNotFound) as missing:
+        await refuse(ws, missing)
+        return None
     except RegistryError as exc:
         log.error("registry unreadable while %s connected: %s", peer, exc)
         await ws.aclose(1011, "registry unavailable")
         return None
-    directory = found[0].path if found is not None and found[1] else None
-    try:
-        if directory is None and not await _known_elsewhere(server, name, producer):
-            await refuse(ws, ProjectNotFound() if found is None else ProjectDirectoryNotFound())
-            return None
-        project = await server.manager.hold(name, directory)
     except JournalError:
         # Logged where it was opened; the client retries later (PROTOCOL.md 1011).
         await refuse(ws, JournalUnavailable())
@@ -480,6 +483,20 @@ async def _project(
         await refuse(ws, ServerBusy(str(exc)))
         return None
     return project
+
+
+async def _locate(server: Server, name: str, *, producer: bool = False) -> Path | None:
+    """Where ``name``'s directory is on this machine; None for a project this node
+    serves though its directory is on another machine (`_known_elsewhere`). The
+    websocket and the REST API find projects here, so neither 404s while the other
+    works. Raises `ProjectNotFound`, `ProjectDirectoryNotFound`, `RegistryError` (the
+    registry unreadable) or `JournalError` (the broker)."""
+    found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+    if found is not None and found[1]:
+        return found[0].path
+    if await _known_elsewhere(server, name, producer):
+        return None
+    raise ProjectNotFound() if found is None else ProjectDirectoryNotFound()
 
 
 async def _known_elsewhere(server: Server, name: str, producer: bool) -> bool:

@@ -188,6 +188,9 @@ class HubCommit(HubState):
             state["agent"] = self.agent.to_state()
         if "dev" in dirty:
             state["dev"] = self.dev.to_state()
+        features_due, self._features_due = self._features_due, False
+        if features_due and self.shared is not None:
+            state["features"] = self.features
         batch = Batch([(item.seq or 0, item.text) for _, item in events], pseqs, state)
         started = time.perf_counter()
         self._committing = taken_dirty
@@ -195,9 +198,11 @@ class HubCommit(HubState):
             await journal.append(batch)
         except JournalConflictError:
             self._dirty |= taken_dirty
+            self._features_due |= features_due
             raise
         except JournalError as exc:
             self._dirty |= taken_dirty
+            self._features_due |= features_due
             self._write_failed(exc)
             return False
         finally:

@@ -71,6 +71,22 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         self._publish([progress.to_message(protocol.iso_timestamp(self._clock()))])
         return True
 
+    def set_features(self, rows: list[JsonObject]) -> None:
+        """The features board the agent producer read on its machine; nodes without the
+        project's directory answer ``/features`` with it (PROTOCOL.md 1)."""
+        if rows != self.features:
+            self.features = rows
+            self._features_due = True
+
+    async def producer_features(self) -> list[JsonObject] | None:
+        """The board a producer sent: here, or (several nodes) the one stored by the node
+        its producer is on; None when none was sent. JournalError if Redis fails."""
+        if self.features is not None or self.shared is None:
+            return self.features
+        _, state = await self.shared.stored()
+        rows = None if state is None else state.get("features")
+        return rows if isinstance(rows, list) else None
+
     def agent_status_changed(self) -> trio.Event:
         """Set when the next ``agent_status`` event is published (a control request
         waits on it to answer with the status after its action)."""

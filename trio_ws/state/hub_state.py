@@ -20,7 +20,7 @@ import trio
 from trio_ws.core import defaults
 from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
-from trio_ws.core.protocol import Clock, Stream, wall_clock
+from trio_ws.core.protocol import Clock, JsonObject, Stream, wall_clock
 from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import (
     Journal,
@@ -88,6 +88,11 @@ class HubState:
         self.agent = AgentPipeline(clock, self._secrets)
         self.dev = DevPipeline(clock, self._secrets)
         self.progress: Progress | None = None
+        self.features: list[JsonObject] | None = None
+        """The features board as the agent producer last sent it (its machine has the
+        database); shared with other nodes through the journal's state."""
+        self._features_due = False
+        """``features`` changed since the last commit (a shared journal gets it then)."""
         self.stats = HubStats()
         self.history = History(history, history_bytes)
         self.journal: Journal | None = None
