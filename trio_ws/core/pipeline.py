@@ -76,14 +76,23 @@ AUTH_BANNER: Final[tuple[str, ...]] = (
     "",
     "Claude CLI requires authentication to work.",
     "",
-    "To fix this, run:",
+    "Option 1 (Recommended): Set an API key",
+    "  export ANTHROPIC_API_KEY=your-key-here",
+    "  Get a key at: https://console.anthropic.com/",
+    "",
+    "Option 2: Use subscription login",
     "  claude login",
     "",
-    "This will open a browser window to sign in.",
-    "After logging in, try starting the agent again.",
+    "  Note: Anthropic's policy may not permit using",
+    "  subscription auth with third-party agents.",
+    "  API key authentication is recommended.",
     _RULE,
 )
-"""The twelve ``log`` lines shown once per run when the CLI is not logged in."""
+"""The ``log`` lines shown once per run when the CLI is not logged in: AutoForge
+0.1.22's ``AUTH_ERROR_HELP_SERVER`` (17 lines). Beyond LINES.md 1.3, whose 12 lines
+are 69d9313's: that text only says ``claude login``, which the newer one no longer
+recommends. The banner is our text, not the agent's, so it never passes through
+redaction (its ``export ANTHROPIC_API_KEY=your-key-here`` would be ``[REDACTED]``)."""
 
 _CRASH_WINDOW: Final = 20
 _RUN_OVER: Final = frozenset({"stopped", "crashed"})
