@@ -73,7 +73,15 @@ def test_every_event_type_has_its_own_tag() -> None:
     }
 
 
-@pytest.mark.parametrize("name", ["autoforge-run.txt", "edge-cases.txt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "autoforge-run.txt",
+        "autoforge-0.1.22-run.txt",
+        "autoforge-0.1.22-auth.txt",
+        "edge-cases.txt",
+    ],
+)
 def test_every_agent_event_of_a_corpus_transcript_fits_its_typed_dict(name: str) -> None:
     pipeline = AgentPipeline()
     events = pipeline.set_status("running")

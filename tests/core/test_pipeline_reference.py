@@ -7,6 +7,8 @@ on random mixes of corpus lines and lines built from every rule's trigger
 words, that both emit exactly the same events with the same timestamps.
 Capping and redaction are not re-implemented here (security and pipeline
 tests own them): the reference calls the same ``cap``/``redact_line``/``finish``.
+One rule goes beyond LINES.md, as the pipeline does: from an ``[AUTO-IMPROVE] ``
+line to the end of its run (AutoForge 0.1.22's ``--auto-improve``), lines are only logged.
 """
 
 from __future__ import annotations
@@ -30,11 +32,8 @@ from trio_ws.core.security import redact_line
 from trio_ws.core.trackers import MASCOTS
 
 DATA = Path(__file__).parent.parent / "corpus"
-CORPUS = [
-    line
-    for path in sorted(DATA.glob("*.txt"))
-    for line in path.read_text(encoding="utf-8").splitlines()
-]
+TRANSCRIPTS = [path.read_text(encoding="utf-8").splitlines() for path in sorted(DATA.glob("*.txt"))]
+CORPUS = [line for transcript in TRANSCRIPTS for line in transcript]
 
 # -- the reference, from LINES.md ----------------------------------------------
 
@@ -126,6 +125,7 @@ class Reference:
         self.banner_shown = False
         self.recent: deque[str] = deque(maxlen=20)
         self.in_key = False
+        self.auto_improve = False  # beyond LINES.md: a 0.1.22 --auto-improve run
         self.agents: list[dict[str, Any]] = []  # oldest first
         self.next_index = 0
         self.orch = self.idle(3)
@@ -138,7 +138,9 @@ class Reference:
         ts = timestamp(now)
         line, dropped = cap(raw)
         events: list[Msg] = []
-        if not line.startswith("[Feature #"):
+        if line.startswith("[AUTO-IMPROVE] "):
+            self.auto_improve = True
+        if not line.startswith("[Feature #") and not self.auto_improve:
             hits = sorted((line.find(lit), s) for lit, s in STATUS_LITERALS if lit in line)
             for _, status in hits:
                 events += self.change(status, ts)
@@ -147,6 +149,8 @@ class Reference:
         redacted, self.in_key = redact_line(line, self.in_key)
         self.recent.append(redacted)
         clean = finish(redacted, dropped)
+        if self.auto_improve:  # the rest of the run is the one agent's narrative: logged only
+            return [*events, {"type": "log", "line": clean, "timestamp": ts}]
         agent_update = self.agent_rules(clean, ts)
         orchestrator_update = self.orchestrator_rules(clean, ts)
         event: Msg = {"type": "log", "line": clean, "timestamp": ts}
@@ -182,6 +186,7 @@ class Reference:
         if status == "running" and self.status in ("stopped", "crashed"):
             self.banner_shown = False
             self.recent.clear()
+            self.auto_improve = False
         self.status = status
         event: Msg = {"type": "agent_status", "status": status}
         if ts is not None:
@@ -416,6 +421,7 @@ TRIGGERS = [
     "Max concurrency: ",
     " coding agents",
     "max_concurrency=",
+    "[AUTO-IMPROVE] ",
     "not logged in",
     "not\tauthenticated",
     "authentication failed",
@@ -579,7 +585,17 @@ def test_each_word_of_the_activity_table_classifies_as_the_table_says(
 
 
 def test_the_whole_corpus_in_order_emits_what_the_lines_rules_say() -> None:
-    run_both([("status", "running")] + [("line", line) for line in CORPUS], [7] * (len(CORPUS) + 1))
+    """Each transcript its own run (an auto-improve one would mute those after it)."""
+    inputs = [
+        item
+        for transcript in TRANSCRIPTS
+        for item in [
+            ("status", "running"),
+            *(("line", line) for line in transcript),
+            ("status", "stopped"),
+        ]
+    ]
+    run_both(inputs, [7] * len(inputs))
 
 
 DEV_URLS = [  # LINES.md 4, in order

@@ -92,11 +92,27 @@ def test_a_restored_pipeline_shows_the_banner_once_per_run() -> None:
     assert len(restored.feed_line("Error: not logged in")) == 1  # the log line only
 
 
+def test_a_restored_pipeline_stays_in_its_auto_improve_run() -> None:
+    pipeline = AgentPipeline(clock)
+    pipeline.set_status("running")
+    pipeline.feed_line("[AUTO-IMPROVE] Starting single-session improvement run...")
+    restored = AgentPipeline.from_state(stored(pipeline.to_state()), clock)
+    assert restored.auto_improve
+    assert len(restored.feed_line("Started coding agent for feature #1")) == 1  # logged only
+
+
+def test_a_state_from_before_auto_improve_runs_restores_a_normal_run() -> None:
+    state = AgentPipeline(clock).to_state()
+    del state["auto_improve"]
+    assert not AgentPipeline.from_state(stored(state), clock).auto_improve
+
+
 @pytest.mark.parametrize(
     "change",
     [
         {"status": "dancing"},
         {"banner_shown": 1},
+        {"auto_improve": "yes"},
         {"recent": [1, 2]},
         {"agents": None},
     ],

@@ -283,6 +283,105 @@ def test_synthetic_completion_does_not_create_an_agent(agents: AgentTracker) -> 
     assert feed(agents, "Started coding agent for feature #4")["agentIndex"] == 0
 
 
+# -- AutoForge 0.1.22: batches of up to 15 features (69d9313 had at most 3) --------
+
+FIFTEEN = list(range(1, 16))
+FIFTEEN_HASHED = ", ".join(f"#{i}" for i in FIFTEEN)
+"""``#1, #2, ..., #15``: a full 0.1.22 coding batch as the orchestrator prints it."""
+TESTING_FIFTEEN = [5, 12, 18, 21, 22, 30, 31, 40, 41, 42, 50, 61, 77, 80, 99]
+
+
+def test_a_coding_batch_of_fifteen_is_one_agent_with_every_id(agents: AgentTracker) -> None:
+    message = feed(agents, f"Started coding agent for features {FIFTEEN_HASHED}")
+    assert (message["agentIndex"], message["featureId"], message["featureIds"]) == (0, 1, FIFTEEN)
+    assert message["featureName"] == f"Features {FIFTEEN_HASHED}"
+    assert message["thought"] == "Starting batch work..."
+
+
+def test_a_testing_batch_of_fifteen_in_the_bracket_format(agents: AgentTracker) -> None:
+    ids = ",".join(map(str, TESTING_FIFTEEN))
+    message = feed(agents, f"Started testing agent for features [{ids}] (PID 123)")
+    assert (message["agentType"], message["featureIds"]) == ("testing", TESTING_FIFTEEN)
+
+
+def test_the_fifteenth_member_of_a_batch_is_owned_by_the_batch_agent(
+    agents: AgentTracker,
+) -> None:
+    feed(agents, f"Started coding agent for features {FIFTEEN_HASHED}")
+    message = feed(agents, "[Feature #15] Reading the cart reducer")
+    assert (message["agentIndex"], message["featureIds"]) == (0, FIFTEEN)
+    assert agents.active_count == 1
+
+
+def test_a_batch_of_fifteen_completes_as_one(agents: AgentTracker) -> None:
+    feed(agents, f"Started coding agent for features {FIFTEEN_HASHED}")
+    message = feed(agents, f"Features {FIFTEEN_HASHED} completed")
+    assert (message["agentIndex"], message["featureIds"], message["state"]) == (
+        0,
+        FIFTEEN,
+        "success",
+    )
+    assert agents.active_count == 0
+
+
+def test_a_testing_batch_completes_by_its_primary_id(agents: AgentTracker) -> None:
+    ids = ",".join(map(str, TESTING_FIFTEEN))
+    feed(agents, f"Started testing agent for features [{ids}] (PID 123)")
+    message = feed(agents, "Feature #5 testing failed")
+    assert (message["agentIndex"], message["state"]) == (0, "error")
+    assert message["thought"] == "Batch failed to complete"
+    assert agents.active_count == 0
+
+
+def test_giving_up_on_every_member_of_a_batch_keeps_the_agent(agents: AgentTracker) -> None:
+    feed(agents, f"Started coding agent for features {FIFTEEN_HASHED}")
+    for i in FIFTEEN:
+        assert agents.feed(f"Feature #{i} has failed 3 times, will not retry") is None
+    assert agents.active_count == 1
+    assert feed(agents, f"Features {FIFTEEN_HASHED} failed")["agentIndex"] == 0
+
+
+def test_a_batch_of_fifteen_counts_as_one_coding_agent(orch: OrchestratorTracker) -> None:
+    spawn = feed(orch, f"Started coding agent for features {FIFTEEN_HASHED}")
+    done = feed(orch, f"Features {FIFTEEN_HASHED} completed")
+    assert (spawn["codingAgents"], spawn["featureId"]) == (1, 1)
+    assert (done["eventType"], done["codingAgents"], done["featureId"]) == (
+        "coding_complete",
+        0,
+        1,
+    )
+
+
+def test_a_testing_batch_counts_as_one_testing_agent(orch: OrchestratorTracker) -> None:
+    spawn = feed(orch, "Started testing agent for features [5,12,18] (PID 123)")
+    done = feed(orch, "Feature #5 testing completed")
+    assert (spawn["testingAgents"], spawn["featureId"]) == (1, 5)
+    assert (done["eventType"], done["testingAgents"]) == ("testing_complete", 0)
+
+
+def test_giving_up_is_not_a_completion_for_the_orchestrator(orch: OrchestratorTracker) -> None:
+    feed(orch, "Started coding agent for features #4, #5")
+    assert orch.feed("Feature #4 has failed 3 times, will not retry") is None
+    assert orch.state()["codingAgents"] == 1
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "  ALL FEATURES COMPLETE!",
+        "  ALL FEATURES ALREADY COMPLETE!",
+        "  \N{PARTY POPPER} PROJECT COMPLETE - ALL FEATURES PASSING!",
+    ],
+)
+def test_an_agents_upper_case_completion_banner_is_not_all_complete(
+    orch: OrchestratorTracker, line: str
+) -> None:
+    """0.1.22's agent prints these (auto-improve runs print them unprefixed); only the
+    orchestrator's ``All features complete!`` ends the run."""
+    assert orch.feed(line) is None
+    assert orch.state()["state"] == "idle"
+
+
 # -- agent rule 8: activity --------------------------------------------------------
 
 

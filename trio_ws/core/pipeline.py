@@ -76,14 +76,27 @@ AUTH_BANNER: Final[tuple[str, ...]] = (
     "",
     "Claude CLI requires authentication to work.",
     "",
-    "To fix this, run:",
+    "Option 1 (Recommended): Set an API key",
+    "  export ANTHROPIC_API_KEY=your-key-here",
+    "  Get a key at: https://console.anthropic.com/",
+    "",
+    "Option 2: Use subscription login",
     "  claude login",
     "",
-    "This will open a browser window to sign in.",
-    "After logging in, try starting the agent again.",
+    "  Note: Anthropic's policy may not permit using",
+    "  subscription auth with third-party agents.",
+    "  API key authentication is recommended.",
     _RULE,
 )
-"""The twelve ``log`` lines shown once per run when the CLI is not logged in."""
+"""The ``log`` lines shown once per run when the CLI is not logged in: AutoForge
+0.1.22's ``AUTH_ERROR_HELP_SERVER`` (17 lines). Beyond LINES.md 1.3, whose 12 lines
+are 69d9313's: that text only says ``claude login``, which the newer one no longer
+recommends. The banner is our text, not the agent's, so it never passes through
+redaction (its ``export ANTHROPIC_API_KEY=your-key-here`` would be ``[REDACTED]``)."""
+
+_AUTO_IMPROVE: Final = "[AUTO-IMPROVE] "
+"""How an AutoForge 0.1.22 ``--auto-improve`` run starts (autonomous_agent_demo.py prints
+``[AUTO-IMPROVE] Starting single-session improvement run...`` before the agent runs)."""
 
 _CRASH_WINDOW: Final = 20
 _RUN_OVER: Final = frozenset({"stopped", "crashed"})
@@ -161,6 +174,15 @@ class AgentPipeline:
     whenever the status becomes ``running`` after ``stopped`` or ``crashed``
     (a resume from a pause continues the same run). The auth banner shows at
     most once per run.
+
+    Beyond LINES.md: a run whose top-level output says ``[AUTO-IMPROVE] ``
+    (AutoForge 0.1.22's ``--auto-improve``, restarted by its server every
+    10 minutes) has no orchestrator. Every later line of it is the one agent's
+    own unprefixed narrative, so from there on lines are only logged (with the
+    auth banner and redaction as always): no status literal, no tracker, no
+    ``featureId``. Otherwise an agent saying "All features complete" would
+    end a run nobody orchestrates, or "Feature #3 completed" would complete
+    a card nobody started.
     """
 
     def __init__(self, clock: Clock = wall_clock, secrets: Iterable[str] = ()) -> None:
@@ -174,6 +196,7 @@ class AgentPipeline:
         self.orchestrator = OrchestratorTracker(self._tracker_clock)
         self._banner_shown = False
         self._recent: deque[str] = deque(maxlen=_CRASH_WINDOW)
+        self._auto_improve = False
 
     @property
     def status(self) -> str:
@@ -187,9 +210,20 @@ class AgentPipeline:
         finally:
             self._line_time = None
 
+    @property
+    def auto_improve(self) -> bool:
+        """Whether this run is an auto-improve session (its lines are only logged)."""
+        return self._auto_improve
+
     def _feed(self, line: str, dropped: int, timestamp: str) -> list[AgentEvent]:
         events: list[AgentEvent] = []
-        if (_DRAINED in line or _RESUMING in line) and not line.startswith(_FEATURE_LINE):
+        if line.startswith(_AUTO_IMPROVE):
+            self._auto_improve = True
+        if (
+            (_DRAINED in line or _RESUMING in line)
+            and not line.startswith(_FEATURE_LINE)
+            and not self._auto_improve
+        ):
             found = sorted(
                 (line.find(literal), status)
                 for literal, status in _STATUS_LITERALS
@@ -205,6 +239,9 @@ class AgentPipeline:
         self._recent.append(redacted)
         # Most lines are short and whole: they need no marker and no cut.
         clean = finish(redacted, dropped) if dropped or len(redacted) > LINE_CAP else redacted
+        if self._auto_improve:
+            events.append(log(clean, timestamp, None, None))
+            return events
         agent_update = self.agents.feed(clean)
         orchestrator_update = self.orchestrator.feed(clean)
         feature_id = _feature_id(clean) if clean.startswith(_FEATURE_LINE) else None
@@ -250,6 +287,7 @@ class AgentPipeline:
         if status == "running" and self._status in _RUN_OVER:
             self._banner_shown = False
             self._recent.clear()
+            self._auto_improve = False
         self._status = status
         # A status read off a line is dated with it; the hub dates a producer's status.
         line_time = self._line_time
@@ -262,11 +300,12 @@ class AgentPipeline:
     # -- restart: state out, state in ----------------------------------------
 
     def to_state(self) -> TrackerState:
-        """Status, banner flag, key-block flag, the (redacted) crash window and both
-        trackers, JSON-able."""
+        """Status, banner flag, key-block flag, auto-improve flag, the (redacted) crash
+        window and both trackers, JSON-able."""
         return {
             "status": self._status,
             "banner_shown": self._banner_shown,
+            "auto_improve": self._auto_improve,
             "in_private_key": self.in_private_key,
             "recent": list(self._recent),
             "agents": self.agents.to_state(),
@@ -285,6 +324,9 @@ class AgentPipeline:
         pipeline._status = status
         pipeline._banner_shown = state_value(state, "banner_shown", bool)
         pipeline.in_private_key = bool(state.get("in_private_key", False))
+        # A state journalled before auto-improve runs were known has no flag: not one.
+        if "auto_improve" in state:
+            pipeline._auto_improve = state_value(state, "auto_improve", bool)
         recent = state_value(state, "recent", list)
         if not all(isinstance(line, str) for line in recent):
             raise ValueError("pipeline state: recent lines are not all strings")
