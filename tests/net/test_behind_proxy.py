@@ -45,7 +45,8 @@ async def start_behind(
 
 async def post(port: int, path: str, headers: dict[str, str]) -> tuple[int, Any]:
     """A POST with no body, as the UI's fetch sends it: the status and the JSON."""
-    sent = {"content-type": "application/json", "content-length": "0", **headers}
+    sent = {"content-type": "application/json", "content-length": "0", "connection": "close"}
+    sent.update(headers)
     return await http_json(port, "POST", path, sent)
 
 
@@ -57,6 +58,8 @@ async def agent_producer(nursery: trio.Nursery, server: Server) -> Any:
     )
     await ws.send_message(json.dumps({"type": "hello", "producer": "run", "stream": "agent"}))
     assert (await receive(ws))["type"] == "welcome"
+    await ws.send_message(json.dumps({"type": "status", "pseq": 1, "status": "running"}))
+    await receive_until(ws, lambda m: m["type"] == "ack")  # a graceful pause needs a run
     return ws
 
 

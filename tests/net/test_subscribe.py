@@ -405,8 +405,9 @@ async def record_like_the_ui(ws: WebSocketConnection, server: Server) -> list[Ms
     events up to the hub's head."""
     await ws.send_message('{"type":"ping"}')
     seen = await receive_until(ws, lambda m: m["type"] == "pong")
+    point = next(m["seq"] for m in seen if m["type"] == "hello")
     head = hub_of(server).seq
-    if max(event_seqs(seen), default=0) < head:
+    if max([point, *event_seqs(seen)]) < head:  # events after the snapshot's point
         seen += await receive_until(ws, seq_at_least(head))
     return seen
 
@@ -464,10 +465,10 @@ async def test_the_autoforge_ui_files_no_row_twice_across_a_reconnect_and_a_rest
             server: Server = await first_life.start(serve, config)
             producer = await Producer.connect(first_life, server)
             await producer.status("running")
-            await producer.lines(RUN[:90])
+            await producer.lines(RUN[:110])  # two agents are at work from line 100 on
             ws = await connect(first_life, server)
             await follow_like_the_ui(ws, server)
-            await producer.lines(RUN[90:130])
+            await producer.lines(RUN[110:150])
             for message in await receive_until(ws, seq_at_least(hub_of(server).seq)):
                 ui.apply(message)
             await ws.aclose()
@@ -506,8 +507,8 @@ async def test_a_pong_is_not_lost_when_the_subscribers_queue_is_full(
             nursery, registry, queue_size=STALL_QUEUE, stall_timeout=NETWORK_TIMEOUT * 2
         )
         stalled = await StalledClient.open(server, "/ws/projects/demo")
+        await wait_until(lambda: server.manager.subscriber_count == 1)
         hub = hub_of(server)
-        await wait_until(lambda: hub.subscriber_count == 1)
         await publish_while_stalled(hub, 300)  # far more than the kernel buffers hold
         await wait_until(lambda: hub.stats.fell_behind == 1)
         await stalled.send_text('{"type":"ping"}')
