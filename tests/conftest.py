@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import trio
 from redis_server import RedisServer, redis_server_path
+from services import require
 from serving import NETWORK_TIMEOUT, make_config
 
 from trio_ws.data.registry import Registry
@@ -49,12 +49,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     """One real ``redis-server`` for the session (tests flush it as they need); skips
     only when the binary is not installed on a developer's machine: CI (``CI`` set,
     as `.ci/run` runs) installs it, so there a missing binary fails."""
-    binary = redis_server_path()
-    if binary is None:
-        missing = "redis-server is not installed (Debian package redis-server)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
+    binary = require(redis_server_path(), "redis-server")
     server = RedisServer(binary, tmp_path_factory.mktemp("redis"))
     server.start()
     yield server

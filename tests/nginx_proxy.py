@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Final
 
+from services import free_port
+
 START_TIMEOUT: Final = 10.0
 CANDIDATES: Final = ("nginx", "/usr/sbin/nginx")
 
@@ -56,12 +58,6 @@ def nginx_path() -> str | None:
         if found is not None:
             return found
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NginxProxy:

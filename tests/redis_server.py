@@ -9,11 +9,12 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Final
+
+from services import free_port
 
 REDIS_SERVER: Final = "redis-server"
 START_TIMEOUT: Final = 10.0
@@ -23,12 +24,6 @@ READY_LINE: Final = b"Ready to accept connections"
 def redis_server_path() -> str | None:
     """The ``redis-server`` binary, or None when it is not installed."""
     return shutil.which(REDIS_SERVER)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:

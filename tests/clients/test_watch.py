@@ -13,9 +13,10 @@ from pathlib import Path
 
 import trio
 from features_db import Row, create_db, db_path, insert
+from services import free_port
 from serving import NETWORK_TIMEOUT, make_config
 from test_run_view import AGENT_LINES, hello
-from watching import free_port, populate
+from watching import populate
 
 from trio_ws.core import protocol
 from trio_ws.data.progress import count_passing_tests

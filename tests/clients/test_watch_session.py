@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import trio
 from plain import Msg
+from services import free_port
 from serving import NETWORK_TIMEOUT, make_config
 from test_run_view import AGENT_LINES
-from watching import FAST, free_port, populate, target_of
+from watching import FAST, populate, target_of
 
 from trio_ws.clients.run_view import RunView
 from trio_ws.clients.watch_session import (

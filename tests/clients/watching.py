@@ -3,7 +3,6 @@ project, a port nobody listens on, a fast backoff."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from features_db import create_db, db_path, rows
@@ -30,12 +29,3 @@ async def populate(server: Server, project_dir: Path) -> ProjectHub:
     hub.feed_lines(AGENT_LINES)
     hub.publish_progress(count_passing_tests(project_dir))  # what the poll loop will read too
     return hub
-
-
-def free_port() -> int:
-    """A port nothing listens on (bound and released)."""
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port

@@ -13,7 +13,8 @@ from pathlib import Path
 import coredis
 import pytest
 import trio
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
+from services import free_port
 from serving import NETWORK_TIMEOUT
 
 from trio_ws.journal.interface import Batch, JournalConflictError, JournalError, JournalWriteError

@@ -5,7 +5,6 @@ buttons without the token, and nobody else gets them (issue 19 item 1)."""
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 from nginx_proxy import NginxProxy, nginx_path
+from services import require
 from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config, receive, receive_until
 from trio_websocket import connect_websocket_url
 
@@ -24,23 +24,20 @@ from trio_ws.net.server import Server, serve
 def proxy(tmp_path: Path) -> Iterator[NginxProxy]:
     """An nginx (not yet started: its origin must be trusted before the server starts);
     skipped on a developer's machine without it, a failure in CI, which installs it."""
-    binary = nginx_path()
-    if binary is None:
-        missing = "nginx is not installed (Debian package nginx-light)"
-        if os.environ.get("CI"):
-            pytest.fail(missing)
-        pytest.skip(missing)
-    made = NginxProxy(binary, tmp_path / "nginx")
+    made = NginxProxy(require(nginx_path(), "nginx-light"), tmp_path / "nginx")
     yield made
     made.stop()
 
 
 async def start_behind(
-    nursery: trio.Nursery, registry: Registry, proxy: NginxProxy, **settings: Any
-) -> Server:
-    server: Server = await nursery.start(serve, make_config(registry, **settings))
+    nursery: trio.Nursery, registry: Registry, proxy: NginxProxy, *, trusted: bool = True
+) -> Any:
+    """trio-ws behind ``proxy`` (trusting the proxy's origin, or not) with a running
+    agent producer connected straight to it; returns that producer's websocket."""
+    origins = frozenset({proxy.origin}) if trusted else frozenset()
+    server: Server = await nursery.start(serve, make_config(registry, trust_origins=origins))
     await trio.to_thread.run_sync(proxy.start, server.port)
-    return server
+    return await agent_producer(nursery, server)
 
 
 async def post(port: int, path: str, headers: dict[str, str]) -> tuple[int, Any]:
@@ -70,10 +67,7 @@ async def test_a_page_from_the_trusted_origin_pauses_through_the_proxy_without_t
     nursery: trio.Nursery, registry: Registry, project_dir: Path, proxy: NginxProxy
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        server = await start_behind(
-            nursery, registry, proxy, trust_origins=frozenset({proxy.origin})
-        )
-        producer = await agent_producer(nursery, server)
+        producer = await start_behind(nursery, registry, proxy)
         status, body = await post(proxy.port, PAUSE, {"origin": proxy.origin})
         control = await receive_until(producer, lambda m: m["type"] == "control")
     assert status == 200
@@ -98,10 +92,7 @@ async def test_no_other_page_and_no_script_controls_without_the_token(
     expected: int,
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        server = await start_behind(
-            nursery, registry, proxy, trust_origins=frozenset({proxy.origin})
-        )
-        await agent_producer(nursery, server)
+        await start_behind(nursery, registry, proxy)
         headers = {} if origin is None else {"origin": origin}
         status, body = await post(proxy.port, PAUSE, headers)
     assert status == expected, body
@@ -111,8 +102,7 @@ async def test_without_trust_the_proxied_page_still_needs_the_token(
     nursery: trio.Nursery, registry: Registry, project_dir: Path, proxy: NginxProxy
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        server = await start_behind(nursery, registry, proxy)
-        await agent_producer(nursery, server)
+        await start_behind(nursery, registry, proxy, trusted=False)
         status, body = await post(proxy.port, PAUSE, {"origin": proxy.origin})
     assert status == 403, body
 
@@ -121,10 +111,7 @@ async def test_the_trusted_page_watches_and_controls_over_the_proxied_socket(
     nursery: trio.Nursery, registry: Registry, project_dir: Path, proxy: NginxProxy
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        server = await start_behind(
-            nursery, registry, proxy, trust_origins=frozenset({proxy.origin})
-        )
-        producer = await agent_producer(nursery, server)
+        producer = await start_behind(nursery, registry, proxy)
         ws = await connect_websocket_url(
             nursery,
             f"ws://127.0.0.1:{proxy.port}/ws/projects/demo",

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 import coredis
 import pytest
 import trio
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
+from services import free_port
 from serving import NETWORK_TIMEOUT
 
 from trio_ws.journal.redis import redis_client

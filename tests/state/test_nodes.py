@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 import trio
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
+from services import free_port
 from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config
 from test_cli_run import TRANSCRIPT, transcript_lines
 from test_cli_serve import URL_LINE

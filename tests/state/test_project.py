@@ -25,7 +25,8 @@ import trio
 import trio.testing
 from features_db import create_db, db_path, insert, rows
 from plain import Msg
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer
+from services import free_port
 from serving import (
     NETWORK_TIMEOUT,
     TOKEN,
