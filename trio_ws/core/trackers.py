@@ -332,6 +332,15 @@ class AgentTracker:
         agent = self._owner_any(feature_id)
         return None if agent is None else agent.index
 
+    def agent_of(
+        self, feature_id: int, agent_type: AgentType | None = None
+    ) -> AgentUpdateEvent | None:
+        """The current card (no timestamp change) of the agent whose features include
+        ``feature_id``: the newest of ``agent_type`` if one has it, else `owner_of`'s."""
+        agent = None if agent_type is None else self._owner(agent_type, feature_id)
+        agent = agent or self._owner_any(feature_id)
+        return None if agent is None else agent.message(self._now())
+
     def reset(self) -> None:
         """Forget every agent (run stopped or crashed); indices keep counting up."""
         self._agents.clear()
