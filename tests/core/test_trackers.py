@@ -521,7 +521,7 @@ def test_owner_of_prefers_coding_over_testing(agents: AgentTracker) -> None:
     assert (agents.owner_of(2), agents.owner_of(3), agents.owner_of(4)) == (0, 1, None)
 
 
-def test_agent_of_prefers_the_asked_type_and_falls_back_to_any_owner(
+def test_agent_of_finds_an_agent_of_the_asked_type_or_else_the_owner(
     agents: AgentTracker,
 ) -> None:
     feed(agents, "Started coding agent for features #1, #2")
@@ -529,8 +529,7 @@ def test_agent_of_prefers_the_asked_type_and_falls_back_to_any_owner(
     testing = agents.agent_of(2, "testing")
     assert testing is not None
     assert (testing["agentIndex"], testing["agentType"]) == (1, "testing")
-    coding = agents.agent_of(3, "coding")  # no coding agent has #3: its testing owner
-    assert coding is not None and coding["agentIndex"] == 1
+    assert agents.agent_of(3, "coding") is None
     batch = agents.agent_of(2)
     assert batch is not None and batch["featureName"] == "Features #1, #2"
     assert agents.agent_of(4) is None

@@ -312,9 +312,10 @@ class AckMessage(TypedDict):
 
 
 class ScreenshotsMessage(TypedDict):
-    """Whether any subscriber of the project wants screenshots: sent after ``welcome``
-    and whenever that count goes 0 to 1 or 1 to 0. A producer takes screenshots only
-    while ``watching`` is true (each costs a browser a capture)."""
+    """Whether any subscriber of the project wants screenshots: sent right after
+    ``welcome`` when one does (a connection starts not watching), and whenever that
+    count goes 0 to 1 or 1 to 0. A producer takes screenshots only while ``watching``
+    is true (each costs a browser a capture)."""
 
     type: Literal["screenshots"]
     watching: bool

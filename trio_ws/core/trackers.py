@@ -335,10 +335,12 @@ class AgentTracker:
     def agent_of(
         self, feature_id: int, agent_type: AgentType | None = None
     ) -> AgentUpdateEvent | None:
-        """The current card (no timestamp change) of the agent whose features include
-        ``feature_id``: the newest of ``agent_type`` if one has it, else `owner_of`'s."""
-        agent = None if agent_type is None else self._owner(agent_type, feature_id)
-        agent = agent or self._owner_any(feature_id)
+        """The current card of the agent whose features include ``feature_id``: the
+        newest of ``agent_type``, or `owner_of`'s when no type is given."""
+        if agent_type is None:
+            agent = self._owner_any(feature_id)
+        else:
+            agent = self._owner(agent_type, feature_id)
         return None if agent is None else agent.message(self._now())
 
     def reset(self) -> None:
