@@ -11,6 +11,7 @@ from typing import Any
 
 from trio_ws.core.messages import ScreenshotMessage
 from trio_ws.state.hub import ProjectHub
+from trio_ws.state.screenshots import MAX_QUEUED
 from trio_ws.state.subscriber import LIVE, Subscriber
 
 PNG = "\x89PNG\r\n\x1a\n"
@@ -137,3 +138,14 @@ def test_a_full_queue_misses_a_screenshot_without_falling_behind() -> None:
     assert len(watcher.queue) == 2
     assert watcher.state is LIVE
     assert (hub.screenshots.relayed, hub.screenshots.dropped) == (2, 1)
+
+
+def test_a_slow_reader_holds_at_most_a_few_screenshots_whatever_its_queue() -> None:
+    """Its queue bounds messages, not bytes: a megabyte picture each would be gigabytes."""
+    hub = running_hub(queue_size=1024)
+    watcher = hub.subscribe()
+    hub.watch_screenshots(watcher, True)
+    for _ in range(MAX_QUEUED + 5):
+        hub.publish_screenshot(shot("coding-5", 5))
+    assert len(screenshots_of(watcher)) == MAX_QUEUED
+    assert hub.screenshots.dropped == 5

@@ -5,8 +5,9 @@ the history and never journalled, so none can outlive its run or fill a log's
 limits. They are dropped when the agent status becomes stopped or crashed, and a
 session's when its agent completes or fails. Only subscribers that sent
 ``browser_view_subscribe`` get them, each through its own bounded queue: one whose
-queue is full misses that picture (never blocking anyone, never falling behind
-for it: the next one comes 2 s later), and none takes the room replies use.
+queue is full, or holds `MAX_QUEUED` pictures already, misses that one (never
+blocking anyone, never falling behind for it: the next one comes 2 s later), and
+none takes the room replies use.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ from trio_ws.state.subscriber import Subscriber
 
 RUN_OVER: Final = frozenset({"stopped", "crashed"})
 AGENT_DONE: Final = frozenset({"success", "error"})
+MAX_QUEUED: Final = 8
+"""Most screenshots one subscriber may have queued: its queue bounds messages, not
+bytes, and a picture may be megabytes, so a slow reader misses the rest."""
 
 
 def browser_screenshot(
@@ -126,6 +130,10 @@ class Screenshots:
     def _offer(
         self, subscriber: Subscriber, item: Outgoing, failed: Callable[[Subscriber], None]
     ) -> None:
+        queued = sum(1 for waiting in subscriber.queue if waiting.type == "browser_screenshot")
+        if queued >= MAX_QUEUED:
+            self.dropped += 1
+            return
         try:
             offered = subscriber.offer(item)
         except Exception:  # noqa: BLE001 (logged with its traceback by failed)
