@@ -761,6 +761,41 @@ def test_board_agents_leave_when_the_run_stops(
     assert all(feature_agents(browser, feature) == [] for feature in range(1, 9))
 
 
+PNG_1X1 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJ"
+    "AAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)
+
+
+def shot_sessions(driver: Any) -> list[str]:
+    """The names of the cards that show a browser screenshot."""
+    return [
+        card.get_attribute("data-name")
+        for card in driver.find_elements(By.CSS_SELECTOR, "#agents .agent")
+        if card.find_elements(By.CSS_SELECTOR, "img.agent-shot")
+    ]
+
+
+def test_a_browser_screenshot_shows_on_its_agents_card_until_the_run_stops(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    agent = start_run(served, producer)
+    wait(browser, lambda d: card_names(d) == ["Spark", "Fizz", "Octo"], "three agent cards")
+    # The page asked for screenshots at its hello, before the run started.
+    screenshot = {
+        "type": "screenshot",
+        "sessionName": "testing-0",
+        "featureId": 7,
+        "imageData": PNG_1X1,
+        "timestamp": "2026-12-05T18:00:00Z",
+    }
+    agent.ws.send(json.dumps(screenshot))
+    wait(browser, lambda d: shot_sessions(d) == ["Octo"], "the picture on Octo's card")
+    agent.status("stopped")
+    wait(browser, lambda d: shot_sessions(d) == [], "no picture once the run stopped")
+
+
 def test_board_refreshes_at_the_next_progress_without_moving_the_page(
     served: ServerProcess, project: Path, browser: Any
 ) -> None:

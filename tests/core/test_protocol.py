@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import enum
 import json
 import re
@@ -16,10 +17,12 @@ from trio_ws.core.errors import BadClientMessage, ExpectedHello
 from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
 from trio_ws.core.protocol import (
+    MAX_SCREENSHOT_BYTES,
     decode_client_message,
     decode_producer_hello,
     encode,
     iso_timestamp,
+    screenshot_of,
 )
 
 FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
@@ -213,3 +216,49 @@ def test_a_first_producer_frame_that_is_no_hello_is_refused_with_expected_hello(
 ) -> None:
     with pytest.raises(ExpectedHello):
         decode_producer_hello(frame)
+
+
+# -- screenshots -------------------------------------------------------------------
+
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\0" * 16).decode()
+SCREENSHOT = {
+    "type": "screenshot",
+    "sessionName": "coding-5",
+    "featureId": 5,
+    "imageData": PNG_B64,
+    "timestamp": "2026-12-05T18:00:00.123456",
+}
+
+
+def test_a_screenshot_is_its_five_fields_and_nothing_else() -> None:
+    assert screenshot_of({**SCREENSHOT, "extra": 1}) == SCREENSHOT
+    assert screenshot_of({**SCREENSHOT, "featureId": None})["featureId"] is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"sessionName": ""},
+        {"sessionName": "coding 5"},
+        {"sessionName": "x" * 101},
+        {"featureId": -1},
+        {"featureId": True},
+        {"featureId": "5"},
+        {"timestamp": "yesterday"},
+        {"timestamp": None},
+        {"imageData": ""},
+        {"imageData": "data:image/png;base64," + PNG_B64},
+        {"imageData": "not base64!"},
+        {"imageData": base64.b64encode(b"GIF89a....").decode()},
+        {"imageData": 12},
+    ],
+)
+def test_a_malformed_screenshot_is_a_bad_client_message(change: dict[str, object]) -> None:
+    with pytest.raises(BadClientMessage):
+        screenshot_of({**SCREENSHOT, **change})
+
+
+def test_a_screenshot_over_its_cap_is_refused_before_it_is_decoded() -> None:
+    image = PNG_B64 + "A" * (MAX_SCREENSHOT_BYTES - len(PNG_B64) + 4)
+    with pytest.raises(BadClientMessage, match="over the limit"):
+        screenshot_of({**SCREENSHOT, "imageData": image})

@@ -521,6 +521,20 @@ def test_owner_of_prefers_coding_over_testing(agents: AgentTracker) -> None:
     assert (agents.owner_of(2), agents.owner_of(3), agents.owner_of(4)) == (0, 1, None)
 
 
+def test_agent_of_finds_an_agent_of_the_asked_type_or_else_the_owner(
+    agents: AgentTracker,
+) -> None:
+    feed(agents, "Started coding agent for features #1, #2")
+    feed(agents, "Started testing agent for features [2,3] (PID 9)")
+    testing = agents.agent_of(2, "testing")
+    assert testing is not None
+    assert (testing["agentIndex"], testing["agentType"]) == (1, "testing")
+    assert agents.agent_of(3, "coding") is None
+    batch = agents.agent_of(2)
+    assert batch is not None and batch["featureName"] == "Features #1, #2"
+    assert agents.agent_of(4) is None
+
+
 def test_owner_of_prefers_the_newest_of_two_coding_owners(agents: AgentTracker) -> None:
     """A completion line that never came leaves a stale agent; the live one is the newer."""
     feed(agents, "Started coding agent for feature #3")

@@ -4,6 +4,7 @@ Its project's grace period and control routing are tests/test_project.py's."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from plain import Msg
 from rawws import RawClient, text
 from serving import TOKEN, connect, http_get, make_config, receive, receive_until, ws_url
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
+from trio_ws.core.protocol import MAX_SCREENSHOT_BYTES
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
 
@@ -409,3 +412,136 @@ async def test_messages_that_arrived_together_are_one_commit_and_one_write(
     assert logs(seen) == [f"line {n}" for n in range(1, 6)]
     assert hub.journal.stats().commits == commits + 1
     assert hub.stats.direct_writes == writes + 1
+
+
+# -- screenshots (issue 19 item 3) ---------------------------------------------------
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def screenshot(image: bytes = b"tiny", session: str = "coding-5", feature: int = 5) -> Msg:
+    return {
+        "type": "screenshot",
+        "sessionName": session,
+        "featureId": feature,
+        "imageData": base64.b64encode(PNG_SIGNATURE + image).decode(),
+        "timestamp": "2026-12-05T18:00:00.000001Z",
+    }
+
+
+async def running_agent(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
+    """An agent producer whose run has coding agent 0 on feature #5."""
+    ws, _ = await producer(nursery, server)
+    await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+    await send(ws, {"type": "lines", "first": 2, "lines": ["Started coding agent for feature #5"]})
+    await wait_acked(ws, 2)
+    return ws
+
+
+async def browser_watcher(nursery: trio.Nursery, server: Server) -> WebSocketConnection:
+    """A subscriber that asked for screenshots (its pong says the server has read it),
+    taking messages as big as a screenshot at its cap."""
+    ws = await connect_websocket_url(
+        nursery, ws_url(server, "/ws/projects/demo"), max_message_size=2 * MAX_SCREENSHOT_BYTES
+    )
+    await send(ws, {"type": "browser_view_subscribe"})
+    await send(ws, {"type": "ping"})
+    await receive_until(ws, lambda m: m["type"] == "pong")
+    return ws
+
+
+def watching(ws_messages: list[Msg]) -> list[bool]:
+    return [m["watching"] for m in ws_messages if m["type"] == "screenshots"]
+
+
+async def test_the_producer_is_told_when_watchers_go_from_none_to_some_and_back(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws = await running_agent(nursery, server)
+        first = await browser_watcher(nursery, server)
+        told = await receive_until(ws, lambda m: m["type"] == "screenshots")
+        second = await browser_watcher(nursery, server)
+        await send(first, {"type": "browser_view_unsubscribe"})
+        await second.aclose()  # leaving counts as unsubscribe
+        told += await receive_until(ws, lambda m: m["type"] == "screenshots")
+    assert watching(told) == [True, False]
+
+
+async def test_a_producer_welcomed_while_someone_watches_is_told_at_once(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        await browser_watcher(nursery, server)
+        ws, _ = await producer(nursery, server)
+        assert await receive(ws) == {"type": "screenshots", "watching": True}
+
+
+async def test_a_screenshot_reaches_only_the_subscribers_that_asked(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws = await running_agent(nursery, server)
+        plain = await connect(nursery, server)
+        watcher = await browser_watcher(nursery, server)
+        await send(ws, screenshot())
+        got = (await receive_until(watcher, lambda m: m["type"] == "browser_screenshot"))[-1]
+        await send(plain, {"type": "ping"})
+        seen = await receive_until(plain, lambda m: m["type"] == "pong")
+    assert {key: got[key] for key in ("sessionName", "agentIndex", "agentType", "featureId")} == {
+        "sessionName": "coding-5",
+        "agentIndex": 0,
+        "agentType": "coding",
+        "featureId": 5,
+    }
+    assert got["featureName"] == "Feature #5" and "seq" not in got
+    assert [m for m in seen if m["type"] == "browser_screenshot"] == []
+
+
+async def test_a_late_browser_view_subscribe_gets_the_latest_screenshot_at_once(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        ws = await running_agent(nursery, server)
+        await send(ws, screenshot(b"old"))
+        await send(ws, screenshot(b"new"))
+        await send(ws, {"type": "lines", "first": 3, "lines": ["after"]})
+        await wait_acked(ws, 3)  # the screenshots before it were read
+        late = await connect(nursery, server)
+        await send(late, {"type": "browser_view_subscribe"})
+        got = await receive_until(late, lambda m: m["type"] == "browser_screenshot")
+    assert base64.b64decode(got[-1]["imageData"]) == PNG_SIGNATURE + b"new"
+
+
+async def test_a_screenshot_at_its_cap_is_relayed(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    image = b"\0" * (MAX_SCREENSHOT_BYTES // 4 * 3 - len(PNG_SIGNATURE))
+    message = screenshot(image)
+    assert len(message["imageData"]) == MAX_SCREENSHOT_BYTES
+    with trio.fail_after(TIMEOUT):
+        ws = await running_agent(nursery, server)
+        watcher = await browser_watcher(nursery, server)
+        await send(ws, message)
+        got = await receive_until(watcher, lambda m: m["type"] == "browser_screenshot")
+    assert got[-1]["imageData"] == message["imageData"]
+
+
+async def test_an_oversized_screenshot_is_warned_not_relayed_and_the_connection_stays(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    image = b"\0" * (MAX_SCREENSHOT_BYTES // 4 * 3)
+    with trio.fail_after(TIMEOUT):
+        ws = await running_agent(nursery, server)
+        watcher = await browser_watcher(nursery, server)
+        await send(ws, screenshot(image))
+        warning = await receive_until(ws, lambda m: m["type"] == "warning")
+        await send(ws, screenshot(b"small"))
+        await send(ws, {"type": "lines", "first": 3, "lines": ["still here"]})
+        await wait_acked(ws, 3)
+        got = await receive_until(watcher, lambda m: m["type"] == "browser_screenshot")
+    assert warning[-1]["source"] == "protocol"
+    assert "over the limit" in warning[-1]["content"]
+    assert base64.b64decode(got[-1]["imageData"]) == PNG_SIGNATURE + b"small"
+    hub = server.manager.get_hub("demo")
+    assert hub is not None and hub.screenshots.relayed == 1

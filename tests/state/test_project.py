@@ -1224,6 +1224,9 @@ class BrokenSession:
     def send_control(self, action: str) -> bool:
         return False
 
+    def send_screenshots(self, watching: bool) -> bool:
+        return False
+
     async def close(self, code: int, reason: str) -> None:
         raise RuntimeError("injected close failure")
 

@@ -30,6 +30,7 @@ from trio_ws.clients.outbox import (
     stderr_report,
 )
 from trio_ws.core import protocol
+from trio_ws.core.messages import ScreenshotMessage
 from trio_ws.core.protocol import JsonObject, Stream
 from trio_ws.data.progress import Progress
 from trio_ws.runtime.backoff import Backoff
@@ -127,6 +128,11 @@ class Producer:
         self._acked = trio.Event()
         self._features: list[JsonObject] | None = None
         self._features_unsent = False
+        self.watching = False
+        """The server says some subscriber wants screenshots (this connection's word:
+        every connection starts not watching)."""
+        self._screenshot: str | None = None
+        """The latest screenshot waiting for the sender (one slot: the latest wins)."""
 
     @property
     def url(self) -> str:
@@ -156,6 +162,17 @@ class Producer:
         self._features = rows
         self._features_unsent = True
         self._wake.set()
+
+    def send_screenshot(self, message: ScreenshotMessage) -> bool:
+        """Hand a screenshot to this connection's sender, replacing one it has not sent
+        yet; False (dropped) when not connected. Not an outbox item: it is never kept
+        for a resend (see `ScreenshotMessage`), and the sender writes it whole, never
+        cancelled mid-write but with the connection."""
+        if not self.connected:
+            return False
+        self._screenshot = protocol.encode(message)
+        self._wake.set()
+        return True
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -234,6 +251,8 @@ class Producer:
                 await self._converse(ws)
             finally:
                 self.connected = False
+                self.watching = False
+                self._screenshot = None
                 with trio.move_on_after(CLOSE_TIMEOUT) as cleanup:
                     cleanup.shield = True
                     await ws.aclose()
@@ -301,6 +320,8 @@ class Producer:
                     self.report(f"ignored control {action!r}: this producer takes none")
                 else:
                     self.on_control(str(action))
+            elif kind == "screenshots":
+                self.watching = message.get("watching") is True
             elif kind in ("warning", "error"):
                 self.report(f"server says: {message.get('content')}")
 
@@ -313,9 +334,12 @@ class Producer:
         buffer, a busy server) is what lets the next batch grow.
         """
         while True:
-            while not self.outbox.unsent and not self._features_unsent:
+            while not self.outbox.unsent and not self._features_unsent and self._screenshot is None:
                 self._wake = trio.Event()
                 await self._wake.wait()
+            screenshot, self._screenshot = self._screenshot, None
+            if screenshot is not None:
+                await ws.send_message(screenshot)
             for message in self.outbox.take():
                 await ws.send_message(protocol.encode(message))
             if self._features_unsent and self._features is not None:

@@ -19,6 +19,9 @@ from typing import Final
 
 import trio
 
+from trio_ws.clients.browser_sessions import BrowserSessions
+from trio_ws.clients.browser_view import INTERVAL as SCREENSHOT_INTERVAL
+from trio_ws.clients.browser_view import BrowserView
 from trio_ws.clients.outbox import DEFAULT_CAPACITY, LineSplitter, Outbox, Report, stderr_report
 from trio_ws.clients.producer import Producer, new_producer_id
 from trio_ws.core import defaults
@@ -75,6 +78,10 @@ class RunOptions:
     """Read the features database under ``cwd`` and send the project's progress
     (agent stream only): then the server need not see the project's directory."""
     progress_interval: float = PROGRESS_INTERVAL
+    screenshots: bool = False
+    """Capture the agents' browsers (``playwright-cli``) while a subscriber watches
+    (agent stream only; `trio_ws.clients.browser_view`)."""
+    screenshot_interval: float = SCREENSHOT_INTERVAL
 
 
 @dataclass(frozen=True)
@@ -245,6 +252,20 @@ class Supervisor:
             if options.progress and options.stream == "agent"
             else None
         )
+        self.browsers = (
+            BrowserSessions() if options.screenshots and options.stream == "agent" else None
+        )
+        self.browser_view = (
+            None
+            if self.browsers is None
+            else BrowserView(
+                self.producer,
+                self.browsers,
+                options.project_dir,
+                report,
+                interval=options.screenshot_interval,
+            )
+        )
         self._splitter = LineSplitter()
         self._output_done = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -298,6 +319,8 @@ class Supervisor:
                 helpers.start_soon(self._watch_refusal)
                 if self.progress is not None:
                     helpers.start_soon(self.progress.run)
+                if self.browser_view is not None:
+                    helpers.start_soon(self.browser_view.run)
                 if options.lifeline is not None:
                     helpers.start_soon(self._watch_lifeline, options.lifeline)
                 returncode = await process.wait()
@@ -310,6 +333,8 @@ class Supervisor:
                 self._signal_group(signal.SIGKILL)
         for line in self._splitter.close():
             self.producer.send_line(line)
+        if self.browsers is not None:
+            self.browsers.stop()
         if self.progress is not None:
             await self.progress.read()  # where the run left the project
             self.progress.reader.close()
@@ -336,6 +361,8 @@ class Supervisor:
                 self.echo.write(chunk)
             for line in self._splitter.feed(chunk):
                 self.producer.send_line(line)
+                if self.browsers is not None:
+                    self.browsers.feed(line)
         self._output_done.set()
 
     def _on_signal(self, signum: int) -> None:

@@ -179,8 +179,34 @@ class ErrorMessage(TypedDict):
     content: str
 
 
+class BrowserScreenshotMessage(TypedDict):
+    """The latest picture of one agent's browser, exactly as AutoForge's UI reads it.
+
+    No ``seq``: it is no event of the history (never held, never journalled) and
+    goes only to subscribers that sent ``browser_view_subscribe``. The UI keys
+    its pictures by ``sessionName`` and puts one on the agent card of the same
+    ``agentIndex`` (that agent's ``agent_update.agentIndex``).
+    """
+
+    type: Literal["browser_screenshot"]
+    sessionName: str
+    agentIndex: int
+    agentType: AgentType
+    featureId: int
+    featureName: str
+    imageData: str
+    """Base64 PNG, no ``data:`` prefix."""
+    timestamp: str
+
+
 ConnectionMessage = (
-    HelloMessage | ResumedMessage | ResyncMessage | PongMessage | WarningMessage | ErrorMessage
+    HelloMessage
+    | ResumedMessage
+    | ResyncMessage
+    | PongMessage
+    | WarningMessage
+    | ErrorMessage
+    | BrowserScreenshotMessage
 )
 """A message to one connection that is no part of the project's history."""
 
@@ -201,7 +227,14 @@ class ControlMessage(TypedDict):
     """One of ``protocol.CONTROL_ACTIONS``."""
 
 
-SubscriberRequest = PingMessage | ControlMessage
+class BrowserViewRequest(TypedDict):
+    """Start (subscribe) or stop (unsubscribe) the ``browser_screenshot`` messages;
+    leaving counts as unsubscribe."""
+
+    type: Literal["browser_view_subscribe", "browser_view_unsubscribe"]
+
+
+SubscriberRequest = PingMessage | ControlMessage | BrowserViewRequest
 """What a subscriber may send that the server acts on (anything else is ignored)."""
 
 
@@ -240,7 +273,27 @@ class ProducerProgress(TypedDict):
     needs_human_input: int
 
 
-ProducerMessage = ProducerHello | LinesMessage | StatusMessage | ProducerProgress
+class ScreenshotMessage(TypedDict):
+    """A picture of one agent's browser (``playwright-cli`` session ``sessionName``).
+
+    Not a pseq item, on purpose: a pseq item is kept by the producer until it is
+    acked and sent again after a reconnect, but a screenshot is ephemeral, the
+    latest wins, and a stale one sent again is worse than the next one 2 s later.
+    So it carries no pseq, is never acked, and one lost in a drop is simply gone.
+    """
+
+    type: Literal["screenshot"]
+    sessionName: str
+    featureId: int | None
+    """The primary feature of the agent whose browser it is, if the producer knows it."""
+    imageData: str
+    """Base64 PNG, no ``data:`` prefix; at most ``protocol.MAX_SCREENSHOT_BYTES``."""
+    timestamp: str
+
+
+ProducerMessage = (
+    ProducerHello | LinesMessage | StatusMessage | ProducerProgress | ScreenshotMessage
+)
 """What a producer sends."""
 
 
@@ -258,7 +311,24 @@ class AckMessage(TypedDict):
     pseq: int
 
 
-ProducerReply = WelcomeMessage | AckMessage | ControlMessage | WarningMessage | ErrorMessage
+class ScreenshotsMessage(TypedDict):
+    """Whether any subscriber of the project wants screenshots: sent right after
+    ``welcome`` when one does (a connection starts not watching), and whenever that
+    count goes 0 to 1 or 1 to 0. A producer takes screenshots only while ``watching``
+    is true (each costs a browser a capture)."""
+
+    type: Literal["screenshots"]
+    watching: bool
+
+
+ProducerReply = (
+    WelcomeMessage
+    | AckMessage
+    | ControlMessage
+    | WarningMessage
+    | ErrorMessage
+    | ScreenshotsMessage
+)
 """What the server sends a producer."""
 
 

@@ -6,11 +6,14 @@ because they go straight to JSON, typed by the TypedDicts of ``messages``;
 ``encode`` is the one place that turns a message into wire text, compact, so
 each event is encoded exactly once; ``decode_client_message`` reads a client's
 frame into a JSON object, or refuses it with a typed ``BadClientMessage``, and
-``decode_producer_hello`` a producer's first frame, or refuses it with ``ExpectedHello``.
+``decode_producer_hello`` a producer's first frame, or refuses it with ``ExpectedHello``,
+and ``screenshot_of`` a producer's ``screenshot``, or refuses it with ``BadClientMessage``.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -29,6 +32,7 @@ from trio_ws.core.messages import (
     DevServerStatusEvent,
     LogEvent,
     ProducerHello,
+    ScreenshotMessage,
     WarningMessage,
 )
 from trio_ws.core.messages import Stream as Stream  # re-exported: other layers name it here
@@ -218,3 +222,60 @@ def decode_producer_hello(frame: str | bytes) -> ProducerHello:
     if stream == "agent" or stream == "dev":
         return {"type": "hello", "producer": producer, "stream": stream}
     raise ExpectedHello
+
+
+MAX_SCREENSHOT_BYTES: Final = 4 * 1024 * 1024
+"""Most base64 characters of one screenshot's ``imageData``: its own cap, outside the
+log's line limits (a 1920x1080 PNG of a busy page is about 1-2 MiB of base64)."""
+SESSION_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+"""A ``playwright-cli`` session name (``coding-5``, ``testing-0``), matched whole."""
+PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
+MAX_TIMESTAMP_LENGTH: Final = 64
+
+
+def screenshot_of(payload: JsonObject) -> ScreenshotMessage:
+    """The ``screenshot`` a producer's decoded message holds (PROTOCOL.md 4.1), or
+    ``BadClientMessage`` (a ``warning``, the connection stays): a session name of
+    1-100 of ``[A-Za-z0-9_.-]``, a ``featureId`` int >= 0 or null, an ISO
+    ``timestamp``, and ``imageData`` a base64 PNG of at most `MAX_SCREENSHOT_BYTES`
+    characters (checked whole: it goes into every watcher's page as a data URL)."""
+    session, feature_id = payload.get("sessionName"), payload.get("featureId")
+    image, timestamp = payload.get("imageData"), payload.get("timestamp")
+    if not isinstance(session, str) or SESSION_NAME_RE.fullmatch(session) is None:
+        raise BadClientMessage("screenshot needs a 'sessionName' of 1-100 of [A-Za-z0-9_.-]")
+    if feature_id is not None and (
+        not isinstance(feature_id, int) or isinstance(feature_id, bool) or feature_id < 0
+    ):
+        raise BadClientMessage("screenshot 'featureId' must be an integer >= 0 or null")
+    if not isinstance(timestamp, str) or not _is_iso(timestamp):
+        raise BadClientMessage("screenshot needs an ISO 8601 'timestamp'")
+    if not isinstance(image, str) or not image:
+        raise BadClientMessage("screenshot needs 'imageData', a base64 PNG")
+    if len(image) > MAX_SCREENSHOT_BYTES:
+        raise BadClientMessage(
+            f"screenshot of {len(image)} base64 characters is over the limit of "
+            f"{MAX_SCREENSHOT_BYTES} (session {session!r}); dropped"
+        )
+    try:
+        png = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadClientMessage("screenshot 'imageData' is not base64") from None
+    if not png.startswith(PNG_SIGNATURE):
+        raise BadClientMessage("screenshot 'imageData' is not a PNG")
+    return {
+        "type": "screenshot",
+        "sessionName": session,
+        "featureId": feature_id,
+        "imageData": image,
+        "timestamp": timestamp,
+    }
+
+
+def _is_iso(text: str) -> bool:
+    if len(text) > MAX_TIMESTAMP_LENGTH:
+        return False
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        return False
+    return True

@@ -332,6 +332,17 @@ class AgentTracker:
         agent = self._owner_any(feature_id)
         return None if agent is None else agent.index
 
+    def agent_of(
+        self, feature_id: int, agent_type: AgentType | None = None
+    ) -> AgentUpdateEvent | None:
+        """The current card of the agent whose features include ``feature_id``: the
+        newest of ``agent_type``, or `owner_of`'s when no type is given."""
+        if agent_type is None:
+            agent = self._owner_any(feature_id)
+        else:
+            agent = self._owner(agent_type, feature_id)
+        return None if agent is None else agent.message(self._now())
+
     def reset(self) -> None:
         """Forget every agent (run stopped or crashed); indices keep counting up."""
         self._agents.clear()

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from trio_ws import __version__
+from trio_ws.clients.browser_view import INTERVAL as SCREENSHOT_INTERVAL
 from trio_ws.clients.outbox import LINE_CAP
 from trio_ws.clients.producer import publish_url
 from trio_ws.clients.publish_stdin import publish_stream
@@ -577,6 +578,19 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
     type=click.FloatRange(min=0, max=3600),
     help="Seconds between SIGTERM and SIGKILL when stopping CMD.",
 )
+@click.option(
+    "--screenshots",
+    is_flag=True,
+    help="While a dashboard watches the browsers, capture each agent's browser every 2 s "
+    "with playwright-cli (as AutoForge 0.1.22 does) and send the pictures.",
+)
+@click.option(
+    "--screenshot-interval",
+    default=SCREENSHOT_INTERVAL,
+    type=click.FloatRange(min=0.01, max=3600),
+    hidden=True,
+    help="Seconds between two rounds of screenshots (tests shorten it).",
+)
 @registry_options
 def run(
     name: str,
@@ -590,6 +604,8 @@ def run(
     no_progress: bool,
     lifeline: int | None,
     kill_after: float,
+    screenshots: bool,
+    screenshot_interval: float,
     home_dir: Path,
     registry_file: Path,
     **_: Any,
@@ -621,6 +637,8 @@ def run(
         flush_within=flush_within,
         lifeline=lifeline,
         progress=not no_progress,
+        screenshots=screenshots,
+        screenshot_interval=screenshot_interval,
     )
     outcome = trio.run(run_command, options)
     _finish(outcome, urls)

@@ -52,6 +52,7 @@ SCRIPT_MODULES: Final = (
     "connection.js",
     "status.js",
     "agents.js",
+    "shots.js",
     "board.js",
     "chart.js",
     "log.js",

@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("trio_ws.net.publish")
 
-MAX_PRODUCER_MESSAGE: Final = 16 * 1024 * 1024
+MAX_PRODUCER_MESSAGE: Final = max(16 * 1024 * 1024, protocol.MAX_SCREENSHOT_BYTES + 64 * 1024)
+"""The inbound frame limit of a producer: room for a ``screenshot`` at its own cap
+(`protocol.MAX_SCREENSHOT_BYTES`) and its other fields; a lines message keeps its
+own limits (`MAX_LINES_PER_MESSAGE`, and each line cut at ``LINE_CAP``)."""
 MAX_FEATURES: Final = 10_000
 """Most rows a producer's ``features`` message may carry."""
 MAX_LINES_PER_MESSAGE: Final = 10_000
@@ -88,6 +91,10 @@ class PublishSession:
     async def run(self) -> None:
         self._queue({"type": "welcome", "acked": self.committed})
         self._acked_sent = self.committed
+        if self.slot.stream == "agent" and self.hub.screenshots.watching:
+            # Only when true: every connection starts not watching, so a false here
+            # would say nothing new, and older producers read the first messages in order.
+            self.send_screenshots(True)
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
@@ -99,6 +106,10 @@ class PublishSession:
     def send_control(self, action: str) -> bool:
         """Queue a control message; False when the producer is not taking messages."""
         return self._queue({"type": "control", "action": action})
+
+    def send_screenshots(self, watching: bool) -> bool:
+        """Tell the producer whether to take screenshots; False when it takes no messages."""
+        return self._queue({"type": "screenshots", "watching": watching})
 
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code`` (1001 at shutdown), bounded by the close timeout."""
@@ -180,6 +191,8 @@ class PublishSession:
             return self._apply_progress(payload)
         if kind == "features":
             return self._apply_features(payload)
+        if kind == "screenshot":
+            return self._apply_screenshot(payload)
         return None  # unknown types are ignored, as on the subscribe side
 
     def _apply_features(self, payload: dict[str, Any]) -> str | None:
@@ -264,6 +277,23 @@ class PublishSession:
                 needs_human_input=payload["needs_human_input"],
             )
         )
+        return None
+
+    def _apply_screenshot(self, payload: dict[str, Any]) -> str | None:
+        """A ``screenshot`` (no pseq: nothing to skip or ack) to its watchers, or what
+        is wrong with it; the agent stream's only, as the agents' browsers are."""
+        if self.slot.stream != "agent":
+            return "screenshots come from the agent stream only; dropped"
+        try:
+            shot = protocol.screenshot_of(payload)
+        except BadClientMessage as bad:
+            return str(bad)
+        if not self.hub.publish_screenshot(shot):
+            log.debug(
+                "project %s: screenshot of %s names no active agent; dropped",
+                self.slot.project,
+                shot["sessionName"],
+            )
         return None
 
     def _queue(self, message: ProducerReply) -> bool:

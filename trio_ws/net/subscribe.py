@@ -235,6 +235,10 @@ class SubscriberSession:
             self._reply({"type": "pong"})
         elif kind == "control":
             self._handle_control(payload.get("action"))
+        elif kind == "browser_view_subscribe":
+            self.project.watch_screenshots(self.subscriber, True)
+        elif kind == "browser_view_unsubscribe":
+            self.project.watch_screenshots(self.subscriber, False)
 
     def _handle_control(self, action: object) -> None:
         if not isinstance(action, str) or action not in protocol.CONTROL_ACTIONS:

@@ -124,6 +124,7 @@ class HubFanOut(HubState):
     def unsubscribe(self, subscriber: Subscriber) -> None:
         """Forget a subscriber; idempotent. Nothing is offered to it or woken any more."""
         self._subscribers.discard(subscriber)
+        self.screenshots.unwatch(subscriber)  # leaving counts as unsubscribe
         subscriber.leave()
 
     async def drain(self, subscriber: Subscriber, send: Send, direct: Direct | None) -> bool:

@@ -21,6 +21,8 @@ The hub is made of parts, one job each, over the fields of `hub_state.HubState`:
   reaches back, standing warnings.
 - `history.History` and `snapshot.Snapshot`: what is held for resume and
   what a late joiner is sent.
+- `screenshots.Screenshots`: the latest browser screenshot per session, for
+  the subscribers that asked; no event, never held or journalled.
 
 """
 
@@ -32,13 +34,15 @@ from collections.abc import Iterable, Sequence
 import trio
 
 from trio_ws.core import protocol
-from trio_ws.core.messages import Event
+from trio_ws.core.messages import Event, ScreenshotMessage
 from trio_ws.core.protocol import JsonObject, Stream
 from trio_ws.data.progress import Progress
 from trio_ws.state.commit import HubCommit
 from trio_ws.state.fanout import HubFanOut
 from trio_ws.state.follow import HubFollow
 from trio_ws.state.history import Outgoing
+from trio_ws.state.screenshots import browser_screenshot
+from trio_ws.state.subscriber import Subscriber
 
 
 class ProjectHub(HubCommit, HubFollow, HubFanOut):
@@ -87,6 +91,26 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         rows = None if state is None else state.get("features")
         return rows if isinstance(rows, list) else None
 
+    def publish_screenshot(self, shot: ScreenshotMessage) -> bool:
+        """Keep a producer's screenshot as its session's latest and hand it to the
+        subscribers that want screenshots; False (dropped) when no active agent has
+        its feature. Not an event: no seq, no commit, no history."""
+        message = browser_screenshot(shot, self.agent.agents)
+        if message is None:
+            return False
+        self.screenshots.put(message, self._failed)
+        return True
+
+    def watch_screenshots(self, subscriber: Subscriber, watch: bool) -> bool:
+        """``subscriber`` asks for screenshots (handed the latest of each session at
+        once) or no more; True when the project's number of watchers went 0 to 1 or
+        1 to 0 (the agent producer is to be told)."""
+        if subscriber not in self._subscribers:
+            return False
+        if watch:
+            return self.screenshots.watch(subscriber, self._failed)
+        return self.screenshots.unwatch(subscriber)
+
     def agent_status_changed(self) -> trio.Event:
         """Set when the next ``agent_status`` event is published (a control request
         waits on it to answer with the status after its action)."""
@@ -108,6 +132,7 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
             item = Outgoing.of(message, seq)
             self.seq = seq  # taken only now: an event that fails to encode leaves no hole
             self._pending.append((message, item))
+            self.screenshots.after(message)  # a stop or a completion drops screenshots
         if messages:
             self._wake.set()  # the writer commits them; only then are they fanned out
 

@@ -31,6 +31,7 @@ from trio_ws.journal.interface import (
 )
 from trio_ws.runtime.streak import FailureStreak
 from trio_ws.state.history import History, Outgoing
+from trio_ws.state.screenshots import Screenshots
 from trio_ws.state.snapshot import Snapshot
 from trio_ws.state.subscriber import Subscriber
 
@@ -132,6 +133,8 @@ class HubState:
         """Standing warnings by key, each with its serial (which orders them)."""
         self._warning_serial = 0
         self._agent_status_changed = trio.Event()
+        self.screenshots = Screenshots()
+        """The latest browser screenshot per session and who watches them: no event."""
 
     # -- calls across parts: each is defined by the part named -----------------
 

@@ -81,6 +81,10 @@ class ProducerSession(Protocol):
         """Queue a control message; False when the producer is not taking messages."""
         ...
 
+    def send_screenshots(self, watching: bool) -> bool:
+        """Queue ``{"type":"screenshots","watching":..}``; False when not taking messages."""
+        ...
+
     async def close(self, code: int, reason: str) -> None: ...
 
 
@@ -476,11 +480,27 @@ class Project(metaclass=NoPublicConstructor):
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
-        """Leave the fan-out; cancels the poll loop with the last subscriber."""
+        """Leave the fan-out (and the screenshots' watchers); cancels the poll loop with
+        the last subscriber."""
+        watching = self.hub.screenshots.watching
         self.hub.unsubscribe(subscriber)
+        if watching and not self.hub.screenshots.watching:
+            self._tell_watching()
         if self.hub.subscriber_count == 0 and self._poll_scope is not None:
             self._poll_scope.cancel()
             self._poll_scope = None
+
+    def watch_screenshots(self, subscriber: Subscriber, watch: bool) -> None:
+        """``browser_view_subscribe`` (``watch``) or ``browser_view_unsubscribe``; the
+        agent producer is told when the project's watchers go 0 to 1 or 1 to 0."""
+        if self.hub.watch_screenshots(subscriber, watch):
+            self._tell_watching()
+
+    def _tell_watching(self) -> None:
+        """Tell the agent producer whether anyone watches screenshots now."""
+        session = self.slots["agent"].session
+        if session is not None and not session.send_screenshots(self.hub.screenshots.watching):
+            log.warning("project %s: the producer missed a screenshots change", self.name)
 
     async def prime(self) -> None:
         """Read the progress once if nothing is known yet, so that the first

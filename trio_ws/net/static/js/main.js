@@ -14,6 +14,7 @@ import { canControl, dropTokenFromUrl, explainToken } from "./token.js";
 import { startList } from "./list.js";
 import { live, setRenderer, touch } from "./state.js";
 import { renderCards, tickCards } from "./agents.js";
+import { renderShots } from "./shots.js";
 import { agentsOnFeaturesChanged, loadFeatures, renderBoard } from "./board.js";
 import { chartWidthChanged, renderChart } from "./chart.js";
 import { rebuildLog, renderDevLog, renderFilter, renderHint, renderLog } from "./log.js";
@@ -26,6 +27,7 @@ function render(parts) {
   if (parts.has("status")) renderStatus();
   if (parts.has("progress")) renderProgress();
   if (parts.has("agents")) renderCards();
+  if (parts.has("agents") || parts.has("shots")) renderShots();
   if (parts.has("board") || (parts.has("agents") && agentsOnFeaturesChanged())) renderBoard();
   if (parts.has("chart")) renderChart();
   if (parts.has("filter")) renderFilter();

@@ -6,10 +6,13 @@ import { clearServerBanners, showBanner } from "./banners.js";
 import { clearCards, onAgentUpdate } from "./agents.js";
 import { clearChart, loadHistory } from "./chart.js";
 import { clearLogs, onDevLog, onLog } from "./log.js";
+import { clearShots, onBrowserScreenshot, subscribeShots } from "./shots.js";
 import { connection, emptyView, live, touch } from "./state.js";
 import { onAgentStatus, onDevStatus, onOrchestrator, onProgress, setConnection } from "./status.js";
 
-const CONNECTION_TYPES = new Set(["hello", "resumed", "resync", "pong", "warning", "error"]);
+const CONNECTION_TYPES = new Set([
+  "hello", "resumed", "resync", "pong", "warning", "error", "browser_screenshot",
+]);
 
 const handlers = new Map([
   ["hello", onHello],
@@ -18,7 +21,8 @@ const handlers = new Map([
   ["error", (message) => { connection.lastError = String(message.content); }],
   ["warning", onWarning],
   ["progress", onProgress],
-  ["agent_status", onAgentStatus],
+  ["agent_status", onRunStatus],
+  ["browser_screenshot", onBrowserScreenshot],
   ["log", onLog],
   ["agent_update", onAgentUpdate],
   ["orchestrator_update", onOrchestrator],
@@ -51,6 +55,7 @@ export function reset() {
   clearChart();
   clearLogs();
   clearServerBanners();
+  clearShots();
   for (const part of ["status", "progress", "orchestrator", "dev", "agents", "log", "filter", "chart"]) {
     touch(part);
   }
@@ -72,7 +77,13 @@ function onHello(message) {
   $("epoch").textContent = `epoch ${connection.epoch}`;
   document.body.dataset.epoch = connection.epoch;
   setConnection("live", "");
+  subscribeShots();
   if (!resuming) loadHistory();
+}
+
+function onRunStatus(message) {
+  onAgentStatus(message);
+  if (message.status === "stopped" || message.status === "crashed") clearShots();
 }
 
 function onResync(message) {
