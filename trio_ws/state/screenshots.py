@@ -33,11 +33,11 @@ def browser_screenshot(
     shot: ScreenshotMessage, agents: AgentTracker
 ) -> BrowserScreenshotMessage | None:
     """What subscribers are sent of a producer's screenshot: named after the agent whose
-        features include its ``featureId`` (of the type its session's name says, as the
-    orchestrator names them: ``coding-<feature>``, ``testing-<n>``),
-        so ``agentIndex`` is that agent's card. None when no active agent has it: its agent
-        is gone (a capture that raced its completion must not bring back the picture the
-        completion dropped) or was never seen, and the UI could put it on no card."""
+    features include its ``featureId`` (of the type its session's name says, as the
+    orchestrator names them: ``coding-<feature>``, ``testing-<n>``), so ``agentIndex``
+    is that agent's card. None when no active agent has it: its agent is gone (a
+    capture that raced its completion must not bring back the picture the completion
+    dropped) or was never seen, and the UI could put it on no card."""
     feature_id = shot["featureId"]
     if feature_id is None:
         return None
