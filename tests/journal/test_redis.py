@@ -277,3 +277,22 @@ async def test_check_names_an_unreachable_broker() -> None:
         async with redis_client(url) as client:
             with pytest.raises(JournalError, match="cannot reach the broker at"):
                 await RedisBackend(client).check()
+
+
+async def test_remove_refuses_while_any_node_holds_the_project(
+    client: coredis.Redis[str],
+) -> None:
+    """Each node's hold is its own: one node closing the project leaves the other's
+    standing, so `projects remove` cannot delete a history another node still writes."""
+    await client.flushall()
+    backend = RedisBackend(client)
+    first, second = backend.journal("demo"), backend.journal("demo")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await first.open()
+        await second.open()
+        await first.append(events(1, 2))
+        await first.close()
+        with pytest.raises(JournalError, match="open on a running trio-ws server"):
+            await backend.remove("demo")
+        await second.close()
+        assert await backend.remove("demo")

@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -283,9 +284,32 @@ def _keys(project: str) -> tuple[str, str, str, str]:
     return f"{tag}:meta", f"{tag}:events", f"{tag}:live", f"{tag}:producers"
 
 
-def _holder_key(project: str) -> str:
-    """Set (with a TTL) while some node has ``project`` open: `RedisBackend.remove` waits."""
-    return f"{KEY_PREFIX}:{{{project}}}:holder"
+def _holders_key(project: str) -> str:
+    """The nodes that have ``project`` open, each with when its claim expires (a sorted
+    set: one member per node, so one node closing leaves the others' claims standing):
+    `RedisBackend.remove` refuses while any stands."""
+    return f"{KEY_PREFIX}:{{{project}}}:holders"
+
+
+_HOLD: Final = """
+-- KEYS[1] holders; ARGV[1] this node's member, ARGV[2] ttl in ms. Redis's own clock,
+-- so the nodes' clocks need not agree.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+
+_HOLDER: Final = """
+-- KEYS[1] holders: one node whose claim still stands, or false.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local found = redis.call('ZRANGE', KEYS[1], 0, 0)
+return found[1] or false
+"""
 
 
 _UNREACHABLE: Final = (RedisError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError)
@@ -318,6 +342,9 @@ class RedisJournal:
         self._history_bytes = history_bytes
         self._open_script = client.register_script(_OPEN)
         self._append_script = client.register_script(_APPEND)
+        self._hold_script = client.register_script(_HOLD)
+        self._holder = f"{socket.gethostname()} pid {os.getpid()} #{secrets.token_hex(4)}"
+        """This node's member among the project's holders (unique per open journal)."""
         self._epoch: str | None = None
         self._head = 0
         self._oldest = 1
@@ -398,7 +425,7 @@ class RedisJournal:
         # Best effort by design: a hold that cannot be dropped now (Redis is away at
         # shutdown) expires by itself within HOLD_TTL, which is what it is for.
         with contextlib.suppress(*_UNREACHABLE):
-            await self._client.delete([_holder_key(self._project)])
+            await self._client.zrem(_holders_key(self._project), [self._holder])
 
     def stats(self) -> JournalStats:
         return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
@@ -406,10 +433,10 @@ class RedisJournal:
     async def hold(self) -> None:
         """Say (for `HOLD_TTL`) that this node has the project open; JournalError when
         Redis cannot be written."""
-        key = _holder_key(self._project)
-        holder = f"{socket.gethostname()} pid {os.getpid()}"
         try:
-            await self._client.set(key, holder, px=int(HOLD_TTL * 1000))
+            await self._hold_script(
+                keys=[_holders_key(self._project)], args=[self._holder, int(HOLD_TTL * 1000)]
+            )
         except _UNREACHABLE as error:
             raise JournalError(f"{self._where}: cannot write: {error}") from None
 
@@ -579,8 +606,10 @@ class RedisBackend:
         (for up to `HOLD_TTL` after it closed it)."""
         meta, events, _, producers = _keys(check_project(project))
         try:
-            holder = await self._client.get(_holder_key(project))
-            if holder is not None:
+            holder: object = await self._client.register_script(_HOLDER)(
+                keys=[_holders_key(project)]
+            )
+            if holder:
                 raise JournalError(
                     f"project {project!r} is open on a running trio-ws server ({holder}); "
                     "stop it (or let it close the project) first"
