@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import random
 import shutil
@@ -19,11 +20,13 @@ import trio
 from trio_ws.journal.interface import Batch, JournalError, JournalWriteError
 from trio_ws.journal.sqlite import (
     CHUNK_EVENTS,
+    LOCK_SUFFIX,
     SCHEMA_VERSION,
     SqliteBackend,
     SqliteJournal,
     Synchronous,
     journal_path,
+    lock_journal,
 )
 
 TESTS = Path(__file__).parent.parent
@@ -447,3 +450,31 @@ async def test_a_big_commit_is_stored_in_bounded_chunks_and_trims_exactly(
     assert int(oldest) == head - 299
     assert rows[0][0] <= int(oldest) <= rows[0][1] and rows[-1][1] == head
     assert max(last - first + 1 for first, last in rows) <= CHUNK_EVENTS
+
+
+def test_a_lock_file_unlinked_while_it_is_taken_is_taken_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`projects remove` unlinks the lock file: a server that had opened the old file
+    would lock a file no path names, and the next process would lock a new one too."""
+    path = journal_path(tmp_path, "demo")
+    path.parent.mkdir(parents=True)
+    lock_file = Path(f"{path}{LOCK_SUFFIX}")
+    real_flock = fcntl.flock
+    unlinked: list[bool] = []
+
+    def flock_after_a_remove(fd: int, operation: int) -> None:
+        if not unlinked:
+            unlinked.append(True)
+            lock_file.unlink()  # what remove_files does between our open and our flock
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_a_remove)  # the module the journal uses
+    lock = lock_journal(path, "demo")
+    try:
+        assert unlinked
+        assert os.fstat(lock).st_ino == lock_file.stat().st_ino
+        with pytest.raises(JournalError, match="open in another trio-ws process"):
+            os.close(lock_journal(path, "demo"))
+    finally:
+        os.close(lock)

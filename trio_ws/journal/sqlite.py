@@ -76,6 +76,8 @@ JOURNAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 JOURNAL_DIR: Final = "journal"
 SUFFIXES: Final = ("", "-wal", "-shm")
 """The database file and the two files SQLite keeps beside it in WAL mode."""
+LOCK_ATTEMPTS: Final = 5
+"""Times a lock is taken again when its file was replaced under it (see `lock_journal`)."""
 LOCK_SUFFIX: Final = ".lock"
 """Beside the database: the open journal holds an exclusive ``flock`` on it, so a second
 process (another server, ``projects remove``) is refused instead of writing under it.
@@ -694,7 +696,31 @@ class SqliteBackend:
 def lock_journal(path: Path, project: str) -> int:
     """Take the journal's lock (its descriptor; closing it releases the lock), with this
     process's id in the file for whoever is refused; JournalError when a process
-    holds it. OSError when the lock file cannot be made."""
+    holds it. OSError when the lock file cannot be made.
+
+    A lock taken on a file that `remove_files` unlinked meanwhile would lock nothing
+    (the next process makes a new file and locks that too), so the lock counts only
+    while the path still names the locked file; otherwise it is taken again."""
+    for _attempt in range(LOCK_ATTEMPTS):
+        lock = _lock_file(path, project)
+        try:
+            if os.fstat(lock).st_ino == os.stat(f"{path}{LOCK_SUFFIX}").st_ino:
+                break
+        except FileNotFoundError:
+            pass  # unlinked after we opened it: take the new one
+        except BaseException:
+            os.close(lock)
+            raise
+        os.close(lock)
+    else:
+        raise JournalError(f"project {project!r}: its journal's lock file {path} keeps changing")
+    os.ftruncate(lock, 0)
+    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+    return lock
+
+
+def _lock_file(path: Path, project: str) -> int:
+    """Open the lock file and take its flock (not yet checked against the path)."""
     lock = os.open(f"{path}{LOCK_SUFFIX}", os.O_CREAT | os.O_RDWR, 0o600)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -708,8 +734,6 @@ def lock_journal(path: Path, project: str) -> int:
     except BaseException:
         os.close(lock)
         raise
-    os.ftruncate(lock, 0)
-    os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
     return lock
 
 
