@@ -129,7 +129,7 @@ async def test_a_bad_upgrade_is_refused_before_the_websocket(
         (client_frame(OP_CLOSE, b"\x03"), 1002),
         *[
             (client_frame(OP_CLOSE, struct.pack("!H", bad)), 1002)
-            for bad in (0, 999, 1004, 1005, 1006, 1016, 2999, 5000)
+            for bad in (0, 999, 1004, 1005, 1006, 1016, 2999, 5000, 65535)
         ],
     ],
     ids=[
@@ -143,7 +143,7 @@ async def test_a_bad_upgrade_is_refused_before_the_websocket(
         "new-message-mid-fragment",
         "close-reason-invalid-utf8",
         "close-payload-of-one-byte",
-        *(f"close-code-{bad}" for bad in (0, 999, 1004, 1005, 1006, 1016, 2999, 5000)),
+        *(f"close-code-{bad}" for bad in (0, 999, 1004, 1005, 1006, 1016, 2999, 5000, 65535)),
     ],
 )
 async def test_a_protocol_error_is_closed_with_its_code(
