@@ -10,11 +10,11 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import trio
-from serving import receive
+from serving import receive, receive_until
 from trio_websocket import connect_websocket_url
 
 from trio_ws.faces.demo import DemoLinks, DemoOptions, run_demo
@@ -26,12 +26,14 @@ DEMO_TIMEOUT = 90
 
 
 @asynccontextmanager
-async def demo(*extra: str) -> AsyncIterator[tuple[trio.Process, int, str, Path]]:
+async def demo(
+    *extra: str, stderr: int | IO[bytes] = subprocess.DEVNULL
+) -> AsyncIterator[tuple[trio.Process, int, str, Path]]:
     """Start the demo; yield the process, its port, its token and its home."""
     process = await trio.lowlevel.open_process(
         [TRIO_WS, "demo", "--port", "0", "--seed", "2", *extra],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
     )
     try:
         assert process.stdout is not None
@@ -98,6 +100,28 @@ async def test_demo_runs_a_whole_realistic_run_to_100_percent(nursery: trio.Nurs
     }
     seqs = [e["seq"] for e in events]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_ctrl_c_stops_the_demo_without_its_childrens_signal_notices(
+    tmp_path: Path,
+) -> None:
+    """The demo stops its children with SIGTERM on Ctrl-C; they say nothing of the
+    signal it sent them ("signal 15: stopping the command" came twice, glued)."""
+    with (tmp_path / "stderr").open("w+b") as stderr:
+        with trio.fail_after(DEMO_TIMEOUT):
+            async with (
+                demo(stderr=stderr) as (process, port, token, _),
+                trio.open_nursery() as nursery,
+            ):
+                url = f"ws://127.0.0.1:{port}/ws/projects/demo?token={token}"
+                ws = await connect_websocket_url(nursery, url)
+                await receive_until(ws, lambda m: m.get("status") == "running")  # children run
+                process.send_signal(signal.SIGINT)
+                assert await process.wait() == 0
+                nursery.cancel_scope.cancel()
+        stderr.seek(0)
+        said = stderr.read().decode()
+    assert "stopping the command" not in said and "signal 15" not in said, said
 
 
 async def test_demo_stops_by_itself_after_its_duration_and_keeps_a_given_home(

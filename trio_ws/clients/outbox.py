@@ -75,7 +75,10 @@ def refused_line(pseq: int, what: str) -> str:
 
 
 def stderr_report(text: str) -> None:
-    print(f"trio-ws: {text}", file=sys.stderr, flush=True)
+    """One line on stderr in one write: processes sharing a terminal (the demo's
+    children) must not glue their lines together, as print's two writes can."""
+    sys.stderr.write(f"trio-ws: {text}\n")
+    sys.stderr.flush()
 
 
 class LineSplitter:

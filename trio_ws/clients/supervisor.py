@@ -371,7 +371,8 @@ class Supervisor:
         if self.stop_requested:
             self._on_signal_again(signum)
             return
-        self.report(f"signal {signum}: stopping the command")
+        if not self.options.quiet:  # quiet: whoever sent it (the demo) says so itself
+            self.report(f"signal {signum}: stopping the command")
         self.request_stop()
 
     def _on_signal_again(self, signum: int) -> None:

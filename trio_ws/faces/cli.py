@@ -558,7 +558,11 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Run CMD here [default: the project's registered directory].",
 )
-@click.option("--quiet", is_flag=True, help="Do not print CMD's output here too.")
+@click.option(
+    "--quiet",
+    is_flag=True,
+    help="Do not print CMD's output here too, nor the notice of a stop signal.",
+)
 @click.option(
     "--no-progress",
     is_flag=True,
