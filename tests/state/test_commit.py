@@ -93,3 +93,46 @@ async def test_committed_pseqs_keep_the_newest_producers_of_each_stream(tmp_path
     await hub.close()
     again = await open_on_sqlite(tmp_path)
     assert again.committed_pseqs == hub.committed_pseqs
+
+
+async def record_a_run_and_start_another(hub: ProjectHub) -> None:
+    hub.set_status("running")
+    hub.feed_lines(["first run"])
+    hub.set_status("stopped")
+    hub.set_status("running")
+    hub.feed_lines(["second run"])
+    assert await hub.commit()
+
+
+async def test_a_reopened_hub_keeps_the_runs_and_continues_the_open_one(tmp_path: Path) -> None:
+    hub = await open_on_sqlite(tmp_path)
+    await record_a_run_and_start_another(hub)
+    await hub.close()
+    again = await open_on_sqlite(tmp_path)
+    again.feed_lines(["more of the second run"])
+    again.set_status("stopped")
+    assert await again.commit()
+    runs = [
+        (run.id, run.first_seq, run.last_seq, run.ended, run.log_lines)
+        for run in again.runs.newest_first()
+    ]
+    assert runs == [
+        (f"{hub.epoch}-4", 4, 7, "stopped", 2),
+        (f"{hub.epoch}-1", 1, 3, "stopped", 1),
+    ]
+
+
+async def test_a_hub_never_closed_keeps_its_committed_runs(tmp_path: Path) -> None:
+    """No `close` of the hub: its journal is released unclean, as `kill -9` leaves
+    it, and what was staged is lost."""
+    hub = await open_on_sqlite(tmp_path)
+    await record_a_run_and_start_another(hub)
+    hub.feed_lines(["staged, never committed"])
+    assert hub.journal is not None
+    await hub.journal.close(clean=False)
+    again = await open_on_sqlite(tmp_path)
+    assert again.epoch == hub.epoch
+    open_run = again.runs.open
+    assert open_run is not None
+    assert (open_run.first_seq, open_run.last_seq, open_run.log_lines) == (4, 5, 1)
+    assert [run.ended for run in again.runs.closed] == ["stopped"]

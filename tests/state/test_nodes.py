@@ -486,6 +486,28 @@ async def test_a_node_without_the_directory_answers_the_rest_api_as_its_socket_d
     assert unknown == (404, {"detail": "Project 'nobody' not found in registry"})
 
 
+async def test_a_node_following_another_records_the_same_runs(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """Node B applies node A's commits (its watcher keeps it following) and records
+    the runs from them: the same ids and figures on both nodes."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        on_b = await watching(nursery, b.port)
+        producer = await produce(nursery, a.port)
+        await producer.status(1, "running")
+        await producer.lines(2, ["work"])
+        await producer.status(3, "stopped")
+        await producer.status(4, "running")
+        await on_b.until(lambda m: m.get("status") == "running" and m["seq"] > 3)
+        runs_a = await http_json(a.port, "GET", "/api/projects/demo/runs")
+        runs_b = await http_json(b.port, "GET", "/api/projects/demo/runs")
+    assert runs_a[0] == runs_b[0] == 200
+    assert [run["ended"] for run in runs_b[1]["runs"]] == [None, "stopped"]
+    assert runs_b[1]["runs"] == runs_a[1]["runs"]
+
+
 # -- Redis loses its data, goes away, comes back --------------------------------------
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import trio
+from serving import http_json
 from test_cli_run import TRANSCRIPT, child, transcript_lines
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
@@ -164,6 +165,7 @@ async def test_kill_9_mid_run_then_restart_resumes_every_watcher_exactly_once(
             snapshot = Watcher()
             second_life.start_soon(snapshot.watch, port)
             await snapshot.until(lambda m: m["type"] == "dev_server_status")
+            runs = await http_json(port, "GET", "/api/projects/demo/runs")
             server.kill()
         await server.wait()
         dev.kill()
@@ -190,6 +192,16 @@ async def test_kill_9_mid_run_then_restart_resumes_every_watcher_exactly_once(
     assert names  # the transcript has agents
     dev_status = [m for m in snapshot.lives[0] if m["type"] == "dev_server_status"]
     assert dev_status[0]["url"] == "http://localhost:5173/"
+    # The run went on across the kill: one run, from its running to its stop.
+    statuses = [m for m in fresh.events if m["type"] == "agent_status"]
+    assert runs[0] == 200 and len(runs[1]["runs"]) == 1
+    recorded = runs[1]["runs"][0]
+    assert (recorded["first_seq"], recorded["last_seq"]) == (
+        statuses[0]["seq"],
+        statuses[-1]["seq"],
+    )
+    assert (recorded["ended"], recorded["exit_code"]) == ("stopped", 0)
+    assert recorded["log_lines"] == len(expected)
 
 
 async def test_sigterm_commits_and_records_a_clean_stop(

@@ -53,7 +53,7 @@ async def get_json(
             else:
                 stream = await trio.open_tcp_stream(host, port)
             async with stream:
-                status, body = await _exchange(stream, parts.path, headers)
+                status, body = await _exchange(stream, _target(parts.path, parts.query), headers)
     except trio.TooSlowError:
         raise WatchError(f"GET {url}: no answer in {within:g} s") from None
     except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
@@ -62,6 +62,11 @@ async def get_json(
         return status, json.loads(body)
     except ValueError:
         raise WatchError(f"GET {url}: HTTP {status} answer is not JSON: {body[:80]!r}") from None
+
+
+def _target(path: str, query: str) -> str:
+    """The request target: the path and, when there is one, its query."""
+    return f"{path}?{query}" if query else path
 
 
 async def _exchange(

@@ -226,11 +226,16 @@ async def _remove_journal(config: ServerConfig, name: str) -> bool:
         return await journals.remove(name)
 
 
-def _print_table(found: list[Project]) -> None:
+def _table_console() -> Console:
     console = Console(file=sys.stdout, highlight=False)
     if not console.is_terminal:
-        # Piped: never wrap a path across lines, whatever width the pipe reports.
+        # Piped: never wrap a row across lines, whatever width the pipe reports.
         console = Console(file=sys.stdout, highlight=False, width=10_000)
+    return console
+
+
+def _print_table(found: list[Project]) -> None:
+    console = _table_console()
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("name", "path", "exists", "created"):
         table.add_column(column, no_wrap=True)
@@ -700,28 +705,34 @@ def _finish(outcome: Outcome, urls: tuple[str, ...]) -> None:
 # -- trio-ws watch ---------------------------------------------------------------
 
 
+def reader_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--server``, ``--token`` and ``--home``: where a reading client (`watch`,
+    `runs`) finds the server and its token."""
+    command = click.option(
+        "--home",
+        type=click.Path(file_okay=False, path_type=Path),
+        envvar=HOME_ENV,
+        show_envvar=True,
+        help="trio-ws home holding the token file [default: ~/.trio-ws]",
+    )(command)
+    command = click.option(
+        "--token",
+        envvar=TOKEN_ENV,
+        show_envvar=True,
+        help="Server token [default: <home>/token if present; loopback servers need none].",
+    )(command)
+    return click.option(
+        "--server",
+        default=defaults.SERVER_URL,
+        show_default=True,
+        metavar="URL",
+        help="The trio-ws server (http, https, ws or wss).",
+    )(command)
+
+
 @main.command("watch")
 @click.argument("name")
-@click.option(
-    "--server",
-    default=defaults.SERVER_URL,
-    show_default=True,
-    metavar="URL",
-    help="The trio-ws server (http, https, ws or wss).",
-)
-@click.option(
-    "--token",
-    envvar=TOKEN_ENV,
-    show_envvar=True,
-    help="Server token [default: <home>/token if present; loopback servers need none].",
-)
-@click.option(
-    "--home",
-    type=click.Path(file_okay=False, path_type=Path),
-    envvar=HOME_ENV,
-    show_envvar=True,
-    help="trio-ws home holding the token file [default: ~/.trio-ws]",
-)
+@reader_options
 @click.option("--once", is_flag=True, help="Print the current state once and exit.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print every received message as one JSON line."
@@ -805,6 +816,49 @@ def watch_command(
         raise Refusal(str(exc)) from None
     except KeyboardInterrupt:
         pass  # Ctrl-C before the signal handler was installed: still a clean exit
+
+
+# -- trio-ws runs ----------------------------------------------------------------
+
+
+@main.command("runs")
+@click.argument("name")
+@reader_options
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON instead of a table.")
+@click.option(
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(1, 500),
+    help="Newest runs to show.",
+)
+def runs_command(
+    name: str, server: str, token: str | None, home: Path | None, as_json: bool, limit: int
+) -> None:
+    """List project NAME's runs, newest first: when, how long, how it ended, progress."""
+    from trio_ws.clients import runs_list, watch_session
+
+    try:
+        target = watch_session.WatchTarget.from_server(
+            server, name, _watch_token(resolve_home(home), token)
+        )
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+    try:
+        found = trio.run(runs_list.read_runs, target, limit)
+    except watch_session.WatchError as exc:
+        raise Refusal(str(exc)) from None
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    elif not found:
+        click.echo(f"no runs recorded for {name}")
+    else:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in runs_list.COLUMNS:
+            table.add_column(column, no_wrap=True)
+        for run in found:
+            table.add_row(*runs_list.row(run))
+        _table_console().print(table)
 
 
 def _watch_token(home_dir: Path, token: str | None) -> str | None:

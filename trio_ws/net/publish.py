@@ -33,6 +33,7 @@ from trio_ws.net.connection import ConnectionClosed, WebSocket
 from trio_ws.net.refusals import refuse
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project
+from trio_ws.state.runs import EXIT_LINE
 
 if TYPE_CHECKING:
     from trio_ws.state.manager import ConnectionManager
@@ -51,7 +52,6 @@ OUTBOX_SIZE: Final = 64
 PRODUCER_PING_TIMEOUT: Final = defaults.PRODUCER_PING_TIMEOUT
 """A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
 HELLO_TIMEOUT: Final = 10.0
-EXIT_LINE: Final = "[trio-ws] process exited with code"
 
 
 class PublishSession:

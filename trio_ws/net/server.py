@@ -50,7 +50,7 @@ from trio_ws.core.security import (
 from trio_ws.data.registry import Project, Registry, RegistryError
 from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.redis import RedisBackend
-from trio_ws.net import api, control, dashboard
+from trio_ws.net import api, control, dashboard, runs_api
 from trio_ws.net.access import (
     TOKEN_COOKIE,
     carries_token,
@@ -98,7 +98,7 @@ JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 _PROJECT_API_PATH = re.compile(
-    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|agent/[a-z-]+)"
+    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|runs(?:/[^/]*)?|agent/[a-z-]+)"
 )
 
 
@@ -285,8 +285,9 @@ async def _api_projects(server: Server, stream: trio.SocketStream, head: Request
 async def _project_api(
     server: Server, stream: trio.SocketStream, head: RequestHead, raw_name: str, view: str
 ) -> None:
-    """``/api/projects/{name}/...``: the features board, the progress chart's data and
-    AutoForge's agent API (PROTOCOL.md 1). Errors are ``{"detail": ...}``, as AutoForge's."""
+    """``/api/projects/{name}/...``: the features board, the progress chart's data, the
+    runs and AutoForge's agent API (PROTOCOL.md 1). Errors are ``{"detail": ...}``, as
+    AutoForge's."""
     connection = head.connection
     action = control.REST_ACTIONS.get(view.removeprefix("agent/"))
     if view.startswith("agent/") and action is None and view != "agent/status":
@@ -354,6 +355,11 @@ async def _project_api(
             status, body = 200, await control.act(live, action)
         elif view == "agent/status":
             status, body = 200, control.agent_status(live.hub)
+        elif view == "runs":
+            status, body = runs_api.run_listing(name, live.hub.runs, head.query)
+        elif view.startswith("runs/"):
+            run_id = _unquote(view.removeprefix("runs/")) or ""
+            status, body = runs_api.run_detail(live.hub.runs, run_id)
         else:
             status, body = 200, control.progress_history(live.hub)
     await send_json(stream, connection, status, body)

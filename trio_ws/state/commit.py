@@ -27,6 +27,7 @@ from trio_ws.journal.interface import (
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.state.history import Outgoing
 from trio_ws.state.hub_state import HubState
+from trio_ws.state.runs import RunRecorder
 from trio_ws.state.snapshot import Snapshot, progress_of
 
 log = logging.getLogger("trio_ws.state.hub")
@@ -50,6 +51,7 @@ class HubCommit(HubState):
         self.journal = journal
         self.epoch = state.epoch
         self.seq = self.head = state.head
+        self.runs = RunRecorder(state.epoch)
         self._committed_pseqs = RecentPseqs()
         self._committed_pseqs.update(state.pseqs)
         if state.state is not None:
@@ -82,11 +84,13 @@ class HubCommit(HubState):
         """Each part the journal holds: a shared journal may hold one stream's trackers
         and not yet the other's (only that stream ran), and an unreadable part is
         logged and starts afresh without costing the others."""
-        for key in ("agent", "dev", "snapshot"):
+        for key in ("agent", "dev", "snapshot", "runs"):
             if key not in state:
                 continue
             try:
-                if key == "agent":
+                if key == "runs":
+                    self.runs = RunRecorder.from_state(state[key], self.epoch)
+                elif key == "agent":
                     self.agent = AgentPipeline.from_state(state[key], self._clock, self._secrets)
                 elif key == "dev":
                     self.dev = DevPipeline.from_state(state[key], self._clock, self._secrets)
@@ -175,15 +179,17 @@ class HubCommit(HubState):
         events = self._pending[:taken]
         pseqs = dict(self._pending_pseqs)
         snapshot = self._snapshot_state.copy()
+        runs = self.runs.copy() if events else self.runs
         for message, item in events:
             snapshot.remember(message, item)
+            runs.feed(message)
         # A shared journal gets only the tracker state of the streams that ran here:
         # the other stream's producer may be on another node, and its state is its own.
         # Taken now: a line fed while the append is in flight dirties its stream again,
         # so the next commit carries the state that follows it.
         taken_dirty, self._dirty = self._dirty, set()
         dirty = taken_dirty if self.shared is not None else {"agent", "dev"}
-        state: JsonObject = {"snapshot": snapshot.to_state()}
+        state: JsonObject = {"snapshot": snapshot.to_state(), "runs": runs.to_state()}
         if "agent" in dirty:
             state["agent"] = self.agent.to_state()
         if "dev" in dirty:
@@ -216,6 +222,7 @@ class HubCommit(HubState):
                 del self._pending_pseqs[key]
         self._committed_pseqs.update(pseqs)
         self._snapshot_state = snapshot
+        self.runs = runs
         seconds = time.perf_counter() - started
         if events:
             self._fan_out([item for _, item in events])

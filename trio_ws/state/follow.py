@@ -18,6 +18,7 @@ from trio_ws.journal.interface import JournalConflictError, JournalError, Recent
 from trio_ws.state.commit import JOURNAL_READ_CHUNK
 from trio_ws.state.history import History, Outgoing
 from trio_ws.state.hub_state import MAX_BACKLOG, HubState
+from trio_ws.state.runs import RunRecorder
 from trio_ws.state.snapshot import Snapshot, progress_of
 
 log = logging.getLogger("trio_ws.state.hub")
@@ -95,6 +96,7 @@ class HubFollow(HubState):
             head = seq
             message, item = Outgoing.event(text)
             self._snapshot_state.remember(message, item)
+            self.runs.feed(message)
             stream = STREAM_OF.get(item.type)
             if stream is not None:
                 self.remote_seen[stream] = trio.current_time()
@@ -147,6 +149,7 @@ class HubFollow(HubState):
         self._logs = History(MAX_BACKLOG, self.history.max_bytes)
         self._dev_logs = History(MAX_BACKLOG, self.history.max_bytes)
         self._snapshot_state = Snapshot()
+        self.runs = RunRecorder(state.epoch)
         self.progress = None
         stored = state.state or {}
         if not whole and "snapshot" in stored:
@@ -154,6 +157,11 @@ class HubFollow(HubState):
                 self._snapshot_state = Snapshot.from_state(stored["snapshot"])
             except (KeyError, TypeError, ValueError) as exc:
                 log.error("project %s: stored snapshot unreadable (%s)", self.name, exc)
+        if not whole and "runs" in stored:
+            try:
+                self.runs = RunRecorder.from_state(stored["runs"], state.epoch)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("project %s: stored runs unreadable (%s)", self.name, exc)
         if self._snapshot_state.progress is not None:
             self.progress = progress_of(self._snapshot_state.progress)
         if not whole:

@@ -31,6 +31,7 @@ from trio_ws.journal.interface import (
 )
 from trio_ws.runtime.streak import FailureStreak
 from trio_ws.state.history import History, Outgoing
+from trio_ws.state.runs import RunRecorder
 from trio_ws.state.screenshots import Screenshots
 from trio_ws.state.snapshot import Snapshot
 from trio_ws.state.subscriber import Subscriber
@@ -125,6 +126,9 @@ class HubState:
         self._subscribers: set[Subscriber] = set()
         self._ids = itertools.count(1)
         self._snapshot_state = Snapshot()
+        self.runs = RunRecorder(self.epoch)
+        """The open run and the newest closed ones, recorded from committed events and
+        journalled with each commit (as the snapshot is)."""
         # The snapshot's log tails, under the same byte bound: else 1,000 long lines
         # would be held here whatever the history's bound.
         self._logs = History(MAX_BACKLOG, history_bytes)

@@ -33,6 +33,7 @@ from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
 from trio_ws.state.ledger import ProducerLedger, producer_key
+from trio_ws.state.runs import LOST_LINE
 from trio_ws.state.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.state.project")
@@ -58,7 +59,6 @@ data (a flush) is noticed within this long even when nothing is appended."""
 LIVE_WARNING: Final = "journal:live"
 """The standing warning's key while a node cannot follow the other nodes' events."""
 DEFAULT_GRACE: Final = defaults.PRODUCER_GRACE
-LOST_LINE: Final = "[trio-ws] producer lost"
 FINAL_STATUSES: Final = frozenset({"stopped", "crashed"})
 ALLOWED_FROM: Final[dict[str, frozenset[str]]] = {
     "stop": frozenset({"running", "paused", "pausing", "paused_graceful"}),
