@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, closing, suppress
@@ -93,7 +94,9 @@ class ServerProcess:
             self.stop()
             log = self.log_path.read_text()
             raise AssertionError(f"trio-ws serve did not start: {line!r}; its log:\n{log}")
-        return int(line.rsplit(":", 1)[1].strip().rstrip("/"))
+        url = urllib.parse.urlsplit(line.split(" serving ", 1)[1].strip())
+        assert url.port is not None, line
+        return url.port
 
     @property
     def base(self) -> str:

@@ -419,3 +419,33 @@ def test_remove_with_a_broker_deletes_the_keys_once_no_node_holds_them(
     assert result.exit_code == 0, result.output
     assert "removed its journal in redis://" in result.stdout
     assert redis("EXISTS", "tws:{alpha}:meta", "tws:{alpha}:events") == "0"
+
+
+# -- the token and the dashboard link ----------------------------------------------
+
+
+def test_token_prints_the_homes_token(tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("s3cret-of-this-home\n")
+    result = run("token", "--home", tmp_path)
+    assert (result.exit_code, result.stdout) == (0, "s3cret-of-this-home\n")
+
+
+def test_token_without_one_says_where_it_comes_from(tmp_path: Path) -> None:
+    assert_refused(run("token", "--home", tmp_path), 1, "makes one at its first start")
+
+
+def test_open_opens_the_projects_dashboard_with_the_token(tmp_path: Path) -> None:
+    """The browser is $BROWSER (what Python's webbrowser runs): here a script that
+    writes down what it was asked to open."""
+    (tmp_path / "token").write_text("s3cret/with+signs\n")
+    opened = tmp_path / "opened"
+    browser = tmp_path / "browser"
+    browser.write_text(
+        f"#!{sys.executable}\nimport sys\nopen({str(opened)!r}, 'w').write(sys.argv[1])\n"
+    )
+    browser.chmod(0o755)
+    env = {"BROWSER": f"{browser} %s", "DISPLAY": None}
+    result = run("open", "demo", "--server", "http://127.0.0.1:9999", "--home", tmp_path, env=env)
+    link = "http://127.0.0.1:9999/projects/demo?token=s3cret%2Fwith%2Bsigns"
+    assert (result.exit_code, result.stdout) == (0, link + "\n"), result.output
+    assert opened.read_text() == link

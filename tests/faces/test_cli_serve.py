@@ -105,15 +105,18 @@ async def test_require_token_prints_url_with_token(served_home: Path) -> None:
             assert await process.wait() == 0
 
 
-async def test_token_file_is_created_private(served_home: Path) -> None:
+async def test_token_file_is_created_private_and_the_link_carries_it(served_home: Path) -> None:
+    """Loopback readers need no token, but the dashboard's buttons do: the printed
+    link carries it (the dashboard keeps it in its cookie), as Jupyter's does."""
     with trio.fail_after(NETWORK_TIMEOUT):
         async with serving(served_home) as (process, _, url):
-            assert "token" not in url  # loopback without --require-token: no token needed
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
     token_file = served_home / "token"
     assert token_file.stat().st_mode & 0o777 == 0o600
-    assert len(token_file.read_text().strip()) >= 32
+    token = token_file.read_text().strip()
+    assert len(token) >= 32
+    assert url.endswith(f"/?token={token}")
 
 
 def run_serve(*args: str) -> subprocess.CompletedProcess[str]:
@@ -131,8 +134,43 @@ def test_port_in_use_is_one_line_and_exit_1(served_home: Path) -> None:
         result = run_serve("--home", str(served_home), "--port", str(port))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"trio-ws: error: cannot listen on 127.0.0.1:{port}: address already in use"
+        f"trio-ws: error: cannot listen on 127.0.0.1:{port}: address already in use; another "
+        "server has it (Jupyter's is 8888 too): try --port 0"
     ]
+
+
+async def test_without_port_a_taken_default_moves_to_the_next_free_one(
+    served_home: Path, tmp_path: Path
+) -> None:
+    """The default 8888 is Jupyter's too: when --port is not given, the next free port
+    is taken and said."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 8888))
+    taken.listen()
+    process = await trio.lowlevel.open_process(
+        [TRIO_WS, "serve", "--home", str(served_home)],
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "stderr").open("wb"),
+    )
+    try:
+        assert process.stdout is not None
+        printed = b""
+        with trio.fail_after(NETWORK_TIMEOUT):
+            while b"\n" not in printed:
+                chunk = await process.stdout.receive_some(4096)
+                assert chunk, "serve exited before printing its URL"
+                printed += chunk
+        process.send_signal(signal.SIGTERM)
+        assert await process.wait() == 0
+    finally:
+        taken.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    match = URL_LINE.search(printed.decode())
+    assert match is not None and int(match.group(2)) > 8888, printed
+    said = (tmp_path / "stderr").read_text()
+    assert "trio-ws: port 8888 is in use; trying 8889" in said
 
 
 def test_missing_named_registry_is_refused(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ refusal, whether click's own usage error or a registry error, leaves as one
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -16,11 +17,14 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Final
+from urllib.parse import quote
 
 import click
 import trio
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -434,19 +438,54 @@ def serve(
         raise UsageRefusal(str(exc)) from None
 
     def announce(server: Server) -> None:
-        url = server.url
-        if config.subscribers_need_token:
-            url += f"?token={secret}"
-        click.echo(f"trio-ws {__version__} serving {url}")
+        # The link carries the token, as Jupyter's does: the dashboard keeps it in its
+        # cookie, and its buttons need it. This is stdout, not the log.
+        click.echo(f"trio-ws {__version__} serving {server.url}?token={secret}")
         click.echo(f"projects from {registry_file}", err=True)
 
     tune_gc_for_serving()
+    port_given = click.get_current_context().get_parameter_source("port") is not (
+        ParameterSource.DEFAULT
+    )
+    candidates = [port] if port_given or port == 0 else list(range(port, port + PORT_TRIES))
+    for attempt in candidates:
+        in_use = _serve_on(replace(config, port=attempt), announce)
+        if in_use is None:
+            return
+        if attempt != candidates[-1]:
+            click.echo(f"trio-ws: port {attempt} is in use; trying {attempt + 1}", err=True)
+            continue
+        hint = "" if port == 0 else "; another server has it (Jupyter's is 8888 too): try --port 0"
+        raise Refusal(f"cannot listen on {host}:{attempt}: {in_use}{hint}")
+
+
+PORT_TRIES: Final = 10
+"""Ports `serve` tries from the default one up when ``--port`` was not given."""
+
+
+def _serve_on(config: ServerConfig, announce: Callable[[Server], None]) -> str | None:
+    """Serve until signalled; what the OS said when the port is taken (None once served).
+    Any other failure to listen, or a journal that cannot be opened, is a `Refusal`."""
+    in_use: str | None = None
     try:
         trio.run(serve_until_signalled, config, announce)
     except* JournalError as group:
         raise Refusal(str(_first(group))) from None
     except* OSError as group:
-        raise Refusal(f"cannot listen on {host}:{port}: {_os_reasons(group)}") from None
+        if not _all_in_use(group):
+            raise Refusal(
+                f"cannot listen on {config.host}:{config.port}: {_os_reasons(group)}"
+            ) from None
+        in_use = _os_reasons(group)
+    return in_use
+
+
+def _all_in_use(group: BaseExceptionGroup[OSError]) -> bool:
+    """Is every error of the (nested) group "address already in use"?"""
+    return all(
+        _all_in_use(exc) if isinstance(exc, BaseExceptionGroup) else exc.errno == errno.EADDRINUSE
+        for exc in group.exceptions
+    )
 
 
 BROKER_SCHEMES: Final = ("redis://", "rediss://", "unix://")
@@ -728,6 +767,43 @@ def reader_options(command: Callable[..., Any]) -> Callable[..., Any]:
         metavar="URL",
         help="The trio-ws server (http, https, ws or wss).",
     )(command)
+
+
+@main.command("token")
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=HOME_ENV,
+    show_envvar=True,
+    help="trio-ws home holding the token file [default: ~/.trio-ws]",
+)
+def token_command(home: Path | None) -> None:
+    """Print the server token of this home (what producers, control and remote
+    dashboards need); the file is made by the first `serve`."""
+    home_dir = resolve_home(home)
+    secret = _watch_token(home_dir, None)
+    if secret is None:
+        raise Refusal(f"no token in {home_dir}: `trio-ws serve` makes one at its first start")
+    click.echo(secret)
+
+
+@main.command("open")
+@click.argument("name", required=False)
+@reader_options
+def open_command(name: str | None, server: str, token: str | None, home: Path | None) -> None:
+    """Open the dashboard (of project NAME, or the projects page) in a browser, with the
+    token, so its buttons work; prints the link too."""
+    import webbrowser
+
+    if name is not None and not is_valid_project_name(name):
+        raise UsageRefusal(f"invalid project name {name!r}")
+    secret = _watch_token(resolve_home(home), token)
+    base = server.rstrip("/").replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    link = f"{base}/projects/{name}" if name is not None else f"{base}/"
+    if secret:
+        link += f"?token={quote(secret, safe='')}"
+    click.echo(link)
+    webbrowser.open(link)
 
 
 @main.command("watch")
