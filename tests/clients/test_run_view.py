@@ -251,6 +251,12 @@ def test_snapshot_messages_keep_old_seqs_and_are_applied() -> None:
     assert view.agent_status == "running"
 
 
+def test_an_event_of_a_type_it_does_not_show_still_moves_the_seq() -> None:
+    alert = {"type": "alert", "seq": 6, "state": "raised", "kind": "auth"}
+    view = view_of(hello(4), log(5), alert, log(7))  # no SequenceGap at 7
+    assert view.seq == 7 and [entry.seq for entry in view.logs] == [5, 7]
+
+
 def test_gap_raises_without_applying() -> None:
     view = view_of(hello(4), log(5))
     with pytest.raises(SequenceGap) as gap:

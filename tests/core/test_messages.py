@@ -70,6 +70,7 @@ def test_every_event_type_has_its_own_tag() -> None:
         "orchestrator_update",
         "dev_log",
         "dev_server_status",
+        "alert",
     }
 
 

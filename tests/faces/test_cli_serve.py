@@ -18,6 +18,7 @@ from serving import NETWORK_TIMEOUT, receive
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 from trio_ws.data.registry import Registry
+from trio_ws.faces.cli import DURATION
 
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 URL_LINE = re.compile(r"serving (http://127\.0\.0\.1:(\d+)/\S*)")
@@ -241,6 +242,59 @@ async def test_producer_grace_option_marks_a_vanished_producer_crashed(
                 pass
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("10m", 600), ("1h", 3600), ("1.5h", 5400), ("45", 45)]
+)
+def test_alert_durations_read_seconds_minutes_and_hours(text: str, seconds: float) -> None:
+    assert DURATION.convert(text, None, None) == seconds
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--alert-silent", "10x"), ("--alert-stalled", "0m"), ("--alerts", "y")]
+)
+def test_a_bad_alert_option_is_a_usage_error_naming_it(
+    tmp_path: Path, option: str, value: str
+) -> None:
+    result = run_serve("--home", str(tmp_path), "--port", "0", option, value)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert option in line
+
+
+async def test_alerts_are_on_by_default_and_a_lost_producer_raises_one(
+    nursery: trio.Nursery, served_home: Path
+) -> None:
+    token = "alert-test-token"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with serving(served_home, "--producer-grace", "0.2", "--token", token) as (
+            process,
+            port,
+            _,
+        ):
+            watcher = await connect_websocket_url(
+                nursery, f"ws://127.0.0.1:{port}/ws/projects/demo"
+            )
+            producer = await connect_websocket_url(
+                nursery,
+                f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
+                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+            )
+            await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
+            await producer.send_message('{"type":"status","pseq":1,"status":"running"}')
+            while (await receive(watcher)).get("status") != "running":
+                pass
+            await producer.aclose()
+            while (alert := await receive(watcher))["type"] != "alert":
+                pass
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert (alert["kind"], alert["severity"], alert["state"]) == (
+        "producer_lost",
+        "error",
+        "raised",
+    )
 
 
 async def test_allow_host_option_serves_that_host_and_refuses_others(served_home: Path) -> None:

@@ -53,3 +53,20 @@ def test_the_stored_state_reads_back_the_same_snapshot() -> None:
 def test_a_stored_state_missing_a_part_is_refused() -> None:
     with pytest.raises(KeyError):
         Snapshot.from_state({"agent_status": None})
+
+
+def test_standing_alerts_are_kept_until_resolved_and_survive_the_journal() -> None:
+    snapshot = Snapshot()
+    remember(snapshot, 1, type="alert", id="needs_input:run:1", state="raised")
+    remember(snapshot, 2, type="alert", id="auth:run:2", state="raised")
+    remember(snapshot, 3, type="alert", id="needs_input:run:1", state="resolved")
+    assert list(snapshot.alerts) == ["auth:run:2"]
+    again = Snapshot.from_state(snapshot.to_state())
+    assert [item.text for item in again.alerts.values()] == [snapshot.alerts["auth:run:2"].text]
+    assert snapshot.copy().alerts == snapshot.alerts
+
+
+def test_a_journalled_snapshot_from_before_alerts_reads_as_none_standing() -> None:
+    state = Snapshot().to_state()
+    del state["alerts"]
+    assert Snapshot.from_state(state).alerts == {}

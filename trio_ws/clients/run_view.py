@@ -180,8 +180,13 @@ class RunView:
         try:
             if kind in _CONNECTION_HANDLERS:
                 _CONNECTION_HANDLERS[kind](self, message)
-            elif kind in _EVENT_HANDLERS and self._admit(message.get("seq")):
-                _EVENT_HANDLERS[kind](self, message)
+            elif kind in _EVENT_HANDLERS:
+                if self._admit(message.get("seq")):
+                    _EVENT_HANDLERS[kind](self, message)
+            elif self.seq is not None and message.get("seq") == self.seq + 1:
+                # The next event, of a type this view does not show (an ``alert``): its
+                # seq still counts, or the event after it would look like a gap.
+                self._admit(self.seq + 1)
         except (KeyError, TypeError) as exc:
             raise ValueError(f"malformed {kind} message: {exc!r} in {message!r}") from None
 

@@ -113,6 +113,37 @@ class DevServerStatusEvent(TypedDict):
     seq: NotRequired[int]
 
 
+AlertSeverity = Literal["info", "warning", "error"]
+"""How bad an alert is: a finished run is news, a crash is trouble."""
+
+AlertState = Literal["raised", "resolved"]
+"""An alert's edge: each ``id`` is raised once and resolved at most once."""
+
+
+class AlertEvent(TypedDict):
+    """Something about a run a human should know (``core/alerts.py`` raises them).
+
+    An event like any other (numbered, journalled, held), so a dashboard that missed
+    one is caught up with it; the standing ones are part of a late joiner's snapshot.
+    Clients that know no ``alert`` (the AutoForge UI) ignore its type."""
+
+    type: Literal["alert"]
+    id: str
+    """Stable: the same for its ``raised`` and its ``resolved``."""
+    kind: str
+    """One of ``alerts.KINDS``."""
+    severity: AlertSeverity
+    state: AlertState
+    project: str
+    agent: str | None
+    """The agent's ``agentName`` when the alert is about one agent."""
+    feature: int | None
+    """The agent's primary ``featureId`` when the alert is about one agent."""
+    message: str
+    timestamp: str
+    seq: NotRequired[int]
+
+
 Event = (
     ProgressEvent
     | AgentStatusEvent
@@ -121,6 +152,7 @@ Event = (
     | OrchestratorUpdateEvent
     | DevLogEvent
     | DevServerStatusEvent
+    | AlertEvent
 )
 """A message that belongs to a project's history: it carries ``seq`` once published."""
 

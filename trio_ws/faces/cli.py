@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from trio_ws.clients.producer import publish_url
 from trio_ws.clients.publish_stdin import publish_stream
 from trio_ws.clients.supervisor import ECHO_BUFFER, Outcome, RunOptions, run_command
 from trio_ws.core import defaults
+from trio_ws.core.alerts import SILENT_AFTER, STALLED_AFTER, AlertSettings
 from trio_ws.core.protocol import is_valid_project_name
 from trio_ws.core.security import TOKEN_ENV, TokenError, load_token
 from trio_ws.data.registry import (
@@ -110,6 +112,35 @@ class _Cli(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         with _refusals():
             return super().invoke(ctx)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h)")
+_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600}
+
+
+class Duration(click.ParamType[float]):
+    """``90s``, ``10m``, ``1h`` (or plain seconds), as positive seconds; anything else
+    is a usage error naming the option."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, (int, float)):
+            seconds = float(value)
+        else:
+            text = str(value).strip().lower()
+            match = _DURATION.fullmatch(text if text[-1:].isalpha() else f"{text}s")
+            if match is None:
+                self.fail(f"{value!r} is not a duration like 90s, 10m or 1h", param, ctx)
+            seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
+        if seconds <= 0:
+            self.fail(f"{value!r} is not a positive duration", param, ctx)
+        return seconds
+
+
+DURATION: Final = Duration()
 
 
 def broker_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -329,6 +360,28 @@ def _print_table(found: list[Project]) -> None:
     "HTTP 503) until one is closed idle.",
 )
 @click.option(
+    "--alerts",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="Raise alerts (run finished or crashed, input needed, silent agent, stalled "
+    "run, authentication, producer lost) as alert events to every watcher.",
+)
+@click.option(
+    "--alert-silent",
+    type=DURATION,
+    default=f"{SILENT_AFTER / 60:g}m",
+    show_default=True,
+    help="An active agent without a log line for this long is silent (90s, 10m, 1h).",
+)
+@click.option(
+    "--alert-stalled",
+    type=DURATION,
+    default=f"{STALLED_AFTER / 60:g}m",
+    show_default=True,
+    help="A running run without a progress change for this long is stalled.",
+)
+@click.option(
     "--allow-origin",
     "allow_origins",
     multiple=True,
@@ -385,6 +438,9 @@ def serve(
     producer_grace: float,
     idle_close: float,
     max_projects: int,
+    alerts: str,
+    alert_silent: float,
+    alert_stalled: float,
     allow_origins: tuple[str, ...],
     trust_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
@@ -433,6 +489,7 @@ def serve(
             trust_origins=frozenset(trust_origins),
             allow_hosts=frozenset(allow_hosts),
             require_token=require_token,
+            alerts=AlertSettings(alert_silent, alert_stalled) if alerts == "on" else None,
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from None

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Final
 
 from trio_ws.core import defaults
+from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.security import is_loopback_host, origin_shape_problem
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
 from trio_ws.journal.interface import JournalBackend
@@ -66,6 +67,9 @@ class ServerConfig:
     """Seconds a project may go unused before it is closed (None: never)."""
     max_projects: int = defaults.MAX_PROJECTS
     """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
+    alerts: AlertSettings | None = None
+    """The alert rules' thresholds, the same for every project (None: no alerts;
+    ``serve`` turns them on unless ``--alerts off``)."""
 
     def __post_init__(self) -> None:
         if self.trust_origins and not self.on_loopback:

@@ -167,6 +167,7 @@ async def _serve(
             on_commit=metrics.observe_commit,
             idle_close=config.idle_close,
             max_projects=config.max_projects,
+            alerts=config.alerts,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(
                 PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)

@@ -226,6 +226,7 @@ class HubCommit(HubState):
         seconds = time.perf_counter() - started
         if events:
             self._fan_out([item for _, item in events])
+            self._alert_on([message for message, _ in events])  # staged: the next commit
         if self.on_commit is not None:
             self.on_commit(self.name, seconds)
         self._committed.set()
@@ -281,8 +282,9 @@ class HubCommit(HubState):
             async with self._commit_lock:
                 if self.closed:  # another close got the lock first
                     return
-                if self._pending or self._pending_pseqs:
-                    await self._commit_following()
+                for _ in range(2):  # the second commits the alerts the first one raised
+                    if self._pending or self._pending_pseqs:
+                        await self._commit_following()
                 self.closed = True
                 self._closing.set()
                 self._wake.set()

@@ -299,6 +299,7 @@ class HubFanOut(HubState):
         else:
             items.extend(state.orchestrator)
             items.extend(state.agents[index] for index in sorted(state.agents))
+        items.extend(state.alerts.values())  # the standing alerts, oldest first
         if backlog:
             items.extend(self._logs.tail(backlog))
             items.extend(self._dev_logs.tail(backlog))

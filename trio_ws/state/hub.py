@@ -23,17 +23,22 @@ The hub is made of parts, one job each, over the fields of `hub_state.HubState`:
   what a late joiner is sent.
 - `screenshots.Screenshots`: the latest browser screenshot per session, for
   the subscribers that asked; no event, never held or journalled.
+- `core.alerts.AlertRules` (when alerts are on): fed every event this node
+  commits; the alerts it raises are published like any event, so they are
+  committed before anyone sees them and stand in the snapshot.
 
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Sequence
 
 import trio
 
 from trio_ws.core import protocol
+from trio_ws.core.alerts import AlertRules, AlertSettings
 from trio_ws.core.messages import Event, ScreenshotMessage
 from trio_ws.core.protocol import JsonObject, Stream
 from trio_ws.data.progress import Progress
@@ -110,6 +115,39 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         if watch:
             return self.screenshots.watch(subscriber, self._failed)
         return self.screenshots.unwatch(subscriber)
+
+    def start_alerts(self, settings: AlertSettings) -> None:
+        """Turn the alert rules on, after the journal is open: they take back the standing
+        alerts it kept (none raised twice) and learn the run from its snapshot, timing
+        its agents and its progress from now (a restart forgets how long they were quiet)."""
+        rules = AlertRules(self.name, settings, self._clock)
+        state = self._snapshot_state
+        rules.restore(json.loads(item.text) for item in state.alerts.values())
+        known = [state.agent_status, state.progress, *state.agents.values()]
+        rules.seed(
+            (json.loads(item.text) for item in known if item is not None), trio.current_time()
+        )
+        self.alerts = rules
+
+    def alert_tick(self) -> float:
+        """Publish the time-based alerts due now; when (trio clock) the next can be due."""
+        if self.alerts is None or self.closed:
+            return math.inf
+        due = self.alerts.due(trio.current_time())
+        self._publish(due.alerts)
+        return due.next_at
+
+    def _alert_on(self, messages: list[Event]) -> None:
+        rules = self.alerts
+        if rules is None:
+            return
+        now = trio.current_time()
+        edges: list[Event] = []
+        for message in messages:
+            edges += rules.feed(message, now)
+        self._publish(edges)
+        self.alerts_fed.set()
+        self.alerts_fed = trio.Event()
 
     def agent_status_changed(self) -> trio.Event:
         """Set when the next ``agent_status`` event is published (a control request

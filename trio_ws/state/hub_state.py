@@ -18,6 +18,7 @@ from typing import Final
 import trio
 
 from trio_ws.core import defaults
+from trio_ws.core.alerts import AlertRules
 from trio_ws.core.messages import Event
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
 from trio_ws.core.protocol import Clock, JsonObject, Stream, wall_clock
@@ -139,6 +140,10 @@ class HubState:
         self._agent_status_changed = trio.Event()
         self.screenshots = Screenshots()
         """The latest browser screenshot per session and who watches them: no event."""
+        self.alerts: AlertRules | None = None
+        """The alert rules, fed every event this node commits (None: alerts are off)."""
+        self.alerts_fed = trio.Event()
+        """Set (and replaced) whenever the rules were fed: their next deadline may move."""
 
     # -- calls across parts: each is defined by the part named -----------------
 
@@ -152,6 +157,10 @@ class HubState:
 
     def _write_failed(self, exc: JournalError) -> None:
         """`HubCommit`: acks stop, said once per streak."""
+        raise NotImplementedError
+
+    def _alert_on(self, messages: list[Event]) -> None:
+        """`ProjectHub`: feed committed events to the alert rules, publish their edges."""
         raise NotImplementedError
 
     async def _follow_stored(self) -> None:

@@ -20,6 +20,7 @@ from typing import Final, Protocol
 import trio
 
 from trio_ws.core import defaults
+from trio_ws.core.alerts import AlertSettings
 from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.runtime.supervise import contained
@@ -75,12 +76,14 @@ class ConnectionManager:
         lease: PollLease | None = None,
         idle_close: float | None = defaults.IDLE_CLOSE,
         max_projects: int = defaults.MAX_PROJECTS,
+        alerts: AlertSettings | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
         ``lease``, with several nodes, makes one node at a time poll a project;
         ``idle_close`` (seconds, None: never) closes a project nobody used for that
         long, except on the memory journal, whose history would be lost with it;
-        ``max_projects`` bounds how many are open at once."""
+        ``max_projects`` bounds how many are open at once; ``alerts`` are the alert
+        rules' thresholds (None: no alerts)."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -98,6 +101,7 @@ class ConnectionManager:
             queue_size=queue_size,
             extra_secrets=tuple(extra_secrets),
             on_commit=on_commit,
+            alerts=alerts,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes

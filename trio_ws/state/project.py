@@ -2,8 +2,9 @@
 
 A project owns its `ProjectHub`, its producer slots (one per stream), its
 progress poll loop (started with the first subscriber, cancelled with the
-last), the routing of control actions to its agent producer, and the grace
-timers that mark a vanished producer's stream ``crashed``. The sessions that
+last), the routing of control actions to its agent producer, the grace
+timers that mark a vanished producer's stream ``crashed``, and (alerts on)
+the task that wakes the alert rules at their next deadline. The sessions that
 feed and watch it live in the net layer and talk to it; it knows them only
 as the small `ProducerSession` it needs, never their sockets or frames.
 """
@@ -21,6 +22,7 @@ from typing import Final, Protocol
 import trio
 
 from trio_ws.core import defaults
+from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.protocol import Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
 from trio_ws.journal.interface import Journal, JournalError
@@ -139,6 +141,8 @@ class Services:
     """Redacted from every line (the server token)."""
     on_commit: Callable[[str, float], None] | None = None
     """Told each commit's latency, for the metrics."""
+    alerts: AlertSettings | None = None
+    """The alert rules' thresholds; None: no alerts."""
     limiter: trio.CapacityLimiter = field(
         default_factory=lambda: trio.CapacityLimiter(READER_THREADS)
     )
@@ -243,6 +247,9 @@ class Project(metaclass=NoPublicConstructor):
             hub.shared = journal
             self._start("follower", self._follow, journal)
         self._start("writer", self._write)
+        if self.services.alerts is not None:
+            hub.start_alerts(self.services.alerts)
+            self._start("alerts", self._alerts)
 
     async def _abandon(self) -> None:
         """Undo a failed open: stop what it started, close the journal if it opened."""
@@ -372,6 +379,27 @@ class Project(metaclass=NoPublicConstructor):
             on_crash=lambda _exc: hub.resync_all(RESYNC_WRITER_FAILED),
             logger=log,
         )
+
+    async def _alerts(self) -> None:
+        """The alert rules' clock: a bug that makes it raise is logged and it restarts."""
+        hub = self.hub
+        await run_restarting(
+            f"project {hub.name}: alerts",
+            self._alert_ticks,
+            Backoff(WRITER_RESTART, WRITER_RESTART, jitter=None),
+            done=lambda: hub.closed,
+            logger=log,
+        )
+
+    async def _alert_ticks(self) -> None:
+        """Publish the time-based alerts when due: sleep until the rules' next deadline,
+        or until a commit fed them (a new agent or run moves it)."""
+        hub = self.hub
+        while not hub.closed:
+            fed = hub.alerts_fed  # taken first: a feed during the tick wakes the next wait
+            next_at = hub.alert_tick()
+            with trio.move_on_at(next_at):
+                await fed.wait()
 
     # -- producers -----------------------------------------------------------------
 

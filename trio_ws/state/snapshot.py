@@ -1,6 +1,6 @@
 """What a late joiner is sent besides the log tails: the latest status, progress,
-orchestrator updates and each active agent's latest update, kept up to date in O(1)
-per event and stored with every commit so a restart continues it."""
+orchestrator updates, each active agent's latest update and the standing alerts, kept
+up to date in O(1) per event and stored with every commit so a restart continues it."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class Snapshot:
     progress: Outgoing | None = None
     orchestrator: deque[Outgoing] = field(default_factory=lambda: deque(maxlen=ORCHESTRATOR_RECENT))
     agents: dict[int, Outgoing] = field(default_factory=dict)
+    alerts: dict[str, Outgoing] = field(default_factory=dict)
+    """The raised alerts not yet resolved, by id, oldest first."""
     _cards: dict[int, Outgoing] = field(default_factory=dict, repr=False, compare=False)
     """Each agent's latest update without its thought, made once per update (`cards`)."""
 
@@ -37,6 +39,7 @@ class Snapshot:
             self.progress,
             deque(self.orchestrator, maxlen=ORCHESTRATOR_RECENT),
             dict(self.agents),
+            dict(self.alerts),
         )
 
     def cards(self) -> list[Outgoing]:
@@ -79,6 +82,11 @@ class Snapshot:
             self.dev_status = item
         elif kind == "progress":
             self.progress = item
+        elif kind == "alert":
+            if message["state"] == "raised":
+                self.alerts[message["id"]] = item
+            else:
+                self.alerts.pop(message["id"], None)
 
     def to_state(self) -> JsonObject:
         """The snapshot as event texts, for the journal."""
@@ -88,6 +96,7 @@ class Snapshot:
             "progress": None if self.progress is None else self.progress.text,
             "orchestrator": [item.text for item in self.orchestrator],
             "agents": [self.agents[index].text for index in sorted(self.agents)],
+            "alerts": [item.text for item in self.alerts.values()],
         }
 
     @classmethod
@@ -95,7 +104,8 @@ class Snapshot:
         """The snapshot `to_state` wrote; ValueError/KeyError/TypeError if it is not one."""
         snapshot = cls()
         singles = [state["agent_status"], state["dev_server_status"], state["progress"]]
-        for text in singles + list(state["orchestrator"]) + list(state["agents"]):
+        alerts = list(state.get("alerts", []))  # none in a journal older than alerts
+        for text in singles + list(state["orchestrator"]) + list(state["agents"]) + alerts:
             if text is not None:
                 snapshot.remember(*Outgoing.event(str(text)))
         return snapshot

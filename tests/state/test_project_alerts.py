@@ -1,0 +1,121 @@
+"""A project's alerts (issue 21): the rules fed by every commit, their clock run by the
+project's own task, the alerts committed and held in the snapshot like any event.
+Time is trio's MockClock: a ten-minute silence costs nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from trio_ws.core.alerts import AlertSettings
+from trio_ws.journal.memory import MemoryBackend
+from trio_ws.state.manager import ConnectionManager
+from trio_ws.state.project import Project
+
+Msg = dict[str, Any]
+SETTINGS = AlertSettings(silent=600, stalled=1800)
+
+
+def alerts_of(project: Project) -> list[Msg]:
+    return project.hub.held(frozenset({"alert"}))
+
+
+def standing(project: Project) -> list[Msg]:
+    return [json.loads(item.text) for item in project.hub._snapshot_state.alerts.values()]
+
+
+async def settle(project: Project) -> None:
+    """Every task waits (the alert task slept, the writer committed what it staged)."""
+    await trio.testing.wait_all_tasks_blocked()
+    await project.hub.wait_committed(project.hub.seq)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+async def open_project(nursery: trio.Nursery, tmp_path: Path, **kwargs: Any) -> Project:
+    manager = ConnectionManager(nursery, journals=MemoryBackend(), **kwargs)
+    return await manager.open("alpha", tmp_path)
+
+
+async def test_an_agent_silent_for_ten_minutes_is_alerted_once_and_resolved_when_it_speaks(
+    mock_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    project = await open_project(nursery, tmp_path, alerts=SETTINGS)
+    hub = project.hub
+    hub.set_status("running")
+    hub.feed_lines(["Started coding agent for feature #4"])
+    await settle(project)
+    mock_clock.jump(599)
+    await settle(project)
+    assert alerts_of(project) == []
+    mock_clock.jump(1)
+    await settle(project)
+    (raised,) = alerts_of(project)
+    assert (raised["kind"], raised["state"], raised["agent"], raised["feature"]) == (
+        "agent_silent",
+        "raised",
+        "Spark",
+        4,
+    )
+    assert standing(project) == [raised]
+    mock_clock.jump(1000)
+    await settle(project)
+    silent = [a for a in alerts_of(project) if a["kind"] == "agent_silent"]
+    assert silent == [raised]  # not raised again while it stands
+    hub.feed_lines(["[Feature #4] Reading app.py"])
+    await settle(project)
+    resolved = alerts_of(project)[-1]
+    assert (resolved["id"], resolved["state"]) == (raised["id"], "resolved")
+    assert standing(project) == []
+
+
+async def test_a_run_without_progress_for_thirty_minutes_is_stalled_until_progress_moves(
+    mock_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    from trio_ws.data.progress import Progress
+
+    project = await open_project(nursery, tmp_path, alerts=SETTINGS)
+    hub = project.hub
+    hub.publish_progress(Progress(1, 0, 5, 0))
+    hub.set_status("running")
+    await settle(project)
+    mock_clock.jump(1799)
+    await settle(project)
+    assert alerts_of(project) == []
+    mock_clock.jump(1)
+    await settle(project)
+    (raised,) = alerts_of(project)
+    assert (raised["kind"], raised["severity"]) == ("run_stalled", "warning")
+    hub.publish_progress(Progress(2, 0, 5, 0))
+    await settle(project)
+    assert [a["state"] for a in alerts_of(project)] == ["raised", "resolved"]
+
+
+async def test_alerts_are_committed_events_after_the_event_that_raised_them(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    project = await open_project(nursery, tmp_path, alerts=SETTINGS)
+    hub = project.hub
+    hub.set_status("running")
+    hub.feed_lines(["[trio-ws] process exited with code 2"])
+    hub.set_status("crashed")
+    with trio.fail_after(5):
+        await settle(project)
+    (crash,) = alerts_of(project)
+    status = hub.held(frozenset({"agent_status"}))[-1]
+    assert crash["seq"] == status["seq"] + 1 and crash["seq"] <= hub.head
+    assert crash["message"] == "the run crashed (exit code 2)"
+
+
+async def test_without_alert_settings_no_alert_is_raised(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    project = await open_project(nursery, tmp_path)
+    project.hub.set_status("running")
+    project.hub.set_status("crashed")
+    with trio.fail_after(5):
+        await settle(project)
+    assert alerts_of(project) == [] and project.hub.alerts is None
