@@ -8,6 +8,7 @@ from typing import Any
 from trio_ws.core import alerts
 from trio_ws.core.alerts import AlertRules, AlertSettings
 from trio_ws.core.pipeline import AgentPipeline
+from trio_ws.core.protocol import EXIT_LINE, LOST_LINE
 
 Msg = dict[str, Any]
 
@@ -85,18 +86,11 @@ def test_a_run_stopped_short_of_full_progress_or_with_no_features_is_not_finishe
 def test_a_crash_is_an_error_naming_the_exit_code_when_known() -> None:
     f = Feeder()
     f.status("running")
-    f.log(f"{alerts.EXIT_LINE} 3")
+    f.log(f"{EXIT_LINE} 3")
     (raised,) = f.status("crashed")
     assert (raised["kind"], raised["severity"]) == ("run_crashed", "error")
     assert "exit code 3" in raised["message"]
     assert edges(f.status("running")) == [("run_crashed", "resolved")]
-
-
-def test_the_exit_line_uses_the_publish_endpoints_wording() -> None:
-    from trio_ws.net.publish import EXIT_LINE
-    from trio_ws.state.project import LOST_LINE
-
-    assert (alerts.EXIT_LINE, alerts.LOST_LINE) == (EXIT_LINE, LOST_LINE)
 
 
 def test_needs_human_input_is_raised_once_while_it_stands_and_resolved_at_zero() -> None:
@@ -192,7 +186,7 @@ def test_the_auth_banner_raises_an_error_until_the_next_run() -> None:
 def test_a_lost_producer_is_an_error_and_its_crash_no_second_one() -> None:
     f = Feeder()
     f.status("running")
-    (raised,) = f.log(alerts.LOST_LINE)
+    (raised,) = f.log(LOST_LINE)
     assert (raised["kind"], raised["severity"]) == ("producer_lost", "error")
     assert f.status("crashed") == []
     assert edges(f.status("running")) == [("producer_lost", "resolved")]

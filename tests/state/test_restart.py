@@ -25,12 +25,13 @@ from test_cli_run import TRANSCRIPT, child, transcript_lines
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 from trio_ws.core.pipeline import AgentPipeline, sanitize
+from trio_ws.core.protocol import EXIT_LINE
 from trio_ws.data.registry import Registry
 from trio_ws.journal.sqlite import journal_path
 
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 RESTART_TIMEOUT = 60
-EXIT_LINE = "[trio-ws] process exited with code"
+
 DEV_URL_LINE = "  VITE ready: Local: http://localhost:5173/"
 
 Message = dict[str, Any]

@@ -10,8 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trio_ws.core.protocol import AGENT_STATUSES
-from trio_ws.state.runs import EXIT_LINE, LOST_LINE, MAX_AGENTS, RunRecorder, RunSummary
+from trio_ws.core.protocol import AGENT_STATUSES, EXIT_LINE, LOST_LINE
+from trio_ws.state.runs import MAX_AGENTS, RunRecorder, RunSummary
 
 Message = dict[str, Any]
 

@@ -18,7 +18,14 @@ from typing import Final
 
 from trio_ws.core.messages import AlertEvent, AlertSeverity, AlertState
 from trio_ws.core.pipeline import AUTH_BANNER
-from trio_ws.core.protocol import Clock, MessageFields, iso_timestamp, wall_clock
+from trio_ws.core.protocol import (
+    EXIT_LINE,
+    LOST_LINE,
+    Clock,
+    MessageFields,
+    iso_timestamp,
+    wall_clock,
+)
 
 SILENT_AFTER: Final = 600.0
 """Seconds an active agent may go without a log line before it counts as silent."""
@@ -42,11 +49,6 @@ KINDS: Final = (
     PRODUCER_LOST,
 )
 
-LOST_LINE: Final = "[trio-ws] producer lost"
-"""The line a project feeds when a producer's grace period ran out (``state/project.py``
-feeds it; a test keeps the two the same: core may not import state)."""
-EXIT_LINE: Final = "[trio-ws] process exited with code"
-"""The line the publish endpoint feeds with a final status's exit code (``net/publish.py``)."""
 AUTH_LINE: Final = AUTH_BANNER[1]
 """The banner's headline: the pipeline emits the banner once per run on an auth error."""
 

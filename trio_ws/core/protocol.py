@@ -49,6 +49,12 @@ MessageFields = Mapping[str, Any]
 `messages`) or decoded (a `JsonObject` off the wire or out of a journal): what the
 hub's snapshot and history, and a client's view, read of any message."""
 
+EXIT_LINE: Final = "[trio-ws] process exited with code"
+"""The log line the publish endpoint adds before a final status with an exit code; runs
+and alerts read the code from it (an ``agent_status`` event carries none)."""
+LOST_LINE: Final = "[trio-ws] producer lost"
+"""The log line a project adds before ``crashed`` when its producer's grace expired."""
+
 Clock = Callable[[], float]
 """Returns the current time as UNIX seconds; injected so pure code is testable."""
 

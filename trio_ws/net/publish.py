@@ -26,14 +26,13 @@ import trio
 from trio_ws.core import defaults, protocol
 from trio_ws.core.errors import BadClientMessage, ExpectedHello, JournalUnavailable, StreamTaken
 from trio_ws.core.messages import ProducerReply
-from trio_ws.core.protocol import Stream
+from trio_ws.core.protocol import EXIT_LINE, Stream
 from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import JournalError
 from trio_ws.net.connection import ConnectionClosed, WebSocket
 from trio_ws.net.refusals import refuse
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project
-from trio_ws.state.runs import EXIT_LINE
 
 if TYPE_CHECKING:
     from trio_ws.state.manager import ConnectionManager

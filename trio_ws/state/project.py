@@ -23,7 +23,7 @@ import trio
 
 from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
-from trio_ws.core.protocol import Stream
+from trio_ws.core.protocol import LOST_LINE, Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
 from trio_ws.journal.interface import Journal, JournalError
 from trio_ws.journal.redis import RedisJournal
@@ -35,7 +35,6 @@ from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
 from trio_ws.state.ledger import ProducerLedger, producer_key
-from trio_ws.state.runs import LOST_LINE
 from trio_ws.state.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.state.project")

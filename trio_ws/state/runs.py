@@ -32,6 +32,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, cast
 
+from trio_ws.core.protocol import EXIT_LINE, LOST_LINE
+
 KEEP: Final = 20
 """Closed summaries kept (and journalled with every commit: each costs encoding time
 per commit, so this stays small until an archive of its own holds older runs)."""
@@ -40,10 +42,6 @@ MAX_AGENTS: Final = 32
 hundreds, and the summary is journalled with every commit."""
 MAX_FEATURE_IDS: Final = 32
 """Feature ids listed per agent."""
-EXIT_LINE: Final = "[trio-ws] process exited with code"
-"""The log line the publish endpoint adds before a final status with an exit code."""
-LOST_LINE: Final = "[trio-ws] producer lost"
-"""The log line a project adds before ``crashed`` when its producer's grace expired."""
 
 RunEnd = Literal["stopped", "crashed", "interrupted"]
 FINAL: Final = frozenset({"stopped", "crashed"})
