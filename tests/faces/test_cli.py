@@ -449,3 +449,18 @@ def test_open_opens_the_projects_dashboard_with_the_token(tmp_path: Path) -> Non
     link = "http://127.0.0.1:9999/projects/demo?token=s3cret%2Fwith%2Bsigns"
     assert (result.exit_code, result.stdout) == (0, link + "\n"), result.output
     assert opened.read_text() == link
+
+
+@pytest.mark.parametrize(
+    "command", [(), ("projects",), *((name,) for name in main.commands), ("projects", "remove")]
+)
+def test_every_command_takes_minus_h(command: tuple[str, ...]) -> None:
+    result = run(*command, "-h")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Usage: ")
+
+
+@pytest.mark.parametrize("group", [(), ("projects",)])
+def test_no_summary_in_a_command_list_is_cut_off(group: tuple[str, ...]) -> None:
+    listing = run(*group, "--help", env={"COLUMNS": "80"}).stdout.split("Commands:\n", 1)[1]
+    assert "..." not in listing, listing

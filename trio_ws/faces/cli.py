@@ -182,13 +182,13 @@ def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@click.group(cls=_Cli, name="trio-ws")
+@click.group(cls=_Cli, name="trio-ws", context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="trio-ws")
 def main() -> None:
     """Live-update server for autonomous coding-agent runs."""
 
 
-@main.group()
+@main.group(short_help="The project registry: which names serve which directories.")
 def projects() -> None:
     """The project registry: which names serve which directories."""
 
@@ -217,7 +217,7 @@ def projects_list(as_json: bool, registry_file: Path, **_: Any) -> None:
         _print_table(found)
 
 
-@projects.command("remove")
+@projects.command("remove", short_help="Unregister project NAME and delete its journal.")
 @click.argument("name")
 @click.option("--keep-journal", is_flag=True, help="Keep the project's journal (its history).")
 @broker_option("The project's journal lives in this Redis (as for `serve --broker`).")
@@ -284,7 +284,7 @@ def _print_table(found: list[Project]) -> None:
     console.print(table)
 
 
-@main.command()
+@main.command(short_help="Serve every registered project's live updates.")
 @registry_options
 @click.option("--host", default=defaults.HOST, show_default=True, help="Address to listen on.")
 @click.option(
@@ -642,12 +642,13 @@ def _project_dirs(name: str, registry_file: Path, cwd: Path | None) -> tuple[Pat
 
 
 @main.command(
+    short_help="Run CMD and publish its output live.",
     epilog=f"Unacked output waits in a buffer of at most {defaults.CAPACITY:,} items "
     "(lines and statuses) while the server is away; when it is full, new lines are "
     f"dropped and one line says how many. Lines are cut at {LINE_CAP:,} characters. "
     f"Output printed here waits in at most {ECHO_BUFFER:,} bytes when stdout does "
     "not keep up (a pager, a pipe nobody reads); the rest is published but not "
-    "printed, and stderr says how much."
+    "printed, and stderr says how much.",
 )
 @click.argument("name")
 @click.argument(
@@ -750,9 +751,10 @@ def run(
 
 
 @main.command(
+    short_help="Publish stdin's lines live.",
     epilog=f"Unacked lines wait in a buffer of at most {defaults.CAPACITY:,} items "
     "while the server is away; when it is full, new lines are dropped and one line "
-    f"says how many. Lines are cut at {LINE_CAP:,} characters."
+    f"says how many. Lines are cut at {LINE_CAP:,} characters.",
 )
 @click.argument("name")
 @_producer_options
@@ -826,7 +828,7 @@ def reader_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
-@main.command("token")
+@main.command("token", short_help="Print the server token.")
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
@@ -844,7 +846,7 @@ def token_command(home: Path | None) -> None:
     click.echo(secret)
 
 
-@main.command("open")
+@main.command("open", short_help="Open the dashboard, with the token.")
 @click.argument("name", required=False)
 @reader_options
 def open_command(name: str | None, server: str, token: str | None, home: Path | None) -> None:
@@ -863,7 +865,7 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
     webbrowser.open(link)
 
 
-@main.command("watch")
+@main.command("watch", short_help="Watch a project live in the terminal.")
 @click.argument("name")
 @reader_options
 @click.option("--once", is_flag=True, help="Print the current state once and exit.")
@@ -954,7 +956,7 @@ def watch_command(
 # -- trio-ws runs ----------------------------------------------------------------
 
 
-@main.command("runs")
+@main.command("runs", short_help="List a project's runs.")
 @click.argument("name")
 @reader_options
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON instead of a table.")
@@ -1008,7 +1010,7 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
         raise Refusal(str(exc)) from exc
 
 
-@main.command()
+@main.command(short_help="A lively simulated run, served and watched.")
 @click.option(
     "--home",
     type=click.Path(file_okay=False, path_type=Path),
