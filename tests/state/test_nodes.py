@@ -790,15 +790,23 @@ async def test_a_producer_that_moved_to_another_node_is_not_marked_crashed_by_th
     assert "[trio-ws] producer lost" not in watcher.logs()
 
 
-def test_serve_refuses_a_broker_that_is_not_a_redis_url(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("broker", "words"),
+    [
+        ("http://127.0.0.1:6379/0", "is not a Redis URL (redis://HOST:PORT/DB)"),
+        ("redis://127.0.0.1:6379/abc", "the database ('abc') must be a number"),
+    ],
+)
+def test_serve_refuses_a_broker_that_is_not_a_redis_url(
+    tmp_path: Path, broker: str, words: str
+) -> None:
     result = subprocess.run(
-        [TRIO_WS, "serve", "--home", str(tmp_path), "--port", "0",
-         "--broker", "http://127.0.0.1:6379/0"],
+        [TRIO_WS, "serve", "--home", str(tmp_path), "--port", "0", "--broker", broker],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "is not a Redis URL (redis://HOST:PORT/DB)" in result.stderr
+    assert words in result.stderr
 
 
 async def test_a_node_opening_the_project_later_restores_a_state_one_stream_wrote(

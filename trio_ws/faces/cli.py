@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any, Final
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import click
 import trio
@@ -551,8 +551,13 @@ BROKER_SCHEMES: Final = ("redis://", "rediss://", "unix://")
 def _broker_url(value: str | None) -> str | None:
     """``--broker`` as given, if it is a Redis URL (coredis reads anything else as
     localhost, which would hide the mistake)."""
-    if value is not None and not value.startswith(BROKER_SCHEMES):
+    if value is None:
+        return None
+    if not value.startswith(BROKER_SCHEMES):
         raise click.BadParameter(f"{value!r} is not a Redis URL (redis://HOST:PORT/DB)")
+    database = urlsplit(value).path.strip("/")
+    if not value.startswith("unix://") and database and not database.isdigit():
+        raise click.BadParameter(f"{value!r}: the database ({database!r}) must be a number")
     return value
 
 
