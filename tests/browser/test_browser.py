@@ -613,12 +613,12 @@ def test_without_token_no_controls_are_shown(served: ServerProcess, browser: Any
     assert not browser.find_element(By.ID, "controls").is_displayed()
 
 
-def test_unknown_project_closes_without_retrying(served: ServerProcess, browser: Any) -> None:
+def test_an_unknown_project_gets_a_page_saying_so(served: ServerProcess, browser: Any) -> None:
+    """Not a dashboard waiting on a socket that can only be refused: a clear page."""
     browser.get(f"{served.base}/projects/nobody")
-    wait(browser, lambda d: connection_state(d) != "connecting", "the connection to end")
-    assert connection_state(browser) == "closed"
-    assert text(browser, "#connection-text") == "closed · Project not found in registry"
-    assert browser.find_element(By.TAG_NAME, "body").get_attribute("data-connects") == "1"
+    assert text(browser, "h1") == "No project nobody here"
+    assert "Project not found in registry" in text(browser, "body")
+    assert browser.find_elements(By.CSS_SELECTOR, "#connection-text") == []
 
 
 def test_log_tail_keeps_up_with_a_fast_run_and_stays_capped(

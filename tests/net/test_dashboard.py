@@ -15,7 +15,7 @@ from trio_ws.data.registry import Registry
 from trio_ws.net.dashboard import SCRIPT_MODULES, session_cookie
 from trio_ws.net.server import Server, serve
 
-PAGE_PATHS = ["/", "/projects/demo", "/projects/not-registered"]
+PAGE_PATHS = ["/", "/projects/demo"]
 
 
 def control_meta(body: bytes) -> str:
@@ -25,12 +25,38 @@ def control_meta(body: bytes) -> str:
 
 
 @pytest.mark.parametrize("path", PAGE_PATHS)
-async def test_page_paths_serve_the_html_page(server: Server, path: str) -> None:
+async def test_page_paths_serve_the_html_page(server: Server, project_dir: Path, path: str) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         status, headers, body = await http_get(server, path)
     assert status == 200
     assert headers["content-type"] == "text/html; charset=utf-8"
     assert b'<script type="module" src="/static/js/main.js"></script>' in body
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/projects/not-registered", "Project not found in registry"),
+        ("/projects/bad%20name", "Project not found in registry"),
+    ],
+)
+async def test_the_page_of_a_project_this_server_lacks_is_a_clear_404(
+    server: Server, project_dir: Path, path: str, says: str
+) -> None:
+    """Not an empty dashboard waiting forever: what is missing and how to add it."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, headers, body = await http_get(server, path)
+    assert (status, headers["content-type"]) == (404, "text/html; charset=utf-8")
+    assert says.encode() in body and b"trio-ws projects add" in body
+
+
+async def test_the_page_of_a_project_whose_directory_is_gone_says_so(
+    server: Server, project_dir: Path
+) -> None:
+    await trio.to_thread.run_sync(project_dir.rmdir)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, _, body = await http_get(server, "/projects/demo")
+    assert status == 404 and b"Project directory not found" in body
 
 
 @pytest.mark.parametrize(

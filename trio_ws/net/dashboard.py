@@ -19,6 +19,7 @@ URL.
 from __future__ import annotations
 
 import functools
+import html
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ TEXT_TYPE: Final = "text/plain; charset=utf-8"
 CONTROL_MARKER: Final = "__TRIO_WS_CONTROL__"
 VERSION_MARKER: Final = "__TRIO_WS_VERSION__"
 
-_PROJECT_PAGE: Final = re.compile(r"/projects/[^/]+")
+_PROJECT_PAGE: Final = re.compile(r"/projects/(?P<name>[^/]+)")
 _COOKIE_VALUE: Final = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]+")
 """RFC 6265 cookie-octets: a token with anything else cannot travel in a cookie."""
 
@@ -136,6 +137,25 @@ def respond(
         if body is not None:
             return Response(200, STATIC_TYPES[name], body, SECURITY_HEADERS)
     return Response(404, TEXT_TYPE, b"not found\n", SECURITY_HEADERS)
+
+
+def project_of(path: str) -> str | None:
+    """The (still percent-encoded) project name of a project page's path, else None."""
+    match = _PROJECT_PAGE.fullmatch(path)
+    return None if match is None else match["name"]
+
+
+def missing_project(name: str, reason: str) -> Response:
+    """A clear 404 page for a project this server does not have (rather than an empty
+    dashboard that waits forever): what is missing, and how to add it."""
+    shown = html.escape(name)
+    body = (
+        "<!doctype html><meta charset=utf-8><title>no such project</title>"
+        f"<h1>No project {shown} here</h1><p>{html.escape(reason)}.</p>"
+        f"<p>Register it with <code>trio-ws projects add {shown} DIRECTORY</code>, or see "
+        '<a href="/">every project</a>.</p>\n'
+    )
+    return Response(404, HTML_TYPE, body.encode(), SECURITY_HEADERS)
 
 
 def _page(

@@ -390,10 +390,23 @@ async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: Se
 
 
 async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
-    """The dashboard page and its static files; `dashboard.respond` decides what to send."""
+    """The dashboard page and its static files; `dashboard.respond` decides what to send,
+    except that a project page names a project this server has (found as the websocket
+    finds it), else it is a clear 404."""
     answer = dashboard.respond(
         head.path, head.query, head.cookie(TOKEN_COOKIE), server.config.token
     )
+    raw_name = dashboard.project_of(head.path)
+    if raw_name is not None:
+        name = _unquote(raw_name)
+        try:
+            if name is None or not protocol.is_valid_project_name(name):
+                raise ProjectNotFound()
+            await _locate(server, name)
+        except (ProjectNotFound, ProjectDirectoryNotFound) as missing:
+            answer = dashboard.missing_project(name or raw_name, str(missing))
+        except (RegistryError, JournalError) as exc:
+            log.error("cannot tell whether project %s exists: %s", name, exc)  # page as is
     await send_response(
         stream,
         head.connection,
