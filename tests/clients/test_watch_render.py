@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, timedelta, timezone, tzinfo
 from typing import Any
 
 import pytest
@@ -93,10 +94,29 @@ def busy_view() -> RunView:
     )
 
 
-def rendered(view: RunView, now: float = TS_UNIX + 65, width: int = 100, lines: int = 10) -> str:
+def rendered(
+    view: RunView,
+    now: float = TS_UNIX + 65,
+    width: int = 100,
+    lines: int = 10,
+    zone: tzinfo | None = UTC,
+) -> str:
     console = Console(record=True, width=width, file=open(os.devnull, "w"))  # noqa: SIM115
-    console.print(render(view, now, lines))
+    console.print(render(view, now, lines, zone))
     return console.export_text()
+
+
+def test_times_show_in_the_zone_asked_for_and_say_which() -> None:
+    """The browser shows local time: so does watch (its default), naming the zone; the
+    log's panel says it once, the sparkline's 'since' too."""
+    plus_two = timezone(timedelta(hours=2), "EET")
+    view = view_of(hello(3), *(progress(n, passing=n * 4, total=12, at=at(n)) for n in (1, 2, 3)))
+    view.apply(log(4, "[Feature #3] working"))
+    in_utc, in_eet = rendered(view), rendered(view, zone=plus_two)
+    assert "since 17:04:01 UTC" in in_utc and "since 19:04:01 EET" in in_eet
+    assert "log · UTC" in in_utc and "log · EET" in in_eet
+    clock = next(line for line in in_eet.splitlines() if "[Feature #3] working" in line)
+    assert "19:04:05" in clock
 
 
 def test_render_shows_header_facts() -> None:

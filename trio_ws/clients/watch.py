@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from datetime import tzinfo
 from functools import partial
 from typing import Final, NoReturn
 
@@ -55,8 +56,10 @@ async def watch_live(
     log_lines: int | None = None,
     backoff: Backoff | None = None,
     clock: Callable[[], float] = time.time,
+    zone: tzinfo | None = None,
 ) -> NoReturn:
     """The live dashboard until cancelled; raises `WatchRefused` on a do-not-retry close.
+    Times show in ``zone`` (None: local time).
 
     The screen is redrawn every `REFRESH` seconds from the trio task that owns
     the view (never from rich's refresh thread, which would read it mid-update).
@@ -65,8 +68,8 @@ async def watch_live(
 
     def current() -> RenderableType:
         now = clock()
-        lines = log_lines if log_lines is not None else fitting_log_lines(view, console, now)
-        return render(view, now, lines)
+        lines = log_lines if log_lines is not None else fitting_log_lines(view, console, now, zone)
+        return render(view, now, lines, zone)
 
     async def refresh(live: Live) -> None:
         while True:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import re
 from collections.abc import Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Final
 
 from rich.console import Console, Group, RenderableType
@@ -23,6 +23,7 @@ from trio_ws.clients.run_view import (
     LogEntry,
     ProgressPoint,
     RunView,
+    parse_timestamp,
 )
 
 ONCE_LOG_LINES: Final = 20
@@ -141,7 +142,18 @@ def sparkline(points: Iterable[ProgressPoint], width: int = SPARK_WIDTH) -> str:
     return "".join(blocks)
 
 
-def render_history(view: RunView) -> Text:
+def clock_of(seconds: float, zone: tzinfo | None) -> str:
+    """``HH:MM:SS`` of UNIX ``seconds`` in ``zone`` (None: this machine's local time)."""
+    return datetime.fromtimestamp(seconds, zone or UTC).astimezone(zone).strftime("%H:%M:%S")
+
+
+def zone_name(zone: tzinfo | None, seconds: float) -> str:
+    """What ``zone`` is called at ``seconds`` (``UTC``, ``CET``, ``+0530``)."""
+    moment = datetime.fromtimestamp(seconds, zone or UTC).astimezone(zone)
+    return moment.tzname() or moment.strftime("%z")
+
+
+def render_history(view: RunView, zone: tzinfo | None = None) -> Text:
     line = Text("passing over time ")
     if view.history_error:
         line.append(printable(view.history_error), style="red")
@@ -152,10 +164,10 @@ def render_history(view: RunView) -> Text:
     line.append(sparkline(view.points.values()), style="green")
     first = min(view.points.values(), key=lambda point: point.seq)
     last = max(view.points.values(), key=lambda point: point.seq)
-    since = datetime.fromtimestamp(first.time, UTC).strftime("%H:%M:%S")
+    since = clock_of(first.time, zone)
     events = len(view.points)
     line.append(
-        f"  {last.passing}/{last.total} now, since {since} UTC"
+        f"  {last.passing}/{last.total} now, since {since} {zone_name(zone, first.time)}"
         f" ({events} event{'' if events == 1 else 's'})",
         style="dim",
     )
@@ -247,30 +259,38 @@ def log_tail(view: RunView, count: int) -> list[LogEntry]:
     return merged[-count:]
 
 
-def render_logs(view: RunView, count: int) -> RenderableType:
+def render_logs(
+    view: RunView, count: int, zone: tzinfo | None = None, now: float = 0.0
+) -> RenderableType:
+    """The log tail, each line at its time in ``zone`` (the panel says which zone)."""
     lines = Text(no_wrap=True, overflow="ellipsis")
     for number, entry in enumerate(log_tail(view, count)):
         if number:
             lines.append("\n")
-        clock = entry.timestamp[11:19] if len(entry.timestamp) >= 19 else entry.timestamp
+        seconds = parse_timestamp(entry.timestamp)
+        clock = entry.timestamp if seconds is None else clock_of(seconds, zone)
         lines.append(f"{printable(clock)} ", style="dim")
         if entry.stream == "dev":
             lines.append("dev ", style="magenta")
         lines.append(printable(entry.line))
-    return Panel(lines, title="log", title_align="left", border_style="dim")
+    title = f"log · {zone_name(zone, now)}"
+    return Panel(lines, title=title, title_align="left", border_style="dim")
 
 
-def render(view: RunView, now: float, log_lines: int = ONCE_LOG_LINES) -> Group:
-    """The whole dashboard for ``view`` at time ``now`` (UNIX seconds)."""
+def render(
+    view: RunView, now: float, log_lines: int = ONCE_LOG_LINES, zone: tzinfo | None = None
+) -> Group:
+    """The whole dashboard for ``view`` at time ``now`` (UNIX seconds), its times in
+    ``zone`` (None: this machine's local time, as a browser shows them)."""
     parts: list[RenderableType] = [render_header(view)]
     parts.extend(_problems(view))
     parts += [
         render_progress(view),
-        render_history(view),
+        render_history(view, zone),
         render_agents(view, now),
         render_features(view),
         render_orchestrator(view),
-        render_logs(view, log_lines),
+        render_logs(view, log_lines, zone, now),
     ]
     return Group(*parts)
 
@@ -283,8 +303,10 @@ def _problems(view: RunView) -> Iterable[Text]:
         yield _text(f"warning ({source}): {content}", "yellow")
 
 
-def fitting_log_lines(view: RunView, console: Console, now: float) -> int:
+def fitting_log_lines(
+    view: RunView, console: Console, now: float, zone: tzinfo | None = None
+) -> int:
     """How many log lines fit under everything else on ``console``'s screen."""
-    rest = render(view, now, log_lines=0)
+    rest = render(view, now, log_lines=0, zone=zone)
     used = len(console.render_lines(rest, console.options, pad=False))
     return max(1, console.size.height - used - 1)

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from datetime import UTC
 from pathlib import Path
 from typing import IO, Any, Final
 from urllib.parse import quote, urlsplit
@@ -889,6 +890,7 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
     type=click.IntRange(min=1),
     help="Log lines to show [default: what fits the terminal; 20 with --once].",
 )
+@click.option("--utc", is_flag=True, help="Show times in UTC [default: this machine's zone].")
 def watch_command(
     name: str,
     server: str,
@@ -898,6 +900,7 @@ def watch_command(
     as_json: bool,
     backlog: int,
     lines: int | None,
+    utc: bool,
 ) -> None:
     """Watch project NAME live: agents, progress, orchestrator and log tail.
 
@@ -925,6 +928,7 @@ def watch_command(
             raise watch_session.OutputClosed("stdout closed") from None
 
     dropped: list[str] = []
+    zone = UTC if utc else None  # None: the local zone, named on the screen
 
     def note_drop(reason: str) -> None:
         if not dropped or dropped[-1] != reason:
@@ -939,13 +943,13 @@ def watch_command(
             return
         view = await watch.once(target)
         shown = lines or watch_render.ONCE_LOG_LINES
-        watch.once_console().print(watch_render.render(view, time.time(), shown))
+        watch.once_console().print(watch_render.render(view, time.time(), shown, zone))
 
     async def live_mode() -> None:
         if as_json:
             await watch.watch_json(target, write_line, on_drop=note_drop)
         else:
-            await watch.watch_live(target, Console(highlight=False), log_lines=lines)
+            await watch.watch_live(target, Console(highlight=False), log_lines=lines, zone=zone)
 
     try:
         trio.run(until_signalled, once_mode if once else live_mode)
