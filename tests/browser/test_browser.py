@@ -456,6 +456,18 @@ def test_live_view_shows_the_run(
     assert browser.save_screenshot(str(target))
 
 
+def test_the_agent_count_tells_finished_cards_from_active_ones(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    """A finished agent's card stays a moment: "2 active" must not sit over three cards."""
+    open_live(browser, served)
+    agent = start_run(served, producer)
+    wait_text(browser, "#agent-count", "3 active")
+    agent.lines([RUN[FIRST_COMPLETION]])
+    wait_text(browser, "#agent-count", "2 active · 1 just finished")
+    assert len(card_names(browser)) == 3
+
+
 def test_page_resumes_after_a_kill_9_restart_of_a_journalled_server(
     home: Path, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:

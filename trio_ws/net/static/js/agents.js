@@ -72,8 +72,12 @@ export function renderCards() {
   }
   dirtyCards.clear();
   $("agents-empty").hidden = cards.size > 0;
+  // A finished agent's card stays a moment (its timer): count it apart, so "4 active"
+  // never sits over five cards.
   const active = [...cards.values()].filter((card) => !card.timer).length;
-  $("agent-count").textContent = cards.size ? `${active} active` : "";
+  const finished = cards.size - active;
+  const counts = finished ? `${active} active · ${finished} just finished` : `${active} active`;
+  $("agent-count").textContent = cards.size ? counts : "";
 }
 
 function insertCard(container, node, key) {
