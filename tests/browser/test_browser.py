@@ -468,6 +468,20 @@ def test_the_agent_count_tells_finished_cards_from_active_ones(
     assert len(card_names(browser)) == 3
 
 
+def test_a_dev_line_with_its_own_clock_shows_one_time(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    dev = producer(served.port, "dev-1", "dev")
+    dev.status("running")
+    dev.lines(["12:00:01 PM [vite] hmr update /src/App.tsx", "  ready in 312 ms"])
+    dev.acked()
+    wait(browser, lambda d: "ready in 312 ms" in text(d, "#dev-log"), "the dev lines")
+    stamped = browser.find_elements(By.CSS_SELECTOR, "#dev-log .line")[-2]
+    assert [t.text for t in stamped.find_elements(By.TAG_NAME, "time")] == ["12:00:01 PM"]
+    assert stamped.find_element(By.CSS_SELECTOR, ".text").text == "[vite] hmr update /src/App.tsx"
+
+
 def test_page_resumes_after_a_kill_9_restart_of_a_journalled_server(
     home: Path, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:

@@ -127,10 +127,17 @@ export function renderLog() {
   $("log-count").textContent = `${shown} line${shown === 1 ? "" : "s"}`;
 }
 
+// A dev server that stamps its own lines (Vite: "12:00:01 PM [vite] ...") would show two
+// times per line: such a line keeps only its own, in the same column.
+const OWN_CLOCK = /^\[?\d{1,2}:\d{2}:\d{2}(?:\.\d+)?(?:\s?[AP]M)?\]?\s/;
+
 export function renderDevLog() {
   const rows = pendingDev.map((entry) => {
     const row = el("div", "line");
-    row.append(el("time", null, clockTime(entry.timestamp)), el("span", "text", entry.line));
+    const own = OWN_CLOCK.exec(entry.line);
+    const time = own ? own[0].trim() : clockTime(entry.timestamp);
+    const text = own ? entry.line.slice(own[0].length) : entry.line;
+    row.append(el("time", null, time), el("span", "text", text));
     return row;
   });
   appendRows($("dev-log"), rows, MAX_DEV_DOM, devRebuild);
