@@ -482,6 +482,18 @@ def test_a_dev_line_with_its_own_clock_shows_one_time(
     assert stamped.find_element(By.CSS_SELECTOR, ".text").text == "[vite] hmr update /src/App.tsx"
 
 
+def test_feature_cards_keep_their_names_readable_at_900_pixels(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    browser.set_window_size(900, 1200)
+    open_live(browser, served)
+    set_flags(project, passing=set(), in_progress={1, 2, 3}, needs_input=set())
+    start_run(served, producer)
+    wait(browser, lambda d: feature_agents(d, 1) == ["Spark"], "Spark on #1")
+    card = browser.find_element(By.CSS_SELECTOR, '#board .feature[data-id="1"]')
+    assert card.rect["width"] >= 220, card.rect
+
+
 def test_page_resumes_after_a_kill_9_restart_of_a_journalled_server(
     home: Path, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:
