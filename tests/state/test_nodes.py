@@ -155,6 +155,8 @@ class Producer:
     ws: WebSocketConnection
     welcome: Message
     acks: list[int] = field(default_factory=list)
+    controls: list[str] = field(default_factory=list)
+    """The control actions it was sent."""
 
     @property
     def acked(self) -> int:
@@ -187,6 +189,8 @@ async def produce(
                 message = json.loads(await ws.get_message())
                 if message["type"] == "ack":
                     made.acks.append(message["pseq"])
+                elif message["type"] == "control":
+                    made.controls.append(message["action"])
         except ConnectionClosed:
             return
 
@@ -482,7 +486,7 @@ async def test_a_node_without_the_directory_answers_the_rest_api_as_its_socket_d
         unknown = await http_json(b.port, "GET", "/api/projects/nobody/features")
     assert features == (200, {"project": "elsewhere", "features": rows})
     assert history[0] == 200 and status[0] == 200
-    assert pause[0] == 200 and pause[1]["success"] is False  # its producer is on node A
+    assert pause[0] == 200 and pause[1]["success"] is False  # no run yet: nothing to pause
     assert unknown == (404, {"detail": "Project 'nobody' not found in registry"})
 
 
@@ -506,6 +510,39 @@ async def test_a_node_following_another_records_the_same_runs(
     assert runs_a[0] == runs_b[0] == 200
     assert [run["ended"] for run in runs_b[1]["runs"]] == [None, "stopped"]
     assert runs_b[1]["runs"] == runs_a[1]["runs"]
+
+
+async def test_control_on_one_node_reaches_the_producer_on_another(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """Pause on node B's dashboard or API acts on the run connected to node A (issue 24:
+    behind a load balancer it used to work or fail by chance)."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        watcher = await watching(nursery, b.port)
+        producer = await produce(nursery, a.port)
+        await producer.status(1, "running")
+        await watcher.until(lambda m: m.get("status") == "running")
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        path = "/api/projects/demo/agent/graceful-pause"
+        status, body = await http_json(b.port, "POST", path, bearer)
+        assert body["success"] is True, body
+        await until(lambda: producer.controls == ["graceful_pause"])
+        control = await connect_websocket_url(
+            nursery,
+            url(b.port, f"/ws/projects/demo?token={TOKEN}"),
+            extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+        )
+        await control.send_message('{"type":"control","action":"stop"}')
+        await until(lambda: producer.controls == ["graceful_pause", "stop"])
+        await producer.ws.aclose()  # the run's node loses it: nobody takes control now
+        hub = b.manager.get_hub("demo")
+        assert hub is not None
+        status_after, gone = await http_json(b.port, "POST", path, bearer)
+    assert status == 200 and body["success"] is True, body
+    assert status_after == 200 and gone["success"] is False
+    assert gone["message"] == "no producer can act on this project"
 
 
 # -- Redis loses its data, goes away, comes back --------------------------------------

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol
 
@@ -180,6 +181,16 @@ class SharedJournal(Journal, Protocol):
     async def reopen(self) -> JournalState:
         """``open`` again, on whatever history is stored now (a new epoch if none); the
         journal stays as it was when this fails."""
+        ...
+
+    async def send_control(self, action: str) -> int:
+        """Hand a control ``action`` to the node whose agent producer is connected; how
+        many nodes took it (0: none has the producer). JournalError if Redis fails."""
+        ...
+
+    def control_requests(self) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """While entered, the control actions other nodes send this project's agent
+        producer (enter it only while this node holds that producer)."""
         ...
 
 

@@ -284,6 +284,11 @@ def _keys(project: str) -> tuple[str, str, str, str]:
     return f"{tag}:meta", f"{tag}:events", f"{tag}:live", f"{tag}:producers"
 
 
+def _control_channel(project: str) -> str:
+    """Where control actions for ``project``'s agent producer go between nodes."""
+    return f"{KEY_PREFIX}:{{{project}}}:control"
+
+
 def _holders_key(project: str) -> str:
     """The nodes that have ``project`` open, each with when its claim expires (a sorted
     set: one member per node, so one node closing leaves the others' claims standing):
@@ -490,6 +495,34 @@ class RedisJournal:
             raise JournalError(
                 f"{self._where}: live subscription lost: {group.exceptions[0]}"
             ) from None
+
+    async def send_control(self, action: str) -> int:
+        """Hand ``action`` to the node that holds the agent producer (it listens while it
+        does); how many nodes took it. JournalError when Redis cannot be reached."""
+        try:
+            return int(await self._client.publish(_control_channel(self._project), action))
+        except _UNREACHABLE as error:
+            raise JournalError(f"{self._where}: cannot send a control action: {error}") from None
+
+    @asynccontextmanager
+    async def control_requests(self) -> AsyncIterator[AsyncIterator[str]]:
+        """While entered, the actions other nodes send to this node's agent producer;
+        JournalError when the subscription is lost (the caller enters it again)."""
+        pubsub = self._client.pubsub(ignore_subscribe_messages=True, retry_policy=NoRetryPolicy())
+        try:
+            async with pubsub:
+                await pubsub.subscribe(_control_channel(self._project))
+                yield self._actions(pubsub)
+        except* (RedisError, OSError, anyio.ClosedResourceError) as group:
+            raise JournalError(
+                f"{self._where}: control subscription lost: {group.exceptions[0]}"
+            ) from None
+
+    async def _actions(self, pubsub: coredis.patterns.pubsub.PubSub[str]) -> AsyncIterator[str]:
+        async for message in pubsub:
+            if message["type"] == "message":
+                yield str(message["data"])
+        raise JournalError(f"{self._where}: control subscription ended")
 
     async def _batches(
         self, pubsub: coredis.patterns.pubsub.PubSub[str]

@@ -40,14 +40,14 @@ async def act(
     """Forward ``action`` (a websocket action name) and answer as AutoForge does:
     ``{"success", "status", "message"}`` with the agent status after the action."""
     hub = project.hub
-    before = hub.agent.status
-    refusal = project.control(action)
+    before = hub.committed_agent_status
+    refusal = await project.control(action)
     if refusal is not None:
-        return {"success": False, "status": hub.agent.status, "message": refusal}
+        return {"success": False, "status": hub.committed_agent_status, "message": refusal}
     with trio.move_on_after(settle_timeout):
-        while hub.agent.status == before:
+        while hub.committed_agent_status == before:
             await hub.agent_status_changed().wait()
-    after = hub.agent.status
+    after = hub.committed_agent_status
     if after == before:
         message = (
             f"{action} sent to the producer; it reported no new status within {settle_timeout:g} s"
@@ -63,7 +63,7 @@ def agent_status(hub: ProjectHub) -> dict[str, Any]:
     ``started_at`` is when the current run's first ``running`` was published (null
     once that event left the held history), ``max_concurrency`` the latest
     orchestrator update's."""
-    status = hub.agent.status
+    status = hub.committed_agent_status
     started_at = None
     max_concurrency = None
     for event in reversed(hub.held(STATUS_TYPES)):

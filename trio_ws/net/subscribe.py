@@ -194,7 +194,7 @@ class SubscriberSession:
                 return
             arrivals.append(now)
             self._heard = now
-            self._handle(message)
+            await self._handle(message)
 
     def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
         """Ping a client that sent nothing for ``idle`` seconds; one that answers no
@@ -224,7 +224,7 @@ class SubscriberSession:
         finally:
             self._probing = False
 
-    def _handle(self, message: str | bytes) -> None:
+    async def _handle(self, message: str | bytes) -> None:
         try:
             payload = protocol.decode_client_message(message)
         except BadClientMessage as bad:
@@ -234,13 +234,13 @@ class SubscriberSession:
         if kind == "ping":
             self._reply({"type": "pong"})
         elif kind == "control":
-            self._handle_control(payload.get("action"))
+            await self._handle_control(payload.get("action"))
         elif kind == "browser_view_subscribe":
             self.project.watch_screenshots(self.subscriber, True)
         elif kind == "browser_view_unsubscribe":
             self.project.watch_screenshots(self.subscriber, False)
 
-    def _handle_control(self, action: object) -> None:
+    async def _handle_control(self, action: object) -> None:
         if not isinstance(action, str) or action not in protocol.CONTROL_ACTIONS:
             refusal: str | None = f"unknown control action {action!r}"
         elif not self.request.origin_may_control:
@@ -248,7 +248,7 @@ class SubscriberSession:
         elif not self.request.authorized:
             refusal = "control needs the server token"
         else:
-            refusal = self.project.control(action)
+            refusal = await self.project.control(action)
         if refusal is not None:
             self._reply(protocol.warning("control", refusal))
 

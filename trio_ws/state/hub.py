@@ -149,6 +149,14 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         self.alerts_fed.set()
         self.alerts_fed = trio.Event()
 
+    @property
+    def committed_agent_status(self) -> str:
+        """The agent status subscribers were last told: with several nodes also one a
+        producer on another node reported (this node's tracker only knows its own)."""
+        item = self._snapshot_state.agent_status
+        status = None if item is None else json.loads(item.text).get("status")
+        return status if isinstance(status, str) else self.agent.status
+
     def agent_status_changed(self) -> trio.Event:
         """Set when the next ``agent_status`` event is published (a control request
         waits on it to answer with the status after its action)."""

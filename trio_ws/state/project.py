@@ -21,11 +21,11 @@ from typing import Final, Protocol
 
 import trio
 
-from trio_ws.core import defaults
+from trio_ws.core import defaults, protocol
 from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.protocol import LOST_LINE, Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
-from trio_ws.journal.interface import Journal, JournalError
+from trio_ws.journal.interface import Journal, JournalError, SharedJournal
 from trio_ws.journal.redis import RedisJournal
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
@@ -176,6 +176,8 @@ class Project(metaclass=NoPublicConstructor):
             "dev": ProducerSlot(hub.name, "dev", ProducerLedger("dev", hub)),
         }
         self._poll_scope: trio.CancelScope | None = None
+        self._remote_control: trio.CancelScope | None = None
+        """Set while this node holds the agent producer and takes other nodes' actions."""
         self._poll_lock = trio.Lock()
         self._lease_trouble = FailureStreak()
         self._tasks: trio.Nursery | None = None
@@ -446,6 +448,10 @@ class Project(metaclass=NoPublicConstructor):
             slot.grace.cancel()
             slot.grace = None
         self.hub.clear_warning(f"producer:{slot.stream}")
+        shared = self.hub.shared
+        if slot.stream == "agent" and shared is not None and self._remote_control is None:
+            self._remote_control = trio.CancelScope()
+            self._start("remote control", self._take_remote_control, shared, self._remote_control)
 
     def producer_left(self, slot: ProducerSlot, session: ProducerSession) -> None:
         """``session`` ended. Unless a newer connection took the slot over or the stream
@@ -454,6 +460,9 @@ class Project(metaclass=NoPublicConstructor):
         if slot.session is not session:
             return
         slot.session = None
+        if slot.stream == "agent" and self._remote_control is not None:
+            self._remote_control.cancel()
+            self._remote_control = None
         stream = self.hub.agent if slot.stream == "agent" else self.hub.dev
         if stream.status in FINAL_STATUSES:
             return
@@ -483,18 +492,46 @@ class Project(metaclass=NoPublicConstructor):
             hub.feed_lines([LOST_LINE], slot.stream)
             hub.set_status("crashed", slot.stream)
 
-    def control(self, action: str) -> str | None:
-        """Forward a control ``action`` to the agent producer; the refusal text when it
-        cannot be."""
+    async def control(self, action: str) -> str | None:
+        """Forward a control ``action`` to the agent producer, here or (several nodes)
+        on the node it is connected to; the refusal text when it cannot be."""
         session = self.slots["agent"].session
-        if session is None:
+        shared = self.hub.shared
+        if session is None and shared is None:
             return NO_PRODUCER
-        status = self.hub.agent.status
+        status = self.hub.committed_agent_status
         if status not in ALLOWED_FROM[action]:
             return f"cannot {action} while the agent is {status}"
-        if not session.send_control(action):
-            return "the producer is not taking control messages right now"
-        return None
+        if session is not None:
+            if not session.send_control(action):
+                return "the producer is not taking control messages right now"
+            return None
+        assert shared is not None
+        try:
+            taken = await shared.send_control(action)
+        except JournalError as exc:
+            log.error("project %s: cannot pass %s on to other nodes: %s", self.name, action, exc)
+            return f"cannot reach the node this project's producer is on: {exc}"
+        return None if taken else NO_PRODUCER
+
+    async def _take_remote_control(self, shared: SharedJournal, scope: trio.CancelScope) -> None:
+        """While this node holds the agent producer, pass it the actions other nodes send
+        (`control` there); a lost subscription is entered again with backoff."""
+        retry = Backoff(*FOLLOW_RETRY, jitter=None)
+        with scope:
+            while True:
+                try:
+                    async with shared.control_requests() as actions:
+                        retry.reset()
+                        async for action in actions:
+                            session = self.slots["agent"].session
+                            if action not in protocol.CONTROL_ACTIONS or session is None:
+                                log.warning("project %s: dropped control %r", self.name, action)
+                            elif not session.send_control(action):
+                                log.warning("project %s: producer took no %s", self.name, action)
+                except* JournalError as group:
+                    log.warning("project %s: %s", self.name, group.exceptions[0])
+                await trio.sleep(retry.next())
 
     # -- subscribers -----------------------------------------------------------
 
