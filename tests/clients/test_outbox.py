@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import cast
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -105,13 +106,32 @@ def lines_of(messages: list[Msg]) -> Iterator[tuple[int, str]]:
                 yield message["first"] + offset, line
 
 
+def untimed(messages: list[Msg]) -> list[Msg]:
+    """The messages without when their items were read (``at``, ``sent``)."""
+    return [{k: v for k, v in m.items() if k not in ("at", "sent")} for m in messages]
+
+
+def test_every_item_carries_when_it_was_read_and_the_message_when_it_was_sent() -> None:
+    """Lines held through an outage keep their own time (issue 24 item 2)."""
+    now = [100.0]
+    outbox = Outbox(clock=lambda: now[0])
+    outbox.add_status("running")
+    outbox.add_line("read at 100")
+    now[0] = 160.25  # the server was away meanwhile
+    outbox.add_line("read at 160.25")
+    now[0] = 400.5
+    status, lines = cast(list[Msg], outbox.take())
+    assert (status["at"], status["sent"]) == (100.0, 400.5)
+    assert (lines["at"], lines["sent"]) == ([100.0, 160.25], 400.5)
+
+
 def test_outbox_numbers_lines_and_statuses_from_one() -> None:
     outbox = Outbox()
     outbox.add_status("running")
     outbox.add_line("a")
     outbox.add_line("b")
     outbox.add_status("stopped", 0)
-    assert outbox.take() == [
+    assert untimed(outbox.take()) == [
         {"type": "status", "pseq": 1, "status": "running"},
         {"type": "lines", "first": 2, "lines": ["a", "b"]},
         {"type": "status", "pseq": 4, "status": "stopped", "exit_code": 0},
@@ -131,7 +151,7 @@ def test_outbox_take_sends_each_item_once() -> None:
     outbox = Outbox()
     outbox.add_line("a")
     assert len(outbox.take()) == 1
-    assert outbox.take() == []
+    assert untimed(outbox.take()) == []
     outbox.add_line("b")
     assert list(lines_of(outbox.take())) == [(2, "b")]
 
@@ -177,7 +197,7 @@ def test_outbox_restart_after_the_server_forgot_keeps_pseqs_then_resends_the_sta
     outbox.ack(3)
     outbox.restart(0)
     outbox.add_line("e")
-    assert outbox.take() == [
+    assert untimed(outbox.take()) == [
         {"type": "lines", "first": 4, "lines": ["c", "d"]},
         {"type": "status", "pseq": 6, "status": "running"},
         {"type": "lines", "first": 7, "lines": ["e"]},
@@ -194,7 +214,7 @@ def test_outbox_restart_after_the_server_forgot_resends_the_latest_status() -> N
     outbox.take()
     outbox.ack(3)
     outbox.restart(0)
-    assert outbox.take() == [{"type": "status", "pseq": 4, "status": "paused"}]
+    assert untimed(outbox.take()) == [{"type": "status", "pseq": 4, "status": "paused"}]
 
 
 def test_outbox_restart_after_the_server_forgot_sends_an_unacked_status_once() -> None:
@@ -205,7 +225,7 @@ def test_outbox_restart_after_the_server_forgot_sends_an_unacked_status_once() -
     outbox.take()
     outbox.ack(1)
     outbox.restart(0)
-    assert outbox.take() == [{"type": "status", "pseq": 2, "status": "running"}]
+    assert untimed(outbox.take()) == [{"type": "status", "pseq": 2, "status": "running"}]
 
 
 def test_outbox_sends_progress_as_its_own_pseq_item_between_lines() -> None:
@@ -213,7 +233,7 @@ def test_outbox_sends_progress_as_its_own_pseq_item_between_lines() -> None:
     outbox.add_line("a")
     outbox.add_progress(Progress(passing=2, in_progress=1, total=5, needs_human_input=0))
     outbox.add_line("b")
-    assert outbox.take() == [
+    assert untimed(outbox.take()) == [
         {"type": "lines", "first": 1, "lines": ["a"]},
         {
             "type": "progress",
@@ -236,7 +256,7 @@ def test_outbox_restart_after_the_server_forgot_resends_status_and_latest_progre
     outbox.take()
     outbox.ack(3)
     outbox.restart(0)
-    assert outbox.take() == [
+    assert untimed(outbox.take()) == [
         {"type": "status", "pseq": 4, "status": "running"},
         {
             "type": "progress",
@@ -275,7 +295,12 @@ def test_outbox_status_is_never_dropped_and_follows_the_drop_report() -> None:
     outbox.add_status("stopped", 0)
     messages = outbox.take()
     assert list(lines_of(messages)) == [(1, "a"), (2, dropped_line(1))]
-    assert messages[-1] == {"type": "status", "pseq": 3, "status": "stopped", "exit_code": 0}
+    assert untimed(messages)[-1] == {
+        "type": "status",
+        "pseq": 3,
+        "status": "stopped",
+        "exit_code": 0,
+    }
 
 
 def test_outbox_ack_beyond_what_exists_is_clamped() -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from rawws import RawClient, text
 from serving import TOKEN, connect, http_get, make_config, receive, receive_until, ws_url
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
+from trio_ws.clients.run_view import parse_timestamp
 from trio_ws.core.protocol import MAX_SCREENSHOT_BYTES
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
@@ -114,6 +116,55 @@ async def test_lines_and_status_reach_subscribers_in_order(
     assert logs(seen) == ["one", "two", "", "[trio-ws] process exited with code 0"]
     seqs = [m["seq"] for m in seen if "seq" in m]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def seconds(timestamp: str) -> float:
+    parsed = parse_timestamp(timestamp)
+    assert parsed is not None, timestamp
+    return parsed
+
+
+async def test_lines_keep_the_time_they_were_read_by_the_producers_clock(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    """Held through an outage, lines keep their own time, not the delivery's (issue 24
+    item 2); ``sent`` corrects for a producer clock an hour behind; a time from the
+    future is now, and the log never goes back in time."""
+    skew = -3600.0
+    with trio.fail_after(TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "dev_server_status")
+        ws, _ = await producer(nursery, server)
+        now = time.time() + skew  # the producer's clock
+        await send(
+            ws, {"type": "status", "pseq": 1, "status": "running", "at": now - 90, "sent": now}
+        )
+        at = [now - 60, now - 30, now + 500, now - 45]
+        message = {"type": "lines", "first": 2, "lines": ["a", "b", "future", "back"]}
+        await send(ws, message | {"at": at, "sent": now})
+        await wait_acked(ws, 5)
+        seen = await receive_until(watcher, lambda m: m.get("line") == "back")
+        received = time.time()
+    running = next(m for m in seen if m.get("status") == "running")
+    dated = {m["line"]: seconds(m["timestamp"]) for m in seen if m["type"] == "log"}
+    assert abs(seconds(running["timestamp"]) - (received - 90)) < 5
+    assert abs(dated["a"] - (received - 60)) < 5 and abs(dated["b"] - (received - 30)) < 5
+    assert dated["b"] < dated["future"] <= received
+    assert dated["back"] == dated["future"]  # not before the line logged before it
+
+
+async def test_malformed_times_are_said_and_the_lines_still_applied(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "dev_server_status")
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 1, "lines": ["x"], "at": ["soon"], "sent": 1.0})
+        warning = await receive_until(ws, lambda m: m["type"] == "warning")
+        await wait_acked(ws, 1)
+        await receive_until(watcher, lambda m: m.get("line") == "x")
+    assert "dated on arrival instead" in warning[-1]["content"]
 
 
 async def test_resent_batches_are_not_applied_twice(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import codecs
 import json
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +130,9 @@ class Item:
     status: str | None = None
     exit_code: int | None = None
     progress: Progress | None = None
+    at: float = 0.0
+    """When it was read here (UNIX seconds): the time its events carry, not the time
+    a server that was away received it."""
 
 
 class Outbox:
@@ -142,9 +146,15 @@ class Outbox:
     The last status added is kept as the current one, for a server that forgot it.
     """
 
-    def __init__(self, capacity: int = DEFAULT_CAPACITY, batch_lines: int = BATCH_LINES) -> None:
+    def __init__(
+        self,
+        capacity: int = DEFAULT_CAPACITY,
+        batch_lines: int = BATCH_LINES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         if capacity < 1 or batch_lines < 1:
             raise ValueError("capacity and batch_lines must be at least 1")
+        self._clock = clock
         self.capacity = capacity
         self.batch_lines = batch_lines
         self.acked = 0
@@ -182,7 +192,7 @@ class Outbox:
             self.dropped += 1
             self.dropped_total += 1
             return False
-        self._append(Item(self._next_pseq, line=line))
+        self._append(Item(self._next_pseq, line=line, at=self._now()))
         return True
 
     def add_status(self, status: str, exit_code: int | None = None) -> int:
@@ -191,7 +201,7 @@ class Outbox:
         Pending drops are reported first, so the report precedes the status.
         """
         self._report_drops(force=True)
-        item = Item(self._next_pseq, status=status, exit_code=exit_code)
+        item = Item(self._next_pseq, status=status, exit_code=exit_code, at=self._now())
         self._append(item)
         self._status = item
         return item.pseq
@@ -200,7 +210,7 @@ class Outbox:
         """Queue the project's progress, whatever the fill (it is state, like a status,
         and comes at most once per read that changed it); returns its pseq."""
         self._report_drops(force=True)
-        item = Item(self._next_pseq, progress=progress)
+        item = Item(self._next_pseq, progress=progress, at=self._now())
         self._append(item)
         self._progress = item
         return item.pseq
@@ -259,7 +269,7 @@ class Outbox:
                     what = "progress"
                 else:
                     what = f"status {item.status}"
-                self._sent[index] = Item(item.pseq, line=refused_line(item.pseq, what))
+                self._sent[index] = Item(item.pseq, line=refused_line(item.pseq, what), at=item.at)
                 return what
         return None
 
@@ -267,13 +277,15 @@ class Outbox:
         """Every unsent item as wire messages, in order; they count as sent from now on."""
         messages: list[ProducerMessage] = []
         batch: list[str] = []
+        times: list[float] = []
         first = size = 0
+        sent = self._now()
 
         def close_batch() -> None:
-            nonlocal batch
-            messages.append(lines_message(first, batch))
+            nonlocal batch, times
+            messages.append(lines_message(first, batch, times, sent))
             self._messages.append((first, len(batch), size))
-            batch = []
+            batch, times = [], []
 
         while self._unsent:
             item = self._unsent.popleft()
@@ -282,22 +294,28 @@ class Outbox:
                 if batch:
                     close_batch()
                 message: ProducerMessage = (
-                    status_message(item) if item.progress is None else progress_message(item)
+                    status_message(item, sent) if item.progress is None else progress_message(item)
                 )
                 messages.append(message)
                 self._messages.append((item.pseq, 1, _json_size(message)))
                 continue
-            cost = _json_size(item.line)
-            if batch and (size + 1 + cost > self.message_cap or len(batch) == self.batch_lines):
+            cost = _json_size(item.line) + 1 + _json_size(item.at)  # the line, its time
+            if batch and (size + 2 + cost > self.message_cap or len(batch) == self.batch_lines):
                 close_batch()
             if batch:
-                size += 1 + cost  # a comma and the line
+                size += 2 + cost  # a comma before the line and one before its time
             else:
-                first, size = item.pseq, _json_size(lines_message(item.pseq, [])) + cost
+                first = item.pseq
+                size = _json_size(lines_message(item.pseq, [], [], sent)) + cost
             batch.append(item.line)
+            times.append(item.at)
         if batch:
             close_batch()
         return messages
+
+    def _now(self) -> float:
+        """This machine's time, to the millisecond (what goes on the wire)."""
+        return round(self._clock(), 3)
 
     def _append(self, item: Item) -> None:
         self._unsent.append(item)
@@ -305,7 +323,7 @@ class Outbox:
 
     def _report_drops(self, *, force: bool) -> None:
         if self.dropped and (force or self.pending < self.capacity):
-            self._append(Item(self._next_pseq, line=dropped_line(self.dropped)))
+            self._append(Item(self._next_pseq, line=dropped_line(self.dropped), at=self._now()))
             self.dropped = 0
 
 
@@ -314,13 +332,19 @@ def _json_size(value: object) -> int:
     return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-def lines_message(first: int, lines: list[str]) -> LinesMessage:
-    return {"type": "lines", "first": first, "lines": lines}
+def lines_message(first: int, lines: list[str], at: list[float], sent: float) -> LinesMessage:
+    return {"type": "lines", "first": first, "lines": lines, "at": at, "sent": sent}
 
 
-def status_message(item: Item) -> StatusMessage:
+def status_message(item: Item, sent: float) -> StatusMessage:
     assert item.status is not None
-    message: StatusMessage = {"type": "status", "pseq": item.pseq, "status": item.status}
+    message: StatusMessage = {
+        "type": "status",
+        "pseq": item.pseq,
+        "status": item.status,
+        "at": item.at,
+        "sent": sent,
+    }
     if item.exit_code is not None:
         message["exit_code"] = item.exit_code
     return message

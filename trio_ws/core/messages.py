@@ -285,6 +285,12 @@ class LinesMessage(TypedDict):
     first: int
     """The ``pseq`` of the first line."""
     lines: list[str]
+    at: NotRequired[list[float]]
+    """Additive: when the producer read each line (its UNIX seconds), so lines held
+    through an outage keep their own time; with ``sent`` the server corrects for the
+    producer's clock."""
+    sent: NotRequired[float]
+    """Additive: the producer's clock when it sent the message."""
 
 
 class StatusMessage(TypedDict):
@@ -292,6 +298,9 @@ class StatusMessage(TypedDict):
     pseq: int
     status: str
     exit_code: NotRequired[int]
+    at: NotRequired[float]
+    """Additive: when the producer saw the status (as ``lines``' ``at``)."""
+    sent: NotRequired[float]
 
 
 class ProducerProgress(TypedDict):

@@ -202,9 +202,10 @@ class AgentPipeline:
     def status(self) -> str:
         return self._status
 
-    def feed_line(self, raw: str) -> list[AgentEvent]:
-        """Events for one raw line, in wire order (LINES.md 1, step 6), sharing one timestamp."""
-        self._line_time = self._clock()
+    def feed_line(self, raw: str, at: float | None = None) -> list[AgentEvent]:
+        """Events for one raw line, in wire order (LINES.md 1, step 6), sharing one timestamp:
+        ``at`` (UNIX seconds: when the producer read it) or else the clock's now."""
+        self._line_time = self._clock() if at is None else at
         try:
             return self._feed(*cap(raw), iso_timestamp(self._line_time))
         finally:
@@ -360,11 +361,13 @@ class DevPipeline:
         """Where the dev server listens in this run, once a line has said so."""
         return self._url
 
-    def feed_line(self, raw: str) -> list[DevEvent]:
-        """The ``dev_log`` for one raw line, then a ``dev_server_status`` if it reveals the URL."""
+    def feed_line(self, raw: str, at: float | None = None) -> list[DevEvent]:
+        """The ``dev_log`` for one raw line (dated ``at``, else now), then a
+        ``dev_server_status`` if it reveals the URL."""
         line, dropped = cap(raw)
         redacted, self.in_private_key = redact_line(line, self.in_private_key, self._secrets)
-        events: list[DevEvent] = [dev_log(finish(redacted, dropped), iso_timestamp(self._clock()))]
+        when = self._clock() if at is None else at
+        events: list[DevEvent] = [dev_log(finish(redacted, dropped), iso_timestamp(when))]
         if self._url is None and (url := _dev_url(line, self._secrets)) is not None:
             self._url = url
             events.append(dev_server_status(self._status, url))

@@ -19,6 +19,7 @@ dropped, so a half-open connection never holds its stream.
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import trio
@@ -31,7 +32,7 @@ from trio_ws.data.progress import Progress
 from trio_ws.journal.interface import JournalError
 from trio_ws.net.connection import ConnectionClosed, WebSocket
 from trio_ws.net.refusals import refuse
-from trio_ws.state.hub import ProjectHub
+from trio_ws.state.hub import ProducerTimes, ProjectHub
 from trio_ws.state.project import FINAL_STATUSES, ProducerSlot, Project
 
 if TYPE_CHECKING:
@@ -224,7 +225,10 @@ class PublishSession:
         if skip == len(lines):
             return None  # all already applied: a resend
         fresh = lines[skip:]
-        self.hub.feed_lines(fresh, self.slot.stream)
+        times = self._times(payload, len(lines))
+        if times is not None:
+            times = ProducerTimes(times.times[skip:], times.offset)
+        self.hub.feed_lines(fresh, self.slot.stream, times)
         self.slot.ledger.applied_through(self.producer_id, first + len(lines) - 1)
         return None
 
@@ -248,9 +252,35 @@ class PublishSession:
         if not isinstance(status, str) or status not in allowed:  # a list is unhashable
             return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
         exit_code = payload.get("exit_code")
+        at = payload.get("at")
+        times = (
+            self._times({"at": [at], "sent": payload.get("sent")}, 1) if "at" in payload else None
+        )
         if status in FINAL_STATUSES and _is_int(exit_code):
-            self.hub.feed_lines([f"{EXIT_LINE} {exit_code}"], self.slot.stream)
-        self.hub.set_status(status, self.slot.stream)
+            self.hub.feed_lines([f"{EXIT_LINE} {exit_code}"], self.slot.stream, times)
+        self.hub.set_status(status, self.slot.stream, times)
+        return None
+
+    def _times(self, payload: dict[str, Any], count: int) -> ProducerTimes | None:
+        """When the producer read its ``count`` items (``at``, and ``sent`` to correct
+        for its clock), or None: then they are dated on arrival. A malformed pair is
+        said back once per message and the items are still applied."""
+        at, sent = payload.get("at"), payload.get("sent")
+        if at is None and sent is None:
+            return None
+        if (
+            isinstance(at, list)
+            and len(at) == count
+            and all(_is_number(when) for when in at)
+            and _is_number(sent)
+        ):
+            return ProducerTimes(at, self.hub.wall_time() - sent)
+        self._queue(
+            protocol.warning(
+                "protocol",
+                f"'at' must list {count} times and 'sent' be a time; dated on arrival instead",
+            )
+        )
         return None
 
     def _apply_progress(self, payload: dict[str, Any]) -> str | None:
@@ -301,6 +331,11 @@ class PublishSession:
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
         return True
+
+
+def _is_number(value: object) -> TypeGuard[float]:
+    """A JSON number that is a finite time (not a bool, not NaN or infinite)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _is_int(value: object) -> TypeGuard[int]:

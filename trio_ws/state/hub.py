@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import trio
 
@@ -50,25 +51,57 @@ from trio_ws.state.screenshots import browser_screenshot
 from trio_ws.state.subscriber import Subscriber
 
 
+@dataclass(frozen=True, slots=True)
+class ProducerTimes:
+    """When a producer read each of its items, by its own clock, and ``offset``: what to
+    add to get this server's time (our now minus its clock when it sent them)."""
+
+    times: Sequence[float]
+    offset: float
+
+
 class ProjectHub(HubCommit, HubFollow, HubFanOut):
     """The live state and history of one project, and its subscribers: the producers'
     side is here; committing, following other nodes and the fan-out are its parts."""
 
-    def feed_lines(self, lines: Iterable[str], stream: Stream = "agent") -> None:
-        """Run raw output lines through the stream's pipeline and publish the events."""
+    def feed_lines(
+        self, lines: Sequence[str], stream: Stream = "agent", at: ProducerTimes | None = None
+    ) -> None:
+        """Run raw output lines through the stream's pipeline and publish the events,
+        each dated when the producer read it (``at``) or else now."""
         pipeline = self.agent if stream == "agent" else self.dev
         self._dirty.add(stream)
-        for line in lines:
-            self._publish(pipeline.feed_line(line))
+        if at is None:
+            for line in lines:
+                self._publish(pipeline.feed_line(line))
+            return
+        for line, when in zip(lines, at.times, strict=True):
+            self._publish(pipeline.feed_line(line, self._dated(stream, when + at.offset)))
 
-    def set_status(self, status: str, stream: Stream = "agent") -> None:
-        """Apply a producer status; only a real change becomes an event."""
+    def wall_time(self) -> float:
+        """This server's clock (UNIX seconds), as its events are dated."""
+        return self._clock()
+
+    def _dated(self, stream: Stream, when: float) -> float:
+        """A producer's time for a stream's next event, kept between that stream's last
+        one and now: a clock that jumped can neither date an event in the future nor
+        reorder the log."""
+        when = min(max(when, self._last_dated.get(stream, when)), self._clock())
+        self._last_dated[stream] = when
+        return when
+
+    def set_status(
+        self, status: str, stream: Stream = "agent", at: ProducerTimes | None = None
+    ) -> None:
+        """Apply a producer status (seen ``at`` the producer, else now); only a real
+        change becomes an event."""
         pipeline = self.agent if stream == "agent" else self.dev
         self._dirty.add(stream)
         events = pipeline.set_status(status)
+        when = self._clock() if at is None else self._dated(stream, at.times[0] + at.offset)
         for event in events:
             if event["type"] == "agent_status":
-                event["timestamp"] = protocol.iso_timestamp(self._clock())
+                event["timestamp"] = protocol.iso_timestamp(when)
         self._publish(events)
 
     def publish_progress(self, progress: Progress) -> bool:

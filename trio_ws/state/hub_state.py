@@ -102,6 +102,8 @@ class HubState:
         self.shared: SharedJournal | None = None
         """The journal again when other nodes append to it too (``--broker``): then the
         hub follows their events and writes only its own streams' tracker state."""
+        self._last_dated: dict[Stream, float] = {}
+        """Each stream's last producer-dated event time: the next one is not earlier."""
         self._dirty: set[Stream] = set()
         """Streams whose pipeline ran since the last commit (their state is due)."""
         self._committing: set[Stream] = set()
