@@ -22,6 +22,8 @@ from test_run_view import (
 
 from trio_ws.clients.run_view import ProgressPoint, RunView
 from trio_ws.clients.watch_render import (
+    MIN_LOG_LINES,
+    fitting_layout,
     fitting_log_lines,
     format_age,
     printable,
@@ -245,3 +247,25 @@ def test_render_shows_the_sparkline_and_the_latest_count() -> None:
     line = next(line for line in rendered(view).splitlines() if "passing over time" in line)
     assert "12/12 now, since 17:04:01 UTC (3 events)" in line
     assert line.split()[3][-1] == "█"
+
+
+def test_a_short_terminal_gets_the_compact_view_with_room_for_the_log() -> None:
+    """At 80x24 the whole view (a board of twelve categories) left the log a line: the
+    compact one drops the sparkline, the board and the orchestrator instead."""
+    view = busy_view()
+    rows = [
+        {"id": n, "category": f"category {n}", "name": f"feature {n}", "in_progress": n < 4}
+        for n in range(1, 13)
+    ]
+    flags = {"passes": False, "in_progress": False, "needs_human_input": False}
+    view.apply_features(200, {"project": "todo-app", "features": [flags | r for r in rows]})
+    short = Console(width=80, height=24, file=open(os.devnull, "w"))  # noqa: SIM115
+    tall = Console(width=80, height=80, file=open(os.devnull, "w"))  # noqa: SIM115
+    compact, lines = fitting_layout(view, short, TS_UNIX + 65, UTC)
+    assert compact and lines >= MIN_LOG_LINES
+    assert fitting_layout(view, tall, TS_UNIX + 65, UTC)[0] is False
+    text = rendered(view, width=80, lines=lines)
+    assert "category 12" in text  # the whole view shows the board …
+    short.begin_capture()
+    short.print(render(view, TS_UNIX + 65, lines, UTC, compact=True))
+    assert "category 12" not in short.end_capture()  # … the compact one does not

@@ -21,7 +21,7 @@ from rich.live import Live
 
 from trio_ws.clients.run_view import RunView
 from trio_ws.clients.watch_api import keep_extras, read_features, read_history
-from trio_ws.clients.watch_render import fitting_log_lines, render
+from trio_ws.clients.watch_render import fitting_layout, render
 from trio_ws.clients.watch_session import WatchError, WatchTarget, fetch_snapshot, follow
 from trio_ws.core import protocol
 from trio_ws.runtime.backoff import Backoff
@@ -68,8 +68,10 @@ async def watch_live(
 
     def current() -> RenderableType:
         now = clock()
-        lines = log_lines if log_lines is not None else fitting_log_lines(view, console, now, zone)
-        return render(view, now, lines, zone)
+        if log_lines is not None:
+            return render(view, now, log_lines, zone)
+        compact, lines = fitting_layout(view, console, now, zone)
+        return render(view, now, lines, zone, compact=compact)
 
     async def refresh(live: Live) -> None:
         while True:

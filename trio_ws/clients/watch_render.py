@@ -56,6 +56,10 @@ _STATE_STYLE: Final = {
     "struggling": "red",
 }
 
+MIN_LOG_LINES: Final = 8
+"""Log lines the live view keeps room for: when the whole view would leave fewer (an
+80x24 terminal with a features board), it goes compact."""
+
 
 def printable(text: str) -> str:
     """``text`` with ANSI sequences dropped and other control characters shown as ``?``."""
@@ -278,20 +282,26 @@ def render_logs(
 
 
 def render(
-    view: RunView, now: float, log_lines: int = ONCE_LOG_LINES, zone: tzinfo | None = None
+    view: RunView,
+    now: float,
+    log_lines: int = ONCE_LOG_LINES,
+    zone: tzinfo | None = None,
+    *,
+    compact: bool = False,
 ) -> Group:
     """The whole dashboard for ``view`` at time ``now`` (UNIX seconds), its times in
-    ``zone`` (None: this machine's local time, as a browser shows them)."""
+    ``zone`` (None: this machine's local time, as a browser shows them). ``compact``
+    (a short terminal) leaves out the sparkline, the features board and the
+    orchestrator, so the agents and the log keep their room."""
     parts: list[RenderableType] = [render_header(view)]
     parts.extend(_problems(view))
-    parts += [
-        render_progress(view),
-        render_history(view, zone),
-        render_agents(view, now),
-        render_features(view),
-        render_orchestrator(view),
-        render_logs(view, log_lines, zone, now),
-    ]
+    parts.append(render_progress(view))
+    if not compact:
+        parts.append(render_history(view, zone))
+    parts.append(render_agents(view, now))
+    if not compact:
+        parts += [render_features(view), render_orchestrator(view)]
+    parts.append(render_logs(view, log_lines, zone, now))
     return Group(*parts)
 
 
@@ -307,6 +317,20 @@ def fitting_log_lines(
     view: RunView, console: Console, now: float, zone: tzinfo | None = None
 ) -> int:
     """How many log lines fit under everything else on ``console``'s screen."""
-    rest = render(view, now, log_lines=0, zone=zone)
-    used = len(console.render_lines(rest, console.options, pad=False))
-    return max(1, console.size.height - used - 1)
+    return fitting_layout(view, console, now, zone)[1]
+
+
+def fitting_layout(
+    view: RunView, console: Console, now: float, zone: tzinfo | None = None
+) -> tuple[bool, int]:
+    """Whether the view must be compact on ``console``'s screen, and how many log lines
+    then fit under the rest: the whole view, unless it leaves the log fewer than
+    `MIN_LOG_LINES` (then the compact one)."""
+    compact = False
+    while True:
+        rest = render(view, now, log_lines=0, zone=zone, compact=compact)
+        used = len(console.render_lines(rest, console.options, pad=False))
+        lines = console.size.height - used - 1
+        if lines >= MIN_LOG_LINES or compact:
+            return compact, max(1, lines)
+        compact = True
