@@ -215,6 +215,24 @@ def test_trust_origin_is_refused_off_loopback_and_for_no_origin(
     assert words in line
 
 
+async def lose_a_running_producer(
+    nursery: trio.Nursery, port: int, token: str
+) -> WebSocketConnection:
+    """A producer reports running, then goes without a word; returns a watcher of it."""
+    watcher = await connect_websocket_url(nursery, f"ws://127.0.0.1:{port}/ws/projects/demo")
+    producer = await connect_websocket_url(
+        nursery,
+        f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
+        extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+    )
+    await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
+    await producer.send_message('{"type":"status","pseq":1,"status":"running"}')
+    while (await receive(watcher)).get("status") != "running":
+        pass
+    await producer.aclose()
+    return watcher
+
+
 async def test_producer_grace_option_marks_a_vanished_producer_crashed(
     nursery: trio.Nursery, served_home: Path
 ) -> None:
@@ -225,19 +243,7 @@ async def test_producer_grace_option_marks_a_vanished_producer_crashed(
             port,
             _,
         ):
-            watcher = await connect_websocket_url(
-                nursery, f"ws://127.0.0.1:{port}/ws/projects/demo"
-            )
-            producer = await connect_websocket_url(
-                nursery,
-                f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
-                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
-            )
-            await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
-            await producer.send_message('{"type":"status","pseq":1,"status":"running"}')
-            while (await receive(watcher)).get("status") != "running":
-                pass
-            await producer.aclose()
+            watcher = await lose_a_running_producer(nursery, port, token)
             while (await receive(watcher)).get("status") != "crashed":
                 pass
             process.send_signal(signal.SIGTERM)
@@ -273,19 +279,7 @@ async def test_alerts_are_on_by_default_and_a_lost_producer_raises_one(
             port,
             _,
         ):
-            watcher = await connect_websocket_url(
-                nursery, f"ws://127.0.0.1:{port}/ws/projects/demo"
-            )
-            producer = await connect_websocket_url(
-                nursery,
-                f"ws://127.0.0.1:{port}/ws/projects/demo/publish",
-                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
-            )
-            await producer.send_message('{"type":"hello","producer":"p","stream":"agent"}')
-            await producer.send_message('{"type":"status","pseq":1,"status":"running"}')
-            while (await receive(watcher)).get("status") != "running":
-                pass
-            await producer.aclose()
+            watcher = await lose_a_running_producer(nursery, port, token)
             while (alert := await receive(watcher))["type"] != "alert":
                 pass
             process.send_signal(signal.SIGTERM)
