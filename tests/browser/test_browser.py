@@ -494,6 +494,20 @@ def test_feature_cards_keep_their_names_readable_at_900_pixels(
     assert card.rect["width"] >= 220, card.rect
 
 
+def test_a_standing_alert_is_a_banner_until_it_is_resolved(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    """serve has alerts on: a feature needing a human raises one, answering it resolves it."""
+    open_live(browser, served)
+    start_run(served, producer)
+    set_progress(project, passing=1, in_progress=2, needs_input=1)
+    css = '#banners .banner[data-severity="warning"]'
+    wait(browser, lambda d: "NEEDS_INPUT" in text(d, f"{css} .source").upper(), "the alert")
+    assert "human" in text(browser, f"{css} .content").lower()
+    set_progress(project, passing=1, in_progress=2, needs_input=0)
+    wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, css) == [], "the alert to go")
+
+
 def test_page_resumes_after_a_kill_9_restart_of_a_journalled_server(
     home: Path, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:

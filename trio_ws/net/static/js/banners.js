@@ -4,7 +4,7 @@ import { $, el } from "./dom.js";
 
 const banners = new Map();
 
-export function showBanner(source, content, fromServer = false) {
+export function showBanner(source, content, fromServer = false, label = source) {
   let banner = banners.get(source);
   if (!banner) {
     banner = el("div", "banner");
@@ -13,7 +13,7 @@ export function showBanner(source, content, fromServer = false) {
     close.type = "button";
     close.title = "dismiss";
     close.addEventListener("click", () => clearBanner(source));
-    banner.append(el("span", "source", source), el("span", "content"), close);
+    banner.append(el("span", "source", label), el("span", "content"), close);
     banners.set(source, banner);
     $("banners").append(banner);
   }

@@ -2,7 +2,7 @@
 // what changed. Unknown message types and fields are ignored.
 
 import { $ } from "./dom.js";
-import { clearServerBanners, showBanner } from "./banners.js";
+import { clearBanner, clearServerBanners, showBanner } from "./banners.js";
 import { clearCards, onAgentUpdate } from "./agents.js";
 import { clearChart, loadHistory } from "./chart.js";
 import { clearLogs, onDevLog, onLog } from "./log.js";
@@ -28,6 +28,7 @@ const handlers = new Map([
   ["orchestrator_update", onOrchestrator],
   ["dev_log", onDevLog],
   ["dev_server_status", onDevStatus],
+  ["alert", onAlert],
 ]);
 
 export function handle(text) {
@@ -107,4 +108,21 @@ function onResync(message) {
 function onWarning(message) {
   const source = String(message.source ?? "server");
   showBanner(source, message.content ?? "", true);
+}
+
+function onAlert(message) {
+  // A raised alert stands as a banner until it is resolved (the snapshot repeats the
+  // standing ones after every sync, as it does warnings).
+  const key = `alert ${String(message.id)}`;
+  if (message.state === "resolved") {
+    clearBanner(key);
+    return;
+  }
+  const where = [message.agent, message.feature != null ? `#${message.feature}` : null]
+    .filter(Boolean)
+    .join(" ");
+  const text = where ? `${message.message} (${where})` : String(message.message ?? "");
+  showBanner(key, text, true, String(message.kind ?? "alert"));
+  document.querySelector(`.banner[data-source="${CSS.escape(key)}"]`).dataset.severity =
+    String(message.severity ?? "warning");
 }
