@@ -362,3 +362,31 @@ def test_a_new_epoch_drops_the_points() -> None:
     view = view_of(hello(2), progress(1, at=at(1)))
     view.apply(hello(0, epoch="e2"))
     assert (view.points, view.history_epoch) == ({}, None)
+
+
+def alert(seq: int, state: str = "raised", kind: str = "needs_input") -> Msg:
+    return {
+        "type": "alert",
+        "id": f"{kind}:-:2",
+        "kind": kind,
+        "severity": "warning",
+        "state": state,
+        "project": "demo",
+        "agent": "Spark",
+        "feature": 3,
+        "message": "a feature needs a human",
+        "timestamp": TS,
+        "seq": seq,
+    }
+
+
+def test_an_alert_stands_until_resolved_and_only_live_ones_ring() -> None:
+    view = view_of(hello(2), alert(2))  # a standing one, from the snapshot
+    assert view.alerts == {
+        "needs_input:-:2": ("needs_input", "warning", "a feature needs a human (Spark 3)")
+    }
+    assert view.alerts_raised == 0
+    view.apply(alert(3, "resolved"))
+    assert view.alerts == {}
+    view.apply(alert(4, kind="run_stalled"))
+    assert (list(view.alerts), view.alerts_raised) == (["run_stalled:-:2"], 1)

@@ -4,22 +4,29 @@ the modes (``--once``, ``--json``, live), exits and the token.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+import pytest
 import trio
 from features_db import Row, create_db, db_path, insert
+from rich.console import Console
 from services import free_port
 from serving import NETWORK_TIMEOUT, make_config
 from test_run_view import AGENT_LINES, hello
 from watching import populate
 
+from trio_ws.clients.watch import watch_live
+from trio_ws.clients.watch_session import WatchTarget
 from trio_ws.core import protocol
-from trio_ws.data.progress import count_passing_tests
+from trio_ws.core.alerts import AlertSettings
+from trio_ws.data.progress import Progress, count_passing_tests
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
 from trio_ws.net.subscribe import SubscriberSession
@@ -357,3 +364,34 @@ async def test_cli_once_is_not_cut_to_80_columns_when_stdout_is_a_pipe(
     )
     assert header in out.splitlines()[0]
     assert long_line.rstrip() in out
+
+
+@pytest.mark.parametrize("bell", [True, False], ids=["bell", "no-bell"])
+async def test_live_watch_rings_the_bell_at_a_new_alert(
+    nursery: trio.Nursery,
+    registry: Registry,
+    project_dir: Path,
+    bell: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TERM", "xterm-256color")  # rich rings no bell on a dumb terminal
+    config = make_config(registry, alerts=AlertSettings())
+    server: Server = await nursery.start(serve, config)
+    hub = await populate(server, project_dir)
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=100, height=40)
+    target = WatchTarget.from_server(f"http://127.0.0.1:{server.port}", "demo")
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as inner:
+            inner.start_soon(partial(watch_live, target, console, log_lines=5, bell=bell))
+            await wait_for_subscribers(server, 1)
+            await trio.sleep(0.5)  # the snapshot is in
+            # populate's database has a feature needing a human: its alert stands in the
+            # snapshot (no bell for that); answered, then needed again, it is a new one.
+            hub.publish_progress(Progress(passing=3, in_progress=2, total=10, needs_human_input=0))
+            hub.publish_progress(Progress(passing=3, in_progress=2, total=10, needs_human_input=2))
+            while screen.getvalue().count("alert needs_input") < 2:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            await trio.sleep(0.5)  # a refresh or two after it
+            inner.cancel_scope.cancel()
+    assert ("\x07" in screen.getvalue()) is bell

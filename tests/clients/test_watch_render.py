@@ -10,6 +10,7 @@ import pytest
 from rich.console import Console
 from test_run_view import (
     agent_update,
+    alert,
     at,
     dev_log,
     hello,
@@ -269,3 +270,9 @@ def test_a_short_terminal_gets_the_compact_view_with_room_for_the_log() -> None:
     short.begin_capture()
     short.print(render(view, TS_UNIX + 65, lines, UTC, compact=True))
     assert "category 12" not in short.end_capture()  # … the compact one does not
+
+
+def test_a_standing_alert_is_a_line_above_the_run() -> None:
+    view = busy_view()
+    view.apply(alert(view.seq + 1 if view.seq is not None else 1))
+    assert "alert needs_input: a feature needs a human (Spark 3)" in rendered(view)

@@ -134,6 +134,10 @@ class RunView:
     dev_logs: deque[LogEntry] = field(init=False)
     warnings: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=WARNING_LIMIT))
     error: str | None = None
+    alerts: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    """Standing alerts by id: (kind, severity, message), oldest first."""
+    alerts_raised: int = 0
+    """Alerts raised while watching (live ones, not a snapshot's): what rings the bell."""
     points: dict[int, ProgressPoint] = field(default_factory=dict)
     """Progress events by seq: the history and live ones overlap without doubling."""
     history_epoch: str | None = None
@@ -220,6 +224,7 @@ class RunView:
         self.logs.clear()
         self.dev_logs.clear()
         self.error = None
+        self.alerts.clear()
         self.points.clear()
         self.history_epoch = None
         self.seq = snapshot_point
@@ -377,6 +382,23 @@ class RunView:
             updated=parse_timestamp(message.get("timestamp")),
         )
 
+    def _alert(self, message: MessageFields) -> None:
+        """A raised alert stands until it is resolved (the snapshot repeats standing
+        ones); a raised one that is no snapshot's counts toward the bell."""
+        key = str(message.get("id"))
+        if message.get("state") == "resolved":
+            self.alerts.pop(key, None)
+            return
+        where = [str(message[k]) for k in ("agent", "feature") if message.get(k) is not None]
+        text = str(message.get("message", ""))
+        self.alerts[key] = (
+            str(message.get("kind", "alert")),
+            str(message.get("severity", "warning")),
+            f"{text} ({' '.join(where)})" if where else text,
+        )
+        if self._snapshot_point is None or int(message.get("seq", 0)) > self._snapshot_point:
+            self.alerts_raised += 1
+
 
 _Handler = Callable[[RunView, MessageFields], None]
 
@@ -389,6 +411,7 @@ _CONNECTION_HANDLERS: Final[dict[str, _Handler]] = {
     "error": RunView._error,
 }
 _EVENT_HANDLERS: Final[dict[str, _Handler]] = {
+    "alert": RunView._alert,
     "agent_status": RunView._agent_status,
     "dev_server_status": RunView._dev_server_status,
     "progress": RunView._progress,

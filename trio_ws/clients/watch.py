@@ -57,6 +57,7 @@ async def watch_live(
     backoff: Backoff | None = None,
     clock: Callable[[], float] = time.time,
     zone: tzinfo | None = None,
+    bell: bool = True,
 ) -> NoReturn:
     """The live dashboard until cancelled; raises `WatchRefused` on a do-not-retry close.
     Times show in ``zone`` (None: local time).
@@ -74,8 +75,12 @@ async def watch_live(
         return render(view, now, lines, zone, compact=compact)
 
     async def refresh(live: Live) -> None:
+        rung = 0
         while True:
             live.update(current(), refresh=True)
+            if bell and view.alerts_raised > rung:
+                console.bell()  # a run needs you: a new alert was raised
+            rung = view.alerts_raised
             await trio.sleep(REFRESH)
 
     failure: WatchError | None = None

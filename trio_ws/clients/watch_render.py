@@ -56,6 +56,8 @@ _STATE_STYLE: Final = {
     "struggling": "red",
 }
 
+ALERT_STYLES: Final = {"error": "bold red", "warning": "yellow", "info": "green"}
+"""How a standing alert's line looks, by its severity."""
 MIN_LOG_LINES: Final = 8
 """Log lines the live view keeps room for: when the whole view would leave fewer (an
 80x24 terminal with a features board), it goes compact."""
@@ -311,6 +313,8 @@ def _problems(view: RunView) -> Iterable[Text]:
     if view.warnings:
         source, content = view.warnings[-1]
         yield _text(f"warning ({source}): {content}", "yellow")
+    for kind, severity, text in view.alerts.values():
+        yield _text(f"alert {kind}: {text}", ALERT_STYLES.get(severity, "yellow"))
 
 
 def fitting_log_lines(

@@ -891,6 +891,7 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
     help="Log lines to show [default: what fits the terminal; 20 with --once].",
 )
 @click.option("--utc", is_flag=True, help="Show times in UTC [default: this machine's zone].")
+@click.option("--no-bell", is_flag=True, help="Do not ring the terminal bell at a new alert.")
 def watch_command(
     name: str,
     server: str,
@@ -901,6 +902,7 @@ def watch_command(
     backlog: int,
     lines: int | None,
     utc: bool,
+    no_bell: bool,
 ) -> None:
     """Watch project NAME live: agents, progress, orchestrator and log tail.
 
@@ -949,7 +951,8 @@ def watch_command(
         if as_json:
             await watch.watch_json(target, write_line, on_drop=note_drop)
         else:
-            await watch.watch_live(target, Console(highlight=False), log_lines=lines, zone=zone)
+            console = Console(highlight=False)
+            await watch.watch_live(target, console, log_lines=lines, zone=zone, bell=not no_bell)
 
     try:
         trio.run(until_signalled, once_mode if once else live_mode)
