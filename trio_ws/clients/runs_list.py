@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any, Final
 
 from trio_ws.clients.watch_api import get_json
+from trio_ws.clients.watch_render import format_age
 from trio_ws.clients.watch_session import WatchError, WatchTarget
 
 COLUMNS: Final = ("run", "started", "took", "ended", "exit", "progress", "logs", "errors")
@@ -31,7 +32,7 @@ def row(run: Summary) -> tuple[str, ...]:
     """One run as the table's cells: when, how long, how it ended, final progress."""
     started = _time(run.get("started_at"))
     end = _time(run.get("ended_at") or run.get("last_at"))
-    took = "" if started is None or end is None else _duration((end - started).total_seconds())
+    took = "" if started is None or end is None else format_age((end - started).total_seconds())
     progress = run.get("progress_end")
     shown = "" if not isinstance(progress, dict) else _progress(progress)
     exit_code = run.get("exit_code")
@@ -54,16 +55,6 @@ def _time(value: object) -> datetime | None:
         return datetime.fromisoformat(value)
     except ValueError:
         return None
-
-
-def _duration(seconds: float) -> str:
-    """``42s``, ``3m05s``, ``2h04m``."""
-    whole = max(0, int(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
 
 
 def _progress(progress: dict[str, Any]) -> str:
