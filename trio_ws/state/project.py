@@ -307,17 +307,28 @@ class Project(metaclass=NoPublicConstructor):
             with trio.CancelScope(shield=True):
                 await self._stop_tasks()
 
-    async def _follow(self, journal: RedisJournal) -> None:
-        """The project's broker follower: a bug that makes it raise is logged and it
-        restarts (`run_restarting`), never passed to the server's nursery."""
+    async def _for_its_life(
+        self,
+        what: str,
+        body: Callable[[], Awaitable[object]],
+        on_crash: Callable[[Exception], None] | None = None,
+    ) -> None:
+        """Run one of the project's own loops until the hub closes: a bug that makes it
+        raise is logged and it restarts after `WRITER_RESTART` (`run_restarting`),
+        never passed to the server's nursery."""
         hub = self.hub
         await run_restarting(
-            f"project {hub.name}: broker follower",
-            partial(self._follow_broker, journal),
+            f"project {hub.name}: {what}",
+            body,
             Backoff(WRITER_RESTART, WRITER_RESTART, jitter=None),
             done=lambda: hub.closed,
+            on_crash=on_crash,
             logger=log,
         )
+
+    async def _follow(self, journal: RedisJournal) -> None:
+        """The project's broker follower, for the project's life."""
+        await self._for_its_life("broker follower", partial(self._follow_broker, journal))
 
     async def _follow_broker(self, journal: RedisJournal) -> None:
         """Apply every node's appends to this hub, in seq order (STATE.md 5): subscribe
@@ -372,25 +383,15 @@ class Project(metaclass=NoPublicConstructor):
         every subscriber had it: every subscriber is resynced, so none is left with a
         silent gap."""
         hub = self.hub
-        await run_restarting(
-            f"project {hub.name}: journal writer",
+        await self._for_its_life(
+            "journal writer",
             hub.run_writer,
-            Backoff(WRITER_RESTART, WRITER_RESTART, jitter=None),
-            done=lambda: hub.closed,
             on_crash=lambda _exc: hub.resync_all(RESYNC_WRITER_FAILED),
-            logger=log,
         )
 
     async def _alerts(self) -> None:
-        """The alert rules' clock: a bug that makes it raise is logged and it restarts."""
-        hub = self.hub
-        await run_restarting(
-            f"project {hub.name}: alerts",
-            self._alert_ticks,
-            Backoff(WRITER_RESTART, WRITER_RESTART, jitter=None),
-            done=lambda: hub.closed,
-            logger=log,
-        )
+        """The alert rules' clock, for the project's life."""
+        await self._for_its_life("alerts", self._alert_ticks)
 
     async def _alert_ticks(self) -> None:
         """Publish the time-based alerts when due: sleep until the rules' next deadline,
