@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import pytest
+from plain import EVENT_KINDS
 
 from trio_ws.core import messages
 from trio_ws.core.messages import Event
@@ -22,11 +23,6 @@ from trio_ws.core.trackers import AgentTracker
 DATA = Path(__file__).parent.parent / "corpus"
 RUN_LINES = (DATA / "autoforge-run.txt").read_text(encoding="utf-8").splitlines()
 EDGE_LINES = (DATA / "edge-cases.txt").read_text(encoding="utf-8").splitlines()
-
-EVENT_TYPES: dict[str, Any] = {
-    get_args(get_type_hints(kind)["type"])[0]: kind for kind in get_args(Event)
-}
-"""Each event TypedDict by its ``type`` tag."""
 
 
 def fits(value: object, hint: Any) -> bool:
@@ -48,7 +44,7 @@ def fits(value: object, hint: Any) -> bool:
 
 def problems(event: dict[str, Any]) -> list[str]:
     """What about ``event`` its TypedDict does not allow; empty when it fits."""
-    kind = EVENT_TYPES[event["type"]]
+    kind = EVENT_KINDS[event["type"]]
     hints = get_type_hints(kind)
     found = [f"missing {key}" for key in kind.__required_keys__ - event.keys()]
     found += [f"unknown {key}" for key in event.keys() - hints.keys()]
@@ -61,8 +57,8 @@ def problems(event: dict[str, Any]) -> list[str]:
 
 
 def test_every_event_type_has_its_own_tag() -> None:
-    assert len(EVENT_TYPES) == len(get_args(Event))
-    assert set(EVENT_TYPES) == {
+    assert len(EVENT_KINDS) == len(get_args(Event))
+    assert set(EVENT_KINDS) == {
         "progress",
         "agent_status",
         "log",

@@ -26,6 +26,7 @@ import trio.testing
 import wsproto
 from autoforge_ui import AutoForgeUI
 from features_db import create_db, db_path, rows
+from plain import EVENT_KINDS
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 from wsproto.events import (
@@ -108,17 +109,7 @@ def hub_of(server: Server, project: str = "demo") -> ProjectHub:
     return hub
 
 
-EVENT_TYPES = frozenset(
-    {
-        "progress",
-        "agent_status",
-        "log",
-        "agent_update",
-        "orchestrator_update",
-        "dev_log",
-        "dev_server_status",
-    }
-)
+EVENT_TYPES = frozenset(EVENT_KINDS)
 
 
 async def next_reply(ws: WebSocketConnection) -> Msg:
