@@ -8,12 +8,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Final
 
+import trio
 from services import free_port
 
 START_TIMEOUT: Final = 10.0
@@ -67,15 +66,33 @@ class NginxProxy:
         self.binary = binary
         self.home = home
         self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: trio.Process | None = None
 
     @property
     def origin(self) -> str:
         """The origin of the pages it serves: what a browser sends as ``Origin``."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, upstream: int) -> None:
-        """Proxy to trio-ws on ``upstream``; return once nginx listens."""
+    async def start(self, upstream: int) -> None:
+        """Proxy to trio-ws on ``upstream``; return once nginx listens (its workers come up
+        after the master: nothing but a connection tells when)."""
+        await trio.to_thread.run_sync(self._write_files, upstream)
+        self.process = await trio.lowlevel.open_process(
+            [self.binary, "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with trio.move_on_after(START_TIMEOUT):
+            while self.process.returncode is None:
+                try:
+                    await (await trio.open_tcp_stream("127.0.0.1", self.port)).aclose()
+                    return
+                except OSError:
+                    await trio.sleep(0.05)
+            raise RuntimeError(f"nginx exited: {self.error_log()}")
+        raise RuntimeError(f"nginx did not listen within {START_TIMEOUT} s: {self.error_log()}")
+
+    def _write_files(self, upstream: int) -> None:
         home = self.home
         (home / "ui").mkdir(parents=True, exist_ok=True)
         (home / "ui" / "index.html").write_text("<!doctype html><title>the UI</title>\n")
@@ -83,32 +100,19 @@ class NginxProxy:
         user = "user root;" if os.geteuid() == 0 else ""
         config = CONFIG.format(user=user, home=home, port=self.port, upstream=upstream)
         (home / "nginx.conf").write_text(config)
-        self.process = subprocess.Popen(
-            [self.binary, "-p", str(self.home), "-c", str(self.home / "nginx.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited: {self.error_log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"nginx did not listen within {START_TIMEOUT} s: {self.error_log()}")
 
-    def stop(self) -> None:
-        if self.process is None:
+    async def stop(self) -> None:
+        """Stop nginx gracefully (SIGQUIT), killed if it takes too long."""
+        process, self.process = self.process, None
+        if process is None:
             return
-        self.process.send_signal(signal.SIGQUIT)
-        try:
-            self.process.wait(timeout=START_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
+        with trio.CancelScope(shield=True):
+            process.send_signal(signal.SIGQUIT)
+            with trio.move_on_after(START_TIMEOUT):
+                await process.wait()
+                return
+            process.kill()
+            await process.wait()
 
     def error_log(self) -> str:
         path = self.home / "error.log"

@@ -5,7 +5,7 @@ buttons without the token, and nobody else gets them (issue 19 item 1)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +21,12 @@ from trio_ws.net.server import Server, serve
 
 
 @pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[NginxProxy]:
+async def proxy(tmp_path: Path) -> AsyncIterator[NginxProxy]:
     """An nginx (not yet started: its origin must be trusted before the server starts);
     skipped on a developer's machine without it, a failure in CI, which installs it."""
     made = NginxProxy(require(nginx_path(), "nginx-light"), tmp_path / "nginx")
     yield made
-    made.stop()
+    await made.stop()
 
 
 async def start_behind(
@@ -36,7 +36,7 @@ async def start_behind(
     agent producer connected straight to it; returns that producer's websocket."""
     origins = frozenset({proxy.origin}) if trusted else frozenset()
     server: Server = await nursery.start(serve, make_config(registry, trust_origins=origins))
-    await trio.to_thread.run_sync(proxy.start, server.port)
+    await proxy.start(server.port)
     return await agent_producer(nursery, server)
 
 
