@@ -25,7 +25,6 @@ from trio_ws.clients.run_view import ProgressPoint, RunView
 from trio_ws.clients.watch_render import (
     MIN_LOG_LINES,
     fitting_layout,
-    fitting_log_lines,
     format_age,
     printable,
     render,
@@ -181,8 +180,9 @@ def test_render_shows_the_connection_state_and_last_warning() -> None:
 def test_fitting_log_lines_fill_but_do_not_overflow_the_screen() -> None:
     view = view_of(hello(0), *[log(seq) for seq in range(1, 200)])
     console = Console(width=100, height=30, file=open(os.devnull, "w"))  # noqa: SIM115
-    count = fitting_log_lines(view, console, TS_UNIX)
-    height = len(console.render_lines(render(view, TS_UNIX, count), pad=False))
+    compact, count = fitting_layout(view, console, TS_UNIX)
+    rendered_view = render(view, TS_UNIX, count, compact=compact)
+    height = len(console.render_lines(rendered_view, pad=False))
     assert 26 <= height <= 30
 
 

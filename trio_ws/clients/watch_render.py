@@ -317,13 +317,6 @@ def _problems(view: RunView) -> Iterable[Text]:
         yield _text(f"alert {kind}: {text}", ALERT_STYLES.get(severity, "yellow"))
 
 
-def fitting_log_lines(
-    view: RunView, console: Console, now: float, zone: tzinfo | None = None
-) -> int:
-    """How many log lines fit under everything else on ``console``'s screen."""
-    return fitting_layout(view, console, now, zone)[1]
-
-
 def fitting_layout(
     view: RunView, console: Console, now: float, zone: tzinfo | None = None
 ) -> tuple[bool, int]:
