@@ -225,7 +225,7 @@ class PublishSession:
         if skip == len(lines):
             return None  # all already applied: a resend
         fresh = lines[skip:]
-        times = self._times(payload, len(lines))
+        times = self._times(payload.get("at"), payload.get("sent"), len(lines))
         if times is not None:
             times = ProducerTimes(times.times[skip:], times.offset)
         self.hub.feed_lines(fresh, self.slot.stream, times)
@@ -252,20 +252,18 @@ class PublishSession:
         if not isinstance(status, str) or status not in allowed:  # a list is unhashable
             return f"unknown {self.slot.stream} status {status!r} (item {pseq} skipped)"
         exit_code = payload.get("exit_code")
-        at = payload.get("at")
-        times = (
-            self._times({"at": [at], "sent": payload.get("sent")}, 1) if "at" in payload else None
-        )
+        times = None
+        if "at" in payload:  # one item's time, checked as a lines message's are
+            times = self._times([payload["at"]], payload.get("sent"), 1)
         if status in FINAL_STATUSES and _is_int(exit_code):
             self.hub.feed_lines([f"{EXIT_LINE} {exit_code}"], self.slot.stream, times)
         self.hub.set_status(status, self.slot.stream, times)
         return None
 
-    def _times(self, payload: dict[str, Any], count: int) -> ProducerTimes | None:
+    def _times(self, at: object, sent: object, count: int) -> ProducerTimes | None:
         """When the producer read its ``count`` items (``at``, and ``sent`` to correct
         for its clock), or None: then they are dated on arrival. A malformed pair is
         said back once per message and the items are still applied."""
-        at, sent = payload.get("at"), payload.get("sent")
         if at is None and sent is None:
             return None
         if (
