@@ -393,20 +393,9 @@ async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHea
     """The dashboard page and its static files; `dashboard.respond` decides what to send,
     except that a project page names a project this server has (found as the websocket
     finds it), else it is a clear 404."""
-    answer = dashboard.respond(
+    answer = await _missing_project_page(server, head.path) or dashboard.respond(
         head.path, head.query, head.cookie(TOKEN_COOKIE), server.config.token
     )
-    raw_name = dashboard.project_of(head.path)
-    if raw_name is not None:
-        name = _unquote(raw_name)
-        try:
-            if name is None or not protocol.is_valid_project_name(name):
-                raise ProjectNotFound()
-            await _locate(server, name)
-        except (ProjectNotFound, ProjectDirectoryNotFound) as missing:
-            answer = dashboard.missing_project(name or raw_name, str(missing))
-        except (RegistryError, JournalError) as exc:
-            log.error("cannot tell whether project %s exists: %s", name, exc)  # page as is
     await send_response(
         stream,
         head.connection,
@@ -415,6 +404,24 @@ async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHea
         answer.content_type,
         extra_headers=list(answer.headers),
     )
+
+
+async def _missing_project_page(server: Server, path: str) -> dashboard.Response | None:
+    """The 404 page when ``path`` is the page of a project this server does not have;
+    None otherwise, also when that cannot be told now (the page's socket will say)."""
+    raw_name = dashboard.project_of(path)
+    if raw_name is None:
+        return None
+    name = _unquote(raw_name)
+    try:
+        if name is None or not protocol.is_valid_project_name(name):
+            raise ProjectNotFound()
+        await _locate(server, name)
+    except (ProjectNotFound, ProjectDirectoryNotFound) as missing:
+        return dashboard.missing_project(name or raw_name, str(missing))
+    except (RegistryError, JournalError) as exc:
+        log.error("cannot tell whether project %s exists: %s", name, exc)
+    return None
 
 
 # -- websockets ---------------------------------------------------------------
