@@ -26,6 +26,13 @@ def websocket_base(server: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
+def http_base(server: str) -> str:
+    """``http(s)://HOST[:PORT][/prefix]`` for a server URL in http(s) or ws(s) form: where
+    its pages and REST API are (`websocket_base`'s twin)."""
+    scheme, rest = websocket_base(server).split(":", 1)
+    return f"{'https' if scheme == 'wss' else 'http'}:{rest}"
+
+
 RETRIED_STATUSES: Final = frozenset({408, 429})
 """HTTP 4xx answers that mean "not now" (timeout, too many requests), not "never"."""
 

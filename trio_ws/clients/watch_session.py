@@ -24,7 +24,7 @@ from trio_websocket import (
     open_websocket_url,
 )
 
-from trio_ws.clients.common import refuses_for_good, websocket_base
+from trio_ws.clients.common import http_base, refuses_for_good, websocket_base
 from trio_ws.clients.run_view import RunView, SequenceGap
 from trio_ws.core import defaults, protocol
 from trio_ws.core.protocol import JsonObject
@@ -88,8 +88,7 @@ class WatchTarget:
 
     def api_url(self, view: str) -> str:
         """``http(s)://.../api/projects/NAME/{view}``: the project's HTTP API."""
-        scheme, rest = self.base.split(":", 1)
-        return f"{'https' if scheme == 'wss' else 'http'}:{rest}/api/projects/{self.project}/{view}"
+        return f"{http_base(self.base)}/api/projects/{self.project}/{view}"
 
     def url(self, resume: tuple[int, str] | None = None) -> str:
         query = [f"backlog={self.backlog}"]

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from trio_ws import __version__
 from trio_ws.clients.browser_view import INTERVAL as SCREENSHOT_INTERVAL
+from trio_ws.clients.common import http_base
 from trio_ws.clients.outbox import LINE_CAP
 from trio_ws.clients.producer import publish_url
 from trio_ws.clients.publish_stdin import publish_stream
@@ -863,7 +864,10 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
     if name is not None and not is_valid_project_name(name):
         raise UsageRefusal(f"invalid project name {name!r}")
     secret = _watch_token(resolve_home(home), token)
-    base = server.rstrip("/").replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+    try:
+        base = http_base(server)
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from None
     link = f"{base}/projects/{name}" if name is not None else f"{base}/"
     if secret:
         link += f"?token={quote(secret, safe='')}"
