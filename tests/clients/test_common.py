@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trio_ws.clients.common import bearer_header, refuses_for_good, websocket_base
+from trio_ws.clients.common import bearer_header, http_base, refuses_for_good, websocket_base
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,21 @@ def test_other_closes_are_retried(code: int | None) -> None:
 
 def test_the_token_goes_in_a_bearer_header() -> None:
     assert bearer_header("s3cret") == (b"Authorization", b"Bearer s3cret")
+
+
+@pytest.mark.parametrize(
+    ("server", "base"),
+    [
+        ("http://127.0.0.1:8888/", "http://127.0.0.1:8888"),
+        ("ws://host:1/prefix", "http://host:1/prefix"),
+        ("wss://host", "https://host"),
+        ("https://host:443", "https://host:443"),
+    ],
+)
+def test_http_base_is_where_pages_and_api_are(server: str, base: str) -> None:
+    assert http_base(server) == base
+
+
+def test_http_base_refuses_what_is_no_server_url() -> None:
+    with pytest.raises(ValueError, match="must look like"):
+        http_base("ftp://host")
