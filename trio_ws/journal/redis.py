@@ -594,6 +594,7 @@ class RedisBackend:
         check_limits(history, history_bytes, max_producers)
         self._max_producers = max_producers
         self._client = client
+        self._holder_script = client.register_script(_HOLDER)
         self._history = history
         self._history_bytes = history_bytes
 
@@ -639,9 +640,7 @@ class RedisBackend:
         (for up to `HOLD_TTL` after it closed it)."""
         meta, events, _, producers = _keys(check_project(project))
         try:
-            holder: object = await self._client.register_script(_HOLDER)(
-                keys=[_holders_key(project)]
-            )
+            holder: object = await self._holder_script(keys=[_holders_key(project)])
             if holder:
                 raise JournalError(
                     f"project {project!r} is open on a running trio-ws server ({holder}); "
