@@ -512,6 +512,23 @@ async def test_a_node_following_another_records_the_same_runs(
     assert runs_b[1]["runs"] == runs_a[1]["runs"]
 
 
+async def test_the_project_list_on_one_node_shows_the_status_a_producer_on_another_set(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """``/api/projects`` on node B says ``running`` for a run whose producer is on node
+    A: the committed status, not B's own tracker (which has seen no producer)."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo")
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo")
+        watcher = await watching(nursery, b.port)
+        producer = await produce(nursery, a.port)
+        await producer.status(1, "running")
+        await watcher.until(lambda m: m.get("status") == "running")
+        status, listing = await http_json(b.port, "GET", "/api/projects")
+    assert status == 200
+    assert [(p["name"], p["agent_status"]) for p in listing] == [("demo", "running")]
+
+
 async def test_control_on_one_node_reaches_the_producer_on_another(
     nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
 ) -> None:

@@ -78,8 +78,8 @@ def project_listing(
                 "path": project.path.as_posix(),
                 "exists": exists,
                 "subscribers": hub.subscriber_count if hub else 0,
-                "agent_status": hub.agent.status if hub else "stopped",
-                "dev_server_status": hub.dev.status if hub else "stopped",
+                "agent_status": hub.committed_agent_status if hub else "stopped",
+                "dev_server_status": hub.committed_dev_status if hub else "stopped",
             }
         )
     return listing

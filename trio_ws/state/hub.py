@@ -186,9 +186,12 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
     def committed_agent_status(self) -> str:
         """The agent status subscribers were last told: with several nodes also one a
         producer on another node reported (this node's tracker only knows its own)."""
-        item = self._snapshot_state.agent_status
-        status = None if item is None else json.loads(item.text).get("status")
-        return status if isinstance(status, str) else self.agent.status
+        return _told(self._snapshot_state.agent_status, self.agent.status)
+
+    @property
+    def committed_dev_status(self) -> str:
+        """The dev server status subscribers were last told (as `committed_agent_status`)."""
+        return _told(self._snapshot_state.dev_status, self.dev.status)
 
     def agent_status_changed(self) -> trio.Event:
         """Set when the next ``agent_status`` event is published (a control request
@@ -224,3 +227,9 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
             self._logs.append(item)
         elif item.type == "dev_log":
             self._dev_logs.append(item)
+
+
+def _told(item: Outgoing | None, own: str) -> str:
+    """The status a committed status event says, else this node's tracker's ``own``."""
+    status = None if item is None else json.loads(item.text).get("status")
+    return status if isinstance(status, str) else own
