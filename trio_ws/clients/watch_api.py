@@ -49,7 +49,9 @@ async def get_json(
     try:
         with trio.fail_after(within):
             if secure:
-                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(host, port)
+                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                    host, port, ssl_context=target.tls
+                )
             else:
                 stream = await trio.open_tcp_stream(host, port)
             async with stream:
