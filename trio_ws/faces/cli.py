@@ -1114,6 +1114,57 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
         raise Refusal(str(exc)) from exc
 
 
+# -- trio-ws doctor --------------------------------------------------------------
+
+
+@main.command(short_help="Check this machine's setup; one line per check.")
+@registry_options
+@click.option("--host", default=defaults.HOST, show_default=True, help="Where serve would listen.")
+@click.option("--port", default=defaults.PORT, show_default=True, type=click.IntRange(1, 65535))
+@broker_option("Also check this Redis: it answers, noeviction, persistence.")
+@click.option(
+    "--certfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="Also check this certificate's dates (expired, or ending within 14 days).",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="Also check that this is --certfile's key.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
+def doctor(
+    home_dir: Path,
+    registry_file: Path,
+    host: str,
+    port: int,
+    broker: str | None,
+    certfile: Path | None,
+    keyfile: Path | None,
+    as_json: bool,
+    **_: Any,
+) -> None:
+    """Check what a new setup trips over: the home, the registry, each project's
+    directory and features database, the journals (quick_check, read-only), the port,
+    and with --broker and --certfile the broker and the certificate. Each problem says
+    what to do; exits 1 when something is wrong (warnings alone exit 0)."""
+    from trio_ws.core.checkup import exit_status
+    from trio_ws.faces.doctor import DoctorOptions, run_checks
+
+    options = DoctorOptions(home_dir, registry_file, host, port, broker, certfile, keyfile)
+    checks = run_checks(options)
+    code = exit_status(checks)
+    if as_json:
+        report = {"ok": code == 0, "checks": [check.as_json() for check in checks]}
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for check in checks:
+            click.echo(check.line())
+    raise click.exceptions.Exit(code)
+
+
 @main.command(short_help="A lively simulated run, served and watched.")
 @click.option(
     "--home",
