@@ -35,12 +35,17 @@ class TlsFiles:
 
 
 def make_tls_files(
-    directory: Path, *, not_after: datetime | None = None, name: str = "test"
+    directory: Path,
+    *,
+    not_before: datetime | None = None,
+    not_after: datetime | None = None,
+    name: str = "test",
 ) -> TlsFiles:
-    """A fresh CA and a leaf for 127.0.0.1/localhost (ending at ``not_after``)."""
+    """A fresh CA and a leaf for 127.0.0.1/localhost (valid from ``not_before`` to
+    ``not_after``: trustme's defaults are now and the year 3000)."""
     directory.mkdir(parents=True, exist_ok=True)
     ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1", "localhost", not_after=not_after)
+    leaf = ca.issue_cert("127.0.0.1", "localhost", not_before=not_before, not_after=not_after)
     files = TlsFiles(
         directory / f"{name}-ca.pem", directory / f"{name}-cert.pem", directory / f"{name}-key.pem"
     )

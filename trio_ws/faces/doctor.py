@@ -253,27 +253,30 @@ async def _get_healthz(host: str, port: int, tls: ssl.SSLContext | None) -> byte
 async def check_broker(url: str) -> list[Check]:
     """The broker answers, and keeps what it is given (`broker_checks`)."""
     shown = _without_password(url)
+    found: dict[str, object] = {}
+    failure: BaseException | None = None
     try:
         with trio.fail_after(PROBE_TIMEOUT):
             async with redis_client(url) as client:
                 await client.ping()
-                found = await client.config_get(["maxmemory-policy", "appendonly", "save"])
-    except (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as exc:
-        reason = str(exc) or type(exc).__name__
-        return [
-            Check(
-                "broker",
-                "fail",
-                f"{shown} does not answer: {reason}",
-                "start Redis, or fix --broker",
-            )
-        ]
+                found.update(await client.config_get(["maxmemory-policy", "appendonly", "save"]))
+    except* (coredis.exceptions.RedisError, OSError, trio.TooSlowError) as group:
+        failure = _first_leaf(group)
+    if failure is not None:
+        reason = str(failure) or type(failure).__name__
+        detail = f"{shown} does not answer: {reason}"
+        return [Check("broker", "fail", detail, "start Redis, or fix --broker")]
     settings = BrokerSettings(
         maxmemory_policy=str(found.get("maxmemory-policy", "")),
         appendonly=str(found.get("appendonly", "")),
         save=str(found.get("save", "")),
     )
     return [Check("broker", "ok", f"{shown} answers"), *broker_checks(shown, settings)]
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    first = group.exceptions[0]
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 def _without_password(url: str) -> str:
