@@ -112,7 +112,8 @@ async def test_a_wrong_ca_is_one_clear_line_for_every_client(
             ran = await trio_ws(
                 "run", "demo", "--server", url, *other, *home, "--", sys.executable, "-c", "1"
             )
-    for result in (published, watched, followed, ran):
+            listed = await trio_ws("runs", "demo", "--server", url, *other, *home)
+    for result in (published, watched, followed, ran, listed):
         assert result.returncode == 1, result.stderr
         line = one_line(result)
         assert "certificate is not trusted" in line and "--cafile" in line, line

@@ -62,10 +62,11 @@ async def check_tls(url: str, tls: ssl.SSLContext | None) -> None:
         try:
             await stream.do_handshake()
         except trio.BrokenResourceError as exc:
-            raise _failure(parts.netloc, exc.__cause__) from None
+            raise tls_failure(parts.netloc, exc.__cause__) from None
 
 
-def _failure(where: str, cause: BaseException | None) -> TlsFailure:
+def tls_failure(where: str, cause: BaseException | None) -> TlsFailure:
+    """The one-line failure for a handshake with ``where`` that failed with ``cause``."""
     if isinstance(cause, ssl.SSLCertVerificationError):
         why = cause.verify_message or cause.reason or str(cause)
         return TlsFailure(
