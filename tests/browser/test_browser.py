@@ -36,6 +36,7 @@ from selenium.webdriver.common.by import By  # type: ignore[import-not-found,unu
 from selenium.webdriver.support.wait import (  # type: ignore[import-not-found,unused-ignore]
     WebDriverWait,
 )
+from tls_certs import make_tls_files
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as ws_connect
@@ -90,17 +91,18 @@ class ServerProcess:
             line = lines.get(timeout=WAIT)
         except queue.Empty:
             line = ""
-        if " serving http://127.0.0.1:" not in line:
+        if " serving http://127.0.0.1:" not in line and " serving https://127.0.0.1:" not in line:
             self.stop()
             log = self.log_path.read_text()
             raise AssertionError(f"trio-ws serve did not start: {line!r}; its log:\n{log}")
         url = urllib.parse.urlsplit(line.split(" serving ", 1)[1].strip())
         assert url.port is not None, line
+        self.scheme = url.scheme
         return url.port
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     def kill(self) -> None:
         """Die at once, as a crash would: no close frames, no goodbye."""
@@ -296,6 +298,13 @@ def served(home: Path, project: Path) -> Iterator[ServerProcess]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[Any]:
+    driver = chromium(tmp_path)
+    yield driver
+    driver.quit()
+
+
+def chromium(tmp_path: Path, *extra: str) -> Any:
+    """Headless Chromium with its own profile (and ``extra`` arguments)."""
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
     for argument in (
@@ -309,12 +318,12 @@ def browser(tmp_path: Path) -> Iterator[Any]:
         "--disable-sync",
         "--window-size=1360,1180",
         f"--user-data-dir={tmp_path / 'chromium'}",
+        *extra,
     ):
         options.add_argument(argument)
     driver = webdriver.Chrome(service=webdriver.ChromeService(CHROMEDRIVER), options=options)
     driver.set_page_load_timeout(WAIT)
-    yield driver
-    driver.quit()
+    return driver
 
 
 ProducerFactory = Callable[..., Producer]
@@ -935,3 +944,37 @@ def test_phone_width_stacks_the_board_columns(served: ServerProcess, browser: An
     assert chart["x"] >= panel["x"] and chart["x"] + chart["width"] <= panel["x"] + panel["width"]
     width = browser.execute_script("return document.documentElement.scrollWidth")
     assert width <= browser.execute_script("return window.innerWidth")
+
+
+def test_the_dashboard_over_https_and_wss_with_the_test_ca_trusted(
+    home: Path, project: Path, tmp_path: Path
+) -> None:
+    """`serve --certfile/--keyfile`: the page over HTTPS and its socket over wss://, in a
+    Chromium that trusts exactly the test certificate's key (not every certificate)."""
+    files = make_tls_files(tmp_path / "tls")
+    tls = ("--certfile", str(files.certfile), "--keyfile", str(files.keyfile))
+    served = ServerProcess(home, extra=tls)
+    with ExitStack() as stack:
+        stack.callback(served.stop)
+        assert served.base.startswith("https://")
+        driver = chromium(tmp_path, f"--ignore-certificate-errors-spki-list={files.spki_hash()}")
+        stack.callback(driver.quit)
+        open_live(driver, served, f"?token={TOKEN}")
+        assert driver.current_url.startswith("https://")
+        ws = stack.enter_context(
+            ws_connect(
+                f"wss://127.0.0.1:{served.port}/ws/projects/demo/publish",
+                ssl=files.client_context(),
+                additional_headers={"Authorization": f"Bearer {TOKEN}"},
+                open_timeout=WAIT,
+            )
+        )
+        agent = Producer(ws, "agent-tls", "agent")
+        agent.status("running")
+        agent.lines(RUN[: BATCHES_STARTED + 1])
+        agent.acked()
+        wait_text(driver, "#agent-status", "running")
+        last = RUN[BATCHES_STARTED]
+        wait(driver, lambda d: last in text(d, "#log .line:last-child"), "the line over wss")
+        set_progress(project, passing=2, in_progress=3)
+        wait_passing(driver, 2)

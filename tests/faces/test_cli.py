@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import subprocess
@@ -464,3 +465,37 @@ def test_every_command_takes_minus_h(command: tuple[str, ...]) -> None:
 def test_no_summary_in_a_command_list_is_cut_off(group: tuple[str, ...]) -> None:
     listing = run(*group, "--help", env={"COLUMNS": "80"}).stdout.split("Commands:\n", 1)[1]
     assert "..." not in listing, listing
+
+
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [("bash", "complete -o nosort -F"), ("zsh", "compdef"), ("fish", "complete --no-files")],
+)
+def test_shell_completion_scripts_are_printed(shell: str, marker: str) -> None:
+    """The lines the README gives: click prints a completion script for each shell."""
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("trio-ws"))],
+        env={**os.environ, "_TRIO_WS_COMPLETE": f"{shell}_source"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert marker in result.stdout and "_TRIO_WS_COMPLETE" in result.stdout
+
+
+def test_completion_offers_the_commands() -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("trio-ws"))],
+        env={
+            **os.environ,
+            "_TRIO_WS_COMPLETE": "bash_complete",
+            "COMP_WORDS": "trio-ws do",
+            "COMP_CWORD": "1",
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "plain,doctor" in result.stdout.splitlines()

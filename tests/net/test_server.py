@@ -1354,3 +1354,27 @@ async def test_shutdown_closes_producers_with_1001(
             while True:
                 await ws.get_message()
     assert closed.value.reason is not None and closed.value.reason.code == 1001
+
+
+async def test_behind_a_tls_proxy_the_named_host_is_served_with_the_token(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """The README's Caddy setup: the proxy keeps ``Host: dash.example.test`` (no port, the
+    https default) and the page's ``Origin`` is https on that name; trio-ws on loopback
+    with ``--allow-host`` and ``--require-token`` serves it, and only with the token."""
+    name = "dash.example.test"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, registry, allow_hosts=frozenset({name}), require_token=True)
+        page = f"Origin: https://{name}"
+        upgraded = await upgrade_status(server, f"/ws/projects/demo?token={TOKEN}", page, host=name)
+        foreign = await upgrade_status(
+            server, "/ws/projects/demo", "Origin: https://evil.example.test", host=name
+        )
+        listing = await exchange(server, http_request("/api/projects", host=name))
+        authorized = await exchange(
+            server, http_request("/api/projects", f"Authorization: Bearer {TOKEN}", host=name)
+        )
+    assert upgraded == 101
+    assert foreign == 403
+    assert status_of(listing) == 401
+    assert status_of(authorized) == 200

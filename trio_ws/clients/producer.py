@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import ssl
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from trio_ws.clients.outbox import (
     Report,
     stderr_report,
 )
+from trio_ws.clients.tls import TlsFailure, check_tls, for_url
 from trio_ws.core import protocol
 from trio_ws.core.messages import ScreenshotMessage
 from trio_ws.core.protocol import JsonObject, Stream
@@ -69,6 +71,7 @@ _RETRYABLE: Final = (
     trio.TooSlowError,
     trio.BrokenResourceError,
     trio.ClosedResourceError,
+    TlsFailure,
     _Retry,
 )
 
@@ -95,6 +98,7 @@ class Producer:
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
         connect_timeout: float = CONNECT_TIMEOUT,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.urls = (url,) if isinstance(url, str) else tuple(url)
         """The servers to try, in turn: a failed attempt or a lost connection moves on
@@ -110,6 +114,8 @@ class Producer:
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
         self.connect_timeout = connect_timeout
+        self.tls = tls
+        """What ``wss://`` servers' certificates are checked against (None: the system's)."""
         self.connections = 0
         """Welcomes received so far; more than one means it reconnected."""
         self.connected = False
@@ -246,7 +252,13 @@ class Producer:
     async def _connection(self) -> None:
         async with trio.open_nursery() as nursery:
             with trio.fail_after(self.connect_timeout):
-                ws = await connect_websocket_url(nursery, self.url, extra_headers=self._headers)
+                await check_tls(self.url, self.tls)
+                ws = await connect_websocket_url(
+                    nursery,
+                    self.url,
+                    ssl_context=for_url(self.url, self.tls),
+                    extra_headers=self._headers,
+                )
             try:
                 await self._converse(ws)
             finally:
@@ -374,6 +386,8 @@ def _leaves(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _refusal(exc: BaseException) -> str | None:
+    if isinstance(exc, TlsFailure):
+        return str(exc) if exc.for_good else None
     if isinstance(exc, ConnectionRejected):
         status = exc.status_code
         if refuses_for_good(status=status):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import NoReturn
 
@@ -30,6 +31,7 @@ async def publish_stream(
     capacity: int = DEFAULT_CAPACITY,
     flush_within: float = FLUSH_WITHIN,
     connect_wait: float = CONNECT_WAIT,
+    tls: ssl.SSLContext | None = None,
 ) -> Outcome:
     """Publish every line ``read`` yields until EOF (or SIGINT/SIGTERM): ``running``
     first, ``stopped`` last; exit 0 only when everything was delivered."""
@@ -40,6 +42,7 @@ async def publish_stream(
         producer_id=new_producer_id("publish"),
         outbox=Outbox(capacity),
         report=report,
+        tls=tls,
     )
     splitter = LineSplitter()
     reading_scope = trio.CancelScope()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -82,6 +83,8 @@ class RunOptions:
     """Capture the agents' browsers (``playwright-cli``) while a subscriber watches
     (agent stream only; `trio_ws.clients.browser_view`)."""
     screenshot_interval: float = SCREENSHOT_INTERVAL
+    tls: ssl.SSLContext | None = None
+    """What ``wss://`` servers' certificates are checked against (None: the system's)."""
 
 
 @dataclass(frozen=True)
@@ -241,6 +244,7 @@ class Supervisor:
             outbox=Outbox(options.capacity),
             on_control=self.apply if options.stream == "agent" else None,
             report=report,
+            tls=options.tls,
         )
         self.process: trio.Process | None = None
         self.state = "running"

@@ -9,6 +9,7 @@ to show, never a silent empty board.
 from __future__ import annotations
 
 import json
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Final, NoReturn
@@ -19,6 +20,7 @@ import trio
 
 from trio_ws.clients.common import bearer_header
 from trio_ws.clients.run_view import ProgressCounts, RunView
+from trio_ws.clients.tls import tls_failure
 from trio_ws.clients.watch_session import WatchError, WatchTarget
 
 HTTP_TIMEOUT: Final = 10.0
@@ -49,14 +51,20 @@ async def get_json(
     try:
         with trio.fail_after(within):
             if secure:
-                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(host, port)
+                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                    host, port, ssl_context=target.tls
+                )
             else:
                 stream = await trio.open_tcp_stream(host, port)
             async with stream:
                 status, body = await _exchange(stream, _target(parts.path, parts.query), headers)
     except trio.TooSlowError:
         raise WatchError(f"GET {url}: no answer in {within:g} s") from None
-    except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+    except trio.BrokenResourceError as exc:
+        if isinstance(exc.__cause__, ssl.SSLError):  # the handshake, on the first send
+            raise WatchError(str(tls_failure(parts.netloc, exc.__cause__))) from None
+        raise WatchError(f"GET {url}: {exc.__cause__ or exc or 'connection lost'}") from None
+    except (OSError, h11.ProtocolError) as exc:
         raise WatchError(f"GET {url}: {exc}") from None
     try:
         return status, json.loads(body)

@@ -10,8 +10,10 @@ run`'s) raises `WatchRefused`; every other drop is retried.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, NoReturn
 from urllib.parse import quote
 
@@ -26,6 +28,7 @@ from trio_websocket import (
 
 from trio_ws.clients.common import http_base, refuses_for_good, websocket_base
 from trio_ws.clients.run_view import RunView, SequenceGap
+from trio_ws.clients.tls import TlsFailure, check_tls, client_tls, for_url
 from trio_ws.core import defaults, protocol
 from trio_ws.core.protocol import JsonObject
 from trio_ws.runtime.backoff import Backoff
@@ -66,6 +69,8 @@ class WatchTarget:
     project: str
     token: str | None = None
     backlog: int = defaults.CLIENT_BACKLOG
+    tls: ssl.SSLContext | None = None
+    """What a ``wss://`` server's certificate is checked against (None: the system's)."""
 
     @classmethod
     def from_server(
@@ -74,12 +79,14 @@ class WatchTarget:
         project: str,
         token: str | None = None,
         backlog: int = defaults.CLIENT_BACKLOG,
+        cafile: Path | None = None,
     ) -> WatchTarget:
-        """Map an ``http(s)://`` (or ``ws(s)://``) server URL to its subscribe endpoint."""
+        """Map an ``http(s)://`` (or ``ws(s)://``) server URL to its subscribe endpoint;
+        ``cafile``: trust only this CA's certificates."""
         base = websocket_base(server)
         if not protocol.is_valid_project_name(project):
             raise ValueError(f"invalid project name {project!r}")
-        return cls(base, project, token, backlog)
+        return cls(base, project, token, backlog, client_tls(server, cafile))
 
     @property
     def display_url(self) -> str:
@@ -168,8 +175,12 @@ async def fetch_snapshot(
     view = RunView(project=target.project)
     try:
         with trio.fail_after(within):
+            await check_tls(target.base, target.tls)
             async with open_websocket_url(
-                target.url(), connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT
+                target.url(),
+                ssl_context=for_url(target.base, target.tls),
+                connect_timeout=CONNECT_TIMEOUT,
+                disconnect_timeout=CLOSE_TIMEOUT,
             ) as ws:
                 first = await _read(ws, view, on_message)
                 while first.get("type") == "error":  # a refusal: its close follows
@@ -188,6 +199,10 @@ async def fetch_snapshot(
         ) from None
     except HandshakeError as exc:
         raise _handshake_failure(exc, target) from None
+    except TlsFailure as exc:
+        raise WatchError(str(exc)) from None
+    except OSError as exc:
+        raise WatchError(f"cannot connect to {target.display_url}: {exc.strerror or exc}") from None
     except trio.TooSlowError:
         raise WatchError(f"{target.display_url}: no complete snapshot in {within:g} s") from None
     except ValueError as exc:
@@ -235,8 +250,19 @@ async def _session(
     """One connection, read until it ends: raises `_Dropped`, `WatchRefused` or `WatchError`."""
     ended: BaseException | None = None
     try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await check_tls(target.base, target.tls)
+    except TlsFailure as exc:
+        if exc.for_good:
+            view.set_connection("closed", str(exc))
+            raise WatchError(str(exc)) from None
+        raise _Dropped(str(exc)) from None
+    except (OSError, trio.TooSlowError) as exc:
+        raise _Dropped(f"cannot connect to {target.display_url}: {exc}") from None
+    try:
         async with open_websocket_url(
             target.url(view.resume_point),
+            ssl_context=for_url(target.base, target.tls),
             connect_timeout=CONNECT_TIMEOUT,
             disconnect_timeout=CLOSE_TIMEOUT,
         ) as ws:

@@ -14,11 +14,12 @@ import json
 import logging
 import os
 import re
+import ssl
 import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC
 from pathlib import Path
 from typing import IO, Any, Final
@@ -37,6 +38,7 @@ from trio_ws.clients.outbox import LINE_CAP
 from trio_ws.clients.producer import publish_url
 from trio_ws.clients.publish_stdin import publish_stream
 from trio_ws.clients.supervisor import ECHO_BUFFER, Outcome, RunOptions, run_command
+from trio_ws.clients.tls import client_tls
 from trio_ws.core import defaults
 from trio_ws.core.alerts import SILENT_AFTER, STALLED_AFTER, AlertSettings
 from trio_ws.core.protocol import is_valid_project_name
@@ -54,6 +56,7 @@ from trio_ws.journal.interface import JournalError
 from trio_ws.journal.sqlite import journal_path
 from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.server import Server, serve_until_signalled
+from trio_ws.net.tls import TlsSetupError
 from trio_ws.runtime.signals import until_signalled
 from trio_ws.runtime.tuning import tune_gc_for_serving
 
@@ -286,6 +289,45 @@ def _print_table(found: list[Project]) -> None:
     console.print(table)
 
 
+@dataclass(frozen=True)
+class TlsOptions:
+    """``serve``'s TLS options, one value for the command (`tls_options`)."""
+
+    certfile: Path | None
+    keyfile: Path | None
+    insecure_remote: bool
+
+
+def tls_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--certfile``, ``--keyfile`` and ``--insecure-remote``; the command gets ``tls``."""
+
+    @click.option(
+        "--certfile",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="PEM",
+        help="Serve HTTPS and wss:// with this certificate chain (with --keyfile).",
+    )
+    @click.option(
+        "--keyfile",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="PEM",
+        help="The private key of --certfile.",
+    )
+    @click.option(
+        "--insecure-remote",
+        is_flag=True,
+        help="Serve plain HTTP on a non-loopback --host (refused otherwise): the token "
+        "crosses the network readable.",
+    )
+    @functools.wraps(command)
+    def wrapper(
+        certfile: Path | None, keyfile: Path | None, insecure_remote: bool, **kwargs: Any
+    ) -> Any:
+        return command(tls=TlsOptions(certfile, keyfile, insecure_remote), **kwargs)
+
+    return wrapper
+
+
 @main.command(short_help="Serve every registered project's live updates.")
 @registry_options
 @click.option("--host", default=defaults.HOST, show_default=True, help="Address to listen on.")
@@ -425,6 +467,7 @@ def _print_table(found: list[Project]) -> None:
     default="info",
     show_default=True,
 )
+@tls_options
 def serve(
     home_dir: Path,
     registry_file: Path,
@@ -449,6 +492,7 @@ def serve(
     token: str | None,
     require_token: bool,
     log_level: str,
+    tls: TlsOptions,
 ) -> None:
     """Serve live updates of every registered project until Ctrl-C or SIGTERM.
 
@@ -492,6 +536,9 @@ def serve(
             allow_hosts=frozenset(allow_hosts),
             require_token=require_token,
             alerts=AlertSettings(alert_silent, alert_stalled) if alerts == "on" else None,
+            certfile=tls.certfile,
+            keyfile=tls.keyfile,
+            insecure_remote=tls.insecure_remote,
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from None
@@ -530,6 +577,8 @@ def _serve_on(config: ServerConfig, announce: Callable[[Server], None]) -> str |
         trio.run(serve_until_signalled, config, announce)
     except* JournalError as group:
         raise Refusal(str(_first(group))) from None
+    except* TlsSetupError as group:
+        raise Refusal(str(group.exceptions[0])) from None
     except* OSError as group:
         if not _all_in_use(group):
             raise Refusal(
@@ -583,6 +632,26 @@ def _os_reasons(group: BaseExceptionGroup[OSError]) -> str:
 # -- producers: trio-ws run, trio-ws publish ---------------------------------------
 
 
+def cafile_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--cafile PEM``: trust only this CA for an ``https://``/``wss://`` ``--server``."""
+    return click.option(
+        "--cafile",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        metavar="PEM",
+        help="Trust the https/wss server's certificate only if this CA signed it "
+        "[default: the system's CAs].",
+    )(command)
+
+
+def _client_tls(servers: tuple[str, ...], cafile: Path | None) -> ssl.SSLContext | None:
+    """One TLS context for the servers (None when all are plain), or a usage refusal."""
+    try:
+        contexts = [client_tls(server, cafile) for server in servers]
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from None
+    return next((context for context in contexts if context is not None), None)
+
+
 def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """``--dev``, ``--server`` and ``--token``, shared by `run` and `publish`."""
     command = click.option(
@@ -606,6 +675,7 @@ def _producer_options(command: Callable[..., Any]) -> Callable[..., Any]:
         type=click.FloatRange(min=0, max=3600),
         help="Seconds to keep delivering what is left once the input ended.",
     )(command)
+    command = cafile_option(command)
     return click.option(
         "--dev", is_flag=True, help="Publish on the dev-server stream instead of the agent stream."
     )(command)
@@ -712,6 +782,7 @@ def run(
     flush_within: float,
     servers: tuple[str, ...],
     token: str | None,
+    cafile: Path | None,
     cwd: Path | None,
     quiet: bool,
     no_progress: bool,
@@ -752,6 +823,7 @@ def run(
         progress=not no_progress,
         screenshots=screenshots,
         screenshot_interval=screenshot_interval,
+        tls=_client_tls(servers, cafile),
     )
     outcome = trio.run(run_command, options)
     _finish(outcome, urls)
@@ -772,6 +844,7 @@ def publish(
     flush_within: float,
     servers: tuple[str, ...],
     token: str | None,
+    cafile: Path | None,
     home_dir: Path,
     **_: Any,
 ) -> None:
@@ -782,9 +855,15 @@ def publish(
     anything could not be.
     """
     urls, secret = _producer_target(name, servers, home_dir, token)
+    tls = _client_tls(servers, cafile)
     outcome = trio.run(
         functools.partial(
-            publish_stream, urls, secret, "dev" if dev else "agent", flush_within=flush_within
+            publish_stream,
+            urls,
+            secret,
+            "dev" if dev else "agent",
+            flush_within=flush_within,
+            tls=tls,
         )
     )
     _finish(outcome, urls)
@@ -878,6 +957,7 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
 @main.command("watch", short_help="Watch a project live in the terminal.")
 @click.argument("name")
 @reader_options
+@cafile_option
 @click.option("--once", is_flag=True, help="Print the current state once and exit.")
 @click.option(
     "--json", "as_json", is_flag=True, help="Print every received message as one JSON line."
@@ -901,6 +981,7 @@ def watch_command(
     server: str,
     token: str | None,
     home: Path | None,
+    cafile: Path | None,
     once: bool,
     as_json: bool,
     backlog: int,
@@ -921,7 +1002,7 @@ def watch_command(
 
     try:
         target = watch_session.WatchTarget.from_server(
-            server, name, _watch_token(resolve_home(home), token), backlog
+            server, name, _watch_token(resolve_home(home), token), backlog, cafile
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
@@ -975,6 +1056,7 @@ def watch_command(
 @main.command("runs", short_help="List a project's runs.")
 @click.argument("name")
 @reader_options
+@cafile_option
 @click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON instead of a table.")
 @click.option(
     "--limit",
@@ -984,14 +1066,20 @@ def watch_command(
     help="Newest runs to show.",
 )
 def runs_command(
-    name: str, server: str, token: str | None, home: Path | None, as_json: bool, limit: int
+    name: str,
+    server: str,
+    token: str | None,
+    home: Path | None,
+    cafile: Path | None,
+    as_json: bool,
+    limit: int,
 ) -> None:
     """List project NAME's runs, newest first: when, how long, how it ended, progress."""
     from trio_ws.clients import runs_list, watch_session
 
     try:
         target = watch_session.WatchTarget.from_server(
-            server, name, _watch_token(resolve_home(home), token)
+            server, name, _watch_token(resolve_home(home), token), cafile=cafile
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
@@ -1024,6 +1112,57 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
         return load_token(home_dir)
     except (TokenError, OSError) as exc:
         raise Refusal(str(exc)) from exc
+
+
+# -- trio-ws doctor --------------------------------------------------------------
+
+
+@main.command(short_help="Check this machine's setup; one line per check.")
+@registry_options
+@click.option("--host", default=defaults.HOST, show_default=True, help="Where serve would listen.")
+@click.option("--port", default=defaults.PORT, show_default=True, type=click.IntRange(1, 65535))
+@broker_option("Also check this Redis: it answers, noeviction, persistence.")
+@click.option(
+    "--certfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="Also check this certificate's dates (expired, or ending within 14 days).",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PEM",
+    help="Also check that this is --certfile's key.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
+def doctor(
+    home_dir: Path,
+    registry_file: Path,
+    host: str,
+    port: int,
+    broker: str | None,
+    certfile: Path | None,
+    keyfile: Path | None,
+    as_json: bool,
+    **_: Any,
+) -> None:
+    """Check what a new setup trips over: the home, the registry, each project's
+    directory and features database, the journals (quick_check, read-only), the port,
+    and with --broker and --certfile the broker and the certificate. Each problem says
+    what to do; exits 1 when something is wrong (warnings alone exit 0)."""
+    from trio_ws.core.checkup import exit_status
+    from trio_ws.faces.doctor import DoctorOptions, run_checks
+
+    options = DoctorOptions(home_dir, registry_file, host, port, broker, certfile, keyfile)
+    checks = run_checks(options)
+    code = exit_status(checks)
+    if as_json:
+        report = {"ok": code == 0, "checks": [check.as_json() for check in checks]}
+        click.echo(json.dumps(report, indent=2))
+    else:
+        for check in checks:
+            click.echo(check.line())
+    raise click.exceptions.Exit(code)
 
 
 @main.command(short_help="A lively simulated run, served and watched.")

@@ -16,6 +16,7 @@ from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_sh
 from trio_ws.journal.interface import JournalBackend
 from trio_ws.net.httpio import STALL_TIMEOUT
 from trio_ws.net.publish import PRODUCER_PING_TIMEOUT
+from trio_ws.net.tls import ServerTls, server_tls
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART
 
@@ -70,6 +71,11 @@ class ServerConfig:
     alerts: AlertSettings | None = None
     """The alert rules' thresholds, the same for every project (None: no alerts;
     ``serve`` turns them on unless ``--alerts off``)."""
+    certfile: Path | None = None
+    """PEM certificate chain: the port speaks HTTPS and wss:// (with ``keyfile``)."""
+    keyfile: Path | None = None
+    insecure_remote: bool = False
+    """Serve plain HTTP on a non-loopback address anyway (a trusted network only)."""
 
     def __post_init__(self) -> None:
         if self.trust_origins and not self.on_loopback:
@@ -81,6 +87,21 @@ class ServerConfig:
             problem = origin_shape_problem(origin)
             if problem is not None:
                 raise ValueError(f"--trust-origin {problem}")
+        if (self.certfile is None) != (self.keyfile is None):
+            raise ValueError("--certfile and --keyfile go together")
+        if not self.on_loopback and self.certfile is None and not self.insecure_remote:
+            raise ValueError(
+                f"--host {self.host} is not loopback: serve TLS there (--certfile and "
+                "--keyfile), or keep a loopback --host behind a TLS proxy; --insecure-remote "
+                "serves plain HTTP anyway, the token readable on the network"
+            )
+
+    def server_tls(self) -> ServerTls | None:
+        """The TLS setup the certificate options name (None: plain HTTP);
+        `trio_ws.net.tls.TlsSetupError` when they cannot be used."""
+        if self.certfile is None or self.keyfile is None:
+            return None
+        return server_tls(self.certfile, self.keyfile)
 
     @property
     def listed_origins(self) -> frozenset[str]:

@@ -41,7 +41,15 @@ from wsproto.events import (
 )
 from wsproto.utilities import generate_accept_token
 
-from trio_ws.net.httpio import RequestHead, WriteStalled, reset, send_all_bounded, send_response
+from trio_ws.net.httpio import (
+    RequestHead,
+    Transport,
+    WriteStalled,
+    reset,
+    send_all_bounded,
+    send_response,
+    tcp_of,
+)
 from trio_ws.runtime.constructors import NoPublicConstructor
 
 log = logging.getLogger("trio_ws.net.connection")
@@ -85,7 +93,7 @@ def _refusal(head: RequestHead) -> tuple[int, str, list[tuple[str, str]]] | None
 
 
 async def accept(
-    stream: trio.SocketStream, head: RequestHead, *, max_message: int, stall_timeout: float
+    stream: Transport, head: RequestHead, *, max_message: int, stall_timeout: float
 ) -> WebSocket | None:
     """Answer a websocket upgrade on the front door's h11 connection; None if it was
     refused (400/426, answered here). No extension or subprotocol is negotiated."""
@@ -129,19 +137,21 @@ class WebSocket(metaclass=NoPublicConstructor):
 
     __slots__ = (  # thousands sit idle: no per-instance dict
         "_ended", "_max_message", "_parts", "_pings", "_protocol", "_readable", "_reading",
-        "_rest", "_size", "_stall_timeout", "_stream", "_writing", "closed", "data_writes",
-        "immediate",
+        "_rest", "_size", "_stall_timeout", "_stream", "_tls", "_writing", "closed",
+        "data_writes", "immediate",
     )  # fmt: skip
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: Transport,
         protocol: Connection,
         *,
         max_message: int,
         stall_timeout: float,
     ) -> None:
         self._stream = stream
+        self._tls = isinstance(stream, trio.SSLStream)
+        """Through TLS every byte goes through the `trio.SSLStream`: no direct path."""
         self._protocol = protocol
         self._max_message = max_message
         self._stall_timeout = stall_timeout
@@ -190,7 +200,7 @@ class WebSocket(metaclass=NoPublicConstructor):
 
         Never waits, so it cannot be cancelled partway through a frame.
         """
-        if self._writing.locked() or self._rest is not None or self._ended:
+        if self._tls or self._writing.locked() or self._rest is not None or self._ended:
             return 0
         if self._protocol.state is not ConnectionState.OPEN:
             return 0
@@ -326,7 +336,13 @@ class WebSocket(metaclass=NoPublicConstructor):
         A non-blocking read, then trio's wait for readability, on the live
         socket: an idle connection waits here with two frames fewer than through
         ``SocketStream.receive_some`` (thousands of idle subscribers each hold one).
+        Through TLS, the `trio.SSLStream` reads and decrypts.
         """
+        if isinstance(self._stream, trio.SSLStream):
+            try:
+                return bytes(await self._stream.receive_some(RECEIVE_SIZE))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return b""
         sock = self._stream.socket
         while True:
             try:
@@ -406,7 +422,7 @@ class WebSocket(metaclass=NoPublicConstructor):
         will read is discarded first, so that closing does not turn into a reset
         that could cost the peer the close frame still in its buffers."""
         self._over(why)
-        sock = self._stream.socket
+        sock = tcp_of(self._stream).socket
         with contextlib.suppress(OSError):  # already gone: closing is all that is left
             sock.shutdown(socket.SHUT_WR)
             for _ in range(DISCARD_READS):

@@ -64,17 +64,28 @@ class WriteStalled(Exception):
     """The peer accepted no byte of a write for the stall timeout; the connection was reset."""
 
 
-def reset(stream: trio.SocketStream) -> None:
+Transport = trio.SocketStream | trio.SSLStream[trio.SocketStream]
+"""A client's connection: plain TCP, or TLS over it (``serve --certfile``)."""
+TLS_CHUNK: Final = 16 * 1024
+"""Bytes per bounded TLS write: one TLS record, so the stall bound is on progress."""
+
+
+def tcp_of(stream: Transport) -> trio.SocketStream:
+    """The TCP connection under ``stream`` (itself when it is plain)."""
+    return stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+
+
+def reset(stream: Transport) -> None:
     """Drop a TCP connection at once with a reset: unsent bytes are discarded, not
     left to the kernel to deliver to a peer that will not read them."""
-    sock = stream.socket
+    sock = tcp_of(stream).socket
     if sock.fileno() != -1:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         sock.close()
 
 
 async def send_all_bounded(
-    stream: trio.SocketStream, data: bytes | memoryview, stall_timeout: float
+    stream: Transport, data: bytes | memoryview, stall_timeout: float
 ) -> int:
     """Write ``data``; raise `WriteStalled` (after resetting the connection) when the peer
     takes no byte for ``stall_timeout``: the bound is on progress, not on the whole
@@ -87,7 +98,12 @@ async def send_all_bounded(
     one stall timeout per call: each call either sends something or is cancelled
     having sent nothing. A write cut off partway would leave a broken stream
     behind, so it resets the connection.
+
+    Through TLS (`send_tls_bounded`) there is no direct write: it returns 0.
     """
+    if isinstance(stream, trio.SSLStream):
+        await send_tls_bounded(stream, data, stall_timeout)
+        return 0
     sock = stream.socket
     try:
         sent = os.write(sock.fileno(), data)
@@ -114,6 +130,21 @@ async def send_all_bounded(
         if 0 < len(view) < len(data):
             reset(stream)  # cut in the middle: nothing valid can follow
     return writes
+
+
+async def send_tls_bounded(
+    stream: trio.SSLStream[trio.SocketStream], data: bytes | memoryview, stall_timeout: float
+) -> None:
+    """`send_all_bounded` through TLS: record by record, each within ``stall_timeout``; a
+    write cut off leaves the TLS stream broken, so the connection is reset."""
+    view = memoryview(data)
+    while view:
+        chunk, view = view[:TLS_CHUNK], view[TLS_CHUNK:]
+        with trio.move_on_after(stall_timeout) as scope:
+            await stream.send_all(chunk)
+        if scope.cancelled_caught:
+            reset(stream)
+            raise WriteStalled(f"the peer accepted nothing for {stall_timeout:g} s")
 
 
 class BadRequest(Exception):
@@ -226,12 +257,14 @@ async def discard_body(
             raise BadRequest(400, f"unexpected HTTP event {type(event).__name__}", connection)
 
 
-async def linger(stream: trio.SocketStream) -> None:
+async def linger(stream: Transport) -> None:
     """After answering a request whose body was left unread (413): half-close and drop
     what the peer still sends, within bounds, so that closing with unread bytes does
-    not reset the connection and destroy the answer before the peer reads it."""
+    not reset the connection and destroy the answer before the peer reads it.
+    (TLS has no half-close: there the peer's bytes are only drained.)"""
     with trio.move_on_after(LINGER_TIMEOUT):
-        await stream.send_eof()
+        if isinstance(stream, trio.SocketStream):
+            await stream.send_eof()
         drained = 0
         while drained < LINGER_BYTES and (data := await stream.receive_some(RECEIVE_SIZE)):
             drained += len(data)
@@ -290,7 +323,7 @@ async def send_response(
     if not (isinstance(connection, HttpConnection) and connection.head_request):
         data += connection.send(h11.Data(data=body)) or b""
     data += connection.send(h11.EndOfMessage()) or b""
-    if isinstance(stream, trio.SocketStream):
+    if isinstance(stream, (trio.SocketStream, trio.SSLStream)):
         stall = STALL_TIMEOUT
         if isinstance(connection, HttpConnection):
             stall = connection.stall_timeout

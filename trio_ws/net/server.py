@@ -64,6 +64,7 @@ from trio_ws.net.httpio import (
     MAX_BODY_BYTES,
     BadRequest,
     RequestHead,
+    Transport,
     WriteStalled,
     declared_body_size,
     discard_body,
@@ -84,6 +85,7 @@ from trio_ws.net.subscribe import (
     probe_idle_subscribers,
     project_websocket,
 )
+from trio_ws.net.tls import ServerTls, secure
 from trio_ws.runtime.signals import on_stop_signals
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
@@ -110,6 +112,8 @@ class Server:
     manager: ConnectionManager
     port: int
     metrics: Metrics
+    tls: ServerTls | None = None
+    """Set when the port speaks TLS (``--certfile``): HTTPS and wss://."""
     started_at: float = field(default_factory=time.monotonic)
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     _accepting: trio.CancelScope = field(default_factory=trio.CancelScope)
@@ -119,7 +123,8 @@ class Server:
     def url(self) -> str:
         host = self.config.host
         shown = f"[{host}]" if ":" in host else host
-        return f"http://{shown}:{self.port}/"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{shown}:{self.port}/"
 
     async def shutdown(self, code: int = 1001, within: float = 2.0) -> None:
         """Stop accepting connections, close every subscriber and producer with ``code``
@@ -142,6 +147,7 @@ async def serve(
 async def _serve(
     config: ServerConfig, journals: JournalBackend, task_status: trio.TaskStatus[Server]
 ) -> None:
+    tls = config.server_tls()  # before listening: a bad certificate stops the start
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     for origin in sorted(config.trust_origins):
         log.warning(
@@ -176,7 +182,7 @@ async def _serve(
             ),
         )
         metrics.bind(manager)
-        server = Server(config, manager, port, metrics)
+        server = Server(config, manager, port, metrics, tls)
         nursery.start_soon(
             probe_idle_subscribers,
             manager,
@@ -207,7 +213,12 @@ async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
     peer = _peer_name(stream)
     try:
         async with stream:
-            await _dispatch(server, stream, peer)
+            if server.tls is None:
+                await _dispatch(server, stream, peer)
+                return
+            secured = await secure(stream, server.tls, peer, server.config.handshake_timeout)
+            if secured is not None:
+                await _dispatch(server, secured, peer)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
         log.debug("connection from %s dropped", peer)
     except* WriteStalled as group:
@@ -216,7 +227,7 @@ async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
         log.error("connection from %s failed", peer, exc_info=group)
 
 
-async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> None:
+async def _dispatch(server: Server, stream: Transport, peer: str) -> None:
     config = server.config
     head: RequestHead | None = None
     with trio.move_on_after(config.handshake_timeout):
@@ -243,7 +254,7 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
 # -- plain HTTP ---------------------------------------------------------------
 
 
-async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+async def _http(server: Server, stream: Transport, head: RequestHead) -> None:
     connection = head.connection
     project_api = _PROJECT_API_PATH.fullmatch(head.path)
     if project_api is not None:
@@ -255,7 +266,10 @@ async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) ->
         )
         return
     if head.path == "/healthz":
-        await send_json(stream, connection, 200, api.health(server.manager, server.started_at))
+        health = api.health(server.manager, server.started_at)
+        if server.tls is not None:
+            health["tls"] = {"not_after": server.tls.dates.not_after_text}
+        await send_json(stream, connection, 200, health)
     elif head.path == "/metrics":
         await send_response(stream, connection, 200, server.metrics.render(), METRICS_TYPE)
     elif head.path == "/api/projects":
@@ -266,7 +280,7 @@ async def _http(server: Server, stream: trio.SocketStream, head: RequestHead) ->
         await send_response(stream, connection, 404, b"not found\n")
 
 
-async def _api_projects(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+async def _api_projects(server: Server, stream: Transport, head: RequestHead) -> None:
     """The registered projects; it names directories, so it needs the token whenever
     subscribers do (PROTOCOL.md 1, 6)."""
     if server.config.subscribers_need_token and not carries_token(head, server.config.token):
@@ -284,7 +298,7 @@ async def _api_projects(server: Server, stream: trio.SocketStream, head: Request
 
 
 async def _project_api(
-    server: Server, stream: trio.SocketStream, head: RequestHead, raw_name: str, view: str
+    server: Server, stream: Transport, head: RequestHead, raw_name: str, view: str
 ) -> None:
     """``/api/projects/{name}/...``: the features board, the progress chart's data, the
     runs and AutoForge's agent API (PROTOCOL.md 1). Errors are ``{"detail": ...}``, as
@@ -366,7 +380,7 @@ async def _project_api(
     await send_json(stream, connection, status, body)
 
 
-async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: ServerConfig) -> bool:
+async def _discard_body(stream: Transport, head: RequestHead, config: ServerConfig) -> bool:
     """Read a POST's body (AutoForge sends none or ``{}``) under the handshake deadline;
     False once a refusal (413, 400, 408) was sent."""
     declared = declared_body_size(head)
@@ -389,7 +403,7 @@ async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: Se
     return True
 
 
-async def _dashboard(server: Server, stream: trio.SocketStream, head: RequestHead) -> None:
+async def _dashboard(server: Server, stream: Transport, head: RequestHead) -> None:
     """The dashboard page and its static files; `dashboard.respond` decides what to send,
     except that a project page names a project this server has (found as the websocket
     finds it), else it is a clear 404."""
@@ -427,9 +441,7 @@ async def _missing_project_page(server: Server, path: str) -> dashboard.Response
 # -- websockets ---------------------------------------------------------------
 
 
-async def _websocket(
-    server: Server, stream: trio.SocketStream, head: RequestHead, peer: str
-) -> None:
+async def _websocket(server: Server, stream: Transport, head: RequestHead, peer: str) -> None:
     config = server.config
     connection = head.connection
     if not head.is_websocket:
