@@ -74,7 +74,7 @@ from trio_ws.net.httpio import (
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
-from trio_ws.net.overview import OverviewSession
+from trio_ws.net.overview_socket import OverviewSession
 from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.net.refusals import refuse
 from trio_ws.net.subscribe import (

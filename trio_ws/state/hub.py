@@ -183,7 +183,7 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         self.alerts_fed = trio.Event()
 
     def summary_events(self) -> list[JsonObject]:
-        """What the overview summarises (`core.overview`), decoded: the snapshot's
+        """What the overview summarises (`core.project_summary`), decoded: the snapshot's
         statuses, progress, active agents and standing alerts, then the newest held
         event, whose time is the project's last activity. Called at most a few times
         a second per project, never per event."""

@@ -4,7 +4,7 @@ bounded.
 A hub tells the overview only *that* its summary may have changed (`changed`: a
 set insertion, once per committed batch, whatever the number of watchers); the
 overview's one task (`run`) looks at most every `COALESCE` seconds, summarises
-each changed project once (`core.overview`, from the hub's committed snapshot),
+each changed project once (`core.project_summary`, from the hub's committed snapshot),
 encodes it once and hands the text to every watcher. A watcher keeps only the
 latest text per project (`OverviewWatcher`), so a slow client skips summaries in
 between and its backlog is bounded by the number of projects, never by time.
@@ -24,7 +24,7 @@ from typing import Final
 
 import trio
 
-from trio_ws.core.overview import RunSummary, entry, summarise
+from trio_ws.core.project_summary import RunSummary, entry, summarise
 from trio_ws.core.protocol import JsonObject, encode
 from trio_ws.data.registry import Registry, RegistryError, RegistryMissing
 from trio_ws.runtime.streak import FailureStreak
@@ -43,31 +43,43 @@ class OverviewWatcher:
     """One overview client's summaries not yet sent: the latest text per project, and
     the projects gone from the list. Bounded by the number of projects."""
 
-    __slots__ = ("pending", "removed", "wake")
+    __slots__ = ("pending", "removed", "shown", "wake")
 
     def __init__(self) -> None:
         self.pending: dict[str, str] = {}
         self.removed: set[str] = set()
+        self.shown: dict[str, str] = {}
+        """The text this client was last given per project (the same object every
+        watcher holds: no copy), so it is never sent the same summary twice."""
         self.wake = trio.Event()
         """Set when something is pending; replaced by `take`."""
+
+    def given(self, names: list[str], texts: list[str]) -> None:
+        """The first list sent these."""
+        self.shown.update(zip(names, texts, strict=True))
 
     def offer(self, name: str, text: str) -> None:
         """``name``'s newest summary, replacing one not yet sent."""
         self.removed.discard(name)
+        if self.shown.get(name) == text:
+            self.pending.pop(name, None)  # back to what the client has
+            return
         self.pending[name] = text
         self.wake.set()
 
     def gone(self, name: str) -> None:
         self.pending.pop(name, None)
-        self.removed.add(name)
-        self.wake.set()
+        if self.shown.pop(name, None) is not None:
+            self.removed.add(name)
+            self.wake.set()
 
     def take(self) -> tuple[list[str], list[str]]:
         """Everything pending (summary texts, removed names), now no longer pending."""
-        texts, self.pending = list(self.pending.values()), {}
+        pending, self.pending = self.pending, {}
+        self.shown.update(pending)
         removed, self.removed = sorted(self.removed), set()
         self.wake = trio.Event()
-        return texts, removed
+        return list(pending.values()), removed
 
 
 class Overview:
@@ -151,18 +163,20 @@ class Overview:
     def watcher_count(self) -> int:
         return len(self._watchers)
 
-    def first_list(self) -> list[str]:
-        """Every listed project's summary text now: the one last handed out, or for a
-        project changed since, a fresh one (not cached: the other watchers get it at
-        the next look)."""
+    def first_list(self, watcher: OverviewWatcher) -> list[str]:
+        """Every listed project's summary text now, given to ``watcher``: the one last
+        handed out, or for a project changed since, a fresh one (not cached: the other
+        watchers get it at the next look)."""
+        names = sorted(self._listed())
         texts = []
-        for name in sorted(self._listed()):
+        for name in names:
             text = None if name in self._dirty else self._texts.get(name)
             texts.append(text if text is not None else encode(self.entry_of(name)))
+        watcher.given(names, texts)
         return texts
 
     def entry_of(self, name: str) -> JsonObject:
-        """``name``'s summary object (`core.overview.entry`)."""
+        """``name``'s summary object (`core.project_summary.entry`)."""
         hub = self._hubs.get(name)
         path, exists = self._registered.get(name, (None, False))
         if hub is not None:

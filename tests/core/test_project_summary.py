@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from trio_ws.core import overview
-from trio_ws.core.overview import ATTENTION, RunSummary, entry, order_key, summarise
+from trio_ws.core import project_summary
+from trio_ws.core.project_summary import ATTENTION, RunSummary, entry, order_key, summarise
 
 Msg = dict[str, Any]
 
@@ -180,4 +180,4 @@ def test_the_order_is_attention_then_name() -> None:
     ]
     ordered = [p["name"] for p in sorted(projects, key=order_key)]
     assert ordered == ["e-error", "d-input", "c-crashed", "b-running", "f-running", "a-idle"]
-    assert order_key({"name": "z"}) == (len(overview.ATTENTION), "z")
+    assert order_key({"name": "z"}) == (len(project_summary.ATTENTION), "z")

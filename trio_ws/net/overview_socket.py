@@ -2,7 +2,7 @@
 with no project).
 
 First ``{"type":"overview","projects":[...],"registry_error":...}`` with every
-listed project's summary (`core.overview.entry`), then
+listed project's summary (`core.project_summary.entry`), then
 ``{"type":"overview_update","projects":[...],"removed":[...]}`` whenever summaries
 changed: at most one per project per `state.overview.COALESCE` seconds, and for a
 slow client only the latest of each (its `OverviewWatcher` keeps one per project).
@@ -59,7 +59,9 @@ class OverviewSession:
         overview = self.overview
         watcher = overview.watch()  # first: no change between the list and it is lost
         try:
-            first = list_message("overview", overview.first_list(), [], overview.registry_error)
+            first = list_message(
+                "overview", overview.first_list(watcher), [], overview.registry_error
+            )
             try:
                 await self.ws.send_message(first)
             except ConnectionClosed:
