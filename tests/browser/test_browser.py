@@ -949,10 +949,11 @@ def test_phone_width_stacks_the_board_columns(served: ServerProcess, browser: An
 
 
 def overview_rows(driver: Any) -> list[str]:
-    return [
-        str(row.get_attribute("data-name"))
-        for row in driver.find_elements(By.CSS_SELECTOR, "#projects .project")
-    ]
+    """The overview's project names, top to bottom (one round trip, even for 200)."""
+    rows: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#projects .project')].map(r => r.dataset.name)"
+    )
+    return rows
 
 
 def overview_row(driver: Any, name: str, css: str) -> str:
@@ -1026,21 +1027,21 @@ def test_the_overview_puts_the_project_that_needs_you_first(
 def test_the_overview_stays_usable_with_200_projects(
     home: Path, tmp_path: Path, served: ServerProcess, browser: Any, producer: ProducerFactory
 ) -> None:
-    names = [f"project-{n:03d}" for n in range(199)]
+    names = [f"a-project-{n:03d}" for n in range(199)]  # all before "demo" by name
     register(home, tmp_path, *names)
     started = time.monotonic()
     browser.get(f"{served.base}/")
     wait(browser, lambda d: len(overview_rows(d)) == 200, "200 rows")
     rendered = time.monotonic() - started
-    assert rendered < 5.0, f"200 projects took {rendered:.2f} s to show"
+    assert rendered < 3.0, f"200 projects took {rendered:.2f} s to show"
     agent = producer(served.port, "agent-1")
     agent.status("running")
     agent.acked()
     started = time.monotonic()
     wait(browser, lambda d: overview_rows(d)[0] == "demo", "the running project first")
-    assert time.monotonic() - started < 3.0  # coalesced to 0.5 s, not held up by the rest
+    assert time.monotonic() - started < 2.0  # coalesced to 0.5 s, not held up by the rest
     assert overview_badge(browser, "demo", "status") == "RUNNING"
-    assert overview_rows(browser)[1:] == sorted(names)
+    assert overview_rows(browser)[1:] == names
 
 
 @pytest.fixture
