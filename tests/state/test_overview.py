@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import trio
 import trio.testing
@@ -19,7 +20,7 @@ from trio_ws.state.manager import ConnectionManager
 from trio_ws.state.overview import Overview, OverviewWatcher
 
 
-def decoded(texts: list[str]) -> dict[str, dict[str, object]]:
+def decoded(texts: list[str]) -> dict[str, dict[str, Any]]:
     return {entry["name"]: entry for entry in map(json.loads, texts)}
 
 
@@ -159,3 +160,23 @@ async def test_the_task_looks_at_most_once_per_coalesce_interval(
         overview.changed("x")
         await trio.sleep(0.05)
     assert 4 <= overview.summaries_made - made <= 5
+
+
+async def test_a_watcher_that_takes_nothing_holds_one_summary_per_project(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """A slow client's backlog is bounded by the projects, not by time: it gets the
+    latest of each when it reads again."""
+    manager = ConnectionManager(nursery)
+    hubs = [(await manager.open(name, tmp_path)).hub for name in ("alpha", "beta", "gamma")]
+    overview = manager.overview
+    slow = overview.watch()
+    overview.first_list(slow)
+    for passing in range(1, 101):  # a hundred looks, each with a change in every project
+        for hub in hubs:
+            hub.publish_progress(Progress(passing, 0, 100, 0))
+            await hub.commit()
+        overview.publish()
+        assert len(slow.pending) <= 3
+    texts, _ = slow.take()
+    assert sorted(entry["progress"]["passing"] for entry in decoded(texts).values()) == [100] * 3
