@@ -909,7 +909,8 @@ def watch_command(
     no_bell: bool,
 ) -> None:
     """Watch project NAME live: agents, progress, orchestrator and log tail. Without
-    NAME, every project at a glance (the overview), what needs you first.
+    NAME, every project at a glance (the overview), what needs you first (--backlog,
+    --lines and --utc are for one project).
 
     Reconnects with backoff and resumes where it left off; exits 0 on Ctrl-C,
     1 when the server refuses the project (or, with --once, cannot be reached).
