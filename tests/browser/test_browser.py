@@ -19,6 +19,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Collection, Iterator
@@ -215,6 +216,13 @@ class Producer:
     def status(self, status: str) -> None:
         self.pseq += 1
         self.ws.send(json.dumps({"type": "status", "pseq": self.pseq, "status": status}))
+
+    def progress(self, passing: int, total: int, needs_input: int = 0) -> None:
+        """The features database as ``trio-ws run`` reads it on its machine."""
+        self.pseq += 1
+        item = {"type": "progress", "pseq": self.pseq, "passing": passing, "in_progress": 0}
+        item.update(total=total, needs_human_input=needs_input)
+        self.ws.send(json.dumps(item))
 
     def wait_for(self, predicate: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         """The first message matching ``predicate`` (within ``WAIT``)."""
@@ -978,3 +986,174 @@ def test_the_dashboard_over_https_and_wss_with_the_test_ca_trusted(
         wait(driver, lambda d: last in text(d, "#log .line:last-child"), "the line over wss")
         set_progress(project, passing=2, in_progress=3)
         wait_passing(driver, 2)
+
+
+# -- the overview at "/", an alert on its agent's card, browser notifications --------------
+
+
+def overview_rows(driver: Any) -> list[str]:
+    """The overview's project names, top to bottom (one round trip, even for 200)."""
+    rows: list[str] = driver.execute_script(
+        "return [...document.querySelectorAll('#projects .project')].map(r => r.dataset.name)"
+    )
+    return rows
+
+
+def overview_row(driver: Any, name: str, css: str) -> str:
+    return text(driver, f'#projects .project[data-name="{name}"] {css}')
+
+
+def overview_badge(driver: Any, name: str, which: str) -> str:
+    """A row's ``status`` or ``attention`` badge, in capitals whatever the style says."""
+    return overview_row(driver, name, f".badge.{which}").upper()
+
+
+def register(home: Path, tmp_path: Path, *names: str) -> None:
+    registry = Registry(home / "registry.db")
+    for name in names:
+        directory = tmp_path / "projects" / name
+        directory.mkdir(parents=True)
+        registry.add(name, directory)
+
+
+def test_the_overview_lists_every_project_and_follows_it_live(
+    home: Path, tmp_path: Path, served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    register(home, tmp_path, "other")
+    browser.get(f"{served.base}/")
+    wait(browser, lambda d: overview_rows(d) == ["demo", "other"], "both projects")
+    assert overview_badge(browser, "other", "status") == "NOT OPEN HERE"
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.lines(RUN[:FIRST_COMPLETION])
+    agent.acked()
+    wait(browser, lambda d: overview_badge(d, "demo", "status") == "RUNNING", "running")
+    wait(browser, lambda d: overview_row(d, "demo", ".agents-text").startswith("2 "), "agents")
+    assert "Spark" in overview_row(browser, "demo", ".agents-text")
+    assert overview_row(browser, "demo", ".ago").startswith("active ")
+    link = browser.find_element(By.LINK_TEXT, "demo")  # the project pages are where they were
+    link.click()
+    wait(browser, lambda d: connection_state(d) == "live", "the live view")
+    assert browser.current_url == f"{served.base}/projects/demo"
+
+
+def test_the_overview_puts_the_project_that_needs_you_first(
+    home: Path,
+    tmp_path: Path,
+    served: ServerProcess,
+    project: Path,
+    browser: Any,
+    producer: ProducerFactory,
+) -> None:
+    register(home, tmp_path, "aaa-quiet", "zzz-quiet")
+    browser.get(f"{served.base}/")
+    wait(browser, lambda d: overview_rows(d) == ["aaa-quiet", "demo", "zzz-quiet"], "by name")
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.acked()
+    wait(browser, lambda d: overview_rows(d)[0] == "demo", "the running project first")
+    # Nobody watches demo's page, so the server polls no database: its producer reports
+    # the progress, as `trio-ws run` does.
+    agent.progress(passing=1, total=24, needs_input=1)
+    wait(
+        browser,
+        lambda d: overview_badge(d, "demo", "attention") == "NEEDS INPUT",
+        "the project needing input",
+    )
+    assert overview_rows(browser) == ["demo", "aaa-quiet", "zzz-quiet"]
+    assert "human input" in overview_row(browser, "demo", ".project-alert")
+    agent.status("crashed")  # an error alert: still first, now red
+    wait(browser, lambda d: overview_badge(d, "demo", "attention") == "ERROR", "the error")
+    assert overview_rows(browser)[0] == "demo"
+
+
+def test_the_overview_stays_usable_with_200_projects(
+    home: Path, tmp_path: Path, served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    names = [f"a-project-{n:03d}" for n in range(199)]  # all before "demo" by name
+    register(home, tmp_path, *names)
+    started = time.monotonic()
+    browser.get(f"{served.base}/")
+    wait(browser, lambda d: len(overview_rows(d)) == 200, "200 rows")
+    rendered = time.monotonic() - started
+    assert rendered < 3.0, f"200 projects took {rendered:.2f} s to show"
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.acked()
+    started = time.monotonic()
+    wait(browser, lambda d: overview_rows(d)[0] == "demo", "the running project first")
+    assert time.monotonic() - started < 2.0  # coalesced to 0.5 s, not held up by the rest
+    assert overview_badge(browser, "demo", "status") == "RUNNING"
+    assert overview_rows(browser)[1:] == names
+
+
+@pytest.fixture
+def quick_alerts(home: Path, project: Path) -> Iterator[ServerProcess]:
+    """A server whose agents count as silent after one second without a line."""
+    running = ServerProcess(home, extra=("--alert-silent=1s",))
+    yield running
+    running.stop()
+
+
+def card_alert(driver: Any, name: str) -> str:
+    return text(driver, f'#agents .agent[data-name="{name}"] .agent-alert')
+
+
+def test_an_alert_about_an_agent_shows_on_its_card(
+    quick_alerts: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, quick_alerts)
+    agent = start_run(quick_alerts, producer)
+    wait(browser, lambda d: "said nothing" in card_alert(d, "Spark"), "the alert on Spark's card")
+    severity = browser.find_element(
+        By.CSS_SELECTOR, '#agents .agent[data-name="Spark"] .agent-alert'
+    ).get_attribute("data-severity")
+    assert severity == "warning"
+    agent.lines(["[Feature #1] Still writing the tests"])  # Spark speaks: resolved
+    wait(browser, lambda d: card_alert(d, "Spark") == "", "Spark's alert to go")
+    assert "said nothing" in card_alert(browser, "Fizz")  # Fizz is still quiet
+
+
+NOTIFICATION_SPY = """
+window.__asked = 0;
+window.__shown = [];
+const Original = window.Notification;
+window.Notification = class extends Original {
+  constructor(title, options) {
+    super(title, options);
+    window.__shown.push(title);
+  }
+  static requestPermission(...args) {
+    window.__asked += 1;
+    return Original.requestPermission(...args);
+  }
+};
+"""
+"""Counts the page's permission requests and the notifications it makes."""
+
+
+def test_notifications_are_asked_from_a_click_and_tell_new_alerts_only(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    browser.execute_cdp_cmd(
+        "Browser.grantPermissions", {"origin": served.base, "permissions": ["notifications"]}
+    )
+    browser.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": NOTIFICATION_SPY})
+    agent = start_run(served, producer)
+    set_progress(project, passing=1, in_progress=2, needs_input=1)  # standing before load
+    open_live(browser, served)
+    wait(browser, lambda d: "NEEDS_INPUT" in text(d, "#banners .source").upper(), "the banner")
+    assert text(browser, "#notify") == "Notify me"
+    assert browser.execute_script("return window.__asked") == 0  # never asked on load
+    browser.find_element(By.ID, "notify").click()
+    wait_text(browser, "#notify", "Notifications on")
+    assert browser.execute_script("return window.__asked") == 1
+    assert browser.execute_script("return window.__shown") == []  # the standing one: no
+    agent.status("crashed")
+    wait(browser, lambda d: d.execute_script("return window.__shown").__len__() == 1, "one")
+    assert browser.execute_script("return window.__shown") == ["demo: run_crashed"]
+    browser.refresh()  # a later visit: the choice is kept, nothing is asked, nothing repeated
+    wait(browser, lambda d: connection_state(d) == "live", "live again")
+    wait_text(browser, "#notify", "Notifications on")
+    assert browser.execute_script("return window.__asked") == 0
+    assert browser.execute_script("return window.__shown") == []

@@ -954,8 +954,8 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
     webbrowser.open(link)
 
 
-@main.command("watch", short_help="Watch a project live in the terminal.")
-@click.argument("name")
+@main.command("watch", short_help="Watch a project, or every project, live in the terminal.")
+@click.argument("name", required=False)
 @reader_options
 @cafile_option
 @click.option("--once", is_flag=True, help="Print the current state once and exit.")
@@ -977,7 +977,7 @@ def open_command(name: str | None, server: str, token: str | None, home: Path | 
 @click.option("--utc", is_flag=True, help="Show times in UTC [default: this machine's zone].")
 @click.option("--no-bell", is_flag=True, help="Do not ring the terminal bell at a new alert.")
 def watch_command(
-    name: str,
+    name: str | None,
     server: str,
     token: str | None,
     home: Path | None,
@@ -989,7 +989,9 @@ def watch_command(
     utc: bool,
     no_bell: bool,
 ) -> None:
-    """Watch project NAME live: agents, progress, orchestrator and log tail.
+    """Watch project NAME live: agents, progress, orchestrator and log tail. Without
+    NAME, every project at a glance (the overview), what needs you first (--backlog,
+    --lines and --utc are for one project).
 
     Reconnects with backoff and resumes where it left off; exits 0 on Ctrl-C,
     1 when the server refuses the project (or, with --once, cannot be reached).
@@ -1000,6 +1002,9 @@ def watch_command(
     from trio_ws.clients import watch, watch_render, watch_session
     from trio_ws.core import protocol
 
+    if name is None:
+        _watch_overview(server, _watch_token(resolve_home(home), token), once, as_json, no_bell)
+        return
     try:
         target = watch_session.WatchTarget.from_server(
             server, name, _watch_token(resolve_home(home), token), backlog, cafile
@@ -1048,6 +1053,57 @@ def watch_command(
         raise Refusal(str(exc)) from None
     except KeyboardInterrupt:
         pass  # Ctrl-C before the signal handler was installed: still a clean exit
+
+
+def _watch_overview(
+    server: str, token: str | None, once: bool, as_json: bool, no_bell: bool
+) -> None:
+    """`trio-ws watch` with no project: the overview, once, as JSON lines, or live."""
+    import os
+    import time
+
+    from trio_ws.clients import watch, watch_overview, watch_session
+    from trio_ws.core import protocol
+
+    try:
+        target = watch_overview.OverviewTarget.from_server(server, token)
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+
+    def write_line(text: str) -> None:
+        try:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise watch_session.OutputClosed("stdout closed") from None
+
+    def note_drop(reason: str) -> None:
+        click.echo(f"trio-ws: reconnecting: {reason}", err=True)
+
+    async def once_mode() -> None:
+        if as_json:
+            await watch_overview.overview_once(
+                target, lambda message: write_line(protocol.encode(message))
+            )
+            return
+        view = await watch_overview.overview_once(target)
+        watch.once_console().print(watch_overview.render_overview(view, time.time()))
+
+    async def live_mode() -> None:
+        if as_json:
+            await watch_overview.watch_overview_json(target, write_line, on_drop=note_drop)
+        else:
+            console = Console(highlight=False)
+            await watch_overview.watch_overview_live(target, console, bell=not no_bell)
+
+    try:
+        trio.run(until_signalled, once_mode if once else live_mode)
+    except watch_session.OutputClosed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except watch_session.WatchError as exc:
+        raise Refusal(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
 
 
 # -- trio-ws runs ----------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Pure apart from reading the package data once (`load_assets`): a request's
 path, query and token cookie go in, a `Response` comes out, so the server
-only has to write it. The same HTML serves ``/`` and ``/projects/{name}``;
-the script routes on ``location.pathname``.
+only has to write it. The same HTML serves ``/`` (the overview of every
+project, live over ``/ws/overview``) and ``/projects/{name}``; the script
+routes on ``location.pathname``.
 
 The page's scripts are all external (``script-src 'self'``), so the only
 thing rendered into the HTML per request is data: a ``<meta>`` tag telling
@@ -47,7 +48,8 @@ SCRIPT_MODULES: Final = (
     "dom.js",
     "banners.js",
     "token.js",
-    "list.js",
+    "overview.js",
+    "notify.js",
     "state.js",
     "messages.js",
     "connection.js",

@@ -75,6 +75,7 @@ from trio_ws.net.httpio import (
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
+from trio_ws.net.overview_socket import OverviewSession
 from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.net.refusals import refuse
 from trio_ws.net.subscribe import (
@@ -87,6 +88,7 @@ from trio_ws.net.subscribe import (
 )
 from trio_ws.net.tls import ServerTls, secure
 from trio_ws.runtime.signals import on_stop_signals
+from trio_ws.runtime.supervise import contained
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
 from trio_ws.state.project import Project as LiveProject
@@ -97,6 +99,7 @@ POLL_LEASE_INTERVALS: Final = 3
 """A node's poll lease lasts this many poll intervals, renewed at each of its reads."""
 JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 """Longest a shutdown waits to commit what is staged and close the journals."""
+OVERVIEW_PATH: Final = "/ws/overview"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 _PROJECT_API_PATH = re.compile(
@@ -183,6 +186,7 @@ async def _serve(
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics, tls)
+        nursery.start_soon(contained, "the overview", manager.overview.run, config.registry_path)
         nursery.start_soon(
             probe_idle_subscribers,
             manager,
@@ -453,6 +457,9 @@ async def _websocket(server: Server, stream: Transport, head: RequestHead, peer:
             extra_headers=[("upgrade", "websocket")],
         )
         return
+    if head.path == OVERVIEW_PATH:
+        await _overview(server, stream, head, peer)
+        return
     subscribe = _SUBSCRIBE_PATH.fullmatch(head.path)
     publish = _PUBLISH_PATH.fullmatch(head.path)
     match = subscribe or publish
@@ -487,6 +494,45 @@ async def _websocket(server: Server, stream: Transport, head: RequestHead, peer:
     finally:
         # Not shielded: when the server is cancelled this drops the TCP
         # connection at once instead of waiting for the peer.
+        await ws.aclose(code)
+
+
+async def _overview(
+    server: Server, stream: Transport, head: RequestHead, peer: str
+) -> None:
+    """``/ws/overview``: every project's summary, live. It names directories, so it
+    follows ``/api/projects``: the token whenever subscribers need one; and, as every
+    subscriber, only from an allowed Origin."""
+    config = server.config
+    if not origin_allowed(
+        head.header("origin"), head.header("host"), config.on_loopback, config.listed_origins
+    ):
+        log.info("refused %s from %s: origin not allowed", head.path, peer)
+        await send_response(stream, head.connection, 403, b"origin not allowed\n")
+        return
+    authorized = carries_token(head, config.token)
+    ws = await accept(
+        stream, head, max_message=MAX_INBOUND_BYTES, stall_timeout=config.stall_timeout
+    )
+    if ws is None:
+        return
+    head.release()  # an idle watcher holds no header values
+    code = 1000
+    try:
+        if config.subscribers_need_token and not authorized:
+            await refuse(ws, Unauthorized())
+            return
+        await server.manager.overview.read_registry(config.registry_path)
+        session = OverviewSession(ws, server.manager.overview, peer)
+        server.manager.add_session(session)
+        try:
+            await session.run()
+        finally:
+            server.manager.remove_session(session)
+    except Exception:
+        code = 1011
+        raise
+    finally:
         await ws.aclose(code)
 
 

@@ -330,6 +330,8 @@ class HubFanOut(HubState):
         if status_changed:
             self._agent_status_changed.set()
             self._agent_status_changed = trio.Event()
+        if self.on_summary is not None:
+            self.on_summary(self.name)
 
     def _hand_over(self, subscriber: Subscriber, fan_out: FanOut) -> None:
         """One subscriber's part of a fan-out: written now, or queued (or it falls behind)."""

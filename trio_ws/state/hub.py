@@ -182,6 +182,16 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         self.alerts_fed.set()
         self.alerts_fed = trio.Event()
 
+    def summary_events(self) -> list[JsonObject]:
+        """What the overview summarises (`core.project_summary`), decoded: the snapshot's
+        statuses, progress, active agents and standing alerts, then the newest held
+        event, whose time is the project's last activity. Called at most a few times
+        a second per project, never per event."""
+        state = self._snapshot_state
+        items = [state.agent_status, state.dev_status, state.progress]
+        items += [*state.agents.values(), *state.alerts.values(), *self.history.tail(1)]
+        return [json.loads(item.text) for item in items if item is not None]
+
     @property
     def committed_agent_status(self) -> str:
         """The agent status subscribers were last told: with several nodes also one a

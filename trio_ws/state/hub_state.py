@@ -146,6 +146,9 @@ class HubState:
         """The alert rules, fed every event this node commits (None: alerts are off)."""
         self.alerts_fed = trio.Event()
         """Set (and replaced) whenever the rules were fed: their next deadline may move."""
+        self.on_summary: Callable[[str], None] | None = None
+        """Told the project's name after each fan-out of committed events (the overview:
+        its summary may have changed); once per batch, never per subscriber."""
 
     # -- calls across parts: each is defined by the part named -----------------
 

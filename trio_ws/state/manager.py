@@ -5,7 +5,8 @@ subscriber set; each drives itself (`trio_ws.state.project`). The manager opens
 them on their journals (only fully: `Project.open`), closes one that nobody
 used for a while (it opens again on its next use, from its journal), bounds
 how many are open, closes the journals at shutdown, counts what healthz and
-metrics report, and holds the live sessions that shutdown closes.
+metrics report, holds the live sessions that shutdown closes, and tells the
+`Overview` which projects are open.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from trio_ws.runtime.supervise import contained
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
+from trio_ws.state.overview import Overview
 from trio_ws.state.project import (
     DEFAULT_GRACE,
     DEFAULT_POLL_INTERVAL,
@@ -113,6 +115,8 @@ class ConnectionManager:
         self._closing: dict[str, trio.Event] = {}
         self._shut = False
         self._sessions: set[Closable] = set()
+        self.overview = Overview()
+        """Every project's summary for ``/ws/overview``; told of each open and close."""
         self.closed_idle = 0
         """Projects closed because nobody used them (for tests and metrics)."""
         self.started_at = time.monotonic()
@@ -212,6 +216,7 @@ class ConnectionManager:
             raise
         else:
             entry = self._projects[name] = _Entry(project, used=trio.current_time())
+            self.overview.opened(project.hub)
             return entry
         finally:
             del self._opening[name]
@@ -246,6 +251,7 @@ class ConnectionManager:
             with trio.CancelScope(shield=True):  # never leave it half closed
                 await entry.project.close()
         finally:
+            self.overview.closed(entry.project.hub)
             del self._closing[name]
             closing.set()
 

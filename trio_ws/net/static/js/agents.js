@@ -8,12 +8,41 @@ const CARD_LINGER_MS = 3000;
 
 export const cards = new Map(); // key -> {message, node, timer}
 const dirtyCards = new Set();
+const agentAlerts = new Map(); // alert id -> the standing alert about one agent (by name)
+const SEVERITY_ORDER = { error: 0, warning: 1, info: 2 };
 
 export function clearCards() {
   for (const card of cards.values()) clearTimeout(card.timer);
   cards.clear();
   dirtyCards.clear();
+  agentAlerts.clear(); // the snapshot repeats the standing ones
   $("agents").replaceChildren();
+}
+
+export function onAgentAlert(message) {
+  // An alert naming an agent (a silent one, say) shows on that agent's card too.
+  if (typeof message.agent !== "string" || !message.agent) return;
+  const id = String(message.id);
+  if (message.state === "resolved") {
+    agentAlerts.delete(id);
+  } else {
+    agentAlerts.set(id, message);
+  }
+  for (const [key, card] of cards) {
+    if (String(card.message.agentName) === message.agent) dirtyCards.add(key);
+  }
+  touch("agents");
+}
+
+function alertFor(name) {
+  // The most severe standing alert about the agent called ``name``, the newest of those.
+  let found = null;
+  for (const alert of agentAlerts.values()) {
+    if (alert.agent !== name) continue;
+    const rank = SEVERITY_ORDER[alert.severity] ?? 1;
+    if (found === null || rank <= (SEVERITY_ORDER[found.severity] ?? 1)) found = alert;
+  }
+  return found;
 }
 
 function cardKey(message) {
@@ -105,7 +134,9 @@ function buildCard() {
   top.append(avatar, id, el("span", "agent-type"));
   const foot = el("div", "agent-foot");
   foot.append(el("span", "state"), el("span", "since"));
-  node.append(top, el("p", "agent-thought"), foot);
+  const alert = el("p", "agent-alert");
+  alert.hidden = true;
+  node.append(top, alert, el("p", "agent-thought"), foot);
   return node;
 }
 
@@ -131,6 +162,13 @@ function fillCard(node, message) {
   const hasThought = typeof message.thought === "string" && message.thought !== "";
   thought.textContent = hasThought ? message.thought : "no thought yet";
   thought.classList.toggle("none", !hasThought);
+  const alert = alertFor(name);
+  const alertLine = node.querySelector(".agent-alert");
+  alertLine.hidden = alert === null;
+  alertLine.textContent = alert === null ? "" : String(alert.message ?? "");
+  alertLine.dataset.severity = alert === null ? "" : String(alert.severity ?? "warning");
+  alertLine.dataset.kind = alert === null ? "" : String(alert.kind ?? "");
+  node.classList.toggle("alerting", alert !== null);
   const since = node.querySelector(".since");
   since.dataset.timestamp = String(message.timestamp ?? "");
   since.textContent = ago(message.timestamp);

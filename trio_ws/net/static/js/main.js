@@ -1,4 +1,4 @@
-// trio-ws dashboard: the project list at "/" and one project's live view at
+// trio-ws dashboard: the overview of every project at "/" and one project's live view at
 // "/projects/{name}" (PROTOCOL.md section 3). Plain DOM, no framework, no build:
 // the browser loads these ES modules as they are.
 //
@@ -11,7 +11,8 @@
 
 import { $, el, meta } from "./dom.js";
 import { canControl, dropTokenFromUrl, explainToken } from "./token.js";
-import { startList } from "./list.js";
+import { startOverview } from "./overview.js";
+import { startNotifications } from "./notify.js";
 import { live, setRenderer, touch } from "./state.js";
 import { renderCards, tickCards } from "./agents.js";
 import { renderShots } from "./shots.js";
@@ -54,6 +55,7 @@ function startProject(name) {
       button.addEventListener("click", () => sendControl(button));
     }
   }
+  startNotifications();
   $("log-filter").addEventListener("change", rebuildLog);
   setRenderer(render);
   reset();
@@ -71,7 +73,7 @@ function start() {
   explainToken();
   const match = /^\/projects\/([^/]+)$/.exec(location.pathname);
   if (!match) {
-    startList();
+    startOverview();
     return;
   }
   let name;

@@ -3,10 +3,11 @@
 
 import { $ } from "./dom.js";
 import { clearBanner, clearServerBanners, showBanner } from "./banners.js";
-import { clearCards, onAgentUpdate } from "./agents.js";
+import { clearCards, onAgentAlert, onAgentUpdate } from "./agents.js";
 import { clearChart, loadHistory } from "./chart.js";
 import { clearLogs, onDevLog, onLog } from "./log.js";
 import { clearShots, onBrowserScreenshot, subscribeShots } from "./shots.js";
+import { notifyAlert } from "./notify.js";
 import { connection, emptyView, live, touch } from "./state.js";
 import { onAgentStatus, onDevStatus, onOrchestrator, onProgress, setConnection } from "./status.js";
 
@@ -112,7 +113,10 @@ function onWarning(message) {
 
 function onAlert(message) {
   // A raised alert stands as a banner until it is resolved (the snapshot repeats the
-  // standing ones after every sync, as it does warnings).
+  // standing ones after every sync, as it does warnings), on its agent's card when it
+  // names one, and a new one is a browser notification when the user asked for them.
+  onAgentAlert(message);
+  notifyAlert(message);
   const key = `alert ${String(message.id)}`;
   if (message.state === "resolved") {
     clearBanner(key);

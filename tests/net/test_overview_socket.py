@@ -1,0 +1,164 @@
+"""``/ws/overview`` on a real server on 127.0.0.1: the first full list, live updates
+coalesced, the token rule of ``/api/projects``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+from rawws import upgrade_request
+from serving import NETWORK_TIMEOUT, TOKEN, make_config, receive, receive_until, ws_url
+from trio_websocket import ConnectionClosed, connect_websocket_url
+
+from trio_ws.data.registry import Registry
+from trio_ws.net.server import Server, serve
+
+Msg = dict[str, Any]
+
+
+@pytest.fixture
+def two_projects(tmp_path: Path, registry: Registry) -> Registry:
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    return registry
+
+
+async def start(nursery: trio.Nursery, registry: Registry, **overrides: Any) -> Server:
+    server: Server = await nursery.start(serve, make_config(registry, **overrides))
+    return server
+
+
+async def publish(nursery: trio.Nursery, server: Server, project: str) -> Any:
+    ws = await connect_websocket_url(
+        nursery,
+        ws_url(server, f"/ws/projects/{project}/publish"),
+        extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
+    )
+    await ws.send_message(json.dumps({"type": "hello", "producer": "p1", "stream": "agent"}))
+    await receive_until(ws, lambda m: m["type"] == "welcome")
+    return ws
+
+
+def names(message: Msg) -> list[str]:
+    return [project["name"] for project in message["projects"]]
+
+
+async def test_the_first_message_lists_every_registered_project(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, two_projects)
+        ws = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        first = await receive(ws)
+        assert first["type"] == "overview"
+        assert first["registry_error"] is None
+        assert names(first) == ["alpha", "beta"]
+        alpha = first["projects"][0]
+        assert alpha["loaded"] is False  # nobody opened it: not loaded for the overview
+        assert alpha["agent_status"] is None
+        assert alpha["attention"] == "idle"
+        assert server.manager.get_hub("alpha") is None
+        await ws.send_message(json.dumps({"type": "ping"}))
+        assert (await receive(ws))["type"] == "pong"  # the list was current: no update
+
+
+async def test_a_burst_of_events_arrives_coalesced(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, two_projects)
+        ws = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        await receive(ws)
+        producer = await publish(nursery, server, "alpha")
+        await producer.send_message(json.dumps({"type": "status", "pseq": 1, "status": "running"}))
+        updates: list[Msg] = []
+        pseq = 1
+        started = trio.current_time()
+        for n in range(40):  # a batch every 25 ms for a second: 40 commits
+            await producer.send_message(
+                json.dumps({"type": "lines", "first": pseq + 1, "lines": [f"line {n}"]})
+            )
+            pseq += 1
+            await trio.sleep(0.025)
+        elapsed = trio.current_time() - started
+        last_line = None
+        while last_line is None or not updates or updates[-1]["agent_status"] != "running":
+            with trio.move_on_after(1.5) as quiet:
+                message = await receive(ws)
+            if quiet.cancelled_caught:
+                break
+            assert message["type"] == "overview_update"
+            assert message["removed"] == []
+            updates += message["projects"]
+            last_line = updates[-1]["last_activity"]
+        alpha = [update for update in updates if update["name"] == "alpha"]
+        assert alpha and alpha[-1]["agent_status"] == "running"
+        assert alpha[-1]["loaded"] is True
+        assert alpha[-1]["attention"] == "running"
+        # At most one summary per 0.5 s (and the first one): not one per commit.
+        assert len(alpha) <= elapsed / 0.5 + 3, len(alpha)
+
+
+async def test_the_overview_needs_the_token_when_subscribers_do(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, two_projects, require_token=True)
+        ws = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        refusal = await receive(ws)
+        assert refusal == {"type": "error", "content": "Unauthorized"}
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.get_message()
+        assert closed.value.reason is not None
+        assert closed.value.reason.code == 4001
+        assert server.manager.overview.watcher_count == 0
+        ws = await connect_websocket_url(nursery, ws_url(server, f"/ws/overview?token={TOKEN}"))
+        assert names(await receive(ws)) == ["alpha", "beta"]
+
+
+async def test_the_overview_refuses_a_foreign_origin(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, two_projects)
+        stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+        async with stream:
+            await stream.send_all(upgrade_request("/ws/overview", "Origin: http://evil.example"))
+            answer = await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 403 ")
+
+
+async def test_a_project_registered_later_and_one_removed_are_told(
+    nursery: trio.Nursery, tmp_path: Path, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, two_projects)
+        ws = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        await receive(ws)
+        (tmp_path / "gamma").mkdir()
+        two_projects.add("gamma", tmp_path / "gamma")
+        two_projects.remove("beta")
+        await server.manager.overview.read_registry(two_projects.path)  # not the 5 s wait
+        message = await receive(ws)
+        assert message["type"] == "overview_update"
+        assert names(message) == ["gamma"]
+        assert message["removed"] == ["beta"]
+
+
+async def test_shutdown_closes_the_overview_with_1001(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(nursery, two_projects)
+        ws = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        await receive(ws)
+        await server.shutdown(1001)
+        with pytest.raises(ConnectionClosed) as closed:
+            while True:
+                await ws.get_message()
+        assert closed.value.reason is not None
+        assert closed.value.reason.code == 1001
