@@ -366,3 +366,16 @@ def test_project_settings_of_the_file_reach_the_servers_config(
     assert result.exit_code == 0, result.output
     (server_config,) = seen
     assert server_config.project_settings == {"todo": ProjectSettings(alert_silent=60.0)}
+
+
+def test_the_readmes_example_file_is_a_valid_config(home: Path, config: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("```toml\n# ~/.trio-ws/config.toml\n", 1)[1].split("```", 1)[0]
+    write(config, example)
+    shown = show(home, "--config", config)
+    assert setting(shown, "alert-silent") == (600.0, f"file {config}")
+    assert [row["key"] for row in shown["projects"]["todo-app"]] == [
+        "alerts",
+        "alert-silent",
+        "alert-stalled",
+    ]

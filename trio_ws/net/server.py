@@ -213,11 +213,11 @@ async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
         async with stream:
             await _dispatch(server, stream, peer)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-        log.debug("connection from %s dropped", peer)
+        log.debug("connection from %s dropped", peer, extra={"client": peer})
     except* WriteStalled as group:
-        log.info("connection from %s cut: %s", peer, group.exceptions[0])
+        log.info("connection from %s cut: %s", peer, group.exceptions[0], extra={"client": peer})
     except* Exception as group:
-        log.error("connection from %s failed", peer, exc_info=group)
+        log.error("connection from %s failed", peer, exc_info=group, extra={"client": peer})
 
 
 @dataclass
@@ -234,7 +234,12 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
         try:
             head = await read_request_head(stream, stall_timeout=config.stall_timeout)
         except BadRequest as exc:
-            log.info("bad request from %s: %s", peer, _loggable(str(exc), config.token))
+            log.info(
+                "bad request from %s: %s",
+                peer,
+                _loggable(str(exc), config.token),
+                extra={"client": peer, "status": exc.status},
+            )
             await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
             return
     if head is None:
@@ -288,7 +293,12 @@ async def _route(
     refused = host_refusal(head.header("host"), config.on_loopback, config.allow_hosts)
     if refused is not None:
         # Before anything else, websocket upgrades included: DNS rebinding (PROTOCOL.md 1).
-        log.info("refused %s from %s: Host not allowed", head.path, peer)
+        log.info(
+            "refused %s from %s: Host not allowed",
+            head.path,
+            peer,
+            extra={"client": peer, "path": head.path},
+        )
         await send_response(stream, head.connection, refused, b"host not allowed\n")
         return
     if head.path.startswith("/ws/"):
@@ -513,7 +523,13 @@ async def _websocket(
     else:
         refusal = None
     if refusal is not None:
-        log.info("refused %s from %s: %s", head.path, peer, refusal[1])
+        log.info(
+            "refused %s from %s: %s",
+            head.path,
+            peer,
+            refusal[1],
+            extra={"client": peer, "path": head.path, "status": refusal[0]},
+        )
         await send_response(stream, connection, refusal[0], f"{refusal[1]}\n".encode())
         return
     max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
@@ -556,7 +572,7 @@ async def _project(
         await refuse(ws, missing)
         return None
     except RegistryError as exc:
-        log.error("registry unreadable while %s connected: %s", peer, exc)
+        log.error("registry unreadable while %s connected: %s", peer, exc, extra={"client": peer})
         await ws.aclose(1011, "registry unavailable")
         return None
     except JournalError:
@@ -564,7 +580,7 @@ async def _project(
         await refuse(ws, JournalUnavailable())
         return None
     except TooManyProjects as exc:
-        log.warning("project %s refused to %s: %s", name, peer, exc)
+        log.warning("project %s refused to %s: %s", name, peer, exc, extra={"client": peer})
         await refuse(ws, ServerBusy(str(exc)))
         return None
     return project
