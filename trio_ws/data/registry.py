@@ -226,17 +226,22 @@ class Registry:
     def settings(self, name: str) -> ProjectSettings:
         """What project ``name`` set for itself (nothing for an unknown project)."""
         _check_name(name)
-        return self.all_settings().get(name, ProjectSettings())
+        return self._read_settings(name).get(name, ProjectSettings())
 
     def all_settings(self) -> dict[str, ProjectSettings]:
         """Every project's own settings, by name (projects that set none are left out)."""
+        return self._read_settings(None)
+
+    def _read_settings(self, name: str | None) -> dict[str, ProjectSettings]:
         with self._connect(create=False) as conn:
             self._check_table(conn, create=False)
             if not self._has_settings(conn):
                 return {}
-            rows = _execute(
-                conn, self, f"SELECT project, key, value FROM {SETTINGS_TABLE} ORDER BY project"
-            )
+            select = f"SELECT project, key, value FROM {SETTINGS_TABLE}"
+            if name is None:
+                rows = _execute(conn, self, f"{select} ORDER BY project, key")
+            else:
+                rows = _execute(conn, self, f"{select} WHERE project = ? ORDER BY key", (name,))
         values: dict[str, dict[str, object]] = {}
         for project, key, text in rows:
             where = f"registry {self.path}, project {project!r}, setting {key!r}"
@@ -284,14 +289,9 @@ class Registry:
                 raise ProjectNotFound(f"no project {name!r} in registry {self.path}")
             removed = False
             if self._has_settings(conn):
-                removed = bool(
-                    _execute(
-                        conn,
-                        self,
-                        f"DELETE FROM {SETTINGS_TABLE} WHERE project = ? AND key = ? RETURNING key",
-                        (name, key),
-                    )
-                )
+                where = f"FROM {SETTINGS_TABLE} WHERE project = ? AND key = ?"
+                removed = bool(_execute(conn, self, f"SELECT 1 {where}", (name, key)))
+                _execute(conn, self, f"DELETE {where}", (name, key))
             _execute(conn, self, "COMMIT")
         return removed
 
