@@ -58,6 +58,7 @@ from trio_ws.net.access import (
     producer_refusal,
     project_api_refusal,
 )
+from trio_ws.net.access_log import Exchange, log_access
 from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.connection import ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
@@ -90,8 +91,6 @@ from trio_ws.state.manager import ConnectionManager, TooManyProjects
 from trio_ws.state.project import Project as LiveProject
 
 log = logging.getLogger("trio_ws.net.server")
-access_log = logging.getLogger("trio_ws.net.access")
-"""One line per HTTP request or websocket session, at info, said in `_log_access`."""
 
 POLL_LEASE_INTERVALS: Final = 3
 """A node's poll lease lasts this many poll intervals, renewed at each of its reads."""
@@ -99,7 +98,6 @@ JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 """Longest a shutdown waits to commit what is staged and close the journals."""
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
-_NAMES_PROJECT = re.compile(r"/(?:ws/projects|api/projects|projects)/(?P<name>[^/]+)")
 _PROJECT_API_PATH = re.compile(
     r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|runs(?:/[^/]*)?|agent/[a-z-]+)"
 )
@@ -220,13 +218,6 @@ async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
         log.error("connection from %s failed", peer, exc_info=group, extra={"client": peer})
 
 
-@dataclass
-class _Exchange:
-    """What the access log needs to learn from a request's handler: its websocket."""
-
-    ws: WebSocket | None = None
-
-
 async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> None:
     config = server.config
     head: RequestHead | None = None
@@ -244,42 +235,11 @@ async def _dispatch(server: Server, stream: trio.SocketStream, peer: str) -> Non
             return
     if head is None:
         return
-    started = trio.current_time()
-    exchange = _Exchange()
+    exchange = Exchange(head, peer)
     try:
         await _route(server, stream, head, peer, exchange)
     finally:
-        _log_access(head, peer, trio.current_time() - started, exchange, config.token)
-
-
-def _log_access(
-    head: RequestHead, peer: str, seconds: float, exchange: _Exchange, token: str
-) -> None:
-    """The access line: method, path (never the query, which may carry the token),
-    status (a websocket's close code), duration and client; once per request or
-    session, never per event."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    ws = exchange.ws
-    if ws is not None:
-        status: int | None = ws.closed.code if ws.closed is not None else None
-    else:
-        status = head.connection.status
-    path = _loggable(head.path, token)
-    fields: dict[str, object] = {
-        "method": head.method,
-        "path": path,
-        "status": status,
-        "duration_ms": round(seconds * 1000, 1),
-        "client": peer,
-        "websocket": ws is not None,
-    }
-    named = _NAMES_PROJECT.match(head.path)
-    if named is not None and (project := _unquote(named["name"])) is not None:
-        fields["project"] = project
-    access_log.info(
-        "%s %s %s %.1f ms %s", head.method, path, status, seconds * 1000, peer, extra=fields
-    )
+        log_access(exchange, config.token)
 
 
 async def _route(
@@ -287,7 +247,7 @@ async def _route(
     stream: trio.SocketStream,
     head: RequestHead,
     peer: str,
-    exchange: _Exchange,
+    exchange: Exchange,
 ) -> None:
     config = server.config
     refused = host_refusal(head.header("host"), config.on_loopback, config.allow_hosts)
@@ -495,7 +455,7 @@ async def _missing_project_page(server: Server, path: str) -> dashboard.Response
 
 
 async def _websocket(
-    server: Server, stream: trio.SocketStream, head: RequestHead, peer: str, exchange: _Exchange
+    server: Server, stream: trio.SocketStream, head: RequestHead, peer: str, exchange: Exchange
 ) -> None:
     config = server.config
     connection = head.connection
