@@ -317,7 +317,7 @@ def projects_show(name: str, as_json: bool, registry_file: Path, **_: Any) -> No
     also shows those of the config file, and which one wins)."""
     registry = Registry(registry_file)
     if registry.get(name) is None:
-        registry.remove(name)  # says there is no such project
+        raise Refusal(f"no project {name!r} in registry {registry_file}")
     own = registry.settings(name).items()
     if as_json:
         click.echo(json.dumps({key: show_setting(key, value) for key, value in own.items()}))
