@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from trio_ws.core.project_settings import ProjectSettings, SettingError
 from trio_ws.data.registry import (
     CREATE_TABLE,
     InvalidProjectName,
@@ -442,3 +443,70 @@ def test_env_home_is_where_projects_are_registered(
     monkeypatch.setenv("TRIO_WS_HOME", os.fspath(tmp_path / "env-home"))
     Registry(registry_path(resolve_home(None), None)).add("alpha", project_dir)
     assert [row[0] for row in raw_rows(tmp_path / "env-home" / "registry.db")] == ["alpha"]
+
+
+# -- per-project settings ------------------------------------------------------------
+
+
+def test_a_projects_settings_are_kept_beside_autoforges_table_which_stays_as_it_was(
+    registry: Registry, db: Path, project_dir: Path
+) -> None:
+    registry.add("alpha", project_dir)
+    before = raw_rows(db)
+    assert registry.settings("alpha") == ProjectSettings()
+    assert registry.set_setting("alpha", "alert-silent", "1m") == 60.0
+    assert registry.set_setting("alpha", "alerts", "off") is False
+    assert registry.set_setting("alpha", "alert-silent", "90s") == 90.0  # replaced
+    assert registry.settings("alpha") == ProjectSettings(alerts=False, alert_silent=90.0)
+    assert raw_rows(db) == before
+    with closing(sqlite3.connect(db)) as conn:
+        columns = [row[1] for row in conn.execute("PRAGMA table_info(projects)")]
+    assert columns == ["name", "path", "created_at", "default_concurrency"]
+    assert registry.unset_setting("alpha", "alerts") is True
+    assert registry.unset_setting("alpha", "alerts") is False
+    assert registry.all_settings() == {"alpha": ProjectSettings(alert_silent=90.0)}
+
+
+def test_settings_of_an_unknown_project_or_key_are_refused(
+    registry: Registry, project_dir: Path
+) -> None:
+    registry.add("alpha", project_dir)
+    with pytest.raises(ProjectNotFound, match="no project 'beta'"):
+        registry.set_setting("beta", "alerts", "on")
+    with pytest.raises(SettingError, match="unknown project setting"):
+        registry.set_setting("alpha", "colour", "red")
+    with pytest.raises(SettingError, match="not on or off"):
+        registry.set_setting("alpha", "alerts", "maybe")
+    with pytest.raises(SettingError, match="unknown project setting"):
+        registry.unset_setting("alpha", "colour")
+    assert registry.all_settings() == {}
+
+
+def test_removing_a_project_forgets_its_settings(registry: Registry, project_dir: Path) -> None:
+    registry.add("alpha", project_dir)
+    registry.set_setting("alpha", "alert-stalled", "1h")
+    registry.remove("alpha")
+    registry.add("alpha", project_dir)
+    assert registry.settings("alpha") == ProjectSettings()
+
+
+def test_an_autoforge_registry_without_the_settings_table_has_no_settings(
+    db: Path, project_dir: Path
+) -> None:
+    db.parent.mkdir(parents=True)
+    autoforge_registry(db, [("alpha", project_dir.as_posix(), "2026-01-02 03:04:05.000000", 3)])
+    registry = Registry(db)
+    assert registry.settings("alpha") == ProjectSettings()
+    assert registry.remove("alpha").name == "alpha"
+
+
+def test_a_stored_setting_that_does_not_read_back_is_corrupt(
+    registry: Registry, db: Path, project_dir: Path
+) -> None:
+    registry.add("alpha", project_dir)
+    registry.set_setting("alpha", "alerts", "on")
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("UPDATE trio_ws_project_settings SET value = '\"soon\"'")
+        conn.commit()
+    with pytest.raises(RegistryCorrupt, match=f"registry {at(db)}, project 'alpha': alerts"):
+        registry.settings("alpha")

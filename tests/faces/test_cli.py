@@ -499,3 +499,39 @@ def test_completion_offers_the_commands() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "plain,doctor" in result.stdout.splitlines()
+
+
+# -- trio-ws projects set / unset / show ----------------------------------------------
+
+
+def test_a_projects_settings_are_set_shown_and_unset(home: Path, alpha: Path) -> None:
+    assert projects("add", "alpha", alpha, home=home).exit_code == 0
+    result = projects("show", "alpha", home=home)
+    assert result.stdout == "alpha: no settings of its own (serve's options decide)\n"
+    result = projects("set", "alpha", "alert-silent", "90", home=home)
+    assert (result.exit_code, result.stdout) == (0, "alpha: alert-silent = 90s\n")
+    assert projects("set", "alpha", "alerts", "off", home=home).exit_code == 0
+    result = projects("show", "alpha", "--json", home=home)
+    assert json.loads(result.stdout) == {"alerts": "off", "alert-silent": "90s"}
+    result = projects("unset", "alpha", "alerts", home=home)
+    assert result.stdout == "alpha: alerts unset\n"
+    result = projects("unset", "alpha", "alerts", home=home)
+    assert result.stdout == "alpha: alerts was not set\n"
+    assert projects("show", "alpha", home=home).stdout == "alpha: alert-silent = 90s\n"
+
+
+def test_a_bad_setting_is_a_usage_error_naming_the_key(home: Path, alpha: Path) -> None:
+    assert projects("add", "alpha", alpha, home=home).exit_code == 0
+    assert_refused(projects("set", "alpha", "alert_silent", "1m", home=home), 2, "alert_silent:")
+    assert_refused(
+        projects("set", "alpha", "alert-silent", "soon", home=home), 2, "is not a duration"
+    )
+    assert_refused(projects("set", "beta", "alerts", "on", home=home), 1, "no project 'beta'")
+    assert_refused(projects("show", "beta", home=home), 1, "no project 'beta'")
+
+
+def test_the_set_help_lists_every_project_key() -> None:
+    from trio_ws.core.project_settings import PROJECT_KEYS
+
+    result = run("projects", "set", "--help")
+    assert all(key in result.stdout for key in PROJECT_KEYS)

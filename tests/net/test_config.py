@@ -50,3 +50,38 @@ def test_a_certificate_needs_its_key() -> None:
         config(certfile=Path("cert.pem"))
     with pytest.raises(ValueError, match="--certfile and --keyfile go together"):
         config(keyfile=Path("key.pem"))
+
+
+def test_a_projects_alerts_are_the_registrys_over_the_files_over_the_servers(
+    tmp_path: Path,
+) -> None:
+    from trio_ws.core.alerts import AlertSettings
+    from trio_ws.core.project_settings import ProjectSettings
+    from trio_ws.data.registry import Registry
+
+    registry = Registry(tmp_path / "registry.db")
+    for name in ("both", "filed", "plain"):
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    registry.set_setting("both", "alert-silent", "1m")
+    made = ServerConfig(
+        registry_path=registry.path,
+        token="t",
+        alerts=AlertSettings(silent=600, stalled=1800),
+        project_settings={
+            "both": ProjectSettings(alert_silent=120, alert_stalled=300),
+            "filed": ProjectSettings(alerts=False),
+        },
+    )
+    assert made.alerts_of("both") == AlertSettings(silent=60, stalled=300)
+    assert made.alerts_of("filed") is None
+    assert made.alerts_of("plain") == AlertSettings(silent=600, stalled=1800)
+    assert made.alerts_of("elsewhere") == AlertSettings(silent=600, stalled=1800)
+
+
+def test_without_a_registry_file_the_files_and_servers_settings_decide() -> None:
+    from trio_ws.core.project_settings import ProjectSettings
+
+    made = config(project_settings={"todo": ProjectSettings(alerts=True)})
+    assert made.alerts_of("todo") is not None
+    assert made.alerts_of("other") is None

@@ -119,3 +119,60 @@ async def test_without_alert_settings_no_alert_is_raised(
     with trio.fail_after(5):
         await settle(project)
     assert alerts_of(project) == [] and project.hub.alerts is None
+
+
+async def test_a_projects_own_silent_threshold_wins_over_the_servers(
+    mock_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """Issue 21: thresholds per project in the registry. Alpha says 1 min, beta says
+    nothing (the server's 10 min): after a minute only alpha's agent is silent."""
+    from trio_ws.data.registry import Registry
+
+    registry = Registry(tmp_path / "registry.db")
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    registry.set_setting("alpha", "alert-silent", "1m")
+    manager = ConnectionManager(
+        nursery,
+        journals=MemoryBackend(),
+        alerts=SETTINGS,
+        project_alerts=lambda name: registry.settings(name).alert_settings(SETTINGS),
+    )
+    alpha = await manager.open("alpha", tmp_path / "alpha")
+    beta = await manager.open("beta", tmp_path / "beta")
+    assert alpha.hub.alerts is not None and alpha.hub.alerts.settings.silent == 60
+    assert beta.hub.alerts is not None and beta.hub.alerts.settings.silent == 600
+    for project in (alpha, beta):
+        project.hub.set_status("running")
+        project.hub.feed_lines(["Started coding agent for feature #4"])
+        await settle(project)
+    mock_clock.jump(59)
+    await settle(alpha)
+    assert alerts_of(alpha) == []
+    mock_clock.jump(1)
+    await settle(alpha)
+    await settle(beta)
+    assert [(a["kind"], a["state"]) for a in alerts_of(alpha)] == [("agent_silent", "raised")]
+    assert alerts_of(beta) == []
+    mock_clock.jump(540)
+    await settle(beta)
+    assert [a["kind"] for a in alerts_of(beta)] == ["agent_silent"]
+
+
+async def test_a_project_may_turn_its_alerts_off(nursery: trio.Nursery, tmp_path: Path) -> None:
+    manager = ConnectionManager(
+        nursery,
+        journals=MemoryBackend(),
+        alerts=SETTINGS,
+        project_alerts=lambda name: None if name == "quiet" else SETTINGS,
+    )
+    quiet = await manager.open("quiet", tmp_path)
+    loud = await manager.open("loud", tmp_path)
+    for project in (quiet, loud):
+        project.hub.set_status("running")
+        project.hub.set_status("crashed")
+        with trio.fail_after(5):
+            await settle(project)
+    assert quiet.hub.alerts is None and alerts_of(quiet) == []
+    assert [a["kind"] for a in alerts_of(loud)] == ["run_crashed"]

@@ -11,6 +11,7 @@ one ``Registry`` is safe to share between threads. Every failure is a typed
 from __future__ import annotations
 
 import builtins
+import json
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -21,6 +22,13 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from trio_ws.core.project_settings import (
+    ProjectSettings,
+    SettingError,
+    SettingValue,
+    project_key,
+    read_setting,
+)
 from trio_ws.core.protocol import (
     Clock,
     JsonObject,
@@ -43,6 +51,17 @@ CREATE_TABLE: Final = """CREATE TABLE projects (
   created_at DATETIME NOT NULL,
   default_concurrency INTEGER NOT NULL DEFAULT 3
 )"""
+
+SETTINGS_TABLE: Final = "trio_ws_project_settings"
+CREATE_SETTINGS_TABLE: Final = f"""CREATE TABLE IF NOT EXISTS {SETTINGS_TABLE} (
+  project VARCHAR(50) NOT NULL,
+  key VARCHAR NOT NULL,
+  value VARCHAR NOT NULL,
+  PRIMARY KEY (project, key)
+)"""
+"""Per-project settings (`core.project_settings`), one row per key set, the value as
+JSON. A table of its own beside AutoForge's ``projects``, which stays as AutoForge
+wrote it (AutoForge ignores a table it does not know)."""
 
 _COLUMNS: Final = frozenset({"name", "path", "created_at", "default_concurrency"})
 _SELECT: Final = "SELECT name, path, created_at, default_concurrency FROM projects"
@@ -197,8 +216,84 @@ class Registry:
             if not found:
                 raise ProjectNotFound(f"no project {name!r} in registry {self.path}")
             _execute(conn, self, "DELETE FROM projects WHERE name = ?", (name,))
+            if self._has_settings(conn):
+                _execute(conn, self, f"DELETE FROM {SETTINGS_TABLE} WHERE project = ?", (name,))
             _execute(conn, self, "COMMIT")
         return found[0]
+
+    # -- per-project settings ------------------------------------------------
+
+    def settings(self, name: str) -> ProjectSettings:
+        """What project ``name`` set for itself (nothing for an unknown project)."""
+        _check_name(name)
+        return self._read_settings(name).get(name, ProjectSettings())
+
+    def all_settings(self) -> dict[str, ProjectSettings]:
+        """Every project's own settings, by name (projects that set none are left out)."""
+        return self._read_settings(None)
+
+    def _read_settings(self, name: str | None) -> dict[str, ProjectSettings]:
+        with self._connect(create=False) as conn:
+            self._check_table(conn, create=False)
+            if not self._has_settings(conn):
+                return {}
+            select = f"SELECT project, key, value FROM {SETTINGS_TABLE}"
+            if name is None:
+                rows = _execute(conn, self, f"{select} ORDER BY project, key")
+            else:
+                rows = _execute(conn, self, f"{select} WHERE project = ? ORDER BY key", (name,))
+        values: dict[str, dict[str, object]] = {}
+        for project, key, text in rows:
+            where = f"registry {self.path}, project {project!r}, setting {key!r}"
+            try:
+                values.setdefault(str(project), {})[str(key)] = json.loads(text)
+            except (TypeError, ValueError) as exc:
+                raise RegistryCorrupt(f"{where}: {text!r} is not JSON") from exc
+        found: dict[str, ProjectSettings] = {}
+        for project, given in values.items():
+            try:
+                found[project] = ProjectSettings.read(given)
+            except SettingError as exc:
+                raise RegistryCorrupt(f"registry {self.path}, project {project!r}: {exc}") from exc
+        return found
+
+    def set_setting(self, name: str, key: str, value: object) -> SettingValue:
+        """Set ``key`` (a `core.project_settings` key) of registered project ``name``;
+        returns the value as kept. `SettingError` for an unknown key or a bad value."""
+        _check_name(name)
+        kept = read_setting(key, value)
+        with self._connect(create=False) as conn:
+            _execute(conn, self, "BEGIN IMMEDIATE")
+            self._check_table(conn, create=False)
+            if not self._rows(conn, name):
+                raise ProjectNotFound(f"no project {name!r} in registry {self.path}")
+            _execute(conn, self, CREATE_SETTINGS_TABLE)
+            _execute(
+                conn,
+                self,
+                f"INSERT OR REPLACE INTO {SETTINGS_TABLE} (project, key, value) VALUES (?, ?, ?)",
+                (name, key, json.dumps(kept)),
+            )
+            _execute(conn, self, "COMMIT")
+        return kept
+
+    def unset_setting(self, name: str, key: str) -> bool:
+        """Forget ``key`` of project ``name`` (the server's option decides again);
+        whether it was set."""
+        _check_name(name)
+        project_key(key)
+        with self._connect(create=False) as conn:
+            _execute(conn, self, "BEGIN IMMEDIATE")
+            self._check_table(conn, create=False)
+            if not self._rows(conn, name):
+                raise ProjectNotFound(f"no project {name!r} in registry {self.path}")
+            removed = False
+            if self._has_settings(conn):
+                where = f"FROM {SETTINGS_TABLE} WHERE project = ? AND key = ?"
+                removed = bool(_execute(conn, self, f"SELECT 1 {where}", (name, key)))
+                _execute(conn, self, f"DELETE {where}", (name, key))
+            _execute(conn, self, "COMMIT")
+        return removed
 
     # -- internals ----------------------------------------------------------
 
@@ -243,6 +338,15 @@ class Registry:
                 f"{self.path} is not a registry: its projects table lacks "
                 f"{', '.join(sorted(missing))}"
             )
+
+    def _has_settings(self, conn: sqlite3.Connection) -> bool:
+        found = _execute(
+            conn,
+            self,
+            "SELECT 1 FROM sqlite_master WHERE type='table' AND name = ?",
+            (SETTINGS_TABLE,),
+        )
+        return bool(found)
 
     def _rows(self, conn: sqlite3.Connection, name: str | None = None) -> builtins.list[Project]:
         if name is None:

@@ -13,7 +13,6 @@ import functools
 import json
 import logging
 import os
-import re
 import ssl
 import stat
 import sys
@@ -41,6 +40,8 @@ from trio_ws.clients.supervisor import ECHO_BUFFER, Outcome, RunOptions, run_com
 from trio_ws.clients.tls import client_tls
 from trio_ws.core import defaults
 from trio_ws.core.alerts import SILENT_AFTER, STALLED_AFTER, AlertSettings
+from trio_ws.core.durations import parse_duration
+from trio_ws.core.project_settings import PROJECT_KEYS, SettingError, show_setting
 from trio_ws.core.protocol import is_valid_project_name
 from trio_ws.core.security import TOKEN_ENV, TokenError, load_token
 from trio_ws.data.registry import (
@@ -52,11 +53,20 @@ from trio_ws.data.registry import (
     registry_path,
     resolve_home,
 )
+from trio_ws.faces.config_file import (
+    CONFIG_ENV,
+    CONFIG_FILE,
+    ConfigFile,
+    ConfiguredCommand,
+    config_of,
+    sources,
+)
 from trio_ws.journal.interface import JournalError
 from trio_ws.journal.sqlite import journal_path
 from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.server import Server, serve_until_signalled
 from trio_ws.net.tls import TlsSetupError
+from trio_ws.runtime.log_format import LOG_FORMATS, LogFormat, configure_logging
 from trio_ws.runtime.signals import until_signalled
 from trio_ws.runtime.tuning import tune_gc_for_serving
 
@@ -119,30 +129,19 @@ class _Cli(click.Group):
             return super().invoke(ctx)
 
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(s|m|h)")
-_UNIT_SECONDS: Final = {"s": 1, "m": 60, "h": 3600}
-
-
 class Duration(click.ParamType[float]):
-    """``90s``, ``10m``, ``1h`` (or plain seconds), as positive seconds; anything else
-    is a usage error naming the option."""
+    """``90s``, ``10m``, ``1h`` (or plain seconds), as positive seconds
+    (`core.durations`); anything else is a usage error naming the option."""
 
     name = "duration"
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
     ) -> float:
-        if isinstance(value, (int, float)):
-            seconds = float(value)
-        else:
-            text = str(value).strip().lower()
-            match = _DURATION.fullmatch(text if text[-1:].isalpha() else f"{text}s")
-            if match is None:
-                self.fail(f"{value!r} is not a duration like 90s, 10m or 1h", param, ctx)
-            seconds = float(match[1]) * _UNIT_SECONDS[match[2]]
-        if seconds <= 0:
-            self.fail(f"{value!r} is not a positive duration", param, ctx)
-        return seconds
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 DURATION: Final = Duration()
@@ -156,6 +155,18 @@ def broker_option(help: str) -> Callable[[Callable[..., Any]], Callable[..., Any
         callback=lambda _ctx, _param, value: _broker_url(value),
         help=help,
     )
+
+
+def log_format_option(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--log-format text|json`` for the long-running commands."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        default="text",
+        show_default=True,
+        help="Log lines as text, or as one JSON object per line (time, level, logger, "
+        "project, message and the line's fields) for a log collector.",
+    )(command)
 
 
 def registry_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -266,6 +277,147 @@ async def _remove_journal(config: ServerConfig, name: str) -> bool:
         return await journals.remove(name)
 
 
+@projects.command(
+    "set",
+    short_help="Set one of project NAME's own settings.",
+    help="Set KEY of project NAME to VALUE, over `serve`'s option of the same name.\n\n"
+    "\b\nKEYS:\n"
+    + "\n".join(f"  {key:<14} {known.help}" for key, known in PROJECT_KEYS.items())
+    + "\n\nA running server reads them when it opens the project (at its first use, or "
+    "again after it was closed idle).",
+)
+@click.argument("name")
+@click.argument("key", metavar="KEY")
+@click.argument("value")
+@registry_options
+def projects_set(name: str, key: str, value: str, registry_file: Path, **_: Any) -> None:
+    try:
+        kept = Registry(registry_file).set_setting(name, key, value)
+    except SettingError as exc:
+        raise UsageRefusal(str(exc)) from None
+    click.echo(f"{name}: {key} = {show_setting(key, kept)}")
+
+
+@projects.command("unset", short_help="Forget one of project NAME's own settings.")
+@click.argument("name")
+@click.argument("key", metavar="KEY")
+@registry_options
+def projects_unset(name: str, key: str, registry_file: Path, **_: Any) -> None:
+    """Forget KEY of project NAME: `serve`'s option decides it again."""
+    try:
+        removed = Registry(registry_file).unset_setting(name, key)
+    except SettingError as exc:
+        raise UsageRefusal(str(exc)) from None
+    click.echo(f"{name}: {key} {'unset' if removed else 'was not set'}")
+
+
+@projects.command("show", short_help="Show project NAME's own settings.")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead.")
+@registry_options
+def projects_show(name: str, as_json: bool, registry_file: Path, **_: Any) -> None:
+    """Show the settings project NAME keeps in the registry (`trio-ws config show`
+    also shows those of the config file, and which one wins)."""
+    registry = Registry(registry_file)
+    if registry.get(name) is None:
+        raise Refusal(f"no project {name!r} in registry {registry_file}")
+    own = registry.settings(name).items()
+    if as_json:
+        click.echo(json.dumps({key: show_setting(key, value) for key, value in own.items()}))
+    elif not own:
+        click.echo(f"{name}: no settings of its own (serve's options decide)")
+    else:
+        for key, value in own.items():
+            click.echo(f"{name}: {key} = {show_setting(key, value)}")
+
+
+@main.group("config", short_help="The settings `serve` runs with.")
+def config_group() -> None:
+    """The settings `serve` runs with: config file, environment and options."""
+
+
+@config_group.command(
+    "show",
+    context_settings={"ignore_unknown_options": True},
+    short_help="Show serve's effective settings and where each came from.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead.")
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[SERVE OPTIONS]...")
+def config_show(as_json: bool, serve_args: tuple[str, ...]) -> None:
+    """Show the settings `trio-ws serve` would run with, given the same environment
+    and SERVE OPTIONS, and where each came from: default, file PATH, env VAR or
+    command line; then each project's own settings (from the registry, which wins,
+    or the config file). The token is never shown."""
+    root = click.get_current_context().find_root()
+    ctx = serve.make_context("serve", list(serve_args), parent=root)
+    found = config_of(ctx)
+    settings = sources(ctx)
+    home_dir = resolve_home(ctx.params.get("home"))
+    projects_seen = _project_sources(found, registry_path(home_dir, ctx.params.get("registry")))
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "config_file": None if found is None else found.path.as_posix(),
+                    "settings": [setting.to_json() for setting in settings],
+                    "projects": projects_seen,
+                },
+                indent=2,
+            )
+        )
+        return
+    looked = f"none (no {home_dir / CONFIG_FILE})" if found is None else found.path.as_posix()
+    click.echo(f"config file: {looked}")
+    console = _table_console()
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("key", "value", "source"):
+        table.add_column(column, no_wrap=True)
+    for setting in settings:
+        table.add_row(setting.key, _shown(setting.value), setting.source)
+    console.print(table)
+    if projects_seen:
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for column in ("project", "key", "value", "source"):
+            table.add_column(column, no_wrap=True)
+        for name, rows in projects_seen.items():
+            for row in rows:
+                table.add_row(name, row["key"], row["value"], row["source"])
+        console.print(table)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return ", ".join(str(one) for one in value) or "-"
+    return str(value)
+
+
+def _project_sources(
+    found: ConfigFile | None, registry_file: Path
+) -> dict[str, list[dict[str, str]]]:
+    """Each project's own settings and where each came from: the registry wins over
+    the config file (`net.config.ServerConfig.alerts_of` reads them the same way)."""
+    try:
+        kept = Registry(registry_file).all_settings() if registry_file.exists() else {}
+    except RegistryError as exc:
+        raise Refusal(str(exc)) from exc
+    filed = found.projects if found is not None else {}
+    seen: dict[str, list[dict[str, str]]] = {}
+    for name in sorted(set(kept) | set(filed)):
+        rows: dict[str, dict[str, str]] = {}
+        for source, settings in (
+            (f"file {found.path}" if found is not None else "", filed.get(name)),
+            (f"registry {registry_file}", kept.get(name)),
+        ):
+            for key, value in (settings.items() if settings is not None else {}).items():
+                rows[key] = {"key": key, "value": show_setting(key, value), "source": source}
+        seen[name] = list(rows.values())
+    return seen
+
+
 def _table_console() -> Console:
     console = Console(file=sys.stdout, highlight=False)
     if not console.is_terminal:
@@ -328,7 +480,25 @@ def tls_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-@main.command(short_help="Serve every registered project's live updates.")
+@main.command(
+    cls=ConfiguredCommand,
+    context_settings={"auto_envvar_prefix": "TRIO_WS"},
+    short_help="Serve every registered project's live updates.",
+    epilog="Every option may also be set in the config file (the option's name without its "
+    'dashes as the key: `alert-silent = "10m"`) or in the environment '
+    "(TRIO_WS_ and the option's name in capitals with underscores: TRIO_WS_ALERT_SILENT); "
+    "the command line wins over the environment, and both over the file. "
+    "`trio-ws config show` says where each value came from.",
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar=CONFIG_ENV,
+    show_envvar=True,
+    help=f"Read options and per-project settings from this TOML file "
+    f"[default: <home>/{CONFIG_FILE} when it exists].",
+)
 @registry_options
 @click.option("--host", default=defaults.HOST, show_default=True, help="Address to listen on.")
 @click.option(
@@ -468,6 +638,7 @@ def tls_options(command: Callable[..., Any]) -> Callable[..., Any]:
     show_default=True,
 )
 @tls_options
+@log_format_option
 def serve(
     home_dir: Path,
     registry_file: Path,
@@ -493,15 +664,16 @@ def serve(
     require_token: bool,
     log_level: str,
     tls: TlsOptions,
+    log_format: LogFormat,
+    config_path: Path | None,
 ) -> None:
     """Serve live updates of every registered project until Ctrl-C or SIGTERM.
 
     The first signal closes every subscriber with 1001 and exits 0 within 2 s;
     a second one exits at once.
     """
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
+    config_file = config_of(click.get_current_context())
     # coredis logs each connection retry at INFO; the journal says what failed, once.
     logging.getLogger("coredis").setLevel(
         max(logging.WARNING, logging.getLevelName(log_level.upper()))
@@ -539,6 +711,7 @@ def serve(
             certfile=tls.certfile,
             keyfile=tls.keyfile,
             insecure_remote=tls.insecure_remote,
+            project_settings=config_file.projects if config_file is not None else {},
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from None
@@ -1241,13 +1414,22 @@ def doctor(
     help="Stop after this many seconds [default: run until Ctrl-C].",
 )
 @click.option("--seed", type=int, help="Make the simulated run repeatable.")
+@log_format_option
 def demo(
-    home: Path | None, port: int, speed: float, duration: float | None, seed: int | None
+    home: Path | None,
+    port: int,
+    speed: float,
+    duration: float | None,
+    seed: int | None,
+    log_format: LogFormat,
 ) -> None:
     """Watch a lively, realistic agent run: server, project and producer, no setup."""
     from trio_ws.faces.demo import DemoLinks, DemoOptions, run_demo
 
-    logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        configure_logging("warning", "json")
+    else:
+        logging.basicConfig(level="WARNING", format="%(levelname)s %(name)s: %(message)s")
 
     def announce(links: DemoLinks) -> None:
         click.echo(f"trio-ws {__version__} demo is live.")

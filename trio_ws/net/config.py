@@ -3,15 +3,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
 from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
+from trio_ws.core.project_settings import ProjectSettings
 from trio_ws.core.security import is_loopback_host, origin_shape_problem
+from trio_ws.data.registry import Registry, RegistryMissing
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
 from trio_ws.journal.interface import JournalBackend
 from trio_ws.net.httpio import STALL_TIMEOUT
@@ -70,12 +72,15 @@ class ServerConfig:
     """Most projects open at once; a new one beyond it is refused (1013 / 503)."""
     alerts: AlertSettings | None = None
     """The alert rules' thresholds, the same for every project (None: no alerts;
-    ``serve`` turns them on unless ``--alerts off``)."""
+    ``serve`` turns them on unless ``--alerts off``); a project's own settings may
+    say otherwise (`alerts_of`)."""
     certfile: Path | None = None
     """PEM certificate chain: the port speaks HTTPS and wss:// (with ``keyfile``)."""
     keyfile: Path | None = None
     insecure_remote: bool = False
     """Serve plain HTTP on a non-loopback address anyway (a trusted network only)."""
+    project_settings: Mapping[str, ProjectSettings] = field(default_factory=dict)
+    """The config file's ``[projects.NAME]`` settings; the registry's win over them."""
 
     def __post_init__(self) -> None:
         if self.trust_origins and not self.on_loopback:
@@ -102,6 +107,17 @@ class ServerConfig:
         if self.certfile is None or self.keyfile is None:
             return None
         return server_tls(self.certfile, self.keyfile)
+
+    def alerts_of(self, name: str) -> AlertSettings | None:
+        """Project ``name``'s alert thresholds (None: no alerts): its settings in the
+        registry, over the config file's, over the server's options. Blocking (it reads
+        the registry): call it from a thread."""
+        try:
+            own = Registry(self.registry_path).settings(name)
+        except RegistryMissing:
+            own = ProjectSettings()
+        filed = self.project_settings.get(name, ProjectSettings())
+        return own.over(filed).alert_settings(self.alerts)
 
     @property
     def listed_origins(self) -> frozenset[str]:

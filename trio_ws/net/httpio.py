@@ -58,6 +58,8 @@ class HttpConnection(h11.Connection):
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
         self.head_request = False
         self.stall_timeout = stall_timeout
+        self.status: int | None = None
+        """The status of the response sent, for the access log (None: none yet)."""
 
 
 class WriteStalled(Exception):
@@ -318,6 +320,8 @@ async def send_response(
         *(extra_headers or []),
     ]
     reason = REASONS.get(status, b"")
+    if isinstance(connection, HttpConnection):
+        connection.status = status
     data = connection.send(h11.Response(status_code=status, headers=headers, reason=reason))
     data = data or b""
     if not (isinstance(connection, HttpConnection) and connection.head_request):

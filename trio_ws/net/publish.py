@@ -142,6 +142,7 @@ class PublishSession:
                     self.slot.project,
                     self.peer,
                     self._ping_timeout,
+                    extra={"client": self.peer},
                 )
                 self._cancel.cancel()
                 return
@@ -171,6 +172,7 @@ class PublishSession:
                     self.slot.project,
                     self.peer,
                     problem,
+                    extra={"client": self.peer},
                 )
                 self._queue(protocol.warning("protocol", problem))
 

@@ -58,6 +58,7 @@ from trio_ws.net.access import (
     producer_refusal,
     project_api_refusal,
 )
+from trio_ws.net.access_log import Exchange, log_access
 from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.connection import ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
@@ -177,6 +178,7 @@ async def _serve(
             idle_close=config.idle_close,
             max_projects=config.max_projects,
             alerts=config.alerts,
+            project_alerts=config.alerts_of,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(
                 PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)
@@ -224,11 +226,11 @@ async def _handle_connection(server: Server, stream: trio.SocketStream) -> None:
             if secured is not None:
                 await _dispatch(server, secured, peer)
     except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-        log.debug("connection from %s dropped", peer)
+        log.debug("connection from %s dropped", peer, extra={"client": peer})
     except* WriteStalled as group:
-        log.info("connection from %s cut: %s", peer, group.exceptions[0])
+        log.info("connection from %s cut: %s", peer, group.exceptions[0], extra={"client": peer})
     except* Exception as group:
-        log.error("connection from %s failed", peer, exc_info=group)
+        log.error("connection from %s failed", peer, exc_info=group, extra={"client": peer})
 
 
 async def _dispatch(server: Server, stream: Transport, peer: str) -> None:
@@ -238,19 +240,44 @@ async def _dispatch(server: Server, stream: Transport, peer: str) -> None:
         try:
             head = await read_request_head(stream, stall_timeout=config.stall_timeout)
         except BadRequest as exc:
-            log.info("bad request from %s: %s", peer, _loggable(str(exc), config.token))
+            log.info(
+                "bad request from %s: %s",
+                peer,
+                _loggable(str(exc), config.token),
+                extra={"client": peer, "status": exc.status},
+            )
             await send_response(stream, exc.connection, exc.status, f"{exc}\n".encode())
             return
     if head is None:
         return
+    exchange = Exchange(head, peer)
+    try:
+        await _route(server, stream, head, peer, exchange)
+    finally:
+        log_access(exchange, config.token)
+
+
+async def _route(
+    server: Server,
+    stream: Transport,
+    head: RequestHead,
+    peer: str,
+    exchange: Exchange,
+) -> None:
+    config = server.config
     refused = host_refusal(head.header("host"), config.on_loopback, config.allow_hosts)
     if refused is not None:
         # Before anything else, websocket upgrades included: DNS rebinding (PROTOCOL.md 1).
-        log.info("refused %s from %s: Host not allowed", head.path, peer)
+        log.info(
+            "refused %s from %s: Host not allowed",
+            head.path,
+            peer,
+            extra={"client": peer, "path": head.path},
+        )
         await send_response(stream, head.connection, refused, b"host not allowed\n")
         return
     if head.path.startswith("/ws/"):
-        await _websocket(server, stream, head, peer)
+        await _websocket(server, stream, head, peer, exchange)
     else:
         await _http(server, stream, head)
 
@@ -445,7 +472,9 @@ async def _missing_project_page(server: Server, path: str) -> dashboard.Response
 # -- websockets ---------------------------------------------------------------
 
 
-async def _websocket(server: Server, stream: Transport, head: RequestHead, peer: str) -> None:
+async def _websocket(
+    server: Server, stream: Transport, head: RequestHead, peer: str, exchange: Exchange
+) -> None:
     config = server.config
     connection = head.connection
     if not head.is_websocket:
@@ -475,13 +504,20 @@ async def _websocket(server: Server, stream: Transport, head: RequestHead, peer:
     else:
         refusal = None
     if refusal is not None:
-        log.info("refused %s from %s: %s", head.path, peer, refusal[1])
+        log.info(
+            "refused %s from %s: %s",
+            head.path,
+            peer,
+            refusal[1],
+            extra={"client": peer, "path": head.path, "status": refusal[0]},
+        )
         await send_response(stream, connection, refusal[0], f"{refusal[1]}\n".encode())
         return
     max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
     ws = await accept(stream, head, max_message=max_size, stall_timeout=config.stall_timeout)
     if ws is None:
         return
+    exchange.ws = ws
     code = 1000
     try:
         if publish is not None:
@@ -497,9 +533,7 @@ async def _websocket(server: Server, stream: Transport, head: RequestHead, peer:
         await ws.aclose(code)
 
 
-async def _overview(
-    server: Server, stream: Transport, head: RequestHead, peer: str
-) -> None:
+async def _overview(server: Server, stream: Transport, head: RequestHead, peer: str) -> None:
     """``/ws/overview``: every project's summary, live. It names directories, so it
     follows ``/api/projects``: the token whenever subscribers need one; and, as every
     subscriber, only from an allowed Origin."""
@@ -556,7 +590,7 @@ async def _project(
         await refuse(ws, missing)
         return None
     except RegistryError as exc:
-        log.error("registry unreadable while %s connected: %s", peer, exc)
+        log.error("registry unreadable while %s connected: %s", peer, exc, extra={"client": peer})
         await ws.aclose(1011, "registry unavailable")
         return None
     except JournalError:
@@ -564,7 +598,7 @@ async def _project(
         await refuse(ws, JournalUnavailable())
         return None
     except TooManyProjects as exc:
-        log.warning("project %s refused to %s: %s", name, peer, exc)
+        log.warning("project %s refused to %s: %s", name, peer, exc, extra={"client": peer})
         await refuse(ws, ServerBusy(str(exc)))
         return None
     return project

@@ -159,6 +159,7 @@ class SubscriberSession:
                 self.request.project,
                 self.request.peer,
                 exc.reason,
+                extra={"client": self.request.peer},
             )
             self.project.hub.stats.aborted += 1
             self.subscriber.close()
@@ -189,6 +190,7 @@ class SubscriberSession:
                     self.request.peer,
                     FLOOD_MESSAGES,
                     FLOOD_WINDOW,
+                    extra={"client": self.request.peer},
                 )
                 await self.ws.aclose(1008, "too many messages")
                 return
@@ -217,6 +219,7 @@ class SubscriberSession:
                     self.request.project,
                     self.request.peer,
                     pong_within,
+                    extra={"client": self.request.peer},
                 )
                 self.project.hub.stats.aborted += 1
                 return
@@ -263,6 +266,7 @@ class SubscriberSession:
                 self.request.project,
                 self.request.peer,
                 REPLY_ROOM,
+                extra={"client": self.request.peer},
             )
 
 

@@ -79,13 +79,15 @@ class ConnectionManager:
         idle_close: float | None = defaults.IDLE_CLOSE,
         max_projects: int = defaults.MAX_PROJECTS,
         alerts: AlertSettings | None = None,
+        project_alerts: Callable[[str], AlertSettings | None] | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
         ``lease``, with several nodes, makes one node at a time poll a project;
         ``idle_close`` (seconds, None: never) closes a project nobody used for that
         long, except on the memory journal, whose history would be lost with it;
         ``max_projects`` bounds how many are open at once; ``alerts`` are the alert
-        rules' thresholds (None: no alerts)."""
+        rules' thresholds (None: no alerts), and ``project_alerts`` a project's own
+        over them (blocking: it runs in a thread when the project opens)."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -104,6 +106,7 @@ class ConnectionManager:
             extra_secrets=tuple(extra_secrets),
             on_commit=on_commit,
             alerts=alerts,
+            project_alerts=project_alerts,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes

@@ -142,10 +142,19 @@ class Services:
     """Told each commit's latency, for the metrics."""
     alerts: AlertSettings | None = None
     """The alert rules' thresholds; None: no alerts."""
+    project_alerts: Callable[[str], AlertSettings | None] | None = None
+    """A project's own thresholds over `alerts` (None: no alerts for it); blocking (it
+    reads the registry), so it runs in a thread, once per opening of the project."""
     limiter: trio.CapacityLimiter = field(
         default_factory=lambda: trio.CapacityLimiter(READER_THREADS)
     )
     poll: PollStats = field(default_factory=PollStats)
+
+    async def alerts_for(self, name: str) -> AlertSettings | None:
+        """The alert thresholds of project ``name`` (None: no alerts)."""
+        if self.project_alerts is None:
+            return self.alerts
+        return await trio.to_thread.run_sync(self.project_alerts, name)
 
     def record_poll(self, name: str, seconds: float, ok: bool) -> None:
         self.poll.reads += 1
@@ -224,6 +233,7 @@ class Project(metaclass=NoPublicConstructor):
 
     async def _open(self, journal: Journal) -> None:
         hub = self.hub
+        alerts = await self.services.alerts_for(hub.name)
         state = await hub.open(journal)
         if state.new_epoch == "corrupt":
             log.error(
@@ -248,8 +258,8 @@ class Project(metaclass=NoPublicConstructor):
             hub.shared = journal
             self._start("follower", self._follow, journal)
         self._start("writer", self._write)
-        if self.services.alerts is not None:
-            hub.start_alerts(self.services.alerts)
+        if alerts is not None:
+            hub.start_alerts(alerts)
             self._start("alerts", self._alerts)
 
     async def _abandon(self) -> None:
