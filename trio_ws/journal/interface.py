@@ -397,10 +397,13 @@ def archive_cut(
 ) -> tuple[int, int, int] | None:
     """Where to cut an archive that holds ``stored`` bytes in ``rows`` (``(last seq,
     bytes)``, oldest first) and closed ``runs`` (``(first, last)``, oldest first) down
-    to ``limits``: ``(first seq kept, runs dropped, bytes freed)``, None when nothing
+    to ``limits``: ``(first seq kept, first seq of the oldest run kept, bytes freed)``:
+    events before the first go, runs that start before the second; None when nothing
     need go. Whole runs go first (the cut falls right after the newest one dropped);
     when dropping every closed run is not enough, rows go, but never the live history
-    (from ``live_oldest``). Waits for 1/TRIM_SLACK over a limit, as trims do."""
+    (from ``live_oldest``): a run beyond ``keep_runs`` whose events are still live
+    loses its record now and its events once they leave the live history. Waits for
+    1/TRIM_SLACK over a limit, as trims do."""
     slack = limits.archive_bytes // TRIM_SLACK
     over_bytes = stored > limits.archive_bytes + slack
     keep = limits.keep_runs
@@ -421,7 +424,7 @@ def archive_cut(
         index = bisect.bisect_left(lasts, cut)
         return freed_before[index] if index < len(lasts) else total
 
-    dropped = len(runs) - keep if keep is not None and len(runs) > keep else 0
+    dropped = beyond_keep = len(runs) - keep if keep is not None and len(runs) > keep else 0
     cut = runs[dropped - 1][1] + 1 if dropped else 0
     while dropped < len(runs) and stored - freed(cut) > target:
         dropped += 1
@@ -432,7 +435,8 @@ def archive_cut(
                 break
             cut = max(cut, last + 1)
     cut = min(cut, live_oldest)
-    dropped = sum(1 for _, last in runs if last < cut)
-    if cut <= 0 or (dropped == 0 and freed(cut) == 0):
+    dropped = max(beyond_keep, sum(1 for _, last in runs if last < cut))
+    if dropped == 0 and freed(cut) == 0:
         return None
-    return cut, dropped, freed(cut)
+    runs_from = runs[dropped][0] if dropped < len(runs) else runs[-1][1] + 1 if runs else 0
+    return cut, runs_from, freed(cut)

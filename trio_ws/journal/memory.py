@@ -199,10 +199,10 @@ class MemoryJournal:
         )
         if plan is None:
             return
-        cut, _, _ = plan
+        cut, runs_from, _ = plan
         while self._events and self._events[0][0] < cut:
             self._stored -= self._events.popleft()[2]
-        while self._runs and self._runs[0][1] < cut:
+        while self._runs and self._runs[0][0] < runs_from:
             self._runs.popleft()
         while self._checkpoints and self._checkpoints[0].seq < cut:
             self._checkpoints.popleft()

@@ -278,10 +278,11 @@ return done('ok', head)
 
 _CUT: Final = """
 -- KEYS: meta, events, runs, checkpoints. ARGV: the archive's new oldest seq (never past
--- the live history's). Drops the stream before it, the runs that ended before it and
--- the checkpoints before it; the archive's bytes shrink by what went.
+-- the live history's), the first seq of the oldest run kept. Drops the stream and the
+-- checkpoints before the first, the runs that start before the second; the archive's
+-- bytes shrink by what went.
 local meta, events, runs, checkpoints = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local cut = tonumber(ARGV[1])
+local cut, runs_from = tonumber(ARGV[1]), tonumber(ARGV[2])
 local live_oldest = tonumber(redis.call('HGET', meta, 'oldest') or '0')
 if cut > live_oldest then cut = live_oldest end
 local freed, cursor = 0, '-'
@@ -292,8 +293,8 @@ while true do
   cursor = '(' .. chunk[#chunk][1]
 end
 redis.call('XTRIM', events, 'MINID', string.format('%d-0', cut))
-redis.call('HINCRBY', meta, 'abytes', -freed)
-redis.call('ZREMRANGEBYSCORE', runs, '-inf', '(' .. cut)
+if freed > 0 then redis.call('HINCRBY', meta, 'abytes', string.format('%d', -freed)) end
+redis.call('ZREMRANGEBYSCORE', runs, '-inf', '(' .. runs_from)
 redis.call('ZREMRANGEBYSCORE', checkpoints, '-inf', '(' .. cut)
 return freed
 """
@@ -807,14 +808,14 @@ class RedisJournal:
                 return
             freed: object = await self._cut_script(
                 keys=[self._meta, self._events, self._runs_key, self._checkpoints_key],
-                args=[plan[0]],
+                args=[plan[0], plan[1]],
             )
         except (RedisError, OSError, JournalError, ValueError, KeyError) as error:
             log.warning("%s: archive not cut: %s", self._where, error)
             return
         self._stored_bytes -= int(cast(int, freed))
         self._archived = max(self._archived, min(plan[0], self._oldest))
-        self._run_count -= plan[1]
+        self._run_count -= sum(1 for first, _ in runs if first < plan[1])
 
 
 class RedisBackend:

@@ -264,7 +264,7 @@ class SqliteJournal:
             oldest=keep if dropped else None,
             runs=[(run.first, run.last, run.text) for run in batch.runs],
             checkpoints=[(point.seq, point.stamp, point.text) for point in batch.checkpoints],
-            archived=None if planned is None else planned[0],
+            archived=None if planned is None else planned[:2],
         )
         start = time.perf_counter()
         try:
@@ -280,7 +280,7 @@ class SqliteJournal:
             self._archived = planned[0]
             while self._stored and self._stored[0][0] < planned[0]:
                 self._stored_bytes -= self._stored.popleft()[1]
-            while self._runs and self._runs[0][1] < planned[0]:
+            while self._runs and self._runs[0][0] < planned[1]:
                 self._runs.popleft()
         self._rows.extend(fresh)
         for _ in range(whole):
@@ -379,7 +379,7 @@ class SqliteJournal:
             query = "SELECT seq, stamp, state FROM checkpoints WHERE seq <= ? AND seq >= ?"
             args: tuple[object, ...] = (seq, self._archived)
             if stamp is not None:
-                query += " AND stamp <= ?"
+                query += " AND coalesce(stamp, '') <= ?"
                 args += (stamp,)
             try:
                 row = conn.execute(query + " ORDER BY seq DESC LIMIT 1", args).fetchone()
@@ -692,9 +692,9 @@ class SqliteJournal:
                     (write.head, write.state, write.oldest),
                 )
             if write.archived is not None:
-                cut = write.archived
+                cut, runs_from = write.archived
                 conn.execute("DELETE FROM chunks WHERE last < ?", (cut,))
-                conn.execute("DELETE FROM runs WHERE last < ?", (cut,))
+                conn.execute("DELETE FROM runs WHERE first < ?", (runs_from,))
                 conn.execute("DELETE FROM checkpoints WHERE seq < ?", (cut,))
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'archived'", (cut,))
             conn.execute("COMMIT")
@@ -720,8 +720,9 @@ class Write:
     """The new oldest seq of the live history after a trim (the rows stay: archive)."""
     runs: list[tuple[int, int, str]]
     checkpoints: list[tuple[int, str | None, str]]
-    archived: int | None
-    """The new oldest seq of the archive: rows, runs and checkpoints before it go."""
+    archived: tuple[int, int] | None
+    """The new oldest seq of the archive (rows and checkpoints before it go) and the
+    first seq of the oldest run kept (runs that start before it go)."""
 
 
 def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
