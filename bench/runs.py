@@ -40,8 +40,9 @@ RARE = "the one rare needle line"
 
 
 async def build(home: Path, events: int) -> tuple[ProjectHub, float]:
-    """The journal: SMALL_RUNS short runs, then one of about ``events`` events (its
-    log lines number themselves so that no two are alike); seconds it took."""
+    """The journal: SMALL_RUNS short runs, then one of about ``events`` events (the
+    corpus over and over: its agents start and finish, as a real run's do, and one
+    line near the end is unlike any other); seconds it took."""
     corpus = [line for line in CORPUS.read_text("utf-8").splitlines() if line.strip()]
     hub = ProjectHub("bench", history=10_000)
     await hub.open(SqliteBackend(home).journal("bench"))
@@ -54,7 +55,7 @@ async def build(home: Path, events: int) -> tuple[ProjectHub, float]:
     hub.set_status("running")
     fed = 0
     while hub.seq < events:
-        lines = [f"{corpus[(fed + n) % len(corpus)]} [{fed + n}]" for n in range(BATCH)]
+        lines = [corpus[(fed + n) % len(corpus)] for n in range(BATCH)]
         if hub.seq + 2 * BATCH >= events and RARE not in " ".join(lines):
             lines[BATCH // 2] = RARE
         hub.feed_lines(lines)

@@ -35,7 +35,7 @@ the stream): the most recently written. One producer id per ``run``/``publish``
 invocation would otherwise grow the journal for its whole life; an older id is
 dropped in the commit that writes a newer one, and a producer that comes back after
 that is one the server has no record of (PROTOCOL.md 4.2)."""
-CHECKPOINT_EVERY: Final = 5000
+CHECKPOINT_EVERY: Final = 2000
 """A snapshot checkpoint is stored with the commit of every event whose seq is a
 multiple of this: a seek replays at most this many events (issue 20: <= 100 ms)."""
 DEFAULT_ARCHIVE_BYTES: Final = {"sqlite": 1024**3, "memory": 64 * 1024**2, "redis": 256 * 1024**2}
