@@ -384,8 +384,10 @@ async def test_search_finds_the_events_holding_a_text_and_says_how_far_it_got(
     backends: Backends,
 ) -> None:
     journal = await opened(backends, history=3)
-    await journal.append(events(1, 50, lambda seq: f'{{"line":"{"Needle" if seq % 7 else "x"}"}}'))
-    found, through = await journal.search(0, 30, '"x"', 100, 5.0)
+    await journal.append(
+        events(1, 50, lambda seq: f'{{"line":"{"hay" if seq % 7 else "Needle"}"}}')
+    )
+    found, through = await journal.search(0, 30, "needle", 100, 5.0)
     assert [seq for seq, _ in found] == [7, 14, 21, 28] and through == 30
-    found, through = await journal.search(7, 50, '"x"', 2, 5.0)
+    found, through = await journal.search(7, 50, "needle", 2, 5.0)
     assert [seq for seq, _ in found] == [14, 21] and through == 21

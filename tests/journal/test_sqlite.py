@@ -20,6 +20,7 @@ import trio
 from trio_ws.journal.interface import ArchiveLimits, Batch, JournalError, JournalWriteError
 from trio_ws.journal.sqlite import (
     CHUNK_EVENTS,
+    INDEX_EVERY,
     LOCK_SUFFIX,
     SCHEMA_VERSION,
     SqliteBackend,
@@ -484,8 +485,9 @@ def test_a_lock_file_unlinked_while_it_is_taken_is_taken_again(
 async def test_a_search_reads_only_the_rows_whose_texts_hold_every_trigram(
     home: Path, boot: Path
 ) -> None:
-    """Rows written with their events' texts are found through the trigram index (the
-    JSON's keys are not in it); the index's rows go with the archive's."""
+    """Events written with their texts are found through the trigram index, a span of
+    INDEX_EVERY events at a time (the JSON's keys are not in it), the newest not yet
+    indexed row by row; the index's spans go with the archive."""
     opened = SqliteBackend(
         home, boot_id_path=boot, history=10, archive=ArchiveLimits(40_000)
     ).journal("demo")
@@ -504,7 +506,9 @@ async def test_a_search_reads_only_the_rows_whose_texts_hold_every_trigram(
     assert (await opened.search(0, seq, '"type"', 10, 5.0))[0] == []  # keys: not texts
     await opened.close()
     with sqlite3.connect(journal_path(home, "demo")) as conn:
-        (indexed,) = conn.execute("SELECT count(*) FROM search").fetchone()
-        (rows,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+        spans = conn.execute("SELECT rowid, last FROM search ORDER BY rowid").fetchall()
+        (first,) = conn.execute("SELECT min(first) FROM chunks").fetchone()
     conn.close()
-    assert indexed == rows < 40  # the archive was cut, the index with it
+    assert first > 1 and spans  # the archive was cut, and the index with it:
+    assert spans[0][1] >= first  # no span lies wholly before the oldest row
+    assert all(last - start + 1 >= INDEX_EVERY for start, last in spans)

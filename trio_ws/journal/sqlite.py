@@ -106,12 +106,18 @@ _CHUNKS: Final = (
 _ARCHIVE_TABLES: Final = (
     "CREATE TABLE runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, summary TEXT NOT NULL)",
     "CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, stamp TEXT, state TEXT NOT NULL)",
-    # A row per chunk (rowid: its first seq): its events' texts, trigram-indexed, so a
-    # search reads only the chunks that hold every trigram of what it looks for.
-    "CREATE VIRTUAL TABLE search USING fts5(t, tokenize='trigram', detail='none')",
+    # A row per span of about INDEX_EVERY events (rowid: its first seq, ``last`` its
+    # last): their texts, trigram-indexed, so a search reads only the chunks of the
+    # spans that hold every trigram of what it looks for.
+    "CREATE VIRTUAL TABLE search USING fts5(t, last UNINDEXED, tokenize='trigram', detail='none')",
 )
 SEARCH_MIN: Final = 3
 """Shortest text the trigram index can find; a shorter one is searched row by row."""
+INDEX_EVERY: Final = 2000
+"""Events whose texts are indexed at once, in the commit that reaches this many: an
+FTS5 insert costs per transaction (a new segment, merges), about 0.35 ms, so one per
+commit would double a one-line commit's cost. Until then (and after a crash, until
+the next open indexes them) they are searched row by row."""
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
     _CHUNKS,
@@ -218,6 +224,10 @@ class SqliteJournal:
         """The oldest seq the archive holds."""
         self._runs: deque[tuple[int, int]] = deque()
         """The closed runs kept: first and last seq, oldest first."""
+        self._indexed = 0
+        """The last seq of the newest span in the search index."""
+        self._unindexed: list[str] = []
+        """The searchable texts of the events after it, a string per commit."""
         self._commits = Commits()
 
     @property
@@ -244,10 +254,12 @@ class SqliteJournal:
         check_batch(batch, self._head)
         state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
         rows = _rows(batch.events)
-        searchable = (
-            ["\n".join(part) for part in _parts(batch.texts)]
-            if len(batch.texts) == len(batch.events)
-            else []
+        texts = batch.texts
+        if len(texts) != len(batch.events):
+            texts = [_searchable(text) for _, text in batch.events]
+        pending = [*self._unindexed, "\n".join(texts)] if batch.events else self._unindexed
+        indexing = len(pending) > 0 and self._head + len(batch.events) - self._indexed >= (
+            INDEX_EVERY
         )
         fresh = [HeldRow(first, last, sizes, sum(sizes)) for first, last, _, sizes in rows]
         held = self._held + len(batch.events)
@@ -275,7 +287,9 @@ class SqliteJournal:
             runs=[(run.first, run.last, run.text) for run in batch.runs],
             checkpoints=[(point.seq, point.stamp, point.text) for point in batch.checkpoints],
             archived=None if planned is None else planned[:2],
-            search=[(row[0], text) for row, text in zip(rows, searchable, strict=False)],
+            search=(self._indexed + 1, rows[-1][1] if rows else self._head, "\n".join(pending))
+            if indexing
+            else None,
         )
         start = time.perf_counter()
         try:
@@ -284,6 +298,10 @@ class SqliteJournal:
             self._commits.write_errors += 1
             raise
         self._commits.record(time.perf_counter() - start)
+        if indexing:
+            self._unindexed, self._indexed = [], rows[-1][1] if rows else self._head
+        else:
+            self._unindexed = pending
         self._stored.extend((row.last, row.size) for row in fresh)
         self._stored_bytes = stored_bytes
         self._runs.extend(runs)
@@ -341,38 +359,41 @@ class SqliteJournal:
         after = max(after, self._archived - 1)
         # ``needle`` is as the text appears inside JSON: with no escape in it, it is the
         # text itself, which the trigram index (case-insensitive) finds.
-        indexed = len(needle) >= SEARCH_MIN and "\\" not in needle
+        indexed = self._indexed if len(needle) >= SEARCH_MIN and "\\" not in needle else 0
         in_sql = needle.isascii()
+        ranged = "SELECT first, last, texts FROM chunks WHERE last > ? AND first <= ?"
+        plain = ranged + " AND instr(lower(texts), ?) > 0" if in_sql else ranged
 
         def search() -> tuple[list[tuple[int, str]], int]:
             found: list[tuple[int, str]] = []
             deadline = time.monotonic() + seconds
-            query = "SELECT first, last, texts FROM chunks WHERE last > ? AND first <= ?"
-            args: tuple[object, ...] = (after, last)
-            if indexed:  # rows written without texts (older ones) are not in the index
-                query += (
-                    " AND (first IN (SELECT rowid FROM search WHERE search MATCH ?)"
-                    " OR (first NOT IN (SELECT rowid FROM search)"
-                    " AND instr(lower(texts), ?) > 0))"
-                )
-                args += (_trigram_query(needle), needle)
-            elif in_sql:
-                query += " AND instr(lower(texts), ?) > 0"
-                args += (needle,)
+            # The indexed spans that may hold it, then the rows after the index.
+            reads: list[tuple[str, int, int]] = []  # query, after, last
+            if indexed > after:
+                spans = conn.execute(
+                    "SELECT rowid, last FROM search WHERE search MATCH ? ORDER BY rowid",
+                    (_trigram_query(needle),),
+                ).fetchall()
+                for first, span_last in spans:
+                    if int(span_last) > after and first <= min(last, indexed):
+                        reads.append((ranged, max(after, first - 1), min(last, int(span_last))))
+            reads.append((plain, max(after, indexed), last))
             try:
-                rows = conn.execute(query + " ORDER BY first", args)
-                for first, row_last, texts in rows:
-                    start = max(first, after + 1)
-                    for seq, text in enumerate(texts.split("\n")[start - first :], start):
-                        if seq <= last and needle in text.lower():
-                            found.append((seq, text))
-                            if len(found) == limit:
-                                rows.close()
-                                return found, seq
-                    if time.monotonic() > deadline:
-                        rows.close()
-                        return found, min(row_last, last)
-                rows.close()
+                for query, low, high in reads:
+                    args = (low, high, needle) if query is plain and in_sql else (low, high)
+                    rows = conn.execute(query + " ORDER BY first", args)
+                    for first, row_last, texts in rows:
+                        start = max(first, low + 1)
+                        for seq, text in enumerate(texts.split("\n")[start - first :], start):
+                            if seq <= high and needle in text.lower():
+                                found.append((seq, text))
+                                if len(found) == limit:
+                                    rows.close()
+                                    return found, seq
+                        if time.monotonic() > deadline:
+                            rows.close()
+                            return found, min(row_last, last)
+                    rows.close()
             except sqlite3.Error as error:
                 raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
             return found, last
@@ -591,6 +612,16 @@ class SqliteJournal:
             (int(first), int(last))
             for first, last in conn.execute("SELECT first, last FROM runs ORDER BY first")
         )
+        newest = conn.execute("SELECT last FROM search ORDER BY rowid DESC LIMIT 1").fetchone()
+        self._indexed = 0 if newest is None else int(newest[0])
+        # What a crash left out of the index (or a journal older than it): the next
+        # commit indexes it.
+        self._unindexed = [
+            "\n".join(_searchable(text) for text in str(texts).split("\n"))
+            for (texts,) in conn.execute(
+                "SELECT texts FROM chunks WHERE last > ? ORDER BY first", (self._indexed,)
+            )
+        ]
 
     def _create(self, conn: sqlite3.Connection) -> None:
         with conn:
@@ -639,6 +670,8 @@ class SqliteJournal:
                 self._stored.clear()
                 self._stored_bytes, self._archived = 0, 1
                 self._runs.clear()
+                self._indexed, self._unindexed = 0, []
+                conn.execute("DELETE FROM search")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'oldest'")
                 conn.execute("DELETE FROM producers")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
@@ -680,8 +713,8 @@ class SqliteJournal:
                     + ", ".join(["(?, ?, ?, ?)"] * len(part)),
                     [value for row in part for value in row],
                 )
-            if write.search:
-                conn.executemany("INSERT INTO search (rowid, t) VALUES (?, ?)", write.search)
+            if write.search is not None:
+                conn.execute("INSERT INTO search (rowid, last, t) VALUES (?, ?, ?)", write.search)
             if write.runs:
                 conn.executemany(
                     "INSERT OR REPLACE INTO runs (first, last, summary) VALUES (?, ?, ?)",
@@ -717,10 +750,7 @@ class SqliteJournal:
                 )
             if write.archived is not None:
                 cut, runs_from = write.archived
-                conn.execute(
-                    "DELETE FROM search WHERE rowid IN (SELECT first FROM chunks WHERE last < ?)",
-                    (cut,),
-                )
+                conn.execute("DELETE FROM search WHERE last < ?", (cut,))
                 conn.execute("DELETE FROM chunks WHERE last < ?", (cut,))
                 conn.execute("DELETE FROM runs WHERE first < ?", (runs_from,))
                 conn.execute("DELETE FROM checkpoints WHERE seq < ?", (cut,))
@@ -748,11 +778,24 @@ class Write:
     """The new oldest seq of the live history after a trim (the rows stay: archive)."""
     runs: list[tuple[int, int, str]]
     checkpoints: list[tuple[int, str | None, str]]
-    search: list[tuple[int, str]]
-    """Each new row's first seq and its events' searchable texts."""
+    search: tuple[int, int, str] | None
+    """A span for the search index: first and last seq, the texts of its events."""
     archived: tuple[int, int] | None
     """The new oldest seq of the archive (rows and checkpoints before it go) and the
     first seq of the oldest run kept (runs that start before it go)."""
+
+
+def _searchable(text: str) -> str:
+    """An event's searchable text read off its JSON (for events given without it)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return ""
+    if isinstance(message, dict):
+        for key in ("line", "thought", "message"):
+            if isinstance(value := message.get(key), str):
+                return value
+    return ""
 
 
 def _trigram_query(text: str) -> str:
@@ -768,11 +811,6 @@ def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
     if row.isascii():
         return list(map(len, texts))
     return [len(text.encode()) for text in texts]
-
-
-def _parts(items: Sequence[str]) -> list[Sequence[str]]:
-    """``items`` in the rows' groups of CHUNK_EVENTS."""
-    return [items[start : start + CHUNK_EVENTS] for start in range(0, len(items), CHUNK_EVENTS)]
 
 
 def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, list[int]]]:
