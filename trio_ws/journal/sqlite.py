@@ -28,6 +28,7 @@ never deleted.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import fcntl
 import json
@@ -226,6 +227,10 @@ class SqliteJournal:
         """The closed runs kept: first and last seq, oldest first."""
         self._indexed = 0
         """The last seq of the newest span in the search index."""
+        self._spans: list[int] = []
+        """The first seq of each span in the index, oldest first: spans are contiguous,
+        each ends where the next begins (the newest at ``_indexed``), so a search reads
+        no span's stored text to know where it ends."""
         self._unindexed: list[str] = []
         """The searchable texts of the events after it, a string per commit."""
         self._commits = Commits()
@@ -278,6 +283,12 @@ class SqliteJournal:
             self._archive,
             keep if dropped and keep is not None else self._oldest,
         )
+        # The spans that end before the cut go with it (a span ends where the next begins).
+        spans_gone, spans_from = 0, 0
+        if planned is not None:
+            starts = bisect.bisect_right(self._spans, planned[0])
+            spans_gone = max(0, starts - 1)
+            spans_from = self._spans[spans_gone] if self._spans else 0
         write = Write(
             rows=[(first, last, sum(sizes), texts) for first, last, texts, sizes in rows],
             pseqs=list(batch.pseqs.items()),
@@ -286,7 +297,7 @@ class SqliteJournal:
             oldest=keep if dropped else None,
             runs=[(run.first, run.last, run.text) for run in batch.runs],
             checkpoints=[(point.seq, point.stamp, point.text) for point in batch.checkpoints],
-            archived=None if planned is None else planned[:2],
+            archived=None if planned is None else (planned[0], planned[1], spans_from),
             search=(self._indexed + 1, rows[-1][1] if rows else self._head, "\n".join(pending))
             if indexing
             else None,
@@ -299,6 +310,7 @@ class SqliteJournal:
             raise
         self._commits.record(time.perf_counter() - start)
         if indexing:
+            self._spans.append(self._indexed + 1)
             self._unindexed, self._indexed = [], rows[-1][1] if rows else self._head
         else:
             self._unindexed = pending
@@ -311,6 +323,7 @@ class SqliteJournal:
                 self._stored_bytes -= self._stored.popleft()[1]
             while self._runs and self._runs[0][0] < planned[1]:
                 self._runs.popleft()
+            del self._spans[:spans_gone]
         self._rows.extend(fresh)
         for _ in range(whole):
             self._rows.popleft()
@@ -360,6 +373,9 @@ class SqliteJournal:
         # ``needle`` is as the text appears inside JSON: with no escape in it, it is the
         # text itself, which the trigram index (case-insensitive) finds.
         indexed = self._indexed if len(needle) >= SEARCH_MIN and "\\" not in needle else 0
+        ends = {start: end - 1 for start, end in zip(self._spans, self._spans[1:], strict=False)}
+        if self._spans:
+            ends[self._spans[-1]] = self._indexed
         in_sql = needle.isascii()
         ranged = "SELECT first, last, texts FROM chunks WHERE last > ? AND first <= ?"
         plain = ranged + " AND instr(lower(texts), ?) > 0" if in_sql else ranged
@@ -371,12 +387,13 @@ class SqliteJournal:
             reads: list[tuple[str, int, int]] = []  # query, after, last
             if indexed > after:
                 spans = conn.execute(
-                    "SELECT rowid, last FROM search WHERE search MATCH ? ORDER BY rowid",
+                    "SELECT rowid FROM search WHERE search MATCH ? ORDER BY rowid",
                     (_trigram_query(needle),),
                 ).fetchall()
-                for first, span_last in spans:
-                    if int(span_last) > after and first <= min(last, indexed):
-                        reads.append((ranged, max(after, first - 1), min(last, int(span_last))))
+                for (first,) in spans:
+                    span_last = ends.get(first, indexed)
+                    if span_last > after and first <= min(last, indexed):
+                        reads.append((ranged, max(after, first - 1), min(last, span_last)))
             reads.append((plain, max(after, indexed), last))
             try:
                 for query, low, high in reads:
@@ -614,6 +631,9 @@ class SqliteJournal:
         )
         newest = conn.execute("SELECT last FROM search ORDER BY rowid DESC LIMIT 1").fetchone()
         self._indexed = 0 if newest is None else int(newest[0])
+        self._spans = [
+            int(row[0]) for row in conn.execute("SELECT rowid FROM search ORDER BY rowid")
+        ]
         # What a crash left out of the index (or a journal older than it): the next
         # commit indexes it.
         self._unindexed = [
@@ -670,7 +690,7 @@ class SqliteJournal:
                 self._stored.clear()
                 self._stored_bytes, self._archived = 0, 1
                 self._runs.clear()
-                self._indexed, self._unindexed = 0, []
+                self._indexed, self._unindexed, self._spans = 0, [], []
                 conn.execute("DELETE FROM search")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'oldest'")
                 conn.execute("DELETE FROM producers")
@@ -749,8 +769,8 @@ class SqliteJournal:
                     (write.head, write.state, write.oldest),
                 )
             if write.archived is not None:
-                cut, runs_from = write.archived
-                conn.execute("DELETE FROM search WHERE last < ?", (cut,))
+                cut, runs_from, spans_from = write.archived
+                conn.execute("DELETE FROM search WHERE rowid < ?", (spans_from,))
                 conn.execute("DELETE FROM chunks WHERE last < ?", (cut,))
                 conn.execute("DELETE FROM runs WHERE first < ?", (runs_from,))
                 conn.execute("DELETE FROM checkpoints WHERE seq < ?", (cut,))
@@ -780,9 +800,10 @@ class Write:
     checkpoints: list[tuple[int, str | None, str]]
     search: tuple[int, int, str] | None
     """A span for the search index: first and last seq, the texts of its events."""
-    archived: tuple[int, int] | None
-    """The new oldest seq of the archive (rows and checkpoints before it go) and the
-    first seq of the oldest run kept (runs that start before it go)."""
+    archived: tuple[int, int, int] | None
+    """The new oldest seq of the archive (rows and checkpoints before it go), the first
+    seq of the oldest run kept (runs that start before it go) and of the oldest span of
+    the search index kept."""
 
 
 def _searchable(text: str) -> str:
