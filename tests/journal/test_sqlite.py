@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_ws.journal.interface import Batch, JournalError, JournalWriteError
+from trio_ws.journal.interface import ArchiveLimits, Batch, JournalError, JournalWriteError
 from trio_ws.journal.sqlite import (
     CHUNK_EVENTS,
+    INDEX_EVERY,
     LOCK_SUFFIX,
     SCHEMA_VERSION,
     SqliteBackend,
@@ -445,10 +446,11 @@ async def test_a_big_commit_is_stored_in_bounded_chunks_and_trims_exactly(
         rows = conn.execute("SELECT first, last FROM chunks ORDER BY first").fetchall()
         (oldest,) = conn.execute("SELECT value FROM meta WHERE key = 'oldest'").fetchone()
     conn.close()
-    # The row the cut falls into stays whole on disk; the oldest seq held says where
-    # its events start to count, so a trim never rewrites a row.
+    # The rows stay on disk (the archive); the oldest seq of the live history says
+    # where a catch-up may start, so a trim never rewrites a row.
     assert int(oldest) == head - 299
-    assert rows[0][0] <= int(oldest) <= rows[0][1] and rows[-1][1] == head
+    assert rows[0][0] == 1 and rows[-1][1] == head
+    assert any(first <= int(oldest) <= last for first, last in rows)
     assert max(last - first + 1 for first, last in rows) <= CHUNK_EVENTS
 
 
@@ -478,3 +480,35 @@ def test_a_lock_file_unlinked_while_it_is_taken_is_taken_again(
             os.close(lock_journal(path, "demo"))
     finally:
         os.close(lock)
+
+
+async def test_a_search_reads_only_the_rows_whose_texts_hold_every_trigram(
+    home: Path, boot: Path
+) -> None:
+    """Events written with their texts are found through the trigram index, a span of
+    INDEX_EVERY events at a time (the JSON's keys are not in it), the newest not yet
+    indexed row by row; the index's spans go with the archive."""
+    opened = SqliteBackend(
+        home, boot_id_path=boot, history=10, archive=ArchiveLimits(40_000)
+    ).journal("demo")
+    await opened.open()
+    seq = 0
+    for number in range(40):  # rows of 256 events; one line in each row names it
+        texts = [f"row {number} line {n}" if n else f"Needle{number}" for n in range(256)]
+        events = [
+            (seq + n + 1, f'{{"type":"log","line":"{text}"}}') for n, text in enumerate(texts)
+        ]
+        await opened.append(Batch(events, texts=texts))
+        seq += 256
+    found, through = await opened.search(0, seq, "needle39", 10, 5.0)
+    assert [text for _, text in found] == ['{"type":"log","line":"Needle39"}']
+    assert through == seq
+    assert (await opened.search(0, seq, '"type"', 10, 5.0))[0] == []  # keys: not texts
+    await opened.close()
+    with sqlite3.connect(journal_path(home, "demo")) as conn:
+        spans = conn.execute("SELECT rowid, last FROM search ORDER BY rowid").fetchall()
+        (first,) = conn.execute("SELECT min(first) FROM chunks").fetchone()
+    conn.close()
+    assert first > 1 and spans  # the archive was cut, and the index with it
+    assert spans[0][0] > 1
+    assert all(last - start + 1 >= INDEX_EVERY for start, last in spans)

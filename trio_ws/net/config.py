@@ -15,7 +15,7 @@ from trio_ws.core.project_settings import ProjectSettings
 from trio_ws.core.security import is_loopback_host, origin_shape_problem
 from trio_ws.data.registry import Registry, RegistryMissing
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
-from trio_ws.journal.interface import JournalBackend
+from trio_ws.journal.interface import DEFAULT_ARCHIVE_BYTES, ArchiveLimits, JournalBackend
 from trio_ws.net.httpio import STALL_TIMEOUT
 from trio_ws.net.publish import PRODUCER_PING_TIMEOUT
 from trio_ws.net.tls import ServerTls, server_tls
@@ -81,6 +81,11 @@ class ServerConfig:
     """Serve plain HTTP on a non-loopback address anyway (a trusted network only)."""
     project_settings: Mapping[str, ProjectSettings] = field(default_factory=dict)
     """The config file's ``[projects.NAME]`` settings; the registry's win over them."""
+    archive_bytes: int | None = None
+    """Event text kept per project beyond the live history, the oldest whole runs
+    going first (None: the backend's default, `DEFAULT_ARCHIVE_BYTES`)."""
+    keep_runs: int | None = None
+    """Closed runs kept per project, at most (None: as many as the bytes allow)."""
 
     def __post_init__(self) -> None:
         if self.trust_origins and not self.on_loopback:
@@ -125,6 +130,11 @@ class ServerConfig:
         return self.allow_origins | self.trust_origins
 
     @property
+    def archive(self) -> ArchiveLimits:
+        default = DEFAULT_ARCHIVE_BYTES["redis" if self.broker else self.journal]
+        return ArchiveLimits(self.archive_bytes or default, self.keep_runs)
+
+    @property
     def journal_home(self) -> Path:
         return self.home if self.home is not None else self.registry_path.parent
 
@@ -136,6 +146,7 @@ class ServerConfig:
             sync=self.sync,
             history=self.history,
             history_bytes=self.history_bytes,
+            archive=self.archive,
         )
 
     @property
@@ -156,6 +167,9 @@ async def open_journals(config: ServerConfig) -> AsyncIterator[JournalBackend]:
         yield config.journal_backend()
         return
     async with open_shared_backend(
-        config.broker, history=config.history, history_bytes=config.history_bytes
+        config.broker,
+        history=config.history,
+        history_bytes=config.history_bytes,
+        archive=config.archive,
     ) as backend:
         yield backend

@@ -21,10 +21,11 @@ commit each) before it ends. Errors: `OSError` from binding (port in use) and
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -48,7 +49,7 @@ from trio_ws.core.security import (
     redact,
 )
 from trio_ws.data.registry import Project, Registry, RegistryError
-from trio_ws.journal.interface import JournalBackend, JournalError
+from trio_ws.journal.interface import Journal, JournalBackend, JournalError
 from trio_ws.journal.redis import RedisBackend
 from trio_ws.net import api, control, dashboard, runs_api
 from trio_ws.net.access import (
@@ -73,6 +74,7 @@ from trio_ws.net.httpio import (
     read_request_head,
     send_json,
     send_response,
+    send_streamed,
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
@@ -90,9 +92,11 @@ from trio_ws.net.subscribe import (
 from trio_ws.net.tls import ServerTls, secure
 from trio_ws.runtime.signals import on_stop_signals
 from trio_ws.runtime.supervise import contained
+from trio_ws.state import run_events
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
 from trio_ws.state.project import Project as LiveProject
+from trio_ws.state.runs import RunSummary
 
 log = logging.getLogger("trio_ws.net.server")
 
@@ -104,7 +108,7 @@ OVERVIEW_PATH: Final = "/ws/overview"
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 _PROJECT_API_PATH = re.compile(
-    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|runs(?:/[^/]*)?|agent/[a-z-]+)"
+    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|runs(?:/[^/]*(?:/events|/state|/export)?)?|agent/[a-z-]+)"
 )
 
 
@@ -401,14 +405,90 @@ async def _project_api(
             status, body = 200, await control.act(live, action)
         elif view == "agent/status":
             status, body = 200, control.agent_status(live.hub)
-        elif view == "runs":
-            status, body = runs_api.run_listing(name, live.hub.runs, head.query)
-        elif view.startswith("runs/"):
-            run_id = _unquote(view.removeprefix("runs/")) or ""
-            status, body = runs_api.run_detail(live.hub.runs, run_id)
+        elif view == "runs" or view.startswith("runs/"):
+            await _runs(stream, head, name, live, view.removeprefix("runs").lstrip("/"))
+            return
         else:
             status, body = 200, control.progress_history(live.hub)
     await send_json(stream, connection, status, body)
+
+
+async def _runs(
+    stream: Transport, head: RequestHead, name: str, live: LiveProject, path: str
+) -> None:
+    """``runs``, ``runs/{id}`` and its ``/events``, ``/state`` and ``/export`` (the runs
+    contract): the open run from the hub's recorder, the closed ones from the journal."""
+    connection = head.connection
+    journal = live.hub.journal
+    if journal is None:
+        await send_json(stream, connection, 503, {"detail": "journal unavailable"})
+        return
+    raw_id, _, part = path.partition("/")
+    run_id = _unquote(raw_id) or ""
+    recorder = live.hub.runs
+    try:
+        if not path:
+            limit, before_id = runs_api.listing_query(head.query)
+            before = None
+            if before_id is not None:
+                before = await run_events.find_run(journal, recorder, before_id)
+                if before is None:
+                    raise runs_api.BadParameter("before", f"no run {before_id!r} is held")
+            listed, more = await run_events.list_runs(journal, recorder, before, limit)
+            await send_json(stream, connection, 200, runs_api.listing_body(name, listed, more))
+            return
+        found = await run_events.find_run(journal, recorder, run_id)
+        if found is None:
+            await send_json(stream, connection, *runs_api.unknown_run(run_id))
+            return
+        if not part:
+            data = json.dumps(found.to_json(), separators=(",", ":")).encode()
+        elif part == "events":
+            query = runs_api.events_query(found, head.query)
+            page = await run_events.events_page(
+                journal, found, query.selected, query.after, query.limit
+            )
+            data = runs_api.events_body(name, found, page)
+        elif part == "state":
+            moment = runs_api.state_query(head.query)
+            replay = await run_events.state_at(journal, found, seq=moment.seq, at=moment.at)
+            data = runs_api.state_body(name, found, replay)
+        else:
+            await _export(stream, head, name, journal, found)
+            return
+    except runs_api.BadParameter as exc:
+        await send_json(stream, connection, 400, {"detail": str(exc)})
+        return
+    except (KeyError, TypeError, ValueError) as exc:  # a stored summary unreadable
+        log.error("project %s: a stored run is unreadable: %s", name, exc)
+        await send_json(stream, connection, 503, {"detail": f"stored run unreadable: {exc}"})
+        return
+    except JournalError as exc:
+        log.error("project %s: journal read for run %s failed: %s", name, run_id, exc)
+        await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
+        return
+    await send_response(stream, connection, 200, data, "application/json")
+
+
+async def _export(
+    stream: Transport, head: RequestHead, name: str, journal: Journal, run: RunSummary
+) -> None:
+    """The run as NDJSON, streamed a chunk of events at a time. A journal failure
+    midway can only cut the body short (the 200 is out): logged, and the connection
+    ends without the chunked body's end, so the client sees it was cut."""
+    filename = runs_api.export_filename(name, run)
+
+    async def parts() -> AsyncIterator[bytes]:
+        async for texts in run_events.export_pages(journal, run):
+            yield ("\n".join(texts) + "\n").encode()
+
+    await send_streamed(
+        stream,
+        head.connection,
+        parts(),
+        "application/x-ndjson",
+        [("content-disposition", f'attachment; filename="{filename}"')],
+    )
 
 
 async def _discard_body(stream: Transport, head: RequestHead, config: ServerConfig) -> bool:
