@@ -16,7 +16,7 @@ from trio_ws.core.protocol import MessageFields
 LOG_LIMIT: Final = 1000
 """Log lines (per stream) a view keeps; the server's backlog is at most 1000 too."""
 WARNING_LIMIT: Final = 5
-ConnectionState = Literal["connecting", "live", "reconnecting", "closed", "snapshot"]
+ConnectionState = Literal["connecting", "live", "reconnecting", "closed", "snapshot", "replay"]
 LogStream = Literal["agent", "dev"]
 
 
@@ -173,6 +173,13 @@ class RunView:
     def set_connection(self, state: ConnectionState, detail: str | None = None) -> None:
         self.connection = state
         self.connection_detail = detail
+
+    def begin_snapshot(self, epoch: str, seq: int) -> None:
+        """Start over from a snapshot taken right after event ``seq`` of ``epoch`` that was
+        not read from a websocket (a recorded run's ``/state``): its messages follow, then
+        the events after ``seq``, exactly as after a live ``hello``."""
+        self.epoch = epoch
+        self._reset(seq)
 
     def apply(self, message: MessageFields) -> None:
         """Apply one received message; unknown types are ignored (forward compatible).
