@@ -3,13 +3,15 @@ real agent producer over the publish endpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import trio
-from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config
-from test_subscribe import Producer
+from serving import NETWORK_TIMEOUT, TOKEN, http_json, http_request, make_config, receive_until
+from test_subscribe import RUN, Producer, hub_of, is_event, seq_at_least, settled
 
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
@@ -98,3 +100,208 @@ async def test_runs_need_the_token_when_readers_do(
         allowed = await http_json(running, "GET", RUNS, {"Authorization": f"Bearer {TOKEN}"})
     running._cancel.cancel()
     assert (refused[0], allowed[0]) == (401, 200)
+
+
+# -- one run's events: /events, /state, /export ---------------------------------
+
+RUN_LINES = 177
+"""The corpus run's first lines: agents at work, orchestrator updates, finished agents."""
+
+
+async def corpus_run(
+    nursery: trio.Nursery, server: Server
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A stopped run fed the corpus' lines, then an open run; the first run's summary
+    and every event a subscriber received in it."""
+    watcher = await settled(nursery, server)
+    hub = hub_of(server)
+    hub.set_status("running")
+    hub.feed_lines(RUN[:RUN_LINES])
+    hub.set_status("stopped")
+    end = hub.seq
+    seen = await receive_until(watcher, seq_at_least(end))
+    hub.set_status("running")
+    hub.feed_lines(["the second run"])
+    await receive_until(watcher, seq_at_least(hub.seq))
+    status, body = await http_json(server, "GET", RUNS)
+    assert status == 200
+    run: dict[str, Any] = body["runs"][1]
+    assert run["last_seq"] == end
+    events = [m for m in seen if is_event(m) and run["first_seq"] <= m["seq"] <= end]
+    return run, events
+
+
+async def all_pages(server: Server, path: str) -> list[dict[str, Any]]:
+    """Every event of ``path``'s pages, following ``next_after``."""
+    events: list[dict[str, Any]] = []
+    after = None
+    for _ in range(1000):
+        joiner = "&" if "?" in path else "?"
+        status, body = await http_json(
+            server, "GET", path + ("" if after is None else f"{joiner}after={after}")
+        )
+        assert status == 200, body
+        events += body["events"]
+        after = body["next_after"]
+        if after is None:
+            return events
+    raise AssertionError("pages never ended")
+
+
+async def test_events_are_the_runs_events_as_subscribers_received_them(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        run, seen = await corpus_run(nursery, server)
+        status, body = await http_json(server, "GET", f"{RUNS}/{run['id']}/events")
+        paged = await all_pages(server, f"{RUNS}/{run['id']}/events?limit=7")
+    assert status == 200
+    assert (body["project"], body["run"], body["partial"]) == ("demo", run["id"], False)
+    assert len(seen) > 100
+    assert len(seen) > 200 and body["events"] == seen[:200]
+    assert body["next_after"] == seen[199]["seq"]
+    assert paged == seen
+
+
+async def test_events_are_filtered_by_type_agent_feature_and_text(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        run, seen = await corpus_run(nursery, server)
+        base = f"{RUNS}/{run['id']}/events?limit=1000"
+        named = next(m for m in seen if m["type"] == "agent_update")
+        feature = named["featureId"]
+        word = next(m for m in seen if m["type"] == "log")["line"].split()[-1]
+        types = await all_pages(server, f"{base}&type=agent_update,orchestrator_update")
+        by_index = await all_pages(server, f"{base}&agent={named['agentIndex']}")
+        by_name = await all_pages(server, f"{base}&agent={named['agentName']}")
+        by_feature = await all_pages(server, f"{base}&feature={feature}")
+        text = await all_pages(server, f"{base}&q={quote(word.upper())}")
+        regex = await all_pages(server, f"{base}&regex=1&q={quote('^started .* #[0-9]+$')}")
+    kinds = {"agent_update", "orchestrator_update"}
+    assert types == [m for m in seen if m["type"] in kinds]
+    of_agent = [m for m in seen if m.get("agentIndex") == named["agentIndex"]]
+    assert by_index == by_name == of_agent and of_agent
+    assert by_feature and all(
+        feature == m.get("featureId") or feature in m.get("featureIds", []) for m in by_feature
+    )
+    assert by_feature == [
+        m for m in seen if m.get("featureId") == feature or feature in m.get("featureIds", [])
+    ]
+    assert text and text == [
+        m for m in seen if any(word.lower() in str(m.get(k, "")).lower() for k in TEXT_KEYS)
+    ]
+    assert regex and all(m["line"].lower().startswith("started") for m in regex)
+
+
+TEXT_KEYS = ("line", "thought", "message")
+
+
+def expected_state(events: list[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
+    """The snapshot after ``seq`` from the run's events alone (PROTOCOL.md 3.1's order,
+    backlog 100)."""
+    upto = [m for m in events if m["seq"] <= seq]
+
+    def of(kind: str) -> list[dict[str, Any]]:
+        return [m for m in upto if m["type"] == kind]
+
+    latest: dict[int, dict[str, Any]] = {}
+    for update in of("agent_update"):
+        if update["state"] in ("success", "error"):
+            latest.pop(update["agentIndex"], None)
+        else:
+            latest[update["agentIndex"]] = update
+    return [
+        *of("agent_status")[-1:],
+        *of("progress")[-1:],
+        *of("orchestrator_update")[-5:],
+        *[latest[index] for index in sorted(latest)],
+        *of("log")[-100:],
+    ]
+
+
+async def test_state_is_the_snapshot_right_after_the_event_asked_for(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        run, seen = await corpus_run(nursery, server)
+        middle = seen[len(seen) // 2]
+        at_seq = await http_json(server, "GET", f"{RUNS}/{run['id']}/state?seq={middle['seq']}")
+        stamped = next(m for m in seen[len(seen) // 3 :] if "timestamp" in m)
+        at_time = await http_json(
+            server, "GET", f"{RUNS}/{run['id']}/state?at={quote(stamped['timestamp'])}"
+        )
+        before = await http_json(server, "GET", f"{RUNS}/{run['id']}/state?seq=0")
+        beyond = await http_json(server, "GET", f"{RUNS}/{run['id']}/state?seq=999999")
+    status, body = at_seq
+    assert status == 200
+    assert (body["project"], body["run"], body["seq"]) == ("demo", run["id"], middle["seq"])
+    assert body["messages"] == expected_state(seen, middle["seq"])
+    assert [m for m in body["messages"] if m["type"] == "agent_update"]
+    # ``at``: the last event stamped no later than it (events may share a timestamp).
+    same = [m["seq"] for m in seen if m.get("timestamp", "") <= stamped["timestamp"]]
+    assert at_time[1]["seq"] == max(same)
+    assert at_time[1]["timestamp"] <= stamped["timestamp"]
+    assert before[1]["seq"] == run["first_seq"]
+    assert beyond[1]["seq"] == run["last_seq"]
+    assert beyond[1]["messages"][0]["status"] == "stopped"
+
+
+async def test_export_streams_the_run_as_ndjson(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        run, seen = await corpus_run(nursery, server)
+        status, headers, raw = await http_request(server, "GET", f"{RUNS}/{run['id']}/export")
+    assert status == 200
+    assert headers["content-type"] == "application/x-ndjson"
+    assert headers["content-disposition"].startswith("attachment;")
+    assert headers["transfer-encoding"] == "chunked"
+    lines = dechunk(raw).decode().splitlines()
+    assert [json.loads(line) for line in lines] == seen
+
+
+def dechunk(raw: bytes) -> bytes:
+    """A chunked body's bytes; AssertionError when it lacks its final chunk."""
+    body = b""
+    while True:
+        size_line, _, raw = raw.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return body
+        body, raw = body + raw[:size], raw[size + 2 :]
+        assert raw, "the chunked body was cut short"
+
+
+@pytest.mark.parametrize(
+    ("view", "query", "named"),
+    [
+        ("events", "limit=0", "limit"),
+        ("events", "limit=1001", "limit"),
+        ("events", "after=-3", "after"),
+        ("events", "type=log,nonsense", "type"),
+        ("events", "feature=twelve", "feature"),
+        ("events", "q=" + "x" * 201, "q"),
+        ("events", "regex=1&q=(unclosed", "q"),
+        ("events", "regex=maybe&q=x", "regex"),
+        ("state", "seq=x", "seq"),
+        ("state", "at=yesterday", "at"),
+        ("state", "seq=1&at=2026-01-01T00:00:00Z", "seq"),
+    ],
+)
+async def test_a_bad_run_parameter_is_a_400_naming_it(
+    nursery: trio.Nursery, server: Server, project_dir: Path, view: str, query: str, named: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        runs = await three_runs(nursery, server)
+        status, body = await http_json(server, "GET", f"{RUNS}/{runs[1]['id']}/{view}?{query}")
+    assert status == 400 and body["detail"].startswith(f"{named}:")
+
+
+@pytest.mark.parametrize("view", ["events", "state", "export"])
+async def test_the_events_of_an_unknown_run_are_a_404(
+    server: Server, project_dir: Path, view: str
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        status, body = await http_json(server, "GET", f"{RUNS}/0123-1/{view}")
+    assert status == 404 and "not found" in body["detail"]

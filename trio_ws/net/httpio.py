@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import struct
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -297,6 +298,35 @@ async def send_response(
         await send_all_bounded(stream, data, stall)
     else:  # an in-memory stream has no socket and no peer to stall
         await stream.send_all(data)
+
+
+async def send_streamed(
+    stream: trio.SocketStream,
+    connection: HttpConnection,
+    parts: AsyncIterator[bytes],
+    content_type: str,
+    extra_headers: list[tuple[str, str]] | None = None,
+) -> None:
+    """Send a 200 whose body is ``parts``, each written as it comes (chunked to an
+    HTTP/1.1 client, else up to the close), so a long body is never held whole. Every
+    write is bounded by the stall timeout; the connection closes after it."""
+    headers = [
+        ("content-type", content_type),
+        ("connection", "close"),
+        ("cache-control", "no-store"),
+        ("x-content-type-options", "nosniff"),
+        *(extra_headers or []),
+    ]
+    response = h11.Response(status_code=200, headers=headers, reason=REASONS[200])
+    await send_all_bounded(stream, connection.send(response) or b"", connection.stall_timeout)
+    if not connection.head_request:
+        async for part in parts:
+            if part:
+                data = connection.send(h11.Data(data=part)) or b""
+                await send_all_bounded(stream, data, connection.stall_timeout)
+    await send_all_bounded(
+        stream, connection.send(h11.EndOfMessage()) or b"", connection.stall_timeout
+    )
 
 
 async def send_json(

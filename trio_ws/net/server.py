@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
@@ -48,7 +48,7 @@ from trio_ws.core.security import (
     redact,
 )
 from trio_ws.data.registry import Project, Registry, RegistryError
-from trio_ws.journal.interface import JournalBackend, JournalError
+from trio_ws.journal.interface import Journal, JournalBackend, JournalError
 from trio_ws.journal.redis import RedisBackend
 from trio_ws.net import api, control, dashboard, runs_api
 from trio_ws.net.access import (
@@ -71,6 +71,7 @@ from trio_ws.net.httpio import (
     read_request_head,
     send_json,
     send_response,
+    send_streamed,
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
@@ -85,9 +86,11 @@ from trio_ws.net.subscribe import (
     project_websocket,
 )
 from trio_ws.runtime.signals import on_stop_signals
+from trio_ws.state import run_events
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
 from trio_ws.state.project import Project as LiveProject
+from trio_ws.state.runs import RunSummary
 
 log = logging.getLogger("trio_ws.net.server")
 
@@ -98,7 +101,7 @@ JOURNAL_CLOSE_TIMEOUT: Final = 5.0
 _SUBSCRIBE_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)")
 _PUBLISH_PATH = re.compile(r"/ws/projects/(?P<name>[^/]*)/publish")
 _PROJECT_API_PATH = re.compile(
-    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|runs(?:/[^/]*)?|agent/[a-z-]+)"
+    r"/api/projects/(?P<name>[^/]*)/(?P<view>features|progress-history|runs(?:/[^/]*(?:/events|/state|/export)?)?|agent/[a-z-]+)"
 )
 
 
@@ -359,11 +362,75 @@ async def _project_api(
         elif view == "runs":
             status, body = runs_api.run_listing(name, live.hub.runs, head.query)
         elif view.startswith("runs/"):
-            run_id = _unquote(view.removeprefix("runs/")) or ""
-            status, body = runs_api.run_detail(live.hub.runs, run_id)
+            await _run_view(stream, head, name, live, view.removeprefix("runs/"))
+            return
         else:
             status, body = 200, control.progress_history(live.hub)
     await send_json(stream, connection, status, body)
+
+
+async def _run_view(
+    stream: trio.SocketStream, head: RequestHead, name: str, live: LiveProject, path: str
+) -> None:
+    """``runs/{id}`` and its ``/events``, ``/state`` and ``/export`` (runs_contract)."""
+    connection = head.connection
+    raw_id, _, part = path.partition("/")
+    run_id = _unquote(raw_id) or ""
+    if not part:
+        status, body = runs_api.run_detail(live.hub.runs, run_id)
+        await send_json(stream, connection, status, body)
+        return
+    found = runs_api.find_run(live.hub.runs, run_id)
+    journal = live.hub.journal
+    if not isinstance(found, RunSummary):
+        await send_json(stream, connection, *found)
+        return
+    if journal is None:
+        await send_json(stream, connection, 503, {"detail": "journal unavailable"})
+        return
+    try:
+        if part == "events":
+            query = runs_api.events_query(found, head.query)
+            page = await run_events.events_page(
+                journal, found, query.selected, query.after, query.limit
+            )
+            data = runs_api.events_body(name, found, page)
+        elif part == "state":
+            moment = runs_api.state_query(head.query)
+            replay = await run_events.state_at(journal, found, seq=moment.seq, at=moment.at)
+            data = runs_api.state_body(name, found, replay)
+        else:
+            await _export(stream, head, name, journal, found)
+            return
+    except runs_api.BadParameter as exc:
+        await send_json(stream, connection, 400, {"detail": str(exc)})
+        return
+    except JournalError as exc:
+        log.error("project %s: journal read for run %s failed: %s", name, run_id, exc)
+        await send_json(stream, connection, 503, {"detail": f"journal unavailable: {exc}"})
+        return
+    await send_response(stream, connection, 200, data, "application/json")
+
+
+async def _export(
+    stream: trio.SocketStream, head: RequestHead, name: str, journal: Journal, run: RunSummary
+) -> None:
+    """The run as NDJSON, streamed a chunk of events at a time. A journal failure
+    midway can only cut the body short (the 200 is out): logged, and the connection
+    ends without the chunked body's end, so the client sees it was cut."""
+    filename = runs_api.export_filename(name, run)
+
+    async def parts() -> AsyncIterator[bytes]:
+        async for texts in run_events.export_pages(journal, run):
+            yield ("\n".join(texts) + "\n").encode()
+
+    await send_streamed(
+        stream,
+        head.connection,
+        parts(),
+        "application/x-ndjson",
+        [("content-disposition", f'attachment; filename="{filename}"')],
+    )
 
 
 async def _discard_body(stream: trio.SocketStream, head: RequestHead, config: ServerConfig) -> bool:

@@ -1,0 +1,199 @@
+"""A run's events read back from the journal: a filtered page (``/events``), the
+snapshot at a moment (``/state``) and every event in pages (``/export``).
+
+Only the run's own seqs (``first_seq..last_seq``) are read, a chunk at a time, and
+never the whole run at once. The filter (`EventFilter`) is pure; what reads is a thin
+shell over `Journal.read_since`. A text search checks each event's raw JSON text
+before decoding it, so a page of a rare word decodes only the events that hold it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import trio
+
+from trio_ws.journal.interface import Journal
+from trio_ws.state.replay import Replay
+from trio_ws.state.runs import RunSummary
+
+READ_CHUNK: Final = 1000
+"""Events read from the journal per call."""
+SEARCH_GUARD: Final = 1.0
+"""Seconds a page's search may take before it returns what it found (``partial``)."""
+TEXT_FIELDS: Final = ("line", "thought", "message")
+"""Where an event's text is, by type: a log line, an agent's thought, an orchestrator
+update's or an alert's message."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events of a run a page holds; None (or empty) means any."""
+
+    types: frozenset[str] | None = None
+    agent_indices: frozenset[int] | None = None
+    """With ``agent_names``: the agent asked for (None: any agent)."""
+    agent_names: frozenset[str] = frozenset()
+    feature: int | None = None
+    text: str | None = None
+    """Lower-cased substring of the event's text."""
+    pattern: re.Pattern[str] | None = None
+
+    @property
+    def searches(self) -> bool:
+        return self.text is not None or self.pattern is not None
+
+    @property
+    def raw_text(self) -> str | None:
+        """``text`` as it appears inside an event's JSON text (lower-cased): every event
+        whose text holds ``text`` holds this, so it rules events out before decoding."""
+        if self.text is None:
+            return None
+        return json.dumps(self.text, ensure_ascii=False)[1:-1].lower()
+
+    def matches(self, message: Mapping[str, Any]) -> bool:
+        if self.types is not None and message.get("type") not in self.types:
+            return False
+        if self.agent_indices is not None and not self._agent(message):
+            return False
+        if self.feature is not None and not self._feature(message):
+            return False
+        if self.searches:
+            texts = [value for key in TEXT_FIELDS if isinstance(value := message.get(key), str)]
+            if self.text is not None and not any(self.text in text.lower() for text in texts):
+                return False
+            if self.pattern is not None and not any(self.pattern.search(t) for t in texts):
+                return False
+        return True
+
+    def _agent(self, message: Mapping[str, Any]) -> bool:
+        assert self.agent_indices is not None
+        index = message.get("agentIndex")
+        if isinstance(index, int) and index in self.agent_indices:
+            return True
+        name = message.get("agentName", message.get("agent"))
+        return isinstance(name, str) and name in self.agent_names
+
+    def _feature(self, message: Mapping[str, Any]) -> bool:
+        ids = message.get("featureIds")
+        if isinstance(ids, list) and self.feature in ids:
+            return True
+        return self.feature in (message.get("featureId"), message.get("feature"))
+
+
+@dataclass(frozen=True, slots=True)
+class EventsPage:
+    """One page of a run's events (their journalled texts, in seq order)."""
+
+    texts: list[str]
+    next_after: int | None
+    """The seq to continue after, or None when the run has no more."""
+    partial: bool = False
+    """The search hit its time guard before filling the page."""
+
+
+async def run_chunks(
+    journal: Journal, run: RunSummary, after: int, chunk: int = READ_CHUNK
+) -> AsyncIterator[list[tuple[int, str]]]:
+    """The run's events with seq > ``after``, in chunks of at most ``chunk``, oldest
+    first; ends at the run's last event (as far as the journal still holds them)."""
+    seq = max(after, run.first_seq - 1)
+    last = run.last_seq
+    while seq < last:
+        found = await journal.read_since(seq, min(chunk, last - seq))
+        if not found:
+            return
+        within = [(number, text) for number, text in found if number <= last]
+        if within:
+            yield within
+        if len(within) < len(found):
+            return
+        seq = found[-1][0]
+
+
+async def events_page(
+    journal: Journal,
+    run: RunSummary,
+    selected: EventFilter,
+    after: int,
+    limit: int,
+    *,
+    guard: float = SEARCH_GUARD,
+    clock: Callable[[], float] = time.monotonic,
+) -> EventsPage:
+    """Up to ``limit`` of the run's events after ``after`` that ``selected`` matches."""
+    raw = selected.raw_text
+    deadline = clock() + guard
+    texts: list[str] = []
+    scanned = after
+    async for chunk in run_chunks(journal, run, after):
+        for seq, text in chunk:
+            scanned = seq
+            if raw is not None and raw not in text.lower():
+                continue
+            if selected.matches(json.loads(text)):
+                texts.append(text)
+                if len(texts) == limit:
+                    return EventsPage(texts, None if seq >= run.last_seq else seq)
+        if selected.searches and clock() > deadline:
+            more = scanned < run.last_seq
+            return EventsPage(texts, scanned if more else None, partial=more)
+        await trio.lowlevel.checkpoint()
+    return EventsPage(texts, None)
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO-8601 time, naive ones taken as UTC; ValueError if it is not one."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment
+
+
+def _stamp_after(text: str, at: datetime) -> bool:
+    """Does event ``text`` carry a timestamp later than ``at``?"""
+    stamp = json.loads(text).get("timestamp")
+    if not isinstance(stamp, str):
+        return False
+    try:
+        return parse_time(stamp) > at
+    except ValueError:
+        return False
+
+
+async def state_at(
+    journal: Journal,
+    run: RunSummary,
+    *,
+    seq: int | None = None,
+    at: datetime | None = None,
+    start: Replay | None = None,
+) -> Replay:
+    """The run's snapshot right after its last event with seq <= ``seq`` (or timestamp
+    <= ``at``), clamped to its first and last events; replayed from ``start`` (a
+    checkpoint within the run, before that event) or the run's start."""
+    replay = start if start is not None else Replay()
+    target = run.last_seq if seq is None else max(run.first_seq, min(seq, run.last_seq))
+    if replay.seq >= target:
+        return replay
+    async for chunk in run_chunks(journal, run, replay.seq):
+        for number, text in chunk:
+            if number > target:
+                return replay
+            if at is not None and replay.seq >= run.first_seq and _stamp_after(text, at):
+                return replay
+            replay.feed(number, text)
+        await trio.lowlevel.checkpoint()
+    return replay
+
+
+async def export_pages(journal: Journal, run: RunSummary) -> AsyncIterator[list[str]]:
+    """Every event of the run, as journalled, a chunk at a time."""
+    async for chunk in run_chunks(journal, run, run.first_seq - 1):
+        yield [text for _, text in chunk]
