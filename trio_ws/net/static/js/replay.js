@@ -119,6 +119,11 @@ function wireControls() {
   });
   scrub.addEventListener("change", () => {
     delete scrub.dataset.dragging;
+    if (Number(scrub.value) >= Number(scrub.max)) {
+      // The end: by seq, as a millisecond time can fall before the last event's stamp.
+      seek({ seq: player.summary.last_seq });
+      return;
+    }
     const at = player.start + (Number(scrub.value) / Number(scrub.max)) * (player.end - player.start);
     seek({ at: new Date(at).toISOString() });
   });
