@@ -1065,6 +1065,11 @@ def test_replay_plays_forward_to_the_end(
     assert text(browser, "#replay-play") == "Play"
     points = int(browser.find_element(By.ID, "chart").get_attribute("data-points"))
     assert points >= RUN_BATCHES  # the run's progress, replayed onto the chart
+    browser.find_element(By.CSS_SELECTOR, '#replay-speeds button[data-speed="1"]').click()
+    browser.find_element(By.ID, "replay-play").click()  # at the end: again from the start
+    wait(browser, lambda d: (moment(d)[1] or 0) < run["last_seq"], "playing from the start")
+    assert moment(browser)[0] == "playing"
+    wait(browser, lambda d: moment(d) == ("ended", run["last_seq"]), "the end again")
 
 
 def test_replay_jumps_to_the_next_error(

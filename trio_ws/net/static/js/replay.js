@@ -105,7 +105,12 @@ export async function startReplay(name, runId) {
 }
 
 function wireControls() {
-  $("replay-play").addEventListener("click", () => setPlaying(!player.playing));
+  $("replay-play").addEventListener("click", async () => {
+    if (!player.playing && $("replay-moment").dataset.state === "ended") {
+      await seek({ seq: player.summary.first_seq }); // played to the end: again from the start
+    }
+    setPlaying(!player.playing);
+  });
   for (const button of $("replay-speeds").querySelectorAll("button[data-speed]")) {
     button.addEventListener("click", () => {
       player.speed = Number(button.dataset.speed);
