@@ -13,13 +13,14 @@ import { featureAgents } from "./agents.js";
 import { setBoardTransform } from "./board.js";
 import { live, touch } from "./state.js";
 
-const PAGE = 500; // events per /events read while playing
-const LOW_WATER = 200; // read the next page when fewer wait
+const PAGE = 1000; // events per /events read while playing (the most the API gives)
+const LOW_WATER = 1500; // read the next page when fewer wait
 const TICK_MS = 50;
 const MAX_PER_TICK = 2000; // events applied per tick at most: the page stays responsive
 const SCAN_PAGES = 20; // pages of 1000 read when looking for the next error
 const HIT_PAGES = 5; // pages of 1000 hits marked on the timeline at most
 const CHART_PAGES = 20; // pages of 1000 progress / status events for the chart
+const BOARD_PAGES = 10; // pages of 1000 agent updates read for the board's completions
 const MARK_BUCKETS = 400; // the timeline's resolution for marks
 
 const player = {
@@ -98,7 +99,8 @@ export async function startReplay(name, runId) {
     $("replay-live").hidden = false;
   }
   fillAgents(summary.agents);
-  await Promise.all([loadChart(), loadBoard()]);
+  loadBoard(); // the board says it is reading until it knows; the replay need not wait
+  await loadChart();
   await seek({ seq: summary.first_seq });
   player.lastTick = performance.now();
   setInterval(tick, TICK_MS);
@@ -124,9 +126,9 @@ function wireControls() {
   });
   scrub.addEventListener("change", () => {
     delete scrub.dataset.dragging;
-    if (Number(scrub.value) >= Number(scrub.max)) {
-      // The end: by seq, as a millisecond time can fall before the last event's stamp.
-      seek({ seq: player.summary.last_seq });
+    if (Number(scrub.value) >= Number(scrub.max) || Number(scrub.value) <= 0) {
+      // The ends by seq: a millisecond time can fall just outside the run's stamps.
+      seek({ seq: Number(scrub.value) > 0 ? player.summary.last_seq : player.summary.first_seq });
       return;
     }
     const at = player.start + (Number(scrub.value) / Number(scrub.max)) * (player.end - player.start);
@@ -176,6 +178,11 @@ async function seek(query, then = []) {
     return;
   }
   if (generation !== player.generation) return;
+  if (clamped(query, body)) {
+    note(`The server no longer holds this run before ${clockTime(Date.parse(body.timestamp))} (seq ${body.seq}).`, "clamped");
+  } else if ($("replay-note").dataset.kind === "clamped") {
+    note("");
+  }
   reset();
   for (const message of body.messages) dispatch(message);
   player.cursor = body.seq;
@@ -195,6 +202,13 @@ async function seek(query, then = []) {
   player.seeking = false;
   setMoment(player.playing ? "playing" : "paused");
   fetchMore();
+}
+
+function clamped(query, body) {
+  // The server clamps a moment it no longer holds to the first one it does.
+  if (body.seq <= player.summary.first_seq) return false;
+  if (query.seq !== undefined) return body.seq > query.seq;
+  return Date.parse(body.timestamp) > Date.parse(query.at) + 1;
 }
 
 function apply(event) {
@@ -410,13 +424,14 @@ async function loadChart() {
 async function loadBoard() {
   // The board at a moment is known from the features now and this run's completions
   // after the moment, when no later run has changed the features since.
+  setBoardTransform(boardAtMoment);
   try {
     const newest = await getJson(`/api/projects/${encodeURIComponent(player.name)}/runs?limit=1`);
     if (!Array.isArray(newest.runs) || newest.runs[0]?.id !== player.runId) {
       player.boardNote =
         "The board at a moment of an earlier run cannot be known: later runs changed the features since.";
     } else {
-      const { events, more } = await collect({ type: "agent_update" }, CHART_PAGES);
+      const { events, more } = await collect({ type: "agent_update" }, BOARD_PAGES);
       if (more) {
         player.boardNote = "The board at this moment cannot be known: the run has too many agent updates.";
       } else {
@@ -428,7 +443,7 @@ async function loadBoard() {
   } catch (error) {
     player.boardNote = `The board at this moment cannot be known: ${error.message}`;
   }
-  setBoardTransform(boardAtMoment);
+  touch("board");
 }
 
 function featureIds(event) {
