@@ -9,14 +9,23 @@ before each test.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import coredis
 import pytest
 
-from trio_ws.journal.interface import Batch, Journal, JournalBackend
+from trio_ws.journal.interface import (
+    ArchiveLimits,
+    Batch,
+    Checkpoint,
+    Journal,
+    JournalBackend,
+    StoredRun,
+)
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.journal.redis import RedisBackend, redis_client
 from trio_ws.journal.sqlite import SqliteBackend
@@ -38,16 +47,21 @@ class Backends:
         return self.kind != "memory"
 
     def __call__(
-        self, history: int = 10_000, history_bytes: int = 1 << 26, max_producers: int = 1024
+        self,
+        history: int = 10_000,
+        history_bytes: int = 1 << 26,
+        max_producers: int = 1024,
+        archive: ArchiveLimits | None = None,
     ) -> JournalBackend:
         if self.kind == "memory":
-            return MemoryBackend(history=history, history_bytes=history_bytes)
+            return MemoryBackend(history=history, history_bytes=history_bytes, archive=archive)
         if self.client is not None:
             return RedisBackend(
                 self.client,
                 history=history,
                 history_bytes=history_bytes,
                 max_producers=max_producers,
+                archive=archive,
             )
         return SqliteBackend(
             self.home,
@@ -55,6 +69,7 @@ class Backends:
             history_bytes=history_bytes,
             boot_id_path=self.boot_id_path,
             max_producers=max_producers,
+            archive=archive,
         )
 
 
@@ -86,7 +101,7 @@ def events(first: int, last: int, text: Callable[[int], str] | None = None) -> B
     return Batch([(seq, text(seq)) for seq in range(first, last + 1)])
 
 
-async def opened(backends: Backends, **limits: int) -> Journal:
+async def opened(backends: Backends, **limits: Any) -> Journal:
     journal = backends(**limits).journal("demo")
     await journal.open()
     return journal
@@ -271,3 +286,106 @@ async def test_a_pruned_producer_written_again_counts_as_new(backends: Backends)
     await journal.close()
     again = await backend.journal("demo").open()
     assert again.pseqs == ({"agent:r3": 5, "agent:r1": 2} if backends.durable else {})
+
+
+# -- the archive: events beyond the live history, runs, checkpoints --------------
+
+
+def run_of(first: int, last: int) -> StoredRun:
+    return StoredRun(first, last, f'{{"first_seq":{first},"last_seq":{last}}}')
+
+
+async def test_events_beyond_the_live_history_are_kept_for_ranges_not_for_catch_up(
+    backends: Backends,
+) -> None:
+    journal = await opened(backends, history=5)
+    await journal.append(events(1, 20))
+    stats = journal.stats()
+    assert stats.oldest == 16 and stats.events_held == 5
+    assert [seq for seq, _ in await journal.read_since(0, 100)] == list(range(16, 21))
+    assert await journal.read_range(2, 6, 100) == [(n, f'{{"n":{n}}}') for n in range(3, 7)]
+    assert [seq for seq, _ in await journal.read_range(17, 100, 2)] == [18, 19]
+    assert stats.archive is not None
+    assert (stats.archive.oldest, stats.archive.events) == (1, 20)
+
+
+async def test_closed_runs_are_records_read_newest_first_and_paged(backends: Backends) -> None:
+    journal = await opened(backends)
+    await journal.append(Batch([(1, "{}"), (2, "{}")], runs=[run_of(1, 2)]))
+    await journal.append(Batch([(3, "{}"), (4, "{}"), (5, "{}")], runs=[run_of(3, 4)]))
+    assert await journal.runs(None, 10) == [run_of(3, 4).text, run_of(1, 2).text]
+    assert await journal.runs(3, 10) == [run_of(1, 2).text]
+    assert await journal.runs(None, 1) == [run_of(3, 4).text]
+    stats = journal.stats().archive
+    assert stats is not None and (stats.runs, stats.oldest_run) == (2, 1)
+
+
+async def test_the_oldest_whole_runs_go_when_the_archive_is_over_its_bytes(
+    backends: Backends,
+) -> None:
+    """Runs of 10 events of 10 bytes each; 300 bytes kept: the newest ~2 runs and the
+    live history stay, whole runs went first (the cut falls right after a run)."""
+    journal = await opened(backends, history=5, archive=ArchiveLimits(300))
+    text = '{"n":"x"}'  # 10 bytes
+    for number in range(6):
+        first = number * 10 + 1
+        batch = Batch([(seq, text) for seq in range(first, first + 10)])
+        await journal.append(batch)
+        await journal.append(Batch(runs=[run_of(first, first + 9)]))
+    stats = journal.stats().archive
+    assert stats is not None
+    kept = [run["first_seq"] for run in map(json.loads, await journal.runs(None, 100))]
+    assert kept == sorted(kept, reverse=True) and kept[0] == 51 and len(kept) < 6
+    assert stats.oldest == kept[-1]  # the archive starts where the oldest run kept starts
+    assert stats.bytes <= 330
+    assert [seq for seq, _ in await journal.read_range(0, 100, 1)] == [kept[-1]]
+
+
+async def test_keep_runs_keeps_the_newest_runs(backends: Backends) -> None:
+    journal = await opened(backends, history=3, archive=ArchiveLimits(1 << 30, keep_runs=2))
+    for number in range(6):
+        first = number * 3 + 1
+        await journal.append(
+            Batch([(seq, "{}") for seq in range(first, first + 3)], runs=[run_of(first, first + 2)])
+        )
+    kept = [run["first_seq"] for run in map(json.loads, await journal.runs(None, 100))]
+    assert kept[:2] == [16, 13] and len(kept) <= 3
+    assert (await journal.read_range(0, 100, 1))[0][0] == kept[-1]
+
+
+async def test_keep_runs_drops_the_records_of_runs_whose_events_are_still_live(
+    backends: Backends,
+) -> None:
+    """The live history is never cut: a run beyond keep_runs loses its record, and its
+    events stay for the subscribers that may resume into them."""
+    journal = await opened(backends, archive=ArchiveLimits(1 << 30, keep_runs=1))
+    for number in range(4):
+        first = number * 3 + 1
+        await journal.append(
+            Batch([(seq, "{}") for seq in range(first, first + 3)], runs=[run_of(first, first + 2)])
+        )
+    kept = [run["first_seq"] for run in map(json.loads, await journal.runs(None, 100))]
+    assert kept[0] == 10 and len(kept) <= 2
+    assert [seq for seq, _ in await journal.read_since(0, 100)] == list(range(1, 13))
+
+
+async def test_the_newest_checkpoint_at_or_before_a_seq_or_a_time(backends: Backends) -> None:
+    journal = await opened(backends)
+    points = [Checkpoint(2, "t2", "a"), Checkpoint(4, None, "b"), Checkpoint(6, "t6", "c")]
+    await journal.append(Batch([(seq, "{}") for seq in range(1, 8)], checkpoints=points))
+    assert await journal.checkpoint(1) is None
+    assert await journal.checkpoint(5) == points[1]
+    assert await journal.checkpoint(100) == points[2]
+    assert await journal.checkpoint(100, "t5") == points[1]  # no stamp sorts first
+    assert await journal.checkpoint(3, "t9") == points[0]
+
+
+async def test_search_finds_the_events_holding_a_text_and_says_how_far_it_got(
+    backends: Backends,
+) -> None:
+    journal = await opened(backends, history=3)
+    await journal.append(events(1, 50, lambda seq: f'{{"line":"{"Needle" if seq % 7 else "x"}"}}'))
+    found, through = await journal.search(0, 30, '"x"', 100, 5.0)
+    assert [seq for seq, _ in found] == [7, 14, 21, 28] and through == 30
+    found, through = await journal.search(7, 50, '"x"', 2, 5.0)
+    assert [seq for seq, _ in found] == [14, 21] and through == 21

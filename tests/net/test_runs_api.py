@@ -10,8 +10,16 @@ from urllib.parse import quote
 
 import pytest
 import trio
-from serving import NETWORK_TIMEOUT, TOKEN, http_json, http_request, make_config, receive_until
-from test_subscribe import RUN, Producer, hub_of, is_event, seq_at_least, settled
+from serving import (
+    NETWORK_TIMEOUT,
+    TOKEN,
+    connect,
+    http_json,
+    http_request,
+    make_config,
+    receive_until,
+)
+from test_subscribe import RUN, Producer, hub_of, is_event, seq_at_least
 
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server, serve
@@ -110,16 +118,17 @@ RUN_LINES = 177
 
 async def corpus_run(
     nursery: trio.Nursery, server: Server
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A stopped run fed the corpus' lines, then an open run; the first run's summary
-    and every event a subscriber received in it."""
-    watcher = await settled(nursery, server)
+) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
+    """A stopped run fed the corpus' lines, then an open run; the first run's summary,
+    every event a subscriber received in it, and every event up to its end."""
+    watcher = await connect(nursery, server)
+    before = await receive_until(watcher, lambda m: m["type"] == "progress")
     hub = hub_of(server)
     hub.set_status("running")
     hub.feed_lines(RUN[:RUN_LINES])
     hub.set_status("stopped")
     end = hub.seq
-    seen = await receive_until(watcher, seq_at_least(end))
+    seen = before + await receive_until(watcher, seq_at_least(end))
     hub.set_status("running")
     hub.feed_lines(["the second run"])
     await receive_until(watcher, seq_at_least(hub.seq))
@@ -127,8 +136,8 @@ async def corpus_run(
     assert status == 200
     run: dict[str, Any] = body["runs"][1]
     assert run["last_seq"] == end
-    events = [m for m in seen if is_event(m) and run["first_seq"] <= m["seq"] <= end]
-    return run, events
+    every = [m for m in seen if is_event(m)]
+    return run, [m for m in every if m["seq"] >= run["first_seq"]], every
 
 
 async def all_pages(server: Server, path: str) -> list[dict[str, Any]]:
@@ -152,7 +161,7 @@ async def test_events_are_the_runs_events_as_subscribers_received_them(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        run, seen = await corpus_run(nursery, server)
+        run, seen, _ = await corpus_run(nursery, server)
         status, body = await http_json(server, "GET", f"{RUNS}/{run['id']}/events")
         paged = await all_pages(server, f"{RUNS}/{run['id']}/events?limit=7")
     assert status == 200
@@ -167,7 +176,7 @@ async def test_events_are_filtered_by_type_agent_feature_and_text(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        run, seen = await corpus_run(nursery, server)
+        run, seen, _ = await corpus_run(nursery, server)
         base = f"{RUNS}/{run['id']}/events?limit=1000"
         named = next(m for m in seen if m["type"] == "agent_update")
         feature = named["featureId"]
@@ -198,7 +207,7 @@ TEXT_KEYS = ("line", "thought", "message")
 
 
 def expected_state(events: list[dict[str, Any]], seq: int) -> list[dict[str, Any]]:
-    """The snapshot after ``seq`` from the run's events alone (PROTOCOL.md 3.1's order,
+    """The snapshot after ``seq`` from every event before it (PROTOCOL.md 3.1's order,
     backlog 100)."""
     upto = [m for m in events if m["seq"] <= seq]
 
@@ -213,6 +222,7 @@ def expected_state(events: list[dict[str, Any]], seq: int) -> list[dict[str, Any
             latest[update["agentIndex"]] = update
     return [
         *of("agent_status")[-1:],
+        *of("dev_server_status")[-1:],
         *of("progress")[-1:],
         *of("orchestrator_update")[-5:],
         *[latest[index] for index in sorted(latest)],
@@ -224,7 +234,7 @@ async def test_state_is_the_snapshot_right_after_the_event_asked_for(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        run, seen = await corpus_run(nursery, server)
+        run, seen, every = await corpus_run(nursery, server)
         middle = seen[len(seen) // 2]
         at_seq = await http_json(server, "GET", f"{RUNS}/{run['id']}/state?seq={middle['seq']}")
         stamped = next(m for m in seen[len(seen) // 3 :] if "timestamp" in m)
@@ -236,7 +246,7 @@ async def test_state_is_the_snapshot_right_after_the_event_asked_for(
     status, body = at_seq
     assert status == 200
     assert (body["project"], body["run"], body["seq"]) == ("demo", run["id"], middle["seq"])
-    assert body["messages"] == expected_state(seen, middle["seq"])
+    assert body["messages"] == expected_state(every, middle["seq"])
     assert [m for m in body["messages"] if m["type"] == "agent_update"]
     # ``at``: the last event stamped no later than it (events may share a timestamp).
     same = [m["seq"] for m in seen if m.get("timestamp", "") <= stamped["timestamp"]]
@@ -251,7 +261,7 @@ async def test_export_streams_the_run_as_ndjson(
     nursery: trio.Nursery, server: Server, project_dir: Path
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        run, seen = await corpus_run(nursery, server)
+        run, seen, _ = await corpus_run(nursery, server)
         status, headers, raw = await http_request(server, "GET", f"{RUNS}/{run['id']}/export")
     assert status == 200
     assert headers["content-type"] == "application/x-ndjson"

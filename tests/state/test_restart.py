@@ -20,8 +20,9 @@ from typing import Any
 
 import pytest
 import trio
-from serving import http_json
+from serving import http_json, http_request
 from test_cli_run import TRANSCRIPT, child, transcript_lines
+from test_runs_api import dechunk
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 
 from trio_ws.core.pipeline import AgentPipeline, sanitize
@@ -39,11 +40,21 @@ CONNECTION = ("hello", "resumed", "resync")
 """Messages that carry a seq but are not events."""
 
 
-async def start_server(home: Path, port: int, log: Path) -> tuple[trio.Process, int]:
+async def start_server(home: Path, port: int, log: Path, *options: str) -> tuple[trio.Process, int]:
     """`trio-ws serve` (sqlite journal, the default) on ``port`` (0: any); its port."""
     with log.open("ab") as err:
         process = await trio.lowlevel.open_process(
-            [TRIO_WS, "serve", "--home", str(home), "--port", str(port), "--token", "t0k3n-x"],
+            [
+                TRIO_WS,
+                "serve",
+                "--home",
+                str(home),
+                "--port",
+                str(port),
+                "--token",
+                "t0k3n-x",
+                *options,
+            ],
             stdout=subprocess.PIPE,
             stderr=err,
         )
@@ -171,6 +182,14 @@ async def test_kill_9_mid_run_then_restart_resumes_every_watcher_exactly_once(
         await server.wait()
         dev.kill()
         await dev.wait()
+        # A third life after another kill -9, with a live history of 10 events: the
+        # closed run is still listed, and its events come from the archive.
+        server, _ = await start_server(home, port, server_log, "--history", "10")
+        runs_again = await http_json(port, "GET", "/api/projects/demo/runs")
+        run_id = runs[1]["runs"][0]["id"]
+        export = await http_request(port, "GET", f"/api/projects/demo/runs/{run_id}/export")
+        server.kill()
+        await server.wait()
     for watcher in [*watchers, fresh]:
         assert [life[0]["epoch"] for life in watcher.lives] == [epoch] * len(watcher.lives)
         events = watcher.events
@@ -203,6 +222,10 @@ async def test_kill_9_mid_run_then_restart_resumes_every_watcher_exactly_once(
     )
     assert (recorded["ended"], recorded["exit_code"]) == ("stopped", 0)
     assert recorded["log_lines"] == len(expected)
+    assert runs_again == runs
+    assert export[0] == 200
+    exported = [json.loads(line) for line in dechunk(export[2]).decode().splitlines()]
+    assert exported == [m for m in fresh.events if m["seq"] >= recorded["first_seq"]]
 
 
 async def test_sigterm_commits_and_records_a_clean_stop(

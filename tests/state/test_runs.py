@@ -54,8 +54,13 @@ def update(index: int, state: str = "working", feature: int = 1) -> Message:
     }
 
 
+def newest_first(recorder: RunRecorder) -> list[RunSummary]:
+    """The open run, then those closed and not yet taken by a commit, newest first."""
+    return ([] if recorder.open is None else [recorder.open]) + recorder.finished[::-1]
+
+
 def only(recorder: RunRecorder) -> RunSummary:
-    runs = list(recorder.newest_first())
+    runs = list(newest_first(recorder))
     assert len(runs) == 1
     return runs[0]
 
@@ -92,7 +97,7 @@ def test_a_running_after_a_running_interrupts_the_open_run() -> None:
     feed.status("running")
     feed("log", line="last words")
     feed.status("running")  # a new producer after the old one died unseen
-    new, old = feed.recorder.newest_first()
+    new, old = newest_first(feed.recorder)
     assert (old.ended, old.last_seq, old.ended_at) == ("interrupted", 2, "t0002")
     assert (new.ended, new.first_seq) == (None, 3)
 
@@ -185,19 +190,46 @@ def test_a_summary_survives_json_unchanged() -> None:
     assert RunSummary.from_json(json.loads(text)).to_json() == run.to_json()
 
 
-def test_the_recorder_continues_from_its_state() -> None:
+def test_the_recorder_continues_from_its_state_which_holds_only_the_open_run() -> None:
     feed = Feed()
     feed.status("running")
     feed.status("stopped")
     feed.status("running")
     state = json.loads(json.dumps(feed.recorder.to_state()))
+    assert "closed" not in state and state["open"]["first_seq"] == 3
     again = Feed(RunRecorder.from_state(state, "e1"))
     again.seq = feed.seq
     again.status("stopped")
-    assert [run.to_json() for run in again.recorder.newest_first()][1] == (
-        feed.recorder.closed[0].to_json()
-    )
-    assert [run.ended for run in again.recorder.newest_first()] == ["stopped", "stopped"]
+    assert [run.to_json() for run in again.recorder.take_finished()] == [
+        {
+            **state["open"],
+            "last_seq": 4,
+            "ended": "stopped",
+            "status": "stopped",
+            "ended_at": "t0004",
+            "last_at": "t0004",
+        }
+    ]
+    assert again.recorder.finished == [] and again.recorder.open is None
+
+
+def test_closed_runs_a_journal_older_than_the_archive_listed_are_stored_next() -> None:
+    feed = Feed()
+    feed.status("running")
+    feed.status("stopped")
+    closed = [run.text() for run in feed.recorder.take_finished()]
+    old_state = {**feed.recorder.to_state(), "closed": closed}
+    again = RunRecorder.from_state(old_state, "e1")
+    assert [run.text() for run in again.take_finished()] == closed
+
+
+def test_alerts_raised_in_a_run_are_counted() -> None:
+    feed = Feed()
+    feed.status("running")
+    feed("alert", state="raised", id="a1")
+    feed("alert", state="resolved", id="a1")
+    feed("alert", state="raised", id="a2")
+    assert only(feed.recorder).alerts == 2
 
 
 def test_a_copy_records_without_changing_the_original() -> None:
@@ -208,14 +240,6 @@ def test_a_copy_records_without_changing_the_original() -> None:
     copy.feed({"type": "agent_update", "seq": 3, **update(1, feature=2)})
     assert only(feed.recorder).agents[1]["featureIds"] == [1]
     assert (only(feed.recorder).last_seq, only(copy).last_seq) == (2, 3)
-
-
-def test_only_the_newest_closed_runs_are_kept() -> None:
-    feed = Feed(RunRecorder("e1", keep=2))
-    for _ in range(3):
-        feed.status("running")
-        feed.status("stopped")
-    assert [run.first_seq for run in feed.recorder.newest_first()] == [5, 3]
 
 
 EVENT_KINDS = ("log", "agent_update", "orchestrator_update", "progress", "dev_log")
@@ -235,7 +259,7 @@ EVENT_KINDS = ("log", "agent_update", "orchestrator_update", "progress", "dev_lo
 def test_runs_never_overlap_hold_their_events_and_have_unique_ids(
     steps: list[tuple[str, str]],
 ) -> None:
-    recorder = RunRecorder("e1", keep=1000)
+    recorder = RunRecorder("e1")
     feed = Feed(recorder)
     status = "stopped"
     for kind, value in steps:
@@ -250,7 +274,7 @@ def test_runs_never_overlap_hold_their_events_and_have_unique_ids(
             feed.progress(1, 2)
         else:
             feed(kind, line=value)
-    runs = sorted(recorder.newest_first(), key=lambda run: run.first_seq)
+    runs = sorted(newest_first(recorder), key=lambda run: run.first_seq)
     assert len({run.id for run in runs}) == len(runs)
     for run, after in itertools.pairwise(runs):
         assert run.first_seq <= run.last_seq < after.first_seq

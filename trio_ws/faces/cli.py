@@ -318,6 +318,20 @@ def _print_table(found: list[Project]) -> None:
     help="Encoded bytes of events held per project, at most (the oldest go first).",
 )
 @click.option(
+    "--archive-bytes",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Bytes of event text kept per project beyond --history, for the runs' "
+    "events, search and replay; the oldest whole runs go first "
+    "[default: 1 GiB sqlite, 256 MiB redis, 64 MiB memory].",
+)
+@click.option(
+    "--keep-runs",
+    default=None,
+    type=click.IntRange(min=0),
+    help="Closed runs kept per project, at most (the oldest go first) [default: no limit].",
+)
+@click.option(
     "--journal",
     type=click.Choice(["sqlite", "memory"]),
     default="sqlite",
@@ -434,6 +448,8 @@ def serve(
     poll_interval: float,
     history: int,
     history_bytes: int,
+    archive_bytes: int | None,
+    keep_runs: int | None,
     journal: str,
     broker: str | None,
     sync: str,
@@ -480,6 +496,8 @@ def serve(
             poll_interval=poll_interval,
             history=history,
             history_bytes=history_bytes,
+            archive_bytes=archive_bytes,
+            keep_runs=keep_runs,
             journal="redis" if broker else "memory" if journal == "memory" else "sqlite",
             broker=broker,
             sync="full" if sync == "full" else "normal",

@@ -11,6 +11,7 @@ contiguous.
 
 from __future__ import annotations
 
+import bisect
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -34,6 +35,12 @@ the stream): the most recently written. One producer id per ``run``/``publish``
 invocation would otherwise grow the journal for its whole life; an older id is
 dropped in the commit that writes a newer one, and a producer that comes back after
 that is one the server has no record of (PROTOCOL.md 4.2)."""
+CHECKPOINT_EVERY: Final = 5000
+"""A snapshot checkpoint is stored with the commit of every event whose seq is a
+multiple of this: a seek replays at most this many events (issue 20: <= 100 ms)."""
+DEFAULT_ARCHIVE_BYTES: Final = {"sqlite": 1024**3, "memory": 64 * 1024**2, "redis": 256 * 1024**2}
+"""Bytes of event text each backend keeps per project (``--archive-bytes``): on disk
+for sqlite; in the server's or Redis's memory for the others, hence less."""
 LATENCY_WINDOW: Final = 1024
 """Commit latencies kept for stats (seconds, newest last)."""
 
@@ -64,14 +71,63 @@ class JournalConflictError(JournalError):
 
 
 @dataclass(frozen=True, slots=True)
+class StoredRun:
+    """A closed run's summary as the journal keeps it: its seqs and its JSON text."""
+
+    first: int
+    last: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The replay state (JSON text) right after event ``seq``, stamped with the newest
+    event timestamp up to it (None when none had one)."""
+
+    seq: int
+    stamp: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     """One transaction: events with their final seqs (contiguous from head + 1), the
     producers' highest applied pseqs after them, and the snapshot state that follows
-    them (None: leave the stored state as it is)."""
+    them (None: leave the stored state as it is); the runs these events closed and the
+    checkpoints among them, kept with the archive."""
 
     events: Sequence[tuple[int, str]] = ()
     pseqs: Mapping[str, int] = field(default_factory=dict)
     state: JsonObject | None = None
+    runs: Sequence[StoredRun] = ()
+    checkpoints: Sequence[Checkpoint] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveLimits:
+    """How much a journal keeps beyond its live history: event text bytes and closed
+    runs (None: any number); the oldest whole runs go first."""
+
+    archive_bytes: int
+    keep_runs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.archive_bytes < 1:
+            raise ValueError("archive_bytes must be at least 1")
+        if self.keep_runs is not None and self.keep_runs < 0:
+            raise ValueError("keep_runs must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class ArchiveStats:
+    """What the archive holds (events from ``oldest`` on, closed runs)."""
+
+    oldest: int
+    events: int
+    bytes: int
+    runs: int
+    oldest_run: int | None
+    """The first seq of the oldest closed run kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +161,7 @@ class JournalStats:
     commit_seconds: tuple[float, ...]
     """The newest commits' latencies (at most LATENCY_WINDOW), oldest first."""
     write_errors: int
+    archive: ArchiveStats | None = None
 
 
 @dataclass
@@ -121,7 +178,15 @@ class Commits:
         self.seconds_sum += seconds
         self.recent.append(seconds)
 
-    def stats(self, backend: str, head: int, oldest: int, held: int, size: int) -> JournalStats:
+    def stats(
+        self,
+        backend: str,
+        head: int,
+        oldest: int,
+        held: int,
+        size: int,
+        archive: ArchiveStats | None = None,
+    ) -> JournalStats:
         return JournalStats(
             backend=backend,
             head=head,
@@ -132,6 +197,7 @@ class Commits:
             commit_seconds_sum=self.seconds_sum,
             commit_seconds=tuple(self.recent),
             write_errors=self.write_errors,
+            archive=archive,
         )
 
 
@@ -153,6 +219,29 @@ class Journal(Protocol):
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
         """Up to ``limit`` held events with seq > ``seq``, oldest first."""
+        ...
+
+    async def read_range(self, after: int, last: int, limit: int) -> list[tuple[int, str]]:
+        """Up to ``limit`` events with ``after`` < seq <= ``last`` that the journal still
+        holds, the archive included, oldest first."""
+        ...
+
+    async def search(
+        self, after: int, last: int, needle: str, limit: int, seconds: float
+    ) -> tuple[list[tuple[int, str]], int]:
+        """Up to ``limit`` held events in (``after``, ``last``] whose lower-cased JSON
+        text holds ``needle`` (lower case), oldest first, and the seq the search got
+        through (``last`` unless ``limit`` or ``seconds`` stopped it first)."""
+        ...
+
+    async def runs(self, before: int | None, limit: int) -> list[str]:
+        """Up to ``limit`` closed run summaries (JSON texts) whose first seq is below
+        ``before`` (None: any), newest first."""
+        ...
+
+    async def checkpoint(self, seq: int, stamp: str | None = None) -> Checkpoint | None:
+        """The newest checkpoint at or before ``seq`` (and stamped at or before
+        ``stamp``) whose events after it are all held; None if there is none."""
         ...
 
     async def close(self, *, clean: bool = True) -> None:
@@ -297,3 +386,57 @@ def trim_point(
         dropped += 1
         freed += item_size
     return dropped, freed, None
+
+
+def archive_cut(
+    rows: Iterable[tuple[int, int]],
+    stored: int,
+    runs: Sequence[tuple[int, int]],
+    limits: ArchiveLimits,
+    live_oldest: int,
+) -> tuple[int, int, int] | None:
+    """Where to cut an archive that holds ``stored`` bytes in ``rows`` (``(last seq,
+    bytes)``, oldest first) and closed ``runs`` (``(first, last)``, oldest first) down
+    to ``limits``: ``(first seq kept, first seq of the oldest run kept, bytes freed)``:
+    events before the first go, runs that start before the second; None when nothing
+    need go. Whole runs go first (the cut falls right after the newest one dropped);
+    when dropping every closed run is not enough, rows go, but never the live history
+    (from ``live_oldest``): a run beyond ``keep_runs`` whose events are still live
+    loses its record now and its events once they leave the live history. Waits for
+    1/TRIM_SLACK over a limit, as trims do."""
+    slack = limits.archive_bytes // TRIM_SLACK
+    over_bytes = stored > limits.archive_bytes + slack
+    keep = limits.keep_runs
+    over_runs = keep is not None and len(runs) > keep + max(1, keep // TRIM_SLACK)
+    if not over_bytes and not over_runs:
+        return None
+    target = limits.archive_bytes - slack  # cut a little further: no cut per commit
+    lasts: list[int] = []
+    freed_before: list[int] = []  # bytes freed by cutting before row i
+    total = 0
+    for last, size in rows:
+        lasts.append(last)
+        freed_before.append(total)
+        total += size
+
+    def freed(cut: int) -> int:
+        """Bytes of the rows that end before ``cut``."""
+        index = bisect.bisect_left(lasts, cut)
+        return freed_before[index] if index < len(lasts) else total
+
+    dropped = beyond_keep = len(runs) - keep if keep is not None and len(runs) > keep else 0
+    cut = runs[dropped - 1][1] + 1 if dropped else 0
+    while dropped < len(runs) and stored - freed(cut) > target:
+        dropped += 1
+        cut = runs[dropped - 1][1] + 1
+    if stored - freed(cut) > target:  # every closed run gone, still over: rows go
+        for last in lasts:
+            if last + 1 > live_oldest or stored - freed(cut) <= target:
+                break
+            cut = max(cut, last + 1)
+    cut = min(cut, live_oldest)
+    dropped = max(beyond_keep, sum(1 for _, last in runs if last < cut))
+    if dropped == 0 and freed(cut) == 0:
+        return None
+    runs_from = runs[dropped][0] if dropped < len(runs) else runs[-1][1] + 1 if runs else 0
+    return cut, runs_from, freed(cut)

@@ -3,12 +3,18 @@ a project's history through Redis (STATE.md 5).
 
 Keys per project, with the hash tag ``{P}`` so they share one cluster slot:
 
-- ``tws:{P}:meta``: hash with ``epoch``, ``head``, ``bytes`` (event text held),
+- ``tws:{P}:meta``: hash with ``epoch``, ``head``, ``oldest`` (the live history's
+  oldest seq: the stream before it is the archive), ``bytes`` (event text of the live
+  history), ``abytes`` (of the whole stream),
   ``run_id`` (of the Redis server that holds it), ``s:<key>`` (each top-level key of
   the snapshot state, as JSON: an append replaces only the keys it carries, so two
   nodes that each write their own stream's tracker state never overwrite each other)
   and ``p:<producer id>`` (highest applied pseq) fields;
-- ``tws:{P}:events``: stream, entry ID ``<seq>-0``, field ``t`` = the event's JSON text;
+- ``tws:{P}:events``: stream, entry ID ``<seq>-0``, field ``t`` = the event's JSON text:
+  the live history and the archive before it (``--archive-bytes``, 256 MiB by default:
+  Redis holds it in memory; the oldest whole runs go first);
+- ``tws:{P}:runs``: sorted set of closed run summaries (JSON) by first seq;
+- ``tws:{P}:checkpoints``: sorted set of ``<seq>\n<stamp>\n<state JSON>`` by seq;
 - ``tws:{P}:producers``: sorted set of producer keys by when each was last written
   (the meta's ``pclock``); each group keeps its MAX_PRODUCERS newest, counted in the
   meta's ``n:<group>`` fields, and the older ones lose their ``p:`` field with it;
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -46,13 +53,18 @@ import coredis
 from coredis.exceptions import ConnectionError as ConnectionLost
 from coredis.exceptions import RedisError
 from coredis.retry import ConstantRetryPolicy, NoRetryPolicy
+from coredis.tokens import PureToken
 
 from trio_ws.journal.interface import (
+    DEFAULT_ARCHIVE_BYTES,
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
     MAX_PRODUCERS,
     TRIM_SLACK,
+    ArchiveLimits,
+    ArchiveStats,
     Batch,
+    Checkpoint,
     Commits,
     JournalConflictError,
     JournalError,
@@ -61,6 +73,7 @@ from trio_ws.journal.interface import (
     JournalWriteError,
     JsonObject,
     NewEpochReason,
+    archive_cut,
     check_batch,
     check_limits,
     check_project,
@@ -75,6 +88,10 @@ a hung Redis fails appends instead of stalling the writer task for good."""
 TEXT_FIELD: Final = "t"
 PSEQ_PREFIX: Final = "p:"
 STATE_PREFIX: Final = "s:"
+SEARCH_CHUNK: Final = 1000
+"""Entries read per call by a search or an archive cut."""
+
+log = logging.getLogger("trio_ws.journal.redis")
 
 _OPEN: Final = """
 -- KEYS: meta, events. ARGV: a fresh epoch, the server's run_id.
@@ -87,22 +104,27 @@ elseif redis.call('HGET', meta, 'run_id') ~= ARGV[2] then
   reason = 'broker_reset'
 end
 if reason ~= '' then
-  redis.call('DEL', meta, events, producers)
+  redis.call('DEL', meta, events, producers, KEYS[4], KEYS[5])
   redis.call('HSET', meta, 'epoch', ARGV[1], 'head', '0', 'bytes', '0', 'run_id', ARGV[2])
 end
 local first = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
 local oldest = ''
 if #first > 0 then oldest = first[1][1] end
 return {reason, redis.call('HGETALL', meta), redis.call('XLEN', events), oldest,
-        redis.call('ZRANGE', producers, 0, -1)}
+        redis.call('ZRANGE', producers, 0, -1), redis.call('ZCARD', KEYS[4]),
+        redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')}
 """
 
 _APPEND: Final = """
--- KEYS: meta, events, live, producers (sorted set: producer key by when last written).
+-- KEYS: meta, events, live, producers (sorted set: producer key by when last written),
+--       runs, checkpoints.
 -- ARGV: epoch, history, history_bytes, most producers per group,
 --       n state keys,
---       n x (state key, JSON), n producers, n x (producer id, pseq), first seq, the texts.
+--       n x (state key, JSON), n producers, n x (producer id, pseq),
+--       n runs, n x (first seq, summary), n checkpoints, n x (seq, member),
+--       first seq, the texts.
 local meta, events, live, written = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local runs, checkpoints = KEYS[5], KEYS[6]
 local epoch = redis.call('HGET', meta, 'epoch')
 if not epoch then
   return {'conflict', 'its meta is gone (Redis flushed, restarted without its data or evicted)'}
@@ -115,16 +137,36 @@ local max_producers = tonumber(ARGV[4])
 local states = tonumber(ARGV[5])
 local pat = 6 + 2 * states
 local producers = tonumber(ARGV[pat])
-local at = pat + 1 + 2 * producers
+local rat = pat + 1 + 2 * producers
+local nruns = tonumber(ARGV[rat])
+local cat = rat + 1 + 2 * nruns
+local npoints = tonumber(ARGV[cat])
+local at = cat + 1 + 2 * npoints
 local first = tonumber(ARGV[at])
 local count = #ARGV - at
 local head = tonumber(redis.call('HGET', meta, 'head'))
 local size = tonumber(redis.call('HGET', meta, 'bytes'))
+local abytes = tonumber(redis.call('HGET', meta, 'abytes') or size)
 
 local function oldest_id()
   local oldest = redis.call('XRANGE', events, '-', '+', 'COUNT', 1)
   if #oldest > 0 then return oldest[1][1] end
   return ''
+end
+-- The live history's oldest seq; a journal older than the archive has none stored:
+-- its whole stream is the live history.
+local live_oldest = tonumber(redis.call('HGET', meta, 'oldest') or '')
+if not live_oldest then
+  local found = oldest_id()
+  if found == '' then live_oldest = head + 1
+  else live_oldest = tonumber(string.match(found, '^(%d+)')) end
+end
+
+local function done(status, last)
+  return {status, string.format('%d', last), oldest_id(), head - live_oldest + 1,
+          string.format('%d', size), string.format('%d', live_oldest),
+          string.format('%d', abytes), redis.call('ZCARD', runs),
+          redis.call('ZRANGE', runs, 0, 0, 'WITHSCORES')}
 end
 
 local function holds(seq, text)
@@ -136,8 +178,7 @@ end
 if count > 0 and first ~= head + 1 then
   local last = first + count - 1
   if last <= head and holds(first, ARGV[at + 1]) and holds(last, ARGV[#ARGV]) then
-    return {'applied', string.format('%d', last), oldest_id(), redis.call('XLEN', events),
-            string.format('%d', size)}
+    return done('applied', last)
   end
   return {'conflict', string.format('its head is %d where %d was expected', head, first - 1)}
 end
@@ -148,10 +189,12 @@ if count > 0 then
     local text = ARGV[at + i]
     redis.call('XADD', events, string.format('%d-0', first + i - 1), 't', text)
     size = size + #text
+    abytes = abytes + #text
     texts[i] = text
   end
   head = first + count - 1
-  redis.call('HSET', meta, 'head', string.format('%d', head), 'bytes', string.format('%d', size))
+  redis.call('HSET', meta, 'head', string.format('%d', head), 'bytes', string.format('%d', size),
+             'abytes', string.format('%d', abytes), 'oldest', string.format('%d', live_oldest))
   redis.call('PUBLISH', live, cjson.encode({epoch = epoch, first = first, texts = texts}))
 end
 local grown = {}
@@ -194,20 +237,27 @@ end
 for i = 0, states - 1 do
   redis.call('HSET', meta, 's:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i])
 end
+for i = 0, nruns - 1 do
+  redis.call('ZADD', runs, tonumber(ARGV[rat + 1 + 2 * i]), ARGV[rat + 2 + 2 * i])
+end
+for i = 0, npoints - 1 do
+  redis.call('ZADD', checkpoints, tonumber(ARGV[cat + 1 + 2 * i]), ARGV[cat + 2 + 2 * i])
+end
 
-local held = redis.call('XLEN', events)
+local held = head - live_oldest + 1
 local over = held > history + math.floor(history / TRIM_SLACK)
   or size > history_bytes + math.floor(history_bytes / TRIM_SLACK)
 if held > 0 and over then
   -- journal.trim_point: walking from the oldest,: drop while over a limit, never the
   -- newest; reads only what it drops (about a tenth of the history), not all of it.
-  local cut, cursor, done = nil, '-', false
-  while not done do
+  -- The stream keeps it (the archive): only the live history's oldest seq moves.
+  local cut, cursor, finished = nil, string.format('%d-0', live_oldest), false
+  while not finished do
     local chunk = redis.call('XRANGE', events, cursor, '+', 'COUNT', 256)
     if #chunk == 0 then break end
     for _, entry in ipairs(chunk) do
       if held <= 1 or (held <= history and size <= history_bytes) then
-        done = true
+        finished = true
         break
       end
       held = held - 1
@@ -217,13 +267,37 @@ if held > 0 and over then
     cursor = '(' .. chunk[#chunk][1]
   end
   if cut then
-    local seq = tonumber(string.match(cut, '^(%d+)'))
-    redis.call('XTRIM', events, 'MINID', string.format('%d-0', seq + 1))
-    redis.call('HSET', meta, 'bytes', string.format('%d', size))
+    live_oldest = tonumber(string.match(cut, '^(%d+)')) + 1
+    redis.call('HSET', meta, 'bytes', string.format('%d', size),
+               'oldest', string.format('%d', live_oldest))
   end
 end
-return {'ok', string.format('%d', head), oldest_id(), held, string.format('%d', size)}
+return done('ok', head)
 """.replace("TRIM_SLACK", str(TRIM_SLACK))
+
+
+_CUT: Final = """
+-- KEYS: meta, events, runs, checkpoints. ARGV: the archive's new oldest seq (never past
+-- the live history's), the first seq of the oldest run kept. Drops the stream and the
+-- checkpoints before the first, the runs that start before the second; the archive's
+-- bytes shrink by what went.
+local meta, events, runs, checkpoints = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local cut, runs_from = tonumber(ARGV[1]), tonumber(ARGV[2])
+local live_oldest = tonumber(redis.call('HGET', meta, 'oldest') or '0')
+if cut > live_oldest then cut = live_oldest end
+local freed, cursor = 0, '-'
+while true do
+  local chunk = redis.call('XRANGE', events, cursor, string.format('%d-0', cut - 1), 'COUNT', 256)
+  if #chunk == 0 then break end
+  for _, entry in ipairs(chunk) do freed = freed + #entry[2][2] end
+  cursor = '(' .. chunk[#chunk][1]
+end
+redis.call('XTRIM', events, 'MINID', string.format('%d-0', cut))
+if freed > 0 then redis.call('HINCRBY', meta, 'abytes', string.format('%d', -freed)) end
+redis.call('ZREMRANGEBYSCORE', runs, '-inf', '(' .. runs_from)
+redis.call('ZREMRANGEBYSCORE', checkpoints, '-inf', '(' .. cut)
+return freed
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -284,6 +358,12 @@ def _keys(project: str) -> tuple[str, str, str, str]:
     return f"{tag}:meta", f"{tag}:events", f"{tag}:live", f"{tag}:producers"
 
 
+def _archive_keys(project: str) -> tuple[str, str]:
+    """The runs and checkpoints keys of ``project``."""
+    tag = f"{KEY_PREFIX}:{{{project}}}"
+    return f"{tag}:runs", f"{tag}:checkpoints"
+
+
 def _control_channel(project: str) -> str:
     """Where control actions for ``project``'s agent producer go between nodes."""
     return f"{KEY_PREFIX}:{{{project}}}:control"
@@ -336,11 +416,19 @@ class RedisJournal:
         history: int = DEFAULT_HISTORY,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         max_producers: int = MAX_PRODUCERS,
+        archive: ArchiveLimits | None = None,
     ) -> None:
         check_limits(history, history_bytes, max_producers)
         self._max_producers = max_producers
         self._client = client
         self._project = check_project(project)
+        self._archive = archive or ArchiveLimits(DEFAULT_ARCHIVE_BYTES[BACKEND])
+        self._runs_key, self._checkpoints_key = _archive_keys(project)
+        self._cut_script = client.register_script(_CUT)
+        self._stored_bytes = 0
+        self._archived = 1
+        self._run_count = 0
+        self._oldest_run: int | None = None
         self._where = f"redis journal of {project!r} at {client.connection_pool.location!r}"
         self._meta, self._events, self._live, self._producers = _keys(project)
         self._history = history
@@ -371,19 +459,29 @@ class RedisJournal:
             info = await self._client.info("server")
             run_id = str(info["run_id"])
             reply: object = await self._open_script(
-                keys=[self._meta, self._events, self._producers], args=[new_epoch(), run_id]
+                keys=[
+                    self._meta,
+                    self._events,
+                    self._producers,
+                    self._runs_key,
+                    self._checkpoints_key,
+                ],
+                args=[new_epoch(), run_id],
             )
         except (RedisError, OSError) as error:
             raise JournalError(f"{self._where}: cannot open: {error}") from None
-        reason_text, flat, held, oldest, written = cast(list[object], reply)
+        reason_text, flat, _, oldest, written, run_count, first_run = cast(list[object], reply)
         fields = cast(list[str], flat)
         meta = dict(zip(fields[::2], fields[1::2], strict=True))
         reason = cast(NewEpochReason, reason_text) if reason_text else None
         self._epoch = meta["epoch"]
         self._head = int(meta["head"])
         self._size = int(meta["bytes"])
-        self._held = int(cast(int, held))
-        self._oldest = _seq(str(oldest)) if oldest else self._head + 1
+        self._stored_bytes = int(meta.get("abytes", meta["bytes"]))
+        self._archived = _seq(str(oldest)) if oldest else self._head + 1
+        self._oldest = int(meta.get("oldest", self._archived))
+        self._held = self._head - self._oldest + 1
+        self._runs_seen(run_count, first_run)
         pseqs, state = _stored(meta, cast(list[str], written))
         await self.hold()  # renewed while the project is followed, dropped by close
         return JournalState(self._epoch, self._head, self._oldest, pseqs, state, reason)
@@ -409,18 +507,88 @@ class RedisJournal:
         await self._run_append(epoch, batch)
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
+        # The stream before the live history is the archive's: not for a catch-up.
+        return await self.read_range(max(seq, self._oldest - 1), 0, limit)
+
+    async def read_range(self, after: int, last: int, limit: int) -> list[tuple[int, str]]:
+        """``last`` 0: to the end of the stream (other nodes may have appended)."""
         self._epoch_open()
         if limit <= 0:
             return []
         try:
             entries = await self._client.xrange(
-                self._events, f"{max(seq, 0) + 1}-0", "+", count=limit
+                self._events, f"{max(after, 0) + 1}-0", f"{last}-0" if last else "+", count=limit
             )
         except (RedisError, OSError) as error:
             raise JournalError(f"{self._where}: cannot read: {error}") from None
         return [
             (_seq(str(entry.identifier)), str(entry.field_values[TEXT_FIELD])) for entry in entries
         ]
+
+    async def search(
+        self, after: int, last: int, needle: str, limit: int, seconds: float
+    ) -> tuple[list[tuple[int, str]], int]:
+        """Read a chunk at a time and match here: Redis has no text search of its own."""
+        found: list[tuple[int, str]] = []
+        deadline = time.monotonic() + seconds
+        seq = after
+        while seq < last:
+            chunk = await self.read_range(seq, last, SEARCH_CHUNK)
+            if not chunk:
+                break
+            for number, text in chunk:
+                if needle in text.lower():
+                    found.append((number, text))
+                    if len(found) == limit:
+                        return found, number
+            seq = chunk[-1][0]
+            if time.monotonic() > deadline:
+                return found, seq
+        return found, last
+
+    async def runs(self, before: int | None, limit: int) -> list[str]:
+        self._epoch_open()
+        try:
+            found = await self._client.zrange(
+                self._runs_key,
+                "+inf" if before is None else f"({before}",
+                "-inf",
+                sortby=PureToken.BYSCORE,
+                rev=True,
+                offset=0,
+                count=limit,
+            )
+        except (RedisError, OSError) as error:
+            raise JournalError(f"{self._where}: cannot read: {error}") from None
+        return [str(text) for text in found]
+
+    async def checkpoint(self, seq: int, stamp: str | None = None) -> Checkpoint | None:
+        self._epoch_open()
+        top = seq
+        while top >= 0:
+            try:
+                found = await self._client.zrange(
+                    self._checkpoints_key,
+                    top,
+                    "-inf",
+                    sortby=PureToken.BYSCORE,
+                    rev=True,
+                    offset=0,
+                    count=16,
+                )
+            except (RedisError, OSError) as error:
+                raise JournalError(f"{self._where}: cannot read: {error}") from None
+            for member in found:
+                number, found_stamp, text = str(member).split("\n", 2)
+                point = Checkpoint(int(number), found_stamp or None, text)
+                if point.seq < self._archived:
+                    return None
+                if stamp is None or (point.stamp or "") <= stamp:
+                    return point
+                top = point.seq - 1
+            if len(found) < 16:
+                return None
+        return None
 
     async def close(self, *, clean: bool = True) -> None:
         """Forget the epoch and drop this node's hold; Redis needs no clean-stop mark (its
@@ -433,7 +601,22 @@ class RedisJournal:
             await self._client.zrem(_holders_key(self._project), [self._holder])
 
     def stats(self) -> JournalStats:
-        return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
+        archive = ArchiveStats(
+            oldest=self._archived,
+            events=self._head - self._archived + 1,
+            bytes=self._stored_bytes,
+            runs=self._run_count,
+            oldest_run=self._oldest_run,
+        )
+        return self._commits.stats(
+            BACKEND, self._head, self._oldest, self._held, self._size, archive
+        )
+
+    def _runs_seen(self, count: object, first: object) -> None:
+        """The runs count and the oldest run (``[member, score]`` or empty) a script saw."""
+        self._run_count = int(cast(int, count))
+        pair = cast(list[object], first)
+        self._oldest_run = int(float(cast(str, pair[1]))) if pair else None
 
     async def hold(self) -> None:
         """Say (for `HOLD_TTL`) that this node has the project open; JournalError when
@@ -554,6 +737,12 @@ class RedisJournal:
         args.append(len(batch.pseqs))
         for producer, pseq in batch.pseqs.items():
             args += [producer, pseq]
+        args.append(len(batch.runs))
+        for run in batch.runs:
+            args += [run.first, run.text]
+        args.append(len(batch.checkpoints))
+        for point in batch.checkpoints:
+            args += [point.seq, f"{point.seq}\n{point.stamp or ''}\n{point.text}"]
         args.append(batch.events[0][0] if batch.events else self._head + 1)
         args += [text for _, text in batch.events]
         start = time.perf_counter()
@@ -561,7 +750,15 @@ class RedisJournal:
             reply = cast(
                 Sequence[object],
                 await self._append_script(
-                    keys=[self._meta, self._events, self._live, self._producers], args=args
+                    keys=[
+                        self._meta,
+                        self._events,
+                        self._live,
+                        self._producers,
+                        self._runs_key,
+                        self._checkpoints_key,
+                    ],
+                    args=args,
                 ),
             )
         except (RedisError, OSError) as error:
@@ -573,11 +770,52 @@ class RedisJournal:
         self._commits.record(time.perf_counter() - start)
         # "applied": this batch was committed before (its reply was lost); the head is
         # its last seq, what follows it in the stream belongs to whoever appended it.
-        head, oldest, held, size = reply[1:]
+        head, archived, held, size, oldest, stored, run_count, first_run = reply[1:]
         self._head = int(cast(str, head))
         self._held = int(cast(int, held))
         self._size = int(cast(str, size))
-        self._oldest = _seq(str(oldest)) if oldest else self._head + 1
+        self._oldest = int(cast(str, oldest))
+        self._archived = _seq(str(archived)) if archived else self._head + 1
+        self._stored_bytes = int(cast(str, stored))
+        self._runs_seen(run_count, first_run)
+        await self._cut_archive()
+
+    async def _cut_archive(self) -> None:
+        """Over the archive's limits: drop the oldest whole runs (`archive_cut`), read
+        here, cut in one script. Every node may decide it; a cut is idempotent. A
+        failure leaves the archive as it was (the next commit tries again)."""
+        keep = self._archive.keep_runs
+        slack = self._archive.archive_bytes // TRIM_SLACK
+        over_runs = keep is not None and self._run_count > keep + max(1, keep // TRIM_SLACK)
+        if self._stored_bytes <= self._archive.archive_bytes + slack and not over_runs:
+            return
+        try:
+            texts = await self._client.zrange(self._runs_key, 0, -1)
+            runs = []
+            for text in texts:
+                summary = json.loads(str(text))
+                runs.append((int(summary["first_seq"]), int(summary["last_seq"])))
+            rows: list[tuple[int, int]] = []
+            seq = self._archived - 1
+            while seq < self._oldest - 1:  # the archive's entries, before the live history
+                chunk = await self.read_range(seq, self._oldest - 1, SEARCH_CHUNK)
+                if not chunk:
+                    break
+                rows += [(number, len(text.encode())) for number, text in chunk]
+                seq = chunk[-1][0]
+            plan = archive_cut(rows, self._stored_bytes, runs, self._archive, self._oldest)
+            if plan is None:
+                return
+            freed: object = await self._cut_script(
+                keys=[self._meta, self._events, self._runs_key, self._checkpoints_key],
+                args=[plan[0], plan[1]],
+            )
+        except (RedisError, OSError, JournalError, ValueError, KeyError) as error:
+            log.warning("%s: archive not cut: %s", self._where, error)
+            return
+        self._stored_bytes -= int(cast(int, freed))
+        self._archived = max(self._archived, min(plan[0], self._oldest))
+        self._run_count -= sum(1 for first, _ in runs if first < plan[1])
 
 
 class RedisBackend:
@@ -590,9 +828,11 @@ class RedisBackend:
         history: int = DEFAULT_HISTORY,
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         max_producers: int = MAX_PRODUCERS,
+        archive: ArchiveLimits | None = None,
     ) -> None:
         check_limits(history, history_bytes, max_producers)
         self._max_producers = max_producers
+        self._archive = archive
         self._client = client
         self._holder_script = client.register_script(_HOLDER)
         self._history = history
@@ -622,6 +862,7 @@ class RedisBackend:
             history=self._history,
             history_bytes=self._history_bytes,
             max_producers=self._max_producers,
+            archive=self._archive,
         )
 
     async def knows(self, project: str) -> bool:
@@ -646,7 +887,7 @@ class RedisBackend:
                     f"project {project!r} is open on a running trio-ws server ({holder}); "
                     "stop it (or let it close the project) first"
                 )
-            return await self._client.delete([meta, events, producers]) > 0
+            return await self._client.delete([meta, events, producers, *_archive_keys(project)]) > 0
         except (RedisError, OSError) as error:
             where = self._client.connection_pool.location
             raise JournalError(
@@ -656,9 +897,13 @@ class RedisBackend:
 
 @asynccontextmanager
 async def open_redis_backend(
-    url: str, *, history: int = DEFAULT_HISTORY, history_bytes: int = DEFAULT_HISTORY_BYTES
+    url: str,
+    *,
+    history: int = DEFAULT_HISTORY,
+    history_bytes: int = DEFAULT_HISTORY_BYTES,
+    archive: ArchiveLimits | None = None,
 ) -> AsyncIterator[RedisBackend]:
     """The backend for ``--broker URL``, its client alive for the block (no I/O yet:
     an unreachable Redis shows at the first open or append)."""
     async with redis_client(url) as client:
-        yield RedisBackend(client, history=history, history_bytes=history_bytes)
+        yield RedisBackend(client, history=history, history_bytes=history_bytes, archive=archive)

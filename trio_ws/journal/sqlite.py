@@ -7,10 +7,18 @@ only an OS crash or power loss can roll back the newest NORMAL commits, which
 is why an unclean stop followed by a reboot starts a new epoch (STATE.md 3.3).
 
 Schema: ``meta`` (key/value: epoch, head, clean-stop flag, boot id, the
-synchronous mode of the session, snapshot state as JSON), ``chunks`` (the
-events of one commit: first and last seq, their JSON texts joined by newlines,
-which compact JSON never holds) and ``producers`` (id, highest applied pseq; rowid
-order is the order of the last writes, and each group keeps its MAX_PRODUCERS newest).
+synchronous mode of the session, snapshot state as JSON, the oldest seq of the live
+history and of the archive), ``chunks`` (the events of one commit: first and last
+seq, their UTF-8 size, their JSON texts joined by newlines, which compact JSON never
+holds; the size comes before the texts so reading it reads no overflow page),
+``producers`` (id, highest applied pseq; rowid order is the order of the last writes,
+and each group keeps its MAX_PRODUCERS newest), ``runs`` (closed run summaries by
+first seq) and ``checkpoints`` (replay state every CHECKPOINT_EVERY events).
+
+The rows hold more than the live history: trimming the history (``--history``,
+``--history-bytes``) only moves ``oldest``, and the rows before it are the archive,
+cut by whole runs to `ArchiveLimits` (``--archive-bytes``, 1 GiB by default, and
+``--keep-runs``).
 A row per commit instead of per event: SQLite's cost is per row, and a busy
 project commits thousands of events at once. The
 file is marked with ``application_id`` and ``user_version``; a file that
@@ -36,16 +44,21 @@ from typing import Final, Literal
 import trio
 
 from trio_ws.journal.interface import (
+    DEFAULT_ARCHIVE_BYTES,
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
     MAX_PRODUCERS,
+    ArchiveLimits,
+    ArchiveStats,
     Batch,
+    Checkpoint,
     Commits,
     JournalError,
     JournalState,
     JournalStats,
     JournalWriteError,
     NewEpochReason,
+    archive_cut,
     check_batch,
     check_limits,
     check_project,
@@ -58,9 +71,9 @@ from trio_ws.journal.interface import (
 BACKEND: Final = "sqlite"
 APPLICATION_ID: Final = 0x74727773
 """``PRAGMA application_id`` of a trio-ws journal ("trws")."""
-SCHEMA_VERSION: Final = 2
-"""``PRAGMA user_version``: a journal of version 1 (a row per event) is migrated in
-place; any other version is not read."""
+SCHEMA_VERSION: Final = 3
+"""``PRAGMA user_version``: a journal of version 1 (a row per event) or 2 (no sizes,
+runs or checkpoints) is migrated in place; any other version is not read."""
 CHUNK_EVENTS: Final = 256
 """Events per row at most: a commit of thousands is a few rows, and a trim that
 cuts into a row rewrites at most this many events."""
@@ -86,15 +99,27 @@ The kernel drops it with the process, so a ``kill -9`` leaves nothing to clean u
 Synchronous = Literal["NORMAL", "FULL"]
 ConnectionHook = Callable[[sqlite3.Connection], object]
 
+_CHUNKS: Final = (
+    "CREATE TABLE chunks (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
+    "size INTEGER NOT NULL, texts TEXT NOT NULL)"
+)
+_ARCHIVE_TABLES: Final = (
+    "CREATE TABLE runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, summary TEXT NOT NULL)",
+    "CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, stamp TEXT, state TEXT NOT NULL)",
+)
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
-    "CREATE TABLE chunks (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, texts TEXT NOT NULL)",
+    _CHUNKS,
     "CREATE TABLE producers (id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)",
+    *_ARCHIVE_TABLES,
 )
-_TABLES: Final = frozenset({"meta", "chunks", "producers"})
+_TABLES: Final = frozenset({"meta", "chunks", "producers", "runs", "checkpoints"})
+_TABLES_V2: Final = frozenset({"meta", "chunks", "producers"})
 _TABLES_V1: Final = frozenset({"meta", "events", "producers"})
 _META_KEYS_V1: Final = frozenset({"epoch", "head", "clean", "boot_id", "synchronous", "state"})
-_META_KEYS: Final = _META_KEYS_V1 | {"oldest"}
+_META_KEYS_V2: Final = _META_KEYS_V1 | {"oldest"}
+_META_KEYS: Final = _META_KEYS_V2 | {"archived"}
+"""``archived``: the oldest seq the archive still holds (NULL: every seq in the rows)."""
 """``oldest``: the oldest seq still held (NULL: every seq in the rows). A trim deletes the
 rows before it and moves it, so it never rewrites a row it cuts into."""
 _TRANSIENT: Final = (
@@ -154,6 +179,7 @@ class SqliteJournal:
         boot_id_path: Path = BOOT_ID_PATH,
         on_connect: ConnectionHook | None = None,
         max_producers: int = MAX_PRODUCERS,
+        archive: ArchiveLimits | None = None,
     ) -> None:
         """``on_connect`` sees the connection once it is set up (tests use it to set
         SQLite limits such as ``max_page_count``)."""
@@ -177,8 +203,16 @@ class SqliteJournal:
         self._held = 0
         self._size = 0
         self._rows: deque[HeldRow] = deque()
-        """Every held row, oldest first, with its events' sizes: trims are decided from
-        these on the event loop's side, so a commit reads nothing back."""
+        """Every row of the live history, oldest first, with its events' sizes: trims
+        are decided from these on the event loop's side, so a commit reads nothing back."""
+        self._archive = archive or ArchiveLimits(DEFAULT_ARCHIVE_BYTES[BACKEND])
+        self._stored: deque[tuple[int, int]] = deque()
+        """Every row kept (archive and live history): its last seq and size."""
+        self._stored_bytes = 0
+        self._archived = 1
+        """The oldest seq the archive holds."""
+        self._runs: deque[tuple[int, int]] = deque()
+        """The closed runs kept: first and last seq, oldest first."""
         self._commits = Commits()
 
     @property
@@ -213,12 +247,24 @@ class SqliteJournal:
             whole, cut, dropped, freed, keep = _trim_plan(
                 list(chain(self._rows, fresh)), held, size, self._history, self._history_bytes
             )
+        runs = [(run.first, run.last) for run in batch.runs]
+        stored_bytes = self._stored_bytes + sum(row.size for row in fresh)
+        planned = archive_cut(
+            chain(self._stored, ((row.last, row.size) for row in fresh)),
+            stored_bytes,
+            [*self._runs, *runs],
+            self._archive,
+            keep if dropped and keep is not None else self._oldest,
+        )
         write = Write(
-            rows=[(first, last, texts) for first, last, texts, _ in rows],
+            rows=[(first, last, sum(sizes), texts) for first, last, texts, sizes in rows],
             pseqs=list(batch.pseqs.items()),
             head=str(rows[-1][1]) if rows else None,
             state=state,
             oldest=keep if dropped else None,
+            runs=[(run.first, run.last, run.text) for run in batch.runs],
+            checkpoints=[(point.seq, point.stamp, point.text) for point in batch.checkpoints],
+            archived=None if planned is None else planned[:2],
         )
         start = time.perf_counter()
         try:
@@ -227,6 +273,15 @@ class SqliteJournal:
             self._commits.write_errors += 1
             raise
         self._commits.record(time.perf_counter() - start)
+        self._stored.extend((row.last, row.size) for row in fresh)
+        self._stored_bytes = stored_bytes
+        self._runs.extend(runs)
+        if planned is not None:
+            self._archived = planned[0]
+            while self._stored and self._stored[0][0] < planned[0]:
+                self._stored_bytes -= self._stored.popleft()[1]
+            while self._runs and self._runs[0][0] < planned[1]:
+                self._runs.popleft()
         self._rows.extend(fresh)
         for _ in range(whole):
             self._rows.popleft()
@@ -238,28 +293,102 @@ class SqliteJournal:
         self._oldest = self._rows[0].first if self._rows else self._head + 1
 
     async def read_since(self, seq: int, limit: int) -> list[tuple[int, str]]:
-        conn = self._connection()
+        # The rows before the live history are the archive's: not for a catch-up.
+        return await self.read_range(max(seq, self._oldest - 1), self._head, limit)
 
-        seq = max(seq, self._oldest - 1)  # a row may still hold events trimmed away
+    async def read_range(self, after: int, last: int, limit: int) -> list[tuple[int, str]]:
+        conn = self._connection()
+        after = max(after, self._archived - 1)  # a row may still hold events cut away
 
         def read() -> list[tuple[int, str]]:
             found: list[tuple[int, str]] = []
             try:
                 rows = conn.execute(
-                    "SELECT first, texts FROM chunks WHERE last > ? ORDER BY first", (seq,)
+                    "SELECT first, texts FROM chunks WHERE last > ? AND first <= ? ORDER BY first",
+                    (after, last),
                 )
                 for first, texts in rows:
-                    parts = texts.split("\n")[max(0, seq + 1 - first) :]
-                    start = max(first, seq + 1)
+                    parts = texts.split("\n")[max(0, after + 1 - first) :]
+                    start = max(first, after + 1)
                     found += zip(range(start, start + len(parts)), parts, strict=True)
                     if len(found) >= limit:
                         break
                 rows.close()
             except sqlite3.Error as error:
                 raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
-            return found[:limit]
+            return [(seq, text) for seq, text in found[:limit] if seq <= last]
 
         return await trio.to_thread.run_sync(read, limiter=self._limiter)
+
+    async def search(
+        self, after: int, last: int, needle: str, limit: int, seconds: float
+    ) -> tuple[list[tuple[int, str]], int]:
+        """SQLite finds the rows that hold ``needle`` (``instr`` over ``lower``, which
+        folds ASCII only: a needle with other letters is matched in Python alone), and
+        only those are split into events here."""
+        conn = self._connection()
+        after = max(after, self._archived - 1)
+        in_sql = needle.isascii()
+
+        def search() -> tuple[list[tuple[int, str]], int]:
+            found: list[tuple[int, str]] = []
+            deadline = time.monotonic() + seconds
+            query = "SELECT first, last, texts FROM chunks WHERE last > ? AND first <= ?"
+            if in_sql:
+                query += " AND instr(lower(texts), ?) > 0"
+            args = (after, last, needle) if in_sql else (after, last)
+            try:
+                rows = conn.execute(query + " ORDER BY first", args)
+                for first, row_last, texts in rows:
+                    start = max(first, after + 1)
+                    for seq, text in enumerate(texts.split("\n")[start - first :], start):
+                        if seq <= last and needle in text.lower():
+                            found.append((seq, text))
+                            if len(found) == limit:
+                                rows.close()
+                                return found, seq
+                    if time.monotonic() > deadline:
+                        rows.close()
+                        return found, min(row_last, last)
+                rows.close()
+            except sqlite3.Error as error:
+                raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
+            return found, last
+
+        return await trio.to_thread.run_sync(search, limiter=self._limiter)
+
+    async def runs(self, before: int | None, limit: int) -> list[str]:
+        conn = self._connection()
+
+        def read() -> list[str]:
+            try:
+                rows = conn.execute(
+                    "SELECT summary FROM runs WHERE first < ? ORDER BY first DESC LIMIT ?",
+                    (self._head + 1 if before is None else before, limit),
+                ).fetchall()
+            except sqlite3.Error as error:
+                raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
+            return [str(row[0]) for row in rows]
+
+        return await trio.to_thread.run_sync(read, limiter=self._limiter)
+
+    async def checkpoint(self, seq: int, stamp: str | None = None) -> Checkpoint | None:
+        conn = self._connection()
+
+        def read() -> tuple[int, str | None, str] | None:
+            query = "SELECT seq, stamp, state FROM checkpoints WHERE seq <= ? AND seq >= ?"
+            args: tuple[object, ...] = (seq, self._archived)
+            if stamp is not None:
+                query += " AND coalesce(stamp, '') <= ?"
+                args += (stamp,)
+            try:
+                row = conn.execute(query + " ORDER BY seq DESC LIMIT 1", args).fetchone()
+            except sqlite3.Error as error:
+                raise JournalError(f"journal {self.path}: cannot read: {_reason(error)}") from None
+            return None if row is None else (int(row[0]), row[1], str(row[2]))
+
+        found = await trio.to_thread.run_sync(read, limiter=self._limiter)
+        return None if found is None else Checkpoint(*found)
 
     async def close(self, *, clean: bool = True) -> None:
         conn = self._connection()
@@ -281,7 +410,18 @@ class SqliteJournal:
         await trio.to_thread.run_sync(close, limiter=self._limiter)
 
     def stats(self) -> JournalStats:
-        return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
+        first = self._stored[0] if self._stored else None
+        held = 0 if first is None else self._head - self._archived + 1
+        archive = ArchiveStats(
+            oldest=self._archived if first is not None else self._head + 1,
+            events=held,
+            bytes=self._stored_bytes,
+            runs=len(self._runs),
+            oldest_run=self._runs[0][0] if self._runs else None,
+        )
+        return self._commits.stats(
+            BACKEND, self._head, self._oldest, self._held, self._size, archive
+        )
 
     # -- worker-thread side ---------------------------------------------------
 
@@ -386,21 +526,22 @@ class SqliteJournal:
             return True
         if application_id != APPLICATION_ID:
             raise _Unreadable(f"not a trio-ws journal (application_id {application_id})")
-        if version not in (1, SCHEMA_VERSION):
+        if version not in (1, 2, SCHEMA_VERSION):
             raise _Unreadable(f"schema version {version}, this trio-ws reads {SCHEMA_VERSION}")
-        required = _TABLES_V1 if version == 1 else _TABLES
+        required = {1: _TABLES_V1, 2: _TABLES_V2}.get(version, _TABLES)
         if not tables >= required:
             raise _Unreadable(f"tables {sorted(tables)} lack some of {sorted(required)}")
         check = [row[0] for row in conn.execute("PRAGMA quick_check")]
         if check != ["ok"]:
             raise _Unreadable(f"quick_check: {'; '.join(map(str, check[:3]))}")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        keys = _META_KEYS_V1 if version == 1 else _META_KEYS
+        keys = {1: _META_KEYS_V1, 2: _META_KEYS_V2}.get(version, _META_KEYS)
         if set(meta) != keys:
             raise _Unreadable(f"meta keys {sorted(meta)}, expected {sorted(keys)}")
         try:
             int(meta["head"])
             oldest = None if meta.get("oldest") is None else int(meta["oldest"])
+            archived = None if meta.get("archived") is None else int(meta["archived"])
             if meta["state"] is not None:
                 json.loads(meta["state"])
         except (TypeError, ValueError) as error:
@@ -409,8 +550,25 @@ class SqliteJournal:
             raise _Unreadable("no epoch")
         if version == 1:
             _migrate_from_rows(conn)
+        if version < SCHEMA_VERSION:
+            _migrate_to_archive(conn)
         self._rows = _held_rows(conn, oldest)
+        self._load_archive(conn, archived)
         return False
+
+    def _load_archive(self, conn: sqlite3.Connection, archived: int | None) -> None:
+        """What the archive holds: every row's last seq and size, the closed runs."""
+        self._stored = deque(
+            (int(last), int(size))
+            for last, size in conn.execute("SELECT last, size FROM chunks ORDER BY first")
+        )
+        self._stored_bytes = sum(size for _, size in self._stored)
+        first = conn.execute("SELECT min(first) FROM chunks").fetchone()[0]
+        self._archived = max(archived or 1, int(first or 1))
+        self._runs = deque(
+            (int(first), int(last))
+            for first, last in conn.execute("SELECT first, last FROM runs ORDER BY first")
+        )
 
     def _create(self, conn: sqlite3.Connection) -> None:
         with conn:
@@ -452,7 +610,13 @@ class SqliteJournal:
             conn.execute("BEGIN IMMEDIATE")
             if reason is not None:
                 conn.execute("DELETE FROM chunks")
+                conn.execute("DELETE FROM runs")
+                conn.execute("DELETE FROM checkpoints")
+                conn.execute("UPDATE meta SET value = NULL WHERE key = 'archived'")
                 self._rows.clear()
+                self._stored.clear()
+                self._stored_bytes, self._archived = 0, 1
+                self._runs.clear()
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'oldest'")
                 conn.execute("DELETE FROM producers")
                 conn.execute("UPDATE meta SET value = NULL WHERE key = 'state'")
@@ -490,9 +654,19 @@ class SqliteJournal:
             for start in range(0, len(write.rows), ROWS_PER_INSERT):
                 part = write.rows[start : start + ROWS_PER_INSERT]
                 conn.execute(
-                    "INSERT INTO chunks (first, last, texts) VALUES "
-                    + ", ".join(["(?, ?, ?)"] * len(part)),
+                    "INSERT INTO chunks (first, last, size, texts) VALUES "
+                    + ", ".join(["(?, ?, ?, ?)"] * len(part)),
                     [value for row in part for value in row],
+                )
+            if write.runs:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO runs (first, last, summary) VALUES (?, ?, ?)",
+                    write.runs,
+                )
+            if write.checkpoints:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO checkpoints (seq, stamp, state) VALUES (?, ?, ?)",
+                    write.checkpoints,
                 )
             if write.pseqs:
                 # REPLACE gives a written row a new, highest rowid: rowid order is the
@@ -517,8 +691,12 @@ class SqliteJournal:
                     "WHERE key IN ('head', 'state', 'oldest')",
                     (write.head, write.state, write.oldest),
                 )
-            if write.oldest is not None:
-                conn.execute("DELETE FROM chunks WHERE last < ?", (write.oldest,))
+            if write.archived is not None:
+                cut, runs_from = write.archived
+                conn.execute("DELETE FROM chunks WHERE last < ?", (cut,))
+                conn.execute("DELETE FROM runs WHERE first < ?", (runs_from,))
+                conn.execute("DELETE FROM checkpoints WHERE seq < ?", (cut,))
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'archived'", (cut,))
             conn.execute("COMMIT")
         except sqlite3.Error as error:
             message = f"journal {self.path}: cannot write: {_reason(error)}"
@@ -534,12 +712,17 @@ class SqliteJournal:
 class Write:
     """What one commit writes, prepared on the event loop's side (None: unchanged)."""
 
-    rows: list[tuple[int, int, str]]
+    rows: list[tuple[int, int, int, str]]
     pseqs: list[tuple[str, int]]
     head: str | None
     state: str | None
     oldest: int | None
-    """The new oldest held seq after a trim: rows that end before it are deleted."""
+    """The new oldest seq of the live history after a trim (the rows stay: archive)."""
+    runs: list[tuple[int, int, str]]
+    checkpoints: list[tuple[int, str | None, str]]
+    archived: tuple[int, int] | None
+    """The new oldest seq of the archive (rows and checkpoints before it go) and the
+    first seq of the oldest run kept (runs that start before it go)."""
 
 
 def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
@@ -606,11 +789,13 @@ def _trim_plan(
 
 
 def _held_rows(conn: sqlite3.Connection, oldest: int | None) -> deque[HeldRow]:
-    """Every held row (its events from ``oldest`` on), oldest first; _Unreadable when
-    the rows do not hold one contiguous run of events."""
+    """Every row of the live history (its events from ``oldest`` on), oldest first;
+    _Unreadable when the rows do not hold one contiguous run of events."""
     rows: deque[HeldRow] = deque()
     last_seen: int | None = None
-    for first, last, texts in conn.execute("SELECT first, last, texts FROM chunks ORDER BY first"):
+    for first, last, texts in conn.execute(
+        "SELECT first, last, texts FROM chunks WHERE last >= ? ORDER BY first", (oldest or 0,)
+    ):
         parts = texts.split("\n")
         if last != first + len(parts) - 1 or (last_seen is not None and first != last_seen + 1):
             raise _Unreadable(f"chunk {first}..{last} holds {len(parts)} events out of order")
@@ -627,7 +812,10 @@ def _migrate_from_rows(conn: sqlite3.Connection) -> None:
     transaction (the same history, epoch and head)."""
     with conn:
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(_SCHEMA[1])
+        conn.execute(
+            "CREATE TABLE chunks (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, "
+            "texts TEXT NOT NULL)"
+        )
         run: list[tuple[int, str]] = []
 
         def flush() -> None:
@@ -647,6 +835,29 @@ def _migrate_from_rows(conn: sqlite3.Connection) -> None:
             flush()
         conn.execute("DROP TABLE events")
         conn.execute("INSERT INTO meta (key, value) VALUES ('oldest', NULL)")
+        conn.execute("PRAGMA user_version = 2")
+
+
+def _migrate_to_archive(conn: sqlite3.Connection) -> None:
+    """A version 2 journal: its rows get their sizes (before the texts), and the runs,
+    checkpoints and archive bound are added, in one transaction. The closed runs its
+    snapshot state lists are stored by the next commit."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ALTER TABLE chunks RENAME TO chunks_v2")
+        conn.execute(_CHUNKS)
+        for first, last, texts in conn.execute(
+            "SELECT first, last, texts FROM chunks_v2 ORDER BY first"
+        ).fetchall():
+            size = sum(_utf8_sizes(texts, texts.split("\n")))
+            conn.execute(
+                "INSERT INTO chunks (first, last, size, texts) VALUES (?, ?, ?, ?)",
+                (first, last, size, texts),
+            )
+        conn.execute("DROP TABLE chunks_v2")
+        for statement in _ARCHIVE_TABLES:
+            conn.execute(statement)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('archived', NULL)")
         conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
@@ -662,9 +873,11 @@ class SqliteBackend:
         history_bytes: int = DEFAULT_HISTORY_BYTES,
         boot_id_path: Path = BOOT_ID_PATH,
         max_producers: int = MAX_PRODUCERS,
+        archive: ArchiveLimits | None = None,
     ) -> None:
         check_limits(history, history_bytes, max_producers)
         self._max_producers = max_producers
+        self._archive = archive
         self.home = home
         self._synchronous: Synchronous = synchronous
         self._history = history
@@ -684,6 +897,7 @@ class SqliteBackend:
             history_bytes=self._history_bytes,
             boot_id_path=self._boot_id_path,
             max_producers=self._max_producers,
+            archive=self._archive,
         )
 
     async def remove(self, project: str) -> bool:

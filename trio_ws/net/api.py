@@ -61,6 +61,15 @@ def journal_health(journal: Journal, pending: int) -> dict[str, Any]:
         "commit_p50_ms": round(recent[len(recent) // 2] * 1000, 3) if recent else None,
         "commit_max_ms": round(recent[-1] * 1000, 3) if recent else None,
         "write_errors": stats.write_errors,
+        "archive": None
+        if stats.archive is None
+        else {
+            "oldest_seq": stats.archive.oldest,
+            "events": stats.archive.events,
+            "bytes": stats.archive.bytes,
+            "runs": stats.archive.runs,
+            "oldest_run_seq": stats.archive.oldest_run,
+        },
     }
 
 

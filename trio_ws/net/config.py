@@ -13,7 +13,7 @@ from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.security import is_loopback_host, origin_shape_problem
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
-from trio_ws.journal.interface import JournalBackend
+from trio_ws.journal.interface import DEFAULT_ARCHIVE_BYTES, ArchiveLimits, JournalBackend
 from trio_ws.net.httpio import STALL_TIMEOUT
 from trio_ws.net.publish import PRODUCER_PING_TIMEOUT
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
@@ -70,6 +70,11 @@ class ServerConfig:
     alerts: AlertSettings | None = None
     """The alert rules' thresholds, the same for every project (None: no alerts;
     ``serve`` turns them on unless ``--alerts off``)."""
+    archive_bytes: int | None = None
+    """Event text kept per project beyond the live history, the oldest whole runs
+    going first (None: the backend's default, `DEFAULT_ARCHIVE_BYTES`)."""
+    keep_runs: int | None = None
+    """Closed runs kept per project, at most (None: as many as the bytes allow)."""
 
     def __post_init__(self) -> None:
         if self.trust_origins and not self.on_loopback:
@@ -88,6 +93,11 @@ class ServerConfig:
         return self.allow_origins | self.trust_origins
 
     @property
+    def archive(self) -> ArchiveLimits:
+        default = DEFAULT_ARCHIVE_BYTES["redis" if self.broker else self.journal]
+        return ArchiveLimits(self.archive_bytes or default, self.keep_runs)
+
+    @property
     def journal_home(self) -> Path:
         return self.home if self.home is not None else self.registry_path.parent
 
@@ -99,6 +109,7 @@ class ServerConfig:
             sync=self.sync,
             history=self.history,
             history_bytes=self.history_bytes,
+            archive=self.archive,
         )
 
     @property
@@ -119,6 +130,9 @@ async def open_journals(config: ServerConfig) -> AsyncIterator[JournalBackend]:
         yield config.journal_backend()
         return
     async with open_shared_backend(
-        config.broker, history=config.history, history_bytes=config.history_bytes
+        config.broker,
+        history=config.history,
+        history_bytes=config.history_bytes,
+        archive=config.archive,
     ) as backend:
         yield backend

@@ -113,6 +113,24 @@ class _HubCollector(Collector):
         journal_bytes = GaugeMetricFamily(
             "trio_ws_journal_bytes", "Bytes of event text the journal holds.", labels=["project"]
         )
+        archive_bytes = GaugeMetricFamily(
+            "trio_ws_archive_bytes",
+            "Bytes of event text the journal keeps, the archive beyond the history included.",
+            labels=["project"],
+        )
+        archive_events = GaugeMetricFamily(
+            "trio_ws_archive_events",
+            "Events the journal keeps, archive included.",
+            labels=["project"],
+        )
+        archive_runs = GaugeMetricFamily(
+            "trio_ws_archive_runs", "Closed runs the journal keeps.", labels=["project"]
+        )
+        archive_oldest_run = GaugeMetricFamily(
+            "trio_ws_archive_oldest_run_seq",
+            "First seq of the oldest closed run kept.",
+            labels=["project"],
+        )
         journal_errors = CounterMetricFamily(
             "trio_ws_journal_write_errors",
             "Commits that failed (disk full, read-only, I/O error) and were retried.",
@@ -127,6 +145,12 @@ class _HubCollector(Collector):
                 journal_oldest.add_metric([name], journal.oldest)
                 journal_bytes.add_metric([name], journal.bytes_held)
                 journal_errors.add_metric([name], journal.write_errors)
+                if journal.archive is not None:
+                    archive_bytes.add_metric([name], journal.archive.bytes)
+                    archive_events.add_metric([name], journal.archive.events)
+                    archive_runs.add_metric([name], journal.archive.runs)
+                    if journal.archive.oldest_run is not None:
+                        archive_oldest_run.add_metric([name], journal.archive.oldest_run)
             stats = hub.stats
             subscribers.add_metric([name], hub.subscriber_count)
             producers.add_metric([name], project.producer_count)
@@ -151,4 +175,8 @@ class _HubCollector(Collector):
             journal_oldest,
             journal_bytes,
             journal_errors,
+            archive_bytes,
+            archive_events,
+            archive_runs,
+            archive_oldest_run,
         )

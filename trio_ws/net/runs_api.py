@@ -20,7 +20,7 @@ from typing import Any, Final
 
 from trio_ws.state.replay import Replay
 from trio_ws.state.run_events import EventFilter, EventsPage, parse_time
-from trio_ws.state.runs import RunRecorder, RunSummary
+from trio_ws.state.runs import RunSummary
 
 DEFAULT_LIMIT: Final = 50
 MAX_LIMIT: Final = 500
@@ -28,38 +28,30 @@ MAX_LIMIT: Final = 500
 Body = dict[str, Any]
 
 
-def run_listing(project: str, recorder: RunRecorder, query: Mapping[str, str]) -> tuple[int, Body]:
-    """One page of runs, newest first: ``limit`` of them (1-500, default 50), starting
-    after the run ``before`` names; ``next_before`` is the id to ask with for the next
-    page (None on the last). A bad parameter is a 400 naming it."""
+def listing_query(query: Mapping[str, str]) -> tuple[int, str | None]:
+    """``limit`` (1-500, default 50) and ``before`` (a run id) of a runs listing;
+    BadParameter naming the first bad one."""
     raw_limit = query.get("limit")
     limit = DEFAULT_LIMIT
     if raw_limit is not None:
         if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_LIMIT:
-            return 400, {"detail": f"limit must be an integer from 1 to {MAX_LIMIT}"}
+            raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
         limit = int(raw_limit)
-    runs = list(recorder.newest_first())
-    before = query.get("before")
-    if before is not None:
-        ids = [run.id for run in runs]
-        if before not in ids:
-            return 400, {"detail": f"before: no run {before!r} is held"}
-        runs = runs[ids.index(before) + 1 :]
-    page = runs[:limit]
-    more = len(runs) > limit
-    return 200, {
+    return limit, query.get("before")
+
+
+def listing_body(project: str, runs: list[RunSummary], more: bool) -> Body:
+    """One page of runs, newest first; ``next_before`` is the id to ask with for the
+    next page (None on the last)."""
+    return {
         "project": project,
-        "runs": [run.to_json() for run in page],
-        "next_before": page[-1].id if more else None,
+        "runs": [run.to_json() for run in runs],
+        "next_before": runs[-1].id if more and runs else None,
     }
 
 
-def run_detail(recorder: RunRecorder, run_id: str) -> tuple[int, Body]:
-    """One run's summary; 404 when no run has that id (or it is no longer held)."""
-    run = recorder.get(run_id)
-    if run is None:
-        return 404, {"detail": f"Run {run_id!r} not found"}
-    return 200, run.to_json()
+def unknown_run(run_id: str) -> tuple[int, Body]:
+    return 404, {"detail": f"Run {run_id!r} not found"}
 
 
 # -- one run's events: /events, /state, /export --------------------------------
@@ -94,14 +86,6 @@ class EventsQuery:
     selected: EventFilter
     after: int
     limit: int
-
-
-def find_run(recorder: RunRecorder, run_id: str) -> tuple[int, Body] | RunSummary:
-    """The run ``run_id`` names, or the 404 to answer."""
-    run = recorder.get(run_id)
-    if run is None:
-        return 404, {"detail": f"Run {run_id!r} not found"}
-    return run
 
 
 def events_query(run: RunSummary, query: Mapping[str, str]) -> EventsQuery:

@@ -21,6 +21,7 @@ commit each) before it ends. Errors: `OSError` from binding (port in use) and
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -359,37 +360,45 @@ async def _project_api(
             status, body = 200, await control.act(live, action)
         elif view == "agent/status":
             status, body = 200, control.agent_status(live.hub)
-        elif view == "runs":
-            status, body = runs_api.run_listing(name, live.hub.runs, head.query)
-        elif view.startswith("runs/"):
-            await _run_view(stream, head, name, live, view.removeprefix("runs/"))
+        elif view == "runs" or view.startswith("runs/"):
+            await _runs(stream, head, name, live, view.removeprefix("runs").lstrip("/"))
             return
         else:
             status, body = 200, control.progress_history(live.hub)
     await send_json(stream, connection, status, body)
 
 
-async def _run_view(
+async def _runs(
     stream: trio.SocketStream, head: RequestHead, name: str, live: LiveProject, path: str
 ) -> None:
-    """``runs/{id}`` and its ``/events``, ``/state`` and ``/export`` (runs_contract)."""
+    """``runs``, ``runs/{id}`` and its ``/events``, ``/state`` and ``/export`` (the runs
+    contract): the open run from the hub's recorder, the closed ones from the journal."""
     connection = head.connection
-    raw_id, _, part = path.partition("/")
-    run_id = _unquote(raw_id) or ""
-    if not part:
-        status, body = runs_api.run_detail(live.hub.runs, run_id)
-        await send_json(stream, connection, status, body)
-        return
-    found = runs_api.find_run(live.hub.runs, run_id)
     journal = live.hub.journal
-    if not isinstance(found, RunSummary):
-        await send_json(stream, connection, *found)
-        return
     if journal is None:
         await send_json(stream, connection, 503, {"detail": "journal unavailable"})
         return
+    raw_id, _, part = path.partition("/")
+    run_id = _unquote(raw_id) or ""
+    recorder = live.hub.runs
     try:
-        if part == "events":
+        if not path:
+            limit, before_id = runs_api.listing_query(head.query)
+            before = None
+            if before_id is not None:
+                before = await run_events.find_run(journal, recorder, before_id)
+                if before is None:
+                    raise runs_api.BadParameter("before", f"no run {before_id!r} is held")
+            listed, more = await run_events.list_runs(journal, recorder, before, limit)
+            await send_json(stream, connection, 200, runs_api.listing_body(name, listed, more))
+            return
+        found = await run_events.find_run(journal, recorder, run_id)
+        if found is None:
+            await send_json(stream, connection, *runs_api.unknown_run(run_id))
+            return
+        if not part:
+            data = json.dumps(found.to_json(), separators=(",", ":")).encode()
+        elif part == "events":
             query = runs_api.events_query(found, head.query)
             page = await run_events.events_page(
                 journal, found, query.selected, query.after, query.limit
@@ -404,6 +413,10 @@ async def _run_view(
             return
     except runs_api.BadParameter as exc:
         await send_json(stream, connection, 400, {"detail": str(exc)})
+        return
+    except (KeyError, TypeError, ValueError) as exc:  # a stored summary unreadable
+        log.error("project %s: a stored run is unreadable: %s", name, exc)
+        await send_json(stream, connection, 503, {"detail": f"stored run unreadable: {exc}"})
         return
     except JournalError as exc:
         log.error("project %s: journal read for run %s failed: %s", name, run_id, exc)

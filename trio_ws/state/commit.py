@@ -7,8 +7,10 @@ retried with backoff; `close` commits what is left, once, and closes the journal
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import trio
@@ -16,17 +18,21 @@ import trio
 from trio_ws.core.pipeline import AgentPipeline, DevPipeline
 from trio_ws.core.protocol import Stream
 from trio_ws.journal.interface import (
+    CHECKPOINT_EVERY,
     Batch,
+    Checkpoint,
     Journal,
     JournalConflictError,
     JournalError,
     JournalState,
     JsonObject,
     RecentPseqs,
+    StoredRun,
 )
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.state.history import Outgoing
 from trio_ws.state.hub_state import HubState
+from trio_ws.state.replay import LOG_TAIL
 from trio_ws.state.runs import RunRecorder
 from trio_ws.state.snapshot import Snapshot, progress_of
 
@@ -180,9 +186,13 @@ class HubCommit(HubState):
         pseqs = dict(self._pending_pseqs)
         snapshot = self._snapshot_state.copy()
         runs = self.runs.copy() if events else self.runs
-        for message, item in events:
+        checkpoints: list[Checkpoint] = []
+        for index, (message, item) in enumerate(events):
             snapshot.remember(message, item)
             runs.feed(message)
+            if item.seq is not None and item.seq % CHECKPOINT_EVERY == 0:
+                checkpoints.append(self._checkpoint(snapshot, events, index))
+        finished = runs.take_finished() if events else []
         # A shared journal gets only the tracker state of the streams that ran here:
         # the other stream's producer may be on another node, and its state is its own.
         # Taken now: a line fed while the append is in flight dirties its stream again,
@@ -197,7 +207,13 @@ class HubCommit(HubState):
         features_due, self._features_due = self._features_due, False
         if features_due and self.shared is not None:
             state["features"] = self.features
-        batch = Batch([(item.seq or 0, item.text) for _, item in events], pseqs, state)
+        batch = Batch(
+            [(item.seq or 0, item.text) for _, item in events],
+            pseqs,
+            state,
+            runs=[StoredRun(run.first_seq, run.last_seq, run.text()) for run in finished],
+            checkpoints=checkpoints,
+        )
         started = time.perf_counter()
         self._committing = taken_dirty
         try:
@@ -232,6 +248,36 @@ class HubCommit(HubState):
         self._committed.set()
         self._committed = trio.Event()
         return True
+
+    def _checkpoint(
+        self,
+        snapshot: Snapshot,
+        events: Sequence[tuple[Mapping[str, object], Outgoing]],
+        index: int,
+    ) -> Checkpoint:
+        """The replay state (`state.replay.Replay`) right after ``events[index]``: the
+        snapshot so far and the log tails, the held ones followed by this batch's. Once
+        per CHECKPOINT_EVERY events, so the walk back over the batch costs nothing per
+        event."""
+        upto = [item for _, item in events[: index + 1]]
+        logs = self._logs.tail(LOG_TAIL) + [item for item in upto if item.type == "log"]
+        dev_logs = self._dev_logs.tail(LOG_TAIL) + [i for i in upto if i.type == "dev_log"]
+        stamp = None
+        for message, _ in reversed(events[: index + 1]):
+            if isinstance(found := message.get("timestamp"), str):
+                stamp = found
+                break
+        if stamp is None and self.history.tail(1):
+            stamp = _stamp_of(self.history.tail(1)[0])
+        seq = events[index][1].seq or 0
+        state = {
+            "seq": seq,
+            "timestamp": stamp,
+            "snapshot": snapshot.to_state(),
+            "logs": [item.text for item in logs[-LOG_TAIL:]],
+            "dev_logs": [item.text for item in dev_logs[-LOG_TAIL:]],
+        }
+        return Checkpoint(seq, stamp, json.dumps(state, separators=(",", ":")))
 
     def _write_failed(self, exc: JournalError) -> None:
         """Acks stop; say so once per streak of failures."""
@@ -295,3 +341,8 @@ class HubCommit(HubState):
                         len(self._pending),
                     )
                 await journal.close(clean=True)
+
+
+def _stamp_of(item: Outgoing) -> str | None:
+    stamp = json.loads(item.text).get("timestamp")
+    return stamp if isinstance(stamp, str) else None

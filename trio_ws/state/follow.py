@@ -103,6 +103,7 @@ class HubFollow(HubState):
             if item.type == "progress":
                 self.progress = progress_of(item)
             items.append(item)
+        self.runs.take_finished()  # the node that committed them stored them
         if items:  # one write per subscriber for the whole read
             self._fan_out(items)
         if self.shared is not None:

@@ -19,9 +19,10 @@ from typing import Any, Final
 
 import trio
 
+from trio_ws.core.protocol import iso_timestamp
 from trio_ws.journal.interface import Journal
 from trio_ws.state.replay import Replay
-from trio_ws.state.runs import RunSummary
+from trio_ws.state.runs import RunRecorder, RunSummary, run_first_seq
 
 READ_CHUNK: Final = 1000
 """Events read from the journal per call."""
@@ -98,22 +99,57 @@ class EventsPage:
     """The search hit its time guard before filling the page."""
 
 
+async def find_run(journal: Journal, recorder: RunRecorder, run_id: str) -> RunSummary | None:
+    """The run ``run_id`` names: the open one, or a closed one the journal keeps."""
+    opened = recorder.open
+    if opened is not None and opened.id == run_id:
+        return opened
+    first = run_first_seq(run_id, recorder.epoch)
+    if first is None:
+        return None
+    found = await journal.runs(first + 1, 1)
+    if not found:
+        return None
+    run = RunSummary.from_json(json.loads(found[0]))
+    return run if run.id == run_id else None
+
+
+async def list_runs(
+    journal: Journal, recorder: RunRecorder, before: RunSummary | None, limit: int
+) -> tuple[list[RunSummary], bool]:
+    """Up to ``limit`` runs older than ``before`` (None: from the newest), newest first
+    (the open run, then the journal's), and whether there are more."""
+    runs: list[RunSummary] = []
+    opened = recorder.open
+    if opened is not None and before is None:
+        runs.append(opened)
+    bound = None if before is None else before.first_seq
+    if bound is None and opened is not None:
+        bound = opened.first_seq
+    found = await journal.runs(bound, limit + 1 - len(runs))
+    runs += [RunSummary.from_json(json.loads(text)) for text in found]
+    return runs[:limit], len(runs) > limit
+
+
 async def run_chunks(
     journal: Journal, run: RunSummary, after: int, chunk: int = READ_CHUNK
 ) -> AsyncIterator[list[tuple[int, str]]]:
     """The run's events with seq > ``after``, in chunks of at most ``chunk``, oldest
     first; ends at the run's last event (as far as the journal still holds them)."""
-    seq = max(after, run.first_seq - 1)
-    last = run.last_seq
+    async for found in range_chunks(journal, max(after, run.first_seq - 1), run.last_seq, chunk):
+        yield found
+
+
+async def range_chunks(
+    journal: Journal, after: int, last: int, chunk: int = READ_CHUNK
+) -> AsyncIterator[list[tuple[int, str]]]:
+    """The held events in (``after``, ``last``], a chunk at a time."""
+    seq = after
     while seq < last:
-        found = await journal.read_since(seq, min(chunk, last - seq))
+        found = await journal.read_range(seq, last, chunk)
         if not found:
             return
-        within = [(number, text) for number, text in found if number <= last]
-        if within:
-            yield within
-        if len(within) < len(found):
-            return
+        yield found
         seq = found[-1][0]
 
 
@@ -127,23 +163,33 @@ async def events_page(
     guard: float = SEARCH_GUARD,
     clock: Callable[[], float] = time.monotonic,
 ) -> EventsPage:
-    """Up to ``limit`` of the run's events after ``after`` that ``selected`` matches."""
+    """Up to ``limit`` of the run's events after ``after`` that ``selected`` matches. A
+    text search lets the journal find the events that hold the text (`Journal.search`);
+    a search stops at the time guard with what it found (``partial``)."""
     raw = selected.raw_text
     deadline = clock() + guard
     texts: list[str] = []
-    scanned = after
-    async for chunk in run_chunks(journal, run, after):
+    scanned = max(after, run.first_seq - 1)
+    last = run.last_seq
+    while scanned < last:
+        if raw is not None:
+            left = max(0.0, deadline - clock())
+            chunk, through = await journal.search(scanned, last, raw, limit - len(texts), left)
+        else:
+            chunk = await journal.read_range(scanned, last, READ_CHUNK)
+            through = chunk[-1][0] if chunk else last
         for seq, text in chunk:
-            scanned = seq
             if raw is not None and raw not in text.lower():
                 continue
             if selected.matches(json.loads(text)):
                 texts.append(text)
                 if len(texts) == limit:
-                    return EventsPage(texts, None if seq >= run.last_seq else seq)
-        if selected.searches and clock() > deadline:
-            more = scanned < run.last_seq
-            return EventsPage(texts, scanned if more else None, partial=more)
+                    return EventsPage(texts, None if seq >= last else seq)
+        scanned = through
+        if not chunk and raw is None:
+            break
+        if selected.searches and clock() > deadline and scanned < last:
+            return EventsPage(texts, scanned, partial=True)
         await trio.lowlevel.checkpoint()
     return EventsPage(texts, None)
 
@@ -173,20 +219,20 @@ async def state_at(
     *,
     seq: int | None = None,
     at: datetime | None = None,
-    start: Replay | None = None,
 ) -> Replay:
     """The run's snapshot right after its last event with seq <= ``seq`` (or timestamp
-    <= ``at``), clamped to its first and last events; replayed from ``start`` (a
-    checkpoint within the run, before that event) or the run's start."""
-    replay = start if start is not None else Replay()
+    <= ``at``), clamped to its first and last events: replayed from the journal's
+    newest checkpoint before that event (at most CHECKPOINT_EVERY events), or from
+    the oldest event held when there is none."""
     target = run.last_seq if seq is None else max(run.first_seq, min(seq, run.last_seq))
-    if replay.seq >= target:
-        return replay
-    async for chunk in run_chunks(journal, run, replay.seq):
+    stamp = None if at is None else iso_timestamp(at.timestamp())
+    point = await journal.checkpoint(target, stamp)
+    if point is None and stamp is not None:  # ``at`` before every checkpoint
+        point = await journal.checkpoint(run.first_seq)
+    replay = Replay() if point is None else Replay.from_state(json.loads(point.text))
+    async for chunk in range_chunks(journal, replay.seq, target):
         for number, text in chunk:
-            if number > target:
-                return replay
-            if at is not None and replay.seq >= run.first_seq and _stamp_after(text, at):
+            if at is not None and number > run.first_seq and _stamp_after(text, at):
                 return replay
             replay.feed(number, text)
         await trio.lowlevel.checkpoint()

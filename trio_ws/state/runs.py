@@ -2,10 +2,13 @@
 ``stopped`` or ``crashed``, summed up from the committed events, pure (no I/O).
 
 `RunRecorder` is fed every committed event in seq order (a node's own commits and
-other nodes' alike) and keeps a `RunSummary` for the open run and the newest closed
-ones; its state goes into the journal with every commit, so a restart (``kill -9``
-too) continues the open run. Everything it records is read off the events, so the
-same journal gives the same runs on every node and after every restart.
+other nodes' alike) and keeps a `RunSummary` for the open run; its state goes into
+the journal with every commit, so a restart (``kill -9`` too) continues the open run.
+A run that closes is handed to the commit that closed it (``finished``), which stores
+it as a journal record of its own (`Batch.runs`), in the same transaction: the state
+written with every commit holds only the open run. Everything it records is read off
+the events, so the same journal gives the same runs on every node and after every
+restart.
 
 - A run starts with an ``agent_status`` that is not final while none is open
   (``running``, or a pause a new epoch learns from a producer's resent status);
@@ -22,21 +25,18 @@ same journal gives the same runs on every node and after every restart.
 - Error lines: ``agent_update`` events whose state is ``error`` (a failed feature).
   Orchestrator updates carry no failure (a completion reads the same either way) and
   ``log`` events no error marker, so neither counts.
+- Alerts: ``alert`` events raised within the run.
 """
 
 from __future__ import annotations
 
 import json
-from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal, cast
 
 from trio_ws.core.protocol import EXIT_LINE, LOST_LINE
 
-KEEP: Final = 20
-"""Closed summaries kept (and journalled with every commit: each costs encoding time
-per commit, so this stays small until an archive of its own holds older runs)."""
 MAX_AGENTS: Final = 32
 """Agents listed per summary (``agent_count`` counts them all): a long run spawns
 hundreds, and the summary is journalled with every commit."""
@@ -72,6 +72,7 @@ class RunSummary:
     agent_count: int = 0
     log_lines: int = 0
     error_lines: int = 0
+    alerts: int = 0
     lost: bool = False
     """The producer-lost line came since the last status: a ``crashed`` now is an
     interruption, not the agent's crash."""
@@ -99,6 +100,7 @@ class RunSummary:
             "agent_count": self.agent_count,
             "log_lines": self.log_lines,
             "error_lines": self.error_lines,
+            "alerts": self.alerts,
             "lost": self.lost,
         }
 
@@ -127,6 +129,7 @@ class RunSummary:
             agent_count=_int(data["agent_count"]),
             log_lines=_int(data["log_lines"]),
             error_lines=_int(data["error_lines"]),
+            alerts=_int(data.get("alerts", 0)),  # none in a journal older than the count
             lost=bool(data["lost"]),
         )
 
@@ -149,13 +152,15 @@ class RunSummary:
 
 
 class RunRecorder:
-    """The open run and the newest `KEEP` closed ones of one history (one epoch)."""
+    """The open run of one history (one epoch), and the runs closed since the last
+    commit took them."""
 
-    def __init__(self, epoch: str, keep: int = KEEP) -> None:
+    def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self.open: RunSummary | None = None
-        self.closed: deque[RunSummary] = deque(maxlen=keep)
-        """Oldest first."""
+        self.finished: list[RunSummary] = []
+        """Closed and not yet stored, oldest first: the commit that closed them takes
+        them (a follower drops them: the node that committed them stored them)."""
         self.progress: JsonObject | None = None
         """The newest progress figures, run or not: the next run's start."""
 
@@ -182,6 +187,8 @@ class RunRecorder:
             self._log(run, str(message.get("line", "")))
         elif kind == "agent_update":
             self._agent(run, message)
+        elif kind == "alert" and message.get("state") == "raised":
+            run.alerts += 1
 
     def _status(self, status: str, seq: int, stamp: str | None) -> None:
         run = self.open
@@ -211,7 +218,7 @@ class RunRecorder:
 
     def _close(self, run: RunSummary, how: str) -> None:
         run.ended, run.ended_at = cast(RunEnd, how), run.last_at
-        self.closed.append(run)
+        self.finished.append(run)
         self.open = None
 
     @staticmethod
@@ -247,42 +254,49 @@ class RunRecorder:
 
     # -- reading -----------------------------------------------------------------
 
-    def newest_first(self) -> Iterator[RunSummary]:
-        if self.open is not None:
-            yield self.open
-        yield from reversed(self.closed)
-
-    def get(self, run_id: str) -> RunSummary | None:
-        return next((run for run in self.newest_first() if run.id == run_id), None)
+    def take_finished(self) -> list[RunSummary]:
+        """The runs closed since the last take, oldest first (for the journal)."""
+        finished, self.finished = self.finished, []
+        return finished
 
     # -- the journal: state out, state in -----------------------------------------
 
     def copy(self) -> RunRecorder:
         """For a commit to record into: the recorder stays as it was if the commit
-        fails. Closed summaries never change again, so they are shared."""
-        recorder = RunRecorder(self.epoch, self.closed.maxlen or KEEP)
+        fails."""
+        recorder = RunRecorder(self.epoch)
         recorder.open = None if self.open is None else self.open.copy()
-        recorder.closed.extend(self.closed)
+        recorder.finished = list(self.finished)
         recorder.progress = self.progress
         return recorder
 
     def to_state(self) -> JsonObject:
         return {
             "open": None if self.open is None else self.open.to_json(),
-            "closed": [run.text() for run in self.closed],
             "progress": self.progress,
         }
 
     @classmethod
-    def from_state(cls, state: Mapping[str, Any], epoch: str, keep: int = KEEP) -> RunRecorder:
+    def from_state(cls, state: Mapping[str, Any], epoch: str) -> RunRecorder:
         """The recorder `to_state` wrote, recording on in ``epoch``; KeyError,
-        TypeError or ValueError if ``state`` is not one."""
-        recorder = cls(epoch, keep)
+        TypeError or ValueError if ``state`` is not one. The closed runs a journal
+        older than the archive listed in it are ``finished``: the next commit stores
+        them."""
+        recorder = cls(epoch)
         opened = state["open"]
         recorder.open = None if opened is None else RunSummary.from_json(opened)
-        recorder.closed.extend(RunSummary.from_json(json.loads(text)) for text in state["closed"])
+        closed = state.get("closed", [])
+        recorder.finished = [RunSummary.from_json(json.loads(text)) for text in closed]
         recorder.progress = _opt_dict(state["progress"])
         return recorder
+
+
+def run_first_seq(run_id: str, epoch: str) -> int | None:
+    """The first seq of the run ``run_id`` names in ``epoch`` (None: no run of it)."""
+    named_epoch, _, first = run_id.rpartition("-")
+    if named_epoch != epoch or not first.isdigit():
+        return None
+    return int(first)
 
 
 def _int(value: object) -> int:
