@@ -1139,3 +1139,15 @@ def test_replay_agent_filter_keeps_the_log_and_the_marks_to_one_agent(
         for mark in browser.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.hit")
     ]
     assert titles and all("Feature #4" in title or "Feature #5" in title for title in titles)
+    # The feature filter: Buzz's feature #6 alone.
+    browser.find_element(By.CSS_SELECTOR, '#replay-agent option[value=""]').click()
+    browser.find_element(By.ID, "replay-feature").send_keys("6\n")
+    six = api_json(served, f"/api/projects/demo/runs/{run['id']}/events?feature=6&limit=1000")
+    six_seqs = {event["seq"] for event in six["events"]}
+    assert six_seqs and not six_seqs & fizz_seqs
+
+    def feature_marks(driver: Any) -> set[int]:
+        marks = driver.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.activity")
+        return {int(mark.get_attribute("data-seq")) for mark in marks}
+
+    wait(browser, lambda d: feature_marks(d) and feature_marks(d) <= six_seqs, "#6's marks")
