@@ -3,6 +3,8 @@ by a real agent producer (the AutoForge corpus), and its pure parts (pacing, --a
 
 from __future__ import annotations
 
+import io
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,7 @@ from typing import Any
 import pytest
 import trio
 from features_db import create_db, db_path, rows
+from rich.console import Console
 from serving import NETWORK_TIMEOUT
 from test_subscribe import RUN, Producer, hub_of
 from watching import target_of
@@ -21,9 +24,10 @@ from trio_ws.clients.run_replay import (
     read_events,
     read_progress,
     read_state,
+    replay_live,
     start_moment,
 )
-from trio_ws.clients.watch_session import WatchError, fetch_snapshot
+from trio_ws.clients.watch_session import WatchError, WatchTarget, fetch_snapshot
 from trio_ws.data.progress import Progress
 from trio_ws.net.server import Server
 
@@ -184,3 +188,70 @@ def test_the_pacer_at_max_speed_never_waits() -> None:
 def test_a_speed_not_above_zero_is_refused(speed: float) -> None:
     with pytest.raises(ValueError, match="speed"):
         Pacer(speed)
+
+
+# -- against a scripted server: failures mid-replay ---------------------------------------
+
+
+async def scripted(nursery: trio.Nursery, answers: dict[str, tuple[int, Any]]) -> WatchTarget:
+    """A server on 127.0.0.1 answering each GET with the JSON of the first ``answers``
+    entry its path starts with; the target watching its ``demo``."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            request = await stream.receive_some(65536)
+            path = request.split(b" ", 2)[1].decode()
+            status, body = next(
+                answer for prefix, answer in answers.items() if path.startswith(prefix)
+            )
+            data = json.dumps(body).encode()
+            head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            await stream.send_all(head + data)
+
+    await nursery.start(trio.serve_listeners, handle, listeners)
+    port = listeners[0].socket.getsockname()[1]
+    return WatchTarget.from_server(f"http://127.0.0.1:{port}", "demo")
+
+
+RUN_PATH = "/api/projects/demo/runs/e1-1"
+SCRIPTED_SUMMARY = {"id": "e1-1", "epoch": "e1", "first_seq": 1, "started_at": None}
+SCRIPTED_STATE = {
+    "seq": 1,
+    "timestamp": None,
+    "messages": [{"type": "agent_status", "status": "running", "seq": 1}],
+}
+
+
+async def test_a_failure_mid_replay_reaches_the_screens_caller_as_one_watch_error(
+    nursery: trio.Nursery,
+) -> None:
+    target = await scripted(
+        nursery,
+        {
+            f"{RUN_PATH}/state": (200, SCRIPTED_STATE),
+            f"{RUN_PATH}/events": (500, {"detail": "journal unavailable"}),
+            RUN_PATH: (200, SCRIPTED_SUMMARY),
+        },
+    )
+    console = Console(file=io.StringIO(), width=100)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        replay = await open_replay(target, "e1-1", speed=math.inf)
+        with pytest.raises(WatchError, match="HTTP 500: journal unavailable"):
+            await replay_live(replay, console)
+
+
+async def test_events_that_skip_a_seq_stop_the_replay_saying_so(nursery: trio.Nursery) -> None:
+    skipping = {"events": [{"type": "log", "line": "x", "seq": 3}], "next_after": None}
+    target = await scripted(
+        nursery,
+        {
+            f"{RUN_PATH}/state": (200, SCRIPTED_STATE),
+            f"{RUN_PATH}/events": (200, skipping),
+            RUN_PATH: (200, SCRIPTED_SUMMARY),
+        },
+    )
+    with trio.fail_after(NETWORK_TIMEOUT):
+        replay = await open_replay(target, "e1-1", speed=math.inf)
+        with pytest.raises(WatchError, match="expected event seq 2, got 3"):
+            await play(replay)

@@ -251,6 +251,20 @@ def test_snapshot_messages_keep_old_seqs_and_are_applied() -> None:
     assert view.agent_status == "running"
 
 
+def test_a_snapshot_begun_without_hello_takes_old_seqs_then_the_next_event() -> None:
+    """A recorded run's /state: no websocket, so no hello; the replay says where it is."""
+    view = view_of(log(1), log(2))  # what it held before is forgotten
+    view.begin_snapshot("e7", 9)
+    for message in (status(2, "running"), progress(5), agent_update(8, 0), log(9)):
+        view.apply(message)
+    assert (view.epoch, view.seq, view.synced) == ("e7", 9, False)
+    assert [entry.seq for entry in view.logs] == [9] and list(view.agents) == [0]
+    view.apply(log(10))
+    assert (view.seq, view.synced) == (10, True)
+    with pytest.raises(SequenceGap):
+        view.apply(log(12))
+
+
 def test_an_event_of_a_type_it_does_not_show_still_moves_the_seq() -> None:
     alert = {"type": "alert", "seq": 6, "state": "raised", "kind": "auth"}
     view = view_of(hello(4), log(5), alert, log(7))  # no SequenceGap at 7

@@ -231,12 +231,10 @@ async def open_replay(
     on_message: Callable[[JsonObject], None] | None = None,
 ) -> Replay:
     """Read the run's summary and its snapshot at ``--at`` (`start_moment`) into a
-    fresh view; each snapshot message goes to ``on_message`` too."""
+    fresh view; each snapshot message goes to ``on_message`` too. Raises `WatchError`
+    when the run cannot be read, ValueError when ``at`` cannot."""
     summary = await read_summary(target, run_id)
-    try:
-        moment = await read_state(target, run_id, **start_moment(summary, at))
-    except ValueError as exc:
-        raise WatchError(str(exc)) from None
+    moment = await read_state(target, run_id, **start_moment(summary, at))
     view = view_at(target.project, str(summary.get("epoch")), moment)
     pacer = Pacer(speed)
     pacer.last = parse_timestamp(moment.timestamp)
@@ -279,7 +277,7 @@ def _detail(replay: Replay, *, ended: bool = False) -> str:
     when = replay.now
     clock = "" if when is None else datetime.fromtimestamp(when, UTC).strftime(" %H:%M:%S UTC")
     state = "end of run" if ended else shown
-    return f"run {replay.run_id} · {state}{clock}"
+    return f"{state}{clock}"  # short: the header shares one line with the run's facts
 
 
 async def read_progress(replay: Replay, *, pages: int = 20) -> None:
@@ -324,11 +322,16 @@ async def replay_live(
             live.update(current(), refresh=True)
             await trio.sleep(REFRESH)
 
+    failure: WatchError | None = None
     with Live(current(), console=console, auto_refresh=False) as live:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(refresh, live)
             try:
                 await play(replay)
+            except WatchError as exc:
+                failure = exc  # raised below, outside the nursery: not wrapped in a group
             finally:
                 nursery.cancel_scope.cancel()
                 live.update(current(), refresh=True)
+    if failure is not None:
+        raise failure

@@ -1113,6 +1113,8 @@ def replay_command(
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     except watch_session.WatchError as exc:
         raise Refusal(str(exc)) from None
+    except ValueError as exc:  # an --at that cannot be read (it may need the run's start)
+        raise UsageRefusal(str(exc)) from None
     except KeyboardInterrupt:
         pass
 
