@@ -82,6 +82,9 @@ export async function startReplay(name, runId) {
   $("replay-bar").hidden = false;
   $("controls").hidden = true;
   document.body.dataset.replay = runId;
+  const runs = el("a", null, "runs");
+  runs.href = `/projects/${encodeURIComponent(name)}/runs`;
+  $("crumbs").append(el("span", "sep", "/"), runs, el("span", "sep", "/"), el("span", null, runId));
   wireControls();
   try {
     player.summary = await getJson(api(""));
