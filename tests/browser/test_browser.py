@@ -946,7 +946,11 @@ RUN_BATCHES = len(range(0, len(RUN), RUN_BATCH))
 
 
 def record_run(
-    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+    served: ServerProcess,
+    project: Path,
+    browser: Any,
+    producer: ProducerFactory,
+    end: str = "stopped",
 ) -> tuple[dict[str, Any], Producer]:
     """The corpus run, fed in batches with the progress moving between them (the live
     page open, so the server polls the features), then stopped; its summary."""
@@ -958,11 +962,11 @@ def record_run(
         agent.acked()
         set_progress(project, passing=batch + 1, in_progress=2)
         wait_passing(browser, batch + 1)
-    agent.status("stopped")
+    agent.status(end)
     agent.acked()
-    wait_text(browser, "#agent-status", "stopped")
+    wait_text(browser, "#agent-status", end)
     runs = api_json(served, "/api/projects/demo/runs")["runs"]
-    assert runs[0]["ended"] == "stopped", runs
+    assert runs[0]["ended"] == end, runs
     summary: dict[str, Any] = runs[0]
     return summary, agent
 
@@ -1075,7 +1079,7 @@ def test_replay_plays_forward_to_the_end(
 def test_replay_jumps_to_the_next_error(
     served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:
-    run, _ = record_run(served, project, browser, producer)
+    run, _ = record_run(served, project, browser, producer, end="crashed")
     failed = seq_of(served, run["id"], "Features #4, #5 failed")
     open_replay(browser, served, run["id"])
     browser.find_element(By.ID, "replay-next-error").click()
@@ -1089,6 +1093,10 @@ def test_replay_jumps_to_the_next_error(
     browser.find_element(By.ID, "replay-next-error").click()
     wait(browser, lambda d: "error: Hoot on Features #4, #5" in text(d, "#replay-note"), "Hoot's")
     assert (moment(browser)[1] or 0) > first_error
+    browser.find_element(By.ID, "replay-next-error").click()
+    wait(browser, lambda d: "the run crashed at" in text(d, "#replay-note"), "the crash")
+    assert moment(browser)[1] == run["last_seq"]
+    wait_text(browser, "#agent-status", "crashed")
     browser.find_element(By.ID, "replay-next-error").click()
     wait_text(browser, "#replay-note", "No error after this moment.")
 

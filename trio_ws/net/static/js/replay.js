@@ -387,21 +387,42 @@ async function filtersChanged() {
   if ($("replay-search").value.trim()) search();
 }
 
+function isError(event) {
+  // What "an error" is in a run: a failed agent update (what the run's summary counts),
+  // a crash, or a raised alert of severity error.
+  if (event.type === "agent_update") return event.state === "error";
+  if (event.type === "agent_status") return event.status === "crashed";
+  if (event.type === "alert") return event.severity === "error" && event.state !== "resolved";
+  return false;
+}
+
+function errorText(event) {
+  const at = clockTime(eventTime(event));
+  if (event.type === "agent_status") return `the run crashed at ${at}`;
+  if (event.type === "alert") return `alert: ${event.message ?? event.kind} at ${at}`;
+  const where = event.featureName || featureIds(event).map((id) => `#${id}`).join(", ");
+  return `error: ${event.agentName ?? "agent"} on ${where} at ${at}`;
+}
+
 async function nextError() {
-  // The next agent_update in the error state after the moment (within the filters):
-  // seek right before it and apply it, paused, so its card shows the failure.
+  // The next error after the moment (within the filters): seek right before it and
+  // apply it, paused, so the panels show the failure as it happened.
   if (player.cursor === null) return;
   let after = player.cursor;
   try {
     for (let page = 0; page < SCAN_PAGES; page++) {
-      const params = new URLSearchParams({ type: "agent_update", after: String(after), limit: "1000", ...filters() });
+      const params = new URLSearchParams({
+        type: "agent_update,agent_status,alert",
+        after: String(after),
+        limit: "1000",
+        ...filters(),
+      });
       const body = await getJson(`${api("/events")}?${params}`);
-      const found = (body.events ?? []).find((event) => event.state === "error");
+      const found = (body.events ?? []).find(isError);
       if (found) {
         setPlaying(false);
         await seek({ seq: found.seq - 1 }, [found]);
-        const where = found.featureName || (found.featureIds ?? []).map((id) => `#${id}`).join(", ");
-        note(`error: ${found.agentName ?? "agent"} on ${where} at ${clockTime(eventTime(found))}`, "error-found");
+        note(errorText(found), "error-found");
         return;
       }
       if (!Number.isInteger(body.next_after)) break;
