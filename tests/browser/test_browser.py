@@ -1159,3 +1159,9 @@ def test_replay_agent_filter_keeps_the_log_and_the_marks_to_one_agent(
         return {int(mark.get_attribute("data-seq")) for mark in marks}
 
     wait(browser, lambda d: feature_marks(d) and feature_marks(d) <= six_seqs, "#6's marks")
+
+
+def test_the_replay_of_an_unknown_run_says_so(served: ServerProcess, browser: Any) -> None:
+    browser.get(f"{served.base}/projects/demo/runs/nope-1")
+    wait(browser, lambda d: moment(d)[0] == "error", "the replay to fail")
+    assert text(browser, "#replay-note").startswith("Cannot replay run nope-1: HTTP 404")
