@@ -442,6 +442,7 @@ def render(results: Results) -> str:
     parts.append(_producer_latency(results))
     parts.append(_journal(results))
     parts.append(_nodes(results))
+    parts.append(_runs(results))
     parts.append(_errors(results))
     parts.append(METHOD)
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -983,6 +984,32 @@ def _nodes(results: Results) -> str:
         + "\n".join(per_node)
         + "\n\n"
         + budget
+    )
+
+
+def _runs(results: Results) -> str:
+    found = _scenario(results, "runs")
+    if found is None:
+        return ""
+    headers = ("read (issue 20 item 6)", "target ms", "median ms", "worst of 5 ms")
+    rows = [
+        ("runs list, 50 newest", 50, found["runs_list"]["median_ms"], found["runs_list"]["max_ms"]),
+        ("search, first page: a common word", 200, found["search_common"]["median_ms"],
+         found["search_common"]["max_ms"]),
+        ("search, first page: one line near the end", 200, found["search_rare"]["median_ms"],
+         found["search_rare"]["max_ms"]),
+        ("search, first page: a regex (no index; time guard 1 s)", "", found["search_regex"][
+            "median_ms"], found["search_regex"]["max_ms"]),
+        ("seek (6 moments spread over the run)", 100, found["seek"]["median_ms"],
+         found["seek"]["max_ms"]),
+    ]  # fmt: skip
+    return (
+        "## Runs: search and seek in a long run\n\n"
+        f"One run of {found['events']:,} events on SQLite (journal "
+        f"{found['journal_mib']} MiB, built in {found['build_s']} s through the hub's "
+        f"pipeline and commits), after {found['runs'] - 1}+ short runs; the reads call what "
+        "the runs API's handlers call (`state.run_events`). A whole export reads "
+        f"{found['export_events_s']:,} events/s.\n\n" + table(headers, rows)
     )
 
 

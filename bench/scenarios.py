@@ -20,10 +20,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import trio
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
 from bench import harness
+from bench import runs as bench_runs
 from bench.harness import BenchError, Child, Kind, StalledSocket, Subscribers, Target, running
 from bench.stats import (
     busy_cores,
@@ -77,6 +79,8 @@ class Plan:
     """Subscriber counts of the one-line-per-message runs, each against trio-ws and the peer."""
     journal_trials: int = 5
     """Trials of the journal budget's runs (memory and sqlite/normal, alternating)."""
+    runs_events: int = 1_000_000
+    """Events of the long run the runs scenario searches and seeks in (issue 20 item 6)."""
 
 
 FULL: Final = Plan(
@@ -118,6 +122,7 @@ QUICK: Final = Plan(
     latency_seconds=4.0,
     rate_sizes=(50, 200),
     journal_trials=1,
+    runs_events=50_000,
 )
 
 
@@ -777,6 +782,12 @@ def nodes(plan: Plan, run_dir: Path) -> dict[str, Any]:
     return {"single_sqlite": single, "two_nodes": figures}
 
 
+def runs(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """The runs archive at size (`bench.runs`): a long run on SQLite, then the runs list,
+    the first page of searches and seeks into it, timed in this process."""
+    return trio.run(bench_runs.measure, plan.runs_events)
+
+
 SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "fanout": fanout,
     "rate": rate,
@@ -786,6 +797,7 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "producer_latency": producer_latency,
     "journal": journal,
     "nodes": nodes,
+    "runs": runs,
 }
 
 

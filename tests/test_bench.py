@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
 
 from bench import harness, report, scenarios, wire
+from bench import runs as bench_runs
 from bench.loadgen import event_time, full_speed_window
 from bench.stats import Sampler, merge_samples, percentile, summarize_ms, tcp_queues
 
@@ -460,3 +461,13 @@ def test_the_journal_budget_is_judged_on_the_median_of_the_trials() -> None:
     assert verdicts == ["within", "within", "within"]
     assert "+20% (trials: +20%, +60%, +16%)" in median
     assert "commit p50, what each event waits before its fan-out: 0.50 ms" in median
+
+
+async def test_the_runs_scenario_times_its_reads_on_a_real_journal() -> None:
+    figures = await bench_runs.measure(3000)
+    assert figures["events"] >= 3000 and figures["runs"] == 50
+    for read in ("runs_list", "search_common", "search_rare", "search_regex", "seek"):
+        assert 0 < figures[read]["median_ms"] <= figures[read]["max_ms"]
+    page = report.render({**results_with(), "scenarios": {"runs": figures}})
+    assert "## Runs: search and seek in a long run" in page
+    assert f"One run of {figures['events']:,} events" in page

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from trio_ws.journal.interface import Batch, JournalError, JournalWriteError
+from trio_ws.journal.interface import ArchiveLimits, Batch, JournalError, JournalWriteError
 from trio_ws.journal.sqlite import (
     CHUNK_EVENTS,
     LOCK_SUFFIX,
@@ -479,3 +479,32 @@ def test_a_lock_file_unlinked_while_it_is_taken_is_taken_again(
             os.close(lock_journal(path, "demo"))
     finally:
         os.close(lock)
+
+
+async def test_a_search_reads_only_the_rows_whose_texts_hold_every_trigram(
+    home: Path, boot: Path
+) -> None:
+    """Rows written with their events' texts are found through the trigram index (the
+    JSON's keys are not in it); the index's rows go with the archive's."""
+    opened = SqliteBackend(
+        home, boot_id_path=boot, history=10, archive=ArchiveLimits(40_000)
+    ).journal("demo")
+    await opened.open()
+    seq = 0
+    for number in range(40):  # rows of 256 events; one line in each row names it
+        texts = [f"row {number} line {n}" if n else f"Needle{number}" for n in range(256)]
+        events = [
+            (seq + n + 1, f'{{"type":"log","line":"{text}"}}') for n, text in enumerate(texts)
+        ]
+        await opened.append(Batch(events, texts=texts))
+        seq += 256
+    found, through = await opened.search(0, seq, "needle39", 10, 5.0)
+    assert [text for _, text in found] == ['{"type":"log","line":"Needle39"}']
+    assert through == seq
+    assert (await opened.search(0, seq, '"type"', 10, 5.0))[0] == []  # keys: not texts
+    await opened.close()
+    with sqlite3.connect(journal_path(home, "demo")) as conn:
+        (indexed,) = conn.execute("SELECT count(*) FROM search").fetchone()
+        (rows,) = conn.execute("SELECT count(*) FROM chunks").fetchone()
+    conn.close()
+    assert indexed == rows < 40  # the archive was cut, the index with it

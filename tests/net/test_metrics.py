@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import trio
@@ -62,3 +63,31 @@ async def test_metrics_without_projects_are_still_valid(server: Server) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
         samples = await scrape(server)
     assert not any(name == "trio_ws_subscribers" for name, _ in samples)
+
+
+async def test_metrics_and_healthz_say_what_the_archive_keeps(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        hub = (await server.manager.open("demo", project_dir)).hub
+        ws = await connect(nursery, server)
+        hub.set_status("running")
+        hub.feed_lines(["one line"])
+        hub.set_status("stopped")
+        await receive_until(ws, lambda m: m.get("status") == "stopped")
+        samples = await scrape(server)
+        status, _, body = await http_get(server, "/healthz")
+    project = (("project", "demo"),)
+    assert samples[("trio_ws_archive_runs", project)] == 1
+    assert samples[("trio_ws_archive_events", project)] == hub.head
+    assert samples[("trio_ws_archive_bytes", project)] > 0
+    first = samples[("trio_ws_archive_oldest_run_seq", project)]
+    archive = json.loads(body)["journals"]["demo"]["archive"]
+    assert status == 200
+    assert archive == {
+        "oldest_seq": 1,
+        "events": hub.head,
+        "bytes": samples[("trio_ws_archive_bytes", project)],
+        "runs": 1,
+        "oldest_run_seq": first,
+    }

@@ -35,7 +35,7 @@ the stream): the most recently written. One producer id per ``run``/``publish``
 invocation would otherwise grow the journal for its whole life; an older id is
 dropped in the commit that writes a newer one, and a producer that comes back after
 that is one the server has no record of (PROTOCOL.md 4.2)."""
-CHECKPOINT_EVERY: Final = 5000
+CHECKPOINT_EVERY: Final = 2000
 """A snapshot checkpoint is stored with the commit of every event whose seq is a
 multiple of this: a seek replays at most this many events (issue 20: <= 100 ms)."""
 DEFAULT_ARCHIVE_BYTES: Final = {"sqlite": 1024**3, "memory": 64 * 1024**2, "redis": 256 * 1024**2}
@@ -101,6 +101,9 @@ class Batch:
     state: JsonObject | None = None
     runs: Sequence[StoredRun] = ()
     checkpoints: Sequence[Checkpoint] = ()
+    texts: Sequence[str] = ()
+    """Each event's searchable text (its line, thought or message; "" if none), in the
+    order of ``events``, for a backend that indexes them (sqlite); may be empty."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +233,11 @@ class Journal(Protocol):
         self, after: int, last: int, needle: str, limit: int, seconds: float
     ) -> tuple[list[tuple[int, str]], int]:
         """Up to ``limit`` held events in (``after``, ``last``] whose lower-cased JSON
-        text holds ``needle`` (lower case), oldest first, and the seq the search got
-        through (``last`` unless ``limit`` or ``seconds`` stopped it first)."""
+        text holds ``needle`` (lower case, as it appears inside JSON), oldest first, and
+        the seq the search got through (``last`` unless ``limit`` or ``seconds``
+        stopped it first). A backend that indexes `Batch.texts` looks only at the events
+        whose searchable text holds it (the sqlite backend, for needles of 3 characters
+        or more without a JSON escape)."""
         ...
 
     async def runs(self, before: int | None, limit: int) -> list[str]:

@@ -781,8 +781,10 @@ class RedisJournal:
         await self._cut_archive()
 
     async def _cut_archive(self) -> None:
-        """Over the archive's limits: drop the oldest whole runs (`archive_cut`), read
-        here, cut in one script. Every node may decide it; a cut is idempotent. A
+        """Over the archive's limits: drop the oldest whole runs (`archive_cut`, on the
+        runs read here and sizes estimated from the mean event size: reading the
+        stream's sizes would cost a read of the archive), cut in one script, which
+        counts what it freed exactly. Every node may decide it; a cut is idempotent. A
         failure leaves the archive as it was (the next commit tries again)."""
         keep = self._archive.keep_runs
         slack = self._archive.archive_bytes // TRIM_SLACK
@@ -795,14 +797,9 @@ class RedisJournal:
             for text in texts:
                 summary = json.loads(str(text))
                 runs.append((int(summary["first_seq"]), int(summary["last_seq"])))
-            rows: list[tuple[int, int]] = []
-            seq = self._archived - 1
-            while seq < self._oldest - 1:  # the archive's entries, before the live history
-                chunk = await self.read_range(seq, self._oldest - 1, SEARCH_CHUNK)
-                if not chunk:
-                    break
-                rows += [(number, len(text.encode())) for number, text in chunk]
-                seq = chunk[-1][0]
+            rows = _estimated_rows(
+                self._archived, self._head, self._stored_bytes, runs, self._oldest
+            )
             plan = archive_cut(rows, self._stored_bytes, runs, self._archive, self._oldest)
             if plan is None:
                 return
@@ -816,6 +813,22 @@ class RedisJournal:
         self._stored_bytes -= int(cast(int, freed))
         self._archived = max(self._archived, min(plan[0], self._oldest))
         self._run_count -= sum(1 for first, _ in runs if first < plan[1])
+
+
+def _estimated_rows(
+    archived: int, head: int, stored: int, runs: Sequence[tuple[int, int]], live_oldest: int
+) -> list[tuple[int, int]]:
+    """`archive_cut`'s rows for a stream holding ``stored`` bytes from ``archived`` to
+    ``head``: one per closed run's end and one up to the live history, each sized by
+    the mean event size."""
+    mean = stored / max(1, head - archived + 1)
+    rows, start = [], archived
+    for last in sorted({last for _, last in runs if archived <= last < live_oldest}):
+        rows.append((last, round((last - start + 1) * mean)))
+        start = last + 1
+    if start < live_oldest:
+        rows.append((live_oldest - 1, round((live_oldest - start) * mean)))
+    return rows
 
 
 class RedisBackend:

@@ -106,14 +106,19 @@ _CHUNKS: Final = (
 _ARCHIVE_TABLES: Final = (
     "CREATE TABLE runs (first INTEGER PRIMARY KEY, last INTEGER NOT NULL, summary TEXT NOT NULL)",
     "CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, stamp TEXT, state TEXT NOT NULL)",
+    # A row per chunk (rowid: its first seq): its events' texts, trigram-indexed, so a
+    # search reads only the chunks that hold every trigram of what it looks for.
+    "CREATE VIRTUAL TABLE search USING fts5(t, tokenize='trigram', detail='none')",
 )
+SEARCH_MIN: Final = 3
+"""Shortest text the trigram index can find; a shorter one is searched row by row."""
 _SCHEMA: Final = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT)",
     _CHUNKS,
     "CREATE TABLE producers (id TEXT PRIMARY KEY, pseq INTEGER NOT NULL)",
     *_ARCHIVE_TABLES,
 )
-_TABLES: Final = frozenset({"meta", "chunks", "producers", "runs", "checkpoints"})
+_TABLES: Final = frozenset({"meta", "chunks", "producers", "runs", "checkpoints", "search"})
 _TABLES_V2: Final = frozenset({"meta", "chunks", "producers"})
 _TABLES_V1: Final = frozenset({"meta", "events", "producers"})
 _META_KEYS_V1: Final = frozenset({"epoch", "head", "clean", "boot_id", "synchronous", "state"})
@@ -239,6 +244,11 @@ class SqliteJournal:
         check_batch(batch, self._head)
         state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
         rows = _rows(batch.events)
+        searchable = (
+            ["\n".join(part) for part in _parts(batch.texts)]
+            if len(batch.texts) == len(batch.events)
+            else []
+        )
         fresh = [HeldRow(first, last, sizes, sum(sizes)) for first, last, _, sizes in rows]
         held = self._held + len(batch.events)
         size = self._size + sum(row.size for row in fresh)
@@ -265,6 +275,7 @@ class SqliteJournal:
             runs=[(run.first, run.last, run.text) for run in batch.runs],
             checkpoints=[(point.seq, point.stamp, point.text) for point in batch.checkpoints],
             archived=None if planned is None else planned[:2],
+            search=[(row[0], text) for row, text in zip(rows, searchable, strict=False)],
         )
         start = time.perf_counter()
         try:
@@ -328,15 +339,26 @@ class SqliteJournal:
         only those are split into events here."""
         conn = self._connection()
         after = max(after, self._archived - 1)
+        # ``needle`` is as the text appears inside JSON: with no escape in it, it is the
+        # text itself, which the trigram index (case-insensitive) finds.
+        indexed = len(needle) >= SEARCH_MIN and "\\" not in needle
         in_sql = needle.isascii()
 
         def search() -> tuple[list[tuple[int, str]], int]:
             found: list[tuple[int, str]] = []
             deadline = time.monotonic() + seconds
             query = "SELECT first, last, texts FROM chunks WHERE last > ? AND first <= ?"
-            if in_sql:
+            args: tuple[object, ...] = (after, last)
+            if indexed:  # rows written without texts (older ones) are not in the index
+                query += (
+                    " AND (first IN (SELECT rowid FROM search WHERE search MATCH ?)"
+                    " OR (first NOT IN (SELECT rowid FROM search)"
+                    " AND instr(lower(texts), ?) > 0))"
+                )
+                args += (_trigram_query(needle), needle)
+            elif in_sql:
                 query += " AND instr(lower(texts), ?) > 0"
-            args = (after, last, needle) if in_sql else (after, last)
+                args += (needle,)
             try:
                 rows = conn.execute(query + " ORDER BY first", args)
                 for first, row_last, texts in rows:
@@ -658,6 +680,8 @@ class SqliteJournal:
                     + ", ".join(["(?, ?, ?, ?)"] * len(part)),
                     [value for row in part for value in row],
                 )
+            if write.search:
+                conn.executemany("INSERT INTO search (rowid, t) VALUES (?, ?)", write.search)
             if write.runs:
                 conn.executemany(
                     "INSERT OR REPLACE INTO runs (first, last, summary) VALUES (?, ?, ?)",
@@ -693,6 +717,10 @@ class SqliteJournal:
                 )
             if write.archived is not None:
                 cut, runs_from = write.archived
+                conn.execute(
+                    "DELETE FROM search WHERE rowid IN (SELECT first FROM chunks WHERE last < ?)",
+                    (cut,),
+                )
                 conn.execute("DELETE FROM chunks WHERE last < ?", (cut,))
                 conn.execute("DELETE FROM runs WHERE first < ?", (runs_from,))
                 conn.execute("DELETE FROM checkpoints WHERE seq < ?", (cut,))
@@ -720,9 +748,18 @@ class Write:
     """The new oldest seq of the live history after a trim (the rows stay: archive)."""
     runs: list[tuple[int, int, str]]
     checkpoints: list[tuple[int, str | None, str]]
+    search: list[tuple[int, str]]
+    """Each new row's first seq and its events' searchable texts."""
     archived: tuple[int, int] | None
     """The new oldest seq of the archive (rows and checkpoints before it go) and the
     first seq of the oldest run kept (runs that start before it go)."""
+
+
+def _trigram_query(text: str) -> str:
+    """An FTS5 query for the rows whose index holds every trigram of ``text`` (the
+    index keeps no positions: the rows found are checked event by event)."""
+    trigrams = sorted({text[start : start + 3] for start in range(len(text) - 2)})
+    return " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in trigrams)
 
 
 def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
@@ -731,6 +768,11 @@ def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
     if row.isascii():
         return list(map(len, texts))
     return [len(text.encode()) for text in texts]
+
+
+def _parts(items: Sequence[str]) -> list[Sequence[str]]:
+    """``items`` in the rows' groups of CHUNK_EVENTS."""
+    return [items[start : start + CHUNK_EVENTS] for start in range(0, len(items), CHUNK_EVENTS)]
 
 
 def _rows(events: Sequence[tuple[int, str]]) -> list[tuple[int, int, str, list[int]]]:

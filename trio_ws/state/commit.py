@@ -187,9 +187,11 @@ class HubCommit(HubState):
         snapshot = self._snapshot_state.copy()
         runs = self.runs.copy() if events else self.runs
         checkpoints: list[Checkpoint] = []
+        texts: list[str] = []
         for index, (message, item) in enumerate(events):
             snapshot.remember(message, item)
             runs.feed(message)
+            texts.append(search_text(message))
             if item.seq is not None and item.seq % CHECKPOINT_EVERY == 0:
                 checkpoints.append(self._checkpoint(snapshot, events, index))
         finished = runs.take_finished() if events else []
@@ -213,6 +215,7 @@ class HubCommit(HubState):
             state,
             runs=[StoredRun(run.first_seq, run.last_seq, run.text()) for run in finished],
             checkpoints=checkpoints,
+            texts=texts,
         )
         started = time.perf_counter()
         self._committing = taken_dirty
@@ -341,6 +344,16 @@ class HubCommit(HubState):
                         len(self._pending),
                     )
                 await journal.close(clean=True)
+
+
+def search_text(message: Mapping[str, object]) -> str:
+    """What a runs search looks in: a log line, an agent's thought, an orchestrator
+    update's or an alert's message (`run_events.TEXT_FIELDS`)."""
+    for key in ("line", "thought", "message"):
+        value = message.get(key)
+        if isinstance(value, str):
+            return value
+    return ""
 
 
 def _stamp_of(item: Outgoing) -> str | None:

@@ -27,7 +27,7 @@ from trio_ws.state.runs import RunRecorder, RunSummary, run_first_seq
 READ_CHUNK: Final = 1000
 """Events read from the journal per call."""
 SEARCH_GUARD: Final = 1.0
-"""Seconds a page's search may take before it returns what it found (``partial``)."""
+"""Seconds a filtered page may take before it returns what it found (``partial``)."""
 TEXT_FIELDS: Final = ("line", "thought", "message")
 """Where an event's text is, by type: a log line, an agent's thought, an orchestrator
 update's or an alert's message."""
@@ -49,6 +49,19 @@ class EventFilter:
     @property
     def searches(self) -> bool:
         return self.text is not None or self.pattern is not None
+
+    @property
+    def filters(self) -> bool:
+        """Anything to match at all (else every event is on the page)."""
+        return self.searches or not (
+            self.types is None and self.agent_indices is None and self.feature is None
+        )
+
+    @property
+    def raw_types(self) -> tuple[str, ...]:
+        """``"type":"<type>"`` as each type asked for appears in an event's compact JSON
+        text: an event holding none of them is not one of those types."""
+        return tuple(f'"type":"{kind}"' for kind in sorted(self.types or ()))
 
     @property
     def raw_text(self) -> str | None:
@@ -167,6 +180,7 @@ async def events_page(
     text search lets the journal find the events that hold the text (`Journal.search`);
     a search stops at the time guard with what it found (``partial``)."""
     raw = selected.raw_text
+    raw_types = selected.raw_types
     deadline = clock() + guard
     texts: list[str] = []
     scanned = max(after, run.first_seq - 1)
@@ -181,6 +195,8 @@ async def events_page(
         for seq, text in chunk:
             if raw is not None and raw not in text.lower():
                 continue
+            if raw_types and not any(kind in text for kind in raw_types):
+                continue
             if selected.matches(json.loads(text)):
                 texts.append(text)
                 if len(texts) == limit:
@@ -188,7 +204,7 @@ async def events_page(
         scanned = through
         if not chunk and raw is None:
             break
-        if selected.searches and clock() > deadline and scanned < last:
+        if selected.filters and clock() > deadline and scanned < last:
             return EventsPage(texts, scanned, partial=True)
         await trio.lowlevel.checkpoint()
     return EventsPage(texts, None)
