@@ -1165,3 +1165,28 @@ def test_the_replay_of_an_unknown_run_says_so(served: ServerProcess, browser: An
     browser.get(f"{served.base}/projects/demo/runs/nope-1")
     wait(browser, lambda d: moment(d)[0] == "error", "the replay to fail")
     assert text(browser, "#replay-note").startswith("Cannot replay run nope-1: HTTP 404")
+
+
+def test_a_replay_of_the_run_still_going_keeps_up_with_it(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.lines(RUN[:40])
+    agent.acked()
+    run = api_json(served, "/api/projects/demo/runs")["runs"][0]
+    assert run["ended"] is None
+    open_replay(browser, served, run["id"])
+    assert browser.find_element(By.ID, "replay-live").get_attribute("href") == (
+        f"{served.base}/projects/demo"
+    )
+    browser.find_element(By.CSS_SELECTOR, '#replay-speeds button[data-speed="100"]').click()
+    browser.find_element(By.ID, "replay-play").click()
+    wait(browser, lambda d: moment(d) == ("caught-up", run["last_seq"]), "caught up")
+    agent.lines(RUN[40:50])
+    agent.acked()
+    head = api_json(served, f"/api/projects/demo/runs/{run['id']}")["last_seq"]
+    assert head == run["last_seq"] + 10
+    wait(browser, lambda d: moment(d) == ("caught-up", head), "the newer events replayed")
+    assert RUN[49] in text(browser, "#log .line:last-child")

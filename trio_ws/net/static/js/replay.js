@@ -22,6 +22,7 @@ const HIT_PAGES = 5; // pages of 1000 hits marked on the timeline at most
 const CHART_PAGES = 20; // pages of 1000 progress / status events for the chart
 const BOARD_PAGES = 10; // pages of 1000 agent updates read for the board's completions
 const MARK_BUCKETS = 400; // the timeline's resolution for marks
+const FOLLOW_MS = 1000; // how often a replay caught up with a run still going asks for more
 
 const player = {
   name: "",
@@ -43,6 +44,7 @@ const player = {
   chart: [], // the run's progress and status events, for the chart up to the moment
   completions: null, // [{seq, ids}] of features completed in the run, or null (unknown)
   boardNote: null, // why the board at a moment cannot be known, when it cannot
+  followTimer: null,
 };
 
 function api(path) {
@@ -165,6 +167,7 @@ function setPlaying(playing) {
 async function seek(query, then = []) {
   // The snapshot at the moment, then (optionally) the events `then` right after it.
   const generation = ++player.generation;
+  const began = performance.now();
   player.seeking = true;
   setMoment("seeking");
   let body;
@@ -204,6 +207,7 @@ async function seek(query, then = []) {
   touch("board");
   player.seeking = false;
   setMoment(player.playing ? "playing" : "paused");
+  document.body.dataset.seekMs = String(Math.round(performance.now() - began)); // for benchmarks
   fetchMore();
 }
 
@@ -263,11 +267,28 @@ function tick() {
   if (waiting > 0 && applied < MAX_PER_TICK) player.clock = Math.max(player.clock, target);
   if (waiting < LOW_WATER) fetchMore();
   if (waiting === 0 && player.nextAfter === null && !player.fetching) {
-    setPlaying(false);
-    setMoment("ended");
+    if (player.summary.ended === null || player.summary.ended === undefined) {
+      follow(); // the run is still going: keep up with it
+      setMoment("caught-up");
+    } else {
+      setPlaying(false);
+      setMoment("ended");
+    }
   } else {
     setMoment("playing");
   }
+}
+
+function follow() {
+  // Ask for the open run's newer events every FOLLOW_MS while caught up with it.
+  if (player.followTimer !== null) return;
+  const generation = player.generation;
+  player.followTimer = setTimeout(() => {
+    player.followTimer = null;
+    if (generation !== player.generation || player.nextAfter !== null) return;
+    player.nextAfter = player.cursor;
+    fetchMore();
+  }, FOLLOW_MS);
 }
 
 // -- the moment and the timeline -------------------------------------------------------
@@ -282,7 +303,13 @@ function setMoment(state) {
   moment.dataset.state = state;
   moment.dataset.seq = player.cursor === null ? "" : String(player.cursor);
   const at = player.cursor === null ? "" : `${clockTime(player.clock)} · seq ${player.cursor}`;
-  const words = { ended: "end of the run", seeking: "seeking…", error: "", loading: "loading…" };
+  const words = {
+    ended: "end of the run",
+    "caught-up": "caught up: the run is still going",
+    seeking: "seeking…",
+    error: "",
+    loading: "loading…",
+  };
   moment.textContent = [at, words[state] ?? ""].filter(Boolean).join(" · ");
   const scrub = $("replay-scrub");
   if (!scrub.dataset.dragging && player.cursor !== null) {
