@@ -255,3 +255,34 @@ async def test_events_that_skip_a_seq_stop_the_replay_saying_so(nursery: trio.Nu
         replay = await open_replay(target, "e1-1", speed=math.inf)
         with pytest.raises(WatchError, match="expected event seq 2, got 3"):
             await play(replay)
+
+
+async def test_a_replay_of_the_run_still_going_follows_it_to_its_end(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    producer = await Producer.connect(nursery, server)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await producer.status("running")
+        await producer.lines(RUN[:20])
+        _, body = await _runs(server)
+        run_id = body["runs"][0]["id"]
+        replay = await open_replay(target_of(server), run_id, speed=math.inf)
+        caught_up = trio.Event()
+
+        async def replaying() -> None:
+            await play(replay, follow_every=0.05)
+
+        async def watch_for_caught_up() -> None:
+            while "caught up" not in (replay.view.connection_detail or ""):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            caught_up.set()
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(replaying)
+            inner.start_soon(watch_for_caught_up)
+            await caught_up.wait()
+            await producer.lines(RUN[20:30])
+            await producer.status("stopped")
+    assert replay.view.agent_status == "stopped"
+    assert "end of run" in (replay.view.connection_detail or "")
+    assert [entry.line for entry in replay.view.logs][-10:] == RUN[20:30]

@@ -29,8 +29,10 @@ from trio_ws.clients.watch_api import get_json
 from trio_ws.clients.watch_session import WatchError, WatchTarget
 from trio_ws.core.protocol import JsonObject
 
-PAGE: Final = 500
-"""Events read per ``/events`` request while replaying."""
+PAGE: Final = 1000
+"""Events read per ``/events`` request while replaying (the most the API gives)."""
+FOLLOW_EVERY: Final = 1.0
+"""Seconds between two looks for newer events of a run still going, once caught up."""
 _OFFSET: Final = re.compile(r"\+(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+(?:\.\d+)?)s?)?")
 
 Summary = dict[str, Any]
@@ -251,32 +253,42 @@ async def play(
     on_message: Callable[[JsonObject], None] | None = None,
     *,
     sleep: Callable[[float], Awaitable[None]] = trio.sleep,
+    follow_every: float = FOLLOW_EVERY,
 ) -> None:
-    """Apply the run's events after the snapshot, each when it is due, to the end."""
-    assert replay.view.seq is not None
-    async for event in events_after(replay.target, replay.run_id, replay.view.seq):
-        delay = replay.pacer.wait(event)
-        if delay > 0:
-            await sleep(delay)
-        try:
-            replay.view.apply(event)
-        except SequenceGap as gap:
-            raise WatchError(f"events of run {replay.run_id}: {gap}") from None
-        except ValueError as exc:
-            raise WatchError(f"events of run {replay.run_id}: {exc}") from None
-        replay.events += 1
-        if on_message is not None:
-            on_message(event)
-        replay.view.set_connection("replay", _detail(replay))
+    """Apply the run's events after the snapshot, each when it is due, to the end of the
+    run; a run still going is followed (asked again every ``follow_every`` seconds)
+    until it ends."""
+    while True:
+        ended = replay.summary.get("ended") is not None
+        assert replay.view.seq is not None
+        async for event in events_after(replay.target, replay.run_id, replay.view.seq):
+            delay = replay.pacer.wait(event)
+            if delay > 0:
+                await sleep(delay)
+            try:
+                replay.view.apply(event)
+            except SequenceGap as gap:
+                raise WatchError(f"events of run {replay.run_id}: {gap}") from None
+            except ValueError as exc:
+                raise WatchError(f"events of run {replay.run_id}: {exc}") from None
+            replay.events += 1
+            if on_message is not None:
+                on_message(event)
+            replay.view.set_connection("replay", _detail(replay))
+        if ended:
+            break
+        replay.view.set_connection("replay", _detail(replay, caught_up=True))
+        await sleep(follow_every)
+        replay.summary = await read_summary(replay.target, replay.run_id)
     replay.view.set_connection("replay", _detail(replay, ended=True))
 
 
-def _detail(replay: Replay, *, ended: bool = False) -> str:
+def _detail(replay: Replay, *, ended: bool = False, caught_up: bool = False) -> str:
     speed = replay.pacer.speed
     shown = "max" if math.isinf(speed) else f"{speed:g}x"
     when = replay.now
     clock = "" if when is None else datetime.fromtimestamp(when, UTC).strftime(" %H:%M:%S UTC")
-    state = "end of run" if ended else shown
+    state = "end of run" if ended else "caught up, run still going" if caught_up else shown
     return f"{state}{clock}"  # short: the header shares one line with the run's facts
 
 
