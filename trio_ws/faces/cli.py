@@ -1070,8 +1070,9 @@ def replay_command(
     utc: bool,
 ) -> None:
     """Replay run RUN of project NAME (an id from `trio-ws runs`) through the watch view:
-    the state at --at, then each event when its timestamp comes due at --speed. Exits 0
-    at the end of the run, 1 when the run cannot be read."""
+    the state at --at, then each event when its timestamp comes due at --speed (a run
+    still going is followed). Exits 0 at the end of the run, 1 when the run cannot be
+    read, 2 for an --at or --speed it cannot use."""
     from trio_ws.clients import run_replay, watch_session
     from trio_ws.core import protocol
 
