@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from plain import Msg
 
-from trio_ws.clients.run_view import RunView, SequenceGap
+from trio_ws.clients.run_view import RunView, SequenceGap, parse_timestamp
 from trio_ws.clients.watch_render import (
     log_tail,
 )
@@ -404,3 +404,24 @@ def test_an_alert_stands_until_resolved_and_only_live_ones_ring() -> None:
     assert view.alerts == {}
     view.apply(alert(4, kind="run_stalled"))
     assert (list(view.alerts), view.alerts_raised) == (["run_stalled:-:2"], 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("2026-12-05T21:06:04.239103Z", 1796504764.239103),
+        ("2026-12-05T21:06:04.123Z", 1796504764.123),
+        ("2026-12-05T21:06:04.1Z", 1796504764.1),
+        ("2026-12-05T21:06:04Z", None),
+        ("2026-12-05 21:06:04.123Z", None),
+        ("2026-12-05T21:06:04.123+00:00", None),
+        ("2026-12-05T21:06:04.12xZ", None),
+        ("", None),
+        (None, None),
+        (1796504764, None),
+    ],
+)
+def test_a_timestamp_is_read_only_in_the_protocols_shape(
+    value: object, seconds: float | None
+) -> None:
+    assert parse_timestamp(value) == seconds

@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any, Final, NoReturn
+from typing import Any, Final, Literal, NoReturn
 from urllib.parse import quote, urlencode
 
 import trio
@@ -217,6 +217,8 @@ class Replay:
     view: RunView
     pacer: Pacer
     events: int = 0
+    phase: Literal["playing", "caught up", "ended"] = "playing"
+    """"caught up": the run is still going and every event so far is applied."""
 
     @property
     def now(self) -> float | None:
@@ -274,21 +276,24 @@ async def play(
             replay.events += 1
             if on_message is not None:
                 on_message(event)
-            replay.view.set_connection("replay", _detail(replay))
         if ended:
             break
-        replay.view.set_connection("replay", _detail(replay, caught_up=True))
+        replay.phase = "caught up"
+        replay.view.set_connection("replay", _detail(replay))
         await sleep(follow_every)
         replay.summary = await read_summary(replay.target, replay.run_id)
-    replay.view.set_connection("replay", _detail(replay, ended=True))
+        replay.phase = "playing"
+    replay.phase = "ended"
+    replay.view.set_connection("replay", _detail(replay))
 
 
-def _detail(replay: Replay, *, ended: bool = False, caught_up: bool = False) -> str:
+def _detail(replay: Replay) -> str:
     speed = replay.pacer.speed
     shown = "max" if math.isinf(speed) else f"{speed:g}x"
     when = replay.now
     clock = "" if when is None else datetime.fromtimestamp(when, UTC).strftime(" %H:%M:%S UTC")
-    state = "end of run" if ended else "caught up, run still going" if caught_up else shown
+    phases = {"ended": "end of run", "caught up": "caught up, run still going"}
+    state = phases.get(replay.phase, shown)
     return f"{state}{clock}"  # short: the header shares one line with the run's facts
 
 
@@ -327,6 +332,7 @@ async def replay_live(
 
     def current() -> RenderableType:
         now = replay.now if replay.now is not None else time.time()
+        replay.view.set_connection("replay", _detail(replay))  # where it stands now
         return screen(replay.view, console, now, log_lines, zone)
 
     async def refresh(live: Live) -> NoReturn:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Literal
 
 from trio_ws.core.protocol import MessageFields
@@ -431,10 +431,13 @@ _EVENT_HANDLERS: Final[dict[str, _Handler]] = {
 
 def parse_timestamp(value: object) -> float | None:
     """UNIX seconds of a protocol timestamp (``2026-11-25T17:04:05.123Z``); None if unreadable."""
-    if not isinstance(value, str):
+    # The shape checked by hand, the parsing by fromisoformat: strptime cost ~35 us per
+    # event, most of a `replay --speed max`'s time.
+    if not isinstance(value, str) or value[10:11] != "T" or value[19:20] != ".":
+        return None
+    if not value.endswith("Z"):
         return None
     try:
-        moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
-    return moment.timestamp()
