@@ -1157,3 +1157,258 @@ def test_notifications_are_asked_from_a_click_and_tell_new_alerts_only(
     wait_text(browser, "#notify", "Notifications on")
     assert browser.execute_script("return window.__asked") == 0
     assert browser.execute_script("return window.__shown") == []
+
+
+# -- runs: the list and the replay ------------------------------------------------------
+
+
+RUN_BATCH = 60
+RUN_BATCHES = len(range(0, len(RUN), RUN_BATCH))
+"""`record_run` feeds the corpus in batches, one more feature passing after each."""
+
+
+def record_run(
+    served: ServerProcess,
+    project: Path,
+    browser: Any,
+    producer: ProducerFactory,
+    end: str = "stopped",
+) -> tuple[dict[str, Any], Producer]:
+    """The corpus run, fed in batches with the progress moving between them (the live
+    page open, so the server polls the features), then stopped; its summary."""
+    open_live(browser, served)
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    for batch, start in enumerate(range(0, len(RUN), RUN_BATCH)):
+        agent.lines(RUN[start : start + RUN_BATCH])
+        agent.acked()
+        set_progress(project, passing=batch + 1, in_progress=2)
+        wait_passing(browser, batch + 1)
+    agent.status(end)
+    agent.acked()
+    wait_text(browser, "#agent-status", end)
+    runs = api_json(served, "/api/projects/demo/runs")["runs"]
+    assert runs[0]["ended"] == end, runs
+    summary: dict[str, Any] = runs[0]
+    return summary, agent
+
+
+def api_json(served: ServerProcess, path: str) -> Any:
+    request = urllib.request.Request(
+        f"{served.base}{path}", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=WAIT) as response:
+        return json.loads(response.read())
+
+
+def open_replay(driver: Any, served: ServerProcess, run_id: str) -> None:
+    driver.get(f"{served.base}/projects/demo/runs/{urllib.parse.quote(run_id)}")
+    wait(driver, lambda d: moment(d)[0] == "paused", "the replay to load")
+
+
+def moment(driver: Any) -> tuple[str, int | None]:
+    """The replay's state (paused, playing, seeking, ended...) and the seq it stands at."""
+    node = driver.find_element(By.ID, "replay-moment")
+    seq = node.get_attribute("data-seq")
+    return str(node.get_attribute("data-state")), int(seq) if seq else None
+
+
+def seq_of(served: ServerProcess, run_id: str, line: str) -> int:
+    """The seq of the run's first log event holding ``line``."""
+    query = urllib.parse.urlencode({"q": line, "type": "log", "limit": 1})
+    found = api_json(served, f"/api/projects/demo/runs/{run_id}/events?{query}")["events"]
+    assert found, line
+    return int(found[0]["seq"])
+
+
+def test_runs_list_shows_a_finished_run_and_links_the_open_one_to_the_live_view(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    finished, agent = record_run(served, project, browser, producer)
+    agent.status("running")
+    agent.acked()
+    browser.find_element(By.ID, "runs-link").click()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#runs tr.run")) == 2, "2 runs")
+    rows = browser.find_elements(By.CSS_SELECTOR, "#runs tr.run")
+    assert [row.get_attribute("data-ended") for row in rows] == ["live", "stopped"]
+    cells = [cell.text for cell in rows[1].find_elements(By.TAG_NAME, "td")]
+    final = f"{RUN_BATCHES}/24 ({round(RUN_BATCHES / 24 * 100, 1)}%)"
+    assert cells[2] == "stopped" and cells[4] == final and cells[5] == "196"
+    assert cells[6] == "2"  # Fizz's and Hoot's failed batches
+    assert rows[0].find_element(By.CSS_SELECTOR, ".live-link").get_attribute("href") == (
+        f"{served.base}/projects/demo"
+    )
+    assert not rows[1].find_elements(By.CSS_SELECTOR, ".live-link")
+    rows[1].find_element(By.CSS_SELECTOR, "a.replay-link").click()
+    wait(browser, lambda d: moment(d) == ("paused", finished["first_seq"]), "the run's start")
+    assert browser.current_url.endswith(f"/projects/demo/runs/{finished['id']}")
+    wait(browser, lambda d: "cannot be known" in text(d, "#board-message"), "no board")
+
+
+def test_replay_shows_the_cards_and_progress_at_a_sought_moment(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    run, _ = record_run(served, project, browser, producer)
+    open_replay(browser, served, run["id"])
+    assert text(browser, "#agent-status") == "running"
+    # The moment before the first completion, found by a search mark and sought by a click.
+    browser.find_element(By.ID, "replay-search").send_keys("Features #1, #2, #3 completed\n")
+    mark = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".mark.hit"), "a hit mark")
+    sought = int(mark.get_attribute("data-seq"))
+    mark.click()
+    wait(browser, lambda d: moment(d) == ("paused", sought), "the sought moment")
+    wait(browser, lambda d: "Spark" in card_names(d) and "Fizz" in card_names(d), "the cards")
+    then = str(FIRST_COMPLETION // RUN_BATCH)  # the batches before it each passed one more
+    wait(browser, lambda d: progress_figures(d)[0] == then, "the progress then")
+    assert "Features #1, #2, #3 completed" in text(browser, "#log .line:last-child")
+    # The board then: the features passing now, less those this run completed later
+    # (Spark's #1-#3, Buzz's #6); in progress, those its agents were on then.
+    later = {1, 2, 3, 6}
+    done = [feature for feature in range(1, RUN_BATCHES + 1) if feature not in later]
+    wait(browser, lambda d: column_ids(d, "done") == done, "the board at that moment")
+    assert column_ids(browser, "in-progress") == [1, 2, 3, 5]
+    assert "less this run's later completions" in text(browser, "#board-updated")
+    # The end of the run, by the slider.
+    browser.execute_script(
+        "const s = document.getElementById('replay-scrub'); s.value = s.max;"
+        "s.dispatchEvent(new Event('change'));"
+    )
+    wait(browser, lambda d: moment(d) == ("paused", run["last_seq"]), "the run's end")
+    wait_text(browser, "#agent-status", "stopped")
+    assert progress_figures(browser)[0] == str(RUN_BATCHES) and card_names(browser) == []
+
+
+def test_replay_plays_forward_to_the_end(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    run, _ = record_run(served, project, browser, producer)
+    open_replay(browser, served, run["id"])
+    browser.find_element(By.CSS_SELECTOR, '#replay-speeds button[data-speed="100"]').click()
+    browser.find_element(By.ID, "replay-play").click()
+    wait(browser, lambda d: (moment(d)[1] or 0) > run["first_seq"], "the replay to advance")
+    wait(browser, lambda d: moment(d) == ("ended", run["last_seq"]), "the end of the run")
+    wait_text(browser, "#agent-status", "stopped")
+    assert text(browser, "#replay-play") == "Play"
+    points = int(browser.find_element(By.ID, "chart").get_attribute("data-points"))
+    assert points >= RUN_BATCHES  # the run's progress, replayed onto the chart
+    browser.find_element(By.CSS_SELECTOR, '#replay-speeds button[data-speed="1"]').click()
+    browser.find_element(By.ID, "replay-play").click()  # at the end: again from the start
+    wait(browser, lambda d: (moment(d)[1] or 0) < run["last_seq"], "playing from the start")
+    assert moment(browser)[0] == "playing"
+    wait(browser, lambda d: moment(d) == ("ended", run["last_seq"]), "the end again")
+
+
+def test_replay_jumps_to_the_next_error(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    run, _ = record_run(served, project, browser, producer, end="crashed")
+    failed = seq_of(served, run["id"], "Features #4, #5 failed")
+    open_replay(browser, served, run["id"])
+    browser.find_element(By.ID, "replay-next-error").click()
+    wait(browser, lambda d: "error: Fizz on Features #4, #5" in text(d, "#replay-note"), "Fizz's")
+    wait(browser, lambda d: "Fizz" in card_names(d), "the failed agent's card")
+    state = browser.find_element(By.CSS_SELECTOR, '#agents .agent[data-name="Fizz"]')
+    assert state.get_attribute("data-state") == "error"
+    first_error = moment(browser)[1]
+    assert first_error is not None and first_error > failed  # the failed batch's update
+    assert moment(browser)[0] == "paused"
+    browser.find_element(By.ID, "replay-next-error").click()
+    wait(browser, lambda d: "error: Hoot on Features #4, #5" in text(d, "#replay-note"), "Hoot's")
+    assert (moment(browser)[1] or 0) > first_error
+    browser.find_element(By.ID, "replay-next-error").click()
+    wait(browser, lambda d: "the run crashed at" in text(d, "#replay-note"), "the crash")
+    assert moment(browser)[1] == run["last_seq"]
+    wait_text(browser, "#agent-status", "crashed")
+    browser.find_element(By.ID, "replay-next-error").click()
+    wait_text(browser, "#replay-note", "No error after this moment.")
+
+
+def test_replay_search_marks_its_hits_on_the_timeline(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    run, _ = record_run(served, project, browser, producer)
+    open_replay(browser, served, run["id"])
+    search = browser.find_element(By.ID, "replay-search")
+    search.send_keys("failed\n")
+    wait(browser, lambda d: text(d, "#replay-note").endswith("hits for “failed”"), "the hits")
+    marks = browser.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.hit")
+    assert marks and all("failed" in (mark.get_attribute("title") or "") for mark in marks)
+    search.clear()
+    search.send_keys("no such line anywhere\n")
+    wait_text(browser, "#replay-note", "0 hits for “no such line anywhere”")
+    assert browser.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.hit") == []
+
+
+def test_replay_agent_filter_keeps_the_log_and_the_marks_to_one_agent(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    run, _ = record_run(served, project, browser, producer)
+    open_replay(browser, served, run["id"])
+    search = browser.find_element(By.ID, "replay-search")
+    search.send_keys("Features #1, #2, #3 completed\n")  # a moment Fizz is busy at
+    wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".mark.hit"), "a hit mark").click()
+    wait(browser, lambda d: "Fizz" in card_names(d), "Fizz at work")
+    assert len(log_tags(browser)) > 1
+    browser.find_element(By.CSS_SELECTOR, '#replay-agent option[value="1"]').click()
+    wait(browser, lambda d: log_tags(d) == {"Fizz"}, "only Fizz's lines")
+    activity = wait(
+        browser,
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.activity"),
+        "Fizz's activity on the timeline",
+    )
+    fizz = api_json(served, f"/api/projects/demo/runs/{run['id']}/events?agent=1&limit=1000")
+    fizz_seqs = {event["seq"] for event in fizz["events"]}
+    assert {int(mark.get_attribute("data-seq")) for mark in activity} <= fizz_seqs
+    everything = api_json(served, f"/api/projects/demo/runs/{run['id']}/events?limit=1000")
+    assert len(fizz_seqs) < len(everything["events"])
+    search.clear()
+    search.send_keys("Feature #\n")
+    wait(browser, lambda d: "hits for" in text(d, "#replay-note"), "the hits")
+    titles = [
+        mark.get_attribute("title")
+        for mark in browser.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.hit")
+    ]
+    assert titles and all("Feature #4" in title or "Feature #5" in title for title in titles)
+    # The feature filter: Buzz's feature #6 alone.
+    browser.find_element(By.CSS_SELECTOR, '#replay-agent option[value=""]').click()
+    browser.find_element(By.ID, "replay-feature").send_keys("6\n")
+    six = api_json(served, f"/api/projects/demo/runs/{run['id']}/events?feature=6&limit=1000")
+    six_seqs = {event["seq"] for event in six["events"]}
+    assert six_seqs and not six_seqs & fizz_seqs
+
+    def feature_marks(driver: Any) -> set[int]:
+        marks = driver.find_elements(By.CSS_SELECTOR, "#timeline-marks .mark.activity")
+        return {int(mark.get_attribute("data-seq")) for mark in marks}
+
+    wait(browser, lambda d: feature_marks(d) and feature_marks(d) <= six_seqs, "#6's marks")
+
+
+def test_the_replay_of_an_unknown_run_says_so(served: ServerProcess, browser: Any) -> None:
+    browser.get(f"{served.base}/projects/demo/runs/nope-1")
+    wait(browser, lambda d: moment(d)[0] == "error", "the replay to fail")
+    assert text(browser, "#replay-note").startswith("Cannot replay run nope-1: HTTP 404")
+
+
+def test_a_replay_of_the_run_still_going_keeps_up_with_it(
+    served: ServerProcess, browser: Any, producer: ProducerFactory
+) -> None:
+    open_live(browser, served)
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.lines(RUN[:40])
+    agent.acked()
+    run = api_json(served, "/api/projects/demo/runs")["runs"][0]
+    assert run["ended"] is None
+    open_replay(browser, served, run["id"])
+    assert browser.find_element(By.ID, "replay-live").get_attribute("href") == (
+        f"{served.base}/projects/demo"
+    )
+    browser.find_element(By.CSS_SELECTOR, '#replay-speeds button[data-speed="100"]').click()
+    browser.find_element(By.ID, "replay-play").click()
+    wait(browser, lambda d: moment(d) == ("caught-up", run["last_seq"]), "caught up")
+    agent.lines(RUN[40:50])
+    agent.acked()
+    head = api_json(served, f"/api/projects/demo/runs/{run['id']}")["last_seq"]
+    assert head == run["last_seq"] + 10
+    wait(browser, lambda d: moment(d) == ("caught-up", head), "the newer events replayed")
+    assert RUN[49] in text(browser, "#log .line:last-child")

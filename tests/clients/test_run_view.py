@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from plain import Msg
 
-from trio_ws.clients.run_view import RunView, SequenceGap
+from trio_ws.clients.run_view import RunView, SequenceGap, parse_timestamp
 from trio_ws.clients.watch_render import (
     log_tail,
 )
@@ -251,6 +251,20 @@ def test_snapshot_messages_keep_old_seqs_and_are_applied() -> None:
     assert view.agent_status == "running"
 
 
+def test_a_snapshot_begun_without_hello_takes_old_seqs_then_the_next_event() -> None:
+    """A recorded run's /state: no websocket, so no hello; the replay says where it is."""
+    view = view_of(log(1), log(2))  # what it held before is forgotten
+    view.begin_snapshot("e7", 9)
+    for message in (status(2, "running"), progress(5), agent_update(8, 0), log(9)):
+        view.apply(message)
+    assert (view.epoch, view.seq, view.synced) == ("e7", 9, False)
+    assert [entry.seq for entry in view.logs] == [9] and list(view.agents) == [0]
+    view.apply(log(10))
+    assert (view.seq, view.synced) == (10, True)
+    with pytest.raises(SequenceGap):
+        view.apply(log(12))
+
+
 def test_an_event_of_a_type_it_does_not_show_still_moves_the_seq() -> None:
     alert = {"type": "alert", "seq": 6, "state": "raised", "kind": "auth"}
     view = view_of(hello(4), log(5), alert, log(7))  # no SequenceGap at 7
@@ -390,3 +404,24 @@ def test_an_alert_stands_until_resolved_and_only_live_ones_ring() -> None:
     assert view.alerts == {}
     view.apply(alert(4, kind="run_stalled"))
     assert (list(view.alerts), view.alerts_raised) == (["run_stalled:-:2"], 1)
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("2026-12-05T21:06:04.239103Z", 1796504764.239103),
+        ("2026-12-05T21:06:04.123Z", 1796504764.123),
+        ("2026-12-05T21:06:04.1Z", 1796504764.1),
+        ("2026-12-05T21:06:04Z", None),
+        ("2026-12-05 21:06:04.123Z", None),
+        ("2026-12-05T21:06:04.123+00:00", None),
+        ("2026-12-05T21:06:04.12xZ", None),
+        ("", None),
+        (None, None),
+        (1796504764, None),
+    ],
+)
+def test_a_timestamp_is_read_only_in_the_protocols_shape(
+    value: object, seconds: float | None
+) -> None:
+    assert parse_timestamp(value) == seconds

@@ -243,6 +243,15 @@ def test_render_shows_the_features_error_detail_not_counts() -> None:
     assert "functional" not in text
 
 
+def test_a_replay_says_what_it_replays_and_that_the_board_is_not_recorded() -> None:
+    view = busy_view()
+    assert "features: not read yet" in rendered(view)
+    view.set_connection("replay", "10x 17:04:05 UTC")
+    text = rendered(view)
+    assert "replay (10x 17:04:05 UTC)" in text
+    assert "features: a run's events do not record the board" in text
+
+
 def test_render_shows_the_sparkline_and_the_latest_count() -> None:
     view = view_of(hello(3), *(progress(n, passing=n * 4, total=12, at=at(n)) for n in (1, 2, 3)))
     line = next(line for line in rendered(view).splitlines() if "passing over time" in line)

@@ -15,7 +15,7 @@ from trio_ws.data.registry import Registry
 from trio_ws.net.dashboard import SCRIPT_MODULES, session_cookie
 from trio_ws.net.server import Server, serve
 
-PAGE_PATHS = ["/", "/projects/demo"]
+PAGE_PATHS = ["/", "/projects/demo", "/projects/demo/runs", "/projects/demo/runs/e1-1"]
 
 
 def control_meta(body: bytes) -> str:
@@ -38,6 +38,8 @@ async def test_page_paths_serve_the_html_page(server: Server, project_dir: Path,
     [
         ("/projects/not-registered", "Project not found in registry"),
         ("/projects/bad%20name", "Project not found in registry"),
+        ("/projects/not-registered/runs", "Project not found in registry"),
+        ("/projects/not-registered/runs/e1-1", "Project not found in registry"),
     ],
 )
 async def test_the_page_of_a_project_this_server_lacks_is_a_clear_404(
@@ -109,6 +111,9 @@ async def test_dashboard_responses_carry_the_security_headers(server: Server, pa
         "/static/app.js",
         "/projects/",
         "/projects/demo/extra",
+        "/projects/demo/runs/",
+        "/projects/demo/runs/e1-1/more",
+        "/projects/demo/run/e1-1",
     ],
 )
 async def test_other_dashboard_paths_are_not_found(server: Server, path: str) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Final, Literal
 
 from trio_ws.core.protocol import MessageFields
@@ -16,7 +16,7 @@ from trio_ws.core.protocol import MessageFields
 LOG_LIMIT: Final = 1000
 """Log lines (per stream) a view keeps; the server's backlog is at most 1000 too."""
 WARNING_LIMIT: Final = 5
-ConnectionState = Literal["connecting", "live", "reconnecting", "closed", "snapshot"]
+ConnectionState = Literal["connecting", "live", "reconnecting", "closed", "snapshot", "replay"]
 LogStream = Literal["agent", "dev"]
 
 
@@ -173,6 +173,13 @@ class RunView:
     def set_connection(self, state: ConnectionState, detail: str | None = None) -> None:
         self.connection = state
         self.connection_detail = detail
+
+    def begin_snapshot(self, epoch: str, seq: int) -> None:
+        """Start over from a snapshot taken right after event ``seq`` of ``epoch`` that was
+        not read from a websocket (a recorded run's ``/state``): its messages follow, then
+        the events after ``seq``, exactly as after a live ``hello``."""
+        self.epoch = epoch
+        self._reset(seq)
 
     def apply(self, message: MessageFields) -> None:
         """Apply one received message; unknown types are ignored (forward compatible).
@@ -424,10 +431,13 @@ _EVENT_HANDLERS: Final[dict[str, _Handler]] = {
 
 def parse_timestamp(value: object) -> float | None:
     """UNIX seconds of a protocol timestamp (``2026-11-25T17:04:05.123Z``); None if unreadable."""
-    if not isinstance(value, str):
+    # The shape checked by hand, the parsing by fromisoformat: strptime cost ~35 us per
+    # event, most of a `replay --speed max`'s time.
+    if not isinstance(value, str) or value[10:11] != "T" or value[19:20] != ".":
+        return None
+    if not value.endswith("Z"):
         return None
     try:
-        moment = datetime.strptime(value, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return datetime.fromisoformat(value).timestamp()
     except ValueError:
         return None
-    return moment.timestamp()

@@ -49,6 +49,16 @@ def once_console() -> Console:
     return Console(highlight=False, width=ONCE_WIDTH)
 
 
+def screen(
+    view: RunView, console: Console, now: float, log_lines: int | None, zone: tzinfo | None
+) -> RenderableType:
+    """The whole view at ``now`` with ``log_lines`` of log, or as many as fit ``console``."""
+    if log_lines is not None:
+        return render(view, now, log_lines, zone)
+    compact, lines = fitting_layout(view, console, now, zone)
+    return render(view, now, lines, zone, compact=compact)
+
+
 async def watch_live(
     target: WatchTarget,
     console: Console,
@@ -68,11 +78,7 @@ async def watch_live(
     view = RunView(project=target.project)
 
     def current() -> RenderableType:
-        now = clock()
-        if log_lines is not None:
-            return render(view, now, log_lines, zone)
-        compact, lines = fitting_layout(view, console, now, zone)
-        return render(view, now, lines, zone, compact=compact)
+        return screen(view, console, clock(), log_lines, zone)
 
     async def refresh(live: Live) -> None:
         rung = 0

@@ -40,36 +40,94 @@ async def get_json(
     """GET the project's ``view`` (the token, if any, as a Bearer header) and decode the
     JSON answer; raises `WatchError` saying what failed (never with the token)."""
     url = target.api_url(view)
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    secure = parts.scheme == "https"
-    port = parts.port or (443 if secure else 80)
-    headers = [(b"host", parts.netloc.encode()), (b"accept", b"application/json")]
-    headers.append((b"connection", b"close"))
-    if target.token:
-        headers.append(bearer_header(target.token))
     try:
         with trio.fail_after(within):
-            if secure:
-                stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
-                    host, port, ssl_context=target.tls
-                )
-            else:
-                stream = await trio.open_tcp_stream(host, port)
-            async with stream:
-                status, body = await _exchange(stream, _target(parts.path, parts.query), headers)
+            async with await _connect(target, url) as stream:
+                status, body = await _exchange(stream, _request(target, url))
     except trio.TooSlowError:
         raise WatchError(f"GET {url}: no answer in {within:g} s") from None
-    except trio.BrokenResourceError as exc:
-        if isinstance(exc.__cause__, ssl.SSLError):  # the handshake, on the first send
-            raise WatchError(str(tls_failure(parts.netloc, exc.__cause__))) from None
-        raise WatchError(f"GET {url}: {exc.__cause__ or exc or 'connection lost'}") from None
-    except (OSError, h11.ProtocolError) as exc:
-        raise WatchError(f"GET {url}: {exc}") from None
+    except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+        raise _failure(url, exc) from None
     try:
         return status, json.loads(body)
     except ValueError:
         raise WatchError(f"GET {url}: HTTP {status} answer is not JSON: {body[:80]!r}") from None
+
+
+async def stream_get(
+    target: WatchTarget,
+    view: str,
+    on_data: Callable[[bytes], None],
+    *,
+    idle: float = HTTP_TIMEOUT,
+) -> tuple[int, bytes]:
+    """GET the project's ``view`` and hand a 200 answer's body to ``on_data`` piece by
+    piece as it arrives (never held whole: an export can be gigabytes). Returns the
+    status and, for any other status, its (capped) body. Raises `WatchError` when the
+    server cannot be reached, breaks off, or sends nothing for ``idle`` seconds."""
+    url = target.api_url(view)
+    connection = h11.Connection(h11.CLIENT)
+    status = 0
+    refused = bytearray()
+    try:
+        with trio.fail_after(idle):
+            stream = await _connect(target, url)
+        async with stream:
+            request = _request(target, url)
+            await stream.send_all(connection.send(request))
+            await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    with trio.fail_after(idle):
+                        connection.receive_data(bytes(await stream.receive_some(65536)))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    if status == 200:
+                        on_data(bytes(event.data))
+                    elif len(refused) < MAX_API_BODY:
+                        refused += event.data
+                elif isinstance(event, h11.EndOfMessage):
+                    return status, bytes(refused)
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise WatchError(f"GET {url}: the server closed before the answer ended")
+    except trio.TooSlowError:
+        raise WatchError(f"GET {url}: nothing received in {idle:g} s") from None
+    except (OSError, trio.BrokenResourceError, h11.ProtocolError) as exc:
+        raise _failure(url, exc) from None
+
+
+def _failure(url: str, exc: Exception) -> WatchError:
+    """What failed, in one line: an untrusted certificate as `tls_failure` says it (the
+    handshake fails on the first send, as the cause of a BrokenResourceError)."""
+    if isinstance(exc, trio.BrokenResourceError):
+        if isinstance(exc.__cause__, ssl.SSLError):
+            return WatchError(str(tls_failure(urlsplit(url).netloc, exc.__cause__)))
+        return WatchError(f"GET {url}: {exc.__cause__ or exc or 'connection lost'}")
+    return WatchError(f"GET {url}: {exc}")
+
+
+async def _connect(target: WatchTarget, url: str) -> trio.abc.Stream:
+    """A connection to the host ``url`` names, TLS for ``https`` (trusting what
+    ``target.tls`` trusts: ``--cafile``)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    if secure:
+        return await trio.open_ssl_over_tcp_stream(host, port, ssl_context=target.tls)
+    return await trio.open_tcp_stream(host, port)
+
+
+def _request(target: WatchTarget, url: str) -> h11.Request:
+    """The GET of ``url``, the token (if any) as a Bearer header."""
+    parts = urlsplit(url)
+    headers = [(b"host", parts.netloc.encode()), (b"accept", b"application/json")]
+    headers.append((b"connection", b"close"))
+    if target.token:
+        headers.append(bearer_header(target.token))
+    return h11.Request(method="GET", target=_target(parts.path, parts.query), headers=headers)
 
 
 def _target(path: str, query: str) -> str:
@@ -77,12 +135,10 @@ def _target(path: str, query: str) -> str:
     return f"{path}?{query}" if query else path
 
 
-async def _exchange(
-    stream: trio.abc.Stream, path: str, headers: list[tuple[bytes, bytes]]
-) -> tuple[int, bytes]:
+async def _exchange(stream: trio.abc.Stream, request: h11.Request) -> tuple[int, bytes]:
     """One HTTP/1.1 GET over ``stream``: the status and the whole body."""
     connection = h11.Connection(h11.CLIENT)
-    await stream.send_all(connection.send(h11.Request(method="GET", target=path, headers=headers)))
+    await stream.send_all(connection.send(request))
     await stream.send_all(connection.send(h11.EndOfMessage()) or b"")
     status = 0
     body = bytearray()

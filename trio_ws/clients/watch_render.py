@@ -40,6 +40,7 @@ _CONNECTION_STYLE: Final = {
     "reconnecting": "yellow",
     "closed": "red",
     "snapshot": "cyan",
+    "replay": "magenta",
 }
 _STATUS_STYLE: Final = {
     "running": "green",
@@ -183,6 +184,8 @@ def render_history(view: RunView, zone: tzinfo | None = None) -> Text:
 def render_features(view: RunView) -> RenderableType:
     if view.features_error is not None:
         return _text(f"features: {view.features_error}", "red")
+    if view.features is None and view.connection == "replay":
+        return Text("features: a run's events do not record the board", style="dim")
     if view.features is None:
         return Text("features: not read yet", style="dim")
     if not view.features:

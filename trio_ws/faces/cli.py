@@ -1347,6 +1347,136 @@ def runs_command(
         _table_console().print(table)
 
 
+@main.command("replay", short_help="Replay a recorded run in the terminal.")
+@click.argument("name")
+@click.argument("run_id", metavar="RUN")
+@reader_options
+@click.option(
+    "--speed",
+    default="1",
+    show_default=True,
+    metavar="X",
+    help="Times real time, by the events' timestamps (10, 100, 0.5; 'max': no waiting).",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Start at this moment: a seq, an ISO-8601 time or an offset from the run's "
+    "start (+90s, +5m, +1h30m) [default: the run's start].",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the snapshot and every event as JSON lines."
+)
+@click.option(
+    "--lines",
+    type=click.IntRange(min=1),
+    help="Log lines to show [default: what fits the terminal].",
+)
+@click.option("--utc", is_flag=True, help="Show times in UTC [default: this machine's zone].")
+def replay_command(
+    name: str,
+    run_id: str,
+    server: str,
+    token: str | None,
+    home: Path | None,
+    speed: str,
+    at: str | None,
+    as_json: bool,
+    lines: int | None,
+    utc: bool,
+) -> None:
+    """Replay run RUN of project NAME (an id from `trio-ws runs`) through the watch view:
+    the state at --at, then each event when its timestamp comes due at --speed (a run
+    still going is followed). Exits 0 at the end of the run, 1 when the run cannot be
+    read, 2 for an --at or --speed it cannot use."""
+    from trio_ws.clients import run_replay, watch_session
+    from trio_ws.core import protocol
+
+    try:
+        pace = float("inf") if speed == "max" else float(speed)
+        if not pace > 0:
+            raise ValueError
+    except ValueError:
+        raise UsageRefusal(f"--speed {speed!r}: give a number above 0 or 'max'") from None
+    try:
+        target = watch_session.WatchTarget.from_server(
+            server, name, _watch_token(resolve_home(home), token)
+        )
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+
+    def write_line(message: dict[str, Any]) -> None:
+        try:
+            sys.stdout.write(protocol.encode(message) + "\n")
+            sys.stdout.flush()
+        except BrokenPipeError:
+            raise watch_session.OutputClosed("stdout closed") from None
+
+    async def replaying() -> None:
+        if as_json:
+            replay = await run_replay.open_replay(
+                target, run_id, speed=pace, at=at, on_message=write_line
+            )
+            await run_replay.play(replay, write_line)
+            return
+        replay = await run_replay.open_replay(target, run_id, speed=pace, at=at)
+        await run_replay.read_progress(replay)
+        zone = UTC if utc else None
+        await run_replay.replay_live(replay, Console(highlight=False), log_lines=lines, zone=zone)
+
+    try:
+        trio.run(until_signalled, replaying)
+    except watch_session.OutputClosed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except watch_session.WatchError as exc:
+        raise Refusal(str(exc)) from None
+    except ValueError as exc:  # an --at that cannot be read (it may need the run's start)
+        raise UsageRefusal(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("export", short_help="Write a recorded run's events as NDJSON.")
+@click.argument("name")
+@click.argument("run_id", metavar="RUN")
+@reader_options
+def export_command(
+    name: str, run_id: str, server: str, token: str | None, home: Path | None
+) -> None:
+    """Write run RUN of project NAME to stdout, one event per line as subscribers received
+    it, streamed as the server sends it. Exits 1 with a one-line error when the run is
+    unknown, a parameter is refused or the server cannot be reached."""
+    from trio_ws.clients import run_export, watch_session
+
+    try:
+        target = watch_session.WatchTarget.from_server(
+            server, name, _watch_token(resolve_home(home), token)
+        )
+    except ValueError as exc:
+        raise UsageRefusal(str(exc)) from exc
+    out = sys.stdout.buffer
+
+    def write(data: bytes) -> None:
+        try:
+            out.write(data)
+            out.flush()
+        except BrokenPipeError:
+            raise watch_session.OutputClosed("stdout closed") from None
+
+    async def exporting() -> None:
+        await run_export.export(target, run_id, write)
+
+    try:
+        trio.run(until_signalled, exporting)
+    except watch_session.OutputClosed:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except watch_session.WatchError as exc:
+        raise Refusal(str(exc)) from None
+    except KeyboardInterrupt:
+        pass
+
+
 def _watch_token(home_dir: Path, token: str | None) -> str | None:
     """The explicit token, else the home's token file when there is one, else none."""
     from trio_ws.core.security import TOKEN_FILE

@@ -3,8 +3,9 @@
 Pure apart from reading the package data once (`load_assets`): a request's
 path, query and token cookie go in, a `Response` comes out, so the server
 only has to write it. The same HTML serves ``/`` (the overview of every
-project, live over ``/ws/overview``) and ``/projects/{name}``; the script
-routes on ``location.pathname``.
+project, live over ``/ws/overview``), ``/projects/{name}``, its runs
+``/projects/{name}/runs`` and a run's replay ``/projects/{name}/runs/{id}``; the
+script routes on ``location.pathname``.
 
 The page's scripts are all external (``script-src 'self'``), so the only
 thing rendered into the HTML per request is data: a ``<meta>`` tag telling
@@ -50,6 +51,8 @@ SCRIPT_MODULES: Final = (
     "token.js",
     "overview.js",
     "notify.js",
+    "runs.js",
+    "replay.js",
     "state.js",
     "messages.js",
     "connection.js",
@@ -76,7 +79,8 @@ TEXT_TYPE: Final = "text/plain; charset=utf-8"
 CONTROL_MARKER: Final = "__TRIO_WS_CONTROL__"
 VERSION_MARKER: Final = "__TRIO_WS_VERSION__"
 
-_PROJECT_PAGE: Final = re.compile(r"/projects/(?P<name>[^/]+)")
+_PROJECT_PAGE: Final = re.compile(r"/projects/(?P<name>[^/]+)(?:/runs(?:/[^/]+)?)?")
+"""A project's live view, its runs (``/runs``) and one run's replay (``/runs/{id}``)."""
 _COOKIE_VALUE: Final = re.compile(r"[\x21\x23-\x2B\x2D-\x3A\x3C-\x5B\x5D-\x7E]+")
 """RFC 6265 cookie-octets: a token with anything else cannot travel in a cookie."""
 

@@ -12,6 +12,14 @@ const BOARD_DEBOUNCE_MS = 400; // progress can change several times a second
 const BOARD_RETRY_MS = 5000; // after an error, even if no progress event comes
 const BOARD_COLUMNS = ["pending", "in-progress", "done"];
 
+let transform = null; // replay.js: the features at the replayed moment, or why not known
+
+export function setBoardTransform(fn) {
+  // fn(features) -> {features} or {error}: what the board shows instead of the features now.
+  transform = fn;
+  touch("board");
+}
+
 const board = {
   features: null, // the last good list
   error: null, // the last failure's text, shown instead of the board
@@ -98,11 +106,19 @@ export function renderBoard() {
     columnsNode.hidden = true;
     return;
   }
+  const shown = transform ? transform(board.features) : { features: board.features };
+  if (shown.error) {
+    message.textContent = shown.error;
+    message.dataset.kind = "unknown";
+    message.hidden = false;
+    columnsNode.hidden = true;
+    return;
+  }
   message.hidden = true;
   columnsNode.hidden = false;
   const agents = featureAgents();
   const columns = Object.fromEntries(BOARD_COLUMNS.map((name) => [name, []]));
-  for (const feature of board.features) {
+  for (const feature of shown.features) {
     const column = feature.passes ? "done" : feature.in_progress ? "in-progress" : "pending";
     columns[column].push(feature);
   }
@@ -113,9 +129,10 @@ export function renderBoard() {
     $(`col-${name}`).replaceChildren(...features.map((feature) => featureCard(feature, agents.get(feature.id))));
     $(`n-${name}`).textContent = features.length;
   }
-  const needs = board.features.filter((feature) => feature.needs_human_input).length;
-  const summary = `${board.features.length} features${needs ? ` · ${needs} need input` : ""}`;
-  $("board-updated").textContent = `${summary} · read ${clockTime(board.loadedAt)}`;
+  const needs = shown.features.filter((feature) => feature.needs_human_input).length;
+  const summary = `${shown.features.length} features${needs ? ` · ${needs} need input` : ""}`;
+  const read = shown.note ?? `read ${clockTime(board.loadedAt)}`;
+  $("board-updated").textContent = `${summary} · ${read}`;
 }
 
 function featureCard(feature, agents) {

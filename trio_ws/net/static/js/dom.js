@@ -44,10 +44,13 @@ export function clockTime(timestamp) {
   return date.toLocaleTimeString([], { hour12: false });
 }
 
+// "Now" for the ages the panels show: the wall clock live, the replayed moment in a replay.
+export const clock = { now: () => Date.now() };
+
 export function ago(timestamp) {
   const then = new Date(timestamp).getTime();
   if (Number.isNaN(then)) return "";
-  const seconds = Math.max(0, Math.floor((Date.now() - then) / 1000));
+  const seconds = Math.max(0, Math.floor((clock.now() - then) / 1000));
   if (seconds < 60) return `${seconds}s ago`;
   const minutes = Math.floor(seconds / 60);
   if (minutes < 60) return `${minutes}m ${seconds % 60}s ago`;

@@ -146,6 +146,6 @@ export function renderDevLog() {
 }
 
 export function renderHint() {
-  const idle = live.view.agentStatus === "stopped" && logs.length === 0;
+  const idle = !live.replay && live.view.agentStatus === "stopped" && logs.length === 0;
   $("producer-hint").hidden = !idle;
 }

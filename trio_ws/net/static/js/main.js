@@ -1,6 +1,7 @@
-// trio-ws dashboard: the overview of every project at "/" and one project's live view at
-// "/projects/{name}" (PROTOCOL.md section 3). Plain DOM, no framework, no build:
-// the browser loads these ES modules as they are.
+// trio-ws dashboard: the overview of every project at "/", one project's live view at
+// "/projects/{name}" (PROTOCOL.md section 3), its recorded runs at ".../runs" and
+// one run replayed through the live view's panels at ".../runs/{id}". Plain DOM,
+// no framework, no build: the browser loads these ES modules as they are.
 //
 // Rules the modules keep:
 // - Text from the server only ever reaches the page through textContent.
@@ -13,6 +14,8 @@ import { $, el, meta } from "./dom.js";
 import { canControl, dropTokenFromUrl, explainToken } from "./token.js";
 import { startOverview } from "./overview.js";
 import { startNotifications } from "./notify.js";
+import { startRuns } from "./runs.js";
+import { startReplay } from "./replay.js";
 import { live, setRenderer, touch } from "./state.js";
 import { renderCards, tickCards } from "./agents.js";
 import { renderShots } from "./shots.js";
@@ -39,23 +42,20 @@ function render(parts) {
   if (parts.has("status") || parts.has("log")) renderHint();
 }
 
-function startProject(name) {
+function showProject(name) {
+  // The panels, as the live view and a replay share them.
   live.projectName = name;
   document.title = `${name} · trio-ws`;
   const crumbs = $("crumbs");
   const home = el("a", null, "Projects");
   home.href = "/";
-  crumbs.replaceChildren(home, el("span", "sep", "/"), el("span", null, name));
+  const project = el("a", null, name);
+  project.href = `/projects/${encodeURIComponent(name)}`;
+  crumbs.replaceChildren(home, el("span", "sep", "/"), project);
   $("project-name").textContent = name;
+  $("runs-link").href = `/projects/${encodeURIComponent(name)}/runs`;
   $("run-hint").textContent = `trio-ws run ${name} -- COMMAND`;
   $("project-view").hidden = false;
-  if (canControl) {
-    $("controls").hidden = false;
-    for (const button of $("controls").querySelectorAll("button[data-action]")) {
-      button.addEventListener("click", () => sendControl(button));
-    }
-  }
-  startNotifications();
   $("log-filter").addEventListener("change", rebuildLog);
   setRenderer(render);
   reset();
@@ -64,25 +64,46 @@ function startProject(name) {
     if (chartWidthChanged()) touch("chart");
   }).observe($("chart-box"));
   setInterval(tickCards, 1000);
+}
+
+function startProject(name) {
+  showProject(name);
+  if (canControl) {
+    $("controls").hidden = false;
+    for (const button of $("controls").querySelectorAll("button[data-action]")) {
+      button.addEventListener("click", () => sendControl(button));
+    }
+  }
+  startNotifications();
   openConnection();
+}
+
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
 }
 
 function start() {
   $("version").textContent = meta("trio-ws-version") || "";
   dropTokenFromUrl();
   explainToken();
-  const match = /^\/projects\/([^/]+)$/.exec(location.pathname);
+  const match = /^\/projects\/([^/]+)(?:\/(runs)(?:\/([^/]+))?)?$/.exec(location.pathname);
   if (!match) {
     startOverview();
     return;
   }
-  let name;
-  try {
-    name = decodeURIComponent(match[1]);
-  } catch {
-    name = match[1];
+  const name = decoded(match[1]);
+  if (match[3] !== undefined) {
+    showProject(name);
+    startReplay(name, decoded(match[3]));
+  } else if (match[2] !== undefined) {
+    startRuns(name);
+  } else {
+    startProject(name);
   }
-  startProject(name);
 }
 
 start();

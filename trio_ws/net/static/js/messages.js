@@ -39,6 +39,12 @@ export function handle(text) {
   } catch {
     return;
   }
+  dispatch(message);
+}
+
+export function dispatch(message) {
+  // One message object, from the websocket or from a recorded run's /state and /events
+  // (replay.js feeds those through here, so a replay shows what the live view showed).
   if (!message || typeof message !== "object" || Array.isArray(message)) return;
   const handler = handlers.get(message.type);
   if (!handler) return;

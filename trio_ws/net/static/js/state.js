@@ -17,6 +17,7 @@ export function emptyView() {
 
 export const live = {
   projectName: "",
+  replay: false, // a recorded run replayed (replay.js), not the live websocket
   view: emptyView(),
 };
 
