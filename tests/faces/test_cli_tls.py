@@ -1,5 +1,5 @@
 """The commands over TLS as real subprocesses, with real certificates from trustme:
-`serve --certfile/--keyfile`, and `publish`, `run`, `watch` and `runs` reaching it at
+`serve --certfile/--keyfile`, and `publish`, `run`, `watch`, `runs`, `export` and `replay` reaching it at
 an https:// or wss:// ``--server`` with ``--cafile``; a wrong CA is one clear line."""
 
 from __future__ import annotations
@@ -96,7 +96,17 @@ async def test_publish_run_watch_and_runs_over_tls(served_home: Path, tls_files:
             assert "first over tls" in text and "second over tls" in text
             runs = await trio_ws("runs", "demo", "--json", "--server", url, *cafile, *home)
             assert runs.returncode == 0, runs.stderr
-            assert json.loads(runs.stdout)  # the run recorded, read over HTTPS
+            recorded = json.loads(runs.stdout)  # the run recorded, read over HTTPS
+            run_id = recorded[0]["id"]
+            exported = await trio_ws("export", "demo", run_id, "--server", url, *cafile, *home)
+            assert exported.returncode == 0, exported.stderr
+            assert b"second over tls" in exported.stdout
+            replayed = await trio_ws(
+                "replay", "demo", run_id, "--json", "--speed", "max", "--server", url,
+                *cafile, *home,
+            )  # fmt: skip
+            assert replayed.returncode == 0, replayed.stderr
+            assert b"second over tls" in replayed.stdout
 
 
 async def test_a_wrong_ca_is_one_clear_line_for_every_client(
@@ -113,7 +123,9 @@ async def test_a_wrong_ca_is_one_clear_line_for_every_client(
                 "run", "demo", "--server", url, *other, *home, "--", sys.executable, "-c", "1"
             )
             listed = await trio_ws("runs", "demo", "--server", url, *other, *home)
-    for result in (published, watched, followed, ran, listed):
+            exported = await trio_ws("export", "demo", "r", "--server", url, *other, *home)
+            replayed = await trio_ws("replay", "demo", "r", "--server", url, *other, *home)
+    for result in (published, watched, followed, ran, listed, exported, replayed):
         assert result.returncode == 1, result.stderr
         line = one_line(result)
         assert "certificate is not trusted" in line and "--cafile" in line, line

@@ -1351,6 +1351,7 @@ def runs_command(
 @click.argument("name")
 @click.argument("run_id", metavar="RUN")
 @reader_options
+@cafile_option
 @click.option(
     "--speed",
     default="1",
@@ -1380,6 +1381,7 @@ def replay_command(
     server: str,
     token: str | None,
     home: Path | None,
+    cafile: Path | None,
     speed: str,
     at: str | None,
     as_json: bool,
@@ -1401,7 +1403,7 @@ def replay_command(
         raise UsageRefusal(f"--speed {speed!r}: give a number above 0 or 'max'") from None
     try:
         target = watch_session.WatchTarget.from_server(
-            server, name, _watch_token(resolve_home(home), token)
+            server, name, _watch_token(resolve_home(home), token), cafile=cafile
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
@@ -1441,8 +1443,9 @@ def replay_command(
 @click.argument("name")
 @click.argument("run_id", metavar="RUN")
 @reader_options
+@cafile_option
 def export_command(
-    name: str, run_id: str, server: str, token: str | None, home: Path | None
+    name: str, run_id: str, server: str, token: str | None, home: Path | None, cafile: Path | None
 ) -> None:
     """Write run RUN of project NAME to stdout, one event per line as subscribers received
     it, streamed as the server sends it. Exits 1 with a one-line error when the run is
@@ -1451,7 +1454,7 @@ def export_command(
 
     try:
         target = watch_session.WatchTarget.from_server(
-            server, name, _watch_token(resolve_home(home), token)
+            server, name, _watch_token(resolve_home(home), token), cafile=cafile
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
