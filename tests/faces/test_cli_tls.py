@@ -1,6 +1,7 @@
 """The commands over TLS as real subprocesses, with real certificates from trustme:
 `serve --certfile/--keyfile`, and `publish`, `run`, `watch`, `runs`, `export` and
-`replay` reaching it at an https:// or wss:// ``--server`` with ``--cafile``; a wrong CA is one clear line."""
+`replay` reaching it at an https:// or wss:// ``--server`` with ``--cafile``;
+a wrong CA is one clear line."""
 
 from __future__ import annotations
 
