@@ -108,6 +108,11 @@ async def test_publish_run_watch_and_runs_over_tls(served_home: Path, tls_files:
             )  # fmt: skip
             assert replayed.returncode == 0, replayed.stderr
             assert b"second over tls" in replayed.stdout
+            overview = await trio_ws(
+                "watch", "--once", "--json", "--server", wss, *cafile, *home
+            )  # no project: every project's summary over wss
+            assert overview.returncode == 0, overview.stderr
+            assert b'"demo"' in overview.stdout
 
 
 async def test_a_wrong_ca_is_one_clear_line_for_every_client(
@@ -126,7 +131,10 @@ async def test_a_wrong_ca_is_one_clear_line_for_every_client(
             listed = await trio_ws("runs", "demo", "--server", url, *other, *home)
             exported = await trio_ws("export", "demo", "r", "--server", url, *other, *home)
             replayed = await trio_ws("replay", "demo", "r", "--server", url, *other, *home)
-    for result in (published, watched, followed, ran, listed, exported, replayed):
+            overview = await trio_ws("watch", "--once", "--server", url, *other, *home)
+            live = await trio_ws("watch", "--json", "--server", url, *other, *home)
+    results = (published, watched, followed, ran, listed, exported, replayed, overview, live)
+    for result in results:
         assert result.returncode == 1, result.stderr
         line = one_line(result)
         assert "certificate is not trusted" in line and "--cafile" in line, line

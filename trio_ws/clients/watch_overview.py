@@ -9,9 +9,11 @@ table, what needs the user first. The modes (`watch_overview_live`,
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, NoReturn
 
 import trio
@@ -29,6 +31,7 @@ from trio_websocket import (
 from trio_ws.clients.common import bearer_header, refuses_for_good, websocket_base
 from trio_ws.clients.overview_view import OverviewView
 from trio_ws.clients.run_view import parse_timestamp
+from trio_ws.clients.tls import TlsFailure, check_tls, client_tls, for_url
 from trio_ws.clients.watch_render import ALERT_STYLES, format_age, printable
 from trio_ws.clients.watch_session import (
     CLOSE_TIMEOUT,
@@ -61,10 +64,15 @@ class OverviewTarget:
 
     base: str
     token: str | None = None
+    tls: ssl.SSLContext | None = None
+    """What a ``wss://`` server is trusted by (``--cafile``); None for ``ws://``."""
 
     @classmethod
-    def from_server(cls, server: str, token: str | None = None) -> OverviewTarget:
-        return cls(websocket_base(server), token)
+    def from_server(
+        cls, server: str, token: str | None = None, cafile: Path | None = None
+    ) -> OverviewTarget:
+        """``cafile``: trust only this CA's certificates (ValueError for a plain server)."""
+        return cls(websocket_base(server), token, client_tls(server, cafile))
 
     @property
     def url(self) -> str:
@@ -105,8 +113,19 @@ async def _session(
 ) -> NoReturn:
     """One connection, read until it ends: raises `_Dropped`, `WatchRefused` or `WatchError`."""
     try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await check_tls(target.base, target.tls)
+    except TlsFailure as exc:
+        if exc.for_good:
+            view.set_connection("closed", str(exc))
+            raise WatchError(str(exc)) from None
+        raise _Dropped(str(exc)) from None
+    except (OSError, trio.TooSlowError) as exc:
+        raise _Dropped(f"cannot connect to {target.url}: {exc}") from None
+    try:
         async with open_websocket_url(
             target.url,
+            ssl_context=for_url(target.base, target.tls),
             extra_headers=target.headers,
             connect_timeout=CONNECT_TIMEOUT,
             disconnect_timeout=CLOSE_TIMEOUT,
@@ -164,8 +183,10 @@ async def overview_once(
     view = OverviewView()
     try:
         with trio.fail_after(within):
+            await check_tls(target.base, target.tls)
             async with open_websocket_url(
                 target.url,
+                ssl_context=for_url(target.base, target.tls),
                 extra_headers=target.headers,
                 connect_timeout=CONNECT_TIMEOUT,
                 disconnect_timeout=CLOSE_TIMEOUT,
@@ -184,6 +205,10 @@ async def overview_once(
         raise WatchError(f"{target.url} closed before the list was sent") from None
     except HandshakeError as exc:
         raise _handshake_failure(exc, target) from None
+    except TlsFailure as exc:
+        raise WatchError(str(exc)) from None
+    except OSError as exc:
+        raise WatchError(f"cannot connect to {target.url}: {exc.strerror or exc}") from None
     except trio.TooSlowError:
         raise WatchError(f"{target.url}: no list in {within:g} s") from None
     except ValueError as exc:

@@ -1194,7 +1194,9 @@ def watch_command(
     from trio_ws.core import protocol
 
     if name is None:
-        _watch_overview(server, _watch_token(resolve_home(home), token), once, as_json, no_bell)
+        _watch_overview(
+            server, _watch_token(resolve_home(home), token), cafile, once, as_json, no_bell
+        )
         return
     try:
         target = watch_session.WatchTarget.from_server(
@@ -1247,7 +1249,7 @@ def watch_command(
 
 
 def _watch_overview(
-    server: str, token: str | None, once: bool, as_json: bool, no_bell: bool
+    server: str, token: str | None, cafile: Path | None, once: bool, as_json: bool, no_bell: bool
 ) -> None:
     """`trio-ws watch` with no project: the overview, once, as JSON lines, or live."""
     import os
@@ -1257,7 +1259,7 @@ def _watch_overview(
     from trio_ws.core import protocol
 
     try:
-        target = watch_overview.OverviewTarget.from_server(server, token)
+        target = watch_overview.OverviewTarget.from_server(server, token, cafile)
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
 
