@@ -74,6 +74,7 @@ from trio_ws.net.httpio import (
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
+from trio_ws.net.notify import open_notify
 from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.net.refusals import refuse
 from trio_ws.net.subscribe import (
@@ -151,7 +152,15 @@ async def _serve(
         )
     port = listeners[0].socket.getsockname()[1]
     metrics = Metrics()
-    async with trio.open_nursery() as nursery:
+    async with (
+        open_notify(
+            config.notify,
+            secret=config.notify_secret,
+            timeout=config.notify_timeout,
+            retry=config.notify_retry,
+        ) as notify,
+        trio.open_nursery() as nursery,
+    ):
         manager = ConnectionManager(
             nursery,
             history=config.history,
@@ -168,6 +177,7 @@ async def _serve(
             idle_close=config.idle_close,
             max_projects=config.max_projects,
             alerts=config.alerts,
+            notify=notify,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(
                 PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)

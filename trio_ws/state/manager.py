@@ -27,6 +27,7 @@ from trio_ws.runtime.supervise import contained
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
+from trio_ws.state.notify import NotifySetup
 from trio_ws.state.project import (
     DEFAULT_GRACE,
     DEFAULT_POLL_INTERVAL,
@@ -77,13 +78,14 @@ class ConnectionManager:
         idle_close: float | None = defaults.IDLE_CLOSE,
         max_projects: int = defaults.MAX_PROJECTS,
         alerts: AlertSettings | None = None,
+        notify: NotifySetup | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
         ``lease``, with several nodes, makes one node at a time poll a project;
         ``idle_close`` (seconds, None: never) closes a project nobody used for that
         long, except on the memory journal, whose history would be lost with it;
         ``max_projects`` bounds how many are open at once; ``alerts`` are the alert
-        rules' thresholds (None: no alerts)."""
+        rules' thresholds (None: no alerts); ``notify`` where they are delivered."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -102,6 +104,7 @@ class ConnectionManager:
             extra_secrets=tuple(extra_secrets),
             on_commit=on_commit,
             alerts=alerts,
+            notify=notify,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes
