@@ -224,14 +224,16 @@ class Outcome:
 
 
 def http_outcome(status: int) -> Outcome:
-    """A webhook's answer: 2xx delivered; 408, 429 and 5xx (and anything else
-    unexpected) worth another try; any other 4xx refused for good (a wrong URL, a
-    revoked token: retrying changes nothing)."""
+    """A webhook's answer: 2xx delivered; 408, 429 and 5xx worth another try; any
+    other 4xx refused for good (a wrong URL, a revoked token: retrying changes
+    nothing), and so is a redirect (not followed: the URL to give is the new one)."""
     if 200 <= status < 300:
         return Outcome.delivered(f"HTTP {status}")
-    if 400 <= status < 500 and status not in (408, 429):
-        return Outcome.permanent(f"HTTP {status}")
-    return Outcome.retry(f"HTTP {status}")
+    if status in (408, 429) or status >= 500:
+        return Outcome.retry(f"HTTP {status}")
+    if 300 <= status < 400:
+        return Outcome.permanent(f"HTTP {status}: redirects are not followed")
+    return Outcome.permanent(f"HTTP {status}")
 
 
 def _json(value: object) -> bytes:
