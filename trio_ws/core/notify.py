@@ -3,8 +3,8 @@ sent there: the target a URL or command names, its preset (Slack, Discord, ntfy 
 the alert's JSON as is), the request body and headers, the HMAC signature, and what
 an answer means (delivered, try again, never).
 
-Pure (sans-IO): `net/notify.py` sends what `webhook_request` builds and reports an
-`Outcome`; `state/notify.py` orders and journals the deliveries. Nothing here logs,
+Pure (sans-IO): `net/alert_sender.py` sends what `webhook_request` builds and reports an
+`Outcome`; `state/delivery.py` orders and journals the deliveries. Nothing here logs,
 and a target's `label` is what a log may say of it: a webhook URL's path and query
 are its credential (Slack and Discord put the token there), so a label keeps only
 the scheme and host and a short hash that tells two targets apart.

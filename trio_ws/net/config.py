@@ -15,11 +15,11 @@ from trio_ws.core.notify import NotifyTarget
 from trio_ws.core.security import is_loopback_host, origin_shape_problem
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
 from trio_ws.journal.interface import JournalBackend
+from trio_ws.net.alert_sender import ATTEMPT_TIMEOUT
 from trio_ws.net.httpio import STALL_TIMEOUT
-from trio_ws.net.notify import ATTEMPT_TIMEOUT
 from trio_ws.net.publish import PRODUCER_PING_TIMEOUT
+from trio_ws.state.delivery import RETRY
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
-from trio_ws.state.notify import RETRY
 from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART
 
 HANDSHAKE_TIMEOUT: Final = defaults.HANDSHAKE_TIMEOUT

@@ -58,6 +58,7 @@ from trio_ws.net.access import (
     producer_refusal,
     project_api_refusal,
 )
+from trio_ws.net.alert_sender import open_notify
 from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.connection import ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
@@ -74,7 +75,6 @@ from trio_ws.net.httpio import (
 )
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
-from trio_ws.net.notify import open_notify
 from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.net.refusals import refuse
 from trio_ws.net.subscribe import (

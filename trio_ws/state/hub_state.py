@@ -148,7 +148,7 @@ class HubState:
         """Set (and replaced) whenever the rules were fed: their next deadline may move."""
         self.alert_listeners: list[Callable[[int, str], None]] = []
         """Told each committed alert as it is held (seq, journalled text), whichever node
-        committed it: the notify deliveries (`state/notify.py`). Must not block."""
+        committed it: the notify deliveries (`state/delivery.py`). Must not block."""
 
     # -- calls across parts: each is defined by the part named -----------------
 

@@ -24,10 +24,10 @@ from trio_ws.core.alerts import AlertSettings
 from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.runtime.supervise import contained
+from trio_ws.state.delivery import NotifySetup
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
-from trio_ws.state.notify import NotifySetup
 from trio_ws.state.project import (
     DEFAULT_GRACE,
     DEFAULT_POLL_INTERVAL,

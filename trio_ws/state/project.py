@@ -31,11 +31,11 @@ from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
 from trio_ws.runtime.streak import FailureStreak
 from trio_ws.runtime.supervise import contained, run_restarting
+from trio_ws.state.delivery import Delivery, Notifications, NotifySetup
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
 from trio_ws.state.ledger import ProducerLedger, producer_key
-from trio_ws.state.notify import Delivery, Notifications, NotifySetup
 from trio_ws.state.subscriber import Subscriber
 
 log = logging.getLogger("trio_ws.state.project")

@@ -3,7 +3,7 @@ process with the alert's JSON on stdin (``trio.run_process``), each bounded in t
 
 The I/O shell of ``--notify`` and ``--notify-command``: what is sent is built by
 `core/notify.py`, and the order, retries and journalled cursors are
-`state/notify.py`'s. Every failure a target can cause becomes an `Outcome`; the
+`state/delivery.py`'s. Every failure a target can cause becomes an `Outcome`; the
 logs name a target by its label, never by its URL or command line (both may carry
 a token), and never show the secret.
 """
@@ -24,9 +24,9 @@ import httpx
 import trio
 
 from trio_ws.core.notify import NotifyTarget, Outcome, http_outcome, webhook_request
-from trio_ws.state.notify import RETRY, NotifySetup
+from trio_ws.state.delivery import RETRY, NotifySetup
 
-log = logging.getLogger("trio_ws.net.notify")
+log = logging.getLogger("trio_ws.net.alert_sender")
 
 ATTEMPT_TIMEOUT: Final = 10.0
 """Seconds one attempt may take (a POST with its answer, a command to its exit)."""

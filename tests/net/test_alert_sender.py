@@ -33,7 +33,7 @@ from trio_ws.core.notify import (
 )
 from trio_ws.data.registry import Registry
 from trio_ws.net.server import Server
-from trio_ws.state.notify import COMMAND_ATTEMPTS
+from trio_ws.state.delivery import COMMAND_ATTEMPTS
 
 Msg = dict[str, Any]
 FAST_RETRY = (0.05, 0.2)

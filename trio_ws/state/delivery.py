@@ -39,7 +39,7 @@ from trio_ws.state.history import Outgoing
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.lease import LeaseError, PollLease
 
-log = logging.getLogger("trio_ws.state.notify")
+log = logging.getLogger("trio_ws.state.delivery")
 
 RETRY: Final = (1.0, 60.0)
 """A failed attempt is tried again after 1 s, doubling per failure in a row up to 60 s."""
