@@ -75,6 +75,7 @@ class NotifySetup:
     retry: tuple[float, float] = RETRY
     command_attempts: int = COMMAND_ATTEMPTS
     lease_renew: float = LEASE_RENEW
+    queue_limit: int = QUEUE_LIMIT
     jitter: bool = True
     """Spread the retries (False in tests that pin them)."""
 
@@ -182,7 +183,7 @@ class Delivery:
                 )
             cursor = hub.head  # a new target: from now on, no flood of old alerts
             hub.applied(target.key, cursor)
-        self.queue = AlertQueue(cursor)
+        self.queue = AlertQueue(cursor, setup.queue_limit)
         self._epoch = hub.epoch
         self._inbox: deque[tuple[int, str]] = deque()
         self._arrived = trio.Event()
