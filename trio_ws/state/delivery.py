@@ -24,6 +24,7 @@ through the net layer's `Sender` (HTTP, a process), which it knows only by this 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ READ_CHUNK: Final = 1000
 """Events read from the journal per call while looking for pending alerts."""
 LEASE_RENEW: Final = 1.0
 """With several nodes: seconds between renewals of the notify lease while holding it,
-and between tries to take it while another node does."""
+and between tries to take it while another node does (at most; a third of the lease's
+life when that is shorter)."""
 LEASE_NAME: Final = "notify"
 
 
@@ -189,6 +191,9 @@ class Delivery:
         self._arrived = trio.Event()
         self._held = self.lease is None
         self._lease_trouble = FailureStreak()
+        self._renew = (
+            math.inf if self.lease is None else min(setup.lease_renew, self.lease.ttl_ms / 3000)
+        )
         hub.alert_listeners.append(self._offer)
 
     @property
@@ -212,7 +217,7 @@ class Delivery:
         while not hub.closed:
             if not await self._hold_lease():
                 self._inbox.clear()
-                await trio.sleep(self.setup.lease_renew)
+                await trio.sleep(self._renew)
                 continue
             if hub.epoch != self._epoch:
                 self._new_epoch()
@@ -226,8 +231,7 @@ class Delivery:
                 continue
             head = queue.head
             if head is None:
-                renew = self.setup.lease_renew if self.lease is not None else float("inf")
-                with trio.move_on_after(renew):
+                with trio.move_on_after(self._renew):
                     await self._arrived.wait()
                 continue
             await self._deliver(*head)
@@ -292,8 +296,18 @@ class Delivery:
 
     async def _deliver(self, seq: int, text: str) -> None:
         """Try the alert ``seq`` until it is delivered, refused for good, or given up;
-        then its cursor is committed. Returns early (nothing settled) when another
-        node took the delivery over."""
+        then its cursor is committed. With several nodes the notify lease is renewed
+        all along (tries and the waits between them may outlast it), and a node that
+        lost it anyway stops: the new holder delivers the alert (again)."""
+        if self.lease is None:
+            await self._tries(seq, text)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_lease)
+            await self._tries(seq, text)
+            nursery.cancel_scope.cancel()
+
+    async def _tries(self, seq: int, text: str) -> None:
         hub, target = self.hub, self.target
         limit = self.setup.command_attempts if target.kind == "command" else None
         backoff = Backoff(*self.setup.retry) if self.setup.jitter else None
@@ -301,6 +315,8 @@ class Delivery:
         delivery = f"{hub.name}:{hub.epoch}:{seq}"
         while True:
             outcome = await self.setup.sender.send(target, text, delivery)
+            if not self._still_mine(seq):
+                return
             if outcome.kind == "delivered":
                 if attempts.made:
                     log.info(
@@ -341,10 +357,20 @@ class Delivery:
                 delay,
             )
             await trio.sleep(delay)
-            if hub.closed or not await self._hold_lease():
+            if hub.closed or not self._still_mine(seq):
                 return
         self.queue.settle(seq)
         hub.applied(target.key, seq)
+
+    def _still_mine(self, seq: int) -> bool:
+        """This node still delivers alert ``seq`` (it kept the lease throughout)."""
+        head = self.queue.head
+        return self._held and head is not None and head[0] == seq
+
+    async def _keep_lease(self) -> None:
+        while True:
+            await trio.sleep(self._renew)
+            await self._hold_lease()
 
     async def _hold_lease(self) -> bool:
         """Whether this node delivers now: always with one node; with several, while it
