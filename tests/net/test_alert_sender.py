@@ -41,7 +41,8 @@ FAST_RETRY = (0.05, 0.2)
 
 @pytest.fixture(autouse=True)
 def notify_logs(caplog: pytest.LogCaptureFixture) -> Any:
-    with caplog.at_level(logging.INFO, logger="trio_ws"):
+    """Every logger at DEBUG, as `serve --log-level debug` has them: the libraries' too."""
+    with caplog.at_level(logging.DEBUG):
         yield
 
 

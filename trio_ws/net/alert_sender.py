@@ -122,6 +122,9 @@ async def open_notify(
         yield None
         return
     webhooks = [target for target in targets if target.kind != "command"]
+    for library in ("httpx", "httpcore"):
+        # Their INFO and DEBUG lines quote each request's URL: a webhook's token.
+        logging.getLogger(library).setLevel(logging.WARNING)
     for target in targets:
         log.info("alerts are delivered to %s", target.label)
     if not webhooks:
