@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from trio_ws.core.alerts import AlertSettings
+from trio_ws.core.notify import command_target, webhook_target
 from trio_ws.net.config import ServerConfig
 
 
@@ -30,3 +32,25 @@ def test_trusting_an_origin_needs_a_loopback_server(host: str) -> None:
 def test_a_trusted_origin_must_be_an_origin(origin: str) -> None:
     with pytest.raises(ValueError, match="--trust-origin"):
         config(trust_origins=frozenset({origin}))
+
+
+HOOK = webhook_target("https://example.org/hook")
+
+
+def test_notify_targets_need_alerts_on() -> None:
+    assert config(alerts=AlertSettings(), notify=(HOOK,)).notify == (HOOK,)
+    with pytest.raises(ValueError, match="not with --alerts off"):
+        config(notify=(HOOK,))
+
+
+def test_a_notify_target_named_twice_is_refused() -> None:
+    twice = (HOOK, webhook_target("https://example.org/hook"))
+    with pytest.raises(ValueError, match="a target is named twice"):
+        config(alerts=AlertSettings(), notify=twice)
+    config(alerts=AlertSettings(), notify=(HOOK, command_target("https://example.org/hook")))
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_the_notify_timeout_must_be_positive(timeout: float) -> None:
+    with pytest.raises(ValueError, match="--notify-timeout must be positive"):
+        config(notify_timeout=timeout)
