@@ -392,7 +392,7 @@ def _print_table(found: list[Project]) -> None:
     help="POST every alert (raised and resolved) to this webhook (repeatable): Slack "
     "(hooks.slack.com) and Discord (discord.com/api/webhooks) get a message, ntfy topics "
     "(ntfy.sh/TOPIC, or ntfy+https://HOST/TOPIC) a notification, any other URL the alert "
-    "event's JSON. In order, retried until delivered, never lost or resent across restarts.",
+    "event's JSON. In order, retried until delivered, its progress kept across restarts.",
 )
 @click.option(
     "--notify-command",
