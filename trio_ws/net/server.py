@@ -86,6 +86,7 @@ from trio_ws.net.subscribe import (
     project_websocket,
 )
 from trio_ws.runtime.signals import on_stop_signals
+from trio_ws.runtime.supervise import contained
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
 from trio_ws.state.project import Project as LiveProject
@@ -187,6 +188,8 @@ async def _serve(
         )
         metrics.bind(manager)
         server = Server(config, manager, port, metrics)
+        if notify is not None:
+            nursery.start_soon(contained, "opening projects for alerts", _open_for_alerts, server)
         nursery.start_soon(
             probe_idle_subscribers,
             manager,
@@ -595,6 +598,28 @@ async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> 
         )
     finally:
         server.manager.release(project)
+
+
+async def _open_for_alerts(server: Server) -> None:
+    """With notify targets: open, one after the other, each registered project that has
+    a journal, so that the alerts its targets had not been delivered before this start
+    go out now rather than when a client comes back. One nobody uses is closed again
+    once idle (never while an alert waits to be delivered)."""
+    try:
+        projects = await trio.to_thread.run_sync(Registry(server.config.registry_path).list)
+    except RegistryError as exc:
+        log.error("registry unreadable; no project opened for its pending alerts: %s", exc)
+        return
+    manager = server.manager
+    for project in projects:
+        try:
+            if not await manager.journals.knows(project.name):
+                continue
+            if not await trio.to_thread.run_sync(project.path.is_dir):
+                continue
+            await manager.open(project.name, project.path)
+        except (JournalError, TooManyProjects) as exc:
+            log.warning("project %s: not opened for its pending alerts: %s", project.name, exc)
 
 
 def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:
