@@ -18,6 +18,7 @@ class Answer:
 
     status: int = 200
     delay: float = 0.0
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 HANG = Answer(200, math.inf)
@@ -32,6 +33,8 @@ class Received:
     headers: dict[str, str]
     body: bytes
     status: int | None = None
+    at: float = 0.0
+    """When it was read (trio clock)."""
 
 
 @dataclass
@@ -84,7 +87,7 @@ class WebhookReceiver:
                 self._changed_now()
                 await trio.sleep(answer.delay)  # inf: hangs until the client gives up
                 response = h11.Response(
-                    status_code=answer.status, headers=[("content-length", "2")]
+                    status_code=answer.status, headers=[("content-length", "2"), *answer.headers]
                 )
                 try:
                     await stream.send_all(connection.send(response))
@@ -124,6 +127,7 @@ class WebhookReceiver:
                     head.target.decode(),
                     {name.decode().lower(): value.decode() for name, value in head.headers},
                     body,
+                    at=trio.current_time(),
                 )
                 self.received.append(received)
                 return received

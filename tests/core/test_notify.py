@@ -196,6 +196,24 @@ def test_what_a_status_means(status: int, kind: str) -> None:
     assert outcome.kind == kind and outcome.detail == f"HTTP {status}"
 
 
+@pytest.mark.parametrize(
+    ("header", "after"),
+    [
+        ("7", 7.0),
+        (" 1.5 ", 1.5),
+        ("100000", 300.0),  # bounded
+        ("Wed, 21 Oct 2026 07:28:00 GMT", 0.0),  # a date: the backoff stands
+        ("-1", 0.0),
+        ("nan", 0.0),
+        (None, 0.0),
+    ],
+)
+def test_a_retry_after_header_sets_the_least_wait(header: str | None, after: float) -> None:
+    outcome = http_outcome(429, header)
+    assert (outcome.kind, outcome.after) == ("retry", after)
+    assert outcome.detail == (f"HTTP 429, Retry-After {after:g} s" if after else "HTTP 429")
+
+
 def test_a_redirect_is_refused_for_good_saying_it_is_not_followed() -> None:
     outcome = http_outcome(301)
     assert (outcome.kind, outcome.detail) == ("permanent", "HTTP 301: redirects are not followed")

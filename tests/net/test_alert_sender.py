@@ -201,6 +201,22 @@ async def test_408_429_and_5xx_are_retried(
     assert alerts_in(receiver) == [raised, resolved]
 
 
+async def test_a_retry_after_answer_is_waited_for(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """Slack and Discord answer a 429 with Retry-After: the next try waits that long,
+    not the backoff's 50 ms."""
+    receiver = WebhookReceiver(answers=deque([Answer(429, headers=(("Retry-After", "1"),))]))
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await receiving(nursery, receiver)
+        server = await notifying(nursery, registry, webhook_target(receiver.url()))
+        await crash_and_rerun(nursery, server)
+        await receiver.wait_for(2)
+    first, second, _ = receiver.received
+    assert (first.status, second.status) == (429, 200)
+    assert second.at - first.at >= 1.0
+
+
 async def test_a_receiver_that_is_down_gets_the_alerts_once_it_is_up(
     nursery: trio.Nursery, registry: Registry, project_dir: Path
 ) -> None:

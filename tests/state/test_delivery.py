@@ -122,9 +122,13 @@ def crash_and_rerun(project: Project, times: int = 1) -> None:
         project.hub.set_status("running")
 
 
-async def wait_until(condition: Callable[[], bool]) -> None:
-    while not condition():  # noqa: ASYNC110 (a sender's record: nothing to wait on)
-        await trio.sleep(0.01)
+async def wait_until(condition: Callable[[], bool], step: float = 0.01) -> None:
+    """Poll (a sender's record: nothing to wait on). On an autojumping MockClock a step
+    costs no time, so take long ones there: each is a round of every task. Bounded on
+    the trio clock, virtual or not: a condition that never holds fails the test."""
+    with trio.fail_after(600):
+        while not condition():  # noqa: ASYNC110
+            await trio.sleep(step)
 
 
 def alerts_of(project: Project) -> list[tuple[str, str]]:
@@ -139,12 +143,25 @@ async def test_a_failing_target_gets_each_alert_once_in_order_after_backing_off(
     _, project = await open_project(nursery, tmp_path, setup(sender))
     started = trio.current_time()
     crash_and_rerun(project)
-    await wait_until(lambda: len(sender.delivered) == 2)
+    await wait_until(lambda: len(sender.delivered) == 2, step=0.5)
     assert sender.alerts_to(HOOK) == alerts_of(project)  # raised, then resolved
     tries = [alert["state"] for _, alert, _ in sender.sent]
     assert tries == ["raised"] * 6 + ["resolved"]  # the next waited for the first
     assert trio.current_time() - started >= 1 + 2 + 4 + 8 + 16
     assert len({delivery for _, _, delivery in sender.sent[:6]}) == 1
+
+
+async def test_a_target_asking_to_wait_is_not_tried_before(
+    mock_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    mock_clock.autojump_threshold = 0
+    sender = Recorder(Outcome.retry("HTTP 429", after=30.0))
+    _, project = await open_project(nursery, tmp_path, setup(sender))
+    started = trio.current_time()
+    crash_and_rerun(project)
+    await wait_until(lambda: len(sender.delivered) == 2, step=0.5)  # raised, resolved
+    assert trio.current_time() - started >= 30.0  # not the backoff's 1 s
+    assert len(sender.sent) == 3
 
 
 async def test_a_permanent_refusal_gives_that_alert_up_and_the_next_goes(
@@ -195,9 +212,9 @@ async def test_each_target_has_its_own_order_and_cursor(
     sender = OneDown()
     _, project = await open_project(nursery, tmp_path, setup(sender, HOOK, OTHER))
     crash_and_rerun(project)
-    await wait_until(lambda: len(sender.alerts_to(HOOK)) == 2)
+    await wait_until(lambda: len(sender.alerts_to(HOOK)) == 2, step=0.5)
     assert sender.alerts_to(OTHER) == []
-    await wait_until(lambda: len(sender.alerts_to(OTHER)) == 2)
+    await wait_until(lambda: len(sender.alerts_to(OTHER)) == 2, step=0.5)
     assert sender.alerts_to(OTHER) == sender.alerts_to(HOOK) == alerts_of(project)
 
 

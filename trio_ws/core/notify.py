@@ -33,6 +33,8 @@ refusing an old timestamp."""
 DELIVERY_HEADER: Final = "X-Trio-WS-Delivery"
 """``<project>:<epoch>:<seq>``: the same on every attempt of one alert, so a receiver
 can drop the duplicate an at-least-once retry may bring."""
+RETRY_AFTER_MAX: Final = 300.0
+"""The longest a ``Retry-After`` answer makes the next try wait, in seconds."""
 SIGNATURE_TOLERANCE: Final = 300.0
 """Seconds `verify_signature` accepts a timestamp away from now, by default."""
 NTFY_PREFIX: Final = "ntfy+"
@@ -209,31 +211,51 @@ class Outcome:
 
     kind: OutcomeKind
     detail: str = ""
+    after: float = 0.0
+    """The least wait before the next try the target asked for (``Retry-After``)."""
 
     @classmethod
     def delivered(cls, detail: str = "") -> Outcome:
         return cls("delivered", detail)
 
     @classmethod
-    def retry(cls, detail: str) -> Outcome:
-        return cls("retry", detail)
+    def retry(cls, detail: str, after: float = 0.0) -> Outcome:
+        return cls("retry", detail, after)
 
     @classmethod
     def permanent(cls, detail: str) -> Outcome:
         return cls("permanent", detail)
 
 
-def http_outcome(status: int) -> Outcome:
-    """A webhook's answer: 2xx delivered; 408, 429 and 5xx worth another try; any
-    other 4xx refused for good (a wrong URL, a revoked token: retrying changes
-    nothing), and so is a redirect (not followed: the URL to give is the new one)."""
+def http_outcome(status: int, retry_after: str | None = None) -> Outcome:
+    """A webhook's answer: 2xx delivered; 408, 429 and 5xx worth another try, not
+    before the seconds a ``Retry-After`` header asks (Slack and Discord send one with
+    a 429; at most RETRY_AFTER_MAX); any other 4xx refused for good (a wrong URL, a
+    revoked token: retrying changes nothing), and so is a redirect (not followed:
+    the URL to give is the new one)."""
     if 200 <= status < 300:
         return Outcome.delivered(f"HTTP {status}")
     if status in (408, 429) or status >= 500:
-        return Outcome.retry(f"HTTP {status}")
+        after = _seconds(retry_after)
+        shown = f", Retry-After {after:g} s" if after else ""
+        return Outcome.retry(f"HTTP {status}{shown}", after)
     if 300 <= status < 400:
         return Outcome.permanent(f"HTTP {status}: redirects are not followed")
     return Outcome.permanent(f"HTTP {status}")
+
+
+def _seconds(retry_after: str | None) -> float:
+    """A ``Retry-After`` of delay-seconds, bounded; 0 for none, an HTTP date or nonsense
+    (the backoff's own delay then stands)."""
+    if retry_after is None:
+        return 0.0
+    try:
+        seconds = float(retry_after.strip())
+    except ValueError:
+        return 0.0
+    if not seconds > 0:  # negative, zero, nan
+        return 0.0
+    return min(seconds, RETRY_AFTER_MAX)
 
 
 def _json(value: object) -> bytes:

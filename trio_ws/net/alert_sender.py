@@ -65,7 +65,9 @@ class AlertSender:
                 async with client.stream(
                     "POST", request.url, content=request.body, headers=request.headers
                 ) as response:
-                    status = response.status_code  # the body is not read: not ours to log
+                    # The body is not read: not ours to log.
+                    status = response.status_code
+                    retry_after = response.headers.get("retry-after")
         except trio.TooSlowError:
             return Outcome.retry(f"no answer within {self.timeout:g} s")
         except httpx.HTTPError as exc:
@@ -73,7 +75,7 @@ class AlertSender:
             cause = exc.__cause__ or exc.__context__
             detail = f": {cause}" if isinstance(cause, OSError) else ""
             return Outcome.retry(f"{type(exc).__name__}{detail}")
-        return http_outcome(status)
+        return http_outcome(status, retry_after)
 
     async def _run(self, target: NotifyTarget, event_text: str) -> Outcome:
         """Run the command, no shell, in its own process group, with the alert on stdin;

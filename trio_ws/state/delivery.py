@@ -337,6 +337,8 @@ class Delivery:
                 )
                 break
             delay = attempts.failed()
+            if delay is not None:
+                delay = max(delay, outcome.after)
             if delay is None:
                 log.error(
                     "project %s: %s: alert seq %d given up after %d tries (last: %s)",
