@@ -290,10 +290,10 @@ async def test_a_failing_command_is_retried_then_given_up_with_its_exit_code(
     with trio.fail_after(NETWORK_TIMEOUT):
         server = await notifying(nursery, registry, command)
         raised, _ = await crash_and_rerun(nursery, server)
-        await wait_until(lambda: "given up after" in logged(caplog))
+        await wait_until(lambda: logged(caplog).count("given up after") == 2)  # both alerts
     given_up = f"alert seq {raised['seq']} given up after {COMMAND_ATTEMPTS} tries"
     assert f"{given_up} (last: exit code 3)" in logged(caplog)
-    assert tries.read_text() == "x" * COMMAND_ATTEMPTS
+    assert tries.read_text() == "x" * 2 * COMMAND_ATTEMPTS
 
 
 async def test_a_hanging_command_is_killed_at_the_bound(
