@@ -25,6 +25,7 @@ from trio_ws.core.alerts import AlertSettings
 from trio_ws.journal.interface import JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.runtime.supervise import contained
+from trio_ws.state.delivery import NotifySetup
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
@@ -80,6 +81,7 @@ class ConnectionManager:
         max_projects: int = defaults.MAX_PROJECTS,
         alerts: AlertSettings | None = None,
         project_alerts: Callable[[str], AlertSettings | None] | None = None,
+        notify: NotifySetup | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
         ``lease``, with several nodes, makes one node at a time poll a project;
@@ -87,7 +89,8 @@ class ConnectionManager:
         long, except on the memory journal, whose history would be lost with it;
         ``max_projects`` bounds how many are open at once; ``alerts`` are the alert
         rules' thresholds (None: no alerts), and ``project_alerts`` a project's own
-        over them (blocking: it runs in a thread when the project opens)."""
+        over them (blocking: it runs in a thread when the project opens); ``notify``
+        where alerts are delivered."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -107,6 +110,7 @@ class ConnectionManager:
             on_commit=on_commit,
             alerts=alerts,
             project_alerts=project_alerts,
+            notify=notify,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes
