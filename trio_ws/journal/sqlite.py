@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -35,6 +36,7 @@ from typing import Final, Literal
 
 import trio
 
+from trio_ws.core.protocol import encode
 from trio_ws.journal.interface import (
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
@@ -54,6 +56,7 @@ from trio_ws.journal.interface import (
     producer_group,
     trim_point,
 )
+from trio_ws.runtime.dedicated_thread import DedicatedThread
 
 BACKEND: Final = "sqlite"
 APPLICATION_ID: Final = 0x74727773
@@ -169,6 +172,9 @@ class SqliteJournal:
         self._boot_id_path = boot_id_path
         self._on_connect = on_connect
         self._limiter = trio.CapacityLimiter(1)
+        self._writer = DedicatedThread(f"journal {self._project}")
+        """Where commits run (reads and the rest go through `trio.to_thread`, all of
+        them holding ``_limiter``, so the connection has one user at a time)."""
         self._conn: sqlite3.Connection | None = None
         self._lock: int | None = None
         """The descriptor holding the journal's lock while it is open."""
@@ -203,7 +209,7 @@ class SqliteJournal:
         handful of statements and nothing else), write it there, then take it in."""
         conn = self._connection()
         check_batch(batch, self._head)
-        state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
+        state = None if batch.state is None else encode(batch.state)
         rows = _rows(batch.events)
         fresh = [HeldRow(first, last, sizes, sum(sizes)) for first, last, _, sizes in rows]
         held = self._held + len(batch.events)
@@ -222,7 +228,7 @@ class SqliteJournal:
         )
         start = time.perf_counter()
         try:
-            await trio.to_thread.run_sync(self._write, conn, write, limiter=self._limiter)
+            await self._writer.run_sync(functools.partial(self._write, conn, write), self._limiter)
         except JournalWriteError:
             self._commits.write_errors += 1
             raise
@@ -278,7 +284,10 @@ class SqliteJournal:
                 conn.close()
                 self._unlock()
 
-        await trio.to_thread.run_sync(close, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(close, limiter=self._limiter)
+        finally:
+            self._writer.stop()
 
     def stats(self) -> JournalStats:
         return self._commits.stats(BACKEND, self._head, self._oldest, self._held, self._size)
