@@ -150,6 +150,9 @@ def test_event_time_reads_the_servers_timestamp() -> None:
     text = b'{"type":"log","line":"x","timestamp":"2026-11-25T17:04:05.123Z","seq":1}'
     expected = datetime(2026, 11, 25, 17, 4, 5, 123_000, tzinfo=UTC).timestamp()
     assert event_time(bytearray(text), 0, len(text)) == pytest.approx(expected, abs=1e-6)
+    micro = text.replace(b".123Z", b".123456Z")
+    expected += 456e-6  # both servers write microseconds: none of them is dropped
+    assert event_time(bytearray(micro), 0, len(micro)) == pytest.approx(expected, abs=1e-7)
 
 
 def test_the_upgrade_answer_must_carry_our_accept_key() -> None:
