@@ -34,9 +34,9 @@ from itertools import chain
 from pathlib import Path
 from typing import Final, Literal
 
+import orjson
 import trio
 
-from trio_ws.core.protocol import encode
 from trio_ws.journal.interface import (
     DEFAULT_HISTORY,
     DEFAULT_HISTORY_BYTES,
@@ -47,6 +47,7 @@ from trio_ws.journal.interface import (
     JournalState,
     JournalStats,
     JournalWriteError,
+    JsonObject,
     NewEpochReason,
     check_batch,
     check_limits,
@@ -209,7 +210,7 @@ class SqliteJournal:
         handful of statements and nothing else), write it there, then take it in."""
         conn = self._connection()
         check_batch(batch, self._head)
-        state = None if batch.state is None else encode(batch.state)
+        state = None if batch.state is None else _state_text(batch.state)
         rows = _rows(batch.events)
         fresh = [HeldRow(first, last, sizes, sum(sizes)) for first, last, _, sizes in rows]
         held = self._held + len(batch.events)
@@ -549,6 +550,16 @@ class Write:
     state: str | None
     oldest: int | None
     """The new oldest held seq after a trim: rows that end before it are deleted."""
+
+
+def _state_text(state: JsonObject) -> str:
+    """The state's JSON for the ``meta`` row, written with every commit: orjson (a
+    tenth of ``json.dumps``'s 36 us for a 3 KB state, on a one-line commit's path),
+    ``json`` for what orjson refuses (an int beyond 64 bits)."""
+    try:
+        return orjson.dumps(state).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(state, separators=(",", ":"))
 
 
 def _utf8_sizes(row: str, texts: list[str]) -> list[int]:
