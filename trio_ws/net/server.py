@@ -447,11 +447,10 @@ async def _missing_project_page(server: Server, path: str) -> dashboard.Response
 
 async def _websocket(server: Server, stream: Transport, head: RequestHead, peer: str) -> None:
     config = server.config
-    connection = head.connection
     if not head.is_websocket:
         await send_response(
             stream,
-            connection,
+            head.connection,
             426,
             b"websocket upgrade required\n",
             extra_headers=[("upgrade", "websocket")],
@@ -464,7 +463,7 @@ async def _websocket(server: Server, stream: Transport, head: RequestHead, peer:
     publish = _PUBLISH_PATH.fullmatch(head.path)
     match = subscribe or publish
     if match is None:
-        await send_response(stream, connection, 404, b"not found\n")
+        await send_response(stream, head.connection, 404, b"not found\n")
         return
     if publish is not None:
         refusal = producer_refusal(head, config.token)
@@ -476,7 +475,7 @@ async def _websocket(server: Server, stream: Transport, head: RequestHead, peer:
         refusal = None
     if refusal is not None:
         log.info("refused %s from %s: %s", head.path, peer, refusal[1])
-        await send_response(stream, connection, refusal[0], f"{refusal[1]}\n".encode())
+        await send_response(stream, head.connection, refusal[0], f"{refusal[1]}\n".encode())
         return
     max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
     ws = await accept(stream, head, max_message=max_size, stall_timeout=config.stall_timeout)
