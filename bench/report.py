@@ -103,6 +103,7 @@ def targets(results: Results) -> list[Target]:
         _single_target(results),
         *_rate_targets(results),
         *_per_event_targets(results),
+        *_durable_latency_targets(results),
         _idle_target(results),
         _idle_peer_target(results),
         *_slow_targets(results),
@@ -316,6 +317,39 @@ def _per_event_targets(results: Results) -> list[Target]:
     ]
 
 
+DURABLE_SIZES: Final = (1, 100)
+"""Issue 22: subscriber counts at which a committed event must reach them no later than
+the peer's (which commits nothing) does."""
+
+
+def _durable_latency_targets(results: Results) -> list[Target]:
+    """Issue 22: one line per message, sqlite journal: event→receive p50 and p99 no
+    worse than the peer's in the same run, at 1 and at 100 subscribers."""
+    found = _scenario(results, "rate")
+    runs = found.get("per_event_runs", []) if found else []
+    by = {(run["server"], run["subscribers"]): run for run in runs}
+    made = []
+    for size in DURABLE_SIZES:
+        name = f"event→receive p50 and p99 <= the peer's at {size:,} x 100 lines/s, sqlite"
+        ours, peer = by.get(("trio-ws", size)), by.get(("peer", size))
+        if ours is None or peer is None:
+            why = _missing(results, "rate") if found is None else f"{size:,} not run"
+            made.append(Target(name, why, "", None))
+            continue
+        mine, theirs = ours["latency_from_event_timestamp"], peer["latency_from_event_timestamp"]
+        pairs = [(mine.get(key), theirs.get(key)) for key in ("p50_ms", "p99_ms")]
+        made.append(
+            Target(
+                f"event→receive p50 and p99 <= the peer's at {size:,} x {ours['rate']:g} "
+                "lines/s, one per message, sqlite",
+                " / ".join(_num(a, " ms") for a, _ in pairs),
+                " / ".join(_num(b, " ms") for _, b in pairs),
+                all(a is not None and b is not None and a <= b for a, b in pairs),
+            )
+        )
+    return made
+
+
 def _idle_peer_target(results: Results) -> Target:
     """Issue 11: idle memory per subscriber no more than the peer's, same run."""
     found = _scenario(results, "idle")
@@ -505,6 +539,7 @@ def render(results: Results) -> str:
     parts.append(_journal(results))
     parts.append(_nodes(results))
     parts.append(_watchers(results))
+    parts.append(_gate(results))
     parts.append(_errors(results))
     parts.append(METHOD)
     return "\n\n".join(part for part in parts if part) + "\n"
@@ -754,6 +789,26 @@ def _watchers(results: Results) -> str:
         "after the first; and the client core, which reads every one of those frames."
     )
     return f"{title}\n\n" + table(headers, rows) + "\n\n" + note
+
+
+def _gate(results: Results) -> str:
+    found = results.get("gate")
+    if found is None:
+        return ""
+    lines = [
+        "## Regression gate",
+        "",
+        "`bench/gate.py`: the run fails when server CPU per delivery at 1,000 batched "
+        "subscribers is over 1 µs, or (quick runs) when a figure, as a ratio to the peer "
+        "in the same run where there is one, is worse than `bench/baseline.json` by more "
+        "than 1.5 times the spread that repeated quick runs of one commit showed "
+        "(at least 10%).",
+        "",
+    ]
+    failures = found.get("failures", [])
+    lines += [f"- **failed**: {failure}" for failure in failures] or ["Passed."]
+    lines += [f"- {caveat}" for caveat in found.get("caveats", [])]
+    return "\n".join(lines)
 
 
 def _slow(results: Results) -> str:

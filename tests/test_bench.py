@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
 
-from bench import harness, report, scenarios, wire
+from bench import gate, harness, report, scenarios, wire
 from bench.loadgen import event_time, full_speed_window
 from bench.stats import Sampler, merge_samples, percentile, summarize_ms, tcp_queues
 
@@ -470,3 +470,83 @@ def test_the_journal_budget_is_judged_on_the_median_of_the_trials() -> None:
     assert verdicts == ["within", "within", "within"]
     assert "+20% (trials: +20%, +60%, +16%)" in median
     assert "commit p50, what each event waits before its fan-out: 0.50 ms" in median
+
+
+# -- the regression gate (issue 22) -----------------------------------------------------
+
+
+def gated_run(
+    cpu_us: float = 0.06, throughput: float = 20.0, p99_ratio: float = 0.8, kib: float = 13.0
+) -> dict[str, Any]:
+    fanout_run = {"server": "trio-ws", "subscribers": 1000, "server_cpu_us_per_delivery": cpu_us}
+    return {
+        "mode": "quick",
+        "scenarios": {
+            "fanout": {
+                "runs": [fanout_run],
+                "ratios": [
+                    {"subscribers": 1000, "throughput": throughput, "cpu_per_delivery": 0.01}
+                ],
+            },
+            "rate": {
+                "per_event_runs": [
+                    {"server": "trio-ws", "subscribers": 200, "latency": {"p99_ms": p99_ratio}},
+                    {"server": "peer", "subscribers": 200, "latency": {"p99_ms": 1.0}},
+                ]
+            },
+            "idle": {"trio-ws": {"subscribers": 1000, "rss_per_subscriber_kib": kib}},
+        },
+    }
+
+
+def test_the_gate_fails_cpu_per_delivery_over_1_us_at_1000_batched_subscribers() -> None:
+    assert gate.check(gated_run(cpu_us=0.06), None) == []
+    (failure,) = gate.check(gated_run(cpu_us=1.4), None)
+    assert "server CPU per delivery at 1,000 batched subscribers is 1.4 µs" in failure
+
+
+def test_the_gate_fails_a_figure_worse_than_the_baseline_beyond_its_noise() -> None:
+    baseline = gate.baseline_of([gated_run(throughput=t, p99_ratio=p) for t, p in
+                                 ((20.0, 0.8), (16.0, 0.9), (18.0, 1.0))])  # fmt: skip
+    throughput = baseline["figures"]["fan-out throughput / the peer's at 1,000"]
+    assert (throughput["median"], throughput["spread"], throughput["runs"]) == (18.0, 0.25, 3)
+    # Within 1.5 x the 25% spread of the median either way: passes; better: passes.
+    assert gate.check(gated_run(throughput=13.5, p99_ratio=1.2), baseline) == []
+    assert gate.check(gated_run(throughput=40.0, p99_ratio=0.1, kib=9.0), baseline) == []
+    failures = gate.check(gated_run(throughput=12.0, p99_ratio=1.4, kib=15.0), baseline)
+    assert [failure.split(" is ")[0] for failure in failures] == [
+        "fan-out throughput / the peer's at 1,000",
+        "one line per message: send→receive p99 / the peer's at 200",
+        "idle KiB per subscriber at 1,000",
+    ]
+    assert "worse than the baseline's 18 by more than its noise" in failures[0]
+
+
+def test_cpu_per_delivery_is_not_judged_when_the_subscribers_fell_behind() -> None:
+    run = gated_run(cpu_us=1.98)
+    run["scenarios"]["fanout"]["runs"][0].update(
+        {"missed": 50_235_269, "resyncs": 1000, "client_cpus_busy": 1.0}
+    )
+    assert gate.check(run, None) == []
+    (caveat,) = gate.caveats(run)
+    assert "not judged: the subscriber processes fell behind (1000 resyncs" in caveat
+
+
+def test_the_gate_compares_only_runs_of_the_baselines_mode() -> None:
+    baseline = gate.baseline_of([gated_run()])
+    full = {**gated_run(throughput=1.0, cpu_us=2.0), "mode": "full"}
+    (failure,) = gate.check(full, baseline)
+    assert failure.startswith("server CPU per delivery")
+
+
+def test_the_committed_baseline_is_of_quick_runs_and_names_only_gated_figures() -> None:
+    baseline = gate.load()
+    assert baseline is not None and baseline["mode"] == "quick"
+    assert all(f["runs"] >= 3 and f["spread"] >= 0 for f in baseline["figures"].values())
+    assert {name.rsplit(" at ", 1)[0] for name in baseline["figures"]} == {
+        "fan-out throughput / the peer's",
+        "fan-out server CPU per delivery / the peer's",
+        "one line per message: send→receive p50 / the peer's",
+        "one line per message: send→receive p99 / the peer's",
+        "idle KiB per subscriber",
+    }
