@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
@@ -626,7 +627,10 @@ def watchers_one(kind: Kind, plan: Plan, logs: Path) -> dict[str, Any]:
             "rss_end_mib": round(end_rss / 2**20, 1),
             "rss_per_subscriber_kib": round((after - before) / max(1, connected) / 1024, 2),
             "late_joiners": joins,
-            "late_joiner_snapshot_ms": summarize_ms(j["snapshot_s"] for j in joins),
+            "late_joiner_snapshot_ms": summarize_ms(
+                j["snapshot_s"] for j in joins if j["snapshot_s"] is not None
+            ),
+            "late_joiners_failed": sum(1 for j in joins if j["snapshot_s"] is None),
             "loadgen_processes": len(subs.children),
         }
     )
@@ -637,25 +641,38 @@ LATE_JOINER_BACKLOG: Final = 100
 """What the dashboard asks for: its snapshot comes with the last 100 log lines."""
 
 
+LATE_JOINER_TIMEOUT: Final = 30.0
+
+
 def late_joiner(found: Target) -> dict[str, Any]:
     """A dashboard joining now: seconds from opening its connection to the last message
-    of its snapshot (the last one before the first live event), and what it was sent."""
+    of its snapshot (the last one before the first live event), and what it was sent.
+    One that gets no hello or no live event within LATE_JOINER_TIMEOUT says so (and
+    counts as over any target) instead of ending the scenario."""
     url = found.subscribe_url.replace("backlog=0", f"backlog={LATE_JOINER_BACKLOG}")
     started = time.monotonic()
-    with sync_connect(url, compression=None, open_timeout=10.0) as ws:
-        hello = json.loads(ws.recv(timeout=10.0))
-        if hello.get("type") != "hello":
-            raise BenchError(f"{found.kind}: a late joiner got {hello}, not hello")
-        last = time.monotonic()
-        messages = 1
-        deadline = last + 10.0
-        while True:
-            message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
-            seq = message.get("seq")
-            if isinstance(seq, int) and seq > hello["seq"]:
-                break  # live: the snapshot ended with the message before
+    deadline = started + LATE_JOINER_TIMEOUT
+    messages = 0
+    try:
+        with sync_connect(url, compression=None, open_timeout=LATE_JOINER_TIMEOUT) as ws:
+            hello = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if hello.get("type") != "hello":
+                raise BenchError(f"{found.kind}: a late joiner got {hello}, not hello")
             last = time.monotonic()
-            messages += 1
+            messages = 1
+            while True:
+                message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+                seq = message.get("seq")
+                if isinstance(seq, int) and seq > hello["seq"]:
+                    break  # live: the snapshot ended with the message before
+                last = time.monotonic()
+                messages += 1
+    except (TimeoutError, OSError, WebSocketException) as exc:
+        return {
+            "snapshot_s": None,
+            "messages": messages,
+            "error": f"{type(exc).__name__}: {exc} after {time.monotonic() - started:.1f} s",
+        }
     return {"snapshot_s": last - started, "messages": messages, "head": hello["seq"]}
 
 
