@@ -120,6 +120,8 @@ def _watchers_targets(results: Results) -> list[Target]:
         why = _missing(results, "watchers")
         return [Target("15,000 watchers of one project on one core", why, "", None)]
     ours, peer = found["trio-ws"], found.get("peer")
+    if peer is not None and "error" in peer:
+        peer = None
     size, rate = ours["subscribers"], found["rate"]
     event = ours["latency_from_event_timestamp"]
     complete = ours["deliveries"] == ours["expected_deliveries"]
@@ -793,7 +795,7 @@ def _watchers(results: Results) -> str:
     rows = []
     for kind in ("trio-ws", "peer"):
         run = found.get(kind)
-        if run is None:
+        if run is None or "error" in run:
             continue
         event = run["latency_from_event_timestamp"]
         rows.append(
@@ -825,6 +827,9 @@ def _watchers(results: Results) -> str:
         "system call, about 5 µs), so an event reaches the last of 15,000 some 75 ms "
         "after the first; and the client core, which reads every one of those frames."
     )
+    failed = (found.get("peer") or {}).get("error")
+    if failed:
+        note += f" The peer's run failed: {failed}"
     return f"{title}\n\n" + table(headers, rows) + "\n\n" + note
 
 
