@@ -37,7 +37,10 @@ def bench(session: nox.Session) -> None:
     """Benchmarks against real server processes; writes docs/benchmarks.md and .json.
 
     `nox -s bench -- --quick` is CI-sized and `-- --only fanout` runs one scenario;
-    both write to build/bench/ instead.
+    both write to build/bench/ instead. Any run fails (exit 1, a `bench gate FAILED:`
+    line per figure) when server CPU per delivery at 1,000 batched subscribers is
+    over 1 µs or, in a quick run, a figure is worse than bench/baseline.json by more
+    than its measured noise (bench/gate.py).
     """
     session.install(".[bench]")
     typed = " ".join(["nox -s bench", *(["--", *session.posargs] if session.posargs else [])])

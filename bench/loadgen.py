@@ -116,8 +116,8 @@ _MINUTES: dict[bytes, float] = {}
 def event_time(buf: bytearray, start: int, end: int) -> float:
     """The server's ``timestamp`` of the event in ``buf[start:end]`` as UNIX seconds.
 
-    ``2026-11-25T17:04:05.123Z``: the minute's start is parsed once and cached,
-    the seconds and milliseconds each time, so sampling stays cheap.
+    ``2026-11-25T17:04:05.123456Z`` (or ``.123Z``): the minute's start is parsed once
+    and cached, the seconds and fraction each time, so sampling stays cheap.
     """
     at = buf.find(TIMESTAMP, start, end) + len(TIMESTAMP)
     if at < len(TIMESTAMP):
@@ -127,6 +127,10 @@ def event_time(buf: bytearray, start: int, end: int) -> float:
     if base is None:
         base = datetime.fromisoformat(minute.decode() + ":00+00:00").timestamp()
         _MINUTES[minute] = base
+    # Both servers write microseconds: reading only the milliseconds made every
+    # event look up to 1 ms older (0.5 ms on average) than it was.
+    if buf[at + 23 : at + 26].isdigit():
+        return base + int(buf[at + 17 : at + 19]) + int(buf[at + 20 : at + 26]) / 1e6
     return base + int(buf[at + 17 : at + 19]) + int(buf[at + 20 : at + 23]) / 1000
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from websockets.exceptions import WebSocketException
 
-from bench import report
+from bench import gate, report
 from bench.harness import PLACEMENT, REPO, BenchError
 from bench.loadgen import raise_file_limit
 from bench.scenarios import FULL, QUICK, SCENARIOS, plan_json
@@ -136,13 +136,21 @@ def main(argv: list[str] | None = None) -> int:
         results["scenarios"][name] = figures
         print(f"bench: {name} done in {figures['seconds']} s", flush=True)
     results["duration_s"] = round(time.monotonic() - began, 1)
+    failures = gate.check(results, gate.load())
+    results["gate"] = {"failures": failures, "caveats": gate.caveats(results)}
     written = report.write(results, out)
     print(f"bench: wrote {', '.join(str(path) for path in written)}", flush=True)
+    for failure in failures:
+        print(f"bench gate FAILED: {failure}", file=sys.stderr, flush=True)
+    for caveat in results["gate"]["caveats"]:
+        print(f"bench gate: {caveat}", flush=True)
+    if not failures:
+        print("bench gate: passed", flush=True)
     if failed or args.keep_logs:
         print(f"bench: process logs are in {run_dir}", flush=True)
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return 1 if failed else 0
+    return 1 if failed or failures else 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import trio
+from websockets.exceptions import WebSocketException
 from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as sync_connect
 
@@ -75,12 +76,19 @@ class Plan:
     line_size: int = 125
     latency_rate: float = 100.0
     latency_seconds: float = 8.0
-    rate_sizes: tuple[int, ...] = (100, 1000)
+    rate_sizes: tuple[int, ...] = (1, 100, 1000)
     """Subscriber counts of the one-line-per-message runs, each against trio-ws and the peer."""
     journal_trials: int = 5
     """Trials of the journal budget's runs (memory and sqlite/normal, alternating)."""
     runs_events: int = 1_000_000
     """Events of the long run the runs scenario searches and seeks in (issue 20 item 6)."""
+    watchers: int = 15_000
+    """Subscribers of the one project in the watchers scenario (issue 22)."""
+    watchers_rate: float = 10.0
+    watchers_seconds: float = 20.0
+    watchers_peer: bool = True
+    late_joiners: int = 5
+    """Late joiners timed one after another while the watchers are live."""
 
 
 FULL: Final = Plan(
@@ -104,7 +112,7 @@ FULL: Final = Plan(
 
 QUICK: Final = Plan(
     mode="quick",
-    fanout_sizes=(1, 10, 100),
+    fanout_sizes=(1, 10, 100, 1000),
     fanout_warmup=1.0,
     fanout_seconds=3.0,
     rate_subscribers=200,
@@ -123,6 +131,10 @@ QUICK: Final = Plan(
     rate_sizes=(50, 200),
     journal_trials=1,
     runs_events=50_000,
+    watchers=2000,
+    watchers_seconds=5.0,
+    watchers_peer=False,
+    late_joiners=3,
 )
 
 
@@ -259,7 +271,9 @@ def fanout_one(
     journal: harness.Journal = harness.DEFAULT_JOURNAL,
 ) -> dict[str, Any]:
     logs.mkdir(parents=True)
-    duration = plan.fanout_warmup + plan.fanout_seconds + TAIL
+    # Marks take longer the more subscribers must answer them (a quick run at 1,000 on a
+    # busy machine saw its producer end before the closing mark): a longer tail.
+    duration = plan.fanout_warmup + plan.fanout_seconds + TAIL * (1 + size // 500)
     with ExitStack() as stack:
         found = stack.enter_context(harness.target(kind, logs / "server", logs, journal=journal))
         subs = stack.enter_context(
@@ -547,6 +561,133 @@ def idle_one(kind: Kind, plan: Plan, logs: Path) -> dict[str, Any]:
     }
 
 
+# -- many watchers of one project ------------------------------------------------------------
+
+
+def watchers(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """``plan.watchers`` subscribers of one project (one core for the server, the
+    clients spread over processes of ``idle_per_process``): how long they all take to
+    connect and how many are refused, the server's memory per idle watcher, latency at
+    ``watchers_rate`` events/s one per message, and late joiners' snapshots meanwhile."""
+    kinds: tuple[Kind, ...] = ("trio-ws", "peer") if plan.watchers_peer else ("trio-ws",)
+    found: dict[str, Any] = {"limits": file_limits(), "rate": plan.watchers_rate}
+    for kind in kinds:
+        try:
+            found[kind] = watchers_one(kind, plan, run_dir / f"watchers-{kind}")
+        except BenchError as exc:
+            if kind == "trio-ws":
+                raise
+            # The peer at 15,000 on a busy machine can starve its own ack task past the
+            # producer's 60 s: say so beside trio-ws's figures instead of losing them.
+            found[kind] = {"error": str(exc).splitlines()[0]}
+    return found
+
+
+def watchers_one(kind: Kind, plan: Plan, logs: Path) -> dict[str, Any]:
+    logs.mkdir(parents=True)
+    size = plan.watchers
+    count = int(plan.watchers_rate * plan.watchers_seconds)
+    joins: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        found = stack.enter_context(harness.target(kind, logs / "server", logs))
+        watcher = open_watcher(found)
+        stack.callback(watcher.close)
+        time.sleep(1.0)
+        before = rss_bytes(found.pid)
+        subs = stack.enter_context(
+            harness.subscribers(found, size, plan.idle_per_process, logs, tag="w")
+        )
+        answers = subs.broadcast("connect", timeout=300.0)
+        connected = sum(answer["connected"] for answer in answers)
+        refused = sum(answer["failed"] for answer in answers)
+        connect_s = max(a["finished"] for a in answers) - min(a["started"] for a in answers)
+        time.sleep(2.0)
+        after = rss_bytes(found.pid)
+        server_count = None
+        if kind == "trio-ws":
+            server_count = json.loads(found.get("/healthz"))["subscribers"]
+
+        started = time.monotonic()
+        spacing = plan.watchers_seconds / (plan.late_joiners + 1)
+
+        def late_join() -> None:
+            """One late joiner every ``spacing`` s, while the events flow."""
+            due = (time.monotonic() - started) // spacing
+            if kind == "trio-ws" and len(joins) < min(due, plan.late_joiners):
+                joins.append(late_joiner(found))
+
+        figures = paced(
+            found,
+            subs,
+            logs,
+            count=count,
+            rate=plan.watchers_rate,
+            tick=1 / plan.watchers_rate,
+            while_producing=late_join,
+        )
+        end_rss = rss_bytes(found.pid)
+    figures.update(
+        {
+            "connected": connected,
+            "refused": refused,
+            "refusal_errors": [e for a in answers for e in a["errors"]][:3],
+            "server_reports_subscribers": server_count,
+            "connect_all_s": round(connect_s, 3),
+            "connects_per_s": round(connected / connect_s, 1) if connect_s else None,
+            "rss_before_mib": round(before / 2**20, 1),
+            "rss_idle_mib": round(after / 2**20, 1),
+            "rss_end_mib": round(end_rss / 2**20, 1),
+            "rss_per_subscriber_kib": round((after - before) / max(1, connected) / 1024, 2),
+            "late_joiners": joins,
+            "late_joiner_snapshot_ms": summarize_ms(
+                j["snapshot_s"] for j in joins if j["snapshot_s"] is not None
+            ),
+            "late_joiners_failed": sum(1 for j in joins if j["snapshot_s"] is None),
+            "loadgen_processes": len(subs.children),
+        }
+    )
+    return figures
+
+
+LATE_JOINER_BACKLOG: Final = 100
+"""What the dashboard asks for: its snapshot comes with the last 100 log lines."""
+
+
+LATE_JOINER_TIMEOUT: Final = 30.0
+
+
+def late_joiner(found: Target) -> dict[str, Any]:
+    """A dashboard joining now: seconds from opening its connection to the last message
+    of its snapshot (the last one before the first live event), and what it was sent.
+    One that gets no hello or no live event within LATE_JOINER_TIMEOUT says so (and
+    counts as over any target) instead of ending the scenario."""
+    url = found.subscribe_url.replace("backlog=0", f"backlog={LATE_JOINER_BACKLOG}")
+    started = time.monotonic()
+    deadline = started + LATE_JOINER_TIMEOUT
+    messages = 0
+    try:
+        with sync_connect(url, compression=None, open_timeout=LATE_JOINER_TIMEOUT) as ws:
+            hello = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+            if hello.get("type") != "hello":
+                raise BenchError(f"{found.kind}: a late joiner got {hello}, not hello")
+            last = time.monotonic()
+            messages = 1
+            while True:
+                message = json.loads(ws.recv(timeout=max(0.0, deadline - time.monotonic())))
+                seq = message.get("seq")
+                if isinstance(seq, int) and seq > hello["seq"]:
+                    break  # live: the snapshot ended with the message before
+                last = time.monotonic()
+                messages += 1
+    except (TimeoutError, OSError, WebSocketException) as exc:
+        return {
+            "snapshot_s": None,
+            "messages": messages,
+            "error": f"{type(exc).__name__}: {exc} after {time.monotonic() - started:.1f} s",
+        }
+    return {"snapshot_s": last - started, "messages": messages, "head": hello["seq"]}
+
+
 # -- one subscriber that never reads --------------------------------------------------------
 
 
@@ -798,6 +939,7 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "journal": journal,
     "nodes": nodes,
     "runs": runs,
+    "watchers": watchers,
 }
 
 

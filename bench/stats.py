@@ -31,13 +31,14 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 def summarize_ms(seconds: Iterable[float]) -> dict[str, float | int]:
-    """count, p50, p99, max and mean of latencies given in seconds, reported in ms."""
+    """count, p50, p95, p99, max and mean of latencies given in seconds, reported in ms."""
     ordered = sorted(seconds)
     if not ordered:
         return {"count": 0}
     return {
         "count": len(ordered),
         "p50_ms": round(percentile(ordered, 50) * 1000, 3),
+        "p95_ms": round(percentile(ordered, 95) * 1000, 3),
         "p99_ms": round(percentile(ordered, 99) * 1000, 3),
         "max_ms": round(ordered[-1] * 1000, 3),
         "mean_ms": round(sum(ordered) / len(ordered) * 1000, 3),

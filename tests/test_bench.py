@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
 
-from bench import harness, report, scenarios, wire
+from bench import gate, harness, report, scenarios, wire
 from bench import runs as bench_runs
 from bench.loadgen import event_time, full_speed_window
 from bench.stats import Sampler, merge_samples, percentile, summarize_ms, tcp_queues
@@ -40,7 +40,14 @@ def test_percentile_refuses_no_samples_and_bad_ranks(values: list[float], q: flo
 
 def test_summary_is_in_milliseconds() -> None:
     summary = summarize_ms([0.004, 0.001, 0.002, 0.003])
-    assert summary == {"count": 4, "p50_ms": 2.0, "p99_ms": 4.0, "max_ms": 4.0, "mean_ms": 2.5}
+    assert summary == {
+        "count": 4,
+        "p50_ms": 2.0,
+        "p95_ms": 4.0,
+        "p99_ms": 4.0,
+        "max_ms": 4.0,
+        "mean_ms": 2.5,
+    }
 
 
 def test_sampler_over_its_cap_keeps_an_even_subset() -> None:
@@ -151,6 +158,9 @@ def test_event_time_reads_the_servers_timestamp() -> None:
     text = b'{"type":"log","line":"x","timestamp":"2026-11-25T17:04:05.123Z","seq":1}'
     expected = datetime(2026, 11, 25, 17, 4, 5, 123_000, tzinfo=UTC).timestamp()
     assert event_time(bytearray(text), 0, len(text)) == pytest.approx(expected, abs=1e-6)
+    micro = text.replace(b".123Z", b".123456Z")
+    expected += 456e-6  # both servers write microseconds: none of them is dropped
+    assert event_time(bytearray(micro), 0, len(micro)) == pytest.approx(expected, abs=1e-7)
 
 
 def test_the_upgrade_answer_must_carry_our_accept_key() -> None:
@@ -471,3 +481,83 @@ async def test_the_runs_scenario_times_its_reads_on_a_real_journal() -> None:
     page = report.render({**results_with(), "scenarios": {"runs": figures}})
     assert "## Runs: search and seek in a long run" in page
     assert f"One run of {figures['events']:,} events" in page
+
+
+# -- the regression gate (issue 22) -----------------------------------------------------
+
+
+def gated_run(
+    cpu_us: float = 0.06, throughput: float = 20.0, p99_ratio: float = 0.8, kib: float = 13.0
+) -> dict[str, Any]:
+    fanout_run = {"server": "trio-ws", "subscribers": 1000, "server_cpu_us_per_delivery": cpu_us}
+    return {
+        "mode": "quick",
+        "scenarios": {
+            "fanout": {
+                "runs": [fanout_run],
+                "ratios": [
+                    {"subscribers": 1000, "throughput": throughput, "cpu_per_delivery": 0.01}
+                ],
+            },
+            "rate": {
+                "per_event_runs": [
+                    {"server": "trio-ws", "subscribers": 200, "latency": {"p99_ms": p99_ratio}},
+                    {"server": "peer", "subscribers": 200, "latency": {"p99_ms": 1.0}},
+                ]
+            },
+            "idle": {"trio-ws": {"subscribers": 1000, "rss_per_subscriber_kib": kib}},
+        },
+    }
+
+
+def test_the_gate_fails_cpu_per_delivery_over_1_us_at_1000_batched_subscribers() -> None:
+    assert gate.check(gated_run(cpu_us=0.06), None) == []
+    (failure,) = gate.check(gated_run(cpu_us=1.4), None)
+    assert "server CPU per delivery at 1,000 batched subscribers is 1.4 µs" in failure
+
+
+def test_the_gate_fails_a_figure_worse_than_the_baseline_beyond_its_noise() -> None:
+    baseline = gate.baseline_of([gated_run(throughput=t, p99_ratio=p) for t, p in
+                                 ((20.0, 0.8), (16.0, 0.9), (18.0, 1.0))])  # fmt: skip
+    throughput = baseline["figures"]["fan-out throughput / the peer's at 1,000"]
+    assert (throughput["median"], throughput["spread"], throughput["runs"]) == (18.0, 0.25, 3)
+    # Within 1.5 x the 25% spread of the median either way: passes; better: passes.
+    assert gate.check(gated_run(throughput=13.5, p99_ratio=1.2), baseline) == []
+    assert gate.check(gated_run(throughput=40.0, p99_ratio=0.1, kib=9.0), baseline) == []
+    failures = gate.check(gated_run(throughput=12.0, p99_ratio=1.4, kib=15.0), baseline)
+    assert [failure.split(" is ")[0] for failure in failures] == [
+        "fan-out throughput / the peer's at 1,000",
+        "one line per message: send→receive p99 / the peer's at 200",
+        "idle KiB per subscriber at 1,000",
+    ]
+    assert "worse than the baseline's 18 by more than its noise" in failures[0]
+
+
+def test_cpu_per_delivery_is_not_judged_when_the_subscribers_fell_behind() -> None:
+    run = gated_run(cpu_us=1.98)
+    run["scenarios"]["fanout"]["runs"][0].update(
+        {"missed": 50_235_269, "resyncs": 1000, "client_cpus_busy": 1.0}
+    )
+    assert gate.check(run, None) == []
+    (caveat,) = gate.caveats(run)
+    assert "not judged: the subscriber processes fell behind (1000 resyncs" in caveat
+
+
+def test_the_gate_compares_only_runs_of_the_baselines_mode() -> None:
+    baseline = gate.baseline_of([gated_run()])
+    full = {**gated_run(throughput=1.0, cpu_us=2.0), "mode": "full"}
+    (failure,) = gate.check(full, baseline)
+    assert failure.startswith("server CPU per delivery")
+
+
+def test_the_committed_baseline_is_of_quick_runs_and_names_only_gated_figures() -> None:
+    baseline = gate.load()
+    assert baseline is not None and baseline["mode"] == "quick"
+    assert all(f["runs"] >= 3 and f["spread"] >= 0 for f in baseline["figures"].values())
+    assert {name.rsplit(" at ", 1)[0] for name in baseline["figures"]} == {
+        "fan-out throughput / the peer's",
+        "fan-out server CPU per delivery / the peer's",
+        "one line per message: send→receive p50 / the peer's",
+        "one line per message: send→receive p99 / the peer's",
+        "idle KiB per subscriber",
+    }

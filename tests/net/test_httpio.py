@@ -95,6 +95,19 @@ async def test_method_target_and_path_are_parsed() -> None:
     )
 
 
+async def test_a_released_head_holds_no_headers_query_or_connection_of_its_own() -> None:
+    """What a websocket open for hours keeps of its request once the upgrade is done."""
+    first = await parse_ok(request("/ws/projects/demo?backlog=5"))
+    second = await parse_ok(request("/ws/projects/other?backlog=9"))
+    connection = first.connection
+    first.release()
+    second.release()
+    assert (first.headers, first.query) == ({}, {})
+    assert first.connection is not connection
+    assert first.connection is second.connection  # one shared stand-in, never used
+    assert first.path == "/ws/projects/demo"
+
+
 async def test_query_values_are_decoded_and_the_last_repeat_wins() -> None:
     head = await parse_ok(request("/x?token=a%2Bb&backlog=1&backlog=7"))
     assert head.query == {"token": "a+b", "backlog": "7"}

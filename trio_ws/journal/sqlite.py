@@ -31,6 +31,7 @@ from __future__ import annotations
 import bisect
 import datetime
 import fcntl
+import functools
 import json
 import os
 import sqlite3
@@ -42,6 +43,7 @@ from itertools import chain
 from pathlib import Path
 from typing import Final, Literal
 
+import orjson
 import trio
 
 from trio_ws.journal.interface import (
@@ -58,6 +60,7 @@ from trio_ws.journal.interface import (
     JournalState,
     JournalStats,
     JournalWriteError,
+    JsonObject,
     NewEpochReason,
     archive_cut,
     check_batch,
@@ -68,6 +71,7 @@ from trio_ws.journal.interface import (
     producer_group,
     trim_point,
 )
+from trio_ws.runtime.dedicated_thread import DedicatedThread
 
 BACKEND: Final = "sqlite"
 APPLICATION_ID: Final = 0x74727773
@@ -207,6 +211,9 @@ class SqliteJournal:
         self._boot_id_path = boot_id_path
         self._on_connect = on_connect
         self._limiter = trio.CapacityLimiter(1)
+        self._writer = DedicatedThread(f"journal {self._project}")
+        """Where commits run (reads and the rest go through `trio.to_thread`, all of
+        them holding ``_limiter``, so the connection has one user at a time)."""
         self._conn: sqlite3.Connection | None = None
         self._lock: int | None = None
         """The descriptor holding the journal's lock while it is open."""
@@ -257,7 +264,7 @@ class SqliteJournal:
         handful of statements and nothing else), write it there, then take it in."""
         conn = self._connection()
         check_batch(batch, self._head)
-        state = None if batch.state is None else json.dumps(batch.state, separators=(",", ":"))
+        state = None if batch.state is None else _state_text(batch.state)
         rows = _rows(batch.events)
         texts = batch.texts
         if len(texts) != len(batch.events):
@@ -304,7 +311,7 @@ class SqliteJournal:
         )
         start = time.perf_counter()
         try:
-            await trio.to_thread.run_sync(self._write, conn, write, limiter=self._limiter)
+            await self._writer.run_sync(functools.partial(self._write, conn, write), self._limiter)
         except JournalWriteError:
             self._commits.write_errors += 1
             raise
@@ -467,7 +474,10 @@ class SqliteJournal:
                 conn.close()
                 self._unlock()
 
-        await trio.to_thread.run_sync(close, limiter=self._limiter)
+        try:
+            await trio.to_thread.run_sync(close, limiter=self._limiter)
+        finally:
+            self._writer.stop()
 
     def stats(self) -> JournalStats:
         first = self._stored[0] if self._stored else None
@@ -824,6 +834,16 @@ def _trigram_query(text: str) -> str:
     index keeps no positions: the rows found are checked event by event)."""
     trigrams = sorted({text[start : start + 3] for start in range(len(text) - 2)})
     return " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in trigrams)
+
+
+def _state_text(state: JsonObject) -> str:
+    """The state's JSON for the ``meta`` row, written with every commit: orjson (a
+    tenth of ``json.dumps``'s 36 us for a 3 KB state, on a one-line commit's path),
+    ``json`` for what orjson refuses (an int beyond 64 bits)."""
+    try:
+        return orjson.dumps(state).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(state, separators=(",", ":"))
 
 
 def _utf8_sizes(row: str, texts: list[str]) -> list[int]:

@@ -318,17 +318,16 @@ class WebSocket(metaclass=NoPublicConstructor):
                         break
                 if not self._readable:
                     raise self._closed_error()
-                await self._receive()
+                # Read here, not in a helper: an idle connection waits in this frame
+                # (one coroutine frame fewer for each of thousands of watchers).
+                await trio.lowlevel.checkpoint()
+                data = await self._read()
+                if data:
+                    self._protocol.receive_data(data)
+                else:
+                    self._end(ConnectionClosed(ABNORMAL, "connection lost"))
         finally:
             self._reading.release()
-
-    async def _receive(self) -> None:
-        await trio.lowlevel.checkpoint()
-        data = await self._read()
-        if not data:
-            self._end(ConnectionClosed(ABNORMAL, "connection lost"))
-            return
-        self._protocol.receive_data(data)
 
     async def _read(self) -> bytes:
         """What the peer sent next; b"" at the end of the stream or when it broke.

@@ -10,6 +10,7 @@ bytes that followed the head (``connection.trailing_data``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -61,6 +62,13 @@ class HttpConnection(h11.Connection):
         self.stall_timeout = stall_timeout
         self.status: int | None = None
         """The status of the response sent, for the access log (None: none yet)."""
+
+
+@functools.cache
+def _released_connection() -> HttpConnection:
+    """What a released head holds instead of its h11 connection: one for all of them,
+    never used (the websocket took over the socket)."""
+    return HttpConnection(MAX_HEAD_BYTES, STALL_TIMEOUT)
 
 
 class WriteStalled(Exception):
@@ -175,10 +183,12 @@ class RequestHead:
         return self.headers.get(name.lower())
 
     def release(self) -> None:
-        """Drop the header and query values once nothing reads them: a websocket open
-        for hours keeps its head alive in the frames that serve it."""
+        """Drop the header and query values and the h11 connection (about 1 KiB, its
+        states and buffer) once nothing reads them: a websocket open for hours keeps
+        its head alive in the frames that serve it."""
         self.headers = {}
         self.query = {}
+        self.connection = _released_connection()
 
     @property
     def is_websocket(self) -> bool:

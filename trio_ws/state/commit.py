@@ -157,12 +157,20 @@ class HubCommit(HubState):
         (writer, shutdown); shielded, as the worker thread runs to its end anyway: never
         lose track of a commit it made."""
         with trio.CancelScope(shield=True):
-            async with self._commit_lock:
+            # No checkpoint for a free lock (the writer's every commit): the events
+            # waiting for this commit would wait for a scheduler pass too.
+            try:
+                self._commit_lock.acquire_nowait()
+            except trio.WouldBlock:
+                await self._commit_lock.acquire()
+            try:
                 if self.closed:  # `close` committed the rest: the journal is not ours now
                     return False
                 if not (self._pending or self._pending_pseqs):
                     return True  # the commit just before took it all
                 done = await self._commit_following()
+            finally:
+                self._commit_lock.release()
         return done
 
     async def _commit_following(self) -> bool:
