@@ -1,5 +1,5 @@
 """``/ws/overview`` on a real server on 127.0.0.1: the first full list, live updates
-coalesced, the token rule of ``/api/projects``."""
+coalesced, the token rule of ``/api/projects``, the idle probe, a stalled reader."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rawws
 import trio
 from rawws import upgrade_request
 from serving import NETWORK_TIMEOUT, TOKEN, make_config, receive, receive_until, ws_url
@@ -162,3 +163,76 @@ async def test_shutdown_closes_the_overview_with_1001(
                 await ws.get_message()
         assert closed.value.reason is not None
         assert closed.value.reason.code == 1001
+
+
+async def wait_until(condition: Any) -> None:
+    """Poll server-side state (under the caller's fail_after) until ``condition`` holds."""
+    while not condition():  # noqa: ASYNC110  (server internals offer no event to wait on)
+        await trio.sleep(0.01)
+
+
+def running(message: Msg) -> bool:
+    return any(project["agent_status"] == "running" for project in message["projects"])
+
+
+# -- liveness: a vanished overview client is not held until the next change ------------
+
+
+async def test_an_overview_client_that_answers_no_ping_is_dropped(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(
+            nursery, two_projects, subscriber_idle=0.4, subscriber_pong_timeout=0.4
+        )
+        overview = server.manager.overview
+        # The first list, then silence: it never sends, never answers a ping, sends no FIN,
+        # and nothing changes, so no write would ever find it gone.
+        silent = await rawws.RawClient.connect(server.port, "/ws/overview")
+        assert silent.status == 101
+        assert names(await silent.message("overview")) == ["alpha", "beta"]
+        assert overview.watcher_count == 1
+        started = trio.current_time()
+        assert await silent.until(rawws.OP_PING) == b"alive?"
+        await wait_until(lambda: overview.watcher_count == 0)
+        took = trio.current_time() - started
+        assert server.manager.live_sessions() == []
+        with pytest.raises(trio.BrokenResourceError):  # reset: it answered nothing
+            while await silent.frame() is not None:
+                pass
+    assert overview.watchers_dropped == 1
+    assert took < 3.0
+
+
+async def test_an_overview_client_that_answers_pings_stays_while_idle(
+    nursery: trio.Nursery, two_projects: Registry
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server = await start(
+            nursery, two_projects, subscriber_idle=0.2, subscriber_pong_timeout=0.2
+        )
+        overview = server.manager.overview
+        ws = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        await receive(ws)  # trio-websocket answers pings by itself
+        pinged = await rawws.RawClient.connect(server.port, "/ws/overview")
+        await pinged.message("overview")
+        for _ in range(3):  # several idle periods, each with a ping, each answered
+            payload = await pinged.until(rawws.OP_PING)
+            await pinged.send(rawws.client_frame(rawws.OP_PONG, payload))
+        assert overview.watcher_count == 2
+        alpha = two_projects.get("alpha")
+        assert alpha is not None
+        hub = (await server.manager.open("alpha", alpha.path)).hub
+        hub.set_status("running")
+        # Both still told (the hub's opening may come first); the raw client first, as
+        # it answers pings only while read.
+        while True:
+            frame = await pinged.frame()
+            assert frame is not None
+            if frame[0] == rawws.OP_PING:
+                await pinged.send(rawws.client_frame(rawws.OP_PONG, frame[1]))
+            elif frame[0] == rawws.OP_TEXT and running(json.loads(frame[1])):
+                break
+        while not running(await receive(ws)):
+            pass
+    assert overview.watchers_dropped == 0
