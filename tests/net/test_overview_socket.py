@@ -3,9 +3,10 @@ coalesced, the token rule of ``/api/projects``, the idle probe, a stalled reader
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import pytest
 import rawws
@@ -236,3 +237,75 @@ async def test_an_overview_client_that_answers_pings_stays_while_idle(
         while not running(await receive(ws)):
             pass
     assert overview.watchers_dropped == 0
+
+
+# -- a stalled reader: bounded, cut, and no one else waits for it -------------------------
+
+MANY: Final = 60
+
+
+async def test_a_stalled_overview_reader_is_bounded_and_cut_while_others_keep_up(
+    nursery: trio.Nursery, tmp_path: Path, registry: Registry
+) -> None:
+    """60 projects change all the time; one overview client stops reading. Its backlog
+    stays one summary per project (the rest are dropped for newer ones), it is cut at
+    the stall timeout, and meanwhile the other overview client and a project
+    subscriber are served as usual."""
+    names_ = [f"p{n:02d}" for n in range(MANY)]
+    for name in names_:
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    with trio.fail_after(30):
+        server = await start(nursery, registry, stall_timeout=2.0)
+        overview = server.manager.overview
+        hubs = [(await server.manager.open(name, tmp_path / name)).hub for name in names_]
+        stalled = await rawws.RawClient.connect(server.port, "/ws/overview", rcvbuf=4096)
+        assert len((await stalled.message("overview"))["projects"]) == MANY
+        # From here on the stalled client reads nothing.
+        reader = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        assert len((await receive(reader))["projects"]) == MANY
+        latest: dict[str, Msg] = {}
+        arrivals: list[float] = []
+
+        async def read_overview() -> None:
+            while True:
+                message = await receive(reader)
+                arrivals.append(trio.current_time())
+                latest.update((project["name"], project) for project in message["projects"])
+
+        nursery.start_soon(read_overview)
+        subscriber = await connect_websocket_url(nursery, ws_url(server, "/ws/projects/p00"))
+        most_pending = 0
+        rounds = 0
+        started = trio.current_time()
+        while overview.watchers_dropped == 0:
+            for hub in hubs:
+                hub.feed_lines([f"round {rounds} " + "x" * 200])
+            rounds += 1
+            most_pending = max(most_pending, overview.pending_summaries)
+            assert trio.current_time() - started < 20, "the stalled reader was never cut"
+            await trio.sleep(0.02)
+        cut_after = trio.current_time() - started
+        assert overview.watcher_count == 1  # the reader is still there
+        # Everyone else kept up: the hubs fed every round at once, the reader had a
+        # summary at least every second (coalesced to two a second), the subscriber
+        # its project's last line.
+        gaps = [later - earlier for earlier, later in itertools.pairwise(arrivals)]
+        assert arrivals and max(gaps) < 1.5, gaps
+        for hub in hubs:
+            hub.set_status("running")
+        await wait_until(
+            lambda: (
+                len(latest) == MANY
+                and all(project["agent_status"] == "running" for project in latest.values())
+            )
+        )
+        last = f"round {rounds - 1} "
+        await receive_until(subscriber, lambda m: str(m.get("line", "")).startswith(last))
+    # One summary per project per watcher at most (never growing with time), the
+    # stalled one's older summaries dropped for newer ones.
+    assert most_pending <= 2 * MANY, most_pending
+    assert overview.summaries_dropped > 0
+    assert overview.watchers_dropped == 1
+    assert rounds > 10, rounds
+    assert cut_after < 2.0 + 5.0, cut_after  # the stall timeout, once the buffers filled
