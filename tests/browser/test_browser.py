@@ -1298,6 +1298,65 @@ def test_replay_plays_forward_to_the_end(
     wait(browser, lambda d: moment(d) == ("ended", run["last_seq"]), "the end again")
 
 
+AFTER_COMPLETION = 5
+"""Seconds of quiet lines `test_replay_cards_leave_by_the_replays_clock` records after
+Spark's completion, one a second: longer than a finished card lingers (3 s)."""
+
+
+def test_replay_cards_leave_by_the_replays_clock(
+    served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
+) -> None:
+    """A finished agent's card stays while the replay is paused (however long), and
+    leaves 3 s of the run's time after it finished once the replay plays."""
+    agent = producer(served.port, "agent-1")
+    agent.status("running")
+    agent.lines(RUN[: FIRST_COMPLETION + 1])  # Spark completes features #1-#3 last
+    agent.acked()
+    for n in range(1, AFTER_COMPLETION + 1):
+        time.sleep(1.0)
+        agent.lines([f"quiet second {n}"])
+    agent.acked()
+    agent.status("stopped")
+    agent.acked()
+    run = api_json(served, "/api/projects/demo/runs")["runs"][0]
+    assert run["ended"] == "stopped", run
+    open_replay(browser, served, run["id"])
+    browser.find_element(By.ID, "replay-search").send_keys("Features #1, #2, #3 completed\n")
+    mark = wait(browser, lambda d: d.find_element(By.CSS_SELECTOR, ".mark.hit"), "a hit mark")
+    sought = int(mark.get_attribute("data-seq"))
+    mark.click()
+    wait(browser, lambda d: moment(d) == ("paused", sought), "the completion")
+    spark = '#agents .agent[data-name="Spark"]'
+
+    def spark_state(driver: Any) -> str:
+        found = driver.find_elements(By.CSS_SELECTOR, spark)
+        return str(found[0].get_attribute("data-state")) if found else ""
+
+    wait(browser, lambda d: spark_state(d) == "working", "Spark at work")
+    play = browser.find_element(By.ID, "replay-play")
+    play.click()  # at 1x, to Spark's completion (the update right after its line), then pause
+    wait(browser, lambda d: spark_state(d) == "success", "Spark's completion")
+    play.click()
+    wait(browser, lambda d: moment(d)[0] == "paused", "the pause")
+    time.sleep(4.0)  # paused: the run's clock stands still, and so does the card
+    assert "Spark" in card_names(browser)
+    assert "just finished" in text(browser, "#agent-count")
+    play.click()
+
+    def spark_gone(driver: Any) -> tuple[str, str] | None:
+        if "Spark" in card_names(driver):
+            return None
+        return text(driver, "#log .line:last-child"), text(driver, "#agent-status")
+
+    gone = wait(browser, spark_gone, "Spark's card to leave")
+    assert gone is not None
+    last_line, status = gone
+    # It left about 3 s into the run after the completion: after the 2nd quiet second's
+    # line, before the run stopped (which clears every card).
+    assert status == "running"
+    assert any(f"quiet second {n}" in last_line for n in (2, 3, 4)), last_line
+
+
 def test_replay_jumps_to_the_next_error(
     served: ServerProcess, project: Path, browser: Any, producer: ProducerFactory
 ) -> None:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import trio
 from prometheus_client.parser import text_string_to_metric_families
-from serving import NETWORK_TIMEOUT, connect, http_get, receive_until
+from serving import NETWORK_TIMEOUT, connect, http_get, receive, receive_until, ws_url
+from trio_websocket import connect_websocket_url
 
 from trio_ws.net.server import Server
 
@@ -91,3 +92,28 @@ async def test_metrics_and_healthz_say_what_the_archive_keeps(
         "runs": 1,
         "oldest_run_seq": first,
     }
+
+
+async def test_metrics_count_overview_watchers_and_summaries(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        before = await scrape(server)
+        assert before[("trio_ws_overview_watchers", ())] == 0
+        assert before[("trio_ws_overview_summaries_sent_total", ())] == 0
+        watcher = await connect_websocket_url(nursery, ws_url(server, "/ws/overview"))
+        first = await receive(watcher)
+        assert [project["name"] for project in first["projects"]] == ["demo"]
+        hub = (await server.manager.open("demo", project_dir)).hub
+        hub.set_status("running")
+        await receive_until(
+            watcher,
+            lambda m: any(p["agent_status"] == "running" for p in m.get("projects", [])),
+        )
+        samples = await scrape(server)
+    assert samples[("trio_ws_overview_watchers", ())] == 1
+    # The first list's one summary, then at least the one saying "running".
+    assert samples[("trio_ws_overview_summaries_sent_total", ())] >= 2
+    assert samples[("trio_ws_overview_summaries_dropped_total", ())] == 0  # it kept up
+    assert samples[("trio_ws_overview_pending_summaries", ())] == 0
+    assert samples[("trio_ws_overview_watchers_dropped_total", ())] == 0

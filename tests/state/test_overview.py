@@ -26,9 +26,12 @@ def decoded(texts: list[str]) -> dict[str, dict[str, Any]]:
 
 def test_a_watcher_keeps_only_the_latest_summary_per_project() -> None:
     watcher = OverviewWatcher()
+    assert watcher.offer("a", '{"n":-1}') is False  # nothing replaced
+    replaced = 0
     for n in range(1000):
-        watcher.offer("a", f'{{"n":{n}}}')
-        watcher.offer("b", f'{{"m":{n}}}')
+        replaced += watcher.offer("a", f'{{"n":{n}}}')
+        replaced += watcher.offer("b", f'{{"m":{n}}}')
+    assert replaced == 1000 + 999  # every summary but the two latest was dropped
     assert watcher.wake.is_set()
     assert watcher.take() == (['{"n":999}', '{"m":999}'], [])
     assert not watcher.wake.is_set()
@@ -180,3 +183,25 @@ async def test_a_watcher_that_takes_nothing_holds_one_summary_per_project(
         assert len(slow.pending) <= 3
     texts, _ = slow.take()
     assert sorted(entry["progress"]["passing"] for entry in decoded(texts).values()) == [100] * 3
+
+
+async def test_the_overview_counts_what_slow_watchers_never_got(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    manager = ConnectionManager(nursery)
+    overview = manager.overview
+    hub = (await manager.open("alpha", tmp_path)).hub
+    slow, quick = overview.watch(), overview.watch()
+    overview.publish()
+    quick.take()
+    assert overview.pending_summaries == 1  # the slow one's
+    for n in range(5):
+        await trio.sleep(0.001)  # a later timestamp: each summary differs
+        hub.feed_lines([f"line {n}"])
+        await hub.commit()
+        overview.publish()
+        quick.take()
+    assert overview.pending_summaries == 1  # still one: the latest
+    assert overview.summaries_dropped == 5  # the slow one's older five
+    overview.unwatch(slow)
+    assert overview.pending_summaries == 0

@@ -56,6 +56,7 @@ class Metrics:
     def bind(self, manager: ConnectionManager) -> None:
         """Expose ``manager``'s hubs; call once, when the manager exists."""
         self.registry.register(_HubCollector(manager))
+        self.registry.register(_OverviewCollector(manager))
 
     def observe_poll(self, project: str, seconds: float, ok: bool) -> None:
         self._poll_seconds.labels(project).observe(seconds)
@@ -64,6 +65,41 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _OverviewCollector(Collector):
+    """Reads the overview's own counters (``/ws/overview``) at scrape time."""
+
+    def __init__(self, manager: ConnectionManager) -> None:
+        self._manager = manager
+
+    def collect(self) -> Iterator[Metric]:
+        overview = self._manager.overview
+        yield GaugeMetricFamily(
+            "trio_ws_overview_watchers",
+            "Connected overview clients (/ws/overview).",
+            value=overview.watcher_count,
+        )
+        yield GaugeMetricFamily(
+            "trio_ws_overview_pending_summaries",
+            "Summaries waiting for slow overview clients (at most one per project each).",
+            value=overview.pending_summaries,
+        )
+        yield CounterMetricFamily(
+            "trio_ws_overview_summaries_sent",
+            "Project summaries written to overview clients, first lists included.",
+            value=overview.summaries_sent,
+        )
+        yield CounterMetricFamily(
+            "trio_ws_overview_summaries_dropped",
+            "Summaries a slow overview client never got: a newer one replaced them.",
+            value=overview.summaries_dropped,
+        )
+        yield CounterMetricFamily(
+            "trio_ws_overview_watchers_dropped",
+            "Overview clients cut for reading nothing or answering no ping.",
+            value=overview.watchers_dropped,
+        )
 
 
 class _HubCollector(Collector):

@@ -7,7 +7,9 @@ listed project's summary (`core.project_summary.entry`), then
 changed: at most one per project per `state.overview.COALESCE` seconds, and for a
 slow client only the latest of each (its `OverviewWatcher` keeps one per project).
 The client may send ``ping`` (answered ``pong``); anything else is ignored, a flood
-closes the connection 1008.
+closes the connection 1008. A client silent for the subscriber idle time is pinged
+by the server's probe (`probe_if_idle`, the rule of project subscribers) and reset
+when it does not answer: a vanished client is found though nothing changes.
 
 A send is never cancelled partway: the send loop is cancelled only once the
 receive loop ended, that is once a close frame was sent or the connection is gone.
@@ -23,7 +25,7 @@ import trio
 
 from trio_ws.core import protocol
 from trio_ws.core.errors import BadClientMessage
-from trio_ws.net.connection import ConnectionClosed, WebSocket
+from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
 from trio_ws.state.overview import Overview, OverviewWatcher
 
 log = logging.getLogger("trio_ws.net.overview")
@@ -50,6 +52,37 @@ class OverviewSession:
         self.ws = ws
         self.overview = overview
         self.peer = peer
+        self._nursery: trio.Nursery | None = None
+        self._heard = trio.current_time()
+        """When the client last sent a message (or answered a ping)."""
+        self._probing = False
+
+    def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
+        """Ping the client if it sent nothing for ``idle`` seconds and no ping is out;
+        one that answers none within ``pong_within`` seconds is reset (its receive
+        loop then ends). Started by `probe_idle_subscribers`, as for subscribers."""
+        if self._probing or self._nursery is None or now - self._heard < idle:
+            return
+        self._probing = True
+        self._nursery.start_soon(self._probe, pong_within)
+
+    async def _probe(self, pong_within: float) -> None:
+        try:
+            answered = await self.ws.answers_ping(b"alive?", pong_within)
+            if answered is None:
+                return  # the session ends by itself
+            if not answered:
+                log.info(
+                    "overview client %s answered no ping for %g s; dropped",
+                    self.peer,
+                    pong_within,
+                    extra={"client": self.peer},
+                )
+                self.overview.watchers_dropped += 1
+                return
+            self._heard = trio.current_time()
+        finally:
+            self._probing = False
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.aclose(code, reason)
@@ -59,17 +92,25 @@ class OverviewSession:
         overview = self.overview
         watcher = overview.watch()  # first: no change between the list and it is lost
         try:
-            first = list_message(
-                "overview", overview.first_list(watcher), [], overview.registry_error
-            )
+            texts = overview.first_list(watcher)
+            first_count = len(texts)
+            first = list_message("overview", texts, [], overview.registry_error)
             try:
                 await self.ws.send_message(first)
+            except PeerStalled:
+                overview.watchers_dropped += 1
+                return
             except ConnectionClosed:
                 return
+            overview.summaries_sent += first_count
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._send_loop, watcher)
-                await self._receive_loop()
-                nursery.cancel_scope.cancel()
+                try:
+                    await self._receive_loop()
+                finally:
+                    self._nursery = None  # no probe starts in a closing nursery
+                    nursery.cancel_scope.cancel()
         finally:
             overview.unwatch(watcher)
 
@@ -79,7 +120,11 @@ class OverviewSession:
                 await watcher.wake.wait()
                 texts, removed = watcher.take()
                 await self.ws.send_message(list_message("overview_update", texts, removed, None))
-        except ConnectionClosed as exc:  # a stalled peer included: the receive loop ends too
+                self.overview.summaries_sent += len(texts)
+        except PeerStalled as exc:  # reset: the receive loop ends too
+            log.info("overview client %s: %s; cut", self.peer, exc, extra={"client": self.peer})
+            self.overview.watchers_dropped += 1
+        except ConnectionClosed as exc:
             log.debug("overview client %s: %s", self.peer, exc)
 
     async def _receive_loop(self) -> None:
@@ -95,6 +140,7 @@ class OverviewSession:
                 await self.ws.aclose(1008, "too many messages")
                 return
             arrivals.append(now)
+            self._heard = now
             try:
                 payload = protocol.decode_client_message(message)
             except BadClientMessage:

@@ -24,6 +24,7 @@ from trio_ws.core.errors import BadClientMessage
 from trio_ws.core.messages import ConnectionMessage
 from trio_ws.net import frames
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
+from trio_ws.net.overview_socket import OverviewSession
 from trio_ws.state.fanout import FanOut
 from trio_ws.state.history import FLUSH, Outgoing
 from trio_ws.state.manager import ConnectionManager
@@ -276,12 +277,13 @@ async def probe_idle_subscribers(
     pong_within: float = defaults.SUBSCRIBER_PONG_TIMEOUT,
 ) -> None:
     """The server's one liveness task: every quarter of ``idle``, ping the subscribers
-    that sent nothing for ``idle`` seconds (`SubscriberSession.probe_if_idle`)."""
+    and overview clients that sent nothing for ``idle`` seconds (their
+    ``probe_if_idle``)."""
     while True:
         await trio.sleep(idle / 4)
         now = trio.current_time()
         for session in manager.live_sessions():
-            if isinstance(session, SubscriberSession):
+            if isinstance(session, (SubscriberSession, OverviewSession)):
                 session.probe_if_idle(now, idle, pong_within)
 
 

@@ -58,14 +58,16 @@ class OverviewWatcher:
         """The first list sent these."""
         self.shown.update(zip(names, texts, strict=True))
 
-    def offer(self, name: str, text: str) -> None:
-        """``name``'s newest summary, replacing one not yet sent."""
+    def offer(self, name: str, text: str) -> bool:
+        """``name``'s newest summary, replacing one not yet sent; True when it did
+        (that one is dropped: the client never sees it)."""
         self.removed.discard(name)
         if self.shown.get(name) == text:
-            self.pending.pop(name, None)  # back to what the client has
-            return
+            return self.pending.pop(name, None) is not None  # back to what the client has
+        replaced = name in self.pending
         self.pending[name] = text
         self.wake.set()
+        return replaced
 
     def gone(self, name: str) -> None:
         self.pending.pop(name, None)
@@ -103,6 +105,12 @@ class Overview:
         """Why the registry could not be read last time (None: it was)."""
         self.summaries_made = 0
         """Summaries computed by the coalescing task (for tests and the benchmarks)."""
+        self.summaries_sent = 0
+        """Summaries written to watchers, first lists included (``/metrics``)."""
+        self.summaries_dropped = 0
+        """Summaries a slow watcher never got: a newer one of the project replaced them."""
+        self.watchers_dropped = 0
+        """Watchers cut for not reading or not answering a ping (``/metrics``)."""
 
     # -- from the hubs and the manager -------------------------------------------
 
@@ -163,6 +171,12 @@ class Overview:
     def watcher_count(self) -> int:
         return len(self._watchers)
 
+    @property
+    def pending_summaries(self) -> int:
+        """Summaries waiting for their watchers' sends, over all watchers: at most the
+        number of projects per watcher, however slow (``/metrics``, the tests)."""
+        return sum(len(watcher.pending) for watcher in self._watchers)
+
     def first_list(self, watcher: OverviewWatcher) -> list[str]:
         """Every listed project's summary text now, given to ``watcher``: the one last
         handed out, or for a project changed since, a fresh one (not cached: the other
@@ -221,7 +235,8 @@ class Overview:
                 continue
             self._texts[name] = text
             for watcher in self._watchers:
-                watcher.offer(name, text)
+                if watcher.offer(name, text):
+                    self.summaries_dropped += 1
 
     def _listed(self) -> set[str]:
         return self._registered.keys() | self._hubs.keys()

@@ -1,12 +1,14 @@
 // The agent cards: one per agent from its latest agent_update; a finished one
-// lingers a few seconds, then leaves.
+// lingers a few seconds, then leaves. Live, seconds of the wall clock (a timer); in a
+// replay, seconds of the replayed run (dom.js `clock`), so a paused replay keeps the
+// card and 100x takes it away at 100x: the replay calls `expireCards` as its clock moves.
 
-import { $, el, ago, hueClass } from "./dom.js";
+import { $, el, ago, clock, hueClass } from "./dom.js";
 import { live, touch } from "./state.js";
 
 const CARD_LINGER_MS = 3000;
 
-export const cards = new Map(); // key -> {message, node, timer}
+export const cards = new Map(); // key -> {message, node, timer, leaveAt}
 const dirtyCards = new Set();
 const agentAlerts = new Map(); // alert id -> the standing alert about one agent (by name)
 const SEVERITY_ORDER = { error: 0, warning: 1, info: 2 };
@@ -59,18 +61,38 @@ export function onAgentUpdate(message) {
   }
   let card = cards.get(key);
   if (!card) {
-    card = { message, node: null, timer: null };
+    card = { message, node: null, timer: null, leaveAt: null };
     cards.set(key, card);
     touch("filter");
   }
   card.message = message;
   clearTimeout(card.timer);
   card.timer = null;
+  card.leaveAt = null;
   if (message.state === "success" || message.state === "error") {
-    card.timer = setTimeout(() => removeCard(key), CARD_LINGER_MS);
+    card.leaveAt = finishedAt(message) + CARD_LINGER_MS;
+    if (!live.replay) card.timer = setTimeout(() => removeCard(key), CARD_LINGER_MS);
   }
   dirtyCards.add(key);
   touch("agents");
+}
+
+function finishedAt(message) {
+  // When the agent finished on the clock its card leaves by: in a replay, the moment the
+  // run recorded (a seek may apply it after the replay's clock moved on); live, now.
+  if (live.replay) {
+    const time = Date.parse(message.timestamp);
+    if (!Number.isNaN(time)) return time;
+  }
+  return clock.now();
+}
+
+export function expireCards() {
+  // The finished agents' cards whose moment to leave has come on the replay's clock.
+  const now = clock.now();
+  for (const [key, card] of [...cards]) {
+    if (card.leaveAt !== null && card.leaveAt <= now) removeCard(key);
+  }
 }
 
 export function removeCard(key) {
@@ -103,7 +125,7 @@ export function renderCards() {
   $("agents-empty").hidden = cards.size > 0;
   // A finished agent's card stays a moment (its timer): count it apart, so "4 active"
   // never sits over five cards.
-  const active = [...cards.values()].filter((card) => !card.timer).length;
+  const active = [...cards.values()].filter((card) => card.leaveAt === null).length;
   const finished = cards.size - active;
   const counts = finished ? `${active} active · ${finished} just finished` : `${active} active`;
   $("agent-count").textContent = cards.size ? counts : "";

@@ -9,7 +9,7 @@
 import { $, el, clock, clockTime } from "./dom.js";
 import { dispatch, reset } from "./messages.js";
 import { addPoint, addStatus } from "./chart.js";
-import { featureAgents } from "./agents.js";
+import { expireCards, featureAgents } from "./agents.js";
 import { setBoardTransform } from "./board.js";
 import { live, touch } from "./state.js";
 
@@ -194,6 +194,7 @@ async function seek(query, then = []) {
   player.cursor = body.seq;
   player.clock = Date.parse(body.timestamp) || player.start;
   for (const event of then) apply(event);
+  expireCards(); // the cards of agents that finished over 3 s before this moment
   player.buffer = [];
   player.next = 0;
   player.nextAfter = player.cursor;
@@ -265,6 +266,7 @@ function tick() {
   }
   const waiting = player.buffer.length - player.next;
   if (waiting > 0 && applied < MAX_PER_TICK) player.clock = Math.max(player.clock, target);
+  expireCards(); // by the replay's clock: a paused replay never gets here, its cards stay
   if (waiting < LOW_WATER) fetchMore();
   if (waiting === 0 && player.nextAfter === null && !player.fetching) {
     if (player.summary.ended === null || player.summary.ended === undefined) {
