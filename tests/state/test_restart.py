@@ -8,6 +8,7 @@ Everything is a real process: the server, `trio-ws run` feeding a transcript,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -67,18 +68,23 @@ async def start_server(home: Path, port: int, log: Path, *options: str) -> tuple
     return process, int(printed.split(b"127.0.0.1:")[1].split(b"/")[0])
 
 
-async def start_producer(home: Path, port: int, *args: str, stdin: bool = False) -> trio.Process:
+async def start_producer(
+    home: Path, port: int, *args: str, stdin: bool = False, stderr: Path | None = None
+) -> trio.Process:
+    """`trio-ws publish`/`run` on ``demo``; what it says on stderr goes to ``stderr`` if given."""
     env = {key: value for key, value in os.environ.items() if key != "TRIO_WS_TOKEN"}
-    return await trio.lowlevel.open_process(
-        [
-            *(TRIO_WS, args[0], "demo", "--server", f"http://127.0.0.1:{port}"),
-            *("--token", "t0k3n-x", "--home", str(home), *args[1:]),
-        ],
-        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )
+    with contextlib.ExitStack() as files:
+        err = files.enter_context(stderr.open("ab")) if stderr is not None else subprocess.DEVNULL
+        return await trio.lowlevel.open_process(
+            [
+                *(TRIO_WS, args[0], "demo", "--server", f"http://127.0.0.1:{port}"),
+                *("--token", "t0k3n-x", "--home", str(home), *args[1:]),
+            ],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env,
+        )
 
 
 @dataclass
