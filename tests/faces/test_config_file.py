@@ -185,19 +185,28 @@ def test_project_tables_and_the_registry_are_shown_the_registry_winning(
     registry = Registry(home / "registry.db")
     registry.add("todo", directory)
     registry.set_setting("todo", "alert-stalled", "5m")
+    registry.set_setting("todo", "keep-runs", "3")
     write(
         config,
-        '[projects.todo]\nalert-silent = "1m"\nalert-stalled = "1h"\n\n'
-        '[projects.other]\nalerts = "off"\n',
+        '[projects.todo]\nalert-silent = "1m"\nalert-stalled = "1h"\nkeep-runs = 10\n'
+        "archive-bytes = 1048576\n\n"
+        '[projects.other]\nalerts = "off"\nkeep-runs = 0\n',
     )
     shown = show(home, "--config", config)
     assert shown["projects"] == {
-        "other": [{"key": "alerts", "value": "off", "source": f"file {config}"}],
+        "other": [
+            {"key": "alerts", "value": "off", "source": f"file {config}"},
+            {"key": "keep-runs", "value": "0", "source": f"file {config}"},
+        ],
         "todo": [
             {"key": "alert-silent", "value": "1m", "source": f"file {config}"},
             {"key": "alert-stalled", "value": "5m", "source": f"registry {registry.path}"},
+            {"key": "archive-bytes", "value": "1048576", "source": f"file {config}"},
+            {"key": "keep-runs", "value": "3", "source": f"registry {registry.path}"},
         ],
     }
+    table = run("config", "show", "--home", home, "--config", config).stdout
+    assert f"todo     keep-runs      3        registry {registry.path}" in table
 
 
 # -- refusals: file, line, key; exit 2 before anything starts -----------------------
@@ -230,6 +239,14 @@ def test_project_tables_and_the_registry_are_shown_the_registry_winning(
         ),
         ('[projects."bad name"]\nalerts = "on"\n', "line 1: projects.bad name: not a valid"),
         ("projects = 3\n", "line 1: projects: must be a table"),
+        (
+            "[projects.todo]\nkeep-runs = -1\n",
+            "line 2: projects.todo.keep-runs: -1 is below 0",
+        ),
+        (
+            "[projects.todo]\narchive-bytes = 1.5\n",
+            "line 2: projects.todo.archive-bytes: 1.5 is not a whole number",
+        ),
     ],
 )
 def test_a_bad_key_or_value_names_the_file_the_line_and_the_key(

@@ -399,7 +399,7 @@ def _project_sources(
     found: ConfigFile | None, registry_file: Path
 ) -> dict[str, list[dict[str, str]]]:
     """Each project's own settings and where each came from: the registry wins over
-    the config file (`net.config.ServerConfig.alerts_of` reads them the same way)."""
+    the config file (`net.config.ServerConfig.settings_of` reads them the same way)."""
     try:
         kept = Registry(registry_file).all_settings() if registry_file.exists() else {}
     except RegistryError as exc:

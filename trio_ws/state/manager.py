@@ -22,7 +22,7 @@ import trio
 
 from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
-from trio_ws.journal.interface import JournalBackend, JournalError
+from trio_ws.journal.interface import ArchiveLimits, JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.runtime.supervise import contained
 from trio_ws.state.hub import ProjectHub
@@ -80,6 +80,7 @@ class ConnectionManager:
         max_projects: int = defaults.MAX_PROJECTS,
         alerts: AlertSettings | None = None,
         project_alerts: Callable[[str], AlertSettings | None] | None = None,
+        project_archive: Callable[[str], ArchiveLimits | None] | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
         ``lease``, with several nodes, makes one node at a time poll a project;
@@ -87,7 +88,10 @@ class ConnectionManager:
         long, except on the memory journal, whose history would be lost with it;
         ``max_projects`` bounds how many are open at once; ``alerts`` are the alert
         rules' thresholds (None: no alerts), and ``project_alerts`` a project's own
-        over them (blocking: it runs in a thread when the project opens)."""
+        over them (blocking: it runs in a thread when the project opens);
+        ``project_archive`` a project's own archive limits over the journals' (None:
+        theirs), read the same way, so a project's retention settings take effect
+        when its journal opens."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -107,6 +111,7 @@ class ConnectionManager:
             on_commit=on_commit,
             alerts=alerts,
             project_alerts=project_alerts,
+            project_archive=project_archive,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes
@@ -206,8 +211,9 @@ class ConnectionManager:
     async def _open_new(self, name: str, directory: Path | None) -> _Entry:
         opening = self._opening[name] = _Opening()
         try:
+            archive = await self.services.archive_for(name)
             project = await Project.open(
-                name, directory, self.services, self.journals.journal(name)
+                name, directory, self.services, self.journals.journal(name, archive)
             )
         except JournalError as exc:
             log.error("project %s: cannot open its journal: %s", name, exc)
