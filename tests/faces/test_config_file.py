@@ -16,6 +16,7 @@ import trio
 from click.testing import CliRunner, Result
 from services import free_port
 from serving import NETWORK_TIMEOUT, http_request
+from tls_certs import make_tls_files
 
 from trio_ws.core.project_settings import ProjectSettings
 from trio_ws.data.registry import Registry
@@ -385,14 +386,40 @@ def test_project_settings_of_the_file_reach_the_servers_config(
     assert server_config.project_settings == {"todo": ProjectSettings(alert_silent=60.0)}
 
 
-def test_the_readmes_example_file_is_a_valid_config(home: Path, config: Path) -> None:
+def test_the_readmes_example_file_is_a_valid_config_showing_every_key(
+    home: Path, config: Path
+) -> None:
+    """Every key of `serve` is in the example (set, or commented out), the project
+    tables show retention, and it is valid as written and with its TLS keys set."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    example = readme.split("```toml\n# ~/.trio-ws/config.toml\n", 1)[1].split("```", 1)[0]
+    block = readme.split("```toml\n# ~/.trio-ws/config.toml", 1)[1].split("```", 1)[0]
+    example = "# ~/.trio-ws/config.toml" + block
+    written = {
+        line.lstrip("# ").split("=", 1)[0].strip()
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("# --")
+    }
+    assert set(option_keys(serve)) <= written
     write(config, example)
     shown = show(home, "--config", config)
     assert setting(shown, "alert-silent") == (600.0, f"file {config}")
+    assert setting(shown, "keep-runs") == (200, f"file {config}")
     assert [row["key"] for row in shown["projects"]["todo-app"]] == [
         "alerts",
         "alert-silent",
         "alert-stalled",
+        "archive-bytes",
+        "keep-runs",
     ]
+    assert shown["projects"]["big-refactor"] == [
+        {"key": "keep-runs", "value": "1000", "source": f"file {config}"}
+    ]
+    files = make_tls_files(config.parent / "tls")
+    files.certfile.rename(config.parent / "tls" / "fullchain.pem")
+    files.keyfile.rename(config.parent / "tls" / "privkey.pem")
+    write(config, example.replace("# certfile", "certfile").replace("# keyfile", "keyfile"))
+    shown = show(home, "--config", config)
+    assert setting(shown, "certfile") == (
+        (config.parent / "tls" / "fullchain.pem").as_posix(),
+        f"file {config}",
+    )
