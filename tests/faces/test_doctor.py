@@ -219,8 +219,9 @@ def test_the_command_prints_one_line_per_check_and_json(healthy_home: Path) -> N
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False
-    assert [check["check"] for check in report["checks"][:2]] == ["config file", "home"]
-    assert {"check": "home", "status": "ok"}.items() <= report["checks"][1].items()
+    names = [check["check"] for check in report["checks"][:3]]
+    assert names == ["config file", "serve options", "home"]
+    assert {"check": "home", "status": "ok"}.items() <= report["checks"][2].items()
 
 
 # -- the config file: doctor looks where serve would ---------------------------------
@@ -287,6 +288,7 @@ def test_without_a_config_file_doctor_says_so_and_checks_the_defaults(home: Path
         "config file", "ok", f"none (no {home / 'config.toml'}): serve's options decide"
     )
     assert checks["port"].detail == "127.0.0.1: port 0, serve takes any free one"
+    assert checks["serve options"].status == "ok"
     assert "broker" not in checks and "certificate" not in checks
 
 
@@ -317,3 +319,15 @@ def test_a_named_config_file_that_is_missing_fails(home: Path, tmp_path: Path) -
     code, checks = doctor("--home", home, "--config", tmp_path / "nope.toml", "--port", "0")
     assert code == 1
     assert checks["config file"].detail == f"{tmp_path / 'nope.toml'} does not exist"
+
+
+def test_options_serve_would_refuse_together_fail(home: Path) -> None:
+    """A non-loopback host from the file without TLS: serve would not start."""
+    (home / "config.toml").write_text('host = "0.0.0.0"\nport = 0\n', encoding="utf-8")
+    code, checks = doctor("--home", home)
+    assert code == 1
+    check = checks["serve options"]
+    assert check.status == "fail" and "--host 0.0.0.0 is not loopback" in check.detail
+    assert checks["port"].detail == "0.0.0.0: port 0, serve takes any free one"
+    code, checks = doctor("--home", home, "--insecure-remote")
+    assert checks["serve options"].status == "ok"

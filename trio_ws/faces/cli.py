@@ -1515,7 +1515,12 @@ def doctor(as_json: bool, serve_args: tuple[str, ...]) -> None:
     `trio-ws config show` lists them. Each problem says what to do; exits 1 when
     something is wrong (warnings alone exit 0), a broken config file included."""
     from trio_ws.core.checkup import exit_status
-    from trio_ws.faces.doctor import DoctorOptions, config_file_check, run_checks
+    from trio_ws.faces.doctor import (
+        DoctorOptions,
+        config_file_check,
+        run_checks,
+        serve_options_check,
+    )
 
     root = click.get_current_context().find_root()
     args = list(serve_args)
@@ -1538,7 +1543,14 @@ def doctor(as_json: bool, serve_args: tuple[str, ...]) -> None:
         params.get("certfile"),
         params.get("keyfile"),
     )
-    checks = run_checks(options, config=config)
+    settings = serve_options_check(
+        params["host"],
+        params.get("trust_origins") or (),
+        params.get("certfile"),
+        params.get("keyfile"),
+        bool(params.get("insecure_remote")),
+    )
+    checks = run_checks(options, first=(config, settings))
     code = exit_status(checks)
     if as_json:
         report = {"ok": code == 0, "checks": [check.as_json() for check in checks]}

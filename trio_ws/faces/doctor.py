@@ -14,6 +14,7 @@ import json
 import sqlite3
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,6 +40,7 @@ from trio_ws.data.registry import Project, Registry, RegistryError
 from trio_ws.faces.config_file import CONFIG_FILE
 from trio_ws.journal.redis import redis_client
 from trio_ws.journal.sqlite import JOURNAL_DIR, journal_path
+from trio_ws.net.config import ServerConfig
 from trio_ws.net.tls import TlsSetupError, server_tls
 
 PROBE_TIMEOUT: Final = 5.0
@@ -61,12 +63,11 @@ class DoctorOptions:
 
 
 def run_checks(
-    options: DoctorOptions, now: datetime | None = None, *, config: Check | None = None
+    options: DoctorOptions, now: datetime | None = None, *, first: Sequence[Check] = ()
 ) -> list[Check]:
-    """Every check, in the order a user would fix things: ``config`` (the config file's
-    verdict, `config_file_check`) first, since it decides where the others look."""
-    checks = [] if config is None else [config]
-    checks.append(home_check(options.home))
+    """Every check, in the order a user would fix things, after ``first`` (the config
+    file's and the options' verdicts: they decide where the others look)."""
+    checks = [*first, home_check(options.home)]
     registry, projects = registry_check(options.registry_file)
     checks.append(registry)
     for project in projects:
@@ -95,6 +96,35 @@ def config_file_check(found: Path | None, home: Path, problem: str | None = None
     if found is None:
         return Check("config file", "ok", f"none (no {home / CONFIG_FILE}): serve's options decide")
     return Check("config file", "ok", f"{found} is valid; the checks below use it")
+
+
+def serve_options_check(
+    host: str,
+    trust_origins: Sequence[str],
+    certfile: Path | None,
+    keyfile: Path | None,
+    insecure_remote: bool,
+) -> Check:
+    """Whether ``serve`` would start with these options together (`ServerConfig`'s
+    rules: no plain HTTP off loopback, a certificate with its key, ...)."""
+    try:
+        ServerConfig(
+            registry_path=Path(),
+            token="",
+            host=host,
+            trust_origins=frozenset(trust_origins),
+            certfile=certfile,
+            keyfile=keyfile,
+            insecure_remote=insecure_remote,
+        )
+    except ValueError as exc:
+        return Check(
+            "serve options",
+            "fail",
+            str(exc),
+            "change them (command line, environment or config file)",
+        )
+    return Check("serve options", "ok", "serve accepts them together")
 
 
 def home_check(home: Path) -> Check:
