@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 import trio
+from services import free_port
 from serving import NETWORK_TIMEOUT, receive
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from webhook_receiver import WebhookReceiver
 
 from trio_ws.data.registry import Registry
 from trio_ws.faces.cli import DURATION
@@ -350,3 +353,72 @@ async def test_max_projects_and_idle_close_options_bound_and_free_open_projects(
                 await trio.sleep(0.05)
             process.send_signal(signal.SIGTERM)
             assert await process.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--notify", "ftp://example.org/x", "--notify: an http:// or https:// URL"),
+        ("--notify", "https://ntfy.sh/", "--notify: an ntfy URL names its topic"),
+        ("--notify-command", "say 'unclosed", "--notify-command: No closing quotation"),
+        ("--notify-timeout", "0s", "--notify-timeout"),
+    ],
+)
+def test_a_bad_notify_option_is_a_usage_error_naming_it(
+    tmp_path: Path, option: str, value: str, says: str
+) -> None:
+    result = run_serve("--home", str(tmp_path), "--port", "0", option, value)
+    assert result.returncode == 2
+    [line] = result.stderr.strip().splitlines()
+    assert says in line
+
+
+def test_notify_with_alerts_off_says_only_projects_turning_them_on_raise_any(
+    tmp_path: Path,
+) -> None:
+    """Not refused (a project's own settings may turn alerts on), but said before the
+    server starts (here it then stops at once: its port is taken)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_serve(
+            "--home", str(tmp_path), "--port", port, "--alerts", "off", "--notify", "http://x/"
+        )
+    assert result.returncode == 1
+    said = result.stderr.splitlines()
+    assert said[0].startswith("trio-ws: --notify with --alerts off: only projects whose own")
+    assert said[-1].startswith(f"trio-ws: error: cannot listen on 127.0.0.1:{port}")
+
+
+async def test_an_alert_raised_before_a_kill_9_is_delivered_once_after_the_restart(
+    nursery: trio.Nursery, served_home: Path
+) -> None:
+    """The receiver is down while the alert is raised; kill -9; the receiver comes up and
+    the server again (no client comes back): the alert is delivered exactly once, and a
+    kill -9 after that delivery does not send it again."""
+    token = "notify-test-token"
+    receiver = WebhookReceiver(port=free_port())
+    options = ("--producer-grace", "0.2", "--token", token, "--notify-timeout", "1s")
+    notify = ("--notify", receiver.url("/hook"))
+    with trio.fail_after(3 * NETWORK_TIMEOUT):
+        async with serving(served_home, *options, *notify) as (process, port, _):
+            watcher = await lose_a_running_producer(nursery, port, token)
+            while (raised := await receive(watcher))["type"] != "alert":
+                pass
+            await trio.sleep(0.3)  # tries fail: nobody listens
+            process.kill()
+            assert await process.wait() == -signal.SIGKILL
+        await nursery.start(receiver.serve)
+        # No client comes back: the server opens the project by itself for its alerts.
+        async with serving(served_home, *options, *notify) as (process, port, _):
+            (delivered,) = await receiver.wait_for(1)
+            await trio.sleep(0.5)  # its cursor is committed; no second try comes
+            process.kill()
+            await process.wait()
+        async with serving(served_home, *options, *notify) as (process, port, _):
+            await trio.sleep(1.0)
+            process.send_signal(signal.SIGTERM)
+            assert await process.wait() == 0
+    assert json.loads(delivered.body) == raised
+    assert len(receiver.received) == 1

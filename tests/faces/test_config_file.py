@@ -158,8 +158,31 @@ def test_the_token_is_never_shown(home: Path, config: Path) -> None:
             args = ("--json",) if flag else ()
             result = run("config", "show", *args, "--home", home, "--config", config, env=env)
             assert result.exit_code == 0, result.output
-            assert "secret" not in result.stdout
+            assert "secret-123" not in result.stdout and "secret-456" not in result.stdout
     assert setting(show(home, "--config", config), "token") == ("(redacted)", f"file {config}")
+
+
+def test_notify_targets_are_shown_by_their_labels_never_their_credentials(
+    home: Path, config: Path
+) -> None:
+    """A webhook URL's path is its token (Slack, Discord) and a command's arguments may
+    hold one: `config show` names them as the log does."""
+    write(
+        config,
+        'notify = ["https://hooks.slack.com/services/T0/B0/hook-secret-1"]\n'
+        'notify-command = ["notify-send --key arg-secret-2"]\n'
+        'notify-secret = "hmac-secret-3"\n',
+    )
+    for args in ((), ("--json",)):
+        result = run("config", "show", *args, "--home", home, "--config", config)
+        assert result.exit_code == 0, result.output
+        assert not any(f"secret-{n}" in result.stdout for n in (1, 2, 3))
+    shown = show(home, "--config", config)
+    [hook] = setting(shown, "notify")[0]
+    assert hook.startswith("slack webhook https://hooks.slack.com/")
+    [command] = setting(shown, "notify-command")[0]
+    assert command.startswith("command notify-send")
+    assert setting(shown, "notify-secret")[0] == "(redacted)"
 
 
 def test_durations_are_read_as_the_command_line_reads_them(home: Path, config: Path) -> None:

@@ -243,6 +243,21 @@ async def test_remove_forgets_the_project(backends: Backends) -> None:
     assert again.epoch != first.epoch
 
 
+async def test_a_backend_knows_a_project_once_its_journal_exists_until_removed(
+    backends: Backends,
+) -> None:
+    backend = backends()
+    assert await backend.knows("demo") is False
+    journal = backend.journal("demo")
+    await journal.open()
+    await journal.append(events(1, 1))
+    await journal.close()
+    assert await backend.knows("demo") is backends.durable
+    assert await backend.knows("other") is False
+    await backend.remove("demo")
+    assert await backend.knows("demo") is False
+
+
 async def test_project_names_are_checked(backends: Backends) -> None:
     with pytest.raises(ValueError, match="invalid project name"):
         backends().journal("../escape")

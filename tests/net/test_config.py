@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from trio_ws.core.alerts import AlertSettings
+from trio_ws.core.notify import command_target, webhook_target
 from trio_ws.net.config import ServerConfig
 
 
@@ -120,3 +122,29 @@ def test_a_projects_retention_is_the_registrys_over_the_files_over_the_servers(
     assert on_memory.archive_of("filed") == ArchiveLimits(8000, keep_runs=1)
     registry.set_setting("plain", "archive-bytes", 123)
     assert on_memory.archive_of("plain") == ArchiveLimits(123, keep_runs=None)
+
+
+HOOK = webhook_target("https://example.org/hook")
+
+
+def test_notify_targets_with_alerts_off_serve_the_projects_that_turn_them_on() -> None:
+    """``--alerts off`` with ``--notify``: a project's own settings may turn alerts on
+    (registry or file), and its alerts are delivered; the others raise none."""
+    from trio_ws.core.project_settings import ProjectSettings
+
+    made = config(notify=(HOOK,), project_settings={"todo": ProjectSettings(alerts=True)})
+    assert made.notify == (HOOK,)
+    assert made.alerts_of("todo") is not None and made.alerts_of("other") is None
+
+
+def test_a_notify_target_named_twice_is_refused() -> None:
+    twice = (HOOK, webhook_target("https://example.org/hook"))
+    with pytest.raises(ValueError, match="a target is named twice"):
+        config(alerts=AlertSettings(), notify=twice)
+    config(alerts=AlertSettings(), notify=(HOOK, command_target("https://example.org/hook")))
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_the_notify_timeout_must_be_positive(timeout: float) -> None:
+    with pytest.raises(ValueError, match="--notify-timeout must be positive"):
+        config(notify_timeout=timeout)

@@ -25,15 +25,19 @@ import trio
 from redis_server import RedisServer
 from services import free_port
 from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config
+from test_alerts_server import crash, producer
 from test_cli_run import TRANSCRIPT, transcript_lines
 from test_cli_serve import URL_LINE
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
+from webhook_receiver import WebhookReceiver
 
+from trio_ws.core.alerts import AlertSettings
+from trio_ws.core.notify import webhook_target
 from trio_ws.core.pipeline import AgentPipeline
 from trio_ws.data.registry import Registry
 from trio_ws.journal.redis import redis_client
 from trio_ws.net.server import Server, serve
-from trio_ws.state.lease import PollLease
+from trio_ws.state.lease import PollLease, lease_key
 from trio_ws.state.project import LIVE_WARNING
 
 TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
@@ -74,10 +78,15 @@ def node_home(tmp_path: Path, name: str, *projects: str) -> Registry:
 
 
 async def start_node(
-    nursery: trio.Nursery, tmp_path: Path, name: str, broker: str, *projects: str
+    nursery: trio.Nursery,
+    tmp_path: Path,
+    name: str,
+    broker: str,
+    *projects: str,
+    **overrides: Any,
 ) -> Server:
     registry = node_home(tmp_path, name, *projects)
-    config = make_config(registry, journal="redis", broker=broker)
+    config = make_config(registry, journal="redis", broker=broker, **overrides)
     server: Server = await nursery.start(serve, config)
     return server
 
@@ -946,3 +955,51 @@ async def test_a_flush_of_an_idle_project_is_noticed_within_two_seconds(
     assert [m["type"] for m in back.messages[:2]] == ["hello", "resync"]
     assert back.messages[1]["reason"] == "epoch_changed"
     assert back.messages[0]["epoch"] == resync["epoch"]
+
+
+async def test_two_nodes_deliver_each_alert_once_and_the_other_takes_over(
+    nursery: trio.Nursery, tmp_path: Path, flushed: RedisServer
+) -> None:
+    """Both nodes have the project open and the same webhook; only the node holding the
+    notify lease delivers, so each alert goes out once, in order; when that node stops,
+    the other continues from the cursor stored in Redis."""
+    receiver = WebhookReceiver()
+    with trio.fail_after(NETWORK_TIMEOUT):
+        await nursery.start(receiver.serve)
+        options: dict[str, Any] = {
+            "alerts": AlertSettings(),
+            "notify": (webhook_target(receiver.url()),),
+            "notify_retry": (0.05, 0.2),
+        }
+        a = await start_node(nursery, tmp_path, "a", flushed.url, "demo", **options)
+        b = await start_node(nursery, tmp_path, "b", flushed.url, "demo", **options)
+        await watching(nursery, a.port)
+        await watching(nursery, b.port)
+        ws = await producer(nursery, a)
+        await crash(ws)
+        await ws.send_message(json.dumps({"type": "status", "pseq": 4, "status": "running"}))
+        await receiver.wait_for(2)
+        await trio.sleep(0.5)  # a second node delivering too would have by now
+        assert len(receiver.received) == 2
+        async with redis_client(flushed.url) as client:
+            holder = await client.get(lease_key("demo", "notify"))
+        delivering, other = (a, b) if holder == node_id(a) else (b, a)
+        assert holder == node_id(delivering)
+        await delivering.shutdown(1001)
+        again = await producer(nursery, other)  # the producer moves, if it was there
+        await crash(again, first=5)
+        await receiver.wait_for(3)
+        await trio.sleep(0.5)
+    alerts = [json.loads(request.body) for request in receiver.received]
+    assert [(alert["kind"], alert["state"]) for alert in alerts] == [
+        ("run_crashed", "raised"),
+        ("run_crashed", "resolved"),
+        ("run_crashed", "raised"),
+    ]
+    assert [alert["seq"] for alert in alerts] == sorted({alert["seq"] for alert in alerts})
+
+
+def node_id(server: Server) -> str:
+    lease = server.manager.services.lease
+    assert lease is not None
+    return lease.node_id

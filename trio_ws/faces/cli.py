@@ -41,6 +41,7 @@ from trio_ws.clients.tls import client_tls
 from trio_ws.core import defaults
 from trio_ws.core.alerts import SILENT_AFTER, STALLED_AFTER, AlertSettings
 from trio_ws.core.durations import parse_duration
+from trio_ws.core.notify import command_target, webhook_target
 from trio_ws.core.project_settings import PROJECT_KEYS, SettingError, show_setting
 from trio_ws.core.protocol import is_valid_project_name
 from trio_ws.core.security import TOKEN_ENV, TokenError, load_token
@@ -611,6 +612,39 @@ def tls_options(command: Callable[..., Any]) -> Callable[..., Any]:
     help="A running run without a progress change for this long is stalled.",
 )
 @click.option(
+    "--notify",
+    "notify_urls",
+    multiple=True,
+    metavar="URL",
+    help="POST every alert (raised and resolved) to this webhook (repeatable): Slack "
+    "(hooks.slack.com) and Discord (discord.com/api/webhooks) get a message, ntfy topics "
+    "(ntfy.sh/TOPIC, or ntfy+https://HOST/TOPIC) a notification, any other URL the alert "
+    "event's JSON. In order, retried until delivered, its progress kept across restarts.",
+)
+@click.option(
+    "--notify-command",
+    "notify_commands",
+    multiple=True,
+    metavar="CMD",
+    help="Run CMD (no shell) with every alert's JSON on stdin (repeatable), e.g. a desktop "
+    "notifier; killed after --notify-timeout, retried a few times on a non-zero exit.",
+)
+@click.option(
+    "--notify-secret",
+    envvar="TRIO_WS_NOTIFY_SECRET",
+    show_envvar=True,
+    metavar="SECRET",
+    help="Sign each webhook POST: X-Trio-WS-Signature is sha256=HMAC-SHA256(SECRET, "
+    "X-Trio-WS-Timestamp + '.' + body).",
+)
+@click.option(
+    "--notify-timeout",
+    type=DURATION,
+    default="10s",
+    show_default=True,
+    help="Longest one delivery attempt may take (a webhook's answer, a command's exit).",
+)
+@click.option(
     "--allow-origin",
     "allow_origins",
     multiple=True,
@@ -674,6 +708,10 @@ def serve(
     alerts: str,
     alert_silent: float,
     alert_stalled: float,
+    notify_urls: tuple[str, ...],
+    notify_commands: tuple[str, ...],
+    notify_secret: str | None,
+    notify_timeout: float,
     allow_origins: tuple[str, ...],
     trust_origins: tuple[str, ...],
     allow_hosts: tuple[str, ...],
@@ -705,6 +743,9 @@ def serve(
     except (TokenError, OSError) as exc:
         raise Refusal(str(exc)) from exc
     try:
+        targets = tuple(webhook_target(url) for url in notify_urls) + tuple(
+            command_target(command) for command in notify_commands
+        )
         config = ServerConfig(
             registry_path=registry_file,
             token=secret,
@@ -731,9 +772,18 @@ def serve(
             keyfile=tls.keyfile,
             insecure_remote=tls.insecure_remote,
             project_settings=config_file.projects if config_file is not None else {},
+            notify=targets,
+            notify_secret=notify_secret or None,
+            notify_timeout=notify_timeout,
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from None
+    if targets and config.alerts is None:
+        click.echo(
+            "trio-ws: --notify with --alerts off: only projects whose own settings turn "
+            "alerts on (trio-ws projects set NAME alerts on) raise any",
+            err=True,
+        )
 
     def announce(server: Server) -> None:
         # The link carries the token, as Jupyter's does: the dashboard keeps it in its

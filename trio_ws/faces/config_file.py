@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -28,6 +28,7 @@ from typing import Any, Final
 import click
 from click.core import ParameterSource
 
+from trio_ws.core.notify import NotifyTarget, command_target, webhook_target
 from trio_ws.core.project_settings import ProjectSettings, SettingError, read_setting
 from trio_ws.core.protocol import is_valid_project_name
 from trio_ws.data.registry import resolve_home
@@ -319,6 +320,20 @@ def key_line(text: str, where: tuple[str, ...]) -> int | None:
 
 # -- where each value came from ---------------------------------------------------
 
+_NOTIFY_LABELS: Final[dict[str, Callable[[str], NotifyTarget]]] = {
+    "notify_urls": webhook_target,
+    "notify_commands": command_target,
+}
+"""Options whose values hold credentials (a webhook URL's path, a command's arguments):
+shown by their targets' labels, as the log names them."""
+
+
+def _labelled(target_of: Callable[[str], NotifyTarget], value: str) -> str:
+    try:
+        return target_of(value).label
+    except ValueError as exc:
+        return f"(refused: {exc})"
+
 
 def sources(ctx: click.Context) -> list[Setting]:
     """Every option of ``ctx``'s command (but ``--config``), its effective value and
@@ -340,6 +355,8 @@ def sources(ctx: click.Context) -> list[Setting]:
             where = "default"
         if value is not None and _SECRET.search(param.name) and not param.is_flag:
             value = "(redacted)"
+        elif param.name in _NOTIFY_LABELS and value:
+            value = [_labelled(_NOTIFY_LABELS[param.name], item) for item in value]
         settings.append(Setting(key, _plain(value), where))
     return settings
 

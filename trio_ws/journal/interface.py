@@ -304,6 +304,11 @@ class JournalBackend(Protocol):
         """Delete ``project``'s journal (``trio-ws projects remove``); False if none."""
         ...
 
+    async def knows(self, project: str) -> bool:
+        """Does a journal of ``project`` exist (a history a restart continues)?
+        JournalError when that cannot be told now."""
+        ...
+
 
 def new_epoch() -> str:
     """A fresh epoch name: never equal to an earlier one in practice."""

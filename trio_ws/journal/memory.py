@@ -243,3 +243,8 @@ class MemoryBackend:
         """Nothing outlives a memory journal, so there is never anything to remove."""
         check_project(project)
         return False
+
+    async def knows(self, project: str) -> bool:
+        """Nothing outlives a memory journal: no history to continue."""
+        check_project(project)
+        return False

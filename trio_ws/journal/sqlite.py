@@ -1007,6 +1007,10 @@ class SqliteBackend:
         path = journal_path(self.home, project)
         return await trio.to_thread.run_sync(remove_files, path, project)
 
+    async def knows(self, project: str) -> bool:
+        """Does the project's journal file exist?"""
+        return await trio.to_thread.run_sync(journal_path(self.home, project).exists)
+
 
 def lock_journal(path: Path, project: str) -> int:
     """Take the journal's lock (its descriptor; closing it releases the lock), with this

@@ -11,14 +11,17 @@ from typing import Final
 
 from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
+from trio_ws.core.notify import NotifyTarget
 from trio_ws.core.project_settings import ProjectSettings
 from trio_ws.core.security import is_loopback_host, origin_shape_problem
 from trio_ws.data.registry import Registry, RegistryMissing
 from trio_ws.journal.choice import JournalName, SyncMode, local_backend, open_shared_backend
 from trio_ws.journal.interface import DEFAULT_ARCHIVE_BYTES, ArchiveLimits, JournalBackend
+from trio_ws.net.alert_sender import ATTEMPT_TIMEOUT
 from trio_ws.net.httpio import STALL_TIMEOUT
 from trio_ws.net.publish import PRODUCER_PING_TIMEOUT
 from trio_ws.net.tls import ServerTls, server_tls
+from trio_ws.state.delivery import RETRY
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES
 from trio_ws.state.project import DEFAULT_GRACE, POLL_RESTART
 
@@ -88,8 +91,21 @@ class ServerConfig:
     keep_runs: int | None = None
     """Closed runs kept per project, at most (None: as many as the bytes allow); a
     project's own ``keep-runs`` wins over it (`archive_of`)."""
+    notify: tuple[NotifyTarget, ...] = ()
+    """Where every project's alerts are delivered (``--notify``, ``--notify-command``)."""
+    notify_secret: str | None = None
+    """Signs each webhook's body (``--notify-secret``)."""
+    notify_timeout: float = ATTEMPT_TIMEOUT
+    """Seconds one delivery attempt may take."""
+    notify_retry: tuple[float, float] = RETRY
+    """A failed attempt's first retry delay and the cap it doubles up to."""
 
     def __post_init__(self) -> None:
+        if not self.notify_timeout > 0:
+            raise ValueError("--notify-timeout must be positive")
+        keys = [target.key for target in self.notify]
+        if len(set(keys)) != len(keys):
+            raise ValueError("--notify / --notify-command: a target is named twice")
         if self.trust_origins and not self.on_loopback:
             raise ValueError(
                 "--trust-origin needs a loopback --host: on a network any client can send "

@@ -60,6 +60,7 @@ from trio_ws.net.access import (
     project_api_refusal,
 )
 from trio_ws.net.access_log import Exchange, log_access
+from trio_ws.net.alert_sender import open_notify
 from trio_ws.net.config import ServerConfig, open_journals
 from trio_ws.net.connection import ConnectionClosed, WebSocket, accept
 from trio_ws.net.httpio import (
@@ -165,7 +166,15 @@ async def _serve(
         )
     port = listeners[0].socket.getsockname()[1]
     metrics = Metrics()
-    async with trio.open_nursery() as nursery:
+    async with (
+        open_notify(
+            config.notify,
+            secret=config.notify_secret,
+            timeout=config.notify_timeout,
+            retry=config.notify_retry,
+        ) as notify,
+        trio.open_nursery() as nursery,
+    ):
         manager = ConnectionManager(
             nursery,
             history=config.history,
@@ -184,6 +193,7 @@ async def _serve(
             alerts=config.alerts,
             project_alerts=config.alerts_of,
             project_archive=config.archive_of,
+            notify=notify,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(
                 PollLease(journals.client, ttl=POLL_LEASE_INTERVALS * config.poll_interval)
@@ -194,6 +204,8 @@ async def _serve(
         metrics.bind(manager)
         server = Server(config, manager, port, metrics, tls)
         nursery.start_soon(contained, "the overview", manager.overview.run, config.registry_path)
+        if notify is not None:
+            nursery.start_soon(contained, "opening projects for alerts", _open_for_alerts, server)
         nursery.start_soon(
             probe_idle_subscribers,
             manager,
@@ -758,6 +770,28 @@ async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> 
         )
     finally:
         server.manager.release(project)
+
+
+async def _open_for_alerts(server: Server) -> None:
+    """With notify targets: open, one after the other, each registered project that has
+    a journal, so that the alerts its targets had not been delivered before this start
+    go out now rather than when a client comes back. One nobody uses is closed again
+    once idle (never while an alert waits to be delivered)."""
+    try:
+        projects = await trio.to_thread.run_sync(Registry(server.config.registry_path).list)
+    except RegistryError as exc:
+        log.error("registry unreadable; no project opened for its pending alerts: %s", exc)
+        return
+    manager = server.manager
+    for project in projects:
+        try:
+            if not await manager.journals.knows(project.name):
+                continue
+            if not await trio.to_thread.run_sync(project.path.is_dir):
+                continue
+            await manager.open(project.name, project.path)
+        except (JournalError, TooManyProjects) as exc:
+            log.warning("project %s: not opened for its pending alerts: %s", project.name, exc)
 
 
 def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:

@@ -237,6 +237,9 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
             self._logs.append(item)
         elif item.type == "dev_log":
             self._dev_logs.append(item)
+        elif item.type == "alert":
+            for listener in self.alert_listeners:
+                listener(item.seq, item.text)
 
 
 def _told(item: Outgoing | None, own: str) -> str:

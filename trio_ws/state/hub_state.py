@@ -149,6 +149,9 @@ class HubState:
         self.on_summary: Callable[[str], None] | None = None
         """Told the project's name after each fan-out of committed events (the overview:
         its summary may have changed); once per batch, never per subscriber."""
+        self.alert_listeners: list[Callable[[int, str], None]] = []
+        """Told each committed alert as it is held (seq, journalled text), whichever node
+        committed it: the notify deliveries (`state/delivery.py`). Must not block."""
 
     # -- calls across parts: each is defined by the part named -----------------
 

@@ -48,9 +48,10 @@ class LeaseError(Exception):
     """Redis could not be asked about a lease; ``str()`` says where and why."""
 
 
-def lease_key(project: str) -> str:
-    """The poll lease of ``project`` (hash-tagged with the project, like its journal)."""
-    return f"{KEY_PREFIX}:{{{project}}}:poll"
+def lease_key(project: str, what: str = "poll") -> str:
+    """The ``what`` lease of ``project`` (hash-tagged with the project, like its journal):
+    ``poll`` (who reads its features database), ``notify`` (who delivers its alerts)."""
+    return f"{KEY_PREFIX}:{{{project}}}:{what}"
 
 
 def new_node_id() -> str:
@@ -70,21 +71,24 @@ class PollLease:
         self._hold = client.register_script(_HOLD)
         self._release = client.register_script(_RELEASE)
 
-    async def hold(self, project: str) -> bool:
-        """Take or renew the lease of ``project`` for ``ttl`` more seconds; False when
-        another node holds it. LeaseError when Redis cannot be asked."""
+    async def hold(self, project: str, what: str = "poll") -> bool:
+        """Take or renew the ``what`` lease of ``project`` for ``ttl`` more seconds; False
+        when another node holds it. LeaseError when Redis cannot be asked."""
         try:
             reply: object = await self._hold(
-                keys=[lease_key(project)], args=[self.node_id, self.ttl_ms]
+                keys=[lease_key(project, what)], args=[self.node_id, self.ttl_ms]
             )
         except (RedisError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
             raise LeaseError(f"{self._where}: cannot hold {project!r}: {error}") from None
         return reply == 1
 
-    async def release(self, project: str) -> bool:
-        """Give the lease of ``project`` up, if this node holds it; True when it did."""
+    async def release(self, project: str, what: str = "poll") -> bool:
+        """Give the ``what`` lease of ``project`` up, if this node holds it; True when it
+        did."""
         try:
-            reply: object = await self._release(keys=[lease_key(project)], args=[self.node_id])
+            reply: object = await self._release(
+                keys=[lease_key(project, what)], args=[self.node_id]
+            )
         except (RedisError, OSError, anyio.ClosedResourceError, anyio.BrokenResourceError) as error:
             # Closed: the server is going down with its client; the lease expires by itself.
             raise LeaseError(f"{self._where}: cannot release {project!r}: {error}") from None

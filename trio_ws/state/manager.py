@@ -25,6 +25,7 @@ from trio_ws.core.alerts import AlertSettings
 from trio_ws.journal.interface import ArchiveLimits, JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.runtime.supervise import contained
+from trio_ws.state.delivery import NotifySetup
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import PollLease
@@ -81,6 +82,7 @@ class ConnectionManager:
         alerts: AlertSettings | None = None,
         project_alerts: Callable[[str], AlertSettings | None] | None = None,
         project_archive: Callable[[str], ArchiveLimits | None] | None = None,
+        notify: NotifySetup | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
         ``lease``, with several nodes, makes one node at a time poll a project;
@@ -91,7 +93,7 @@ class ConnectionManager:
         over them (blocking: it runs in a thread when the project opens);
         ``project_archive`` a project's own archive limits over the journals' (None:
         theirs), read the same way, so a project's retention settings take effect
-        when its journal opens."""
+        when its journal opens; ``notify`` where alerts are delivered."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -112,6 +114,7 @@ class ConnectionManager:
             alerts=alerts,
             project_alerts=project_alerts,
             project_archive=project_archive,
+            notify=notify,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
             history=history, history_bytes=history_bytes

@@ -31,6 +31,7 @@ from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
 from trio_ws.runtime.streak import FailureStreak
 from trio_ws.runtime.supervise import contained, run_restarting
+from trio_ws.state.delivery import Delivery, Notifications, NotifySetup
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.hub_state import DEFAULT_HISTORY, DEFAULT_HISTORY_BYTES, DEFAULT_QUEUE
 from trio_ws.state.lease import LeaseError, PollLease
@@ -148,6 +149,8 @@ class Services:
     project_archive: Callable[[str], ArchiveLimits | None] | None = None
     """A project's own archive limits (its ``keep-runs``, ``archive-bytes``) for its
     journal (None: the backend's); blocking, as `project_alerts`."""
+    notify: NotifySetup | None = None
+    """Where alerts are delivered (``--notify``, ``--notify-command``); None: nowhere."""
     limiter: trio.CapacityLimiter = field(
         default_factory=lambda: trio.CapacityLimiter(READER_THREADS)
     )
@@ -202,6 +205,8 @@ class Project(metaclass=NoPublicConstructor):
         """The project's own nursery (writer, follower, poll loop, grace timers), a task
         of the server's; `close` cancels it."""
         self._tasks_done = trio.Event()
+        self.notifications: Notifications | None = None
+        """The deliveries of its alerts to the notify targets (None: no targets)."""
 
     @property
     def name(self) -> str:
@@ -270,6 +275,10 @@ class Project(metaclass=NoPublicConstructor):
         if alerts is not None:
             hub.start_alerts(alerts)
             self._start("alerts", self._alerts)
+        if self.services.notify is not None:
+            self.notifications = Notifications(hub, self.services.notify, self.services.lease)
+            for delivery in self.notifications.deliveries:
+                self._start(f"notify {delivery.target.label}", self._notify, delivery)
 
     async def _abandon(self) -> None:
         """Undo a failed open: stop what it started, close the journal if it opened."""
@@ -307,12 +316,13 @@ class Project(metaclass=NoPublicConstructor):
 
     @property
     def idle(self) -> bool:
-        """No subscriber, no producer and no producer's grace period running: closing
-        the project now takes nothing from anyone."""
+        """No subscriber, no producer, no producer's grace period running and no alert
+        waiting to be delivered: closing the project now takes nothing from anyone."""
         return (
             self.hub.subscriber_count == 0
             and self.producer_count == 0
             and all(slot.grace is None for slot in self.slots.values())
+            and (self.notifications is None or self.notifications.idle)
         )
 
     async def close(self) -> None:
@@ -411,6 +421,10 @@ class Project(metaclass=NoPublicConstructor):
     async def _alerts(self) -> None:
         """The alert rules' clock, for the project's life."""
         await self._for_its_life("alerts", self._alert_ticks)
+
+    async def _notify(self, delivery: Delivery) -> None:
+        """One notify target's deliveries, for the project's life."""
+        await self._for_its_life(f"notify {delivery.target.label}", delivery.run)
 
     async def _alert_ticks(self) -> None:
         """Publish the time-based alerts when due: sleep until the rules' next deadline,
