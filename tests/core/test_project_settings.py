@@ -46,6 +46,12 @@ def test_every_key_fills_a_field_and_reads_back_as_it_shows() -> None:
         ("alerts", 1, "1 is not on or off"),
         ("alert-silent", "soon", "is not a duration"),
         ("alert-stalled", [1], "is not a duration"),
+        ("keep-runs", "lots", "'lots' is not a whole number"),
+        ("keep-runs", -1, "-1 is below 0"),
+        ("keep-runs", True, "True is not a whole number"),
+        ("archive-bytes", 0, "0 is below 1"),
+        ("archive-bytes", 1.5, "1.5 is not a whole number"),
+        ("archive-bytes", "1GiB", "'1GiB' is not a whole number"),
     ],
 )
 def test_an_unknown_key_or_bad_value_says_which_and_why(
@@ -72,3 +78,21 @@ def test_over_keeps_the_upper_keys_and_fills_the_rest_from_below() -> None:
     lower = ProjectSettings(alerts=False, alert_silent=120, alert_stalled=300)
     assert upper.over(lower) == ProjectSettings(alerts=False, alert_silent=60, alert_stalled=300)
     assert ProjectSettings().over(lower) == lower
+
+
+def test_retention_reads_whole_numbers_as_toml_or_text_and_shows_them_plain() -> None:
+    assert read_setting("keep-runs", "3") == 3 and read_setting("keep-runs", 0) == 0
+    assert read_setting("archive-bytes", 1 << 30) == 1 << 30
+    settings = ProjectSettings.read({"keep-runs": 5, "archive-bytes": "1048576"})
+    assert settings == ProjectSettings(keep_runs=5, archive_bytes=1048576)
+    assert {key: show_setting(key, value) for key, value in settings.items().items()} == {
+        "archive-bytes": "1048576",
+        "keep-runs": "5",
+    }
+
+
+def test_a_projects_own_retention_wins_key_by_key_over_the_servers() -> None:
+    assert ProjectSettings().retention(None, None) == (None, None)
+    assert ProjectSettings().retention(4096, 10) == (4096, 10)
+    assert ProjectSettings(keep_runs=1).retention(4096, 10) == (4096, 1)
+    assert ProjectSettings(keep_runs=0, archive_bytes=99).retention(None, 10) == (99, 0)

@@ -535,3 +535,20 @@ def test_the_set_help_lists_every_project_key() -> None:
 
     result = run("projects", "set", "--help")
     assert all(key in result.stdout for key in PROJECT_KEYS)
+
+
+def test_a_projects_retention_is_set_and_shown(home: Path, alpha: Path) -> None:
+    assert projects("add", "alpha", alpha, home=home).exit_code == 0
+    result = projects("set", "alpha", "keep-runs", "5", home=home)
+    assert (result.exit_code, result.stdout) == (0, "alpha: keep-runs = 5\n")
+    assert projects("set", "alpha", "archive-bytes", "1048576", home=home).exit_code == 0
+    result = projects("show", "alpha", home=home)
+    assert result.stdout == "alpha: archive-bytes = 1048576\nalpha: keep-runs = 5\n"
+    assert json.loads(projects("show", "alpha", "--json", home=home).stdout) == {
+        "archive-bytes": "1048576",
+        "keep-runs": "5",
+    }
+    assert_refused(projects("set", "alpha", "keep-runs", "2.5", home=home), 2, "keep-runs:")
+    assert_refused(
+        projects("set", "alpha", "archive-bytes", "1GiB", home=home), 2, "not a whole number"
+    )

@@ -16,6 +16,7 @@ import trio
 from click.testing import CliRunner, Result
 from services import free_port
 from serving import NETWORK_TIMEOUT, http_request
+from tls_certs import make_tls_files
 
 from trio_ws.core.project_settings import ProjectSettings
 from trio_ws.data.registry import Registry
@@ -208,19 +209,28 @@ def test_project_tables_and_the_registry_are_shown_the_registry_winning(
     registry = Registry(home / "registry.db")
     registry.add("todo", directory)
     registry.set_setting("todo", "alert-stalled", "5m")
+    registry.set_setting("todo", "keep-runs", "3")
     write(
         config,
-        '[projects.todo]\nalert-silent = "1m"\nalert-stalled = "1h"\n\n'
-        '[projects.other]\nalerts = "off"\n',
+        '[projects.todo]\nalert-silent = "1m"\nalert-stalled = "1h"\nkeep-runs = 10\n'
+        "archive-bytes = 1048576\n\n"
+        '[projects.other]\nalerts = "off"\nkeep-runs = 0\n',
     )
     shown = show(home, "--config", config)
     assert shown["projects"] == {
-        "other": [{"key": "alerts", "value": "off", "source": f"file {config}"}],
+        "other": [
+            {"key": "alerts", "value": "off", "source": f"file {config}"},
+            {"key": "keep-runs", "value": "0", "source": f"file {config}"},
+        ],
         "todo": [
             {"key": "alert-silent", "value": "1m", "source": f"file {config}"},
             {"key": "alert-stalled", "value": "5m", "source": f"registry {registry.path}"},
+            {"key": "archive-bytes", "value": "1048576", "source": f"file {config}"},
+            {"key": "keep-runs", "value": "3", "source": f"registry {registry.path}"},
         ],
     }
+    table = run("config", "show", "--home", home, "--config", config).stdout
+    assert f"todo     keep-runs      3        registry {registry.path}" in table
 
 
 # -- refusals: file, line, key; exit 2 before anything starts -----------------------
@@ -253,6 +263,14 @@ def test_project_tables_and_the_registry_are_shown_the_registry_winning(
         ),
         ('[projects."bad name"]\nalerts = "on"\n', "line 1: projects.bad name: not a valid"),
         ("projects = 3\n", "line 1: projects: must be a table"),
+        (
+            "[projects.todo]\nkeep-runs = -1\n",
+            "line 2: projects.todo.keep-runs: -1 is below 0",
+        ),
+        (
+            "[projects.todo]\narchive-bytes = 1.5\n",
+            "line 2: projects.todo.archive-bytes: 1.5 is not a whole number",
+        ),
     ],
 )
 def test_a_bad_key_or_value_names_the_file_the_line_and_the_key(
@@ -391,14 +409,40 @@ def test_project_settings_of_the_file_reach_the_servers_config(
     assert server_config.project_settings == {"todo": ProjectSettings(alert_silent=60.0)}
 
 
-def test_the_readmes_example_file_is_a_valid_config(home: Path, config: Path) -> None:
+def test_the_readmes_example_file_is_a_valid_config_showing_every_key(
+    home: Path, config: Path
+) -> None:
+    """Every key of `serve` is in the example (set, or commented out), the project
+    tables show retention, and it is valid as written and with its TLS keys set."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    example = readme.split("```toml\n# ~/.trio-ws/config.toml\n", 1)[1].split("```", 1)[0]
+    block = readme.split("```toml\n# ~/.trio-ws/config.toml", 1)[1].split("```", 1)[0]
+    example = "# ~/.trio-ws/config.toml" + block
+    written = {
+        line.lstrip("# ").split("=", 1)[0].strip()
+        for line in example.splitlines()
+        if "=" in line and not line.startswith("# --")
+    }
+    assert set(option_keys(serve)) <= written
     write(config, example)
     shown = show(home, "--config", config)
     assert setting(shown, "alert-silent") == (600.0, f"file {config}")
+    assert setting(shown, "keep-runs") == (200, f"file {config}")
     assert [row["key"] for row in shown["projects"]["todo-app"]] == [
         "alerts",
         "alert-silent",
         "alert-stalled",
+        "archive-bytes",
+        "keep-runs",
     ]
+    assert shown["projects"]["big-refactor"] == [
+        {"key": "keep-runs", "value": "1000", "source": f"file {config}"}
+    ]
+    files = make_tls_files(config.parent / "tls")
+    files.certfile.rename(config.parent / "tls" / "fullchain.pem")
+    files.keyfile.rename(config.parent / "tls" / "privkey.pem")
+    write(config, example.replace("# certfile", "certfile").replace("# keyfile", "keyfile"))
+    shown = show(home, "--config", config)
+    assert setting(shown, "certfile") == (
+        (config.parent / "tls" / "fullchain.pem").as_posix(),
+        f"file {config}",
+    )

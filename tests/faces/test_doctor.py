@@ -1,6 +1,8 @@
 """`trio-ws doctor` (`trio_ws.faces.doctor`) on real homes: a healthy one, and each
 thing broken for real (a corrupt journal, an unreadable features database, a port
-held by another program, an expired certificate, a Redis that evicts)."""
+held by another program, an expired certificate, a Redis that evicts), and the
+config file serve would read: its port, broker and certificate are the ones checked,
+and a broken one is a failed check naming the file, the line and the key."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import trio
+from click.testing import CliRunner
 from features_db import create_db, db_path
 from redis_server import RedisServer, redis_server_path
 from services import free_port, require
@@ -24,6 +27,7 @@ from trio_websocket import open_websocket_url
 
 from trio_ws.core.checkup import Check, exit_status
 from trio_ws.data.registry import Registry
+from trio_ws.faces.cli import main
 from trio_ws.faces.doctor import DoctorOptions, find_port, run_checks
 from trio_ws.journal.redis import redis_client
 from trio_ws.journal.sqlite import journal_path
@@ -215,4 +219,115 @@ def test_the_command_prints_one_line_per_check_and_json(healthy_home: Path) -> N
     assert result.returncode == 1
     report = json.loads(result.stdout)
     assert report["ok"] is False
-    assert {"check": "home", "status": "ok"}.items() <= report["checks"][0].items()
+    names = [check["check"] for check in report["checks"][:3]]
+    assert names == ["config file", "serve options", "home"]
+    assert {"check": "home", "status": "ok"}.items() <= report["checks"][2].items()
+
+
+# -- the config file: doctor looks where serve would ---------------------------------
+
+CLEAN_ENV: dict[str, str | None] = {
+    name: None for name in ("TRIO_WS_CONFIG", "TRIO_WS_HOME", "TRIO_WS_PORT", "TRIO_WS_HOST")
+}
+
+
+def doctor(*args: str | Path, env: dict[str, str] | None = None) -> tuple[int, dict[str, Check]]:
+    """``trio-ws doctor --json`` through click's runner: the exit code and the checks."""
+    result = CliRunner().invoke(
+        main, ["doctor", "--json", *map(str, args)], env={**CLEAN_ENV, **(env or {})}
+    )
+    report = json.loads(result.stdout)
+    checks = [
+        Check(each["check"], each["status"], each["detail"], each["fix"])
+        for each in report["checks"]
+    ]
+    return result.exit_code, by_name(checks)
+
+
+@pytest.mark.parametrize("named_by", ["option", "environment", "home"])
+def test_the_port_broker_and_certificate_are_the_config_files(
+    home: Path, tmp_path: Path, named_by: str
+) -> None:
+    file = home / "config.toml" if named_by == "home" else tmp_path / "serve.toml"
+    now = datetime.now(UTC)
+    expired = make_tls_files(
+        file.parent / "tls", not_before=now - timedelta(days=90), not_after=now - timedelta(days=1)
+    )
+    port, broker_port = free_port(), free_port()
+    text = (
+        f'host = "localhost"\nport = {port}\nbroker = "redis://127.0.0.1:{broker_port}/0"\n'
+        'certfile = "tls/test-cert.pem"\nkeyfile = "tls/test-key.pem"\n'  # beside the file
+    )
+    file.write_text(text, encoding="utf-8")
+    assert expired.certfile.exists()
+    args: list[str | Path] = ["--home", home]
+    env = {}
+    if named_by == "option":
+        args += ["--config", file]
+    elif named_by == "environment":
+        env["TRIO_WS_CONFIG"] = str(file)
+    code, checks = doctor(*args, env=env)
+    assert code == 1
+    assert checks["config file"].status == "ok" and str(file) in checks["config file"].detail
+    assert checks["port"].detail == f"localhost:{port} is free"
+    assert checks["broker"].status == "fail"
+    assert f"redis://127.0.0.1:{broker_port}/0 does not answer" in checks["broker"].detail
+    assert checks["certificate"].status == "fail"
+    assert checks["certificate"].detail.startswith("expired on")
+    assert checks["certificate key"].status == "ok"
+    # The command line wins over the file, as for serve.
+    other = free_port()
+    code, checks = doctor(*args, "--port", str(other), env=env)
+    assert checks["port"].detail == f"localhost:{other} is free"
+
+
+def test_without_a_config_file_doctor_says_so_and_checks_the_defaults(home: Path) -> None:
+    code, checks = doctor("--home", home, "--port", "0")
+    assert code == 0
+    assert checks["config file"] == Check(
+        "config file", "ok", f"none (no {home / 'config.toml'}): serve's options decide"
+    )
+    assert checks["port"].detail == "127.0.0.1: port 0, serve takes any free one"
+    assert checks["serve options"].status == "ok"
+    assert "broker" not in checks and "certificate" not in checks
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('host = "127.0.0.1"\n\nport = "8000"\n', "line 3: port: must be an integer"),
+        ("[projects.demo]\nkeep-runs = -1\n", "line 2: projects.demo.keep-runs: -1 is below 0"),
+        ('certfile = "missing.pem"\n', "line 1: certfile: File "),
+        ("prot = 1\n", "line 1: prot: unknown key"),
+    ],
+)
+def test_a_broken_config_file_is_a_failed_check_naming_file_line_and_key(
+    healthy_home: Path, text: str, expected: str
+) -> None:
+    file = healthy_home / "config.toml"
+    file.write_text(text, encoding="utf-8")
+    code, checks = doctor("--home", healthy_home, "--port", "0")
+    assert code == 1
+    check = checks["config file"]
+    assert check.status == "fail" and check.detail.startswith(f"{file}, {expected}"), check
+    assert check.fix is not None and "command line and environment only" in check.fix
+    # The other checks still ran, on the command line and environment.
+    assert checks["project demo"].status == "ok" and checks["home"].status == "ok"
+
+
+def test_a_named_config_file_that_is_missing_fails(home: Path, tmp_path: Path) -> None:
+    code, checks = doctor("--home", home, "--config", tmp_path / "nope.toml", "--port", "0")
+    assert code == 1
+    assert checks["config file"].detail == f"{tmp_path / 'nope.toml'} does not exist"
+
+
+def test_options_serve_would_refuse_together_fail(home: Path) -> None:
+    """A non-loopback host from the file without TLS: serve would not start."""
+    (home / "config.toml").write_text('host = "0.0.0.0"\nport = 0\n', encoding="utf-8")
+    code, checks = doctor("--home", home)
+    assert code == 1
+    check = checks["serve options"]
+    assert check.status == "fail" and "--host 0.0.0.0 is not loopback" in check.detail
+    assert checks["port"].detail == "0.0.0.0: port 0, serve takes any free one"
+    code, checks = doctor("--home", home, "--insecure-remote")
+    assert checks["serve options"].status == "ok"

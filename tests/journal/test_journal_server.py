@@ -32,7 +32,7 @@ from serving import (
 from trio_websocket import WebSocketConnection, connect_websocket_url
 
 from trio_ws.data.registry import Registry
-from trio_ws.journal.interface import JournalBackend
+from trio_ws.journal.interface import ArchiveLimits, JournalBackend
 from trio_ws.journal.sqlite import SqliteBackend, SqliteJournal, journal_path
 from trio_ws.net.config import ServerConfig
 from trio_ws.net.publish import ACK_INTERVAL
@@ -53,7 +53,7 @@ class HookedConfig(ServerConfig):
         home = self.journal_home
 
         class Hooked(SqliteBackend):
-            def journal(self, project: str) -> SqliteJournal:
+            def journal(self, project: str, archive: ArchiveLimits | None = None) -> SqliteJournal:
                 return SqliteJournal(journal_path(home, project), project, on_connect=hook)
 
         return Hooked(home)

@@ -89,6 +89,41 @@ def test_without_a_registry_file_the_files_and_servers_settings_decide() -> None
     assert made.alerts_of("other") is None
 
 
+def test_a_projects_retention_is_the_registrys_over_the_files_over_the_servers(
+    tmp_path: Path,
+) -> None:
+    from trio_ws.core.project_settings import ProjectSettings
+    from trio_ws.data.registry import Registry
+    from trio_ws.journal.interface import DEFAULT_ARCHIVE_BYTES, ArchiveLimits
+
+    registry = Registry(tmp_path / "registry.db")
+    for name in ("both", "filed", "plain"):
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    registry.set_setting("both", "keep-runs", "2")
+    filed = {
+        "both": ProjectSettings(keep_runs=7, archive_bytes=5000),
+        "filed": ProjectSettings(keep_runs=1),
+    }
+    made = ServerConfig(
+        registry_path=registry.path, token="t", keep_runs=10, project_settings=filed
+    )
+    assert made.archive_of("both") == ArchiveLimits(5000, keep_runs=2)
+    assert made.archive_of("filed") == ArchiveLimits(DEFAULT_ARCHIVE_BYTES["sqlite"], 1)
+    assert made.archive_of("plain") is None  # the journals' own: `archive`
+    assert made.archive == ArchiveLimits(DEFAULT_ARCHIVE_BYTES["sqlite"], keep_runs=10)
+    on_memory = ServerConfig(
+        registry_path=registry.path,
+        token="t",
+        journal="memory",
+        archive_bytes=8000,
+        project_settings=filed,
+    )
+    assert on_memory.archive_of("filed") == ArchiveLimits(8000, keep_runs=1)
+    registry.set_setting("plain", "archive-bytes", 123)
+    assert on_memory.archive_of("plain") == ArchiveLimits(123, keep_runs=None)
+
+
 HOOK = webhook_target("https://example.org/hook")
 
 

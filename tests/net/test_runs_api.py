@@ -315,3 +315,57 @@ async def test_the_events_of_an_unknown_run_are_a_404(
     with trio.fail_after(NETWORK_TIMEOUT):
         status, body = await http_json(server, "GET", f"{RUNS}/0123-1/{view}")
     assert status == 404 and "not found" in body["detail"]
+
+
+# -- retention per project (issue 23): keep-runs and archive-bytes ------------------
+
+
+async def closed_runs(nursery: trio.Nursery, server: Server, project: str, count: int) -> None:
+    producer = await Producer.connect(nursery, server, project)
+    for number in range(count):
+        await producer.status("running")
+        await producer.lines([f"{project} run {number} works"])
+        await producer.status("stopped")
+    await producer.ws.aclose()
+
+
+@pytest.mark.parametrize("where", ["registry", "file"])
+async def test_a_projects_own_keep_runs_bounds_its_journal_and_no_other(
+    registry: Registry, home: Path, tmp_path: Path, where: str
+) -> None:
+    """Alpha keeps 1 closed run (in the registry, or the config file's table), beta
+    the server's default (no limit): after 3 runs each on real sqlite journals, alpha
+    lists 1 and beta 3; reopened from disk, alpha's journal still holds only 1."""
+    from trio_ws.core.project_settings import ProjectSettings
+    from trio_ws.journal.sqlite import SqliteBackend
+
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    filed: dict[str, ProjectSettings] = {}
+    if where == "registry":
+        registry.set_setting("alpha", "keep-runs", "1")
+    else:
+        filed["alpha"] = ProjectSettings(keep_runs=1)
+    config = make_config(registry, journal="sqlite", home=home, project_settings=filed)
+    listed = {}
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as serving:  # left once the journals are closed
+            running: Server = await serving.start(serve, config)
+            for name in ("alpha", "beta"):
+                await closed_runs(serving, running, name, 3)
+            for name in ("alpha", "beta"):
+                status, body = await http_json(running, "GET", f"/api/projects/{name}/runs")
+                assert status == 200
+                listed[name] = body["runs"]
+            running._cancel.cancel()
+    assert [run["ended"] for run in listed["alpha"]] == ["stopped"]
+    assert listed["alpha"][0]["log_lines"] == 1
+    assert [run["ended"] for run in listed["beta"]] == ["stopped"] * 3
+    for name, kept in (("alpha", 1), ("beta", 3)):
+        journal = SqliteBackend(home).journal(name)
+        await journal.open()
+        try:
+            assert len(await journal.runs(None, 10)) == kept
+        finally:
+            await journal.close()

@@ -364,10 +364,12 @@ class Producer:
         self.pseq = 0
 
     @classmethod
-    async def connect(cls, nursery: trio.Nursery, server: Server) -> Producer:
+    async def connect(
+        cls, nursery: trio.Nursery, server: Server, project: str = "demo"
+    ) -> Producer:
         ws = await connect_websocket_url(
             nursery,
-            f"ws://127.0.0.1:{server.port}/ws/projects/demo/publish",
+            f"ws://127.0.0.1:{server.port}/ws/projects/{project}/publish",
             extra_headers=[(b"authorization", f"Bearer {TOKEN}".encode())],
         )
         await ws.send_message(json.dumps({"type": "hello", "producer": "ui", "stream": "agent"}))

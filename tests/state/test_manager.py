@@ -34,7 +34,7 @@ from test_project import (
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from trio_ws.data.registry import Registry
-from trio_ws.journal.interface import JournalState
+from trio_ws.journal.interface import ArchiveLimits, JournalState
 from trio_ws.journal.redis import open_redis_backend, redis_client
 from trio_ws.journal.sqlite import SqliteBackend, SqliteJournal, journal_path
 from trio_ws.net.server import Server
@@ -115,7 +115,7 @@ class InjectedJournals(SqliteBackend):
         self.close_gate: trio.Event | None = None
         self.made: list[InjectedJournal] = []
 
-    def journal(self, project: str) -> InjectedJournal:
+    def journal(self, project: str, archive: ArchiveLimits | None = None) -> InjectedJournal:
         fail = self.failures.pop(0) if self.failures else None
         made = InjectedJournal(journal_path(self.home, project), project, fail, self.close_gate)
         made.fail_read = self.read_failures.pop(0) if self.read_failures else None

@@ -60,6 +60,8 @@ def port_check(found: PortFinding) -> Check:
         return Check(
             "port", "fail", f"cannot listen on {where}: {found.error}", "pick another --host/--port"
         )
+    if found.free and found.port == 0:
+        return Check("port", "ok", f"{found.host}: port 0, serve takes any free one")
     if found.free:
         return Check("port", "ok", f"{where} is free")
     if found.trio_ws_answer:

@@ -2,8 +2,8 @@
 
 A project's settings come from the registry (`trio-ws projects set`) and from the
 config file's ``[projects.NAME]`` tables; each key set there wins over the server's
-own option of the same name (``--alerts``, ``--alert-silent``, ...). New per-project
-settings (retention, say) are a row of `PROJECT_KEYS` and a field of
+own option of the same name (``--alerts``, ``--alert-silent``, ``--keep-runs``, ...).
+A new per-project setting is a row of `PROJECT_KEYS` and a field of
 `ProjectSettings`: every reader and writer goes through this table.
 """
 
@@ -16,8 +16,8 @@ from typing import Final
 from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.durations import format_duration, parse_duration
 
-SettingValue = bool | float
-"""A setting's value as kept: a switch or seconds."""
+SettingValue = bool | int | float
+"""A setting's value as kept: a switch, a count (bytes, runs) or seconds."""
 
 
 class SettingError(ValueError):
@@ -41,6 +41,26 @@ def _duration(value: object) -> float:
     if not isinstance(value, (str, int, float)):
         raise ValueError(f"{value!r} is not a duration like 90s, 10m or 1h")
     return parse_duration(value)
+
+
+def _count(least: int) -> Callable[[object], int]:
+    """A reader of whole numbers from ``least`` up: a TOML integer, or its digits as
+    text (`trio-ws projects set`); never a boolean nor a fraction."""
+
+    def read(value: object) -> int:
+        if isinstance(value, str) and value.strip().isdigit():
+            value = int(value.strip())
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{value!r} is not a whole number")
+        if value < least:
+            raise ValueError(f"{value} is below {least}")
+        return value
+
+    return read
+
+
+def _show_count(value: SettingValue) -> str:
+    return str(int(value))
 
 
 def _show_switch(value: SettingValue) -> str:
@@ -76,6 +96,15 @@ PROJECT_KEYS: Final[Mapping[str, ProjectKey]] = {
         _show_duration,
         "a running run without a progress change for this long is stalled",
     ),
+    "archive-bytes": ProjectKey(
+        "archive_bytes",
+        _count(1),
+        _show_count,
+        "bytes of event text kept beyond the live history (the oldest whole runs go first)",
+    ),
+    "keep-runs": ProjectKey(
+        "keep_runs", _count(0), _show_count, "closed runs kept, at most (the oldest go first)"
+    ),
 }
 """Every per-project key, named as in the config file and `trio-ws projects set`
 (dashes, as the ``serve`` options they override)."""
@@ -105,6 +134,8 @@ class ProjectSettings:
     alerts: bool | None = None
     alert_silent: float | None = None
     alert_stalled: float | None = None
+    archive_bytes: int | None = None
+    keep_runs: int | None = None
 
     @classmethod
     def read(cls, values: Mapping[str, object]) -> ProjectSettings:
@@ -143,6 +174,17 @@ class ProjectSettings:
         return AlertSettings(
             silent=self.alert_silent if self.alert_silent is not None else base.silent,
             stalled=self.alert_stalled if self.alert_stalled is not None else base.stalled,
+        )
+
+    def retention(
+        self, archive_bytes: int | None, keep_runs: int | None
+    ) -> tuple[int | None, int | None]:
+        """This project's journal keeps ``(archive_bytes, keep_runs)``: each its own
+        over the server's (``--archive-bytes``, ``--keep-runs``); None: the backend's
+        default bytes, any number of runs."""
+        return (
+            self.archive_bytes if self.archive_bytes is not None else archive_bytes,
+            self.keep_runs if self.keep_runs is not None else keep_runs,
         )
 
 

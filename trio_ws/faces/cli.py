@@ -58,6 +58,7 @@ from trio_ws.faces.config_file import (
     CONFIG_ENV,
     CONFIG_FILE,
     ConfigFile,
+    ConfigFileError,
     ConfiguredCommand,
     config_of,
     sources,
@@ -400,7 +401,7 @@ def _project_sources(
     found: ConfigFile | None, registry_file: Path
 ) -> dict[str, list[dict[str, str]]]:
     """Each project's own settings and where each came from: the registry wins over
-    the config file (`net.config.ServerConfig.alerts_of` reads them the same way)."""
+    the config file (`net.config.ServerConfig.settings_of` reads them the same way)."""
     try:
         kept = Registry(registry_file).all_settings() if registry_file.exists() else {}
     except RegistryError as exc:
@@ -1549,44 +1550,57 @@ def _watch_token(home_dir: Path, token: str | None) -> str | None:
 # -- trio-ws doctor --------------------------------------------------------------
 
 
-@main.command(short_help="Check this machine's setup; one line per check.")
-@registry_options
-@click.option("--host", default=defaults.HOST, show_default=True, help="Where serve would listen.")
-@click.option("--port", default=defaults.PORT, show_default=True, type=click.IntRange(1, 65535))
-@broker_option("Also check this Redis: it answers, noeviction, persistence.")
-@click.option(
-    "--certfile",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="PEM",
-    help="Also check this certificate's dates (expired, or ending within 14 days).",
-)
-@click.option(
-    "--keyfile",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="PEM",
-    help="Also check that this is --certfile's key.",
+@main.command(
+    context_settings={"ignore_unknown_options": True},
+    short_help="Check this machine's setup; one line per check.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the checks as one JSON object.")
-def doctor(
-    home_dir: Path,
-    registry_file: Path,
-    host: str,
-    port: int,
-    broker: str | None,
-    certfile: Path | None,
-    keyfile: Path | None,
-    as_json: bool,
-    **_: Any,
-) -> None:
-    """Check what a new setup trips over: the home, the registry, each project's
-    directory and features database, the journals (quick_check, read-only), the port,
-    and with --broker and --certfile the broker and the certificate. Each problem says
-    what to do; exits 1 when something is wrong (warnings alone exit 0)."""
+@click.argument("serve_args", nargs=-1, type=click.UNPROCESSED, metavar="[SERVE OPTIONS]...")
+def doctor(as_json: bool, serve_args: tuple[str, ...]) -> None:
+    """Check what a new setup trips over: the config file, the home, the registry, each
+    project's directory and features database, the journals (quick_check, read-only),
+    the port, the broker and the certificate. It looks where `trio-ws serve` would
+    with the same environment and SERVE OPTIONS (--config, --home, --host, --port,
+    --broker, --certfile, --keyfile, ...): the config file's values included, as
+    `trio-ws config show` lists them. Each problem says what to do; exits 1 when
+    something is wrong (warnings alone exit 0), a broken config file included."""
     from trio_ws.core.checkup import exit_status
-    from trio_ws.faces.doctor import DoctorOptions, run_checks
+    from trio_ws.faces.doctor import (
+        DoctorOptions,
+        config_file_check,
+        run_checks,
+        serve_options_check,
+    )
 
-    options = DoctorOptions(home_dir, registry_file, host, port, broker, certfile, keyfile)
-    checks = run_checks(options)
+    root = click.get_current_context().find_root()
+    args = list(serve_args)
+    try:
+        ctx = serve.make_context("serve", list(args), parent=root)
+        problem = None
+    except ConfigFileError as exc:  # a check of its own; the rest look without the file
+        ctx = click.Command.make_context(serve, "serve", list(args), parent=root)
+        problem = exc.message
+    params = ctx.params
+    home_dir = resolve_home(params.get("home"))
+    found = config_of(ctx)
+    config = config_file_check(None if found is None else found.path, home_dir, problem)
+    options = DoctorOptions(
+        home_dir,
+        registry_path(home_dir, params.get("registry")),
+        params["host"],
+        params["port"],
+        params.get("broker"),
+        params.get("certfile"),
+        params.get("keyfile"),
+    )
+    settings = serve_options_check(
+        params["host"],
+        params.get("trust_origins") or (),
+        params.get("certfile"),
+        params.get("keyfile"),
+        bool(params.get("insecure_remote")),
+    )
+    checks = run_checks(options, first=(config, settings))
     code = exit_status(checks)
     if as_json:
         report = {"ok": code == 0, "checks": [check.as_json() for check in checks]}

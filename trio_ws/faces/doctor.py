@@ -1,6 +1,7 @@
-"""``trio-ws doctor``: look at what a new user trips over (the home, the registry, each
-project's directory and features database, the journals, the port, the broker, the
-certificate) and say, one line each, what is wrong and what to do.
+"""``trio-ws doctor``: look at what a new user trips over (the config file, the home, the
+registry, each project's directory and features database, the journals, the port, the
+broker, the certificate) and say, one line each, what is wrong and what to do. Where to
+look is what ``serve`` would use: the CLI reads serve's options, config file included.
 
 This module only looks, read-only (it never opens a journal for writing nor takes
 its lock); the verdicts are `trio_ws.core.checkup`'s.
@@ -13,6 +14,7 @@ import json
 import sqlite3
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,8 +37,10 @@ from trio_ws.core.checkup import (
 from trio_ws.core.protocol import is_valid_project_name
 from trio_ws.data.progress import ProgressError, find_features_db
 from trio_ws.data.registry import Project, Registry, RegistryError
+from trio_ws.faces.config_file import CONFIG_FILE
 from trio_ws.journal.redis import redis_client
 from trio_ws.journal.sqlite import JOURNAL_DIR, journal_path
+from trio_ws.net.config import ServerConfig
 from trio_ws.net.tls import TlsSetupError, server_tls
 
 PROBE_TIMEOUT: Final = 5.0
@@ -58,9 +62,12 @@ class DoctorOptions:
     keyfile: Path | None = None
 
 
-def run_checks(options: DoctorOptions, now: datetime | None = None) -> list[Check]:
-    """Every check, in the order a user would fix things."""
-    checks = [home_check(options.home)]
+def run_checks(
+    options: DoctorOptions, now: datetime | None = None, *, first: Sequence[Check] = ()
+) -> list[Check]:
+    """Every check, in the order a user would fix things, after ``first`` (the config
+    file's and the options' verdicts: they decide where the others look)."""
+    checks = [*first, home_check(options.home)]
     registry, projects = registry_check(options.registry_file)
     checks.append(registry)
     for project in projects:
@@ -72,6 +79,52 @@ def run_checks(options: DoctorOptions, now: datetime | None = None) -> list[Chec
     if options.certfile is not None:
         checks.extend(certificate_checks(options.certfile, options.keyfile, now))
     return checks
+
+
+def config_file_check(found: Path | None, home: Path, problem: str | None = None) -> Check:
+    """The config file ``serve`` would read (``found``; None: none), or what is wrong
+    with it (``problem``: the refusal naming the file, the line and the key), in which
+    case the other checks could use only the command line and the environment."""
+    if problem is not None:
+        return Check(
+            "config file",
+            "fail",
+            problem.removeprefix("config file "),
+            "fix it (serve refuses to start on it); the other checks used the command "
+            "line and environment only",
+        )
+    if found is None:
+        return Check("config file", "ok", f"none (no {home / CONFIG_FILE}): serve's options decide")
+    return Check("config file", "ok", f"{found} is valid; the checks below use it")
+
+
+def serve_options_check(
+    host: str,
+    trust_origins: Sequence[str],
+    certfile: Path | None,
+    keyfile: Path | None,
+    insecure_remote: bool,
+) -> Check:
+    """Whether ``serve`` would start with these options together (`ServerConfig`'s
+    rules: no plain HTTP off loopback, a certificate with its key, ...)."""
+    try:
+        ServerConfig(
+            registry_path=Path(),
+            token="",
+            host=host,
+            trust_origins=frozenset(trust_origins),
+            certfile=certfile,
+            keyfile=keyfile,
+            insecure_remote=insecure_remote,
+        )
+    except ValueError as exc:
+        return Check(
+            "serve options",
+            "fail",
+            str(exc),
+            "change them (command line, environment or config file)",
+        )
+    return Check("serve options", "ok", "serve accepts them together")
 
 
 def home_check(home: Path) -> Check:

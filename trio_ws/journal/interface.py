@@ -295,8 +295,9 @@ class JournalBackend(Protocol):
     @property
     def name(self) -> str: ...
 
-    def journal(self, project: str) -> Journal:
-        """The (unopened) journal of ``project``; no I/O."""
+    def journal(self, project: str, archive: ArchiveLimits | None = None) -> Journal:
+        """The (unopened) journal of ``project``; no I/O. ``archive``: the project's own
+        limits (its ``keep-runs``/``archive-bytes`` settings), else the backend's."""
         ...
 
     async def remove(self, project: str) -> bool:

@@ -231,12 +231,12 @@ class MemoryBackend:
     def name(self) -> str:
         return BACKEND
 
-    def journal(self, project: str) -> MemoryJournal:
+    def journal(self, project: str, archive: ArchiveLimits | None = None) -> MemoryJournal:
         return MemoryJournal(
             project,
             history=self._history,
             history_bytes=self._history_bytes,
-            archive=self._archive,
+            archive=archive or self._archive,
         )
 
     async def remove(self, project: str) -> bool:

@@ -868,14 +868,14 @@ class RedisBackend:
             where = self._client.connection_pool.location
             raise JournalError(f"cannot reach the broker at {where!r}: {error}") from None
 
-    def journal(self, project: str) -> RedisJournal:
+    def journal(self, project: str, archive: ArchiveLimits | None = None) -> RedisJournal:
         return RedisJournal(
             self._client,
             project,
             history=self._history,
             history_bytes=self._history_bytes,
             max_producers=self._max_producers,
-            archive=self._archive,
+            archive=archive or self._archive,
         )
 
     async def knows(self, project: str) -> bool:

@@ -1009,7 +1009,7 @@ class SqliteBackend:
     def name(self) -> str:
         return BACKEND
 
-    def journal(self, project: str) -> SqliteJournal:
+    def journal(self, project: str, archive: ArchiveLimits | None = None) -> SqliteJournal:
         return SqliteJournal(
             journal_path(self.home, project),
             project,
@@ -1018,7 +1018,7 @@ class SqliteBackend:
             history_bytes=self._history_bytes,
             boot_id_path=self._boot_id_path,
             max_producers=self._max_producers,
-            archive=self._archive,
+            archive=archive or self._archive,
         )
 
     async def remove(self, project: str) -> bool:

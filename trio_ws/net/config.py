@@ -86,9 +86,11 @@ class ServerConfig:
     """The config file's ``[projects.NAME]`` settings; the registry's win over them."""
     archive_bytes: int | None = None
     """Event text kept per project beyond the live history, the oldest whole runs
-    going first (None: the backend's default, `DEFAULT_ARCHIVE_BYTES`)."""
+    going first (None: the backend's default, `DEFAULT_ARCHIVE_BYTES`); a project's own
+    ``archive-bytes`` wins over it (`archive_of`)."""
     keep_runs: int | None = None
-    """Closed runs kept per project, at most (None: as many as the bytes allow)."""
+    """Closed runs kept per project, at most (None: as many as the bytes allow); a
+    project's own ``keep-runs`` wins over it (`archive_of`)."""
     notify: tuple[NotifyTarget, ...] = ()
     """Where every project's alerts are delivered (``--notify``, ``--notify-command``)."""
     notify_secret: str | None = None
@@ -129,16 +131,30 @@ class ServerConfig:
             return None
         return server_tls(self.certfile, self.keyfile)
 
-    def alerts_of(self, name: str) -> AlertSettings | None:
-        """Project ``name``'s alert thresholds (None: no alerts): its settings in the
-        registry, over the config file's, over the server's options. Blocking (it reads
-        the registry): call it from a thread."""
+    def settings_of(self, name: str) -> ProjectSettings:
+        """Project ``name``'s own settings: the registry's over the config file's.
+        Blocking (it reads the registry): call it from a thread."""
         try:
             own = Registry(self.registry_path).settings(name)
         except RegistryMissing:
             own = ProjectSettings()
-        filed = self.project_settings.get(name, ProjectSettings())
-        return own.over(filed).alert_settings(self.alerts)
+        return own.over(self.project_settings.get(name, ProjectSettings()))
+
+    def alerts_of(self, name: str) -> AlertSettings | None:
+        """Project ``name``'s alert thresholds (None: no alerts): its settings in the
+        registry, over the config file's, over the server's options. Blocking."""
+        return self.settings_of(name).alert_settings(self.alerts)
+
+    def archive_of(self, name: str) -> ArchiveLimits | None:
+        """Project ``name``'s archive limits: its ``archive-bytes`` and ``keep-runs``
+        in the registry, over the config file's, over ``--archive-bytes`` and
+        ``--keep-runs``; None when it sets neither (the journals' own, `archive`).
+        Blocking."""
+        own = self.settings_of(name)
+        if own.archive_bytes is None and own.keep_runs is None:
+            return None
+        archive_bytes, keep_runs = own.retention(self.archive_bytes, self.keep_runs)
+        return ArchiveLimits(archive_bytes or self.default_archive_bytes, keep_runs)
 
     @property
     def listed_origins(self) -> frozenset[str]:
@@ -146,9 +162,14 @@ class ServerConfig:
         return self.allow_origins | self.trust_origins
 
     @property
+    def default_archive_bytes(self) -> int:
+        """The backend's archive bytes when ``--archive-bytes`` is not given."""
+        return DEFAULT_ARCHIVE_BYTES["redis" if self.broker else self.journal]
+
+    @property
     def archive(self) -> ArchiveLimits:
-        default = DEFAULT_ARCHIVE_BYTES["redis" if self.broker else self.journal]
-        return ArchiveLimits(self.archive_bytes or default, self.keep_runs)
+        """Every project's archive limits but those a project sets (`archive_of`)."""
+        return ArchiveLimits(self.archive_bytes or self.default_archive_bytes, self.keep_runs)
 
     @property
     def journal_home(self) -> Path:

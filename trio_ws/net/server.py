@@ -193,6 +193,7 @@ async def _serve(
             max_projects=config.max_projects,
             alerts=config.alerts,
             project_alerts=config.alerts_of,
+            project_archive=config.archive_of,
             notify=notify,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(

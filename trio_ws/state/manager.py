@@ -22,7 +22,7 @@ import trio
 
 from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
-from trio_ws.journal.interface import JournalBackend, JournalError
+from trio_ws.journal.interface import ArchiveLimits, JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.runtime.supervise import contained
 from trio_ws.state.delivery import NotifySetup
@@ -81,6 +81,7 @@ class ConnectionManager:
         max_projects: int = defaults.MAX_PROJECTS,
         alerts: AlertSettings | None = None,
         project_alerts: Callable[[str], AlertSettings | None] | None = None,
+        project_archive: Callable[[str], ArchiveLimits | None] | None = None,
         notify: NotifySetup | None = None,
     ) -> None:
         """``journals`` is where each project's history lives (default: in memory);
@@ -89,8 +90,10 @@ class ConnectionManager:
         long, except on the memory journal, whose history would be lost with it;
         ``max_projects`` bounds how many are open at once; ``alerts`` are the alert
         rules' thresholds (None: no alerts), and ``project_alerts`` a project's own
-        over them (blocking: it runs in a thread when the project opens); ``notify``
-        where alerts are delivered."""
+        over them (blocking: it runs in a thread when the project opens);
+        ``project_archive`` a project's own archive limits over the journals' (None:
+        theirs), read the same way, so a project's retention settings take effect
+        when its journal opens; ``notify`` where alerts are delivered."""
         if max_projects < 1:
             raise ValueError("max_projects must be at least 1")
         if idle_close is not None and idle_close <= 0:
@@ -110,6 +113,7 @@ class ConnectionManager:
             on_commit=on_commit,
             alerts=alerts,
             project_alerts=project_alerts,
+            project_archive=project_archive,
             notify=notify,
         )
         self.journals: JournalBackend = journals or MemoryBackend(
@@ -210,8 +214,9 @@ class ConnectionManager:
     async def _open_new(self, name: str, directory: Path | None) -> _Entry:
         opening = self._opening[name] = _Opening()
         try:
+            archive = await self.services.archive_for(name)
             project = await Project.open(
-                name, directory, self.services, self.journals.journal(name)
+                name, directory, self.services, self.journals.journal(name, archive)
             )
         except JournalError as exc:
             log.error("project %s: cannot open its journal: %s", name, exc)

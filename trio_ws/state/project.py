@@ -25,7 +25,7 @@ from trio_ws.core import defaults, protocol
 from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.protocol import LOST_LINE, Stream
 from trio_ws.data.progress import ProgressError, ProgressReader
-from trio_ws.journal.interface import Journal, JournalError, SharedJournal
+from trio_ws.journal.interface import ArchiveLimits, Journal, JournalError, SharedJournal
 from trio_ws.journal.redis import RedisJournal
 from trio_ws.runtime.backoff import Backoff
 from trio_ws.runtime.constructors import NoPublicConstructor
@@ -146,6 +146,9 @@ class Services:
     project_alerts: Callable[[str], AlertSettings | None] | None = None
     """A project's own thresholds over `alerts` (None: no alerts for it); blocking (it
     reads the registry), so it runs in a thread, once per opening of the project."""
+    project_archive: Callable[[str], ArchiveLimits | None] | None = None
+    """A project's own archive limits (its ``keep-runs``, ``archive-bytes``) for its
+    journal (None: the backend's); blocking, as `project_alerts`."""
     notify: NotifySetup | None = None
     """Where alerts are delivered (``--notify``, ``--notify-command``); None: nowhere."""
     limiter: trio.CapacityLimiter = field(
@@ -158,6 +161,12 @@ class Services:
         if self.project_alerts is None:
             return self.alerts
         return await trio.to_thread.run_sync(self.project_alerts, name)
+
+    async def archive_for(self, name: str) -> ArchiveLimits | None:
+        """The archive limits of project ``name``'s journal (None: the backend's)."""
+        if self.project_archive is None:
+            return None
+        return await trio.to_thread.run_sync(self.project_archive, name)
 
     def record_poll(self, name: str, seconds: float, ok: bool) -> None:
         self.poll.reads += 1
