@@ -253,6 +253,32 @@ async def test_producer_retries_until_the_server_is_up(
     assert any(report.startswith(f"connected to {url} again") for report in reports)
 
 
+async def test_a_flush_does_not_sleep_through_the_servers_return(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """After a long outage the backoff has grown (30 s here); the server comes back and
+    the producer flushes: it tries again at once and then every FLUSH_RETRY, so its
+    items are delivered within the flush's window instead of after the wait."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as probing:  # learn a free port, then free it
+            probe: Server = await probing.start(serve, make_config(registry))
+            port = probe.port
+            probe._cancel.cancel()
+        url = f"ws://127.0.0.1:{port}/ws/projects/demo/publish"
+        producer = Producer(url, TOKEN, "agent", report=quiet, backoff_first=30, backoff_max=30)
+        producer.send_line("queued while away")
+        producer.send_status("stopped", 0)
+        nursery.start_soon(producer.run)
+        await producer.ready.wait()  # the first try failed: a 30 s wait began
+        await nursery.start(serve, make_config(registry, port=port))
+        started = trio.current_time()
+        left = await producer.flush(5.0)
+        took = trio.current_time() - started
+        await producer.close()
+    assert left == 0
+    assert took < 2.0, took
+
+
 async def test_flush_reports_what_is_left_when_nothing_listens(
     registry: Registry, project_dir: Path
 ) -> None:

@@ -40,6 +40,10 @@ from trio_ws.runtime.streak import FailureStreak
 
 BACKOFF_FIRST: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+FLUSH_RETRY: Final = 0.5
+"""Seconds at most between two tries once `flush` began: a producer at its end has a
+bounded life left, and the server it waits for (restarting, say) may be back any
+moment; a backoff grown over a long outage would sleep through its return."""
 CONNECT_TIMEOUT: Final = 5.0
 CLOSE_TIMEOUT: Final = 2.0
 TOO_BIG: Final = 1009
@@ -129,6 +133,9 @@ class Producer:
         """The last connection ended with a 1009 close: deal with it at the next welcome."""
         self._welcomed = trio.Event()
         self._closing = trio.Event()
+        self._hurry = trio.Event()
+        """Ends the wait before the next try: set by `close` and by `flush`."""
+        self._flushing = False
         self._attempt = trio.CancelScope()
         self._wake = trio.Event()
         self._acked = trio.Event()
@@ -183,7 +190,10 @@ class Producer:
     # -- lifecycle -----------------------------------------------------------------
 
     async def flush(self, within: float) -> int:
-        """Wait until every item is acked or ``within`` seconds pass; the items left."""
+        """Wait until every item is acked or ``within`` seconds pass; the items left.
+        A connection down meanwhile is tried again at once, then every FLUSH_RETRY."""
+        self._flushing = True
+        self._hurry.set()
         with trio.move_on_after(within):
             while self.outbox.pending and not self.finished.is_set():
                 self._acked = trio.Event()
@@ -198,6 +208,7 @@ class Producer:
     async def close(self) -> None:
         """Stop reconnecting and close the connection normally (1000); returns when `run` did."""
         self._closing.set()
+        self._hurry.set()
         if not self.connected:  # connecting or waiting for a welcome: give up on it now
             self._attempt.cancel()
         await self.finished.wait()
@@ -223,14 +234,23 @@ class Producer:
                 if self.connections > welcomed_before:
                     backoff.reset()
                 self._turn = (self._turn + 1) % len(self.urls)
-                with trio.move_on_after(backoff.next()):
-                    await self._closing.wait()
+                await self._pause(backoff.next())
                 self._attempt = trio.CancelScope()
         finally:
             self.connected = False
             self.ready.set()
             self._acked.set()
             self.finished.set()
+
+    async def _pause(self, delay: float) -> None:
+        """Wait ``delay`` seconds before the next try, or less: `close` ends the wait, and
+        once `flush` began no wait is longer than FLUSH_RETRY."""
+        if self._flushing:
+            delay = min(delay, FLUSH_RETRY)
+        with trio.move_on_after(delay):
+            await self._hurry.wait()
+        if not self._closing.is_set():
+            self._hurry = trio.Event()  # a flush's hurry ends one wait, not every one
 
     def _failure(self, exc: BaseException) -> str | None:
         """Why ``exc`` ended a connection; sets ``refused`` for a do-not-retry answer.
