@@ -41,6 +41,7 @@ from trio_ws.clients.watch_session import (
     WatchError,
     WatchRefused,
     decode,
+    tls_retry_reason,
 )
 from trio_ws.core import protocol
 from trio_ws.runtime.backoff import Backoff
@@ -112,16 +113,11 @@ async def _session(
     target: OverviewTarget, view: OverviewView, on_message: OnMessage | None, delays: Backoff
 ) -> NoReturn:
     """One connection, read until it ends: raises `_Dropped`, `WatchRefused` or `WatchError`."""
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            await check_tls(target.base, target.tls)
-    except TlsFailure as exc:
-        if exc.for_good:
-            view.set_connection("closed", str(exc))
-            raise WatchError(str(exc)) from None
-        raise _Dropped(str(exc)) from None
-    except (OSError, trio.TooSlowError) as exc:
-        raise _Dropped(f"cannot connect to {target.url}: {exc}") from None
+    retry = await tls_retry_reason(
+        target.base, target.tls, target.url, lambda why: view.set_connection("closed", why)
+    )
+    if retry is not None:
+        raise _Dropped(retry)
     try:
         async with open_websocket_url(
             target.url,

@@ -61,6 +61,26 @@ class _Dropped(Exception):
     """The connection ended in a way worth retrying."""
 
 
+async def tls_retry_reason(
+    url: str, tls: ssl.SSLContext | None, shown: str, closed: Callable[[str], None]
+) -> str | None:
+    """One TLS handshake before the websocket's own (trio-websocket waits forever on a
+    failed one): None when it passed or ``url`` is plain, else why to try again. An
+    untrusted certificate is no reason to retry: ``closed`` is told why, and WatchError
+    raised."""
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await check_tls(url, tls)
+    except TlsFailure as exc:
+        if exc.for_good:
+            closed(str(exc))
+            raise WatchError(str(exc)) from None
+        return str(exc)
+    except (OSError, trio.TooSlowError) as exc:
+        return f"cannot connect to {shown}: {exc}"
+    return None
+
+
 @dataclass(frozen=True)
 class WatchTarget:
     """Where to watch: the websocket base URL, the project, the optional token."""
@@ -249,16 +269,11 @@ async def _session(
 ) -> NoReturn:
     """One connection, read until it ends: raises `_Dropped`, `WatchRefused` or `WatchError`."""
     ended: BaseException | None = None
-    try:
-        with trio.fail_after(CONNECT_TIMEOUT):
-            await check_tls(target.base, target.tls)
-    except TlsFailure as exc:
-        if exc.for_good:
-            view.set_connection("closed", str(exc))
-            raise WatchError(str(exc)) from None
-        raise _Dropped(str(exc)) from None
-    except (OSError, trio.TooSlowError) as exc:
-        raise _Dropped(f"cannot connect to {target.display_url}: {exc}") from None
+    retry = await tls_retry_reason(
+        target.base, target.tls, target.display_url, lambda why: view.set_connection("closed", why)
+    )
+    if retry is not None:
+        raise _Dropped(retry)
     try:
         async with open_websocket_url(
             target.url(view.resume_point),
