@@ -32,6 +32,7 @@ from serving import (
     TOKEN,
     connect,
     http_get,
+    http_json,
     make_config,
     receive,
     receive_until,
@@ -1211,6 +1212,98 @@ async def test_a_replaced_connection_ending_starts_no_grace_period(
     assert slot.session is not None and slot.grace is None
     assert project.producer_count == 1
     assert not project.hub.has_warning("producer:agent")
+
+
+async def runs_of(server: Server) -> list[dict[str, Any]]:
+    status, body = await http_json(server, "GET", "/api/projects/demo/runs")
+    assert status == 200, body
+    runs: list[dict[str, Any]] = body["runs"]
+    return runs
+
+
+async def test_a_new_producer_on_a_live_stream_ends_the_old_ones_run(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path
+) -> None:
+    """A producer that died unseen within its grace period, and a new one (another id)
+    starting: the old one is lost at once, and the new run is a run of its own (it
+    used to merge into the old one, whose `running` it repeated)."""
+    with trio.fail_after(NETWORK_TIMEOUT):
+        server: Server = await nursery.start(serve, make_config(registry, producer_grace=60.0))
+        watcher = await connect(nursery, server)
+        old, _ = await producer(nursery, server, producer_id="first")
+        await send(old, {"type": "status", "pseq": 1, "status": "running"})
+        await send(old, {"type": "lines", "first": 2, "lines": ["first run works"]})
+        await wait_acked(old, 2)
+        await old.aclose()
+        new, acked = await producer(nursery, server, producer_id="second")
+        assert acked == 0
+        await send(new, {"type": "status", "pseq": 1, "status": "running"})
+        await send(new, {"type": "lines", "first": 2, "lines": ["second run works"]})
+        await send(new, {"type": "status", "pseq": 3, "status": "stopped", "exit_code": 0})
+        await wait_acked(new, 3)
+        seen = await receive_until(
+            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "stopped"
+        )
+        runs = await runs_of(server)
+    statuses = [m["status"] for m in seen if m["type"] == "agent_status"]
+    assert statuses == ["running", "crashed", "running", "stopped"]
+    assert "[trio-ws] producer lost" in logs(seen)
+    assert [(run["ended"], run["status"]) for run in runs] == [
+        ("stopped", "stopped"),
+        ("interrupted", "crashed"),
+    ]
+    assert not server.manager.projects["demo"].hub.has_warning("producer:agent")
+
+
+async def test_a_producer_that_died_with_the_server_is_lost_after_grace_on_restart(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, home: Path
+) -> None:
+    """The journal says `running`, and no producer comes back after a restart: the
+    grace period runs as if the server had seen it go, so the project does not say
+    `running` for ever; its run ends interrupted."""
+    config = make_config(registry, journal="sqlite", home=home, producer_grace=0.3)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            server: Server = await first_life.start(serve, config)
+            ws, _ = await producer(first_life, server)
+            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+            await wait_acked(ws, 1)
+            first_life.cancel_scope.cancel()  # the server and its producer go together
+        server = await nursery.start(serve, config)
+        watcher = await connect(nursery, server)
+        seen = await receive_until(
+            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "crashed"
+        )
+        runs = await runs_of(server)
+    warnings = [m["content"] for m in seen if m["type"] == "warning"]
+    assert len(warnings) == 1 and "since the server restarted" in warnings[0]
+    assert logs(seen)[-1] == "[trio-ws] producer lost"
+    assert [run["ended"] for run in runs] == ["interrupted"]
+
+
+async def test_a_producer_back_after_a_restart_carries_on_its_run(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, home: Path
+) -> None:
+    """The same producer returning within the grace period after a restart continues
+    its run: no crash, the warning cleared."""
+    config = make_config(registry, journal="sqlite", home=home, producer_grace=0.5)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            server: Server = await first_life.start(serve, config)
+            ws, _ = await producer(first_life, server, producer_id="same")
+            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+            await wait_acked(ws, 1)
+            first_life.cancel_scope.cancel()
+        server = await nursery.start(serve, config)
+        await connect(nursery, server)  # opens the project: the grace period starts
+        _, acked = await producer(nursery, server, producer_id="same")
+        assert acked == 1
+        await trio.sleep(0.8)  # past the grace period: the timer must have been cancelled
+        hub = server.manager.get_hub("demo")
+        assert hub is not None and hub.agent.status == "running"
+        assert not hub.has_warning("producer:agent")
+        runs = await runs_of(server)
+    assert [run["ended"] for run in runs] == [None]
 
 
 # -- background tasks: contained -----------------------------------------------------

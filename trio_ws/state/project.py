@@ -272,6 +272,7 @@ class Project(metaclass=NoPublicConstructor):
             hub.shared = journal
             self._start("follower", self._follow, journal)
         self._start("writer", self._write)
+        self._await_producers()
         if alerts is not None:
             hub.start_alerts(alerts)
             self._start("alerts", self._alerts)
@@ -456,6 +457,11 @@ class Project(metaclass=NoPublicConstructor):
             stored = hub.committed_pseqs.get(key, 0)
             if stored > slot.ledger.applied_of(producer_id):
                 slot.ledger.remember(producer_id, stored)
+        elif slot.ledger.applied_of(producer_id) == 0 and self._live(slot):
+            # A producer never seen here takes over a stream left live: the one that
+            # made it live is gone (it died unseen, with the server or within its
+            # grace period). Lost now, so the newcomer's run is a run of its own.
+            self._lose_producer(slot, f"a new producer ({producer_id}) took the stream over")
         # Its return is a use: in the journal too, which keeps the producers written
         # last, so that it does not forget one its slot still knows.
         hub.touch(key)
@@ -497,13 +503,21 @@ class Project(metaclass=NoPublicConstructor):
         if slot.stream == "agent" and self._remote_control is not None:
             self._remote_control.cancel()
             self._remote_control = None
+        if self._live(slot):
+            self._start_grace(slot, "disconnected")
+
+    def _live(self, slot: ProducerSlot) -> bool:
+        """``slot``'s stream is in a run (its status is neither stopped nor crashed)."""
         stream = self.hub.agent if slot.stream == "agent" else self.hub.dev
-        if stream.status in FINAL_STATUSES:
-            return
+        return stream.status not in FINAL_STATUSES
+
+    def _start_grace(self, slot: ProducerSlot, what: str) -> None:
+        """Warn subscribers that ``slot``'s producer ``what``, and mark its stream crashed
+        unless it returns within the grace period."""
         grace = self.services.grace
         self.hub.warn(
             "producer",
-            f"the {slot.stream} producer disconnected; marking it crashed unless it returns "
+            f"the {slot.stream} producer {what}; marking it crashed unless it returns "
             f"within {grace:g} s",
             key=f"producer:{slot.stream}",
         )
@@ -511,20 +525,41 @@ class Project(metaclass=NoPublicConstructor):
         slot.grace = scope
         self._start(f"{slot.stream} producer's grace period", self._grace_period, slot, scope)
 
+    def _await_producers(self) -> None:
+        """Just opened: a stream the journal left live has no producer here yet. Its
+        producer may have died with the last server process, so it gets the grace
+        period a producer seen to leave gets; without it, the project said ``running``
+        for ever. With a broker another node may hold the producer (its own grace)."""
+        if self.hub.shared is not None:
+            return
+        for slot in self.slots.values():
+            if slot.session is None and slot.grace is None and self._live(slot):
+                self._start_grace(slot, "has not come back since the server restarted")
+
+    def _lose_producer(self, slot: ProducerSlot, why: str) -> None:
+        """``slot``'s producer is gone for good: the ``producer lost`` line, then
+        ``crashed`` (which ends its run: RunRecorder calls it interrupted)."""
+        hub = self.hub
+        if slot.grace is not None:
+            slot.grace.cancel()
+            slot.grace = None
+        hub.clear_warning(f"producer:{slot.stream}")
+        log.warning("project %s: %s producer lost (%s)", self.name, slot.stream, why)
+        hub.feed_lines([LOST_LINE], slot.stream)
+        hub.set_status("crashed", slot.stream)
+
     async def _grace_period(self, slot: ProducerSlot, scope: trio.CancelScope) -> None:
         hub = self.hub
         with scope:
             started = trio.current_time()
             await trio.sleep(self.services.grace)
             slot.grace = None
-            hub.clear_warning(f"producer:{slot.stream}")
             if hub.remote_seen.get(slot.stream, started) > started:
                 # Another node applies this stream's items now (--broker): it moved there.
+                hub.clear_warning(f"producer:{slot.stream}")
                 log.info("project %s: %s producer went on elsewhere", self.name, slot.stream)
                 return
-            log.warning("project %s: %s producer lost", self.name, slot.stream)
-            hub.feed_lines([LOST_LINE], slot.stream)
-            hub.set_status("crashed", slot.stream)
+            self._lose_producer(slot, "its grace period ended")
 
     async def control(self, action: str) -> str | None:
         """Forward a control ``action`` to the agent producer, here or (several nodes)
