@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import regex
 import trio
 
 from trio_ws.journal.sqlite import SqliteBackend
@@ -111,7 +111,7 @@ async def measure(events: int) -> dict[str, Any]:
         figures["search_rare"] = await timed(lambda: search(EventFilter(text=RARE), 1))
         figures["search_regex"] = await timed(
             lambda: search(
-                EventFilter(pattern=re.compile(r"max concurrency: \d+ coding", re.IGNORECASE)), 1
+                EventFilter(pattern=regex.compile(r"max concurrency: \d+ coding", regex.I)), 1
             )
         )
         spread = [run.first_seq + (run.last_seq - run.first_seq) * k // 7 for k in range(1, 7)]

@@ -308,6 +308,53 @@ async def test_a_bad_run_parameter_is_a_400_naming_it(
     assert status == 400 and body["detail"].startswith(f"{named}:")
 
 
+BACKTRACKING = "(a|aa)+$"
+"""Nested alternatives: on a line of 40 a's and a "!" the number of ways to try grows
+like Fibonacci(40). Python's `re` matched it for minutes holding the interpreter, so
+the whole server (every socket of every project) stood still meanwhile."""
+
+
+async def test_a_backtracking_regex_is_refused_and_never_stops_the_server(
+    nursery: trio.Nursery, server: Server, project_dir: Path
+) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT):
+        producer = await Producer.connect(nursery, server)
+        await producer.status("running")
+        await producer.lines(["a" * 40 + "!"])
+        run_id = (await runs_listing(server))[0]["id"]
+        watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m.get("type") == "hello")
+        path = f"{RUNS}/{run_id}/events?regex=1&q={quote(BACKTRACKING)}"
+        answers: list[tuple[int, Any]] = []
+        pongs: list[float] = []
+
+        async def search() -> None:
+            answers.append(await http_json(server, "GET", path))
+
+        async def ping_meanwhile() -> None:
+            while not answers:
+                sent = trio.current_time()
+                await watcher.send_message('{"type":"ping"}')
+                await receive_until(watcher, lambda m: m.get("type") == "pong")
+                pongs.append(trio.current_time() - sent)
+                await trio.sleep(0.05)
+
+        async with trio.open_nursery() as both:
+            both.start_soon(search)
+            both.start_soon(ping_meanwhile)
+    [(status, body)] = answers
+    assert status == 400 and body["detail"].startswith("q: the regular expression took over")
+    assert len(pongs) >= 5, "the search took the guard's 1 s, answering pings meanwhile"
+    assert max(pongs) < 0.5, pongs
+
+
+async def runs_listing(server: Server) -> list[dict[str, Any]]:
+    status, body = await http_json(server, "GET", RUNS)
+    assert status == 200
+    runs: list[dict[str, Any]] = body["runs"]
+    return runs
+
+
 @pytest.mark.parametrize("view", ["events", "state", "export"])
 async def test_the_events_of_an_unknown_run_are_a_404(
     server: Server, project_dir: Path, view: str

@@ -12,11 +12,12 @@ and encoded again, so they are byte for byte what subscribers received.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
+
+import regex
 
 from trio_ws.state.replay import Replay
 from trio_ws.state.run_events import EventFilter, EventsPage, parse_time
@@ -119,17 +120,17 @@ def events_query(run: RunSummary, query: Mapping[str, str]) -> EventsQuery:
             raise BadParameter("feature", "must be an integer feature id")
         feature = int(raw_feature)
     text: str | None = None
-    pattern: re.Pattern[str] | None = None
-    regex = query.get("regex")
-    if regex not in (None, "0", "1", "true", "false"):
+    pattern: regex.Pattern[str] | None = None
+    as_regex = query.get("regex")
+    if as_regex not in (None, "0", "1", "true", "false"):
         raise BadParameter("regex", "must be 1 or 0")
     if (q := query.get("q")) is not None:
         if not q or len(q) > MAX_QUERY_CHARS:
             raise BadParameter("q", f"must be 1 to {MAX_QUERY_CHARS} characters")
-        if regex in ("1", "true"):
+        if as_regex in ("1", "true"):
             try:
-                pattern = re.compile(q, re.IGNORECASE)
-            except re.error as exc:
+                pattern = regex.compile(q, regex.IGNORECASE)
+            except regex.error as exc:
                 raise BadParameter("q", f"not a regular expression: {exc}") from None
         else:
             text = q.lower()

@@ -473,6 +473,9 @@ async def _runs(
     except runs_api.BadParameter as exc:
         await send_json(stream, connection, 400, {"detail": str(exc)})
         return
+    except run_events.PatternTooSlow as exc:
+        await send_json(stream, connection, 400, {"detail": f"q: {exc}"})
+        return
     except (KeyError, TypeError, ValueError) as exc:  # a stored summary unreadable
         log.error("project %s: a stored run is unreadable: %s", name, exc)
         await send_json(stream, connection, 503, {"detail": f"stored run unreadable: {exc}"})

@@ -10,13 +10,13 @@ before decoding it, so a page of a rare word decodes only the events that hold i
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import regex
 import trio
 
 from trio_ws.core.protocol import iso_timestamp
@@ -44,7 +44,10 @@ class EventFilter:
     feature: int | None = None
     text: str | None = None
     """Lower-cased substring of the event's text."""
-    pattern: re.Pattern[str] | None = None
+    pattern: regex.Pattern[str] | None = None
+    """A regular expression (the `regex` module's: it lets go of the GIL while it
+    matches and stops at a timeout, where `re` holds the interpreter for as long as a
+    pathological pattern backtracks)."""
 
     @property
     def searches(self) -> bool:
@@ -82,9 +85,16 @@ class EventFilter:
             texts = [value for key in TEXT_FIELDS if isinstance(value := message.get(key), str)]
             if self.text is not None and not any(self.text in text.lower() for text in texts):
                 return False
-            if self.pattern is not None and not any(self.pattern.search(t) for t in texts):
+            if self.pattern is not None and not any(self._search(t) for t in texts):
                 return False
         return True
+
+    def _search(self, text: str) -> bool:
+        assert self.pattern is not None
+        try:
+            return self.pattern.search(text, timeout=SEARCH_GUARD) is not None
+        except TimeoutError:
+            raise PatternTooSlow(SEARCH_GUARD) from None
 
     def _agent(self, message: Mapping[str, Any]) -> bool:
         assert self.agent_indices is not None
@@ -99,6 +109,17 @@ class EventFilter:
         if isinstance(ids, list) and self.feature in ids:
             return True
         return self.feature in (message.get("featureId"), message.get("feature"))
+
+
+class PatternTooSlow(ValueError):
+    """A regular expression took longer than the search's whole time guard on one
+    event: no page could ever get past that event, so the search is refused."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            f"the regular expression took over {seconds:g} s on a single event; "
+            "make it simpler (nested repeats such as (a|aa)+ backtrack for ever)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +201,6 @@ async def events_page(
     text search lets the journal find the events that hold the text (`Journal.search`);
     a search stops at the time guard with what it found (``partial``)."""
     raw = selected.raw_text
-    raw_types = selected.raw_types
     deadline = clock() + guard
     texts: list[str] = []
     scanned = max(after, run.first_seq - 1)
@@ -192,15 +212,19 @@ async def events_page(
         else:
             chunk = await journal.read_range(scanned, last, READ_CHUNK)
             through = chunk[-1][0] if chunk else last
-        for seq, text in chunk:
-            if raw is not None and raw not in text.lower():
-                continue
-            if raw_types and not any(kind in text for kind in raw_types):
-                continue
-            if selected.matches(json.loads(text)):
-                texts.append(text)
-                if len(texts) == limit:
-                    return EventsPage(texts, None if seq >= last else seq)
+        wanted = limit - len(texts)
+        if selected.pattern is None:
+            picked, seen = _pick(chunk, selected, wanted, None, clock)
+        else:
+            # Off the event loop: a regex may take up to the guard on one event.
+            picked, seen = await trio.to_thread.run_sync(
+                _pick, chunk, selected, wanted, deadline, clock
+            )
+        texts += picked
+        if len(texts) == limit:
+            return EventsPage(texts, None if seen >= last else seen)
+        if chunk and seen < chunk[-1][0]:  # the guard stopped it within the chunk
+            return EventsPage(texts, seen, partial=True)
         scanned = through
         if not chunk and raw is None:
             break
@@ -208,6 +232,34 @@ async def events_page(
             return EventsPage(texts, scanned, partial=True)
         await trio.lowlevel.checkpoint()
     return EventsPage(texts, None)
+
+
+def _pick(
+    chunk: list[tuple[int, str]],
+    selected: EventFilter,
+    wanted: int,
+    deadline: float | None,
+    clock: Callable[[], float],
+) -> tuple[list[str], int]:
+    """The texts in ``chunk`` that ``selected`` matches, at most ``wanted``, and the
+    seq of the last event looked at: the last match when ``wanted`` were found, else
+    the first event seen past ``deadline`` (if given), else the chunk's last."""
+    raw = selected.raw_text
+    raw_types = selected.raw_types
+    picked: list[str] = []
+    seen = 0
+    for seen, text in chunk:  # noqa: B007 (the last one looked at is the answer)
+        if raw is not None and raw not in text.lower():
+            continue
+        if raw_types and not any(kind in text for kind in raw_types):
+            continue
+        if selected.matches(json.loads(text)):
+            picked.append(text)
+            if len(picked) == wanted:
+                break
+        if deadline is not None and clock() > deadline:
+            break
+    return picked, seen
 
 
 def parse_time(text: str) -> datetime:
