@@ -258,6 +258,23 @@ async def test_a_backend_knows_a_project_once_its_journal_exists_until_removed(
     assert await backend.knows("demo") is False
 
 
+async def test_the_last_state_is_read_without_opening_the_journal(backends: Backends) -> None:
+    """What the overview shows of a project not open here: the state last committed,
+    read while the journal is closed (and while open: the server may open it then)."""
+    backend = backends()
+    assert await backend.last_state("demo") is None
+    journal = backend.journal("demo")
+    await journal.open()
+    assert await backend.last_state("demo") is None  # nothing committed yet
+    await journal.append(Batch([(1, '{"n":1}')], state={"snapshot": {"n": 1}}))
+    await journal.append(Batch([(2, '{"n":2}')], state={"snapshot": {"n": 2}}))
+    expected = {"snapshot": {"n": 2}} if backends.durable else None
+    assert await backend.last_state("demo") == expected
+    await journal.close()
+    assert await backend.last_state("demo") == expected
+    assert await backend.last_state("other") is None
+
+
 async def test_project_names_are_checked(backends: Backends) -> None:
     with pytest.raises(ValueError, match="invalid project name"):
         backends().journal("../escape")

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from serving import NETWORK_TIMEOUT
@@ -15,7 +16,7 @@ from test_project import wait_until
 
 from trio_ws.data.progress import Progress
 from trio_ws.data.registry import Registry
-from trio_ws.journal.sqlite import SqliteBackend
+from trio_ws.journal.sqlite import SqliteBackend, journal_path
 from trio_ws.state.manager import ConnectionManager
 from trio_ws.state.overview import Overview, OverviewWatcher
 
@@ -146,6 +147,58 @@ async def test_a_project_closed_idle_keeps_its_last_summary(
     assert alpha["loaded"] is False
     assert alpha["agent_status"] == "crashed"  # as it was when it closed
     assert alpha["attention"] == "crashed"
+
+
+async def test_a_project_not_open_since_a_restart_is_shown_as_its_journal_left_it(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """After a restart the overview lists what each project was doing, read from its
+    journal without opening it, where it used to say "not open here"."""
+    registry = Registry(tmp_path / "registry.db")
+    for name in ("alpha", "never"):
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    journals = tmp_path / "journals"
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            before = ConnectionManager(first_life, journals=SqliteBackend(journals))
+            hub = (await before.open("alpha", tmp_path / "alpha")).hub
+            hub.set_status("running")
+            hub.publish_progress(Progress(3, 1, 10, 0))
+            hub.set_status("crashed")
+            await hub.wait_committed(hub.seq)
+            await before.close_journals()
+            first_life.cancel_scope.cancel()
+        manager = ConnectionManager(nursery, journals=SqliteBackend(journals))
+        await manager.overview.read_registry(registry.path)
+    assert manager.get_hub("alpha") is None  # read, not opened
+    listed = decoded(manager.overview.first_list(manager.overview.watch()))
+    alpha = listed["alpha"]
+    assert (alpha["loaded"], alpha["agent_status"], alpha["attention"]) == (
+        False,
+        "crashed",
+        "crashed",
+    )
+    assert (alpha["progress"]["passing"], alpha["progress"]["total"]) == (3, 10)
+    assert listed["never"]["agent_status"] is None  # no journal: nothing known
+
+
+async def test_an_unreadable_journal_leaves_its_project_unknown_and_says_so(
+    nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = Registry(tmp_path / "registry.db")
+    (tmp_path / "alpha").mkdir()
+    registry.add("alpha", tmp_path / "alpha")
+    backend = SqliteBackend(tmp_path / "journals")
+    path = journal_path(backend.home, "alpha")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"not a database at all" * 100)
+    manager = ConnectionManager(nursery, journals=backend)
+    await manager.overview.read_registry(registry.path)
+    alpha = manager.overview.entry_of("alpha")
+    assert alpha["agent_status"] is None and alpha["loaded"] is False
+    assert "overview: project alpha: journal unreadable" in caplog.text
+    assert path.read_bytes() == b"not a database at all" * 100  # left as it was
 
 
 async def test_the_task_looks_at_most_once_per_coalesce_interval(

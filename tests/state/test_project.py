@@ -1230,6 +1230,7 @@ async def test_a_new_producer_on_a_live_stream_ends_the_old_ones_run(
     with trio.fail_after(NETWORK_TIMEOUT):
         server: Server = await nursery.start(serve, make_config(registry, producer_grace=60.0))
         watcher = await connect(nursery, server)
+        await receive_until(watcher, lambda m: m["type"] == "hello")  # subscribed
         old, _ = await producer(nursery, server, producer_id="first")
         await send(old, {"type": "status", "pseq": 1, "status": "running"})
         await send(old, {"type": "lines", "first": 2, "lines": ["first run works"]})
@@ -1242,10 +1243,11 @@ async def test_a_new_producer_on_a_live_stream_ends_the_old_ones_run(
         await send(new, {"type": "status", "pseq": 3, "status": "stopped", "exit_code": 0})
         await wait_acked(new, 3)
         seen = await receive_until(
-            watcher, lambda m: m["type"] == "agent_status" and m["status"] == "stopped"
+            watcher,
+            lambda m: m["type"] == "agent_status" and m.get("seq") and m["status"] == "stopped",
         )
         runs = await runs_of(server)
-    statuses = [m["status"] for m in seen if m["type"] == "agent_status"]
+    statuses = [m["status"] for m in seen if m["type"] == "agent_status" and "seq" in m]
     assert statuses == ["running", "crashed", "running", "stopped"]
     assert "[trio-ws] producer lost" in logs(seen)
     assert [(run["ended"], run["status"]) for run in runs] == [
@@ -1279,6 +1281,44 @@ async def test_a_producer_that_died_with_the_server_is_lost_after_grace_on_resta
     assert len(warnings) == 1 and "since the server restarted" in warnings[0]
     assert logs(seen)[-1] == "[trio-ws] producer lost"
     assert [run["ended"] for run in runs] == ["interrupted"]
+
+
+async def test_a_project_left_live_is_opened_at_start_and_its_producer_lost(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, home: Path
+) -> None:
+    """Nobody needs to watch: a server that starts on a journal left `running` opens
+    that project itself, so its grace period runs out and says `crashed` (and alerts)."""
+    config = make_config(registry, journal="sqlite", home=home, producer_grace=0.2)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            server: Server = await first_life.start(serve, config)
+            ws, _ = await producer(first_life, server)
+            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+            await wait_acked(ws, 1)
+            first_life.cancel_scope.cancel()
+        server = await nursery.start(serve, config)
+        await wait_until(lambda: server.manager.get_hub("demo") is not None)
+        hub = server.manager.get_hub("demo")
+        assert hub is not None
+        await wait_until(lambda: hub.committed_agent_status == "crashed")
+
+
+async def test_a_stopped_project_is_not_opened_at_start(
+    nursery: trio.Nursery, registry: Registry, project_dir: Path, home: Path
+) -> None:
+    config = make_config(registry, journal="sqlite", home=home)
+    with trio.fail_after(NETWORK_TIMEOUT):
+        async with trio.open_nursery() as first_life:
+            server: Server = await first_life.start(serve, config)
+            ws, _ = await producer(first_life, server)
+            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
+            await send(ws, {"type": "status", "pseq": 2, "status": "stopped", "exit_code": 0})
+            await wait_acked(ws, 2)
+            first_life.cancel_scope.cancel()
+        server = await nursery.start(serve, config)
+        await http_json(server, "GET", "/healthz")  # the start-up task had its turn
+        await trio.testing.wait_all_tasks_blocked(0.05)
+    assert server.manager.get_hub("demo") is None
 
 
 async def test_a_producer_back_after_a_restart_carries_on_its_run(

@@ -309,6 +309,13 @@ class JournalBackend(Protocol):
         JournalError when that cannot be told now."""
         ...
 
+    async def last_state(self, project: str) -> JsonObject | None:
+        """The state ``project``'s journal last committed (what ``open`` restores: the
+        snapshot, trackers, open run), read without opening it or creating anything;
+        None when it holds none. For a glance at a project not open here (the
+        overview). JournalError when it cannot be read now."""
+        ...
+
 
 def new_epoch() -> str:
     """A fresh epoch name: never equal to an earlier one in practice."""

@@ -26,6 +26,7 @@ from trio_ws.journal.interface import (
     JournalError,
     JournalState,
     JournalStats,
+    JsonObject,
     archive_cut,
     check_batch,
     check_limits,
@@ -243,6 +244,11 @@ class MemoryBackend:
         """Nothing outlives a memory journal, so there is never anything to remove."""
         check_project(project)
         return False
+
+    async def last_state(self, project: str) -> JsonObject | None:
+        """Nothing outlives a memory journal, so a project not open has no state."""
+        check_project(project)
+        return None
 
     async def knows(self, project: str) -> bool:
         """Nothing outlives a memory journal: no history to continue."""

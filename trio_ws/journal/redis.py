@@ -889,6 +889,10 @@ class RedisBackend:
                 f"redis journal of {project!r} at {where!r}: cannot read: {error}"
             ) from None
 
+    async def last_state(self, project: str) -> JsonObject | None:
+        """The snapshot state stored now, whichever node committed it."""
+        return (await self.journal(project).stored())[1]
+
     async def remove(self, project: str) -> bool:
         """Delete the project's keys; JournalError while a node has the project open
         (for up to `HOLD_TTL` after it closed it)."""

@@ -38,6 +38,7 @@ import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
@@ -1030,6 +1031,32 @@ class SqliteBackend:
     async def knows(self, project: str) -> bool:
         """Does the project's journal file exist?"""
         return await trio.to_thread.run_sync(journal_path(self.home, project).exists)
+
+    async def last_state(self, project: str) -> JsonObject | None:
+        """Read through a read-only connection: nothing is created, locked or migrated,
+        and the server's own open journal of it (if it opens meanwhile) is not held up."""
+        return await trio.to_thread.run_sync(read_last_state, journal_path(self.home, project))
+
+
+def read_last_state(path: Path) -> JsonObject | None:
+    """The ``state`` meta value of the journal at ``path`` (None: no file, or no state
+    committed yet); JournalError if it cannot be read or is not JSON."""
+    if not path.exists():
+        return None
+    try:
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'state'").fetchone()
+    except sqlite3.Error as error:
+        raise JournalError(f"journal {path}: cannot read its state: {_reason(error)}") from None
+    if row is None or row[0] is None:
+        return None
+    try:
+        state = json.loads(row[0])
+    except ValueError as error:
+        raise JournalError(f"journal {path}: its state is not JSON: {error}") from None
+    if not isinstance(state, dict):
+        raise JournalError(f"journal {path}: its state is not a JSON object")
+    return state
 
 
 def lock_journal(path: Path, project: str) -> int:

@@ -49,7 +49,7 @@ from trio_ws.core.security import (
     origin_allowed,
     redact,
 )
-from trio_ws.data.registry import Project, Registry, RegistryError
+from trio_ws.data.registry import Project, Registry, RegistryError, RegistryMissing
 from trio_ws.journal.interface import Journal, JournalBackend, JournalError
 from trio_ws.journal.redis import RedisBackend
 from trio_ws.net import api, control, dashboard, runs_api
@@ -97,6 +97,7 @@ from trio_ws.runtime.supervise import contained
 from trio_ws.state import run_events
 from trio_ws.state.lease import PollLease
 from trio_ws.state.manager import ConnectionManager, TooManyProjects
+from trio_ws.state.overview import left_live
 from trio_ws.state.project import Project as LiveProject
 from trio_ws.state.runs import RunSummary
 
@@ -205,8 +206,9 @@ async def _serve(
         metrics.bind(manager)
         server = Server(config, manager, port, metrics, tls)
         nursery.start_soon(contained, "the overview", manager.overview.run, config.registry_path)
-        if notify is not None:
-            nursery.start_soon(contained, "opening projects for alerts", _open_for_alerts, server)
+        nursery.start_soon(
+            contained, "opening projects at start", _open_at_start, server, notify is not None
+        )
         nursery.start_soon(
             probe_idle_subscribers,
             manager,
@@ -775,26 +777,44 @@ async def _producer(server: Server, ws: WebSocket, raw_name: str, peer: str) -> 
         server.manager.release(project)
 
 
-async def _open_for_alerts(server: Server) -> None:
-    """With notify targets: open, one after the other, each registered project that has
-    a journal, so that the alerts its targets had not been delivered before this start
-    go out now rather than when a client comes back. One nobody uses is closed again
-    once idle (never while an alert waits to be delivered)."""
+async def _open_at_start(server: Server, every: bool) -> None:
+    """Open, one after the other, the registered projects whose journal wants it now:
+
+    - ``every`` (notify targets): each one with a journal, so that the alerts its
+      targets had not been delivered before this start go out now rather than when a
+      client comes back;
+    - else each one its journal left live (agent or dev server neither stopped nor
+      crashed): its producer may have died with the last server, and only an open
+      project runs the grace period that says so (and alerts). With a broker another
+      node may hold that producer: none is opened for it.
+
+    One nobody uses is closed again once idle (never while an alert waits)."""
+    manager = server.manager
+    if not every and isinstance(manager.journals, RedisBackend):
+        return
     try:
         projects = await trio.to_thread.run_sync(Registry(server.config.registry_path).list)
+    except RegistryMissing:
+        return  # no project registered yet: none to open
     except RegistryError as exc:
-        log.error("registry unreadable; no project opened for its pending alerts: %s", exc)
+        log.error("registry unreadable; no project opened at start: %s", exc)
         return
-    manager = server.manager
     for project in projects:
         try:
-            if not await manager.journals.knows(project.name):
-                continue
+            if every:
+                if not await manager.journals.knows(project.name):
+                    continue
+            else:
+                state = await manager.journals.last_state(project.name)
+                if state is None or not left_live(state):
+                    continue
             if not await trio.to_thread.run_sync(project.path.is_dir):
                 continue
             await manager.open(project.name, project.path)
         except (JournalError, TooManyProjects) as exc:
-            log.warning("project %s: not opened for its pending alerts: %s", project.name, exc)
+            log.warning("project %s: not opened at start: %s", project.name, exc)
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("project %s: journalled state unreadable: %s", project.name, exc)
 
 
 def _lookup(registry_path: Path, name: str) -> tuple[Project, bool] | None:

@@ -187,10 +187,8 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         statuses, progress, active agents and standing alerts, then the newest held
         event, whose time is the project's last activity. Called at most a few times
         a second per project, never per event."""
-        state = self._snapshot_state
-        items = [state.agent_status, state.dev_status, state.progress]
-        items += [*state.agents.values(), *state.alerts.values(), *self.history.tail(1)]
-        return [json.loads(item.text) for item in items if item is not None]
+        items = [*self._snapshot_state.glance(), *self.history.tail(1)]
+        return [json.loads(item.text) for item in items]
 
     @property
     def committed_agent_status(self) -> str:

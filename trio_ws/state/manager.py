@@ -127,6 +127,7 @@ class ConnectionManager:
         self._shut = False
         self._sessions: set[Closable] = set()
         self.overview = Overview()
+        self.overview.last_state = self.journals.last_state
         """Every project's summary for ``/ws/overview``; told of each open and close."""
         self.closed_idle = 0
         """Projects closed because nobody used them (for tests and metrics)."""

@@ -18,7 +18,9 @@ status. One that was open and closed idle keeps the summary it had when it close
 
 from __future__ import annotations
 
+import json
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Final
 
@@ -27,8 +29,10 @@ import trio
 from trio_ws.core.project_summary import RunSummary, entry, summarise
 from trio_ws.core.protocol import JsonObject, encode
 from trio_ws.data.registry import Registry, RegistryError, RegistryMissing
+from trio_ws.journal.interface import JournalError
 from trio_ws.runtime.streak import FailureStreak
 from trio_ws.state.hub import ProjectHub
+from trio_ws.state.snapshot import Snapshot
 
 log = logging.getLogger("trio_ws.state.overview")
 
@@ -111,6 +115,11 @@ class Overview:
         """Summaries a slow watcher never got: a newer one of the project replaced them."""
         self.watchers_dropped = 0
         """Watchers cut for not reading or not answering a ping (``/metrics``)."""
+        self.last_state: Callable[[str], Awaitable[JsonObject | None]] | None = None
+        """Reads a project's journalled state without opening it (the journal backend's
+        `last_state`); set by the server. None: a project not open here is unknown."""
+        self._glanced: set[str] = set()
+        """The projects whose journal was looked at (`_glance_cold`)."""
 
     # -- from the hubs and the manager -------------------------------------------
 
@@ -153,6 +162,29 @@ class Overview:
         before, self._registered = self._registered, projects
         for name in before.keys() | projects.keys():
             if before.get(name) != projects.get(name):
+                self.changed(name)
+        await self._glance_cold()
+
+    async def _glance_cold(self) -> None:
+        """A registered project not open here, and not since this server started, is
+        shown as its journal last left it (read, not opened), not as unknown: after a
+        restart the overview lists what every project was doing. Each is read once."""
+        if self.last_state is None:
+            return
+        cold = self._registered.keys() - self._hubs.keys() - self._closed.keys() - self._glanced
+        for name in sorted(cold):
+            self._glanced.add(name)
+            try:
+                state = await self.last_state(name)
+                events = [] if state is None else glance_events(state)
+            except JournalError as exc:
+                log.warning("overview: project %s: journal unreadable: %s", name, exc)
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("overview: project %s: journalled state unreadable: %s", name, exc)
+                continue
+            if events and name not in self._hubs and name not in self._closed:
+                self._closed[name] = summarise(events)
                 self.changed(name)
 
     # -- the watchers ----------------------------------------------------------------
@@ -225,6 +257,7 @@ class Overview:
         for name in sorted(names):
             if name not in listed:
                 self._closed.pop(name, None)
+                self._glanced.discard(name)
                 self._texts.pop(name, None)
                 for watcher in self._watchers:  # also one a first list named just now
                     watcher.gone(name)
@@ -250,3 +283,22 @@ def _registered(path: Path) -> dict[str, tuple[str, bool]]:
     except RegistryMissing:
         return {}
     return {project.name: (project.path.as_posix(), project.path.is_dir()) for project in projects}
+
+
+def glance_events(state: JsonObject) -> list[JsonObject]:
+    """The events a project's summary is made of, from the state its journal last
+    committed (none when it holds no snapshot); KeyError, TypeError or ValueError if
+    that state is not one."""
+    if "snapshot" not in state:
+        return []
+    return [json.loads(item.text) for item in Snapshot.from_state(state["snapshot"]).glance()]
+
+
+def left_live(state: JsonObject) -> bool:
+    """Did the journal's last state leave a stream live (its agent or dev server
+    neither stopped nor crashed)? Then its producer may have died with the server."""
+    return any(
+        event["type"] in ("agent_status", "dev_server_status")
+        and event["status"] not in ("stopped", "crashed")
+        for event in glance_events(state)
+    )

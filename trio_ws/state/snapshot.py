@@ -42,6 +42,16 @@ class Snapshot:
             dict(self.alerts),
         )
 
+    def glance(self) -> list[Outgoing]:
+        """What the overview sums a project up from: its statuses, progress, active
+        agents and standing alerts."""
+        singles = [self.agent_status, self.dev_status, self.progress]
+        return [
+            *(item for item in singles if item is not None),
+            *self.agents.values(),
+            *self.alerts.values(),
+        ]
+
     def cards(self) -> list[Outgoing]:
         """Each active agent's latest update with ``thought`` null, in index order, same
         seq: the cards for a client that appends what it gets (backlog 0, the AutoForge

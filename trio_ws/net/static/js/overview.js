@@ -214,7 +214,7 @@ function fillRow(item, summary) {
   status.dataset.status = String(summary.agent_status ?? "unknown");
   status.title = summary.loaded
     ? "agent status"
-    : "nothing has fed or watched this project since the server started (or it was closed idle)";
+    : "as its journal last left it: nothing has fed or watched this project since the server started (or it was closed idle)";
   const progress = summary.progress;
   const percentage = progress ? count(progress.percentage) : 0;
   item.querySelector(".progress-text").textContent = progress
