@@ -385,6 +385,27 @@ async def test_keep_runs_keeps_the_newest_runs(backends: Backends) -> None:
     assert (await journal.read_range(0, 100, 1))[0][0] == kept[-1]
 
 
+async def test_limits_retained_while_open_apply_from_the_next_commit(
+    backends: Backends,
+) -> None:
+    """A project's keep-runs set on a running server: its open journal keeps to it."""
+    journal = await opened(backends, history=3, archive=ArchiveLimits(1 << 30))
+    for number in range(3):
+        first = number * 3 + 1
+        await journal.append(
+            Batch([(seq, "{}") for seq in range(first, first + 3)], runs=[run_of(first, first + 2)])
+        )
+    assert len(await journal.runs(None, 100)) == 3
+    journal.retain(ArchiveLimits(1 << 30, keep_runs=1))
+    for number in range(3, 6):
+        first = number * 3 + 1
+        await journal.append(
+            Batch([(seq, "{}") for seq in range(first, first + 3)], runs=[run_of(first, first + 2)])
+        )
+    kept = [run["first_seq"] for run in map(json.loads, await journal.runs(None, 100))]
+    assert kept[0] == 16 and len(kept) <= 2
+
+
 async def test_keep_runs_drops_the_records_of_runs_whose_events_are_still_live(
     backends: Backends,
 ) -> None:

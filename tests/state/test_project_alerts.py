@@ -5,6 +5,7 @@ Time is trio's MockClock: a ten-minute silence costs nothing."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import trio.testing
 
 from trio_ws.core.alerts import AlertSettings
 from trio_ws.journal.memory import MemoryBackend
-from trio_ws.state.manager import ConnectionManager
+from trio_ws.state.manager import SETTINGS_EVERY, ConnectionManager
 from trio_ws.state.project import Project
 
 Msg = dict[str, Any]
@@ -176,3 +177,58 @@ async def test_a_project_may_turn_its_alerts_off(nursery: trio.Nursery, tmp_path
             await settle(project)
     assert quiet.hub.alerts is None and alerts_of(quiet) == []
     assert [a["kind"] for a in alerts_of(loud)] == ["run_crashed"]
+
+
+async def test_settings_changed_on_a_running_server_apply_without_a_reopen(
+    mock_clock: trio.testing.MockClock, nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    """`trio-ws projects set` reaches an open project within SETTINGS_EVERY: a shorter
+    threshold raises at once, alerts turned off resolve the standing ones (no client
+    keeps an alert nothing would resolve), turned on again they start afresh."""
+    from trio_ws.data.registry import Registry
+
+    registry = Registry(tmp_path / "registry.db")
+    (tmp_path / "alpha").mkdir()
+    registry.add("alpha", tmp_path / "alpha")
+    manager = ConnectionManager(
+        nursery,
+        journals=MemoryBackend(),
+        alerts=SETTINGS,
+        project_alerts=lambda name: registry.settings(name).alert_settings(SETTINGS),
+    )
+    alpha = await manager.open("alpha", tmp_path / "alpha")
+    alpha.hub.set_status("running")
+    alpha.hub.feed_lines(["Started coding agent for feature #4"])
+    await settle(alpha)
+    mock_clock.jump(120)  # two minutes quiet: under the server's ten
+    await settle(alpha)
+    assert alerts_of(alpha) == []
+    registry.set_setting("alpha", "alert-silent", "1m")
+    await settings_look(manager, mock_clock, alpha)
+    assert [(a["kind"], a["state"]) for a in alerts_of(alpha)] == [("agent_silent", "raised")]
+    registry.set_setting("alpha", "alerts", "off")
+    await settings_look(manager, mock_clock, alpha)
+    assert alpha.hub.alerts is None
+    assert [a["state"] for a in alerts_of(alpha)] == ["raised", "resolved"]
+    assert standing(alpha) == []
+    registry.unset_setting("alpha", "alerts")
+    await settings_look(manager, mock_clock, alpha)
+    assert alpha.hub.alerts is not None and alpha.hub.alerts.settings.silent == 60
+    mock_clock.jump(60)  # timed from when they were turned on
+    await settle(alpha)
+    assert [a["state"] for a in alerts_of(alpha)] == ["raised", "resolved", "raised"]
+
+
+async def settings_look(
+    manager: ConnectionManager, mock_clock: trio.testing.MockClock, project: Project
+) -> None:
+    """A whole look of the manager's at the projects' settings, begun after this call
+    (two rounds: one may have been under way), done. It reads the registry in a
+    thread: real time, which the mock clock does not move."""
+    for _ in range(2):
+        looks = manager.settings_looks
+        mock_clock.jump(SETTINGS_EVERY)
+        with trio.fail_after(5):
+            while manager.settings_looks == looks:
+                await trio.to_thread.run_sync(time.sleep, 0.001)
+    await settle(project)

@@ -292,6 +292,14 @@ class AlertRules:
         self._standing[key] = alert
         self._out.append(alert)
 
+    def resolve_all(self) -> list[AlertEvent]:
+        """Resolve every standing alert, as the rules are turned off: no client keeps
+        one that nothing would ever resolve."""
+        for key in list(self._standing):
+            self._resolve(key)
+        resolved, self._out = self._out, []
+        return resolved
+
     def _resolve(self, key: str) -> None:
         if self._quiet:
             return

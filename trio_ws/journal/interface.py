@@ -256,6 +256,11 @@ class Journal(Protocol):
 
     def stats(self) -> JournalStats: ...
 
+    def retain(self, archive: ArchiveLimits) -> None:
+        """Keep to ``archive`` from the next commit on: the project's own ``keep-runs``
+        or ``archive-bytes`` changed while its journal is open."""
+        ...
+
 
 class SharedJournal(Journal, Protocol):
     """A journal that other nodes append to as well (``--broker``): a node follows

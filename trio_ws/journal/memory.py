@@ -148,6 +148,9 @@ class MemoryJournal:
     async def close(self, *, clean: bool = True) -> None:
         self._opened = False
 
+    def retain(self, archive: ArchiveLimits) -> None:
+        self._archive = archive
+
     def stats(self) -> JournalStats:
         archive = ArchiveStats(
             oldest=self._events[0][0] if self._events else self._head + 1,

@@ -600,6 +600,9 @@ class RedisJournal:
         with contextlib.suppress(*_UNREACHABLE):
             await self._client.zrem(_holders_key(self._project), [self._holder])
 
+    def retain(self, archive: ArchiveLimits) -> None:
+        self._archive = archive
+
     def stats(self) -> JournalStats:
         archive = ArchiveStats(
             oldest=self._archived,

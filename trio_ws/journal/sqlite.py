@@ -480,6 +480,9 @@ class SqliteJournal:
         finally:
             self._writer.stop()
 
+    def retain(self, archive: ArchiveLimits) -> None:
+        self._archive = archive
+
     def stats(self) -> JournalStats:
         first = self._stored[0] if self._stored else None
         held = 0 if first is None else self._head - self._archived + 1

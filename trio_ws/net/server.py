@@ -194,7 +194,8 @@ async def _serve(
             max_projects=config.max_projects,
             alerts=config.alerts,
             project_alerts=config.alerts_of,
-            project_archive=config.archive_of,
+            # Never None: a project whose own limits were unset goes back to the server's.
+            project_archive=lambda name: config.archive_of(name) or config.archive,
             notify=notify,
             # Several nodes: one of them polls a project at a time (the lease's holder).
             lease=(

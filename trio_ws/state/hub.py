@@ -162,6 +162,25 @@ class ProjectHub(HubCommit, HubFollow, HubFanOut):
         )
         self.alerts = rules
 
+    def set_alert_settings(self, settings: AlertSettings | None) -> None:
+        """The project's alert settings as they are now (changed on a running server):
+        new thresholds apply at once; turned off, the standing alerts are resolved;
+        turned on, the rules start as at open (from the snapshot, timing from now)."""
+        rules = self.alerts
+        if settings is None:
+            if rules is None:
+                return
+            self.alerts = None
+            self._publish(rules.resolve_all())
+        elif rules is None:
+            self.start_alerts(settings)
+        elif rules.settings != settings:
+            rules.settings = settings
+        else:
+            return
+        self.alerts_fed.set()  # the alert clock looks again now
+        self.alerts_fed = trio.Event()
+
     def alert_tick(self) -> float:
         """Publish the time-based alerts due now; when (trio clock) the next can be due."""
         if self.alerts is None or self.closed:

@@ -22,8 +22,10 @@ import trio
 
 from trio_ws.core import defaults
 from trio_ws.core.alerts import AlertSettings
+from trio_ws.data.registry import RegistryError
 from trio_ws.journal.interface import ArchiveLimits, JournalBackend, JournalError
 from trio_ws.journal.memory import MemoryBackend
+from trio_ws.runtime.streak import FailureStreak
 from trio_ws.runtime.supervise import contained
 from trio_ws.state.delivery import NotifySetup
 from trio_ws.state.hub import ProjectHub
@@ -41,6 +43,9 @@ from trio_ws.state.project import (
 
 log = logging.getLogger("trio_ws.state.manager")
 
+SETTINGS_EVERY: Final = 5.0
+"""Seconds between looks at the open projects' own settings: a ``trio-ws projects set``
+reaches a running server within this."""
 IDLE_CHECKS: Final = 4
 """Idle projects are looked for this many times per idle timeout (at most every
 `IDLE_CHECK_MAX` seconds): one is closed within 1.25 timeouts of its last use."""
@@ -127,13 +132,17 @@ class ConnectionManager:
         self._shut = False
         self._sessions: set[Closable] = set()
         self.overview = Overview()
-        self.overview.last_state = self.journals.last_state
         """Every project's summary for ``/ws/overview``; told of each open and close."""
+        self.overview.last_state = self.journals.last_state
         self.closed_idle = 0
         """Projects closed because nobody used them (for tests and metrics)."""
+        self.settings_looks = 0
+        """Rounds of `_follow_settings` done (for tests)."""
         self.started_at = time.monotonic()
         if self.idle_close is not None:
             nursery.start_soon(contained, "closing idle projects", self._close_idle)
+        if self.services.project_alerts is not None or self.services.project_archive is not None:
+            nursery.start_soon(contained, "following project settings", self._follow_settings)
 
     @property
     def limiter(self) -> trio.CapacityLimiter:
@@ -234,6 +243,24 @@ class ConnectionManager:
         finally:
             del self._opening[name]
             opening.done.set()
+
+    async def _follow_settings(self, every: float = SETTINGS_EVERY) -> None:
+        """Every ``every`` seconds, each open project takes its own settings as they are
+        now (`Project.refresh_settings`). A registry that cannot be read is said once
+        per streak; the settings in force stand meanwhile."""
+        trouble = FailureStreak()
+        while True:
+            await trio.sleep(every)
+            try:
+                for entry in list(self._projects.values()):
+                    await entry.project.refresh_settings()
+            except RegistryError as exc:
+                if trouble.failed():
+                    log.error("project settings unreadable; those in force stand: %s", exc)
+                continue
+            if trouble.succeeded():
+                log.info("project settings readable again")
+            self.settings_looks += 1
 
     async def _close_idle(self) -> None:
         """Close every project nobody used for `idle_close` seconds, for good."""

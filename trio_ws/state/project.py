@@ -207,6 +207,8 @@ class Project(metaclass=NoPublicConstructor):
         self._tasks_done = trio.Event()
         self.notifications: Notifications | None = None
         """The deliveries of its alerts to the notify targets (None: no targets)."""
+        self._alert_clock = False
+        """The alert rules' clock runs (from open, or since alerts were turned on)."""
 
     @property
     def name(self) -> str:
@@ -275,7 +277,7 @@ class Project(metaclass=NoPublicConstructor):
         self._await_producers()
         if alerts is not None:
             hub.start_alerts(alerts)
-            self._start("alerts", self._alerts)
+            self._start_alert_clock()
         if self.services.notify is not None:
             self.notifications = Notifications(hub, self.services.notify, self.services.lease)
             for delivery in self.notifications.deliveries:
@@ -419,9 +421,30 @@ class Project(metaclass=NoPublicConstructor):
             on_crash=lambda _exc: hub.resync_all(RESYNC_WRITER_FAILED),
         )
 
+    def _start_alert_clock(self) -> None:
+        if not self._alert_clock:
+            self._alert_clock = True
+            self._start("alerts", self._alerts)
+
     async def _alerts(self) -> None:
         """The alert rules' clock, for the project's life."""
         await self._for_its_life("alerts", self._alert_ticks)
+
+    async def refresh_settings(self) -> None:
+        """Take the project's own settings as they are now (``trio-ws projects set`` on
+        a running server): its alert thresholds, alerts on or off, and its journal's
+        archive limits from the next commit. RegistryError if they cannot be read:
+        those in force stand."""
+        alerts = await self.services.alerts_for(self.name)
+        archive = await self.services.archive_for(self.name)
+        if self.closed:
+            return
+        if alerts is not None:
+            self._start_alert_clock()
+        self.hub.set_alert_settings(alerts)
+        journal = self.hub.journal
+        if archive is not None and journal is not None:
+            journal.retain(archive)
 
     async def _notify(self, delivery: Delivery) -> None:
         """One notify target's deliveries, for the project's life."""
