@@ -9,6 +9,7 @@ import json
 import logging
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import trio.testing
 
 from trio_ws.core.alerts import AlertSettings
 from trio_ws.core.notify import NotifyTarget, Outcome, command_target, webhook_target
-from trio_ws.journal.interface import JournalBackend
+from trio_ws.journal.interface import ArchiveLimits, JournalBackend
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.journal.sqlite import SqliteBackend
 from trio_ws.runtime.backoff import Backoff
@@ -308,35 +309,57 @@ async def test_a_new_target_starts_at_the_head_not_with_old_alerts(tmp_path: Pat
             nursery.cancel_scope.cancel()
 
 
-async def test_alerts_trimmed_from_the_history_before_delivery_are_said_lost_with_a_count(
+async def raise_ten_while_down(down: Recorder, project: Project) -> None:
+    """Ten alerts (five runs crashed and resolved) that the target is down for, then
+    twenty lines: with a history of 4, the alerts leave the live history."""
+    crash_and_rerun(project, times=5)
+    await wait_until(lambda: len(alerts_of(project)) == 10)
+    project.hub.feed_lines([f"line {n}" for n in range(20)])
+    await project.hub.wait_committed(project.hub.seq)
+    await wait_until(lambda: len(down.sent) >= 2)
+
+
+async def test_alerts_trimmed_from_the_live_history_are_delivered_from_the_archive(
+    tmp_path: Path,
+) -> None:
+    """The live history is for resuming subscribers; the archive keeps what they no
+    longer hold, and deliveries read it (they used to lose these alerts)."""
+    down = Recorder(*[Outcome.retry("down")] * 1000)
+    pending: list[tuple[str, str]] = []
+
+    async def raise_ten(project: Project) -> None:
+        await raise_ten_while_down(down, project)
+        pending.extend(alerts_of(project))
+
+    await opened_again(tmp_path, down, raise_ten, history=4)
+    up = Recorder()
+
+    async def deliver(project: Project) -> None:
+        assert project.hub.oldest_seq is not None and project.hub.oldest_seq > 10
+        await wait_until(lambda: len(up.delivered) == 10)
+
+    await opened_again(tmp_path, up, deliver, history=4)
+    assert [(body["id"], body["state"]) for _, body in up.delivered] == pending
+
+
+async def test_alerts_the_archive_dropped_before_delivery_are_said_lost_with_a_count(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     down = Recorder(*[Outcome.retry("down")] * 1000)
-    small = {"history": 4}
-
-    async def raise_many(project: Project) -> None:
-        crash_and_rerun(project, times=5)
-        await wait_until(lambda: len(alerts_of(project)) == 10)
-        project.hub.feed_lines([f"line {n}" for n in range(20)])  # the alerts go out of it
-        await project.hub.wait_committed(project.hub.seq)
-        await wait_until(lambda: len(down.sent) >= 2)
-
-    await opened_again(tmp_path, down, raise_many, **small)
+    tiny = {"history": 4, "archive": ArchiveLimits(1, keep_runs=1)}
+    await opened_again(tmp_path, down, partial(raise_ten_while_down, down), **tiny)
     up = Recorder()
     caplog.set_level(logging.ERROR, logger="trio_ws")
-    oldest: list[int | None] = []
 
     async def deliver_what_is_left(project: Project) -> None:
-        oldest.append(project.hub.oldest_seq)
-        await wait_until(lambda: "trimmed from the history" in caplog.text)
+        await wait_until(lambda: "left the journal" in caplog.text)
         await trio.sleep(0.2)
 
-    await opened_again(tmp_path, up, deliver_what_is_left, **small)
-    (line,) = [r.getMessage() for r in caplog.records if "trimmed" in r.getMessage()]
-    assert oldest[0] is not None
-    assert f": {oldest[0] - 1} events after seq 0 were trimmed" in line
+    await opened_again(tmp_path, up, deliver_what_is_left, **tiny)
+    (line,) = [r.getMessage() for r in caplog.records if "left the journal" in r.getMessage()]
+    assert "events after seq 0 left the journal" in line
     assert "any alerts among them are lost" in line
-    assert up.delivered == []  # what is still held are log lines
+    assert len(up.delivered) < 10  # what the archive still held, if anything
 
 
 async def test_a_queue_that_overflows_reads_the_rest_from_the_journal_in_order(

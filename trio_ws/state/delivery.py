@@ -252,9 +252,10 @@ class Delivery:
         self.hub.applied(self.target.key, self.hub.head)
 
     async def _scan(self) -> None:
-        """Queue the journal's alerts after ``scanned``, as many as fit; say how many
-        events the history trimmed before they were looked at (alerts among them are
-        lost: the history keeps --history events)."""
+        """Queue the journal's alerts after ``scanned``, as many as fit, reading the
+        archive too (events trimmed from the live history stay there); say how many
+        events the journal no longer holds before they were looked at (alerts among
+        them are lost: the archive keeps to --archive-bytes and --keep-runs)."""
         hub, queue = self.hub, self.queue
         journal = hub.journal
         assert journal is not None
@@ -262,7 +263,7 @@ class Delivery:
         while True:
             head = hub.head
             try:
-                chunk = await journal.read_since(seq, READ_CHUNK)
+                chunk = await journal.read_range(seq, head, READ_CHUNK)
             except JournalError as exc:
                 log.error(
                     "project %s: %s: cannot read pending alerts: %s; trying again",
@@ -274,8 +275,8 @@ class Delivery:
                 return
             if chunk and chunk[0][0] > seq + 1:
                 log.error(
-                    "project %s: %s: %d events after seq %d were trimmed from the history "
-                    "before their alerts were delivered; any alerts among them are lost",
+                    "project %s: %s: %d events after seq %d left the journal (archive "
+                    "limits) before their alerts were delivered; any alerts among them are lost",
                     hub.name,
                     self.target.label,
                     chunk[0][0] - seq - 1,
