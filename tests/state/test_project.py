@@ -53,6 +53,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websoc
 from trio_ws.data.progress import Progress, ProgressReader
 from trio_ws.data.registry import Registry
 from trio_ws.journal.redis import redis_client
+from trio_ws.net.config import ServerConfig
 from trio_ws.net.server import Server, serve
 from trio_ws.state.hub import ProjectHub
 from trio_ws.state.lease import PollLease
@@ -1257,6 +1258,18 @@ async def test_a_new_producer_on_a_live_stream_ends_the_old_ones_run(
     assert not server.manager.projects["demo"].hub.has_warning("producer:agent")
 
 
+async def first_life(config: ServerConfig, *statuses: str, producer_id: str = "p1") -> None:
+    """A server's first life: its producer reports ``statuses``, acked, then the server
+    and its producer go together (as a kill of both would leave the journal)."""
+    async with trio.open_nursery() as life:
+        server: Server = await life.start(serve, config)
+        ws, _ = await producer(life, server, producer_id=producer_id)
+        for pseq, status in enumerate(statuses, start=1):
+            await send(ws, {"type": "status", "pseq": pseq, "status": status})
+        await wait_acked(ws, len(statuses))
+        life.cancel_scope.cancel()
+
+
 async def test_a_producer_that_died_with_the_server_is_lost_after_grace_on_restart(
     nursery: trio.Nursery, registry: Registry, project_dir: Path, home: Path
 ) -> None:
@@ -1265,12 +1278,7 @@ async def test_a_producer_that_died_with_the_server_is_lost_after_grace_on_resta
     `running` for ever; its run ends interrupted."""
     config = make_config(registry, journal="sqlite", home=home, producer_grace=0.3)
     with trio.fail_after(NETWORK_TIMEOUT):
-        async with trio.open_nursery() as first_life:
-            server: Server = await first_life.start(serve, config)
-            ws, _ = await producer(first_life, server)
-            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-            await wait_acked(ws, 1)
-            first_life.cancel_scope.cancel()  # the server and its producer go together
+        await first_life(config, "running")
         server = await nursery.start(serve, config)
         watcher = await connect(nursery, server)
         seen = await receive_until(
@@ -1290,12 +1298,7 @@ async def test_a_project_left_live_is_opened_at_start_and_its_producer_lost(
     that project itself, so its grace period runs out and says `crashed` (and alerts)."""
     config = make_config(registry, journal="sqlite", home=home, producer_grace=0.2)
     with trio.fail_after(NETWORK_TIMEOUT):
-        async with trio.open_nursery() as first_life:
-            server: Server = await first_life.start(serve, config)
-            ws, _ = await producer(first_life, server)
-            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-            await wait_acked(ws, 1)
-            first_life.cancel_scope.cancel()
+        await first_life(config, "running")
         server = await nursery.start(serve, config)
         await wait_until(lambda: server.manager.get_hub("demo") is not None)
         hub = server.manager.get_hub("demo")
@@ -1308,13 +1311,7 @@ async def test_a_stopped_project_is_not_opened_at_start(
 ) -> None:
     config = make_config(registry, journal="sqlite", home=home)
     with trio.fail_after(NETWORK_TIMEOUT):
-        async with trio.open_nursery() as first_life:
-            server: Server = await first_life.start(serve, config)
-            ws, _ = await producer(first_life, server)
-            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-            await send(ws, {"type": "status", "pseq": 2, "status": "stopped", "exit_code": 0})
-            await wait_acked(ws, 2)
-            first_life.cancel_scope.cancel()
+        await first_life(config, "running", "stopped")
         server = await nursery.start(serve, config)
         await http_json(server, "GET", "/healthz")  # the start-up task had its turn
         await trio.testing.wait_all_tasks_blocked(0.05)
@@ -1328,12 +1325,7 @@ async def test_a_producer_back_after_a_restart_carries_on_its_run(
     its run: no crash, the warning cleared."""
     config = make_config(registry, journal="sqlite", home=home, producer_grace=0.5)
     with trio.fail_after(NETWORK_TIMEOUT):
-        async with trio.open_nursery() as first_life:
-            server: Server = await first_life.start(serve, config)
-            ws, _ = await producer(first_life, server, producer_id="same")
-            await send(ws, {"type": "status", "pseq": 1, "status": "running"})
-            await wait_acked(ws, 1)
-            first_life.cancel_scope.cancel()
+        await first_life(config, "running", producer_id="same")
         server = await nursery.start(serve, config)
         await connect(nursery, server)  # opens the project: the grace period starts
         _, acked = await producer(nursery, server, producer_id="same")

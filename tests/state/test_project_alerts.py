@@ -13,6 +13,7 @@ import trio
 import trio.testing
 
 from trio_ws.core.alerts import AlertSettings
+from trio_ws.data.registry import Registry
 from trio_ws.journal.memory import MemoryBackend
 from trio_ws.state.manager import SETTINGS_EVERY, ConnectionManager
 from trio_ws.state.project import Project
@@ -39,6 +40,24 @@ async def settle(project: Project) -> None:
 async def open_project(nursery: trio.Nursery, tmp_path: Path, **kwargs: Any) -> Project:
     manager = ConnectionManager(nursery, journals=MemoryBackend(), **kwargs)
     return await manager.open("alpha", tmp_path)
+
+
+def registered(
+    nursery: trio.Nursery, tmp_path: Path, *names: str
+) -> tuple[Registry, ConnectionManager]:
+    """A registry of ``names`` (each its own directory) and a manager that reads each
+    project's own alert settings from it, over the server's SETTINGS."""
+    registry = Registry(tmp_path / "registry.db")
+    for name in names:
+        (tmp_path / name).mkdir()
+        registry.add(name, tmp_path / name)
+    manager = ConnectionManager(
+        nursery,
+        journals=MemoryBackend(),
+        alerts=SETTINGS,
+        project_alerts=lambda name: registry.settings(name).alert_settings(SETTINGS),
+    )
+    return registry, manager
 
 
 async def test_an_agent_silent_for_ten_minutes_is_alerted_once_and_resolved_when_it_speaks(
@@ -127,19 +146,8 @@ async def test_a_projects_own_silent_threshold_wins_over_the_servers(
 ) -> None:
     """Issue 21: thresholds per project in the registry. Alpha says 1 min, beta says
     nothing (the server's 10 min): after a minute only alpha's agent is silent."""
-    from trio_ws.data.registry import Registry
-
-    registry = Registry(tmp_path / "registry.db")
-    for name in ("alpha", "beta"):
-        (tmp_path / name).mkdir()
-        registry.add(name, tmp_path / name)
+    registry, manager = registered(nursery, tmp_path, "alpha", "beta")
     registry.set_setting("alpha", "alert-silent", "1m")
-    manager = ConnectionManager(
-        nursery,
-        journals=MemoryBackend(),
-        alerts=SETTINGS,
-        project_alerts=lambda name: registry.settings(name).alert_settings(SETTINGS),
-    )
     alpha = await manager.open("alpha", tmp_path / "alpha")
     beta = await manager.open("beta", tmp_path / "beta")
     assert alpha.hub.alerts is not None and alpha.hub.alerts.settings.silent == 60
@@ -185,17 +193,7 @@ async def test_settings_changed_on_a_running_server_apply_without_a_reopen(
     """`trio-ws projects set` reaches an open project within SETTINGS_EVERY: a shorter
     threshold raises at once, alerts turned off resolve the standing ones (no client
     keeps an alert nothing would resolve), turned on again they start afresh."""
-    from trio_ws.data.registry import Registry
-
-    registry = Registry(tmp_path / "registry.db")
-    (tmp_path / "alpha").mkdir()
-    registry.add("alpha", tmp_path / "alpha")
-    manager = ConnectionManager(
-        nursery,
-        journals=MemoryBackend(),
-        alerts=SETTINGS,
-        project_alerts=lambda name: registry.settings(name).alert_settings(SETTINGS),
-    )
+    registry, manager = registered(nursery, tmp_path, "alpha")
     alpha = await manager.open("alpha", tmp_path / "alpha")
     alpha.hub.set_status("running")
     alpha.hub.feed_lines(["Started coding agent for feature #4"])
