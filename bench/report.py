@@ -564,6 +564,7 @@ def render(results: Results) -> str:
     parts = [_header(results), _machine(results), _targets_section(results)]
     parts.append(_fanout(results, client_cpus))
     parts.append(_rate(results))
+    parts.append(_rate_rounds(results))
     parts.append(_idle(results))
     parts.append(_slow(results))
     parts.append(_polling(results))
@@ -1213,6 +1214,28 @@ def _runs(results: Results) -> str:
         f"pipeline and commits), after {found['runs'] - 1}+ short runs; the reads call what "
         "the runs API's handlers call (`state.run_events`). A whole export reads "
         f"{found['export_events_s']:,} events/s.\n\n" + table(headers, rows)
+    )
+
+
+def _rate_rounds(results: Results) -> str:
+    """Only when run (`--only rate_rounds`): a narrow check, not one of the page's figures."""
+    found = _scenario(results, "rate_rounds")
+    if found is None:
+        return ""
+    rows = [
+        (run["round"], run["subscribers"], run["server"], run["p50_ms"], run["p99_ms"],
+         run["samples"], run["missed"])
+        for run in found["runs"]
+    ]  # fmt: skip
+    load = ", ".join(f"{value:.2f}" for value in found["load_average"])
+    return (
+        "## One line per message, in rounds\n\n"
+        f"`python -m bench.run --only rate_rounds`: {found['events']} events at "
+        f"{found['rate']:g}/s, one line per message, each server at each size once per round, "
+        "in alternating order; event->receive latency (ms). "
+        + (f"`baseline` is the checkout {found['baseline']}. " if found["baseline"] else "")
+        + f"Load average at the end: {load}.\n\n"
+        + table(("round", "subscribers", "server", "p50", "p99", "samples", "missed"), rows)
     )
 
 
