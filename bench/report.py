@@ -591,7 +591,10 @@ def _header(results: Results) -> str:
         "",
         "Rerun with `nox -s bench` (all scenarios at full size, writes this page and "
         "[benchmarks.json](benchmarks.json)), `nox -s bench -- --quick` (CI-sized, writes "
-        "build/bench/) or `nox -s bench -- --only fanout` (one scenario).",
+        "build/bench/) or `nox -s bench -- --only fanout` (one scenario). "
+        "`--only rate_rounds` is the narrow check of one line per message at 1 and 100 "
+        "subscribers in alternating rounds (not part of a full run's page; "
+        "`BENCH_BASELINE=DIR` adds another checkout's trio-ws to the same rounds).",
     ]
     if mode != "full":
         lines += ["", "**Not a full run**: sizes are smaller than the targets name."]

@@ -1008,5 +1008,9 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
 }
 
 
+ON_REQUEST: Final = frozenset({"rate_rounds"})
+"""Scenarios only `--only` runs: narrow checks whose figures are not the page's."""
+
+
 def plan_json(plan: Plan) -> dict[str, Any]:
     return asdict(plan)
