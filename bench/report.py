@@ -1239,7 +1239,24 @@ def _rate_rounds(results: Results) -> str:
         + (f"`baseline` is the checkout {found['baseline']}. " if found["baseline"] else "")
         + f"Load average at the end: {load}.\n\n"
         + table(("round", "subscribers", "server", "p50", "p99", "samples", "missed"), rows)
+        + "\n\nThe floor (`bench.floor`, on the server's CPU, once per round): µs p50 / p99 "
+        "of one line's apply, a no-op trip to the journal's thread and back, one one-event "
+        "append, and the hub's whole commit (append and fan-out included).\n\n"
+        + table(
+            ("round", "apply", "thread round trip", "append", "commit"),
+            [
+                (index, *(_p50_p99(found_floor[step]) for step in FLOOR_STEPS))
+                for index, found_floor in enumerate(found.get("floors", []))
+            ],
+        )
     )
+
+
+FLOOR_STEPS: Final = ("apply", "thread_round_trip", "append", "commit")
+
+
+def _p50_p99(step: Results) -> str:
+    return f"{step['p50_us']} / {step['p99_us']}"
 
 
 def _errors(results: Results) -> str:

@@ -466,7 +466,10 @@ def rate_rounds(plan: Plan, run_dir: Path) -> dict[str, Any]:
         servers.append(("baseline", "trio-ws", Path(base)))
     count = int(plan.rate * plan.latency_seconds)
     runs = []
+    floors = []
     for round_ in range(plan.rounds):
+        floors.append(floor(run_dir / f"rate-rounds-floor-{round_}"))
+        print(f"bench: rate_rounds floor {json.dumps(floors[-1])}", flush=True)
         order = servers if round_ % 2 == 0 else servers[::-1]
         for size in plan.rounds_sizes:
             for name, kind, checkout in order:
@@ -503,7 +506,20 @@ def rate_rounds(plan: Plan, run_dir: Path) -> dict[str, Any]:
         "baseline": base,
         "load_average": os.getloadavg(),
         "runs": runs,
+        "floors": floors,
     }
+
+
+FLOOR_TIMEOUT: Final = 120.0
+
+
+def floor(logs: Path) -> dict[str, Any]:
+    """`bench.floor` on the server's CPU: the least one committed line costs there."""
+    logs.mkdir(parents=True)
+    child = Child("floor", [sys.executable, "-m", "bench.floor"], logs, stdin=False)
+    with running(child):
+        harness.PLACEMENT.pin_server(child.pid)
+        return child.read(FLOOR_TIMEOUT)
 
 
 # -- what `trio-ws run` adds to a line's latency ------------------------------------------
