@@ -324,9 +324,11 @@ def start_trio_ws(
     poll_interval: float = 1.0,
     journal: Journal = DEFAULT_JOURNAL,
     broker: str | None = None,
+    checkout: Path | None = None,
 ) -> Target:
     """`trio-ws serve` on a fresh home; ``journal`` is its ``--journal`` and ``--sync``,
-    ``broker`` its ``--broker`` (then the journal lives in that Redis)."""
+    ``broker`` its ``--broker`` (then the journal lives in that Redis); ``checkout``
+    another tree whose trio_ws the server imports (a before/after comparison)."""
     home, project = workdir / "home", workdir / "project"
     project.mkdir(parents=True)
     create_features_db(project)
@@ -347,7 +349,8 @@ def start_trio_ws(
     if broker is not None:
         argv += ["--broker", broker]
     name = "trio-ws" if broker is None else f"trio-ws-{workdir.name}"
-    child = Child(name, argv, logs, stdin=False)
+    env = None if checkout is None else {"PYTHONPATH": str(checkout)}
+    child = Child(name, argv, logs, stdin=False, env=env)
     PLACEMENT.pin_server(child.pid)
     try:
         line = child.read_line(START_TIMEOUT)
@@ -407,9 +410,10 @@ def target(
     poll_interval: float = 1.0,
     journal: Journal = DEFAULT_JOURNAL,
     broker: str | None = None,
+    checkout: Path | None = None,
 ) -> Iterator[Target]:
     started = (
-        start_trio_ws(workdir, logs, poll_interval, journal, broker)
+        start_trio_ws(workdir, logs, poll_interval, journal, broker, checkout)
         if kind == "trio-ws"
         else start_peer(logs)
     )

@@ -564,6 +564,7 @@ def render(results: Results) -> str:
     parts = [_header(results), _machine(results), _targets_section(results)]
     parts.append(_fanout(results, client_cpus))
     parts.append(_rate(results))
+    parts.append(_rate_rounds(results))
     parts.append(_idle(results))
     parts.append(_slow(results))
     parts.append(_polling(results))
@@ -590,7 +591,10 @@ def _header(results: Results) -> str:
         "",
         "Rerun with `nox -s bench` (all scenarios at full size, writes this page and "
         "[benchmarks.json](benchmarks.json)), `nox -s bench -- --quick` (CI-sized, writes "
-        "build/bench/) or `nox -s bench -- --only fanout` (one scenario).",
+        "build/bench/) or `nox -s bench -- --only fanout` (one scenario). "
+        "`--only rate_rounds` is the narrow check of one line per message at 1 and 100 "
+        "subscribers in alternating rounds (not part of a full run's page; "
+        "`BENCH_BASELINE=DIR` adds another checkout's trio-ws to the same rounds).",
     ]
     if mode != "full":
         lines += ["", "**Not a full run**: sizes are smaller than the targets name."]
@@ -1214,6 +1218,45 @@ def _runs(results: Results) -> str:
         "the runs API's handlers call (`state.run_events`). A whole export reads "
         f"{found['export_events_s']:,} events/s.\n\n" + table(headers, rows)
     )
+
+
+def _rate_rounds(results: Results) -> str:
+    """Only when run (`--only rate_rounds`): a narrow check, not one of the page's figures."""
+    found = _scenario(results, "rate_rounds")
+    if found is None:
+        return ""
+    rows = [
+        (run["round"], run["subscribers"], run["server"], run["p50_ms"], run["p99_ms"],
+         run["samples"], run["missed"])
+        for run in found["runs"]
+    ]  # fmt: skip
+    load = ", ".join(f"{value:.2f}" for value in found["load_average"])
+    return (
+        "## One line per message, in rounds\n\n"
+        f"`python -m bench.run --only rate_rounds`: {found['events']} events at "
+        f"{found['rate']:g}/s, one line per message, each server at each size once per round, "
+        "in alternating order; event->receive latency (ms). "
+        + (f"`baseline` is the checkout {found['baseline']}. " if found["baseline"] else "")
+        + f"Load average at the end: {load}.\n\n"
+        + table(("round", "subscribers", "server", "p50", "p99", "samples", "missed"), rows)
+        + "\n\nThe floor (`bench.floor`, on the server's CPU, once per round): µs p50 / p99 "
+        "of one line's apply, a no-op trip to the journal's thread and back, one one-event "
+        "append, and the hub's whole commit (append and fan-out included).\n\n"
+        + table(
+            ("round", "apply", "thread round trip", "append", "commit"),
+            [
+                (index, *(_p50_p99(found_floor[step]) for step in FLOOR_STEPS))
+                for index, found_floor in enumerate(found.get("floors", []))
+            ],
+        )
+    )
+
+
+FLOOR_STEPS: Final = ("apply", "thread_round_trip", "append", "commit")
+
+
+def _p50_p99(step: Results) -> str:
+    return f"{step['p50_us']} / {step['p99_us']}"
 
 
 def _errors(results: Results) -> str:

@@ -29,7 +29,7 @@ from websockets.exceptions import WebSocketException
 from bench import gate, report
 from bench.harness import PLACEMENT, REPO, BenchError
 from bench.loadgen import raise_file_limit
-from bench.scenarios import FULL, QUICK, SCENARIOS, plan_json
+from bench.scenarios import FULL, ON_REQUEST, QUICK, SCENARIOS, plan_json
 
 COMMAND_ENV = "BENCH_COMMAND"
 """Set by `nox -s bench` to the command line as the user typed it."""
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    chosen = args.only or list(SCENARIOS)
+    chosen = args.only or [name for name in SCENARIOS if name not in ON_REQUEST]
     partial = args.quick or args.only is not None
     out: Path = args.out or (REPO / "build" / "bench" if partial else REPO / "docs")
     typed = " ".join(["python -m bench.run", *(argv if argv is not None else sys.argv[1:])])

@@ -10,6 +10,7 @@ marks, so start-up, connecting and warm-up never count.
 from __future__ import annotations
 
 import json
+import os
 import random
 import resource
 import sys
@@ -89,6 +90,10 @@ class Plan:
     watchers_peer: bool = True
     late_joiners: int = 5
     """Late joiners timed one after another while the watchers are live."""
+    rounds_sizes: tuple[int, ...] = (1, 100)
+    """Subscriber counts of the `rate_rounds` scenario (issue 22 item 1)."""
+    rounds: int = 3
+    """Rounds of the `rate_rounds` scenario; each runs every server at every size once."""
 
 
 FULL: Final = Plan(
@@ -440,6 +445,81 @@ def rate_one(
     figures["rate"] = plan.rate
     figures["connect_s"] = round(connected["seconds"], 3)
     return figures
+
+
+BASELINE_ENV: Final = "BENCH_BASELINE"
+"""A checkout (its top directory) whose trio_ws `rate_rounds` also runs, as ``baseline``."""
+
+
+def rate_rounds(plan: Plan, run_dir: Path) -> dict[str, Any]:
+    """One line per message at ``rate``/s for ``latency_seconds``, at each of
+    ``rounds_sizes`` subscribers, trio-ws and the peer in alternating order, ``rounds``
+    times: the narrow, repeatable form of `rate`'s per-event runs (issue 22 item 1).
+    With BENCH_BASELINE set to another checkout, its trio-ws runs in the same rounds
+    (before/after in one run)."""
+    base = os.environ.get(BASELINE_ENV)
+    servers: list[tuple[str, Kind, Path | None]] = [
+        ("trio-ws", "trio-ws", None),
+        ("peer", "peer", None),
+    ]
+    if base:
+        servers.append(("baseline", "trio-ws", Path(base)))
+    count = int(plan.rate * plan.latency_seconds)
+    runs = []
+    floors = []
+    for round_ in range(plan.rounds):
+        floors.append(floor(run_dir / f"rate-rounds-floor-{round_}"))
+        print(f"bench: rate_rounds floor {json.dumps(floors[-1])}", flush=True)
+        order = servers if round_ % 2 == 0 else servers[::-1]
+        for size in plan.rounds_sizes:
+            for name, kind, checkout in order:
+                logs = run_dir / f"rate-rounds-{round_}-{name}-{size}"
+                logs.mkdir(parents=True)
+                with ExitStack() as stack:
+                    found = stack.enter_context(
+                        harness.target(kind, logs / "server", logs, checkout=checkout)
+                    )
+                    subs = stack.enter_context(
+                        harness.subscribers(found, size, plan.per_process, logs)
+                    )
+                    subs.connect()
+                    figures = paced(
+                        found, subs, logs, count=count, rate=plan.rate, tick=1 / plan.rate
+                    )
+                event = figures["latency_from_event_timestamp"]
+                run = {
+                    "round": round_,
+                    "server": name,
+                    "subscribers": size,
+                    "p50_ms": event.get("p50_ms"),
+                    "p99_ms": event.get("p99_ms"),
+                    "samples": event.get("count"),
+                    "missed": figures["missed"],
+                    "drained": figures["drained"],
+                    "server_cpu_s": figures["server_cpu_s"],
+                }
+                print(f"bench: rate_rounds {json.dumps(run)}", flush=True)
+                runs.append(run)
+    return {
+        "rate": plan.rate,
+        "events": count,
+        "baseline": base,
+        "load_average": os.getloadavg(),
+        "runs": runs,
+        "floors": floors,
+    }
+
+
+FLOOR_TIMEOUT: Final = 120.0
+
+
+def floor(logs: Path) -> dict[str, Any]:
+    """`bench.floor` on the server's CPU: the least one committed line costs there."""
+    logs.mkdir(parents=True)
+    child = Child("floor", [sys.executable, "-m", "bench.floor"], logs, stdin=False)
+    with running(child):
+        harness.PLACEMENT.pin_server(child.pid)
+        return child.read(FLOOR_TIMEOUT)
 
 
 # -- what `trio-ws run` adds to a line's latency ------------------------------------------
@@ -932,6 +1012,7 @@ def runs(plan: Plan, run_dir: Path) -> dict[str, Any]:
 SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "fanout": fanout,
     "rate": rate,
+    "rate_rounds": rate_rounds,
     "idle": idle,
     "slow": slow,
     "polling": polling,
@@ -941,6 +1022,10 @@ SCENARIOS: Final[dict[str, Callable[[Plan, Path], dict[str, Any]]]] = {
     "runs": runs,
     "watchers": watchers,
 }
+
+
+ON_REQUEST: Final = frozenset({"rate_rounds"})
+"""Scenarios only `--only` runs: narrow checks whose figures are not the page's."""
 
 
 def plan_json(plan: Plan) -> dict[str, Any]:

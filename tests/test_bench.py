@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed
 
+from bench import floor as bench_floor
 from bench import gate, harness, report, scenarios, wire
 from bench import runs as bench_runs
 from bench.loadgen import event_time, full_speed_window
@@ -481,6 +482,24 @@ async def test_the_runs_scenario_times_its_reads_on_a_real_journal() -> None:
     page = report.render({**results_with(), "scenarios": {"runs": figures}})
     assert "## Runs: search and seek in a long run" in page
     assert f"One run of {figures['events']:,} events" in page
+
+
+async def test_the_floor_times_each_step_of_a_commit_and_rate_rounds_shows_it(
+    tmp_path: Path,
+) -> None:
+    floor = await bench_floor.measure(tmp_path)
+    assert set(floor) == set(report.FLOOR_STEPS)
+    for step in floor.values():
+        assert 0 < step["p50_us"] <= step["p99_us"]
+    # The whole commit holds an append, which holds a trip to the thread.
+    assert floor["commit"]["p50_us"] > floor["thread_round_trip"]["p50_us"]
+    run = {"round": 0, "server": "peer", "subscribers": 1, "p50_ms": 0.2, "p99_ms": 0.4}
+    found: dict[str, Any] = {"events": 10, "rate": 100.0, "baseline": None}
+    found |= {"load_average": [1.0, 1.0, 1.0], "floors": [floor]}
+    found["runs"] = [{**run, "samples": 10, "missed": 0}]
+    page = report.render({**results_with(), "scenarios": {"rate_rounds": found}})
+    assert "## One line per message, in rounds" in page
+    assert f"{floor['commit']['p50_us']} / {floor['commit']['p99_us']}" in page
 
 
 # -- the regression gate (issue 22) -----------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -189,6 +190,17 @@ def test_a_client_frame_holding_an_object_is_that_object_whatever_its_type() -> 
         "action": "stop",
     }
     assert decode_client_message('{"type":"unheard-of","x":1}') == {"type": "unheard-of", "x": 1}
+
+
+def test_what_only_the_fast_decoder_refuses_is_still_read_as_before() -> None:
+    # orjson reads client frames; json takes what orjson refuses, as it always did.
+    assert decode_client_message('{"lines":["\\ud800 half a pair"]}') == {
+        "lines": ["\ud800 half a pair"]
+    }
+    assert math.isnan(decode_client_message('{"at":NaN}')["at"])
+    # An integer beyond 64 bits reads as a float: refused wherever an integer is due
+    # (a pseq that large could never be stored).
+    assert not isinstance(decode_client_message(f'{{"first":{2**70}}}')["first"], int)
 
 
 def test_a_producer_hello_is_its_id_and_stream_and_nothing_else() -> None:

@@ -100,3 +100,46 @@ async def test_stop_ends_the_thread_and_a_later_call_starts_another() -> None:
         second = await worker.run_sync(threading.get_ident, limiter)
     worker.stop()
     assert second != threading.get_ident()
+
+
+async def test_callers_waiting_together_each_get_their_own_answer() -> None:
+    # Separate limiters: the second caller comes while the first waits on the socket,
+    # and is answered through the run's token instead.
+    worker = DedicatedThread("test worker together")
+    results: dict[int, int] = {}
+
+    def slow(number: int) -> int:
+        time.sleep(0.05)
+        return number * 10
+
+    async def call(number: int) -> None:
+        results[number] = await worker.run_sync(
+            functools.partial(slow, number), trio.CapacityLimiter(1)
+        )
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            for number in range(4):
+                nursery.start_soon(call, number)
+        assert await worker.run_sync(lambda: "after", trio.CapacityLimiter(1)) == "after"
+    worker.stop()
+    assert results == {0: 0, 1: 10, 2: 20, 3: 30}
+
+
+async def test_stop_while_a_call_is_in_flight_still_answers_it() -> None:
+    worker = DedicatedThread("test worker stop in flight")
+    limiter = trio.CapacityLimiter(1)
+
+    def slow() -> str:
+        time.sleep(0.1)
+        return "answered"
+
+    async def stop_soon() -> None:
+        await trio.sleep(0.03)
+        worker.stop()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_soon)
+            found = await worker.run_sync(slow, limiter)
+    assert (found, worker.running) == ("answered", False)
