@@ -20,10 +20,15 @@ from trio_ws.net.server import Server, serve
 ENDPOINTS: Final = ["/ws/projects/demo", "/ws/overview"]
 
 
-async def start(nursery: trio.Nursery, registry: Registry, idle: float, pong: float) -> Server:
+async def connected(
+    nursery: trio.Nursery, registry: Registry, path: str, idle: float, pong: float
+) -> tuple[Server, rawws.RawClient]:
+    """A server pinging clients idle for ``idle`` s, and a raw client of ``path``."""
     config = make_config(registry, subscriber_idle=idle, subscriber_pong_timeout=pong)
     server: Server = await nursery.start(serve, config)
-    return server
+    client = await rawws.RawClient.connect(server.port, path)
+    assert client.status == 101
+    return server, client
 
 
 @pytest.mark.parametrize("path", ENDPOINTS)
@@ -31,9 +36,7 @@ async def test_a_client_that_keeps_talking_is_never_pinged(
     nursery: trio.Nursery, registry: Registry, project_dir: Path, path: str
 ) -> None:
     with trio.fail_after(NETWORK_TIMEOUT):
-        server = await start(nursery, registry, idle=0.3, pong=0.3)
-        client = await rawws.RawClient.connect(server.port, path)
-        assert client.status == 101
+        _, client = await connected(nursery, registry, path, idle=0.3, pong=0.3)
         sent = 12
         for _ in range(sent):  # 1.2 s: four idle periods, never silent for one
             await client.send(rawws.text({"type": "ping"}))
@@ -55,9 +58,7 @@ async def test_a_silent_client_gets_one_ping_at_a_time_then_is_reset(
 ) -> None:
     """The probe task looks every 0.05 s; the pong may take 1 s: one ping all along."""
     with trio.fail_after(NETWORK_TIMEOUT):
-        server = await start(nursery, registry, idle=0.2, pong=1.0)
-        silent = await rawws.RawClient.connect(server.port, path)
-        assert silent.status == 101
+        server, silent = await connected(nursery, registry, path, idle=0.2, pong=1.0)
         started = trio.current_time()
         pings = []
         with pytest.raises(trio.BrokenResourceError):  # reset: it answered nothing
