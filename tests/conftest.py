@@ -44,6 +44,16 @@ def project_dir(tmp_path: Path, registry: Registry) -> Path:
 
 
 @pytest.fixture
+def served_home(home: Path, tmp_path: Path) -> Path:
+    """A home whose registry lists ``demo`` (an empty directory), for a `trio-ws serve`
+    subprocess (`serving.serve_subprocess`)."""
+    directory = tmp_path / "demo"
+    directory.mkdir()
+    Registry(home / "registry.db").add("demo", directory)
+    return home
+
+
+@pytest.fixture
 async def server(nursery: trio.Nursery, registry: Registry) -> AsyncIterator[Server]:
     with trio.fail_after(NETWORK_TIMEOUT):
         running: Server = await nursery.start(serve, make_config(registry))

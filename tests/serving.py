@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -14,6 +20,10 @@ from trio_ws.net.server import Server
 
 TOKEN = "test-token-not-secret"
 NETWORK_TIMEOUT = 15
+TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
+"""The installed command, for tests that run it as a real subprocess."""
+SERVE_URL = re.compile(r"serving ((https?)://127\.0\.0\.1:(\d+)/\S*)")
+"""The URL line `trio-ws serve` prints first: the URL, its scheme and its port."""
 
 
 def make_config(registry: Registry, **overrides: Any) -> ServerConfig:
@@ -110,3 +120,39 @@ async def http_request(
         key, _, value = line.partition(":")
         parsed[key.strip().lower()] = value.strip()
     return status, parsed, received
+
+
+async def first_line(process: trio.Process) -> str:
+    """What a `trio-ws serve` subprocess printed up to its first newline (its URL)."""
+    assert process.stdout is not None
+    printed = b""
+    while b"\n" not in printed:
+        chunk = await process.stdout.receive_some(4096)
+        assert chunk, "serve exited before printing its URL"
+        printed += chunk
+    return printed.decode()
+
+
+@asynccontextmanager
+async def serve_subprocess(
+    home: Path, *extra: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[trio.Process, int, str]]:
+    """`trio-ws serve --home HOME --port 0 EXTRA...` as a real subprocess (in ``env``,
+    else ours); yields the process, its port and the URL it printed: https with
+    ``--certfile``, else http. Killed at the end if it still runs."""
+    process = await trio.lowlevel.open_process(
+        [TRIO_WS, "serve", "--home", str(home), "--port", "0", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        printed = await first_line(process)
+        match = SERVE_URL.search(printed)
+        assert match, printed
+        assert match.group(2) == ("https" if "--certfile" in extra else "http"), printed
+        yield process, int(match.group(3)), match.group(1)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()

@@ -4,59 +4,21 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 import trio
 from services import free_port
-from serving import NETWORK_TIMEOUT, receive
+from serving import NETWORK_TIMEOUT, SERVE_URL, TRIO_WS, first_line, receive
+from serving import serve_subprocess as serving
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 from webhook_receiver import WebhookReceiver
 
 from trio_ws.data.registry import Registry
 from trio_ws.faces.cli import DURATION
-
-TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
-URL_LINE = re.compile(r"serving (http://127\.0\.0\.1:(\d+)/\S*)")
-
-
-@asynccontextmanager
-async def serving(home: Path, *extra: str) -> AsyncIterator[tuple[trio.Process, int, str]]:
-    """Start `trio-ws serve --port 0`; yield the process, its port and the URL it printed."""
-    process = await trio.lowlevel.open_process(
-        [TRIO_WS, "serve", "--home", str(home), "--port", "0", *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        printed = b""
-        while b"\n" not in printed:
-            chunk = await process.stdout.receive_some(4096)
-            assert chunk, "serve exited before printing its URL"
-            printed += chunk
-        match = URL_LINE.search(printed.decode())
-        assert match, printed
-        yield process, int(match.group(2)), match.group(1)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-@pytest.fixture
-def served_home(home: Path, tmp_path: Path) -> Path:
-    directory = tmp_path / "demo"
-    directory.mkdir()
-    Registry(home / "registry.db").add("demo", directory)
-    return home
 
 
 async def test_sigterm_closes_subscribers_with_1001_and_exits_0(
@@ -157,13 +119,8 @@ async def test_without_port_a_taken_default_moves_to_the_next_free_one(
         stderr=(tmp_path / "stderr").open("wb"),
     )
     try:
-        assert process.stdout is not None
-        printed = b""
         with trio.fail_after(NETWORK_TIMEOUT):
-            while b"\n" not in printed:
-                chunk = await process.stdout.receive_some(4096)
-                assert chunk, "serve exited before printing its URL"
-                printed += chunk
+            printed = await first_line(process)
         process.send_signal(signal.SIGTERM)
         assert await process.wait() == 0
     finally:
@@ -171,8 +128,8 @@ async def test_without_port_a_taken_default_moves_to_the_next_free_one(
         if process.returncode is None:
             process.kill()
             await process.wait()
-    match = URL_LINE.search(printed.decode())
-    assert match is not None and int(match.group(2)) > 8888, printed
+    match = SERVE_URL.search(printed)
+    assert match is not None and int(match.group(3)) > 8888, printed
     said = (tmp_path / "stderr").read_text()
     assert "trio-ws: port 8888 is in use; trying 8889" in said
 

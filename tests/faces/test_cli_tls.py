@@ -15,13 +15,10 @@ from pathlib import Path
 
 import pytest
 import trio
-from serving import NETWORK_TIMEOUT
+from serving import NETWORK_TIMEOUT, TRIO_WS, serve_subprocess
 from tls_certs import TlsFiles, make_tls_files
 
-from trio_ws.data.registry import Registry
-
-TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
-URL_LINE = re.compile(r"serving (https://127\.0\.0\.1:(\d+)/)\?token=\S+")
+HTTPS_URL = re.compile(r"(https://127\.0\.0\.1:\d+/)\?token=\S+")
 
 
 @pytest.fixture
@@ -29,36 +26,15 @@ def tls_files(tmp_path: Path) -> TlsFiles:
     return make_tls_files(tmp_path / "tls")
 
 
-@pytest.fixture
-def served_home(home: Path, tmp_path: Path) -> Path:
-    directory = tmp_path / "demo"
-    directory.mkdir()
-    Registry(home / "registry.db").add("demo", directory)
-    return home
-
-
 @asynccontextmanager
 async def serving_tls(home: Path, files: TlsFiles) -> AsyncIterator[str]:
-    """`trio-ws serve` with the certificate; yields the https URL it printed."""
+    """`trio-ws serve` with the certificate; yields the https URL it printed, without
+    the token it carries."""
     tls = ("--certfile", str(files.certfile), "--keyfile", str(files.keyfile))
-    process = await trio.lowlevel.open_process(
-        [TRIO_WS, "serve", "--home", str(home), "--port", "0", *tls],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        assert process.stdout is not None
-        printed = b""
-        while b"\n" not in printed:
-            chunk = await process.stdout.receive_some(4096)
-            assert chunk, "serve exited before printing its URL"
-            printed += chunk
-        match = URL_LINE.search(printed.decode())
-        assert match, printed
+    async with serve_subprocess(home, *tls) as (_, _, url):
+        match = HTTPS_URL.fullmatch(url)
+        assert match, url
         yield match.group(1)
-    finally:
-        process.kill()
-        await process.wait()
 
 
 async def trio_ws(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:

@@ -596,3 +596,37 @@ async def test_an_oversized_screenshot_is_warned_not_relayed_and_the_connection_
     assert base64.b64decode(got[-1]["imageData"]) == PNG_SIGNATURE + b"small"
     hub = server.manager.get_hub("demo")
     assert hub is not None and hub.screenshots.relayed == 1
+
+
+BIG = 10**400  # a JSON integer no float can hold
+
+
+@pytest.mark.parametrize(
+    ("at", "sent"),
+    [
+        ([], 0.0),
+        ([0.0, 0.0, 0.0], 0.0),
+        ([BIG, BIG], 0.0),
+        ([0.0, 0.0], BIG),
+        ([-1.0, 0.0], 0.0),  # before 1970
+        ([-1e308, 0.0], 1e308),  # corrected, -inf
+        ([0.0, 0.0], 2**40),  # corrected, before 1970
+    ],
+    ids=["fewer", "more", "big-at", "big-sent", "negative", "corrected-inf", "corrected-1969"],
+)
+async def test_times_that_miscount_or_overflow_are_said_and_the_lines_still_applied(
+    nursery: trio.Nursery, server: Server, project_dir: Path, at: list[float], sent: float
+) -> None:
+    """A bad ``at``/``sent`` pair is a warning and the lines dated on arrival; an int
+    too big for a float, or times whose clock correction leaves no real date, closed the
+    connection with 1011 (internal error) before."""
+    with trio.fail_after(TIMEOUT):
+        ws, _ = await producer(nursery, server)
+        await send(ws, {"type": "lines", "first": 1, "lines": ["a", "b"], "at": at, "sent": sent})
+        warning = await receive_until(ws, lambda m: m["type"] == "warning")
+        await send(ws, {"type": "status", "pseq": 3, "status": "running", "at": BIG, "sent": 0})
+        await receive_until(ws, lambda m: m["type"] == "warning")
+        await send(ws, {"type": "lines", "first": 4, "lines": ["c"]})
+        await wait_acked(ws, 4)
+        assert await snapshot_logs(nursery, server) == ["a", "b", "c"]
+    assert "'at' must list 2 times and 'sent' be a time" in warning[-1]["content"]

@@ -13,7 +13,7 @@ import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from serving import NETWORK_TIMEOUT, TOKEN, connect, make_config, receive, receive_until
-from test_cli_serve import serving as serve_process
+from serving import serve_subprocess as serve_process
 from trio_websocket import connect_websocket_url
 
 from trio_ws.core.protocol import iso_timestamp

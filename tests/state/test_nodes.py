@@ -13,7 +13,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,10 +23,9 @@ import pytest
 import trio
 from redis_server import RedisServer
 from services import free_port
-from serving import NETWORK_TIMEOUT, TOKEN, http_json, make_config
+from serving import NETWORK_TIMEOUT, TOKEN, TRIO_WS, http_json, make_config, serve_subprocess
 from test_alerts_server import crash, producer
 from test_cli_run import TRANSCRIPT, transcript_lines
-from test_cli_serve import URL_LINE
 from trio_websocket import ConnectionClosed, WebSocketConnection, connect_websocket_url
 from webhook_receiver import WebhookReceiver
 
@@ -40,7 +38,6 @@ from trio_ws.net.server import Server, serve
 from trio_ws.state.lease import PollLease, lease_key
 from trio_ws.state.project import LIVE_WARNING
 
-TRIO_WS = str(Path(sys.executable).parent / "trio-ws")
 Message = dict[str, Any]
 
 
@@ -377,27 +374,10 @@ async def cli_node(
     """`trio-ws serve --broker` as a subprocess of its own home; yields it and its port."""
     registry = node_home(tmp_path, name, *projects)
     env = {**os.environ, "TRIO_WS_TOKEN": TOKEN}
-    process = await trio.lowlevel.open_process(
-        [TRIO_WS, "serve", "--home", str(registry.path.parent), "--port", "0",
-         "--broker", broker, "--journal", "memory"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
-    )  # fmt: skip
-    try:
-        assert process.stdout is not None
-        printed = b""
-        while b"\n" not in printed:
-            chunk = await process.stdout.receive_some(4096)
-            assert chunk, "serve exited before printing its URL"
-            printed += chunk
-        match = URL_LINE.search(printed.decode())
-        assert match, printed
-        yield process, int(match.group(2))
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+    home = registry.path.parent
+    options = ("--broker", broker, "--journal", "memory")
+    async with serve_subprocess(home, *options, env=env) as (process, port, _):
+        yield process, port
 
 
 async def test_a_producer_whose_node_is_killed_continues_on_another_exactly_once(

@@ -16,7 +16,7 @@ import os
 import ssl
 import stat
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC
@@ -43,7 +43,7 @@ from trio_ws.core.alerts import SILENT_AFTER, STALLED_AFTER, AlertSettings
 from trio_ws.core.durations import parse_duration
 from trio_ws.core.notify import command_target, webhook_target
 from trio_ws.core.project_settings import PROJECT_KEYS, SettingError, show_setting
-from trio_ws.core.protocol import is_valid_project_name
+from trio_ws.core.protocol import JsonObject, encode, is_valid_project_name
 from trio_ws.core.security import TOKEN_ENV, TokenError, load_token
 from trio_ws.data.registry import (
     HOME_ENV,
@@ -1238,11 +1238,9 @@ def watch_command(
     Reconnects with backoff and resumes where it left off; exits 0 on Ctrl-C,
     1 when the server refuses the project (or, with --once, cannot be reached).
     """
-    import os
     import time
 
     from trio_ws.clients import watch, watch_render, watch_session
-    from trio_ws.core import protocol
 
     if name is None:
         _watch_overview(
@@ -1256,13 +1254,6 @@ def watch_command(
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
 
-    def write_line(text: str) -> None:
-        try:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise watch_session.OutputClosed("stdout closed") from None
-
     dropped: list[str] = []
     zone = UTC if utc else None  # None: the local zone, named on the screen
 
@@ -1273,9 +1264,7 @@ def watch_command(
 
     async def once_mode() -> None:
         if as_json:
-            await watch_session.fetch_snapshot(
-                target, lambda message: write_line(protocol.encode(message))
-            )
+            await watch_session.fetch_snapshot(target, _print_message)
             return
         view = await watch.once(target)
         shown = lines or watch_render.ONCE_LOG_LINES
@@ -1283,71 +1272,45 @@ def watch_command(
 
     async def live_mode() -> None:
         if as_json:
-            await watch.watch_json(target, write_line, on_drop=note_drop)
+            await watch.watch_json(target, _print_line, on_drop=note_drop)
         else:
             console = Console(highlight=False)
             await watch.watch_live(target, console, log_lines=lines, zone=zone, bell=not no_bell)
 
-    try:
-        trio.run(until_signalled, once_mode if once else live_mode)
-    except watch_session.OutputClosed:
-        # The reader (e.g. `| head`) is done: a clean end, and no flush error at exit.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except watch_session.WatchError as exc:
-        raise Refusal(str(exc)) from None
-    except KeyboardInterrupt:
-        pass  # Ctrl-C before the signal handler was installed: still a clean exit
+    _run_reader(once_mode if once else live_mode)
 
 
 def _watch_overview(
     server: str, token: str | None, cafile: Path | None, once: bool, as_json: bool, no_bell: bool
 ) -> None:
     """`trio-ws watch` with no project: the overview, once, as JSON lines, or live."""
-    import os
     import time
 
-    from trio_ws.clients import watch, watch_overview, watch_session
-    from trio_ws.core import protocol
+    from trio_ws.clients import watch, watch_overview
 
     try:
         target = watch_overview.OverviewTarget.from_server(server, token, cafile)
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
 
-    def write_line(text: str) -> None:
-        try:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise watch_session.OutputClosed("stdout closed") from None
-
     def note_drop(reason: str) -> None:
         click.echo(f"trio-ws: reconnecting: {reason}", err=True)
 
     async def once_mode() -> None:
         if as_json:
-            await watch_overview.overview_once(
-                target, lambda message: write_line(protocol.encode(message))
-            )
+            await watch_overview.overview_once(target, _print_message)
             return
         view = await watch_overview.overview_once(target)
         watch.once_console().print(watch_overview.render_overview(view, time.time()))
 
     async def live_mode() -> None:
         if as_json:
-            await watch_overview.watch_overview_json(target, write_line, on_drop=note_drop)
+            await watch_overview.watch_overview_json(target, _print_line, on_drop=note_drop)
         else:
             console = Console(highlight=False)
             await watch_overview.watch_overview_live(target, console, bell=not no_bell)
 
-    try:
-        trio.run(until_signalled, once_mode if once else live_mode)
-    except watch_session.OutputClosed:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except watch_session.WatchError as exc:
-        raise Refusal(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
+    _run_reader(once_mode if once else live_mode)
 
 
 # -- trio-ws runs ----------------------------------------------------------------
@@ -1446,7 +1409,6 @@ def replay_command(
     still going is followed). Exits 0 at the end of the run, 1 when the run cannot be
     read, 2 for an --at or --speed it cannot use."""
     from trio_ws.clients import run_replay, watch_session
-    from trio_ws.core import protocol
 
     try:
         pace = float("inf") if speed == "max" else float(speed)
@@ -1461,19 +1423,12 @@ def replay_command(
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
 
-    def write_line(message: dict[str, Any]) -> None:
-        try:
-            sys.stdout.write(protocol.encode(message) + "\n")
-            sys.stdout.flush()
-        except BrokenPipeError:
-            raise watch_session.OutputClosed("stdout closed") from None
-
     async def replaying() -> None:
         if as_json:
             replay = await run_replay.open_replay(
-                target, run_id, speed=pace, at=at, on_message=write_line
+                target, run_id, speed=pace, at=at, on_message=_print_message
             )
-            await run_replay.play(replay, write_line)
+            await run_replay.play(replay, _print_message)
             return
         replay = await run_replay.open_replay(target, run_id, speed=pace, at=at)
         await run_replay.read_progress(replay)
@@ -1481,15 +1436,9 @@ def replay_command(
         await run_replay.replay_live(replay, Console(highlight=False), log_lines=lines, zone=zone)
 
     try:
-        trio.run(until_signalled, replaying)
-    except watch_session.OutputClosed:
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except watch_session.WatchError as exc:
-        raise Refusal(str(exc)) from None
+        _run_reader(replaying)
     except ValueError as exc:  # an --at that cannot be read (it may need the run's start)
         raise UsageRefusal(str(exc)) from None
-    except KeyboardInterrupt:
-        pass
 
 
 @main.command("export", short_help="Write a recorded run's events as NDJSON.")
@@ -1511,23 +1460,50 @@ def export_command(
         )
     except ValueError as exc:
         raise UsageRefusal(str(exc)) from exc
-    out = sys.stdout.buffer
-
-    def write(data: bytes) -> None:
-        try:
-            out.write(data)
-            out.flush()
-        except BrokenPipeError:
-            raise watch_session.OutputClosed("stdout closed") from None
 
     async def exporting() -> None:
-        await run_export.export(target, run_id, write)
+        await run_export.export(target, run_id, _write_stdout)
+
+    _run_reader(exporting)
+
+
+def _write_stdout(data: str | bytes) -> None:
+    """Text or bytes to stdout, flushed at once for a reader that follows: a reader that
+    went away (e.g. ``| head``) becomes `OutputClosed`, which `_run_reader` ends cleanly."""
+    from trio_ws.clients.watch_session import OutputClosed
 
     try:
-        trio.run(until_signalled, exporting)
-    except watch_session.OutputClosed:
+        if isinstance(data, bytes):
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        else:
+            sys.stdout.write(data)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise OutputClosed("stdout closed") from None
+
+
+def _print_line(text: str) -> None:
+    _write_stdout(text + "\n")
+
+
+def _print_message(message: JsonObject) -> None:
+    """A protocol message as one JSON line (what ``--json`` prints)."""
+    _print_line(encode(message))
+
+
+def _run_reader(main: Callable[[], Awaitable[None]]) -> None:
+    """Run a command that reads the server until it ends or is signalled. A reader of
+    its output that is done (``| head``) is a clean end, with stdout sent to /dev/null
+    so the exit's flush raises nothing; a `WatchError` is the one-line error; Ctrl-C
+    before the signal handler was installed is still a clean exit."""
+    from trio_ws.clients.watch_session import OutputClosed, WatchError
+
+    try:
+        trio.run(until_signalled, main)
+    except OutputClosed:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except watch_session.WatchError as exc:
+    except WatchError as exc:
         raise Refusal(str(exc)) from None
     except KeyboardInterrupt:
         pass

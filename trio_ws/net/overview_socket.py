@@ -8,7 +8,7 @@ changed: at most one per project per `state.overview.COALESCE` seconds, and for 
 slow client only the latest of each (its `OverviewWatcher` keeps one per project).
 The client may send ``ping`` (answered ``pong``); anything else is ignored, a flood
 closes the connection 1008. A client silent for the subscriber idle time is pinged
-by the server's probe (`probe_if_idle`, the rule of project subscribers) and reset
+by the server's probe (`net.liveness`, as project subscribers are) and reset
 when it does not answer: a vanished client is found though nothing changes.
 
 A send is never cancelled partway: the send loop is cancelled only once the
@@ -26,6 +26,7 @@ import trio
 from trio_ws.core import protocol
 from trio_ws.core.errors import BadClientMessage
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
+from trio_ws.net.liveness import IdleProbe
 from trio_ws.state.overview import Overview, OverviewWatcher
 
 log = logging.getLogger("trio_ws.net.overview")
@@ -53,36 +54,20 @@ class OverviewSession:
         self.overview = overview
         self.peer = peer
         self._nursery: trio.Nursery | None = None
-        self._heard = trio.current_time()
-        """When the client last sent a message (or answered a ping)."""
-        self._probing = False
+        self._liveness = IdleProbe(ws, self._silent)
 
     def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
-        """Ping the client if it sent nothing for ``idle`` seconds and no ping is out;
-        one that answers none within ``pong_within`` seconds is reset (its receive
-        loop then ends). Started by `probe_idle_subscribers`, as for subscribers."""
-        if self._probing or self._nursery is None or now - self._heard < idle:
-            return
-        self._probing = True
-        self._nursery.start_soon(self._probe, pong_within)
+        """Ping the client if it sent nothing for ``idle`` seconds (`IdleProbe`)."""
+        self._liveness.probe_if_idle(self._nursery, now, idle, pong_within)
 
-    async def _probe(self, pong_within: float) -> None:
-        try:
-            answered = await self.ws.answers_ping(b"alive?", pong_within)
-            if answered is None:
-                return  # the session ends by itself
-            if not answered:
-                log.info(
-                    "overview client %s answered no ping for %g s; dropped",
-                    self.peer,
-                    pong_within,
-                    extra={"client": self.peer},
-                )
-                self.overview.watchers_dropped += 1
-                return
-            self._heard = trio.current_time()
-        finally:
-            self._probing = False
+    def _silent(self, pong_within: float) -> None:
+        log.info(
+            "overview client %s answered no ping for %g s; dropped",
+            self.peer,
+            pong_within,
+            extra={"client": self.peer},
+        )
+        self.overview.watchers_dropped += 1
 
     async def close(self, code: int, reason: str) -> None:
         await self.ws.aclose(code, reason)
@@ -140,7 +125,7 @@ class OverviewSession:
                 await self.ws.aclose(1008, "too many messages")
                 return
             arrivals.append(now)
-            self._heard = now
+            self._liveness.heard(now)
             try:
                 payload = protocol.decode_client_message(message)
             except BadClientMessage:

@@ -19,7 +19,6 @@ dropped, so a half-open connection never holds its stream.
 from __future__ import annotations
 
 import logging
-import math
 from typing import TYPE_CHECKING, Any, Final, TypeGuard
 
 import trio
@@ -52,6 +51,9 @@ OUTBOX_SIZE: Final = 64
 PRODUCER_PING_TIMEOUT: Final = defaults.PRODUCER_PING_TIMEOUT
 """A producer that answers no websocket ping for this long is dropped (PROTOCOL.md 4.2)."""
 HELLO_TIMEOUT: Final = 10.0
+MAX_PRODUCER_TIME: Final = 2**40
+"""The latest producer time (``at``, ``sent``) taken, about the year 36,800: clock
+differences of such times stay finite floats, and an event's date a real date."""
 
 
 class PublishSession:
@@ -268,17 +270,21 @@ class PublishSession:
         said back once per message and the items are still applied."""
         if at is None and sent is None:
             return None
+        now = self.hub.wall_time()
         if (
             isinstance(at, list)
             and len(at) == count
-            and all(_is_number(when) for when in at)
-            and _is_number(sent)
+            and all(_is_time(when) for when in at)
+            and _is_time(sent)
+            and all(when - sent + now >= 0 for when in at)
         ):
-            return ProducerTimes(at, self.hub.wall_time() - sent)
+            return ProducerTimes(at, now - sent)
         self._queue(
             protocol.warning(
                 "protocol",
-                f"'at' must list {count} times and 'sent' be a time; dated on arrival instead",
+                f"'at' must list {count} times and 'sent' be a time (UNIX seconds, 0 to"
+                f" {MAX_PRODUCER_TIME}, none before 1970 on this server's clock);"
+                " dated on arrival instead",
             )
         )
         return None
@@ -333,9 +339,15 @@ class PublishSession:
         return True
 
 
-def _is_number(value: object) -> TypeGuard[float]:
-    """A JSON number that is a finite time (not a bool, not NaN or infinite)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_time(value: object) -> TypeGuard[float]:
+    """A JSON number that is a UNIX time from 0 to `MAX_PRODUCER_TIME` (not a bool, not
+    NaN): compared, never converted, so an integer too big for a float is refused here
+    instead of failing the connection in the arithmetic after."""
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and 0 <= value <= MAX_PRODUCER_TIME
+    )
 
 
 def _is_int(value: object) -> TypeGuard[int]:

@@ -78,6 +78,7 @@ from trio_ws.net.httpio import (
     send_response,
     send_streamed,
 )
+from trio_ws.net.liveness import probe_idle_sessions
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
 from trio_ws.net.overview_socket import OverviewSession
@@ -88,7 +89,6 @@ from trio_ws.net.subscribe import (
     SubscribeRequest,
     parse_backlog,
     parse_since,
-    probe_idle_subscribers,
     project_websocket,
 )
 from trio_ws.net.tls import ServerTls, secure
@@ -211,7 +211,7 @@ async def _serve(
             contained, "opening projects at start", _open_at_start, server, notify is not None
         )
         nursery.start_soon(
-            probe_idle_subscribers,
+            probe_idle_sessions,
             manager,
             config.subscriber_idle,
             config.subscriber_pong_timeout,

@@ -24,7 +24,7 @@ from trio_ws.core.errors import BadClientMessage
 from trio_ws.core.messages import ConnectionMessage
 from trio_ws.net import frames
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
-from trio_ws.net.overview_socket import OverviewSession
+from trio_ws.net.liveness import IdleProbe
 from trio_ws.state.fanout import FanOut
 from trio_ws.state.history import FLUSH, Outgoing
 from trio_ws.state.manager import ConnectionManager
@@ -89,7 +89,7 @@ class SubscriberSession:
     """A live subscriber connection; closable by the manager on shutdown."""
 
     __slots__ = (
-        "_heard", "_nursery", "_probing", "_sending", "project", "request", "subscriber", "ws",
+        "_liveness", "_nursery", "_sending", "project", "request", "subscriber", "ws",
     )  # fmt: skip
 
     def __init__(
@@ -102,9 +102,7 @@ class SubscriberSession:
         self._nursery: trio.Nursery | None = None
         self._sending = False
         """A send task runs (or the connection failed: then none is started again)."""
-        self._heard = trio.current_time()
-        """When the client last sent a message (or answered a ping)."""
-        self._probing = False
+        self._liveness = IdleProbe(ws, self._silent)
 
     async def run(self) -> None:
         """Until the connection ends. The receive loop ends only once a close frame
@@ -196,37 +194,23 @@ class SubscriberSession:
                 await self.ws.aclose(1008, "too many messages")
                 return
             arrivals.append(now)
-            self._heard = now
+            self._liveness.heard(now)
             await self._handle(message)
 
     def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
-        """Ping a client that sent nothing for ``idle`` seconds; one that answers no
-        pong within ``pong_within`` seconds is gone (a dashboard that vanished without a FIN) and
-        its connection is reset. Started by `probe_idle_subscribers`, so an idle
-        subscriber holds no task of its own."""
-        if self._probing or self._nursery is None or now - self._heard < idle:
-            return
-        self._probing = True
-        self._nursery.start_soon(self._probe, pong_within)
+        """Ping a client that sent nothing for ``idle`` seconds (`IdleProbe`): a
+        dashboard that vanished without a FIN is found."""
+        self._liveness.probe_if_idle(self._nursery, now, idle, pong_within)
 
-    async def _probe(self, pong_within: float) -> None:
-        try:
-            answered = await self.ws.answers_ping(b"alive?", pong_within)
-            if answered is None:
-                return  # the session ends by itself
-            if not answered:
-                log.info(
-                    "project %s: subscriber %s answered no ping for %g s; dropped",
-                    self.request.project,
-                    self.request.peer,
-                    pong_within,
-                    extra={"client": self.request.peer},
-                )
-                self.project.hub.stats.aborted += 1
-                return
-            self._heard = trio.current_time()
-        finally:
-            self._probing = False
+    def _silent(self, pong_within: float) -> None:
+        log.info(
+            "project %s: subscriber %s answered no ping for %g s; dropped",
+            self.request.project,
+            self.request.peer,
+            pong_within,
+            extra={"client": self.request.peer},
+        )
+        self.project.hub.stats.aborted += 1
 
     async def _handle(self, message: str | bytes) -> None:
         try:
@@ -269,22 +253,6 @@ class SubscriberSession:
                 REPLY_ROOM,
                 extra={"client": self.request.peer},
             )
-
-
-async def probe_idle_subscribers(
-    manager: ConnectionManager,
-    idle: float = defaults.SUBSCRIBER_IDLE,
-    pong_within: float = defaults.SUBSCRIBER_PONG_TIMEOUT,
-) -> None:
-    """The server's one liveness task: every quarter of ``idle``, ping the subscribers
-    and overview clients that sent nothing for ``idle`` seconds (their
-    ``probe_if_idle``)."""
-    while True:
-        await trio.sleep(idle / 4)
-        now = trio.current_time()
-        for session in manager.live_sessions():
-            if isinstance(session, (SubscriberSession, OverviewSession)):
-                session.probe_if_idle(now, idle, pong_within)
 
 
 async def project_websocket(
