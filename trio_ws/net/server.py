@@ -52,6 +52,7 @@ from trio_ws.core.security import (
 from trio_ws.data.registry import Project, Registry, RegistryError, RegistryMissing
 from trio_ws.journal.interface import Journal, JournalBackend, JournalError
 from trio_ws.journal.redis import RedisBackend
+from trio_ws.journal.sqlite import SqliteBackend
 from trio_ws.net import api, control, dashboard, runs_api
 from trio_ws.net.access import (
     TOKEN_COOKIE,
@@ -207,9 +208,10 @@ async def _serve(
         metrics.bind(manager)
         server = Server(config, manager, port, metrics, tls)
         nursery.start_soon(contained, "the overview", manager.overview.run, config.registry_path)
-        nursery.start_soon(
-            contained, "opening projects at start", _open_at_start, server, notify is not None
-        )
+        if notify is not None or isinstance(journals, SqliteBackend):
+            nursery.start_soon(
+                contained, "opening projects at start", _open_at_start, server, notify is not None
+            )
         nursery.start_soon(
             probe_idle_sessions,
             manager,
@@ -786,13 +788,12 @@ async def _open_at_start(server: Server, every: bool) -> None:
       client comes back;
     - else each one its journal left live (agent or dev server neither stopped nor
       crashed): its producer may have died with the last server, and only an open
-      project runs the grace period that says so (and alerts). With a broker another
-      node may hold that producer: none is opened for it.
+      project runs the grace period that says so (and alerts). Only with the sqlite
+      journal: with a broker another node may hold that producer, and a memory
+      journal holds nothing from before the start.
 
     One nobody uses is closed again once idle (never while an alert waits)."""
     manager = server.manager
-    if not every and isinstance(manager.journals, RedisBackend):
-        return
     try:
         projects = await trio.to_thread.run_sync(Registry(server.config.registry_path).list)
     except RegistryMissing:
