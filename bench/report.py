@@ -812,6 +812,8 @@ def _watchers(results: Results) -> str:
                 event.get("p50_ms"),
                 event.get("p95_ms"),
                 event.get("p99_ms"),
+                run["latency"].get("p95_ms"),
+                run["latency"].get("p99_ms"),
                 run["server_cores"],
                 run["server_cpu_us_per_delivery"],
                 run["late_joiner_snapshot_ms"].get("max_ms"),
@@ -819,8 +821,8 @@ def _watchers(results: Results) -> str:
         )
     headers = (
         "server", "watchers", "refused", "connect all s", "idle KiB per watcher",
-        "event→receive p50 ms", "p95 ms", "p99 ms", "server cores", "server µs/delivery",
-        "late joiner snapshot max ms",
+        "event→receive p50 ms", "p95 ms", "p99 ms", "send→receive p95 ms", "p99 ms",
+        "server cores", "server µs/delivery", "late joiner snapshot max ms",
     )  # fmt: skip
     ours = found.get("trio-ws") or {}
     live = ours.get("live_watchers")
@@ -829,7 +831,10 @@ def _watchers(results: Results) -> str:
         "one core and the watchers spread over processes of up to 1,000 connections on the "
         "other. A late joiner (backlog 100, as the dashboard asks) is timed from opening "
         "its connection to the last message of its snapshot, while the events flow; the "
-        "peer has no snapshot. "
+        "peer has no snapshot. Event→receive starts at the event's timestamp, which "
+        "each server writes when it takes the event in: a server that falls behind its "
+        "producer hides that wait there, and send→receive (from the producer's send) "
+        "shows it. "
         + (
             f"Latency is sampled by {live:,} watchers reading live (every 50th in each "
             "client process's connecting order, so spread over the server's fan-out order; "
