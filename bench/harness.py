@@ -472,6 +472,16 @@ def split(total: int, per_process: int) -> list[int]:
     return [base + (1 if index < extra else 0) for index in range(processes)]
 
 
+def split_like(total: int, counts: Sequence[int]) -> list[int]:
+    """``total`` shared out in proportion to ``counts`` (largest remainders first)."""
+    whole = sum(counts)
+    shares = [total * count // whole for count in counts]
+    by_remainder = sorted(range(len(counts)), key=lambda index: -(total * counts[index] % whole))
+    for index in by_remainder[: total - sum(shares)]:
+        shares[index] += 1
+    return shares
+
+
 @contextmanager
 def subscribers(
     found: Target,
@@ -480,9 +490,14 @@ def subscribers(
     logs: Path,
     tag: str = "sub",
     stride: int = 1,
+    live: int | None = None,
 ) -> Iterator[Subscribers]:
-    """Subscriber processes for ``total`` connections; ``stride``: sample 1 in that many."""
+    """Subscriber processes for ``total`` connections; ``stride``: sample 1 in that many.
+    ``live``: only this many read live and sample latency, spread evenly over the
+    processes and over each one's connecting order; the others read in slices
+    (bench.loadgen). None: all live."""
     counts = split(total, per_process)
+    lives = [-1] * len(counts) if live is None else split_like(live, counts)
     with ExitStack() as stack:
         children: list[Child] = []
         results: list[Path] = []
@@ -491,6 +506,7 @@ def subscribers(
             argv = [sys.executable, "-m", "bench.loadgen", "subscribe", "127.0.0.1"]
             argv += [str(found.port), SUBSCRIBE_PATH, "--count", str(count)]
             argv += ["--result", str(result), "--stride", str(stride)]
+            argv += ["--live", str(lives[index])]
             children.append(stack.enter_context(running(Child(f"{tag}{index}", argv, logs))))
             results.append(result)
         for child in children:

@@ -11,6 +11,15 @@ commands on stdin, one per line, and answers each with one JSON line:
 - ``drain LAST TIMEOUT``: wait until every subscriber has seen counter LAST.
 - ``report``: write the figures to FILE, close every connection, exit.
 
+With ``--live L`` only L of the N (every N/L-th in connecting order, so spread over
+the server's fan-out order) read live and sample latency; the others read in
+slices: after their ``hello`` they stop reading, and every ``--slice`` seconds each
+reads at once what its kernel buffer holds, checking cheaply (`wire.SliceReader`)
+that it is whole frames whose bench counters continue the last one seen. A lost,
+repeated or reordered event still counts as missed or disorder. The server cannot
+tell the two kinds apart (the kernel takes its writes either way), and the client
+core no longer has to parse every frame in Python as it arrives.
+
 ``python -m bench.loadgen produce URL (--duration S | --count N)``, with the
 server's token in ``$BENCH_PRODUCER_TOKEN``,
 feeds bench lines through the publish endpoint (PROTOCOL.md 4) at full
@@ -45,8 +54,11 @@ from bench.wire import (
     OP_CLOSE,
     OP_PING,
     OP_PONG,
+    OP_TEXT,
     FrameReader,
     ProtocolViolation,
+    Slice,
+    SliceReader,
     check_upgrade,
     client_frame,
     close_code,
@@ -59,6 +71,10 @@ CONNECT_TIMEOUT: Final = 30.0
 ACK_TIMEOUT: Final = 60.0
 MAX_HEAD: Final = 16 * 1024
 TIMESTAMP: Final = b'"timestamp":"'
+SLICE_READ: Final = 64 * 1024
+"""A read this large may have left more in the kernel: a sliced watcher then reads on."""
+SLICE_PARTS: Final = 10
+"""A slice resumes its watchers in this many groups spread over the slice, not all at once."""
 _COUNTER_AT: Final = len(MARK)
 _STAMP_AT: Final = _COUNTER_AT + 9
 
@@ -81,7 +97,10 @@ def reply(payload: dict[str, Any]) -> None:
 class Group:
     """What all subscribers of this process saw, counted in one place."""
 
-    def __init__(self, sample_cap: int, stride: int) -> None:
+    def __init__(self, sample_cap: int, stride: int, count: int = 1, live: int = 1) -> None:
+        self.count = count
+        self.live = live
+        """How many of the ``count`` subscribers read live; the others read in slices."""
         self.sampler = Sampler(sample_cap, stride, columns=2)
         self.recording = False
         self.deliveries = 0
@@ -94,6 +113,7 @@ class Group:
         self.errors: list[str] = []
         self.members: list[Subscriber] = []
         self.joined = 0
+        self.slices = 0
 
     def counters(self) -> dict[str, int]:
         return {
@@ -146,6 +166,9 @@ class Subscriber(asyncio.Protocol):
         self.reader: FrameReader | None = None
         self.now = 0.0
         self.offset = group.joined  # spreads the sampled events over the subscribers
+        # Bresenham: exactly `live` of `count` read live, evenly spread in joining order.
+        self.sliced = group.joined * group.live % group.count >= group.live
+        self.slicer: SliceReader | None = None
         group.joined += 1
         self.last = 0
         self.count = 0
@@ -159,12 +182,65 @@ class Subscriber(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.now = time.time()
         try:
-            if self.reader is not None:
+            if self.slicer is not None:
+                self._slice(self.slicer.feed(data))
+                if len(data) < SLICE_READ:  # the kernel buffer is empty: until next slice
+                    self._pause()
+            elif self.reader is not None:
                 self.reader.feed(data)
             else:
                 self._upgrade(data)
+            if self.sliced and self.slicer is None and self.reader and self.hello.done():
+                # From now on, read in slices: what the live reader left (a partial
+                # frame) is where the slice reader starts.
+                self.slicer = SliceReader(self._other_frame, self.reader.buf)
+                self._pause()
         except (ProtocolViolation, ValueError) as exc:
             self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _pause(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.pause_reading()
+
+    def resume(self) -> None:
+        """Read what the kernel holds now (the slicer calls this once a slice)."""
+        transport = self.transport
+        if self.slicer is not None and transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _slice(self, found: Slice) -> None:
+        """Count a slice's events as `on_text` counts live ones, and check that they
+        continue the last counter seen: contiguous, in order, none twice."""
+        group = self.group
+        group.slices += 1
+        if not found.events:
+            return
+        last = self.last
+        if last and found.first <= last:
+            group.disorder += 1
+            group.error(f"sliced watcher: event {found.first} after {last}")
+        elif not found.increasing:
+            group.disorder += 1
+            group.error(
+                f"sliced watcher: events out of order between {found.first} and {found.last}"
+            )
+        else:
+            start = last + 1 if last else found.first
+            gap = found.last - start + 1 - found.events
+            if gap:
+                group.missed += gap
+                group.error(f"sliced watcher: {gap} events missing up to {found.last}")
+        self.last = max(last, found.last)
+        self.count += found.events
+        group.deliveries += found.events
+        group.bytes += found.payload_bytes
+
+    def _other_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_TEXT:
+            self._other(payload)
+        else:
+            self.on_control(opcode, payload)
 
     def _upgrade(self, data: bytes) -> None:
         self.head += data
@@ -281,6 +357,17 @@ async def connect_all(
     }
 
 
+async def read_slices(group: Group, every: float) -> None:
+    """Once per ``every`` s, each sliced watcher reads what its kernel buffer holds;
+    they take turns in SLICE_PARTS groups, so this process reads steadily."""
+    while True:
+        members = [member for member in group.members if member.sliced]
+        for part in range(SLICE_PARTS):
+            for member in members[part::SLICE_PARTS]:
+                member.resume()
+            await asyncio.sleep(every / SLICE_PARTS)
+
+
 async def drain(group: Group, last: int, within: float) -> dict[str, Any]:
     """Wait until every subscriber has seen counter ``last``; say how many have not."""
 
@@ -301,7 +388,9 @@ async def drain(group: Group, last: int, within: float) -> dict[str, Any]:
 
 async def subscribe_main(args: argparse.Namespace) -> None:
     raise_file_limit()
-    group = Group(args.sample_cap, args.stride)
+    live = args.count if args.live < 0 else min(args.live, args.count)
+    group = Group(args.sample_cap, args.stride, max(1, args.count), live)
+    slicing: asyncio.Task[None] | None = None
     loop = asyncio.get_running_loop()
     commands = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(commands), sys.stdin)
@@ -318,6 +407,11 @@ async def subscribe_main(args: argparse.Namespace) -> None:
             connected = await connect_all(
                 group, args.host, args.port, args.path, args.count, args.concurrency
             )
+            live = sum(1 for member in group.members if not member.sliced)
+            connected["live"] = live
+            connected["sliced"] = len(group.members) - live
+            if slicing is None and live < len(group.members):
+                slicing = asyncio.create_task(read_slices(group, args.slice))
             reply(connected)
         elif word == "start":
             per_member_at_start = [member.count for member in group.members]
@@ -342,6 +436,8 @@ async def subscribe_main(args: argparse.Namespace) -> None:
                 "types": dict(group.types),
                 "closes": dict(group.closes),
                 "errors": group.errors,
+                "live": sum(1 for member in group.members if not member.sliced),
+                "slices": group.slices,
                 "per_subscriber_window": {
                     "min": min(window, default=0),
                     "max": max(window, default=0),
@@ -353,6 +449,8 @@ async def subscribe_main(args: argparse.Namespace) -> None:
                     "server_values": [round(value, 6) for value in group.sampler.columns[1]],
                 },
             }
+            if slicing is not None:
+                slicing.cancel()
             await asyncio.to_thread(Path(args.result).write_text, json.dumps(result))
             for member in group.members:
                 member.close()
@@ -528,6 +626,13 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_argument("--sample-cap", type=int, default=200_000)
     sub.add_argument("--stride", type=int, default=1, help="sample 1 in STRIDE deliveries")
     sub.add_argument("--result", required=True)
+    sub.add_argument(
+        "--live",
+        type=int,
+        default=-1,
+        help="how many read live and sample latency; the others read in slices (-1: all live)",
+    )
+    sub.add_argument("--slice", type=float, default=1.0, help="seconds between sliced reads")
     pro = commands.add_parser("produce", help="feed bench lines through the publish endpoint")
     pro.add_argument("url")
     pro.add_argument("--duration", type=float, default=0.0)

@@ -18,14 +18,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MARK: Final = b'"line":"bench '
 """What precedes the counter in a bench ``log`` event encoded as compact JSON."""
 COUNTER_DIGITS: Final = 8
+BENCH_COUNTER: Final = re.compile(rb'"line":"bench (\d{8}) ')
+"""The counter of each bench line in a run of encoded events, found in C, not per frame."""
 STAMP_DIGITS: Final = 17  # "%.6f" of time.time() until the year 2286
 LINE_HEAD: Final = len("bench ") + COUNTER_DIGITS + 1 + STAMP_DIGITS
 
@@ -155,3 +159,100 @@ class FrameReader:
             pos = end
         if pos:
             del buf[:pos]
+
+
+@dataclass(frozen=True)
+class Slice:
+    """What one read of a watcher read in slices held: its bench events, checked cheaply."""
+
+    events: int
+    first: int
+    """Counters of the first and last bench event (0 when there were none)."""
+    last: int
+    increasing: bool
+    """Every counter greater than the one before it."""
+    payload_bytes: int
+
+
+class SliceReader:
+    """The cheap reader of a watcher that reads once a slice instead of live.
+
+    ``feed`` walks the frame headers only (so every byte must belong to a whole
+    unmasked frame, else `ProtocolViolation`), keeps a partial last frame for the
+    next slice, and finds every bench counter of the whole frames with one regex
+    pass. Frames that are not bench events (control frames, other messages) go to
+    ``on_other(opcode, payload)``. The caller checks the counters against the last
+    one it saw: together they catch a lost, repeated or reordered event.
+    """
+
+    def __init__(self, on_other: Callable[[int, bytes], None], buf: bytearray) -> None:
+        self.on_other = on_other
+        self.buf = buf
+
+    def feed(self, data: bytes) -> Slice:
+        buf = self.buf
+        buf += data
+        size = len(buf)
+        pos = 0
+        texts = 0
+        payload = 0
+        others: list[tuple[int, int, int]] = []
+        while size - pos >= 2:
+            first = buf[pos]
+            length = buf[pos + 1]
+            if length < 126:
+                head = 2
+            elif length == 126:
+                if size - pos < 4:
+                    break
+                length = (buf[pos + 2] << 8) | buf[pos + 3]
+                head = 4
+            elif length == 127:
+                if size - pos < 10:
+                    break
+                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
+                head = 10
+            else:
+                raise ProtocolViolation("server frames must not be masked")
+            end = pos + head + length
+            if end > size:
+                break
+            if first == 0x81:  # FIN and text
+                texts += 1
+                payload += length
+            else:
+                others.append((first, pos + head, end))
+            pos = end
+        counters = BENCH_COUNTER.findall(buf, 0, pos)
+        if len(counters) != texts:
+            others += self._texts_without_counter(pos)
+        for first, start, end in others:
+            self._other(first, bytes(buf[start:end]))
+        del buf[:pos]
+        if not counters:
+            return Slice(0, 0, 0, True, 0)
+        return Slice(
+            len(counters),
+            int(counters[0]),
+            int(counters[-1]),
+            all(map(bytes.__lt__, counters, counters[1:])),
+            payload,
+        )
+
+    def _texts_without_counter(self, stop: int) -> list[tuple[int, int, int]]:
+        """The text frames before ``stop`` that hold no bench line (a second, rare pass)."""
+        found = []
+        reader = FrameReader(lambda buf, start, end: None, lambda opcode, payload: None)
+        spans: list[tuple[int, int]] = []
+        reader.on_text = lambda buf, start, end: spans.append((start, end))
+        reader.feed(bytes(self.buf[:stop]))
+        for start, end in spans:
+            if BENCH_COUNTER.search(self.buf, start, end) is None:
+                found.append((0x81, start, end))
+        return found
+
+    def _other(self, first: int, payload: bytes) -> None:
+        opcode = first & 0x0F
+        if not first & 0x80 or opcode not in (OP_TEXT, OP_PING, OP_PONG, OP_CLOSE):
+            raise ProtocolViolation(f"unexpected frame: opcode {opcode}, first byte {first}")
+        self.on_other(opcode, payload)

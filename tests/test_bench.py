@@ -155,6 +155,52 @@ def test_a_bench_line_is_found_in_the_encoded_event() -> None:
     assert wire.find_line(bytearray(b'{"type":"hello"}'), 0, 16) is None
 
 
+def bench_event(counter: int) -> bytes:
+    line = wire.make_line(counter, 1764090245.123456, 125)
+    event = {"type": "log", "line": line, "seq": counter}
+    return server_frame(json.dumps(event, separators=(",", ":")).encode())
+
+
+def read_in_slices(stream: bytes, cuts: list[int]) -> tuple[list[wire.Slice], list[int]]:
+    others: list[int] = []
+    reader = wire.SliceReader(lambda opcode, payload: others.append(opcode), bytearray())
+    points = sorted({cut % (len(stream) + 1) for cut in cuts})
+    pieces = zip([0, *points], [*points, len(stream)], strict=True)
+    return [reader.feed(stream[a:b]) for a, b in pieces], others
+
+
+@settings(max_examples=50, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=20_000), max_size=12))
+def test_a_sliced_watcher_counts_every_event_however_the_reads_are_cut(cuts: list[int]) -> None:
+    stream = b"".join(bench_event(counter) for counter in range(1, 41))
+    stream += server_frame(b"ping!", wire.OP_PING) + server_frame(b'{"type":"status"}')
+    found, others = read_in_slices(stream, cuts)
+    seen = [piece for piece in found if piece.events]
+    assert sum(piece.events for piece in seen) == 40
+    assert all(piece.increasing for piece in seen)
+    assert [(a.last + 1) for a in seen[:-1]] == [b.first for b in seen[1:]]  # contiguous
+    assert (seen[0].first, seen[-1].last) == (1, 40)
+    assert others == [wire.OP_PING, wire.OP_TEXT]
+
+
+@pytest.mark.parametrize(
+    ("order", "increasing", "events"),
+    [([1, 2, 4, 5], True, 4), ([1, 3, 2, 4], False, 4), ([1, 2, 2, 3], False, 4)],
+)
+def test_a_slice_shows_a_lost_reordered_or_repeated_event(
+    order: list[int], increasing: bool, events: int
+) -> None:
+    [piece], _ = read_in_slices(b"".join(bench_event(counter) for counter in order), [])
+    assert (piece.first, piece.last, piece.events) == (order[0], order[-1], events)
+    assert piece.increasing is increasing
+    assert piece.last - piece.first + 1 != piece.events or not increasing  # so: not whole
+
+
+def test_a_slice_refuses_a_masked_frame() -> None:
+    with pytest.raises(wire.ProtocolViolation):
+        read_in_slices(bytes((0x81, 0x80 | 2)) + b"mask" + b"{}", [])
+
+
 def test_event_time_reads_the_servers_timestamp() -> None:
     text = b'{"type":"log","line":"x","timestamp":"2026-11-25T17:04:05.123Z","seq":1}'
     expected = datetime(2026, 11, 25, 17, 4, 5, 123_000, tzinfo=UTC).timestamp()

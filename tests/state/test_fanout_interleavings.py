@@ -36,6 +36,7 @@ from hypothesis.stateful import (
 )
 
 from trio_ws.journal.memory import MemoryJournal
+from trio_ws.state import fanout
 from trio_ws.state.fanout import FanOut
 from trio_ws.state.history import Outgoing
 from trio_ws.state.hub import ProjectHub
@@ -357,3 +358,24 @@ SettledMachine.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestFanOutInterleavings = SettledMachine.TestCase
+
+
+class ChunkedMachine(SettledMachine):
+    """The same lives with a fan-out that lets other tasks run after every subscriber
+    (`HubFanOut._fan_out_paced`, at 15,000 subscribers every 1,024): a commit's pass
+    now interleaves with joins, leaves, stalls and catch-ups."""
+
+    def __init__(self) -> None:
+        self._chunk = fanout.FAN_OUT_CHUNK
+        setattr(fanout, "FAN_OUT_CHUNK", 1)  # noqa: B010 - a Final, changed for this test
+        super().__init__()
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            setattr(fanout, "FAN_OUT_CHUNK", self._chunk)  # noqa: B010 - as above
+
+
+ChunkedMachine.TestCase.settings = SettledMachine.TestCase.settings
+TestChunkedFanOutInterleavings = ChunkedMachine.TestCase

@@ -3,6 +3,7 @@ last section through a real server (in-process, or `trio-ws serve` as a subproce
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from trio_ws.data.registry import Registry
 from trio_ws.journal.memory import MemoryJournal
 from trio_ws.net.server import Server, serve
 from trio_ws.net.subscribe import SubscriberSession
+from trio_ws.state import fanout
 from trio_ws.state.fanout import Send
 from trio_ws.state.history import Outgoing
 from trio_ws.state.hub import ProjectHub
@@ -644,3 +646,55 @@ async def test_progress_and_status_events_are_dated_by_the_hub_clock() -> None:
         ("agent_status", 1, iso_timestamp(1_700_000_000.25)),
         ("progress", 2, iso_timestamp(1_700_000_000.25)),
     ]
+
+
+async def test_a_paced_fan_out_skips_who_caught_up_during_it(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At many subscribers a commit's pass lets other tasks run between chunks: a
+    subscriber that catches up from the history meanwhile already holds the pass's
+    events and must not get them twice; one that joins meanwhile gets them in its
+    snapshot only. (Where the slow one falls in the pass is the set's order, so
+    several rounds make it likely that it comes after its catch-up.)"""
+    monkeypatch.setattr(fanout, "FAN_OUT_CHUNK", 1)
+    hub = await open_hub("demo", queue_size=1, history=1000)
+    await committed(hub)
+    fast = [await start_reader(nursery, hub, backlog=0) for _ in range(60)]
+    slow = await start_reader(nursery, hub, backlog=0)
+    joined: list[Reader] = []
+    for _ in range(5):
+        slow.stall()
+        for _ in range(3):  # one in hand, one queued, one too many: behind
+            hub.feed_lines(log_lines(1))
+            await committed(hub)
+            await trio.testing.wait_all_tasks_blocked()
+        assert slow.subscriber.is_behind
+        # Whoever the pass reaches first resumes the slow one and lets a newcomer
+        # join: both happen while the pass goes on.
+        triggered = False
+
+        def trigger(item: Outgoing, reader: Reader) -> None:
+            nonlocal triggered
+            if not triggered:
+                triggered = True
+                slow.resume()
+                newcomer = Reader(hub, hub.subscribe(backlog=0))
+                nursery.start_soon(deliver, hub, newcomer.subscriber, newcomer.send)
+                joined.append(newcomer)
+            reader.received.append(json.loads(item.text))
+
+        for reader in fast:
+            reader.receive = functools.partial(trigger, reader=reader)  # type: ignore[method-assign]
+        hub.feed_lines(log_lines(1))
+        await committed(hub)
+        await trio.testing.wait_all_tasks_blocked()
+        for reader in fast:
+            del reader.receive
+        assert triggered
+    head = hub.head
+    assert slow.seqs() == list(range(1, head + 1))
+    for reader in fast:
+        assert reader.seqs() == list(range(1, head + 1))
+    for reader in joined:
+        hello = reader.received[0]
+        assert reader.seqs() == list(range(hello["seq"] + 1, head + 1))

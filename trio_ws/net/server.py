@@ -83,6 +83,7 @@ from trio_ws.net.liveness import probe_idle_sessions
 from trio_ws.net.metrics import CONTENT_TYPE as METRICS_TYPE
 from trio_ws.net.metrics import Metrics
 from trio_ws.net.overview_socket import OverviewSession
+from trio_ws.net.project_lookup import CoalescedReads
 from trio_ws.net.publish import MAX_PRODUCER_MESSAGE, serve_producer
 from trio_ws.net.refusals import refuse
 from trio_ws.net.subscribe import (
@@ -130,6 +131,10 @@ class Server:
     _cancel: trio.CancelScope = field(default_factory=trio.CancelScope)
     _accepting: trio.CancelScope = field(default_factory=trio.CancelScope)
     _not_accepting: trio.Event = field(default_factory=trio.Event)
+    lookups: CoalescedReads[tuple[Project, bool] | None] = field(
+        default_factory=lambda: CoalescedReads(lambda path, name: _lookup(path, name))
+    )
+    """The registry reads of connecting clients, shared (`project_lookup`)."""
 
     @property
     def url(self) -> str:
@@ -711,7 +716,7 @@ async def _locate(server: Server, name: str, *, producer: bool = False) -> Path 
     websocket and the REST API find projects here, so neither 404s while the other
     works. Raises `ProjectNotFound`, `ProjectDirectoryNotFound`, `RegistryError` (the
     registry unreadable) or `JournalError` (the broker)."""
-    found = await trio.to_thread.run_sync(_lookup, server.config.registry_path, name)
+    found = await server.lookups.get(server.config.registry_path, name)
     if found is not None and found[1]:
         return found[0].path
     if await _known_elsewhere(server, name, producer):

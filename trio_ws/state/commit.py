@@ -252,7 +252,7 @@ class HubCommit(HubState):
         self.runs = runs
         seconds = time.perf_counter() - started
         if events:
-            self._fan_out([item for _, item in events])
+            await self._fan_out_paced([item for _, item in events])
             self._alert_on([message for message, _ in events])  # staged: the next commit
         if self.on_commit is not None:
             self.on_commit(self.name, seconds)

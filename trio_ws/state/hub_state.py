@@ -191,6 +191,10 @@ class HubState:
         """`HubFanOut`: hold committed events and hand them to every subscriber."""
         raise NotImplementedError
 
+    async def _fan_out_paced(self, items: list[Outgoing]) -> None:
+        """`HubFanOut`: `_fan_out`, letting other tasks run between chunks of subscribers."""
+        raise NotImplementedError
+
     def resync_all(self, reason: str) -> None:
         """`HubFanOut`: resync every subscriber at the head."""
         raise NotImplementedError
