@@ -1,5 +1,5 @@
-"""What the fixtures of real services (redis-server, nginx) share: a free port, and the
-rule for a missing binary (a skip on a developer's machine, a failure in CI, which
+"""What the fixtures of real services (redis-server, nginx, caddy) share: a free port,
+and the rule for a missing binary (a skip on a developer's machine, a failure in CI, which
 installs them)."""
 
 from __future__ import annotations
