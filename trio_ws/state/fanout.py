@@ -6,7 +6,7 @@ live events. One subscriber's failure is contained: it is ended, the others go o
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -317,13 +317,7 @@ class HubFanOut(HubState):
         gets the same `FanOut`, so its frames are joined once for all of them.
         """
         fan_out = self._hold_all(items)
-        for subscriber in self._subscribers:
-            if not subscriber.takes_live:
-                continue
-            try:
-                self._hand_over(subscriber, fan_out)
-            except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
-                self._failed(subscriber)
+        self._hand_over_to(self._subscribers, fan_out)
         self._fanned_out(items)
 
     async def _fan_out_paced(self, items: list[Outgoing]) -> None:
@@ -341,20 +335,26 @@ class HubFanOut(HubState):
             self._fan_out(items)
             return
         fan_out = self._hold_all(items)
-        last_seq = items[-1].seq
-        assert last_seq is not None
         subscribers = list(self._subscribers)
         for start in range(0, len(subscribers), FAN_OUT_CHUNK):
             if start:
                 await trio.lowlevel.checkpoint()
-            for subscriber in subscribers[start : start + FAN_OUT_CHUNK]:
-                if not subscriber.takes_live or subscriber.sent_seq >= last_seq:
-                    continue
-                try:
-                    self._hand_over(subscriber, fan_out)
-                except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
-                    self._failed(subscriber)
+            self._hand_over_to(subscribers[start : start + FAN_OUT_CHUNK], fan_out)
         self._fanned_out(items)
+
+    def _hand_over_to(self, subscribers: Iterable[Subscriber], fan_out: FanOut) -> None:
+        """`_hand_over` to each of ``subscribers`` that takes live events and does not
+        hold these already (one that caught up from the history during a paced pass);
+        one whose connection fails at it is ended, at no cost to the others."""
+        last_seq = fan_out.items[-1].seq
+        assert last_seq is not None
+        for subscriber in subscribers:
+            if not subscriber.takes_live or subscriber.sent_seq >= last_seq:
+                continue
+            try:
+                self._hand_over(subscriber, fan_out)
+            except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
+                self._failed(subscriber)
 
     def _hold_all(self, items: list[Outgoing]) -> FanOut:
         for item in items:
