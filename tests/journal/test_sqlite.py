@@ -19,7 +19,6 @@ import trio
 
 from trio_ws.journal.interface import ArchiveLimits, Batch, JournalError, JournalWriteError
 from trio_ws.journal.sqlite import (
-    CHECKPOINT_PAGES,
     CHUNK_EVENTS,
     INDEX_EVERY,
     LOCK_SUFFIX,
@@ -513,29 +512,3 @@ async def test_a_search_reads_only_the_rows_whose_texts_hold_every_trigram(
     assert first > 1 and spans  # the archive was cut, and the index with it
     assert spans[0][0] > 1
     assert all(last - start + 1 >= INDEX_EVERY for start, last in spans)
-
-
-async def test_the_checkpointer_copies_the_wal_into_the_database_off_the_commits(
-    home: Path, boot: Path
-) -> None:
-    opened = journal(home, boot)
-    await opened.open()
-    # The commits' own connection never checkpoints (the database file would not grow
-    # until the close): the Checkpointer does, once their pages reach CHECKPOINT_PAGES.
-    database = trio.Path(opened.path)
-    start = (await database.stat()).st_size
-    text = "x" * 4000
-    for seq in range(1, CHECKPOINT_PAGES // 2 + 1):
-        await opened.append(Batch([(seq, f'{{"seq":{seq},"t":"{text}"}}')], {"agent:p": seq}))
-    with trio.fail_after(10):
-        for _ in range(1000):
-            if (await database.stat()).st_size > start:
-                break
-            await trio.sleep(0.02)
-    assert (await database.stat()).st_size > start
-    await opened.close()
-    # The last connection closed cleanly: SQLite removed the -wal.
-    assert not await trio.Path(f"{opened.path}-wal").exists()
-    again = journal(home, boot)
-    assert (await again.open()).head == CHECKPOINT_PAGES // 2
-    await again.close()

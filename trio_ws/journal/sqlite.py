@@ -33,11 +33,8 @@ import datetime
 import fcntl
 import functools
 import json
-import logging
 import os
 import sqlite3
-import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -77,8 +74,6 @@ from trio_ws.journal.interface import (
 )
 from trio_ws.runtime.dedicated_thread import DedicatedThread
 
-log = logging.getLogger("trio_ws.journal.sqlite")
-
 BACKEND: Final = "sqlite"
 APPLICATION_ID: Final = 0x74727773
 """``PRAGMA application_id`` of a trio-ws journal ("trws")."""
@@ -97,14 +92,6 @@ reuse, and they are cheaper to reuse while still cached (the default is 2 MiB)."
 BOOT_ID_PATH: Final = Path("/proc/sys/kernel/random/boot_id")
 JOURNAL_SIZE_LIMIT: Final = 16 * 1024 * 1024
 """Bytes the ``-wal`` file is truncated to after a checkpoint, so a burst does not keep it big."""
-CHECKPOINT_PAGES: Final = 1000
-"""Pages a commit may add to the ``-wal`` file (estimated) before the `Checkpointer`
-copies them into the database: SQLite's own ``wal_autocheckpoint`` default, which
-would otherwise run the copy and its two fsyncs inside the commit that crosses it
-(2-8 ms on the 2-core box, on that commit's events' way to the subscribers)."""
-CHECKPOINT_NICE: Final = 19
-"""The `Checkpointer` thread's niceness (Linux): its copy may wait, a commit may not."""
-PAGE_BYTES: Final = 4096
 JOURNAL_DIR: Final = "journal"
 SUFFIXES: Final = ("", "-wal", "-shm")
 """The database file and the two files SQLite keeps beside it in WAL mode."""
@@ -255,9 +242,6 @@ class SqliteJournal:
         self._unindexed: list[str] = []
         """The searchable texts of the events after it, a string per commit."""
         self._commits = Commits()
-        self._checkpointer: Checkpointer | None = None
-        self._unchecked_pages = 0
-        """Pages the commits since the last checkpoint request added (an estimate)."""
 
     @property
     def project(self) -> str:
@@ -333,10 +317,6 @@ class SqliteJournal:
             self._commits.write_errors += 1
             raise
         self._commits.record(time.perf_counter() - start)
-        self._unchecked_pages += write.pages()
-        if self._unchecked_pages >= CHECKPOINT_PAGES and self._checkpointer is not None:
-            self._unchecked_pages = 0
-            self._checkpointer.request()
         if indexing:
             self._spans.append(self._indexed + 1)
             self._unindexed, self._indexed = [], rows[-1][1] if rows else self._head
@@ -481,9 +461,6 @@ class SqliteJournal:
     async def close(self, *, clean: bool = True) -> None:
         conn = self._connection()
         self._conn = None
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:  # first: the last connection to close checkpoints
-            await trio.to_thread.run_sync(checkpointer.stop, limiter=self._limiter)
 
         def close() -> None:
             try:
@@ -536,7 +513,6 @@ class SqliteJournal:
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-            conn.execute("PRAGMA wal_autocheckpoint = 0")  # the Checkpointer's, off the commit
         except BaseException:
             conn.close()
             raise
@@ -588,7 +564,6 @@ class SqliteJournal:
                 conn.close()
             raise
         self._conn = conn
-        self._checkpointer = Checkpointer(self.path, self._synchronous)
         return JournalState(
             state.epoch,
             state.head,
@@ -843,68 +818,6 @@ class Write:
     """The new oldest seq of the archive (rows and checkpoints before it go), the first
     seq of the oldest run kept (runs that start before it go) and of the oldest span of
     the search index kept."""
-
-    def pages(self) -> int:
-        """About how many pages this commit adds to the ``-wal`` file: a few b-tree
-        pages touched (chunks, meta, producers, their indexes) and its bytes."""
-        size = sum(row[2] for row in self.rows) + len(self.state or "")
-        size += sum(len(point[2]) for point in self.checkpoints)
-        size += len(self.search[2]) if self.search is not None else 0
-        return 4 + len(self.pseqs) // 64 + size // PAGE_BYTES
-
-
-class Checkpointer:
-    """Copies the ``-wal`` file's pages into the database on a thread and connection of
-    its own (``PRAGMA wal_checkpoint(PASSIVE)``, which never blocks the writer), when
-    the commits ask (`request`), so no commit waits for a checkpoint's copy and fsyncs.
-    A failed checkpoint is logged and tried again at the next request. The thread
-    starts at the first request: a quiet project's journal has none."""
-
-    def __init__(self, path: Path, synchronous: str) -> None:
-        self.path = path
-        self._synchronous = synchronous
-        self._due = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def request(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name=f"checkpoint {self.path.name}", daemon=True
-            )
-            self._thread.start()
-        self._due.set()
-
-    def stop(self) -> None:
-        """Blocking: the checkpoint in progress ends, the connection closes."""
-        self._stopping = True
-        self._due.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    def _run(self) -> None:
-        if sys.platform == "linux":
-            # This thread alone (Linux nices threads one by one): the copy's CPU time
-            # must not delay the commits' thread on a busy or pinned CPU.
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECKPOINT_NICE)
-        conn: sqlite3.Connection | None = None
-        try:
-            while True:
-                self._due.wait()
-                self._due.clear()
-                if self._stopping:
-                    return
-                try:
-                    if conn is None:
-                        conn = sqlite3.connect(self.path, isolation_level=None)
-                        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-                        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-                except sqlite3.Error as error:
-                    log.warning("journal %s: checkpoint failed: %s", self.path, _reason(error))
-        finally:
-            if conn is not None:
-                conn.close()
 
 
 def _searchable(text: str) -> str:
