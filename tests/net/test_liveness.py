@@ -14,7 +14,7 @@ import trio
 from serving import NETWORK_TIMEOUT, make_config
 
 from trio_ws.data.registry import Registry
-from trio_ws.net.liveness import PING_PAYLOAD
+from trio_ws.net.liveness import PING_PAYLOAD, PROBE_CHUNK, Probed, probe_idle_sessions
 from trio_ws.net.server import Server, serve
 
 ENDPOINTS: Final = ["/ws/projects/demo", "/ws/overview"]
@@ -69,3 +69,42 @@ async def test_a_silent_client_gets_one_ping_at_a_time_then_is_reset(
             await trio.sleep(0.01)  # bounded by fail_after
     assert [payload for payload, _ in pings] == [PING_PAYLOAD]
     assert 0.2 <= pings[0][1] < 1.0
+
+
+class _Asked(Probed):
+    """A session that notes each time the walk asks it, and when."""
+
+    def __init__(self, asked: list[float]) -> None:
+        self.asked = asked
+
+    def probe_if_idle(self, now: float, idle: float, pong_within: float) -> None:
+        self.asked.append(now)
+
+
+async def test_a_walk_over_many_sessions_lets_other_tasks_run_between_slices(
+    nursery: trio.Nursery,
+) -> None:
+    """15,000 dashboards walked in one go held every other task for the whole walk (and
+    started all their pings in one burst). A task that runs at every scheduler pass sees
+    the walk between PROBE_CHUNK slices; a session that is no probe (a producer) is skipped."""
+    asked: list[float] = []
+    sessions: list[object] = [_Asked(asked) for _ in range(3 * PROBE_CHUNK + 1)]
+    sessions.append(object())
+    seen: list[int] = []
+    walked = trio.Event()
+
+    async def watch() -> None:
+        while len(asked) < 3 * PROBE_CHUNK + 1:
+            seen.append(len(asked))
+            await trio.lowlevel.checkpoint()
+        walked.set()
+
+    with trio.fail_after(NETWORK_TIMEOUT):
+        nursery.start_soon(probe_idle_sessions, lambda: sessions, 0.2, 1.0)
+        nursery.start_soon(watch)
+        await walked.wait()
+        nursery.cancel_scope.cancel()
+    # Trio runs a pass's tasks in any order, so the watcher may see a slice or two.
+    during = [count for count in seen if 0 < count < 3 * PROBE_CHUNK + 1]
+    assert during
+    assert all(count % PROBE_CHUNK == 0 for count in during)

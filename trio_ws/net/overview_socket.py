@@ -26,7 +26,7 @@ import trio
 from trio_ws.core import protocol
 from trio_ws.core.errors import BadClientMessage
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
-from trio_ws.net.liveness import IdleProbe
+from trio_ws.net.liveness import IdleProbe, Probed
 from trio_ws.state.overview import Overview, OverviewWatcher
 
 log = logging.getLogger("trio_ws.net.overview")
@@ -46,7 +46,7 @@ def list_message(kind: str, texts: list[str], removed: list[str], error: str | N
     return f'{head},"projects":[{",".join(texts)}],{tail}'
 
 
-class OverviewSession:
+class OverviewSession(Probed):
     """One overview client; closable by the manager at shutdown."""
 
     def __init__(self, ws: WebSocket, overview: Overview, peer: str) -> None:

@@ -219,7 +219,7 @@ async def _serve(
             )
         nursery.start_soon(
             probe_idle_sessions,
-            manager,
+            manager.live_sessions,
             config.subscriber_idle,
             config.subscriber_pong_timeout,
         )

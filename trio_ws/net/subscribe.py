@@ -24,7 +24,7 @@ from trio_ws.core.errors import BadClientMessage
 from trio_ws.core.messages import ConnectionMessage
 from trio_ws.net import frames
 from trio_ws.net.connection import ConnectionClosed, PeerStalled, WebSocket
-from trio_ws.net.liveness import IdleProbe
+from trio_ws.net.liveness import IdleProbe, Probed
 from trio_ws.state.fanout import FanOut
 from trio_ws.state.history import FLUSH, Outgoing
 from trio_ws.state.manager import ConnectionManager
@@ -85,7 +85,7 @@ def parse_backlog(raw: str | None) -> int:
     return min(int(significant or "0"), MAX_BACKLOG)
 
 
-class SubscriberSession:
+class SubscriberSession(Probed):
     """A live subscriber connection; closable by the manager on shutdown."""
 
     __slots__ = (
