@@ -600,6 +600,41 @@ async def test_warning_reaches_a_subscriber_that_was_behind_over_a_socket(
     }
 
 
+async def test_a_paced_fan_out_hands_what_is_committed_during_it_in_the_same_walk(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event staged while a paced fan-out walks the subscribers is committed at its
+    next chunk and written, with the walk's own events, to the subscribers it has not
+    reached yet; the ones it passed get it in a second walk. Before, it waited for the
+    whole walk to end and then a walk of its own (one to two walks of latency at
+    15,000 subscribers). Every subscriber gets every event once, in order."""
+    monkeypatch.setattr(fanout, "FAN_OUT_CHUNK", 1)
+    hub = await open_hub("demo")
+    await committed(hub)
+    writes: list[list[list[int]]] = []
+    for _ in range(20):
+        subscriber = hub.subscribe(backlog=0)
+        mine: list[list[int]] = []
+        writes.append(mine)
+
+        def direct(fan_out: fanout.FanOut, mine: list[list[int]] = mine) -> bool:
+            if not any(writes):  # the walk's first write: an event is staged meanwhile
+                hub.feed_lines(log_lines(1, start=1))
+            mine.append([item.seq or 0 for item in fan_out.items])
+            return True
+
+        nursery.start_soon(hub.drain, subscriber, Reader(hub, subscriber).send, direct)
+    await trio.testing.wait_all_tasks_blocked()
+    hub.feed_lines(log_lines(1))
+    first = hub.seq
+    await committed(hub)
+    assert hub.pending == 0  # the walk committed the staged one itself
+    both = [first, first + 1]
+    for mine in writes:
+        assert [seq for write in mine for seq in write] == both
+    assert sorted(mine for mine in writes) == [[[first], [first + 1]]] + [[both]] * 19
+
+
 async def test_serve_history_bytes_bounds_what_a_resume_reaches(
     nursery: trio.Nursery, home: Path, project_dir: Path
 ) -> None:

@@ -22,7 +22,14 @@ from trio_ws.state.subscriber import (
 
 def make(state: SubscriberState = JOINING, capacity: int = 2) -> Subscriber:
     return Subscriber._create(
-        id=1, backlog=0, sent_seq=0, state=state, initial=[], capacity=capacity, warned=0
+        id=1,
+        backlog=0,
+        sent_seq=0,
+        handed_seq=0,
+        state=state,
+        initial=[],
+        capacity=capacity,
+        warned=0,
     )
 
 
@@ -53,6 +60,18 @@ def test_overflow_catch_up_and_caught_up_bring_it_back_live() -> None:
     assert subscriber.state.value == "catching_up" and subscriber.is_behind
     subscriber.caught_up()
     assert subscriber.state.value == "live"
+
+
+def test_caught_up_hands_the_fan_out_what_follows_its_catch_up() -> None:
+    """What it was handed before falling behind is stale: the fan-out must hand it what
+    follows the head its send task reached, no more and no less."""
+    subscriber = make(LIVE)
+    subscriber.handed_seq = 4
+    subscriber.overflowed()
+    subscriber.catch_up()
+    subscriber.sent_seq = 9  # the send task wrote the history up to the head
+    subscriber.caught_up()
+    assert subscriber.handed_seq == 9
 
 
 def test_must_resync_sets_its_point_and_wakes_its_send_task() -> None:

@@ -252,13 +252,20 @@ class HubCommit(HubState):
         self.runs = runs
         seconds = time.perf_counter() - started
         if events:
-            await self._fan_out_paced([item for _, item in events])
-            self._alert_on([message for message, _ in events])  # staged: the next commit
+            # Staged for the next commit, before a paced fan-out that may go on for long.
+            self._alert_on([message for message, _ in events])
+            await self._fan_out_paced([item for _, item in events], self._commit_staged)
         if self.on_commit is not None:
             self.on_commit(self.name, seconds)
         self._committed.set()
         self._committed = trio.Event()
         return True
+
+    async def _commit_staged(self) -> None:
+        """What was staged during a paced fan-out, committed by it (the commit lock is
+        held): its events join that fan-out. A failure keeps them staged for the writer."""
+        if self._pending or self._pending_pseqs:
+            await self._commit_following()
 
     def _checkpoint(
         self,

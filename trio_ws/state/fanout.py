@@ -115,6 +115,7 @@ class HubFanOut(HubState):
             id=next(self._ids),
             backlog=backlog,
             sent_seq=sent_seq,
+            handed_seq=sent_seq,
             state=state,
             initial=initial,
             capacity=self.queue_size,
@@ -309,58 +310,101 @@ class HubFanOut(HubState):
 
     def _fan_out(self, items: list[Outgoing]) -> None:
         """Committed events, in order: hold them and hand them to every subscriber not
-        behind, as one write where its connection takes them now, else queued.
+        behind, as one write where its connection takes them now, else queued. While a
+        paced fan-out runs they join it instead (`_fan_out_paced`), so no subscriber can
+        get them before the events it is still owed.
 
         The direct write is tried only while the subscriber's send task has nothing
         queued or in hand (``queued`` is 0), so it can never overtake a queued event;
         the connection refuses it while anything else is writing. Every subscriber
         gets the same `FanOut`, so its frames are joined once for all of them.
         """
-        fan_out = self._hold_all(items)
-        self._hand_over_to(self._subscribers, fan_out)
+        self._hold_all(items)
         self._fanned_out(items)
+        if self._sweep is not None:
+            self._sweep.extend(items)
+            return
+        self._hand_over_to(self._subscribers, items)
 
-    async def _fan_out_paced(self, items: list[Outgoing]) -> None:
-        """`_fan_out`, letting other tasks run after every FAN_OUT_CHUNK subscribers.
+    async def _fan_out_paced(
+        self, items: list[Outgoing], commit_staged: Callable[[], Awaitable[object]]
+    ) -> None:
+        """`_fan_out`, letting other tasks run after every FAN_OUT_CHUNK subscribers,
+        and handing on what is committed meanwhile in the same walk.
 
-        At 15,000 subscribers one pass is some 100 ms of writes; done in one go, every
-        other task (a late joiner's handshake, a producer's ack) waited a whole pass
-        per scheduler round. The caller holds the commit lock, so the next commit's
-        pass cannot overtake this one. The pass walks the subscribers as they were
-        when it began: one joining meanwhile gets these events in its snapshot. One
-        that caught up from the history meanwhile (it holds these events already) is
-        skipped, as is one that left or fell behind (``takes_live``).
+        At 15,000 subscribers one walk is some 100 ms of writes. Done in one go, every
+        other task (a late joiner's handshake, a producer's ack) waited a whole walk
+        per scheduler round; and an event staged during a walk waited for its end
+        before its own walk began, so a subscriber got it after one to two walks.
+        Instead, after each chunk the walk commits what is staged (``commit_staged``,
+        by the caller, who holds the commit lock) and the subscribers it has not
+        reached yet get those events in the same write; the ones it passed get them
+        in a next walk. It ends after a walk in which nothing more was committed, or
+        once another task waits for the commit lock (shutdown, a broker follower):
+        then it only finishes handing out what it holds.
+
+        Each walk takes the subscribers as they are when it begins, and hands each
+        only what follows its ``handed_seq``: one that joined meanwhile got the
+        events in its snapshot, one that caught up from the history holds them, one
+        that left or fell behind is skipped (``takes_live``).
         """
-        if len(self._subscribers) <= FAN_OUT_CHUNK:
+        if self._sweep is not None or len(self._subscribers) <= FAN_OUT_CHUNK:
             self._fan_out(items)
             return
-        fan_out = self._hold_all(items)
-        subscribers = list(self._subscribers)
-        for start in range(0, len(subscribers), FAN_OUT_CHUNK):
-            if start:
-                await trio.lowlevel.checkpoint()
-            self._hand_over_to(subscribers[start : start + FAN_OUT_CHUNK], fan_out)
+        self._hold_all(items)
         self._fanned_out(items)
+        sweep = self._sweep = list(items)
+        try:
+            while sweep:
+                held = len(sweep)
+                subscribers = list(self._subscribers)
+                for start in range(0, len(subscribers), FAN_OUT_CHUNK):
+                    if start:
+                        await trio.lowlevel.checkpoint()
+                        if not self._commit_lock.statistics().tasks_waiting:
+                            await commit_staged()  # its events join the sweep
+                    if owed := self._sweep:
+                        self._hand_over_to(subscribers[start : start + FAN_OUT_CHUNK], owed)
+                # Every subscriber of this walk holds what the walk began with. If the
+                # history started again meanwhile (`resync_all`: a new list), every
+                # event of the new one is owed still.
+                now = self._sweep
+                assert now is not None
+                sweep = self._sweep = now[held:] if now is sweep else now
+        finally:
+            self._sweep = None
 
-    def _hand_over_to(self, subscribers: Iterable[Subscriber], fan_out: FanOut) -> None:
-        """`_hand_over` to each of ``subscribers`` that takes live events and does not
-        hold these already (one that caught up from the history during a paced pass);
-        one whose connection fails at it is ended, at no cost to the others."""
-        last_seq = fan_out.items[-1].seq
-        assert last_seq is not None
+    def _hand_over_to(self, subscribers: Iterable[Subscriber], items: list[Outgoing]) -> None:
+        """`_hand_over` to each of ``subscribers`` that takes live events what follows
+        its ``handed_seq`` in ``items`` (consecutive events): all of them, the part it
+        lacks, or nothing. Subscribers lacking the same part get the same `FanOut`. One
+        whose connection fails at it is ended, at no cost to the others."""
+        first, last = items[0].seq, items[-1].seq
+        assert first is not None and last is not None
+        whole = FanOut(items)
+        parts: dict[int, FanOut] = {}
         for subscriber in subscribers:
-            if not subscriber.takes_live or subscriber.sent_seq >= last_seq:
+            if not subscriber.takes_live:
                 continue
+            handed = subscriber.handed_seq
+            if handed >= last:
+                continue
+            if handed < first:
+                fan_out = whole
+            else:
+                part = parts.get(handed)
+                if part is None:
+                    part = parts[handed] = FanOut(items[handed + 1 - first :])
+                fan_out = part
             try:
                 self._hand_over(subscriber, fan_out)
             except Exception:  # noqa: BLE001 (logged with its traceback by _failed)
                 self._failed(subscriber)
 
-    def _hold_all(self, items: list[Outgoing]) -> FanOut:
+    def _hold_all(self, items: list[Outgoing]) -> None:
         for item in items:
             self._hold(item)
             self.stats.events[item.type] += 1
-        return FanOut(items)
 
     def _fanned_out(self, items: list[Outgoing]) -> None:
         if any(item.type == "agent_status" for item in items):
@@ -372,11 +416,11 @@ class HubFanOut(HubState):
     def _hand_over(self, subscriber: Subscriber, fan_out: FanOut) -> None:
         """One subscriber's part of a fan-out: written now, or queued (or it falls behind)."""
         items = fan_out.items
+        last_seq = items[-1].seq
+        assert last_seq is not None
         direct = subscriber.direct
         if direct is not None and subscriber.queued == 0 and direct(fan_out):
-            last_seq = items[-1].seq
-            assert last_seq is not None
-            subscriber.sent_seq = last_seq
+            subscriber.sent_seq = subscriber.handed_seq = last_seq
             subscriber.delivered += len(items)
             self.stats.deliveries += len(items)
             self.stats.direct_writes += 1
@@ -387,6 +431,7 @@ class HubFanOut(HubState):
                     subscriber.overflowed()
                     self.stats.fell_behind += 1
                 return
+        subscriber.handed_seq = last_seq
 
     def _failed(self, subscriber: Subscriber) -> None:
         """Handing a subscriber something raised (a bug in its connection): it must not
@@ -402,7 +447,10 @@ class HubFanOut(HubState):
 
     def resync_all(self, reason: str) -> None:
         """Every subscriber is told ``resync`` and given a fresh snapshot at the head:
-        when the history started again, or when a commit may not have reached them all."""
+        when the history started again, or when a commit may not have reached them all.
+        A paced fan-out under way has nothing more to hand out (the snapshots hold it)."""
+        if self._sweep is not None:
+            self._sweep = []
         for subscriber in self._subscribers:
             messages = [self._resync_message(reason), *self._snapshot(subscriber.backlog)]
             try:

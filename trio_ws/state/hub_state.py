@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -127,6 +127,8 @@ class HubState:
         """Told each commit's latency (seconds), for the metrics, right after its
         fan-out."""
         self._subscribers: set[Subscriber] = set()
+        self._sweep: list[Outgoing] | None = None
+        """The events a paced fan-out is handing out, while one runs (`HubFanOut`)."""
         self._ids = itertools.count(1)
         self._snapshot_state = Snapshot()
         self.runs = RunRecorder(self.epoch)
@@ -191,8 +193,11 @@ class HubState:
         """`HubFanOut`: hold committed events and hand them to every subscriber."""
         raise NotImplementedError
 
-    async def _fan_out_paced(self, items: list[Outgoing]) -> None:
-        """`HubFanOut`: `_fan_out`, letting other tasks run between chunks of subscribers."""
+    async def _fan_out_paced(
+        self, items: list[Outgoing], commit_staged: Callable[[], Awaitable[object]]
+    ) -> None:
+        """`HubFanOut`: `_fan_out`, letting other tasks run between chunks of subscribers
+        and handing on what ``commit_staged`` commits meanwhile."""
         raise NotImplementedError
 
     def resync_all(self, reason: str) -> None:

@@ -130,6 +130,9 @@ class Subscriber(metaclass=NoPublicConstructor):
     id: int
     backlog: int
     sent_seq: int
+    handed_seq: int
+    """The last event the fan-out handed it (written or queued): it is handed only what
+    follows. Its sent_seq where the fan-out takes over (joining, catching up)."""
     state: SubscriberState
     initial: list[Outgoing]
     capacity: int
@@ -187,7 +190,9 @@ class Subscriber(metaclass=NoPublicConstructor):
         self._go(Transition.CATCH_UP)
 
     def caught_up(self) -> None:
+        """Its send task reached the head (``sent_seq``): the fan-out hands it what follows."""
         self._go(Transition.CAUGHT_UP)
+        self.handed_seq = self.sent_seq
 
     def must_resync(self, messages: list[Outgoing], sent_seq: int) -> None:
         """Replace whatever it was owed by ``messages`` (a resync and its snapshot),
