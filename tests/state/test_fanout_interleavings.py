@@ -362,19 +362,21 @@ TestFanOutInterleavings = SettledMachine.TestCase
 
 class ChunkedMachine(SettledMachine):
     """The same lives with a fan-out that lets other tasks run after every subscriber
-    (`HubFanOut._fan_out_paced`, at 15,000 subscribers every 1,024): a commit's pass
+    (`HubFanOut._fan_out_paced`, above 1,024 subscribers every 256): a commit's pass
     now interleaves with joins, leaves, stalls and catch-ups."""
 
     def __init__(self) -> None:
-        self._chunk = fanout.FAN_OUT_CHUNK
+        self._chunk = fanout.FAN_OUT_CHUNK, fanout.PACE_ABOVE
         setattr(fanout, "FAN_OUT_CHUNK", 1)  # noqa: B010 - a Final, changed for this test
+        setattr(fanout, "PACE_ABOVE", 0)  # noqa: B010 - as above
         super().__init__()
 
     def teardown(self) -> None:
         try:
             super().teardown()
         finally:
-            setattr(fanout, "FAN_OUT_CHUNK", self._chunk)  # noqa: B010 - as above
+            setattr(fanout, "FAN_OUT_CHUNK", self._chunk[0])  # noqa: B010 - as above
+            setattr(fanout, "PACE_ABOVE", self._chunk[1])  # noqa: B010 - as above
 
 
 ChunkedMachine.TestCase.settings = SettledMachine.TestCase.settings

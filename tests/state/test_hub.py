@@ -609,6 +609,7 @@ async def test_a_paced_fan_out_hands_what_is_committed_during_it_in_the_same_wal
     whole walk to end and then a walk of its own (one to two walks of latency at
     15,000 subscribers). Every subscriber gets every event once, in order."""
     monkeypatch.setattr(fanout, "FAN_OUT_CHUNK", 1)
+    monkeypatch.setattr(fanout, "PACE_ABOVE", 1)
     hub = await open_hub("demo")
     await committed(hub)
     writes: list[list[list[int]]] = []
@@ -692,6 +693,7 @@ async def test_a_paced_fan_out_skips_who_caught_up_during_it(
     snapshot only. (Where the slow one falls in the pass is the set's order, so
     several rounds make it likely that it comes after its catch-up.)"""
     monkeypatch.setattr(fanout, "FAN_OUT_CHUNK", 1)
+    monkeypatch.setattr(fanout, "PACE_ABOVE", 1)
     hub = await open_hub("demo", queue_size=1, history=1000)
     await committed(hub)
     fast = [await start_reader(nursery, hub, backlog=0) for _ in range(60)]

