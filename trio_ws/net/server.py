@@ -585,13 +585,15 @@ async def _websocket(
     if head.path == OVERVIEW_PATH:
         await _overview(server, stream, head, peer)
         return
-    subscribe = _SUBSCRIBE_PATH.fullmatch(head.path)
-    publish = _PUBLISH_PATH.fullmatch(head.path)
-    match = subscribe or publish
+    # The name only: this frame lives as long as the connection, a match object with it.
+    publish = _PUBLISH_PATH.fullmatch(head.path) is not None
+    match = (_PUBLISH_PATH if publish else _SUBSCRIBE_PATH).fullmatch(head.path)
     if match is None:
         await send_response(stream, head.connection, 404, b"not found\n")
         return
-    if publish is not None:
+    name = match["name"]
+    del match
+    if publish:
         refusal = producer_refusal(head, config.token)
     elif not origin_allowed(
         head.header("origin"), head.header("host"), config.on_loopback, config.listed_origins
@@ -609,17 +611,17 @@ async def _websocket(
         )
         await send_response(stream, head.connection, refusal[0], f"{refusal[1]}\n".encode())
         return
-    max_size = MAX_PRODUCER_MESSAGE if publish is not None else MAX_INBOUND_BYTES
+    max_size = MAX_PRODUCER_MESSAGE if publish else MAX_INBOUND_BYTES
     ws = await accept(stream, head, max_message=max_size, stall_timeout=config.stall_timeout)
     if ws is None:
         return
     exchange.ws = ws
     code = 1000
     try:
-        if publish is not None:
-            await _producer(server, ws, match.group("name"), peer)
+        if publish:
+            await _producer(server, ws, name, peer)
         else:
-            await _subscriber(server, ws, head, match.group("name"), peer)
+            await _subscriber(server, ws, head, name, peer)
     except Exception:
         code = 1011  # a failure is no normal closure; the client may retry later
         raise
