@@ -72,7 +72,30 @@ def figures(results: Results) -> list[Figure]:
     if idle is not None:
         name = f"idle KiB per subscriber at {idle['subscribers']:,}"
         found.append(Figure(name, idle["rss_per_subscriber_kib"], "lower"))
+    found.extend(_watchers_figures(scenarios.get("watchers") or {}))
     return found
+
+
+def _watchers_figures(watchers: Results) -> list[Figure]:
+    """Item 2's figures at the run's watcher count, absolute (quick mode runs no peer
+    there): event→receive p95 and p99, the slowest late joiner's snapshot and how many
+    got none (baseline 0: any fails), the time all took to connect, and idle memory
+    per watcher."""
+    ours = watchers.get("trio-ws")
+    if not ours or "subscribers" not in ours:
+        return []
+    size = f"{ours['subscribers']:,} watchers"
+    latency = ours.get("latency_from_event_timestamp") or {}
+    joiners = ours.get("late_joiner_snapshot_ms") or {}
+    values = [
+        (f"{size}: event→receive p95 ms", latency.get("p95_ms")),
+        (f"{size}: event→receive p99 ms", latency.get("p99_ms")),
+        (f"{size}: slowest late joiner's snapshot ms", joiners.get("max_ms")),
+        (f"{size}: late joiners with no snapshot", ours.get("late_joiners_failed")),
+        (f"{size}: seconds to connect all", ours.get("connect_all_s")),
+        (f"{size}: idle KiB per watcher", ours.get("rss_per_subscriber_kib")),
+    ]
+    return [Figure(name, float(value), "lower") for name, value in values if value is not None]
 
 
 def _run_at_size(results: Results) -> Results | None:

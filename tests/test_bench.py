@@ -552,7 +552,11 @@ async def test_the_floor_times_each_step_of_a_commit_and_rate_rounds_shows_it(
 
 
 def gated_run(
-    cpu_us: float = 0.06, throughput: float = 20.0, p99_ratio: float = 0.8, kib: float = 13.0
+    cpu_us: float = 0.06,
+    throughput: float = 20.0,
+    p99_ratio: float = 0.8,
+    kib: float = 13.0,
+    failed_joiners: int = 0,
 ) -> dict[str, Any]:
     fanout_run = {"server": "trio-ws", "subscribers": 1000, "server_cpu_us_per_delivery": cpu_us}
     return {
@@ -571,6 +575,16 @@ def gated_run(
                 ]
             },
             "idle": {"trio-ws": {"subscribers": 1000, "rss_per_subscriber_kib": kib}},
+            "watchers": {
+                "trio-ws": {
+                    "subscribers": 2000,
+                    "latency_from_event_timestamp": {"p95_ms": 50.0, "p99_ms": 80.0},
+                    "late_joiner_snapshot_ms": {"max_ms": 30.0},
+                    "late_joiners_failed": failed_joiners,
+                    "connect_all_s": 1.0,
+                    "rss_per_subscriber_kib": 11.0,
+                }
+            },
         },
     }
 
@@ -598,6 +612,15 @@ def test_the_gate_fails_a_figure_worse_than_the_baseline_beyond_its_noise() -> N
     assert "worse than the baseline's 18 by more than its noise" in failures[0]
 
 
+def test_the_gate_fails_a_late_joiner_that_got_no_snapshot() -> None:
+    """Item 2's figures are gated too; a baseline of none failed allows none."""
+    baseline = gate.baseline_of([gated_run(), gated_run()])
+    assert "2,000 watchers: event→receive p99 ms" in baseline["figures"]
+    assert gate.check(gated_run(), baseline) == []
+    (failure,) = gate.check(gated_run(failed_joiners=1), baseline)
+    assert failure.startswith("2,000 watchers: late joiners with no snapshot is 1, worse")
+
+
 def test_cpu_per_delivery_is_not_judged_when_the_subscribers_fell_behind() -> None:
     run = gated_run(cpu_us=1.98)
     run["scenarios"]["fanout"]["runs"][0].update(
@@ -615,6 +638,16 @@ def test_the_gate_compares_only_runs_of_the_baselines_mode() -> None:
     assert failure.startswith("server CPU per delivery")
 
 
+WATCHERS_FIGURES = (
+    "event→receive p95 ms",
+    "event→receive p99 ms",
+    "slowest late joiner's snapshot ms",
+    "late joiners with no snapshot",
+    "seconds to connect all",
+    "idle KiB per watcher",
+)
+
+
 def test_the_committed_baseline_is_of_quick_runs_and_names_only_gated_figures() -> None:
     baseline = gate.load()
     assert baseline is not None and baseline["mode"] == "quick"
@@ -625,4 +658,5 @@ def test_the_committed_baseline_is_of_quick_runs_and_names_only_gated_figures() 
         "one line per message: send→receive p50 / the peer's",
         "one line per message: send→receive p99 / the peer's",
         "idle KiB per subscriber",
+        *(f"2,000 watchers: {figure}" for figure in WATCHERS_FIGURES),
     }
