@@ -548,18 +548,21 @@ row-per-commit sqlite journal):
 - **15,000 watchers of one project (issue 22).** The server's one core limits this
   row. Each event is one `write` per watcher, a system call that on loopback also runs
   the receiving side's TCP: about 6-10 µs of the server's CPU with Python's share, so a
-  pass over 15,000 is over 100 ms and 10 single events a second would need more than
-  the core; the events that arrive during a pass go out together in the next one (a
-  pass lets other tasks run after every 1,024 watchers, so a late joiner's handshake
-  waits for a chunk, not a pass). The core is also shared with the rest of the
-  machine: compare server CPUs busy with server cores. The client measures 300 live
+  walk over 15,000 is about 100 ms and 10 single events a second would need about the
+  whole core. So a walk commits what was staged after every 256 watchers and hands it,
+  with what it carries, to those it has not reached yet (one write each); the ones it
+  passed get it in the next walk. An event reaches every watcher within about one walk,
+  and a late joiner's handshake waits for a chunk, not a walk. The liveness probe
+  looks at 512 sessions per scheduler pass, about once a second, so pings go out as
+  each watcher falls due instead of 7,500 at once. The core is also shared with the
+  rest of the machine: compare server CPUs busy with server cores. The client measures 300 live
   readers (spread over the fan-out order) and lets the rest read once a second in
   slices, so its one core is no longer the limit. Connecting all is server CPU too:
   upgrade, hello and snapshot, ~0.5 ms per watcher, once the registry read is shared.
   Idle memory per watcher is Python's: tracemalloc on the server puts ~10 KiB of it in the
   objects and coroutine frames each connection holds for its life (wsproto's
-  connection ~1.7 KiB, two trio locks ~0.6, a chain of ~12 awaiting frames ~3), the rest
-  is the allocator's."""
+  connection ~1.7 KiB, two trio locks ~0.6, a chain of ~10 awaiting frames ~2.5), the
+  rest is the allocator's."""
 
 
 def render(results: Results) -> str:
@@ -852,8 +855,10 @@ def _watchers(results: Results) -> str:
         )
         + "What limits it: each event is one write per watcher, a system call that on "
         "loopback also runs the receiving side's TCP (about 6-10 µs with Python's share on "
-        "this machine), so a pass over 15,000 is over 100 ms of the server's one core; "
-        "events arriving meanwhile go out together in the next pass. The server core is "
+        "this machine), so a walk over 15,000 is about 100 ms of the server's one core; "
+        "events committed meanwhile join the walk at its next 256 watchers (the ones it "
+        "passed get them in the next walk), so an event reaches all within about one "
+        "walk. The server core is "
         "shared with whatever else the machine runs (see server CPUs busy against server "
         "cores). Connecting is the server's CPU too (HTTP upgrade, hello, snapshot, about "
         "0.5 ms each)."

@@ -252,9 +252,16 @@ class HubCommit(HubState):
         self.runs = runs
         seconds = time.perf_counter() - started
         if events:
-            # Staged for the next commit, before a paced fan-out that may go on for long.
-            self._alert_on([message for message, _ in events])
-            await self._fan_out_paced([item for _, item in events], self._commit_staged)
+            messages = [message for message, _ in events]
+            items = [item for _, item in events]
+            if self._walks():
+                # A walk goes on while events keep coming: its alerts are staged first,
+                # and it commits them.
+                self._alert_on(messages)
+                await self._fan_out_paced(items, self._commit_staged)
+            else:
+                self._fan_out(items)
+                self._alert_on(messages)  # staged: the next commit
         if self.on_commit is not None:
             self.on_commit(self.name, seconds)
         self._committed.set()
@@ -330,7 +337,9 @@ class HubCommit(HubState):
             await self._committed.wait()
 
     async def wait_committed(self, seq: int) -> None:
-        """Return once every event up to ``seq`` is committed (and fanned out)."""
+        """Return once every event up to ``seq`` is committed and held: a snapshot taken
+        now has it, and it is handed to every subscriber (or to a paced fan-out under way,
+        which hands it on within its walk)."""
         while self.head < seq:
             await self._committed.wait()
 

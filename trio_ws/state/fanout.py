@@ -351,7 +351,7 @@ class HubFanOut(HubState):
         events in its snapshot, one that caught up from the history holds them, one
         that left or fell behind is skipped (``takes_live``).
         """
-        if self._sweep is not None or len(self._subscribers) <= PACE_ABOVE:
+        if not self._walks():
             self._fan_out(items)
             return
         self._hold_all(items)
@@ -376,6 +376,10 @@ class HubFanOut(HubState):
                 sweep = self._sweep = now[held:] if now is sweep else now
         finally:
             self._sweep = None
+
+    def _walks(self) -> bool:
+        """Would a fan-out now be a walk of its own (`_fan_out_paced`)?"""
+        return self._sweep is None and len(self._subscribers) > PACE_ABOVE
 
     def _hand_over_to(self, subscribers: Iterable[Subscriber], items: list[Outgoing]) -> None:
         """`_hand_over` to each of ``subscribers`` that takes live events what follows

@@ -193,6 +193,10 @@ class HubState:
         """`HubFanOut`: hold committed events and hand them to every subscriber."""
         raise NotImplementedError
 
+    def _walks(self) -> bool:
+        """`HubFanOut`: would a fan-out now be a paced walk of its own?"""
+        raise NotImplementedError
+
     async def _fan_out_paced(
         self, items: list[Outgoing], commit_staged: Callable[[], Awaitable[object]]
     ) -> None:
