@@ -147,14 +147,8 @@ def check(results: Results, baseline: Results | None) -> list[str]:
         base = known.get(figure.name)
         if base is None:
             continue
-        tolerance = max(MIN_TOLERANCE, TOLERANCE_FACTOR * base["spread"])
-        if figure.better == "lower":
-            allowed = base["median"] * (1 + tolerance)
-            worse = figure.value > allowed
-        else:
-            allowed = base["median"] / (1 + tolerance)
-            worse = figure.value < allowed
-        if worse:
+        tolerance, allowed = limit(base)
+        if figure.value > allowed if figure.better == "lower" else figure.value < allowed:
             failures.append(
                 f"{figure.name} is {figure.value:g}, worse than the baseline's "
                 f"{base['median']:g} by more than its noise (allowed: {allowed:.3g}, "
@@ -162,6 +156,16 @@ def check(results: Results, baseline: Results | None) -> list[str]:
                 f"{base['runs']} runs of one commit, at least {MIN_TOLERANCE:.0%})"
             )
     return failures
+
+
+def limit(base: Results) -> tuple[float, float]:
+    """A baseline figure's tolerance (a fraction of its median) and the worst value the
+    gate allows: `TOLERANCE_FACTOR` times its spread past the median, at least
+    `MIN_TOLERANCE`."""
+    tolerance = max(MIN_TOLERANCE, TOLERANCE_FACTOR * base["spread"])
+    if base["better"] == "lower":
+        return tolerance, base["median"] * (1 + tolerance)
+    return tolerance, base["median"] / (1 + tolerance)
 
 
 def load(path: Path = BASELINE) -> Results | None:

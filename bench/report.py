@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from bench import gate
+
 CPU_TARGET_US: Final = 10.0
 THROUGHPUT_TARGET: Final = 1.0
 RATE_P99_TARGET_MS: Final = 25.0
@@ -886,7 +888,35 @@ def _gate(results: Results) -> str:
     failures = found.get("failures", [])
     lines += [f"- **failed**: {failure}" for failure in failures] or ["Passed."]
     lines += [f"- {caveat}" for caveat in found.get("caveats", [])]
+    baseline = gate.load()
+    if baseline is not None:
+        lines += ["", _baseline(baseline)]
     return "\n".join(lines)
+
+
+def _baseline(baseline: Results) -> str:
+    """The committed baseline: how much each gated figure moved between runs of one
+    commit (the noise), and so how far the gate lets it go."""
+    rows = []
+    for name, figure in baseline["figures"].items():
+        _, allowed = gate.limit(figure)
+        rows.append(
+            (
+                name,
+                f"{min(figure['values']):g} – {max(figure['values']):g}",
+                f"{figure['median']:g}",
+                f"{figure['spread']:.0%}",
+                f"{'≤' if figure['better'] == 'lower' else '≥'} {allowed:.3g}",
+            )
+        )
+    commits = ", ".join(baseline.get("commits", []))
+    runs = max((figure["runs"] for figure in baseline["figures"].values()), default=0)
+    return (
+        f"The baseline (`bench/baseline.json`, written by `python -m bench.gate` from {runs} "
+        f"{baseline.get('mode')} runs of {commits}); the noise is each figure's spread over "
+        "those runs, max / min - 1:\n\n"
+        + table(("figure", "runs' values", "median", "noise", "allowed"), rows)
+    )
 
 
 def _slow(results: Results) -> str:
