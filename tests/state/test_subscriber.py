@@ -154,4 +154,13 @@ def test_leave_from_any_state_is_closed() -> None:
 
 def test_a_subscriber_is_made_only_by_its_hub() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
-        Subscriber(id=1, backlog=0, sent_seq=0, state=LIVE, initial=[], capacity=1, warned=0)
+        Subscriber(
+            id=1,
+            backlog=0,
+            sent_seq=0,
+            handed_seq=0,
+            state=LIVE,
+            initial=[],
+            capacity=1,
+            warned=0,
+        )
