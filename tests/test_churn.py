@@ -26,14 +26,16 @@ import contextlib
 import json
 import random
 import signal
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import rawws
 import trio
-from test_restart import start_producer, start_server
+from test_restart import TRIO_WS, start_producer, start_server
 
 from trio_ws.data.registry import Registry
 
@@ -263,9 +265,26 @@ async def produce(
     await process.stdin.aclose()
 
 
+WALKING = """
+import sys
+from trio_ws.faces.cli import main
+from trio_ws.state import fanout
+fanout.PACE_ABOVE = 2
+fanout.FAN_OUT_CHUNK = 1
+sys.exit(main())
+"""
+"""`trio-ws` whose every commit's fan-out is a walk (`HubFanOut._fan_out_paced`,
+above 2 subscribers, one at a time): the commits it makes and hands on mid-walk, and
+`handed_seq`, go through the same churn as the whole fan-out."""
+
+SERVERS = {"whole": (TRIO_WS,), "walking": (sys.executable, "-c", WALKING)}
+
+
+@pytest.mark.parametrize("fan_out", sorted(SERVERS))
 async def test_every_watcher_sees_every_event_once_under_churn_and_kill_9(
-    tmp_path: Path,
+    tmp_path: Path, fan_out: str
 ) -> None:
+    command = SERVERS[fan_out]
     home = tmp_path / "home"
     home.mkdir()
     (tmp_path / "demo").mkdir()
@@ -280,7 +299,7 @@ async def test_every_watcher_sees_every_event_once_under_churn_and_kill_9(
     producer: trio.Process | None = None
     deadline = trio.current_time() + TIME_LIMIT
     with trio.fail_at(deadline):
-        server, run.port = await start_server(home, 0, log)
+        server, run.port = await start_server(home, 0, log, command=command)
         try:
             async with trio.open_nursery() as nursery:
                 for watcher in steadies:
@@ -319,7 +338,7 @@ async def test_every_watcher_sees_every_event_once_under_churn_and_kill_9(
                     await killed.wait()
                     server.send_signal(signal.SIGKILL)
                     await server.wait()
-                    server, _ = await start_server(home, run.port, log)
+                    server, _ = await start_server(home, run.port, log, command=command)
 
                 nursery.start_soon(kill_and_restart)
                 await produce(producer, written, lambda: churn_done(run))

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,12 +42,15 @@ CONNECTION = ("hello", "resumed", "resync")
 """Messages that carry a seq but are not events."""
 
 
-async def start_server(home: Path, port: int, log: Path, *options: str) -> tuple[trio.Process, int]:
-    """`trio-ws serve` (sqlite journal, the default) on ``port`` (0: any); its port."""
+async def start_server(
+    home: Path, port: int, log: Path, *options: str, command: Sequence[str] = (TRIO_WS,)
+) -> tuple[trio.Process, int]:
+    """`trio-ws serve` (sqlite journal, the default) on ``port`` (0: any); its port.
+    ``command`` runs the CLI (a test may run it through a wrapper)."""
     with log.open("ab") as err:
         process = await trio.lowlevel.open_process(
             [
-                TRIO_WS,
+                *command,
                 "serve",
                 "--home",
                 str(home),
