@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from trio_ws.state.history import Outgoing
@@ -20,17 +22,22 @@ from trio_ws.state.subscriber import (
 )
 
 
+def fields(state: SubscriberState, capacity: int) -> dict[str, Any]:
+    """Every field a subscriber is made with: the hub's own at a fresh start."""
+    return {
+        "id": 1,
+        "backlog": 0,
+        "sent_seq": 0,
+        "handed_seq": 0,
+        "state": state,
+        "initial": [],
+        "capacity": capacity,
+        "warned": 0,
+    }
+
+
 def make(state: SubscriberState = JOINING, capacity: int = 2) -> Subscriber:
-    return Subscriber._create(
-        id=1,
-        backlog=0,
-        sent_seq=0,
-        handed_seq=0,
-        state=state,
-        initial=[],
-        capacity=capacity,
-        warned=0,
-    )
+    return Subscriber._create(**fields(state, capacity))
 
 
 def item(seq: int) -> Outgoing:
@@ -154,13 +161,4 @@ def test_leave_from_any_state_is_closed() -> None:
 
 def test_a_subscriber_is_made_only_by_its_hub() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
-        Subscriber(
-            id=1,
-            backlog=0,
-            sent_seq=0,
-            handed_seq=0,
-            state=LIVE,
-            initial=[],
-            capacity=1,
-            warned=0,
-        )
+        Subscriber(**fields(LIVE, 1))
