@@ -350,10 +350,10 @@ class HubFanOut(HubState):
         only what follows its ``handed_seq``: one that joined meanwhile got the
         events in its snapshot, one that caught up from the history holds them, one
         that left or fell behind is skipped (``takes_live``).
+
+        The commit calls it only when `_walks` says so (no walk under way, over
+        PACE_ABOVE subscribers); else it calls `_fan_out`.
         """
-        if not self._walks():
-            self._fan_out(items)
-            return
         self._hold_all(items)
         self._fanned_out(items)
         sweep = self._sweep = list(items)
